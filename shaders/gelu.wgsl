@@ -1,0 +1,50 @@
+// GELU, tanh approximation (GPT-2's "gelu_new"), forward and backward.
+//
+//   gelu(x)  = 0.5·x·(1 + tanh(u)),  u = sqrt(2/π)·(x + 0.044715·x³)
+//   gelu'(x) = 0.5·(1 + tanh(u)) + 0.5·x·(1 − tanh²(u))·sqrt(2/π)·(1 + 3·0.044715·x²)
+//
+// Layout: flat f32 arrays of params.n elements (any shape, e.g. [B·T, 4C]).
+// Launch: workgroup 256; one invocation per element; grid = ceil(n/256) workgroups laid out
+// 2D (x ≤ 65535), flat workgroup index = wid.y·nwg.x + wid.x.
+
+struct Params {
+    n: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> inp: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+// Backward: dout in, dinp out (overwritten).
+@group(0) @binding(3) var<storage, read> dout: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dinp: array<f32>;
+
+const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
+
+// tanh with its argument clamped: some drivers compute tanh through exp and overflow to NaN for
+// large |u|; tanh(±10) is ±1 to f32 precision anyway.
+fn safe_tanh(u: f32) -> f32 {
+    return tanh(clamp(u, -10.0, 10.0));
+}
+
+@compute @workgroup_size(256)
+fn gelu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    if (i >= params.n) { return; }
+    let x = inp[i];
+    let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+    out[i] = 0.5 * x * (1.0 + safe_tanh(u));
+}
+
+@compute @workgroup_size(256)
+fn gelu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    if (i >= params.n) { return; }
+    let x = inp[i];
+    let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+    let t = safe_tanh(u);
+    let du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+    let grad = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx;
+    dinp[i] = grad * dout[i];
+}

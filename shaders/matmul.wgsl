@@ -1,0 +1,221 @@
+// Matrix multiply, register-tiled: no workgroup memory, each invocation computes an 8×16 block
+// of the output in 32 vec4 accumulators. This is the fast variant on CPU adapters (lavapipe),
+// where a workgroup barrier is expensive and vec4 arithmetic maps onto SIMD lanes; see
+// matmul_tiled.wgsl for the variant that real GPUs prefer.
+//
+// Three entry points cover a linear layer's forward and both backward products, with the
+// GPT-2 weight layout W [in, out] (row-major everywhere):
+//
+//   matmul_nn:  out[M,N] (+)= A[M,K] · B[K,N] (+ bias[N])   forward: out = inp · W + b
+//               needs K % 4 == 0 and N % 4 == 0; A read as vec4 along K, B as vec4 along N
+//   matmul_nt:  out[M,N] (+)= A[M,K] · B[N,K]ᵀ              dinp = dout · Wᵀ, logits = x · wteᵀ
+//               needs K % 4 == 0; A and B both read as vec4 along K; scalar stores (any N)
+//   matmul_tn:  out[M,N] (+)= A[K,M]ᵀ · B[K,N]              dW = inpᵀ · dout
+//               needs M % 4 == 0 and N % 4 == 0; A read as vec4 along M, B as vec4 along N
+//
+// params.flags: bit 0 = accumulate into out (gradients), bit 1 = add bias (matmul_nn only).
+// Rows/columns past M/N re-read the last valid row/column (clamped) and are never stored, so
+// any M and N work; only the vec4 axes need multiples of 4.
+//
+// Launch: workgroup (8, 8); invocation (x, y) owns output rows 8y..8y+7 and columns
+// 16x..16x+15; grid = (ceil(N/128), ceil(M/64)).
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    flags: u32,
+}
+
+const ACCUMULATE: u32 = 1u;
+const HAS_BIAS: u32 = 2u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> out_scalar: array<f32>;
+
+// Stores the 8×16 block held in acc (row r, vec4 column c at acc[r*4+c]) at rows m0.., vec4
+// columns c0.., skipping what lies outside [M, N/4).
+fn store_block(acc: ptr<function, array<vec4<f32>, 32>>, m0: u32, c0: u32, n4: u32, use_bias: bool) {
+    for (var r = 0u; r < 8u; r++) {
+        let row = m0 + r;
+        if (row >= params.m) { break; }
+        for (var c = 0u; c < 4u; c++) {
+            let col = c0 + c;
+            if (col >= n4) { break; }
+            var v = (*acc)[r * 4u + c];
+            if (use_bias && (params.flags & HAS_BIAS) != 0u) { v += bias[col]; }
+            let at = row * n4 + col;
+            if ((params.flags & ACCUMULATE) != 0u) { v += out[at]; }
+            out[at] = v;
+        }
+    }
+}
+
+@compute @workgroup_size(8, 8)
+fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let k4 = params.k / 4u;
+    let n4 = params.n / 4u;
+    let m0 = gid.y * 8u;
+    let c0 = gid.x * 4u;
+    if (m0 >= params.m || c0 >= n4) { return; }
+
+    // Column indices (vec4 units) of the four B vec4s this invocation reads per row of B.
+    let bc0 = min(c0, n4 - 1u);
+    let bc1 = min(c0 + 1u, n4 - 1u);
+    let bc2 = min(c0 + 2u, n4 - 1u);
+    let bc3 = min(c0 + 3u, n4 - 1u);
+
+    // Row offsets (vec4 units) of this invocation's 8 rows of A; rows past M re-read the last.
+    let ar0 = min(m0 + 0u, params.m - 1u) * k4;
+    let ar1 = min(m0 + 1u, params.m - 1u) * k4;
+    let ar2 = min(m0 + 2u, params.m - 1u) * k4;
+    let ar3 = min(m0 + 3u, params.m - 1u) * k4;
+    let ar4 = min(m0 + 4u, params.m - 1u) * k4;
+    let ar5 = min(m0 + 5u, params.m - 1u) * k4;
+    let ar6 = min(m0 + 6u, params.m - 1u) * k4;
+    let ar7 = min(m0 + 7u, params.m - 1u) * k4;
+
+    // acc[4r + c] holds row m0 + r, columns 4(c0 + c) .. 4(c0 + c) + 3. Fully unrolled with
+    // constant indices so that the 32 accumulators stay in registers.
+    var acc: array<vec4<f32>, 32>;
+    for (var kk = 0u; kk < k4; kk++) {
+        // Rows 4kk..4kk+3 of B as four 4×4 blocks: column j of block c is B[4kk + j, 4(c0+c)..+3],
+        // so block · A[row, 4kk..4kk+3] is that row's contribution to 4 outputs.
+        let r0 = (kk * 4u) * n4;
+        let r1 = r0 + n4;
+        let r2 = r1 + n4;
+        let r3 = r2 + n4;
+        let bm0 = mat4x4<f32>(b[r0 + bc0], b[r1 + bc0], b[r2 + bc0], b[r3 + bc0]);
+        let bm1 = mat4x4<f32>(b[r0 + bc1], b[r1 + bc1], b[r2 + bc1], b[r3 + bc1]);
+        let bm2 = mat4x4<f32>(b[r0 + bc2], b[r1 + bc2], b[r2 + bc2], b[r3 + bc2]);
+        let bm3 = mat4x4<f32>(b[r0 + bc3], b[r1 + bc3], b[r2 + bc3], b[r3 + bc3]);
+        let a0 = a[ar0 + kk];
+        acc[0] += bm0 * a0; acc[1] += bm1 * a0; acc[2] += bm2 * a0; acc[3] += bm3 * a0;
+        let a1 = a[ar1 + kk];
+        acc[4] += bm0 * a1; acc[5] += bm1 * a1; acc[6] += bm2 * a1; acc[7] += bm3 * a1;
+        let a2 = a[ar2 + kk];
+        acc[8] += bm0 * a2; acc[9] += bm1 * a2; acc[10] += bm2 * a2; acc[11] += bm3 * a2;
+        let a3 = a[ar3 + kk];
+        acc[12] += bm0 * a3; acc[13] += bm1 * a3; acc[14] += bm2 * a3; acc[15] += bm3 * a3;
+        let a4 = a[ar4 + kk];
+        acc[16] += bm0 * a4; acc[17] += bm1 * a4; acc[18] += bm2 * a4; acc[19] += bm3 * a4;
+        let a5 = a[ar5 + kk];
+        acc[20] += bm0 * a5; acc[21] += bm1 * a5; acc[22] += bm2 * a5; acc[23] += bm3 * a5;
+        let a6 = a[ar6 + kk];
+        acc[24] += bm0 * a6; acc[25] += bm1 * a6; acc[26] += bm2 * a6; acc[27] += bm3 * a6;
+        let a7 = a[ar7 + kk];
+        acc[28] += bm0 * a7; acc[29] += bm1 * a7; acc[30] += bm2 * a7; acc[31] += bm3 * a7;
+    }
+    store_block(&acc, m0, c0, n4, true);
+}
+
+@compute @workgroup_size(8, 8)
+fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let m4 = params.m / 4u;
+    let n4 = params.n / 4u;
+    let m0 = gid.y * 8u;
+    let c0 = gid.x * 4u;
+    if (m0 >= params.m || c0 >= n4) { return; }
+
+    let am0 = min(m0 / 4u, m4 - 1u);
+    let am1 = min(m0 / 4u + 1u, m4 - 1u);
+    let bc0 = min(c0, n4 - 1u);
+    let bc1 = min(c0 + 1u, n4 - 1u);
+    let bc2 = min(c0 + 2u, n4 - 1u);
+    let bc3 = min(c0 + 3u, n4 - 1u);
+
+    var acc: array<vec4<f32>, 32>;
+    for (var k = 0u; k < params.k; k++) {
+        // Row k of A holds A[k, m0..m0+7] (the transposed operand); row k of B its 16 columns.
+        let lo = a[k * m4 + am0];
+        let hi = a[k * m4 + am1];
+        let rb = k * n4;
+        let b0 = b[rb + bc0]; let b1 = b[rb + bc1]; let b2 = b[rb + bc2]; let b3 = b[rb + bc3];
+        for (var r = 0u; r < 4u; r++) {
+            let x = lo[r];
+            acc[r * 4u + 0u] += x * b0; acc[r * 4u + 1u] += x * b1;
+            acc[r * 4u + 2u] += x * b2; acc[r * 4u + 3u] += x * b3;
+            let y = hi[r];
+            acc[(r + 4u) * 4u + 0u] += y * b0; acc[(r + 4u) * 4u + 1u] += y * b1;
+            acc[(r + 4u) * 4u + 2u] += y * b2; acc[(r + 4u) * 4u + 3u] += y * b3;
+        }
+    }
+    store_block(&acc, m0, c0, n4, false);
+}
+
+@compute @workgroup_size(8, 8)
+fn matmul_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let k4 = params.k / 4u;
+    let m0 = gid.y * 8u;
+    let n0 = gid.x * 16u;
+    if (m0 >= params.m || n0 >= params.n) { return; }
+
+    // Row offsets (vec4 units): 8 rows of A, and the 16 rows of B that are this invocation's
+    // output columns; rows past M or N re-read the last one.
+    let ar0 = min(m0 + 0u, params.m - 1u) * k4;
+    let ar1 = min(m0 + 1u, params.m - 1u) * k4;
+    let ar2 = min(m0 + 2u, params.m - 1u) * k4;
+    let ar3 = min(m0 + 3u, params.m - 1u) * k4;
+    let ar4 = min(m0 + 4u, params.m - 1u) * k4;
+    let ar5 = min(m0 + 5u, params.m - 1u) * k4;
+    let ar6 = min(m0 + 6u, params.m - 1u) * k4;
+    let ar7 = min(m0 + 7u, params.m - 1u) * k4;
+    let br0 = min(n0 + 0u, params.n - 1u) * k4;
+    let br1 = min(n0 + 1u, params.n - 1u) * k4;
+    let br2 = min(n0 + 2u, params.n - 1u) * k4;
+    let br3 = min(n0 + 3u, params.n - 1u) * k4;
+    let br4 = min(n0 + 4u, params.n - 1u) * k4;
+    let br5 = min(n0 + 5u, params.n - 1u) * k4;
+    let br6 = min(n0 + 6u, params.n - 1u) * k4;
+    let br7 = min(n0 + 7u, params.n - 1u) * k4;
+    let br8 = min(n0 + 8u, params.n - 1u) * k4;
+    let br9 = min(n0 + 9u, params.n - 1u) * k4;
+    let br10 = min(n0 + 10u, params.n - 1u) * k4;
+    let br11 = min(n0 + 11u, params.n - 1u) * k4;
+    let br12 = min(n0 + 12u, params.n - 1u) * k4;
+    let br13 = min(n0 + 13u, params.n - 1u) * k4;
+    let br14 = min(n0 + 14u, params.n - 1u) * k4;
+    let br15 = min(n0 + 15u, params.n - 1u) * k4;
+
+    // acc[4r + c] holds row m0 + r, columns n0 + 4c .. n0 + 4c + 3; unrolled as in matmul_nn.
+    var acc: array<vec4<f32>, 32>;
+    for (var kk = 0u; kk < k4; kk++) {
+        // Column j of block c is B[n0 + 4c + j, 4kk..4kk+3], so A-row · block is 4 dot products.
+        let bm0 = mat4x4<f32>(b[br0 + kk], b[br1 + kk], b[br2 + kk], b[br3 + kk]);
+        let bm1 = mat4x4<f32>(b[br4 + kk], b[br5 + kk], b[br6 + kk], b[br7 + kk]);
+        let bm2 = mat4x4<f32>(b[br8 + kk], b[br9 + kk], b[br10 + kk], b[br11 + kk]);
+        let bm3 = mat4x4<f32>(b[br12 + kk], b[br13 + kk], b[br14 + kk], b[br15 + kk]);
+        let a0 = a[ar0 + kk];
+        acc[0] += a0 * bm0; acc[1] += a0 * bm1; acc[2] += a0 * bm2; acc[3] += a0 * bm3;
+        let a1 = a[ar1 + kk];
+        acc[4] += a1 * bm0; acc[5] += a1 * bm1; acc[6] += a1 * bm2; acc[7] += a1 * bm3;
+        let a2 = a[ar2 + kk];
+        acc[8] += a2 * bm0; acc[9] += a2 * bm1; acc[10] += a2 * bm2; acc[11] += a2 * bm3;
+        let a3 = a[ar3 + kk];
+        acc[12] += a3 * bm0; acc[13] += a3 * bm1; acc[14] += a3 * bm2; acc[15] += a3 * bm3;
+        let a4 = a[ar4 + kk];
+        acc[16] += a4 * bm0; acc[17] += a4 * bm1; acc[18] += a4 * bm2; acc[19] += a4 * bm3;
+        let a5 = a[ar5 + kk];
+        acc[20] += a5 * bm0; acc[21] += a5 * bm1; acc[22] += a5 * bm2; acc[23] += a5 * bm3;
+        let a6 = a[ar6 + kk];
+        acc[24] += a6 * bm0; acc[25] += a6 * bm1; acc[26] += a6 * bm2; acc[27] += a6 * bm3;
+        let a7 = a[ar7 + kk];
+        acc[28] += a7 * bm0; acc[29] += a7 * bm1; acc[30] += a7 * bm2; acc[31] += a7 * bm3;
+    }
+    for (var r = 0u; r < 8u; r++) {
+        let row = m0 + r;
+        if (row >= params.m) { break; }
+        for (var j = 0u; j < 16u; j++) {
+            let col = n0 + j;
+            if (col >= params.n) { break; }
+            var v = acc[r * 4u + j / 4u][j % 4u];
+            let at = row * params.n + col;
+            if ((params.flags & ACCUMULATE) != 0u) { v += out_scalar[at]; }
+            out_scalar[at] = v;
+        }
+    }
+}

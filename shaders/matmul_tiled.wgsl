@@ -1,0 +1,126 @@
+// Matrix multiply with workgroup-shared tiles: the fast variant on real GPUs, and the one that
+// takes any shape (no vec4 alignment needed), so it also serves unaligned shapes everywhere.
+//
+//   out[M,N] (+)= op(A) · op(B) (+ bias[N])
+//   op(A) = A[M,K] or, with TRANS_A, A[K,M]ᵀ;  op(B) = B[K,N] or, with TRANS_B, B[N,K]ᵀ
+//
+// So forward is (TRANS_A=false, TRANS_B=false), dinp = dout·Wᵀ is (false, true) and
+// dW = inpᵀ·dout is (true, false). params.flags: bit 0 accumulate, bit 1 add bias.
+//
+// Tiling: a workgroup of 16×16 invocations owns a 64×64 output tile; each invocation owns a
+// 4×4 block of it. K is walked 16 at a time: the workgroup stages a 64×16 slice of op(A) and a
+// 16×64 slice of op(B) in workgroup memory (8 KiB), then each invocation does 4×4×16 FMAs from
+// registers. Out-of-range elements are staged as zeros.
+//
+// Launch: workgroup (16, 16); grid = (ceil(N/64), ceil(M/64)).
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    flags: u32,
+}
+
+const ACCUMULATE: u32 = 1u;
+const HAS_BIAS: u32 = 2u;
+
+override TRANS_A: bool = false;
+override TRANS_B: bool = false;
+
+const TILE: u32 = 64u;
+const TILE_K: u32 = 16u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+var<workgroup> a_tile: array<f32, 1024>; // [TILE_K][TILE]: a_tile[k*64 + m] = op(A)[m0+m, k0+k]
+var<workgroup> b_tile: array<f32, 1024>; // [TILE_K][TILE]: b_tile[k*64 + n] = op(B)[k0+k, n0+n]
+
+fn load_a(m: u32, k: u32) -> f32 {
+    if (m >= params.m || k >= params.k) { return 0.0; }
+    if (TRANS_A) { return a[k * params.m + m]; }
+    return a[m * params.k + k];
+}
+
+fn load_b(k: u32, n: u32) -> f32 {
+    if (k >= params.k || n >= params.n) { return 0.0; }
+    if (TRANS_B) { return b[n * params.k + k]; }
+    return b[k * params.n + n];
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let m0 = wid.y * TILE;
+    let n0 = wid.x * TILE;
+    let flat = lid.y * 16u + lid.x; // 0..255
+
+    var acc: array<array<f32, 4>, 4>;
+    for (var k0 = 0u; k0 < params.k; k0 += TILE_K) {
+        // Stage the tiles: 1024 elements each, 4 per invocation. Consecutive invocations take
+        // consecutive elements along the contiguous axis of the source, so loads coalesce.
+        for (var i = 0u; i < 4u; i++) {
+            let e = flat + i * 256u;
+            if (TRANS_A) { // contiguous along m
+                let m = e % TILE; let k = e / TILE;
+                a_tile[k * TILE + m] = load_a(m0 + m, k0 + k);
+            } else {       // contiguous along k
+                let k = e % TILE_K; let m = e / TILE_K;
+                a_tile[k * TILE + m] = load_a(m0 + m, k0 + k);
+            }
+            if (TRANS_B) { // contiguous along k
+                let k = e % TILE_K; let n = e / TILE_K;
+                b_tile[k * TILE + n] = load_b(k0 + k, n0 + n);
+            } else {       // contiguous along n
+                let n = e % TILE; let k = e / TILE;
+                b_tile[k * TILE + n] = load_b(k0 + k, n0 + n);
+            }
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < TILE_K; k++) {
+            var av: array<f32, 4>;
+            var bv: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                av[i] = a_tile[k * TILE + lid.y * 4u + i];
+                bv[i] = b_tile[k * TILE + lid.x * 4u + i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i][j] += av[i] * bv[j];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var i = 0u; i < 4u; i++) {
+        let row = m0 + lid.y * 4u + i;
+        if (row >= params.m) { break; }
+        for (var j = 0u; j < 4u; j++) {
+            let col = n0 + lid.x * 4u + j;
+            if (col >= params.n) { break; }
+            var v = acc[i][j];
+            if ((params.flags & HAS_BIAS) != 0u) { v += bias[col]; }
+            let at = row * params.n + col;
+            if ((params.flags & ACCUMULATE) != 0u) { v += out[at]; }
+            out[at] = v;
+        }
+    }
+}
+
+// Bias gradient: out[n] (+)= Σ_m a[m, n], with a = dout [M, N] and out = dbias [N].
+// One invocation per column; consecutive invocations read consecutive columns of each row.
+// Launch: workgroup 64; grid = ceil(N/64).
+@compute @workgroup_size(64)
+fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let col = gid.x;
+    if (col >= params.n) { return; }
+    var sum = 0.0;
+    for (var row = 0u; row < params.m; row++) {
+        sum += a[row * params.n + col];
+    }
+    if ((params.flags & ACCUMULATE) != 0u) { sum += out[col]; }
+    out[col] = sum;
+}

@@ -1,0 +1,50 @@
+//! The crate's error type: every message names the thing that was wrong and what was expected.
+
+use std::fmt;
+
+#[derive(Debug)]
+pub enum Error {
+    /// No adapter matched, or the system has no Vulkan/Metal/DX12 driver at all.
+    NoAdapter(String),
+    /// The adapter lacks a limit or feature the kernels need.
+    MissingCapability(String),
+    /// `request_device` failed.
+    Device(String),
+    /// A tensor has a shape that does not fit the operation.
+    Shape(String),
+    /// An input value is out of range (e.g. a token id >= vocab size).
+    Input(String),
+    /// Reading back from the GPU failed.
+    Readback(String),
+    Io { path: String, source: std::io::Error },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoAdapter(msg) => write!(f, "no usable GPU adapter: {msg}"),
+            Error::MissingCapability(msg) => write!(f, "GPU adapter lacks a capability: {msg}"),
+            Error::Device(msg) => write!(f, "could not open the GPU device: {msg}"),
+            Error::Shape(msg) => write!(f, "shape mismatch: {msg}"),
+            Error::Input(msg) => write!(f, "bad input: {msg}"),
+            Error::Readback(msg) => write!(f, "GPU readback failed: {msg}"),
+            Error::Io { path, source } => write!(f, "{path}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Returns `Error::Shape` with the message unless `cond` holds.
+pub fn ensure_shape(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if cond { Ok(()) } else { Err(Error::Shape(msg())) }
+}

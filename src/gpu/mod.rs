@@ -1,0 +1,227 @@
+//! The GPU layer: device and queue, cached pipelines, pooled tensors, and a recorder that
+//! batches many kernel dispatches into one compute pass and one submit.
+//!
+//! Nothing above this layer needs to name a wgpu type: kernels take `&mut Recorder` and
+//! `&Tensor`s, and the model and trainer only ever see those.
+
+mod recorder;
+mod tensor;
+
+pub use recorder::{Binding, Recorder, Shader};
+pub use tensor::{DType, Tensor};
+
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tensor::BufferPool;
+
+/// The environment variable that picks an adapter by a substring of its name.
+pub const ADAPTER_ENV: &str = "PPO_WGPU_ADAPTER";
+
+/// Which matmul implementation a given adapter runs fastest (see `kernels::matmul`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulVariant {
+    /// Workgroup-shared tiles: the fast kernel on real GPUs.
+    WorkgroupTiled,
+    /// No workgroup memory, 8×16 outputs per invocation in vec4 registers: the fast kernel on
+    /// CPU adapters (lavapipe), where barriers are expensive.
+    RegisterTiled,
+}
+
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub matmul_variant: MatmulVariant,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
+    pool: BufferPool,
+    /// Uniform buffers for recorders, reused once a recorder has submitted.
+    uniform_arenas: Mutex<Vec<wgpu::Buffer>>,
+}
+
+/// Backends we ask for: Vulkan, Metal, DX12. Never GL: on Linux it would silently pick the
+/// llvmpipe GL adapter, which lacks the features real training wants.
+const BACKENDS: wgpu::Backends = wgpu::Backends::PRIMARY;
+
+/// Minimum limits the kernels rely on (the WebGPU defaults, stated here so that a weaker
+/// adapter gets an error that names what it lacks).
+const NEEDED_STORAGE_BUFFERS_PER_STAGE: u32 = 8;
+const NEEDED_WORKGROUP_STORAGE_BYTES: u32 = 16 * 1024;
+const NEEDED_INVOCATIONS_PER_WORKGROUP: u32 = 256;
+
+fn device_type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+const NO_DRIVER_HINT: &str = "install a Vulkan driver (on Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1`, \
+     which includes the lavapipe software adapter), or a Metal/DX12 capable GPU driver";
+
+/// Lists the adapters wgpu can see on the backends we use.
+pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
+    let instance = new_instance();
+    pollster::block_on(instance.enumerate_adapters(BACKENDS))
+        .iter()
+        .map(|a| a.get_info())
+        .collect()
+}
+
+fn new_instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = BACKENDS;
+    wgpu::Instance::new(desc)
+}
+
+impl Gpu {
+    /// Opens a device on the adapter whose name contains `name_filter` (case-insensitive), or on
+    /// `$PPO_WGPU_ADAPTER` when the filter is `None`, or else on the highest-performance adapter.
+    pub fn new(name_filter: Option<&str>) -> Result<Arc<Gpu>> {
+        let env_filter = std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty());
+        let filter = name_filter.map(str::to_string).or(env_filter);
+
+        let instance = new_instance();
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(BACKENDS));
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter(format!("wgpu found no Vulkan, Metal or DX12 adapter; {NO_DRIVER_HINT}")));
+        }
+        adapters.sort_by_key(|a| device_type_rank(a.get_info().device_type));
+        let adapter = match &filter {
+            None => adapters.remove(0),
+            Some(f) => {
+                let needle = f.to_lowercase();
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                let at = names.iter().position(|n| n.to_lowercase().contains(&needle)).ok_or_else(|| {
+                    Error::NoAdapter(format!("no adapter name contains {f:?}; available: {}", names.join(", ")))
+                })?;
+                adapters.remove(at)
+            }
+        };
+        Self::open(adapter)
+    }
+
+    fn open(adapter: wgpu::Adapter) -> Result<Arc<Gpu>> {
+        let info = adapter.get_info();
+        let available = adapter.limits();
+        let needed = [
+            ("max_storage_buffers_per_shader_stage", available.max_storage_buffers_per_shader_stage, NEEDED_STORAGE_BUFFERS_PER_STAGE),
+            ("max_compute_workgroup_storage_size", available.max_compute_workgroup_storage_size, NEEDED_WORKGROUP_STORAGE_BYTES),
+            ("max_compute_invocations_per_workgroup", available.max_compute_invocations_per_workgroup, NEEDED_INVOCATIONS_PER_WORKGROUP),
+        ];
+        for (name, have, need) in needed {
+            if have < need {
+                return Err(Error::MissingCapability(format!("{}: {name} is {have}, the kernels need {need}", info.name)));
+            }
+        }
+        // Ask for everything the adapter offers: GPT-2-small activations need storage bindings
+        // and buffers far above the WebGPU defaults (128 MiB / 256 MiB).
+        let limits = available.clone();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("ppo-wgpu"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Device(format!("{}: {e}", info.name)))?;
+        let matmul_variant = if info.device_type == wgpu::DeviceType::Cpu {
+            MatmulVariant::RegisterTiled
+        } else {
+            MatmulVariant::WorkgroupTiled
+        };
+        Ok(Arc::new(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            matmul_variant,
+            modules: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
+            pool: BufferPool::default(),
+            uniform_arenas: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// A one-line description: adapter name, backend, device type, driver.
+    pub fn describe(&self) -> String {
+        let i = &self.info;
+        format!("{} ({:?}, {:?}, driver {} {})", i.name, i.backend, i.device_type, i.driver, i.driver_info)
+    }
+
+    /// The limits that matter to the kernels, as (name, value) rows for `ppo-wgpu info`.
+    pub fn limit_rows(&self) -> Vec<(&'static str, u64)> {
+        let l = &self.limits;
+        vec![
+            ("max_buffer_size", l.max_buffer_size),
+            ("max_storage_buffer_binding_size", l.max_storage_buffer_binding_size as u64),
+            ("max_storage_buffers_per_shader_stage", l.max_storage_buffers_per_shader_stage as u64),
+            ("max_compute_workgroup_storage_size", l.max_compute_workgroup_storage_size as u64),
+            ("max_compute_invocations_per_workgroup", l.max_compute_invocations_per_workgroup as u64),
+            ("max_compute_workgroups_per_dimension", l.max_compute_workgroups_per_dimension as u64),
+            ("min_storage_buffer_offset_alignment", l.min_storage_buffer_offset_alignment as u64),
+        ]
+    }
+
+    /// The compute pipeline for `entry` of `shader` with the given override constants, compiled
+    /// on first use and cached: pipelines are never created in a training loop.
+    pub fn pipeline(&self, shader: &Shader, entry: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
+        let key = format!("{}:{entry}:{constants:?}", shader.name);
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return p.clone();
+        }
+        // Compiled without wgpu's injected bounds checks, which halve matmul throughput on
+        // lavapipe: every kernel clamps or guards its own indices against `params`, and the
+        // kernel functions check `params` against the bound tensors' sizes on the host. Set
+        // PPO_WGPU_CHECKED=1 to compile with the checks when debugging a kernel.
+        let checks = if std::env::var_os("PPO_WGPU_CHECKED").is_some() {
+            wgpu::ShaderRuntimeChecks::checked()
+        } else {
+            wgpu::ShaderRuntimeChecks::unchecked()
+        };
+        let module = {
+            let mut modules = self.modules.lock().unwrap();
+            modules
+                .entry(shader.name)
+                .or_insert_with(|| {
+                    unsafe { self.device.create_shader_module_trusted(wgpu::ShaderModuleDescriptor {
+                        label: Some(shader.name),
+                        source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+                    }, checks) }
+                })
+                .clone()
+        };
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&key),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: false },
+            cache: None,
+        });
+        self.pipelines.lock().unwrap().insert(key, pipeline.clone());
+        pipeline
+    }
+
+    /// Workgroup counts for `n_groups` workgroups laid out as a 2D grid whose x fits the
+    /// per-dimension limit. Kernels recover the flat index as `wid.y * nwg.x + wid.x`.
+    pub fn grid(&self, n_groups: usize) -> [u32; 3] {
+        let max_x = self.limits.max_compute_workgroups_per_dimension as usize;
+        if n_groups <= max_x {
+            [n_groups.max(1) as u32, 1, 1]
+        } else {
+            [max_x as u32, n_groups.div_ceil(max_x) as u32, 1]
+        }
+    }
+
+    /// Blocks until all submitted work has finished.
+    pub fn wait(&self) {
+        self.device.poll(wgpu::PollType::wait_indefinitely()).expect("GPU device lost while waiting");
+    }
+}

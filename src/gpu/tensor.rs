@@ -1,0 +1,192 @@
+//! Typed GPU tensors that know their shape, and the buffer pool behind them.
+//!
+//! A `Tensor` is a view (byte offset + shape) into a pooled storage buffer. When the last
+//! tensor viewing a buffer is dropped, the buffer goes back to the pool, keyed by its size, so
+//! a training loop that repeats the same shapes allocates nothing after its first step.
+//! Set `PPO_WGPU_NO_POOL=1` to turn reuse off when hunting a bug.
+
+use super::Gpu;
+use crate::error::{Error, Result, ensure_shape};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Element type of a tensor. Every element is 4 bytes; the kernels compute in f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    U32,
+}
+
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    /// Staging buffers for readback, keyed by size.
+    staging: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+}
+
+/// A storage buffer that returns itself to its pool when dropped.
+struct PooledBuffer {
+    buffer: wgpu::Buffer,
+    pool: Arc<Gpu>,
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        if std::env::var_os("PPO_WGPU_NO_POOL").is_none() {
+            let mut free = self.pool.pool.free.lock().unwrap();
+            free.entry(self.buffer.size()).or_default().push(self.buffer.clone());
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Tensor {
+    buffer: Arc<PooledBuffer>,
+    /// Offset of the first element, in elements.
+    offset: usize,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?} {:?} @{})", self.dtype, self.shape, self.offset)
+    }
+}
+
+const ELEM_BYTES: u64 = 4;
+
+impl Tensor {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub(crate) fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer.buffer
+    }
+    pub(crate) fn byte_offset(&self) -> u64 {
+        self.offset as u64 * ELEM_BYTES
+    }
+    /// Bytes viewed by this tensor (at least 4, so that empty tensors still bind).
+    pub(crate) fn byte_len(&self) -> u64 {
+        (self.len() as u64 * ELEM_BYTES).max(ELEM_BYTES)
+    }
+
+    /// The same data under another shape with the same number of elements.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        ensure_shape(n == self.len(), || format!("cannot reshape {:?} to {shape:?}", self.shape))?;
+        Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
+    }
+
+    /// A view of `shape` starting `offset` elements into this tensor, e.g. one parameter of a
+    /// flat parameter buffer. The offset must respect the storage-binding alignment.
+    pub fn view(&self, gpu: &Gpu, offset: usize, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        ensure_shape(offset + n <= self.len(), || {
+            format!("view of {shape:?} at {offset} does not fit in {:?}", self.shape)
+        })?;
+        let align = gpu.limits.min_storage_buffer_offset_alignment as usize / ELEM_BYTES as usize;
+        ensure_shape((self.offset + offset) % align == 0, || {
+            format!("view offset {offset} is not a multiple of the storage alignment ({align} elements)")
+        })?;
+        Ok(Tensor { buffer: self.buffer.clone(), offset: self.offset + offset, shape: shape.to_vec(), dtype: self.dtype })
+    }
+}
+
+impl Gpu {
+    /// A tensor with undefined contents (a pooled buffer may hold old data).
+    pub fn tensor(self: &Arc<Self>, shape: &[usize], dtype: DType) -> Tensor {
+        let n: usize = shape.iter().product();
+        let size = (n as u64 * ELEM_BYTES).max(ELEM_BYTES).next_multiple_of(256);
+        let reused = self.pool.free.lock().unwrap().get_mut(&size).and_then(Vec::pop);
+        let buffer = reused.unwrap_or_else(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
+        Tensor { buffer: Arc::new(PooledBuffer { buffer, pool: self.clone() }), offset: 0, shape: shape.to_vec(), dtype }
+    }
+
+    /// An f32 tensor holding `data`.
+    pub fn upload(self: &Arc<Self>, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        self.upload_bytes(shape, DType::F32, bytemuck::cast_slice(data))
+    }
+
+    /// A u32 tensor holding `data` (token ids, positions, index lists).
+    pub fn upload_u32(self: &Arc<Self>, shape: &[usize], data: &[u32]) -> Result<Tensor> {
+        self.upload_bytes(shape, DType::U32, bytemuck::cast_slice(data))
+    }
+
+    fn upload_bytes(self: &Arc<Self>, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        ensure_shape(bytes.len() == n * ELEM_BYTES as usize, || {
+            format!("upload of shape {shape:?} got {} elements", bytes.len() / ELEM_BYTES as usize)
+        })?;
+        let t = self.tensor(shape, dtype);
+        if !bytes.is_empty() {
+            self.queue.write_buffer(t.buffer(), t.byte_offset(), bytes);
+        }
+        Ok(t)
+    }
+
+    /// Overwrites a tensor's contents from the host (ordered before the next submit).
+    pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
+        ensure_shape(data.len() == t.len(), || format!("write of {} elements into {t:?}", data.len()))?;
+        self.queue.write_buffer(t.buffer(), t.byte_offset(), bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Copies a tensor back to the host, waiting for all submitted work. A round trip:
+    /// training code calls this only for a few scalars per step.
+    pub fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
+        Ok(bytemuck::cast_slice(&self.download_bytes(t)?).to_vec())
+    }
+
+    pub fn download_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
+        Ok(bytemuck::cast_slice(&self.download_bytes(t)?).to_vec())
+    }
+
+    fn download_bytes(&self, t: &Tensor) -> Result<Vec<u8>> {
+        let size = t.byte_len().next_multiple_of(256);
+        let reused = self.pool.staging.lock().unwrap().get_mut(&size).and_then(Vec::pop);
+        let staging = reused.unwrap_or_else(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(t.buffer(), t.byte_offset(), &staging, 0, t.byte_len());
+        self.queue.submit([encoder.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, ..t.byte_len(), move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait();
+        rx.recv()
+            .map_err(|e| Error::Readback(e.to_string()))?
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        let bytes = {
+            let view = staging.get_mapped_range(..t.byte_len()).map_err(|e| Error::Readback(e.to_string()))?;
+            view[..t.len() * ELEM_BYTES as usize].to_vec()
+        };
+        staging.unmap();
+        self.pool.staging.lock().unwrap().entry(size).or_default().push(staging);
+        Ok(bytes)
+    }
+}

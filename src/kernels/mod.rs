@@ -1,0 +1,35 @@
+//! One module per kernel family: each holds the Rust side of one `shaders/*.wgsl` file, with a
+//! function per entry point that checks shapes and records the dispatch into a `Recorder`.
+
+pub mod adamw;
+pub mod attention;
+pub mod cross_entropy;
+pub mod embedding;
+pub mod gelu;
+pub mod layernorm;
+pub mod matmul;
+pub mod residual;
+
+use crate::error::{Result, ensure_shape};
+use crate::gpu::{Binding, Tensor};
+
+/// `@binding(index)` = `tensor`.
+pub(crate) fn bind(index: u32, tensor: &Tensor) -> Binding<'_> {
+    Binding { index, tensor }
+}
+
+/// (rows, cols) of a tensor seen as a matrix whose rows are its last axis.
+pub(crate) fn as_matrix(t: &Tensor) -> (usize, usize) {
+    let cols = *t.shape().last().unwrap_or(&1);
+    (if cols == 0 { 0 } else { t.len() / cols }, cols)
+}
+
+/// Checks that a tensor has exactly `n` elements.
+pub(crate) fn expect_len(t: &Tensor, n: usize, what: &str) -> Result<()> {
+    ensure_shape(t.len() == n, || format!("{what}: expected {n} elements, got {:?}", t.shape()))
+}
+
+/// Workgroups of `size` needed to cover `n` invocations.
+pub(crate) fn groups(n: usize, size: usize) -> usize {
+    n.div_ceil(size)
+}
