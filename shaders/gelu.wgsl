@@ -20,10 +20,16 @@ struct Params {
 
 const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
 
-// tanh with its argument clamped: some drivers compute tanh through exp and overflow to NaN for
-// large |u|; tanh(±10) is ±1 to f32 precision anyway.
-fn safe_tanh(u: f32) -> f32 {
-    return tanh(clamp(u, -10.0, 10.0));
+// Written with sigmoids, which stay accurate in f32 where the tanh form cancels (for x ≪ 0,
+// 1 + tanh(u) and 1 − tanh²(u) are differences of nearly equal numbers):
+//   0.5·(1 + tanh(u)) = σ(2u),   1 − tanh²(u) = 4·σ(2u)·σ(−2u).
+// exp overflowing to +inf gives σ = 0 exactly, so no input produces NaN.
+fn sigmoid(z: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-z));
+}
+
+fn inner(x: f32) -> f32 {
+    return SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
 }
 
 @compute @workgroup_size(256)
@@ -32,8 +38,7 @@ fn gelu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let i = (wid.y * nwg.x + wid.x) * 256u + lid;
     if (i >= params.n) { return; }
     let x = inp[i];
-    let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
-    out[i] = 0.5 * x * (1.0 + safe_tanh(u));
+    out[i] = x * sigmoid(2.0 * inner(x));
 }
 
 @compute @workgroup_size(256)
@@ -42,9 +47,9 @@ fn gelu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let i = (wid.y * nwg.x + wid.x) * 256u + lid;
     if (i >= params.n) { return; }
     let x = inp[i];
-    let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
-    let t = safe_tanh(u);
+    let u = inner(x);
+    let s_pos = sigmoid(2.0 * u);
+    let s_neg = sigmoid(-2.0 * u);
     let du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-    let grad = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx;
-    dinp[i] = grad * dout[i];
+    dinp[i] = (s_pos + 2.0 * x * s_pos * s_neg * du_dx) * dout[i];
 }

@@ -1,1 +1,275 @@
-//! CPU references
+//! Plain CPU references for every kernel: straightforward loops in f64, written for clarity,
+//! not speed. Tests compare the GPU kernels against these, and check the backward references
+//! (and kernels) against finite differences of the forward ones.
+//!
+//! Shapes follow the kernels: row-major, `[rows, cols]` with the last axis contiguous.
+
+use crate::kernels::matmul::Layout;
+
+/// out[M,N] = op(A)·op(B) (see `Layout`), no bias.
+pub fn matmul(a: &[f64], b: &[f64], m: usize, n: usize, k: usize, layout: Layout) -> Vec<f64> {
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0.0;
+            for p in 0..k {
+                let x = match layout {
+                    Layout::TN => a[p * m + i],
+                    _ => a[i * k + p],
+                };
+                let y = match layout {
+                    Layout::NT => b[j * k + p],
+                    _ => b[p * n + j],
+                };
+                s += x * y;
+            }
+            out[i * n + j] = s;
+        }
+    }
+    out
+}
+
+/// out [N, OC] = inp [N, C] · w [C, OC] + bias [OC].
+pub fn linear_forward(inp: &[f64], w: &[f64], bias: Option<&[f64]>, n: usize, c: usize, oc: usize) -> Vec<f64> {
+    let mut out = matmul(inp, w, n, oc, c, Layout::NN);
+    if let Some(bias) = bias {
+        for row in out.chunks_mut(oc) {
+            row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+        }
+    }
+    out
+}
+
+/// (dinp, dw, dbias) of `linear_forward` for upstream gradient dout [N, OC].
+pub fn linear_backward(dout: &[f64], inp: &[f64], w: &[f64], n: usize, c: usize, oc: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let dinp = matmul(dout, w, n, c, oc, Layout::NT);
+    let dw = matmul(inp, dout, c, oc, n, Layout::TN);
+    let mut db = vec![0.0; oc];
+    for row in dout.chunks(oc) {
+        db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
+    }
+    (dinp, dw, db)
+}
+
+/// (out, mean, rstd) of LayerNorm over rows of width c.
+pub fn layernorm_forward(inp: &[f64], w: &[f64], b: &[f64], c: usize, eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let rows = inp.len() / c;
+    let (mut out, mut mean, mut rstd) = (vec![0.0; inp.len()], vec![0.0; rows], vec![0.0; rows]);
+    for r in 0..rows {
+        let x = &inp[r * c..(r + 1) * c];
+        let m = x.iter().sum::<f64>() / c as f64;
+        let var = x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / c as f64;
+        let s = 1.0 / (var + eps).sqrt();
+        for i in 0..c {
+            out[r * c + i] = (x[i] - m) * s * w[i] + b[i];
+        }
+        mean[r] = m;
+        rstd[r] = s;
+    }
+    (out, mean, rstd)
+}
+
+/// (dinp, dw, db) of LayerNorm.
+pub fn layernorm_backward(dout: &[f64], inp: &[f64], w: &[f64], c: usize, eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let rows = inp.len() / c;
+    let (_, mean, rstd) = layernorm_forward(inp, w, &vec![0.0; c], c, eps);
+    let (mut dinp, mut dw, mut db) = (vec![0.0; inp.len()], vec![0.0; c], vec![0.0; c]);
+    for r in 0..rows {
+        let norm: Vec<f64> = (0..c).map(|i| (inp[r * c + i] - mean[r]) * rstd[r]).collect();
+        let g: Vec<f64> = (0..c).map(|i| dout[r * c + i] * w[i]).collect();
+        let g_mean = g.iter().sum::<f64>() / c as f64;
+        let gn_mean = g.iter().zip(&norm).map(|(a, b)| a * b).sum::<f64>() / c as f64;
+        for i in 0..c {
+            dinp[r * c + i] = rstd[r] * (g[i] - g_mean - norm[i] * gn_mean);
+            dw[i] += dout[r * c + i] * norm[i];
+            db[i] += dout[r * c + i];
+        }
+    }
+    (dinp, dw, db)
+}
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+
+pub fn gelu_forward(x: &[f64]) -> Vec<f64> {
+    x.iter().map(|&x| 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())).collect()
+}
+
+/// dinp = gelu'(x)·dout.
+pub fn gelu_backward(x: &[f64], dout: &[f64]) -> Vec<f64> {
+    x.iter()
+        .zip(dout)
+        .map(|(&x, &d)| {
+            let t = (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh();
+            let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+            d * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+        })
+        .collect()
+}
+
+/// out [N, C] = wte[ids] + wpe[pos].
+pub fn embedding_forward(ids: &[u32], pos: &[u32], wte: &[f64], wpe: &[f64], c: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(ids.len() * c);
+    for (&id, &p) in ids.iter().zip(pos) {
+        for i in 0..c {
+            out.push(wte[id as usize * c + i] + wpe[p as usize * c + i]);
+        }
+    }
+    out
+}
+
+/// dtable [rows, C] = Σ over tokens n of dout[n] into row index[n].
+pub fn embedding_backward(dout: &[f64], index: &[u32], rows: usize, c: usize) -> Vec<f64> {
+    let mut d = vec![0.0; rows * c];
+    for (n, &r) in index.iter().enumerate() {
+        for i in 0..c {
+            d[r as usize * c + i] += dout[n * c + i];
+        }
+    }
+    d
+}
+
+/// Causal attention with key padding mask. qkv [B, T, 3C], mask [B, T] → (out [B, T, C],
+/// lse [B, NH, T]). A query with no visible key gets out = 0, lse = 0.
+pub fn attention_forward(qkv: &[f64], mask: &[u32], b: usize, t: usize, c: usize, nh: usize) -> (Vec<f64>, Vec<f64>) {
+    let hd = c / nh;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let (mut out, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
+    let at = |bb: usize, tt: usize, part: usize, h: usize| (bb * t + tt) * 3 * c + part * c + h * hd;
+    for bb in 0..b {
+        for h in 0..nh {
+            for i in 0..t {
+                let keys: Vec<usize> = (0..=i).filter(|&j| mask[bb * t + j] != 0).collect();
+                if keys.is_empty() {
+                    continue;
+                }
+                let scores: Vec<f64> = keys
+                    .iter()
+                    .map(|&j| (0..hd).map(|d| qkv[at(bb, i, 0, h) + d] * qkv[at(bb, j, 1, h) + d]).sum::<f64>() * scale)
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                for (&j, s) in keys.iter().zip(&scores) {
+                    let p = (s - max).exp() / sum;
+                    for d in 0..hd {
+                        out[(bb * t + i) * c + h * hd + d] += p * qkv[at(bb, j, 2, h) + d];
+                    }
+                }
+                lse[(bb * nh + h) * t + i] = max + sum.ln();
+            }
+        }
+    }
+    (out, lse)
+}
+
+/// dqkv [B, T, 3C] of `attention_forward` for upstream gradient dout [B, T, C].
+pub fn attention_backward(dout: &[f64], qkv: &[f64], mask: &[u32], b: usize, t: usize, c: usize, nh: usize) -> Vec<f64> {
+    let hd = c / nh;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut dqkv = vec![0.0; qkv.len()];
+    let at = |bb: usize, tt: usize, part: usize, h: usize| (bb * t + tt) * 3 * c + part * c + h * hd;
+    for bb in 0..b {
+        for h in 0..nh {
+            for i in 0..t {
+                let keys: Vec<usize> = (0..=i).filter(|&j| mask[bb * t + j] != 0).collect();
+                if keys.is_empty() {
+                    continue;
+                }
+                let scores: Vec<f64> = keys
+                    .iter()
+                    .map(|&j| (0..hd).map(|d| qkv[at(bb, i, 0, h) + d] * qkv[at(bb, j, 1, h) + d]).sum::<f64>() * scale)
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                let p: Vec<f64> = scores.iter().map(|s| (s - max).exp() / sum).collect();
+                let dout_i = &dout[(bb * t + i) * c + h * hd..][..hd];
+                // dp_j = dout_i·v_j; ds_j = p_j (dp_j − Σ_k p_k dp_k)
+                let dp: Vec<f64> = keys.iter().map(|&j| (0..hd).map(|d| dout_i[d] * qkv[at(bb, j, 2, h) + d]).sum()).collect();
+                let mean_dp: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                for (x, &j) in keys.iter().enumerate() {
+                    let ds = p[x] * (dp[x] - mean_dp) * scale;
+                    for d in 0..hd {
+                        dqkv[at(bb, i, 0, h) + d] += ds * qkv[at(bb, j, 1, h) + d];
+                        dqkv[at(bb, j, 1, h) + d] += ds * qkv[at(bb, i, 0, h) + d];
+                        dqkv[at(bb, j, 2, h) + d] += p[x] * dout_i[d];
+                    }
+                }
+            }
+        }
+    }
+    dqkv
+}
+
+/// log Σ exp of each row of width v.
+pub fn logsumexp_rows(logits: &[f64], v: usize) -> Vec<f64> {
+    logits
+        .chunks(v)
+        .map(|row| {
+            let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            max + row.iter().map(|z| (z - max).exp()).sum::<f64>().ln()
+        })
+        .collect()
+}
+
+/// log_softmax along rows of width v.
+pub fn log_softmax(logits: &[f64], v: usize) -> Vec<f64> {
+    let lse = logsumexp_rows(logits, v);
+    logits.iter().enumerate().map(|(i, z)| z - lse[i / v]).collect()
+}
+
+/// Per-row cross-entropy loss (0 where the target is `IGNORE`).
+pub fn cross_entropy_forward(logits: &[f64], targets: &[u32], v: usize) -> Vec<f64> {
+    let lse = logsumexp_rows(logits, v);
+    targets
+        .iter()
+        .enumerate()
+        .map(|(n, &t)| if t == crate::kernels::cross_entropy::IGNORE { 0.0 } else { lse[n] - logits[n * v + t as usize] })
+        .collect()
+}
+
+/// ∂(Σ_n dloss_n·loss_n)/∂logits.
+pub fn cross_entropy_backward(logits: &[f64], targets: &[u32], dloss: &[f64], v: usize) -> Vec<f64> {
+    let lse = logsumexp_rows(logits, v);
+    let mut d = vec![0.0; logits.len()];
+    for (n, &t) in targets.iter().enumerate() {
+        if t == crate::kernels::cross_entropy::IGNORE {
+            continue;
+        }
+        for i in 0..v {
+            let p = (logits[n * v + i] - lse[n]).exp();
+            d[n * v + i] = dloss[n] * (p - if i == t as usize { 1.0 } else { 0.0 });
+        }
+    }
+    d
+}
+
+/// (‖grad‖₂, clip scale) as the grad-norm kernels compute them.
+pub fn grad_norm(grad: &[f64], max_norm: f64) -> (f64, f64) {
+    let norm = grad.iter().map(|g| g * g).sum::<f64>().sqrt();
+    let scale = if max_norm > 0.0 { (max_norm / (norm + 1e-6)).min(1.0) } else { 1.0 };
+    (norm, scale)
+}
+
+/// One AdamW step t on (param, m, v) in place, gradient scaled by `scale`.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update(
+    param: &mut [f64],
+    m: &mut [f64],
+    v: &mut [f64],
+    grad: &[f64],
+    scale: f64,
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    t: i32,
+) {
+    for i in 0..param.len() {
+        let g = grad[i] * scale;
+        m[i] = beta1 * m[i] + (1.0 - beta1) * g;
+        v[i] = beta2 * v[i] + (1.0 - beta2) * g * g;
+        let m_hat = m[i] / (1.0 - beta1.powi(t));
+        let v_hat = v[i] / (1.0 - beta2.powi(t));
+        param[i] -= lr * (m_hat / (v_hat.sqrt() + eps) + weight_decay * param[i]);
+    }
+}

@@ -1,1 +1,101 @@
-//! TODO
+//! Token + position embedding forward and backward. Shader: `embedding.wgsl`.
+
+use super::{as_matrix, bind, expect_len, groups};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Recorder, Shader, Tensor};
+use std::sync::Arc;
+
+pub const SHADER: Shader = Shader { name: "embedding", source: include_str!("../../shaders/embedding.wgsl") };
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    c: u32,
+    vocab: u32,
+    positions: u32,
+}
+
+/// Hugging Face's position ids for a left-padded batch: `max(cumsum(mask) − 1, 0)` per row, so
+/// the first real token of every row is at position 0. `mask` is [B, T], nonzero = real token.
+pub fn position_ids(mask: &[u32], t: usize) -> Vec<u32> {
+    let mut pos = Vec::with_capacity(mask.len());
+    for row in mask.chunks(t) {
+        let mut seen = 0u32;
+        for &m in row {
+            seen += (m != 0) as u32;
+            pos.push(seen.saturating_sub(1));
+        }
+    }
+    pos
+}
+
+/// Checks that every index is below `rows` (a token id below the vocabulary size, a position
+/// below n_positions); `what` names the indices in the error.
+pub fn check_indices(indices: &[u32], rows: usize, what: &str) -> Result<()> {
+    match indices.iter().position(|&i| i as usize >= rows) {
+        None => Ok(()),
+        Some(at) => Err(Error::Input(format!("{what}[{at}] = {} is out of range: the table has {rows} rows", indices[at]))),
+    }
+}
+
+/// The token positions grouped by the table row they read, uploaded for `embedding_backward`.
+pub struct Buckets {
+    rows: Tensor,
+    offsets: Tensor,
+    tokens: Tensor,
+    count: usize,
+}
+
+impl Buckets {
+    /// Groups positions `n` by `indices[n]` (each < `table_rows`), in increasing row order.
+    pub fn new(gpu: &Arc<Gpu>, indices: &[u32], table_rows: usize) -> Result<Buckets> {
+        check_indices(indices, table_rows, "embedding index")?;
+        let mut order: Vec<u32> = (0..indices.len() as u32).collect();
+        order.sort_by_key(|&n| (indices[n as usize], n));
+        let (mut rows, mut offsets) = (Vec::new(), Vec::new());
+        for (j, &n) in order.iter().enumerate() {
+            let row = indices[n as usize];
+            if rows.last() != Some(&row) {
+                rows.push(row);
+                offsets.push(j as u32);
+            }
+        }
+        offsets.push(order.len() as u32);
+        let count = rows.len();
+        Ok(Buckets {
+            rows: gpu.upload_u32(&[count], &rows)?,
+            offsets: gpu.upload_u32(&[count + 1], &offsets)?,
+            tokens: gpu.upload_u32(&[order.len()], &order)?,
+            count,
+        })
+    }
+}
+
+/// out [N, C] = wte[ids] + wpe[pos]. `ids` and `pos` are u32 [N], validated on upload with
+/// `check_indices` (the kernel clamps rather than reading out of bounds).
+pub fn embedding_forward(rec: &mut Recorder, out: &Tensor, ids: &Tensor, pos: &Tensor, wte: &Tensor, wpe: &Tensor) -> Result<()> {
+    let (vocab, c) = as_matrix(wte);
+    let (positions, c2) = as_matrix(wpe);
+    expect_len(pos, ids.len(), "embedding positions")?;
+    expect_len(wpe, positions * c, &format!("wpe (width {c2}) for wte {:?}", wte.shape()))?;
+    expect_len(out, ids.len() * c, "embedding output")?;
+    let params = Params { n: ids.len() as u32, c: c as u32, vocab: vocab as u32, positions: positions as u32 };
+    let grid = rec.gpu().grid(groups(ids.len() * c, 256));
+    let b = [bind(1, ids), bind(2, pos), bind(3, wte), bind(4, wpe), bind(5, out)];
+    rec.dispatch(&SHADER, "embedding_forward", &[], bytemuck::bytes_of(&params), &b, grid)
+}
+
+/// dtable [rows, C] += the gradient dout [N, C] gathered by `buckets` (made from the same
+/// indices as the forward: ids for wte, positions for wpe).
+pub fn embedding_backward(rec: &mut Recorder, dtable: &Tensor, dout: &Tensor, buckets: &Buckets) -> Result<()> {
+    let (rows, c) = as_matrix(dtable);
+    expect_len(dout, buckets.tokens.len() * c, "embedding dout")?;
+    if buckets.count == 0 {
+        return Ok(());
+    }
+    let params = Params { n: buckets.count as u32, c: c as u32, vocab: rows as u32, positions: 0 };
+    let grid = rec.gpu().grid(groups(buckets.count * c, 256));
+    let b = [bind(6, dout), bind(7, &buckets.rows), bind(8, &buckets.offsets), bind(9, &buckets.tokens), bind(10, dtable)];
+    rec.dispatch(&SHADER, "embedding_backward", &[], bytemuck::bytes_of(&params), &b, grid)
+}

@@ -1,1 +1,70 @@
-//! TODO
+//! LayerNorm forward and backward. Shader: `layernorm.wgsl`.
+
+use super::{as_matrix, bind, expect_len, groups};
+use crate::error::Result;
+use crate::gpu::{Recorder, Shader, Tensor};
+
+pub const SHADER: Shader = Shader { name: "layernorm", source: include_str!("../../shaders/layernorm.wgsl") };
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    c: u32,
+    eps: f32,
+}
+
+/// out [N, C] = layernorm(inp [N, C]) · weight [C] + bias [C]; saves mean [N] and rstd [N].
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_forward(
+    rec: &mut Recorder,
+    out: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    inp: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f32,
+) -> Result<()> {
+    let (rows, c) = as_matrix(inp);
+    expect_len(out, rows * c, "layernorm output")?;
+    expect_len(weight, c, "layernorm weight")?;
+    expect_len(bias, c, "layernorm bias")?;
+    expect_len(mean, rows, "layernorm mean")?;
+    expect_len(rstd, rows, "layernorm rstd")?;
+    let params = Params { rows: rows as u32, c: c as u32, eps };
+    let grid = rec.gpu().grid(groups(rows, 64));
+    let b = [bind(1, inp), bind(2, weight), bind(3, bias), bind(4, out), bind(5, mean), bind(6, rstd)];
+    rec.dispatch(&SHADER, "layernorm_forward", &[], bytemuck::bytes_of(&params), &b, grid)
+}
+
+/// Accumulates the LayerNorm gradients: dinp += ∂L/∂inp, dweight += ∂L/∂w, dbias += ∂L/∂b.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward(
+    rec: &mut Recorder,
+    dinp: &Tensor,
+    dweight: &Tensor,
+    dbias: &Tensor,
+    dout: &Tensor,
+    inp: &Tensor,
+    weight: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+) -> Result<()> {
+    let (rows, c) = as_matrix(inp);
+    expect_len(dout, rows * c, "layernorm dout")?;
+    expect_len(dinp, rows * c, "layernorm dinp")?;
+    expect_len(weight, c, "layernorm weight")?;
+    expect_len(dweight, c, "layernorm dweight")?;
+    expect_len(dbias, c, "layernorm dbias")?;
+    expect_len(mean, rows, "layernorm mean")?;
+    expect_len(rstd, rows, "layernorm rstd")?;
+    let params = Params { rows: rows as u32, c: c as u32, eps: 0.0 };
+    let p = bytemuck::bytes_of(&params);
+    let grid = rec.gpu().grid(groups(rows, 64));
+    let b = [bind(1, inp), bind(2, weight), bind(7, dout), bind(8, dinp), bind(11, mean), bind(12, rstd)];
+    rec.dispatch(&SHADER, "layernorm_backward_input", &[], p, &b, grid)?;
+    let grid = rec.gpu().grid(groups(c, 64));
+    let b = [bind(1, inp), bind(7, dout), bind(9, dweight), bind(10, dbias), bind(11, mean), bind(12, rstd)];
+    rec.dispatch(&SHADER, "layernorm_backward_params", &[], p, &b, grid)
+}

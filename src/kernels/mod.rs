@@ -33,3 +33,16 @@ pub(crate) fn expect_len(t: &Tensor, n: usize, what: &str) -> Result<()> {
 pub(crate) fn groups(n: usize, size: usize) -> usize {
     n.div_ceil(size)
 }
+
+/// Every shader of the crate, for validation and for warming the pipeline cache.
+pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
+    &adamw::SHADER,
+    &attention::SHADER,
+    &cross_entropy::SHADER,
+    &embedding::SHADER,
+    &gelu::SHADER,
+    &layernorm::SHADER,
+    &matmul::SHADER,
+    &matmul::TILED_SHADER,
+    &residual::SHADER,
+];

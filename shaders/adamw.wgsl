@@ -1,0 +1,92 @@
+// Global gradient norm with clipping, and the AdamW update.
+//
+//   grad_norm_partial:  partial[g] = Σ grad[i]² over workgroup g's grid-stride slice
+//   grad_norm_finalize: norm = sqrt(Σ partial);  scale = min(1, max_norm / (norm + 1e-6))
+//                       (scale = 1 when max_norm ≤ 0); writes norm_scale = [norm, scale]
+//   adamw_update:       g = grad·scale
+//                       m ← β1·m + (1 − β1)·g,   v ← β2·v + (1 − β2)·g²
+//                       θ ← θ − lr·( (m / (1 − β1^t)) / (sqrt(v / (1 − β2^t)) + eps) + wd·θ )
+//
+// Weight decay is decoupled (AdamW, Loshchilov & Hutter) and applied per dispatch, so the caller
+// decays matrices and leaves biases and LayerNorm parameters alone, as GPT-2 training does. The
+// clip scale is read on the GPU from norm_scale: clipping needs no host round trip.
+//
+// Layout: params, grads, m, v flat f32 [n]; partial [G]; norm_scale [2].
+// Launch: partial: G workgroups of 256 (grid-stride); finalize: 1 workgroup of 256;
+// update: ceil(n/256) workgroups of 256, laid out 2D (x ≤ 65535).
+
+struct Params {
+    n: u32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    bias_correction1: f32, // 1 − β1^t
+    bias_correction2: f32, // 1 − β2^t
+    max_norm: f32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> grad: array<f32>;
+@group(0) @binding(2) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(3) var<storage, read> partial_in: array<f32>;
+@group(0) @binding(4) var<storage, read_write> norm_scale: array<f32>;
+@group(0) @binding(5) var<storage, read> norm_scale_in: array<f32>;
+@group(0) @binding(6) var<storage, read_write> param: array<f32>;
+@group(0) @binding(7) var<storage, read_write> m: array<f32>;
+@group(0) @binding(8) var<storage, read_write> v: array<f32>;
+
+var<workgroup> wg_sum: array<f32, 256>;
+
+// Tree sum of wg_sum[0..256] into wg_sum[0].
+fn workgroup_reduce(lid: u32) {
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride /= 2u) {
+        if (lid < stride) { wg_sum[lid] += wg_sum[lid + stride]; }
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(256)
+fn grad_norm_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    var s = 0.0;
+    for (var i = wid.x * 256u + lid; i < params.n; i += nwg.x * 256u) {
+        let g = grad[i];
+        s += g * g;
+    }
+    wg_sum[lid] = s;
+    workgroup_reduce(lid);
+    if (lid == 0u) { partial[wid.x] = wg_sum[0]; }
+}
+
+@compute @workgroup_size(256)
+fn grad_norm_finalize(@builtin(local_invocation_index) lid: u32) {
+    // params.n is the number of partial sums here.
+    var s = 0.0;
+    for (var i = lid; i < params.n; i += 256u) { s += partial_in[i]; }
+    wg_sum[lid] = s;
+    workgroup_reduce(lid);
+    if (lid == 0u) {
+        let norm = sqrt(wg_sum[0]);
+        norm_scale[0] = norm;
+        norm_scale[1] = select(1.0, min(1.0, params.max_norm / (norm + 1e-6)), params.max_norm > 0.0);
+    }
+}
+
+@compute @workgroup_size(256)
+fn adamw_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    if (i >= params.n) { return; }
+    let g = grad[i] * norm_scale_in[1];
+    let m_new = params.beta1 * m[i] + (1.0 - params.beta1) * g;
+    let v_new = params.beta2 * v[i] + (1.0 - params.beta2) * g * g;
+    m[i] = m_new;
+    v[i] = v_new;
+    let m_hat = m_new / params.bias_correction1;
+    let v_hat = v_new / params.bias_correction2;
+    let p = param[i];
+    param[i] = p - params.lr * (m_hat / (sqrt(v_hat) + params.eps) + params.weight_decay * p);
+}

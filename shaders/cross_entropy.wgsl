@@ -1,0 +1,113 @@
+// Log-softmax and cross-entropy over rows of logits (vocabularies up to 50257 and beyond).
+//
+//   lse_n     = log Σ_v exp(z[n, v])                       one pass, online max/sum
+//   loss_n    = lse_n − z[n, target_n]                     (0 where target_n is IGNORE)
+//   logp[n,v] = z[n, v] − lse_n                            (log_softmax_forward)
+//   backward, in place of the logits (as llm.c's fused classifier):
+//   z[n, v]  ← dloss_n · (exp(z[n, v] − lse_n) − [v = target_n])
+//
+// The online recurrence keeps a running max m and a sum l of exp(z − m); when a larger value
+// arrives the sum is rescaled by exp(m_old − m_new), so each logit is read once and nothing
+// overflows. Each of the 64 invocations of a row's workgroup folds a strided slice of the row,
+// then the 64 partial (m, l) pairs are merged by a tree in workgroup memory.
+//
+// Layout: logits [N, V] row-major; targets [N] u32 (0xFFFFFFFF = ignore); dloss, lse, loss [N].
+// Launch: one workgroup of 64 per row; grid = N workgroups laid out 2D (x ≤ 65535).
+
+struct Params {
+    rows: u32,
+    v: u32,
+}
+
+const WG: u32 = 64u;
+const IGNORE: u32 = 0xFFFFFFFFu;
+const NEG_BIG: f32 = -3.0e38;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read> targets: array<u32>;
+@group(0) @binding(3) var<storage, read_write> lse: array<f32>;
+@group(0) @binding(4) var<storage, read_write> loss: array<f32>;
+@group(0) @binding(5) var<storage, read_write> logp: array<f32>;
+// Backward: the logits are overwritten with their gradient.
+@group(0) @binding(6) var<storage, read_write> dlogits: array<f32>;
+@group(0) @binding(7) var<storage, read> dloss: array<f32>;
+@group(0) @binding(8) var<storage, read> lse_saved: array<f32>;
+
+var<workgroup> wg_max: array<f32, WG>;
+var<workgroup> wg_sum: array<f32, WG>;
+
+// Merges two online-softmax states (m, l): the result's sum is relative to the larger max.
+fn merge(m_a: f32, l_a: f32, m_b: f32, l_b: f32) -> vec2<f32> {
+    let m = max(m_a, m_b);
+    return vec2<f32>(m, l_a * exp(m_a - m) + l_b * exp(m_b - m));
+}
+
+// log Σ exp over row `row`; every invocation of the workgroup gets the result.
+fn row_logsumexp(row: u32, lid: u32) -> f32 {
+    let base = row * params.v;
+    var m = NEG_BIG;
+    var l = 0.0;
+    for (var i = lid; i < params.v; i += WG) {
+        let z = logits[base + i];
+        let m_new = max(m, z);
+        l = l * exp(m - m_new) + exp(z - m_new);
+        m = m_new;
+    }
+    wg_max[lid] = m;
+    wg_sum[lid] = l;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            let r = merge(wg_max[lid], wg_sum[lid], wg_max[lid + stride], wg_sum[lid + stride]);
+            wg_max[lid] = r.x;
+            wg_sum[lid] = r.y;
+        }
+        workgroupBarrier();
+    }
+    let result = wg_max[0] + log(wg_sum[0]);
+    // Keep the next row's writes from overtaking this row's reads of wg_max/wg_sum.
+    workgroupBarrier();
+    return result;
+}
+
+@compute @workgroup_size(64)
+fn cross_entropy_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let row = wid.y * nwg.x + wid.x;
+    if (row >= params.rows) { return; } // uniform across the workgroup: barriers stay uniform
+    let row_lse = row_logsumexp(row, lid);
+    if (lid == 0u) {
+        lse[row] = row_lse;
+        let tgt = targets[row];
+        loss[row] = select(row_lse - logits[row * params.v + min(tgt, params.v - 1u)], 0.0, tgt == IGNORE);
+    }
+}
+
+@compute @workgroup_size(64)
+fn log_softmax_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let row = wid.y * nwg.x + wid.x;
+    if (row >= params.rows) { return; }
+    let row_lse = row_logsumexp(row, lid);
+    let base = row * params.v;
+    for (var i = lid; i < params.v; i += WG) {
+        logp[base + i] = logits[base + i] - row_lse;
+    }
+}
+
+@compute @workgroup_size(64)
+fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    let row = wid.y * nwg.x + wid.x;
+    if (row >= params.rows) { return; }
+    let base = row * params.v;
+    let tgt = targets[row];
+    let scale = select(dloss[row], 0.0, tgt == IGNORE);
+    let row_lse = lse_saved[row];
+    // Each element is read and then overwritten by the same invocation: no barrier needed.
+    for (var i = lid; i < params.v; i += WG) {
+        let p = exp(dlogits[base + i] - row_lse);
+        dlogits[base + i] = scale * (p - select(0.0, 1.0, i == tgt));
+    }
+}

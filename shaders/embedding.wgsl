@@ -1,0 +1,63 @@
+// Token + position embedding, forward and backward.
+//
+//   forward:  out[n, c] = wte[ids[n], c] + wpe[pos[n], c]
+//   backward: dtable[r, c] += Σ_{n : index[n] = r} dout[n, c]        (for wte with ids, wpe with pos)
+//
+// WGSL has no float atomics, so the backward never lets two invocations add into the same row:
+// the host groups the token positions by the table row they read ("buckets", in CSR form:
+// bucket b is table row bucket_rows[b] and owns the token positions
+// bucket_tokens[bucket_offsets[b] .. bucket_offsets[b+1]]), and one invocation per
+// (bucket, channel) sums its tokens' gradients in a fixed order, so the result is deterministic.
+//
+// Layout: ids, pos [N] u32; wte [V, C]; wpe [T, C]; out, dout [N, C]; dtable [rows, C].
+// Indices are clamped to the table (the host validates them before upload; clamping keeps a bad
+// id from ever reading outside the buffer).
+// Launch: workgroup 256, one invocation per output element (forward: N·C; backward:
+// buckets·C), consecutive invocations along C; grid laid out 2D (x ≤ 65535).
+
+struct Params {
+    n: u32,         // forward: tokens; backward: buckets
+    c: u32,
+    vocab: u32,     // rows of wte (forward) / of dtable (backward)
+    positions: u32, // rows of wpe (forward)
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> ids: array<u32>;
+@group(0) @binding(2) var<storage, read> pos: array<u32>;
+@group(0) @binding(3) var<storage, read> wte: array<f32>;
+@group(0) @binding(4) var<storage, read> wpe: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+// Backward
+@group(0) @binding(6) var<storage, read> dout: array<f32>;
+@group(0) @binding(7) var<storage, read> bucket_rows: array<u32>;
+@group(0) @binding(8) var<storage, read> bucket_offsets: array<u32>;
+@group(0) @binding(9) var<storage, read> bucket_tokens: array<u32>;
+@group(0) @binding(10) var<storage, read_write> dtable: array<f32>;
+
+@compute @workgroup_size(256)
+fn embedding_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    if (i >= params.n * params.c) { return; }
+    let token = i / params.c;
+    let ch = i % params.c;
+    let id = min(ids[token], params.vocab - 1u);
+    let p = min(pos[token], params.positions - 1u);
+    out[i] = wte[id * params.c + ch] + wpe[p * params.c + ch];
+}
+
+@compute @workgroup_size(256)
+fn embedding_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    if (i >= params.n * params.c) { return; }
+    let bucket = i / params.c;
+    let ch = i % params.c;
+    var sum = 0.0;
+    for (var j = bucket_offsets[bucket]; j < bucket_offsets[bucket + 1u]; j++) {
+        sum += dout[bucket_tokens[j] * params.c + ch];
+    }
+    let row = min(bucket_rows[bucket], params.vocab - 1u);
+    dtable[row * params.c + ch] += sum;
+}

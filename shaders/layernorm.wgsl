@@ -1,0 +1,103 @@
+// LayerNorm over the last axis, forward and backward.
+//
+//   forward:  mean = Σx/C, rstd = 1/sqrt(Σ(x − mean)²/C + eps), out = (x − mean)·rstd·w + b
+//   backward: with n = (x − mean)·rstd and g = dout·w,
+//             dinp += rstd·(g − mean(g) − n·mean(g·n))          (layernorm_backward_input)
+//             dw += Σ_rows dout·n,  db += Σ_rows dout            (layernorm_backward_params)
+//
+// Layout: inp, out, dout, dinp [N, C] row-major; w, b, dw, db [C]; mean, rstd [N] (saved by the
+// forward for the backward).
+// Launch: one invocation per row (forward, backward_input) or per channel (backward_params),
+// workgroup 64, grid = ceil(rows/64) or ceil(C/64), laid out 2D (x ≤ 65535). One invocation per
+// row rather than a workgroup reduction: rows are short (C ≤ a few thousand) and on CPU
+// adapters workgroup barriers cost more than the serial sum; the per-channel parameter
+// gradient is a separate pass so that no two invocations ever add into the same dw[c].
+
+struct Params {
+    rows: u32,
+    c: u32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> inp: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(6) var<storage, read_write> rstd: array<f32>;
+// Backward
+@group(0) @binding(7) var<storage, read> dout: array<f32>;
+@group(0) @binding(8) var<storage, read_write> dinp: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dweight: array<f32>;
+@group(0) @binding(10) var<storage, read_write> dbias: array<f32>;
+@group(0) @binding(11) var<storage, read> saved_mean: array<f32>;
+@group(0) @binding(12) var<storage, read> saved_rstd: array<f32>;
+
+fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * 64u + lid;
+}
+
+@compute @workgroup_size(64)
+fn layernorm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let row = flat_index(wid, nwg, lid);
+    if (row >= params.rows) { return; }
+    let c = params.c;
+    let base = row * c;
+    var sum = 0.0;
+    for (var i = 0u; i < c; i++) { sum += inp[base + i]; }
+    let m = sum / f32(c);
+    // Second pass for the variance: the row is in cache, and it avoids E[x²] − E[x]² cancellation.
+    var sq = 0.0;
+    for (var i = 0u; i < c; i++) { let d = inp[base + i] - m; sq += d * d; }
+    let s = inverseSqrt(sq / f32(c) + params.eps);
+    for (var i = 0u; i < c; i++) {
+        out[base + i] = (inp[base + i] - m) * s * weight[i] + bias[i];
+    }
+    mean[row] = m;
+    rstd[row] = s;
+}
+
+@compute @workgroup_size(64)
+fn layernorm_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                            @builtin(local_invocation_index) lid: u32) {
+    let row = flat_index(wid, nwg, lid);
+    if (row >= params.rows) { return; }
+    let c = params.c;
+    let base = row * c;
+    let m = saved_mean[row];
+    let s = saved_rstd[row];
+    var g_mean = 0.0;
+    var gn_mean = 0.0;
+    for (var i = 0u; i < c; i++) {
+        let n = (inp[base + i] - m) * s;
+        let g = dout[base + i] * weight[i];
+        g_mean += g;
+        gn_mean += g * n;
+    }
+    g_mean /= f32(c);
+    gn_mean /= f32(c);
+    for (var i = 0u; i < c; i++) {
+        let n = (inp[base + i] - m) * s;
+        let g = dout[base + i] * weight[i];
+        dinp[base + i] += s * (g - g_mean - n * gn_mean);
+    }
+}
+
+@compute @workgroup_size(64)
+fn layernorm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let ch = flat_index(wid, nwg, lid);
+    if (ch >= params.c) { return; }
+    var dw = 0.0;
+    var db = 0.0;
+    for (var row = 0u; row < params.rows; row++) {
+        let at = row * params.c + ch;
+        let n = (inp[at] - saved_mean[row]) * saved_rstd[row];
+        dw += dout[at] * n;
+        db += dout[at];
+    }
+    dweight[ch] += dw;
+    dbias[ch] += db;
+}

@@ -1,0 +1,134 @@
+//! Shared test helpers: the GPU (opened once per test binary), seeded random inputs, comparison
+//! with a stated tolerance that prints the worst mismatches, and finite differences.
+
+use ppo_wgpu::gpu::{DType, Gpu, Recorder, Tensor};
+use std::sync::{Arc, OnceLock};
+
+/// The adapter the tests run on: `$PPO_WGPU_ADAPTER` or the default (lavapipe on CI).
+pub fn gpu() -> Arc<Gpu> {
+    static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let gpu = Gpu::new(None).unwrap_or_else(|e| panic!("the kernel tests need a GPU adapter: {e}"));
+        eprintln!("kernel tests on {}", gpu.describe());
+        gpu
+    })
+    .clone()
+}
+
+/// A small deterministic generator (SplitMix64) so that every run sees the same inputs.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u = self.uniform().max(1e-300);
+        let v = self.uniform();
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+    /// `n` normal values times `std`, already rounded to f32 (so that CPU and GPU see the same).
+    pub fn normals(&mut self, n: usize, std: f64) -> Vec<f64> {
+        (0..n).map(|_| (self.normal() * std) as f32 as f64).collect()
+    }
+    pub fn below(&mut self, n: u32) -> u32 {
+        (self.next_u64() % n as u64) as u32
+    }
+}
+
+pub fn to_f32(x: &[f64]) -> Vec<f32> {
+    x.iter().map(|&v| v as f32).collect()
+}
+
+pub fn upload(x: &[f64], shape: &[usize]) -> Tensor {
+    gpu().upload(shape, &to_f32(x)).unwrap()
+}
+
+pub fn zeros(shape: &[usize]) -> Tensor {
+    let gpu = gpu();
+    let t = gpu.tensor(shape, DType::F32);
+    let mut rec = Recorder::new(&gpu);
+    rec.zero(&t);
+    rec.submit();
+    t
+}
+
+pub fn download(t: &Tensor) -> Vec<f64> {
+    gpu().download(t).unwrap().into_iter().map(f64::from).collect()
+}
+
+/// Asserts |got − want| ≤ atol + rtol·|want| everywhere; on failure prints the worst mismatch and
+/// the first few, with their indices.
+pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length {} vs reference {}", got.len(), want.len());
+    let mut worst: Option<(usize, f64)> = None;
+    let mut bad = Vec::new();
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        let excess = err - (atol + rtol * w.abs());
+        if excess > 0.0 || !g.is_finite() {
+            if bad.len() < 5 {
+                bad.push(format!("  [{i}] got {g:.7e} want {w:.7e} (|err| {err:.2e})"));
+            }
+            if worst.is_none_or(|(_, e)| excess > e || !g.is_finite()) {
+                worst = Some((i, excess));
+            }
+        }
+    }
+    if let Some((i, _)) = worst {
+        panic!(
+            "{what}: {} mismatches beyond atol {atol:.1e} + rtol {rtol:.1e}; worst at [{i}]: got {:.7e} want {:.7e}\n{}",
+            bad.len(),
+            got[i],
+            want[i],
+            bad.join("\n")
+        );
+    }
+}
+
+/// Central finite differences of a scalar function at the given coordinates of x.
+pub fn finite_differences(f: impl Fn(&[f64]) -> f64, x: &[f64], coords: &[usize], h: f64) -> Vec<f64> {
+    let mut x = x.to_vec();
+    coords
+        .iter()
+        .map(|&i| {
+            let orig = x[i];
+            x[i] = orig + h;
+            let up = f(&x);
+            x[i] = orig - h;
+            let down = f(&x);
+            x[i] = orig;
+            (up - down) / (2.0 * h)
+        })
+        .collect()
+}
+
+/// `count` coordinates spread over 0..n (deterministic).
+pub fn sample_coords(rng: &mut Rng, n: usize, count: usize) -> Vec<usize> {
+    (0..count.min(n)).map(|_| rng.below(n as u32) as usize).collect()
+}
+
+/// Σ weights·values: the scalar loss whose gradient a backward kernel computes.
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Checks a GPU gradient against finite differences of `loss` at sampled coordinates.
+pub fn check_fd(what: &str, grad: &[f64], loss: impl Fn(&[f64]) -> f64, x: &[f64], rng: &mut Rng, atol: f64, rtol: f64) {
+    let coords = sample_coords(rng, x.len(), 24);
+    let fd = finite_differences(loss, x, &coords, 1e-4);
+    let got: Vec<f64> = coords.iter().map(|&i| grad[i]).collect();
+    assert_close(&format!("{what} vs finite differences"), &got, &fd, atol, rtol);
+}

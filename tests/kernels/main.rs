@@ -1,0 +1,15 @@
+//! Kernel tests: every kernel against its CPU reference (`ppo_wgpu::reference`) on random
+//! inputs, backward kernels also against finite differences, and every shader through naga.
+//! One test binary, so that the GPU is opened once and the build links once.
+
+mod common;
+
+mod adamw;
+mod attention;
+mod cross_entropy;
+mod embedding;
+mod gelu;
+mod layernorm;
+mod matmul;
+mod residual;
+mod shaders;

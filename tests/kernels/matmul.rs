@@ -1,0 +1,115 @@
+use crate::common::*;
+use ppo_wgpu::gpu::{MatmulVariant, Recorder};
+use ppo_wgpu::kernels::matmul::{Layout, linear_backward, linear_forward, matmul_with_variant};
+use ppo_wgpu::reference;
+
+const VARIANTS: [MatmulVariant; 2] = [MatmulVariant::RegisterTiled, MatmulVariant::WorkgroupTiled];
+const LAYOUTS: [Layout; 3] = [Layout::NN, Layout::NT, Layout::TN];
+
+/// f32 sums of K products of unit normals: the error grows like sqrt(K)·ε·|terms|.
+fn tol(k: usize) -> (f64, f64) {
+    (2e-6 * (k as f64).sqrt() * 4.0, 1e-5)
+}
+
+/// (rows, cols) of the stored A and B for op(A)·op(B) of shape M×K·K×N.
+fn operand_shapes(layout: Layout, m: usize, n: usize, k: usize) -> ([usize; 2], [usize; 2]) {
+    match layout {
+        Layout::NN => ([m, k], [k, n]),
+        Layout::NT => ([m, k], [n, k]),
+        Layout::TN => ([k, m], [k, n]),
+    }
+}
+
+fn check_matmul(m: usize, n: usize, k: usize, rng: &mut Rng) {
+    for layout in LAYOUTS {
+        let (sa, sb) = operand_shapes(layout, m, n, k);
+        let a = rng.normals(m * k, 1.0);
+        let b = rng.normals(k * n, 1.0);
+        let prior = rng.normals(m * n, 1.0);
+        let want = reference::matmul(&a, &b, m, n, k, layout);
+        let want_acc: Vec<f64> = want.iter().zip(&prior).map(|(x, y)| x + y).collect();
+        let (ta, tb) = (upload(&a, &sa), upload(&b, &sb));
+        for variant in VARIANTS {
+            let out = zeros(&[m, n]);
+            let acc = upload(&prior, &[m, n]);
+            let gpu = gpu();
+            let mut rec = Recorder::new(&gpu);
+            matmul_with_variant(&mut rec, variant, &out, &ta, &tb, None, layout, false).unwrap();
+            matmul_with_variant(&mut rec, variant, &acc, &ta, &tb, None, layout, true).unwrap();
+            rec.submit();
+            let (atol, rtol) = tol(k);
+            let what = format!("matmul {layout:?} {variant:?} M={m} N={n} K={k}");
+            assert_close(&what, &download(&out), &want, atol, rtol);
+            assert_close(&format!("{what} accumulate"), &download(&acc), &want_acc, atol, rtol);
+        }
+    }
+}
+
+#[test]
+fn matmul_unaligned_shapes() {
+    let mut rng = Rng::new(10);
+    check_matmul(37, 53, 29, &mut rng);
+    check_matmul(1, 1, 1, &mut rng);
+    check_matmul(7, 129, 65, &mut rng);
+}
+
+#[test]
+fn matmul_aligned_shapes_with_ragged_edges() {
+    // vec4 axes aligned, but M and N not multiples of the 64/128 invocation tiles.
+    let mut rng = Rng::new(11);
+    check_matmul(37, 52, 28, &mut rng);
+    check_matmul(64, 128, 64, &mut rng);
+    check_matmul(100, 132, 36, &mut rng);
+}
+
+#[test]
+fn matmul_gpt2_small_shapes() {
+    // 64 tokens through c_attn (768 → 2304) and the MLP projection (3072 → 768).
+    let mut rng = Rng::new(12);
+    check_matmul(64, 2304, 768, &mut rng);
+    check_matmul(64, 768, 3072, &mut rng);
+}
+
+#[test]
+fn linear_forward_with_bias_matches_reference() {
+    let mut rng = Rng::new(13);
+    for (n, c, oc) in [(37, 28, 52), (37, 29, 53), (64, 128, 384)] {
+        let (inp, w, bias) = (rng.normals(n * c, 1.0), rng.normals(c * oc, 1.0), rng.normals(oc, 1.0));
+        let out = zeros(&[n, oc]);
+        let gpu = gpu();
+        let mut rec = Recorder::new(&gpu);
+        linear_forward(&mut rec, &out, &upload(&inp, &[n, c]), &upload(&w, &[c, oc]), Some(&upload(&bias, &[oc]))).unwrap();
+        rec.submit();
+        let (atol, rtol) = tol(c);
+        let want = reference::linear_forward(&inp, &w, Some(&bias), n, c, oc);
+        assert_close(&format!("linear_forward {n}x{c}x{oc}"), &download(&out), &want, atol, rtol);
+    }
+}
+
+#[test]
+fn linear_backward_matches_reference_and_finite_differences() {
+    let mut rng = Rng::new(14);
+    for (n, c, oc) in [(37, 29, 53), (24, 32, 48)] {
+        let (inp, w, bias) = (rng.normals(n * c, 1.0), rng.normals(c * oc, 1.0), rng.normals(oc, 1.0));
+        let dout = rng.normals(n * oc, 1.0);
+        // Gradients accumulate: start from nonzero buffers and subtract them afterwards.
+        let (p_inp, p_w, p_b) = (rng.normals(n * c, 1.0), rng.normals(c * oc, 1.0), rng.normals(oc, 1.0));
+        let (dinp, dw, db) = (upload(&p_inp, &[n, c]), upload(&p_w, &[c, oc]), upload(&p_b, &[oc]));
+        let gpu = gpu();
+        let mut rec = Recorder::new(&gpu);
+        linear_backward(&mut rec, &dinp, &dw, Some(&db), &upload(&dout, &[n, oc]), &upload(&inp, &[n, c]), &upload(&w, &[c, oc]))
+            .unwrap();
+        rec.submit();
+        let sub = |got: Vec<f64>, prior: &[f64]| got.iter().zip(prior).map(|(g, p)| g - p).collect::<Vec<f64>>();
+        let (g_inp, g_w, g_b) = (sub(download(&dinp), &p_inp), sub(download(&dw), &p_w), sub(download(&db), &p_b));
+        let (r_inp, r_w, r_b) = reference::linear_backward(&dout, &inp, &w, n, c, oc);
+        let what = format!("linear_backward {n}x{c}x{oc}");
+        assert_close(&format!("{what} dinp"), &g_inp, &r_inp, tol(oc).0, 1e-5);
+        assert_close(&format!("{what} dw"), &g_w, &r_w, tol(n).0, 1e-5);
+        assert_close(&format!("{what} dbias"), &g_b, &r_b, tol(n).0, 1e-5);
+        let loss = |inp: &[f64], w: &[f64], bias: &[f64]| dot(&dout, &reference::linear_forward(inp, w, Some(bias), n, c, oc));
+        check_fd(&format!("{what} dinp"), &g_inp, |x| loss(x, &w, &bias), &inp, &mut rng, 1e-3, 1e-3);
+        check_fd(&format!("{what} dw"), &g_w, |x| loss(&inp, x, &bias), &w, &mut rng, 1e-3, 1e-3);
+        check_fd(&format!("{what} dbias"), &g_b, |x| loss(&inp, &w, x), &bias, &mut rng, 1e-3, 1e-3);
+    }
+}
