@@ -33,6 +33,11 @@ pub struct Recorder {
     uniforms: Vec<u8>,
     arena: Option<wgpu::Buffer>,
     dispatches: usize,
+    /// Every tensor the recorded commands touch, held until they are submitted: a tensor
+    /// dropped earlier would return its buffer to the pool, and an upload into the reused
+    /// buffer (`write_buffer` runs at the start of the next submit) would overwrite data the
+    /// recorded commands still have to read.
+    in_use: Vec<Tensor>,
 }
 
 impl Recorder {
@@ -45,7 +50,7 @@ impl Recorder {
                 mapped_at_creation: false,
             })
         });
-        Recorder { gpu: gpu.clone(), encoder: None, pass: None, uniforms: Vec::new(), arena: Some(arena), dispatches: 0 }
+        Recorder { gpu: gpu.clone(), encoder: None, pass: None, uniforms: Vec::new(), arena: Some(arena), dispatches: 0, in_use: Vec::new() }
     }
 
     pub fn gpu(&self) -> &Arc<Gpu> {
@@ -112,6 +117,7 @@ impl Recorder {
             }),
         }];
         for b in bindings {
+            self.in_use.push(b.tensor.clone());
             entries.push(wgpu::BindGroupEntry {
                 binding: b.index,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -136,6 +142,7 @@ impl Recorder {
 
     /// Records `dst = 0`.
     pub fn zero(&mut self, dst: &Tensor) {
+        self.in_use.push(dst.clone());
         let (buffer, offset, len) = (dst.buffer().clone(), dst.byte_offset(), dst.len() as u64 * 4);
         self.encoder().clear_buffer(&buffer, offset, Some(len));
     }
@@ -143,6 +150,7 @@ impl Recorder {
     /// Records a copy of `src` into `dst` (same number of elements).
     pub fn copy(&mut self, src: &Tensor, dst: &Tensor) {
         assert_eq!(src.len(), dst.len(), "copy between tensors of different sizes");
+        self.in_use.extend([src.clone(), dst.clone()]);
         let (s, so, d, d_o, n) = (src.buffer().clone(), src.byte_offset(), dst.buffer().clone(), dst.byte_offset(), src.len() as u64 * 4);
         self.encoder().copy_buffer_to_buffer(&s, so, &d, d_o, n);
     }
@@ -157,6 +165,7 @@ impl Recorder {
             self.gpu.queue.submit([encoder.finish()]);
         }
         self.uniforms.clear();
+        self.in_use.clear();
     }
 
     /// Submits everything recorded. Does not wait: a later download or `Gpu::wait` does.

@@ -1,1 +1,50 @@
+use crate::common::*;
+use ppo_wgpu::gpu::Recorder;
+use ppo_wgpu::kernels::adamw::{AdamW, NORM_PARTIALS, adamw_update, grad_norm};
+use ppo_wgpu::reference;
 
+#[test]
+fn grad_norm_and_clip_scale_match_reference() {
+    let mut rng = Rng::new(60);
+    // Fewer elements than one workgroup, unaligned, and more than NORM_PARTIALS·256.
+    for n in [37, 37 * 53, NORM_PARTIALS * 256 * 3 + 17] {
+        let grad = rng.normals(n, 0.1);
+        for max_norm in [0.0, 1.0, 1e6] {
+            let (norm_scale, partial) = (zeros(&[2]), zeros(&[NORM_PARTIALS]));
+            let gpu = gpu();
+            let mut rec = Recorder::new(&gpu);
+            grad_norm(&mut rec, &norm_scale, &partial, &upload(&grad, &[n]), max_norm as f32).unwrap();
+            rec.submit();
+            let (norm, scale) = reference::grad_norm(&grad, max_norm);
+            // A sum of n squares in f32.
+            assert_close(&format!("grad_norm n={n} max_norm={max_norm}"), &download(&norm_scale), &[norm, scale], 1e-6, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn adamw_matches_reference_over_steps_with_clipping() {
+    let mut rng = Rng::new(61);
+    let n = 37 * 53;
+    let hp = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+    let mut param = rng.normals(n, 1.0);
+    let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+    let gpu = gpu();
+    let (t_param, t_m, t_v) = (upload(&param, &[n]), zeros(&[n]), zeros(&[n]));
+    let (norm_scale, partial) = (zeros(&[2]), zeros(&[NORM_PARTIALS]));
+    for t in 1..=3 {
+        let grad = rng.normals(n, 1.0);
+        let t_grad = upload(&grad, &[n]);
+        let mut rec = Recorder::new(&gpu);
+        grad_norm(&mut rec, &norm_scale, &partial, &t_grad, 1.0).unwrap();
+        adamw_update(&mut rec, &t_param, &t_m, &t_v, &t_grad, &norm_scale, &hp, t).unwrap();
+        rec.submit();
+        let (_, scale) = reference::grad_norm(&grad, 1.0);
+        assert!(scale < 0.1, "the test should exercise clipping");
+        reference::adamw_update(&mut param, &mut m, &mut v, &grad, scale, 1e-2, 0.9, 0.95, 1e-8, 0.1, t as i32);
+        // Elementwise f32 arithmetic; m/sqrt(v) amplifies relative error a little.
+        assert_close(&format!("adamw step {t} param"), &download(&t_param), &param, 1e-6, 1e-5);
+        assert_close(&format!("adamw step {t} m"), &download(&t_m), &m, 1e-7, 1e-5);
+        assert_close(&format!("adamw step {t} v"), &download(&t_v), &v, 1e-9, 1e-5);
+    }
+}
