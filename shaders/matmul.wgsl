@@ -14,6 +14,9 @@
 //               needs M % 4 == 0 and N % 4 == 0; A read as vec4 along M, B as vec4 along N
 //
 // params.flags: bit 0 = accumulate into out (gradients), bit 1 = add bias (matmul_nn only).
+// Output row r, column c is stored at out[r·out_stride + out_col + c], so that a matmul split
+// over column slices (when an operand exceeds the adapter's binding size) writes in place;
+// the vec4 stores of matmul_nn and matmul_tn need out_stride and out_col multiples of 4.
 // Rows/columns past M/N re-read the last valid row/column (clamped) and are never stored, so
 // any M and N work; only the vec4 axes need multiples of 4.
 //
@@ -25,6 +28,8 @@ struct Params {
     n: u32,
     k: u32,
     flags: u32,
+    out_stride: u32, // elements between output rows (N unless writing a column slice)
+    out_col: u32,    // first output column written (0 unless writing a column slice)
 }
 
 const ACCUMULATE: u32 = 1u;
@@ -48,7 +53,7 @@ fn store_block(acc: ptr<function, array<vec4<f32>, 32>>, m0: u32, c0: u32, n4: u
             if (col >= n4) { break; }
             var v = (*acc)[r * 4u + c];
             if (use_bias && (params.flags & HAS_BIAS) != 0u) { v += bias[col]; }
-            let at = row * n4 + col;
+            let at = row * (params.out_stride / 4u) + params.out_col / 4u + col;
             if ((params.flags & ACCUMULATE) != 0u) { v += out[at]; }
             out[at] = v;
         }
@@ -213,7 +218,7 @@ fn matmul_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
             let col = n0 + j;
             if (col >= params.n) { break; }
             var v = acc[r * 4u + j / 4u][j % 4u];
-            let at = row * params.n + col;
+            let at = row * params.out_stride + params.out_col + col;
             if ((params.flags & ACCUMULATE) != 0u) { v += out_scalar[at]; }
             out_scalar[at] = v;
         }

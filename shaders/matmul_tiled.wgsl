@@ -5,7 +5,8 @@
 //   op(A) = A[M,K] or, with TRANS_A, A[K,M]ᵀ;  op(B) = B[K,N] or, with TRANS_B, B[N,K]ᵀ
 //
 // So forward is (TRANS_A=false, TRANS_B=false), dinp = dout·Wᵀ is (false, true) and
-// dW = inpᵀ·dout is (true, false). params.flags: bit 0 accumulate, bit 1 add bias.
+// dW = inpᵀ·dout is (true, false). params.flags: bit 0 accumulate, bit 1 add bias. Output
+// (r, c) is stored at out[r·out_stride + out_col + c] (a column slice of a wider output).
 //
 // Tiling: a workgroup of 16×16 invocations owns a 64×64 output tile; each invocation owns a
 // 4×4 block of it. K is walked 16 at a time: the workgroup stages a 64×16 slice of op(A) and a
@@ -19,6 +20,8 @@ struct Params {
     n: u32,
     k: u32,
     flags: u32,
+    out_stride: u32, // elements between output rows (N unless writing a column slice)
+    out_col: u32,    // first output column written (0 unless writing a column slice)
 }
 
 const ACCUMULATE: u32 = 1u;
@@ -103,7 +106,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             if (col >= params.n) { break; }
             var v = acc[i][j];
             if ((params.flags & HAS_BIAS) != 0u) { v += bias[col]; }
-            let at = row * params.n + col;
+            let at = row * params.out_stride + params.out_col + col;
             if ((params.flags & ACCUMULATE) != 0u) { v += out[at]; }
             out[at] = v;
         }

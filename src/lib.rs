@@ -9,5 +9,7 @@ pub mod error;
 pub mod gpu;
 pub mod kernels;
 pub mod reference;
+pub mod rng;
+pub mod selfcheck;
 
 pub use error::{Error, Result};

@@ -83,6 +83,12 @@ impl Gpu {
     /// Opens a device on the adapter whose name contains `name_filter` (case-insensitive), or on
     /// `$PPO_WGPU_ADAPTER` when the filter is `None`, or else on the highest-performance adapter.
     pub fn new(name_filter: Option<&str>) -> Result<Arc<Gpu>> {
+        Self::with_binding_limit(name_filter, None)
+    }
+
+    /// As `new`, with the storage-binding limit lowered to `max_binding_bytes` (when given):
+    /// tests use it to exercise the paths that split work across bindings on small shapes.
+    pub fn with_binding_limit(name_filter: Option<&str>, max_binding_bytes: Option<u64>) -> Result<Arc<Gpu>> {
         let env_filter = std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty());
         let filter = name_filter.map(str::to_string).or(env_filter);
 
@@ -103,10 +109,10 @@ impl Gpu {
                 adapters.remove(at)
             }
         };
-        Self::open(adapter)
+        Self::open(adapter, max_binding_bytes)
     }
 
-    fn open(adapter: wgpu::Adapter) -> Result<Arc<Gpu>> {
+    fn open(adapter: wgpu::Adapter, max_binding_bytes: Option<u64>) -> Result<Arc<Gpu>> {
         let info = adapter.get_info();
         let available = adapter.limits();
         let needed = [
@@ -121,7 +127,10 @@ impl Gpu {
         }
         // Ask for everything the adapter offers: GPT-2-small activations need storage bindings
         // and buffers far above the WebGPU defaults (128 MiB / 256 MiB).
-        let limits = available.clone();
+        let mut limits = available.clone();
+        if let Some(max) = max_binding_bytes {
+            limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(max);
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("ppo-wgpu"),
             required_features: wgpu::Features::empty(),
@@ -160,7 +169,7 @@ impl Gpu {
         let l = &self.limits;
         vec![
             ("max_buffer_size", l.max_buffer_size),
-            ("max_storage_buffer_binding_size", l.max_storage_buffer_binding_size as u64),
+            ("max_storage_buffer_binding_size", l.max_storage_buffer_binding_size),
             ("max_storage_buffers_per_shader_stage", l.max_storage_buffers_per_shader_stage as u64),
             ("max_compute_workgroup_storage_size", l.max_compute_workgroup_storage_size as u64),
             ("max_compute_invocations_per_workgroup", l.max_compute_invocations_per_workgroup as u64),

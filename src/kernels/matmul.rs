@@ -31,6 +31,8 @@ struct Params {
     n: u32,
     k: u32,
     flags: u32,
+    out_stride: u32,
+    out_col: u32,
 }
 
 /// out (+)= op(a)·op(b) (+ bias) with the adapter's preferred variant.
@@ -72,6 +74,11 @@ pub fn register_tiled_fits(layout: Layout, m: usize, n: usize, k: usize) -> bool
 
 /// As `matmul`, with the variant named (benches and tests compare them). A register-tiled
 /// request on an unaligned shape runs the tiled kernel.
+///
+/// When an operand is larger than the adapter's storage-binding limit (GPT-2's tied LM head
+/// `wte` is 154 MB; lavapipe and WebGPU bind at most 128 MiB), the product is split into pieces
+/// that bind contiguous slices: rows of A and out (NN, NT), rows of B written as column slices of
+/// out (NT), or the shared K rows of A and B accumulated one after another (TN).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_with_variant(
     rec: &mut Recorder,
@@ -91,13 +98,67 @@ pub fn matmul_with_variant(
     if m == 0 || n == 0 {
         return Ok(());
     }
+    let gpu = rec.gpu().clone();
+    let limit = gpu.limits.max_storage_buffer_binding_size as usize / 4; // in f32 elements
+    let fits = |rows: usize, cols: usize| rows * cols <= limit;
+    // Piece sizes are multiples of 64 rows, so every slice starts on a 256-byte boundary.
+    let rows_fitting = |cols: usize| (limit / cols.max(1)) / 64 * 64;
+    match layout {
+        Layout::NT if !fits(n, k) => {
+            ensure_shape(fits(m, n), || format!("matmul: output {:?} exceeds the binding limit too", out.shape()))?;
+            let step = rows_fitting(k).max(64);
+            for n0 in (0..n).step_by(step) {
+                let nc = step.min(n - n0);
+                let piece = b.view(&gpu, n0 * k, &[nc, k])?;
+                record(rec, variant, out, a, &piece, bias, layout, accumulate, (m, nc, k), (n, n0))?;
+            }
+            Ok(())
+        }
+        Layout::NN | Layout::NT if !fits(m, k) || !fits(m, n) => {
+            let step = rows_fitting(k.max(n)).max(64);
+            for m0 in (0..m).step_by(step) {
+                let mc = step.min(m - m0);
+                let (a_rows, out_rows) = (a.view(&gpu, m0 * k, &[mc, k])?, out.view(&gpu, m0 * n, &[mc, n])?);
+                matmul_with_variant(rec, variant, &out_rows, &a_rows, b, bias, layout, accumulate)?;
+            }
+            Ok(())
+        }
+        Layout::TN if !fits(k, m) || !fits(k, n) => {
+            let step = rows_fitting(m.max(n)).max(64);
+            for k0 in (0..k).step_by(step) {
+                let kc = step.min(k - k0);
+                let (a_rows, b_rows) = (a.view(&gpu, k0 * m, &[kc, m])?, b.view(&gpu, k0 * n, &[kc, n])?);
+                matmul_with_variant(rec, variant, out, &a_rows, &b_rows, None, layout, accumulate || k0 > 0)?;
+            }
+            Ok(())
+        }
+        _ => record(rec, variant, out, a, b, bias, layout, accumulate, (m, n, k), (n, 0)),
+    }
+}
+
+/// Records one matmul dispatch: op(a)·op(b) of shape (m, n, k) into columns out_col.. of rows
+/// of `out_stride` elements.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    rec: &mut Recorder,
+    variant: MatmulVariant,
+    out: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    layout: Layout,
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    (out_stride, out_col): (usize, usize),
+) -> Result<()> {
     let flags = if accumulate { ACCUMULATE } else { 0 } | if bias.is_some() { HAS_BIAS } else { 0 };
-    let params = Params { m: m as u32, n: n as u32, k: k as u32, flags };
+    let params = Params { m: m as u32, n: n as u32, k: k as u32, flags, out_stride: out_stride as u32, out_col: out_col as u32 };
+    let p = bytemuck::bytes_of(&params);
     // Kernels that read a bias binding get `a` when there is none (the flag keeps it unread).
     let bias = bias.unwrap_or(a);
-    if variant == MatmulVariant::RegisterTiled && register_tiled_fits(layout, m, n, k) {
+    let vec4_out = out_stride % 4 == 0 && out_col % 4 == 0;
+    if variant == MatmulVariant::RegisterTiled && register_tiled_fits(layout, m, n, k) && (layout == Layout::NT || vec4_out) {
         let grid = [groups(n, 128) as u32, groups(m, 64) as u32, 1];
-        let p = bytemuck::bytes_of(&params);
         match layout {
             Layout::NN => rec.dispatch(&SHADER, "matmul_nn", &[], p, &[bind(1, a), bind(2, b), bind(3, bias), bind(4, out)], grid),
             Layout::TN => rec.dispatch(&SHADER, "matmul_tn", &[], p, &[bind(1, a), bind(2, b), bind(3, bias), bind(4, out)], grid),
@@ -109,14 +170,7 @@ pub fn matmul_with_variant(
             ("TRANS_B", if layout == Layout::NT { 1.0 } else { 0.0 }),
         ];
         let grid = [groups(n, 64) as u32, groups(m, 64) as u32, 1];
-        rec.dispatch(
-            &TILED_SHADER,
-            "matmul_tiled",
-            &constants,
-            bytemuck::bytes_of(&params),
-            &[bind(1, a), bind(2, b), bind(3, bias), bind(4, out)],
-            grid,
-        )
+        rec.dispatch(&TILED_SHADER, "matmul_tiled", &constants, p, &[bind(1, a), bind(2, b), bind(3, bias), bind(4, out)], grid)
     }
 }
 
@@ -149,7 +203,7 @@ pub fn linear_backward(
 pub fn bias_backward(rec: &mut Recorder, dbias: &Tensor, dout: &Tensor) -> Result<()> {
     let (m, n) = as_matrix(dout);
     expect_len(dbias, n, "bias gradient")?;
-    let params = Params { m: m as u32, n: n as u32, k: 0, flags: ACCUMULATE };
+    let params = Params { m: m as u32, n: n as u32, k: 0, flags: ACCUMULATE, out_stride: n as u32, out_col: 0 };
     rec.dispatch(
         &TILED_SHADER,
         "bias_backward",

@@ -2,6 +2,7 @@
 //! with a stated tolerance that prints the worst mismatches, and finite differences.
 
 use ppo_wgpu::gpu::{DType, Gpu, Recorder, Tensor};
+pub use ppo_wgpu::rng::Rng;
 use std::sync::{Arc, OnceLock};
 
 /// The adapter the tests run on: `$PPO_WGPU_ADAPTER` or the default (lavapipe on CI).
@@ -13,39 +14,6 @@ pub fn gpu() -> Arc<Gpu> {
         gpu
     })
     .clone()
-}
-
-/// A small deterministic generator (SplitMix64) so that every run sees the same inputs.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Standard normal (Box–Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u = self.uniform().max(1e-300);
-        let v = self.uniform();
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-    /// `n` normal values times `std`, already rounded to f32 (so that CPU and GPU see the same).
-    pub fn normals(&mut self, n: usize, std: f64) -> Vec<f64> {
-        (0..n).map(|_| (self.normal() * std) as f32 as f64).collect()
-    }
-    pub fn below(&mut self, n: u32) -> u32 {
-        (self.next_u64() % n as u64) as u32
-    }
 }
 
 pub fn to_f32(x: &[f64]) -> Vec<f32> {

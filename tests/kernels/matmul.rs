@@ -113,3 +113,34 @@ fn linear_backward_matches_reference_and_finite_differences() {
         check_fd(&format!("{what} dbias"), &g_b, |x| loss(&inp, &w, x), &bias, &mut rng, 1e-3, 1e-3);
     }
 }
+
+#[test]
+fn matmul_splits_operands_larger_than_the_binding_limit() {
+    // A device whose bindings hold at most 64 KiB (16384 floats): every operand below is larger,
+    // so each layout must split (NT over rows of B as column slices of out, NN/NT over rows of A,
+    // TN over the shared K rows), as GPT-2's LM head must on adapters with 128 MiB bindings.
+    let gpu = ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(64 * 1024)).unwrap();
+    let mut rng = Rng::new(15);
+    for (layout, m, n, k) in [(Layout::NT, 40, 300, 68), (Layout::NN, 300, 40, 68), (Layout::NT, 300, 12, 68), (Layout::TN, 40, 36, 600)] {
+        let (sa, sb) = operand_shapes(layout, m, n, k);
+        let (a, b) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0));
+        let prior = rng.normals(m * n, 1.0);
+        let up = |x: &[f64], shape: &[usize]| gpu.upload(shape, &to_f32(x)).unwrap();
+        let (ta, tb) = (up(&a, &sa), up(&b, &sb));
+        for variant in VARIANTS {
+            let (out, acc) = (up(&vec![0.0; m * n], &[m, n]), up(&prior, &[m, n]));
+            let mut rec = Recorder::new(&gpu);
+            matmul_with_variant(&mut rec, variant, &out, &ta, &tb, None, layout, false).unwrap();
+            matmul_with_variant(&mut rec, variant, &acc, &ta, &tb, None, layout, true).unwrap();
+            assert!(rec.dispatch_count() > 2, "{layout:?} M={m} N={n} K={k} should have been split");
+            rec.submit();
+            let want = reference::matmul(&a, &b, m, n, k, layout);
+            let want_acc: Vec<f64> = want.iter().zip(&prior).map(|(x, y)| x + y).collect();
+            let got = |t| gpu.download(t).unwrap().into_iter().map(f64::from).collect::<Vec<_>>();
+            let (atol, rtol) = tol(k);
+            let what = format!("split matmul {layout:?} {variant:?} M={m} N={n} K={k}");
+            assert_close(&what, &got(&out), &want, atol, rtol);
+            assert_close(&format!("{what} accumulate"), &got(&acc), &want_acc, atol, rtol);
+        }
+    }
+}
