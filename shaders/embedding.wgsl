@@ -10,16 +10,21 @@
 // (bucket, channel) sums its tokens' gradients in a fixed order, so the result is deterministic.
 //
 // Layout: ids, pos [N] u32; wte [V, C]; wpe [T, C]; out, dout [N, C]; dtable [rows, C].
-// Indices are clamped to the table (the host validates them before upload; clamping keeps a bad
-// id from ever reading outside the buffer).
+// A table larger than the adapter's storage-binding limit (GPT-2's wte is 154 MB) is bound in
+// slices of rows: each dispatch sees rows row_offset .. row_offset + rows of the table, the
+// forward skips tokens whose id lies outside its slice (another dispatch writes them), the
+// backward takes only the buckets of its slice. Positions are clamped to wpe (the host validates
+// ids and positions before upload; nothing ever reads outside a buffer).
 // Launch: workgroup 256, one invocation per output element (forward: N·C; backward:
 // buckets·C), consecutive invocations along C; grid laid out 2D (x ≤ 65535).
 
 struct Params {
-    n: u32,         // forward: tokens; backward: buckets
+    n: u32,          // forward: tokens; backward: buckets in this dispatch
     c: u32,
-    vocab: u32,     // rows of wte (forward) / of dtable (backward)
-    positions: u32, // rows of wpe (forward)
+    rows: u32,       // rows of the bound wte / dtable slice
+    row_offset: u32, // table row of the slice's first row
+    positions: u32,  // rows of wpe (forward)
+    first_bucket: u32, // backward: index of this dispatch's first bucket
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -42,9 +47,10 @@ fn embedding_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     if (i >= params.n * params.c) { return; }
     let token = i / params.c;
     let ch = i % params.c;
-    let id = min(ids[token], params.vocab - 1u);
+    let id = ids[token];
+    if (id < params.row_offset || id - params.row_offset >= params.rows) { return; }
     let p = min(pos[token], params.positions - 1u);
-    out[i] = wte[id * params.c + ch] + wpe[p * params.c + ch];
+    out[i] = wte[(id - params.row_offset) * params.c + ch] + wpe[p * params.c + ch];
 }
 
 @compute @workgroup_size(256)
@@ -52,12 +58,12 @@ fn embedding_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
                       @builtin(local_invocation_index) lid: u32) {
     let i = (wid.y * nwg.x + wid.x) * 256u + lid;
     if (i >= params.n * params.c) { return; }
-    let bucket = i / params.c;
+    let bucket = params.first_bucket + i / params.c;
     let ch = i % params.c;
     var sum = 0.0;
     for (var j = bucket_offsets[bucket]; j < bucket_offsets[bucket + 1u]; j++) {
         sum += dout[bucket_tokens[j] * params.c + ch];
     }
-    let row = min(bucket_rows[bucket], params.vocab - 1u);
+    let row = min(bucket_rows[bucket] - params.row_offset, params.rows - 1u);
     dtable[row * params.c + ch] += sum;
 }

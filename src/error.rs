@@ -16,7 +16,12 @@ pub enum Error {
     Input(String),
     /// Reading back from the GPU failed.
     Readback(String),
-    Io { path: String, source: std::io::Error },
+    /// A checkpoint, config or data file that is malformed or does not fit the model.
+    Checkpoint(String),
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -30,6 +35,7 @@ impl fmt::Display for Error {
             Error::Shape(msg) => write!(f, "shape mismatch: {msg}"),
             Error::Input(msg) => write!(f, "bad input: {msg}"),
             Error::Readback(msg) => write!(f, "GPU readback failed: {msg}"),
+            Error::Checkpoint(msg) => write!(f, "bad checkpoint: {msg}"),
             Error::Io { path, source } => write!(f, "{path}: {source}"),
         }
     }
@@ -44,7 +50,21 @@ impl std::error::Error for Error {
     }
 }
 
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
 /// Returns `Error::Shape` with the message unless `cond` holds.
 pub fn ensure_shape(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
-    if cond { Ok(()) } else { Err(Error::Shape(msg())) }
+    if cond {
+        Ok(())
+    } else {
+        Err(Error::Shape(msg()))
+    }
 }

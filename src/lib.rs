@@ -8,6 +8,7 @@
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod model;
 pub mod reference;
 pub mod rng;
 pub mod selfcheck;

@@ -6,7 +6,11 @@ use ppo_wgpu::{Result, selfcheck};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "ppo-wgpu", version, about = "RLHF with PPO for GPT-style language models, on any Vulkan, Metal or DX12 GPU")]
+#[command(
+    name = "ppo-wgpu",
+    version,
+    about = "RLHF with PPO for GPT-style language models, on any Vulkan, Metal or DX12 GPU"
+)]
 struct Cli {
     /// Use the GPU adapter whose name contains NAME (case-insensitive); see `ppo-wgpu info`.
     #[arg(long, global = true, value_name = "NAME", env = gpu::ADAPTER_ENV)]
@@ -47,13 +51,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             info(&gpu);
             println!();
             let checks = selfcheck::run(&gpu)?;
-            println!("{:<32} {:>12} {:>10}  result", "kernel family", "worst/tol", "ms");
+            println!(
+                "{:<32} {:>12} {:>10}  result",
+                "kernel family", "worst/tol", "ms"
+            );
             for c in &checks {
-                println!("{:<32} {:>12.3} {:>10.1}  {}", c.name, c.worst, c.millis, if c.passed() { "ok" } else { "FAILED" });
+                println!(
+                    "{:<32} {:>12.3} {:>10.1}  {}",
+                    c.name,
+                    c.worst,
+                    c.millis,
+                    if c.passed() { "ok" } else { "FAILED" }
+                );
             }
             let failed = checks.iter().filter(|c| !c.passed()).count();
             if failed == 0 {
-                println!("all {} kernel families match their CPU references", checks.len());
+                println!(
+                    "all {} kernel families match their CPU references",
+                    checks.len()
+                );
                 Ok(ExitCode::SUCCESS)
             } else {
                 println!("{failed} kernel families FAILED on {}", gpu.info.name);
@@ -65,7 +81,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn info(gpu: &Gpu) {
     println!("adapter:  {}", gpu.info.name);
-    println!("backend:  {:?} ({:?})", gpu.info.backend, gpu.info.device_type);
+    println!(
+        "backend:  {:?} ({:?})",
+        gpu.info.backend, gpu.info.device_type
+    );
     println!("driver:   {} {}", gpu.info.driver, gpu.info.driver_info);
     println!("matmul:   {:?} kernel", gpu.matmul_variant);
     println!("limits:");
@@ -73,7 +92,11 @@ fn info(gpu: &Gpu) {
         println!("  {name:<40} {value}");
     }
     let all = gpu::list_adapters();
-    println!("adapters found ({}; choose with --adapter NAME or ${}):", all.len(), gpu::ADAPTER_ENV);
+    println!(
+        "adapters found ({}; choose with --adapter NAME or ${}):",
+        all.len(),
+        gpu::ADAPTER_ENV
+    );
     for a in all {
         println!("  {} ({:?}, {:?})", a.name, a.backend, a.device_type);
     }

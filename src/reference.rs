@@ -30,7 +30,14 @@ pub fn matmul(a: &[f64], b: &[f64], m: usize, n: usize, k: usize, layout: Layout
 }
 
 /// out [N, OC] = inp [N, C] · w [C, OC] + bias [OC].
-pub fn linear_forward(inp: &[f64], w: &[f64], bias: Option<&[f64]>, n: usize, c: usize, oc: usize) -> Vec<f64> {
+pub fn linear_forward(
+    inp: &[f64],
+    w: &[f64],
+    bias: Option<&[f64]>,
+    n: usize,
+    c: usize,
+    oc: usize,
+) -> Vec<f64> {
     let mut out = matmul(inp, w, n, oc, c, Layout::NN);
     if let Some(bias) = bias {
         for row in out.chunks_mut(oc) {
@@ -41,7 +48,14 @@ pub fn linear_forward(inp: &[f64], w: &[f64], bias: Option<&[f64]>, n: usize, c:
 }
 
 /// (dinp, dw, dbias) of `linear_forward` for upstream gradient dout [N, OC].
-pub fn linear_backward(dout: &[f64], inp: &[f64], w: &[f64], n: usize, c: usize, oc: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn linear_backward(
+    dout: &[f64],
+    inp: &[f64],
+    w: &[f64],
+    n: usize,
+    c: usize,
+    oc: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let dinp = matmul(dout, w, n, c, oc, Layout::NT);
     let dw = matmul(inp, dout, c, oc, n, Layout::TN);
     let mut db = vec![0.0; oc];
@@ -52,7 +66,13 @@ pub fn linear_backward(dout: &[f64], inp: &[f64], w: &[f64], n: usize, c: usize,
 }
 
 /// (out, mean, rstd) of LayerNorm over rows of width c.
-pub fn layernorm_forward(inp: &[f64], w: &[f64], b: &[f64], c: usize, eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn layernorm_forward(
+    inp: &[f64],
+    w: &[f64],
+    b: &[f64],
+    c: usize,
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let rows = inp.len() / c;
     let (mut out, mut mean, mut rstd) = (vec![0.0; inp.len()], vec![0.0; rows], vec![0.0; rows]);
     for r in 0..rows {
@@ -70,12 +90,20 @@ pub fn layernorm_forward(inp: &[f64], w: &[f64], b: &[f64], c: usize, eps: f64) 
 }
 
 /// (dinp, dw, db) of LayerNorm.
-pub fn layernorm_backward(dout: &[f64], inp: &[f64], w: &[f64], c: usize, eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn layernorm_backward(
+    dout: &[f64],
+    inp: &[f64],
+    w: &[f64],
+    c: usize,
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let rows = inp.len() / c;
     let (_, mean, rstd) = layernorm_forward(inp, w, &vec![0.0; c], c, eps);
     let (mut dinp, mut dw, mut db) = (vec![0.0; inp.len()], vec![0.0; c], vec![0.0; c]);
     for r in 0..rows {
-        let norm: Vec<f64> = (0..c).map(|i| (inp[r * c + i] - mean[r]) * rstd[r]).collect();
+        let norm: Vec<f64> = (0..c)
+            .map(|i| (inp[r * c + i] - mean[r]) * rstd[r])
+            .collect();
         let g: Vec<f64> = (0..c).map(|i| dout[r * c + i] * w[i]).collect();
         let g_mean = g.iter().sum::<f64>() / c as f64;
         let gn_mean = g.iter().zip(&norm).map(|(a, b)| a * b).sum::<f64>() / c as f64;
@@ -91,7 +119,9 @@ pub fn layernorm_backward(dout: &[f64], inp: &[f64], w: &[f64], c: usize, eps: f
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 
 pub fn gelu_forward(x: &[f64]) -> Vec<f64> {
-    x.iter().map(|&x| 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())).collect()
+    x.iter()
+        .map(|&x| 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh()))
+        .collect()
 }
 
 /// dinp = gelu'(x)·dout.
@@ -130,11 +160,19 @@ pub fn embedding_backward(dout: &[f64], index: &[u32], rows: usize, c: usize) ->
 
 /// Causal attention with key padding mask. qkv [B, T, 3C], mask [B, T] → (out [B, T, C],
 /// lse [B, NH, T]). A query with no visible key gets out = 0, lse = 0.
-pub fn attention_forward(qkv: &[f64], mask: &[u32], b: usize, t: usize, c: usize, nh: usize) -> (Vec<f64>, Vec<f64>) {
+pub fn attention_forward(
+    qkv: &[f64],
+    mask: &[u32],
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) -> (Vec<f64>, Vec<f64>) {
     let hd = c / nh;
     let scale = 1.0 / (hd as f64).sqrt();
     let (mut out, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
-    let at = |bb: usize, tt: usize, part: usize, h: usize| (bb * t + tt) * 3 * c + part * c + h * hd;
+    let at =
+        |bb: usize, tt: usize, part: usize, h: usize| (bb * t + tt) * 3 * c + part * c + h * hd;
     for bb in 0..b {
         for h in 0..nh {
             for i in 0..t {
@@ -144,7 +182,12 @@ pub fn attention_forward(qkv: &[f64], mask: &[u32], b: usize, t: usize, c: usize
                 }
                 let scores: Vec<f64> = keys
                     .iter()
-                    .map(|&j| (0..hd).map(|d| qkv[at(bb, i, 0, h) + d] * qkv[at(bb, j, 1, h) + d]).sum::<f64>() * scale)
+                    .map(|&j| {
+                        (0..hd)
+                            .map(|d| qkv[at(bb, i, 0, h) + d] * qkv[at(bb, j, 1, h) + d])
+                            .sum::<f64>()
+                            * scale
+                    })
                     .collect();
                 let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
@@ -162,11 +205,20 @@ pub fn attention_forward(qkv: &[f64], mask: &[u32], b: usize, t: usize, c: usize
 }
 
 /// dqkv [B, T, 3C] of `attention_forward` for upstream gradient dout [B, T, C].
-pub fn attention_backward(dout: &[f64], qkv: &[f64], mask: &[u32], b: usize, t: usize, c: usize, nh: usize) -> Vec<f64> {
+pub fn attention_backward(
+    dout: &[f64],
+    qkv: &[f64],
+    mask: &[u32],
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) -> Vec<f64> {
     let hd = c / nh;
     let scale = 1.0 / (hd as f64).sqrt();
     let mut dqkv = vec![0.0; qkv.len()];
-    let at = |bb: usize, tt: usize, part: usize, h: usize| (bb * t + tt) * 3 * c + part * c + h * hd;
+    let at =
+        |bb: usize, tt: usize, part: usize, h: usize| (bb * t + tt) * 3 * c + part * c + h * hd;
     for bb in 0..b {
         for h in 0..nh {
             for i in 0..t {
@@ -176,14 +228,22 @@ pub fn attention_backward(dout: &[f64], qkv: &[f64], mask: &[u32], b: usize, t: 
                 }
                 let scores: Vec<f64> = keys
                     .iter()
-                    .map(|&j| (0..hd).map(|d| qkv[at(bb, i, 0, h) + d] * qkv[at(bb, j, 1, h) + d]).sum::<f64>() * scale)
+                    .map(|&j| {
+                        (0..hd)
+                            .map(|d| qkv[at(bb, i, 0, h) + d] * qkv[at(bb, j, 1, h) + d])
+                            .sum::<f64>()
+                            * scale
+                    })
                     .collect();
                 let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
                 let p: Vec<f64> = scores.iter().map(|s| (s - max).exp() / sum).collect();
                 let dout_i = &dout[(bb * t + i) * c + h * hd..][..hd];
                 // dp_j = dout_i·v_j; ds_j = p_j (dp_j − Σ_k p_k dp_k)
-                let dp: Vec<f64> = keys.iter().map(|&j| (0..hd).map(|d| dout_i[d] * qkv[at(bb, j, 2, h) + d]).sum()).collect();
+                let dp: Vec<f64> = keys
+                    .iter()
+                    .map(|&j| (0..hd).map(|d| dout_i[d] * qkv[at(bb, j, 2, h) + d]).sum())
+                    .collect();
                 let mean_dp: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
                 for (x, &j) in keys.iter().enumerate() {
                     let ds = p[x] * (dp[x] - mean_dp) * scale;
@@ -213,7 +273,11 @@ pub fn logsumexp_rows(logits: &[f64], v: usize) -> Vec<f64> {
 /// log_softmax along rows of width v.
 pub fn log_softmax(logits: &[f64], v: usize) -> Vec<f64> {
     let lse = logsumexp_rows(logits, v);
-    logits.iter().enumerate().map(|(i, z)| z - lse[i / v]).collect()
+    logits
+        .iter()
+        .enumerate()
+        .map(|(i, z)| z - lse[i / v])
+        .collect()
 }
 
 /// Per-row cross-entropy loss (0 where the target is `IGNORE`).
@@ -222,12 +286,23 @@ pub fn cross_entropy_forward(logits: &[f64], targets: &[u32], v: usize) -> Vec<f
     targets
         .iter()
         .enumerate()
-        .map(|(n, &t)| if t == crate::kernels::cross_entropy::IGNORE { 0.0 } else { lse[n] - logits[n * v + t as usize] })
+        .map(|(n, &t)| {
+            if t == crate::kernels::cross_entropy::IGNORE {
+                0.0
+            } else {
+                lse[n] - logits[n * v + t as usize]
+            }
+        })
         .collect()
 }
 
 /// ∂(Σ_n dloss_n·loss_n)/∂logits.
-pub fn cross_entropy_backward(logits: &[f64], targets: &[u32], dloss: &[f64], v: usize) -> Vec<f64> {
+pub fn cross_entropy_backward(
+    logits: &[f64],
+    targets: &[u32],
+    dloss: &[f64],
+    v: usize,
+) -> Vec<f64> {
     let lse = logsumexp_rows(logits, v);
     let mut d = vec![0.0; logits.len()];
     for (n, &t) in targets.iter().enumerate() {
@@ -245,7 +320,11 @@ pub fn cross_entropy_backward(logits: &[f64], targets: &[u32], dloss: &[f64], v:
 /// (‖grad‖₂, clip scale) as the grad-norm kernels compute them.
 pub fn grad_norm(grad: &[f64], max_norm: f64) -> (f64, f64) {
     let norm = grad.iter().map(|g| g * g).sum::<f64>().sqrt();
-    let scale = if max_norm > 0.0 { (max_norm / (norm + 1e-6)).min(1.0) } else { 1.0 };
+    let scale = if max_norm > 0.0 {
+        (max_norm / (norm + 1e-6)).min(1.0)
+    } else {
+        1.0
+    };
     (norm, scale)
 }
 

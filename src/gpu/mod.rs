@@ -88,14 +88,19 @@ impl Gpu {
 
     /// As `new`, with the storage-binding limit lowered to `max_binding_bytes` (when given):
     /// tests use it to exercise the paths that split work across bindings on small shapes.
-    pub fn with_binding_limit(name_filter: Option<&str>, max_binding_bytes: Option<u64>) -> Result<Arc<Gpu>> {
+    pub fn with_binding_limit(
+        name_filter: Option<&str>,
+        max_binding_bytes: Option<u64>,
+    ) -> Result<Arc<Gpu>> {
         let env_filter = std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty());
         let filter = name_filter.map(str::to_string).or(env_filter);
 
         let instance = new_instance();
         let mut adapters = pollster::block_on(instance.enumerate_adapters(BACKENDS));
         if adapters.is_empty() {
-            return Err(Error::NoAdapter(format!("wgpu found no Vulkan, Metal or DX12 adapter; {NO_DRIVER_HINT}")));
+            return Err(Error::NoAdapter(format!(
+                "wgpu found no Vulkan, Metal or DX12 adapter; {NO_DRIVER_HINT}"
+            )));
         }
         adapters.sort_by_key(|a| device_type_rank(a.get_info().device_type));
         let adapter = match &filter {
@@ -103,9 +108,15 @@ impl Gpu {
             Some(f) => {
                 let needle = f.to_lowercase();
                 let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-                let at = names.iter().position(|n| n.to_lowercase().contains(&needle)).ok_or_else(|| {
-                    Error::NoAdapter(format!("no adapter name contains {f:?}; available: {}", names.join(", ")))
-                })?;
+                let at = names
+                    .iter()
+                    .position(|n| n.to_lowercase().contains(&needle))
+                    .ok_or_else(|| {
+                        Error::NoAdapter(format!(
+                            "no adapter name contains {f:?}; available: {}",
+                            names.join(", ")
+                        ))
+                    })?;
                 adapters.remove(at)
             }
         };
@@ -116,20 +127,36 @@ impl Gpu {
         let info = adapter.get_info();
         let available = adapter.limits();
         let needed = [
-            ("max_storage_buffers_per_shader_stage", available.max_storage_buffers_per_shader_stage, NEEDED_STORAGE_BUFFERS_PER_STAGE),
-            ("max_compute_workgroup_storage_size", available.max_compute_workgroup_storage_size, NEEDED_WORKGROUP_STORAGE_BYTES),
-            ("max_compute_invocations_per_workgroup", available.max_compute_invocations_per_workgroup, NEEDED_INVOCATIONS_PER_WORKGROUP),
+            (
+                "max_storage_buffers_per_shader_stage",
+                available.max_storage_buffers_per_shader_stage,
+                NEEDED_STORAGE_BUFFERS_PER_STAGE,
+            ),
+            (
+                "max_compute_workgroup_storage_size",
+                available.max_compute_workgroup_storage_size,
+                NEEDED_WORKGROUP_STORAGE_BYTES,
+            ),
+            (
+                "max_compute_invocations_per_workgroup",
+                available.max_compute_invocations_per_workgroup,
+                NEEDED_INVOCATIONS_PER_WORKGROUP,
+            ),
         ];
         for (name, have, need) in needed {
             if have < need {
-                return Err(Error::MissingCapability(format!("{}: {name} is {have}, the kernels need {need}", info.name)));
+                return Err(Error::MissingCapability(format!(
+                    "{}: {name} is {have}, the kernels need {need}",
+                    info.name
+                )));
             }
         }
         // Ask for everything the adapter offers: GPT-2-small activations need storage bindings
         // and buffers far above the WebGPU defaults (128 MiB / 256 MiB).
         let mut limits = available.clone();
         if let Some(max) = max_binding_bytes {
-            limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(max);
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(max);
         }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("ppo-wgpu"),
@@ -161,7 +188,10 @@ impl Gpu {
     /// A one-line description: adapter name, backend, device type, driver.
     pub fn describe(&self) -> String {
         let i = &self.info;
-        format!("{} ({:?}, {:?}, driver {} {})", i.name, i.backend, i.device_type, i.driver, i.driver_info)
+        format!(
+            "{} ({:?}, {:?}, driver {} {})",
+            i.name, i.backend, i.device_type, i.driver, i.driver_info
+        )
     }
 
     /// The limits that matter to the kernels, as (name, value) rows for `ppo-wgpu info`.
@@ -169,18 +199,41 @@ impl Gpu {
         let l = &self.limits;
         vec![
             ("max_buffer_size", l.max_buffer_size),
-            ("max_storage_buffer_binding_size", l.max_storage_buffer_binding_size),
-            ("max_storage_buffers_per_shader_stage", l.max_storage_buffers_per_shader_stage as u64),
-            ("max_compute_workgroup_storage_size", l.max_compute_workgroup_storage_size as u64),
-            ("max_compute_invocations_per_workgroup", l.max_compute_invocations_per_workgroup as u64),
-            ("max_compute_workgroups_per_dimension", l.max_compute_workgroups_per_dimension as u64),
-            ("min_storage_buffer_offset_alignment", l.min_storage_buffer_offset_alignment as u64),
+            (
+                "max_storage_buffer_binding_size",
+                l.max_storage_buffer_binding_size,
+            ),
+            (
+                "max_storage_buffers_per_shader_stage",
+                l.max_storage_buffers_per_shader_stage as u64,
+            ),
+            (
+                "max_compute_workgroup_storage_size",
+                l.max_compute_workgroup_storage_size as u64,
+            ),
+            (
+                "max_compute_invocations_per_workgroup",
+                l.max_compute_invocations_per_workgroup as u64,
+            ),
+            (
+                "max_compute_workgroups_per_dimension",
+                l.max_compute_workgroups_per_dimension as u64,
+            ),
+            (
+                "min_storage_buffer_offset_alignment",
+                l.min_storage_buffer_offset_alignment as u64,
+            ),
         ]
     }
 
     /// The compute pipeline for `entry` of `shader` with the given override constants, compiled
     /// on first use and cached: pipelines are never created in a training loop.
-    pub fn pipeline(&self, shader: &Shader, entry: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
+    pub fn pipeline(
+        &self,
+        shader: &Shader,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> wgpu::ComputePipeline {
         let key = format!("{}:{entry}:{constants:?}", shader.name);
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return p.clone();
@@ -198,22 +251,30 @@ impl Gpu {
             let mut modules = self.modules.lock().unwrap();
             modules
                 .entry(shader.name)
-                .or_insert_with(|| {
-                    unsafe { self.device.create_shader_module_trusted(wgpu::ShaderModuleDescriptor {
-                        label: Some(shader.name),
-                        source: wgpu::ShaderSource::Wgsl(shader.source.into()),
-                    }, checks) }
+                .or_insert_with(|| unsafe {
+                    self.device.create_shader_module_trusted(
+                        wgpu::ShaderModuleDescriptor {
+                            label: Some(shader.name),
+                            source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+                        },
+                        checks,
+                    )
                 })
                 .clone()
         };
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(&key),
-            layout: None,
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: false },
-            cache: None,
-        });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&key),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
         self.pipelines.lock().unwrap().insert(key, pipeline.clone());
         pipeline
     }
@@ -231,6 +292,8 @@ impl Gpu {
 
     /// Blocks until all submitted work has finished.
     pub fn wait(&self) {
-        self.device.poll(wgpu::PollType::wait_indefinitely()).expect("GPU device lost while waiting");
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .expect("GPU device lost while waiting");
     }
 }

@@ -5,7 +5,10 @@ use super::{bind, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader { name: "attention", source: include_str!("../../shaders/attention.wgsl") };
+pub const SHADER: Shader = Shader {
+    name: "attention",
+    source: include_str!("../../shaders/attention.wgsl"),
+};
 
 /// Largest head dimension the kernels hold in registers.
 pub const MAX_HEAD_DIM: usize = 128;
@@ -31,12 +34,24 @@ pub struct AttentionShape {
 impl AttentionShape {
     fn check(&self) -> Result<(Params, f64)> {
         let AttentionShape { b, t, c, n_head } = *self;
-        ensure_shape(n_head > 0 && c % n_head == 0, || format!("attention: n_embd {c} is not divisible by n_head {n_head}"))?;
+        ensure_shape(n_head > 0 && c % n_head == 0, || {
+            format!("attention: n_embd {c} is not divisible by n_head {n_head}")
+        })?;
         let hd = c / n_head;
         ensure_shape(hd % 4 == 0 && hd <= MAX_HEAD_DIM, || {
-            format!("attention: head dimension {hd} must be a multiple of 4 and at most {MAX_HEAD_DIM}")
+            format!(
+                "attention: head dimension {hd} must be a multiple of 4 and at most {MAX_HEAD_DIM}"
+            )
         })?;
-        Ok((Params { b: b as u32, t: t as u32, c: c as u32, nh: n_head as u32 }, hd as f64))
+        Ok((
+            Params {
+                b: b as u32,
+                t: t as u32,
+                c: c as u32,
+                nh: n_head as u32,
+            },
+            hd as f64,
+        ))
     }
     fn rows(&self) -> usize {
         self.b * self.n_head * self.t
@@ -45,7 +60,14 @@ impl AttentionShape {
 
 /// out [B, T, C] = attention(qkv [B, T, 3C]) under a causal and key padding `mask` [B, T] (u32,
 /// nonzero = real token); saves lse [B, NH, T] for the backward.
-pub fn attention_forward(rec: &mut Recorder, out: &Tensor, lse: &Tensor, qkv: &Tensor, mask: &Tensor, shape: AttentionShape) -> Result<()> {
+pub fn attention_forward(
+    rec: &mut Recorder,
+    out: &Tensor,
+    lse: &Tensor,
+    qkv: &Tensor,
+    mask: &Tensor,
+    shape: AttentionShape,
+) -> Result<()> {
     let (params, hd) = shape.check()?;
     let AttentionShape { b, t, c, .. } = shape;
     expect_len(qkv, b * t * 3 * c, "attention qkv")?;
@@ -54,7 +76,14 @@ pub fn attention_forward(rec: &mut Recorder, out: &Tensor, lse: &Tensor, qkv: &T
     expect_len(lse, shape.rows(), "attention lse")?;
     let grid = rec.gpu().grid(groups(shape.rows(), 64));
     let bindings = [bind(1, qkv), bind(2, mask), bind(3, out), bind(4, lse)];
-    rec.dispatch(&SHADER, "attention_forward", &[("HEAD_DIM", hd)], bytemuck::bytes_of(&params), &bindings, grid)
+    rec.dispatch(
+        &SHADER,
+        "attention_forward",
+        &[("HEAD_DIM", hd)],
+        bytemuck::bytes_of(&params),
+        &bindings,
+        grid,
+    )
 }
 
 /// dqkv [B, T, 3C] = ∂L/∂qkv (overwritten) from dout [B, T, C] and the forward's out and lse;
@@ -83,8 +112,29 @@ pub fn attention_backward(
     let grid = rec.gpu().grid(groups(shape.rows(), 64));
     let constants = [("HEAD_DIM", hd)];
     let p = bytemuck::bytes_of(&params);
-    rec.dispatch(&SHADER, "attention_backward_delta", &constants, p, &[bind(5, out), bind(6, dout), bind(8, delta)], grid)?;
-    let b = [bind(1, qkv), bind(2, mask), bind(6, dout), bind(7, lse), bind(9, delta), bind(10, dqkv)];
+    rec.dispatch(
+        &SHADER,
+        "attention_backward_delta",
+        &constants,
+        p,
+        &[bind(5, out), bind(6, dout), bind(8, delta)],
+        grid,
+    )?;
+    let b = [
+        bind(1, qkv),
+        bind(2, mask),
+        bind(6, dout),
+        bind(7, lse),
+        bind(9, delta),
+        bind(10, dqkv),
+    ];
     rec.dispatch(&SHADER, "attention_backward_query", &constants, p, &b, grid)?;
-    rec.dispatch(&SHADER, "attention_backward_key_value", &constants, p, &b, grid)
+    rec.dispatch(
+        &SHADER,
+        "attention_backward_key_value",
+        &constants,
+        p,
+        &b,
+        grid,
+    )
 }

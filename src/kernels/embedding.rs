@@ -5,15 +5,31 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recorder, Shader, Tensor};
 use std::sync::Arc;
 
-pub const SHADER: Shader = Shader { name: "embedding", source: include_str!("../../shaders/embedding.wgsl") };
+pub const SHADER: Shader = Shader {
+    name: "embedding",
+    source: include_str!("../../shaders/embedding.wgsl"),
+};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     n: u32,
     c: u32,
-    vocab: u32,
+    rows: u32,
+    row_offset: u32,
     positions: u32,
+    first_bucket: u32,
+}
+
+/// Rows of a [rows, c] table per dispatch: all of them if the table fits one binding, else the
+/// most that fit, in multiples of 64 rows (so every slice starts on a 256-byte boundary).
+fn rows_per_dispatch(rec: &Recorder, rows: usize, c: usize) -> usize {
+    let limit = rec.gpu().limits.max_storage_buffer_binding_size as usize / 4;
+    if rows * c <= limit {
+        rows
+    } else {
+        (limit / c / 64 * 64).max(64)
+    }
 }
 
 /// Hugging Face's position ids for a left-padded batch: `max(cumsum(mask) − 1, 0)` per row, so
@@ -35,16 +51,20 @@ pub fn position_ids(mask: &[u32], t: usize) -> Vec<u32> {
 pub fn check_indices(indices: &[u32], rows: usize, what: &str) -> Result<()> {
     match indices.iter().position(|&i| i as usize >= rows) {
         None => Ok(()),
-        Some(at) => Err(Error::Input(format!("{what}[{at}] = {} is out of range: the table has {rows} rows", indices[at]))),
+        Some(at) => Err(Error::Input(format!(
+            "{what}[{at}] = {} is out of range: the table has {rows} rows",
+            indices[at]
+        ))),
     }
 }
 
 /// The token positions grouped by the table row they read, uploaded for `embedding_backward`.
 pub struct Buckets {
+    /// Table row of each bucket, increasing (kept on the host to split by row slices).
+    host_rows: Vec<u32>,
     rows: Tensor,
     offsets: Tensor,
     tokens: Tensor,
-    count: usize,
 }
 
 impl Buckets {
@@ -62,40 +82,124 @@ impl Buckets {
             }
         }
         offsets.push(order.len() as u32);
-        let count = rows.len();
         Ok(Buckets {
-            rows: gpu.upload_u32(&[count], &rows)?,
-            offsets: gpu.upload_u32(&[count + 1], &offsets)?,
+            rows: gpu.upload_u32(&[rows.len()], &rows)?,
+            offsets: gpu.upload_u32(&[offsets.len()], &offsets)?,
             tokens: gpu.upload_u32(&[order.len()], &order)?,
-            count,
+            host_rows: rows,
         })
     }
 }
 
 /// out [N, C] = wte[ids] + wpe[pos]. `ids` and `pos` are u32 [N], validated on upload with
-/// `check_indices` (the kernel clamps rather than reading out of bounds).
-pub fn embedding_forward(rec: &mut Recorder, out: &Tensor, ids: &Tensor, pos: &Tensor, wte: &Tensor, wpe: &Tensor) -> Result<()> {
+/// `check_indices` (a bad id is never read: its output row is left unwritten).
+pub fn embedding_forward(
+    rec: &mut Recorder,
+    out: &Tensor,
+    ids: &Tensor,
+    pos: &Tensor,
+    wte: &Tensor,
+    wpe: &Tensor,
+) -> Result<()> {
     let (vocab, c) = as_matrix(wte);
     let (positions, c2) = as_matrix(wpe);
     expect_len(pos, ids.len(), "embedding positions")?;
-    expect_len(wpe, positions * c, &format!("wpe (width {c2}) for wte {:?}", wte.shape()))?;
+    expect_len(
+        wpe,
+        positions * c,
+        &format!("wpe (width {c2}) for wte {:?}", wte.shape()),
+    )?;
     expect_len(out, ids.len() * c, "embedding output")?;
-    let params = Params { n: ids.len() as u32, c: c as u32, vocab: vocab as u32, positions: positions as u32 };
-    let grid = rec.gpu().grid(groups(ids.len() * c, 256));
-    let b = [bind(1, ids), bind(2, pos), bind(3, wte), bind(4, wpe), bind(5, out)];
-    rec.dispatch(&SHADER, "embedding_forward", &[], bytemuck::bytes_of(&params), &b, grid)
+    let step = rows_per_dispatch(rec, vocab, c);
+    let gpu = rec.gpu().clone();
+    for row_offset in (0..vocab).step_by(step) {
+        let rows = step.min(vocab - row_offset);
+        let slice = if rows == vocab {
+            wte.clone()
+        } else {
+            wte.view(&gpu, row_offset * c, &[rows, c])?
+        };
+        let params = Params {
+            n: ids.len() as u32,
+            c: c as u32,
+            rows: rows as u32,
+            row_offset: row_offset as u32,
+            positions: positions as u32,
+            first_bucket: 0,
+        };
+        let grid = gpu.grid(groups(ids.len() * c, 256));
+        let b = [
+            bind(1, ids),
+            bind(2, pos),
+            bind(3, &slice),
+            bind(4, wpe),
+            bind(5, out),
+        ];
+        rec.dispatch(
+            &SHADER,
+            "embedding_forward",
+            &[],
+            bytemuck::bytes_of(&params),
+            &b,
+            grid,
+        )?;
+    }
+    Ok(())
 }
 
 /// dtable [rows, C] += the gradient dout [N, C] gathered by `buckets` (made from the same
 /// indices as the forward: ids for wte, positions for wpe).
-pub fn embedding_backward(rec: &mut Recorder, dtable: &Tensor, dout: &Tensor, buckets: &Buckets) -> Result<()> {
-    let (rows, c) = as_matrix(dtable);
+pub fn embedding_backward(
+    rec: &mut Recorder,
+    dtable: &Tensor,
+    dout: &Tensor,
+    buckets: &Buckets,
+) -> Result<()> {
+    let (table_rows, c) = as_matrix(dtable);
     expect_len(dout, buckets.tokens.len() * c, "embedding dout")?;
-    if buckets.count == 0 {
-        return Ok(());
+    let step = rows_per_dispatch(rec, table_rows, c);
+    let gpu = rec.gpu().clone();
+    for row_offset in (0..table_rows).step_by(step) {
+        let rows = step.min(table_rows - row_offset);
+        // The buckets whose row lies in this slice (bucket rows are sorted).
+        let first = buckets
+            .host_rows
+            .partition_point(|&r| (r as usize) < row_offset);
+        let end = buckets
+            .host_rows
+            .partition_point(|&r| (r as usize) < row_offset + rows);
+        if first == end {
+            continue;
+        }
+        let slice = if rows == table_rows {
+            dtable.clone()
+        } else {
+            dtable.view(&gpu, row_offset * c, &[rows, c])?
+        };
+        let params = Params {
+            n: (end - first) as u32,
+            c: c as u32,
+            rows: rows as u32,
+            row_offset: row_offset as u32,
+            positions: 0,
+            first_bucket: first as u32,
+        };
+        let grid = gpu.grid(groups((end - first) * c, 256));
+        let b = [
+            bind(6, dout),
+            bind(7, &buckets.rows),
+            bind(8, &buckets.offsets),
+            bind(9, &buckets.tokens),
+            bind(10, &slice),
+        ];
+        rec.dispatch(
+            &SHADER,
+            "embedding_backward",
+            &[],
+            bytemuck::bytes_of(&params),
+            &b,
+            grid,
+        )?;
     }
-    let params = Params { n: buckets.count as u32, c: c as u32, vocab: rows as u32, positions: 0 };
-    let grid = rec.gpu().grid(groups(buckets.count * c, 256));
-    let b = [bind(6, dout), bind(7, &buckets.rows), bind(8, &buckets.offsets), bind(9, &buckets.tokens), bind(10, dtable)];
-    rec.dispatch(&SHADER, "embedding_backward", &[], bytemuck::bytes_of(&params), &b, grid)
+    Ok(())
 }

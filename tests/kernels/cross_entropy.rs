@@ -1,6 +1,8 @@
 use crate::common::*;
 use ppo_wgpu::gpu::Recorder;
-use ppo_wgpu::kernels::cross_entropy::{IGNORE, cross_entropy_backward, cross_entropy_forward, log_softmax_forward};
+use ppo_wgpu::kernels::cross_entropy::{
+    IGNORE, cross_entropy_backward, cross_entropy_forward, log_softmax_forward,
+};
 use ppo_wgpu::reference;
 
 fn run(rows: usize, v: usize, logit_std: f64, rng: &mut Rng, check_fd_too: bool) {
@@ -8,7 +10,15 @@ fn run(rows: usize, v: usize, logit_std: f64, rng: &mut Rng, check_fd_too: bool)
     // A very negative and a very positive logit, to exercise the online max.
     logits[0] = -1e4;
     logits[v / 2] = 60.0;
-    let targets: Vec<u32> = (0..rows).map(|r| if r % 5 == 3 { IGNORE } else { rng.below(v as u32) }).collect();
+    let targets: Vec<u32> = (0..rows)
+        .map(|r| {
+            if r % 5 == 3 {
+                IGNORE
+            } else {
+                rng.below(v as u32)
+            }
+        })
+        .collect();
     let dloss: Vec<f64> = (0..rows).map(|_| rng.uniform() as f32 as f64).collect();
     let gpu = gpu();
     let t_logits = upload(&logits, &[rows, v]);
@@ -17,19 +27,58 @@ fn run(rows: usize, v: usize, logit_std: f64, rng: &mut Rng, check_fd_too: bool)
     let mut rec = Recorder::new(&gpu);
     cross_entropy_forward(&mut rec, &loss, &lse, &t_logits, &t_targets).unwrap();
     log_softmax_forward(&mut rec, &logp, &t_logits).unwrap();
-    cross_entropy_backward(&mut rec, &t_logits, &upload(&dloss, &[rows]), &lse, &t_targets).unwrap();
+    cross_entropy_backward(
+        &mut rec,
+        &t_logits,
+        &upload(&dloss, &[rows]),
+        &lse,
+        &t_targets,
+    )
+    .unwrap();
     rec.submit();
 
     let what = format!("cross-entropy N={rows} V={v}");
     // The sum of V exponentials in f32: relative error ~ε·log V on lse, and on logp.
-    assert_close(&format!("{what} loss"), &download(&loss), &reference::cross_entropy_forward(&logits, &targets, v), 1e-4, 1e-5);
-    assert_close(&format!("{what} lse"), &download(&lse), &reference::logsumexp_rows(&logits, v), 1e-4, 1e-5);
-    assert_close(&format!("{what} log_softmax"), &download(&logp), &reference::log_softmax(&logits, v), 1e-4, 1e-5);
+    assert_close(
+        &format!("{what} loss"),
+        &download(&loss),
+        &reference::cross_entropy_forward(&logits, &targets, v),
+        1e-4,
+        1e-5,
+    );
+    assert_close(
+        &format!("{what} lse"),
+        &download(&lse),
+        &reference::logsumexp_rows(&logits, v),
+        1e-4,
+        1e-5,
+    );
+    assert_close(
+        &format!("{what} log_softmax"),
+        &download(&logp),
+        &reference::log_softmax(&logits, v),
+        1e-4,
+        1e-5,
+    );
     let grad = download(&t_logits);
-    assert_close(&format!("{what} dlogits"), &grad, &reference::cross_entropy_backward(&logits, &targets, &dloss, v), 1e-6, 1e-4);
+    assert_close(
+        &format!("{what} dlogits"),
+        &grad,
+        &reference::cross_entropy_backward(&logits, &targets, &dloss, v),
+        1e-6,
+        1e-4,
+    );
     if check_fd_too {
         let loss = |z: &[f64]| dot(&dloss, &reference::cross_entropy_forward(z, &targets, v));
-        check_fd(&format!("{what} dlogits"), &grad, loss, &logits, rng, 1e-5, 1e-3);
+        check_fd(
+            &format!("{what} dlogits"),
+            &grad,
+            loss,
+            &logits,
+            rng,
+            1e-5,
+            1e-3,
+        );
     }
 }
 

@@ -1,0 +1,181 @@
+//! Checkpoint I/O in the Hugging Face GPT-2 layout: a directory with `config.json` and
+//! `model.safetensors` (and usually `tokenizer.json`).
+//!
+//! Loading accepts both tensor-name forms (`wte.weight` and `transformer.wte.weight`), an
+//! `lm_head.weight` (tied to `wte`, so only its shape is checked), the causal-mask buffers old
+//! checkpoints carry (`h.N.attn.bias`, `h.N.attn.masked_bias`), and f32, f16 or bf16 tensors.
+//! Saving writes each file to a temporary name and renames it, so a crash never leaves a
+//! half-written checkpoint.
+
+use super::config::{GptConfig, Heads};
+use crate::error::{Error, Result};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// A model's weights on the host, in `GptConfig::param_specs` order.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    pub config: GptConfig,
+    pub heads: Heads,
+    /// (name without `transformer.`, shape, values).
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl Checkpoint {
+    pub fn get(&self, name: &str) -> Option<&[f32]> {
+        self.tensors
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, v)| v.as_slice())
+    }
+}
+
+/// Converts a tensor's bytes to f32, naming the tensor if its dtype is not a float we read.
+fn to_f32(name: &str, view: &TensorView) -> Result<Vec<f32>> {
+    let bytes = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(Error::Checkpoint(format!(
+                "tensor {name} has dtype {other:?}; expected F32, F16 or BF16"
+            )));
+        }
+    })
+}
+
+/// Tensors a GPT-2 checkpoint may hold that we do not use.
+fn is_ignored(name: &str) -> bool {
+    name.ends_with(".attn.bias") && name.starts_with("h.") && !name.contains("c_attn")
+        || name.ends_with(".attn.masked_bias")
+}
+
+/// Loads `dir/config.json` and `dir/model.safetensors`.
+pub fn load(dir: &Path) -> Result<Checkpoint> {
+    let config = GptConfig::load(&dir.join(CONFIG_FILE))?;
+    let path = dir.join(WEIGHTS_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let origin = path.display().to_string();
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::Checkpoint(format!("{origin}: not a valid safetensors file: {e}")))?;
+
+    let mut found: HashMap<String, TensorView> = HashMap::new();
+    let mut lm_head = None;
+    for (name, view) in st.tensors() {
+        let short = name
+            .strip_prefix("transformer.")
+            .unwrap_or(&name)
+            .to_string();
+        if short == "lm_head.weight" {
+            lm_head = Some(view);
+        } else if !is_ignored(&short) {
+            found.insert(short, view);
+        }
+    }
+    let heads = Heads {
+        value: found.contains_key("v_head.summary.weight"),
+        reward: found.contains_key("score.weight"),
+    };
+    let specs = config.param_specs(heads);
+    let mut tensors = Vec::with_capacity(specs.len());
+    for (name, shape) in &specs {
+        let view = found.remove(name).ok_or_else(|| {
+            Error::Checkpoint(format!("{origin}: missing tensor {name} (expected shape {shape:?} for the config in {CONFIG_FILE})"))
+        })?;
+        if view.shape() != shape.as_slice() {
+            return Err(Error::Checkpoint(format!(
+                "{origin}: tensor {name} has shape {:?}, but the config needs {shape:?}",
+                view.shape()
+            )));
+        }
+        tensors.push((name.clone(), shape.clone(), to_f32(name, &view)?));
+    }
+    if let Some(view) = lm_head {
+        let want = [config.vocab_size, config.n_embd];
+        if view.shape() != want {
+            return Err(Error::Checkpoint(format!(
+                "{origin}: tensor lm_head.weight has shape {:?}, but the config needs {want:?}",
+                view.shape()
+            )));
+        }
+    }
+    if let Some(extra) = found.keys().min() {
+        return Err(Error::Checkpoint(format!(
+            "{origin}: unexpected tensor {extra} ({} not used by a GPT-2 with n_layer {}); does {CONFIG_FILE} match the weights?",
+            if found.len() > 1 {
+                format!("and {} more", found.len() - 1)
+            } else {
+                "it is".into()
+            },
+            config.n_layer
+        )));
+    }
+    Ok(Checkpoint {
+        config,
+        heads,
+        tensors,
+    })
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = PathBuf::from(path);
+    tmp.set_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Saves a checkpoint: the body under `transformer.` names (as `GPT2LMHeadModel` writes it),
+/// the value and reward heads under their own names.
+pub fn save(dir: &Path, ck: &Checkpoint) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = ck
+        .tensors
+        .iter()
+        .map(|(name, shape, values)| {
+            let full = if name.starts_with("v_head.") || name == "score.weight" {
+                name.clone()
+            } else {
+                format!("transformer.{name}")
+            };
+            (
+                full,
+                shape.clone(),
+                bytemuck::cast_slice::<f32, u8>(values).to_vec(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = bytes
+        .iter()
+        .map(|(name, shape, data)| {
+            Ok((
+                name.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), data)
+                    .map_err(|e| Error::Checkpoint(format!("{name}: {e}")))?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let serialized = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::Checkpoint(format!("serialising: {e}")))?;
+    write_atomically(&dir.join(WEIGHTS_FILE), &serialized)?;
+    write_atomically(&dir.join(CONFIG_FILE), ck.config.to_json().as_bytes())
+}

@@ -1,0 +1,184 @@
+//! The model configuration: the fields of a Hugging Face GPT-2 `config.json` that define the
+//! architecture, and the list of parameters (names and shapes) that follows from them.
+
+use crate::error::{Error, Result};
+use serde_json::{Value, json};
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GptConfig {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub layer_norm_epsilon: f32,
+}
+
+/// Which optional heads a model carries besides the tied LM head.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Heads {
+    /// TRL's value head: `v_head.summary.weight [1, C]`, `v_head.summary.bias [1]`.
+    pub value: bool,
+    /// `GPT2ForSequenceClassification`'s reward head: `score.weight [1, C]`.
+    pub reward: bool,
+}
+
+impl GptConfig {
+    /// The shipped tiny model's shape (DESIGN.md §3).
+    pub fn tiny() -> GptConfig {
+        GptConfig {
+            vocab_size: 512,
+            n_positions: 64,
+            n_embd: 128,
+            n_layer: 4,
+            n_head: 4,
+            layer_norm_epsilon: 1e-5,
+        }
+    }
+
+    /// GPT-2 small (124M).
+    pub fn gpt2_small() -> GptConfig {
+        GptConfig {
+            vocab_size: 50257,
+            n_positions: 1024,
+            n_embd: 768,
+            n_layer: 12,
+            n_head: 12,
+            layer_norm_epsilon: 1e-5,
+        }
+    }
+
+    /// Parses a Hugging Face GPT-2 `config.json`.
+    pub fn from_json(text: &str, origin: &str) -> Result<GptConfig> {
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| Error::Checkpoint(format!("{origin}: not valid JSON: {e}")))?;
+        let field = |name: &str| -> Result<usize> {
+            v.get(name)
+                .and_then(Value::as_u64)
+                .map(|x| x as usize)
+                .ok_or_else(|| {
+                    Error::Checkpoint(format!("{origin}: missing or non-integer field \"{name}\""))
+                })
+        };
+        let config = GptConfig {
+            vocab_size: field("vocab_size")?,
+            n_positions: field("n_positions").or_else(|_| field("n_ctx"))?,
+            n_embd: field("n_embd")?,
+            n_layer: field("n_layer")?,
+            n_head: field("n_head")?,
+            layer_norm_epsilon: v
+                .get("layer_norm_epsilon")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-5) as f32,
+        };
+        if let Some(act) = v.get("activation_function").and_then(Value::as_str) {
+            if act != "gelu_new" && act != "gelu_pytorch_tanh" {
+                return Err(Error::Checkpoint(format!(
+                    "{origin}: activation_function \"{act}\" is not supported (expected \"gelu_new\", GPT-2's tanh GELU)"
+                )));
+            }
+        }
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<GptConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(&text, &path.display().to_string())
+    }
+
+    /// Checks the shape rules the kernels rely on.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let bad = |msg: String| Err(Error::Checkpoint(format!("{origin}: {msg}")));
+        if self.vocab_size == 0
+            || self.n_positions == 0
+            || self.n_embd == 0
+            || self.n_layer == 0
+            || self.n_head == 0
+        {
+            return bad(format!("every size must be positive, got {self:?}"));
+        }
+        if self.n_embd % self.n_head != 0 {
+            return bad(format!(
+                "n_embd {} is not divisible by n_head {}",
+                self.n_embd, self.n_head
+            ));
+        }
+        let hd = self.n_embd / self.n_head;
+        if hd % 4 != 0 || hd > crate::kernels::attention::MAX_HEAD_DIM {
+            return bad(format!(
+                "head dimension {hd} must be a multiple of 4 and at most {}",
+                crate::kernels::attention::MAX_HEAD_DIM
+            ));
+        }
+        Ok(())
+    }
+
+    /// A `config.json` that `transformers` loads as a `GPT2LMHeadModel`.
+    pub fn to_json(&self) -> String {
+        let v = json!({
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": self.vocab_size,
+            "n_positions": self.n_positions,
+            "n_ctx": self.n_positions,
+            "n_embd": self.n_embd,
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "n_inner": null,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+            "initializer_range": 0.02,
+            "bos_token_id": self.vocab_size - 1,
+            "eos_token_id": self.vocab_size - 1,
+            "tie_word_embeddings": true,
+            "torch_dtype": "float32"
+        });
+        serde_json::to_string_pretty(&v).expect("a JSON value always serialises")
+    }
+
+    /// Every parameter, in storage order, with its checkpoint name (no `transformer.` prefix)
+    /// and shape in the Hugging Face layout.
+    pub fn param_specs(&self, heads: Heads) -> Vec<(String, Vec<usize>)> {
+        let (v, t, c) = (self.vocab_size, self.n_positions, self.n_embd);
+        let mut specs = vec![
+            ("wte.weight".to_string(), vec![v, c]),
+            ("wpe.weight".to_string(), vec![t, c]),
+        ];
+        for i in 0..self.n_layer {
+            let layer: [(&str, Vec<usize>); 12] = [
+                ("ln_1.weight", vec![c]),
+                ("ln_1.bias", vec![c]),
+                ("attn.c_attn.weight", vec![c, 3 * c]),
+                ("attn.c_attn.bias", vec![3 * c]),
+                ("attn.c_proj.weight", vec![c, c]),
+                ("attn.c_proj.bias", vec![c]),
+                ("ln_2.weight", vec![c]),
+                ("ln_2.bias", vec![c]),
+                ("mlp.c_fc.weight", vec![c, 4 * c]),
+                ("mlp.c_fc.bias", vec![4 * c]),
+                ("mlp.c_proj.weight", vec![4 * c, c]),
+                ("mlp.c_proj.bias", vec![c]),
+            ];
+            specs.extend(
+                layer
+                    .into_iter()
+                    .map(|(name, shape)| (format!("h.{i}.{name}"), shape)),
+            );
+        }
+        specs.push(("ln_f.weight".to_string(), vec![c]));
+        specs.push(("ln_f.bias".to_string(), vec![c]));
+        if heads.value {
+            specs.push(("v_head.summary.weight".to_string(), vec![1, c]));
+            specs.push(("v_head.summary.bias".to_string(), vec![1]));
+        }
+        if heads.reward {
+            specs.push(("score.weight".to_string(), vec![1, c]));
+        }
+        specs
+    }
+}
