@@ -63,7 +63,7 @@ impl GptConfig {
         };
         let config = GptConfig {
             vocab_size: field("vocab_size")?,
-            n_positions: field("n_positions").or_else(|_| field("n_ctx"))?,
+            n_positions: field("n_positions").or_else(|e| field("n_ctx").map_err(|_| e))?,
             n_embd: field("n_embd")?,
             n_layer: field("n_layer")?,
             n_head: field("n_head")?,
