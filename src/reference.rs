@@ -352,3 +352,49 @@ pub fn adamw_update(
         param[i] -= lr * (m_hat / (v_hat.sqrt() + eps) + weight_decay * param[i]);
     }
 }
+
+/// Outputs of the reference GPT-2 forward: logits [B, T, V], and the value and reward heads
+/// [B, T] when the checkpoint has them.
+pub struct ModelOutputs {
+    pub logits: Vec<f64>,
+    pub values: Option<Vec<f64>>,
+    pub rewards: Option<Vec<f64>>,
+}
+
+/// The whole GPT-2 forward on the CPU, composed of the references above, with every parameter
+/// taken from `param(name)` (so tests can perturb one for finite differences). `ids` and `mask`
+/// are [B, T]; positions follow Hugging Face's left-padding convention.
+pub fn gpt2_forward(
+    config: &crate::model::GptConfig,
+    param: &dyn Fn(&str) -> Vec<f64>,
+    ids: &[u32],
+    mask: &[u32],
+    b: usize,
+    t: usize,
+) -> ModelOutputs {
+    let (v, c, nh) = (config.vocab_size, config.n_embd, config.n_head);
+    let eps = config.layer_norm_epsilon as f64;
+    let n = b * t;
+    let pos = crate::kernels::embedding::position_ids(mask, t);
+    let wte = param("wte.weight");
+    let mut x = embedding_forward(ids, &pos, &wte, &param("wpe.weight"), c);
+    for l in 0..config.n_layer {
+        let p = |name: &str| param(&format!("h.{l}.{name}"));
+        let (ln1, _, _) = layernorm_forward(&x, &p("ln_1.weight"), &p("ln_1.bias"), c, eps);
+        let qkv = linear_forward(&ln1, &p("attn.c_attn.weight"), Some(&p("attn.c_attn.bias")), n, c, 3 * c);
+        let (atty, _) = attention_forward(&qkv, mask, b, t, c, nh);
+        let attproj = linear_forward(&atty, &p("attn.c_proj.weight"), Some(&p("attn.c_proj.bias")), n, c, c);
+        x.iter_mut().zip(&attproj).for_each(|(r, a)| *r += a);
+        let (ln2, _, _) = layernorm_forward(&x, &p("ln_2.weight"), &p("ln_2.bias"), c, eps);
+        let fch = gelu_forward(&linear_forward(&ln2, &p("mlp.c_fc.weight"), Some(&p("mlp.c_fc.bias")), n, c, 4 * c));
+        let fcproj = linear_forward(&fch, &p("mlp.c_proj.weight"), Some(&p("mlp.c_proj.bias")), n, 4 * c, c);
+        x.iter_mut().zip(&fcproj).for_each(|(r, a)| *r += a);
+    }
+    let (lnf, _, _) = layernorm_forward(&x, &param("ln_f.weight"), &param("ln_f.bias"), c, eps);
+    let logits = matmul(&lnf, &wte, n, v, c, Layout::NT);
+    let head = |w: &[f64], bias: Option<&[f64]>| linear_forward(&lnf, w, bias, n, c, 1);
+    let has = |name: &str| !param(name).is_empty();
+    let values = has("v_head.summary.weight").then(|| head(&param("v_head.summary.weight"), Some(&param("v_head.summary.bias"))));
+    let rewards = has("score.weight").then(|| head(&param("score.weight"), None));
+    ModelOutputs { logits, values, rewards }
+}

@@ -2,6 +2,8 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod gpt;
 
 pub use checkpoint::Checkpoint;
 pub use config::{GptConfig, Heads};
+pub use gpt::{Activations, Batch, Model, Params};

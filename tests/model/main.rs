@@ -2,3 +2,4 @@
 //! checkpoint gives), and the whole model on the GPU against the CPU reference.
 
 mod checkpoint;
+mod forward_backward;

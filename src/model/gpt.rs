@@ -1,0 +1,415 @@
+//! The GPT-2 model on the GPU: parameters in one flat buffer, activations kept for the
+//! backward, and `forward` / `backward` as readable lists of kernel calls in the order of the
+//! math (llm.c's `gpt2_forward` / `gpt2_backward` are the model).
+//!
+//! Shapes (B = batch, T = sequence, C = channels, V = vocabulary, NH = heads, L = layers):
+//!   wte [V, C], wpe [maxT, C]; per layer ln_1/ln_2 [C], c_attn [C, 3C] + [3C],
+//!   attn.c_proj [C, C] + [C], c_fc [C, 4C] + [4C], mlp.c_proj [4C, C] + [C]; ln_f [C];
+//!   value head v_head.summary [1, C] + [1]; reward head score [1, C].
+
+use super::checkpoint::Checkpoint;
+use super::config::{GptConfig, Heads};
+use crate::error::{Error, Result, ensure_shape};
+use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::kernels::attention::{AttentionShape, attention_backward, attention_forward};
+use crate::kernels::embedding::{Buckets, check_indices, embedding_backward, embedding_forward, position_ids};
+use crate::kernels::gelu::{gelu_backward, gelu_forward};
+use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
+use crate::kernels::matmul::{Layout, linear_backward, linear_forward, matmul};
+use crate::kernels::residual::residual_forward;
+use std::sync::Arc;
+
+/// Parameters are padded to multiples of this many f32s (256 bytes), so that a view of any of
+/// them meets every adapter's storage-binding offset alignment.
+const PARAM_ALIGN: usize = 64;
+
+/// Where each parameter lives in the flat buffer.
+#[derive(Clone, Debug)]
+pub struct ParamLayout {
+    /// (checkpoint name, shape, offset in f32s), in `GptConfig::param_specs` order.
+    pub slots: Vec<(String, Vec<usize>, usize)>,
+    /// Total f32s, padding included.
+    pub total: usize,
+}
+
+impl ParamLayout {
+    pub fn new(config: &GptConfig, heads: Heads) -> ParamLayout {
+        let mut slots = Vec::new();
+        let mut offset = 0;
+        for (name, shape) in config.param_specs(heads) {
+            let n: usize = shape.iter().product();
+            slots.push((name, shape, offset));
+            offset += n.next_multiple_of(PARAM_ALIGN);
+        }
+        ParamLayout { slots, total: offset }
+    }
+
+    /// Number of real parameters (padding excluded).
+    pub fn count(&self) -> usize {
+        self.slots.iter().map(|(_, s, _)| s.iter().product::<usize>()).sum()
+    }
+}
+
+/// One transformer block's parameters (or their gradients: same layout).
+pub struct LayerParams {
+    pub ln_1_w: Tensor,       // [C]
+    pub ln_1_b: Tensor,       // [C]
+    pub c_attn_w: Tensor,     // [C, 3C]
+    pub c_attn_b: Tensor,     // [3C]
+    pub attn_proj_w: Tensor,  // [C, C]
+    pub attn_proj_b: Tensor,  // [C]
+    pub ln_2_w: Tensor,       // [C]
+    pub ln_2_b: Tensor,       // [C]
+    pub c_fc_w: Tensor,       // [C, 4C]
+    pub c_fc_b: Tensor,       // [4C]
+    pub mlp_proj_w: Tensor,   // [4C, C]
+    pub mlp_proj_b: Tensor,   // [C]
+}
+
+/// Named views into a flat buffer laid out by `ParamLayout`: the parameters, or the gradients.
+pub struct Params {
+    pub flat: Tensor,
+    pub wte: Tensor,  // [V, C]
+    pub wpe: Tensor,  // [maxT, C]
+    pub layers: Vec<LayerParams>,
+    pub ln_f_w: Tensor, // [C]
+    pub ln_f_b: Tensor, // [C]
+    /// Value head as a [C, 1] matrix (the [1, C] weight read as a column) and its bias [1].
+    pub v_head: Option<(Tensor, Tensor)>,
+    /// Reward head as a [C, 1] matrix.
+    pub score: Option<Tensor>,
+}
+
+impl Params {
+    /// Views of `flat` (laid out by `layout`).
+    pub fn views(gpu: &Gpu, flat: &Tensor, layout: &ParamLayout) -> Result<Params> {
+        let mut slots = layout.slots.iter();
+        let mut next = |shape: Option<&[usize]>| -> Result<Tensor> {
+            let (_, s, offset) = slots.next().expect("the layout lists every parameter");
+            flat.view(gpu, *offset, shape.unwrap_or(s))
+        };
+        let wte = next(None)?;
+        let wpe = next(None)?;
+        let n_layer = (layout.slots.len() - 4) / 12;
+        let mut layers = Vec::with_capacity(n_layer);
+        for _ in 0..n_layer {
+            layers.push(LayerParams {
+                ln_1_w: next(None)?,
+                ln_1_b: next(None)?,
+                c_attn_w: next(None)?,
+                c_attn_b: next(None)?,
+                attn_proj_w: next(None)?,
+                attn_proj_b: next(None)?,
+                ln_2_w: next(None)?,
+                ln_2_b: next(None)?,
+                c_fc_w: next(None)?,
+                c_fc_b: next(None)?,
+                mlp_proj_w: next(None)?,
+                mlp_proj_b: next(None)?,
+            });
+        }
+        let ln_f_w = next(None)?;
+        let ln_f_b = next(None)?;
+        let c = wte.shape()[1];
+        let has = |name: &str| layout.slots.iter().any(|(n, _, _)| n == name);
+        let v_head = if has("v_head.summary.weight") { Some((next(Some(&[c, 1]))?, next(None)?)) } else { None };
+        let score = if has("score.weight") { Some(next(Some(&[c, 1]))?) } else { None };
+        Ok(Params { flat: flat.clone(), wte, wpe, layers, ln_f_w, ln_f_b, v_head, score })
+    }
+}
+
+/// A GPT-2 with its parameters on the GPU.
+pub struct Model {
+    pub config: GptConfig,
+    pub heads: Heads,
+    pub layout: ParamLayout,
+    pub params: Params,
+    gpu: Arc<Gpu>,
+}
+
+impl Model {
+    /// Uploads a checkpoint's weights.
+    pub fn upload(gpu: &Arc<Gpu>, ck: &Checkpoint) -> Result<Model> {
+        let layout = ParamLayout::new(&ck.config, ck.heads);
+        let mut host = vec![0.0f32; layout.total];
+        for ((name, shape, offset), (ck_name, ck_shape, values)) in layout.slots.iter().zip(&ck.tensors) {
+            ensure_shape(name == ck_name && shape == ck_shape, || format!("checkpoint tensor {ck_name} {ck_shape:?} where {name} {shape:?} belongs"))?;
+            host[*offset..offset + values.len()].copy_from_slice(values);
+        }
+        let flat = gpu.upload(&[layout.total], &host)?;
+        let params = Params::views(gpu, &flat, &layout)?;
+        Ok(Model { config: ck.config.clone(), heads: ck.heads, layout, params, gpu: gpu.clone() })
+    }
+
+    /// Reads the weights back into a checkpoint.
+    pub fn download(&self) -> Result<Checkpoint> {
+        let host = self.gpu.download(&self.params.flat)?;
+        let tensors = self
+            .layout
+            .slots
+            .iter()
+            .map(|(name, shape, offset)| (name.clone(), shape.clone(), host[*offset..offset + shape.iter().product::<usize>()].to_vec()))
+            .collect();
+        Ok(Checkpoint { config: self.config.clone(), heads: self.heads, tensors })
+    }
+
+    /// A zeroed buffer with the parameters' layout (gradients, AdamW moments), and its views.
+    pub fn zeros_like_params(&self, rec: &mut Recorder) -> Result<Params> {
+        let flat = self.gpu.tensor(&[self.layout.total], DType::F32);
+        rec.zero(&flat);
+        Params::views(&self.gpu, &flat, &self.layout)
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    fn attention_shape(&self, b: usize, t: usize) -> AttentionShape {
+        AttentionShape { b, t, c: self.config.n_embd, n_head: self.config.n_head }
+    }
+}
+
+/// A batch of token sequences on the GPU: ids and attention mask [B, T] (left padding allowed),
+/// with Hugging Face position ids.
+pub struct Batch {
+    pub b: usize,
+    pub t: usize,
+    pub ids: Tensor,  // u32 [B, T]
+    pub mask: Tensor, // u32 [B, T], 1 = real token
+    pub pos: Tensor,  // u32 [B, T]
+    host_ids: Vec<u32>,
+    host_pos: Vec<u32>,
+}
+
+impl Batch {
+    /// Checks ids against the vocabulary and the length against n_positions, then uploads.
+    pub fn new(gpu: &Arc<Gpu>, config: &GptConfig, ids: &[u32], mask: &[u32], b: usize, t: usize) -> Result<Batch> {
+        ensure_shape(ids.len() == b * t && mask.len() == b * t, || {
+            format!("batch of {b}×{t} got {} ids and {} mask values", ids.len(), mask.len())
+        })?;
+        if t > config.n_positions {
+            return Err(Error::Input(format!("sequence length {t} exceeds the model's n_positions {}", config.n_positions)));
+        }
+        check_indices(ids, config.vocab_size, "token id")?;
+        let pos = position_ids(mask, t);
+        Ok(Batch {
+            b,
+            t,
+            ids: gpu.upload_u32(&[b, t], ids)?,
+            mask: gpu.upload_u32(&[b, t], mask)?,
+            pos: gpu.upload_u32(&[b, t], &pos)?,
+            host_ids: ids.to_vec(),
+            host_pos: pos,
+        })
+    }
+}
+
+/// One block's activations, kept for the backward.
+pub struct LayerActivations {
+    pub ln1: Tensor,       // [B, T, C]
+    pub ln1_mean: Tensor,  // [B, T]
+    pub ln1_rstd: Tensor,  // [B, T]
+    pub qkv: Tensor,       // [B, T, 3C]
+    pub atty: Tensor,      // [B, T, C]
+    pub att_lse: Tensor,   // [B, NH, T]
+    pub attproj: Tensor,   // [B, T, C]
+    pub residual2: Tensor, // [B, T, C]
+    pub ln2: Tensor,       // [B, T, C]
+    pub ln2_mean: Tensor,  // [B, T]
+    pub ln2_rstd: Tensor,  // [B, T]
+    pub fch: Tensor,       // [B, T, 4C]
+    pub fch_gelu: Tensor,  // [B, T, 4C]
+    pub fcproj: Tensor,    // [B, T, C]
+    pub residual3: Tensor, // [B, T, C]
+}
+
+pub struct Activations {
+    pub encoded: Tensor, // [B, T, C]
+    pub layers: Vec<LayerActivations>,
+    pub lnf: Tensor,      // [B, T, C]
+    pub lnf_mean: Tensor, // [B, T]
+    pub lnf_rstd: Tensor, // [B, T]
+    /// Next-token logits [B, T, V]; the backward overwrites them with their gradient.
+    pub logits: Tensor,
+    /// Value head output [B, T] (when the model has one).
+    pub values: Option<Tensor>,
+    /// Reward head output [B, T] (when the model has one): the reward of a sequence is read at
+    /// its last real token.
+    pub rewards: Option<Tensor>,
+}
+
+impl Model {
+    /// Records the forward pass of `batch`.
+    pub fn forward(&self, rec: &mut Recorder, batch: &Batch) -> Result<Activations> {
+        let (b, t) = (batch.b, batch.t);
+        let GptConfig { vocab_size: v, n_embd: c, n_head: nh, layer_norm_epsilon: eps, .. } = self.config;
+        let gpu = &self.gpu;
+        let f32s = |shape: &[usize]| gpu.tensor(shape, DType::F32);
+        let p = &self.params;
+
+        let encoded = f32s(&[b, t, c]);
+        embedding_forward(rec, &encoded, &batch.ids, &batch.pos, &p.wte, &p.wpe)?;
+
+        let mut layers: Vec<LayerActivations> = Vec::with_capacity(p.layers.len());
+        for lp in &p.layers {
+            let residual = layers.last().map_or(&encoded, |l| &l.residual3);
+            let a = LayerActivations {
+                ln1: f32s(&[b, t, c]),
+                ln1_mean: f32s(&[b, t]),
+                ln1_rstd: f32s(&[b, t]),
+                qkv: f32s(&[b, t, 3 * c]),
+                atty: f32s(&[b, t, c]),
+                att_lse: f32s(&[b, nh, t]),
+                attproj: f32s(&[b, t, c]),
+                residual2: f32s(&[b, t, c]),
+                ln2: f32s(&[b, t, c]),
+                ln2_mean: f32s(&[b, t]),
+                ln2_rstd: f32s(&[b, t]),
+                fch: f32s(&[b, t, 4 * c]),
+                fch_gelu: f32s(&[b, t, 4 * c]),
+                fcproj: f32s(&[b, t, c]),
+                residual3: f32s(&[b, t, c]),
+            };
+            layernorm_forward(rec, &a.ln1, &a.ln1_mean, &a.ln1_rstd, residual, &lp.ln_1_w, &lp.ln_1_b, eps)?;
+            linear_forward(rec, &a.qkv, &a.ln1, &lp.c_attn_w, Some(&lp.c_attn_b))?;
+            attention_forward(rec, &a.atty, &a.att_lse, &a.qkv, &batch.mask, self.attention_shape(b, t))?;
+            linear_forward(rec, &a.attproj, &a.atty, &lp.attn_proj_w, Some(&lp.attn_proj_b))?;
+            residual_forward(rec, &a.residual2, residual, &a.attproj)?;
+            layernorm_forward(rec, &a.ln2, &a.ln2_mean, &a.ln2_rstd, &a.residual2, &lp.ln_2_w, &lp.ln_2_b, eps)?;
+            linear_forward(rec, &a.fch, &a.ln2, &lp.c_fc_w, Some(&lp.c_fc_b))?;
+            gelu_forward(rec, &a.fch_gelu, &a.fch)?;
+            linear_forward(rec, &a.fcproj, &a.fch_gelu, &lp.mlp_proj_w, Some(&lp.mlp_proj_b))?;
+            residual_forward(rec, &a.residual3, &a.residual2, &a.fcproj)?;
+            layers.push(a);
+        }
+
+        let residual = layers.last().map_or(&encoded, |l| &l.residual3);
+        let (lnf, lnf_mean, lnf_rstd) = (f32s(&[b, t, c]), f32s(&[b, t]), f32s(&[b, t]));
+        layernorm_forward(rec, &lnf, &lnf_mean, &lnf_rstd, residual, &p.ln_f_w, &p.ln_f_b, eps)?;
+        let logits = f32s(&[b, t, v]);
+        matmul(rec, &logits, &lnf, &p.wte, None, Layout::NT, false)?; // tied LM head: lnf · wteᵀ
+        let values = match &p.v_head {
+            Some((w, bias)) => {
+                let values = f32s(&[b, t]);
+                linear_forward(rec, &values.reshape(&[b * t, 1])?, &lnf, w, Some(bias))?;
+                Some(values)
+            }
+            None => None,
+        };
+        let rewards = match &p.score {
+            Some(w) => {
+                let rewards = f32s(&[b, t]);
+                linear_forward(rec, &rewards.reshape(&[b * t, 1])?, &lnf, w, None)?;
+                Some(rewards)
+            }
+            None => None,
+        };
+        Ok(Activations { encoded, layers, lnf, lnf_mean, lnf_rstd, logits, values, rewards })
+    }
+
+    /// Records the backward pass, accumulating into `grads` (zero them once per step). On entry
+    /// `acts.logits` holds ∂L/∂logits (as the cross-entropy and PPO loss kernels leave it, in
+    /// place of the logits); `dvalues` [B, T] and `drewards` [B, T] are the gradients reaching
+    /// the value and reward heads, when the loss uses them.
+    pub fn backward(
+        &self,
+        rec: &mut Recorder,
+        batch: &Batch,
+        acts: &Activations,
+        dvalues: Option<&Tensor>,
+        drewards: Option<&Tensor>,
+        grads: &Params,
+    ) -> Result<()> {
+        let (b, t) = (batch.b, batch.t);
+        let GptConfig { n_embd: c, n_head: nh, .. } = self.config;
+        let gpu = &self.gpu;
+        let zeros = |rec: &mut Recorder, shape: &[usize]| {
+            let z = gpu.tensor(shape, DType::F32);
+            rec.zero(&z);
+            z
+        };
+        let p = &self.params;
+        let dlogits = &acts.logits;
+
+        // Heads: dlnf = dlogits · wte (+ the value and reward heads' contributions).
+        let dlnf = zeros(rec, &[b, t, c]);
+        matmul(rec, &dlnf, dlogits, &p.wte, None, Layout::NN, true)?;
+        matmul(rec, &grads.wte, dlogits, &acts.lnf, None, Layout::TN, true)?; // dwte += dlogitsᵀ · lnf
+        if let (Some((w, _)), Some((dw, db)), Some(dv)) = (&p.v_head, &grads.v_head, dvalues) {
+            linear_backward(rec, &dlnf, dw, Some(db), &dv.reshape(&[b * t, 1])?, &acts.lnf, w)?;
+        }
+        if let (Some(w), Some(dw), Some(dr)) = (&p.score, &grads.score, drewards) {
+            linear_backward(rec, &dlnf, dw, None, &dr.reshape(&[b * t, 1])?, &acts.lnf, w)?;
+        }
+
+        // ln_f. `dresidual` carries ∂L/∂(residual stream) down through the blocks: every
+        // residual add passes it on unchanged, and each branch adds its own contribution.
+        let dresidual = zeros(rec, &[b, t, c]);
+        let last = acts.layers.last().map_or(&acts.encoded, |l| &l.residual3);
+        layernorm_backward(rec, &dresidual, &grads.ln_f_w, &grads.ln_f_b, &dlnf, last, &p.ln_f_w, &acts.lnf_mean, &acts.lnf_rstd)?;
+
+        // Scratch for the per-block gradients, reused by every block.
+        let dfch_gelu = gpu.tensor(&[b, t, 4 * c], DType::F32);
+        let dfch = gpu.tensor(&[b, t, 4 * c], DType::F32);
+        let dln = gpu.tensor(&[b, t, c], DType::F32);
+        let datty = gpu.tensor(&[b, t, c], DType::F32);
+        let dqkv = gpu.tensor(&[b, t, 3 * c], DType::F32);
+        let delta = gpu.tensor(&[b, nh, t], DType::F32);
+
+        for (l, (lp, gp)) in p.layers.iter().zip(&grads.layers).enumerate().rev() {
+            let a = &acts.layers[l];
+            let residual = if l == 0 { &acts.encoded } else { &acts.layers[l - 1].residual3 };
+            // MLP: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))).
+            rec.zero(&dfch_gelu);
+            linear_backward(rec, &dfch_gelu, &gp.mlp_proj_w, Some(&gp.mlp_proj_b), &dresidual, &a.fch_gelu, &lp.mlp_proj_w)?;
+            gelu_backward(rec, &dfch, &a.fch, &dfch_gelu)?;
+            rec.zero(&dln);
+            linear_backward(rec, &dln, &gp.c_fc_w, Some(&gp.c_fc_b), &dfch, &a.ln2, &lp.c_fc_w)?;
+            layernorm_backward(rec, &dresidual, &gp.ln_2_w, &gp.ln_2_b, &dln, &a.residual2, &lp.ln_2_w, &a.ln2_mean, &a.ln2_rstd)?;
+            // Attention: residual2 = residual + c_proj(attention(c_attn(ln_1(residual)))).
+            rec.zero(&datty);
+            linear_backward(rec, &datty, &gp.attn_proj_w, Some(&gp.attn_proj_b), &dresidual, &a.atty, &lp.attn_proj_w)?;
+            attention_backward(rec, &dqkv, &delta, &datty, &a.qkv, &a.atty, &a.att_lse, &batch.mask, self.attention_shape(b, t))?;
+            rec.zero(&dln);
+            linear_backward(rec, &dln, &gp.c_attn_w, Some(&gp.c_attn_b), &dqkv, &a.ln1, &lp.c_attn_w)?;
+            layernorm_backward(rec, &dresidual, &gp.ln_1_w, &gp.ln_1_b, &dln, residual, &lp.ln_1_w, &a.ln1_mean, &a.ln1_rstd)?;
+        }
+
+        // Embeddings: the gradient of the residual stream at its start.
+        embedding_backward(rec, &grads.wte, &dresidual, &Buckets::new(gpu, &batch.host_ids, self.config.vocab_size)?)?;
+        embedding_backward(rec, &grads.wpe, &dresidual, &Buckets::new(gpu, &batch.host_pos, self.config.n_positions)?)?;
+        Ok(())
+    }
+}
+
+/// GPU memory a training step needs, in bytes, computed from the buffers `Model` allocates.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryEstimate {
+    pub params: usize,
+    pub grads: usize,
+    pub adam_state: usize,
+    pub activations: usize,
+    /// Gradient scratch of the backward (one block's worth plus the heads).
+    pub backward_scratch: usize,
+}
+
+impl MemoryEstimate {
+    pub fn total(&self) -> usize {
+        self.params + self.grads + self.adam_state + self.activations + self.backward_scratch
+    }
+}
+
+/// The memory of training `config` (with a value head) on batches of B × T tokens.
+pub fn memory_estimate(config: &GptConfig, heads: Heads, b: usize, t: usize) -> MemoryEstimate {
+    let layout = ParamLayout::new(config, heads);
+    let (c, v, nh, l) = (config.n_embd, config.vocab_size, config.n_head, config.n_layer);
+    let bt = b * t;
+    // Per block: ln1, atty, attproj, residual2, ln2, fcproj, residual3 (C each), qkv (3C),
+    // fch and fch_gelu (4C each), four LayerNorm statistics, and the attention lse (NH).
+    let per_layer = bt * (7 * c + 3 * c + 8 * c + 4) + b * nh * t;
+    let heads_out = bt * (heads.value as usize + heads.reward as usize);
+    let activations = 4 * (bt * c + l * per_layer + bt * c + 2 * bt + bt * v + heads_out);
+    let backward_scratch = 4 * (bt * c /* dlnf */ + bt * c /* dresidual */ + 2 * bt * 4 * c + 2 * bt * c + bt * 3 * c + b * nh * t);
+    let p = 4 * layout.total;
+    MemoryEstimate { params: p, grads: p, adam_state: 2 * p, activations, backward_scratch }
+}
