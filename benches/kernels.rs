@@ -44,25 +44,13 @@ impl Bench {
     }
     fn check(&self, name: &str, t: &Tensor, want: &[f64], atol: f64, rtol: f64) {
         let worst = worst_error(&self.gpu.download(t).unwrap(), want, atol, rtol);
-        assert!(
-            worst <= 1.0,
-            "{name}: result does not match the CPU reference (worst error {worst:.2} × tolerance)"
-        );
+        assert!(worst <= 1.0, "{name}: result does not match the CPU reference (worst error {worst:.2} × tolerance)");
     }
 
     /// Times `record` (one iteration's dispatches), `iters` iterations per submit.
-    fn time(
-        &self,
-        c: &mut Criterion,
-        group: &str,
-        name: &str,
-        work: Work,
-        record: impl Fn(&mut Recorder),
-    ) {
+    fn time(&self, c: &mut Criterion, group: &str, name: &str, work: Work, record: impl Fn(&mut Recorder)) {
         let mut g = c.benchmark_group(group);
-        g.sample_size(10)
-            .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2));
+        g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
         g.throughput(match work {
             Work::Flops(f) => Throughput::Elements(f as u64),
             Work::Bytes(b) => Throughput::Bytes(b as u64),
@@ -84,11 +72,7 @@ impl Bench {
             })
         });
         g.finish();
-        self.results.lock().unwrap().push((
-            format!("{group}/{name}"),
-            work,
-            total.0 / total.1.max(1) as f64,
-        ));
+        self.results.lock().unwrap().push((format!("{group}/{name}"), work, total.0 / total.1.max(1) as f64));
     }
 }
 
@@ -121,80 +105,39 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
             _ => reference::matmul(&a[..16 * k], &b, 16, n, k, layout),
         };
         // Only the 1024³ headline runs both variants; the rest run the adapter's own.
-        let run_variants = if label == "1024^3" {
-            &variants[..]
-        } else {
-            &variants[..1]
-        };
+        let run_variants = if label == "1024^3" { &variants[..] } else { &variants[..1] };
         for &variant in run_variants {
             let mut rec = Recorder::new(&bx.gpu);
             matmul_with_variant(&mut rec, variant, &out, &ta, &tb, None, layout, false).unwrap();
             rec.submit();
             let got = bx.gpu.download(&out).unwrap();
-            let worst = worst_error(
-                &got[..want.len()],
-                &want,
-                1e-5 * (k as f64).sqrt() * 8.0,
-                1e-5,
-            );
-            assert!(
-                worst <= 1.0,
-                "matmul {label} {variant:?}: result does not match the CPU reference"
-            );
+            let worst = worst_error(&got[..want.len()], &want, 1e-5 * (k as f64).sqrt() * 8.0, 1e-5);
+            assert!(worst <= 1.0, "matmul {label} {variant:?}: result does not match the CPU reference");
             let flops = 2.0 * (m * n * k) as f64;
-            bx.time(
-                c,
-                "matmul",
-                &format!("{label} {layout:?} {variant:?}"),
-                Work::Flops(flops),
-                |rec| {
-                    matmul_with_variant(rec, variant, &out, &ta, &tb, None, layout, false).unwrap()
-                },
-            );
+            bx.time(c, "matmul", &format!("{label} {layout:?} {variant:?}"), Work::Flops(flops), |rec| {
+                matmul_with_variant(rec, variant, &out, &ta, &tb, None, layout, false).unwrap()
+            });
         }
     }
 }
 
 fn bench_layernorm(bx: &mut Bench, c: &mut Criterion) {
     for (label, rows, ch) in [("gpt2 256x768", 256, 768), ("tiny 2048x128", 2048, 128)] {
-        let (x, w, b) = (
-            bx.rng.normals(rows * ch, 1.0),
-            bx.rng.normals(ch, 1.0),
-            bx.rng.normals(ch, 1.0),
-        );
+        let (x, w, b) = (bx.rng.normals(rows * ch, 1.0), bx.rng.normals(ch, 1.0), bx.rng.normals(ch, 1.0));
         let (tx, tw, tb) = (bx.up(&x, &[rows, ch]), bx.up(&w, &[ch]), bx.up(&b, &[ch]));
         let (out, mean, rstd) = (bx.empty(&[rows, ch]), bx.empty(&[rows]), bx.empty(&[rows]));
         let (dinp, dw, db) = (bx.empty(&[rows, ch]), bx.empty(&[ch]), bx.empty(&[ch]));
         let mut rec = Recorder::new(&bx.gpu);
         layernorm::layernorm_forward(&mut rec, &out, &mean, &rstd, &tx, &tw, &tb, 1e-5).unwrap();
         rec.submit();
-        bx.check(
-            "layernorm",
-            &out,
-            &reference::layernorm_forward(&x, &w, &b, ch, 1e-5).0,
-            1e-5,
-            1e-4,
-        );
+        bx.check("layernorm", &out, &reference::layernorm_forward(&x, &w, &b, ch, 1e-5).0, 1e-5, 1e-4);
         let bytes = (2 * rows * ch * 4) as f64;
-        bx.time(
-            c,
-            "layernorm",
-            &format!("forward {label}"),
-            Work::Bytes(bytes),
-            |rec| {
-                layernorm::layernorm_forward(rec, &out, &mean, &rstd, &tx, &tw, &tb, 1e-5).unwrap()
-            },
-        );
-        bx.time(
-            c,
-            "layernorm",
-            &format!("backward {label}"),
-            Work::Bytes(2.0 * bytes),
-            |rec| {
-                layernorm::layernorm_backward(rec, &dinp, &dw, &db, &out, &tx, &tw, &mean, &rstd)
-                    .unwrap()
-            },
-        );
+        bx.time(c, "layernorm", &format!("forward {label}"), Work::Bytes(bytes), |rec| {
+            layernorm::layernorm_forward(rec, &out, &mean, &rstd, &tx, &tw, &tb, 1e-5).unwrap()
+        });
+        bx.time(c, "layernorm", &format!("backward {label}"), Work::Bytes(2.0 * bytes), |rec| {
+            layernorm::layernorm_backward(rec, &dinp, &dw, &db, &out, &tx, &tw, &mean, &rstd).unwrap()
+        });
     }
 }
 
@@ -207,210 +150,92 @@ fn bench_elementwise(bx: &mut Bench, c: &mut Criterion) {
         rec.submit();
         bx.check("gelu", &out, &reference::gelu_forward(&x), 1e-6, 1e-5);
         let bytes = (2 * n * 4) as f64;
-        bx.time(
-            c,
-            "gelu",
-            &format!("forward {label}"),
-            Work::Bytes(bytes),
-            |rec| gelu::gelu_forward(rec, &out, &tx).unwrap(),
-        );
-        bx.time(
-            c,
-            "gelu",
-            &format!("backward {label}"),
-            Work::Bytes(1.5 * bytes),
-            |rec| gelu::gelu_backward(rec, &dinp, &tx, &out).unwrap(),
-        );
+        bx.time(c, "gelu", &format!("forward {label}"), Work::Bytes(bytes), |rec| {
+            gelu::gelu_forward(rec, &out, &tx).unwrap()
+        });
+        bx.time(c, "gelu", &format!("backward {label}"), Work::Bytes(1.5 * bytes), |rec| {
+            gelu::gelu_backward(rec, &dinp, &tx, &out).unwrap()
+        });
         let mut rec = Recorder::new(&bx.gpu);
         residual::residual_forward(&mut rec, &dinp, &tx, &out).unwrap();
         rec.submit();
-        let sum: Vec<f64> = x
-            .iter()
-            .zip(reference::gelu_forward(&x))
-            .map(|(a, b)| a + b)
-            .collect();
+        let sum: Vec<f64> = x.iter().zip(reference::gelu_forward(&x)).map(|(a, b)| a + b).collect();
         bx.check("residual", &dinp, &sum, 1e-6, 1e-5);
-        bx.time(
-            c,
-            "residual",
-            &format!("forward {label}"),
-            Work::Bytes(1.5 * bytes),
-            |rec| residual::residual_forward(rec, &dinp, &tx, &out).unwrap(),
-        );
+        bx.time(c, "residual", &format!("forward {label}"), Work::Bytes(1.5 * bytes), |rec| {
+            residual::residual_forward(rec, &dinp, &tx, &out).unwrap()
+        });
     }
 }
 
 fn bench_embedding(bx: &mut Bench, c: &mut Criterion) {
-    for (label, n, vocab, positions, ch) in [
-        ("gpt2 256 tokens", 256, 50257, 1024, 768),
-        ("tiny 2048 tokens", 2048, 512, 64, 128),
-    ] {
+    for (label, n, vocab, positions, ch) in
+        [("gpt2 256 tokens", 256, 50257, 1024, 768), ("tiny 2048 tokens", 2048, 512, 64, 128)]
+    {
         let ids: Vec<u32> = (0..n).map(|_| bx.rng.below(vocab as u32)).collect();
         let pos: Vec<u32> = (0..n).map(|i| (i % positions) as u32).collect();
-        let (wte, wpe) = (
-            bx.rng.normals(vocab * ch, 0.02),
-            bx.rng.normals(positions * ch, 0.02),
-        );
-        let (t_ids, t_pos) = (
-            bx.gpu.upload_u32(&[n], &ids).unwrap(),
-            bx.gpu.upload_u32(&[n], &pos).unwrap(),
-        );
-        let (t_wte, t_wpe, out) = (
-            bx.up(&wte, &[vocab, ch]),
-            bx.up(&wpe, &[positions, ch]),
-            bx.empty(&[n, ch]),
-        );
+        let (wte, wpe) = (bx.rng.normals(vocab * ch, 0.02), bx.rng.normals(positions * ch, 0.02));
+        let (t_ids, t_pos) = (bx.gpu.upload_u32(&[n], &ids).unwrap(), bx.gpu.upload_u32(&[n], &pos).unwrap());
+        let (t_wte, t_wpe, out) = (bx.up(&wte, &[vocab, ch]), bx.up(&wpe, &[positions, ch]), bx.empty(&[n, ch]));
         let dwte = bx.empty(&[vocab, ch]);
         let buckets = embedding::Buckets::new(&bx.gpu, &ids, vocab).unwrap();
         let mut rec = Recorder::new(&bx.gpu);
         embedding::embedding_forward(&mut rec, &out, &t_ids, &t_pos, &t_wte, &t_wpe).unwrap();
         rec.submit();
-        bx.check(
-            "embedding",
-            &out,
-            &reference::embedding_forward(&ids, &pos, &wte, &wpe, ch),
-            1e-7,
-            1e-6,
-        );
+        bx.check("embedding", &out, &reference::embedding_forward(&ids, &pos, &wte, &wpe, ch), 1e-7, 1e-6);
         let bytes = (3 * n * ch * 4) as f64;
-        bx.time(
-            c,
-            "embedding",
-            &format!("forward {label}"),
-            Work::Bytes(bytes),
-            |rec| embedding::embedding_forward(rec, &out, &t_ids, &t_pos, &t_wte, &t_wpe).unwrap(),
-        );
-        bx.time(
-            c,
-            "embedding",
-            &format!("backward wte {label}"),
-            Work::Bytes(bytes),
-            |rec| embedding::embedding_backward(rec, &dwte, &out, &buckets).unwrap(),
-        );
+        bx.time(c, "embedding", &format!("forward {label}"), Work::Bytes(bytes), |rec| {
+            embedding::embedding_forward(rec, &out, &t_ids, &t_pos, &t_wte, &t_wpe).unwrap()
+        });
+        bx.time(c, "embedding", &format!("backward wte {label}"), Work::Bytes(bytes), |rec| {
+            embedding::embedding_backward(rec, &dwte, &out, &buckets).unwrap()
+        });
     }
 }
 
 fn bench_attention(bx: &mut Bench, c: &mut Criterion) {
     for (label, shape) in [
-        (
-            "gpt2 B=1 T=256",
-            attention::AttentionShape {
-                b: 1,
-                t: 256,
-                c: 768,
-                n_head: 12,
-            },
-        ),
-        (
-            "tiny B=32 T=64",
-            attention::AttentionShape {
-                b: 32,
-                t: 64,
-                c: 128,
-                n_head: 4,
-            },
-        ),
+        ("gpt2 B=1 T=256", attention::AttentionShape { b: 1, t: 256, c: 768, n_head: 12 }),
+        ("tiny B=32 T=64", attention::AttentionShape { b: 32, t: 64, c: 128, n_head: 4 }),
     ] {
-        let attention::AttentionShape {
-            b,
-            t,
-            c: ch,
-            n_head,
-        } = shape;
+        let attention::AttentionShape { b, t, c: ch, n_head } = shape;
         let qkv = bx.rng.normals(b * t * 3 * ch, 1.0);
         let mask = vec![1u32; b * t];
-        let (t_qkv, t_mask) = (
-            bx.up(&qkv, &[b, t, 3 * ch]),
-            bx.gpu.upload_u32(&[b, t], &mask).unwrap(),
-        );
-        let (out, lse, delta, dqkv) = (
-            bx.empty(&[b, t, ch]),
-            bx.empty(&[b, n_head, t]),
-            bx.empty(&[b, n_head, t]),
-            bx.empty(&[b, t, 3 * ch]),
-        );
+        let (t_qkv, t_mask) = (bx.up(&qkv, &[b, t, 3 * ch]), bx.gpu.upload_u32(&[b, t], &mask).unwrap());
+        let (out, lse, delta, dqkv) =
+            (bx.empty(&[b, t, ch]), bx.empty(&[b, n_head, t]), bx.empty(&[b, n_head, t]), bx.empty(&[b, t, 3 * ch]));
         let mut rec = Recorder::new(&bx.gpu);
         attention::attention_forward(&mut rec, &out, &lse, &t_qkv, &t_mask, shape).unwrap();
         rec.submit();
-        bx.check(
-            "attention",
-            &out,
-            &reference::attention_forward(&qkv, &mask, b, t, ch, n_head).0,
-            1e-5,
-            1e-4,
-        );
+        bx.check("attention", &out, &reference::attention_forward(&qkv, &mask, b, t, ch, n_head).0, 1e-5, 1e-4);
         // Causal: QKᵀ and PV over the lower triangle, 2 FLOPs per multiply-add.
         let flops = 2.0 * 2.0 * (b * n_head * t * (t + 1) / 2 * (ch / n_head)) as f64;
-        bx.time(
-            c,
-            "attention",
-            &format!("forward {label}"),
-            Work::Flops(flops),
-            |rec| attention::attention_forward(rec, &out, &lse, &t_qkv, &t_mask, shape).unwrap(),
-        );
-        bx.time(
-            c,
-            "attention",
-            &format!("backward {label}"),
-            Work::Flops(2.5 * flops),
-            |rec| {
-                attention::attention_backward(
-                    rec, &dqkv, &delta, &out, &t_qkv, &out, &lse, &t_mask, shape,
-                )
-                .unwrap()
-            },
-        );
+        bx.time(c, "attention", &format!("forward {label}"), Work::Flops(flops), |rec| {
+            attention::attention_forward(rec, &out, &lse, &t_qkv, &t_mask, shape).unwrap()
+        });
+        bx.time(c, "attention", &format!("backward {label}"), Work::Flops(2.5 * flops), |rec| {
+            attention::attention_backward(rec, &dqkv, &delta, &out, &t_qkv, &out, &lse, &t_mask, shape).unwrap()
+        });
     }
 }
 
 fn bench_cross_entropy(bx: &mut Bench, c: &mut Criterion) {
-    for (label, rows, v) in [
-        ("gpt2 vocab 64x50257", 64, 50257),
-        ("tiny vocab 2048x512", 2048, 512),
-    ] {
+    for (label, rows, v) in [("gpt2 vocab 64x50257", 64, 50257), ("tiny vocab 2048x512", 2048, 512)] {
         let logits = bx.rng.normals(rows * v, 2.0);
         let targets: Vec<u32> = (0..rows).map(|_| bx.rng.below(v as u32)).collect();
-        let (t_logits, t_targets) = (
-            bx.up(&logits, &[rows, v]),
-            bx.gpu.upload_u32(&[rows], &targets).unwrap(),
-        );
-        let (loss, lse, dloss) = (
-            bx.empty(&[rows]),
-            bx.empty(&[rows]),
-            bx.up(&vec![1.0; rows], &[rows]),
-        );
+        let (t_logits, t_targets) = (bx.up(&logits, &[rows, v]), bx.gpu.upload_u32(&[rows], &targets).unwrap());
+        let (loss, lse, dloss) = (bx.empty(&[rows]), bx.empty(&[rows]), bx.up(&vec![1.0; rows], &[rows]));
         let mut rec = Recorder::new(&bx.gpu);
-        cross_entropy::cross_entropy_forward(&mut rec, &loss, &lse, &t_logits, &t_targets).unwrap();
+        cross_entropy::cross_entropy_forward(&mut rec, &loss, &lse, &t_logits, &t_targets, 1.0).unwrap();
         rec.submit();
-        bx.check(
-            "cross-entropy",
-            &loss,
-            &reference::cross_entropy_forward(&logits, &targets, v),
-            1e-4,
-            1e-5,
-        );
+        bx.check("cross-entropy", &loss, &reference::cross_entropy_forward(&logits, &targets, v), 1e-4, 1e-5);
         let bytes = (rows * v * 4) as f64;
-        bx.time(
-            c,
-            "cross_entropy",
-            &format!("forward {label}"),
-            Work::Bytes(bytes),
-            |rec| {
-                cross_entropy::cross_entropy_forward(rec, &loss, &lse, &t_logits, &t_targets)
-                    .unwrap()
-            },
-        );
+        bx.time(c, "cross_entropy", &format!("forward {label}"), Work::Bytes(bytes), |rec| {
+            cross_entropy::cross_entropy_forward(rec, &loss, &lse, &t_logits, &t_targets, 1.0).unwrap()
+        });
         // In place: the logits become gradients, so each timed iteration rewrites the same buffer.
-        bx.time(
-            c,
-            "cross_entropy",
-            &format!("backward {label}"),
-            Work::Bytes(2.0 * bytes),
-            |rec| {
-                cross_entropy::cross_entropy_backward(rec, &t_logits, &dloss, &lse, &t_targets)
-                    .unwrap()
-            },
-        );
+        bx.time(c, "cross_entropy", &format!("backward {label}"), Work::Bytes(2.0 * bytes), |rec| {
+            cross_entropy::cross_entropy_backward(rec, &t_logits, &dloss, &lse, &t_targets, 1.0).unwrap()
+        });
     }
 }
 
@@ -418,12 +243,7 @@ fn bench_adamw(bx: &mut Bench, c: &mut Criterion) {
     // The tiny model's ~0.9M parameters and a 16M slice of GPT-2 small's 124M.
     for (label, n) in [("tiny 0.9M params", 900_000), ("16M params", 16 << 20)] {
         let (p, g) = (bx.rng.normals(n, 1.0), bx.rng.normals(n, 1.0));
-        let (tp, tg, tm, tv) = (
-            bx.up(&p, &[n]),
-            bx.up(&g, &[n]),
-            bx.empty(&[n]),
-            bx.empty(&[n]),
-        );
+        let (tp, tg, tm, tv) = (bx.up(&p, &[n]), bx.up(&g, &[n]), bx.empty(&[n]), bx.empty(&[n]));
         let (norm_scale, partial) = (bx.empty(&[2]), bx.empty(&[adamw::NORM_PARTIALS]));
         let mut rec = Recorder::new(&bx.gpu);
         adamw::grad_norm(&mut rec, &norm_scale, &partial, &tg, 1.0).unwrap();
@@ -431,32 +251,20 @@ fn bench_adamw(bx: &mut Bench, c: &mut Criterion) {
         let (norm, scale) = reference::grad_norm(&g, 1.0);
         bx.check("grad norm", &norm_scale, &[norm, scale], 1e-5, 1e-4);
         let hp = adamw::AdamW::default();
-        bx.time(
-            c,
-            "adamw",
-            &format!("grad norm {label}"),
-            Work::Bytes((n * 4) as f64),
-            |rec| adamw::grad_norm(rec, &norm_scale, &partial, &tg, 1.0).unwrap(),
-        );
+        bx.time(c, "adamw", &format!("grad norm {label}"), Work::Bytes((n * 4) as f64), |rec| {
+            adamw::grad_norm(rec, &norm_scale, &partial, &tg, 1.0).unwrap()
+        });
         // Reads param, grad, m, v; writes param, m, v.
-        bx.time(
-            c,
-            "adamw",
-            &format!("update {label}"),
-            Work::Bytes((7 * n * 4) as f64),
-            |rec| adamw::adamw_update(rec, &tp, &tm, &tv, &tg, &norm_scale, &hp, 1).unwrap(),
-        );
+        bx.time(c, "adamw", &format!("update {label}"), Work::Bytes((7 * n * 4) as f64), |rec| {
+            adamw::adamw_update(rec, &tp, &tm, &tv, &tg, &norm_scale, &hp, 1).unwrap()
+        });
     }
 }
 
 fn main() {
     let gpu = Gpu::new(None).expect("the benches need a GPU adapter");
     println!("benchmarking on {}", gpu.describe());
-    let mut bx = Bench {
-        gpu,
-        rng: Rng::new(7),
-        results: Mutex::new(Vec::new()),
-    };
+    let mut bx = Bench { gpu, rng: Rng::new(7), results: Mutex::new(Vec::new()) };
     let mut c = Criterion::default().configure_from_args();
     let families: [(&str, fn(&mut Bench, &mut Criterion)); 7] = [
         ("matmul", bench_matmul),
@@ -475,16 +283,8 @@ fn main() {
     println!("\nsummary on {}:", bx.gpu.info.name);
     for (name, work, secs) in bx.results.lock().unwrap().iter() {
         match work {
-            Work::Flops(f) => println!(
-                "  {name:<60} {:>9.2} GFLOP/s  ({:.3} ms)",
-                f / secs / 1e9,
-                secs * 1e3
-            ),
-            Work::Bytes(b) => println!(
-                "  {name:<60} {:>9.2} GB/s     ({:.3} ms)",
-                b / secs / 1e9,
-                secs * 1e3
-            ),
+            Work::Flops(f) => println!("  {name:<60} {:>9.2} GFLOP/s  ({:.3} ms)", f / secs / 1e9, secs * 1e3),
+            Work::Bytes(b) => println!("  {name:<60} {:>9.2} GB/s     ({:.3} ms)", b / secs / 1e9, secs * 1e3),
         }
     }
 }

@@ -1,10 +1,11 @@
-// Log-softmax and cross-entropy over rows of logits (vocabularies up to 50257 and beyond).
+// Log-softmax and cross-entropy over rows of logits (vocabularies up to 50257 and beyond), at
+// a temperature τ: every formula below sees z = logits/τ (params.scale = 1/τ).
 //
 //   lse_n     = log Σ_v exp(z[n, v])                       one pass, online max/sum
 //   loss_n    = lse_n − z[n, target_n]                     (0 where target_n is IGNORE)
 //   logp[n,v] = z[n, v] − lse_n                            (log_softmax_forward)
 //   backward, in place of the logits (as llm.c's fused classifier):
-//   z[n, v]  ← dloss_n · (exp(z[n, v] − lse_n) − [v = target_n])
+//   logits[n, v] ← dloss_n · (exp(z[n, v] − lse_n) − [v = target_n]) / τ
 //
 // The online recurrence keeps a running max m and a sum l of exp(z − m); when a larger value
 // arrives the sum is rescaled by exp(m_old − m_new), so each logit is read once and nothing
@@ -17,6 +18,7 @@
 struct Params {
     rows: u32,
     v: u32,
+    scale: f32, // 1/τ
 }
 
 const WG: u32 = 64u;
@@ -49,7 +51,7 @@ fn row_logsumexp(row: u32, lid: u32) -> f32 {
     var m = NEG_BIG;
     var l = 0.0;
     for (var i = lid; i < params.v; i += WG) {
-        let z = logits[base + i];
+        let z = logits[base + i] * params.scale;
         let m_new = max(m, z);
         l = l * exp(m - m_new) + exp(z - m_new);
         m = m_new;
@@ -80,7 +82,7 @@ fn cross_entropy_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     if (lid == 0u) {
         lse[row] = row_lse;
         let tgt = targets[row];
-        loss[row] = select(row_lse - logits[row * params.v + min(tgt, params.v - 1u)], 0.0, tgt == IGNORE);
+        loss[row] = select(row_lse - logits[row * params.v + min(tgt, params.v - 1u)] * params.scale, 0.0, tgt == IGNORE);
     }
 }
 
@@ -92,7 +94,7 @@ fn log_softmax_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     let row_lse = row_logsumexp(row, lid);
     let base = row * params.v;
     for (var i = lid; i < params.v; i += WG) {
-        logp[base + i] = logits[base + i] - row_lse;
+        logp[base + i] = logits[base + i] * params.scale - row_lse;
     }
 }
 
@@ -103,11 +105,11 @@ fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     if (row >= params.rows) { return; }
     let base = row * params.v;
     let tgt = targets[row];
-    let scale = select(dloss[row], 0.0, tgt == IGNORE);
+    let weight = select(dloss[row] * params.scale, 0.0, tgt == IGNORE);
     let row_lse = lse_saved[row];
     // Each element is read and then overwritten by the same invocation: no barrier needed.
     for (var i = lid; i < params.v; i += WG) {
-        let p = exp(dlogits[base + i] - row_lse);
-        dlogits[base + i] = scale * (p - select(0.0, 1.0, i == tgt));
+        let p = exp(dlogits[base + i] * params.scale - row_lse);
+        dlogits[base + i] = weight * (p - select(0.0, 1.0, i == tgt));
     }
 }

@@ -53,18 +53,11 @@ impl std::error::Error for Error {
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: &std::path::Path, source: std::io::Error) -> Error {
-        Error::Io {
-            path: path.display().to_string(),
-            source,
-        }
+        Error::Io { path: path.display().to_string(), source }
     }
 }
 
 /// Returns `Error::Shape` with the message unless `cond` holds.
 pub fn ensure_shape(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
-    if cond {
-        Ok(())
-    } else {
-        Err(Error::Shape(msg()))
-    }
+    if cond { Ok(()) } else { Err(Error::Shape(msg())) }
 }

@@ -51,10 +51,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             info(&gpu);
             println!();
             let checks = selfcheck::run(&gpu)?;
-            println!(
-                "{:<32} {:>12} {:>10}  result",
-                "kernel family", "worst/tol", "ms"
-            );
+            println!("{:<32} {:>12} {:>10}  result", "kernel family", "worst/tol", "ms");
             for c in &checks {
                 println!(
                     "{:<32} {:>12.3} {:>10.1}  {}",
@@ -66,10 +63,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let failed = checks.iter().filter(|c| !c.passed()).count();
             if failed == 0 {
-                println!(
-                    "all {} kernel families match their CPU references",
-                    checks.len()
-                );
+                println!("all {} kernel families match their CPU references", checks.len());
                 Ok(ExitCode::SUCCESS)
             } else {
                 println!("{failed} kernel families FAILED on {}", gpu.info.name);
@@ -81,10 +75,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn info(gpu: &Gpu) {
     println!("adapter:  {}", gpu.info.name);
-    println!(
-        "backend:  {:?} ({:?})",
-        gpu.info.backend, gpu.info.device_type
-    );
+    println!("backend:  {:?} ({:?})", gpu.info.backend, gpu.info.device_type);
     println!("driver:   {} {}", gpu.info.driver, gpu.info.driver_info);
     println!("matmul:   {:?} kernel", gpu.matmul_variant);
     println!("limits:");
@@ -92,11 +83,7 @@ fn info(gpu: &Gpu) {
         println!("  {name:<40} {value}");
     }
     let all = gpu::list_adapters();
-    println!(
-        "adapters found ({}; choose with --adapter NAME or ${}):",
-        all.len(),
-        gpu::ADAPTER_ENV
-    );
+    println!("adapters found ({}; choose with --adapter NAME or ${}):", all.len(), gpu::ADAPTER_ENV);
     for a in all {
         println!("  {} ({:?}, {:?})", a.name, a.backend, a.device_type);
     }

@@ -30,14 +30,7 @@ pub fn matmul(a: &[f64], b: &[f64], m: usize, n: usize, k: usize, layout: Layout
 }
 
 /// out [N, OC] = inp [N, C] · w [C, OC] + bias [OC].
-pub fn linear_forward(
-    inp: &[f64],
-    w: &[f64],
-    bias: Option<&[f64]>,
-    n: usize,
-    c: usize,
-    oc: usize,
-) -> Vec<f64> {
+pub fn linear_forward(inp: &[f64], w: &[f64], bias: Option<&[f64]>, n: usize, c: usize, oc: usize) -> Vec<f64> {
     let mut out = matmul(inp, w, n, oc, c, Layout::NN);
     if let Some(bias) = bias {
         for row in out.chunks_mut(oc) {
@@ -66,13 +59,7 @@ pub fn linear_backward(
 }
 
 /// (out, mean, rstd) of LayerNorm over rows of width c.
-pub fn layernorm_forward(
-    inp: &[f64],
-    w: &[f64],
-    b: &[f64],
-    c: usize,
-    eps: f64,
-) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn layernorm_forward(inp: &[f64], w: &[f64], b: &[f64], c: usize, eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let rows = inp.len() / c;
     let (mut out, mut mean, mut rstd) = (vec![0.0; inp.len()], vec![0.0; rows], vec![0.0; rows]);
     for r in 0..rows {
@@ -90,20 +77,12 @@ pub fn layernorm_forward(
 }
 
 /// (dinp, dw, db) of LayerNorm.
-pub fn layernorm_backward(
-    dout: &[f64],
-    inp: &[f64],
-    w: &[f64],
-    c: usize,
-    eps: f64,
-) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn layernorm_backward(dout: &[f64], inp: &[f64], w: &[f64], c: usize, eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let rows = inp.len() / c;
     let (_, mean, rstd) = layernorm_forward(inp, w, &vec![0.0; c], c, eps);
     let (mut dinp, mut dw, mut db) = (vec![0.0; inp.len()], vec![0.0; c], vec![0.0; c]);
     for r in 0..rows {
-        let norm: Vec<f64> = (0..c)
-            .map(|i| (inp[r * c + i] - mean[r]) * rstd[r])
-            .collect();
+        let norm: Vec<f64> = (0..c).map(|i| (inp[r * c + i] - mean[r]) * rstd[r]).collect();
         let g: Vec<f64> = (0..c).map(|i| dout[r * c + i] * w[i]).collect();
         let g_mean = g.iter().sum::<f64>() / c as f64;
         let gn_mean = g.iter().zip(&norm).map(|(a, b)| a * b).sum::<f64>() / c as f64;
@@ -119,9 +98,7 @@ pub fn layernorm_backward(
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 
 pub fn gelu_forward(x: &[f64]) -> Vec<f64> {
-    x.iter()
-        .map(|&x| 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh()))
-        .collect()
+    x.iter().map(|&x| 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())).collect()
 }
 
 /// dinp = gelu'(x)·dout.
@@ -160,19 +137,11 @@ pub fn embedding_backward(dout: &[f64], index: &[u32], rows: usize, c: usize) ->
 
 /// Causal attention with key padding mask. qkv [B, T, 3C], mask [B, T] → (out [B, T, C],
 /// lse [B, NH, T]). A query with no visible key gets out = 0, lse = 0.
-pub fn attention_forward(
-    qkv: &[f64],
-    mask: &[u32],
-    b: usize,
-    t: usize,
-    c: usize,
-    nh: usize,
-) -> (Vec<f64>, Vec<f64>) {
+pub fn attention_forward(qkv: &[f64], mask: &[u32], b: usize, t: usize, c: usize, nh: usize) -> (Vec<f64>, Vec<f64>) {
     let hd = c / nh;
     let scale = 1.0 / (hd as f64).sqrt();
     let (mut out, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
-    let at =
-        |bb: usize, tt: usize, part: usize, h: usize| (bb * t + tt) * 3 * c + part * c + h * hd;
+    let at = |bb: usize, tt: usize, part: usize, h: usize| (bb * t + tt) * 3 * c + part * c + h * hd;
     for bb in 0..b {
         for h in 0..nh {
             for i in 0..t {
@@ -182,12 +151,7 @@ pub fn attention_forward(
                 }
                 let scores: Vec<f64> = keys
                     .iter()
-                    .map(|&j| {
-                        (0..hd)
-                            .map(|d| qkv[at(bb, i, 0, h) + d] * qkv[at(bb, j, 1, h) + d])
-                            .sum::<f64>()
-                            * scale
-                    })
+                    .map(|&j| (0..hd).map(|d| qkv[at(bb, i, 0, h) + d] * qkv[at(bb, j, 1, h) + d]).sum::<f64>() * scale)
                     .collect();
                 let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
@@ -217,8 +181,7 @@ pub fn attention_backward(
     let hd = c / nh;
     let scale = 1.0 / (hd as f64).sqrt();
     let mut dqkv = vec![0.0; qkv.len()];
-    let at =
-        |bb: usize, tt: usize, part: usize, h: usize| (bb * t + tt) * 3 * c + part * c + h * hd;
+    let at = |bb: usize, tt: usize, part: usize, h: usize| (bb * t + tt) * 3 * c + part * c + h * hd;
     for bb in 0..b {
         for h in 0..nh {
             for i in 0..t {
@@ -228,22 +191,15 @@ pub fn attention_backward(
                 }
                 let scores: Vec<f64> = keys
                     .iter()
-                    .map(|&j| {
-                        (0..hd)
-                            .map(|d| qkv[at(bb, i, 0, h) + d] * qkv[at(bb, j, 1, h) + d])
-                            .sum::<f64>()
-                            * scale
-                    })
+                    .map(|&j| (0..hd).map(|d| qkv[at(bb, i, 0, h) + d] * qkv[at(bb, j, 1, h) + d]).sum::<f64>() * scale)
                     .collect();
                 let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
                 let p: Vec<f64> = scores.iter().map(|s| (s - max).exp() / sum).collect();
                 let dout_i = &dout[(bb * t + i) * c + h * hd..][..hd];
                 // dp_j = dout_i·v_j; ds_j = p_j (dp_j − Σ_k p_k dp_k)
-                let dp: Vec<f64> = keys
-                    .iter()
-                    .map(|&j| (0..hd).map(|d| dout_i[d] * qkv[at(bb, j, 2, h) + d]).sum())
-                    .collect();
+                let dp: Vec<f64> =
+                    keys.iter().map(|&j| (0..hd).map(|d| dout_i[d] * qkv[at(bb, j, 2, h) + d]).sum()).collect();
                 let mean_dp: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
                 for (x, &j) in keys.iter().enumerate() {
                     let ds = p[x] * (dp[x] - mean_dp) * scale;
@@ -273,11 +229,7 @@ pub fn logsumexp_rows(logits: &[f64], v: usize) -> Vec<f64> {
 /// log_softmax along rows of width v.
 pub fn log_softmax(logits: &[f64], v: usize) -> Vec<f64> {
     let lse = logsumexp_rows(logits, v);
-    logits
-        .iter()
-        .enumerate()
-        .map(|(i, z)| z - lse[i / v])
-        .collect()
+    logits.iter().enumerate().map(|(i, z)| z - lse[i / v]).collect()
 }
 
 /// Per-row cross-entropy loss (0 where the target is `IGNORE`).
@@ -286,23 +238,16 @@ pub fn cross_entropy_forward(logits: &[f64], targets: &[u32], v: usize) -> Vec<f
     targets
         .iter()
         .enumerate()
-        .map(|(n, &t)| {
-            if t == crate::kernels::cross_entropy::IGNORE {
-                0.0
-            } else {
-                lse[n] - logits[n * v + t as usize]
-            }
-        })
+        .map(
+            |(n, &t)| {
+                if t == crate::kernels::cross_entropy::IGNORE { 0.0 } else { lse[n] - logits[n * v + t as usize] }
+            },
+        )
         .collect()
 }
 
 /// ∂(Σ_n dloss_n·loss_n)/∂logits.
-pub fn cross_entropy_backward(
-    logits: &[f64],
-    targets: &[u32],
-    dloss: &[f64],
-    v: usize,
-) -> Vec<f64> {
+pub fn cross_entropy_backward(logits: &[f64], targets: &[u32], dloss: &[f64], v: usize) -> Vec<f64> {
     let lse = logsumexp_rows(logits, v);
     let mut d = vec![0.0; logits.len()];
     for (n, &t) in targets.iter().enumerate() {
@@ -320,11 +265,7 @@ pub fn cross_entropy_backward(
 /// (‖grad‖₂, clip scale) as the grad-norm kernels compute them.
 pub fn grad_norm(grad: &[f64], max_norm: f64) -> (f64, f64) {
     let norm = grad.iter().map(|g| g * g).sum::<f64>().sqrt();
-    let scale = if max_norm > 0.0 {
-        (max_norm / (norm + 1e-6)).min(1.0)
-    } else {
-        1.0
-    };
+    let scale = if max_norm > 0.0 { (max_norm / (norm + 1e-6)).min(1.0) } else { 1.0 };
     (norm, scale)
 }
 
@@ -394,7 +335,8 @@ pub fn gpt2_forward(
     let logits = matmul(&lnf, &wte, n, v, c, Layout::NT);
     let head = |w: &[f64], bias: Option<&[f64]>| linear_forward(&lnf, w, bias, n, c, 1);
     let has = |name: &str| !param(name).is_empty();
-    let values = has("v_head.summary.weight").then(|| head(&param("v_head.summary.weight"), Some(&param("v_head.summary.bias"))));
+    let values = has("v_head.summary.weight")
+        .then(|| head(&param("v_head.summary.weight"), Some(&param("v_head.summary.bias"))));
     let rewards = has("score.weight").then(|| head(&param("score.weight"), None));
     ModelOutputs { logits, values, rewards }
 }

@@ -31,9 +31,7 @@ impl Rng {
     /// `n` normal values times `std`, rounded to f32 and back, so that a CPU reference in f64
     /// and a GPU kernel in f32 see exactly the same inputs.
     pub fn normals(&mut self, n: usize, std: f64) -> Vec<f64> {
-        (0..n)
-            .map(|_| (self.normal() * std) as f32 as f64)
-            .collect()
+        (0..n).map(|_| (self.normal() * std) as f32 as f64).collect()
     }
 
     /// Uniform in 0..n.

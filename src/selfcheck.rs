@@ -4,9 +4,7 @@
 
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
-use crate::kernels::{
-    adamw, attention, cross_entropy, embedding, gelu, layernorm, matmul, residual,
-};
+use crate::kernels::{adamw, attention, cross_entropy, embedding, gelu, layernorm, matmul, residual};
 use crate::reference;
 use crate::rng::Rng;
 use std::sync::Arc;
@@ -71,43 +69,22 @@ impl Ctx {
         for (t, want, atol, rtol) in outputs {
             worst = worst.max(worst_error(&self.gpu.download(t)?, want, *atol, *rtol));
         }
-        self.checks.push(Check {
-            name,
-            worst,
-            millis: start.elapsed().as_secs_f64() * 1e3,
-        });
+        self.checks.push(Check { name, worst, millis: start.elapsed().as_secs_f64() * 1e3 });
         Ok(())
     }
 }
 
 /// Runs every kernel family once against its CPU reference.
 pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
-    let mut cx = Ctx {
-        gpu: gpu.clone(),
-        rng: Rng::new(2024),
-        checks: Vec::new(),
-    };
+    let mut cx = Ctx { gpu: gpu.clone(), rng: Rng::new(2024), checks: Vec::new() };
     let (n, c, oc) = (37, 64, 96);
 
     // Linear layer forward and backward.
-    let (inp, w, bias, dout) = (
-        cx.rng.normals(n * c, 1.0),
-        cx.rng.normals(c * oc, 1.0),
-        cx.rng.normals(oc, 1.0),
-        cx.rng.normals(n * oc, 1.0),
-    );
-    let (t_inp, t_w, t_b, t_dout) = (
-        cx.up(&inp, &[n, c])?,
-        cx.up(&w, &[c, oc])?,
-        cx.up(&bias, &[oc])?,
-        cx.up(&dout, &[n, oc])?,
-    );
-    let (out, dinp, dw, db) = (
-        cx.zeros(&[n, oc]),
-        cx.zeros(&[n, c]),
-        cx.zeros(&[c, oc]),
-        cx.zeros(&[oc]),
-    );
+    let (inp, w, bias, dout) =
+        (cx.rng.normals(n * c, 1.0), cx.rng.normals(c * oc, 1.0), cx.rng.normals(oc, 1.0), cx.rng.normals(n * oc, 1.0));
+    let (t_inp, t_w, t_b, t_dout) =
+        (cx.up(&inp, &[n, c])?, cx.up(&w, &[c, oc])?, cx.up(&bias, &[oc])?, cx.up(&dout, &[n, oc])?);
+    let (out, dinp, dw, db) = (cx.zeros(&[n, oc]), cx.zeros(&[n, c]), cx.zeros(&[c, oc]), cx.zeros(&[oc]));
     let want = reference::linear_forward(&inp, &w, Some(&bias), n, c, oc);
     let (r_inp, r_w, r_b) = reference::linear_backward(&dout, &inp, &w, n, c, oc);
     cx.check(
@@ -118,11 +95,7 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
     cx.check(
         "matmul backward",
         |r| matmul::linear_backward(r, &dinp, &dw, Some(&db), &t_dout, &t_inp, &t_w),
-        &[
-            (&dinp, &r_inp, 1e-4, 1e-4),
-            (&dw, &r_w, 1e-4, 1e-4),
-            (&db, &r_b, 1e-4, 1e-4),
-        ],
+        &[(&dinp, &r_inp, 1e-4, 1e-4), (&dw, &r_w, 1e-4, 1e-4), (&db, &r_b, 1e-4, 1e-4)],
     )?;
 
     // LayerNorm.
@@ -137,9 +110,7 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
         "layernorm forward+backward",
         |r| {
             layernorm::layernorm_forward(r, &ln_out, &mean, &rstd, &t_inp, &t_lw, &t_lb, 1e-5)?;
-            layernorm::layernorm_backward(
-                r, &ln_dinp, &ln_dw, &ln_db, &t_dln, &t_inp, &t_lw, &mean, &rstd,
-            )
+            layernorm::layernorm_backward(r, &ln_dinp, &ln_dw, &ln_db, &t_dln, &t_inp, &t_lw, &mean, &rstd)
         },
         &[
             (&ln_out, &r_out, 1e-5, 1e-4),
@@ -160,25 +131,15 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
             gelu::gelu_forward(r, &g_out, &t_inp)?;
             gelu::gelu_backward(r, &g_dinp, &t_inp, &t_dln)
         },
-        &[
-            (&g_out, &r_gelu, 1e-6, 1e-5),
-            (&g_dinp, &r_dgelu, 1e-6, 1e-5),
-        ],
+        &[(&g_out, &r_gelu, 1e-6, 1e-5), (&g_dinp, &r_dgelu, 1e-6, 1e-5)],
     )?;
-    cx.check(
-        "residual add",
-        |r| residual::residual_forward(r, &sum, &t_inp, &t_dln),
-        &[(&sum, &r_sum, 1e-6, 1e-6)],
-    )?;
+    cx.check("residual add", |r| residual::residual_forward(r, &sum, &t_inp, &t_dln), &[(&sum, &r_sum, 1e-6, 1e-6)])?;
 
     // Embedding.
     let (vocab, positions) = (50, 40);
     let ids: Vec<u32> = (0..n).map(|_| cx.rng.below(vocab as u32)).collect();
     let pos: Vec<u32> = (0..n as u32).collect();
-    let (wte, wpe) = (
-        cx.rng.normals(vocab * c, 1.0),
-        cx.rng.normals(positions * c, 1.0),
-    );
+    let (wte, wpe) = (cx.rng.normals(vocab * c, 1.0), cx.rng.normals(positions * c, 1.0));
     let (t_ids, t_pos) = (gpu.upload_u32(&[n], &ids)?, gpu.upload_u32(&[n], &pos)?);
     let (t_wte, t_wpe) = (cx.up(&wte, &[vocab, c])?, cx.up(&wpe, &[positions, c])?);
     let (emb, dwte) = (cx.zeros(&[n, c]), cx.zeros(&[vocab, c]));
@@ -195,36 +156,22 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
     )?;
 
     // Attention with left padding on the first row.
-    let shape = attention::AttentionShape {
-        b: 2,
-        t: 19,
-        c: 32,
-        n_head: 4,
-    };
+    let shape = attention::AttentionShape { b: 2, t: 19, c: 32, n_head: 4 };
     let (b, t) = (shape.b, shape.t);
     let qkv = cx.rng.normals(b * t * 3 * shape.c, 1.0);
     let datt = cx.rng.normals(b * t * shape.c, 1.0);
     let mask: Vec<u32> = (0..b * t).map(|i| (i >= 5) as u32).collect();
-    let (t_qkv, t_mask, t_datt) = (
-        cx.up(&qkv, &[b, t, 3 * shape.c])?,
-        gpu.upload_u32(&[b, t], &mask)?,
-        cx.up(&datt, &[b, t, shape.c])?,
-    );
-    let (att, lse, delta, dqkv) = (
-        cx.zeros(&[b, t, shape.c]),
-        cx.zeros(&[b, 4, t]),
-        cx.zeros(&[b, 4, t]),
-        cx.zeros(&[b, t, 3 * shape.c]),
-    );
+    let (t_qkv, t_mask, t_datt) =
+        (cx.up(&qkv, &[b, t, 3 * shape.c])?, gpu.upload_u32(&[b, t], &mask)?, cx.up(&datt, &[b, t, shape.c])?);
+    let (att, lse, delta, dqkv) =
+        (cx.zeros(&[b, t, shape.c]), cx.zeros(&[b, 4, t]), cx.zeros(&[b, 4, t]), cx.zeros(&[b, t, 3 * shape.c]));
     let (r_att, _) = reference::attention_forward(&qkv, &mask, b, t, shape.c, 4);
     let r_dqkv = reference::attention_backward(&datt, &qkv, &mask, b, t, shape.c, 4);
     cx.check(
         "attention forward+backward",
         |r| {
             attention::attention_forward(r, &att, &lse, &t_qkv, &t_mask, shape)?;
-            attention::attention_backward(
-                r, &dqkv, &delta, &t_datt, &t_qkv, &att, &lse, &t_mask, shape,
-            )
+            attention::attention_backward(r, &dqkv, &delta, &t_datt, &t_qkv, &att, &lse, &t_mask, shape)
         },
         &[(&att, &r_att, 1e-5, 1e-4), (&dqkv, &r_dqkv, 1e-4, 1e-4)],
     )?;
@@ -234,56 +181,36 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
     let logits = cx.rng.normals(rows * v, 2.0);
     let targets: Vec<u32> = (0..rows).map(|_| cx.rng.below(v as u32)).collect();
     let dloss = vec![0.25; rows];
-    let (t_logits, t_targets, t_dloss) = (
-        cx.up(&logits, &[rows, v])?,
-        gpu.upload_u32(&[rows], &targets)?,
-        cx.up(&dloss, &[rows])?,
-    );
+    let (t_logits, t_targets, t_dloss) =
+        (cx.up(&logits, &[rows, v])?, gpu.upload_u32(&[rows], &targets)?, cx.up(&dloss, &[rows])?);
     let (loss, ce_lse) = (cx.zeros(&[rows]), cx.zeros(&[rows]));
     let r_loss = reference::cross_entropy_forward(&logits, &targets, v);
     let r_dlogits = reference::cross_entropy_backward(&logits, &targets, &dloss, v);
     cx.check(
         "cross-entropy forward+backward",
         |r| {
-            cross_entropy::cross_entropy_forward(r, &loss, &ce_lse, &t_logits, &t_targets)?;
-            cross_entropy::cross_entropy_backward(r, &t_logits, &t_dloss, &ce_lse, &t_targets)
+            cross_entropy::cross_entropy_forward(r, &loss, &ce_lse, &t_logits, &t_targets, 1.0)?;
+            cross_entropy::cross_entropy_backward(r, &t_logits, &t_dloss, &ce_lse, &t_targets, 1.0)
         },
-        &[
-            (&loss, &r_loss, 1e-4, 1e-5),
-            (&t_logits, &r_dlogits, 1e-6, 1e-4),
-        ],
+        &[(&loss, &r_loss, 1e-4, 1e-5), (&t_logits, &r_dlogits, 1e-6, 1e-4)],
     )?;
 
     // Gradient norm, clipping and one AdamW step.
     let k = 5000;
     let (p0, grad) = (cx.rng.normals(k, 1.0), cx.rng.normals(k, 1.0));
-    let (t_p, t_g, t_m, t_v) = (
-        cx.up(&p0, &[k])?,
-        cx.up(&grad, &[k])?,
-        cx.zeros(&[k]),
-        cx.zeros(&[k]),
-    );
+    let (t_p, t_g, t_m, t_v) = (cx.up(&p0, &[k])?, cx.up(&grad, &[k])?, cx.zeros(&[k]), cx.zeros(&[k]));
     let (norm_scale, partial) = (cx.zeros(&[2]), cx.zeros(&[adamw::NORM_PARTIALS]));
-    let hp = adamw::AdamW {
-        lr: 1e-3,
-        weight_decay: 0.1,
-        ..Default::default()
-    };
+    let hp = adamw::AdamW { lr: 1e-3, weight_decay: 0.1, ..Default::default() };
     let (norm, scale) = reference::grad_norm(&grad, 1.0);
     let (mut rp, mut rm, mut rv) = (p0.clone(), vec![0.0; k], vec![0.0; k]);
-    reference::adamw_update(
-        &mut rp, &mut rm, &mut rv, &grad, scale, 1e-3, 0.9, 0.999, 1e-8, 0.1, 1,
-    );
+    reference::adamw_update(&mut rp, &mut rm, &mut rv, &grad, scale, 1e-3, 0.9, 0.999, 1e-8, 0.1, 1);
     cx.check(
         "grad norm + AdamW",
         |r| {
             adamw::grad_norm(r, &norm_scale, &partial, &t_g, 1.0)?;
             adamw::adamw_update(r, &t_p, &t_m, &t_v, &t_g, &norm_scale, &hp, 1)
         },
-        &[
-            (&norm_scale, &[norm, scale], 1e-5, 1e-5),
-            (&t_p, &rp, 1e-6, 1e-5),
-        ],
+        &[(&norm_scale, &[norm, scale], 1e-5, 1e-5), (&t_p, &rp, 1e-6, 1e-5)],
     )?;
 
     Ok(cx.checks)

@@ -67,10 +67,7 @@ const NO_DRIVER_HINT: &str = "install a Vulkan driver (on Debian/Ubuntu: `apt-ge
 /// Lists the adapters wgpu can see on the backends we use.
 pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
     let instance = new_instance();
-    pollster::block_on(instance.enumerate_adapters(BACKENDS))
-        .iter()
-        .map(|a| a.get_info())
-        .collect()
+    pollster::block_on(instance.enumerate_adapters(BACKENDS)).iter().map(|a| a.get_info()).collect()
 }
 
 fn new_instance() -> wgpu::Instance {
@@ -88,19 +85,14 @@ impl Gpu {
 
     /// As `new`, with the storage-binding limit lowered to `max_binding_bytes` (when given):
     /// tests use it to exercise the paths that split work across bindings on small shapes.
-    pub fn with_binding_limit(
-        name_filter: Option<&str>,
-        max_binding_bytes: Option<u64>,
-    ) -> Result<Arc<Gpu>> {
+    pub fn with_binding_limit(name_filter: Option<&str>, max_binding_bytes: Option<u64>) -> Result<Arc<Gpu>> {
         let env_filter = std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty());
         let filter = name_filter.map(str::to_string).or(env_filter);
 
         let instance = new_instance();
         let mut adapters = pollster::block_on(instance.enumerate_adapters(BACKENDS));
         if adapters.is_empty() {
-            return Err(Error::NoAdapter(format!(
-                "wgpu found no Vulkan, Metal or DX12 adapter; {NO_DRIVER_HINT}"
-            )));
+            return Err(Error::NoAdapter(format!("wgpu found no Vulkan, Metal or DX12 adapter; {NO_DRIVER_HINT}")));
         }
         adapters.sort_by_key(|a| device_type_rank(a.get_info().device_type));
         let adapter = match &filter {
@@ -108,15 +100,9 @@ impl Gpu {
             Some(f) => {
                 let needle = f.to_lowercase();
                 let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-                let at = names
-                    .iter()
-                    .position(|n| n.to_lowercase().contains(&needle))
-                    .ok_or_else(|| {
-                        Error::NoAdapter(format!(
-                            "no adapter name contains {f:?}; available: {}",
-                            names.join(", ")
-                        ))
-                    })?;
+                let at = names.iter().position(|n| n.to_lowercase().contains(&needle)).ok_or_else(|| {
+                    Error::NoAdapter(format!("no adapter name contains {f:?}; available: {}", names.join(", ")))
+                })?;
                 adapters.remove(at)
             }
         };
@@ -155,8 +141,7 @@ impl Gpu {
         // and buffers far above the WebGPU defaults (128 MiB / 256 MiB).
         let mut limits = available.clone();
         if let Some(max) = max_binding_bytes {
-            limits.max_storage_buffer_binding_size =
-                limits.max_storage_buffer_binding_size.min(max);
+            limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(max);
         }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("ppo-wgpu"),
@@ -188,10 +173,7 @@ impl Gpu {
     /// A one-line description: adapter name, backend, device type, driver.
     pub fn describe(&self) -> String {
         let i = &self.info;
-        format!(
-            "{} ({:?}, {:?}, driver {} {})",
-            i.name, i.backend, i.device_type, i.driver, i.driver_info
-        )
+        format!("{} ({:?}, {:?}, driver {} {})", i.name, i.backend, i.device_type, i.driver, i.driver_info)
     }
 
     /// The limits that matter to the kernels, as (name, value) rows for `ppo-wgpu info`.
@@ -199,41 +181,18 @@ impl Gpu {
         let l = &self.limits;
         vec![
             ("max_buffer_size", l.max_buffer_size),
-            (
-                "max_storage_buffer_binding_size",
-                l.max_storage_buffer_binding_size,
-            ),
-            (
-                "max_storage_buffers_per_shader_stage",
-                l.max_storage_buffers_per_shader_stage as u64,
-            ),
-            (
-                "max_compute_workgroup_storage_size",
-                l.max_compute_workgroup_storage_size as u64,
-            ),
-            (
-                "max_compute_invocations_per_workgroup",
-                l.max_compute_invocations_per_workgroup as u64,
-            ),
-            (
-                "max_compute_workgroups_per_dimension",
-                l.max_compute_workgroups_per_dimension as u64,
-            ),
-            (
-                "min_storage_buffer_offset_alignment",
-                l.min_storage_buffer_offset_alignment as u64,
-            ),
+            ("max_storage_buffer_binding_size", l.max_storage_buffer_binding_size),
+            ("max_storage_buffers_per_shader_stage", l.max_storage_buffers_per_shader_stage as u64),
+            ("max_compute_workgroup_storage_size", l.max_compute_workgroup_storage_size as u64),
+            ("max_compute_invocations_per_workgroup", l.max_compute_invocations_per_workgroup as u64),
+            ("max_compute_workgroups_per_dimension", l.max_compute_workgroups_per_dimension as u64),
+            ("min_storage_buffer_offset_alignment", l.min_storage_buffer_offset_alignment as u64),
         ]
     }
 
     /// The compute pipeline for `entry` of `shader` with the given override constants, compiled
     /// on first use and cached: pipelines are never created in a training loop.
-    pub fn pipeline(
-        &self,
-        shader: &Shader,
-        entry: &str,
-        constants: &[(&str, f64)],
-    ) -> wgpu::ComputePipeline {
+    pub fn pipeline(&self, shader: &Shader, entry: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
         let key = format!("{}:{entry}:{constants:?}", shader.name);
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return p.clone();
@@ -262,19 +221,17 @@ impl Gpu {
                 })
                 .clone()
         };
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&key),
-                layout: None,
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&key),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
         self.pipelines.lock().unwrap().insert(key, pipeline.clone());
         pipeline
     }
@@ -292,8 +249,6 @@ impl Gpu {
 
     /// Blocks until all submitted work has finished.
     pub fn wait(&self) {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .expect("GPU device lost while waiting");
+        self.device.poll(wgpu::PollType::wait_indefinitely()).expect("GPU device lost while waiting");
     }
 }

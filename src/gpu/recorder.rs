@@ -72,18 +72,14 @@ impl Recorder {
 
     fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
         self.pass = None; // copies and clears happen outside the compute pass
-        self.encoder
-            .get_or_insert_with(|| self.gpu.device.create_command_encoder(&Default::default()))
+        self.encoder.get_or_insert_with(|| self.gpu.device.create_command_encoder(&Default::default()))
     }
 
     fn pass(&mut self) -> &mut wgpu::ComputePass<'static> {
         if self.pass.is_none() {
-            let encoder = self
-                .encoder
-                .get_or_insert_with(|| self.gpu.device.create_command_encoder(&Default::default()));
-            let pass = encoder
-                .begin_compute_pass(&Default::default())
-                .forget_lifetime();
+            let encoder =
+                self.encoder.get_or_insert_with(|| self.gpu.device.create_command_encoder(&Default::default()));
+            let pass = encoder.begin_compute_pass(&Default::default()).forget_lifetime();
             self.pass = Some(pass);
         }
         self.pass.as_mut().unwrap()
@@ -144,14 +140,11 @@ impl Recorder {
                 }),
             });
         }
-        let bind_group = self
-            .gpu
-            .device
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(entry),
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &entries,
-            });
+        let bind_group = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(entry),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
         let pass = self.pass();
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
@@ -163,29 +156,16 @@ impl Recorder {
     /// Records `dst = 0`.
     pub fn zero(&mut self, dst: &Tensor) {
         self.in_use.push(dst.clone());
-        let (buffer, offset, len) = (
-            dst.buffer().clone(),
-            dst.byte_offset(),
-            dst.len() as u64 * 4,
-        );
+        let (buffer, offset, len) = (dst.buffer().clone(), dst.byte_offset(), dst.len() as u64 * 4);
         self.encoder().clear_buffer(&buffer, offset, Some(len));
     }
 
     /// Records a copy of `src` into `dst` (same number of elements).
     pub fn copy(&mut self, src: &Tensor, dst: &Tensor) {
-        assert_eq!(
-            src.len(),
-            dst.len(),
-            "copy between tensors of different sizes"
-        );
+        assert_eq!(src.len(), dst.len(), "copy between tensors of different sizes");
         self.in_use.extend([src.clone(), dst.clone()]);
-        let (s, so, d, d_o, n) = (
-            src.buffer().clone(),
-            src.byte_offset(),
-            dst.buffer().clone(),
-            dst.byte_offset(),
-            src.len() as u64 * 4,
-        );
+        let (s, so, d, d_o, n) =
+            (src.buffer().clone(), src.byte_offset(), dst.buffer().clone(), dst.byte_offset(), src.len() as u64 * 4);
         self.encoder().copy_buffer_to_buffer(&s, so, &d, d_o, n);
     }
 
@@ -194,9 +174,7 @@ impl Recorder {
         self.pass = None;
         if let Some(encoder) = self.encoder.take() {
             if !self.uniforms.is_empty() {
-                self.gpu
-                    .queue
-                    .write_buffer(self.arena.as_ref().unwrap(), 0, &self.uniforms);
+                self.gpu.queue.write_buffer(self.arena.as_ref().unwrap(), 0, &self.uniforms);
             }
             self.gpu.queue.submit([encoder.finish()]);
         }

@@ -34,9 +34,7 @@ impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if std::env::var_os("PPO_WGPU_NO_POOL").is_none() {
             let mut free = self.pool.pool.free.lock().unwrap();
-            free.entry(self.buffer.size())
-                .or_default()
-                .push(self.buffer.clone());
+            free.entry(self.buffer.size()).or_default().push(self.buffer.clone());
         }
     }
 }
@@ -52,11 +50,7 @@ pub struct Tensor {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Tensor({:?} {:?} @{})",
-            self.dtype, self.shape, self.offset
-        )
+        write!(f, "Tensor({:?} {:?} @{})", self.dtype, self.shape, self.offset)
     }
 }
 
@@ -90,13 +84,8 @@ impl Tensor {
     /// The same data under another shape with the same number of elements.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        ensure_shape(n == self.len(), || {
-            format!("cannot reshape {:?} to {shape:?}", self.shape)
-        })?;
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            ..self.clone()
-        })
+        ensure_shape(n == self.len(), || format!("cannot reshape {:?} to {shape:?}", self.shape))?;
+        Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
     }
 
     /// A view of `shape` starting `offset` elements into this tensor, e.g. one parameter of a
@@ -104,16 +93,11 @@ impl Tensor {
     pub fn view(&self, gpu: &Gpu, offset: usize, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         ensure_shape(offset + n <= self.len(), || {
-            format!(
-                "view of {shape:?} at {offset} does not fit in {:?}",
-                self.shape
-            )
+            format!("view of {shape:?} at {offset} does not fit in {:?}", self.shape)
         })?;
         let align = gpu.limits.min_storage_buffer_offset_alignment as usize / ELEM_BYTES as usize;
         ensure_shape((self.offset + offset) % align == 0, || {
-            format!(
-                "view offset {offset} is not a multiple of the storage alignment ({align} elements)"
-            )
+            format!("view offset {offset} is not a multiple of the storage alignment ({align} elements)")
         })?;
         Ok(Tensor {
             buffer: self.buffer.clone(),
@@ -128,31 +112,18 @@ impl Gpu {
     /// A tensor with undefined contents (a pooled buffer may hold old data).
     pub fn tensor(self: &Arc<Self>, shape: &[usize], dtype: DType) -> Tensor {
         let n: usize = shape.iter().product();
-        let size = (n as u64 * ELEM_BYTES)
-            .max(ELEM_BYTES)
-            .next_multiple_of(256);
-        let reused = self
-            .pool
-            .free
-            .lock()
-            .unwrap()
-            .get_mut(&size)
-            .and_then(Vec::pop);
+        let size = (n as u64 * ELEM_BYTES).max(ELEM_BYTES).next_multiple_of(256);
+        let reused = self.pool.free.lock().unwrap().get_mut(&size).and_then(Vec::pop);
         let buffer = reused.unwrap_or_else(|| {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: None,
                 size,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
         });
         Tensor {
-            buffer: Arc::new(PooledBuffer {
-                buffer,
-                pool: self.clone(),
-            }),
+            buffer: Arc::new(PooledBuffer { buffer, pool: self.clone() }),
             offset: 0,
             shape: shape.to_vec(),
             dtype,
@@ -169,18 +140,10 @@ impl Gpu {
         self.upload_bytes(shape, DType::U32, bytemuck::cast_slice(data))
     }
 
-    fn upload_bytes(
-        self: &Arc<Self>,
-        shape: &[usize],
-        dtype: DType,
-        bytes: &[u8],
-    ) -> Result<Tensor> {
+    fn upload_bytes(self: &Arc<Self>, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         ensure_shape(bytes.len() == n * ELEM_BYTES as usize, || {
-            format!(
-                "upload of shape {shape:?} got {} elements",
-                bytes.len() / ELEM_BYTES as usize
-            )
+            format!("upload of shape {shape:?} got {} elements", bytes.len() / ELEM_BYTES as usize)
         })?;
         let t = self.tensor(shape, dtype);
         if !bytes.is_empty() {
@@ -191,11 +154,8 @@ impl Gpu {
 
     /// Overwrites a tensor's contents from the host (ordered before the next submit).
     pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
-        ensure_shape(data.len() == t.len(), || {
-            format!("write of {} elements into {t:?}", data.len())
-        })?;
-        self.queue
-            .write_buffer(t.buffer(), t.byte_offset(), bytemuck::cast_slice(data));
+        ensure_shape(data.len() == t.len(), || format!("write of {} elements into {t:?}", data.len()))?;
+        self.queue.write_buffer(t.buffer(), t.byte_offset(), bytemuck::cast_slice(data));
         Ok(())
     }
 
@@ -211,13 +171,7 @@ impl Gpu {
 
     fn download_bytes(&self, t: &Tensor) -> Result<Vec<u8>> {
         let size = t.byte_len().next_multiple_of(256);
-        let reused = self
-            .pool
-            .staging
-            .lock()
-            .unwrap()
-            .get_mut(&size)
-            .and_then(Vec::pop);
+        let reused = self.pool.staging.lock().unwrap().get_mut(&size).and_then(Vec::pop);
         let staging = reused.unwrap_or_else(|| {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),
@@ -234,23 +188,13 @@ impl Gpu {
             let _ = tx.send(r);
         });
         self.wait();
-        rx.recv()
-            .map_err(|e| Error::Readback(e.to_string()))?
-            .map_err(|e| Error::Readback(e.to_string()))?;
+        rx.recv().map_err(|e| Error::Readback(e.to_string()))?.map_err(|e| Error::Readback(e.to_string()))?;
         let bytes = {
-            let view = staging
-                .get_mapped_range(..t.byte_len())
-                .map_err(|e| Error::Readback(e.to_string()))?;
+            let view = staging.get_mapped_range(..t.byte_len()).map_err(|e| Error::Readback(e.to_string()))?;
             view[..t.len() * ELEM_BYTES as usize].to_vec()
         };
         staging.unmap();
-        self.pool
-            .staging
-            .lock()
-            .unwrap()
-            .entry(size)
-            .or_default()
-            .push(staging);
+        self.pool.staging.lock().unwrap().entry(size).or_default().push(staging);
         Ok(bytes)
     }
 }

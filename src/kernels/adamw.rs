@@ -4,10 +4,7 @@ use super::{bind, expect_len, groups};
 use crate::error::Result;
 use crate::gpu::{Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader {
-    name: "adamw",
-    source: include_str!("../../shaders/adamw.wgsl"),
-};
+pub const SHADER: Shader = Shader { name: "adamw", source: include_str!("../../shaders/adamw.wgsl") };
 
 /// Number of workgroups (and partial sums) of the first grad-norm pass.
 pub const NORM_PARTIALS: usize = 256;
@@ -38,13 +35,7 @@ pub struct AdamW {
 
 impl Default for AdamW {
     fn default() -> Self {
-        AdamW {
-            lr: 1e-5,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        }
+        AdamW { lr: 1e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
     }
 }
 
@@ -60,11 +51,7 @@ pub fn grad_norm(
     expect_len(partial, NORM_PARTIALS, "grad-norm partial sums")?;
     expect_len(norm_scale, 2, "grad-norm output")?;
     let wgs = groups(grad.len(), 256).clamp(1, NORM_PARTIALS);
-    let p = Params {
-        n: grad.len() as u32,
-        max_norm,
-        ..Default::default()
-    };
+    let p = Params { n: grad.len() as u32, max_norm, ..Default::default() };
     // Workgroups past `wgs` would leave stale partials: clear them.
     rec.zero(partial);
     rec.dispatch(
@@ -75,11 +62,7 @@ pub fn grad_norm(
         &[bind(1, grad), bind(2, partial)],
         [wgs as u32, 1, 1],
     )?;
-    let p = Params {
-        n: NORM_PARTIALS as u32,
-        max_norm,
-        ..Default::default()
-    };
+    let p = Params { n: NORM_PARTIALS as u32, max_norm, ..Default::default() };
     rec.dispatch(
         &SHADER,
         "grad_norm_finalize",
@@ -103,11 +86,7 @@ pub fn adamw_update(
     t: u32,
 ) -> Result<()> {
     let n = param.len();
-    for (x, what) in [
-        (m, "AdamW first moment"),
-        (v, "AdamW second moment"),
-        (grad, "AdamW gradient"),
-    ] {
+    for (x, what) in [(m, "AdamW first moment"), (v, "AdamW second moment"), (grad, "AdamW gradient")] {
         expect_len(x, n, what)?;
     }
     expect_len(norm_scale, 2, "grad-norm output")?;
@@ -123,19 +102,6 @@ pub fn adamw_update(
         max_norm: 0.0,
     };
     let grid = rec.gpu().grid(groups(n, 256));
-    let b = [
-        bind(1, grad),
-        bind(5, norm_scale),
-        bind(6, param),
-        bind(7, m),
-        bind(8, v),
-    ];
-    rec.dispatch(
-        &SHADER,
-        "adamw_update",
-        &[],
-        bytemuck::bytes_of(&p),
-        &b,
-        grid,
-    )
+    let b = [bind(1, grad), bind(5, norm_scale), bind(6, param), bind(7, m), bind(8, v)];
+    rec.dispatch(&SHADER, "adamw_update", &[], bytemuck::bytes_of(&p), &b, grid)
 }

@@ -5,10 +5,7 @@ use super::{bind, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader {
-    name: "attention",
-    source: include_str!("../../shaders/attention.wgsl"),
-};
+pub const SHADER: Shader = Shader { name: "attention", source: include_str!("../../shaders/attention.wgsl") };
 
 /// Largest head dimension the kernels hold in registers.
 pub const MAX_HEAD_DIM: usize = 128;
@@ -39,19 +36,9 @@ impl AttentionShape {
         })?;
         let hd = c / n_head;
         ensure_shape(hd % 4 == 0 && hd <= MAX_HEAD_DIM, || {
-            format!(
-                "attention: head dimension {hd} must be a multiple of 4 and at most {MAX_HEAD_DIM}"
-            )
+            format!("attention: head dimension {hd} must be a multiple of 4 and at most {MAX_HEAD_DIM}")
         })?;
-        Ok((
-            Params {
-                b: b as u32,
-                t: t as u32,
-                c: c as u32,
-                nh: n_head as u32,
-            },
-            hd as f64,
-        ))
+        Ok((Params { b: b as u32, t: t as u32, c: c as u32, nh: n_head as u32 }, hd as f64))
     }
     fn rows(&self) -> usize {
         self.b * self.n_head * self.t
@@ -76,14 +63,7 @@ pub fn attention_forward(
     expect_len(lse, shape.rows(), "attention lse")?;
     let grid = rec.gpu().grid(groups(shape.rows(), 64));
     let bindings = [bind(1, qkv), bind(2, mask), bind(3, out), bind(4, lse)];
-    rec.dispatch(
-        &SHADER,
-        "attention_forward",
-        &[("HEAD_DIM", hd)],
-        bytemuck::bytes_of(&params),
-        &bindings,
-        grid,
-    )
+    rec.dispatch(&SHADER, "attention_forward", &[("HEAD_DIM", hd)], bytemuck::bytes_of(&params), &bindings, grid)
 }
 
 /// dqkv [B, T, 3C] = ∂L/∂qkv (overwritten) from dout [B, T, C] and the forward's out and lse;
@@ -120,21 +100,7 @@ pub fn attention_backward(
         &[bind(5, out), bind(6, dout), bind(8, delta)],
         grid,
     )?;
-    let b = [
-        bind(1, qkv),
-        bind(2, mask),
-        bind(6, dout),
-        bind(7, lse),
-        bind(9, delta),
-        bind(10, dqkv),
-    ];
+    let b = [bind(1, qkv), bind(2, mask), bind(6, dout), bind(7, lse), bind(9, delta), bind(10, dqkv)];
     rec.dispatch(&SHADER, "attention_backward_query", &constants, p, &b, grid)?;
-    rec.dispatch(
-        &SHADER,
-        "attention_backward_key_value",
-        &constants,
-        p,
-        &b,
-        grid,
-    )
+    rec.dispatch(&SHADER, "attention_backward_key_value", &constants, p, &b, grid)
 }

@@ -4,10 +4,7 @@ use super::{as_matrix, bind, expect_len};
 use crate::error::Result;
 use crate::gpu::{Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader {
-    name: "cross_entropy",
-    source: include_str!("../../shaders/cross_entropy.wgsl"),
-};
+pub const SHADER: Shader = Shader { name: "cross_entropy", source: include_str!("../../shaders/cross_entropy.wgsl") };
 
 /// A target that contributes no loss (a prompt or padding position).
 pub const IGNORE: u32 = u32::MAX;
@@ -17,94 +14,57 @@ pub const IGNORE: u32 = u32::MAX;
 struct Params {
     rows: u32,
     v: u32,
+    scale: f32,
 }
 
-fn params(logits: &Tensor) -> Params {
+fn params(logits: &Tensor, temperature: f32) -> Params {
     let (rows, v) = as_matrix(logits);
-    Params {
-        rows: rows as u32,
-        v: v as u32,
-    }
+    Params { rows: rows as u32, v: v as u32, scale: 1.0 / temperature }
 }
 
-/// loss [N] = lse − logits[n, target_n] (0 for IGNORE), lse [N] = log Σ exp(logits[n, :]).
+/// With z = logits/temperature: loss [N] = lse − z[n, target_n] (0 for IGNORE), so −loss is the
+/// log-probability of the target; lse [N] = log Σ exp(z[n, :]).
 pub fn cross_entropy_forward(
     rec: &mut Recorder,
     loss: &Tensor,
     lse: &Tensor,
     logits: &Tensor,
     targets: &Tensor,
+    temperature: f32,
 ) -> Result<()> {
-    let p = params(logits);
-    for (t, what) in [
-        (loss, "cross-entropy loss"),
-        (lse, "cross-entropy lse"),
-        (targets, "cross-entropy targets"),
-    ] {
+    let p = params(logits, temperature);
+    for (t, what) in [(loss, "cross-entropy loss"), (lse, "cross-entropy lse"), (targets, "cross-entropy targets")] {
         expect_len(t, p.rows as usize, what)?;
     }
     let grid = rec.gpu().grid(p.rows as usize);
-    let b = [
-        bind(1, logits),
-        bind(2, targets),
-        bind(3, lse),
-        bind(4, loss),
-    ];
-    rec.dispatch(
-        &SHADER,
-        "cross_entropy_forward",
-        &[],
-        bytemuck::bytes_of(&p),
-        &b,
-        grid,
-    )
+    let b = [bind(1, logits), bind(2, targets), bind(3, lse), bind(4, loss)];
+    rec.dispatch(&SHADER, "cross_entropy_forward", &[], bytemuck::bytes_of(&p), &b, grid)
 }
 
-/// logp [N, V] = log_softmax(logits) along each row.
-pub fn log_softmax_forward(rec: &mut Recorder, logp: &Tensor, logits: &Tensor) -> Result<()> {
-    let p = params(logits);
+/// logp [N, V] = log_softmax(logits/temperature) along each row.
+pub fn log_softmax_forward(rec: &mut Recorder, logp: &Tensor, logits: &Tensor, temperature: f32) -> Result<()> {
+    let p = params(logits, temperature);
     expect_len(logp, logits.len(), "log-softmax output")?;
     let grid = rec.gpu().grid(p.rows as usize);
-    rec.dispatch(
-        &SHADER,
-        "log_softmax_forward",
-        &[],
-        bytemuck::bytes_of(&p),
-        &[bind(1, logits), bind(5, logp)],
-        grid,
-    )
+    rec.dispatch(&SHADER, "log_softmax_forward", &[], bytemuck::bytes_of(&p), &[bind(1, logits), bind(5, logp)], grid)
 }
 
 /// Overwrites `logits` [N, V] with ∂L/∂logits for L = Σ_n dloss_n · loss_n:
-/// dloss_n · (softmax − onehot(target_n)), zero on IGNORE rows. `lse` comes from the forward.
+/// dloss_n · (softmax(logits/τ) − onehot(target_n)) / τ, zero on IGNORE rows. `lse` comes from
+/// the forward at the same temperature.
 pub fn cross_entropy_backward(
     rec: &mut Recorder,
     logits: &Tensor,
     dloss: &Tensor,
     lse: &Tensor,
     targets: &Tensor,
+    temperature: f32,
 ) -> Result<()> {
-    let p = params(logits);
-    for (t, what) in [
-        (dloss, "cross-entropy dloss"),
-        (lse, "cross-entropy lse"),
-        (targets, "cross-entropy targets"),
-    ] {
+    let p = params(logits, temperature);
+    for (t, what) in [(dloss, "cross-entropy dloss"), (lse, "cross-entropy lse"), (targets, "cross-entropy targets")] {
         expect_len(t, p.rows as usize, what)?;
     }
     let grid = rec.gpu().grid(p.rows as usize);
-    let b = [
-        bind(2, targets),
-        bind(6, logits),
-        bind(7, dloss),
-        bind(8, lse),
-    ];
-    rec.dispatch(
-        &SHADER,
-        "cross_entropy_backward",
-        &[],
-        bytemuck::bytes_of(&p),
-        &b,
-        grid,
-    )
+    let b = [bind(2, targets), bind(6, logits), bind(7, dloss), bind(8, lse)];
+    rec.dispatch(&SHADER, "cross_entropy_backward", &[], bytemuck::bytes_of(&p), &b, grid)
 }

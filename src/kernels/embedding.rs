@@ -5,10 +5,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recorder, Shader, Tensor};
 use std::sync::Arc;
 
-pub const SHADER: Shader = Shader {
-    name: "embedding",
-    source: include_str!("../../shaders/embedding.wgsl"),
-};
+pub const SHADER: Shader = Shader { name: "embedding", source: include_str!("../../shaders/embedding.wgsl") };
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -25,11 +22,7 @@ struct Params {
 /// most that fit, in multiples of 64 rows (so every slice starts on a 256-byte boundary).
 fn rows_per_dispatch(rec: &Recorder, rows: usize, c: usize) -> usize {
     let limit = rec.gpu().limits.max_storage_buffer_binding_size as usize / 4;
-    if rows * c <= limit {
-        rows
-    } else {
-        (limit / c / 64 * 64).max(64)
-    }
+    if rows * c <= limit { rows } else { (limit / c / 64 * 64).max(64) }
 }
 
 /// Hugging Face's position ids for a left-padded batch: `max(cumsum(mask) − 1, 0)` per row, so
@@ -51,10 +44,9 @@ pub fn position_ids(mask: &[u32], t: usize) -> Vec<u32> {
 pub fn check_indices(indices: &[u32], rows: usize, what: &str) -> Result<()> {
     match indices.iter().position(|&i| i as usize >= rows) {
         None => Ok(()),
-        Some(at) => Err(Error::Input(format!(
-            "{what}[{at}] = {} is out of range: the table has {rows} rows",
-            indices[at]
-        ))),
+        Some(at) => {
+            Err(Error::Input(format!("{what}[{at}] = {} is out of range: the table has {rows} rows", indices[at])))
+        }
     }
 }
 
@@ -104,21 +96,13 @@ pub fn embedding_forward(
     let (vocab, c) = as_matrix(wte);
     let (positions, c2) = as_matrix(wpe);
     expect_len(pos, ids.len(), "embedding positions")?;
-    expect_len(
-        wpe,
-        positions * c,
-        &format!("wpe (width {c2}) for wte {:?}", wte.shape()),
-    )?;
+    expect_len(wpe, positions * c, &format!("wpe (width {c2}) for wte {:?}", wte.shape()))?;
     expect_len(out, ids.len() * c, "embedding output")?;
     let step = rows_per_dispatch(rec, vocab, c);
     let gpu = rec.gpu().clone();
     for row_offset in (0..vocab).step_by(step) {
         let rows = step.min(vocab - row_offset);
-        let slice = if rows == vocab {
-            wte.clone()
-        } else {
-            wte.view(&gpu, row_offset * c, &[rows, c])?
-        };
+        let slice = if rows == vocab { wte.clone() } else { wte.view(&gpu, row_offset * c, &[rows, c])? };
         let params = Params {
             n: ids.len() as u32,
             c: c as u32,
@@ -128,33 +112,15 @@ pub fn embedding_forward(
             first_bucket: 0,
         };
         let grid = gpu.grid(groups(ids.len() * c, 256));
-        let b = [
-            bind(1, ids),
-            bind(2, pos),
-            bind(3, &slice),
-            bind(4, wpe),
-            bind(5, out),
-        ];
-        rec.dispatch(
-            &SHADER,
-            "embedding_forward",
-            &[],
-            bytemuck::bytes_of(&params),
-            &b,
-            grid,
-        )?;
+        let b = [bind(1, ids), bind(2, pos), bind(3, &slice), bind(4, wpe), bind(5, out)];
+        rec.dispatch(&SHADER, "embedding_forward", &[], bytemuck::bytes_of(&params), &b, grid)?;
     }
     Ok(())
 }
 
 /// dtable [rows, C] += the gradient dout [N, C] gathered by `buckets` (made from the same
 /// indices as the forward: ids for wte, positions for wpe).
-pub fn embedding_backward(
-    rec: &mut Recorder,
-    dtable: &Tensor,
-    dout: &Tensor,
-    buckets: &Buckets,
-) -> Result<()> {
+pub fn embedding_backward(rec: &mut Recorder, dtable: &Tensor, dout: &Tensor, buckets: &Buckets) -> Result<()> {
     let (table_rows, c) = as_matrix(dtable);
     expect_len(dout, buckets.tokens.len() * c, "embedding dout")?;
     let step = rows_per_dispatch(rec, table_rows, c);
@@ -162,20 +128,12 @@ pub fn embedding_backward(
     for row_offset in (0..table_rows).step_by(step) {
         let rows = step.min(table_rows - row_offset);
         // The buckets whose row lies in this slice (bucket rows are sorted).
-        let first = buckets
-            .host_rows
-            .partition_point(|&r| (r as usize) < row_offset);
-        let end = buckets
-            .host_rows
-            .partition_point(|&r| (r as usize) < row_offset + rows);
+        let first = buckets.host_rows.partition_point(|&r| (r as usize) < row_offset);
+        let end = buckets.host_rows.partition_point(|&r| (r as usize) < row_offset + rows);
         if first == end {
             continue;
         }
-        let slice = if rows == table_rows {
-            dtable.clone()
-        } else {
-            dtable.view(&gpu, row_offset * c, &[rows, c])?
-        };
+        let slice = if rows == table_rows { dtable.clone() } else { dtable.view(&gpu, row_offset * c, &[rows, c])? };
         let params = Params {
             n: (end - first) as u32,
             c: c as u32,
@@ -192,14 +150,7 @@ pub fn embedding_backward(
             bind(9, &buckets.tokens),
             bind(10, &slice),
         ];
-        rec.dispatch(
-            &SHADER,
-            "embedding_backward",
-            &[],
-            bytemuck::bytes_of(&params),
-            &b,
-            grid,
-        )?;
+        rec.dispatch(&SHADER, "embedding_backward", &[], bytemuck::bytes_of(&params), &b, grid)?;
     }
     Ok(())
 }

@@ -4,24 +4,14 @@ use super::{bind, expect_len, groups};
 use crate::error::Result;
 use crate::gpu::{Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader {
-    name: "gelu",
-    source: include_str!("../../shaders/gelu.wgsl"),
-};
+pub const SHADER: Shader = Shader { name: "gelu", source: include_str!("../../shaders/gelu.wgsl") };
 
 /// out = gelu(inp), elementwise.
 pub fn gelu_forward(rec: &mut Recorder, out: &Tensor, inp: &Tensor) -> Result<()> {
     expect_len(out, inp.len(), "gelu output")?;
     let n = inp.len() as u32;
     let grid = rec.gpu().grid(groups(inp.len(), 256));
-    rec.dispatch(
-        &SHADER,
-        "gelu_forward",
-        &[],
-        bytemuck::bytes_of(&n),
-        &[bind(1, inp), bind(2, out)],
-        grid,
-    )
+    rec.dispatch(&SHADER, "gelu_forward", &[], bytemuck::bytes_of(&n), &[bind(1, inp), bind(2, out)], grid)
 }
 
 /// dinp = gelu'(inp) · dout, elementwise (overwrites dinp).

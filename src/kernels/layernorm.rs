@@ -4,10 +4,7 @@ use super::{as_matrix, bind, expect_len, groups};
 use crate::error::Result;
 use crate::gpu::{Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader {
-    name: "layernorm",
-    source: include_str!("../../shaders/layernorm.wgsl"),
-};
+pub const SHADER: Shader = Shader { name: "layernorm", source: include_str!("../../shaders/layernorm.wgsl") };
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -35,28 +32,10 @@ pub fn layernorm_forward(
     expect_len(bias, c, "layernorm bias")?;
     expect_len(mean, rows, "layernorm mean")?;
     expect_len(rstd, rows, "layernorm rstd")?;
-    let params = Params {
-        rows: rows as u32,
-        c: c as u32,
-        eps,
-    };
+    let params = Params { rows: rows as u32, c: c as u32, eps };
     let grid = rec.gpu().grid(groups(rows, 64));
-    let b = [
-        bind(1, inp),
-        bind(2, weight),
-        bind(3, bias),
-        bind(4, out),
-        bind(5, mean),
-        bind(6, rstd),
-    ];
-    rec.dispatch(
-        &SHADER,
-        "layernorm_forward",
-        &[],
-        bytemuck::bytes_of(&params),
-        &b,
-        grid,
-    )
+    let b = [bind(1, inp), bind(2, weight), bind(3, bias), bind(4, out), bind(5, mean), bind(6, rstd)];
+    rec.dispatch(&SHADER, "layernorm_forward", &[], bytemuck::bytes_of(&params), &b, grid)
 }
 
 /// Accumulates the LayerNorm gradients: dinp += ∂L/∂inp, dweight += ∂L/∂w, dbias += ∂L/∂b.
@@ -80,30 +59,12 @@ pub fn layernorm_backward(
     expect_len(dbias, c, "layernorm dbias")?;
     expect_len(mean, rows, "layernorm mean")?;
     expect_len(rstd, rows, "layernorm rstd")?;
-    let params = Params {
-        rows: rows as u32,
-        c: c as u32,
-        eps: 0.0,
-    };
+    let params = Params { rows: rows as u32, c: c as u32, eps: 0.0 };
     let p = bytemuck::bytes_of(&params);
     let grid = rec.gpu().grid(groups(rows, 64));
-    let b = [
-        bind(1, inp),
-        bind(2, weight),
-        bind(7, dout),
-        bind(8, dinp),
-        bind(11, mean),
-        bind(12, rstd),
-    ];
+    let b = [bind(1, inp), bind(2, weight), bind(7, dout), bind(8, dinp), bind(11, mean), bind(12, rstd)];
     rec.dispatch(&SHADER, "layernorm_backward_input", &[], p, &b, grid)?;
     let grid = rec.gpu().grid(groups(c, 64));
-    let b = [
-        bind(1, inp),
-        bind(7, dout),
-        bind(9, dweight),
-        bind(10, dbias),
-        bind(11, mean),
-        bind(12, rstd),
-    ];
+    let b = [bind(1, inp), bind(7, dout), bind(9, dweight), bind(10, dbias), bind(11, mean), bind(12, rstd)];
     rec.dispatch(&SHADER, "layernorm_backward_params", &[], p, &b, grid)
 }

@@ -7,14 +7,9 @@ use super::{as_matrix, bind, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{MatmulVariant, Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader {
-    name: "matmul",
-    source: include_str!("../../shaders/matmul.wgsl"),
-};
-pub const TILED_SHADER: Shader = Shader {
-    name: "matmul_tiled",
-    source: include_str!("../../shaders/matmul_tiled.wgsl"),
-};
+pub const SHADER: Shader = Shader { name: "matmul", source: include_str!("../../shaders/matmul.wgsl") };
+pub const TILED_SHADER: Shader =
+    Shader { name: "matmul_tiled", source: include_str!("../../shaders/matmul_tiled.wgsl") };
 
 const ACCUMULATE: u32 = 1;
 const HAS_BIAS: u32 = 2;
@@ -65,21 +60,9 @@ fn dims(out: &Tensor, a: &Tensor, b: &Tensor, layout: Layout) -> Result<(usize, 
         Layout::TN => (ac, ar, br, bc),
     };
     ensure_shape(k == k2, || {
-        format!(
-            "matmul {layout:?}: inner dimensions differ, a {:?} b {:?}",
-            a.shape(),
-            b.shape()
-        )
+        format!("matmul {layout:?}: inner dimensions differ, a {:?} b {:?}", a.shape(), b.shape())
     })?;
-    expect_len(
-        out,
-        m * n,
-        &format!(
-            "matmul {layout:?} output for a {:?} b {:?}",
-            a.shape(),
-            b.shape()
-        ),
-    )?;
+    expect_len(out, m * n, &format!("matmul {layout:?} output for a {:?} b {:?}", a.shape(), b.shape()))?;
     Ok((m, n, k))
 }
 
@@ -112,9 +95,7 @@ pub fn matmul_with_variant(
 ) -> Result<()> {
     let (m, n, k) = dims(out, a, b, layout)?;
     if let Some(bias) = bias {
-        ensure_shape(layout == Layout::NN, || {
-            "matmul: a bias is only added in the forward (NN) layout".into()
-        })?;
+        ensure_shape(layout == Layout::NN, || "matmul: a bias is only added in the forward (NN) layout".into())?;
         expect_len(bias, n, "matmul bias")?;
     }
     if m == 0 || n == 0 {
@@ -127,28 +108,12 @@ pub fn matmul_with_variant(
     let rows_fitting = |cols: usize| (limit / cols.max(1)) / 64 * 64;
     match layout {
         Layout::NT if !fits(n, k) => {
-            ensure_shape(fits(m, n), || {
-                format!(
-                    "matmul: output {:?} exceeds the binding limit too",
-                    out.shape()
-                )
-            })?;
+            ensure_shape(fits(m, n), || format!("matmul: output {:?} exceeds the binding limit too", out.shape()))?;
             let step = rows_fitting(k).max(64);
             for n0 in (0..n).step_by(step) {
                 let nc = step.min(n - n0);
                 let piece = b.view(&gpu, n0 * k, &[nc, k])?;
-                record(
-                    rec,
-                    variant,
-                    out,
-                    a,
-                    &piece,
-                    bias,
-                    layout,
-                    accumulate,
-                    (m, nc, k),
-                    (n, n0),
-                )?;
+                record(rec, variant, out, a, &piece, bias, layout, accumulate, (m, nc, k), (n, n0))?;
             }
             Ok(())
         }
@@ -156,13 +121,8 @@ pub fn matmul_with_variant(
             let step = rows_fitting(k.max(n)).max(64);
             for m0 in (0..m).step_by(step) {
                 let mc = step.min(m - m0);
-                let (a_rows, out_rows) = (
-                    a.view(&gpu, m0 * k, &[mc, k])?,
-                    out.view(&gpu, m0 * n, &[mc, n])?,
-                );
-                matmul_with_variant(
-                    rec, variant, &out_rows, &a_rows, b, bias, layout, accumulate,
-                )?;
+                let (a_rows, out_rows) = (a.view(&gpu, m0 * k, &[mc, k])?, out.view(&gpu, m0 * n, &[mc, n])?);
+                matmul_with_variant(rec, variant, &out_rows, &a_rows, b, bias, layout, accumulate)?;
             }
             Ok(())
         }
@@ -170,35 +130,12 @@ pub fn matmul_with_variant(
             let step = rows_fitting(m.max(n)).max(64);
             for k0 in (0..k).step_by(step) {
                 let kc = step.min(k - k0);
-                let (a_rows, b_rows) = (
-                    a.view(&gpu, k0 * m, &[kc, m])?,
-                    b.view(&gpu, k0 * n, &[kc, n])?,
-                );
-                matmul_with_variant(
-                    rec,
-                    variant,
-                    out,
-                    &a_rows,
-                    &b_rows,
-                    None,
-                    layout,
-                    accumulate || k0 > 0,
-                )?;
+                let (a_rows, b_rows) = (a.view(&gpu, k0 * m, &[kc, m])?, b.view(&gpu, k0 * n, &[kc, n])?);
+                matmul_with_variant(rec, variant, out, &a_rows, &b_rows, None, layout, accumulate || k0 > 0)?;
             }
             Ok(())
         }
-        _ => record(
-            rec,
-            variant,
-            out,
-            a,
-            b,
-            bias,
-            layout,
-            accumulate,
-            (m, n, k),
-            (n, 0),
-        ),
+        _ => record(rec, variant, out, a, b, bias, layout, accumulate, (m, n, k), (n, 0)),
     }
 }
 
@@ -218,14 +155,8 @@ fn record(
     (out_stride, out_col): (usize, usize),
 ) -> Result<()> {
     let flags = if accumulate { ACCUMULATE } else { 0 } | if bias.is_some() { HAS_BIAS } else { 0 };
-    let params = Params {
-        m: m as u32,
-        n: n as u32,
-        k: k as u32,
-        flags,
-        out_stride: out_stride as u32,
-        out_col: out_col as u32,
-    };
+    let params =
+        Params { m: m as u32, n: n as u32, k: k as u32, flags, out_stride: out_stride as u32, out_col: out_col as u32 };
     let p = bytemuck::bytes_of(&params);
     // Kernels that read a bias binding get `a` when there is none (the flag keeps it unread).
     let bias = bias.unwrap_or(a);
@@ -236,30 +167,13 @@ fn record(
     {
         let grid = [groups(n, 128) as u32, groups(m, 64) as u32, 1];
         match layout {
-            Layout::NN => rec.dispatch(
-                &SHADER,
-                "matmul_nn",
-                &[],
-                p,
-                &[bind(1, a), bind(2, b), bind(3, bias), bind(4, out)],
-                grid,
-            ),
-            Layout::TN => rec.dispatch(
-                &SHADER,
-                "matmul_tn",
-                &[],
-                p,
-                &[bind(1, a), bind(2, b), bind(3, bias), bind(4, out)],
-                grid,
-            ),
-            Layout::NT => rec.dispatch(
-                &SHADER,
-                "matmul_nt",
-                &[],
-                p,
-                &[bind(1, a), bind(2, b), bind(5, out)],
-                grid,
-            ),
+            Layout::NN => {
+                rec.dispatch(&SHADER, "matmul_nn", &[], p, &[bind(1, a), bind(2, b), bind(3, bias), bind(4, out)], grid)
+            }
+            Layout::TN => {
+                rec.dispatch(&SHADER, "matmul_tn", &[], p, &[bind(1, a), bind(2, b), bind(3, bias), bind(4, out)], grid)
+            }
+            Layout::NT => rec.dispatch(&SHADER, "matmul_nt", &[], p, &[bind(1, a), bind(2, b), bind(5, out)], grid),
         }
     } else {
         let constants = [
@@ -279,13 +193,7 @@ fn record(
 }
 
 /// Linear layer forward: out [N, OC] = inp [N, C] · w [C, OC] + bias [OC].
-pub fn linear_forward(
-    rec: &mut Recorder,
-    out: &Tensor,
-    inp: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-) -> Result<()> {
+pub fn linear_forward(rec: &mut Recorder, out: &Tensor, inp: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<()> {
     matmul(rec, out, inp, w, bias, Layout::NN, false)
 }
 
@@ -313,14 +221,7 @@ pub fn linear_backward(
 pub fn bias_backward(rec: &mut Recorder, dbias: &Tensor, dout: &Tensor) -> Result<()> {
     let (m, n) = as_matrix(dout);
     expect_len(dbias, n, "bias gradient")?;
-    let params = Params {
-        m: m as u32,
-        n: n as u32,
-        k: 0,
-        flags: ACCUMULATE,
-        out_stride: n as u32,
-        out_col: 0,
-    };
+    let params = Params { m: m as u32, n: n as u32, k: 0, flags: ACCUMULATE, out_stride: n as u32, out_col: 0 };
     rec.dispatch(
         &TILED_SHADER,
         "bias_backward",

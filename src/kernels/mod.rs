@@ -26,9 +26,7 @@ pub(crate) fn as_matrix(t: &Tensor) -> (usize, usize) {
 
 /// Checks that a tensor has exactly `n` elements.
 pub(crate) fn expect_len(t: &Tensor, n: usize, what: &str) -> Result<()> {
-    ensure_shape(t.len() == n, || {
-        format!("{what}: expected {n} elements, got {:?}", t.shape())
-    })
+    ensure_shape(t.len() == n, || format!("{what}: expected {n} elements, got {:?}", t.shape()))
 }
 
 /// Workgroups of `size` needed to cover `n` invocations.

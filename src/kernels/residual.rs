@@ -4,10 +4,7 @@ use super::{bind, expect_len, groups};
 use crate::error::Result;
 use crate::gpu::{Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader {
-    name: "residual",
-    source: include_str!("../../shaders/residual.wgsl"),
-};
+pub const SHADER: Shader = Shader { name: "residual", source: include_str!("../../shaders/residual.wgsl") };
 
 /// out = a + b, elementwise.
 pub fn residual_forward(rec: &mut Recorder, out: &Tensor, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -30,12 +27,5 @@ pub fn accumulate(rec: &mut Recorder, dst: &Tensor, src: &Tensor) -> Result<()> 
     expect_len(dst, src.len(), "accumulate destination")?;
     let n = src.len() as u32;
     let grid = rec.gpu().grid(groups(src.len(), 256));
-    rec.dispatch(
-        &SHADER,
-        "accumulate",
-        &[],
-        bytemuck::bytes_of(&n),
-        &[bind(1, src), bind(3, dst)],
-        grid,
-    )
+    rec.dispatch(&SHADER, "accumulate", &[], bytemuck::bytes_of(&n), &[bind(1, src), bind(3, dst)], grid)
 }

@@ -28,10 +28,7 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn get(&self, name: &str) -> Option<&[f32]> {
-        self.tensors
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, _, v)| v.as_slice())
+        self.tensors.iter().find(|(n, _, _)| n == name).map(|(_, _, v)| v.as_slice())
     }
 }
 
@@ -39,22 +36,11 @@ impl Checkpoint {
 fn to_f32(name: &str, view: &TensorView) -> Result<Vec<f32>> {
     let bytes = view.data();
     Ok(match view.dtype() {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
+        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         other => {
-            return Err(Error::Checkpoint(format!(
-                "tensor {name} has dtype {other:?}; expected F32, F16 or BF16"
-            )));
+            return Err(Error::Checkpoint(format!("tensor {name} has dtype {other:?}; expected F32, F16 or BF16")));
         }
     })
 }
@@ -77,25 +63,22 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     let mut found: HashMap<String, TensorView> = HashMap::new();
     let mut lm_head = None;
     for (name, view) in st.tensors() {
-        let short = name
-            .strip_prefix("transformer.")
-            .unwrap_or(&name)
-            .to_string();
+        let short = name.strip_prefix("transformer.").unwrap_or(&name).to_string();
         if short == "lm_head.weight" {
             lm_head = Some(view);
         } else if !is_ignored(&short) {
             found.insert(short, view);
         }
     }
-    let heads = Heads {
-        value: found.contains_key("v_head.summary.weight"),
-        reward: found.contains_key("score.weight"),
-    };
+    let heads =
+        Heads { value: found.contains_key("v_head.summary.weight"), reward: found.contains_key("score.weight") };
     let specs = config.param_specs(heads);
     let mut tensors = Vec::with_capacity(specs.len());
     for (name, shape) in &specs {
         let view = found.remove(name).ok_or_else(|| {
-            Error::Checkpoint(format!("{origin}: missing tensor {name} (expected shape {shape:?} for the config in {CONFIG_FILE})"))
+            Error::Checkpoint(format!(
+                "{origin}: missing tensor {name} (expected shape {shape:?} for the config in {CONFIG_FILE})"
+            ))
         })?;
         if view.shape() != shape.as_slice() {
             return Err(Error::Checkpoint(format!(
@@ -117,28 +100,17 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     if let Some(extra) = found.keys().min() {
         return Err(Error::Checkpoint(format!(
             "{origin}: unexpected tensor {extra} ({} not used by a GPT-2 with n_layer {}); does {CONFIG_FILE} match the weights?",
-            if found.len() > 1 {
-                format!("and {} more", found.len() - 1)
-            } else {
-                "it is".into()
-            },
+            if found.len() > 1 { format!("and {} more", found.len() - 1) } else { "it is".into() },
             config.n_layer
         )));
     }
-    Ok(Checkpoint {
-        config,
-        heads,
-        tensors,
-    })
+    Ok(Checkpoint { config, heads, tensors })
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = PathBuf::from(path);
-    tmp.set_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
+    tmp.set_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
@@ -156,11 +128,7 @@ pub fn save(dir: &Path, ck: &Checkpoint) -> Result<()> {
             } else {
                 format!("transformer.{name}")
             };
-            (
-                full,
-                shape.clone(),
-                bytemuck::cast_slice::<f32, u8>(values).to_vec(),
-            )
+            (full, shape.clone(), bytemuck::cast_slice::<f32, u8>(values).to_vec())
         })
         .collect();
     let views: Vec<(String, TensorView)> = bytes
@@ -174,8 +142,8 @@ pub fn save(dir: &Path, ck: &Checkpoint) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let serialized = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| Error::Checkpoint(format!("serialising: {e}")))?;
+    let serialized =
+        safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Checkpoint(format!("serialising: {e}")))?;
     write_atomically(&dir.join(WEIGHTS_FILE), &serialized)?;
     write_atomically(&dir.join(CONFIG_FILE), ck.config.to_json().as_bytes())
 }

@@ -27,14 +27,7 @@ pub struct Heads {
 impl GptConfig {
     /// The shipped tiny model's shape (DESIGN.md §3).
     pub fn tiny() -> GptConfig {
-        GptConfig {
-            vocab_size: 512,
-            n_positions: 64,
-            n_embd: 128,
-            n_layer: 4,
-            n_head: 4,
-            layer_norm_epsilon: 1e-5,
-        }
+        GptConfig { vocab_size: 512, n_positions: 64, n_embd: 128, n_layer: 4, n_head: 4, layer_norm_epsilon: 1e-5 }
     }
 
     /// GPT-2 small (124M).
@@ -51,15 +44,13 @@ impl GptConfig {
 
     /// Parses a Hugging Face GPT-2 `config.json`.
     pub fn from_json(text: &str, origin: &str) -> Result<GptConfig> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| Error::Checkpoint(format!("{origin}: not valid JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| Error::Checkpoint(format!("{origin}: not valid JSON: {e}")))?;
         let field = |name: &str| -> Result<usize> {
             v.get(name)
                 .and_then(Value::as_u64)
                 .map(|x| x as usize)
-                .ok_or_else(|| {
-                    Error::Checkpoint(format!("{origin}: missing or non-integer field \"{name}\""))
-                })
+                .ok_or_else(|| Error::Checkpoint(format!("{origin}: missing or non-integer field \"{name}\"")))
         };
         let config = GptConfig {
             vocab_size: field("vocab_size")?,
@@ -67,10 +58,7 @@ impl GptConfig {
             n_embd: field("n_embd")?,
             n_layer: field("n_layer")?,
             n_head: field("n_head")?,
-            layer_norm_epsilon: v
-                .get("layer_norm_epsilon")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-5) as f32,
+            layer_norm_epsilon: v.get("layer_norm_epsilon").and_then(Value::as_f64).unwrap_or(1e-5) as f32,
         };
         if let Some(act) = v.get("activation_function").and_then(Value::as_str) {
             if act != "gelu_new" && act != "gelu_pytorch_tanh" {
@@ -91,19 +79,11 @@ impl GptConfig {
     /// Checks the shape rules the kernels rely on.
     pub fn validate(&self, origin: &str) -> Result<()> {
         let bad = |msg: String| Err(Error::Checkpoint(format!("{origin}: {msg}")));
-        if self.vocab_size == 0
-            || self.n_positions == 0
-            || self.n_embd == 0
-            || self.n_layer == 0
-            || self.n_head == 0
-        {
+        if self.vocab_size == 0 || self.n_positions == 0 || self.n_embd == 0 || self.n_layer == 0 || self.n_head == 0 {
             return bad(format!("every size must be positive, got {self:?}"));
         }
         if self.n_embd % self.n_head != 0 {
-            return bad(format!(
-                "n_embd {} is not divisible by n_head {}",
-                self.n_embd, self.n_head
-            ));
+            return bad(format!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head));
         }
         let hd = self.n_embd / self.n_head;
         if hd % 4 != 0 || hd > crate::kernels::attention::MAX_HEAD_DIM {
@@ -145,10 +125,7 @@ impl GptConfig {
     /// and shape in the Hugging Face layout.
     pub fn param_specs(&self, heads: Heads) -> Vec<(String, Vec<usize>)> {
         let (v, t, c) = (self.vocab_size, self.n_positions, self.n_embd);
-        let mut specs = vec![
-            ("wte.weight".to_string(), vec![v, c]),
-            ("wpe.weight".to_string(), vec![t, c]),
-        ];
+        let mut specs = vec![("wte.weight".to_string(), vec![v, c]), ("wpe.weight".to_string(), vec![t, c])];
         for i in 0..self.n_layer {
             let layer: [(&str, Vec<usize>); 12] = [
                 ("ln_1.weight", vec![c]),
@@ -164,11 +141,7 @@ impl GptConfig {
                 ("mlp.c_proj.weight", vec![4 * c, c]),
                 ("mlp.c_proj.bias", vec![c]),
             ];
-            specs.extend(
-                layer
-                    .into_iter()
-                    .map(|(name, shape)| (format!("h.{i}.{name}"), shape)),
-            );
+            specs.extend(layer.into_iter().map(|(name, shape)| (format!("h.{i}.{name}"), shape)));
         }
         specs.push(("ln_f.weight".to_string(), vec![c]));
         specs.push(("ln_f.bias".to_string(), vec![c]));

@@ -52,25 +52,25 @@ impl ParamLayout {
 
 /// One transformer block's parameters (or their gradients: same layout).
 pub struct LayerParams {
-    pub ln_1_w: Tensor,       // [C]
-    pub ln_1_b: Tensor,       // [C]
-    pub c_attn_w: Tensor,     // [C, 3C]
-    pub c_attn_b: Tensor,     // [3C]
-    pub attn_proj_w: Tensor,  // [C, C]
-    pub attn_proj_b: Tensor,  // [C]
-    pub ln_2_w: Tensor,       // [C]
-    pub ln_2_b: Tensor,       // [C]
-    pub c_fc_w: Tensor,       // [C, 4C]
-    pub c_fc_b: Tensor,       // [4C]
-    pub mlp_proj_w: Tensor,   // [4C, C]
-    pub mlp_proj_b: Tensor,   // [C]
+    pub ln_1_w: Tensor,      // [C]
+    pub ln_1_b: Tensor,      // [C]
+    pub c_attn_w: Tensor,    // [C, 3C]
+    pub c_attn_b: Tensor,    // [3C]
+    pub attn_proj_w: Tensor, // [C, C]
+    pub attn_proj_b: Tensor, // [C]
+    pub ln_2_w: Tensor,      // [C]
+    pub ln_2_b: Tensor,      // [C]
+    pub c_fc_w: Tensor,      // [C, 4C]
+    pub c_fc_b: Tensor,      // [4C]
+    pub mlp_proj_w: Tensor,  // [4C, C]
+    pub mlp_proj_b: Tensor,  // [C]
 }
 
 /// Named views into a flat buffer laid out by `ParamLayout`: the parameters, or the gradients.
 pub struct Params {
     pub flat: Tensor,
-    pub wte: Tensor,  // [V, C]
-    pub wpe: Tensor,  // [maxT, C]
+    pub wte: Tensor, // [V, C]
+    pub wpe: Tensor, // [maxT, C]
     pub layers: Vec<LayerParams>,
     pub ln_f_w: Tensor, // [C]
     pub ln_f_b: Tensor, // [C]
@@ -133,7 +133,9 @@ impl Model {
         let layout = ParamLayout::new(&ck.config, ck.heads);
         let mut host = vec![0.0f32; layout.total];
         for ((name, shape, offset), (ck_name, ck_shape, values)) in layout.slots.iter().zip(&ck.tensors) {
-            ensure_shape(name == ck_name && shape == ck_shape, || format!("checkpoint tensor {ck_name} {ck_shape:?} where {name} {shape:?} belongs"))?;
+            ensure_shape(name == ck_name && shape == ck_shape, || {
+                format!("checkpoint tensor {ck_name} {ck_shape:?} where {name} {shape:?} belongs")
+            })?;
             host[*offset..offset + values.len()].copy_from_slice(values);
         }
         let flat = gpu.upload(&[layout.total], &host)?;
@@ -148,7 +150,9 @@ impl Model {
             .layout
             .slots
             .iter()
-            .map(|(name, shape, offset)| (name.clone(), shape.clone(), host[*offset..offset + shape.iter().product::<usize>()].to_vec()))
+            .map(|(name, shape, offset)| {
+                (name.clone(), shape.clone(), host[*offset..offset + shape.iter().product::<usize>()].to_vec())
+            })
             .collect();
         Ok(Checkpoint { config: self.config.clone(), heads: self.heads, tensors })
     }
@@ -188,7 +192,10 @@ impl Batch {
             format!("batch of {b}×{t} got {} ids and {} mask values", ids.len(), mask.len())
         })?;
         if t > config.n_positions {
-            return Err(Error::Input(format!("sequence length {t} exceeds the model's n_positions {}", config.n_positions)));
+            return Err(Error::Input(format!(
+                "sequence length {t} exceeds the model's n_positions {}",
+                config.n_positions
+            )));
         }
         check_indices(ids, config.vocab_size, "token id")?;
         let pos = position_ids(mask, t);
@@ -346,7 +353,17 @@ impl Model {
         // residual add passes it on unchanged, and each branch adds its own contribution.
         let dresidual = zeros(rec, &[b, t, c]);
         let last = acts.layers.last().map_or(&acts.encoded, |l| &l.residual3);
-        layernorm_backward(rec, &dresidual, &grads.ln_f_w, &grads.ln_f_b, &dlnf, last, &p.ln_f_w, &acts.lnf_mean, &acts.lnf_rstd)?;
+        layernorm_backward(
+            rec,
+            &dresidual,
+            &grads.ln_f_w,
+            &grads.ln_f_b,
+            &dlnf,
+            last,
+            &p.ln_f_w,
+            &acts.lnf_mean,
+            &acts.lnf_rstd,
+        )?;
 
         // Scratch for the per-block gradients, reused by every block.
         let dfch_gelu = gpu.tensor(&[b, t, 4 * c], DType::F32);
@@ -361,18 +378,56 @@ impl Model {
             let residual = if l == 0 { &acts.encoded } else { &acts.layers[l - 1].residual3 };
             // MLP: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))).
             rec.zero(&dfch_gelu);
-            linear_backward(rec, &dfch_gelu, &gp.mlp_proj_w, Some(&gp.mlp_proj_b), &dresidual, &a.fch_gelu, &lp.mlp_proj_w)?;
+            linear_backward(
+                rec,
+                &dfch_gelu,
+                &gp.mlp_proj_w,
+                Some(&gp.mlp_proj_b),
+                &dresidual,
+                &a.fch_gelu,
+                &lp.mlp_proj_w,
+            )?;
             gelu_backward(rec, &dfch, &a.fch, &dfch_gelu)?;
             rec.zero(&dln);
             linear_backward(rec, &dln, &gp.c_fc_w, Some(&gp.c_fc_b), &dfch, &a.ln2, &lp.c_fc_w)?;
-            layernorm_backward(rec, &dresidual, &gp.ln_2_w, &gp.ln_2_b, &dln, &a.residual2, &lp.ln_2_w, &a.ln2_mean, &a.ln2_rstd)?;
+            layernorm_backward(
+                rec,
+                &dresidual,
+                &gp.ln_2_w,
+                &gp.ln_2_b,
+                &dln,
+                &a.residual2,
+                &lp.ln_2_w,
+                &a.ln2_mean,
+                &a.ln2_rstd,
+            )?;
             // Attention: residual2 = residual + c_proj(attention(c_attn(ln_1(residual)))).
             rec.zero(&datty);
             linear_backward(rec, &datty, &gp.attn_proj_w, Some(&gp.attn_proj_b), &dresidual, &a.atty, &lp.attn_proj_w)?;
-            attention_backward(rec, &dqkv, &delta, &datty, &a.qkv, &a.atty, &a.att_lse, &batch.mask, self.attention_shape(b, t))?;
+            attention_backward(
+                rec,
+                &dqkv,
+                &delta,
+                &datty,
+                &a.qkv,
+                &a.atty,
+                &a.att_lse,
+                &batch.mask,
+                self.attention_shape(b, t),
+            )?;
             rec.zero(&dln);
             linear_backward(rec, &dln, &gp.c_attn_w, Some(&gp.c_attn_b), &dqkv, &a.ln1, &lp.c_attn_w)?;
-            layernorm_backward(rec, &dresidual, &gp.ln_1_w, &gp.ln_1_b, &dln, residual, &lp.ln_1_w, &a.ln1_mean, &a.ln1_rstd)?;
+            layernorm_backward(
+                rec,
+                &dresidual,
+                &gp.ln_1_w,
+                &gp.ln_1_b,
+                &dln,
+                residual,
+                &lp.ln_1_w,
+                &a.ln1_mean,
+                &a.ln1_rstd,
+            )?;
         }
 
         // Embeddings: the gradient of the residual stream at its start.
@@ -409,7 +464,8 @@ pub fn memory_estimate(config: &GptConfig, heads: Heads, b: usize, t: usize) -> 
     let per_layer = bt * (7 * c + 3 * c + 8 * c + 4) + b * nh * t;
     let heads_out = bt * (heads.value as usize + heads.reward as usize);
     let activations = 4 * (bt * c + l * per_layer + bt * c + 2 * bt + bt * v + heads_out);
-    let backward_scratch = 4 * (bt * c /* dlnf */ + bt * c /* dresidual */ + 2 * bt * 4 * c + 2 * bt * c + bt * 3 * c + b * nh * t);
+    let backward_scratch =
+        4 * (bt * c /* dlnf */ + bt * c /* dresidual */ + 2 * bt * 4 * c + 2 * bt * c + bt * 3 * c + b * nh * t);
     let p = 4 * layout.total;
     MemoryEstimate { params: p, grads: p, adam_state: 2 * p, activations, backward_scratch }
 }

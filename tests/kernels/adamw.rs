@@ -13,14 +13,7 @@ fn grad_norm_and_clip_scale_match_reference() {
             let (norm_scale, partial) = (zeros(&[2]), zeros(&[NORM_PARTIALS]));
             let gpu = gpu();
             let mut rec = Recorder::new(&gpu);
-            grad_norm(
-                &mut rec,
-                &norm_scale,
-                &partial,
-                &upload(&grad, &[n]),
-                max_norm as f32,
-            )
-            .unwrap();
+            grad_norm(&mut rec, &norm_scale, &partial, &upload(&grad, &[n]), max_norm as f32).unwrap();
             rec.submit();
             let (norm, scale) = reference::grad_norm(&grad, max_norm);
             // A sum of n squares in f32.
@@ -39,13 +32,7 @@ fn grad_norm_and_clip_scale_match_reference() {
 fn adamw_matches_reference_over_steps_with_clipping() {
     let mut rng = Rng::new(61);
     let n = 37 * 53;
-    let hp = AdamW {
-        lr: 1e-2,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-    };
+    let hp = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
     let mut param = rng.normals(n, 1.0);
     let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
     let gpu = gpu();
@@ -60,30 +47,10 @@ fn adamw_matches_reference_over_steps_with_clipping() {
         rec.submit();
         let (_, scale) = reference::grad_norm(&grad, 1.0);
         assert!(scale < 0.1, "the test should exercise clipping");
-        reference::adamw_update(
-            &mut param, &mut m, &mut v, &grad, scale, 1e-2, 0.9, 0.95, 1e-8, 0.1, t as i32,
-        );
+        reference::adamw_update(&mut param, &mut m, &mut v, &grad, scale, 1e-2, 0.9, 0.95, 1e-8, 0.1, t as i32);
         // Elementwise f32 arithmetic; m/sqrt(v) amplifies relative error a little.
-        assert_close(
-            &format!("adamw step {t} param"),
-            &download(&t_param),
-            &param,
-            1e-6,
-            1e-5,
-        );
-        assert_close(
-            &format!("adamw step {t} m"),
-            &download(&t_m),
-            &m,
-            1e-7,
-            1e-5,
-        );
-        assert_close(
-            &format!("adamw step {t} v"),
-            &download(&t_v),
-            &v,
-            1e-9,
-            1e-5,
-        );
+        assert_close(&format!("adamw step {t} param"), &download(&t_param), &param, 1e-6, 1e-5);
+        assert_close(&format!("adamw step {t} m"), &download(&t_m), &m, 1e-7, 1e-5);
+        assert_close(&format!("adamw step {t} v"), &download(&t_v), &v, 1e-9, 1e-5);
     }
 }

@@ -23,30 +23,13 @@ fn run(shape: AttentionShape, rng: &mut Rng, check_gradients_by_fd: bool) {
     let dout = rng.normals(b * t * c, 1.0);
     let mask = padding_mask(b, t);
     let gpu = gpu();
-    let (t_qkv, t_mask) = (
-        upload(&qkv, &[b, t, 3 * c]),
-        gpu.upload_u32(&[b, t], &mask).unwrap(),
-    );
-    let (out, lse, delta, dqkv) = (
-        zeros(&[b, t, c]),
-        zeros(&[b, n_head, t]),
-        zeros(&[b, n_head, t]),
-        zeros(&[b, t, 3 * c]),
-    );
+    let (t_qkv, t_mask) = (upload(&qkv, &[b, t, 3 * c]), gpu.upload_u32(&[b, t], &mask).unwrap());
+    let (out, lse, delta, dqkv) =
+        (zeros(&[b, t, c]), zeros(&[b, n_head, t]), zeros(&[b, n_head, t]), zeros(&[b, t, 3 * c]));
     let mut rec = Recorder::new(&gpu);
     attention_forward(&mut rec, &out, &lse, &t_qkv, &t_mask, shape).unwrap();
-    attention_backward(
-        &mut rec,
-        &dqkv,
-        &delta,
-        &upload(&dout, &[b, t, c]),
-        &t_qkv,
-        &out,
-        &lse,
-        &t_mask,
-        shape,
-    )
-    .unwrap();
+    attention_backward(&mut rec, &dqkv, &delta, &upload(&dout, &[b, t, c]), &t_qkv, &out, &lse, &t_mask, shape)
+        .unwrap();
     rec.submit();
 
     let what = format!("attention B={b} T={t} C={c} NH={n_head}");
@@ -63,12 +46,7 @@ fn run(shape: AttentionShape, rng: &mut Rng, check_gradients_by_fd: bool) {
         1e-4,
     );
     if check_gradients_by_fd {
-        let loss = |x: &[f64]| {
-            dot(
-                &dout,
-                &reference::attention_forward(x, &mask, b, t, c, n_head).0,
-            )
-        };
+        let loss = |x: &[f64]| dot(&dout, &reference::attention_forward(x, &mask, b, t, c, n_head).0);
         check_fd(&format!("{what} dqkv"), &g, loss, &qkv, rng, 1e-4, 1e-3);
     }
 }
@@ -76,77 +54,30 @@ fn run(shape: AttentionShape, rng: &mut Rng, check_gradients_by_fd: bool) {
 #[test]
 fn attention_small_and_unaligned() {
     let mut rng = Rng::new(40);
-    run(
-        AttentionShape {
-            b: 3,
-            t: 37,
-            c: 32,
-            n_head: 4,
-        },
-        &mut rng,
-        true,
-    );
-    run(
-        AttentionShape {
-            b: 2,
-            t: 1,
-            c: 8,
-            n_head: 2,
-        },
-        &mut rng,
-        true,
-    );
+    run(AttentionShape { b: 3, t: 37, c: 32, n_head: 4 }, &mut rng, true);
+    run(AttentionShape { b: 2, t: 1, c: 8, n_head: 2 }, &mut rng, true);
 }
 
 #[test]
 fn attention_tiny_model_shape() {
     let mut rng = Rng::new(41);
-    run(
-        AttentionShape {
-            b: 4,
-            t: 64,
-            c: 128,
-            n_head: 4,
-        },
-        &mut rng,
-        false,
-    );
+    run(AttentionShape { b: 4, t: 64, c: 128, n_head: 4 }, &mut rng, false);
 }
 
 #[test]
 fn attention_gpt2_small_head_shape() {
     // GPT-2 small's heads (768 channels, 12 heads of 64) on a short batch.
     let mut rng = Rng::new(42);
-    run(
-        AttentionShape {
-            b: 1,
-            t: 48,
-            c: 768,
-            n_head: 12,
-        },
-        &mut rng,
-        false,
-    );
+    run(AttentionShape { b: 1, t: 48, c: 768, n_head: 12 }, &mut rng, false);
 }
 
 #[test]
 fn attention_rejects_bad_head_dimension() {
     let gpu = gpu();
-    let shape = AttentionShape {
-        b: 1,
-        t: 4,
-        c: 30,
-        n_head: 5,
-    }; // head dim 6
-    let (qkv, mask, out, lse) = (
-        zeros(&[1, 4, 90]),
-        gpu.upload_u32(&[1, 4], &[1; 4]).unwrap(),
-        zeros(&[1, 4, 30]),
-        zeros(&[1, 5, 4]),
-    );
+    let shape = AttentionShape { b: 1, t: 4, c: 30, n_head: 5 }; // head dim 6
+    let (qkv, mask, out, lse) =
+        (zeros(&[1, 4, 90]), gpu.upload_u32(&[1, 4], &[1; 4]).unwrap(), zeros(&[1, 4, 30]), zeros(&[1, 5, 4]));
     let mut rec = Recorder::new(&gpu);
-    let err = attention_forward(&mut rec, &out, &lse, &qkv, &mask, shape)
-        .unwrap_err()
-        .to_string();
+    let err = attention_forward(&mut rec, &out, &lse, &qkv, &mask, shape).unwrap_err().to_string();
     assert!(err.contains("head dimension 6"), "{err}");
 }

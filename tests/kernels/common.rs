@@ -9,8 +9,7 @@ use std::sync::{Arc, OnceLock};
 pub fn gpu() -> Arc<Gpu> {
     static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
     GPU.get_or_init(|| {
-        let gpu =
-            Gpu::new(None).unwrap_or_else(|e| panic!("the kernel tests need a GPU adapter: {e}"));
+        let gpu = Gpu::new(None).unwrap_or_else(|e| panic!("the kernel tests need a GPU adapter: {e}"));
         eprintln!("kernel tests on {}", gpu.describe());
         gpu
     })
@@ -35,24 +34,13 @@ pub fn zeros(shape: &[usize]) -> Tensor {
 }
 
 pub fn download(t: &Tensor) -> Vec<f64> {
-    gpu()
-        .download(t)
-        .unwrap()
-        .into_iter()
-        .map(f64::from)
-        .collect()
+    gpu().download(t).unwrap().into_iter().map(f64::from).collect()
 }
 
 /// Asserts |got − want| ≤ atol + rtol·|want| everywhere; on failure prints the worst mismatch and
 /// the first few, with their indices.
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{what}: length {} vs reference {}",
-        got.len(),
-        want.len()
-    );
+    assert_eq!(got.len(), want.len(), "{what}: length {} vs reference {}", got.len(), want.len());
     let mut worst: Option<(usize, f64)> = None;
     let mut bad = Vec::new();
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
@@ -60,9 +48,7 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64)
         let excess = err - (atol + rtol * w.abs());
         if excess > 0.0 || !g.is_finite() {
             if bad.len() < 5 {
-                bad.push(format!(
-                    "  [{i}] got {g:.7e} want {w:.7e} (|err| {err:.2e})"
-                ));
+                bad.push(format!("  [{i}] got {g:.7e} want {w:.7e} (|err| {err:.2e})"));
             }
             if worst.is_none_or(|(_, e)| excess > e || !g.is_finite()) {
                 worst = Some((i, excess));
@@ -81,12 +67,7 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64)
 }
 
 /// Central finite differences of a scalar function at the given coordinates of x.
-pub fn finite_differences(
-    f: impl Fn(&[f64]) -> f64,
-    x: &[f64],
-    coords: &[usize],
-    h: f64,
-) -> Vec<f64> {
+pub fn finite_differences(f: impl Fn(&[f64]) -> f64, x: &[f64], coords: &[usize], h: f64) -> Vec<f64> {
     let mut x = x.to_vec();
     coords
         .iter()
@@ -104,9 +85,7 @@ pub fn finite_differences(
 
 /// `count` coordinates spread over 0..n (deterministic).
 pub fn sample_coords(rng: &mut Rng, n: usize, count: usize) -> Vec<usize> {
-    (0..count.min(n))
-        .map(|_| rng.below(n as u32) as usize)
-        .collect()
+    (0..count.min(n)).map(|_| rng.below(n as u32) as usize).collect()
 }
 
 /// Σ weights·values: the scalar loss whose gradient a backward kernel computes.
@@ -127,11 +106,5 @@ pub fn check_fd(
     let coords = sample_coords(rng, x.len(), 24);
     let fd = finite_differences(loss, x, &coords, 1e-4);
     let got: Vec<f64> = coords.iter().map(|&i| grad[i]).collect();
-    assert_close(
-        &format!("{what} vs finite differences"),
-        &got,
-        &fd,
-        atol,
-        rtol,
-    );
+    assert_close(&format!("{what} vs finite differences"), &got, &fd, atol, rtol);
 }

@@ -1,96 +1,57 @@
 use crate::common::*;
 use ppo_wgpu::gpu::Recorder;
-use ppo_wgpu::kernels::cross_entropy::{
-    IGNORE, cross_entropy_backward, cross_entropy_forward, log_softmax_forward,
-};
+use ppo_wgpu::kernels::cross_entropy::{IGNORE, cross_entropy_backward, cross_entropy_forward, log_softmax_forward};
 use ppo_wgpu::reference;
 
-fn run(rows: usize, v: usize, logit_std: f64, rng: &mut Rng, check_fd_too: bool) {
+/// Checks at temperature τ against the references applied to logits/τ.
+fn run(rows: usize, v: usize, logit_std: f64, temperature: f64, rng: &mut Rng, check_fd_too: bool) {
     let mut logits = rng.normals(rows * v, logit_std);
     // A very negative and a very positive logit, to exercise the online max.
     logits[0] = -1e4;
     logits[v / 2] = 60.0;
-    let targets: Vec<u32> = (0..rows)
-        .map(|r| {
-            if r % 5 == 3 {
-                IGNORE
-            } else {
-                rng.below(v as u32)
-            }
-        })
-        .collect();
+    let targets: Vec<u32> = (0..rows).map(|r| if r % 5 == 3 { IGNORE } else { rng.below(v as u32) }).collect();
     let dloss: Vec<f64> = (0..rows).map(|_| rng.uniform() as f32 as f64).collect();
     let gpu = gpu();
     let t_logits = upload(&logits, &[rows, v]);
     let t_targets = gpu.upload_u32(&[rows], &targets).unwrap();
     let (loss, lse, logp) = (zeros(&[rows]), zeros(&[rows]), zeros(&[rows, v]));
     let mut rec = Recorder::new(&gpu);
-    cross_entropy_forward(&mut rec, &loss, &lse, &t_logits, &t_targets).unwrap();
-    log_softmax_forward(&mut rec, &logp, &t_logits).unwrap();
-    cross_entropy_backward(
-        &mut rec,
-        &t_logits,
-        &upload(&dloss, &[rows]),
-        &lse,
-        &t_targets,
-    )
-    .unwrap();
+    let tau = temperature as f32;
+    cross_entropy_forward(&mut rec, &loss, &lse, &t_logits, &t_targets, tau).unwrap();
+    log_softmax_forward(&mut rec, &logp, &t_logits, tau).unwrap();
+    cross_entropy_backward(&mut rec, &t_logits, &upload(&dloss, &[rows]), &lse, &t_targets, tau).unwrap();
     rec.submit();
 
-    let what = format!("cross-entropy N={rows} V={v}");
+    let what = format!("cross-entropy N={rows} V={v} τ={temperature}");
+    let z: Vec<f64> = logits.iter().map(|l| l / temperature).collect();
     // The sum of V exponentials in f32: relative error ~ε·log V on lse, and on logp.
-    assert_close(
-        &format!("{what} loss"),
-        &download(&loss),
-        &reference::cross_entropy_forward(&logits, &targets, v),
-        1e-4,
-        1e-5,
-    );
-    assert_close(
-        &format!("{what} lse"),
-        &download(&lse),
-        &reference::logsumexp_rows(&logits, v),
-        1e-4,
-        1e-5,
-    );
-    assert_close(
-        &format!("{what} log_softmax"),
-        &download(&logp),
-        &reference::log_softmax(&logits, v),
-        1e-4,
-        1e-5,
-    );
+    let want_loss = reference::cross_entropy_forward(&z, &targets, v);
+    assert_close(&format!("{what} loss"), &download(&loss), &want_loss, 1e-4, 1e-5);
+    assert_close(&format!("{what} lse"), &download(&lse), &reference::logsumexp_rows(&z, v), 1e-4, 1e-5);
+    assert_close(&format!("{what} log_softmax"), &download(&logp), &reference::log_softmax(&z, v), 1e-4, 1e-5);
     let grad = download(&t_logits);
-    assert_close(
-        &format!("{what} dlogits"),
-        &grad,
-        &reference::cross_entropy_backward(&logits, &targets, &dloss, v),
-        1e-6,
-        1e-4,
-    );
+    // ∂/∂logits = ∂/∂z · 1/τ.
+    let want_grad: Vec<f64> =
+        reference::cross_entropy_backward(&z, &targets, &dloss, v).iter().map(|g| g / temperature).collect();
+    assert_close(&format!("{what} dlogits"), &grad, &want_grad, 1e-6, 1e-4);
     if check_fd_too {
-        let loss = |z: &[f64]| dot(&dloss, &reference::cross_entropy_forward(z, &targets, v));
-        check_fd(
-            &format!("{what} dlogits"),
-            &grad,
-            loss,
-            &logits,
-            rng,
-            1e-5,
-            1e-3,
-        );
+        let loss = |l: &[f64]| {
+            let z: Vec<f64> = l.iter().map(|l| l / temperature).collect();
+            dot(&dloss, &reference::cross_entropy_forward(&z, &targets, v))
+        };
+        check_fd(&format!("{what} dlogits"), &grad, loss, &logits, rng, 1e-5, 1e-3);
     }
 }
 
 #[test]
 fn cross_entropy_unaligned_and_tiny_vocab() {
     let mut rng = Rng::new(50);
-    run(37, 53, 2.0, &mut rng, true);
-    run(64, 512, 3.0, &mut rng, true);
+    run(37, 53, 2.0, 1.0, &mut rng, true);
+    run(64, 512, 3.0, 0.7, &mut rng, true);
 }
 
 #[test]
 fn cross_entropy_gpt2_vocab() {
     let mut rng = Rng::new(51);
-    run(8, 50257, 3.0, &mut rng, false);
+    run(8, 50257, 3.0, 1.0, &mut rng, false);
 }

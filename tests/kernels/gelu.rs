@@ -21,30 +21,10 @@ fn gelu_forward_and_backward_match_reference() {
         gelu_forward(&mut rec, &out, &tx).unwrap();
         gelu_backward(&mut rec, &dinp, &tx, &tdout).unwrap();
         rec.submit();
-        assert_close(
-            &format!("gelu_forward n={n}"),
-            &download(&out),
-            &reference::gelu_forward(&x),
-            ATOL,
-            RTOL,
-        );
+        assert_close(&format!("gelu_forward n={n}"), &download(&out), &reference::gelu_forward(&x), ATOL, RTOL);
         let dinp = download(&dinp);
-        assert_close(
-            &format!("gelu_backward n={n}"),
-            &dinp,
-            &reference::gelu_backward(&x, &dout),
-            ATOL,
-            RTOL,
-        );
-        check_fd(
-            "gelu_backward",
-            &dinp,
-            |x| dot(&dout, &reference::gelu_forward(x)),
-            &x,
-            &mut rng,
-            1e-4,
-            1e-3,
-        );
+        assert_close(&format!("gelu_backward n={n}"), &dinp, &reference::gelu_backward(&x, &dout), ATOL, RTOL);
+        check_fd("gelu_backward", &dinp, |x| dot(&dout, &reference::gelu_forward(x)), &x, &mut rng, 1e-4, 1e-3);
     }
 }
 
@@ -57,11 +37,5 @@ fn gelu_is_finite_for_large_inputs() {
     let mut rec = Recorder::new(&gpu);
     gelu_forward(&mut rec, &out, &tx).unwrap();
     rec.submit();
-    assert_close(
-        "gelu_forward extremes",
-        &download(&out),
-        &reference::gelu_forward(&x),
-        1e-6,
-        1e-6,
-    );
+    assert_close("gelu_forward extremes", &download(&out), &reference::gelu_forward(&x), 1e-6, 1e-6);
 }

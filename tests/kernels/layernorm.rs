@@ -20,44 +20,17 @@ fn layernorm_forward_and_backward_match_reference_and_finite_differences() {
         let gpu = gpu();
         let mut rec = Recorder::new(&gpu);
         layernorm_forward(&mut rec, &out, &mean, &rstd, &t_inp, &t_w, &t_b, EPS as f32).unwrap();
-        layernorm_backward(
-            &mut rec,
-            &dinp,
-            &dw,
-            &db,
-            &upload(&dout, &[rows, c]),
-            &t_inp,
-            &t_w,
-            &mean,
-            &rstd,
-        )
-        .unwrap();
+        layernorm_backward(&mut rec, &dinp, &dw, &db, &upload(&dout, &[rows, c]), &t_inp, &t_w, &mean, &rstd).unwrap();
         rec.submit();
 
         let what = format!("layernorm {rows}x{c}");
         let (r_out, r_mean, r_rstd) = reference::layernorm_forward(&inp, &w, &b, c, EPS);
         // Sums over C in f32.
         assert_close(&format!("{what} out"), &download(&out), &r_out, 1e-5, 1e-5);
-        assert_close(
-            &format!("{what} mean"),
-            &download(&mean),
-            &r_mean,
-            1e-6,
-            1e-5,
-        );
-        assert_close(
-            &format!("{what} rstd"),
-            &download(&rstd),
-            &r_rstd,
-            1e-6,
-            1e-5,
-        );
+        assert_close(&format!("{what} mean"), &download(&mean), &r_mean, 1e-6, 1e-5);
+        assert_close(&format!("{what} rstd"), &download(&rstd), &r_rstd, 1e-6, 1e-5);
 
-        let g_inp: Vec<f64> = download(&dinp)
-            .iter()
-            .zip(&prior)
-            .map(|(g, p)| g - p)
-            .collect();
+        let g_inp: Vec<f64> = download(&dinp).iter().zip(&prior).map(|(g, p)| g - p).collect();
         let (g_w, g_b) = (download(&dw), download(&db));
         let (r_inp, r_w, r_b) = reference::layernorm_backward(&dout, &inp, &w, c, EPS);
         assert_close(&format!("{what} dinp"), &g_inp, &r_inp, 1e-5, 1e-4);
@@ -65,35 +38,9 @@ fn layernorm_forward_and_backward_match_reference_and_finite_differences() {
         assert_close(&format!("{what} dweight"), &g_w, &r_w, 1e-4, 1e-4);
         assert_close(&format!("{what} dbias"), &g_b, &r_b, 1e-4, 1e-4);
 
-        let loss = |inp: &[f64], w: &[f64], b: &[f64]| {
-            dot(&dout, &reference::layernorm_forward(inp, w, b, c, EPS).0)
-        };
-        check_fd(
-            &format!("{what} dinp"),
-            &g_inp,
-            |x| loss(x, &w, &b),
-            &inp,
-            &mut rng,
-            1e-4,
-            1e-3,
-        );
-        check_fd(
-            &format!("{what} dweight"),
-            &g_w,
-            |x| loss(&inp, x, &b),
-            &w,
-            &mut rng,
-            1e-4,
-            1e-3,
-        );
-        check_fd(
-            &format!("{what} dbias"),
-            &g_b,
-            |x| loss(&inp, &w, x),
-            &b,
-            &mut rng,
-            1e-4,
-            1e-3,
-        );
+        let loss = |inp: &[f64], w: &[f64], b: &[f64]| dot(&dout, &reference::layernorm_forward(inp, w, b, c, EPS).0);
+        check_fd(&format!("{what} dinp"), &g_inp, |x| loss(x, &w, &b), &inp, &mut rng, 1e-4, 1e-3);
+        check_fd(&format!("{what} dweight"), &g_w, |x| loss(&inp, x, &b), &w, &mut rng, 1e-4, 1e-3);
+        check_fd(&format!("{what} dbias"), &g_b, |x| loss(&inp, &w, x), &b, &mut rng, 1e-4, 1e-3);
     }
 }

@@ -40,13 +40,7 @@ fn check_matmul(m: usize, n: usize, k: usize, rng: &mut Rng) {
             let (atol, rtol) = tol(k);
             let what = format!("matmul {layout:?} {variant:?} M={m} N={n} K={k}");
             assert_close(&what, &download(&out), &want, atol, rtol);
-            assert_close(
-                &format!("{what} accumulate"),
-                &download(&acc),
-                &want_acc,
-                atol,
-                rtol,
-            );
+            assert_close(&format!("{what} accumulate"), &download(&acc), &want_acc, atol, rtol);
         }
     }
 }
@@ -80,32 +74,16 @@ fn matmul_gpt2_small_shapes() {
 fn linear_forward_with_bias_matches_reference() {
     let mut rng = Rng::new(13);
     for (n, c, oc) in [(37, 28, 52), (37, 29, 53), (64, 128, 384)] {
-        let (inp, w, bias) = (
-            rng.normals(n * c, 1.0),
-            rng.normals(c * oc, 1.0),
-            rng.normals(oc, 1.0),
-        );
+        let (inp, w, bias) = (rng.normals(n * c, 1.0), rng.normals(c * oc, 1.0), rng.normals(oc, 1.0));
         let out = zeros(&[n, oc]);
         let gpu = gpu();
         let mut rec = Recorder::new(&gpu);
-        linear_forward(
-            &mut rec,
-            &out,
-            &upload(&inp, &[n, c]),
-            &upload(&w, &[c, oc]),
-            Some(&upload(&bias, &[oc])),
-        )
-        .unwrap();
+        linear_forward(&mut rec, &out, &upload(&inp, &[n, c]), &upload(&w, &[c, oc]), Some(&upload(&bias, &[oc])))
+            .unwrap();
         rec.submit();
         let (atol, rtol) = tol(c);
         let want = reference::linear_forward(&inp, &w, Some(&bias), n, c, oc);
-        assert_close(
-            &format!("linear_forward {n}x{c}x{oc}"),
-            &download(&out),
-            &want,
-            atol,
-            rtol,
-        );
+        assert_close(&format!("linear_forward {n}x{c}x{oc}"), &download(&out), &want, atol, rtol);
     }
 }
 
@@ -113,23 +91,11 @@ fn linear_forward_with_bias_matches_reference() {
 fn linear_backward_matches_reference_and_finite_differences() {
     let mut rng = Rng::new(14);
     for (n, c, oc) in [(37, 29, 53), (24, 32, 48)] {
-        let (inp, w, bias) = (
-            rng.normals(n * c, 1.0),
-            rng.normals(c * oc, 1.0),
-            rng.normals(oc, 1.0),
-        );
+        let (inp, w, bias) = (rng.normals(n * c, 1.0), rng.normals(c * oc, 1.0), rng.normals(oc, 1.0));
         let dout = rng.normals(n * oc, 1.0);
         // Gradients accumulate: start from nonzero buffers and subtract them afterwards.
-        let (p_inp, p_w, p_b) = (
-            rng.normals(n * c, 1.0),
-            rng.normals(c * oc, 1.0),
-            rng.normals(oc, 1.0),
-        );
-        let (dinp, dw, db) = (
-            upload(&p_inp, &[n, c]),
-            upload(&p_w, &[c, oc]),
-            upload(&p_b, &[oc]),
-        );
+        let (p_inp, p_w, p_b) = (rng.normals(n * c, 1.0), rng.normals(c * oc, 1.0), rng.normals(oc, 1.0));
+        let (dinp, dw, db) = (upload(&p_inp, &[n, c]), upload(&p_w, &[c, oc]), upload(&p_b, &[oc]));
         let gpu = gpu();
         let mut rec = Recorder::new(&gpu);
         linear_backward(
@@ -143,55 +109,18 @@ fn linear_backward_matches_reference_and_finite_differences() {
         )
         .unwrap();
         rec.submit();
-        let sub = |got: Vec<f64>, prior: &[f64]| {
-            got.iter()
-                .zip(prior)
-                .map(|(g, p)| g - p)
-                .collect::<Vec<f64>>()
-        };
-        let (g_inp, g_w, g_b) = (
-            sub(download(&dinp), &p_inp),
-            sub(download(&dw), &p_w),
-            sub(download(&db), &p_b),
-        );
+        let sub = |got: Vec<f64>, prior: &[f64]| got.iter().zip(prior).map(|(g, p)| g - p).collect::<Vec<f64>>();
+        let (g_inp, g_w, g_b) = (sub(download(&dinp), &p_inp), sub(download(&dw), &p_w), sub(download(&db), &p_b));
         let (r_inp, r_w, r_b) = reference::linear_backward(&dout, &inp, &w, n, c, oc);
         let what = format!("linear_backward {n}x{c}x{oc}");
         assert_close(&format!("{what} dinp"), &g_inp, &r_inp, tol(oc).0, 1e-5);
         assert_close(&format!("{what} dw"), &g_w, &r_w, tol(n).0, 1e-5);
         assert_close(&format!("{what} dbias"), &g_b, &r_b, tol(n).0, 1e-5);
-        let loss = |inp: &[f64], w: &[f64], bias: &[f64]| {
-            dot(
-                &dout,
-                &reference::linear_forward(inp, w, Some(bias), n, c, oc),
-            )
-        };
-        check_fd(
-            &format!("{what} dinp"),
-            &g_inp,
-            |x| loss(x, &w, &bias),
-            &inp,
-            &mut rng,
-            1e-3,
-            1e-3,
-        );
-        check_fd(
-            &format!("{what} dw"),
-            &g_w,
-            |x| loss(&inp, x, &bias),
-            &w,
-            &mut rng,
-            1e-3,
-            1e-3,
-        );
-        check_fd(
-            &format!("{what} dbias"),
-            &g_b,
-            |x| loss(&inp, &w, x),
-            &bias,
-            &mut rng,
-            1e-3,
-            1e-3,
-        );
+        let loss =
+            |inp: &[f64], w: &[f64], bias: &[f64]| dot(&dout, &reference::linear_forward(inp, w, Some(bias), n, c, oc));
+        check_fd(&format!("{what} dinp"), &g_inp, |x| loss(x, &w, &bias), &inp, &mut rng, 1e-3, 1e-3);
+        check_fd(&format!("{what} dw"), &g_w, |x| loss(&inp, x, &bias), &w, &mut rng, 1e-3, 1e-3);
+        check_fd(&format!("{what} dbias"), &g_b, |x| loss(&inp, &w, x), &bias, &mut rng, 1e-3, 1e-3);
     }
 }
 
@@ -202,12 +131,9 @@ fn matmul_splits_operands_larger_than_the_binding_limit() {
     // TN over the shared K rows), as GPT-2's LM head must on adapters with 128 MiB bindings.
     let gpu = ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(64 * 1024)).unwrap();
     let mut rng = Rng::new(15);
-    for (layout, m, n, k) in [
-        (Layout::NT, 40, 300, 68),
-        (Layout::NN, 300, 40, 68),
-        (Layout::NT, 300, 12, 68),
-        (Layout::TN, 40, 36, 600),
-    ] {
+    for (layout, m, n, k) in
+        [(Layout::NT, 40, 300, 68), (Layout::NN, 300, 40, 68), (Layout::NT, 300, 12, 68), (Layout::TN, 40, 36, 600)]
+    {
         let (sa, sb) = operand_shapes(layout, m, n, k);
         let (a, b) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0));
         let prior = rng.normals(m * n, 1.0);
@@ -218,30 +144,15 @@ fn matmul_splits_operands_larger_than_the_binding_limit() {
             let mut rec = Recorder::new(&gpu);
             matmul_with_variant(&mut rec, variant, &out, &ta, &tb, None, layout, false).unwrap();
             matmul_with_variant(&mut rec, variant, &acc, &ta, &tb, None, layout, true).unwrap();
-            assert!(
-                rec.dispatch_count() > 2,
-                "{layout:?} M={m} N={n} K={k} should have been split"
-            );
+            assert!(rec.dispatch_count() > 2, "{layout:?} M={m} N={n} K={k} should have been split");
             rec.submit();
             let want = reference::matmul(&a, &b, m, n, k, layout);
             let want_acc: Vec<f64> = want.iter().zip(&prior).map(|(x, y)| x + y).collect();
-            let got = |t| {
-                gpu.download(t)
-                    .unwrap()
-                    .into_iter()
-                    .map(f64::from)
-                    .collect::<Vec<_>>()
-            };
+            let got = |t| gpu.download(t).unwrap().into_iter().map(f64::from).collect::<Vec<_>>();
             let (atol, rtol) = tol(k);
             let what = format!("split matmul {layout:?} {variant:?} M={m} N={n} K={k}");
             assert_close(&what, &got(&out), &want, atol, rtol);
-            assert_close(
-                &format!("{what} accumulate"),
-                &got(&acc),
-                &want_acc,
-                atol,
-                rtol,
-            );
+            assert_close(&format!("{what} accumulate"), &got(&acc), &want_acc, atol, rtol);
         }
     }
 }

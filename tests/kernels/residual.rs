@@ -18,19 +18,7 @@ fn residual_forward_and_accumulate_match_reference() {
         let sum: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
         let sum2: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + 2.0 * y).collect();
         // One or two f32 roundings.
-        assert_close(
-            &format!("residual_forward n={n}"),
-            &download(&out),
-            &sum,
-            1e-6,
-            1e-6,
-        );
-        assert_close(
-            &format!("accumulate n={n}"),
-            &download(&acc),
-            &sum2,
-            1e-6,
-            1e-6,
-        );
+        assert_close(&format!("residual_forward n={n}"), &download(&out), &sum, 1e-6, 1e-6);
+        assert_close(&format!("accumulate n={n}"), &download(&acc), &sum2, 1e-6, 1e-6);
     }
 }

@@ -71,7 +71,8 @@ fn save_then_load_round_trips_and_leaves_no_temporary_files() {
             assert_eq!((n1, s1), (n2, s2));
             assert_eq!(v1, v2, "{n1} changed in the round trip");
         }
-        let names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let names: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "temporary files left behind: {names:?}");
     }
 }

@@ -25,7 +25,8 @@ pub fn random_checkpoint(config: &GptConfig, heads: Heads, seed: u64) -> Checkpo
         .map(|(name, shape)| {
             let n: usize = shape.iter().product();
             let gain = name.contains("ln_") && name.ends_with("weight");
-            let values = (0..n).map(|_| (if gain { 1.0 + 0.1 * rng.normal() } else { 0.3 * rng.normal() }) as f32).collect();
+            let values =
+                (0..n).map(|_| (if gain { 1.0 + 0.1 * rng.normal() } else { 0.3 * rng.normal() }) as f32).collect();
             (name, shape, values)
         })
         .collect();
@@ -74,7 +75,13 @@ fn forward_matches_the_reference_model() {
     // Two blocks of f32 LayerNorm, matmuls over ≤ 64 terms and softmaxes.
     close("logits", &gpu.download(&acts.logits).unwrap(), &want.logits, 1e-4, 1e-4);
     close("values", &gpu.download(acts.values.as_ref().unwrap()).unwrap(), want.values.as_ref().unwrap(), 1e-4, 1e-4);
-    close("rewards", &gpu.download(acts.rewards.as_ref().unwrap()).unwrap(), want.rewards.as_ref().unwrap(), 1e-4, 1e-4);
+    close(
+        "rewards",
+        &gpu.download(acts.rewards.as_ref().unwrap()).unwrap(),
+        want.rewards.as_ref().unwrap(),
+        1e-4,
+        1e-4,
+    );
 }
 
 #[test]
@@ -107,7 +114,9 @@ fn every_parameter_gradient_matches_finite_differences_of_the_reference() {
         let param = |name: &str| ck.get(name).map(|v| v.iter().map(|&x| x as f64).collect()).unwrap_or_default();
         let out = reference::gpt2_forward(&config, &param, &ids, &mask, b, t);
         let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
-        dot(&out.logits, &g_logits) + dot(out.values.as_ref().unwrap(), &g_values) + dot(out.rewards.as_ref().unwrap(), &g_rewards)
+        dot(&out.logits, &g_logits)
+            + dot(out.values.as_ref().unwrap(), &g_values)
+            + dot(out.rewards.as_ref().unwrap(), &g_rewards)
     };
     // f32 checkpoint values perturbed by ±h: the reference runs in f64 from the f32 weights,
     // so h must stay well above f32 rounding of the weights themselves.
