@@ -11,6 +11,8 @@ pub mod kernels;
 pub mod model;
 pub mod reference;
 pub mod rng;
+pub mod score;
 pub mod selfcheck;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

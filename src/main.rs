@@ -2,7 +2,10 @@
 
 use clap::{Parser, Subcommand};
 use ppo_wgpu::gpu::{self, Gpu};
-use ppo_wgpu::{Result, selfcheck};
+use ppo_wgpu::model::checkpoint::TOKENIZER_FILE;
+use ppo_wgpu::tokenizer::Tokenizer;
+use ppo_wgpu::{Result, model, score, selfcheck};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -27,6 +30,33 @@ enum Command {
     Info,
     /// Run every kernel family once on the chosen adapter against its CPU reference.
     Selfcheck,
+    /// Print per-token log-probabilities, values and the reward of one sequence as JSON.
+    Score {
+        /// Model directory (config.json, model.safetensors, tokenizer.json for --text).
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// Token ids, comma-separated.
+        #[arg(long, value_delimiter = ',', conflicts_with = "text", required_unless_present = "text")]
+        ids: Vec<u32>,
+        /// Text, tokenized with the model's tokenizer.json.
+        #[arg(long)]
+        text: Option<String>,
+        /// Sampling temperature τ: log-probabilities are those of softmax(logits/τ).
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+    },
+    /// Train a byte-level BPE tokenizer (GPT-2's scheme) on a text corpus.
+    TokenizerTrain {
+        /// Training text, one document or line after another.
+        #[arg(long, value_name = "FILE")]
+        corpus: PathBuf,
+        /// Vocabulary size, the 256 byte tokens and <|endoftext|> included.
+        #[arg(long, default_value_t = 512)]
+        vocab_size: usize,
+        /// Where to write tokenizer.json.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,8 +71,25 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // Commands that need no GPU.
+    if let Command::TokenizerTrain { corpus, vocab_size, out } = &cli.command {
+        let tok = Tokenizer::train_byte_level_bpe(corpus, *vocab_size, out)?;
+        eprintln!("wrote {} ({} tokens)", out.display(), tok.vocab_size());
+        return Ok(ExitCode::SUCCESS);
+    }
     let gpu = Gpu::new(cli.adapter.as_deref())?;
     match cli.command {
+        Command::TokenizerTrain { .. } => unreachable!("handled above"),
+        Command::Score { model: dir, ids, text, temperature } => {
+            let model = model::load(&gpu, &dir)?;
+            let ids = match text {
+                Some(text) => Tokenizer::load(&dir.join(TOKENIZER_FILE))?.encode(&text)?,
+                None => ids,
+            };
+            let score = score::score(&model, &ids, temperature)?;
+            println!("{}", score.to_json());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Info => {
             info(&gpu);
             Ok(ExitCode::SUCCESS)

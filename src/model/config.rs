@@ -67,6 +67,22 @@ impl GptConfig {
                 )));
             }
         }
+        // Variants of GPT-2 the kernels do not implement.
+        if let Some(inner) = v.get("n_inner").and_then(Value::as_u64) {
+            if inner as usize != 4 * config.n_embd {
+                return Err(Error::Checkpoint(format!(
+                    "{origin}: n_inner {inner} is not supported (the MLP is 4·n_embd wide)"
+                )));
+            }
+        }
+        for flag in ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"] {
+            if v.get(flag).and_then(Value::as_bool) == Some(true) {
+                return Err(Error::Checkpoint(format!("{origin}: {flag} = true is not supported")));
+            }
+        }
+        if v.get("scale_attn_weights").and_then(Value::as_bool) == Some(false) {
+            return Err(Error::Checkpoint(format!("{origin}: scale_attn_weights = false is not supported")));
+        }
         config.validate(origin)?;
         Ok(config)
     }

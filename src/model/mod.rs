@@ -3,7 +3,18 @@
 pub mod checkpoint;
 pub mod config;
 pub mod gpt;
+pub mod optimizer;
 
 pub use checkpoint::Checkpoint;
 pub use config::{GptConfig, Heads};
 pub use gpt::{Activations, Batch, Model, Params};
+
+use crate::error::Result;
+use crate::gpu::Gpu;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Loads a model directory onto the GPU.
+pub fn load(gpu: &Arc<Gpu>, dir: &Path) -> Result<Model> {
+    Model::upload(gpu, &checkpoint::load(dir)?)
+}

@@ -3,3 +3,4 @@
 
 mod checkpoint;
 mod forward_backward;
+mod hf_fixture;

@@ -1,0 +1,119 @@
+//! AdamW over a model's parameters with global gradient-norm clipping, all on the GPU.
+//!
+//! Weight decay applies to the matrices (embeddings and linear weights) and not to biases or
+//! LayerNorm parameters, as in GPT-2 training (llm.c, nanoGPT).
+
+use super::checkpoint::write_atomically;
+use super::gpt::Model;
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Recorder, Tensor};
+use crate::kernels::adamw::{AdamW, NORM_PARTIALS, adamw_update, grad_norm};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use std::path::Path;
+
+pub struct Optimizer {
+    pub hp: AdamW,
+    /// Clip the global gradient norm to this (≤ 0: no clipping).
+    pub max_grad_norm: f32,
+    /// Updates taken so far (AdamW's t after the next update is step + 1).
+    pub step: u32,
+    m: Tensor,
+    v: Tensor,
+    partial: Tensor,
+    /// [‖g‖, clip scale] of the last update.
+    norm_scale: Tensor,
+}
+
+impl Optimizer {
+    pub fn new(model: &Model, rec: &mut Recorder, hp: AdamW, max_grad_norm: f32) -> Optimizer {
+        let gpu = model.gpu();
+        let n = model.layout.total;
+        let (m, v) = (gpu.tensor(&[n], DType::F32), gpu.tensor(&[n], DType::F32));
+        let (partial, norm_scale) = (gpu.tensor(&[NORM_PARTIALS], DType::F32), gpu.tensor(&[2], DType::F32));
+        for t in [&m, &v, &norm_scale] {
+            rec.zero(t);
+        }
+        Optimizer { hp, max_grad_norm, step: 0, m, v, partial, norm_scale }
+    }
+
+    /// Records one update of `model` from the gradient buffer `grads` (laid out like the
+    /// parameters) at learning rate `lr`: the global norm, the clip scale, then AdamW per tensor.
+    pub fn update(&mut self, rec: &mut Recorder, model: &Model, grads: &Tensor, lr: f32) -> Result<()> {
+        self.step += 1;
+        let gpu = model.gpu().clone();
+        grad_norm(rec, &self.norm_scale, &self.partial, grads, self.max_grad_norm)?;
+        for (name, shape, offset) in &model.layout.slots {
+            let n: usize = shape.iter().product();
+            let decay = shape.len() == 2 && !name.starts_with("v_head") && !name.starts_with("score");
+            let hp = AdamW { lr, weight_decay: if decay { self.hp.weight_decay } else { 0.0 }, ..self.hp };
+            let view = |t: &Tensor| t.view(&gpu, *offset, &[n]);
+            let p = view(&model.params.flat)?;
+            adamw_update(rec, &p, &view(&self.m)?, &view(&self.v)?, &view(grads)?, &self.norm_scale, &hp, self.step)?;
+        }
+        Ok(())
+    }
+
+    /// The gradient norm (before clipping) of the last update. A GPU round trip.
+    pub fn last_grad_norm(&self, model: &Model) -> Result<f32> {
+        Ok(model.gpu().download(&self.norm_scale)?[0])
+    }
+
+    /// Saves the moments and the step as `optimizer.safetensors` in `dir`.
+    pub fn save(&self, model: &Model, dir: &Path) -> Result<()> {
+        let gpu = model.gpu();
+        let (m, v) = (gpu.download(&self.m)?, gpu.download(&self.v)?);
+        let step = [self.step as f32];
+        let n = m.len();
+        let views = vec![
+            ("exp_avg", TensorView::new(Dtype::F32, vec![n], bytemuck::cast_slice(&m))),
+            ("exp_avg_sq", TensorView::new(Dtype::F32, vec![n], bytemuck::cast_slice(&v))),
+            ("step", TensorView::new(Dtype::F32, vec![1], bytemuck::cast_slice(&step))),
+        ];
+        let views: Vec<(&str, TensorView)> = views
+            .into_iter()
+            .map(|(k, v)| v.map(|v| (k, v)).map_err(|e| Error::Checkpoint(format!("optimizer state: {e}"))))
+            .collect::<Result<_>>()?;
+        let bytes =
+            safetensors::serialize(views, None).map_err(|e| Error::Checkpoint(format!("optimizer state: {e}")))?;
+        write_atomically(&dir.join(OPTIMIZER_FILE), &bytes)
+    }
+
+    /// Restores what `save` wrote, for a model with the same parameter layout.
+    pub fn load(&mut self, model: &Model, dir: &Path) -> Result<()> {
+        let path = dir.join(OPTIMIZER_FILE);
+        let origin = path.display().to_string();
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Checkpoint(format!("{origin}: {e}")))?;
+        let read = |name: &str, n: usize| -> Result<Vec<f32>> {
+            let t = st.tensor(name).map_err(|e| Error::Checkpoint(format!("{origin}: tensor {name}: {e}")))?;
+            if t.dtype() != Dtype::F32 || t.shape() != [n] {
+                return Err(Error::Checkpoint(format!(
+                    "{origin}: tensor {name} is {:?} {:?}, expected F32 [{n}] for this model",
+                    t.dtype(),
+                    t.shape()
+                )));
+            }
+            Ok(bytemuck::pod_collect_to_vec(t.data()))
+        };
+        let n = model.layout.total;
+        let gpu = model.gpu();
+        gpu.write(&self.m, &read("exp_avg", n)?)?;
+        gpu.write(&self.v, &read("exp_avg_sq", n)?)?;
+        self.step = read("step", 1)?[0] as u32;
+        Ok(())
+    }
+}
+
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// Learning rate at `step` (0-based) of `total`: linear warmup over `warmup` steps, then cosine
+/// decay to `min_ratio`·lr (llm.c's schedule).
+pub fn learning_rate(lr: f32, step: usize, warmup: usize, total: usize, min_ratio: f32) -> f32 {
+    if step < warmup {
+        return lr * (step + 1) as f32 / warmup as f32;
+    }
+    let span = total.saturating_sub(warmup).max(1);
+    let progress = ((step - warmup) as f32 / span as f32).min(1.0);
+    let cosine = 0.5 * (1.0 + (std::f32::consts::PI * progress).cos());
+    lr * (min_ratio + (1.0 - min_ratio) * cosine)
+}
