@@ -7,6 +7,7 @@ use crate::kernels::cross_entropy::{IGNORE, cross_entropy_forward};
 use crate::model::{Batch, Model};
 use serde_json::{Value, json};
 
+#[derive(Debug)]
 pub struct Score {
     pub ids: Vec<u32>,
     /// `logprobs[j]` = log softmax(z_{j−1}/τ)[ids[j]]; None for the first token.

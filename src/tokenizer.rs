@@ -17,6 +17,12 @@ pub struct Tokenizer {
     origin: String,
 }
 
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokenizer({}, {} tokens)", self.origin, self.vocab_size())
+    }
+}
+
 fn tok_err(origin: &str, what: &str, e: impl std::fmt::Display) -> Error {
     Error::Checkpoint(format!("{origin}: {what}: {e}"))
 }

@@ -4,3 +4,4 @@
 mod checkpoint;
 mod forward_backward;
 mod hf_fixture;
+mod score_and_tokenizer;
