@@ -6,6 +6,7 @@
 //! a plain CPU reference in [`reference`].
 
 pub mod error;
+pub mod generate;
 pub mod gpu;
 pub mod kernels;
 pub mod model;
@@ -13,6 +14,7 @@ pub mod reference;
 pub mod rng;
 pub mod score;
 pub mod selfcheck;
+pub mod sft;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use ppo_wgpu::gpu::{self, Gpu};
 use ppo_wgpu::model::checkpoint::TOKENIZER_FILE;
 use ppo_wgpu::tokenizer::Tokenizer;
-use ppo_wgpu::{Result, model, score, selfcheck};
+use ppo_wgpu::{Result, generate, model, score, selfcheck, sft};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -45,6 +45,88 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         temperature: f32,
     },
+    /// Write a new model with GPT-2's random initialisation.
+    Init {
+        /// Architecture: "tiny", "gpt2-small", or a config.json file.
+        #[arg(long, default_value = "tiny")]
+        config: String,
+        /// tokenizer.json to ship with the model; the vocabulary size follows it.
+        #[arg(long, value_name = "FILE")]
+        tokenizer: PathBuf,
+        /// Output model directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Add a zero-initialised value head (v_head.summary.*).
+        #[arg(long)]
+        value_head: bool,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Supervised fine-tuning with token cross-entropy on JSONL ({"prompt","response"} or {"text"}).
+    Sft {
+        /// Starting model directory (with tokenizer.json).
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// JSONL training data.
+        #[arg(long, value_name = "FILE")]
+        data: PathBuf,
+        /// Output directory: checkpoints, optimizer state, metrics.jsonl.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        steps: usize,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// Tokens per sequence (at most the model's n_positions; default: n_positions).
+        #[arg(long)]
+        seq_len: Option<usize>,
+        /// Peak learning rate (after warmup; cosine decay to a tenth of it).
+        #[arg(long, default_value_t = 3e-4)]
+        lr: f32,
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
+        /// AdamW weight decay on the matrices.
+        #[arg(long, default_value_t = 0.0)]
+        weight_decay: f32,
+        /// Clip the global gradient norm (0: off).
+        #[arg(long, default_value_t = 1.0)]
+        max_grad_norm: f32,
+        /// Fraction of the examples held out for the evaluation loss.
+        #[arg(long, default_value_t = 0.1)]
+        eval_fraction: f32,
+        #[arg(long, default_value_t = 50)]
+        eval_every: usize,
+        /// Save a checkpoint every N steps (0: only at the end).
+        #[arg(long, default_value_t = 0)]
+        save_every: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Continue a run from a checkpoint it wrote (weights, optimizer state, step).
+        #[arg(long, value_name = "DIR")]
+        resume: Option<PathBuf>,
+    },
+    /// Sample continuations of a prompt.
+    Generate {
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 48)]
+        max_new_tokens: usize,
+        /// Softmax temperature (0: greedy).
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        /// Sample among the k most likely tokens (0: all).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// Sample among the most likely tokens holding probability p.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 1)]
+        num_samples: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Train a byte-level BPE tokenizer (GPT-2's scheme) on a text corpus.
     TokenizerTrain {
         /// Training text, one document or line after another.
@@ -80,6 +162,83 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let gpu = Gpu::new(cli.adapter.as_deref())?;
     match cli.command {
         Command::TokenizerTrain { .. } => unreachable!("handled above"),
+        Command::Init { config, tokenizer, out, value_head, seed } => {
+            let tok = Tokenizer::load(&tokenizer)?;
+            let mut cfg = match config.as_str() {
+                "tiny" => model::GptConfig::tiny(),
+                "gpt2-small" => model::GptConfig::gpt2_small(),
+                path => model::GptConfig::load(std::path::Path::new(path))?,
+            };
+            cfg.vocab_size = tok.vocab_size();
+            cfg.validate(&config)?;
+            let heads = model::Heads { value: value_head, reward: false };
+            model::checkpoint::save(&out, &model::init::init_weights(&cfg, heads, seed))?;
+            let bytes = std::fs::read(&tokenizer).map_err(|e| ppo_wgpu::Error::io(&tokenizer, e))?;
+            model::checkpoint::write_atomically(&out.join(TOKENIZER_FILE), &bytes)?;
+            let n = model::gpt::ParamLayout::new(&cfg, heads).count();
+            eprintln!("wrote {} ({n} parameters, {cfg:?})", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sft {
+            model: dir,
+            data,
+            out,
+            steps,
+            batch_size,
+            seq_len,
+            lr,
+            warmup,
+            weight_decay,
+            max_grad_norm,
+            eval_fraction,
+            eval_every,
+            save_every,
+            seed,
+            resume,
+        } => {
+            let seq_len = match seq_len {
+                Some(n) => n,
+                None => model::GptConfig::load(&dir.join(model::checkpoint::CONFIG_FILE))?.n_positions,
+            };
+            let opts = sft::SftOptions {
+                model: dir,
+                data,
+                out,
+                steps,
+                batch_size,
+                seq_len,
+                lr,
+                warmup,
+                weight_decay,
+                max_grad_norm,
+                eval_fraction,
+                eval_every,
+                save_every,
+                seed,
+                resume,
+                quiet: false,
+            };
+            let report = sft::run(&gpu, &opts)?;
+            eprintln!(
+                "held-out loss {:.4} -> {:.4} over {} steps; checkpoint in {}",
+                report.first_eval_loss,
+                report.final_eval_loss,
+                report.steps,
+                opts.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate { model: dir, prompt, max_new_tokens, temperature, top_k, top_p, num_samples, seed } => {
+            let model = model::load(&gpu, &dir)?;
+            let tok = Tokenizer::load(&dir.join(TOKENIZER_FILE))?;
+            let ids = tok.encode(&prompt)?;
+            let sampling = generate::Sampling { temperature, top_k, top_p };
+            for i in 0..num_samples {
+                let out = generate::generate(&model, &ids, max_new_tokens, sampling, tok.eos_id(), seed + i as u64)?;
+                println!("{}", tok.decode(&out)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Score { model: dir, ids, text, temperature } => {
             let model = model::load(&gpu, &dir)?;
             let ids = match text {

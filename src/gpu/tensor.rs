@@ -165,6 +165,13 @@ impl Gpu {
         Ok(bytemuck::cast_slice(&self.download_bytes(t)?).to_vec())
     }
 
+    /// Copies `len` elements of a tensor starting at element `start` back to the host.
+    pub fn download_range(&self, t: &Tensor, start: usize, len: usize) -> Result<Vec<f32>> {
+        ensure_shape(start + len <= t.len(), || format!("range {start}..{} of {t:?}", start + len))?;
+        let part = Tensor { buffer: t.buffer.clone(), offset: t.offset + start, shape: vec![len], dtype: t.dtype };
+        Ok(bytemuck::cast_slice(&self.download_bytes(&part)?).to_vec())
+    }
+
     pub fn download_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
         Ok(bytemuck::cast_slice(&self.download_bytes(t)?).to_vec())
     }

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod gpt;
+pub mod init;
 pub mod optimizer;
 
 pub use checkpoint::Checkpoint;

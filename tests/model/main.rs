@@ -5,3 +5,4 @@ mod checkpoint;
 mod forward_backward;
 mod hf_fixture;
 mod score_and_tokenizer;
+mod sft_generate;
