@@ -266,17 +266,17 @@ fn main() {
     println!("benchmarking on {}", gpu.describe());
     let mut bx = Bench { gpu, rng: Rng::new(7), results: Mutex::new(Vec::new()) };
     let mut c = Criterion::default().configure_from_args();
-    let families: [(&str, fn(&mut Bench, &mut Criterion)); 7] = [
-        ("matmul", bench_matmul),
-        ("layernorm", bench_layernorm),
-        ("elementwise", bench_elementwise),
-        ("embedding", bench_embedding),
-        ("attention", bench_attention),
-        ("cross_entropy", bench_cross_entropy),
-        ("adamw", bench_adamw),
+    let families: [fn(&mut Bench, &mut Criterion); 7] = [
+        bench_matmul,
+        bench_layernorm,
+        bench_elementwise,
+        bench_embedding,
+        bench_attention,
+        bench_cross_entropy,
+        bench_adamw,
     ];
-    for (_, f) in families {
-        f(&mut bx, &mut c);
+    for family in families {
+        family(&mut bx, &mut c);
     }
     c.final_summary();
 

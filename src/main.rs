@@ -127,6 +127,16 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Print the GPU memory a training step needs (weights, gradients, AdamW state, activations).
+    Memory {
+        /// Architecture: "tiny", "gpt2-small", or a config.json file.
+        #[arg(long, default_value = "gpt2-small")]
+        config: String,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 256)]
+        seq_len: usize,
+    },
     /// Train a byte-level BPE tokenizer (GPT-2's scheme) on a text corpus.
     TokenizerTrain {
         /// Training text, one document or line after another.
@@ -154,21 +164,35 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     // Commands that need no GPU.
-    if let Command::TokenizerTrain { corpus, vocab_size, out } = &cli.command {
-        let tok = Tokenizer::train_byte_level_bpe(corpus, *vocab_size, out)?;
-        eprintln!("wrote {} ({} tokens)", out.display(), tok.vocab_size());
-        return Ok(ExitCode::SUCCESS);
+    match &cli.command {
+        Command::TokenizerTrain { corpus, vocab_size, out } => {
+            let tok = Tokenizer::train_byte_level_bpe(corpus, *vocab_size, out)?;
+            eprintln!("wrote {} ({} tokens)", out.display(), tok.vocab_size());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Memory { config, batch_size, seq_len } => {
+            let cfg = named_config(config)?;
+            let heads = model::Heads { value: true, reward: false };
+            let m = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len);
+            let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+            let n = model::gpt::ParamLayout::new(&cfg, heads).count();
+            println!("{config}: {n} parameters (with a value head), batch {batch_size} x {seq_len} tokens");
+            println!("  weights          {:>10.1} MiB", mib(m.params));
+            println!("  gradients        {:>10.1} MiB", mib(m.grads));
+            println!("  AdamW moments    {:>10.1} MiB", mib(m.adam_state));
+            println!("  activations      {:>10.1} MiB", mib(m.activations));
+            println!("  backward scratch {:>10.1} MiB", mib(m.backward_scratch));
+            println!("  total            {:>10.1} MiB", mib(m.total()));
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
     }
     let gpu = Gpu::new(cli.adapter.as_deref())?;
     match cli.command {
-        Command::TokenizerTrain { .. } => unreachable!("handled above"),
+        Command::TokenizerTrain { .. } | Command::Memory { .. } => unreachable!("handled above"),
         Command::Init { config, tokenizer, out, value_head, seed } => {
             let tok = Tokenizer::load(&tokenizer)?;
-            let mut cfg = match config.as_str() {
-                "tiny" => model::GptConfig::tiny(),
-                "gpt2-small" => model::GptConfig::gpt2_small(),
-                path => model::GptConfig::load(std::path::Path::new(path))?,
-            };
+            let mut cfg = named_config(&config)?;
             cfg.vocab_size = tok.vocab_size();
             cfg.validate(&config)?;
             let heads = model::Heads { value: value_head, reward: false };
@@ -277,6 +301,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// "tiny", "gpt2-small", or a config.json path.
+fn named_config(name: &str) -> Result<model::GptConfig> {
+    Ok(match name {
+        "tiny" => model::GptConfig::tiny(),
+        "gpt2-small" => model::GptConfig::gpt2_small(),
+        path => model::GptConfig::load(std::path::Path::new(path))?,
+    })
 }
 
 fn info(gpu: &Gpu) {

@@ -37,7 +37,7 @@ pub fn score(model: &Model, ids: &[u32], temperature: f32) -> Result<Score> {
     if ids.is_empty() {
         return Err(Error::Input("score needs at least one token".into()));
     }
-    if !(temperature > 0.0) {
+    if temperature.is_nan() || temperature <= 0.0 {
         return Err(Error::Input(format!("temperature must be positive, got {temperature}")));
     }
     let gpu = model.gpu();

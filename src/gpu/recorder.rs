@@ -96,7 +96,7 @@ impl Recorder {
         bindings: &[Binding],
         workgroups: [u32; 3],
     ) -> Result<()> {
-        let max_binding = self.gpu.limits.max_storage_buffer_binding_size as u64;
+        let max_binding = self.gpu.limits.max_storage_buffer_binding_size;
         for b in bindings {
             if b.tensor.byte_len() > max_binding {
                 return Err(Error::MissingCapability(format!(

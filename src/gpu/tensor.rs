@@ -8,6 +8,7 @@
 use super::Gpu;
 use crate::error::{Error, Result, ensure_shape};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Element type of a tensor. Every element is 4 bytes; the kernels compute in f32.
@@ -20,6 +21,8 @@ pub enum DType {
 #[derive(Default)]
 pub(crate) struct BufferPool {
     free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    /// Bytes of storage buffers created so far (pooled ones count once).
+    allocated: AtomicU64,
     /// Staging buffers for readback, keyed by size.
     staging: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
 }
@@ -96,7 +99,7 @@ impl Tensor {
             format!("view of {shape:?} at {offset} does not fit in {:?}", self.shape)
         })?;
         let align = gpu.limits.min_storage_buffer_offset_alignment as usize / ELEM_BYTES as usize;
-        ensure_shape((self.offset + offset) % align == 0, || {
+        ensure_shape((self.offset + offset).is_multiple_of(align), || {
             format!("view offset {offset} is not a multiple of the storage alignment ({align} elements)")
         })?;
         Ok(Tensor {
@@ -115,6 +118,7 @@ impl Gpu {
         let size = (n as u64 * ELEM_BYTES).max(ELEM_BYTES).next_multiple_of(256);
         let reused = self.pool.free.lock().unwrap().get_mut(&size).and_then(Vec::pop);
         let buffer = reused.unwrap_or_else(|| {
+            self.pool.allocated.fetch_add(size, Ordering::Relaxed);
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: None,
                 size,
@@ -128,6 +132,12 @@ impl Gpu {
             shape: shape.to_vec(),
             dtype,
         }
+    }
+
+    /// Bytes of tensor storage created on this device so far. A training loop in its steady
+    /// state leaves it unchanged: every tensor comes from the pool.
+    pub fn tensor_bytes_allocated(&self) -> u64 {
+        self.pool.allocated.load(Ordering::Relaxed)
     }
 
     /// An f32 tensor holding `data`.

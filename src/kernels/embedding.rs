@@ -74,10 +74,14 @@ impl Buckets {
             }
         }
         offsets.push(order.len() as u32);
+        // Uploaded at the size of the token count, whatever the number of distinct rows, so
+        // that every batch of the same shape reuses the same pooled buffers.
+        let n = indices.len();
+        let padded = |v: &[u32], len: usize| [v, &vec![0; len - v.len()]].concat();
         Ok(Buckets {
-            rows: gpu.upload_u32(&[rows.len()], &rows)?,
-            offsets: gpu.upload_u32(&[offsets.len()], &offsets)?,
-            tokens: gpu.upload_u32(&[order.len()], &order)?,
+            rows: gpu.upload_u32(&[n], &padded(&rows, n))?,
+            offsets: gpu.upload_u32(&[n + 1], &padded(&offsets, n + 1))?,
+            tokens: gpu.upload_u32(&[n], &order)?,
             host_rows: rows,
         })
     }

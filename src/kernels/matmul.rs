@@ -69,9 +69,9 @@ fn dims(out: &Tensor, a: &Tensor, b: &Tensor, layout: Layout) -> Result<(usize, 
 /// Whether the register-tiled kernel can take this shape (its vec4 axes must be multiples of 4).
 pub fn register_tiled_fits(layout: Layout, m: usize, n: usize, k: usize) -> bool {
     match layout {
-        Layout::NN => k % 4 == 0 && n % 4 == 0,
-        Layout::NT => k % 4 == 0,
-        Layout::TN => m % 4 == 0 && n % 4 == 0,
+        Layout::NN => k.is_multiple_of(4) && n.is_multiple_of(4),
+        Layout::NT => k.is_multiple_of(4),
+        Layout::TN => m.is_multiple_of(4) && n.is_multiple_of(4),
     }
 }
 

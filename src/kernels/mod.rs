@@ -21,7 +21,7 @@ pub(crate) fn bind(index: u32, tensor: &Tensor) -> Binding<'_> {
 /// (rows, cols) of a tensor seen as a matrix whose rows are its last axis.
 pub(crate) fn as_matrix(t: &Tensor) -> (usize, usize) {
     let cols = *t.shape().last().unwrap_or(&1);
-    (if cols == 0 { 0 } else { t.len() / cols }, cols)
+    (t.len().checked_div(cols).unwrap_or(0), cols)
 }
 
 /// Checks that a tensor has exactly `n` elements.

@@ -60,20 +60,21 @@ impl GptConfig {
             n_head: field("n_head")?,
             layer_norm_epsilon: v.get("layer_norm_epsilon").and_then(Value::as_f64).unwrap_or(1e-5) as f32,
         };
-        if let Some(act) = v.get("activation_function").and_then(Value::as_str) {
-            if act != "gelu_new" && act != "gelu_pytorch_tanh" {
-                return Err(Error::Checkpoint(format!(
-                    "{origin}: activation_function \"{act}\" is not supported (expected \"gelu_new\", GPT-2's tanh GELU)"
-                )));
-            }
+        if let Some(act) = v.get("activation_function").and_then(Value::as_str)
+            && act != "gelu_new"
+            && act != "gelu_pytorch_tanh"
+        {
+            return Err(Error::Checkpoint(format!(
+                "{origin}: activation_function \"{act}\" is not supported (expected \"gelu_new\", GPT-2's tanh GELU)"
+            )));
         }
         // Variants of GPT-2 the kernels do not implement.
-        if let Some(inner) = v.get("n_inner").and_then(Value::as_u64) {
-            if inner as usize != 4 * config.n_embd {
-                return Err(Error::Checkpoint(format!(
-                    "{origin}: n_inner {inner} is not supported (the MLP is 4·n_embd wide)"
-                )));
-            }
+        if let Some(inner) = v.get("n_inner").and_then(Value::as_u64)
+            && inner as usize != 4 * config.n_embd
+        {
+            return Err(Error::Checkpoint(format!(
+                "{origin}: n_inner {inner} is not supported (the MLP is 4·n_embd wide)"
+            )));
         }
         for flag in ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"] {
             if v.get(flag).and_then(Value::as_bool) == Some(true) {
@@ -98,11 +99,11 @@ impl GptConfig {
         if self.vocab_size == 0 || self.n_positions == 0 || self.n_embd == 0 || self.n_layer == 0 || self.n_head == 0 {
             return bad(format!("every size must be positive, got {self:?}"));
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head));
         }
         let hd = self.n_embd / self.n_head;
-        if hd % 4 != 0 || hd > crate::kernels::attention::MAX_HEAD_DIM {
+        if !hd.is_multiple_of(4) || hd > crate::kernels::attention::MAX_HEAD_DIM {
             return bad(format!(
                 "head dimension {hd} must be a multiple of 4 and at most {}",
                 crate::kernels::attention::MAX_HEAD_DIM

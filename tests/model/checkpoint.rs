@@ -2,7 +2,7 @@ use ppo_wgpu::model::checkpoint::{self, CONFIG_FILE, Checkpoint, WEIGHTS_FILE};
 use ppo_wgpu::model::{GptConfig, Heads};
 use ppo_wgpu::rng::Rng;
 use safetensors::{Dtype, tensor::TensorView};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn small_config() -> GptConfig {
     GptConfig { vocab_size: 19, n_positions: 8, n_embd: 8, n_layer: 2, n_head: 2, layer_norm_epsilon: 1e-5 }
@@ -31,7 +31,7 @@ fn scratch_dir(name: &str) -> PathBuf {
 }
 
 /// Writes `tensors` (name, dtype, shape, raw bytes) as dir/model.safetensors and the config.
-fn write_raw(dir: &PathBuf, config: &GptConfig, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) {
+fn write_raw(dir: &Path, config: &GptConfig, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) {
     let views: Vec<(String, TensorView)> =
         tensors.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
     std::fs::write(dir.join(WEIGHTS_FILE), safetensors::serialize(views, None).unwrap()).unwrap();
@@ -52,7 +52,7 @@ fn as_raw(ck: &Checkpoint, prefix: &str, dtype: Dtype) -> Vec<(String, Dtype, Ve
         .collect()
 }
 
-fn load_err(dir: &PathBuf) -> String {
+fn load_err(dir: &Path) -> String {
     checkpoint::load(dir).expect_err("loading should fail").to_string()
 }
 

@@ -4,5 +4,6 @@
 mod checkpoint;
 mod forward_backward;
 mod hf_fixture;
+mod memory;
 mod score_and_tokenizer;
 mod sft_generate;

@@ -4,7 +4,7 @@ use ppo_wgpu::model::{self, GptConfig, Heads, checkpoint, init::init_weights};
 use ppo_wgpu::rng::Rng;
 use ppo_wgpu::sft::{SftOptions, run};
 use ppo_wgpu::tokenizer::Tokenizer;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn scratch_dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
@@ -15,7 +15,7 @@ fn scratch_dir(name: &str) -> PathBuf {
 
 /// A corpus of simple sentences from a tiny grammar, as JSONL {"text"} lines, plus a trained
 /// tokenizer and a freshly initialised small model in `dir/model`.
-fn setup(dir: &PathBuf) -> (PathBuf, PathBuf) {
+fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     let mut rng = Rng::new(9);
     let pick = |rng: &mut Rng, xs: &[&str]| xs[rng.below(xs.len() as u32) as usize].to_string();
     let (subj, verb, obj) = (
