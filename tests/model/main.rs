@@ -2,6 +2,7 @@
 //! checkpoint gives), and the whole model on the GPU against the CPU reference.
 
 mod checkpoint;
+mod cli;
 mod forward_backward;
 mod hf_fixture;
 mod memory;
