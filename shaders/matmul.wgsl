@@ -14,9 +14,10 @@
 //               needs M % 4 == 0 and N % 4 == 0; A read as vec4 along M, B as vec4 along N
 //
 // params.flags: bit 0 = accumulate into out (gradients), bit 1 = add bias (matmul_nn only).
-// Output row r, column c is stored at out[r·out_stride + out_col + c], so that a matmul split
-// over column slices (when an operand exceeds the adapter's binding size) writes in place;
-// the vec4 stores of matmul_nn and matmul_tn need out_stride and out_col multiples of 4.
+// Output row r, column c is stored at out[r·out_stride + out_col + c], and A is read from rows
+// of a_stride elements starting at column a_col, so that a matmul split over column slices
+// (when an operand exceeds the adapter's binding size) reads and writes in place; the vec4
+// axes need out_stride, out_col, a_stride and a_col to be multiples of 4.
 // Rows/columns past M/N re-read the last valid row/column (clamped) and are never stored, so
 // any M and N work; only the vec4 axes need multiples of 4.
 //
@@ -30,6 +31,8 @@ struct Params {
     flags: u32,
     out_stride: u32, // elements between output rows (N unless writing a column slice)
     out_col: u32,    // first output column written (0 unless writing a column slice)
+    a_stride: u32,   // elements between rows of A as stored (K, or M for the transposed A)
+    a_col: u32,      // first column of A as stored that the product reads (0 unless a slice)
 }
 
 const ACCUMULATE: u32 = 1u;
@@ -64,6 +67,8 @@ fn store_block(acc: ptr<function, array<vec4<f32>, 32>>, m0: u32, c0: u32, n4: u
 fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
     let k4 = params.k / 4u;
     let n4 = params.n / 4u;
+    let a_row4 = params.a_stride / 4u; // vec4s per row of A as stored
+    let a_col4 = params.a_col / 4u;
     let m0 = gid.y * 8u;
     let c0 = gid.x * 4u;
     if (m0 >= params.m || c0 >= n4) { return; }
@@ -75,14 +80,14 @@ fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
     let bc3 = min(c0 + 3u, n4 - 1u);
 
     // Row offsets (vec4 units) of this invocation's 8 rows of A; rows past M re-read the last.
-    let ar0 = min(m0 + 0u, params.m - 1u) * k4;
-    let ar1 = min(m0 + 1u, params.m - 1u) * k4;
-    let ar2 = min(m0 + 2u, params.m - 1u) * k4;
-    let ar3 = min(m0 + 3u, params.m - 1u) * k4;
-    let ar4 = min(m0 + 4u, params.m - 1u) * k4;
-    let ar5 = min(m0 + 5u, params.m - 1u) * k4;
-    let ar6 = min(m0 + 6u, params.m - 1u) * k4;
-    let ar7 = min(m0 + 7u, params.m - 1u) * k4;
+    let ar0 = min(m0 + 0u, params.m - 1u) * a_row4 + a_col4;
+    let ar1 = min(m0 + 1u, params.m - 1u) * a_row4 + a_col4;
+    let ar2 = min(m0 + 2u, params.m - 1u) * a_row4 + a_col4;
+    let ar3 = min(m0 + 3u, params.m - 1u) * a_row4 + a_col4;
+    let ar4 = min(m0 + 4u, params.m - 1u) * a_row4 + a_col4;
+    let ar5 = min(m0 + 5u, params.m - 1u) * a_row4 + a_col4;
+    let ar6 = min(m0 + 6u, params.m - 1u) * a_row4 + a_col4;
+    let ar7 = min(m0 + 7u, params.m - 1u) * a_row4 + a_col4;
 
     // acc[4r + c] holds row m0 + r, columns 4(c0 + c) .. 4(c0 + c) + 3. Fully unrolled with
     // constant indices so that the 32 accumulators stay in registers.
@@ -136,8 +141,9 @@ fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
     var acc: array<vec4<f32>, 32>;
     for (var k = 0u; k < params.k; k++) {
         // Row k of A holds A[k, m0..m0+7] (the transposed operand); row k of B its 16 columns.
-        let lo = a[k * m4 + am0];
-        let hi = a[k * m4 + am1];
+        let row = k * (params.a_stride / 4u) + params.a_col / 4u;
+        let lo = a[row + am0];
+        let hi = a[row + am1];
         let rb = k * n4;
         let b0 = b[rb + bc0]; let b1 = b[rb + bc1]; let b2 = b[rb + bc2]; let b3 = b[rb + bc3];
         for (var r = 0u; r < 4u; r++) {
@@ -155,20 +161,22 @@ fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
 @compute @workgroup_size(8, 8)
 fn matmul_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
     let k4 = params.k / 4u;
+    let a_row4 = params.a_stride / 4u; // vec4s per row of A as stored
+    let a_col4 = params.a_col / 4u;
     let m0 = gid.y * 8u;
     let n0 = gid.x * 16u;
     if (m0 >= params.m || n0 >= params.n) { return; }
 
     // Row offsets (vec4 units): 8 rows of A, and the 16 rows of B that are this invocation's
     // output columns; rows past M or N re-read the last one.
-    let ar0 = min(m0 + 0u, params.m - 1u) * k4;
-    let ar1 = min(m0 + 1u, params.m - 1u) * k4;
-    let ar2 = min(m0 + 2u, params.m - 1u) * k4;
-    let ar3 = min(m0 + 3u, params.m - 1u) * k4;
-    let ar4 = min(m0 + 4u, params.m - 1u) * k4;
-    let ar5 = min(m0 + 5u, params.m - 1u) * k4;
-    let ar6 = min(m0 + 6u, params.m - 1u) * k4;
-    let ar7 = min(m0 + 7u, params.m - 1u) * k4;
+    let ar0 = min(m0 + 0u, params.m - 1u) * a_row4 + a_col4;
+    let ar1 = min(m0 + 1u, params.m - 1u) * a_row4 + a_col4;
+    let ar2 = min(m0 + 2u, params.m - 1u) * a_row4 + a_col4;
+    let ar3 = min(m0 + 3u, params.m - 1u) * a_row4 + a_col4;
+    let ar4 = min(m0 + 4u, params.m - 1u) * a_row4 + a_col4;
+    let ar5 = min(m0 + 5u, params.m - 1u) * a_row4 + a_col4;
+    let ar6 = min(m0 + 6u, params.m - 1u) * a_row4 + a_col4;
+    let ar7 = min(m0 + 7u, params.m - 1u) * a_row4 + a_col4;
     let br0 = min(n0 + 0u, params.n - 1u) * k4;
     let br1 = min(n0 + 1u, params.n - 1u) * k4;
     let br2 = min(n0 + 2u, params.n - 1u) * k4;

@@ -6,7 +6,8 @@
 //
 // So forward is (TRANS_A=false, TRANS_B=false), dinp = dout·Wᵀ is (false, true) and
 // dW = inpᵀ·dout is (true, false). params.flags: bit 0 accumulate, bit 1 add bias. Output
-// (r, c) is stored at out[r·out_stride + out_col + c] (a column slice of a wider output).
+// (r, c) is stored at out[r·out_stride + out_col + c], and A is read from rows of a_stride
+// elements from column a_col (column slices of wider operands).
 //
 // Tiling: a workgroup of 16×16 invocations owns a 64×64 output tile; each invocation owns a
 // 4×4 block of it. K is walked 16 at a time: the workgroup stages a 64×16 slice of op(A) and a
@@ -22,6 +23,8 @@ struct Params {
     flags: u32,
     out_stride: u32, // elements between output rows (N unless writing a column slice)
     out_col: u32,    // first output column written (0 unless writing a column slice)
+    a_stride: u32,   // elements between rows of A as stored (K, or M for the transposed A)
+    a_col: u32,      // first column of A as stored that the product reads (0 unless a slice)
 }
 
 const ACCUMULATE: u32 = 1u;
@@ -44,8 +47,8 @@ var<workgroup> b_tile: array<f32, 1024>; // [TILE_K][TILE]: b_tile[k*64 + n] = o
 
 fn load_a(m: u32, k: u32) -> f32 {
     if (m >= params.m || k >= params.k) { return 0.0; }
-    if (TRANS_A) { return a[k * params.m + m]; }
-    return a[m * params.k + k];
+    if (TRANS_A) { return a[k * params.a_stride + params.a_col + m]; }
+    return a[m * params.a_stride + params.a_col + k];
 }
 
 fn load_b(k: u32, n: u32) -> f32 {

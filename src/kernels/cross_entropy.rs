@@ -1,6 +1,6 @@
 //! Log-softmax and cross-entropy forward and backward. Shader: `cross_entropy.wgsl`.
 
-use super::{as_matrix, bind, expect_len};
+use super::{as_matrix, bind, expect_len, row_ranges};
 use crate::error::Result;
 use crate::gpu::{Recorder, Shader, Tensor};
 
@@ -32,21 +32,33 @@ pub fn cross_entropy_forward(
     targets: &Tensor,
     temperature: f32,
 ) -> Result<()> {
-    let p = params(logits, temperature);
+    let (rows, v) = as_matrix(logits);
     for (t, what) in [(loss, "cross-entropy loss"), (lse, "cross-entropy lse"), (targets, "cross-entropy targets")] {
-        expect_len(t, p.rows as usize, what)?;
+        expect_len(t, rows, what)?;
     }
-    let grid = rec.gpu().grid(p.rows as usize);
-    let b = [bind(1, logits), bind(2, targets), bind(3, lse), bind(4, loss)];
-    rec.dispatch(&SHADER, "cross_entropy_forward", &[], bytemuck::bytes_of(&p), &b, grid)
+    let gpu = rec.gpu().clone();
+    for (r0, n) in row_ranges(&gpu, rows, v) {
+        let (logits, targets) = (logits.view(&gpu, r0 * v, &[n, v])?, targets.view(&gpu, r0, &[n])?);
+        let (lse, loss) = (lse.view(&gpu, r0, &[n])?, loss.view(&gpu, r0, &[n])?);
+        let p = params(&logits, temperature);
+        let b = [bind(1, &logits), bind(2, &targets), bind(3, &lse), bind(4, &loss)];
+        rec.dispatch(&SHADER, "cross_entropy_forward", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n))?;
+    }
+    Ok(())
 }
 
 /// logp [N, V] = log_softmax(logits/temperature) along each row.
 pub fn log_softmax_forward(rec: &mut Recorder, logp: &Tensor, logits: &Tensor, temperature: f32) -> Result<()> {
-    let p = params(logits, temperature);
+    let (rows, v) = as_matrix(logits);
     expect_len(logp, logits.len(), "log-softmax output")?;
-    let grid = rec.gpu().grid(p.rows as usize);
-    rec.dispatch(&SHADER, "log_softmax_forward", &[], bytemuck::bytes_of(&p), &[bind(1, logits), bind(5, logp)], grid)
+    let gpu = rec.gpu().clone();
+    for (r0, n) in row_ranges(&gpu, rows, v) {
+        let (logits, logp) = (logits.view(&gpu, r0 * v, &[n, v])?, logp.view(&gpu, r0 * v, &[n, v])?);
+        let p = params(&logits, temperature);
+        let b = [bind(1, &logits), bind(5, &logp)];
+        rec.dispatch(&SHADER, "log_softmax_forward", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n))?;
+    }
+    Ok(())
 }
 
 /// Overwrites `logits` [N, V] with ∂L/∂logits for L = Σ_n dloss_n · loss_n:
@@ -60,11 +72,17 @@ pub fn cross_entropy_backward(
     targets: &Tensor,
     temperature: f32,
 ) -> Result<()> {
-    let p = params(logits, temperature);
+    let (rows, v) = as_matrix(logits);
     for (t, what) in [(dloss, "cross-entropy dloss"), (lse, "cross-entropy lse"), (targets, "cross-entropy targets")] {
-        expect_len(t, p.rows as usize, what)?;
+        expect_len(t, rows, what)?;
     }
-    let grid = rec.gpu().grid(p.rows as usize);
-    let b = [bind(2, targets), bind(6, logits), bind(7, dloss), bind(8, lse)];
-    rec.dispatch(&SHADER, "cross_entropy_backward", &[], bytemuck::bytes_of(&p), &b, grid)
+    let gpu = rec.gpu().clone();
+    for (r0, n) in row_ranges(&gpu, rows, v) {
+        let (logits, targets) = (logits.view(&gpu, r0 * v, &[n, v])?, targets.view(&gpu, r0, &[n])?);
+        let (dloss, lse) = (dloss.view(&gpu, r0, &[n])?, lse.view(&gpu, r0, &[n])?);
+        let p = params(&logits, temperature);
+        let b = [bind(2, &targets), bind(6, &logits), bind(7, &dloss), bind(8, &lse)];
+        rec.dispatch(&SHADER, "cross_entropy_backward", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n))?;
+    }
+    Ok(())
 }

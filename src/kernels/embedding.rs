@@ -1,6 +1,6 @@
 //! Token + position embedding forward and backward. Shader: `embedding.wgsl`.
 
-use super::{as_matrix, bind, expect_len, groups};
+use super::{as_matrix, bind, expect_len, groups, row_ranges};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recorder, Shader, Tensor};
 use std::sync::Arc;
@@ -16,13 +16,6 @@ struct Params {
     row_offset: u32,
     positions: u32,
     first_bucket: u32,
-}
-
-/// Rows of a [rows, c] table per dispatch: all of them if the table fits one binding, else the
-/// most that fit, in multiples of 64 rows (so every slice starts on a 256-byte boundary).
-fn rows_per_dispatch(rec: &Recorder, rows: usize, c: usize) -> usize {
-    let limit = rec.gpu().limits.max_storage_buffer_binding_size as usize / 4;
-    if rows * c <= limit { rows } else { (limit / c / 64 * 64).max(64) }
 }
 
 /// Hugging Face's position ids for a left-padded batch: `max(cumsum(mask) − 1, 0)` per row, so
@@ -102,11 +95,9 @@ pub fn embedding_forward(
     expect_len(pos, ids.len(), "embedding positions")?;
     expect_len(wpe, positions * c, &format!("wpe (width {c2}) for wte {:?}", wte.shape()))?;
     expect_len(out, ids.len() * c, "embedding output")?;
-    let step = rows_per_dispatch(rec, vocab, c);
     let gpu = rec.gpu().clone();
-    for row_offset in (0..vocab).step_by(step) {
-        let rows = step.min(vocab - row_offset);
-        let slice = if rows == vocab { wte.clone() } else { wte.view(&gpu, row_offset * c, &[rows, c])? };
+    for (row_offset, rows) in row_ranges(&gpu, vocab, c) {
+        let slice = wte.view(&gpu, row_offset * c, &[rows, c])?;
         let params = Params {
             n: ids.len() as u32,
             c: c as u32,
@@ -127,17 +118,15 @@ pub fn embedding_forward(
 pub fn embedding_backward(rec: &mut Recorder, dtable: &Tensor, dout: &Tensor, buckets: &Buckets) -> Result<()> {
     let (table_rows, c) = as_matrix(dtable);
     expect_len(dout, buckets.tokens.len() * c, "embedding dout")?;
-    let step = rows_per_dispatch(rec, table_rows, c);
     let gpu = rec.gpu().clone();
-    for row_offset in (0..table_rows).step_by(step) {
-        let rows = step.min(table_rows - row_offset);
+    for (row_offset, rows) in row_ranges(&gpu, table_rows, c) {
         // The buckets whose row lies in this slice (bucket rows are sorted).
         let first = buckets.host_rows.partition_point(|&r| (r as usize) < row_offset);
         let end = buckets.host_rows.partition_point(|&r| (r as usize) < row_offset + rows);
         if first == end {
             continue;
         }
-        let slice = if rows == table_rows { dtable.clone() } else { dtable.view(&gpu, row_offset * c, &[rows, c])? };
+        let slice = dtable.view(&gpu, row_offset * c, &[rows, c])?;
         let params = Params {
             n: (end - first) as u32,
             c: c as u32,

@@ -34,6 +34,8 @@ struct Params {
     flags: u32,
     out_stride: u32,
     out_col: u32,
+    a_stride: u32,
+    a_col: u32,
 }
 
 /// out (+)= op(a)·op(b) (+ bias) with the adapter's preferred variant.
@@ -105,20 +107,13 @@ pub fn matmul_with_variant(
     let limit = gpu.limits.max_storage_buffer_binding_size as usize / 4; // in f32 elements
     let fits = |rows: usize, cols: usize| rows * cols <= limit;
     // Piece sizes are multiples of 64 rows, so every slice starts on a 256-byte boundary.
-    let rows_fitting = |cols: usize| (limit / cols.max(1)) / 64 * 64;
+    let rows_fitting = |cols: usize| (limit / cols.max(1) / 64 * 64).max(64);
+    let a_stride = a.shape().last().copied().unwrap_or(1);
     match layout {
-        Layout::NT if !fits(n, k) => {
-            ensure_shape(fits(m, n), || format!("matmul: output {:?} exceeds the binding limit too", out.shape()))?;
-            let step = rows_fitting(k).max(64);
-            for n0 in (0..n).step_by(step) {
-                let nc = step.min(n - n0);
-                let piece = b.view(&gpu, n0 * k, &[nc, k])?;
-                record(rec, variant, out, a, &piece, bias, layout, accumulate, (m, nc, k), (n, n0))?;
-            }
-            Ok(())
-        }
+        // Rows of A and out (each row of op(A) is a row of A).
         Layout::NN | Layout::NT if !fits(m, k) || !fits(m, n) => {
-            let step = rows_fitting(k.max(n)).max(64);
+            let step = rows_fitting(k.max(n));
+            cannot_split(step >= m, a, b, out, limit)?;
             for m0 in (0..m).step_by(step) {
                 let mc = step.min(m - m0);
                 let (a_rows, out_rows) = (a.view(&gpu, m0 * k, &[mc, k])?, out.view(&gpu, m0 * n, &[mc, n])?);
@@ -126,8 +121,32 @@ pub fn matmul_with_variant(
             }
             Ok(())
         }
+        // Rows of B are columns of out: each piece writes a column slice of out.
+        Layout::NT if !fits(n, k) => {
+            let step = rows_fitting(k);
+            for n0 in (0..n).step_by(step) {
+                let nc = step.min(n - n0);
+                let piece = b.view(&gpu, n0 * k, &[nc, k])?;
+                record(rec, variant, out, a, &piece, bias, layout, accumulate, (m, nc, k), (n, n0), (a_stride, 0))?;
+            }
+            Ok(())
+        }
+        // Rows of B are the shared K: each piece reads a column slice of A and accumulates.
+        Layout::NN if !fits(k, n) => {
+            let step = rows_fitting(n);
+            for k0 in (0..k).step_by(step) {
+                let kc = step.min(k - k0);
+                let piece = b.view(&gpu, k0 * n, &[kc, n])?;
+                let bias = if k0 == 0 { bias } else { None };
+                let acc = accumulate || k0 > 0;
+                record(rec, variant, out, a, &piece, bias, layout, acc, (m, n, kc), (n, 0), (a_stride, k0))?;
+            }
+            Ok(())
+        }
+        // Rows of A and B are the shared K.
         Layout::TN if !fits(k, m) || !fits(k, n) => {
-            let step = rows_fitting(m.max(n)).max(64);
+            let step = rows_fitting(m.max(n));
+            cannot_split(step >= k, a, b, out, limit)?;
             for k0 in (0..k).step_by(step) {
                 let kc = step.min(k - k0);
                 let (a_rows, b_rows) = (a.view(&gpu, k0 * m, &[kc, m])?, b.view(&gpu, k0 * n, &[kc, n])?);
@@ -135,12 +154,35 @@ pub fn matmul_with_variant(
             }
             Ok(())
         }
-        _ => record(rec, variant, out, a, b, bias, layout, accumulate, (m, n, k), (n, 0)),
+        // Rows of out are columns of A: each piece reads a column slice of A.
+        Layout::TN if !fits(m, n) => {
+            let step = rows_fitting(n);
+            for m0 in (0..m).step_by(step) {
+                let mc = step.min(m - m0);
+                let out_rows = out.view(&gpu, m0 * n, &[mc, n])?;
+                record(rec, variant, &out_rows, a, b, None, layout, accumulate, (mc, n, k), (n, 0), (a_stride, m0))?;
+            }
+            Ok(())
+        }
+        _ => record(rec, variant, out, a, b, bias, layout, accumulate, (m, n, k), (n, 0), (a_stride, 0)),
     }
 }
 
+/// The error for a product whose operands do not fit the binding limit even 64 rows at a time.
+fn cannot_split(stuck: bool, a: &Tensor, b: &Tensor, out: &Tensor, limit: usize) -> Result<()> {
+    ensure_shape(!stuck, || {
+        format!(
+            "matmul of {:?} and {:?} into {:?}: 64 rows of an operand exceed the adapter's storage-binding limit of {} floats",
+            a.shape(),
+            b.shape(),
+            out.shape(),
+            limit
+        )
+    })
+}
+
 /// Records one matmul dispatch: op(a)·op(b) of shape (m, n, k) into columns out_col.. of rows
-/// of `out_stride` elements.
+/// of `out_stride` elements, reading A from column a_col of rows of `a_stride` elements.
 #[allow(clippy::too_many_arguments)]
 fn record(
     rec: &mut Recorder,
@@ -153,18 +195,18 @@ fn record(
     accumulate: bool,
     (m, n, k): (usize, usize, usize),
     (out_stride, out_col): (usize, usize),
+    (a_stride, a_col): (usize, usize),
 ) -> Result<()> {
     let flags = if accumulate { ACCUMULATE } else { 0 } | if bias.is_some() { HAS_BIAS } else { 0 };
-    let params =
-        Params { m: m as u32, n: n as u32, k: k as u32, flags, out_stride: out_stride as u32, out_col: out_col as u32 };
+    let (out_stride, out_col, a_stride, a_col) = (out_stride as u32, out_col as u32, a_stride as u32, a_col as u32);
+    let params = Params { m: m as u32, n: n as u32, k: k as u32, flags, out_stride, out_col, a_stride, a_col };
     let p = bytemuck::bytes_of(&params);
     // Kernels that read a bias binding get `a` when there is none (the flag keeps it unread).
     let bias = bias.unwrap_or(a);
-    let vec4_out = out_stride % 4 == 0 && out_col % 4 == 0;
-    if variant == MatmulVariant::RegisterTiled
-        && register_tiled_fits(layout, m, n, k)
-        && (layout == Layout::NT || vec4_out)
-    {
+    let vec4_out = out_stride.is_multiple_of(4) && out_col.is_multiple_of(4);
+    let vec4_a = a_stride.is_multiple_of(4) && a_col.is_multiple_of(4);
+    let register_tiled = variant == MatmulVariant::RegisterTiled && register_tiled_fits(layout, m, n, k);
+    if register_tiled && vec4_a && (layout == Layout::NT || vec4_out) {
         let grid = [groups(n, 128) as u32, groups(m, 64) as u32, 1];
         match layout {
             Layout::NN => {
@@ -221,7 +263,16 @@ pub fn linear_backward(
 pub fn bias_backward(rec: &mut Recorder, dbias: &Tensor, dout: &Tensor) -> Result<()> {
     let (m, n) = as_matrix(dout);
     expect_len(dbias, n, "bias gradient")?;
-    let params = Params { m: m as u32, n: n as u32, k: 0, flags: ACCUMULATE, out_stride: n as u32, out_col: 0 };
+    let params = Params {
+        m: m as u32,
+        n: n as u32,
+        k: 0,
+        flags: ACCUMULATE,
+        out_stride: n as u32,
+        out_col: 0,
+        a_stride: n as u32,
+        a_col: 0,
+    };
     rec.dispatch(
         &TILED_SHADER,
         "bias_backward",

@@ -11,7 +11,7 @@ pub mod matmul;
 pub mod residual;
 
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Binding, Tensor};
+use crate::gpu::{Binding, Gpu, Tensor};
 
 /// `@binding(index)` = `tensor`.
 pub(crate) fn bind(index: u32, tensor: &Tensor) -> Binding<'_> {
@@ -27,6 +27,16 @@ pub(crate) fn as_matrix(t: &Tensor) -> (usize, usize) {
 /// Checks that a tensor has exactly `n` elements.
 pub(crate) fn expect_len(t: &Tensor, n: usize, what: &str) -> Result<()> {
     ensure_shape(t.len() == n, || format!("{what}: expected {n} elements, got {:?}", t.shape()))
+}
+
+/// Row ranges (start, count) of a [rows, cols] f32 tensor that each fit one storage binding:
+/// all rows at once when the tensor fits, else the most rows that fit, in multiples of 64 (so
+/// every slice of a row-major tensor, and of its per-row companions, starts on a 256-byte
+/// boundary). Kernels over tensors larger than the binding limit run once per range.
+pub(crate) fn row_ranges(gpu: &Gpu, rows: usize, cols: usize) -> Vec<(usize, usize)> {
+    let limit = gpu.limits.max_storage_buffer_binding_size as usize / 4;
+    let step = if rows * cols <= limit { rows.max(1) } else { (limit / cols.max(1) / 64 * 64).max(64) };
+    (0..rows).step_by(step).map(|start| (start, step.min(rows - start))).collect()
 }
 
 /// Workgroups of `size` needed to cover `n` invocations.

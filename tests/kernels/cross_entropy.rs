@@ -55,3 +55,36 @@ fn cross_entropy_gpt2_vocab() {
     let mut rng = Rng::new(51);
     run(8, 50257, 3.0, 1.0, &mut rng, false);
 }
+
+#[test]
+fn cross_entropy_splits_logits_larger_than_the_binding_limit() {
+    // 150 rows of 200 logits against 16384-float bindings: three row slices (64, 64, 22), as
+    // GPT-2's [B·T, 50257] logits need on adapters with 128 MiB bindings.
+    let gpu = ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(64 * 1024)).unwrap();
+    let mut rng = Rng::new(52);
+    let (rows, v) = (150, 200);
+    let logits = rng.normals(rows * v, 2.0);
+    let targets: Vec<u32> = (0..rows).map(|_| rng.below(v as u32)).collect();
+    let dloss = vec![0.5; rows];
+    let up = |x: &[f64], shape: &[usize]| gpu.upload(shape, &to_f32(x)).unwrap();
+    let (t_logits, t_targets) = (up(&logits, &[rows, v]), gpu.upload_u32(&[rows], &targets).unwrap());
+    let (loss, lse, logp) =
+        (up(&vec![0.0; rows], &[rows]), up(&vec![0.0; rows], &[rows]), up(&vec![0.0; rows * v], &[rows, v]));
+    let mut rec = Recorder::new(&gpu);
+    cross_entropy_forward(&mut rec, &loss, &lse, &t_logits, &t_targets, 1.0).unwrap();
+    log_softmax_forward(&mut rec, &logp, &t_logits, 1.0).unwrap();
+    cross_entropy_backward(&mut rec, &t_logits, &up(&dloss, &[rows]), &lse, &t_targets, 1.0).unwrap();
+    assert_eq!(rec.dispatch_count(), 9, "three row slices for each of the three kernels");
+    rec.submit();
+    let got = |t| gpu.download(t).unwrap().into_iter().map(f64::from).collect::<Vec<_>>();
+    assert_close(
+        "split cross-entropy loss",
+        &got(&loss),
+        &reference::cross_entropy_forward(&logits, &targets, v),
+        1e-4,
+        1e-5,
+    );
+    assert_close("split log_softmax", &got(&logp), &reference::log_softmax(&logits, v), 1e-4, 1e-5);
+    let want = reference::cross_entropy_backward(&logits, &targets, &dloss, v);
+    assert_close("split dlogits", &got(&t_logits), &want, 1e-6, 1e-4);
+}

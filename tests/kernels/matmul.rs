@@ -126,14 +126,23 @@ fn linear_backward_matches_reference_and_finite_differences() {
 
 #[test]
 fn matmul_splits_operands_larger_than_the_binding_limit() {
-    // A device whose bindings hold at most 64 KiB (16384 floats): every operand below is larger,
-    // so each layout must split (NT over rows of B as column slices of out, NN/NT over rows of A,
-    // TN over the shared K rows), as GPT-2's LM head must on adapters with 128 MiB bindings.
+    // A device whose bindings hold at most 64 KiB (16384 floats): one operand or more of each
+    // product below is larger, so it must split — NN/NT over rows of A and out, NT over rows of
+    // B (column slices of out), NN over rows of B (column slices of A), TN over the shared K
+    // rows, TN over rows of out (column slices of A) — as GPT-2's LM head and its gradients must
+    // on adapters with 128 MiB bindings.
     let gpu = ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(64 * 1024)).unwrap();
     let mut rng = Rng::new(15);
-    for (layout, m, n, k) in
-        [(Layout::NT, 40, 300, 68), (Layout::NN, 300, 40, 68), (Layout::NT, 300, 12, 68), (Layout::TN, 40, 36, 600)]
-    {
+    for (layout, m, n, k) in [
+        (Layout::NN, 300, 40, 68),
+        (Layout::NT, 300, 12, 68),
+        (Layout::NT, 40, 300, 68),
+        (Layout::NN, 40, 48, 400),
+        (Layout::NN, 40, 48, 401),
+        (Layout::TN, 40, 36, 600),
+        (Layout::TN, 600, 36, 24),
+        (Layout::TN, 601, 36, 24),
+    ] {
         let (sa, sb) = operand_shapes(layout, m, n, k);
         let (a, b) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0));
         let prior = rng.normals(m * n, 1.0);
@@ -155,4 +164,19 @@ fn matmul_splits_operands_larger_than_the_binding_limit() {
             assert_close(&format!("{what} accumulate"), &got(&acc), &want_acc, atol, rtol);
         }
     }
+}
+
+#[test]
+fn matmul_that_cannot_be_split_is_an_error() {
+    let gpu = ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(64 * 1024)).unwrap();
+    // 64 rows of A [40, 600] hold 38400 floats, above the 16384 limit: no row split helps.
+    let (a, b, out) = (
+        gpu.upload(&[40, 600], &[0.0; 24000]).unwrap(),
+        gpu.upload(&[600, 8], &[0.0; 4800]).unwrap(),
+        gpu.upload(&[40, 8], &[0.0; 320]).unwrap(),
+    );
+    let mut rec = Recorder::new(&gpu);
+    let err =
+        ppo_wgpu::kernels::matmul::matmul(&mut rec, &out, &a, &b, None, Layout::NN, false).unwrap_err().to_string();
+    assert!(err.contains("storage-binding limit"), "{err}");
 }
