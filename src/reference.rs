@@ -340,3 +340,98 @@ pub fn gpt2_forward(
     let rewards = has("score.weight").then(|| head(&param("score.weight"), None));
     ModelOutputs { logits, values, rewards }
 }
+
+/// PPO loss hyperparameters for the references (f64 mirrors of `kernels::ppo::PpoLossConfig`).
+#[derive(Clone, Copy, Debug)]
+pub struct PpoConfig {
+    pub temperature: f64,
+    pub cliprange: f64,
+    pub cliprange_value: f64,
+    pub vf_coef: f64,
+    pub ent_coef: f64,
+}
+
+/// What the PPO loss reference computes for a minibatch.
+#[derive(Clone, Debug)]
+pub struct PpoLoss {
+    /// L = mean(L_pg) + c1·mean(L_v) − c2·mean(H) over the trained tokens.
+    pub loss: f64,
+    /// ∂L/∂logits [rows, V] (zero rows where nothing is trained).
+    pub dlogits: Vec<f64>,
+    /// ∂L/∂values [rows].
+    pub dvalues: Vec<f64>,
+    /// Means in `kernels::ppo::STAT_NAMES` order.
+    pub stats: [f64; 8],
+}
+
+/// The PPO loss of DESIGN.md §4 on one minibatch, straight from the formulas. Row r of
+/// `logits` [rows, V] and `values` [rows] predicts the token at r + 1; `inputs` [rows, 8] holds
+/// per position (response_mask, old_logprob, old_value, advantage, return, …). Ties between the
+/// clipped and unclipped terms count as unclipped; clip passes its gradient on the closed range.
+pub fn ppo_loss(
+    logits: &[f64],
+    tokens: &[u32],
+    inputs: &[f64],
+    values: &[f64],
+    seq: usize,
+    v: usize,
+    cfg: &PpoConfig,
+) -> PpoLoss {
+    let rows = values.len();
+    let trained = |r: usize| r % seq + 1 < seq && inputs[(r + 1) * 8] != 0.0;
+    let n = (0..rows).filter(|&r| trained(r)).count().max(1) as f64;
+    let mut out = PpoLoss { loss: 0.0, dlogits: vec![0.0; rows * v], dvalues: vec![0.0; rows], stats: [0.0; 8] };
+    for r in (0..rows).filter(|&r| trained(r)) {
+        let z: Vec<f64> = logits[r * v..(r + 1) * v].iter().map(|l| l / cfg.temperature).collect();
+        let lse = logsumexp_rows(&z, v)[0];
+        let p: Vec<f64> = z.iter().map(|z| (z - lse).exp()).collect();
+        let entropy = -p.iter().zip(&z).map(|(p, z)| p * (z - lse)).sum::<f64>();
+        let a = tokens[r + 1] as usize;
+        let logp = z[a] - lse;
+        let at = (r + 1) * 8;
+        let (old_logp, old_v, adv, ret) = (inputs[at + 1], inputs[at + 2], inputs[at + 3], inputs[at + 4]);
+
+        let ratio = (logp - old_logp).exp();
+        let unclipped = -adv * ratio;
+        let clipped = -adv * ratio.clamp(1.0 - cfg.cliprange, 1.0 + cfg.cliprange);
+        let pg = unclipped.max(clipped);
+        let dlogp = if unclipped >= clipped { unclipped / n } else { 0.0 };
+
+        let val = values[r];
+        let v_c = old_v + (val - old_v).clamp(-cfg.cliprange_value, cfg.cliprange_value);
+        let (l1, l2) = ((val - ret).powi(2), (v_c - ret).powi(2));
+        let vf = 0.5 * l1.max(l2);
+        let inside = (val - old_v).abs() <= cfg.cliprange_value;
+        out.dvalues[r] = cfg.vf_coef / n
+            * if l1 >= l2 {
+                val - ret
+            } else if inside {
+                v_c - ret
+            } else {
+                0.0
+            };
+
+        let dentropy = -cfg.ent_coef / n;
+        for i in 0..v {
+            let log_p = z[i] - lse;
+            let onehot = if i == a { 1.0 } else { 0.0 };
+            let dz = dlogp * (onehot - p[i]) - dentropy * p[i] * (log_p + entropy);
+            out.dlogits[r * v + i] = dz / cfg.temperature;
+        }
+        let row = [
+            pg + cfg.vf_coef * vf - cfg.ent_coef * entropy,
+            pg,
+            vf,
+            entropy,
+            0.5 * (logp - old_logp).powi(2),
+            ((ratio - 1.0).abs() > cfg.cliprange) as u8 as f64,
+            (l2 > l1) as u8 as f64,
+            ratio,
+        ];
+        for (s, x) in out.stats.iter_mut().zip(row) {
+            *s += x / n;
+        }
+    }
+    out.loss = out.stats[0];
+    out
+}

@@ -8,6 +8,7 @@ pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
+pub mod ppo;
 pub mod residual;
 
 use crate::error::{Result, ensure_shape};
@@ -54,5 +55,6 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &layernorm::SHADER,
     &matmul::SHADER,
     &matmul::TILED_SHADER,
+    &ppo::SHADER,
     &residual::SHADER,
 ];

@@ -11,5 +11,6 @@ mod embedding;
 mod gelu;
 mod layernorm;
 mod matmul;
+mod ppo;
 mod residual;
 mod shaders;

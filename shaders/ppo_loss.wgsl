@@ -1,0 +1,311 @@
+// The fused PPO loss: log-softmax, gather of the taken token, entropy, the clipped surrogate,
+// the clipped value loss and the entropy bonus, with the gradient written in place of the
+// logits, in two passes over each row of logits (DESIGN.md §4).
+//
+// Row r of the logits is the policy's output at position r of a sequence, which predicts the
+// token at position r + 1; every per-token input below is indexed by that token's position, so
+// row r reads entry r + 1 (and the last position of each sequence predicts nothing). With the
+// temperature τ, z = logits/τ, p = softmax(z):
+//
+//   logp = z[a] − lse,  H = lse − Σ p·z,  ρ = exp(logp − logp_old)
+//   L_pg = max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε))
+//   v_c  = v_old + clip(v − v_old, −ε_v, ε_v),  L_v = ½·max((v − R)², (v_c − R)²)
+//   L    = mean(L_pg) + c1·mean(L_v) − c2·mean(H)       (means over the valid tokens)
+//
+//   ∂L/∂logp = −A·ρ/N when the unclipped term is the max (ties count as unclipped), else 0
+//   ∂L/∂H    = −c2/N
+//   ∂L/∂z    = ∂L/∂logp·(onehot(a) − p) − ∂L/∂H·p·(log p + H),    ∂L/∂logits = ∂L/∂z / τ
+//   ∂L/∂v    = c1/N·(v − R) if the unclipped value term is the max, else c1/N·(v_c − R)·[|v − v_old| ≤ ε_v]
+//
+// Pass 1 reads the row once with the online recurrence, carrying the running max m, the sum
+// l = Σ e^{z−m} and s = Σ e^{z−m}·z (rescaled together when m grows), so lse = m + log l and
+// Σ p·z = s/l come out of a single read and the softmax is never stored. Pass 2 reads the row
+// again and overwrites it with ∂L/∂logits, as llm.c's fused classifier does.
+//
+// Layout: logits [rows, V] (rows = B·T, overwritten by the gradient; rows whose next token is
+// not trained become zero); tokens [rows] u32; inputs [rows, 8] f32 per token position:
+// (response_mask, old_logprob, old_value, advantage, return, 0, 0, 0); values [rows] (the value
+// head, row r at position r); dvalues [rows] (∂L/∂values, row r); token_stats [rows, 8] (see
+// STAT_* below, already divided by N, 0 for untrained rows) for `ppo_stats_reduce`.
+// Launch: `ppo_loss_fused`: one workgroup of 64 per row, grid = rows laid out 2D (x ≤ 65535).
+// Row r of the minibatch is row r − row_offset of the bound logits.
+
+struct Params {
+    rows: u32,            // rows of logits bound in this dispatch
+    row_offset: u32,      // the first of them in the minibatch (logits larger than one
+                          // binding are processed in row slices; the rest is bound whole)
+    seq: u32,             // T: positions per sequence
+    v: u32,               // vocabulary
+    inv_temperature: f32, // 1/τ
+    cliprange: f32,       // ε
+    cliprange_value: f32, // ε_v
+    vf_coef: f32,         // c1
+    ent_coef: f32,        // c2
+    inv_count: f32,       // 1/N, N = number of trained tokens in the minibatch
+}
+
+const WG: u32 = 64u;
+const NEG_BIG: f32 = -3.0e38;
+
+// Columns of `inputs`.
+const IN_MASK: u32 = 0u;
+const IN_OLD_LOGP: u32 = 1u;
+const IN_OLD_VALUE: u32 = 2u;
+const IN_ADVANTAGE: u32 = 3u;
+const IN_RETURN: u32 = 4u;
+
+// Columns of `token_stats`: each token's share of the minibatch mean.
+const STAT_LOSS: u32 = 0u;        // L_pg + c1·L_v − c2·H
+const STAT_PG_LOSS: u32 = 1u;
+const STAT_VF_LOSS: u32 = 2u;
+const STAT_ENTROPY: u32 = 3u;
+const STAT_APPROX_KL: u32 = 4u;   // ½·(logp − logp_old)²
+const STAT_CLIPFRAC: u32 = 5u;    // [|ρ − 1| > ε]
+const STAT_VF_CLIPFRAC: u32 = 6u; // [(v_c − R)² > (v − R)²]
+const STAT_RATIO: u32 = 7u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read_write> logits: array<f32>;
+@group(0) @binding(2) var<storage, read> tokens: array<u32>;
+@group(0) @binding(3) var<storage, read> inputs: array<f32>;
+@group(0) @binding(4) var<storage, read> values: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dvalues: array<f32>;
+@group(0) @binding(6) var<storage, read_write> token_stats: array<f32>;
+
+var<workgroup> wg_max: array<f32, WG>;
+var<workgroup> wg_sum: array<f32, WG>;
+var<workgroup> wg_zsum: array<f32, WG>;
+
+// Row r trains on the token at r + 1 when that position is in the same sequence and masked in.
+fn trained(r: u32) -> bool {
+    return (r % params.seq) + 1u < params.seq && inputs[(r + 1u) * 8u + IN_MASK] != 0.0;
+}
+
+// What one row contributes: the two coefficients its gradient needs, and its statistics.
+struct RowLoss {
+    dlogp: f32,   // ∂L/∂logp
+    dentropy: f32, // ∂L/∂H
+    dvalue: f32,  // ∂L/∂v
+    stats: array<f32, 8>,
+}
+
+// Everything after the row's log-softmax: scalar work, shared by the fused and unfused paths.
+fn row_loss(r: u32, logp: f32, entropy: f32) -> RowLoss {
+    let at = (r + 1u) * 8u;
+    let old_logp = inputs[at + IN_OLD_LOGP];
+    let old_value = inputs[at + IN_OLD_VALUE];
+    let advantage = inputs[at + IN_ADVANTAGE];
+    let ret = inputs[at + IN_RETURN];
+    let n = params.inv_count;
+    let eps = params.cliprange;
+
+    let ratio = exp(logp - old_logp);
+    let pg_unclipped = -advantage * ratio;
+    let pg_clipped = -advantage * clamp(ratio, 1.0 - eps, 1.0 + eps);
+    let pg_loss = max(pg_unclipped, pg_clipped);
+    // d(−A·ρ)/dlogp = −A·ρ; the clipped branch is flat in logp whenever it is the larger one
+    // (and clip's own gradient is zero outside the range that decides it).
+    let dlogp = select(0.0, pg_unclipped * n, pg_unclipped >= pg_clipped);
+
+    let v = values[r];
+    let dv_raw = v - old_value;
+    let v_clipped = old_value + clamp(dv_raw, -params.cliprange_value, params.cliprange_value);
+    let vf_unclipped = (v - ret) * (v - ret);
+    let vf_clipped = (v_clipped - ret) * (v_clipped - ret);
+    let vf_loss = 0.5 * max(vf_unclipped, vf_clipped);
+    let inside = abs(dv_raw) <= params.cliprange_value;
+    let dvalue = params.vf_coef * n * select(select(0.0, v_clipped - ret, inside), v - ret, vf_unclipped >= vf_clipped);
+
+    var out: RowLoss;
+    out.dlogp = dlogp;
+    out.dentropy = -params.ent_coef * n;
+    out.dvalue = dvalue;
+    out.stats[STAT_LOSS] = (pg_loss + params.vf_coef * vf_loss - params.ent_coef * entropy) * n;
+    out.stats[STAT_PG_LOSS] = pg_loss * n;
+    out.stats[STAT_VF_LOSS] = vf_loss * n;
+    out.stats[STAT_ENTROPY] = entropy * n;
+    out.stats[STAT_APPROX_KL] = 0.5 * (logp - old_logp) * (logp - old_logp) * n;
+    out.stats[STAT_CLIPFRAC] = select(0.0, n, abs(ratio - 1.0) > eps);
+    out.stats[STAT_VF_CLIPFRAC] = select(0.0, n, vf_clipped > vf_unclipped);
+    out.stats[STAT_RATIO] = ratio * n;
+    return out;
+}
+
+fn write_row_results(r: u32, loss: RowLoss) {
+    dvalues[r] = loss.dvalue;
+    for (var k = 0u; k < 8u; k++) { token_stats[r * 8u + k] = loss.stats[k]; }
+}
+
+fn zero_row(r: u32, base: u32, lid: u32) {
+    for (var i = lid; i < params.v; i += WG) { logits[base + i] = 0.0; }
+    if (lid == 0u) {
+        dvalues[r] = 0.0;
+        for (var k = 0u; k < 8u; k++) { token_stats[r * 8u + k] = 0.0; }
+    }
+}
+
+@compute @workgroup_size(64)
+fn ppo_loss_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let local = wid.y * nwg.x + wid.x;
+    if (local >= params.rows) { return; } // uniform across the workgroup
+    let r = params.row_offset + local;
+    let base = local * params.v;
+    if (!trained(r)) {
+        zero_row(r, base, lid);
+        return;
+    }
+
+    // Pass 1: each invocation folds a strided slice of the row into (m, l, s).
+    var m = NEG_BIG;
+    var l = 0.0;
+    var s = 0.0;
+    for (var i = lid; i < params.v; i += WG) {
+        let z = logits[base + i] * params.inv_temperature;
+        let m_new = max(m, z);
+        let scale = exp(m - m_new);
+        let e = exp(z - m_new);
+        l = l * scale + e;
+        s = s * scale + e * z;
+        m = m_new;
+    }
+    // The taken token's logit, read by every invocation now, before the barriers below: after
+    // them, pass 2 starts overwriting the row.
+    let token = tokens[r + 1u];
+    let z_token = logits[base + token] * params.inv_temperature;
+    wg_max[lid] = m;
+    wg_sum[lid] = l;
+    wg_zsum[lid] = s;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            let m_a = wg_max[lid];
+            let m_b = wg_max[lid + stride];
+            let m_new = max(m_a, m_b);
+            let ca = exp(m_a - m_new);
+            let cb = exp(m_b - m_new);
+            wg_max[lid] = m_new;
+            wg_sum[lid] = wg_sum[lid] * ca + wg_sum[lid + stride] * cb;
+            wg_zsum[lid] = wg_zsum[lid] * ca + wg_zsum[lid + stride] * cb;
+        }
+        workgroupBarrier();
+    }
+    // The barriers above are also what make the in-place write below safe: every invocation has
+    // finished its reads of the row (pass 1 and z_token) before any invocation overwrites it in
+    // pass 2, where each invocation reads and then writes only its own elements.
+    let lse = wg_max[0] + log(wg_sum[0]);
+    let entropy = lse - wg_zsum[0] / wg_sum[0];
+    let logp = z_token - lse;
+    let loss = row_loss(r, logp, entropy);
+
+    // Pass 2: the gradient, in place.
+    for (var i = lid; i < params.v; i += WG) {
+        let log_p = logits[base + i] * params.inv_temperature - lse;
+        let p = exp(log_p);
+        let onehot = select(0.0, 1.0, i == token);
+        let dz = loss.dlogp * (onehot - p) - loss.dentropy * p * (log_p + entropy);
+        logits[base + i] = dz * params.inv_temperature;
+    }
+    if (lid == 0u) { write_row_results(r, loss); }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The statistics: stats_out[k] = Σ_rows token_stats[row, k] (each row already carries its 1/N),
+// so stats_out holds the minibatch means in the STAT_* order.
+// Launch: `ppo_stats_reduce`: one workgroup of 256.
+
+@group(0) @binding(7) var<storage, read> stats_in: array<f32>;
+@group(0) @binding(8) var<storage, read_write> stats_out: array<f32>;
+
+var<workgroup> wg_stats: array<f32, 2048>; // [256][8]
+
+@compute @workgroup_size(256)
+fn ppo_stats_reduce(@builtin(local_invocation_index) lid: u32) {
+    var acc: array<f32, 8>;
+    for (var r = lid; r < params.rows; r += 256u) {
+        for (var k = 0u; k < 8u; k++) { acc[k] += stats_in[r * 8u + k]; }
+    }
+    for (var k = 0u; k < 8u; k++) { wg_stats[lid * 8u + k] = acc[k]; }
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            for (var k = 0u; k < 8u; k++) { wg_stats[lid * 8u + k] += wg_stats[(lid + stride) * 8u + k]; }
+        }
+        workgroupBarrier();
+    }
+    if (lid < 8u) { stats_out[lid] = wg_stats[lid]; }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The unfused sequence, for comparison (benches and tests): the same loss and gradient as
+// `ppo_loss_fused`, computed the way a framework would, one operation per kernel:
+//   log_softmax_forward (cross_entropy.wgsl) writes logp [rows, V];
+//   ppo_unfused_gather:  row_scalars[r].logp = logp[r, a]              (one invocation per row)
+//   ppo_unfused_entropy: row_scalars[r].H = −Σ_v e^{logp}·logp          (a workgroup of 64 per row)
+//   ppo_unfused_loss:    the per-row loss, coefficients, dvalues, stats  (one invocation per row)
+//   ppo_unfused_grad:    logits ← ∂L/∂logits from logp and the coefficients (a workgroup per row)
+// row_scalars [rows, 4]: (logp, H, ∂L/∂logp, ∂L/∂H). Each pass rereads what the last wrote.
+
+@group(0) @binding(9) var<storage, read> logp_full: array<f32>;
+@group(0) @binding(10) var<storage, read_write> row_scalars: array<f32>;
+
+@compute @workgroup_size(64)
+fn ppo_unfused_gather(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x; // the unfused path binds whole tensors: row_offset is 0
+    if (r >= params.rows) { return; }
+    row_scalars[r * 4u] = select(0.0, logp_full[r * params.v + tokens[min(r + 1u, params.rows - 1u)]], trained(r));
+}
+
+@compute @workgroup_size(64)
+fn ppo_unfused_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let r = wid.y * nwg.x + wid.x;
+    if (r >= params.rows) { return; }
+    var h = 0.0;
+    for (var i = lid; i < params.v; i += WG) {
+        let lp = logp_full[r * params.v + i];
+        h -= exp(lp) * lp;
+    }
+    wg_sum[lid] = h;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) { wg_sum[lid] += wg_sum[lid + stride]; }
+        workgroupBarrier();
+    }
+    if (lid == 0u) { row_scalars[r * 4u + 1u] = wg_sum[0]; }
+}
+
+@compute @workgroup_size(64)
+fn ppo_unfused_loss(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x;
+    if (r >= params.rows) { return; }
+    if (!trained(r)) {
+        row_scalars[r * 4u + 2u] = 0.0;
+        row_scalars[r * 4u + 3u] = 0.0;
+        dvalues[r] = 0.0;
+        for (var k = 0u; k < 8u; k++) { token_stats[r * 8u + k] = 0.0; }
+        return;
+    }
+    let loss = row_loss(r, row_scalars[r * 4u], row_scalars[r * 4u + 1u]);
+    row_scalars[r * 4u + 2u] = loss.dlogp;
+    row_scalars[r * 4u + 3u] = loss.dentropy;
+    write_row_results(r, loss);
+}
+
+@compute @workgroup_size(64)
+fn ppo_unfused_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let r = wid.y * nwg.x + wid.x;
+    if (r >= params.rows) { return; }
+    let dlogp = row_scalars[r * 4u + 2u];
+    let dentropy = row_scalars[r * 4u + 3u];
+    let entropy = row_scalars[r * 4u + 1u];
+    let token = tokens[min(r + 1u, params.rows - 1u)];
+    for (var i = lid; i < params.v; i += WG) {
+        let log_p = logp_full[r * params.v + i];
+        let p = exp(log_p);
+        let onehot = select(0.0, 1.0, i == token);
+        let dz = dlogp * (onehot - p) - dentropy * p * (log_p + entropy);
+        logits[r * params.v + i] = dz * params.inv_temperature;
+    }
+}

@@ -1,0 +1,171 @@
+//! The fused PPO loss (forward and gradient), its unfused twin for comparison, and the
+//! minibatch statistics. Shader: `ppo_loss.wgsl`; DESIGN.md §4 is the math.
+
+use super::cross_entropy::log_softmax_forward;
+use super::{as_matrix, bind, expect_len, groups, row_ranges};
+use crate::error::{Result, ensure_shape};
+use crate::gpu::{Recorder, Shader, Tensor};
+
+pub const SHADER: Shader = Shader { name: "ppo_loss", source: include_str!("../../shaders/ppo_loss.wgsl") };
+
+/// Columns of the per-token input block [rows, 8] (`PpoInputs`).
+pub const INPUT_COLUMNS: usize = 8;
+/// Names of the statistics `ppo_stats_reduce` returns, in order.
+pub const STAT_NAMES: [&str; 8] =
+    ["loss", "pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac", "vf_clipfrac", "ratio"];
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    row_offset: u32,
+    seq: u32,
+    v: u32,
+    inv_temperature: f32,
+    cliprange: f32,
+    cliprange_value: f32,
+    vf_coef: f32,
+    ent_coef: f32,
+    inv_count: f32,
+}
+
+/// The PPO hyperparameters that shape the loss (TRL's names and defaults).
+#[derive(Clone, Copy, Debug)]
+pub struct PpoLossConfig {
+    pub temperature: f32,
+    pub cliprange: f32,
+    pub cliprange_value: f32,
+    pub vf_coef: f32,
+    pub ent_coef: f32,
+}
+
+impl Default for PpoLossConfig {
+    fn default() -> Self {
+        PpoLossConfig { temperature: 1.0, cliprange: 0.2, cliprange_value: 0.2, vf_coef: 0.1, ent_coef: 0.0 }
+    }
+}
+
+/// One minibatch as the loss kernels read it. Positions are [B, T] flattened to rows = B·T;
+/// row r's logits and value predict the token at r + 1, whose inputs sit at entry r + 1.
+pub struct PpoMinibatch<'a> {
+    /// [rows, V]; overwritten with ∂L/∂logits.
+    pub logits: &'a Tensor,
+    /// u32 [rows]: the sequences' tokens.
+    pub tokens: &'a Tensor,
+    /// [rows, 8] per position: response_mask, old_logprob, old_value, advantage, return, 0, 0, 0.
+    pub inputs: &'a Tensor,
+    /// [rows]: the value head's output at each position.
+    pub values: &'a Tensor,
+    /// T, positions per sequence.
+    pub seq: usize,
+    /// N, the number of trained tokens (response_mask = 1 at positions ≥ 1).
+    pub count: usize,
+}
+
+impl PpoMinibatch<'_> {
+    fn check(&self, dvalues: &Tensor, token_stats: &Tensor) -> Result<(usize, usize)> {
+        let (rows, v) = as_matrix(self.logits);
+        ensure_shape(self.seq > 0 && rows % self.seq == 0, || {
+            format!("PPO loss: {rows} rows are not whole sequences of {}", self.seq)
+        })?;
+        expect_len(self.tokens, rows, "PPO tokens")?;
+        expect_len(self.inputs, rows * INPUT_COLUMNS, "PPO inputs")?;
+        expect_len(self.values, rows, "PPO values")?;
+        expect_len(dvalues, rows, "PPO dvalues")?;
+        expect_len(token_stats, rows * 8, "PPO token statistics")?;
+        Ok((rows, v))
+    }
+
+    fn params(&self, rows: usize, row_offset: usize, v: usize, cfg: &PpoLossConfig) -> Params {
+        Params {
+            rows: rows as u32,
+            row_offset: row_offset as u32,
+            seq: self.seq as u32,
+            v: v as u32,
+            inv_temperature: 1.0 / cfg.temperature,
+            cliprange: cfg.cliprange,
+            cliprange_value: cfg.cliprange_value,
+            vf_coef: cfg.vf_coef,
+            ent_coef: cfg.ent_coef,
+            inv_count: 1.0 / self.count.max(1) as f32,
+        }
+    }
+}
+
+/// The fused kernel: per row, one pass for log-softmax, the taken token's log-prob and the
+/// entropy, then one pass writing ∂L/∂logits in place. Also writes dvalues [rows] = ∂L/∂values
+/// and token_stats [rows, 8] for `ppo_stats_reduce`.
+pub fn ppo_loss_fused(
+    rec: &mut Recorder,
+    mb: &PpoMinibatch,
+    cfg: &PpoLossConfig,
+    dvalues: &Tensor,
+    token_stats: &Tensor,
+) -> Result<()> {
+    let (rows, v) = mb.check(dvalues, token_stats)?;
+    let gpu = rec.gpu().clone();
+    for (r0, n) in row_ranges(&gpu, rows, v) {
+        let logits = mb.logits.view(&gpu, r0 * v, &[n, v])?;
+        let p = mb.params(n, r0, v, cfg);
+        let b = [
+            bind(1, &logits),
+            bind(2, mb.tokens),
+            bind(3, mb.inputs),
+            bind(4, mb.values),
+            bind(5, dvalues),
+            bind(6, token_stats),
+        ];
+        rec.dispatch(&SHADER, "ppo_loss_fused", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n))?;
+    }
+    Ok(())
+}
+
+/// The same results as `ppo_loss_fused` from five kernels (log-softmax, gather, entropy, loss,
+/// gradient), the way an unfused framework computes them. `logp` [rows, V] and `row_scalars`
+/// [rows, 4] are scratch. For benches and tests; the trainer uses the fused kernel.
+pub fn ppo_loss_unfused(
+    rec: &mut Recorder,
+    mb: &PpoMinibatch,
+    cfg: &PpoLossConfig,
+    dvalues: &Tensor,
+    token_stats: &Tensor,
+    logp: &Tensor,
+    row_scalars: &Tensor,
+) -> Result<()> {
+    let (rows, v) = mb.check(dvalues, token_stats)?;
+    expect_len(logp, rows * v, "PPO log-softmax scratch")?;
+    expect_len(row_scalars, rows * 4, "PPO row scalars")?;
+    let gpu = rec.gpu().clone();
+    let p = mb.params(rows, 0, v, cfg);
+    let p = bytemuck::bytes_of(&p);
+    let per_row = [groups(rows, 64) as u32, 1, 1];
+    log_softmax_forward(rec, logp, mb.logits, cfg.temperature)?;
+    rec.dispatch(
+        &SHADER,
+        "ppo_unfused_gather",
+        &[],
+        p,
+        &[bind(2, mb.tokens), bind(3, mb.inputs), bind(9, logp), bind(10, row_scalars)],
+        per_row,
+    )?;
+    rec.dispatch(&SHADER, "ppo_unfused_entropy", &[], p, &[bind(9, logp), bind(10, row_scalars)], gpu.grid(rows))?;
+    let b = [bind(3, mb.inputs), bind(4, mb.values), bind(5, dvalues), bind(6, token_stats), bind(10, row_scalars)];
+    rec.dispatch(&SHADER, "ppo_unfused_loss", &[], p, &b, per_row)?;
+    let b = [bind(1, mb.logits), bind(2, mb.tokens), bind(9, logp), bind(10, row_scalars)];
+    rec.dispatch(&SHADER, "ppo_unfused_grad", &[], p, &b, gpu.grid(rows))
+}
+
+/// stats [8] = the minibatch means named by `STAT_NAMES`, from token_stats [rows, 8].
+pub fn ppo_stats_reduce(rec: &mut Recorder, stats: &Tensor, token_stats: &Tensor) -> Result<()> {
+    expect_len(stats, 8, "PPO statistics")?;
+    let rows = token_stats.len() / 8;
+    let p = Params { rows: rows as u32, ..Default::default() };
+    rec.dispatch(
+        &SHADER,
+        "ppo_stats_reduce",
+        &[],
+        bytemuck::bytes_of(&p),
+        &[bind(7, token_stats), bind(8, stats)],
+        [1, 1, 1],
+    )
+}

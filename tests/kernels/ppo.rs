@@ -1,0 +1,184 @@
+use crate::common::*;
+use ppo_wgpu::gpu::{DType, Recorder};
+use ppo_wgpu::kernels::ppo::{
+    PpoLossConfig, PpoMinibatch, STAT_NAMES, ppo_loss_fused, ppo_loss_unfused, ppo_stats_reduce,
+};
+use ppo_wgpu::reference::{self, PpoConfig};
+
+/// A minibatch of 3 sequences of T positions: row 0 left-padded with a short response and right
+/// padding, row 1 a response to the end, row 2 nothing trained (an all-masked row).
+struct Case {
+    seq: usize,
+    v: usize,
+    logits: Vec<f64>,
+    tokens: Vec<u32>,
+    inputs: Vec<f64>,
+    values: Vec<f64>,
+}
+
+fn make_case(seq: usize, v: usize, temperature: f64, rng: &mut Rng) -> Case {
+    let rows = 3 * seq;
+    let mut logits = rng.normals(rows * v, 2.0);
+    for r in 0..rows {
+        logits[r * v + (r % v)] = -1e4; // a very negative logit in every row
+    }
+    // Never the very negative logit as the taken token: its log-prob (≈ −1e4) would carry an f32
+    // rounding of ~1e-3, which the ratio exp(logp − old_logp) turns into a 1e-3 relative error.
+    let tokens: Vec<u32> = (0..rows)
+        .map(|i| {
+            let t = rng.below(v as u32);
+            if i > 0 && t as usize == (i - 1) % v { (t + 1) % v as u32 } else { t }
+        })
+        .collect();
+    let values = rng.normals(rows, 1.0);
+    let mask = |row: usize, j: usize| match row {
+        0 => (j >= seq / 2 && j < seq - 2) as u8 as f64,
+        1 => (j >= 2) as u8 as f64,
+        _ => 0.0,
+    };
+    let mut inputs = vec![0.0; rows * 8];
+    for i in 0..rows {
+        let (row, j) = (i / seq, i % seq);
+        // Old log-probs near the current ones, so that ratios fall both inside and outside
+        // [1 − ε, 1 + ε]; old values within ±0.4 of the new, so that value clipping bites too.
+        let old_logp = if j > 0 {
+            let z: Vec<f64> = logits[(i - 1) * v..i * v].iter().map(|l| l / temperature).collect();
+            reference::log_softmax(&z, v)[tokens[i] as usize] + (rng.uniform() - 0.5)
+        } else {
+            0.0
+        };
+        let old_value = if j > 0 { values[i - 1] + 0.8 * (rng.uniform() - 0.5) } else { 0.0 };
+        let f = |x: f64| x as f32 as f64;
+        inputs[i * 8..i * 8 + 5].copy_from_slice(&[
+            mask(row, j),
+            f(old_logp),
+            f(old_value),
+            f(rng.normal()),
+            f(rng.normal()),
+        ]);
+    }
+    Case { seq, v, logits, tokens, inputs, values }
+}
+
+fn count(case: &Case) -> usize {
+    (0..case.values.len()).filter(|&r| r % case.seq + 1 < case.seq && case.inputs[(r + 1) * 8] != 0.0).count()
+}
+
+/// Runs the fused (or unfused) kernel; returns (dlogits, dvalues, stats).
+fn run_gpu(case: &Case, cfg: &PpoLossConfig, fused: bool) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let gpu = gpu();
+    let rows = case.values.len();
+    let logits = upload(&case.logits, &[rows, case.v]);
+    let tokens = gpu.upload_u32(&[rows], &case.tokens).unwrap();
+    let (inputs, values) = (upload(&case.inputs, &[rows, 8]), upload(&case.values, &[rows]));
+    let (dvalues, token_stats, stats) = (zeros(&[rows]), zeros(&[rows, 8]), zeros(&[8]));
+    let mb = PpoMinibatch {
+        logits: &logits,
+        tokens: &tokens,
+        inputs: &inputs,
+        values: &values,
+        seq: case.seq,
+        count: count(case),
+    };
+    let mut rec = Recorder::new(&gpu);
+    if fused {
+        ppo_loss_fused(&mut rec, &mb, cfg, &dvalues, &token_stats).unwrap();
+    } else {
+        let (logp, scalars) = (gpu.tensor(&[rows, case.v], DType::F32), gpu.tensor(&[rows, 4], DType::F32));
+        ppo_loss_unfused(&mut rec, &mb, cfg, &dvalues, &token_stats, &logp, &scalars).unwrap();
+    }
+    ppo_stats_reduce(&mut rec, &stats, &token_stats).unwrap();
+    rec.submit();
+    (download(&logits), download(&dvalues), download(&stats))
+}
+
+fn reference_config(cfg: &PpoLossConfig) -> PpoConfig {
+    PpoConfig {
+        temperature: cfg.temperature as f64,
+        cliprange: cfg.cliprange as f64,
+        cliprange_value: cfg.cliprange_value as f64,
+        vf_coef: cfg.vf_coef as f64,
+        ent_coef: cfg.ent_coef as f64,
+    }
+}
+
+fn check(seq: usize, v: usize, cfg: PpoLossConfig, seed: u64, with_fd: bool) {
+    let mut rng = Rng::new(seed);
+    let case = make_case(seq, v, cfg.temperature as f64, &mut rng);
+    let rcfg = reference_config(&cfg);
+    let want = reference::ppo_loss(&case.logits, &case.tokens, &case.inputs, &case.values, seq, v, &rcfg);
+    let clipfrac = want.stats[5];
+    assert!(clipfrac > 0.05 && clipfrac < 0.95, "the case should clip some ratios and not others: {clipfrac}");
+    assert!(want.stats[6] > 0.0, "the case should clip some values");
+    for fused in [true, false] {
+        let what = format!("{} PPO loss T={seq} V={v} τ={}", if fused { "fused" } else { "unfused" }, cfg.temperature);
+        let (dlogits, dvalues, stats) = run_gpu(&case, &cfg, fused);
+        // Softmax over V in f32 times coefficients of order 1/N.
+        assert_close(&format!("{what} dlogits"), &dlogits, &want.dlogits, 1e-7, 1e-4);
+        assert_close(&format!("{what} dvalues"), &dvalues, &want.dvalues, 1e-7, 1e-5);
+        for (k, name) in STAT_NAMES.iter().enumerate() {
+            assert_close(&format!("{what} {name}"), &stats[k..k + 1], &want.stats[k..k + 1], 1e-5, 1e-4);
+        }
+        if with_fd && fused {
+            let rows = case.values.len();
+            let loss_logits =
+                |l: &[f64]| reference::ppo_loss(l, &case.tokens, &case.inputs, &case.values, seq, v, &rcfg).loss;
+            // Finite differences at coordinates of trained rows (untrained rows have no gradient).
+            let trained_rows: Vec<usize> = (0..rows)
+                .filter(|r| want.dvalues[*r] != 0.0 || want.dlogits[r * v..(r + 1) * v].iter().any(|g| *g != 0.0))
+                .collect();
+            let coords: Vec<usize> = (0..24)
+                .map(|_| trained_rows[rng.below(trained_rows.len() as u32) as usize] * v + rng.below(v as u32) as usize)
+                .collect();
+            let fd = finite_differences(loss_logits, &case.logits, &coords, 1e-4);
+            let got: Vec<f64> = coords.iter().map(|&i| dlogits[i]).collect();
+            assert_close(&format!("{what} dlogits vs finite differences"), &got, &fd, 1e-6, 1e-3);
+            let loss_values =
+                |x: &[f64]| reference::ppo_loss(&case.logits, &case.tokens, &case.inputs, x, seq, v, &rcfg).loss;
+            let fd = finite_differences(loss_values, &case.values, &trained_rows, 1e-5);
+            let got: Vec<f64> = trained_rows.iter().map(|&r| dvalues[r]).collect();
+            assert_close(&format!("{what} dvalues vs finite differences"), &got, &fd, 1e-6, 1e-3);
+        }
+    }
+}
+
+#[test]
+fn ppo_loss_unaligned_vocab_with_entropy_and_temperature() {
+    check(12, 53, PpoLossConfig { temperature: 0.7, ent_coef: 0.05, ..Default::default() }, 70, true);
+}
+
+#[test]
+fn ppo_loss_tiny_vocab_trl_defaults() {
+    check(16, 512, PpoLossConfig::default(), 71, true);
+}
+
+#[test]
+fn ppo_loss_gpt2_vocab() {
+    check(4, 50257, PpoLossConfig { ent_coef: 0.01, ..Default::default() }, 72, false);
+}
+
+#[test]
+fn ppo_loss_value_tie_at_the_clip_boundary_counts_as_unclipped() {
+    // One trained token: v − v_old = ε_v exactly, so v_c = v and the two value terms tie; the
+    // gradient is that of the unclipped term, c1·(v − R)/N, not zero.
+    let (seq, v) = (2, 8);
+    let mut case = make_case(seq, v, 1.0, &mut Rng::new(73));
+    case.inputs = vec![0.0; 3 * seq * 8];
+    case.inputs[8..13].copy_from_slice(&[1.0, -2.0, 0.25, 1.0, 2.0]); // position 1 of row 0
+    case.values[0] = 0.5;
+    let cfg = PpoLossConfig { cliprange_value: 0.25, ..Default::default() };
+    let (_, dvalues, stats) = run_gpu(&case, &cfg, true);
+    assert_close("dvalues at a value tie", &dvalues[..1], &[0.1 * (0.5 - 2.0)], 1e-7, 1e-6); // c1·(v − R)/N, N = 1
+    assert_eq!(stats[6], 0.0, "a tie is not a clipped value");
+}
+
+#[test]
+fn ppo_loss_with_nothing_trained_is_zero_everywhere() {
+    let (seq, v) = (6, 30);
+    let mut case = make_case(seq, v, 1.0, &mut Rng::new(74));
+    for i in 0..case.values.len() {
+        case.inputs[i * 8] = 0.0;
+    }
+    let (dlogits, dvalues, stats) = run_gpu(&case, &PpoLossConfig::default(), true);
+    assert!(dlogits.iter().chain(&dvalues).chain(&stats).all(|&x| x == 0.0), "all-masked minibatch must give zeros");
+}
