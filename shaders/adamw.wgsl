@@ -13,7 +13,9 @@
 //
 // Layout: params, grads, m, v flat f32 [n]; partial [G]; norm_scale [2].
 // Launch: partial: G workgroups of 256 (grid-stride); finalize: 1 workgroup of 256;
-// update: ceil(n/256) workgroups of 256, laid out 2D (x ≤ 65535).
+// update: ceil(n/256) workgroups of 256, laid out 2D (x ≤ 65535). A gradient larger than one
+// storage binding is reduced in slices, each writing its own range of partial sums, and updated
+// in slices.
 
 struct Params {
     n: u32,
@@ -25,6 +27,7 @@ struct Params {
     bias_correction1: f32, // 1 − β1^t
     bias_correction2: f32, // 1 − β2^t
     max_norm: f32,
+    first_partial: u32, // grad_norm_partial: the slot of this dispatch's first partial sum
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -58,7 +61,7 @@ fn grad_norm_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     }
     wg_sum[lid] = s;
     workgroup_reduce(lid);
-    if (lid == 0u) { partial[wid.x] = wg_sum[0]; }
+    if (lid == 0u) { partial[params.first_partial + wid.x] = wg_sum[0]; }
 }
 
 @compute @workgroup_size(256)

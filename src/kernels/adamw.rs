@@ -1,7 +1,7 @@
 //! Global gradient norm with clipping, and AdamW. Shader: `adamw.wgsl`.
 
-use super::{bind, expect_len, groups};
-use crate::error::Result;
+use super::{bind, expect_len, groups, row_ranges};
+use crate::error::{Result, ensure_shape};
 use crate::gpu::{Recorder, Shader, Tensor};
 
 pub const SHADER: Shader = Shader { name: "adamw", source: include_str!("../../shaders/adamw.wgsl") };
@@ -21,6 +21,7 @@ struct Params {
     bias_correction1: f32,
     bias_correction2: f32,
     max_norm: f32,
+    first_partial: u32,
 }
 
 /// AdamW hyperparameters for one update.
@@ -50,18 +51,21 @@ pub fn grad_norm(
 ) -> Result<()> {
     expect_len(partial, NORM_PARTIALS, "grad-norm partial sums")?;
     expect_len(norm_scale, 2, "grad-norm output")?;
-    let wgs = groups(grad.len(), 256).clamp(1, NORM_PARTIALS);
-    let p = Params { n: grad.len() as u32, max_norm, ..Default::default() };
-    // Workgroups past `wgs` would leave stale partials: clear them.
+    let gpu = rec.gpu().clone();
+    let slices = row_ranges(&gpu, grad.len(), 1);
+    let per_slice = NORM_PARTIALS / slices.len();
+    ensure_shape(per_slice > 0, || {
+        format!("gradient of {} floats needs more than {NORM_PARTIALS} binding slices", grad.len())
+    })?;
+    // Workgroups that do not run would leave stale partials: clear them.
     rec.zero(partial);
-    rec.dispatch(
-        &SHADER,
-        "grad_norm_partial",
-        &[],
-        bytemuck::bytes_of(&p),
-        &[bind(1, grad), bind(2, partial)],
-        [wgs as u32, 1, 1],
-    )?;
+    for (i, (start, n)) in slices.into_iter().enumerate() {
+        let slice = grad.view(&gpu, start, &[n])?;
+        let wgs = groups(n, 256).clamp(1, per_slice);
+        let p = Params { n: n as u32, max_norm, first_partial: (i * per_slice) as u32, ..Default::default() };
+        let b = [bind(1, &slice), bind(2, partial)];
+        rec.dispatch(&SHADER, "grad_norm_partial", &[], bytemuck::bytes_of(&p), &b, [wgs as u32, 1, 1])?;
+    }
     let p = Params { n: NORM_PARTIALS as u32, max_norm, ..Default::default() };
     rec.dispatch(
         &SHADER,
@@ -100,8 +104,15 @@ pub fn adamw_update(
         bias_correction1: 1.0 - hp.beta1.powi(t as i32),
         bias_correction2: 1.0 - hp.beta2.powi(t as i32),
         max_norm: 0.0,
+        first_partial: 0,
     };
-    let grid = rec.gpu().grid(groups(n, 256));
-    let b = [bind(1, grad), bind(5, norm_scale), bind(6, param), bind(7, m), bind(8, v)];
-    rec.dispatch(&SHADER, "adamw_update", &[], bytemuck::bytes_of(&p), &b, grid)
+    let gpu = rec.gpu().clone();
+    for (start, len) in row_ranges(&gpu, n, 1) {
+        let p = Params { n: len as u32, ..p };
+        let slice = |t: &Tensor| t.view(&gpu, start, &[len]);
+        let (grad, param, m, v) = (slice(grad)?, slice(param)?, slice(m)?, slice(v)?);
+        let b = [bind(1, &grad), bind(5, norm_scale), bind(6, &param), bind(7, &m), bind(8, &v)];
+        rec.dispatch(&SHADER, "adamw_update", &[], bytemuck::bytes_of(&p), &b, gpu.grid(groups(len, 256)))?;
+    }
+    Ok(())
 }

@@ -54,3 +54,26 @@ fn adamw_matches_reference_over_steps_with_clipping() {
         assert_close(&format!("adamw step {t} v"), &download(&t_v), &v, 1e-9, 1e-5);
     }
 }
+
+#[test]
+fn grad_norm_and_adamw_split_a_buffer_larger_than_the_binding_limit() {
+    // 40000 floats against 16384-float bindings: three slices for the norm and for the update.
+    let gpu = ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(64 * 1024)).unwrap();
+    let mut rng = Rng::new(62);
+    let n = 40_000;
+    let (grad, p0) = (rng.normals(n, 0.1), rng.normals(n, 1.0));
+    let up = |x: &[f64]| gpu.upload(&[x.len()], &to_f32(x)).unwrap();
+    let (t_grad, t_p, t_m, t_v) = (up(&grad), up(&p0), up(&vec![0.0; n]), up(&vec![0.0; n]));
+    let (norm_scale, partial) = (up(&[0.0; 2]), up(&vec![0.0; NORM_PARTIALS]));
+    let hp = AdamW { lr: 1e-2, weight_decay: 0.1, ..AdamW::default() };
+    let mut rec = Recorder::new(&gpu);
+    grad_norm(&mut rec, &norm_scale, &partial, &t_grad, 1.0).unwrap();
+    adamw_update(&mut rec, &t_p, &t_m, &t_v, &t_grad, &norm_scale, &hp, 1).unwrap();
+    rec.submit();
+    let (norm, scale) = reference::grad_norm(&grad, 1.0);
+    let got = |t| gpu.download(t).unwrap().into_iter().map(f64::from).collect::<Vec<_>>();
+    assert_close("split grad_norm", &got(&norm_scale), &[norm, scale], 1e-6, 1e-5);
+    let (mut p, mut m, mut v) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
+    reference::adamw_update(&mut p, &mut m, &mut v, &grad, scale, 1e-2, 0.9, 0.999, 1e-8, 0.1, 1);
+    assert_close("split adamw param", &got(&t_p), &p, 1e-6, 1e-5);
+}
