@@ -435,3 +435,69 @@ pub fn ppo_loss(
     out.loss = out.stats[0];
     out
 }
+
+/// GAE over [B, T] with the response mask, written as TRL writes it: values and rewards zeroed
+/// off the mask, a reverse loop with the value after the last position 0. Returns
+/// (advantages, returns), both zero off the mask.
+pub fn gae(rewards: &[f64], values: &[f64], mask: &[f64], t: usize, gamma: f64, lam: f64) -> (Vec<f64>, Vec<f64>) {
+    let (mut adv, mut ret) = (vec![0.0; rewards.len()], vec![0.0; rewards.len()]);
+    for row in (0..rewards.len()).step_by(t.max(1)) {
+        let v = |j: usize| if j < t { values[row + j] * mask[row + j] } else { 0.0 };
+        let mut last = 0.0;
+        for j in (0..t).rev() {
+            let m = mask[row + j];
+            let delta = rewards[row + j] * m + gamma * v(j + 1) - v(j);
+            last = m * (delta + gamma * lam * last);
+            adv[row + j] = last;
+            ret[row + j] = last + v(j);
+        }
+    }
+    (adv, ret)
+}
+
+/// (kl, rewards) [B, T]: the masked per-token KL estimate (k1 = logp_old − logp_ref, or k3) and
+/// −β·kl plus each sequence's score at its last masked-in position.
+pub fn kl_rewards(
+    logp_old: &[f64],
+    logp_ref: &[f64],
+    mask: &[f64],
+    scores: &[f64],
+    t: usize,
+    beta: f64,
+    k3: bool,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut kl = vec![0.0; logp_old.len()];
+    let mut rewards = vec![0.0; logp_old.len()];
+    for (b, &score) in scores.iter().enumerate() {
+        let mut last = None;
+        for j in 0..t {
+            let i = b * t + j;
+            let log_ratio = logp_ref[i] - logp_old[i];
+            let k = if k3 { log_ratio.exp() - 1.0 - log_ratio } else { -log_ratio };
+            kl[i] = mask[i] * k;
+            rewards[i] = -beta * kl[i];
+            if mask[i] != 0.0 {
+                last = Some(i);
+            }
+        }
+        if let Some(i) = last {
+            rewards[i] += score;
+        }
+    }
+    (kl, rewards)
+}
+
+/// TRL's masked_whiten: (x − mean)/sqrt(var + 1e−8) over the masked-in entries, the variance
+/// unbiased; zero off the mask; with `shift_mean` false the mean is added back.
+pub fn masked_whiten(x: &[f64], mask: &[f64], shift_mean: bool) -> Vec<f64> {
+    let count: f64 = mask.iter().sum();
+    let mean = x.iter().zip(mask).map(|(x, m)| x * m).sum::<f64>() / count.max(1.0);
+    let var = x.iter().zip(mask).map(|(x, m)| m * (x - mean).powi(2)).sum::<f64>() / (count - 1.0).max(1.0);
+    x.iter()
+        .zip(mask)
+        .map(|(x, m)| {
+            let w = (x - mean) / (var + 1e-8).sqrt();
+            m * if shift_mean { w } else { w + mean }
+        })
+        .collect()
+}

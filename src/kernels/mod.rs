@@ -5,11 +5,13 @@ pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
+pub mod gae;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
 pub mod ppo;
 pub mod residual;
+pub mod rewards;
 
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{Binding, Gpu, Tensor};
@@ -51,10 +53,12 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &attention::SHADER,
     &cross_entropy::SHADER,
     &embedding::SHADER,
+    &gae::SHADER,
     &gelu::SHADER,
     &layernorm::SHADER,
     &matmul::SHADER,
     &matmul::TILED_SHADER,
     &ppo::SHADER,
     &residual::SHADER,
+    &rewards::SHADER,
 ];

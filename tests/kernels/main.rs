@@ -5,6 +5,7 @@
 mod common;
 
 mod adamw;
+mod advantages;
 mod attention;
 mod cross_entropy;
 mod embedding;

@@ -1,0 +1,66 @@
+//! Generalised advantage estimation on the GPU. Shader: `gae.wgsl`.
+
+use super::{as_matrix, bind, expect_len, groups};
+use crate::error::Result;
+use crate::gpu::{Recorder, Shader, Tensor};
+
+pub const SHADER: Shader = Shader { name: "gae", source: include_str!("../../shaders/gae.wgsl") };
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    b: u32,
+    t: u32,
+    gamma: f32,
+    lam: f32,
+}
+
+/// Which GAE kernel to run; both give the same advantages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GaeKernel {
+    /// One invocation per sequence, serial in time.
+    PerSequence,
+    /// One workgroup per sequence, a parallel scan over affine maps in time.
+    Scan,
+}
+
+impl GaeKernel {
+    /// The scan pays off once a sequence is long enough to keep a workgroup busy.
+    pub fn for_length(t: usize) -> GaeKernel {
+        if t >= 512 { GaeKernel::Scan } else { GaeKernel::PerSequence }
+    }
+}
+
+/// advantages, returns [B, T] from rewards, values and the response mask [B, T].
+#[allow(clippy::too_many_arguments)]
+pub fn gae(
+    rec: &mut Recorder,
+    kernel: GaeKernel,
+    advantages: &Tensor,
+    returns: &Tensor,
+    rewards: &Tensor,
+    values: &Tensor,
+    mask: &Tensor,
+    gamma: f32,
+    lam: f32,
+) -> Result<()> {
+    let (b, t) = as_matrix(rewards);
+    for (x, what) in
+        [(values, "GAE values"), (mask, "GAE mask"), (advantages, "GAE advantages"), (returns, "GAE returns")]
+    {
+        expect_len(x, b * t, what)?;
+    }
+    let p = Params { b: b as u32, t: t as u32, gamma, lam };
+    let bindings = [bind(1, rewards), bind(2, values), bind(3, mask), bind(4, advantages), bind(5, returns)];
+    match kernel {
+        GaeKernel::PerSequence => rec.dispatch(
+            &SHADER,
+            "gae_per_sequence",
+            &[],
+            bytemuck::bytes_of(&p),
+            &bindings,
+            [groups(b, 64) as u32, 1, 1],
+        ),
+        GaeKernel::Scan => rec.dispatch(&SHADER, "gae_scan", &[], bytemuck::bytes_of(&p), &bindings, [b as u32, 1, 1]),
+    }
+}

@@ -1,0 +1,65 @@
+//! Per-token KL-penalised rewards and masked whitening. Shader: `rewards.wgsl`.
+
+use super::{as_matrix, bind, expect_len, groups};
+use crate::error::Result;
+use crate::gpu::{Recorder, Shader, Tensor};
+
+pub const SHADER: Shader = Shader { name: "rewards", source: include_str!("../../shaders/rewards.wgsl") };
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    b: u32,
+    t: u32,
+    beta: f32,
+    k3: u32,
+    shift_mean: u32,
+}
+
+/// The per-token KL estimator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KlEstimator {
+    /// logp_old − logp_ref (TRL's default).
+    K1,
+    /// (ρ − 1) − log ρ with ρ = p_ref/p_old: unbiased and never negative.
+    K3,
+}
+
+/// kl [B, T] = the masked per-token KL estimate; rewards [B, T] = −β·kl, plus scores [B] at each
+/// sequence's last trained token.
+#[allow(clippy::too_many_arguments)]
+pub fn kl_rewards(
+    rec: &mut Recorder,
+    kl: &Tensor,
+    rewards: &Tensor,
+    logp_old: &Tensor,
+    logp_ref: &Tensor,
+    mask: &Tensor,
+    scores: &Tensor,
+    beta: f32,
+    estimator: KlEstimator,
+) -> Result<()> {
+    let (b, t) = as_matrix(logp_old);
+    for (x, what) in [(logp_ref, "reference log-probs"), (mask, "response mask"), (kl, "KL"), (rewards, "rewards")] {
+        expect_len(x, b * t, what)?;
+    }
+    expect_len(scores, b, "scores")?;
+    let p = Params { b: b as u32, t: t as u32, beta, k3: (estimator == KlEstimator::K3) as u32, shift_mean: 1 };
+    let bindings =
+        [bind(1, logp_old), bind(2, logp_ref), bind(3, mask), bind(4, scores), bind(5, kl), bind(6, rewards)];
+    rec.dispatch(&SHADER, "kl_rewards", &[], bytemuck::bytes_of(&p), &bindings, [groups(b, 64) as u32, 1, 1])
+}
+
+/// Whitens x [B, T] over its masked-in entries in place: m·(x − mean)/sqrt(var + 1e−8), the
+/// variance unbiased as TRL's; with `shift_mean` false the mean is added back (TRL's rewards).
+/// `moments` [3] receives (mean, var, count) of x before whitening.
+pub fn masked_whiten(rec: &mut Recorder, x: &Tensor, mask: &Tensor, moments: &Tensor, shift_mean: bool) -> Result<()> {
+    let (b, t) = as_matrix(x);
+    expect_len(mask, b * t, "whitening mask")?;
+    expect_len(moments, 3, "whitening moments")?;
+    let p = Params { b: b as u32, t: t as u32, shift_mean: shift_mean as u32, ..Default::default() };
+    let p = bytemuck::bytes_of(&p);
+    rec.dispatch(&SHADER, "masked_moments", &[], p, &[bind(3, mask), bind(7, x), bind(8, moments)], [1, 1, 1])?;
+    let grid = rec.gpu().grid(groups(b * t, 256));
+    rec.dispatch(&SHADER, "masked_whiten", &[], p, &[bind(3, mask), bind(7, x), bind(9, moments)], grid)
+}
