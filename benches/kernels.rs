@@ -261,12 +261,84 @@ fn bench_adamw(bx: &mut Bench, c: &mut Criterion) {
     }
 }
 
+fn bench_ppo(bx: &mut Bench, c: &mut Criterion) {
+    use ppo_wgpu::kernels::ppo::{PpoLossConfig, PpoMinibatch, ppo_loss_fused, ppo_loss_unfused};
+    let cfg = PpoLossConfig { ent_coef: 0.01, ..Default::default() };
+    for (label, b, t, v) in [("gpt2 vocab 4x16x50257", 4, 16, 50257), ("tiny vocab 32x64x512", 32, 64, 512)] {
+        let rows = b * t;
+        let logits_host = bx.rng.normals(rows * v, 2.0);
+        let tokens: Vec<u32> = (0..rows).map(|_| bx.rng.below(v as u32)).collect();
+        let mut inputs = vec![0.0; rows * 8];
+        for i in 0..rows {
+            let row = [
+                (i % t >= t / 4) as u8 as f64,
+                -3.0 + bx.rng.uniform(),
+                bx.rng.normal(),
+                bx.rng.normal(),
+                bx.rng.normal(),
+            ];
+            inputs[i * 8..i * 8 + 5].copy_from_slice(&row);
+        }
+        let count = (0..rows).filter(|&r| r % t + 1 < t && inputs[(r + 1) * 8] != 0.0).count();
+        let values_host = bx.rng.normals(rows, 1.0);
+        let (logits, values) = (bx.up(&logits_host, &[rows, v]), bx.up(&values_host, &[rows]));
+        let (inputs_t, tokens) = (bx.up(&inputs, &[rows, 8]), bx.gpu.upload_u32(&[rows], &tokens).unwrap());
+        let (dvalues, stats, logp, scalars) =
+            (bx.empty(&[rows]), bx.empty(&[rows, 8]), bx.empty(&[rows, v]), bx.empty(&[rows, 4]));
+        let mb = PpoMinibatch { logits: &logits, tokens: &tokens, inputs: &inputs_t, values: &values, seq: t, count };
+        // Check first: the fused kernel against the reference loss.
+        let mut rec = Recorder::new(&bx.gpu);
+        ppo_loss_fused(&mut rec, &mb, &cfg, &dvalues, &stats).unwrap();
+        rec.submit();
+        let rcfg = reference::PpoConfig {
+            temperature: 1.0,
+            cliprange: 0.2,
+            cliprange_value: 0.2,
+            vf_coef: 0.1,
+            ent_coef: 0.01,
+        };
+        let token_ids = bx.gpu.download_u32(&tokens).unwrap();
+        let want = reference::ppo_loss(&logits_host, &token_ids, &inputs, &values_host, t, v, &rcfg);
+        bx.check("ppo_loss_fused", &logits, &want.dlogits, 1e-7, 1e-4);
+        // Effective bandwidth over the logits (rows·V·4 bytes per call) for both, so the two
+        // figures compare directly; the fused kernel reads them twice and writes once, the
+        // unfused sequence makes five passes.
+        let bytes = (rows * v * 4) as f64;
+        bx.time(c, "ppo_loss", &format!("fused {label}"), Work::Bytes(bytes), |rec| {
+            ppo_loss_fused(rec, &mb, &cfg, &dvalues, &stats).unwrap()
+        });
+        bx.time(c, "ppo_loss", &format!("unfused {label}"), Work::Bytes(bytes), |rec| {
+            ppo_loss_unfused(rec, &mb, &cfg, &dvalues, &stats, &logp, &scalars).unwrap()
+        });
+    }
+}
+
+fn bench_gae(bx: &mut Bench, c: &mut Criterion) {
+    use ppo_wgpu::kernels::gae::{GaeKernel, gae};
+    let (b, t) = (512, 1024);
+    let (rewards, values) = (bx.rng.normals(b * t, 1.0), bx.rng.normals(b * t, 1.0));
+    let mask: Vec<f64> = (0..b * t).map(|i| (i % t >= 100 && i % t < 900) as u8 as f64).collect();
+    let (tr, tv, tm) = (bx.up(&rewards, &[b, t]), bx.up(&values, &[b, t]), bx.up(&mask, &[b, t]));
+    let (adv, ret) = (bx.empty(&[b, t]), bx.empty(&[b, t]));
+    let (want, _) = reference::gae(&rewards, &values, &mask, t, 1.0, 0.95);
+    for kernel in [GaeKernel::PerSequence, GaeKernel::Scan] {
+        let mut rec = Recorder::new(&bx.gpu);
+        gae(&mut rec, kernel, &adv, &ret, &tr, &tv, &tm, 1.0, 0.95).unwrap();
+        rec.submit();
+        bx.check("gae", &adv, &want, 1e-3, 1e-4);
+        // Reads rewards, values, mask; writes advantages, returns.
+        bx.time(c, "gae", &format!("{kernel:?} B=512 T=1024"), Work::Bytes((5 * b * t * 4) as f64), |rec| {
+            gae(rec, kernel, &adv, &ret, &tr, &tv, &tm, 1.0, 0.95).unwrap()
+        });
+    }
+}
+
 fn main() {
     let gpu = Gpu::new(None).expect("the benches need a GPU adapter");
     println!("benchmarking on {}", gpu.describe());
     let mut bx = Bench { gpu, rng: Rng::new(7), results: Mutex::new(Vec::new()) };
     let mut c = Criterion::default().configure_from_args();
-    let families: [fn(&mut Bench, &mut Criterion); 7] = [
+    let families: [fn(&mut Bench, &mut Criterion); 9] = [
         bench_matmul,
         bench_layernorm,
         bench_elementwise,
@@ -274,6 +346,8 @@ fn main() {
         bench_attention,
         bench_cross_entropy,
         bench_adamw,
+        bench_ppo,
+        bench_gae,
     ];
     for family in families {
         family(&mut bx, &mut c);

@@ -10,6 +10,7 @@ pub mod generate;
 pub mod gpu;
 pub mod kernels;
 pub mod model;
+pub mod ppo;
 pub mod reference;
 pub mod rng;
 pub mod score;

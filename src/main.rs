@@ -2,9 +2,11 @@
 
 use clap::{Parser, Subcommand};
 use ppo_wgpu::gpu::{self, Gpu};
+use ppo_wgpu::kernels::adamw::AdamW;
+use ppo_wgpu::kernels::ppo::{PpoLossConfig, STAT_NAMES};
 use ppo_wgpu::model::checkpoint::TOKENIZER_FILE;
 use ppo_wgpu::tokenizer::Tokenizer;
-use ppo_wgpu::{Result, generate, model, score, selfcheck, sft};
+use ppo_wgpu::{Result, generate, model, ppo, score, selfcheck, sft};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -126,6 +128,48 @@ enum Command {
         num_samples: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Run the PPO update on a rollout batch file and write the new checkpoint.
+    Update {
+        /// Policy model directory (a zero value head is added if it has none).
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// Rollout batch (safetensors; see DESIGN.md §6).
+        #[arg(long, value_name = "FILE")]
+        batch: PathBuf,
+        /// Output model directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        epochs: usize,
+        #[arg(long, default_value_t = 1)]
+        minibatches: usize,
+        #[arg(long, default_value_t = 1e-5)]
+        lr: f32,
+        /// ε of the clipped surrogate.
+        #[arg(long, default_value_t = 0.2)]
+        cliprange: f32,
+        /// ε_v of the clipped value loss.
+        #[arg(long, default_value_t = 0.2)]
+        cliprange_value: f32,
+        /// c1, the value loss coefficient.
+        #[arg(long, default_value_t = 0.1)]
+        vf_coef: f32,
+        /// c2, the entropy bonus coefficient.
+        #[arg(long, default_value_t = 0.0)]
+        ent_coef: f32,
+        /// The sampling temperature the rollout used.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        /// Clip the global gradient norm (0: off).
+        #[arg(long, default_value_t = 1.0)]
+        max_grad_norm: f32,
+        /// Shuffle rows into minibatches with this seed (row order without one).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write the first minibatch's gradients (before clipping) and loss scalars here.
+        #[arg(long, value_name = "FILE")]
+        dump_grads: Option<PathBuf>,
     },
     /// Print the GPU memory a training step needs (weights, gradients, AdamW state, activations).
     Memory {
@@ -250,6 +294,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 report.steps,
                 opts.out.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Update {
+            model: dir,
+            batch,
+            out,
+            epochs,
+            minibatches,
+            lr,
+            cliprange,
+            cliprange_value,
+            vf_coef,
+            ent_coef,
+            temperature,
+            max_grad_norm,
+            seed,
+            dump_grads,
+        } => {
+            let ck = model::checkpoint::load(&dir)?;
+            let ck = model::init::with_heads(ck, model::Heads { value: true, reward: false });
+            let policy = model::Model::upload(&gpu, &ck)?;
+            let batch = ppo::batch::RolloutBatch::load(&batch)?;
+            let mut rec = ppo_wgpu::gpu::Recorder::new(&gpu);
+            let mut opt =
+                model::optimizer::Optimizer::new(&policy, &mut rec, AdamW { lr, ..AdamW::default() }, max_grad_norm);
+            rec.submit();
+            let loss = PpoLossConfig { temperature, cliprange, cliprange_value, vf_coef, ent_coef };
+            let opts = ppo::update::UpdateOptions { epochs, minibatches, lr, loss, seed };
+            let (stats, dump) = ppo::update::ppo_update(&policy, &mut opt, &batch, &opts, dump_grads.is_some())?;
+            if let (Some(path), Some(dump)) = (&dump_grads, dump) {
+                dump.save(path)?;
+            }
+            model::checkpoint::save(&out, &policy.download()?)?;
+            let tokenizer = dir.join(TOKENIZER_FILE);
+            if tokenizer.is_file() {
+                let bytes = std::fs::read(&tokenizer).map_err(|e| ppo_wgpu::Error::io(&tokenizer, e))?;
+                model::checkpoint::write_atomically(&out.join(TOKENIZER_FILE), &bytes)?;
+            }
+            let json: serde_json::Map<String, serde_json::Value> =
+                STAT_NAMES.iter().zip(stats.means).map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
+            println!("{}", serde_json::Value::Object(json));
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate { model: dir, prompt, max_new_tokens, temperature, top_k, top_p, num_samples, seed } => {

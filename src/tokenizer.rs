@@ -86,9 +86,6 @@ impl Tokenizer {
             .train_from_files(&mut trainer, vec![origin.clone()])
             .map_err(|e| tok_err(&origin, "training failed", e))?;
         let json = inner.to_string(false).map_err(|e| tok_err(&origin, "serialising", e))?;
-        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
         write_atomically(out, json.as_bytes())?;
         Tokenizer::load(out)
     }

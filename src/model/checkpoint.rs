@@ -107,12 +107,22 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     Ok(Checkpoint { config, heads, tensors })
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename
+/// (creating the directory if needed).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
     let mut tmp = PathBuf::from(path);
     tmp.set_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// The name a parameter is saved under: `transformer.` + name for the body, as
+/// `GPT2LMHeadModel` writes it; the value and reward heads under their own names.
+pub fn saved_name(name: &str) -> String {
+    if name.starts_with("v_head.") || name == "score.weight" { name.to_string() } else { format!("transformer.{name}") }
 }
 
 /// Saves a checkpoint: the body under `transformer.` names (as `GPT2LMHeadModel` writes it),
@@ -123,12 +133,7 @@ pub fn save(dir: &Path, ck: &Checkpoint) -> Result<()> {
         .tensors
         .iter()
         .map(|(name, shape, values)| {
-            let full = if name.starts_with("v_head.") || name == "score.weight" {
-                name.clone()
-            } else {
-                format!("transformer.{name}")
-            };
-            (full, shape.clone(), bytemuck::cast_slice::<f32, u8>(values).to_vec())
+            (saved_name(name), shape.clone(), bytemuck::cast_slice::<f32, u8>(values).to_vec())
         })
         .collect();
     let views: Vec<(String, TensorView)> = bytes

@@ -33,3 +33,47 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     let (ok, _, stderr) = ppo_wgpu(&["--adapter", "no-such-gpu-anywhere", "info"]);
     assert!(!ok && stderr.contains("no adapter name contains \"no-such-gpu-anywhere\""), "{stderr}");
 }
+
+#[test]
+fn update_writes_a_checkpoint_the_gradient_dump_and_statistics() {
+    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-update");
+    let _ = std::fs::remove_dir_all(&out);
+    let dump = out.join("grads.safetensors");
+    let (model, batch) = (format!("{FIXTURES}/ppo-tiny"), format!("{FIXTURES}/ppo-batch.safetensors"));
+    let args = ["update", "--model", &model, "--batch", &batch, "--out", out.to_str().unwrap(), "--epochs", "2"];
+    let (ok, stdout, stderr) =
+        ppo_wgpu(&[&args[..], &["--minibatches", "2", "--dump-grads", dump.to_str().unwrap()]].concat());
+    assert!(ok, "{stderr}");
+    let stats: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for key in ["loss", "pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac"] {
+        assert!(stats[key].as_f64().unwrap().is_finite(), "{key} in {stats}");
+    }
+    let bytes = std::fs::read(&dump).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("transformer.h.1.mlp.c_fc.weight").unwrap().shape(), [32, 128]);
+    assert_eq!(st.tensor("v_head.summary.weight").unwrap().shape(), [1, 32]);
+    assert_eq!(st.tensor("clipfrac").unwrap().shape(), [1]);
+    // The new policy loads, and differs from the old.
+    let before = ppo_wgpu::model::checkpoint::load(std::path::Path::new(&model)).unwrap();
+    let after = ppo_wgpu::model::checkpoint::load(&out).unwrap();
+    assert!(after.heads.value);
+    assert_ne!(before.get("h.0.attn.c_attn.weight"), after.get("h.0.attn.c_attn.weight"));
+}
+
+#[test]
+fn a_bad_batch_file_names_the_tensor() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-bad-batch");
+    let _ = std::fs::create_dir_all(&dir);
+    let mut batch =
+        ppo_wgpu::ppo::batch::RolloutBatch::load(std::path::Path::new(&format!("{FIXTURES}/ppo-batch.safetensors")))
+            .unwrap();
+    batch.returns.pop();
+    batch.l = 15; // now every [B, L] tensor has the wrong size for L
+    let path = dir.join("bad.safetensors");
+    assert!(batch.save(&path).is_err(), "a batch whose fields do not match its shape cannot be saved");
+    std::fs::write(&path, b"nope").unwrap();
+    let model = format!("{FIXTURES}/ppo-tiny");
+    let (ok, _, stderr) =
+        ppo_wgpu(&["update", "--model", &model, "--batch", path.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("bad.safetensors") && stderr.contains("not a valid safetensors file"), "{stderr}");
+}

@@ -6,5 +6,6 @@ mod cli;
 mod forward_backward;
 mod hf_fixture;
 mod memory;
+mod ppo_fixture;
 mod score_and_tokenizer;
 mod sft_generate;

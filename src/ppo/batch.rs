@@ -1,0 +1,156 @@
+//! The rollout batch file (DESIGN.md §6): what `train --dump-batch` writes and `update` reads.
+//! B rows of L positions: left padding, prompt, response, right padding.
+
+use crate::error::{Error, Result};
+use crate::model::checkpoint::write_atomically;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use std::path::Path;
+
+#[derive(Clone, Debug)]
+pub struct RolloutBatch {
+    pub b: usize,
+    pub l: usize,
+    pub input_ids: Vec<u32>,
+    /// 1 on real tokens, 0 on padding.
+    pub attention_mask: Vec<u32>,
+    /// 1 where position j holds a response token that is trained on.
+    pub response_mask: Vec<f32>,
+    /// Per token j, from the hidden state at j − 1.
+    pub old_logprobs: Vec<f32>,
+    pub old_values: Vec<f32>,
+    /// Used as given (already whitened).
+    pub advantages: Vec<f32>,
+    pub returns: Vec<f32>,
+    pub ref_logprobs: Option<Vec<f32>>,
+    pub scores: Option<Vec<f32>>,
+}
+
+fn tensor<'a>(st: &'a SafeTensors, origin: &str, name: &str) -> Result<TensorView<'a>> {
+    st.tensor(name).map_err(|_| Error::Checkpoint(format!("{origin}: missing tensor {name}")))
+}
+
+/// Reads a tensor of `shape` as f32 from F32, or from integer types (I32, I64) when `ints_ok`.
+fn read_f32(st: &SafeTensors, origin: &str, name: &str, shape: &[usize], ints_ok: bool) -> Result<Vec<f32>> {
+    let t = tensor(st, origin, name)?;
+    if t.shape() != shape {
+        return Err(Error::Checkpoint(format!(
+            "{origin}: tensor {name} has shape {:?}, expected {shape:?}",
+            t.shape()
+        )));
+    }
+    Ok(match t.dtype() {
+        Dtype::F32 => bytemuck::pod_collect_to_vec(t.data()),
+        Dtype::I32 if ints_ok => {
+            bytemuck::pod_collect_to_vec::<u8, i32>(t.data()).into_iter().map(|x| x as f32).collect()
+        }
+        Dtype::I64 if ints_ok => {
+            bytemuck::pod_collect_to_vec::<u8, i64>(t.data()).into_iter().map(|x| x as f32).collect()
+        }
+        other => {
+            let want = if ints_ok { "I32, I64 or F32" } else { "F32" };
+            return Err(Error::Checkpoint(format!("{origin}: tensor {name} has dtype {other:?}, expected {want}")));
+        }
+    })
+}
+
+impl RolloutBatch {
+    pub fn load(path: &Path) -> Result<RolloutBatch> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let origin = path.display().to_string();
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::Checkpoint(format!("{origin}: not a valid safetensors file: {e}")))?;
+        let ids = tensor(&st, &origin, "input_ids")?;
+        let (b, l) = match ids.shape() {
+            [b, l] => (*b, *l),
+            s => return Err(Error::Checkpoint(format!("{origin}: input_ids has shape {s:?}, expected [B, L]"))),
+        };
+        let input_ids = match ids.dtype() {
+            Dtype::I32 => {
+                bytemuck::pod_collect_to_vec::<u8, i32>(ids.data()).into_iter().map(|x| x as i64).collect::<Vec<_>>()
+            }
+            Dtype::I64 => bytemuck::pod_collect_to_vec::<u8, i64>(ids.data()),
+            other => {
+                return Err(Error::Checkpoint(format!("{origin}: input_ids has dtype {other:?}, expected I32 or I64")));
+            }
+        };
+        if let Some(bad) = input_ids.iter().find(|&&x| x < 0 || x > u32::MAX as i64) {
+            return Err(Error::Checkpoint(format!("{origin}: input_ids holds {bad}, not a token id")));
+        }
+        let shape = [b, l];
+        let attention_mask =
+            read_f32(&st, &origin, "attention_mask", &shape, true)?.into_iter().map(|m| (m != 0.0) as u32).collect();
+        let optional = |name: &str, shape: &[usize]| match st.tensor(name) {
+            Ok(_) => read_f32(&st, &origin, name, shape, false).map(Some),
+            Err(_) => Ok(None),
+        };
+        Ok(RolloutBatch {
+            b,
+            l,
+            input_ids: input_ids.into_iter().map(|x| x as u32).collect(),
+            attention_mask,
+            response_mask: read_f32(&st, &origin, "response_mask", &shape, false)?,
+            old_logprobs: read_f32(&st, &origin, "old_logprobs", &shape, false)?,
+            old_values: read_f32(&st, &origin, "old_values", &shape, false)?,
+            advantages: read_f32(&st, &origin, "advantages", &shape, false)?,
+            returns: read_f32(&st, &origin, "returns", &shape, false)?,
+            ref_logprobs: optional("ref_logprobs", &shape)?,
+            scores: optional("scores", &[b])?,
+        })
+    }
+
+    /// Writes the batch file (through a temporary file).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let ids: Vec<i32> = self.input_ids.iter().map(|&x| x as i32).collect();
+        let mask: Vec<i32> = self.attention_mask.iter().map(|&x| x as i32).collect();
+        let shape = vec![self.b, self.l];
+        let mut entries: Vec<(&str, Dtype, Vec<usize>, &[u8])> = vec![
+            ("input_ids", Dtype::I32, shape.clone(), bytemuck::cast_slice(&ids)),
+            ("attention_mask", Dtype::I32, shape.clone(), bytemuck::cast_slice(&mask)),
+            ("response_mask", Dtype::F32, shape.clone(), bytemuck::cast_slice(&self.response_mask)),
+            ("old_logprobs", Dtype::F32, shape.clone(), bytemuck::cast_slice(&self.old_logprobs)),
+            ("old_values", Dtype::F32, shape.clone(), bytemuck::cast_slice(&self.old_values)),
+            ("advantages", Dtype::F32, shape.clone(), bytemuck::cast_slice(&self.advantages)),
+            ("returns", Dtype::F32, shape.clone(), bytemuck::cast_slice(&self.returns)),
+        ];
+        if let Some(r) = &self.ref_logprobs {
+            entries.push(("ref_logprobs", Dtype::F32, shape.clone(), bytemuck::cast_slice(r)));
+        }
+        if let Some(s) = &self.scores {
+            entries.push(("scores", Dtype::F32, vec![self.b], bytemuck::cast_slice(s)));
+        }
+        let views: Vec<(&str, TensorView)> = entries
+            .into_iter()
+            .map(|(n, d, s, b)| {
+                TensorView::new(d, s, b).map(|v| (n, v)).map_err(|e| Error::Checkpoint(format!("{n}: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        let bytes = safetensors::serialize(views, None).map_err(|e| Error::Checkpoint(format!("batch: {e}")))?;
+        write_atomically(path, &bytes)
+    }
+
+    /// The per-position input block [rows, 8] the PPO loss kernels read, for `rows` of the batch:
+    /// (response_mask, old_logprob, old_value, advantage, return, 0, 0, 0).
+    pub fn loss_inputs(&self, rows: &[usize]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(rows.len() * self.l * 8);
+        for &r in rows {
+            for j in r * self.l..(r + 1) * self.l {
+                out.extend_from_slice(&[
+                    self.response_mask[j],
+                    self.old_logprobs[j],
+                    self.old_values[j],
+                    self.advantages[j],
+                    self.returns[j],
+                    0.0,
+                    0.0,
+                    0.0,
+                ]);
+            }
+        }
+        out
+    }
+
+    /// `field`'s values for `rows`, concatenated.
+    pub fn gather<T: Copy>(&self, field: &[T], rows: &[usize]) -> Vec<T> {
+        rows.iter().flat_map(|&r| field[r * self.l..(r + 1) * self.l].iter().copied()).collect()
+    }
+}

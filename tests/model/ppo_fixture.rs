@@ -1,0 +1,59 @@
+//! `update --dump-grads` against PyTorch autograd (tests/fixtures/make_ppo_fixture.py): a
+//! policy with a value head, a batch with left and right padding, ratios inside and outside the
+//! clip range and value clipping active; every parameter's gradient on the first minibatch and
+//! the loss statistics.
+
+use ppo_wgpu::gpu::{Gpu, Recorder};
+use ppo_wgpu::kernels::adamw::AdamW;
+use ppo_wgpu::kernels::ppo::PpoLossConfig;
+use ppo_wgpu::model::checkpoint::saved_name;
+use ppo_wgpu::model::optimizer::Optimizer;
+use ppo_wgpu::model::{self};
+use ppo_wgpu::ppo::batch::RolloutBatch;
+use ppo_wgpu::ppo::update::{UpdateOptions, ppo_update};
+use safetensors::SafeTensors;
+use std::path::Path;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+#[test]
+fn update_gradients_match_pytorch_autograd() {
+    let gpu = Gpu::new(None).unwrap();
+    let policy = model::load(&gpu, &Path::new(FIXTURES).join("ppo-tiny")).unwrap();
+    let batch = RolloutBatch::load(&Path::new(FIXTURES).join("ppo-batch.safetensors")).unwrap();
+    let bytes = std::fs::read(Path::new(FIXTURES).join("ppo-expected.safetensors")).unwrap();
+    let expected = SafeTensors::deserialize(&bytes).unwrap();
+    let read = |name: &str| -> Vec<f32> {
+        bytemuck::pod_collect_to_vec(expected.tensor(name).unwrap_or_else(|_| panic!("{name}")).data())
+    };
+
+    let mut rec = Recorder::new(&gpu);
+    let mut opt = Optimizer::new(&policy, &mut rec, AdamW::default(), 1.0);
+    rec.submit();
+    let loss = PpoLossConfig { temperature: 0.9, cliprange: 0.2, cliprange_value: 0.2, vf_coef: 0.1, ent_coef: 0.01 };
+    let opts = UpdateOptions { epochs: 1, minibatches: 2, lr: 1e-5, loss, seed: None };
+    let (_, dump) = ppo_update(&policy, &mut opt, &batch, &opts, true).unwrap();
+    let dump = dump.unwrap();
+
+    // Scalars: float32 against float64, the loss being a mean over ~20 tokens.
+    for (k, name) in ["loss", "pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac"].iter().enumerate() {
+        let stat = ppo_wgpu::kernels::ppo::STAT_NAMES.iter().position(|n| n == name).unwrap();
+        let (got, want) = (dump.stats[stat] as f64, read(name)[0] as f64);
+        assert!((got - want).abs() <= 1e-5 + 1e-4 * want.abs(), "{name} (#{k}): {got} vs PyTorch {want}");
+    }
+    // Every gradient, relative to the tensor's largest entry: 1e-3 is the bar.
+    let mut report = Vec::new();
+    for (name, _, grad) in &dump.grads {
+        let want = read(&saved_name(name));
+        assert_eq!(want.len(), grad.len(), "{name}");
+        let scale = want.iter().fold(0.0f64, |m, &w| m.max((w as f64).abs())).max(1e-12);
+        let err = grad.iter().zip(&want).fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs())) / scale;
+        report.push(format!("{name}: {err:.2e}"));
+        assert!(
+            err < 1e-3,
+            "gradient of {name}: relative error {err:.2e} against PyTorch (tolerance 1e-3)\n{}",
+            report.join("\n")
+        );
+    }
+    eprintln!("PPO gradients, max |Δ| / max |g| per tensor:\n  {}", report.join("\n  "));
+}
