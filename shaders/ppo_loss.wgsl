@@ -144,19 +144,11 @@ fn zero_row(r: u32, base: u32, lid: u32) {
     }
 }
 
-@compute @workgroup_size(64)
-fn ppo_loss_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32) {
-    let local = wid.y * nwg.x + wid.x;
-    if (local >= params.rows) { return; } // uniform across the workgroup
-    let r = params.row_offset + local;
-    let base = local * params.v;
-    if (!trained(r)) {
-        zero_row(r, base, lid);
-        return;
-    }
-
-    // Pass 1: each invocation folds a strided slice of the row into (m, l, s).
+// Pass 1, shared by every kernel that needs a row's log-softmax: each invocation folds a
+// strided slice of the row at `base` into (m, l, s), then the workgroup merges the 64 states.
+// Returns (log p[token], entropy H, lse) in units of z = logits/τ, to every invocation. All
+// reads of the row, the taken token's included, happen before the merge's barriers.
+fn logprob_entropy(base: u32, token: u32, lid: u32) -> vec3<f32> {
     var m = NEG_BIG;
     var l = 0.0;
     var s = 0.0;
@@ -169,9 +161,6 @@ fn ppo_loss_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         s = s * scale + e * z;
         m = m_new;
     }
-    // The taken token's logit, read by every invocation now, before the barriers below: after
-    // them, pass 2 starts overwriting the row.
-    let token = tokens[r + 1u];
     let z_token = logits[base + token] * params.inv_temperature;
     wg_max[lid] = m;
     wg_sum[lid] = l;
@@ -190,12 +179,33 @@ fn ppo_loss_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         }
         workgroupBarrier();
     }
-    // The barriers above are also what make the in-place write below safe: every invocation has
-    // finished its reads of the row (pass 1 and z_token) before any invocation overwrites it in
-    // pass 2, where each invocation reads and then writes only its own elements.
     let lse = wg_max[0] + log(wg_sum[0]);
     let entropy = lse - wg_zsum[0] / wg_sum[0];
-    let logp = z_token - lse;
+    // Keep a following call's writes to wg_* from overtaking these reads.
+    workgroupBarrier();
+    return vec3<f32>(z_token - lse, entropy, lse);
+}
+
+@compute @workgroup_size(64)
+fn ppo_loss_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let local = wid.y * nwg.x + wid.x;
+    if (local >= params.rows) { return; } // uniform across the workgroup
+    let r = params.row_offset + local;
+    let base = local * params.v;
+    if (!trained(r)) {
+        zero_row(r, base, lid);
+        return;
+    }
+
+    let token = tokens[r + 1u];
+    let lp_h = logprob_entropy(base, token, lid);
+    // The barriers inside logprob_entropy are also what make the in-place write below safe:
+    // every invocation has finished its reads of the row before any invocation overwrites it
+    // in pass 2, where each invocation reads and then writes only its own elements.
+    let logp = lp_h.x;
+    let entropy = lp_h.y;
+    let lse = lp_h.z;
     let loss = row_loss(r, logp, entropy);
 
     // Pass 2: the gradient, in place.
@@ -307,5 +317,33 @@ fn ppo_unfused_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         let onehot = select(0.0, 1.0, i == token);
         let dz = dlogp * (onehot - p) - dentropy * p * (log_p + entropy);
         logits[r * params.v + i] = dz * params.inv_temperature;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fused log-softmax / gather / entropy alone, for rollouts (the policy's old log-probs, the
+// reference model's log-probs): one read of each row, nothing written back to it.
+//   token_logprobs[r + 1] = log softmax(z_r)[tokens[r + 1]],  token_entropy[r + 1] = H(z_r)
+// for every row r that predicts a token of its sequence; position 0 of each sequence gets 0.
+// Launch: `logprob_entropy_rows`: one workgroup of 64 per row, grid = rows laid out 2D.
+
+@group(0) @binding(11) var<storage, read_write> token_logprobs: array<f32>;
+@group(0) @binding(12) var<storage, read_write> token_entropy: array<f32>;
+
+@compute @workgroup_size(64)
+fn logprob_entropy_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    let local = wid.y * nwg.x + wid.x;
+    if (local >= params.rows) { return; }
+    let r = params.row_offset + local;
+    if (r % params.seq == 0u && lid == 0u) {
+        token_logprobs[r] = 0.0;
+        token_entropy[r] = 0.0;
+    }
+    if (r % params.seq + 1u >= params.seq) { return; }
+    let lp_h = logprob_entropy(local * params.v, tokens[r + 1u], lid);
+    if (lid == 0u) {
+        token_logprobs[r + 1u] = lp_h.x;
+        token_entropy[r + 1u] = lp_h.y;
     }
 }

@@ -169,3 +169,38 @@ pub fn ppo_stats_reduce(rec: &mut Recorder, stats: &Tensor, token_stats: &Tensor
         [1, 1, 1],
     )
 }
+
+/// The fused log-softmax / gather / entropy alone, for rollouts: for each row r of logits
+/// [rows, V] that predicts a token of its sequence (of `seq` positions), logprobs[r + 1] =
+/// log softmax(logits_r/τ)[tokens[r + 1]] and entropy[r + 1] = H(softmax(logits_r/τ)); the first
+/// position of each sequence gets 0. One read of each row; the logits are left as they are.
+pub fn logprob_entropy(
+    rec: &mut Recorder,
+    logprobs: &Tensor,
+    entropy: &Tensor,
+    logits: &Tensor,
+    tokens: &Tensor,
+    seq: usize,
+    temperature: f32,
+) -> Result<()> {
+    let (rows, v) = as_matrix(logits);
+    ensure_shape(seq > 0 && rows % seq == 0, || format!("log-probs: {rows} rows are not whole sequences of {seq}"))?;
+    for (t, what) in [(tokens, "tokens"), (logprobs, "log-probs"), (entropy, "entropies")] {
+        expect_len(t, rows, what)?;
+    }
+    let gpu = rec.gpu().clone();
+    for (r0, n) in row_ranges(&gpu, rows, v) {
+        let slice = logits.view(&gpu, r0 * v, &[n, v])?;
+        let p = Params {
+            rows: n as u32,
+            row_offset: r0 as u32,
+            seq: seq as u32,
+            v: v as u32,
+            inv_temperature: 1.0 / temperature,
+            ..Default::default()
+        };
+        let b = [bind(1, &slice), bind(2, tokens), bind(11, logprobs), bind(12, entropy)];
+        rec.dispatch(&SHADER, "logprob_entropy_rows", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n))?;
+    }
+    Ok(())
+}

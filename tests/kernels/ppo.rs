@@ -182,3 +182,30 @@ fn ppo_loss_with_nothing_trained_is_zero_everywhere() {
     let (dlogits, dvalues, stats) = run_gpu(&case, &PpoLossConfig::default(), true);
     assert!(dlogits.iter().chain(&dvalues).chain(&stats).all(|&x| x == 0.0), "all-masked minibatch must give zeros");
 }
+
+#[test]
+fn logprob_entropy_matches_reference() {
+    use ppo_wgpu::kernels::ppo::logprob_entropy;
+    let mut rng = Rng::new(75);
+    for (seq, v, temperature) in [(7, 53, 0.7), (16, 512, 1.0), (2, 50257, 1.3)] {
+        let case = make_case(seq, v, temperature, &mut rng);
+        let rows = case.values.len();
+        let gpu = gpu();
+        let (logits, tokens) = (upload(&case.logits, &[rows, v]), gpu.upload_u32(&[rows], &case.tokens).unwrap());
+        let (logp, entropy) = (upload(&vec![7.0; rows], &[rows]), upload(&vec![7.0; rows], &[rows]));
+        let mut rec = Recorder::new(&gpu);
+        logprob_entropy(&mut rec, &logp, &entropy, &logits, &tokens, seq, temperature as f32).unwrap();
+        rec.submit();
+        let (mut want_lp, mut want_h) = (vec![0.0; rows], vec![0.0; rows]);
+        for r in (0..rows).filter(|r| r % seq + 1 < seq) {
+            let z: Vec<f64> = case.logits[r * v..(r + 1) * v].iter().map(|l| l / temperature).collect();
+            let lp = reference::log_softmax(&z, v);
+            want_lp[r + 1] = lp[case.tokens[r + 1] as usize];
+            want_h[r + 1] = -lp.iter().map(|l| l.exp() * l).sum::<f64>();
+        }
+        let what = format!("logprob_entropy T={seq} V={v} τ={temperature}");
+        assert_close(&format!("{what} log-probs"), &download(&logp), &want_lp, 1e-5, 1e-5);
+        assert_close(&format!("{what} entropy"), &download(&entropy), &want_h, 1e-5, 1e-5);
+        assert_close(&format!("{what} logits untouched"), &download(&logits), &case.logits, 0.0, 0.0);
+    }
+}
