@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use ppo_wgpu::gpu::{self, Gpu};
 use ppo_wgpu::kernels::adamw::AdamW;
-use ppo_wgpu::kernels::ppo::{PpoLossConfig, STAT_NAMES};
+use ppo_wgpu::kernels::ppo::STAT_NAMES;
 use ppo_wgpu::model::checkpoint::TOKENIZER_FILE;
 use ppo_wgpu::tokenizer::Tokenizer;
 use ppo_wgpu::{Result, generate, model, ppo, score, selfcheck, sft};
@@ -65,48 +65,7 @@ enum Command {
         seed: u64,
     },
     /// Supervised fine-tuning with token cross-entropy on JSONL ({"prompt","response"} or {"text"}).
-    Sft {
-        /// Starting model directory (with tokenizer.json).
-        #[arg(long, value_name = "DIR")]
-        model: PathBuf,
-        /// JSONL training data.
-        #[arg(long, value_name = "FILE")]
-        data: PathBuf,
-        /// Output directory: checkpoints, optimizer state, metrics.jsonl.
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        #[arg(long, default_value_t = 200)]
-        steps: usize,
-        #[arg(long, default_value_t = 8)]
-        batch_size: usize,
-        /// Tokens per sequence (at most the model's n_positions; default: n_positions).
-        #[arg(long)]
-        seq_len: Option<usize>,
-        /// Peak learning rate (after warmup; cosine decay to a tenth of it).
-        #[arg(long, default_value_t = 3e-4)]
-        lr: f32,
-        #[arg(long, default_value_t = 20)]
-        warmup: usize,
-        /// AdamW weight decay on the matrices.
-        #[arg(long, default_value_t = 0.0)]
-        weight_decay: f32,
-        /// Clip the global gradient norm (0: off).
-        #[arg(long, default_value_t = 1.0)]
-        max_grad_norm: f32,
-        /// Fraction of the examples held out for the evaluation loss.
-        #[arg(long, default_value_t = 0.1)]
-        eval_fraction: f32,
-        #[arg(long, default_value_t = 50)]
-        eval_every: usize,
-        /// Save a checkpoint every N steps (0: only at the end).
-        #[arg(long, default_value_t = 0)]
-        save_every: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Continue a run from a checkpoint it wrote (weights, optimizer state, step).
-        #[arg(long, value_name = "DIR")]
-        resume: Option<PathBuf>,
-    },
+    Sft(sft::SftOptions),
     /// Sample continuations of a prompt.
     Generate {
         #[arg(long, value_name = "DIR")]
@@ -140,33 +99,11 @@ enum Command {
         /// Output model directory.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
-        #[arg(long, default_value_t = 4)]
-        epochs: usize,
-        #[arg(long, default_value_t = 1)]
-        minibatches: usize,
-        #[arg(long, default_value_t = 1e-5)]
-        lr: f32,
-        /// ε of the clipped surrogate.
-        #[arg(long, default_value_t = 0.2)]
-        cliprange: f32,
-        /// ε_v of the clipped value loss.
-        #[arg(long, default_value_t = 0.2)]
-        cliprange_value: f32,
-        /// c1, the value loss coefficient.
-        #[arg(long, default_value_t = 0.1)]
-        vf_coef: f32,
-        /// c2, the entropy bonus coefficient.
-        #[arg(long, default_value_t = 0.0)]
-        ent_coef: f32,
-        /// The sampling temperature the rollout used.
-        #[arg(long, default_value_t = 1.0)]
-        temperature: f32,
+        #[command(flatten)]
+        opts: ppo::update::UpdateOptions,
         /// Clip the global gradient norm (0: off).
         #[arg(long, default_value_t = 1.0)]
         max_grad_norm: f32,
-        /// Shuffle rows into minibatches with this seed (row order without one).
-        #[arg(long)]
-        seed: Option<u64>,
         /// Write the first minibatch's gradients (before clipping) and loss scalars here.
         #[arg(long, value_name = "FILE")]
         dump_grads: Option<PathBuf>,
@@ -247,45 +184,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!("wrote {} ({n} parameters, {cfg:?})", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sft {
-            model: dir,
-            data,
-            out,
-            steps,
-            batch_size,
-            seq_len,
-            lr,
-            warmup,
-            weight_decay,
-            max_grad_norm,
-            eval_fraction,
-            eval_every,
-            save_every,
-            seed,
-            resume,
-        } => {
-            let seq_len = match seq_len {
-                Some(n) => n,
-                None => model::GptConfig::load(&dir.join(model::checkpoint::CONFIG_FILE))?.n_positions,
-            };
-            let opts = sft::SftOptions {
-                model: dir,
-                data,
-                out,
-                steps,
-                batch_size,
-                seq_len,
-                lr,
-                warmup,
-                weight_decay,
-                max_grad_norm,
-                eval_fraction,
-                eval_every,
-                save_every,
-                seed,
-                resume,
-                quiet: false,
-            };
+        Command::Sft(opts) => {
             let report = sft::run(&gpu, &opts)?;
             eprintln!(
                 "held-out loss {:.4} -> {:.4} over {} steps; checkpoint in {}",
@@ -296,32 +195,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Update {
-            model: dir,
-            batch,
-            out,
-            epochs,
-            minibatches,
-            lr,
-            cliprange,
-            cliprange_value,
-            vf_coef,
-            ent_coef,
-            temperature,
-            max_grad_norm,
-            seed,
-            dump_grads,
-        } => {
+        Command::Update { model: dir, batch, out, opts, max_grad_norm, dump_grads } => {
             let ck = model::checkpoint::load(&dir)?;
             let ck = model::init::with_heads(ck, model::Heads { value: true, reward: false });
             let policy = model::Model::upload(&gpu, &ck)?;
             let batch = ppo::batch::RolloutBatch::load(&batch)?;
             let mut rec = ppo_wgpu::gpu::Recorder::new(&gpu);
-            let mut opt =
-                model::optimizer::Optimizer::new(&policy, &mut rec, AdamW { lr, ..AdamW::default() }, max_grad_norm);
+            let hp = AdamW { lr: opts.lr, ..AdamW::default() };
+            let mut opt = model::optimizer::Optimizer::new(&policy, &mut rec, hp, max_grad_norm);
             rec.submit();
-            let loss = PpoLossConfig { temperature, cliprange, cliprange_value, vf_coef, ent_coef };
-            let opts = ppo::update::UpdateOptions { epochs, minibatches, lr, loss, seed };
             let (stats, dump) = ppo::update::ppo_update(&policy, &mut opt, &batch, &opts, dump_grads.is_some())?;
             if let (Some(path), Some(dump)) = (&dump_grads, dump) {
                 dump.save(path)?;

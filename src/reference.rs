@@ -135,33 +135,54 @@ pub fn embedding_backward(dout: &[f64], index: &[u32], rows: usize, c: usize) ->
     d
 }
 
+/// Offset of token (b, t)'s q (part 0), k (1) or v (2) of head h in qkv [B, T, 3C].
+fn qkv_at(b: usize, t: usize, part: usize, h: usize, seq: usize, c: usize, hd: usize) -> usize {
+    (b * seq + t) * 3 * c + part * c + h * hd
+}
+
+/// Query i of head h in sequence b: the keys it sees (j ≤ i, mask[j] ≠ 0), their softmax
+/// probabilities and the log-sum-exp of the scaled scores; None when it sees no key.
+#[allow(clippy::too_many_arguments)]
+fn attention_row(
+    qkv: &[f64],
+    mask: &[u32],
+    b: usize,
+    h: usize,
+    i: usize,
+    t: usize,
+    c: usize,
+    hd: usize,
+) -> Option<(Vec<usize>, Vec<f64>, f64)> {
+    let keys: Vec<usize> = (0..=i).filter(|&j| mask[b * t + j] != 0).collect();
+    if keys.is_empty() {
+        return None;
+    }
+    let (q, scale) = (qkv_at(b, i, 0, h, t, c, hd), 1.0 / (hd as f64).sqrt());
+    let scores: Vec<f64> = keys
+        .iter()
+        .map(|&j| (0..hd).map(|d| qkv[q + d] * qkv[qkv_at(b, j, 1, h, t, c, hd) + d]).sum::<f64>() * scale)
+        .collect();
+    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+    let p = scores.iter().map(|s| (s - max).exp() / sum).collect();
+    Some((keys, p, max + sum.ln()))
+}
+
 /// Causal attention with key padding mask. qkv [B, T, 3C], mask [B, T] → (out [B, T, C],
 /// lse [B, NH, T]). A query with no visible key gets out = 0, lse = 0.
 pub fn attention_forward(qkv: &[f64], mask: &[u32], b: usize, t: usize, c: usize, nh: usize) -> (Vec<f64>, Vec<f64>) {
     let hd = c / nh;
-    let scale = 1.0 / (hd as f64).sqrt();
     let (mut out, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
-    let at = |bb: usize, tt: usize, part: usize, h: usize| (bb * t + tt) * 3 * c + part * c + h * hd;
     for bb in 0..b {
         for h in 0..nh {
             for i in 0..t {
-                let keys: Vec<usize> = (0..=i).filter(|&j| mask[bb * t + j] != 0).collect();
-                if keys.is_empty() {
-                    continue;
-                }
-                let scores: Vec<f64> = keys
-                    .iter()
-                    .map(|&j| (0..hd).map(|d| qkv[at(bb, i, 0, h) + d] * qkv[at(bb, j, 1, h) + d]).sum::<f64>() * scale)
-                    .collect();
-                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
-                for (&j, s) in keys.iter().zip(&scores) {
-                    let p = (s - max).exp() / sum;
+                let Some((keys, p, row_lse)) = attention_row(qkv, mask, bb, h, i, t, c, hd) else { continue };
+                for (&j, p) in keys.iter().zip(&p) {
                     for d in 0..hd {
-                        out[(bb * t + i) * c + h * hd + d] += p * qkv[at(bb, j, 2, h) + d];
+                        out[(bb * t + i) * c + h * hd + d] += p * qkv[qkv_at(bb, j, 2, h, t, c, hd) + d];
                     }
                 }
-                lse[(bb * nh + h) * t + i] = max + sum.ln();
+                lse[(bb * nh + h) * t + i] = row_lse;
             }
         }
     }
@@ -181,21 +202,11 @@ pub fn attention_backward(
     let hd = c / nh;
     let scale = 1.0 / (hd as f64).sqrt();
     let mut dqkv = vec![0.0; qkv.len()];
-    let at = |bb: usize, tt: usize, part: usize, h: usize| (bb * t + tt) * 3 * c + part * c + h * hd;
+    let at = |bb: usize, tt: usize, part: usize, h: usize| qkv_at(bb, tt, part, h, t, c, hd);
     for bb in 0..b {
         for h in 0..nh {
             for i in 0..t {
-                let keys: Vec<usize> = (0..=i).filter(|&j| mask[bb * t + j] != 0).collect();
-                if keys.is_empty() {
-                    continue;
-                }
-                let scores: Vec<f64> = keys
-                    .iter()
-                    .map(|&j| (0..hd).map(|d| qkv[at(bb, i, 0, h) + d] * qkv[at(bb, j, 1, h) + d]).sum::<f64>() * scale)
-                    .collect();
-                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
-                let p: Vec<f64> = scores.iter().map(|s| (s - max).exp() / sum).collect();
+                let Some((keys, p, _)) = attention_row(qkv, mask, bb, h, i, t, c, hd) else { continue };
                 let dout_i = &dout[(bb * t + i) * c + h * hd..][..hd];
                 // dp_j = dout_i·v_j; ds_j = p_j (dp_j − Σ_k p_k dp_k)
                 let dp: Vec<f64> =

@@ -88,26 +88,53 @@ fn collate(examples: &[&Example], t: usize) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
     (ids, mask, targets)
 }
 
-#[derive(Clone, Debug)]
+/// The options of `ppo-wgpu sft` (also its command-line arguments).
+#[derive(Clone, Debug, clap::Args)]
 pub struct SftOptions {
+    /// Starting model directory (with tokenizer.json).
+    #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
+    /// JSONL training data: {"prompt", "response"} or {"text"} per line.
+    #[arg(long, value_name = "FILE")]
     pub data: PathBuf,
+    /// Output directory: checkpoints, optimizer state, metrics.jsonl.
+    #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    #[arg(long, default_value_t = 200)]
     pub steps: usize,
+    #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
-    /// Sequence length (≤ the model's n_positions); longer examples are cut.
-    pub seq_len: usize,
+    /// Tokens per sequence, at most the model's n_positions (the default); longer examples
+    /// are cut.
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Peak learning rate (after warmup; cosine decay to a tenth of it).
+    #[arg(long, default_value_t = 3e-4)]
     pub lr: f32,
+    #[arg(long, default_value_t = 20)]
     pub warmup: usize,
+    /// AdamW weight decay on the matrices.
+    #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f32,
+    /// Clip the global gradient norm (0: off).
+    #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f32,
     /// Fraction of the examples held out for the evaluation loss.
+    #[arg(long, default_value_t = 0.1)]
     pub eval_fraction: f32,
+    /// Evaluate every N steps (and at the end; 0: only at the end).
+    #[arg(long, default_value_t = 50)]
     pub eval_every: usize,
+    /// Save a checkpoint every N steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
     pub save_every: usize,
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Continue from a checkpoint that `sft` wrote (weights, optimizer state, step).
+    /// Continue a run from a checkpoint it wrote (weights, optimizer state, step).
+    #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
     pub quiet: bool,
 }
 
@@ -189,16 +216,17 @@ pub fn run(gpu: &Arc<Gpu>, opts: &SftOptions) -> Result<SftReport> {
             ck.config.vocab_size
         )));
     }
-    if opts.seq_len < 2 || opts.seq_len > ck.config.n_positions {
+    let seq_len = opts.seq_len.unwrap_or(ck.config.n_positions);
+    if seq_len < 2 || seq_len > ck.config.n_positions {
         return Err(Error::Input(format!(
             "--seq-len {} must be in 2..={} (n_positions)",
-            opts.seq_len, ck.config.n_positions
+            seq_len, ck.config.n_positions
         )));
     }
     if opts.batch_size == 0 || opts.steps == 0 {
         return Err(Error::Input("--batch-size and --steps must be positive".into()));
     }
-    let mut examples = read_examples(&opts.data, &tok, opts.seq_len)?;
+    let mut examples = read_examples(&opts.data, &tok, seq_len)?;
     let mut rng = Rng::new(opts.seed);
     for i in (1..examples.len()).rev() {
         examples.swap(i, rng.below(i as u32 + 1) as usize);
@@ -217,7 +245,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &SftOptions) -> Result<SftReport> {
     if opts.resume.is_some() {
         opt.load(&model, start_dir)?;
     }
-    let trainer = Trainer { gpu: gpu.clone(), model, seq_len: opts.seq_len, batch_size: opts.batch_size };
+    let trainer = Trainer { gpu: gpu.clone(), model, seq_len, batch_size: opts.batch_size };
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let metrics_path = opts.out.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()

@@ -13,13 +13,20 @@ use crate::rng::Rng;
 use safetensors::{Dtype, tensor::TensorView};
 use std::path::Path;
 
-#[derive(Clone, Debug)]
+/// The options of one PPO update (also command-line arguments).
+#[derive(Clone, Debug, clap::Args)]
 pub struct UpdateOptions {
+    #[arg(long, default_value_t = 4)]
     pub epochs: usize,
+    #[arg(long, default_value_t = 1)]
     pub minibatches: usize,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 1e-5)]
     pub lr: f32,
+    #[command(flatten)]
     pub loss: PpoLossConfig,
-    /// Shuffle the rows each epoch with this seed; in row order when None.
+    /// Shuffle the rows into minibatches each epoch with this seed; in row order without one.
+    #[arg(long)]
     pub seed: Option<u64>,
 }
 

@@ -50,7 +50,7 @@ fn options(model: PathBuf, data: PathBuf, out: PathBuf, steps: usize) -> SftOpti
         out,
         steps,
         batch_size: 16,
-        seq_len: 24,
+        seq_len: Some(24),
         lr: 3e-3,
         warmup: 5,
         weight_decay: 0.0,
@@ -98,7 +98,7 @@ fn sft_rejects_bad_data_with_the_line_number() {
     let err = run(&gpu, &options(model_dir.clone(), dir.join("bad.jsonl"), dir.join("o"), 1)).unwrap_err().to_string();
     assert!(err.contains("bad.jsonl:2") && err.contains("prompt"), "{err}");
     let mut too_long = options(model_dir, dir.join("data.jsonl"), dir.join("o"), 1);
-    too_long.seq_len = 33;
+    too_long.seq_len = Some(33);
     assert!(run(&gpu, &too_long).unwrap_err().to_string().contains("n_positions"));
 }
 
