@@ -38,7 +38,7 @@ impl Bench {
         self.gpu.upload(shape, &v).unwrap()
     }
     fn empty(&self, shape: &[usize]) -> Tensor {
-        let t = self.gpu.tensor(shape, DType::F32);
+        let t = self.gpu.tensor(shape, DType::F32).unwrap();
         Recorder::new(&self.gpu).zero(&t);
         t
     }

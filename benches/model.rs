@@ -26,9 +26,9 @@ fn bench_model(c: &mut Criterion, gpu: &Arc<Gpu>, label: &str, config: GptConfig
     let targets: Vec<u32> = (0..b * t).map(|i| ids[(i + 1) % (b * t)]).collect();
     let targets = gpu.upload_u32(&[b * t], &targets).unwrap();
     let dloss = gpu.upload(&[b * t], &vec![1.0 / (b * t) as f32; b * t]).unwrap();
-    let (loss, lse) = (gpu.tensor(&[b * t], DType::F32), gpu.tensor(&[b * t], DType::F32));
+    let (loss, lse) = (gpu.tensor(&[b * t], DType::F32).unwrap(), gpu.tensor(&[b * t], DType::F32).unwrap());
     let mut rec = Recorder::new(gpu);
-    let mut opt = Optimizer::new(&model, &mut rec, AdamW::default(), 1.0);
+    let mut opt = Optimizer::new(&model, &mut rec, AdamW::default(), 1.0).unwrap();
     let grads = model.zeros_like_params(&mut rec).unwrap();
     rec.submit();
 

@@ -202,7 +202,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let batch = ppo::batch::RolloutBatch::load(&batch)?;
             let mut rec = ppo_wgpu::gpu::Recorder::new(&gpu);
             let hp = AdamW { lr: opts.lr, ..AdamW::default() };
-            let mut opt = model::optimizer::Optimizer::new(&policy, &mut rec, hp, max_grad_norm);
+            let mut opt = model::optimizer::Optimizer::new(&policy, &mut rec, hp, max_grad_norm)?;
             rec.submit();
             let (stats, dump) = ppo::update::ppo_update(&policy, &mut opt, &batch, &opts, dump_grads.is_some())?;
             if let (Some(path), Some(dump)) = (&dump_grads, dump) {

@@ -46,7 +46,7 @@ pub fn score(model: &Model, ids: &[u32], temperature: f32) -> Result<Score> {
     // Row j of the logits predicts token j + 1: its target is ids[j + 1].
     let targets: Vec<u32> = (0..t).map(|j| ids.get(j + 1).copied().unwrap_or(IGNORE)).collect();
     let targets = gpu.upload_u32(&[t], &targets)?;
-    let (loss, lse) = (gpu.tensor(&[t], DType::F32), gpu.tensor(&[t], DType::F32));
+    let (loss, lse) = (gpu.tensor(&[t], DType::F32)?, gpu.tensor(&[t], DType::F32)?);
     let mut rec = Recorder::new(gpu);
     let acts = model.forward(&mut rec, &batch)?;
     cross_entropy_forward(

@@ -48,11 +48,11 @@ impl Ctx {
         let v: Vec<f32> = x.iter().map(|&v| v as f32).collect();
         self.gpu.upload(shape, &v)
     }
-    fn zeros(&self, shape: &[usize]) -> Tensor {
-        let t = self.gpu.tensor(shape, DType::F32);
+    fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
+        let t = self.gpu.tensor(shape, DType::F32)?;
         let mut rec = Recorder::new(&self.gpu);
         rec.zero(&t);
-        t
+        Ok(t)
     }
     /// Runs `record`, then compares each (tensor, reference, atol, rtol) output.
     fn check(
@@ -84,7 +84,7 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
         (cx.rng.normals(n * c, 1.0), cx.rng.normals(c * oc, 1.0), cx.rng.normals(oc, 1.0), cx.rng.normals(n * oc, 1.0));
     let (t_inp, t_w, t_b, t_dout) =
         (cx.up(&inp, &[n, c])?, cx.up(&w, &[c, oc])?, cx.up(&bias, &[oc])?, cx.up(&dout, &[n, oc])?);
-    let (out, dinp, dw, db) = (cx.zeros(&[n, oc]), cx.zeros(&[n, c]), cx.zeros(&[c, oc]), cx.zeros(&[oc]));
+    let (out, dinp, dw, db) = (cx.zeros(&[n, oc])?, cx.zeros(&[n, c])?, cx.zeros(&[c, oc])?, cx.zeros(&[oc])?);
     let want = reference::linear_forward(&inp, &w, Some(&bias), n, c, oc);
     let (r_inp, r_w, r_b) = reference::linear_backward(&dout, &inp, &w, n, c, oc);
     cx.check(
@@ -102,8 +102,8 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
     let (lw, lb) = (cx.rng.normals(c, 1.0), cx.rng.normals(c, 1.0));
     let dln = cx.rng.normals(n * c, 1.0);
     let (t_lw, t_lb, t_dln) = (cx.up(&lw, &[c])?, cx.up(&lb, &[c])?, cx.up(&dln, &[n, c])?);
-    let (ln_out, mean, rstd) = (cx.zeros(&[n, c]), cx.zeros(&[n]), cx.zeros(&[n]));
-    let (ln_dinp, ln_dw, ln_db) = (cx.zeros(&[n, c]), cx.zeros(&[c]), cx.zeros(&[c]));
+    let (ln_out, mean, rstd) = (cx.zeros(&[n, c])?, cx.zeros(&[n])?, cx.zeros(&[n])?);
+    let (ln_dinp, ln_dw, ln_db) = (cx.zeros(&[n, c])?, cx.zeros(&[c])?, cx.zeros(&[c])?);
     let (r_out, _, _) = reference::layernorm_forward(&inp, &lw, &lb, c, 1e-5);
     let (r_dinp, r_dw, r_db) = reference::layernorm_backward(&dln, &inp, &lw, c, 1e-5);
     cx.check(
@@ -121,7 +121,7 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
     )?;
 
     // GELU and the residual add.
-    let (g_out, g_dinp, sum) = (cx.zeros(&[n, c]), cx.zeros(&[n, c]), cx.zeros(&[n, c]));
+    let (g_out, g_dinp, sum) = (cx.zeros(&[n, c])?, cx.zeros(&[n, c])?, cx.zeros(&[n, c])?);
     let r_gelu = reference::gelu_forward(&inp);
     let r_dgelu = reference::gelu_backward(&inp, &dln);
     let r_sum: Vec<f64> = inp.iter().zip(&dln).map(|(a, b)| a + b).collect();
@@ -142,7 +142,7 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
     let (wte, wpe) = (cx.rng.normals(vocab * c, 1.0), cx.rng.normals(positions * c, 1.0));
     let (t_ids, t_pos) = (gpu.upload_u32(&[n], &ids)?, gpu.upload_u32(&[n], &pos)?);
     let (t_wte, t_wpe) = (cx.up(&wte, &[vocab, c])?, cx.up(&wpe, &[positions, c])?);
-    let (emb, dwte) = (cx.zeros(&[n, c]), cx.zeros(&[vocab, c]));
+    let (emb, dwte) = (cx.zeros(&[n, c])?, cx.zeros(&[vocab, c])?);
     let buckets = embedding::Buckets::new(gpu, &ids, vocab)?;
     let r_emb = reference::embedding_forward(&ids, &pos, &wte, &wpe, c);
     let r_dwte = reference::embedding_backward(&dln, &ids, vocab, c);
@@ -164,7 +164,7 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
     let (t_qkv, t_mask, t_datt) =
         (cx.up(&qkv, &[b, t, 3 * shape.c])?, gpu.upload_u32(&[b, t], &mask)?, cx.up(&datt, &[b, t, shape.c])?);
     let (att, lse, delta, dqkv) =
-        (cx.zeros(&[b, t, shape.c]), cx.zeros(&[b, 4, t]), cx.zeros(&[b, 4, t]), cx.zeros(&[b, t, 3 * shape.c]));
+        (cx.zeros(&[b, t, shape.c])?, cx.zeros(&[b, 4, t])?, cx.zeros(&[b, 4, t])?, cx.zeros(&[b, t, 3 * shape.c])?);
     let (r_att, _) = reference::attention_forward(&qkv, &mask, b, t, shape.c, 4);
     let r_dqkv = reference::attention_backward(&datt, &qkv, &mask, b, t, shape.c, 4);
     cx.check(
@@ -183,7 +183,7 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
     let dloss = vec![0.25; rows];
     let (t_logits, t_targets, t_dloss) =
         (cx.up(&logits, &[rows, v])?, gpu.upload_u32(&[rows], &targets)?, cx.up(&dloss, &[rows])?);
-    let (loss, ce_lse) = (cx.zeros(&[rows]), cx.zeros(&[rows]));
+    let (loss, ce_lse) = (cx.zeros(&[rows])?, cx.zeros(&[rows])?);
     let r_loss = reference::cross_entropy_forward(&logits, &targets, v);
     let r_dlogits = reference::cross_entropy_backward(&logits, &targets, &dloss, v);
     cx.check(
@@ -198,8 +198,8 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
     // Gradient norm, clipping and one AdamW step.
     let k = 5000;
     let (p0, grad) = (cx.rng.normals(k, 1.0), cx.rng.normals(k, 1.0));
-    let (t_p, t_g, t_m, t_v) = (cx.up(&p0, &[k])?, cx.up(&grad, &[k])?, cx.zeros(&[k]), cx.zeros(&[k]));
-    let (norm_scale, partial) = (cx.zeros(&[2]), cx.zeros(&[adamw::NORM_PARTIALS]));
+    let (t_p, t_g, t_m, t_v) = (cx.up(&p0, &[k])?, cx.up(&grad, &[k])?, cx.zeros(&[k])?, cx.zeros(&[k])?);
+    let (norm_scale, partial) = (cx.zeros(&[2])?, cx.zeros(&[adamw::NORM_PARTIALS])?);
     let hp = adamw::AdamW { lr: 1e-3, weight_decay: 0.1, ..Default::default() };
     let (norm, scale) = reference::grad_norm(&grad, 1.0);
     let (mut rp, mut rm, mut rv) = (p0.clone(), vec![0.0; k], vec![0.0; k]);

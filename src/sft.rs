@@ -177,7 +177,7 @@ impl Trainer {
         let dloss = targets.iter().map(|&x| if x == IGNORE { 0.0 } else { 1.0 / count.max(1) as f32 }).collect();
         let batch = Batch::new(&self.gpu, &self.model.config, &ids, &mask, b, t)?;
         let targets = self.gpu.upload_u32(&[b * t], &targets)?;
-        let (loss, lse) = (self.gpu.tensor(&[b * t], DType::F32), self.gpu.tensor(&[b * t], DType::F32));
+        let (loss, lse) = (self.gpu.tensor(&[b * t], DType::F32)?, self.gpu.tensor(&[b * t], DType::F32)?);
         let acts = self.model.forward(rec, &batch)?;
         let logits = acts.logits.reshape(&[b * t, self.model.config.vocab_size])?;
         cross_entropy_forward(rec, &loss, &lse, &logits, &targets, 1.0)?;
@@ -239,7 +239,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &SftOptions) -> Result<SftReport> {
     let model = Model::upload(gpu, &ck)?;
     let mut rec = Recorder::new(gpu);
     let hp = AdamW { lr: opts.lr, weight_decay: opts.weight_decay, ..AdamW::default() };
-    let mut opt = Optimizer::new(&model, &mut rec, hp, opts.max_grad_norm);
+    let mut opt = Optimizer::new(&model, &mut rec, hp, opts.max_grad_norm)?;
     let grads = model.zeros_like_params(&mut rec)?;
     rec.submit();
     if opts.resume.is_some() {

@@ -112,10 +112,17 @@ impl Tensor {
 }
 
 impl Gpu {
-    /// A tensor with undefined contents (a pooled buffer may hold old data).
-    pub fn tensor(self: &Arc<Self>, shape: &[usize], dtype: DType) -> Tensor {
+    /// A tensor with undefined contents (a pooled buffer may hold old data). A tensor larger
+    /// than the adapter's max_buffer_size is an error naming both.
+    pub fn tensor(self: &Arc<Self>, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         let size = (n as u64 * ELEM_BYTES).max(ELEM_BYTES).next_multiple_of(256);
+        if size > self.limits.max_buffer_size {
+            return Err(Error::MissingCapability(format!(
+                "a tensor of shape {shape:?} needs {size} bytes, above max_buffer_size = {} on {}; use a smaller batch or sequence",
+                self.limits.max_buffer_size, self.info.name
+            )));
+        }
         let reused = self.pool.free.lock().unwrap().get_mut(&size).and_then(Vec::pop);
         let buffer = reused.unwrap_or_else(|| {
             self.pool.allocated.fetch_add(size, Ordering::Relaxed);
@@ -126,12 +133,12 @@ impl Gpu {
                 mapped_at_creation: false,
             })
         });
-        Tensor {
+        Ok(Tensor {
             buffer: Arc::new(PooledBuffer { buffer, pool: self.clone() }),
             offset: 0,
             shape: shape.to_vec(),
             dtype,
-        }
+        })
     }
 
     /// Bytes of tensor storage created on this device so far. A training loop in its steady
@@ -155,7 +162,7 @@ impl Gpu {
         ensure_shape(bytes.len() == n * ELEM_BYTES as usize, || {
             format!("upload of shape {shape:?} got {} elements", bytes.len() / ELEM_BYTES as usize)
         })?;
-        let t = self.tensor(shape, dtype);
+        let t = self.tensor(shape, dtype)?;
         if !bytes.is_empty() {
             self.queue.write_buffer(t.buffer(), t.byte_offset(), bytes);
         }

@@ -159,7 +159,7 @@ impl Model {
 
     /// A zeroed buffer with the parameters' layout (gradients, AdamW moments), and its views.
     pub fn zeros_like_params(&self, rec: &mut Recorder) -> Result<Params> {
-        let flat = self.gpu.tensor(&[self.layout.total], DType::F32);
+        let flat = self.gpu.tensor(&[self.layout.total], DType::F32)?;
         rec.zero(&flat);
         Params::views(&self.gpu, &flat, &self.layout)
     }
@@ -254,28 +254,28 @@ impl Model {
         let f32s = |shape: &[usize]| gpu.tensor(shape, DType::F32);
         let p = &self.params;
 
-        let encoded = f32s(&[b, t, c]);
+        let encoded = f32s(&[b, t, c])?;
         embedding_forward(rec, &encoded, &batch.ids, &batch.pos, &p.wte, &p.wpe)?;
 
         let mut layers: Vec<LayerActivations> = Vec::with_capacity(p.layers.len());
         for lp in &p.layers {
             let residual = layers.last().map_or(&encoded, |l| &l.residual3);
             let a = LayerActivations {
-                ln1: f32s(&[b, t, c]),
-                ln1_mean: f32s(&[b, t]),
-                ln1_rstd: f32s(&[b, t]),
-                qkv: f32s(&[b, t, 3 * c]),
-                atty: f32s(&[b, t, c]),
-                att_lse: f32s(&[b, nh, t]),
-                attproj: f32s(&[b, t, c]),
-                residual2: f32s(&[b, t, c]),
-                ln2: f32s(&[b, t, c]),
-                ln2_mean: f32s(&[b, t]),
-                ln2_rstd: f32s(&[b, t]),
-                fch: f32s(&[b, t, 4 * c]),
-                fch_gelu: f32s(&[b, t, 4 * c]),
-                fcproj: f32s(&[b, t, c]),
-                residual3: f32s(&[b, t, c]),
+                ln1: f32s(&[b, t, c])?,
+                ln1_mean: f32s(&[b, t])?,
+                ln1_rstd: f32s(&[b, t])?,
+                qkv: f32s(&[b, t, 3 * c])?,
+                atty: f32s(&[b, t, c])?,
+                att_lse: f32s(&[b, nh, t])?,
+                attproj: f32s(&[b, t, c])?,
+                residual2: f32s(&[b, t, c])?,
+                ln2: f32s(&[b, t, c])?,
+                ln2_mean: f32s(&[b, t])?,
+                ln2_rstd: f32s(&[b, t])?,
+                fch: f32s(&[b, t, 4 * c])?,
+                fch_gelu: f32s(&[b, t, 4 * c])?,
+                fcproj: f32s(&[b, t, c])?,
+                residual3: f32s(&[b, t, c])?,
             };
             layernorm_forward(rec, &a.ln1, &a.ln1_mean, &a.ln1_rstd, residual, &lp.ln_1_w, &lp.ln_1_b, eps)?;
             linear_forward(rec, &a.qkv, &a.ln1, &lp.c_attn_w, Some(&lp.c_attn_b))?;
@@ -291,13 +291,13 @@ impl Model {
         }
 
         let residual = layers.last().map_or(&encoded, |l| &l.residual3);
-        let (lnf, lnf_mean, lnf_rstd) = (f32s(&[b, t, c]), f32s(&[b, t]), f32s(&[b, t]));
+        let (lnf, lnf_mean, lnf_rstd) = (f32s(&[b, t, c])?, f32s(&[b, t])?, f32s(&[b, t])?);
         layernorm_forward(rec, &lnf, &lnf_mean, &lnf_rstd, residual, &p.ln_f_w, &p.ln_f_b, eps)?;
-        let logits = f32s(&[b, t, v]);
+        let logits = f32s(&[b, t, v])?;
         matmul(rec, &logits, &lnf, &p.wte, None, Layout::NT, false)?; // tied LM head: lnf · wteᵀ
         let values = match &p.v_head {
             Some((w, bias)) => {
-                let values = f32s(&[b, t]);
+                let values = f32s(&[b, t])?;
                 linear_forward(rec, &values.reshape(&[b * t, 1])?, &lnf, w, Some(bias))?;
                 Some(values)
             }
@@ -305,7 +305,7 @@ impl Model {
         };
         let rewards = match &p.score {
             Some(w) => {
-                let rewards = f32s(&[b, t]);
+                let rewards = f32s(&[b, t])?;
                 linear_forward(rec, &rewards.reshape(&[b * t, 1])?, &lnf, w, None)?;
                 Some(rewards)
             }
@@ -330,16 +330,16 @@ impl Model {
         let (b, t) = (batch.b, batch.t);
         let GptConfig { n_embd: c, n_head: nh, .. } = self.config;
         let gpu = &self.gpu;
-        let zeros = |rec: &mut Recorder, shape: &[usize]| {
-            let z = gpu.tensor(shape, DType::F32);
+        let zeros = |rec: &mut Recorder, shape: &[usize]| -> Result<Tensor> {
+            let z = gpu.tensor(shape, DType::F32)?;
             rec.zero(&z);
-            z
+            Ok(z)
         };
         let p = &self.params;
         let dlogits = &acts.logits;
 
         // Heads: dlnf = dlogits · wte (+ the value and reward heads' contributions).
-        let dlnf = zeros(rec, &[b, t, c]);
+        let dlnf = zeros(rec, &[b, t, c])?;
         matmul(rec, &dlnf, dlogits, &p.wte, None, Layout::NN, true)?;
         matmul(rec, &grads.wte, dlogits, &acts.lnf, None, Layout::TN, true)?; // dwte += dlogitsᵀ · lnf
         if let (Some((w, _)), Some((dw, db)), Some(dv)) = (&p.v_head, &grads.v_head, dvalues) {
@@ -351,7 +351,7 @@ impl Model {
 
         // ln_f. `dresidual` carries ∂L/∂(residual stream) down through the blocks: every
         // residual add passes it on unchanged, and each branch adds its own contribution.
-        let dresidual = zeros(rec, &[b, t, c]);
+        let dresidual = zeros(rec, &[b, t, c])?;
         let last = acts.layers.last().map_or(&acts.encoded, |l| &l.residual3);
         layernorm_backward(
             rec,
@@ -366,12 +366,12 @@ impl Model {
         )?;
 
         // Scratch for the per-block gradients, reused by every block.
-        let dfch_gelu = gpu.tensor(&[b, t, 4 * c], DType::F32);
-        let dfch = gpu.tensor(&[b, t, 4 * c], DType::F32);
-        let dln = gpu.tensor(&[b, t, c], DType::F32);
-        let datty = gpu.tensor(&[b, t, c], DType::F32);
-        let dqkv = gpu.tensor(&[b, t, 3 * c], DType::F32);
-        let delta = gpu.tensor(&[b, nh, t], DType::F32);
+        let dfch_gelu = gpu.tensor(&[b, t, 4 * c], DType::F32)?;
+        let dfch = gpu.tensor(&[b, t, 4 * c], DType::F32)?;
+        let dln = gpu.tensor(&[b, t, c], DType::F32)?;
+        let datty = gpu.tensor(&[b, t, c], DType::F32)?;
+        let dqkv = gpu.tensor(&[b, t, 3 * c], DType::F32)?;
+        let delta = gpu.tensor(&[b, nh, t], DType::F32)?;
 
         for (l, (lp, gp)) in p.layers.iter().zip(&grads.layers).enumerate().rev() {
             let a = &acts.layers[l];

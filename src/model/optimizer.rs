@@ -25,15 +25,15 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
-    pub fn new(model: &Model, rec: &mut Recorder, hp: AdamW, max_grad_norm: f32) -> Optimizer {
+    pub fn new(model: &Model, rec: &mut Recorder, hp: AdamW, max_grad_norm: f32) -> Result<Optimizer> {
         let gpu = model.gpu();
         let n = model.layout.total;
-        let (m, v) = (gpu.tensor(&[n], DType::F32), gpu.tensor(&[n], DType::F32));
-        let (partial, norm_scale) = (gpu.tensor(&[NORM_PARTIALS], DType::F32), gpu.tensor(&[2], DType::F32));
+        let (m, v) = (gpu.tensor(&[n], DType::F32)?, gpu.tensor(&[n], DType::F32)?);
+        let (partial, norm_scale) = (gpu.tensor(&[NORM_PARTIALS], DType::F32)?, gpu.tensor(&[2], DType::F32)?);
         for t in [&m, &v, &norm_scale] {
             rec.zero(t);
         }
-        Optimizer { hp, max_grad_norm, step: 0, m, v, partial, norm_scale }
+        Ok(Optimizer { hp, max_grad_norm, step: 0, m, v, partial, norm_scale })
     }
 
     /// Records one update of `model` from the gradient buffer `grads` (laid out like the

@@ -112,8 +112,11 @@ pub fn ppo_update(
             let mb_batch = Batch::new(&gpu, &model.config, &ids, &batch.gather(&batch.attention_mask, rows), n, l)?;
             let tokens = gpu.upload_u32(&[n * l], &ids)?;
             let inputs = gpu.upload(&[n * l, INPUT_COLUMNS], &inputs)?;
-            let (dvalues, token_stats, mb_stats) =
-                (gpu.tensor(&[n * l], DType::F32), gpu.tensor(&[n * l, 8], DType::F32), gpu.tensor(&[8], DType::F32));
+            let (dvalues, token_stats, mb_stats) = (
+                gpu.tensor(&[n * l], DType::F32)?,
+                gpu.tensor(&[n * l, 8], DType::F32)?,
+                gpu.tensor(&[8], DType::F32)?,
+            );
 
             let mut rec = Recorder::new(&gpu);
             let acts = model.forward(&mut rec, &mb_batch)?;

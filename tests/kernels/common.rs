@@ -26,7 +26,7 @@ pub fn upload(x: &[f64], shape: &[usize]) -> Tensor {
 
 pub fn zeros(shape: &[usize]) -> Tensor {
     let gpu = gpu();
-    let t = gpu.tensor(shape, DType::F32);
+    let t = gpu.tensor(shape, DType::F32).unwrap();
     let mut rec = Recorder::new(&gpu);
     rec.zero(&t);
     rec.submit();

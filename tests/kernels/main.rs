@@ -10,6 +10,7 @@ mod attention;
 mod cross_entropy;
 mod embedding;
 mod gelu;
+mod gpu_layer;
 mod layernorm;
 mod matmul;
 mod ppo;

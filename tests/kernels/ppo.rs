@@ -84,7 +84,8 @@ fn run_gpu(case: &Case, cfg: &PpoLossConfig, fused: bool) -> (Vec<f64>, Vec<f64>
     if fused {
         ppo_loss_fused(&mut rec, &mb, cfg, &dvalues, &token_stats).unwrap();
     } else {
-        let (logp, scalars) = (gpu.tensor(&[rows, case.v], DType::F32), gpu.tensor(&[rows, 4], DType::F32));
+        let (logp, scalars) =
+            (gpu.tensor(&[rows, case.v], DType::F32).unwrap(), gpu.tensor(&[rows, 4], DType::F32).unwrap());
         ppo_loss_unfused(&mut rec, &mb, cfg, &dvalues, &token_stats, &logp, &scalars).unwrap();
     }
     ppo_stats_reduce(&mut rec, &stats, &token_stats).unwrap();

@@ -48,7 +48,7 @@ fn matches_pytorch_logits_logprobs_loss_and_every_gradient() {
 
     let batch = Batch::new(&gpu, &model.config, &ids, &mask, b, t).unwrap();
     let (t_targets, t_dloss) = (gpu.upload_u32(&[b * t], &targets).unwrap(), gpu.upload(&[b * t], &dloss).unwrap());
-    let (loss, lse) = (gpu.tensor(&[b * t], DType::F32), gpu.tensor(&[b * t], DType::F32));
+    let (loss, lse) = (gpu.tensor(&[b * t], DType::F32).unwrap(), gpu.tensor(&[b * t], DType::F32).unwrap());
     let mut rec = Recorder::new(&gpu);
     let acts = model.forward(&mut rec, &batch).unwrap();
     let logits = acts.logits.reshape(&[b * t, v]).unwrap();

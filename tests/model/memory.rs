@@ -27,7 +27,7 @@ fn memory_estimate_matches_the_buffers_and_steps_allocate_nothing_new() {
     let (b, t) = (4, 32);
     let model = Model::upload(&gpu, &init_weights(&config, heads, 1)).unwrap();
     let mut rec = Recorder::new(&gpu);
-    let mut opt = Optimizer::new(&model, &mut rec, AdamW::default(), 1.0);
+    let mut opt = Optimizer::new(&model, &mut rec, AdamW::default(), 1.0).unwrap();
     let grads = model.zeros_like_params(&mut rec).unwrap();
     rec.submit();
     let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % 96) as u32).collect();

@@ -28,7 +28,7 @@ fn update_gradients_match_pytorch_autograd() {
     };
 
     let mut rec = Recorder::new(&gpu);
-    let mut opt = Optimizer::new(&policy, &mut rec, AdamW::default(), 1.0);
+    let mut opt = Optimizer::new(&policy, &mut rec, AdamW::default(), 1.0).unwrap();
     rec.submit();
     let loss = PpoLossConfig { temperature: 0.9, cliprange: 0.2, cliprange_value: 0.2, vf_coef: 0.1, ent_coef: 0.01 };
     let opts = UpdateOptions { epochs: 1, minibatches: 2, lr: 1e-5, loss, seed: None };

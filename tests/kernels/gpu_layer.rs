@@ -1,0 +1,38 @@
+//! The GPU layer itself: tensors, the pool, the recorder.
+
+use crate::common::*;
+use ppo_wgpu::gpu::{DType, Recorder};
+
+#[test]
+fn a_tensor_above_max_buffer_size_is_an_error_not_a_panic() {
+    let gpu = gpu();
+    let too_big = (gpu.limits.max_buffer_size / 4 + 1024) as usize;
+    let err = gpu.tensor(&[too_big], DType::F32).unwrap_err().to_string();
+    assert!(err.contains("max_buffer_size") && err.contains(&gpu.info.name), "{err}");
+}
+
+#[test]
+fn views_reshapes_and_pooled_buffers() {
+    // A device of its own: other tests allocate on the shared one while this one counts.
+    let gpu = ppo_wgpu::gpu::Gpu::new(None).unwrap();
+    let t = gpu.upload(&[4, 64], &(0..256).map(|i| i as f32).collect::<Vec<_>>()).unwrap();
+    let row2 = t.view(&gpu, 128, &[64]).unwrap();
+    assert_eq!(gpu.download(&row2).unwrap()[..3], [128.0, 129.0, 130.0]);
+    assert!(t.view(&gpu, 3, &[4]).is_err(), "a misaligned view is refused");
+    assert!(t.view(&gpu, 200, &[64]).is_err(), "a view past the end is refused");
+    assert!(t.reshape(&[3, 64]).is_err());
+    assert_eq!(gpu.download_range(&t, 5, 3).unwrap(), vec![5.0, 6.0, 7.0]);
+    // A dropped tensor's buffer is reused by the next tensor of the same size.
+    let before = gpu.tensor_bytes_allocated();
+    drop(t);
+    drop(row2);
+    let again = gpu.tensor(&[256], DType::F32).unwrap();
+    assert_eq!(gpu.tensor_bytes_allocated(), before);
+    // Zeroing and copying through a recorder.
+    let src = gpu.upload(&[256], &vec![3.0; 256]).unwrap();
+    let mut rec = Recorder::new(&gpu);
+    rec.zero(&again);
+    rec.copy(&src, &again);
+    rec.submit();
+    assert!(gpu.download(&again).unwrap().iter().all(|&x| x == 3.0));
+}
