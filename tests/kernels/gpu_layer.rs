@@ -36,3 +36,19 @@ fn views_reshapes_and_pooled_buffers() {
     rec.submit();
     assert!(gpu.download(&again).unwrap().iter().all(|&x| x == 3.0));
 }
+
+#[test]
+fn a_recorder_with_more_dispatches_than_its_uniform_arena_holds_flushes_in_order() {
+    // 3000 dispatches of dst += 1 (each with its own uniform block, 256 bytes apart: the
+    // 256 KiB arena holds 1024) must all land, in order, across the recorder's flushes.
+    use ppo_wgpu::kernels::residual::accumulate;
+    let gpu = gpu();
+    let (dst, one) = (gpu.upload(&[300], &[0.0; 300]).unwrap(), gpu.upload(&[300], &[1.0; 300]).unwrap());
+    let mut rec = Recorder::new(&gpu);
+    for _ in 0..3000 {
+        accumulate(&mut rec, &dst, &one).unwrap();
+    }
+    assert_eq!(rec.dispatch_count(), 3000);
+    rec.submit();
+    assert!(gpu.download(&dst).unwrap().iter().all(|&x| x == 3000.0));
+}
