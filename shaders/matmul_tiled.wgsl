@@ -130,3 +130,17 @@ fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     if ((params.flags & ACCUMULATE) != 0u) { sum += out[col]; }
     out[col] = sum;
 }
+
+// Transpose: out[c, r] = a[r, c] for a [M, N] (params.m rows, params.n columns). The CPU
+// adapter's NT product runs as transpose + NN, whose vec4 loads are the fast ones there.
+// One invocation per element, consecutive invocations along a row of `a`.
+// Launch: workgroup 64; grid = ceil(M·N/64) laid out 2D (x ≤ 65535).
+@compute @workgroup_size(64)
+fn transpose(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * 64u + lid;
+    if (i >= params.m * params.n) { return; }
+    let r = i / params.n;
+    let c = i % params.n;
+    out[c * params.m + r] = a[i];
+}

@@ -205,6 +205,37 @@ fn record(
     let bias = bias.unwrap_or(a);
     let vec4_out = out_stride.is_multiple_of(4) && out_col.is_multiple_of(4);
     let vec4_a = a_stride.is_multiple_of(4) && a_col.is_multiple_of(4);
+    // On the CPU adapter the NN kernel runs at about twice the NT kernel's rate (its B loads are
+    // contiguous vec4s across invocations, NT's are 16 strided rows): when the shape allows NN,
+    // transpose B once into a scratch tensor and run that instead (dinp = dout·Wᵀ in every
+    // linear layer's backward; the transpose costs a few percent of the product).
+    if variant == MatmulVariant::RegisterTiled
+        && layout == Layout::NT
+        && vec4_a
+        && vec4_out
+        && register_tiled_fits(Layout::NN, m, n, k)
+    {
+        let gpu = rec.gpu().clone();
+        let b_t = gpu.tensor(&[k, n], crate::gpu::DType::F32)?;
+        let tp = Params { m: n as u32, n: k as u32, k: 0, flags: 0, out_stride: 0, out_col: 0, a_stride: 0, a_col: 0 };
+        rec.dispatch(
+            &TILED_SHADER,
+            "transpose",
+            &[],
+            bytemuck::bytes_of(&tp),
+            &[bind(1, b), bind(4, &b_t)],
+            gpu.grid(groups(n * k, 64)),
+        )?;
+        let grid = [groups(n, 128) as u32, groups(m, 64) as u32, 1];
+        return rec.dispatch(
+            &SHADER,
+            "matmul_nn",
+            &[],
+            p,
+            &[bind(1, a), bind(2, &b_t), bind(3, bias), bind(4, out)],
+            grid,
+        );
+    }
     let register_tiled = variant == MatmulVariant::RegisterTiled && register_tiled_fits(layout, m, n, k);
     if register_tiled && vec4_a && (layout == Layout::NT || vec4_out) {
         let grid = [groups(n, 128) as u32, groups(m, 64) as u32, 1];
