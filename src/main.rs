@@ -1,7 +1,7 @@
 //! The `ppo-wgpu` command line: each subcommand is a thin call into the library.
 
 use clap::{Parser, Subcommand};
-use ppo_wgpu::gpu::{self, Gpu};
+use ppo_wgpu::gpu::{self, Gpu, MatmulVariant};
 use ppo_wgpu::kernels::adamw::AdamW;
 use ppo_wgpu::kernels::ppo::STAT_NAMES;
 use ppo_wgpu::model::checkpoint::TOKENIZER_FILE;
@@ -154,7 +154,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Memory { config, batch_size, seq_len } => {
             let cfg = named_config(config)?;
             let heads = model::Heads { value: true, reward: false };
-            let m = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len);
+            let m = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, MatmulVariant::WorkgroupTiled);
+            let cpu = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, MatmulVariant::RegisterTiled);
             let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
             let n = model::gpt::ParamLayout::new(&cfg, heads).count();
             println!("{config}: {n} parameters (with a value head), batch {batch_size} x {seq_len} tokens");
@@ -164,6 +165,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("  activations      {:>10.1} MiB", mib(m.activations));
             println!("  backward scratch {:>10.1} MiB", mib(m.backward_scratch));
             println!("  total            {:>10.1} MiB", mib(m.total()));
+            println!(
+                "  (on a CPU adapter, plus {:.1} MiB of transposed weights in the backward)",
+                mib(cpu.transpose_scratch)
+            );
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}

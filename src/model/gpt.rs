@@ -10,7 +10,7 @@
 use super::checkpoint::Checkpoint;
 use super::config::{GptConfig, Heads};
 use crate::error::{Error, Result, ensure_shape};
-use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::gpu::{DType, Gpu, MatmulVariant, Recorder, Tensor};
 use crate::kernels::attention::{AttentionShape, attention_backward, attention_forward};
 use crate::kernels::embedding::{Buckets, check_indices, embedding_backward, embedding_forward, position_ids};
 use crate::kernels::gelu::{gelu_backward, gelu_forward};
@@ -446,16 +446,19 @@ pub struct MemoryEstimate {
     pub activations: usize,
     /// Gradient scratch of the backward (one block's worth plus the heads).
     pub backward_scratch: usize,
+    /// On the CPU adapter's matmul variant, the transposed copy of each block weight that the
+    /// backward's dinp products use (held until the step is submitted); 0 on GPUs.
+    pub transpose_scratch: usize,
 }
 
 impl MemoryEstimate {
     pub fn total(&self) -> usize {
-        self.params + self.grads + self.adam_state + self.activations + self.backward_scratch
+        self.params + self.grads + self.adam_state + self.activations + self.backward_scratch + self.transpose_scratch
     }
 }
 
-/// The memory of training `config` (with a value head) on batches of B × T tokens.
-pub fn memory_estimate(config: &GptConfig, heads: Heads, b: usize, t: usize) -> MemoryEstimate {
+/// The memory of training `config` on batches of B × T tokens with the given matmul variant.
+pub fn memory_estimate(config: &GptConfig, heads: Heads, b: usize, t: usize, variant: MatmulVariant) -> MemoryEstimate {
     let layout = ParamLayout::new(config, heads);
     let (c, v, nh, l) = (config.n_embd, config.vocab_size, config.n_head, config.n_layer);
     let bt = b * t;
@@ -467,5 +470,7 @@ pub fn memory_estimate(config: &GptConfig, heads: Heads, b: usize, t: usize) -> 
     let backward_scratch =
         4 * (bt * c /* dlnf */ + bt * c /* dresidual */ + 2 * bt * 4 * c + 2 * bt * c + bt * 3 * c + b * nh * t);
     let p = 4 * layout.total;
-    MemoryEstimate { params: p, grads: p, adam_state: 2 * p, activations, backward_scratch }
+    // c_attn (3C²), attn.c_proj (C²), c_fc (4C²), mlp.c_proj (4C²) per block.
+    let transpose_scratch = if variant == MatmulVariant::RegisterTiled { 4 * l * 12 * c * c } else { 0 };
+    MemoryEstimate { params: p, grads: p, adam_state: 2 * p, activations, backward_scratch, transpose_scratch }
 }
