@@ -29,7 +29,9 @@ pub struct AttentionShape {
 }
 
 impl AttentionShape {
-    fn check(&self) -> Result<(Params, f64)> {
+    /// Checks the head dimension and the tensors every attention kernel reads (qkv, mask, the
+    /// forward's out and lse); returns the uniform parameters and the head dimension.
+    fn check(&self, qkv: &Tensor, mask: &Tensor, out: &Tensor, lse: &Tensor) -> Result<(Params, f64)> {
         let AttentionShape { b, t, c, n_head } = *self;
         ensure_shape(n_head > 0 && c % n_head == 0, || {
             format!("attention: n_embd {c} is not divisible by n_head {n_head}")
@@ -38,8 +40,13 @@ impl AttentionShape {
         ensure_shape(hd % 4 == 0 && hd <= MAX_HEAD_DIM, || {
             format!("attention: head dimension {hd} must be a multiple of 4 and at most {MAX_HEAD_DIM}")
         })?;
+        expect_len(qkv, b * t * 3 * c, "attention qkv")?;
+        expect_len(mask, b * t, "attention mask")?;
+        expect_len(out, b * t * c, "attention output")?;
+        expect_len(lse, self.rows(), "attention lse")?;
         Ok((Params { b: b as u32, t: t as u32, c: c as u32, nh: n_head as u32 }, hd as f64))
     }
+
     fn rows(&self) -> usize {
         self.b * self.n_head * self.t
     }
@@ -55,12 +62,7 @@ pub fn attention_forward(
     mask: &Tensor,
     shape: AttentionShape,
 ) -> Result<()> {
-    let (params, hd) = shape.check()?;
-    let AttentionShape { b, t, c, .. } = shape;
-    expect_len(qkv, b * t * 3 * c, "attention qkv")?;
-    expect_len(mask, b * t, "attention mask")?;
-    expect_len(out, b * t * c, "attention output")?;
-    expect_len(lse, shape.rows(), "attention lse")?;
+    let (params, hd) = shape.check(qkv, mask, out, lse)?;
     let grid = rec.gpu().grid(groups(shape.rows(), 64));
     let bindings = [bind(1, qkv), bind(2, mask), bind(3, out), bind(4, lse)];
     rec.dispatch(&SHADER, "attention_forward", &[("HEAD_DIM", hd)], bytemuck::bytes_of(&params), &bindings, grid)
@@ -80,15 +82,10 @@ pub fn attention_backward(
     mask: &Tensor,
     shape: AttentionShape,
 ) -> Result<()> {
-    let (params, hd) = shape.check()?;
-    let AttentionShape { b, t, c, .. } = shape;
-    expect_len(qkv, b * t * 3 * c, "attention qkv")?;
-    expect_len(dqkv, b * t * 3 * c, "attention dqkv")?;
-    expect_len(mask, b * t, "attention mask")?;
-    expect_len(out, b * t * c, "attention output")?;
-    expect_len(dout, b * t * c, "attention dout")?;
-    expect_len(lse, shape.rows(), "attention lse")?;
-    expect_len(delta, shape.rows(), "attention delta")?;
+    let (params, hd) = shape.check(qkv, mask, out, lse)?;
+    expect_len(dqkv, qkv.len(), "attention dqkv")?;
+    expect_len(dout, out.len(), "attention dout")?;
+    expect_len(delta, lse.len(), "attention delta")?;
     let grid = rec.gpu().grid(groups(shape.rows(), 64));
     let constants = [("HEAD_DIM", hd)];
     let p = bytemuck::bytes_of(&params);
