@@ -124,15 +124,28 @@ impl Gpu {
             )));
         }
         let reused = self.pool.free.lock().unwrap().get_mut(&size).and_then(Vec::pop);
-        let buffer = reused.unwrap_or_else(|| {
-            self.pool.allocated.fetch_add(size, Ordering::Relaxed);
-            self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: None,
-                size,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        });
+        let buffer = match reused {
+            Some(buffer) => buffer,
+            None => {
+                // Out of device memory is an error for the caller, not a panic inside wgpu.
+                let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+                let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                if let Some(e) = pollster::block_on(scope.pop()) {
+                    return Err(Error::MissingCapability(format!(
+                        "out of GPU memory allocating {size} bytes for a tensor of shape {shape:?} on {} ({} bytes already held): {e}",
+                        self.info.name,
+                        self.tensor_bytes_allocated()
+                    )));
+                }
+                self.pool.allocated.fetch_add(size, Ordering::Relaxed);
+                buffer
+            }
+        };
         Ok(Tensor {
             buffer: Arc::new(PooledBuffer { buffer, pool: self.clone() }),
             offset: 0,
