@@ -15,6 +15,10 @@
 // registers. Out-of-range elements are staged as zeros.
 //
 // Launch: workgroup (16, 16); grid = (ceil(N/64), ceil(M/64)).
+//
+// Two helpers of the matmul family share this file's bindings: `bias_backward` (the bias
+// gradient, a column sum) and `transpose` (B for the CPU adapter's NT-as-NN path); each has
+// its launch shape beside it below.
 
 struct Params {
     m: u32,
