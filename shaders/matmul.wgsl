@@ -7,11 +7,13 @@
 // GPT-2 weight layout W [in, out] (row-major everywhere):
 //
 //   matmul_nn:  out[M,N] (+)= A[M,K] · B[K,N] (+ bias[N])   forward: out = inp · W + b
-//               needs K % 4 == 0 and N % 4 == 0; A read as vec4 along K, B as vec4 along N
+//               needs N % 4 == 0; A read as vec4 along K (as scalars with A_SCALAR), B as
+//               vec4 along N
 //   matmul_nt:  out[M,N] (+)= A[M,K] · B[N,K]ᵀ              dinp = dout · Wᵀ, logits = x · wteᵀ
 //               needs K % 4 == 0; A and B both read as vec4 along K; scalar stores (any N)
 //   matmul_tn:  out[M,N] (+)= A[K,M]ᵀ · B[K,N]              dW = inpᵀ · dout
-//               needs M % 4 == 0 and N % 4 == 0; A read as vec4 along M, B as vec4 along N
+//               needs N % 4 == 0; A read as vec4 along M (as scalars with A_SCALAR), B as
+//               vec4 along N
 //
 // params.flags: bit 0 = accumulate into out (gradients), bit 1 = add bias (matmul_nn only).
 // Output row r, column c is stored at out[r·out_stride + out_col + c], and A is read from rows
@@ -44,6 +46,26 @@ const HAS_BIAS: u32 = 2u;
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> out_scalar: array<f32>;
+// The same A as scalars, for matmul_nn and matmul_tn when A_SCALAR is set: an A whose rows do
+// not start on vec4 boundaries (GPT-2's logits gradient, rows of 50257) or whose vec4 axis is
+// ragged is read four scalars at a time, past-the-end columns as zeros, so the fast kernels
+// still run (the host binds the buffer at both bindings).
+@group(0) @binding(6) var<storage, read> a_scalar: array<f32>;
+
+override A_SCALAR: bool = false;
+
+// A[base + col .. base + col + 3] as a vec4 (base, col in scalars), columns ≥ `limit` zero.
+// Aligned, it is one vec4 load, clamped to the last whole vec4 below `limit`.
+fn a_vec4(base: u32, col: u32, limit: u32) -> vec4<f32> {
+    if (A_SCALAR) {
+        var v = vec4<f32>(0.0);
+        for (var j = 0u; j < 4u; j++) {
+            if (col + j < limit) { v[j] = a_scalar[base + col + j]; }
+        }
+        return v;
+    }
+    return a[(base + min(col, limit - 4u)) / 4u];
+}
 
 // Stores the 8×16 block held in acc (row r, vec4 column c at acc[r*4+c]) at rows m0.., vec4
 // columns c0.., skipping what lies outside [M, N/4).
@@ -65,10 +87,8 @@ fn store_block(acc: ptr<function, array<vec4<f32>, 32>>, m0: u32, c0: u32, n4: u
 
 @compute @workgroup_size(8, 8)
 fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let k4 = params.k / 4u;
+    let k4 = (params.k + 3u) / 4u; // a ragged last vec4 of K reads zeros from A (A_SCALAR)
     let n4 = params.n / 4u;
-    let a_row4 = params.a_stride / 4u; // vec4s per row of A as stored
-    let a_col4 = params.a_col / 4u;
     let m0 = gid.y * 8u;
     let c0 = gid.x * 4u;
     if (m0 >= params.m || c0 >= n4) { return; }
@@ -79,15 +99,15 @@ fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
     let bc2 = min(c0 + 2u, n4 - 1u);
     let bc3 = min(c0 + 3u, n4 - 1u);
 
-    // Row offsets (vec4 units) of this invocation's 8 rows of A; rows past M re-read the last.
-    let ar0 = min(m0 + 0u, params.m - 1u) * a_row4 + a_col4;
-    let ar1 = min(m0 + 1u, params.m - 1u) * a_row4 + a_col4;
-    let ar2 = min(m0 + 2u, params.m - 1u) * a_row4 + a_col4;
-    let ar3 = min(m0 + 3u, params.m - 1u) * a_row4 + a_col4;
-    let ar4 = min(m0 + 4u, params.m - 1u) * a_row4 + a_col4;
-    let ar5 = min(m0 + 5u, params.m - 1u) * a_row4 + a_col4;
-    let ar6 = min(m0 + 6u, params.m - 1u) * a_row4 + a_col4;
-    let ar7 = min(m0 + 7u, params.m - 1u) * a_row4 + a_col4;
+    // Offsets (scalars) of this invocation's 8 rows of A; rows past M re-read the last.
+    let ar0 = min(m0 + 0u, params.m - 1u) * params.a_stride + params.a_col;
+    let ar1 = min(m0 + 1u, params.m - 1u) * params.a_stride + params.a_col;
+    let ar2 = min(m0 + 2u, params.m - 1u) * params.a_stride + params.a_col;
+    let ar3 = min(m0 + 3u, params.m - 1u) * params.a_stride + params.a_col;
+    let ar4 = min(m0 + 4u, params.m - 1u) * params.a_stride + params.a_col;
+    let ar5 = min(m0 + 5u, params.m - 1u) * params.a_stride + params.a_col;
+    let ar6 = min(m0 + 6u, params.m - 1u) * params.a_stride + params.a_col;
+    let ar7 = min(m0 + 7u, params.m - 1u) * params.a_stride + params.a_col;
 
     // acc[4r + c] holds row m0 + r, columns 4(c0 + c) .. 4(c0 + c) + 3. Fully unrolled with
     // constant indices so that the 32 accumulators stay in registers.
@@ -95,29 +115,30 @@ fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var kk = 0u; kk < k4; kk++) {
         // Rows 4kk..4kk+3 of B as four 4×4 blocks: column j of block c is B[4kk + j, 4(c0+c)..+3],
         // so block · A[row, 4kk..4kk+3] is that row's contribution to 4 outputs.
-        let r0 = (kk * 4u) * n4;
-        let r1 = r0 + n4;
-        let r2 = r1 + n4;
-        let r3 = r2 + n4;
+        // (Rows past K re-read the last row; A's matching entries are zero.)
+        let r0 = min(kk * 4u, params.k - 1u) * n4;
+        let r1 = min(kk * 4u + 1u, params.k - 1u) * n4;
+        let r2 = min(kk * 4u + 2u, params.k - 1u) * n4;
+        let r3 = min(kk * 4u + 3u, params.k - 1u) * n4;
         let bm0 = mat4x4<f32>(b[r0 + bc0], b[r1 + bc0], b[r2 + bc0], b[r3 + bc0]);
         let bm1 = mat4x4<f32>(b[r0 + bc1], b[r1 + bc1], b[r2 + bc1], b[r3 + bc1]);
         let bm2 = mat4x4<f32>(b[r0 + bc2], b[r1 + bc2], b[r2 + bc2], b[r3 + bc2]);
         let bm3 = mat4x4<f32>(b[r0 + bc3], b[r1 + bc3], b[r2 + bc3], b[r3 + bc3]);
-        let a0 = a[ar0 + kk];
+        let a0 = a_vec4(ar0, kk * 4u, params.k);
         acc[0] += bm0 * a0; acc[1] += bm1 * a0; acc[2] += bm2 * a0; acc[3] += bm3 * a0;
-        let a1 = a[ar1 + kk];
+        let a1 = a_vec4(ar1, kk * 4u, params.k);
         acc[4] += bm0 * a1; acc[5] += bm1 * a1; acc[6] += bm2 * a1; acc[7] += bm3 * a1;
-        let a2 = a[ar2 + kk];
+        let a2 = a_vec4(ar2, kk * 4u, params.k);
         acc[8] += bm0 * a2; acc[9] += bm1 * a2; acc[10] += bm2 * a2; acc[11] += bm3 * a2;
-        let a3 = a[ar3 + kk];
+        let a3 = a_vec4(ar3, kk * 4u, params.k);
         acc[12] += bm0 * a3; acc[13] += bm1 * a3; acc[14] += bm2 * a3; acc[15] += bm3 * a3;
-        let a4 = a[ar4 + kk];
+        let a4 = a_vec4(ar4, kk * 4u, params.k);
         acc[16] += bm0 * a4; acc[17] += bm1 * a4; acc[18] += bm2 * a4; acc[19] += bm3 * a4;
-        let a5 = a[ar5 + kk];
+        let a5 = a_vec4(ar5, kk * 4u, params.k);
         acc[20] += bm0 * a5; acc[21] += bm1 * a5; acc[22] += bm2 * a5; acc[23] += bm3 * a5;
-        let a6 = a[ar6 + kk];
+        let a6 = a_vec4(ar6, kk * 4u, params.k);
         acc[24] += bm0 * a6; acc[25] += bm1 * a6; acc[26] += bm2 * a6; acc[27] += bm3 * a6;
-        let a7 = a[ar7 + kk];
+        let a7 = a_vec4(ar7, kk * 4u, params.k);
         acc[28] += bm0 * a7; acc[29] += bm1 * a7; acc[30] += bm2 * a7; acc[31] += bm3 * a7;
     }
     store_block(&acc, m0, c0, n4, true);
@@ -125,14 +146,11 @@ fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 @compute @workgroup_size(8, 8)
 fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let m4 = params.m / 4u;
     let n4 = params.n / 4u;
     let m0 = gid.y * 8u;
     let c0 = gid.x * 4u;
     if (m0 >= params.m || c0 >= n4) { return; }
 
-    let am0 = min(m0 / 4u, m4 - 1u);
-    let am1 = min(m0 / 4u + 1u, m4 - 1u);
     let bc0 = min(c0, n4 - 1u);
     let bc1 = min(c0 + 1u, n4 - 1u);
     let bc2 = min(c0 + 2u, n4 - 1u);
@@ -141,9 +159,9 @@ fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
     var acc: array<vec4<f32>, 32>;
     for (var k = 0u; k < params.k; k++) {
         // Row k of A holds A[k, m0..m0+7] (the transposed operand); row k of B its 16 columns.
-        let row = k * (params.a_stride / 4u) + params.a_col / 4u;
-        let lo = a[row + am0];
-        let hi = a[row + am1];
+        let row = k * params.a_stride + params.a_col;
+        let lo = a_vec4(row, m0, params.m);
+        let hi = a_vec4(row, m0 + 4u, params.m);
         let rb = k * n4;
         let b0 = b[rb + bc0]; let b1 = b[rb + bc1]; let b2 = b[rb + bc2]; let b3 = b[rb + bc3];
         for (var r = 0u; r < 4u; r++) {

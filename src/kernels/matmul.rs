@@ -69,11 +69,11 @@ fn dims(out: &Tensor, a: &Tensor, b: &Tensor, layout: Layout) -> Result<(usize, 
 }
 
 /// Whether the register-tiled kernel can take this shape (its vec4 axes must be multiples of 4).
-pub fn register_tiled_fits(layout: Layout, m: usize, n: usize, k: usize) -> bool {
+/// (A ragged vec4 axis of A is read as scalars: see `A_SCALAR` in matmul.wgsl.)
+pub fn register_tiled_fits(layout: Layout, _m: usize, n: usize, k: usize) -> bool {
     match layout {
-        Layout::NN => k.is_multiple_of(4) && n.is_multiple_of(4),
+        Layout::NN | Layout::TN => n.is_multiple_of(4),
         Layout::NT => k.is_multiple_of(4),
-        Layout::TN => m.is_multiple_of(4) && n.is_multiple_of(4),
     }
 }
 
@@ -205,49 +205,38 @@ fn record(
     let bias = bias.unwrap_or(a);
     let vec4_out = out_stride.is_multiple_of(4) && out_col.is_multiple_of(4);
     let vec4_a = a_stride.is_multiple_of(4) && a_col.is_multiple_of(4);
+    let register_tiled = variant == MatmulVariant::RegisterTiled && register_tiled_fits(layout, m, n, k);
+    let grid = [groups(n, 128) as u32, groups(m, 64) as u32, 1];
     // On the CPU adapter the NN kernel runs at about twice the NT kernel's rate (its B loads are
     // contiguous vec4s across invocations, NT's are 16 strided rows): when the shape allows NN,
     // transpose B once into a scratch tensor and run that instead (dinp = dout·Wᵀ in every
     // linear layer's backward; the transpose costs a few percent of the product).
-    if variant == MatmulVariant::RegisterTiled
-        && layout == Layout::NT
-        && vec4_a
-        && vec4_out
-        && register_tiled_fits(Layout::NN, m, n, k)
-    {
+    if register_tiled && layout == Layout::NT && vec4_a && vec4_out && n.is_multiple_of(4) {
         let gpu = rec.gpu().clone();
         let b_t = gpu.tensor(&[k, n], crate::gpu::DType::F32)?;
         let tp = Params { m: n as u32, n: k as u32, k: 0, flags: 0, out_stride: 0, out_col: 0, a_stride: 0, a_col: 0 };
+        let transposed = [bind(1, b), bind(4, &b_t)];
         rec.dispatch(
             &TILED_SHADER,
             "transpose",
             &[],
             bytemuck::bytes_of(&tp),
-            &[bind(1, b), bind(4, &b_t)],
+            &transposed,
             gpu.grid(groups(n * k, 64)),
         )?;
-        let grid = [groups(n, 128) as u32, groups(m, 64) as u32, 1];
-        return rec.dispatch(
-            &SHADER,
-            "matmul_nn",
-            &[],
-            p,
-            &[bind(1, a), bind(2, &b_t), bind(3, bias), bind(4, out)],
-            grid,
-        );
+        let bindings = [bind(1, a), bind(2, &b_t), bind(3, bias), bind(4, out), bind(6, a)];
+        return rec.dispatch(&SHADER, "matmul_nn", &[("A_SCALAR", 0.0)], p, &bindings, grid);
     }
-    let register_tiled = variant == MatmulVariant::RegisterTiled && register_tiled_fits(layout, m, n, k);
-    if register_tiled && vec4_a && (layout == Layout::NT || vec4_out) {
-        let grid = [groups(n, 128) as u32, groups(m, 64) as u32, 1];
-        match layout {
-            Layout::NN => {
-                rec.dispatch(&SHADER, "matmul_nn", &[], p, &[bind(1, a), bind(2, b), bind(3, bias), bind(4, out)], grid)
-            }
-            Layout::TN => {
-                rec.dispatch(&SHADER, "matmul_tn", &[], p, &[bind(1, a), bind(2, b), bind(3, bias), bind(4, out)], grid)
-            }
-            Layout::NT => rec.dispatch(&SHADER, "matmul_nt", &[], p, &[bind(1, a), bind(2, b), bind(5, out)], grid),
-        }
+    if register_tiled && layout == Layout::NT && vec4_a {
+        rec.dispatch(&SHADER, "matmul_nt", &[], p, &[bind(1, a), bind(2, b), bind(5, out)], grid)
+    } else if register_tiled && layout != Layout::NT && vec4_out {
+        // A is read as vec4s when its rows start on vec4 boundaries and its vec4 axis (K for
+        // NN, M for TN) is whole; else four scalars at a time.
+        let axis = if layout == Layout::NN { k } else { m };
+        let scalar_a = !(vec4_a && axis.is_multiple_of(4));
+        let entry = if layout == Layout::NN { "matmul_nn" } else { "matmul_tn" };
+        let bindings = [bind(1, a), bind(2, b), bind(3, bias), bind(4, out), bind(6, a)];
+        rec.dispatch(&SHADER, entry, &[("A_SCALAR", scalar_a as u8 as f64)], p, &bindings, grid)
     } else {
         let constants = [
             ("TRANS_A", if layout == Layout::TN { 1.0 } else { 0.0 }),

@@ -53,6 +53,9 @@ fn matmul_unaligned_shapes() {
     check_matmul(7, 129, 65, &mut rng);
     // K aligned, N not: the register-tiled NT kernel itself (an aligned N goes transpose + NN).
     check_matmul(37, 53, 28, &mut rng);
+    // N aligned, K (NN) or M (TN) not: the register-tiled kernels reading A as scalars.
+    check_matmul(37, 52, 29, &mut rng);
+    check_matmul(5, 8, 3, &mut rng);
 }
 
 #[test]
