@@ -177,3 +177,19 @@ fn unsupported_head_dimension_is_rejected_by_the_config() {
     let err = GptConfig::from_json(&text, "config.json").unwrap_err().to_string();
     assert!(err.contains("head dimension 6"), "{err}");
 }
+
+#[test]
+fn a_missing_value_head_is_added_zero_initialised() {
+    let config = small_config();
+    let ck = random_checkpoint(&config, Heads::default(), 7);
+    let with = ppo_wgpu::model::init::with_heads(ck.clone(), Heads { value: true, reward: false });
+    assert!(with.heads.value && !with.heads.reward);
+    assert_eq!(with.get("v_head.summary.weight").unwrap(), &[0.0; 8][..]);
+    assert_eq!(with.get("v_head.summary.bias").unwrap(), &[0.0][..]);
+    for (name, _, values) in &ck.tensors {
+        assert_eq!(with.get(name).unwrap(), &values[..], "{name} must be kept");
+    }
+    // A checkpoint that has the head keeps it as it is.
+    let again = ppo_wgpu::model::init::with_heads(with.clone(), Heads { value: true, reward: false });
+    assert_eq!(again.tensors.len(), with.tensors.len());
+}
