@@ -133,6 +133,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // On a headless Linux machine Mesa's device-select layer tries to reach a Wayland display
+    // and prints "error: XDG_RUNTIME_DIR is invalid or not set" several times; the layer only
+    // reorders adapters, which `Gpu::new` does itself, so turn it off there. (Set before any
+    // thread exists.)
+    if cfg!(target_os = "linux")
+        && std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        // SAFETY: single-threaded at this point; nothing else reads the environment concurrently.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

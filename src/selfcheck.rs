@@ -4,7 +4,9 @@
 
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
-use crate::kernels::{adamw, attention, cross_entropy, embedding, gelu, layernorm, matmul, residual};
+use crate::kernels::{
+    adamw, attention, cross_entropy, embedding, gae, gelu, layernorm, matmul, ppo, residual, rewards,
+};
 use crate::reference;
 use crate::rng::Rng;
 use std::sync::Arc;
@@ -211,6 +213,88 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
             adamw::adamw_update(r, &t_p, &t_m, &t_v, &t_g, &norm_scale, &hp, 1)
         },
         &[(&norm_scale, &[norm, scale], 1e-5, 1e-5), (&t_p, &rp, 1e-6, 1e-5)],
+    )?;
+
+    // The fused PPO loss: 2 sequences of 6 positions over a vocabulary of 40.
+    let (seq, v) = (6, 40);
+    let rows = 2 * seq;
+    let logits = cx.rng.normals(rows * v, 2.0);
+    let tokens: Vec<u32> = (0..rows).map(|_| cx.rng.below(v as u32)).collect();
+    let values = cx.rng.normals(rows, 1.0);
+    let mut inputs = vec![0.0; rows * 8];
+    for i in 0..rows {
+        let f = |x: f64| x as f32 as f64;
+        let row = [
+            ((i % seq) >= 2) as u8 as f64,
+            f(-3.0 + cx.rng.uniform()),
+            f(cx.rng.normal()),
+            f(cx.rng.normal()),
+            f(cx.rng.normal()),
+        ];
+        inputs[i * 8..i * 8 + 5].copy_from_slice(&row);
+    }
+    let count = (0..rows).filter(|&r| r % seq + 1 < seq && inputs[(r + 1) * 8] != 0.0).count();
+    let loss_cfg = ppo::PpoLossConfig { ent_coef: 0.01, ..Default::default() };
+    let rcfg =
+        reference::PpoConfig { temperature: 1.0, cliprange: 0.2, cliprange_value: 0.2, vf_coef: 0.1, ent_coef: 0.01 };
+    let want = reference::ppo_loss(&logits, &tokens, &inputs, &values, seq, v, &rcfg);
+    let (t_logits, t_tokens) = (cx.up(&logits, &[rows, v])?, gpu.upload_u32(&[rows], &tokens)?);
+    let (t_inputs, t_values) = (cx.up(&inputs, &[rows, 8])?, cx.up(&values, &[rows])?);
+    let (dvalues, token_stats, stats) = (cx.zeros(&[rows])?, cx.zeros(&[rows, 8])?, cx.zeros(&[8])?);
+    let mb =
+        ppo::PpoMinibatch { logits: &t_logits, tokens: &t_tokens, inputs: &t_inputs, values: &t_values, seq, count };
+    cx.check(
+        "fused PPO loss + statistics",
+        |r| {
+            ppo::ppo_loss_fused(r, &mb, &loss_cfg, &dvalues, &token_stats)?;
+            ppo::ppo_stats_reduce(r, &stats, &token_stats)
+        },
+        &[
+            (&t_logits, &want.dlogits, 1e-7, 1e-4),
+            (&dvalues, &want.dvalues, 1e-7, 1e-5),
+            (&stats, &want.stats, 1e-5, 1e-4),
+        ],
+    )?;
+
+    // GAE (both kernels), KL-penalised rewards and whitening on 3 sequences of 50.
+    let (b, t) = (3, 50);
+    let mask: Vec<f64> = (0..b * t).map(|i| (i % t >= 10 && i % t < 40 + i / t) as u8 as f64).collect();
+    let (logp_old, logp_ref) = (cx.rng.normals(b * t, 1.0), cx.rng.normals(b * t, 1.0));
+    let (scores, values) = (cx.rng.normals(b, 1.0), cx.rng.normals(b * t, 1.0));
+    let (want_kl, want_rewards) = reference::kl_rewards(&logp_old, &logp_ref, &mask, &scores, t, 0.05, false);
+    let (want_adv, want_ret) = reference::gae(&want_rewards, &values, &mask, t, 1.0, 0.95);
+    let want_white = reference::masked_whiten(&want_adv, &mask, true);
+    let up = |x: &[f64]| cx.up(x, &[b, t]);
+    let (t_old, t_ref, t_mask, t_values) = (up(&logp_old)?, up(&logp_ref)?, up(&mask)?, up(&values)?);
+    let t_scores = cx.up(&scores, &[b])?;
+    let (kl, t_rewards, moments) = (cx.zeros(&[b, t])?, cx.zeros(&[b, t])?, cx.zeros(&[3])?);
+    let (adv, ret, adv_scan, ret_scan) =
+        (cx.zeros(&[b, t])?, cx.zeros(&[b, t])?, cx.zeros(&[b, t])?, cx.zeros(&[b, t])?);
+    cx.check(
+        "KL rewards, GAE, whitening",
+        |r| {
+            rewards::kl_rewards(
+                r,
+                &kl,
+                &t_rewards,
+                &t_old,
+                &t_ref,
+                &t_mask,
+                &t_scores,
+                0.05,
+                rewards::KlEstimator::K1,
+            )?;
+            gae::gae(r, gae::GaeKernel::Scan, &adv_scan, &ret_scan, &t_rewards, &t_values, &t_mask, 1.0, 0.95)?;
+            gae::gae(r, gae::GaeKernel::PerSequence, &adv, &ret, &t_rewards, &t_values, &t_mask, 1.0, 0.95)?;
+            rewards::masked_whiten(r, &adv, &t_mask, &moments, true)
+        },
+        &[
+            (&kl, &want_kl, 1e-6, 1e-5),
+            (&adv_scan, &want_adv, 1e-4, 1e-4),
+            (&ret_scan, &want_ret, 1e-4, 1e-4),
+            (&ret, &want_ret, 1e-4, 1e-4),
+            (&adv, &want_white, 1e-4, 1e-4),
+        ],
     )?;
 
     Ok(cx.checks)

@@ -77,3 +77,10 @@ fn a_bad_batch_file_names_the_tensor() {
         ppo_wgpu(&["update", "--model", &model, "--batch", path.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
     assert!(!ok && stderr.contains("bad.safetensors") && stderr.contains("not a valid safetensors file"), "{stderr}");
 }
+
+#[test]
+fn selfcheck_passes_and_prints_clean_output() {
+    let (ok, stdout, stderr) = ppo_wgpu(&["selfcheck"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("kernel families match their CPU references") && !stdout.contains("FAILED"), "{stdout}");
+}
