@@ -194,8 +194,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cfg.validate(&config)?;
             let heads = model::Heads { value: value_head, reward: false };
             model::checkpoint::save(&out, &model::init::init_weights(&cfg, heads, seed))?;
-            let bytes = std::fs::read(&tokenizer).map_err(|e| ppo_wgpu::Error::io(&tokenizer, e))?;
-            model::checkpoint::write_atomically(&out.join(TOKENIZER_FILE), &bytes)?;
+            model::checkpoint::copy_tokenizer(&tokenizer, &out)?;
             let n = model::gpt::ParamLayout::new(&cfg, heads).count();
             eprintln!("wrote {} ({n} parameters, {cfg:?})", out.display());
             Ok(ExitCode::SUCCESS)
@@ -227,8 +226,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             model::checkpoint::save(&out, &policy.download()?)?;
             let tokenizer = dir.join(TOKENIZER_FILE);
             if tokenizer.is_file() {
-                let bytes = std::fs::read(&tokenizer).map_err(|e| ppo_wgpu::Error::io(&tokenizer, e))?;
-                model::checkpoint::write_atomically(&out.join(TOKENIZER_FILE), &bytes)?;
+                model::checkpoint::copy_tokenizer(&tokenizer, &out)?;
             }
             let json: serde_json::Map<String, serde_json::Value> =
                 STAT_NAMES.iter().zip(stats.means).map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();

@@ -257,8 +257,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &SftOptions) -> Result<SftReport> {
     let save = |trainer: &Trainer, opt: &Optimizer, step: usize| -> Result<()> {
         checkpoint::save(&opts.out, &trainer.model.download()?)?;
         opt.save(&trainer.model, &opts.out)?;
-        let tok_json = std::fs::read(&tokenizer_path).map_err(|e| Error::io(&tokenizer_path, e))?;
-        write_atomically(&opts.out.join(TOKENIZER_FILE), &tok_json)?;
+        checkpoint::copy_tokenizer(&tokenizer_path, &opts.out)?;
         write_atomically(&opts.out.join(STATE_FILE), json!({ "step": step }).to_string().as_bytes())
     };
 

@@ -119,6 +119,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// Copies the tokenizer file `from` into model directory `dir` as tokenizer.json (atomically).
+pub fn copy_tokenizer(from: &Path, dir: &Path) -> Result<()> {
+    let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
+    write_atomically(&dir.join(TOKENIZER_FILE), &bytes)
+}
+
 /// The name a parameter is saved under: `transformer.` + name for the body, as
 /// `GPT2LMHeadModel` writes it; the value and reward heads under their own names.
 pub fn saved_name(name: &str) -> String {
