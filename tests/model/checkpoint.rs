@@ -1,8 +1,9 @@
+use crate::common::*;
 use ppo_wgpu::model::checkpoint::{self, CONFIG_FILE, Checkpoint, WEIGHTS_FILE};
 use ppo_wgpu::model::{GptConfig, Heads};
 use ppo_wgpu::rng::Rng;
 use safetensors::{Dtype, tensor::TensorView};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn small_config() -> GptConfig {
     GptConfig { vocab_size: 19, n_positions: 8, n_embd: 8, n_layer: 2, n_head: 2, layer_norm_epsilon: 1e-5 }
@@ -20,14 +21,6 @@ fn random_checkpoint(config: &GptConfig, heads: Heads, seed: u64) -> Checkpoint 
         })
         .collect();
     Checkpoint { config: config.clone(), heads, tensors }
-}
-
-/// A fresh empty directory under the target dir.
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// Writes `tensors` (name, dtype, shape, raw bytes) as dir/model.safetensors and the config.

@@ -1,8 +1,7 @@
 //! The command line as users and scripts call it (DESIGN.md §6 is the contract).
 
+use crate::common::FIXTURES;
 use std::process::Command;
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn ppo_wgpu(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ppo-wgpu")).args(args).output().unwrap();

@@ -3,24 +3,12 @@
 //! mean cross-entropy and every parameter gradient computed by PyTorch autograd in float64
 //! (tests/fixtures/make_gpt2_fixture.py makes them; this test needs no Python).
 
+use crate::common::*;
 use ppo_wgpu::gpu::{DType, Gpu, Recorder};
 use ppo_wgpu::kernels::cross_entropy::{IGNORE, cross_entropy_backward, cross_entropy_forward};
 use ppo_wgpu::model::{self, Batch};
 use safetensors::SafeTensors;
 use std::path::Path;
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn read_f32(st: &SafeTensors, name: &str) -> Vec<f32> {
-    bytemuck::pod_collect_to_vec(st.tensor(name).unwrap_or_else(|e| panic!("fixture tensor {name}: {e}")).data())
-}
-
-/// max |got − want| / max |want|: the relative error of a whole tensor, as llm.c's test_gpt2
-/// compares gradients.
-fn tensor_error(got: &[f32], want: &[f32]) -> f64 {
-    let scale = want.iter().fold(0.0f64, |m, &w| m.max((w as f64).abs())).max(1e-12);
-    got.iter().zip(want).fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs())) / scale
-}
 
 #[test]
 fn matches_pytorch_logits_logprobs_loss_and_every_gradient() {

@@ -3,6 +3,7 @@
 
 mod checkpoint;
 mod cli;
+mod common;
 mod forward_backward;
 mod hf_fixture;
 mod memory;

@@ -3,6 +3,7 @@
 //! clip range and value clipping active; every parameter's gradient on the first minibatch and
 //! the loss statistics.
 
+use crate::common::*;
 use ppo_wgpu::gpu::{Gpu, Recorder};
 use ppo_wgpu::kernels::adamw::AdamW;
 use ppo_wgpu::kernels::ppo::PpoLossConfig;
@@ -14,8 +15,6 @@ use ppo_wgpu::ppo::update::{UpdateOptions, ppo_update};
 use safetensors::SafeTensors;
 use std::path::Path;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
 #[test]
 fn update_gradients_match_pytorch_autograd() {
     let gpu = Gpu::new(None).unwrap();
@@ -23,9 +22,7 @@ fn update_gradients_match_pytorch_autograd() {
     let batch = RolloutBatch::load(&Path::new(FIXTURES).join("ppo-batch.safetensors")).unwrap();
     let bytes = std::fs::read(Path::new(FIXTURES).join("ppo-expected.safetensors")).unwrap();
     let expected = SafeTensors::deserialize(&bytes).unwrap();
-    let read = |name: &str| -> Vec<f32> {
-        bytemuck::pod_collect_to_vec(expected.tensor(name).unwrap_or_else(|_| panic!("{name}")).data())
-    };
+    let read = |name: &str| read_f32(&expected, name);
 
     let mut rec = Recorder::new(&gpu);
     let mut opt = Optimizer::new(&policy, &mut rec, AdamW::default(), 1.0).unwrap();
@@ -44,10 +41,7 @@ fn update_gradients_match_pytorch_autograd() {
     // Every gradient, relative to the tensor's largest entry: 1e-3 is the bar.
     let mut report = Vec::new();
     for (name, _, grad) in &dump.grads {
-        let want = read(&saved_name(name));
-        assert_eq!(want.len(), grad.len(), "{name}");
-        let scale = want.iter().fold(0.0f64, |m, &w| m.max((w as f64).abs())).max(1e-12);
-        let err = grad.iter().zip(&want).fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs())) / scale;
+        let err = tensor_error(grad, &read(&saved_name(name)));
         report.push(format!("{name}: {err:.2e}"));
         assert!(
             err < 1e-3,

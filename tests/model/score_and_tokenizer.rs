@@ -1,18 +1,10 @@
+use crate::common::*;
 use ppo_wgpu::gpu::Gpu;
 use ppo_wgpu::model;
 use ppo_wgpu::score::score;
 use ppo_wgpu::tokenizer::{EOS_TOKEN, Tokenizer};
 use safetensors::SafeTensors;
-use std::path::{Path, PathBuf};
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use std::path::Path;
 
 #[test]
 fn score_gives_pytorch_log_probabilities() {

@@ -1,3 +1,4 @@
+use crate::common::*;
 use ppo_wgpu::generate::{Sampling, generate, sample};
 use ppo_wgpu::gpu::Gpu;
 use ppo_wgpu::model::{self, GptConfig, Heads, checkpoint, init::init_weights};
@@ -5,13 +6,6 @@ use ppo_wgpu::rng::Rng;
 use ppo_wgpu::sft::{SftOptions, run};
 use ppo_wgpu::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A corpus of simple sentences from a tiny grammar, as JSONL {"text"} lines, plus a trained
 /// tokenizer and a freshly initialised small model in `dir/model`.
