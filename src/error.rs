@@ -18,6 +18,10 @@ pub enum Error {
     Readback(String),
     /// A checkpoint, config or data file that is malformed or does not fit the model.
     Checkpoint(String),
+    /// The reward model or reward command failed or gave an unusable score.
+    Reward(String),
+    /// Training diverged (a non-finite loss, gradient or reward).
+    Diverged(String),
     Io {
         path: String,
         source: std::io::Error,
@@ -36,6 +40,8 @@ impl fmt::Display for Error {
             Error::Input(msg) => write!(f, "bad input: {msg}"),
             Error::Readback(msg) => write!(f, "GPU readback failed: {msg}"),
             Error::Checkpoint(msg) => write!(f, "bad checkpoint: {msg}"),
+            Error::Reward(msg) => write!(f, "reward failed: {msg}"),
+            Error::Diverged(msg) => write!(f, "training diverged: {msg}"),
             Error::Io { path, source } => write!(f, "{path}: {source}"),
         }
     }

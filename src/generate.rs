@@ -1,84 +1,243 @@
-//! `ppo-wgpu generate`: sampling continuations with temperature, top-k and top-p.
+//! The generation engine: batched, KV-cached sampling on the GPU (`ppo-wgpu generate`, and the
+//! rollouts of `train`).
 //!
-//! This is the simple version: every new token reruns the forward over the whole sequence and
-//! reads back one row of logits. The KV-cached sampler that stays on the GPU belongs to the PPO
-//! rollout.
+//! Prompts of different lengths are left-padded into one batch; one prefill pass fills the KV
+//! cache and samples the first token, then one decode step per token. The sampled tokens stay
+//! on the GPU (each step's token is the next step's input) and are read back once at the end;
+//! every `check_every` steps the host reads the B "ended" flags to stop early once every row
+//! has drawn its end-of-sequence token.
 
 use crate::error::{Error, Result};
-use crate::gpu::Recorder;
+use crate::gpu::{DType, Recorder, Tensor};
+use crate::kernels::ppo::logprob_entropy;
+use crate::kernels::sampling::{LogitRows, SamplerState, sample_tokens};
+use crate::model::checkpoint::TOKENIZER_FILE;
 use crate::model::{Batch, Model};
-use crate::rng::Rng;
+use crate::tokenizer::Tokenizer;
+use std::path::PathBuf;
+
+pub use crate::kernels::sampling::Sampling;
 
 #[derive(Clone, Copy, Debug)]
-pub struct Sampling {
-    /// Softmax temperature; 0 picks the most likely token (greedy).
-    pub temperature: f32,
-    /// Keep only the k most likely tokens (0 = all).
-    pub top_k: usize,
-    /// Keep the smallest set of most likely tokens whose probability reaches p (1 = all).
-    pub top_p: f32,
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    pub seed: u64,
+    /// The random stream of row b is (seed, first_sample + b, step): a sample draws the same
+    /// tokens whatever batch it is generated in.
+    pub first_sample: usize,
+    /// The token that ends a row (its later positions are padding).
+    pub eos: Option<u32>,
+    /// Read the ended flags every this many steps to stop early (0: never, one readback in all).
+    pub check_every: usize,
 }
 
-/// Picks a token from one row of logits.
-pub fn sample(logits: &[f32], s: Sampling, rng: &mut Rng) -> u32 {
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    if s.temperature <= 0.0 {
-        return order[0] as u32;
-    }
-    if s.top_k > 0 {
-        order.truncate(s.top_k);
-    }
-    let max = logits[order[0]] as f64;
-    let weights: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - max) / s.temperature as f64).exp()).collect();
-    let total: f64 = weights.iter().sum();
-    // Nucleus: the shortest prefix (most likely first) with probability ≥ top_p.
-    let mut kept = 0;
-    let mut mass = 0.0;
-    while kept < order.len() && (kept == 0 || mass < s.top_p as f64 * total) {
-        mass += weights[kept];
-        kept += 1;
-    }
-    let mut r = rng.uniform() * mass;
-    for (i, w) in weights[..kept].iter().enumerate() {
-        if r < *w {
-            return order[i] as u32;
-        }
-        r -= w;
-    }
-    order[kept - 1] as u32
+/// What a batch of prompts produced.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// P: the padded prompt length (every row's prompt ends at position P − 1).
+    pub prompt_len: usize,
+    /// Per row, the real prompt tokens.
+    pub prompts: Vec<Vec<u32>>,
+    /// Per row, the sampled tokens up to and including the first `eos` (or all of them).
+    pub responses: Vec<Vec<u32>>,
+    /// Decode steps run (≤ max_new_tokens; fewer when every row ended early).
+    pub steps: usize,
 }
 
-/// Appends up to `max_new_tokens` sampled tokens to `prompt`, stopping after `eos`. The context
-/// is the last n_positions tokens.
-pub fn generate(
-    model: &Model,
-    prompt: &[u32],
-    max_new_tokens: usize,
-    s: Sampling,
-    eos: Option<u32>,
-    seed: u64,
-) -> Result<Vec<u32>> {
-    if prompt.is_empty() {
-        return Err(Error::Input("generate needs a prompt of at least one token".into()));
+impl Generation {
+    /// Whether row b ended with the end-of-sequence token.
+    pub fn ended(&self, b: usize, eos: Option<u32>) -> bool {
+        eos.is_some() && self.responses[b].last().copied() == eos
     }
+}
+
+/// Left-pads `prompts` into [B, P] ids and mask (pad id 0, mask 0).
+pub fn left_pad(prompts: &[Vec<u32>]) -> (Vec<u32>, Vec<u32>, usize) {
+    let p = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let (mut ids, mut mask) = (vec![0u32; prompts.len() * p], vec![0u32; prompts.len() * p]);
+    for (row, prompt) in prompts.iter().enumerate() {
+        let start = row * p + p - prompt.len();
+        ids[start..start + prompt.len()].copy_from_slice(prompt);
+        mask[start..start + prompt.len()].iter_mut().for_each(|m| *m = 1);
+    }
+    (ids, mask, p)
+}
+
+/// Samples up to `max_new_tokens` tokens after each prompt.
+pub fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Generation> {
+    opts.sampling.validate()?;
     let gpu = model.gpu();
-    let (v, max_t) = (model.config.vocab_size, model.config.n_positions);
-    let mut rng = Rng::new(seed);
-    let mut ids = prompt.to_vec();
-    for _ in 0..max_new_tokens {
-        let context = &ids[ids.len().saturating_sub(max_t)..];
-        let t = context.len();
-        let batch = Batch::new(gpu, &model.config, context, &vec![1; t], 1, t)?;
-        let mut rec = Recorder::new(gpu);
-        let acts = model.forward(&mut rec, &batch)?;
-        rec.submit();
-        let last = gpu.download_range(&acts.logits, (t - 1) * v, v)?;
-        let next = sample(&last, s, &mut rng);
-        ids.push(next);
-        if Some(next) == eos {
-            break;
+    let (b, v) = (prompts.len(), model.config.vocab_size);
+    if b == 0 {
+        return Err(Error::Input("generate needs at least one prompt".into()));
+    }
+    if let Some(row) = prompts.iter().position(Vec::is_empty) {
+        return Err(Error::Input(format!("prompt {row} is empty: generation needs at least one prompt token")));
+    }
+    let (ids, mask, p) = left_pad(prompts);
+    let steps = opts.max_new_tokens;
+    let t_max = p + steps;
+    if t_max > model.config.n_positions {
+        return Err(Error::Input(format!(
+            "a prompt of {p} tokens plus {steps} new tokens exceeds the model's n_positions {}",
+            model.config.n_positions
+        )));
+    }
+    if steps == 0 {
+        let responses = vec![Vec::new(); b];
+        return Ok(Generation { prompt_len: p, prompts: prompts.to_vec(), responses, steps: 0 });
+    }
+    let batch = Batch::new(gpu, &model.config, &ids, &mask, b, p)?;
+    let cache_mask: Vec<u32> = (0..b).flat_map(|row| mask[row * p..(row + 1) * p].iter().copied().chain(std::iter::repeat_n(1, steps))).collect();
+    let cache = model.kv_cache(b, t_max, &cache_mask)?;
+    let scratch = model.decode_scratch(b)?;
+    let lens: Vec<u32> = prompts.iter().map(|x| x.len() as u32).collect();
+    let u32s = |shape: &[usize]| gpu.tensor(shape, DType::U32);
+    let (tokens, next_ids, next_pos, done) = (u32s(&[b, steps])?, u32s(&[b])?, u32s(&[b])?, u32s(&[b])?);
+    let prompt_len = gpu.upload_u32(&[b], &lens)?;
+    let state = SamplerState { tokens: &tokens, next_ids: &next_ids, next_pos: &next_pos, done: &done, prompt_len: &prompt_len };
+    let pad = opts.eos.unwrap_or(0);
+    let sample = |rec: &mut Recorder, logits: &Tensor, rows: LogitRows, step: usize| {
+        sample_tokens(rec, logits, rows, &state, opts.sampling, opts.seed, opts.first_sample, step, opts.eos, pad)
+    };
+
+    let mut rec = Recorder::new(gpu);
+    rec.zero(&done);
+    let acts = model.prefill(&mut rec, &cache, &batch)?;
+    sample(&mut rec, &acts.logits, LogitRows { rows: b, v, stride: p * v, base: (p - 1) * v }, 0)?;
+    drop(acts);
+    let mut ran = steps;
+    for step in 1..steps {
+        if opts.check_every > 0 && step % opts.check_every == 0 && opts.eos.is_some() {
+            rec.flush();
+            if gpu.download_u32(&done)?.iter().all(|&d| d != 0) {
+                ran = step;
+                break;
+            }
+        }
+        model.decode_step(&mut rec, &cache, &scratch, &next_ids, &next_pos, p + step - 1)?;
+        sample(&mut rec, &scratch.logits, LogitRows { rows: b, v, stride: v, base: 0 }, step)?;
+    }
+    rec.submit();
+    let all = gpu.download_u32(&tokens)?;
+    let responses = (0..b)
+        .map(|row| {
+            let sampled = &all[row * steps..row * steps + ran];
+            let end = opts.eos.and_then(|e| sampled.iter().position(|&t| t == e)).map_or(ran, |i| i + 1);
+            sampled[..end].to_vec()
+        })
+        .collect();
+    Ok(Generation { prompt_len: p, prompts: prompts.to_vec(), responses, steps: ran })
+}
+
+/// The options of `ppo-wgpu generate` (also its command-line arguments).
+#[derive(Clone, Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// Model directory (with tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// The prompt.
+    #[arg(long, conflicts_with = "prompts", required_unless_present = "prompts")]
+    pub prompt: Option<String>,
+    /// Prompts from a file: one per line, or JSONL {"prompt": …}; all generated as one batch.
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    #[arg(long, default_value_t = 48)]
+    pub max_new_tokens: usize,
+    /// Softmax temperature (0: greedy).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Sample among the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Sample among the most likely tokens holding probability p.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Samples per prompt.
+    #[arg(long, default_value_t = 1)]
+    pub num_samples: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// One JSON line per sample: prompt, completion, tokens, logprob (Σ log p of the completion
+    /// tokens at the sampling temperature, or at 1 when greedy).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `ppo-wgpu generate`: prints each completion (without special tokens), or JSON lines.
+pub fn run(gpu: &std::sync::Arc<crate::gpu::Gpu>, args: &GenerateArgs) -> Result<()> {
+    let model = crate::model::load(gpu, &args.model)?;
+    let tok = Tokenizer::load(&args.model.join(TOKENIZER_FILE))?;
+    let texts = match (&args.prompt, &args.prompts) {
+        (Some(p), _) => vec![p.clone()],
+        (None, Some(path)) => crate::ppo::trainer::read_prompts(path)?,
+        (None, None) => return Err(Error::Input("generate needs --prompt TEXT or --prompts FILE".into())),
+    };
+    if args.num_samples == 0 {
+        return Err(Error::Input("--num-samples must be positive".into()));
+    }
+    if args.max_new_tokens >= model.config.n_positions {
+        return Err(Error::Input(format!(
+            "--max-new-tokens {} leaves no room for a prompt in n_positions {}",
+            args.max_new_tokens, model.config.n_positions
+        )));
+    }
+    let room = model.config.n_positions - args.max_new_tokens;
+    let mut prompts = Vec::new();
+    for text in &texts {
+        let ids = tok.encode(text)?;
+        let ids = ids[ids.len().saturating_sub(room)..].to_vec();
+        prompts.extend(std::iter::repeat_n(ids, args.num_samples));
+    }
+    let eos = tok.eos_id();
+    let opts = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        sampling: Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p },
+        seed: args.seed,
+        first_sample: 0,
+        eos,
+        check_every: 16,
+    };
+    let generation = generate(&model, &prompts, &opts)?;
+    let logprobs = if args.json {
+        let temperature = if args.temperature > 0.0 { args.temperature } else { 1.0 };
+        Some(completion_logprobs(&model, &generation, args.max_new_tokens, eos, temperature)?)
+    } else {
+        None
+    };
+    for (row, response) in generation.responses.iter().enumerate() {
+        let text_ids = if generation.ended(row, eos) { &response[..response.len() - 1] } else { &response[..] };
+        let completion = tok.decode(text_ids)?;
+        let prompt = &texts[row / args.num_samples];
+        match &logprobs {
+            Some(lp) => println!(
+                "{}",
+                serde_json::json!({ "prompt": prompt, "completion": completion, "tokens": response, "logprob": lp[row] })
+            ),
+            None => println!("{prompt}{completion}"),
         }
     }
-    Ok(ids)
+    Ok(())
+}
+
+/// Σ log softmax(z/τ) of each row's response tokens: one forward over the whole sequences.
+fn completion_logprobs(
+    model: &Model,
+    generation: &Generation,
+    response_len: usize,
+    eos: Option<u32>,
+    temperature: f32,
+) -> Result<Vec<f32>> {
+    let seqs = crate::ppo::rollout::Sequences::new(generation, response_len, eos);
+    let gpu = model.gpu();
+    let (b, l, v) = (seqs.b, seqs.l, model.config.vocab_size);
+    let tokens = gpu.upload_u32(&[b * l], &seqs.input_ids)?;
+    let (logprobs, entropy) = (gpu.tensor(&[b * l], DType::F32)?, gpu.tensor(&[b * l], DType::F32)?);
+    let mut rec = Recorder::new(gpu);
+    let acts = model.forward(&mut rec, &seqs.batch(model)?)?;
+    logprob_entropy(&mut rec, &logprobs, &entropy, &acts.logits.reshape(&[b * l, v])?, &tokens, l, temperature)?;
+    rec.submit();
+    let lp = gpu.download(&logprobs)?;
+    Ok((0..b).map(|row| (0..l).map(|j| lp[row * l + j] * seqs.response_mask[row * l + j]).sum()).collect())
 }

@@ -66,28 +66,10 @@ enum Command {
     },
     /// Supervised fine-tuning with token cross-entropy on JSONL ({"prompt","response"} or {"text"}).
     Sft(sft::SftOptions),
-    /// Sample continuations of a prompt.
-    Generate {
-        #[arg(long, value_name = "DIR")]
-        model: PathBuf,
-        #[arg(long)]
-        prompt: String,
-        #[arg(long, default_value_t = 48)]
-        max_new_tokens: usize,
-        /// Softmax temperature (0: greedy).
-        #[arg(long, default_value_t = 1.0)]
-        temperature: f32,
-        /// Sample among the k most likely tokens (0: all).
-        #[arg(long, default_value_t = 0)]
-        top_k: usize,
-        /// Sample among the most likely tokens holding probability p.
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
-        #[arg(long, default_value_t = 1)]
-        num_samples: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
+    /// Sample continuations of prompts on the GPU (KV-cached, batched).
+    Generate(generate::GenerateArgs),
+    /// RLHF with PPO: generate, score, penalise drift from the reference, update; repeat.
+    Train(ppo::trainer::TrainOptions),
     /// Run the PPO update on a rollout batch file and write the new checkpoint.
     Update {
         /// Policy model directory (a zero value head is added if it has none).
@@ -214,7 +196,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let ck = model::checkpoint::load(&dir)?;
             let ck = model::init::with_heads(ck, model::Heads { value: true, reward: false });
             let policy = model::Model::upload(&gpu, &ck)?;
-            let batch = ppo::batch::RolloutBatch::load(&batch)?;
+            let batch = ppo::batch::PpoBatch::upload(&gpu, &ppo::batch::RolloutBatch::load(&batch)?)?;
             let mut rec = ppo_wgpu::gpu::Recorder::new(&gpu);
             let hp = AdamW { lr: opts.lr, ..AdamW::default() };
             let mut opt = model::optimizer::Optimizer::new(&policy, &mut rec, hp, max_grad_norm)?;
@@ -233,14 +215,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", serde_json::Value::Object(json));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Generate { model: dir, prompt, max_new_tokens, temperature, top_k, top_p, num_samples, seed } => {
-            let model = model::load(&gpu, &dir)?;
-            let tok = Tokenizer::load(&dir.join(TOKENIZER_FILE))?;
-            let ids = tok.encode(&prompt)?;
-            let sampling = generate::Sampling { temperature, top_k, top_p };
-            for i in 0..num_samples {
-                let out = generate::generate(&model, &ids, max_new_tokens, sampling, tok.eos_id(), seed + i as u64)?;
-                println!("{}", tok.decode(&out)?);
+        Command::Generate(args) => {
+            generate::run(&gpu, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train(opts) => {
+            let report = ppo::trainer::run(&gpu, &opts)?;
+            if let (Some(first), Some(last)) = (report.metrics.first(), report.metrics.last()) {
+                eprintln!(
+                    "score {:.3} -> {:.3} over iterations {}..={}; KL {:.4}; policy in {}; metrics in {}",
+                    first.score_mean,
+                    last.score_mean,
+                    first.iteration,
+                    last.iteration,
+                    last.kl_mean,
+                    report.policy.display(),
+                    opts.out.join(ppo::trainer::METRICS_FILE).display()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

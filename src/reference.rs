@@ -512,3 +512,64 @@ pub fn masked_whiten(x: &[f64], mask: &[f64], shift_mean: bool) -> Vec<f64> {
         })
         .collect()
 }
+
+/// PCG hash (as `pcg` in sampling.wgsl).
+pub fn pcg(v: u32) -> u32 {
+    let state = v.wrapping_mul(747796405).wrapping_add(2891336453);
+    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277803737);
+    (word >> 22) ^ word
+}
+
+/// The sampler's uniform number in [0, 1) for (seed, sample, step), bit for bit as the GPU's.
+pub fn uniform_at(seed: u64, sample: u32, step: u32) -> f64 {
+    let h = pcg(seed as u32 ^ pcg((seed >> 32) as u32 ^ pcg(sample ^ pcg(step))));
+    (h >> 8) as f64 / 16777216.0
+}
+
+/// An order-preserving u32 key of an f32 (as `key_of` in sampling.wgsl).
+fn sort_key(x: f32) -> u32 {
+    let bits = x.to_bits();
+    if bits & 0x8000_0000 != 0 { !bits } else { bits | 0x8000_0000 }
+}
+
+/// The tokens the sampler may draw from one row of logits, with their probabilities
+/// (sampling.wgsl's definition): greedy is the lowest-index maximum; otherwise the tokens whose
+/// logit is at least the k-th largest (top-k), then at least the largest threshold whose tail
+/// holds top_p of that mass (top-p; ties at a threshold are kept), renormalised.
+pub fn sampling_distribution(logits: &[f32], temperature: f32, top_k: usize, top_p: f32) -> Vec<(u32, f64)> {
+    let max = logits.iter().cloned().fold(f32::MIN, f32::max);
+    if temperature == 0.0 {
+        return vec![(logits.iter().position(|&z| z == max).unwrap_or(0) as u32, 1.0)];
+    }
+    let keys: Vec<u32> = logits.iter().map(|&z| sort_key(z)).collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let theta_k = if top_k > 0 && top_k < logits.len() { sorted[top_k - 1] } else { 0 };
+    let w: Vec<f64> = logits.iter().map(|&z| ((z as f64 - max as f64) / temperature as f64).exp()).collect();
+    let mass_from = |theta: u32| -> f64 { keys.iter().zip(&w).filter(|(k, _)| **k >= theta).map(|(_, w)| w).sum() };
+    let total = mass_from(theta_k);
+    let mut theta = theta_k;
+    if top_p < 1.0 {
+        sorted.dedup();
+        theta = *sorted
+            .iter()
+            .find(|&&kappa| kappa >= theta_k && mass_from(kappa) >= top_p as f64 * total)
+            .unwrap_or(&theta_k);
+    }
+    let kept = mass_from(theta);
+    (0..logits.len()).filter(|&i| keys[i] >= theta).map(|i| (i as u32, w[i] / kept)).collect()
+}
+
+/// The token the sampler draws for uniform `u`: the first kept token (in index order) at which
+/// the cumulative probability exceeds u.
+pub fn sample_threshold(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, u: f64) -> u32 {
+    let dist = sampling_distribution(logits, temperature, top_k, top_p);
+    let mut cum = 0.0;
+    for &(i, p) in &dist {
+        cum += p;
+        if u < cum {
+            return i;
+        }
+    }
+    dist.last().map_or(0, |d| d.0)
+}

@@ -38,4 +38,18 @@ impl Rng {
     pub fn below(&mut self, n: u32) -> u32 {
         (self.next_u64() % n as u64) as u32
     }
+
+    /// Shuffles `xs` in place (Fisher–Yates).
+    pub fn shuffle<T>(&mut self, xs: &mut [T]) {
+        for i in (1..xs.len()).rev() {
+            xs.swap(i, self.below(i as u32 + 1) as usize);
+        }
+    }
+
+    /// A generator for one use (`stream`) of a run's `seed`, independent of the order in which
+    /// other streams are drawn: what lets a resumed run draw exactly what an unbroken one would.
+    pub fn derived(seed: u64, stream: u64) -> Rng {
+        let mut mix = Rng::new(seed ^ stream.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+        Rng::new(mix.next_u64())
+    }
 }

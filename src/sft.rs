@@ -228,9 +228,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &SftOptions) -> Result<SftReport> {
     }
     let mut examples = read_examples(&opts.data, &tok, seq_len)?;
     let mut rng = Rng::new(opts.seed);
-    for i in (1..examples.len()).rev() {
-        examples.swap(i, rng.below(i as u32 + 1) as usize);
-    }
+    rng.shuffle(&mut examples);
     let n_eval = ((examples.len() as f32 * opts.eval_fraction).ceil() as usize)
         .clamp(1, examples.len().saturating_sub(1).max(1));
     let eval_set = examples.split_off(examples.len() - n_eval);

@@ -7,11 +7,14 @@ pub mod cross_entropy;
 pub mod embedding;
 pub mod gae;
 pub mod gelu;
+pub mod kv_cache;
 pub mod layernorm;
 pub mod matmul;
 pub mod ppo;
 pub mod residual;
 pub mod rewards;
+pub mod rollout;
+pub mod sampling;
 
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{Binding, Gpu, Tensor};
@@ -55,10 +58,13 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &embedding::SHADER,
     &gae::SHADER,
     &gelu::SHADER,
+    &kv_cache::SHADER,
     &layernorm::SHADER,
     &matmul::SHADER,
     &matmul::TILED_SHADER,
     &ppo::SHADER,
     &residual::SHADER,
     &rewards::SHADER,
+    &rollout::SHADER,
+    &sampling::SHADER,
 ];

@@ -50,16 +50,23 @@ pub fn kl_rewards(
     rec.dispatch(&SHADER, "kl_rewards", &[], bytemuck::bytes_of(&p), &bindings, [groups(b, 64) as u32, 1, 1])
 }
 
+/// moments [3] = (mean, unbiased variance, count) of x [B, T] over the entries where mask ≠ 0.
+pub fn masked_moments(rec: &mut Recorder, moments: &Tensor, x: &Tensor, mask: &Tensor) -> Result<()> {
+    let (b, t) = as_matrix(x);
+    expect_len(mask, b * t, "moments mask")?;
+    expect_len(moments, 3, "moments")?;
+    let p = Params { b: b as u32, t: t as u32, ..Default::default() };
+    let p = bytemuck::bytes_of(&p);
+    rec.dispatch(&SHADER, "masked_moments", &[], p, &[bind(3, mask), bind(7, x), bind(8, moments)], [1, 1, 1])
+}
+
 /// Whitens x [B, T] over its masked-in entries in place: m·(x − mean)/sqrt(var + 1e−8), the
 /// variance unbiased as TRL's; with `shift_mean` false the mean is added back (TRL's rewards).
 /// `moments` [3] receives (mean, var, count) of x before whitening.
 pub fn masked_whiten(rec: &mut Recorder, x: &Tensor, mask: &Tensor, moments: &Tensor, shift_mean: bool) -> Result<()> {
+    masked_moments(rec, moments, x, mask)?;
     let (b, t) = as_matrix(x);
-    expect_len(mask, b * t, "whitening mask")?;
-    expect_len(moments, 3, "whitening moments")?;
     let p = Params { b: b as u32, t: t as u32, shift_mean: shift_mean as u32, ..Default::default() };
-    let p = bytemuck::bytes_of(&p);
-    rec.dispatch(&SHADER, "masked_moments", &[], p, &[bind(3, mask), bind(7, x), bind(8, moments)], [1, 1, 1])?;
     let grid = rec.gpu().grid(groups(b * t, 256));
-    rec.dispatch(&SHADER, "masked_whiten", &[], p, &[bind(3, mask), bind(7, x), bind(9, moments)], grid)
+    rec.dispatch(&SHADER, "masked_whiten", &[], bytemuck::bytes_of(&p), &[bind(3, mask), bind(7, x), bind(9, moments)], grid)
 }

@@ -107,16 +107,77 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     Ok(Checkpoint { config, heads, tensors })
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename
-/// (creating the directory if needed).
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+/// A name no other writer uses at the same time: `.{stem}.tmp-{pid}-{counter}` beside `path`.
+fn temporary_sibling(path: &Path) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
+/// Writes `bytes` to `path` and flushes them to the disk.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(|e| Error::io(path, e))
+}
+
+/// Flushes a directory's entries (a rename inside it) to the disk, where the platform can.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all(); // not supported everywhere (Windows); the rename is still atomic
     }
-    let mut tmp = PathBuf::from(path);
-    tmp.set_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Writes `bytes` to `path` through a uniquely named temporary file in the same directory,
+/// synced, then renamed over `path` (creating the directory if needed): a reader sees the old
+/// file or the new one, never a part.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tmp = temporary_sibling(path);
+    if let Err(e) = write_synced(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Writes a whole directory of `files` (name, bytes) at `dir`: into a temporary directory beside
+/// it, each file synced, then renamed into place (an existing `dir` is moved aside first and
+/// removed after). A crash at any point leaves either the old directory or the new one whole,
+/// plus at most a leftover temporary directory (named `.NAME.tmp-…`), never a mix of both.
+pub fn write_dir_atomically(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
+    let parent = dir.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let tmp = temporary_sibling(dir);
+    let written = (|| {
+        std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        for (name, bytes) in files {
+            write_synced(&tmp.join(name), bytes)?;
+        }
+        sync_dir(&tmp);
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let old = if dir.exists() {
+        let old = temporary_sibling(dir);
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+        Some(old)
+    } else {
+        None
+    };
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+    sync_dir(parent);
+    if let Some(old) = old {
+        let _ = std::fs::remove_dir_all(old);
+    }
+    Ok(())
 }
 
 /// Copies the tokenizer file `from` into model directory `dir` as tokenizer.json (atomically).
@@ -131,10 +192,9 @@ pub fn saved_name(name: &str) -> String {
     if name.starts_with("v_head.") || name == "score.weight" { name.to_string() } else { format!("transformer.{name}") }
 }
 
-/// Saves a checkpoint: the body under `transformer.` names (as `GPT2LMHeadModel` writes it),
-/// the value and reward heads under their own names.
-pub fn save(dir: &Path, ck: &Checkpoint) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+/// The `model.safetensors` bytes of a checkpoint: the body under `transformer.` names (as
+/// `GPT2LMHeadModel` writes it), the value and reward heads under their own names.
+pub fn weights_bytes(ck: &Checkpoint) -> Result<Vec<u8>> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = ck
         .tensors
         .iter()
@@ -153,8 +213,19 @@ pub fn save(dir: &Path, ck: &Checkpoint) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let serialized =
-        safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Checkpoint(format!("serialising: {e}")))?;
-    write_atomically(&dir.join(WEIGHTS_FILE), &serialized)?;
-    write_atomically(&dir.join(CONFIG_FILE), ck.config.to_json().as_bytes())
+    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Checkpoint(format!("serialising: {e}")))
+}
+
+/// The files of a model directory: `config.json` and `model.safetensors`.
+pub fn model_files(ck: &Checkpoint) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    Ok(vec![(WEIGHTS_FILE, weights_bytes(ck)?), (CONFIG_FILE, ck.config.to_json().into_bytes())])
+}
+
+/// Saves a checkpoint's weights and config into `dir` (each file atomically; other files in
+/// `dir` are left alone). For a directory written as a whole, see `write_dir_atomically`.
+pub fn save(dir: &Path, ck: &Checkpoint) -> Result<()> {
+    for (name, bytes) in model_files(ck)? {
+        write_atomically(&dir.join(name), &bytes)?;
+    }
+    Ok(())
 }

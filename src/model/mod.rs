@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod gpt;
 pub mod init;
+pub mod kv_cache;
 pub mod optimizer;
 
 pub use checkpoint::Checkpoint;

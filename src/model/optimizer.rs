@@ -60,6 +60,11 @@ impl Optimizer {
 
     /// Saves the moments and the step as `optimizer.safetensors` in `dir`.
     pub fn save(&self, model: &Model, dir: &Path) -> Result<()> {
+        write_atomically(&dir.join(OPTIMIZER_FILE), &self.state_bytes(model)?)
+    }
+
+    /// The bytes of `optimizer.safetensors`: the moments and the step.
+    pub fn state_bytes(&self, model: &Model) -> Result<Vec<u8>> {
         let gpu = model.gpu();
         let (m, v) = (gpu.download(&self.m)?, gpu.download(&self.v)?);
         let step = [self.step as f32];
@@ -73,9 +78,12 @@ impl Optimizer {
             .into_iter()
             .map(|(k, v)| v.map(|v| (k, v)).map_err(|e| Error::Checkpoint(format!("optimizer state: {e}"))))
             .collect::<Result<_>>()?;
-        let bytes =
-            safetensors::serialize(views, None).map_err(|e| Error::Checkpoint(format!("optimizer state: {e}")))?;
-        write_atomically(&dir.join(OPTIMIZER_FILE), &bytes)
+        safetensors::serialize(views, None).map_err(|e| Error::Checkpoint(format!("optimizer state: {e}")))
+    }
+
+    /// The [‖g‖, clip scale] tensor of the last update (stays on the GPU).
+    pub fn norm_scale(&self) -> &Tensor {
+        &self.norm_scale
     }
 
     /// Restores what `save` wrote, for a model with the same parameter layout.

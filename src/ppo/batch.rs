@@ -2,6 +2,9 @@
 //! B rows of L positions: left padding, prompt, response, right padding.
 
 use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::kernels::ppo::INPUT_COLUMNS;
+use std::sync::Arc;
 use crate::model::checkpoint::write_atomically;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::path::Path;
@@ -149,8 +152,43 @@ impl RolloutBatch {
         out
     }
 
+}
+
+/// A rollout batch as the PPO update reads it: the tokens and masks on the host (the update
+/// gathers minibatch rows of them and groups embedding gradients by token), and the per-token
+/// floats packed on the GPU as the loss kernels' input block.
+pub struct PpoBatch {
+    pub b: usize,
+    pub l: usize,
+    pub input_ids: Vec<u32>,
+    pub attention_mask: Vec<u32>,
+    pub response_mask: Vec<f32>,
+    /// [B·L, 8]: (response_mask, old_logprob, old_value, advantage, return, 0, 0, 0).
+    pub inputs: Tensor,
+}
+
+impl PpoBatch {
+    /// Uploads a batch read from a file.
+    pub fn upload(gpu: &Arc<Gpu>, batch: &RolloutBatch) -> Result<PpoBatch> {
+        let rows: Vec<usize> = (0..batch.b).collect();
+        let inputs = gpu.upload(&[batch.b * batch.l, INPUT_COLUMNS], &batch.loss_inputs(&rows))?;
+        Ok(PpoBatch {
+            b: batch.b,
+            l: batch.l,
+            input_ids: batch.input_ids.clone(),
+            attention_mask: batch.attention_mask.clone(),
+            response_mask: batch.response_mask.clone(),
+            inputs,
+        })
+    }
+
     /// `field`'s values for `rows`, concatenated.
     pub fn gather<T: Copy>(&self, field: &[T], rows: &[usize]) -> Vec<T> {
         rows.iter().flat_map(|&r| field[r * self.l..(r + 1) * self.l].iter().copied()).collect()
+    }
+
+    /// Tokens the loss trains on in `rows`: response positions after the first of each row.
+    pub fn trained_tokens(&self, rows: &[usize]) -> usize {
+        rows.iter().map(|&r| (1..self.l).filter(|&j| self.response_mask[r * self.l + j] != 0.0).count()).sum()
     }
 }

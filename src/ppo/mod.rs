@@ -1,4 +1,8 @@
-//! The PPO layer: the rollout batch, the update, (to come) rollouts and the trainer loop.
+//! The PPO layer: the rollout batch, rollouts from generation to advantages, rewards, the
+//! update, and the trainer loop.
 
 pub mod batch;
+pub mod reward;
+pub mod rollout;
+pub mod trainer;
 pub mod update;

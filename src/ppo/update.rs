@@ -2,9 +2,11 @@
 //! minibatches, each one forward, the fused loss, one backward, clipping and AdamW, all in one
 //! submit, with only the eight loss statistics read back.
 
-use super::batch::RolloutBatch;
+use super::batch::PpoBatch;
 use crate::error::{Error, Result, ensure_shape};
 use crate::gpu::{DType, Recorder};
+use crate::kernels::residual::accumulate;
+use crate::kernels::rollout::gather_rows;
 use crate::kernels::ppo::{INPUT_COLUMNS, PpoLossConfig, PpoMinibatch, STAT_NAMES, ppo_loss_fused, ppo_stats_reduce};
 use crate::model::checkpoint::{saved_name, write_atomically};
 use crate::model::optimizer::Optimizer;
@@ -25,6 +27,10 @@ pub struct UpdateOptions {
     pub lr: f32,
     #[command(flatten)]
     pub loss: PpoLossConfig,
+    /// Split each minibatch into this many micro-batches whose gradients add up before one
+    /// optimizer step (less memory, the same update).
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
     /// Shuffle the rows into minibatches each epoch with this seed; in row order without one.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -34,6 +40,8 @@ pub struct UpdateOptions {
 #[derive(Clone, Debug, Default)]
 pub struct UpdateStats {
     pub means: [f32; 8],
+    /// Mean global gradient norm (before clipping) of the optimizer steps.
+    pub grad_norm: f32,
     pub minibatches: usize,
 }
 
@@ -74,12 +82,15 @@ impl GradDump {
     }
 }
 
-/// Runs the update on `model` (which needs a value head) with `opt`. Returns the statistics and,
-/// when `dump` is set, the first minibatch's gradients.
+/// Runs the update on `model` (which needs a value head) with `opt`: `opts.epochs` passes over
+/// the batch in `opts.minibatches` minibatches, each split into `opts.grad_accum` micro-batches
+/// whose gradients add up before one optimizer step. Everything is recorded into one encoder
+/// per minibatch; the statistics stay on the GPU until one readback at the end. Returns their
+/// means and, when `dump` is set, the first minibatch's gradients.
 pub fn ppo_update(
     model: &Model,
     opt: &mut Optimizer,
-    batch: &RolloutBatch,
+    batch: &PpoBatch,
     opts: &UpdateOptions,
     dump: bool,
 ) -> Result<(UpdateStats, Option<GradDump>)> {
@@ -89,45 +100,63 @@ pub fn ppo_update(
     if opts.minibatches == 0 || opts.minibatches > b || opts.epochs == 0 {
         return Err(Error::Input(format!("--minibatches must be in 1..={b} (the batch's rows) and --epochs positive")));
     }
+    let smallest = b / opts.minibatches;
+    if opts.grad_accum == 0 || opts.grad_accum > smallest {
+        return Err(Error::Input(format!(
+            "--grad-accum {} must be in 1..={smallest} (the rows of a minibatch)",
+            opts.grad_accum
+        )));
+    }
+    let updates = opts.epochs * opts.minibatches;
+    // Each minibatch's eight statistics and its gradient norm land in their own 256-byte slots
+    // (a view there meets every adapter's offset alignment); one download reads them all at
+    // the end.
+    const SLOT: usize = 64;
+    let all_stats = gpu.tensor(&[2 * updates * SLOT], DType::F32)?;
     let mut rec = Recorder::new(&gpu);
     let grads = model.zeros_like_params(&mut rec)?;
     rec.submit();
     let mut rng = opts.seed.map(Rng::new);
-    let mut stats = UpdateStats::default();
     let mut dumped = None;
     for epoch in 0..opts.epochs {
         let mut order: Vec<usize> = (0..b).collect();
         if let Some(rng) = rng.as_mut() {
-            for i in (1..b).rev() {
-                order.swap(i, rng.below(i as u32 + 1) as usize);
-            }
+            rng.shuffle(&mut order);
         }
         for m in 0..opts.minibatches {
-            let rows = &order[m * b / opts.minibatches..(m + 1) * b / opts.minibatches];
-            let n = rows.len();
-            let ids = batch.gather(&batch.input_ids, rows);
-            let inputs = batch.loss_inputs(rows);
-            // Trained tokens: masked-in positions after the first of each row.
-            let count = (0..n * l).filter(|&i| i % l > 0 && inputs[i * INPUT_COLUMNS] != 0.0).count();
-            let mb_batch = Batch::new(&gpu, &model.config, &ids, &batch.gather(&batch.attention_mask, rows), n, l)?;
-            let tokens = gpu.upload_u32(&[n * l], &ids)?;
-            let inputs = gpu.upload(&[n * l, INPUT_COLUMNS], &inputs)?;
-            let (dvalues, token_stats, mb_stats) = (
-                gpu.tensor(&[n * l], DType::F32)?,
-                gpu.tensor(&[n * l, 8], DType::F32)?,
-                gpu.tensor(&[8], DType::F32)?,
-            );
-
+            let k = epoch * opts.minibatches + m;
+            let minibatch = &order[m * b / opts.minibatches..(m + 1) * b / opts.minibatches];
+            // The loss is a mean over the whole minibatch's trained tokens, so micro-batch
+            // gradients add up to the minibatch's.
+            let count = batch.trained_tokens(minibatch);
             let mut rec = Recorder::new(&gpu);
-            let acts = model.forward(&mut rec, &mb_batch)?;
-            let logits = acts.logits.reshape(&[n * l, v])?;
-            let values = acts.values.as_ref().expect("a value head was checked above").reshape(&[n * l])?;
-            let mb = PpoMinibatch { logits: &logits, tokens: &tokens, inputs: &inputs, values: &values, seq: l, count };
-            ppo_loss_fused(&mut rec, &mb, &opts.loss, &dvalues, &token_stats)?;
-            ppo_stats_reduce(&mut rec, &mb_stats, &token_stats)?;
             rec.zero(&grads.flat);
-            model.backward(&mut rec, &mb_batch, &acts, Some(&dvalues.reshape(&[n, l])?), None, &grads)?;
-            if dump && epoch == 0 && m == 0 {
+            let mb_stats = all_stats.view(&gpu, 2 * k * SLOT, &[8])?;
+            rec.zero(&mb_stats);
+            for a in 0..opts.grad_accum {
+                let rows = &minibatch[a * minibatch.len() / opts.grad_accum..(a + 1) * minibatch.len() / opts.grad_accum];
+                let n = rows.len();
+                let ids = batch.gather(&batch.input_ids, rows);
+                let mb_batch = Batch::new(&gpu, &model.config, &ids, &batch.gather(&batch.attention_mask, rows), n, l)?;
+                let tokens = gpu.upload_u32(&[n * l], &ids)?;
+                let row_ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+                let inputs = gpu.tensor(&[n * l, INPUT_COLUMNS], DType::F32)?;
+                gather_rows(&mut rec, &inputs, &batch.inputs.reshape(&[b, l * INPUT_COLUMNS])?, &gpu.upload_u32(&[n], &row_ids)?)?;
+                let (dvalues, token_stats, micro_stats) = (
+                    gpu.tensor(&[n * l], DType::F32)?,
+                    gpu.tensor(&[n * l, 8], DType::F32)?,
+                    gpu.tensor(&[8], DType::F32)?,
+                );
+                let acts = model.forward(&mut rec, &mb_batch)?;
+                let logits = acts.logits.reshape(&[n * l, v])?;
+                let values = acts.values.as_ref().expect("a value head was checked above").reshape(&[n * l])?;
+                let mb = PpoMinibatch { logits: &logits, tokens: &tokens, inputs: &inputs, values: &values, seq: l, count };
+                ppo_loss_fused(&mut rec, &mb, &opts.loss, &dvalues, &token_stats)?;
+                ppo_stats_reduce(&mut rec, &micro_stats, &token_stats)?;
+                accumulate(&mut rec, &mb_stats, &micro_stats)?;
+                model.backward(&mut rec, &mb_batch, &acts, Some(&dvalues.reshape(&[n, l])?), None, &grads)?;
+            }
+            if dump && k == 0 {
                 rec.submit();
                 let flat = gpu.download(&grads.flat)?;
                 let grads = model
@@ -143,16 +172,17 @@ pub fn ppo_update(
                 rec = Recorder::new(&gpu);
             }
             opt.update(&mut rec, model, &grads.flat, opts.lr)?;
+            rec.copy(opt.norm_scale(), &all_stats.view(&gpu, (2 * k + 1) * SLOT, &[2])?);
             rec.submit();
-            let s = gpu.download(&mb_stats)?;
-            for (mean, x) in stats.means.iter_mut().zip(s) {
-                *mean += x;
-            }
-            stats.minibatches += 1;
         }
     }
-    for mean in stats.means.iter_mut() {
-        *mean /= stats.minibatches as f32;
+    let all = gpu.download(&all_stats)?;
+    let mut stats = UpdateStats { minibatches: updates, ..UpdateStats::default() };
+    for k in 0..updates {
+        for (mean, x) in stats.means.iter_mut().zip(&all[2 * k * SLOT..2 * k * SLOT + 8]) {
+            *mean += x / updates as f32;
+        }
+        stats.grad_norm += all[(2 * k + 1) * SLOT] / updates as f32;
     }
     Ok((stats, dumped))
 }

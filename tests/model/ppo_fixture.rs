@@ -10,16 +10,27 @@ use ppo_wgpu::kernels::ppo::PpoLossConfig;
 use ppo_wgpu::model::checkpoint::saved_name;
 use ppo_wgpu::model::optimizer::Optimizer;
 use ppo_wgpu::model::{self};
-use ppo_wgpu::ppo::batch::RolloutBatch;
+use ppo_wgpu::ppo::batch::{PpoBatch, RolloutBatch};
 use ppo_wgpu::ppo::update::{UpdateOptions, ppo_update};
 use safetensors::SafeTensors;
 use std::path::Path;
 
 #[test]
 fn update_gradients_match_pytorch_autograd() {
+    check_update_gradients(1);
+}
+
+/// Two micro-batches per minibatch add up to the same gradient.
+#[test]
+fn accumulated_gradients_match_pytorch_autograd() {
+    check_update_gradients(2);
+}
+
+fn check_update_gradients(grad_accum: usize) {
     let gpu = Gpu::new(None).unwrap();
     let policy = model::load(&gpu, &Path::new(FIXTURES).join("ppo-tiny")).unwrap();
     let batch = RolloutBatch::load(&Path::new(FIXTURES).join("ppo-batch.safetensors")).unwrap();
+    let batch = PpoBatch::upload(&gpu, &batch).unwrap();
     let bytes = std::fs::read(Path::new(FIXTURES).join("ppo-expected.safetensors")).unwrap();
     let expected = SafeTensors::deserialize(&bytes).unwrap();
     let read = |name: &str| read_f32(&expected, name);
@@ -28,7 +39,7 @@ fn update_gradients_match_pytorch_autograd() {
     let mut opt = Optimizer::new(&policy, &mut rec, AdamW::default(), 1.0).unwrap();
     rec.submit();
     let loss = PpoLossConfig { temperature: 0.9, cliprange: 0.2, cliprange_value: 0.2, vf_coef: 0.1, ent_coef: 0.01 };
-    let opts = UpdateOptions { epochs: 1, minibatches: 2, lr: 1e-5, loss, seed: None };
+    let opts = UpdateOptions { epochs: 1, minibatches: 2, lr: 1e-5, loss, grad_accum, seed: None };
     let (_, dump) = ppo_update(&policy, &mut opt, &batch, &opts, true).unwrap();
     let dump = dump.unwrap();
 
@@ -36,7 +47,7 @@ fn update_gradients_match_pytorch_autograd() {
     for (k, name) in ["loss", "pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac"].iter().enumerate() {
         let stat = ppo_wgpu::kernels::ppo::STAT_NAMES.iter().position(|n| n == name).unwrap();
         let (got, want) = (dump.stats[stat] as f64, read(name)[0] as f64);
-        assert!((got - want).abs() <= 1e-5 + 1e-4 * want.abs(), "{name} (#{k}): {got} vs PyTorch {want}");
+        assert!((got - want).abs() <= 1e-5 + 1e-4 * want.abs(), "{name} (#{k}, grad_accum {grad_accum}): {got} vs PyTorch {want}");
     }
     // Every gradient, relative to the tensor's largest entry: 1e-3 is the bar.
     let mut report = Vec::new();

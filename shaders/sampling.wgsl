@@ -1,0 +1,240 @@
+// Sampling the next token of each row on the GPU: temperature, top-k, top-p (nucleus), greedy,
+// with a counter-based random number per (seed, sample, step), so a sample's tokens do not
+// depend on how the batch was split or on what the other rows drew.
+//
+// Per row with logits z (V values), ordering tokens by the order-preserving u32 key of z:
+//   greedy (inv_temperature = 0): the largest z, the lowest index on ties.
+//   w_i = exp((z_i − max z)·invτ)
+//   θ_k = the k-th largest key (top_k = 0: no cut)             kept_k = {i : key_i ≥ θ_k}
+//   θ   = the largest key κ ≥ θ_k with Σ_{key_i ≥ κ} w_i ≥ top_p · Σ_{kept_k} w_i
+//   token = the first i (index order) with Σ_{j ≤ i, key_j ≥ θ} w_j > u · Σ_{key ≥ θ} w,
+//           u = uniform(seed, sample, step) in [0, 1)
+// θ_k and θ are found exactly by deciding one bit of the key per pass, high bit first (32
+// passes of a counted or summed reduction over the row): a threshold, never a sort. Ties at the
+// threshold are all kept (`reference::sample_threshold` defines the same set).
+//
+// Rows that already ended (done[b] = 1) emit `pad`; a row that samples `eos` ends.
+//
+// Layout: logits f32, row b at b·row_stride + row_base, V values; tokens u32 [B, steps] (column
+// `step` written); next_ids, next_pos, done, prompt_len u32 [B] (next_pos[b] = prompt_len[b] +
+// step: the position the token sits at).
+// Launch: one workgroup of 256 per row, grid B (laid out 2D when B > 65535).
+
+struct Params {
+    rows: u32,
+    v: u32,
+    row_stride: u32,
+    row_base: u32,
+    inv_temperature: f32, // 0: greedy
+    top_k: u32,           // 0: no cut
+    top_p: f32,           // ≥ 1: no cut
+    step: u32,
+    first_sample: u32,    // the global sample index of row 0 (the random stream's id)
+    seed_lo: u32,
+    seed_hi: u32,
+    eos: u32,             // 0xFFFFFFFF: no end-of-sequence token
+    pad: u32,
+    steps: u32,           // columns of `tokens`
+}
+
+const WG: u32 = 256u;
+const NEG_BIG: f32 = -3.0e38;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read_write> tokens: array<u32>;
+@group(0) @binding(3) var<storage, read_write> next_ids: array<u32>;
+@group(0) @binding(4) var<storage, read_write> next_pos: array<u32>;
+@group(0) @binding(5) var<storage, read_write> done: array<u32>;
+@group(0) @binding(6) var<storage, read> prompt_len: array<u32>;
+
+var<workgroup> red_f: array<f32, WG>;
+var<workgroup> red_u: array<u32, WG>;
+var<workgroup> chosen: u32;
+var<workgroup> shared_u: u32;
+var<workgroup> shared_f: f32;
+
+// PCG hash (Jarzynski & Olano, "Hash Functions for GPU Rendering", 2020).
+fn pcg(v: u32) -> u32 {
+    let state = v * 747796405u + 2891336453u;
+    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+    return (word >> 22u) ^ word;
+}
+
+// Uniform in [0, 1) from (seed, sample, step); `reference::uniform_at` is the same function.
+fn uniform_at(seed_lo: u32, seed_hi: u32, sample: u32, step: u32) -> f32 {
+    let h = pcg(seed_lo ^ pcg(seed_hi ^ pcg(sample ^ pcg(step))));
+    return f32(h >> 8u) * (1.0 / 16777216.0);
+}
+
+// An order-preserving map of f32 to u32: a < b ⇔ key(a) < key(b) (for non-NaN values).
+fn key_of(x: f32) -> u32 {
+    let bits = bitcast<u32>(x);
+    return select(bits | 0x80000000u, ~bits, (bits & 0x80000000u) != 0u);
+}
+
+fn reduce_sum_f(lid: u32, x: f32) -> f32 {
+    red_f[lid] = x;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) { red_f[lid] += red_f[lid + s]; }
+        workgroupBarrier();
+    }
+    if (lid == 0u) { shared_f = red_f[0]; }
+    return workgroupUniformLoad(&shared_f);
+}
+
+fn reduce_max_f(lid: u32, x: f32) -> f32 {
+    red_f[lid] = x;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) { red_f[lid] = max(red_f[lid], red_f[lid + s]); }
+        workgroupBarrier();
+    }
+    if (lid == 0u) { shared_f = red_f[0]; }
+    return workgroupUniformLoad(&shared_f);
+}
+
+fn reduce_sum_u(lid: u32, x: u32) -> u32 {
+    red_u[lid] = x;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) { red_u[lid] += red_u[lid + s]; }
+        workgroupBarrier();
+    }
+    if (lid == 0u) { shared_u = red_u[0]; }
+    return workgroupUniformLoad(&shared_u);
+}
+
+@compute @workgroup_size(256)
+fn sample_tokens(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_id) lid3: vec3<u32>,
+) {
+    let row = wid.y * nwg.x + wid.x;
+    if (row >= params.rows) { return; } // uniform across the workgroup
+    let lid = lid3.x;
+    let v = params.v;
+    let base = row * params.row_stride + params.row_base;
+    let out = row * params.steps + params.step;
+
+    if (lid == 0u) { shared_u = done[row]; }
+    if (workgroupUniformLoad(&shared_u) != 0u) {
+        if (lid == 0u) {
+            tokens[out] = params.pad;
+            next_ids[row] = params.pad;
+            next_pos[row] = prompt_len[row] + params.step;
+        }
+        return;
+    }
+
+    // The largest logit; for greedy also its lowest index.
+    var m = NEG_BIG;
+    for (var i = lid; i < v; i += WG) { m = max(m, logits[base + i]); }
+    m = reduce_max_f(lid, m);
+
+    if (params.inv_temperature == 0.0) {
+        var first = 0xFFFFFFFFu;
+        for (var i = lid; i < v; i += WG) {
+            if (logits[base + i] == m) { first = min(first, i); }
+        }
+        red_u[lid] = first;
+        workgroupBarrier();
+        for (var s = WG / 2u; s > 0u; s >>= 1u) {
+            if (lid < s) { red_u[lid] = min(red_u[lid], red_u[lid + s]); }
+            workgroupBarrier();
+        }
+        if (lid == 0u) { chosen = min(red_u[0], v - 1u); }
+    } else {
+        let inv_t = params.inv_temperature;
+        // θ_k: the largest key with at least k keys at or above it.
+        var theta = 0u;
+        if (params.top_k > 0u && params.top_k < v) {
+            for (var bit = 31i; bit >= 0i; bit--) {
+                let cand = theta | (1u << u32(bit));
+                var n = 0u;
+                for (var i = lid; i < v; i += WG) { n += u32(key_of(logits[base + i]) >= cand); }
+                if (reduce_sum_u(lid, n) >= params.top_k) { theta = cand; }
+            }
+        }
+        // θ: the largest key (≥ θ_k) whose tail holds top_p of the kept mass.
+        var total = 0.0;
+        for (var i = lid; i < v; i += WG) {
+            let z = logits[base + i];
+            if (key_of(z) >= theta) { total += exp((z - m) * inv_t); }
+        }
+        total = reduce_sum_f(lid, total);
+        if (params.top_p < 1.0) {
+            let need = params.top_p * total;
+            let theta_k = theta;
+            for (var bit = 31i; bit >= 0i; bit--) {
+                let cand = theta | (1u << u32(bit));
+                if (cand < theta_k) { continue; } // uniform: theta and theta_k are shared
+                var mass = 0.0;
+                for (var i = lid; i < v; i += WG) {
+                    let z = logits[base + i];
+                    if (key_of(z) >= cand) { mass += exp((z - m) * inv_t); }
+                }
+                if (reduce_sum_f(lid, mass) >= need) { theta = cand; }
+            }
+        }
+        // Each invocation owns a contiguous chunk of the row; the chunk holding the u-quantile
+        // of the kept mass (found from the chunks' sums in order) is walked by its owner.
+        let chunk = (v + WG - 1u) / WG;
+        let lo = min(lid * chunk, v);
+        let hi = min(lo + chunk, v);
+        var mine = 0.0;
+        for (var i = lo; i < hi; i++) {
+            let z = logits[base + i];
+            if (key_of(z) >= theta) { mine += exp((z - m) * inv_t); }
+        }
+        red_f[lid] = mine;
+        workgroupBarrier();
+        if (lid == 0u) {
+            var kept = 0.0;
+            for (var j = 0u; j < WG; j++) { kept += red_f[j]; }
+            var goal = uniform_at(params.seed_lo, params.seed_hi, params.first_sample + row, params.step) * kept;
+            // The owner: the last chunk with mass whose prefix is ≤ goal (rounding-safe).
+            var owner = 0u;
+            var prefix = 0.0;
+            var owner_prefix = 0.0;
+            for (var j = 0u; j < WG; j++) {
+                if (red_f[j] > 0.0 && prefix <= goal) {
+                    owner = j;
+                    owner_prefix = prefix;
+                }
+                prefix += red_f[j];
+            }
+            red_u[0] = owner;
+            red_f[0] = goal - owner_prefix;
+        }
+        workgroupBarrier();
+        let owner = red_u[0];
+        var r = red_f[0];
+        if (lid == owner) {
+            var pick = 0xFFFFFFFFu;
+            var last = lo;
+            for (var i = lo; i < hi; i++) {
+                let z = logits[base + i];
+                if (key_of(z) < theta) { continue; }
+                let w = exp((z - m) * inv_t);
+                last = i;
+                if (r < w) {
+                    pick = i;
+                    break;
+                }
+                r -= w;
+            }
+            chosen = select(pick, last, pick == 0xFFFFFFFFu);
+        }
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        let token = chosen;
+        tokens[out] = token;
+        next_ids[row] = token;
+        next_pos[row] = prompt_len[row] + params.step;
+        if (token == params.eos) { done[row] = 1u; }
+    }
+}

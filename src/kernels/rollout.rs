@@ -1,0 +1,71 @@
+//! Rollout glue on the GPU: per-token values, the packed PPO loss inputs, minibatch row
+//! gathers and per-sequence scores. Shader: `rollout.wgsl`.
+
+use super::{as_matrix, bind, expect_len, groups};
+use crate::error::{Result, ensure_shape};
+use crate::gpu::{DType, Recorder, Shader, Tensor};
+
+pub const SHADER: Shader = Shader { name: "rollout", source: include_str!("../../shaders/rollout.wgsl") };
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    b: u32,
+    t: u32,
+    width: u32,
+    n: u32,
+}
+
+/// out [B, T]: out[b, j] = values[b, j − 1], 0 at j = 0.
+pub fn values_per_token(rec: &mut Recorder, out: &Tensor, values: &Tensor) -> Result<()> {
+    let (b, t) = as_matrix(values);
+    expect_len(out, b * t, "per-token values")?;
+    let p = Params { b: b as u32, t: t as u32, ..Default::default() };
+    let grid = rec.gpu().grid(groups(b * t, 256));
+    rec.dispatch(&SHADER, "values_per_token", &[], bytemuck::bytes_of(&p), &[bind(1, values), bind(2, out)], grid)
+}
+
+/// inputs [B·T, 8] = (mask, old_logprob, old_value, advantage, return, 0, 0, 0) per position,
+/// from [B, T] tensors.
+pub fn pack_loss_inputs(
+    rec: &mut Recorder,
+    inputs: &Tensor,
+    mask: &Tensor,
+    logprobs: &Tensor,
+    old_values: &Tensor,
+    advantages: &Tensor,
+    returns: &Tensor,
+) -> Result<()> {
+    let (b, t) = as_matrix(mask);
+    for (x, what) in [(logprobs, "log-probs"), (old_values, "values"), (advantages, "advantages"), (returns, "returns")]
+    {
+        expect_len(x, b * t, what)?;
+    }
+    expect_len(inputs, b * t * 8, "packed loss inputs")?;
+    let p = Params { b: b as u32, t: t as u32, ..Default::default() };
+    let bindings =
+        [bind(2, inputs), bind(5, mask), bind(6, logprobs), bind(7, old_values), bind(8, advantages), bind(9, returns)];
+    let grid = rec.gpu().grid(groups(b * t, 256));
+    rec.dispatch(&SHADER, "pack_loss_inputs", &[], bytemuck::bytes_of(&p), &bindings, grid)
+}
+
+/// dst [R, W] = src[rows[r], ·] for src [N, W] and rows u32 [R] (each < N).
+pub fn gather_rows(rec: &mut Recorder, dst: &Tensor, src: &Tensor, rows: &Tensor) -> Result<()> {
+    let (n, width) = as_matrix(src);
+    ensure_shape(rows.dtype() == DType::U32, || "gather rows: row indices must be u32".into())?;
+    expect_len(dst, rows.len() * width, "gathered rows")?;
+    ensure_shape(n > 0 || rows.is_empty(), || "gather rows from an empty tensor".into())?;
+    let p = Params { b: n as u32, width: width as u32, n: (rows.len() * width) as u32, ..Default::default() };
+    let grid = rec.gpu().grid(groups(rows.len() * width, 256));
+    rec.dispatch(&SHADER, "gather_rows", &[], bytemuck::bytes_of(&p), &[bind(1, src), bind(2, dst), bind(3, rows)], grid)
+}
+
+/// scores [B] = x [B, T] at each row's last position with mask [B, T] (u32) ≠ 0 (0 if none).
+pub fn last_token_scores(rec: &mut Recorder, scores: &Tensor, x: &Tensor, mask: &Tensor) -> Result<()> {
+    let (b, t) = as_matrix(x);
+    expect_len(mask, b * t, "score mask")?;
+    expect_len(scores, b, "scores")?;
+    let p = Params { b: b as u32, t: t as u32, ..Default::default() };
+    let bindings = [bind(1, x), bind(2, scores), bind(4, mask)];
+    rec.dispatch(&SHADER, "last_token_scores", &[], bytemuck::bytes_of(&p), &bindings, [groups(b, 64) as u32, 1, 1])
+}

@@ -1,0 +1,113 @@
+//! Generation with a KV cache: a prefill pass over the (left-padded) prompts writes every
+//! layer's keys and values, then each decode step runs the model on one new token per row,
+//! appends its keys and values, and attends over the cache. The same kernels as the training
+//! forward, with B rows of one position, plus `kv_cache_write` and `decode_attention`.
+
+use super::config::GptConfig;
+use super::gpt::{Activations, Batch, Model};
+use crate::error::Result;
+use crate::gpu::{DType, Recorder, Tensor};
+use crate::kernels::embedding::embedding_forward;
+use crate::kernels::gelu::gelu_forward;
+use crate::kernels::kv_cache::{CacheShape, decode_attention, kv_cache_write};
+use crate::kernels::layernorm::layernorm_forward;
+use crate::kernels::matmul::{Layout, linear_forward, matmul};
+use crate::kernels::residual::residual_forward;
+
+/// Every layer's keys and values for B rows of up to `t_max` positions, and which positions
+/// hold real tokens.
+pub struct KvCache {
+    pub shape: CacheShape,
+    /// One [B, T_max, 2C] tensor per layer: k then v at each position.
+    pub layers: Vec<Tensor>,
+    /// u32 [B, T_max]: 1 where a position holds a real token (left padding is 0).
+    pub mask: Tensor,
+}
+
+/// Activations of one decode step ([B, ·] each), allocated once and reused by every step.
+pub struct DecodeScratch {
+    x: Tensor,        // [B, C] the residual stream
+    ln: Tensor,       // [B, C]
+    mean: Tensor,     // [B]
+    rstd: Tensor,     // [B]
+    qkv: Tensor,      // [B, 3C]
+    atty: Tensor,     // [B, C]
+    proj: Tensor,     // [B, C]
+    residual2: Tensor, // [B, C]
+    fch: Tensor,      // [B, 4C]
+    fch_gelu: Tensor, // [B, 4C]
+    /// Next-token logits [B, V] of the last step.
+    pub logits: Tensor,
+}
+
+impl Model {
+    /// An empty cache for B rows of `t_max` positions; `mask` [B, T_max] marks the real tokens.
+    pub fn kv_cache(&self, b: usize, t_max: usize, mask: &[u32]) -> Result<KvCache> {
+        let GptConfig { n_embd: c, n_head, .. } = self.config;
+        let shape = CacheShape { b, t_max, c, n_head };
+        let layers = (0..self.config.n_layer)
+            .map(|_| self.gpu().tensor(&[b, t_max, 2 * c], DType::F32))
+            .collect::<Result<_>>()?;
+        Ok(KvCache { shape, layers, mask: self.gpu().upload_u32(&[b, t_max], mask)? })
+    }
+
+    pub fn decode_scratch(&self, b: usize) -> Result<DecodeScratch> {
+        let GptConfig { n_embd: c, vocab_size: v, .. } = self.config;
+        let f32s = |shape: &[usize]| self.gpu().tensor(shape, DType::F32);
+        Ok(DecodeScratch {
+            x: f32s(&[b, c])?,
+            ln: f32s(&[b, c])?,
+            mean: f32s(&[b])?,
+            rstd: f32s(&[b])?,
+            qkv: f32s(&[b, 3 * c])?,
+            atty: f32s(&[b, c])?,
+            proj: f32s(&[b, c])?,
+            residual2: f32s(&[b, c])?,
+            fch: f32s(&[b, 4 * c])?,
+            fch_gelu: f32s(&[b, 4 * c])?,
+            logits: f32s(&[b, v])?,
+        })
+    }
+
+    /// Records the forward of the prompts (positions 0 .. P of the cache) and writes their keys
+    /// and values into it. The returned activations hold the logits [B, P, V].
+    pub fn prefill(&self, rec: &mut Recorder, cache: &KvCache, prompts: &Batch) -> Result<Activations> {
+        let acts = self.forward(rec, prompts)?;
+        for (layer, a) in cache.layers.iter().zip(&acts.layers) {
+            kv_cache_write(rec, layer, &a.qkv, cache.shape, 0)?;
+        }
+        Ok(acts)
+    }
+
+    /// Records one decode step: token `ids[b]` at position `pos[b]` (u32 [B] each) sits at cache
+    /// position `at`; its keys and values go into the cache, and `scratch.logits` [B, V] receives
+    /// the next-token logits.
+    pub fn decode_step(
+        &self,
+        rec: &mut Recorder,
+        cache: &KvCache,
+        s: &DecodeScratch,
+        ids: &Tensor,
+        pos: &Tensor,
+        at: usize,
+    ) -> Result<()> {
+        let eps = self.config.layer_norm_epsilon;
+        let p = &self.params;
+        embedding_forward(rec, &s.x, ids, pos, &p.wte, &p.wpe)?;
+        for (lp, layer_cache) in p.layers.iter().zip(&cache.layers) {
+            layernorm_forward(rec, &s.ln, &s.mean, &s.rstd, &s.x, &lp.ln_1_w, &lp.ln_1_b, eps)?;
+            linear_forward(rec, &s.qkv, &s.ln, &lp.c_attn_w, Some(&lp.c_attn_b))?;
+            kv_cache_write(rec, layer_cache, &s.qkv, cache.shape, at)?;
+            decode_attention(rec, &s.atty, &s.qkv, layer_cache, &cache.mask, cache.shape, at + 1)?;
+            linear_forward(rec, &s.proj, &s.atty, &lp.attn_proj_w, Some(&lp.attn_proj_b))?;
+            residual_forward(rec, &s.residual2, &s.x, &s.proj)?;
+            layernorm_forward(rec, &s.ln, &s.mean, &s.rstd, &s.residual2, &lp.ln_2_w, &lp.ln_2_b, eps)?;
+            linear_forward(rec, &s.fch, &s.ln, &lp.c_fc_w, Some(&lp.c_fc_b))?;
+            gelu_forward(rec, &s.fch_gelu, &s.fch)?;
+            linear_forward(rec, &s.proj, &s.fch_gelu, &lp.mlp_proj_w, Some(&lp.mlp_proj_b))?;
+            residual_forward(rec, &s.x, &s.residual2, &s.proj)?;
+        }
+        layernorm_forward(rec, &s.ln, &s.mean, &s.rstd, &s.x, &p.ln_f_w, &p.ln_f_b, eps)?;
+        matmul(rec, &s.logits, &s.ln, &p.wte, None, Layout::NT, false) // tied LM head: ln_f(x) · wteᵀ
+    }
+}

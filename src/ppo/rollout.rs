@@ -1,0 +1,214 @@
+//! From sampled tokens to the batch the PPO update trains on, on the GPU (DESIGN §1, §4):
+//! one forward of the policy (log-probs at the training precision, values), one of the frozen
+//! reference (its log-probs), the KL-penalised rewards, GAE, whitened advantages, and the packed
+//! loss inputs. The host sees the tokens and the scores going in and a handful of statistics
+//! coming out; the per-token floats stay on the GPU, where the update reads them.
+
+use super::batch::{PpoBatch, RolloutBatch};
+use crate::error::{Error, Result};
+use crate::generate::Generation;
+use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::kernels::gae::{GaeKernel, gae};
+use crate::kernels::ppo::{INPUT_COLUMNS, logprob_entropy};
+use crate::kernels::rewards::{KlEstimator, kl_rewards, masked_moments, masked_whiten};
+use crate::kernels::rollout::{pack_loss_inputs, values_per_token};
+use crate::model::{Batch, Model};
+use std::sync::Arc;
+
+/// B rows of L = P + R positions: left padding, the prompt, the response up to and including
+/// its first end-of-sequence token, right padding.
+#[derive(Clone, Debug)]
+pub struct Sequences {
+    pub b: usize,
+    pub l: usize,
+    /// P: where every response starts.
+    pub prompt_len: usize,
+    pub input_ids: Vec<u32>,
+    /// 1 on real tokens (prompt and response), 0 on padding.
+    pub attention_mask: Vec<u32>,
+    /// 1 on response tokens (the ones trained on).
+    pub response_mask: Vec<f32>,
+    pub prompts: Vec<Vec<u32>>,
+    pub responses: Vec<Vec<u32>>,
+    /// Whether each response ended with the end-of-sequence token.
+    pub ended: Vec<bool>,
+}
+
+impl Sequences {
+    /// Lays out a generation with room for `response_len` tokens per row (its max_new_tokens,
+    /// so that every iteration has the same shapes).
+    pub fn new(generation: &Generation, response_len: usize, eos: Option<u32>) -> Sequences {
+        let (b, p) = (generation.prompts.len(), generation.prompt_len);
+        let l = p + response_len;
+        let mut input_ids = vec![eos.unwrap_or(0); b * l];
+        let (mut attention_mask, mut response_mask) = (vec![0u32; b * l], vec![0f32; b * l]);
+        for (row, (prompt, response)) in generation.prompts.iter().zip(&generation.responses).enumerate() {
+            let start = row * l + p - prompt.len();
+            input_ids[start..row * l + p].copy_from_slice(prompt);
+            attention_mask[start..row * l + p].iter_mut().for_each(|m| *m = 1);
+            let r = row * l + p;
+            input_ids[r..r + response.len()].copy_from_slice(response);
+            attention_mask[r..r + response.len()].iter_mut().for_each(|m| *m = 1);
+            response_mask[r..r + response.len()].iter_mut().for_each(|m| *m = 1.0);
+        }
+        let ended = (0..b).map(|row| generation.ended(row, eos)).collect();
+        Sequences {
+            b,
+            l,
+            prompt_len: p,
+            input_ids,
+            attention_mask,
+            response_mask,
+            prompts: generation.prompts.clone(),
+            responses: generation.responses.clone(),
+            ended,
+        }
+    }
+
+    /// The sequences as a model batch (Hugging Face position ids from the mask).
+    pub fn batch(&self, model: &Model) -> Result<Batch> {
+        Batch::new(model.gpu(), &model.config, &self.input_ids, &self.attention_mask, self.b, self.l)
+    }
+
+    pub fn mean_response_len(&self) -> f32 {
+        self.responses.iter().map(Vec::len).sum::<usize>() as f32 / self.b.max(1) as f32
+    }
+}
+
+/// The hyperparameters from log-probs to advantages (DESIGN §4; TRL's names).
+#[derive(Clone, Copy, Debug)]
+pub struct AdvantageConfig {
+    /// The sampling temperature: log-probs are those of softmax(logits/τ).
+    pub temperature: f32,
+    /// β, the KL penalty coefficient.
+    pub beta: f32,
+    pub kl_estimator: KlEstimator,
+    pub gamma: f32,
+    pub lam: f32,
+}
+
+/// What the host learns about a rollout.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RolloutStats {
+    /// Σ_t KL per sequence, averaged over the batch (TRL's `objective/kl`).
+    pub kl_mean: f32,
+    /// Mean entropy per response token.
+    pub entropy_mean: f32,
+    /// 1 − Var(returns − values)/Var(returns) over the response tokens.
+    pub explained_variance: f32,
+    /// Mean of the value head over the response tokens.
+    pub value_mean: f32,
+    /// Response tokens in the batch.
+    pub tokens: f32,
+}
+
+/// A rollout ready for the update, with its per-token tensors (for `--dump-batch`).
+pub struct Rollout {
+    pub batch: PpoBatch,
+    pub stats: RolloutStats,
+    pub scores: Vec<f32>,
+    gpu: Arc<Gpu>,
+    old_logprobs: Tensor,
+    ref_logprobs: Tensor,
+    old_values: Tensor,
+    advantages: Tensor,
+    returns: Tensor,
+}
+
+/// Runs the policy and reference forwards over `seqs` and computes the KL-penalised rewards,
+/// GAE and whitened advantages for `scores` [B], all in one submit; one small readback.
+pub fn prepare(
+    policy: &Model,
+    reference: &Model,
+    seqs: &Sequences,
+    scores: &[f32],
+    cfg: &AdvantageConfig,
+) -> Result<Rollout> {
+    let gpu = policy.gpu();
+    let (b, l, v) = (seqs.b, seqs.l, policy.config.vocab_size);
+    if reference.config.vocab_size != v {
+        return Err(Error::Input(format!(
+            "the reference model's vocabulary ({}) differs from the policy's ({v})",
+            reference.config.vocab_size
+        )));
+    }
+    if scores.len() != b {
+        return Err(Error::Input(format!("{} scores for a batch of {b} sequences", scores.len())));
+    }
+    let batch = seqs.batch(policy)?;
+    let tokens = gpu.upload_u32(&[b * l], &seqs.input_ids)?;
+    let mask = gpu.upload(&[b, l], &seqs.response_mask)?;
+    let scores_t = gpu.upload(&[b], scores)?;
+    let f32s = |shape: &[usize]| gpu.tensor(shape, DType::F32);
+    let (old_logprobs, entropy, ref_logprobs, ref_entropy) = (f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?);
+    let (old_values, kl, rewards, advantages, returns) =
+        (f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?);
+    let inputs = f32s(&[b * l, INPUT_COLUMNS])?;
+    // Moments of KL, entropy, raw advantages, returns and values, one 256-byte slot each.
+    const SLOT: usize = 64;
+    let stats = f32s(&[5 * SLOT])?;
+    let slot = |k: usize| stats.view(gpu, k * SLOT, &[3]);
+
+    let mut rec = Recorder::new(gpu);
+    {
+        let acts = policy.forward(&mut rec, &batch)?;
+        let values = acts.values.as_ref().ok_or_else(|| Error::Input("the policy has no value head".into()))?;
+        logprob_entropy(&mut rec, &old_logprobs, &entropy, &acts.logits.reshape(&[b * l, v])?, &tokens, l, cfg.temperature)?;
+        values_per_token(&mut rec, &old_values, values)?;
+    }
+    {
+        let acts = reference.forward(&mut rec, &batch)?;
+        let logits = acts.logits.reshape(&[b * l, v])?;
+        logprob_entropy(&mut rec, &ref_logprobs, &ref_entropy, &logits, &tokens, l, cfg.temperature)?;
+    }
+    kl_rewards(&mut rec, &kl, &rewards, &old_logprobs, &ref_logprobs, &mask, &scores_t, cfg.beta, cfg.kl_estimator)?;
+    gae(&mut rec, GaeKernel::PerSequence, &advantages, &returns, &rewards, &old_values, &mask, cfg.gamma, cfg.lam)?;
+    masked_moments(&mut rec, &slot(0)?, &kl, &mask)?;
+    masked_moments(&mut rec, &slot(1)?, &entropy, &mask)?;
+    masked_moments(&mut rec, &slot(3)?, &returns, &mask)?;
+    masked_moments(&mut rec, &slot(4)?, &old_values, &mask)?;
+    masked_whiten(&mut rec, &advantages, &mask, &slot(2)?, true)?;
+    pack_loss_inputs(&mut rec, &inputs, &mask, &old_logprobs, &old_values, &advantages, &returns)?;
+    rec.submit();
+
+    let s = gpu.download(&stats)?;
+    let moments = |k: usize| (s[k * SLOT], s[k * SLOT + 1], s[k * SLOT + 2]);
+    let ((kl_mean, _, count), (entropy_mean, _, _)) = (moments(0), moments(1));
+    let ((_, adv_var, _), (_, ret_var, _), (value_mean, _, _)) = (moments(2), moments(3), moments(4));
+    let stats = RolloutStats {
+        kl_mean: kl_mean * count / b as f32,
+        entropy_mean,
+        explained_variance: if ret_var > 0.0 { 1.0 - adv_var / ret_var } else { f32::NAN },
+        value_mean,
+        tokens: count,
+    };
+    let batch = PpoBatch {
+        b,
+        l,
+        input_ids: seqs.input_ids.clone(),
+        attention_mask: seqs.attention_mask.clone(),
+        response_mask: seqs.response_mask.clone(),
+        inputs,
+    };
+    Ok(Rollout { batch, stats, scores: scores.to_vec(), gpu: gpu.clone(), old_logprobs, ref_logprobs, old_values, advantages, returns })
+}
+
+impl Rollout {
+    /// The batch in the file format of DESIGN §6 (downloads the per-token tensors).
+    pub fn to_file(&self) -> Result<RolloutBatch> {
+        let gpu = &self.gpu;
+        Ok(RolloutBatch {
+            b: self.batch.b,
+            l: self.batch.l,
+            input_ids: self.batch.input_ids.clone(),
+            attention_mask: self.batch.attention_mask.clone(),
+            response_mask: self.batch.response_mask.clone(),
+            old_logprobs: gpu.download(&self.old_logprobs)?,
+            old_values: gpu.download(&self.old_values)?,
+            advantages: gpu.download(&self.advantages)?,
+            returns: gpu.download(&self.returns)?,
+            ref_logprobs: Some(gpu.download(&self.ref_logprobs)?),
+            scores: Some(self.scores.clone()),
+        })
+    }
+}

@@ -1,0 +1,601 @@
+//! `ppo-wgpu train`: the RLHF loop of DESIGN §1 and §4. Each iteration samples responses to a
+//! batch of prompts on the GPU, scores them (reward model or reward command), computes
+//! KL-penalised rewards against the frozen reference, GAE and whitened advantages, and runs
+//! the PPO update for several epochs of minibatches.
+//!
+//! Everything random is a function of (seed, iteration), so a run resumed from a checkpoint
+//! draws exactly what an unbroken run would: the prompt order, the sampling streams and the
+//! minibatch shuffles. A checkpoint holds the policy with its value head, the optimizer state,
+//! the KL controller's β and the iteration; each is written as a whole directory.
+
+use super::reward::{RewardCommand, RewardModel, RewardSource, Sample};
+use super::rollout::{AdvantageConfig, Sequences, prepare};
+use super::update::{UpdateOptions, ppo_update};
+use crate::error::{Error, Result};
+use crate::generate::{GenerateOptions, Sampling, generate};
+use crate::gpu::{Gpu, Recorder};
+use crate::kernels::adamw::AdamW;
+use crate::kernels::ppo::{PpoLossConfig, STAT_NAMES};
+use crate::kernels::rewards::KlEstimator;
+use crate::model::checkpoint::{self, TOKENIZER_FILE, write_dir_atomically};
+use crate::model::init::with_heads;
+use crate::model::optimizer::{OPTIMIZER_FILE, Optimizer};
+use crate::model::{Heads, Model};
+use crate::rng::Rng;
+use crate::tokenizer::Tokenizer;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How the learning rate moves over the iterations (after the warmup).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    Constant,
+    /// Linear decay to 0 at the last iteration (TRL's default).
+    Linear,
+    /// Cosine decay to 0.
+    Cosine,
+}
+
+/// The options of `ppo-wgpu train` (also its command-line arguments; defaults are TRL's
+/// PPOConfig's where it has the setting).
+#[derive(Clone, Debug, clap::Args)]
+pub struct TrainOptions {
+    /// Starting policy: a GPT-2 directory with tokenizer.json (a value head is added, zero-initialised, if it has none).
+    #[arg(long, value_name = "DIR")]
+    pub policy: PathBuf,
+    /// Prompts: a text file with one prompt per line, or JSONL with {"prompt": …} per line.
+    #[arg(long, value_name = "FILE")]
+    pub prompts: PathBuf,
+    /// Reward model directory (a GPT-2 with a score.weight head, as reward-train writes).
+    #[arg(long, value_name = "DIR", conflicts_with = "reward_cmd", required_unless_present = "reward_cmd")]
+    pub reward_model: Option<PathBuf>,
+    /// Reward program, run once through the shell: it reads {"prompt", "response"} JSON lines on
+    /// stdin and answers one number per line on stdout.
+    #[arg(long, value_name = "CMD")]
+    pub reward_cmd: Option<String>,
+    /// Seconds to wait for the reward command's scores of one batch.
+    #[arg(long, default_value_t = 60.0)]
+    pub reward_timeout: f64,
+    /// Reference model for the KL penalty (default: the starting policy).
+    #[arg(long = "ref", value_name = "DIR")]
+    pub reference: Option<PathBuf>,
+    /// Output directory: checkpoint-N/ directories, the final policy/, metrics.jsonl, samples.jsonl.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 100)]
+    pub iterations: usize,
+    /// Prompts (and responses) per iteration.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// New tokens per response (responses end earlier at <|endoftext|>).
+    #[arg(long, default_value_t = 53)]
+    pub response_length: usize,
+    /// Prompts longer than this many tokens keep their last ones.
+    #[arg(long, default_value_t = 64)]
+    pub max_prompt_length: usize,
+    /// Sampling temperature τ of the rollouts (log-probs are those of softmax(logits/τ)).
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    /// Sample among the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Sample among the most likely tokens holding probability p.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// PPO epochs over each rollout batch.
+    #[arg(long, default_value_t = 4)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 1)]
+    pub minibatches: usize,
+    /// Micro-batches per minibatch whose gradients add up before one optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// AdamW learning rate (peak, after the warmup).
+    #[arg(long, default_value_t = 3e-6)]
+    pub lr: f32,
+    #[arg(long, value_enum, default_value_t = LrSchedule::Linear)]
+    pub lr_schedule: LrSchedule,
+    /// Iterations of linear warmup.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Clip the global gradient norm (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f32,
+    /// ε of the clipped surrogate.
+    #[arg(long, default_value_t = 0.2)]
+    pub cliprange: f32,
+    /// ε_v of the clipped value loss.
+    #[arg(long, default_value_t = 0.2)]
+    pub cliprange_value: f32,
+    /// c1, the value loss coefficient.
+    #[arg(long, default_value_t = 0.1)]
+    pub vf_coef: f32,
+    /// c2, the entropy bonus coefficient.
+    #[arg(long, default_value_t = 0.0)]
+    pub ent_coef: f32,
+    /// γ, the discount.
+    #[arg(long, default_value_t = 1.0)]
+    pub gamma: f32,
+    /// λ of GAE.
+    #[arg(long, default_value_t = 0.95)]
+    pub lam: f32,
+    /// β, the KL penalty coefficient (the starting value when --target-kl is set).
+    #[arg(long, default_value_t = 0.05)]
+    pub beta: f32,
+    /// Per-token KL estimator: k1 = logp − logp_ref, k3 = (ρ − 1) − log ρ.
+    #[arg(long, value_parser = parse_kl_estimator, default_value = "k1")]
+    pub kl_estimator: KlEstimator,
+    /// Adapt β towards this KL per sequence (Ziegler et al.'s controller); fixed β without it.
+    #[arg(long)]
+    pub target_kl: Option<f32>,
+    /// Horizon of the adaptive KL controller, in samples.
+    #[arg(long, default_value_t = 10000.0)]
+    pub kl_horizon: f32,
+    /// Subtract this from the score of a response that did not end with <|endoftext|>.
+    #[arg(long)]
+    pub missing_eos_penalty: Option<f32>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Save a checkpoint every N iterations (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    pub save_every: usize,
+    /// Print and append to samples.jsonl a few samples every N iterations (0: never).
+    #[arg(long, default_value_t = 10)]
+    pub sample_every: usize,
+    /// Continue a run from a checkpoint-N directory (or from the run's --out, taking its latest).
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Write the first iteration's rollout batch (DESIGN §6 format) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub dump_batch: Option<PathBuf>,
+    /// During generation, check every N tokens whether all responses have ended (0: never).
+    #[arg(long, default_value_t = 16)]
+    pub stop_check_every: usize,
+    /// No per-iteration lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn parse_kl_estimator(s: &str) -> std::result::Result<KlEstimator, String> {
+    match s {
+        "k1" => Ok(KlEstimator::K1),
+        "k3" => Ok(KlEstimator::K3),
+        _ => Err(format!("expected k1 or k3, got {s:?}")),
+    }
+}
+
+/// What a checkpoint holds besides the weights and the optimizer (trainer_state.json).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Iterations completed.
+    pub iteration: usize,
+    /// The KL coefficient after them.
+    pub beta: f64,
+    pub seed: u64,
+    /// Prompts drawn so far (the position in the seeded prompt order).
+    pub prompts_seen: usize,
+}
+
+pub const STATE_FILE: &str = "trainer_state.json";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const SAMPLES_FILE: &str = "samples.jsonl";
+
+/// One line of metrics.jsonl (DESIGN §6's keys and more).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Metrics {
+    pub iteration: usize,
+    pub score_mean: f32,
+    pub score_std: f32,
+    pub kl_mean: f32,
+    pub beta: f32,
+    pub lr: f32,
+    pub loss: f32,
+    pub pg_loss: f32,
+    pub vf_loss: f32,
+    pub entropy: f32,
+    pub approx_kl: f32,
+    pub clipfrac: f32,
+    pub vf_clipfrac: f32,
+    pub ratio_mean: f32,
+    pub explained_variance: f32,
+    pub value_mean: f32,
+    pub response_len_mean: f32,
+    pub tokens_per_s: f32,
+    pub time_rollout_s: f32,
+    pub time_score_s: f32,
+    pub time_update_s: f32,
+}
+
+/// Reads prompts: JSONL lines {"prompt": …} or plain lines; blank lines are skipped.
+pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
+    #[derive(Deserialize)]
+    struct Line {
+        prompt: String,
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut prompts = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        if line.trim_start().starts_with('{') {
+            let parsed: Line = serde_json::from_str(line).map_err(|e| {
+                Error::Input(format!("{}:{}: expected {{\"prompt\": \"…\"}}: {e}", path.display(), i + 1))
+            })?;
+            prompts.push(parsed.prompt);
+        } else {
+            prompts.push(line.to_string());
+        }
+    }
+    if prompts.is_empty() {
+        return Err(Error::Input(format!("{}: no prompts (one per line, or JSONL {{\"prompt\": …}})", path.display())));
+    }
+    Ok(prompts)
+}
+
+/// The learning rate at iteration `it` of `total`.
+pub fn scheduled_lr(opts: &TrainOptions, it: usize) -> f32 {
+    if it < opts.warmup {
+        return opts.lr * (it + 1) as f32 / opts.warmup as f32;
+    }
+    let span = opts.iterations.saturating_sub(opts.warmup).max(1);
+    let progress = ((it - opts.warmup) as f32 / span as f32).min(1.0);
+    match opts.lr_schedule {
+        LrSchedule::Constant => opts.lr,
+        LrSchedule::Linear => opts.lr * (1.0 - progress),
+        LrSchedule::Cosine => opts.lr * 0.5 * (1.0 + (std::f32::consts::PI * progress).cos()),
+    }
+}
+
+/// The adaptive KL controller (Ziegler et al. 2019): β ← β·(1 + clip(KL/target − 1, ±0.2)·n/horizon).
+pub fn adapt_beta(beta: f64, kl: f64, target: f64, n: f64, horizon: f64) -> f64 {
+    let error = (kl / target - 1.0).clamp(-0.2, 0.2);
+    beta * (1.0 + error * n / horizon)
+}
+
+/// Prompts for global sample indices start .. start + n: the prompt list is walked in a new
+/// seeded order every pass.
+fn prompt_indices(count: usize, seed: u64, start: usize, n: usize) -> Vec<usize> {
+    let mut pass_order: Option<(usize, Vec<usize>)> = None;
+    (start..start + n)
+        .map(|g| {
+            let pass = g / count;
+            if pass_order.as_ref().is_none_or(|(p, _)| *p != pass) {
+                let mut order: Vec<usize> = (0..count).collect();
+                Rng::derived(seed, 0x5052_4f4d_5054 ^ pass as u64).shuffle(&mut order);
+                pass_order = Some((pass, order));
+            }
+            pass_order.as_ref().unwrap().1[g % count]
+        })
+        .collect()
+}
+
+/// The checkpoint directory to resume from: `dir` itself, or its latest checkpoint-N.
+fn checkpoint_to_resume(dir: &Path) -> Result<PathBuf> {
+    if dir.join(STATE_FILE).is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    let latest = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.strip_prefix("checkpoint-")?.parse::<usize>().ok()?;
+            e.path().join(STATE_FILE).is_file().then_some((n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n);
+    latest.map(|(_, p)| p).ok_or_else(|| {
+        Error::Checkpoint(format!("{}: neither a checkpoint ({STATE_FILE}) nor a run with checkpoint-N directories", dir.display()))
+    })
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    pub metrics: Vec<Metrics>,
+    /// The final policy directory.
+    pub policy: PathBuf,
+}
+
+/// Runs PPO as `opts` says.
+pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
+    validate(opts)?;
+    let tokenizer_path = opts.policy.join(TOKENIZER_FILE);
+    let tok = Tokenizer::load(&tokenizer_path)?;
+    let eos = tok.eos_id();
+    let resume_dir = opts.resume.as_deref().map(checkpoint_to_resume).transpose()?;
+
+    // The policy (with a value head), the frozen reference, the reward.
+    let start_ck = checkpoint::load(resume_dir.as_deref().unwrap_or(&opts.policy))?;
+    let policy = Model::upload(gpu, &with_heads(start_ck, Heads { value: true, reward: false }))?;
+    let reference = crate::model::load(gpu, opts.reference.as_deref().unwrap_or(&opts.policy))?;
+    if reference.config.vocab_size != policy.config.vocab_size {
+        return Err(Error::Input(format!(
+            "the reference model's vocab_size {} differs from the policy's {}",
+            reference.config.vocab_size, policy.config.vocab_size
+        )));
+    }
+    let mut reward = match (&opts.reward_model, &opts.reward_cmd) {
+        (Some(dir), _) => RewardSource::Model(RewardModel::load(gpu, dir, &tokenizer_path)?),
+        (None, Some(cmd)) => RewardSource::Command(RewardCommand::spawn(cmd, Duration::from_secs_f64(opts.reward_timeout))?),
+        (None, None) => return Err(Error::Input("train needs --reward-model DIR or --reward-cmd CMD".into())),
+    };
+
+    // Prompts, cut to fit n_positions with the responses.
+    let room = policy.config.n_positions.min(reference.config.n_positions);
+    if opts.response_length >= room {
+        return Err(Error::Input(format!(
+            "--response-length {} leaves no room for a prompt in n_positions {room}",
+            opts.response_length
+        )));
+    }
+    let max_prompt = opts.max_prompt_length.min(room - opts.response_length);
+    let texts = read_prompts(&opts.prompts)?;
+    let mut prompts = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let ids = tok.encode(text)?;
+        if ids.is_empty() {
+            return Err(Error::Input(format!("{}: prompt {} encodes to no tokens", opts.prompts.display(), i + 1)));
+        }
+        prompts.push(ids[ids.len().saturating_sub(max_prompt)..].to_vec());
+    }
+
+    let mut rec = Recorder::new(gpu);
+    let hp = AdamW { lr: opts.lr, weight_decay: opts.weight_decay, ..AdamW::default() };
+    let mut opt = Optimizer::new(&policy, &mut rec, hp, opts.max_grad_norm)?;
+    rec.submit();
+    let mut state = TrainerState { iteration: 0, beta: opts.beta as f64, seed: opts.seed, prompts_seen: 0 };
+    if let Some(dir) = &resume_dir {
+        opt.load(&policy, dir)?;
+        let path = dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        state = serde_json::from_str(&text).map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
+        if state.seed != opts.seed {
+            return Err(Error::Input(format!(
+                "{} was made with --seed {}, not {}: resume with the run's seed",
+                dir.display(),
+                state.seed,
+                opts.seed
+            )));
+        }
+    }
+
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    let metrics_path = opts.out.join(METRICS_FILE);
+    let mut history = read_metrics(&metrics_path, state.iteration)?;
+    rewrite_metrics(&metrics_path, &history)?;
+    let mut metrics_file = append(&metrics_path)?;
+    let samples_path = opts.out.join(SAMPLES_FILE);
+    let tokenizer_bytes = std::fs::read(&tokenizer_path).map_err(|e| Error::io(&tokenizer_path, e))?;
+    let mut last_checkpoint = resume_dir.clone();
+
+    let save = |policy: &Model, opt: &Optimizer, state: &TrainerState, dir: &Path| -> Result<()> {
+        let mut files = checkpoint::model_files(&policy.download()?)?;
+        files.push((TOKENIZER_FILE, tokenizer_bytes.clone()));
+        files.push((OPTIMIZER_FILE, opt.state_bytes(policy)?));
+        files.push((STATE_FILE, serde_json::to_vec_pretty(state).expect("the state serialises")));
+        write_dir_atomically(dir, &files)
+    };
+
+    let sampling = Sampling { temperature: opts.temperature, top_k: opts.top_k, top_p: opts.top_p };
+    let b = opts.batch_size;
+    for it in state.iteration..opts.iterations {
+        let started = Instant::now();
+        let rows: Vec<Vec<u32>> =
+            prompt_indices(prompts.len(), opts.seed, it * b, b).into_iter().map(|i| prompts[i].clone()).collect();
+        let gen_opts = GenerateOptions {
+            max_new_tokens: opts.response_length,
+            sampling,
+            seed: opts.seed,
+            first_sample: it * b,
+            eos,
+            check_every: opts.stop_check_every,
+        };
+        let generation = generate(&policy, &rows, &gen_opts)?;
+        let seqs = Sequences::new(&generation, opts.response_length, eos);
+        let time_rollout = started.elapsed().as_secs_f32();
+
+        let scoring = Instant::now();
+        let samples = seqs
+            .prompts
+            .iter()
+            .zip(&seqs.responses)
+            .zip(&seqs.ended)
+            .map(|((p, r), &ended)| {
+                let text = if ended { &r[..r.len() - 1] } else { &r[..] };
+                Ok(Sample { prompt: tok.decode(p)?, response: tok.decode(text)? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut scores = reward.score(&seqs, &samples).map_err(|e| at_iteration(e, it + 1))?;
+        let raw_scores = scores.clone();
+        if let Some(penalty) = opts.missing_eos_penalty {
+            for (s, &ended) in scores.iter_mut().zip(&seqs.ended) {
+                if !ended {
+                    *s -= penalty;
+                }
+            }
+        }
+        let time_score = scoring.elapsed().as_secs_f32();
+
+        let updating = Instant::now();
+        let beta = state.beta as f32;
+        let adv = AdvantageConfig {
+            temperature: opts.temperature.max(1e-6),
+            beta,
+            kl_estimator: opts.kl_estimator,
+            gamma: opts.gamma,
+            lam: opts.lam,
+        };
+        let rollout = prepare(&policy, &reference, &seqs, &scores, &adv)?;
+        if let (Some(path), true) = (&opts.dump_batch, it == state.iteration) {
+            rollout.to_file()?.save(path)?;
+        }
+        let lr = scheduled_lr(opts, it);
+        let update_opts = UpdateOptions {
+            epochs: opts.epochs,
+            minibatches: opts.minibatches,
+            lr,
+            loss: PpoLossConfig {
+                temperature: adv.temperature,
+                cliprange: opts.cliprange,
+                cliprange_value: opts.cliprange_value,
+                vf_coef: opts.vf_coef,
+                ent_coef: opts.ent_coef,
+            },
+            grad_accum: opts.grad_accum,
+            seed: Some(Rng::derived(opts.seed, 0x4d49_4e49 ^ it as u64).next_u64()),
+        };
+        let (stats, _) = ppo_update(&policy, &mut opt, &rollout.batch, &update_opts, false)?;
+        if let Some(k) = stats.means.iter().position(|x| !x.is_finite()) {
+            return Err(Error::Diverged(format!(
+                "iteration {}: {} is {} (gradient norm {}); last good checkpoint: {}",
+                it + 1,
+                STAT_NAMES[k],
+                stats.means[k],
+                stats.grad_norm,
+                last_checkpoint.as_ref().map_or("none yet".into(), |p| p.display().to_string())
+            )));
+        }
+        if !stats.grad_norm.is_finite() {
+            return Err(Error::Diverged(format!(
+                "iteration {}: the gradient norm is {}; last good checkpoint: {}",
+                it + 1,
+                stats.grad_norm,
+                last_checkpoint.as_ref().map_or("none yet".into(), |p| p.display().to_string())
+            )));
+        }
+        let time_update = updating.elapsed().as_secs_f32();
+
+        if let Some(target) = opts.target_kl {
+            state.beta = adapt_beta(state.beta, rollout.stats.kl_mean as f64, target as f64, b as f64, opts.kl_horizon as f64);
+        }
+        state.iteration = it + 1;
+        state.prompts_seen = (it + 1) * b;
+
+        let n = b as f32;
+        let score_mean = raw_scores.iter().sum::<f32>() / n;
+        let score_std =
+            (raw_scores.iter().map(|s| (s - score_mean).powi(2)).sum::<f32>() / (n - 1.0).max(1.0)).sqrt();
+        let m = Metrics {
+            iteration: it + 1,
+            score_mean,
+            score_std,
+            kl_mean: rollout.stats.kl_mean,
+            beta,
+            lr,
+            loss: stats.get("loss"),
+            pg_loss: stats.get("pg_loss"),
+            vf_loss: stats.get("vf_loss"),
+            entropy: rollout.stats.entropy_mean,
+            approx_kl: stats.get("approx_kl"),
+            clipfrac: stats.get("clipfrac"),
+            vf_clipfrac: stats.get("vf_clipfrac"),
+            ratio_mean: stats.get("ratio"),
+            explained_variance: rollout.stats.explained_variance,
+            value_mean: rollout.stats.value_mean,
+            response_len_mean: seqs.mean_response_len(),
+            tokens_per_s: rollout.stats.tokens / started.elapsed().as_secs_f32(),
+            time_rollout_s: time_rollout,
+            time_score_s: time_score,
+            time_update_s: time_update,
+        };
+        writeln!(metrics_file, "{}", serde_json::to_string(&m).expect("metrics serialise"))
+            .map_err(|e| Error::io(&metrics_path, e))?;
+        if !opts.quiet {
+            eprintln!("{}", progress_line(&m, opts.iterations));
+        }
+        if opts.sample_every > 0 && (it + 1) % opts.sample_every == 0 {
+            let mut file = append(&samples_path)?;
+            for (i, s) in samples.iter().enumerate().take(4) {
+                let line = serde_json::json!({
+                    "iteration": it + 1, "prompt": s.prompt, "response": s.response, "score": raw_scores[i]
+                });
+                writeln!(file, "{line}").map_err(|e| Error::io(&samples_path, e))?;
+                if !opts.quiet {
+                    eprintln!("  [{:.3}] {}|{}", raw_scores[i], s.prompt, s.response);
+                }
+            }
+        }
+        history.push(m);
+        let done = it + 1;
+        if done == opts.iterations || (opts.save_every > 0 && done % opts.save_every == 0) {
+            let dir = opts.out.join(format!("checkpoint-{done}"));
+            save(&policy, &opt, &state, &dir)?;
+            last_checkpoint = Some(dir);
+        }
+    }
+
+    // The final policy as a plain Hugging Face directory (the value head rides along under
+    // TRL's names; transformers' GPT2LMHeadModel ignores it).
+    let policy_dir = opts.out.join("policy");
+    let mut files = checkpoint::model_files(&policy.download()?)?;
+    files.push((TOKENIZER_FILE, tokenizer_bytes.clone()));
+    write_dir_atomically(&policy_dir, &files)?;
+    Ok(TrainReport { metrics: history, policy: policy_dir })
+}
+
+fn validate(opts: &TrainOptions) -> Result<()> {
+    let checks = [
+        (opts.batch_size > 0, "--batch-size must be positive"),
+        (opts.response_length > 0, "--response-length must be positive"),
+        (opts.max_prompt_length > 0, "--max-prompt-length must be positive"),
+        (opts.temperature > 0.0, "--temperature must be positive for PPO (the log-probs are those of softmax(logits/τ))"),
+        (opts.reward_timeout > 0.0, "--reward-timeout must be positive"),
+        (opts.kl_horizon > 0.0, "--kl-horizon must be positive"),
+        (opts.target_kl.is_none_or(|t| t > 0.0), "--target-kl must be positive"),
+    ];
+    for (ok, msg) in checks {
+        if !ok {
+            return Err(Error::Input(msg.into()));
+        }
+    }
+    Sampling { temperature: opts.temperature, top_k: opts.top_k, top_p: opts.top_p }.validate()
+}
+
+fn at_iteration(e: Error, it: usize) -> Error {
+    match e {
+        Error::Reward(msg) => Error::Reward(format!("iteration {it}: {msg}")),
+        other => other,
+    }
+}
+
+fn append(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))
+}
+
+/// The metrics lines of iterations 1..=upto already in `path` (none when it does not exist).
+fn read_metrics(path: &Path, upto: usize) -> Result<Vec<Metrics>> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(Vec::new()) };
+    Ok(text.lines().filter_map(|l| serde_json::from_str::<Metrics>(l).ok()).filter(|m| m.iteration <= upto).collect())
+}
+
+/// Rewrites metrics.jsonl with `history` (a resumed run drops the lines past its checkpoint).
+fn rewrite_metrics(path: &Path, history: &[Metrics]) -> Result<()> {
+    let mut text = String::new();
+    for m in history {
+        text.push_str(&serde_json::to_string(m).expect("metrics serialise"));
+        text.push('\n');
+    }
+    checkpoint::write_atomically(path, text.as_bytes())
+}
+
+/// `iter 12/100  score 0.412 ±0.210  kl 0.031  β 0.050  pg -0.012  vf 0.084  H 2.31  1890 tok/s  (rollout 1.2s, score 0.1s, update 2.4s)`
+fn progress_line(m: &Metrics, total: usize) -> String {
+    format!(
+        "iter {}/{total}  score {:.3} ±{:.3}  kl {:.4}  β {:.3}  pg {:.4}  vf {:.4}  H {:.2}  {:.0} tok/s  (rollout {:.1}s, score {:.1}s, update {:.1}s)",
+        m.iteration,
+        m.score_mean,
+        m.score_std,
+        m.kl_mean,
+        m.beta,
+        m.pg_loss,
+        m.vf_loss,
+        m.entropy,
+        m.tokens_per_s,
+        m.time_rollout_s,
+        m.time_score_s,
+        m.time_update_s
+    )
+}
