@@ -166,18 +166,22 @@ fn sample_tokens(
         }
         total = reduce_sum_f(lid, total);
         if (params.top_p < 1.0) {
+            // The largest key κ whose tail (within kept_k) holds the mass: decided bit by bit
+            // from 0, the predicate being monotone in κ and true up to θ_k.
             let need = params.top_p * total;
             let theta_k = theta;
+            var kappa = 0u;
             for (var bit = 31i; bit >= 0i; bit--) {
-                let cand = theta | (1u << u32(bit));
-                if (cand < theta_k) { continue; } // uniform: theta and theta_k are shared
+                let cand = kappa | (1u << u32(bit));
+                let cut = max(cand, theta_k);
                 var mass = 0.0;
                 for (var i = lid; i < v; i += WG) {
                     let z = logits[base + i];
-                    if (key_of(z) >= cand) { mass += exp((z - m) * inv_t); }
+                    if (key_of(z) >= cut) { mass += exp((z - m) * inv_t); }
                 }
-                if (reduce_sum_f(lid, mass) >= need) { theta = cand; }
+                if (reduce_sum_f(lid, mass) >= need) { kappa = cand; }
             }
+            theta = max(kappa, theta_k);
         }
         // Each invocation owns a contiguous chunk of the row; the chunk holding the u-quantile
         // of the kept mass (found from the chunks' sums in order) is walked by its owner.

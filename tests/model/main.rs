@@ -5,6 +5,7 @@ mod checkpoint;
 mod cli;
 mod common;
 mod forward_backward;
+mod generation;
 mod hf_fixture;
 mod memory;
 mod ppo_fixture;

@@ -1,7 +1,6 @@
 use crate::common::*;
-use ppo_wgpu::generate::{Sampling, generate, sample};
 use ppo_wgpu::gpu::Gpu;
-use ppo_wgpu::model::{self, GptConfig, Heads, checkpoint, init::init_weights};
+use ppo_wgpu::model::{GptConfig, Heads, checkpoint, init::init_weights};
 use ppo_wgpu::rng::Rng;
 use ppo_wgpu::sft::{SftOptions, run};
 use ppo_wgpu::tokenizer::Tokenizer;
@@ -94,45 +93,4 @@ fn sft_rejects_bad_data_with_the_line_number() {
     let mut too_long = options(model_dir, dir.join("data.jsonl"), dir.join("o"), 1);
     too_long.seq_len = Some(33);
     assert!(run(&gpu, &too_long).unwrap_err().to_string().contains("n_positions"));
-}
-
-#[test]
-fn sampling_respects_temperature_top_k_and_top_p() {
-    let logits = [1.0f32, 3.0, 2.0, 0.0];
-    let mut rng = Rng::new(5);
-    let greedy = Sampling { temperature: 0.0, top_k: 0, top_p: 1.0 };
-    assert_eq!(sample(&logits, greedy, &mut rng), 1);
-    assert_eq!(sample(&logits, Sampling { temperature: 1.0, top_k: 1, top_p: 1.0 }, &mut rng), 1);
-    assert_eq!(sample(&logits, Sampling { temperature: 1.0, top_k: 0, top_p: 0.01 }, &mut rng), 1);
-    // Top-k 2 never yields tokens outside {1, 2}; plain sampling matches the softmax.
-    let mut counts = [0usize; 4];
-    for _ in 0..20000 {
-        counts[sample(&logits, Sampling { temperature: 1.0, top_k: 0, top_p: 1.0 }, &mut rng) as usize] += 1;
-    }
-    let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
-    for (i, &c) in counts.iter().enumerate() {
-        let p = (logits[i] as f64).exp() / z;
-        assert!((c as f64 / 20000.0 - p).abs() < 0.015, "token {i}: frequency {} vs p {p}", c as f64 / 20000.0);
-    }
-    for _ in 0..500 {
-        let t = sample(&logits, Sampling { temperature: 1.0, top_k: 2, top_p: 1.0 }, &mut rng);
-        assert!(t == 1 || t == 2);
-    }
-}
-
-#[test]
-fn generate_is_reproducible_and_stops_at_eos() {
-    let gpu = Gpu::new(None).unwrap();
-    let config =
-        GptConfig { vocab_size: 40, n_positions: 16, n_embd: 16, n_layer: 1, n_head: 2, layer_norm_epsilon: 1e-5 };
-    let model = model::Model::upload(&gpu, &init_weights(&config, Heads::default(), 3)).unwrap();
-    let s = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0 };
-    let a = generate(&model, &[1, 2, 3], 20, s, None, 7).unwrap();
-    let b = generate(&model, &[1, 2, 3], 20, s, None, 7).unwrap();
-    assert_eq!(a, b, "the same seed gives the same sample");
-    assert_eq!(a.len(), 23, "20 new tokens; the context slides past n_positions");
-    assert!(a.iter().all(|&t| t < 40));
-    let greedy = Sampling { temperature: 0.0, ..s };
-    let first = generate(&model, &[1, 2, 3], 1, greedy, None, 0).unwrap()[3];
-    assert_eq!(generate(&model, &[1, 2, 3], 10, greedy, Some(first), 0).unwrap(), vec![1, 2, 3, first]);
 }

@@ -1,0 +1,65 @@
+use crate::common::*;
+use ppo_wgpu::gpu::{DType, Recorder};
+use ppo_wgpu::kernels::kv_cache::{CacheShape, decode_attention, kv_cache_write};
+use ppo_wgpu::reference;
+
+/// Prefill P positions into the cache, append one more, and attend from it: the output equals
+/// the reference causal attention's row for that position (left padding masked).
+fn check_decode(b: usize, p: usize, c: usize, nh: usize, seed: u64) {
+    let gpu = gpu();
+    let mut rng = Rng::new(seed);
+    let t = p + 1;
+    let t_max = t + 3; // room left over: positions past `len` must be ignored
+    let qkv = rng.normals(b * t * 3 * c, 1.0);
+    // Row b has b padding positions on the left (at most p − 1, the query is always real).
+    let mut mask = vec![1u32; b * t];
+    for row in 0..b {
+        for j in 0..row.min(p - 1) {
+            mask[row * t + j] = 0;
+        }
+    }
+    let (want, _) = reference::attention_forward(&qkv, &mask, b, t, c, nh);
+    let mut cache_mask = vec![1u32; b * t_max];
+    for row in 0..b {
+        cache_mask[row * t_max..row * t_max + t].copy_from_slice(&mask[row * t..(row + 1) * t]);
+    }
+    let prefix: Vec<f64> = (0..b).flat_map(|row| qkv[row * t * 3 * c..(row * t + p) * 3 * c].to_vec()).collect();
+    let last: Vec<f64> = (0..b).flat_map(|row| qkv[(row * t + p) * 3 * c..(row * t + t) * 3 * c].to_vec()).collect();
+    let shape = CacheShape { b, t_max, c, n_head: nh };
+    let cache = zeros(&[b, t_max, 2 * c]);
+    let (mask_t, out) = (gpu.upload_u32(&[b, t_max], &cache_mask).unwrap(), gpu.tensor(&[b, c], DType::F32).unwrap());
+    let (prefix_t, last_t) = (upload(&prefix, &[b, p, 3 * c]), upload(&last, &[b, 3 * c]));
+    let mut rec = Recorder::new(&gpu);
+    kv_cache_write(&mut rec, &cache, &prefix_t, shape, 0).unwrap();
+    kv_cache_write(&mut rec, &cache, &last_t, shape, p).unwrap();
+    decode_attention(&mut rec, &out, &last_t, &cache, &mask_t, shape, t).unwrap();
+    rec.submit();
+    let want_last: Vec<f64> = (0..b).flat_map(|row| want[(row * t + p) * c..(row * t + t) * c].to_vec()).collect();
+    assert_close(&format!("decode attention B={b} P={p} C={c} NH={nh}"), &download(&out), &want_last, 1e-5, 1e-4);
+    // The cache holds k and v of every written position.
+    let got_cache = download(&cache);
+    for row in 0..b {
+        for j in 0..t {
+            let (src, dst) = ((row * t + j) * 3 * c + c, (row * t_max + j) * 2 * c);
+            assert_eq!(&got_cache[dst..dst + 2 * c], &to_f32(&qkv[src..src + 2 * c]).iter().map(|&x| x as f64).collect::<Vec<_>>()[..]);
+        }
+    }
+}
+
+#[test]
+fn decode_attention_matches_the_causal_reference() {
+    check_decode(3, 5, 48, 3, 310); // head dim 16, ragged padding
+    check_decode(2, 1, 32, 2, 311); // a one-token prompt
+    check_decode(4, 70, 64, 1, 312); // more keys than the workgroup
+}
+
+#[test]
+fn decode_attention_rejects_a_length_past_the_cache() {
+    let gpu = gpu();
+    let shape = CacheShape { b: 1, t_max: 4, c: 8, n_head: 2 };
+    let (cache, qkv, out) = (zeros(&[1, 4, 16]), zeros(&[1, 24]), zeros(&[1, 8]));
+    let mask = gpu.upload_u32(&[1, 4], &[1; 4]).unwrap();
+    let mut rec = Recorder::new(&gpu);
+    let err = decode_attention(&mut rec, &out, &qkv, &cache, &mask, shape, 5).unwrap_err();
+    assert!(err.to_string().contains("5 keys"), "{err}");
+}
