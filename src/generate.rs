@@ -89,14 +89,22 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> 
         return Ok(Generation { prompt_len: p, prompts: prompts.to_vec(), responses, steps: 0 });
     }
     let batch = Batch::new(gpu, &model.config, &ids, &mask, b, p)?;
-    let cache_mask: Vec<u32> = (0..b).flat_map(|row| mask[row * p..(row + 1) * p].iter().copied().chain(std::iter::repeat_n(1, steps))).collect();
+    let cache_mask: Vec<u32> = (0..b)
+        .flat_map(|row| mask[row * p..(row + 1) * p].iter().copied().chain(std::iter::repeat_n(1, steps)))
+        .collect();
     let cache = model.kv_cache(b, t_max, &cache_mask)?;
     let scratch = model.decode_scratch(b)?;
     let lens: Vec<u32> = prompts.iter().map(|x| x.len() as u32).collect();
     let u32s = |shape: &[usize]| gpu.tensor(shape, DType::U32);
     let (tokens, next_ids, next_pos, done) = (u32s(&[b, steps])?, u32s(&[b])?, u32s(&[b])?, u32s(&[b])?);
     let prompt_len = gpu.upload_u32(&[b], &lens)?;
-    let state = SamplerState { tokens: &tokens, next_ids: &next_ids, next_pos: &next_pos, done: &done, prompt_len: &prompt_len };
+    let state = SamplerState {
+        tokens: &tokens,
+        next_ids: &next_ids,
+        next_pos: &next_pos,
+        done: &done,
+        prompt_len: &prompt_len,
+    };
     let pad = opts.eos.unwrap_or(0);
     let sample = |rec: &mut Recorder, logits: &Tensor, rows: LogitRows, step: usize| {
         sample_tokens(rec, logits, rows, &state, opts.sampling, opts.seed, opts.first_sample, step, opts.eos, pad)

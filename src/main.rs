@@ -14,6 +14,7 @@ use std::process::ExitCode;
 #[command(
     name = "ppo-wgpu",
     version,
+    args_override_self = true,
     about = "RLHF with PPO for GPT-style language models, on any Vulkan, Metal or DX12 GPU"
 )]
 struct Cli {
@@ -69,7 +70,7 @@ enum Command {
     /// Sample continuations of prompts on the GPU (KV-cached, batched).
     Generate(generate::GenerateArgs),
     /// RLHF with PPO: generate, score, penalise drift from the reference, update; repeat.
-    Train(ppo::trainer::TrainOptions),
+    Train(Box<ppo::trainer::TrainOptions>),
     /// Run the PPO update on a rollout batch file and write the new checkpoint.
     Update {
         /// Policy model directory (a zero value head is added if it has none).
@@ -126,7 +127,13 @@ fn main() -> ExitCode {
         // SAFETY: single-threaded at this point; nothing else reads the environment concurrently.
         unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
     }
-    let cli = Cli::parse();
+    let cli = match with_config_file(std::env::args().collect()) {
+        Ok(args) => Cli::parse_from(args),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -273,6 +280,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// `train --config FILE`: the file's options go right after `train`, before the user's flags,
+/// which therefore win (later occurrences override earlier ones).
+fn with_config_file(mut args: Vec<String>) -> Result<Vec<String>> {
+    let Some(at) = args.iter().position(|a| a == "train") else { return Ok(args) };
+    let path = args[at + 1..].iter().enumerate().find_map(|(i, a)| match a.strip_prefix("--config") {
+        Some("") => args.get(at + 2 + i).cloned(),
+        Some(rest) => rest.strip_prefix('=').map(str::to_string),
+        None => None,
+    });
+    if let Some(path) = path {
+        let extra = ppo::trainer::config_args(std::path::Path::new(&path))?;
+        args.splice(at + 1..at + 1, extra);
+    }
+    Ok(args)
 }
 
 /// "tiny", "gpt2-small", or a config.json path.

@@ -39,7 +39,14 @@ pub fn kv_cache_write(rec: &mut Recorder, cache: &Tensor, qkv: &Tensor, shape: C
     let n = qkv.len() / (b * 3 * c).max(1);
     expect_len(qkv, b * n * 3 * c, "qkv for the KV cache")?;
     ensure_shape(start + n <= t_max, || format!("KV cache write of {n} positions at {start} past its {t_max}"))?;
-    let p = Params { b: b as u32, n: n as u32, start: start as u32, t_max: t_max as u32, c: c as u32, ..Default::default() };
+    let p = Params {
+        b: b as u32,
+        n: n as u32,
+        start: start as u32,
+        t_max: t_max as u32,
+        c: c as u32,
+        ..Default::default()
+    };
     let grid = rec.gpu().grid(groups(b * n * 2 * c, 256));
     rec.dispatch(&SHADER, "kv_cache_write", &[], bytemuck::bytes_of(&p), &[bind(1, qkv), bind(2, cache)], grid)
 }

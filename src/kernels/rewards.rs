@@ -68,5 +68,12 @@ pub fn masked_whiten(rec: &mut Recorder, x: &Tensor, mask: &Tensor, moments: &Te
     let (b, t) = as_matrix(x);
     let p = Params { b: b as u32, t: t as u32, shift_mean: shift_mean as u32, ..Default::default() };
     let grid = rec.gpu().grid(groups(b * t, 256));
-    rec.dispatch(&SHADER, "masked_whiten", &[], bytemuck::bytes_of(&p), &[bind(3, mask), bind(7, x), bind(9, moments)], grid)
+    rec.dispatch(
+        &SHADER,
+        "masked_whiten",
+        &[],
+        bytemuck::bytes_of(&p),
+        &[bind(3, mask), bind(7, x), bind(9, moments)],
+        grid,
+    )
 }

@@ -57,7 +57,14 @@ pub fn gather_rows(rec: &mut Recorder, dst: &Tensor, src: &Tensor, rows: &Tensor
     ensure_shape(n > 0 || rows.is_empty(), || "gather rows from an empty tensor".into())?;
     let p = Params { b: n as u32, width: width as u32, n: (rows.len() * width) as u32, ..Default::default() };
     let grid = rec.gpu().grid(groups(rows.len() * width, 256));
-    rec.dispatch(&SHADER, "gather_rows", &[], bytemuck::bytes_of(&p), &[bind(1, src), bind(2, dst), bind(3, rows)], grid)
+    rec.dispatch(
+        &SHADER,
+        "gather_rows",
+        &[],
+        bytemuck::bytes_of(&p),
+        &[bind(1, src), bind(2, dst), bind(3, rows)],
+        grid,
+    )
 }
 
 /// scores [B] = x [B, T] at each row's last position with mask [B, T] (u32) ≠ 0 (0 if none).

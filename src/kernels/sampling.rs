@@ -99,9 +99,12 @@ pub fn sample_tokens(
     let steps = state.tokens.len() / b.max(1);
     expect_len(state.tokens, b * steps, "sampled tokens")?;
     ensure_shape(step < steps, || format!("sampling step {step} past the {steps} columns of the token buffer"))?;
-    for (t, what) in
-        [(state.next_ids, "next ids"), (state.next_pos, "next positions"), (state.done, "done flags"), (state.prompt_len, "prompt lengths")]
-    {
+    for (t, what) in [
+        (state.next_ids, "next ids"),
+        (state.next_pos, "next positions"),
+        (state.done, "done flags"),
+        (state.prompt_len, "prompt lengths"),
+    ] {
         expect_len(t, b, what)?;
     }
     let p = Params {

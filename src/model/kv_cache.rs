@@ -26,16 +26,16 @@ pub struct KvCache {
 
 /// Activations of one decode step ([B, ·] each), allocated once and reused by every step.
 pub struct DecodeScratch {
-    x: Tensor,        // [B, C] the residual stream
-    ln: Tensor,       // [B, C]
-    mean: Tensor,     // [B]
-    rstd: Tensor,     // [B]
-    qkv: Tensor,      // [B, 3C]
-    atty: Tensor,     // [B, C]
-    proj: Tensor,     // [B, C]
+    x: Tensor,         // [B, C] the residual stream
+    ln: Tensor,        // [B, C]
+    mean: Tensor,      // [B]
+    rstd: Tensor,      // [B]
+    qkv: Tensor,       // [B, 3C]
+    atty: Tensor,      // [B, C]
+    proj: Tensor,      // [B, C]
     residual2: Tensor, // [B, C]
-    fch: Tensor,      // [B, 4C]
-    fch_gelu: Tensor, // [B, 4C]
+    fch: Tensor,       // [B, 4C]
+    fch_gelu: Tensor,  // [B, 4C]
     /// Next-token logits [B, V] of the last step.
     pub logits: Tensor,
 }

@@ -4,10 +4,10 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::kernels::ppo::INPUT_COLUMNS;
-use std::sync::Arc;
 use crate::model::checkpoint::write_atomically;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::path::Path;
+use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 pub struct RolloutBatch {
@@ -151,7 +151,6 @@ impl RolloutBatch {
         }
         out
     }
-
 }
 
 /// A rollout batch as the PPO update reads it: the tokens and masks on the host (the update

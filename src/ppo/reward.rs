@@ -143,11 +143,19 @@ impl RewardCommand {
     }
 
     fn exited(&mut self, answered: usize, n: usize) -> Error {
-        let status = match self.child.try_wait() {
-            Ok(Some(status)) => format!("exited ({status})"),
-            _ => "closed its output".to_string(),
-        };
-        Error::Reward(format!("the reward command {:?} {status} after answering {answered} of {n} samples", self.command))
+        // Its output is closed: give the process a moment to finish so its status can be named.
+        let mut status = "closed its output".to_string();
+        for _ in 0..100 {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                status = format!("exited ({s})");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Error::Reward(format!(
+            "the reward command {:?} {status} after answering {answered} of {n} samples",
+            self.command
+        ))
     }
 
     /// One score per sample, in order; waits at most the timeout for each batch.
@@ -205,7 +213,7 @@ impl Drop for RewardCommand {
 
 /// Where the scores come from.
 pub enum RewardSource {
-    Model(RewardModel),
+    Model(Box<RewardModel>),
     Command(RewardCommand),
 }
 

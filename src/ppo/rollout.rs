@@ -43,6 +43,12 @@ impl Sequences {
         let mut input_ids = vec![eos.unwrap_or(0); b * l];
         let (mut attention_mask, mut response_mask) = (vec![0u32; b * l], vec![0f32; b * l]);
         for (row, (prompt, response)) in generation.prompts.iter().zip(&generation.responses).enumerate() {
+            assert!(
+                prompt.len() <= p && response.len() <= response_len,
+                "row {row} does not fit the layout: a prompt of {} (P = {p}), a response of {} (R = {response_len})",
+                prompt.len(),
+                response.len()
+            );
             let start = row * l + p - prompt.len();
             input_ids[start..row * l + p].copy_from_slice(prompt);
             attention_mask[start..row * l + p].iter_mut().for_each(|m| *m = 1);
@@ -140,7 +146,8 @@ pub fn prepare(
     let mask = gpu.upload(&[b, l], &seqs.response_mask)?;
     let scores_t = gpu.upload(&[b], scores)?;
     let f32s = |shape: &[usize]| gpu.tensor(shape, DType::F32);
-    let (old_logprobs, entropy, ref_logprobs, ref_entropy) = (f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?);
+    let (old_logprobs, entropy, ref_logprobs, ref_entropy) =
+        (f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?);
     let (old_values, kl, rewards, advantages, returns) =
         (f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?);
     let inputs = f32s(&[b * l, INPUT_COLUMNS])?;
@@ -153,7 +160,15 @@ pub fn prepare(
     {
         let acts = policy.forward(&mut rec, &batch)?;
         let values = acts.values.as_ref().ok_or_else(|| Error::Input("the policy has no value head".into()))?;
-        logprob_entropy(&mut rec, &old_logprobs, &entropy, &acts.logits.reshape(&[b * l, v])?, &tokens, l, cfg.temperature)?;
+        logprob_entropy(
+            &mut rec,
+            &old_logprobs,
+            &entropy,
+            &acts.logits.reshape(&[b * l, v])?,
+            &tokens,
+            l,
+            cfg.temperature,
+        )?;
         values_per_token(&mut rec, &old_values, values)?;
     }
     {
@@ -190,7 +205,17 @@ pub fn prepare(
         response_mask: seqs.response_mask.clone(),
         inputs,
     };
-    Ok(Rollout { batch, stats, scores: scores.to_vec(), gpu: gpu.clone(), old_logprobs, ref_logprobs, old_values, advantages, returns })
+    Ok(Rollout {
+        batch,
+        stats,
+        scores: scores.to_vec(),
+        gpu: gpu.clone(),
+        old_logprobs,
+        ref_logprobs,
+        old_values,
+        advantages,
+        returns,
+    })
 }
 
 impl Rollout {

@@ -160,6 +160,36 @@ pub struct TrainOptions {
     /// No per-iteration lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Read options from a TOML or JSON file of `name = value` (names as the flags, `_` or `-`);
+    /// flags on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The options in a `--config` file as command-line arguments (`--name value`, `--flag` for
+/// true), to be placed before the user's own so that those win. TOML when the file ends in
+/// .toml, else JSON; a flat table of strings, numbers and booleans.
+pub fn config_args(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bad = |e: String| Error::Input(format!("{}: {e}", path.display()));
+    let table: serde_json::Map<String, serde_json::Value> = if path.extension().is_some_and(|e| e == "toml") {
+        let value: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        serde_json::to_value(value).map_err(|e| bad(e.to_string()))?.as_object().cloned().unwrap_or_default()
+    } else {
+        serde_json::from_str(&text).map_err(|e| bad(format!("expected a JSON object of options: {e}")))?
+    };
+    let mut args = Vec::new();
+    for (key, value) in table {
+        let flag = format!("--{}", key.replace('_', "-"));
+        match value {
+            serde_json::Value::Bool(true) => args.push(flag),
+            serde_json::Value::Bool(false) | serde_json::Value::Null => {}
+            serde_json::Value::String(s) => args.extend([flag, s]),
+            serde_json::Value::Number(n) => args.extend([flag, n.to_string()]),
+            other => return Err(bad(format!("option {key} = {other}: expected a string, number or boolean"))),
+        }
+    }
+    Ok(args)
 }
 
 fn parse_kl_estimator(s: &str) -> std::result::Result<KlEstimator, String> {
@@ -287,7 +317,10 @@ fn checkpoint_to_resume(dir: &Path) -> Result<PathBuf> {
         })
         .max_by_key(|(n, _)| *n);
     latest.map(|(_, p)| p).ok_or_else(|| {
-        Error::Checkpoint(format!("{}: neither a checkpoint ({STATE_FILE}) nor a run with checkpoint-N directories", dir.display()))
+        Error::Checkpoint(format!(
+            "{}: neither a checkpoint ({STATE_FILE}) nor a run with checkpoint-N directories",
+            dir.display()
+        ))
     })
 }
 
@@ -318,8 +351,10 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
         )));
     }
     let mut reward = match (&opts.reward_model, &opts.reward_cmd) {
-        (Some(dir), _) => RewardSource::Model(RewardModel::load(gpu, dir, &tokenizer_path)?),
-        (None, Some(cmd)) => RewardSource::Command(RewardCommand::spawn(cmd, Duration::from_secs_f64(opts.reward_timeout))?),
+        (Some(dir), _) => RewardSource::Model(Box::new(RewardModel::load(gpu, dir, &tokenizer_path)?)),
+        (None, Some(cmd)) => {
+            RewardSource::Command(RewardCommand::spawn(cmd, Duration::from_secs_f64(opts.reward_timeout))?)
+        }
         (None, None) => return Err(Error::Input("train needs --reward-model DIR or --reward-cmd CMD".into())),
     };
 
@@ -469,15 +504,15 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
         let time_update = updating.elapsed().as_secs_f32();
 
         if let Some(target) = opts.target_kl {
-            state.beta = adapt_beta(state.beta, rollout.stats.kl_mean as f64, target as f64, b as f64, opts.kl_horizon as f64);
+            state.beta =
+                adapt_beta(state.beta, rollout.stats.kl_mean as f64, target as f64, b as f64, opts.kl_horizon as f64);
         }
         state.iteration = it + 1;
         state.prompts_seen = (it + 1) * b;
 
         let n = b as f32;
         let score_mean = raw_scores.iter().sum::<f32>() / n;
-        let score_std =
-            (raw_scores.iter().map(|s| (s - score_mean).powi(2)).sum::<f32>() / (n - 1.0).max(1.0)).sqrt();
+        let score_std = (raw_scores.iter().map(|s| (s - score_mean).powi(2)).sum::<f32>() / (n - 1.0).max(1.0)).sqrt();
         let m = Metrics {
             iteration: it + 1,
             score_mean,
@@ -541,7 +576,10 @@ fn validate(opts: &TrainOptions) -> Result<()> {
         (opts.batch_size > 0, "--batch-size must be positive"),
         (opts.response_length > 0, "--response-length must be positive"),
         (opts.max_prompt_length > 0, "--max-prompt-length must be positive"),
-        (opts.temperature > 0.0, "--temperature must be positive for PPO (the log-probs are those of softmax(logits/τ))"),
+        (
+            opts.temperature > 0.0,
+            "--temperature must be positive for PPO (the log-probs are those of softmax(logits/τ))",
+        ),
         (opts.reward_timeout > 0.0, "--reward-timeout must be positive"),
         (opts.kl_horizon > 0.0, "--kl-horizon must be positive"),
         (opts.target_kl.is_none_or(|t| t > 0.0), "--target-kl must be positive"),

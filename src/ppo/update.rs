@@ -5,9 +5,9 @@
 use super::batch::PpoBatch;
 use crate::error::{Error, Result, ensure_shape};
 use crate::gpu::{DType, Recorder};
+use crate::kernels::ppo::{INPUT_COLUMNS, PpoLossConfig, PpoMinibatch, STAT_NAMES, ppo_loss_fused, ppo_stats_reduce};
 use crate::kernels::residual::accumulate;
 use crate::kernels::rollout::gather_rows;
-use crate::kernels::ppo::{INPUT_COLUMNS, PpoLossConfig, PpoMinibatch, STAT_NAMES, ppo_loss_fused, ppo_stats_reduce};
 use crate::model::checkpoint::{saved_name, write_atomically};
 use crate::model::optimizer::Optimizer;
 use crate::model::{Batch, Model};
@@ -134,14 +134,20 @@ pub fn ppo_update(
             let mb_stats = all_stats.view(&gpu, 2 * k * SLOT, &[8])?;
             rec.zero(&mb_stats);
             for a in 0..opts.grad_accum {
-                let rows = &minibatch[a * minibatch.len() / opts.grad_accum..(a + 1) * minibatch.len() / opts.grad_accum];
+                let rows =
+                    &minibatch[a * minibatch.len() / opts.grad_accum..(a + 1) * minibatch.len() / opts.grad_accum];
                 let n = rows.len();
                 let ids = batch.gather(&batch.input_ids, rows);
                 let mb_batch = Batch::new(&gpu, &model.config, &ids, &batch.gather(&batch.attention_mask, rows), n, l)?;
                 let tokens = gpu.upload_u32(&[n * l], &ids)?;
                 let row_ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
                 let inputs = gpu.tensor(&[n * l, INPUT_COLUMNS], DType::F32)?;
-                gather_rows(&mut rec, &inputs, &batch.inputs.reshape(&[b, l * INPUT_COLUMNS])?, &gpu.upload_u32(&[n], &row_ids)?)?;
+                gather_rows(
+                    &mut rec,
+                    &inputs,
+                    &batch.inputs.reshape(&[b, l * INPUT_COLUMNS])?,
+                    &gpu.upload_u32(&[n], &row_ids)?,
+                )?;
                 let (dvalues, token_stats, micro_stats) = (
                     gpu.tensor(&[n * l], DType::F32)?,
                     gpu.tensor(&[n * l, 8], DType::F32)?,
@@ -150,7 +156,8 @@ pub fn ppo_update(
                 let acts = model.forward(&mut rec, &mb_batch)?;
                 let logits = acts.logits.reshape(&[n * l, v])?;
                 let values = acts.values.as_ref().expect("a value head was checked above").reshape(&[n * l])?;
-                let mb = PpoMinibatch { logits: &logits, tokens: &tokens, inputs: &inputs, values: &values, seq: l, count };
+                let mb =
+                    PpoMinibatch { logits: &logits, tokens: &tokens, inputs: &inputs, values: &values, seq: l, count };
                 ppo_loss_fused(&mut rec, &mb, &opts.loss, &dvalues, &token_stats)?;
                 ppo_stats_reduce(&mut rec, &micro_stats, &token_stats)?;
                 accumulate(&mut rec, &mb_stats, &micro_stats)?;

@@ -41,7 +41,10 @@ fn check_decode(b: usize, p: usize, c: usize, nh: usize, seed: u64) {
     for row in 0..b {
         for j in 0..t {
             let (src, dst) = ((row * t + j) * 3 * c + c, (row * t_max + j) * 2 * c);
-            assert_eq!(&got_cache[dst..dst + 2 * c], &to_f32(&qkv[src..src + 2 * c]).iter().map(|&x| x as f64).collect::<Vec<_>>()[..]);
+            assert_eq!(
+                &got_cache[dst..dst + 2 * c],
+                &to_f32(&qkv[src..src + 2 * c]).iter().map(|&x| x as f64).collect::<Vec<_>>()[..]
+            );
         }
     }
 }

@@ -108,7 +108,8 @@ fn sampling_frequencies_follow_the_reference_distribution() {
     let mut rng = Rng::new(302);
     let (b, v) = (4096, 24);
     let row = random_logits(&mut rng, v, 1.0);
-    for s in [Sampling { temperature: 0.8, top_k: 0, top_p: 0.7 }, Sampling { temperature: 1.5, top_k: 6, top_p: 1.0 }] {
+    for s in [Sampling { temperature: 0.8, top_k: 0, top_p: 0.7 }, Sampling { temperature: 1.5, top_k: 6, top_p: 1.0 }]
+    {
         let logits: Vec<f32> = row.iter().cycle().take(b * v).copied().collect();
         let got = sample_gpu(&logits, b, v, s, 99, 0);
         let dist = sampling_distribution(&row, s.temperature, s.top_k, s.top_p);

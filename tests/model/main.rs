@@ -11,3 +11,4 @@ mod memory;
 mod ppo_fixture;
 mod score_and_tokenizer;
 mod sft_generate;
+mod train;

@@ -47,7 +47,10 @@ fn check_update_gradients(grad_accum: usize) {
     for (k, name) in ["loss", "pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac"].iter().enumerate() {
         let stat = ppo_wgpu::kernels::ppo::STAT_NAMES.iter().position(|n| n == name).unwrap();
         let (got, want) = (dump.stats[stat] as f64, read(name)[0] as f64);
-        assert!((got - want).abs() <= 1e-5 + 1e-4 * want.abs(), "{name} (#{k}, grad_accum {grad_accum}): {got} vs PyTorch {want}");
+        assert!(
+            (got - want).abs() <= 1e-5 + 1e-4 * want.abs(),
+            "{name} (#{k}, grad_accum {grad_accum}): {got} vs PyTorch {want}"
+        );
     }
     // Every gradient, relative to the tensor's largest entry: 1e-3 is the bar.
     let mut report = Vec::new();

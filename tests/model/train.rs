@@ -1,0 +1,285 @@
+//! The PPO trainer end to end on a tiny random model: a rule reward rises, resume is bit-exact,
+//! the same seed gives the same run, and a broken reward is an error naming the sample.
+
+use crate::common::scratch_dir;
+use clap::Parser;
+use ppo_wgpu::gpu::Gpu;
+use ppo_wgpu::model::{GptConfig, Heads, checkpoint, init::init_weights};
+use ppo_wgpu::ppo::batch::RolloutBatch;
+use ppo_wgpu::ppo::reward::{RewardCommand, RewardModel, Sample};
+use ppo_wgpu::ppo::rollout::Sequences;
+use ppo_wgpu::ppo::trainer::{Metrics, TrainOptions, run};
+use ppo_wgpu::rng::Rng;
+use ppo_wgpu::tokenizer::Tokenizer;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(args_override_self = true)] // later flags win, as in `ppo-wgpu train`
+struct Cli {
+    #[command(flatten)]
+    train: TrainOptions,
+}
+
+/// A reward command: the number of letters "e" in the JSON line (prompt and keys included, a
+/// constant offset per prompt), in POSIX shell so that the tests need nothing else.
+const COUNT_E: &str = r#"while IFS= read -r l; do printf "%s" "$l" | tr -cd e | wc -c; done"#;
+
+/// A tokenizer trained on a small corpus, a random tiny policy and a prompts file in `dir`.
+fn setup(dir: &Path) -> PathBuf {
+    let mut rng = Rng::new(40);
+    let words = ["the", "cat", "dog", "sees", "a", "tree", "film", "was", "good", "bad", "sea", "every"];
+    let lines: Vec<String> = (0..300)
+        .map(|_| (0..5).map(|_| words[rng.below(words.len() as u32) as usize]).collect::<Vec<_>>().join(" "))
+        .collect();
+    std::fs::write(dir.join("corpus.txt"), lines.join("\n")).unwrap();
+    let policy = dir.join("policy");
+    let tok = Tokenizer::train_byte_level_bpe(&dir.join("corpus.txt"), 280, &policy.join("tokenizer.json")).unwrap();
+    let config = GptConfig {
+        vocab_size: tok.vocab_size(),
+        n_positions: 32,
+        n_embd: 32,
+        n_layer: 2,
+        n_head: 2,
+        layer_norm_epsilon: 1e-5,
+    };
+    checkpoint::save(&policy, &init_weights(&config, Heads::default(), 1)).unwrap();
+    std::fs::write(dir.join("prompts.txt"), "the cat\nthe film was\na dog\n{\"prompt\": \"every tree\"}\nthe sea\n")
+        .unwrap();
+    policy
+}
+
+fn options(dir: &Path, out: &str, extra: &[&str]) -> TrainOptions {
+    let (policy, prompts, out) = (dir.join("policy"), dir.join("prompts.txt"), dir.join(out));
+    let mut args: Vec<String> = [
+        "train",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--batch-size",
+        "16",
+        "--response-length",
+        "12",
+        "--lr",
+        "1e-2",
+        "--lr-schedule",
+        "constant",
+        "--temperature",
+        "1",
+        "--quiet",
+        "--sample-every",
+        "5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !extra.iter().any(|a| *a == "--reward-model" || *a == "--reward-cmd") {
+        args.extend(["--reward-cmd".to_string(), COUNT_E.to_string()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Cli::parse_from(args).train
+}
+
+fn read_metrics(path: &Path) -> Vec<Metrics> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The metrics that must repeat exactly (everything but the clock).
+fn deterministic(m: &Metrics) -> Vec<f32> {
+    vec![
+        m.score_mean,
+        m.score_std,
+        m.kl_mean,
+        m.beta,
+        m.lr,
+        m.loss,
+        m.pg_loss,
+        m.vf_loss,
+        m.entropy,
+        m.approx_kl,
+        m.clipfrac,
+        m.vf_clipfrac,
+        m.ratio_mean,
+        m.value_mean,
+        m.response_len_mean,
+    ]
+}
+
+#[test]
+fn ppo_raises_a_rule_reward() {
+    let gpu = Gpu::new(None).unwrap();
+    let dir = scratch_dir("train-rises");
+    setup(&dir);
+    let dump = dir.join("batch.safetensors");
+    let extra = ["--iterations", "12", "--lr", "2e-2", "--dump-batch", dump.to_str().unwrap()];
+    let report = run(&gpu, &options(&dir, "out", &extra)).unwrap_or_else(|e| panic!("train: {e}"));
+    let scores: Vec<f32> = report.metrics.iter().map(|m| m.score_mean).collect();
+    let (first, last) = (scores[..3].iter().sum::<f32>() / 3.0, scores[9..].iter().sum::<f32>() / 3.0);
+    assert!(last > first + 1.5, "the mean score should rise clearly: {scores:?}");
+
+    // metrics.jsonl holds DESIGN's keys; the samples and the final policy are written.
+    let text = std::fs::read_to_string(dir.join("out/metrics.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    for key in [
+        "iteration",
+        "score_mean",
+        "kl_mean",
+        "beta",
+        "pg_loss",
+        "vf_loss",
+        "entropy",
+        "approx_kl",
+        "clipfrac",
+        "explained_variance",
+        "response_len_mean",
+        "tokens_per_s",
+        "time_rollout_s",
+        "time_update_s",
+    ] {
+        assert!(line.get(key).is_some(), "metrics.jsonl lacks {key}: {line}");
+    }
+    assert_eq!(text.lines().count(), 12);
+    assert_eq!(std::fs::read_to_string(dir.join("out/samples.jsonl")).unwrap().lines().count(), 8);
+    let policy = checkpoint::load(&dir.join("out/policy")).unwrap();
+    assert!(policy.heads.value, "the policy keeps its value head under TRL's names");
+    assert!(dir.join("out/policy/tokenizer.json").is_file());
+
+    // The dumped rollout batch reads back, with whitened advantages on the response tokens.
+    let batch = RolloutBatch::load(&dir.join("batch.safetensors")).unwrap();
+    let count: f32 = batch.response_mask.iter().sum();
+    assert!(count > 0.0 && batch.b == 16);
+    let mean = batch.advantages.iter().zip(&batch.response_mask).map(|(a, m)| a * m).sum::<f32>() / count;
+    assert!(mean.abs() < 1e-4, "whitened advantages have mean {mean}");
+    assert!(batch.ref_logprobs.is_some() && batch.scores.as_ref().unwrap().len() == 16);
+}
+
+#[test]
+fn resume_is_bit_exact_and_the_same_seed_repeats() {
+    let gpu = Gpu::new(None).unwrap();
+    let dir = scratch_dir("train-resume");
+    setup(&dir);
+    let extra = ["--iterations", "4", "--save-every", "2", "--minibatches", "2", "--target-kl", "0.5"];
+    run(&gpu, &options(&dir, "a", &extra)).unwrap();
+    run(&gpu, &options(&dir, "b", &extra)).unwrap();
+    let resume = dir.join("a/checkpoint-2");
+    let mut resumed = options(&dir, "c", &extra);
+    resumed.resume = Some(resume);
+    run(&gpu, &resumed).unwrap();
+
+    let bytes = |run: &str, file: &str| std::fs::read(dir.join(run).join(file)).unwrap();
+    assert!(bytes("a", "policy/model.safetensors") == bytes("c", "policy/model.safetensors"), "resumed weights differ");
+    assert!(bytes("a", "checkpoint-4/optimizer.safetensors") == bytes("c", "checkpoint-4/optimizer.safetensors"));
+    assert!(
+        bytes("a", "policy/model.safetensors") == bytes("b", "policy/model.safetensors"),
+        "same seed, other weights"
+    );
+    let (a, b, c) = (
+        read_metrics(&dir.join("a/metrics.jsonl")),
+        read_metrics(&dir.join("b/metrics.jsonl")),
+        read_metrics(&dir.join("c/metrics.jsonl")),
+    );
+    assert_eq!(a.iter().map(deterministic).collect::<Vec<_>>(), b.iter().map(deterministic).collect::<Vec<_>>());
+    assert_eq!(c.len(), 2, "the resumed run logs iterations 3 and 4");
+    assert_eq!(a[2..].iter().map(deterministic).collect::<Vec<_>>(), c.iter().map(deterministic).collect::<Vec<_>>());
+    assert_ne!(a[2].beta, a[0].beta, "the adaptive controller moved β (and resume restored it)");
+
+    // Resuming from the run directory takes its latest checkpoint; a different seed is refused.
+    let mut wrong_seed = options(&dir, "d", &extra);
+    wrong_seed.resume = Some(dir.join("a"));
+    wrong_seed.seed = 5;
+    let err = run(&gpu, &wrong_seed).unwrap_err().to_string();
+    assert!(err.contains("--seed 0") && err.contains("checkpoint-4"), "{err}");
+}
+
+fn samples(n: usize) -> Vec<Sample> {
+    (0..n).map(|i| Sample { prompt: format!("prompt {i}"), response: "eee".into() }).collect()
+}
+
+fn command_error(cmd: &str, n: usize, timeout_ms: u64) -> String {
+    let mut c = RewardCommand::spawn(cmd, Duration::from_millis(timeout_ms)).unwrap();
+    c.score(&samples(n)).unwrap_err().to_string()
+}
+
+#[test]
+fn a_broken_reward_command_is_an_error_naming_the_sample() {
+    let ok = RewardCommand::spawn(COUNT_E, Duration::from_secs(20)).unwrap().score(&samples(3)).unwrap();
+    assert!(ok.iter().all(|&s| s == ok[0] && s > 3.0), "{ok:?}");
+    let crash = command_error("exit 3", 2, 20_000);
+    assert!(crash.contains("exited") && crash.contains("0 of 2"), "{crash}");
+    let hang = command_error("exec sleep 20", 2, 300);
+    assert!(hang.contains("no score for sample 0") && hang.contains("--reward-timeout"), "{hang}");
+    let lie = command_error("while read -r l; do echo abc; done", 2, 20_000);
+    assert!(lie.contains("\"abc\"") && lie.contains("sample 0 (prompt \"prompt 0\")"), "{lie}");
+    let nan = command_error("while read -r l; do echo NaN; done", 2, 20_000);
+    assert!(nan.contains("NaN for sample 0"), "{nan}");
+    let short = command_error("read -r l; echo 1", 3, 20_000);
+    assert!(short.contains("after answering 1 of 3"), "{short}");
+
+    let gpu = Gpu::new(None).unwrap();
+    let dir = scratch_dir("train-bad-reward");
+    setup(&dir);
+    let err =
+        run(&gpu, &options(&dir, "out", &["--iterations", "2", "--reward-cmd", "exit 1"])).unwrap_err().to_string();
+    assert!(err.contains("iteration 1") && err.contains("exited"), "{err}");
+}
+
+/// A reward model scores each sequence at its last real token, the same whether it reads the
+/// policy's token ids or re-encodes the text with its own (here: equivalent) tokenizer; and
+/// `train --reward-model` runs with it.
+#[test]
+fn a_reward_model_scores_at_the_last_token_and_trains() {
+    let gpu = Gpu::new(None).unwrap();
+    let dir = scratch_dir("train-reward-model");
+    let policy = setup(&dir);
+    let mut ck = init_weights(&checkpoint::load(&policy).unwrap().config, Heads { value: false, reward: true }, 2);
+    let mut rng = Rng::new(3);
+    for (name, _, values) in ck.tensors.iter_mut() {
+        if name == "score.weight" {
+            values.iter_mut().for_each(|x| *x = rng.normal() as f32);
+        }
+    }
+    let rm_dir = dir.join("rm");
+    checkpoint::save(&rm_dir, &ck).unwrap();
+    let tok_json = std::fs::read_to_string(policy.join("tokenizer.json")).unwrap();
+    std::fs::write(rm_dir.join("tokenizer.json"), &tok_json).unwrap();
+    let other = dir.join("rm-own-tokenizer");
+    checkpoint::save(&other, &ck).unwrap();
+    let pretty = serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&tok_json).unwrap()).unwrap();
+    std::fs::write(other.join("tokenizer.json"), pretty).unwrap();
+
+    let tok = Tokenizer::load(&policy.join("tokenizer.json")).unwrap();
+    let texts = [("the cat", " sees a tree"), ("a dog", " was"), ("every film was good", " bad")];
+    let prompts: Vec<Vec<u32>> = texts.iter().map(|(p, _)| tok.encode(p).unwrap()).collect();
+    let generation = ppo_wgpu::generate::Generation {
+        prompt_len: prompts.iter().map(Vec::len).max().unwrap(),
+        prompts,
+        responses: texts.iter().map(|(_, r)| tok.encode(r).unwrap()).collect(),
+        steps: 4,
+    };
+    let longest = generation.responses.iter().map(Vec::len).max().unwrap();
+    let seqs = Sequences::new(&generation, longest + 2, tok.eos_id());
+    let samples: Vec<Sample> =
+        texts.iter().map(|(p, r)| Sample { prompt: p.to_string(), response: r.to_string() }).collect();
+    let by_ids =
+        RewardModel::load(&gpu, &rm_dir, &policy.join("tokenizer.json")).unwrap().score(&seqs, &samples).unwrap();
+    let by_text =
+        RewardModel::load(&gpu, &other, &policy.join("tokenizer.json")).unwrap().score(&seqs, &samples).unwrap();
+    let model = ppo_wgpu::model::load(&gpu, &rm_dir).unwrap();
+    for (i, (p, r)) in texts.iter().enumerate() {
+        let ids = tok.encode(&format!("{p}{r}")).unwrap();
+        let want = ppo_wgpu::score::score(&model, &ids, 1.0).unwrap().reward.unwrap();
+        assert!(
+            (by_ids[i] - want).abs() < 1e-4 && (by_text[i] - want).abs() < 1e-4,
+            "{i}: {by_ids:?} {by_text:?} vs {want}"
+        );
+    }
+
+    let rm = rm_dir.to_str().unwrap();
+    let report = run(&gpu, &options(&dir, "out", &["--iterations", "2", "--reward-model", rm])).unwrap();
+    assert_eq!(report.metrics.len(), 2);
+    let not_rm = run(&gpu, &options(&dir, "x", &["--iterations", "1", "--reward-model", policy.to_str().unwrap()]));
+    assert!(not_rm.unwrap_err().to_string().contains("no score.weight head"));
+}
