@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod model;
 pub mod ppo;
 pub mod reference;
+pub mod reward_train;
 pub mod rng;
 pub mod score;
 pub mod selfcheck;

@@ -6,7 +6,7 @@ use ppo_wgpu::kernels::adamw::AdamW;
 use ppo_wgpu::kernels::ppo::STAT_NAMES;
 use ppo_wgpu::model::checkpoint::TOKENIZER_FILE;
 use ppo_wgpu::tokenizer::Tokenizer;
-use ppo_wgpu::{Result, generate, model, ppo, score, selfcheck, sft};
+use ppo_wgpu::{Result, generate, model, ppo, reward_train, score, selfcheck, sft};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -69,6 +69,8 @@ enum Command {
     Sft(sft::SftOptions),
     /// Sample continuations of prompts on the GPU (KV-cached, batched).
     Generate(generate::GenerateArgs),
+    /// Train a reward model (a score head) on preference pairs with the Bradley–Terry loss.
+    RewardTrain(reward_train::RewardTrainOptions),
     /// RLHF with PPO: generate, score, penalise drift from the reference, update; repeat.
     Train(Box<ppo::trainer::TrainOptions>),
     /// Run the PPO update on a rollout batch file and write the new checkpoint.
@@ -224,6 +226,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Generate(args) => {
             generate::run(&gpu, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RewardTrain(opts) => {
+            let reports = reward_train::run(&gpu, &opts)?;
+            if let Some(last) = reports.last() {
+                eprintln!(
+                    "held-out accuracy {:.3}, loss {:.4}; reward model in {}",
+                    last.eval_accuracy,
+                    last.eval_loss,
+                    opts.out.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Train(opts) => {

@@ -573,3 +573,21 @@ pub fn sample_threshold(logits: &[f32], temperature: f32, top_k: usize, top_p: f
     }
     dist.last().map_or(0, |d| d.0)
 }
+
+/// Bradley–Terry over pairs of rows of rewards [2N, T] (row 2i chosen, 2i + 1 rejected), each
+/// read at its last position where mask ≠ 0: (L = mean −log σ(r_c − r_r), ∂L/∂rewards [2N, T]).
+pub fn bradley_terry(rewards: &[f64], mask: &[u32], t: usize) -> (f64, Vec<f64>) {
+    let n = rewards.len() / t / 2;
+    let last = |row: usize| (0..t).rev().map(|j| row * t + j).find(|&i| mask[i] != 0).unwrap_or(row * t);
+    let mut grad = vec![0.0; rewards.len()];
+    let mut loss = 0.0;
+    for pair in 0..n {
+        let (c, r) = (last(2 * pair), last(2 * pair + 1));
+        let d = rewards[c] - rewards[r];
+        loss += (1.0 + (-d).exp()).ln() / n as f64;
+        let sig_neg = 1.0 / (1.0 + d.exp());
+        grad[c] = -sig_neg / n as f64;
+        grad[r] = sig_neg / n as f64;
+    }
+    (loss, grad)
+}

@@ -11,6 +11,7 @@ pub mod kv_cache;
 pub mod layernorm;
 pub mod matmul;
 pub mod ppo;
+pub mod preference;
 pub mod residual;
 pub mod rewards;
 pub mod rollout;
@@ -63,6 +64,7 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &matmul::SHADER,
     &matmul::TILED_SHADER,
     &ppo::SHADER,
+    &preference::SHADER,
     &residual::SHADER,
     &rewards::SHADER,
     &rollout::SHADER,

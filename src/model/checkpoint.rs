@@ -218,7 +218,7 @@ pub fn weights_bytes(ck: &Checkpoint) -> Result<Vec<u8>> {
 
 /// The files of a model directory: `config.json` and `model.safetensors`.
 pub fn model_files(ck: &Checkpoint) -> Result<Vec<(&'static str, Vec<u8>)>> {
-    Ok(vec![(WEIGHTS_FILE, weights_bytes(ck)?), (CONFIG_FILE, ck.config.to_json().into_bytes())])
+    Ok(vec![(WEIGHTS_FILE, weights_bytes(ck)?), (CONFIG_FILE, ck.config.to_json_with_heads(ck.heads).into_bytes())])
 }
 
 /// Saves a checkpoint's weights and config into `dir` (each file atomically; other files in

@@ -114,7 +114,13 @@ impl GptConfig {
 
     /// A `config.json` that `transformers` loads as a `GPT2LMHeadModel`.
     pub fn to_json(&self) -> String {
-        let v = json!({
+        self.to_json_with_heads(Heads::default())
+    }
+
+    /// As `to_json`; a model with a reward head is declared a `GPT2ForSequenceClassification`
+    /// with one label (so that `AutoModelForSequenceClassification` builds its `score` head).
+    pub fn to_json_with_heads(&self, heads: Heads) -> String {
+        let mut v = json!({
             "model_type": "gpt2",
             "architectures": ["GPT2LMHeadModel"],
             "vocab_size": self.vocab_size,
@@ -135,6 +141,13 @@ impl GptConfig {
             "tie_word_embeddings": true,
             "torch_dtype": "float32"
         });
+        if heads.reward {
+            v["architectures"] = json!(["GPT2ForSequenceClassification"]);
+            v["num_labels"] = json!(1);
+            v["id2label"] = json!({ "0": "LABEL_0" });
+            v["label2id"] = json!({ "LABEL_0": 0 });
+            v["pad_token_id"] = json!(self.vocab_size - 1);
+        }
         serde_json::to_string_pretty(&v).expect("a JSON value always serialises")
     }
 

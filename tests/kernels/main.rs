@@ -15,6 +15,7 @@ mod kv_cache;
 mod layernorm;
 mod matmul;
 mod ppo;
+mod preference;
 mod residual;
 mod rollout;
 mod sampling;

@@ -9,6 +9,7 @@ mod generation;
 mod hf_fixture;
 mod memory;
 mod ppo_fixture;
+mod reward_train;
 mod score_and_tokenizer;
 mod sft_generate;
 mod train;
