@@ -1,0 +1,164 @@
+//! `cargo bench --bench ppo_iteration`: one PPO iteration split by phase — rollout (KV-cached
+//! generation on the GPU), scoring (a reward model on the GPU), the policy and reference
+//! forwards with the advantages, and the update (epochs × minibatches) — for the tiny shape of
+//! the design document (batch 32, prompt 16 + response 48, 4 epochs × 4 minibatches), and for
+//! GPT-2 small (batch 8, prompt 64 + response 64) when PPO_WGPU_BENCH_GPT2=1 (minutes on a
+//! software adapter). Random weights; every phase ends in its own readback, so wall-clock
+//! time per phase is what a run spends there. Prints each phase's share and generation tokens/s.
+
+use ppo_wgpu::generate::{GenerateOptions, Sampling, generate};
+use ppo_wgpu::gpu::{Gpu, Recorder};
+use ppo_wgpu::kernels::adamw::AdamW;
+use ppo_wgpu::kernels::ppo::PpoLossConfig;
+use ppo_wgpu::kernels::rewards::KlEstimator;
+use ppo_wgpu::model::optimizer::Optimizer;
+use ppo_wgpu::model::{GptConfig, Heads, Model, init::init_weights};
+use ppo_wgpu::ppo::rollout::{AdvantageConfig, Sequences, prepare};
+use ppo_wgpu::ppo::update::{UpdateOptions, ppo_update};
+use ppo_wgpu::rng::Rng;
+use std::sync::Arc;
+use std::time::Instant;
+
+struct Shape {
+    label: &'static str,
+    config: GptConfig,
+    batch: usize,
+    prompt: usize,
+    response: usize,
+    epochs: usize,
+    minibatches: usize,
+}
+
+const PHASES: [&str; 4] =
+    ["rollout (generation)", "scoring (reward model)", "policy + reference forward, advantages", "update"];
+
+fn bench(gpu: &Arc<Gpu>, s: &Shape, iterations: usize) {
+    let policy = Model::upload(gpu, &init_weights(&s.config, Heads { value: true, reward: false }, 1)).unwrap();
+    let reference = Model::upload(gpu, &init_weights(&s.config, Heads::default(), 1)).unwrap();
+    // A reward model: random weights with a random score head (its scores are what they are).
+    let mut rm = init_weights(&s.config, Heads { value: false, reward: true }, 2);
+    let mut rng = Rng::new(3);
+    for (_, _, values) in rm.tensors.iter_mut().filter(|(name, _, _)| name == "score.weight") {
+        values.iter_mut().for_each(|x| *x = rng.normal() as f32 * 0.1);
+    }
+    let reward_model = Model::upload(gpu, &rm).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let mut opt = Optimizer::new(&policy, &mut rec, AdamW { lr: 1e-5, ..AdamW::default() }, 1.0).unwrap();
+    rec.submit();
+    let prompts: Vec<Vec<u32>> =
+        (0..s.batch).map(|_| (0..s.prompt).map(|_| rng.below(s.config.vocab_size as u32)).collect()).collect();
+
+    let mut totals = [0.0f64; 4];
+    for it in 0..iterations + 1 {
+        let mut times = [0.0f64; 4];
+        let t = Instant::now();
+        let opts = GenerateOptions {
+            max_new_tokens: s.response,
+            sampling: Sampling { temperature: 0.7, top_k: 0, top_p: 1.0 },
+            seed: 0,
+            first_sample: it * s.batch,
+            eos: None,
+            check_every: 0,
+        };
+        let generation = generate(&policy, &prompts, &opts).unwrap();
+        let seqs = Sequences::new(&generation, s.response, None);
+        times[0] = t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let scores = score(&reward_model, &seqs);
+        times[1] = t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let adv =
+            AdvantageConfig { temperature: 0.7, beta: 0.05, kl_estimator: KlEstimator::K1, gamma: 1.0, lam: 0.95 };
+        let rollout = prepare(&policy, &reference, &seqs, &scores, &adv).unwrap();
+        times[2] = t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let update = UpdateOptions {
+            epochs: s.epochs,
+            minibatches: s.minibatches,
+            lr: 1e-5,
+            loss: PpoLossConfig { temperature: 0.7, ..PpoLossConfig::default() },
+            grad_accum: 1,
+            seed: Some(it as u64),
+        };
+        let (stats, _) = ppo_update(&policy, &mut opt, &rollout.batch, &update, false).unwrap();
+        assert!(stats.means.iter().all(|x| x.is_finite()), "{}: non-finite update statistics", s.label);
+        times[3] = t.elapsed().as_secs_f64();
+        if it > 0 {
+            // the first iteration compiles pipelines and fills the buffer pool
+            totals.iter_mut().zip(times).for_each(|(a, b)| *a += b);
+        }
+    }
+    let total: f64 = totals.iter().sum();
+    println!(
+        "\nPPO iteration, {}: batch {}, prompt {} + response {}, {} epochs x {} minibatches (mean of {iterations})",
+        s.label, s.batch, s.prompt, s.response, s.epochs, s.minibatches
+    );
+    println!("  {:<42} {:>10} {:>7}", "phase", "ms", "share");
+    for (name, t) in PHASES.iter().zip(totals) {
+        println!("  {name:<42} {:>10.1} {:>6.1}%", t / iterations as f64 * 1e3, 100.0 * t / total);
+    }
+    println!("  {:<42} {:>10.1}", "iteration", total / iterations as f64 * 1e3);
+    let gen_tokens = (s.batch * s.response) as f64;
+    println!("  generation: {:.0} tokens/s", gen_tokens / (totals[0] / iterations as f64));
+}
+
+/// The reward model's score of each sequence at its last real token.
+fn score(model: &Model, seqs: &Sequences) -> Vec<f32> {
+    let gpu = model.gpu();
+    let batch = seqs.batch(model).unwrap();
+    let scores = gpu.tensor(&[seqs.b], ppo_wgpu::gpu::DType::F32).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let acts = model.forward(&mut rec, &batch).unwrap();
+    ppo_wgpu::kernels::rollout::last_token_scores(&mut rec, &scores, acts.rewards.as_ref().unwrap(), &batch.mask)
+        .unwrap();
+    rec.submit();
+    gpu.download(&scores).unwrap()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn main() {
+    // `cargo bench` passes --bench (and any filter): a filter that names neither shape skips this.
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    if !filter.is_empty() && !filter.iter().any(|f| "ppo_iteration".contains(f.as_str()) || f.contains("ppo")) {
+        return;
+    }
+    let gpu = Gpu::new(None).expect("the benches need a GPU adapter");
+    println!("benchmarking on {} (CPU: {})", gpu.describe(), cpu_model());
+    let tiny = Shape {
+        label: "tiny (4L/128/4H/V512)",
+        config: GptConfig::tiny(),
+        batch: 32,
+        prompt: 16,
+        response: 48,
+        epochs: 4,
+        minibatches: 4,
+    };
+    bench(&gpu, &tiny, 3);
+    if std::env::var_os("PPO_WGPU_BENCH_GPT2").is_some() {
+        let small = Shape {
+            label: "gpt2-small",
+            config: GptConfig::gpt2_small(),
+            batch: 8,
+            prompt: 64,
+            response: 64,
+            epochs: 4,
+            minibatches: 4,
+        };
+        bench(&gpu, &small, 1);
+    } else {
+        println!("\n(GPT-2 small skipped: set PPO_WGPU_BENCH_GPT2=1 to run it)");
+    }
+}
