@@ -1,6 +1,6 @@
 // The fused PPO loss: log-softmax, gather of the taken token, entropy, the clipped surrogate,
 // the clipped value loss and the entropy bonus, with the gradient written in place of the
-// logits, in two passes over each row of logits (DESIGN.md §4).
+// logits, in two passes over each row of logits (docs/design.md §4).
 //
 // Row r of the logits is the policy's output at position r of a sequence, which predicts the
 // token at position r + 1; every per-token input below is indexed by that token's position, so

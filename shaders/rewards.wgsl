@@ -1,4 +1,4 @@
-// Per-token rewards with the KL penalty, and masked whitening (DESIGN.md §4).
+// Per-token rewards with the KL penalty, and masked whitening (docs/design.md §4).
 //
 //   kl_rewards (one invocation per sequence):
 //     k_t = logp_old − logp_ref                       (k1, the default)

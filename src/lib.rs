@@ -1,7 +1,7 @@
 //! ppo-wgpu: RLHF with PPO for GPT-style language models, as hand-written WGSL compute kernels
 //! dispatched through wgpu.
 //!
-//! Layers, bottom up (see DESIGN.md): `shaders/*.wgsl` → [`gpu`] (device, pipelines, tensors,
+//! Layers, bottom up (see docs/design.md): `shaders/*.wgsl` → [`gpu`] (device, pipelines, tensors,
 //! recorder) → [`kernels`] (one module per kernel family) → model → PPO → CLI. Every kernel has
 //! a plain CPU reference in [`reference`].
 

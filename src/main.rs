@@ -78,7 +78,7 @@ enum Command {
         /// Policy model directory (a zero value head is added if it has none).
         #[arg(long, value_name = "DIR")]
         model: PathBuf,
-        /// Rollout batch (safetensors; see DESIGN.md §6).
+        /// Rollout batch (safetensors; see docs/design.md §6).
         #[arg(long, value_name = "FILE")]
         batch: PathBuf,
         /// Output model directory.

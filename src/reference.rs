@@ -375,7 +375,7 @@ pub struct PpoLoss {
     pub stats: [f64; 8],
 }
 
-/// The PPO loss of DESIGN.md §4 on one minibatch, straight from the formulas. Row r of
+/// The PPO loss of docs/design.md §4 on one minibatch, straight from the formulas. Row r of
 /// `logits` [rows, V] and `values` [rows] predicts the token at r + 1; `inputs` [rows, 8] holds
 /// per position (response_mask, old_logprob, old_value, advantage, return, …). Ties between the
 /// clipped and unclipped terms count as unclipped; clip passes its gradient on the closed range.

@@ -1,4 +1,4 @@
-//! `ppo-wgpu reward-train`: a reward model from preference pairs (DESIGN §4): a GPT-2 with a
+//! `ppo-wgpu reward-train`: a reward model from preference pairs (docs/design.md §4): a GPT-2 with a
 //! `score.weight` head (GPT2ForSequenceClassification's layout) trained with the
 //! Bradley–Terry loss L = mean −log σ(r_chosen − r_rejected), each sequence scored at its last
 //! real token — where `train --reward-model` reads it.

@@ -1,5 +1,5 @@
 //! `ppo-wgpu score`: per-token log-probabilities, values and the reward of one sequence
-//! (DESIGN.md §6).
+//! (docs/design.md §6).
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder};

@@ -1,4 +1,4 @@
-//! `ppo-wgpu sft`: supervised fine-tuning with token cross-entropy (DESIGN.md §1).
+//! `ppo-wgpu sft`: supervised fine-tuning with token cross-entropy (docs/design.md §1).
 //!
 //! Data is JSONL: `{"prompt": …, "response": …}` trains on the response tokens (and the
 //! `<|endoftext|>` that ends them), `{"text": …}` on every token. Each step runs forward,

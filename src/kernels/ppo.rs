@@ -1,5 +1,5 @@
 //! The fused PPO loss (forward and gradient), its unfused twin for comparison, and the
-//! minibatch statistics. Shader: `ppo_loss.wgsl`; DESIGN.md §4 is the math.
+//! minibatch statistics. Shader: `ppo_loss.wgsl`; docs/design.md §4 is the math.
 
 use super::cross_entropy::log_softmax_forward;
 use super::{as_matrix, bind, expect_len, groups, row_ranges};

@@ -25,7 +25,7 @@ pub struct Heads {
 }
 
 impl GptConfig {
-    /// The shipped tiny model's shape (DESIGN.md §3).
+    /// The shipped tiny model's shape (docs/design.md §3).
     pub fn tiny() -> GptConfig {
         GptConfig { vocab_size: 512, n_positions: 64, n_embd: 128, n_layer: 4, n_head: 4, layer_norm_epsilon: 1e-5 }
     }

@@ -1,4 +1,4 @@
-//! The rollout batch file (DESIGN.md §6): what `train --dump-batch` writes and `update` reads.
+//! The rollout batch file (docs/design.md §6): what `train --dump-batch` writes and `update` reads.
 //! B rows of L positions: left padding, prompt, response, right padding.
 
 use crate::error::{Error, Result};

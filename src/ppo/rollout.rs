@@ -1,4 +1,4 @@
-//! From sampled tokens to the batch the PPO update trains on, on the GPU (DESIGN §1, §4):
+//! From sampled tokens to the batch the PPO update trains on, on the GPU (docs/design.md §1, §4):
 //! one forward of the policy (log-probs at the training precision, values), one of the frozen
 //! reference (its log-probs), the KL-penalised rewards, GAE, whitened advantages, and the packed
 //! loss inputs. The host sees the tokens and the scores going in and a handful of statistics
@@ -81,7 +81,7 @@ impl Sequences {
     }
 }
 
-/// The hyperparameters from log-probs to advantages (DESIGN §4; TRL's names).
+/// The hyperparameters from log-probs to advantages (docs/design.md §4; TRL's names).
 #[derive(Clone, Copy, Debug)]
 pub struct AdvantageConfig {
     /// The sampling temperature: log-probs are those of softmax(logits/τ).
@@ -219,7 +219,7 @@ pub fn prepare(
 }
 
 impl Rollout {
-    /// The batch in the file format of DESIGN §6 (downloads the per-token tensors).
+    /// The batch in the file format of docs/design.md §6 (downloads the per-token tensors).
     pub fn to_file(&self) -> Result<RolloutBatch> {
         let gpu = &self.gpu;
         Ok(RolloutBatch {

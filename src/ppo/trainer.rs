@@ -1,4 +1,4 @@
-//! `ppo-wgpu train`: the RLHF loop of DESIGN §1 and §4. Each iteration samples responses to a
+//! `ppo-wgpu train`: the RLHF loop of docs/design.md §1 and §4. Each iteration samples responses to a
 //! batch of prompts on the GPU, scores them (reward model or reward command), computes
 //! KL-penalised rewards against the frozen reference, GAE and whitened advantages, and runs
 //! the PPO update for several epochs of minibatches.
@@ -151,7 +151,7 @@ pub struct TrainOptions {
     /// Continue a run from a checkpoint-N directory (or from the run's --out, taking its latest).
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
-    /// Write the first iteration's rollout batch (DESIGN §6 format) to this file.
+    /// Write the first iteration's rollout batch (docs/design.md §6 format) to this file.
     #[arg(long, value_name = "FILE")]
     pub dump_batch: Option<PathBuf>,
     /// During generation, check every N tokens whether all responses have ended (0: never).
@@ -216,7 +216,7 @@ pub const STATE_FILE: &str = "trainer_state.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const SAMPLES_FILE: &str = "samples.jsonl";
 
-/// One line of metrics.jsonl (DESIGN §6's keys and more).
+/// One line of metrics.jsonl (docs/design.md §6's keys and more).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Metrics {
     pub iteration: usize,

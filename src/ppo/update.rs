@@ -1,4 +1,4 @@
-//! `ppo-wgpu update`: the PPO update of DESIGN.md §4 on one rollout batch — epochs of
+//! `ppo-wgpu update`: the PPO update of docs/design.md §4 on one rollout batch — epochs of
 //! minibatches, each one forward, the fused loss, one backward, clipping and AdamW, all in one
 //! submit, with only the eight loss statistics read back.
 

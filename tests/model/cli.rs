@@ -1,4 +1,4 @@
-//! The command line as users and scripts call it (DESIGN.md §6 is the contract).
+//! The command line as users and scripts call it (docs/design.md §6 is the contract).
 
 use crate::common::FIXTURES;
 use std::process::Command;

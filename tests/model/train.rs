@@ -120,7 +120,7 @@ fn ppo_raises_a_rule_reward() {
     let (first, last) = (scores[..3].iter().sum::<f32>() / 3.0, scores[9..].iter().sum::<f32>() / 3.0);
     assert!(last > first + 1.5, "the mean score should rise clearly: {scores:?}");
 
-    // metrics.jsonl holds DESIGN's keys; the samples and the final policy are written.
+    // metrics.jsonl holds the keys of docs/design.md §6; the samples and the final policy are written.
     let text = std::fs::read_to_string(dir.join("out/metrics.jsonl")).unwrap();
     let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     for key in [
