@@ -64,7 +64,7 @@ impl Bench {
                     record(&mut rec);
                 }
                 rec.submit();
-                self.gpu.wait();
+                self.gpu.wait().unwrap();
                 let elapsed = start.elapsed();
                 total.0 += elapsed.as_secs_f64();
                 total.1 += iters;

@@ -64,7 +64,7 @@ fn bench_model(c: &mut Criterion, gpu: &Arc<Gpu>, label: &str, config: GptConfig
                 let _acts = model.forward(&mut rec, &batch).unwrap();
                 rec.submit();
             }
-            gpu.wait();
+            gpu.wait().unwrap();
             forward_secs.0 += start.elapsed().as_secs_f64();
             forward_secs.1 += iters;
             start.elapsed()
@@ -86,7 +86,7 @@ fn bench_model(c: &mut Criterion, gpu: &Arc<Gpu>, label: &str, config: GptConfig
                 opt.update(&mut rec, &model, &grads.flat, 1e-4).unwrap();
                 rec.submit();
             }
-            gpu.wait();
+            gpu.wait().unwrap();
             step_secs.0 += start.elapsed().as_secs_f64();
             step_secs.1 += iters;
             start.elapsed()

@@ -153,6 +153,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!("wrote {} ({} tokens)", out.display(), tok.vocab_size());
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Init { config, tokenizer, out, value_head, seed } => {
+            let tok = Tokenizer::load(tokenizer)?;
+            let mut cfg = named_config(config)?;
+            cfg.vocab_size = tok.vocab_size();
+            cfg.validate(config)?;
+            let heads = model::Heads { value: *value_head, reward: false };
+            model::checkpoint::save(out, &model::init::init_weights(&cfg, heads, *seed))?;
+            model::checkpoint::copy_tokenizer(tokenizer, out)?;
+            let n = model::gpt::ParamLayout::new(&cfg, heads).count();
+            eprintln!("wrote {} ({n} parameters, {cfg:?})", out.display());
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Memory { config, batch_size, seq_len } => {
             let cfg = named_config(config)?;
             let heads = model::Heads { value: true, reward: false };
@@ -177,18 +189,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
     let gpu = Gpu::new(cli.adapter.as_deref())?;
     match cli.command {
-        Command::TokenizerTrain { .. } | Command::Memory { .. } => unreachable!("handled above"),
-        Command::Init { config, tokenizer, out, value_head, seed } => {
-            let tok = Tokenizer::load(&tokenizer)?;
-            let mut cfg = named_config(&config)?;
-            cfg.vocab_size = tok.vocab_size();
-            cfg.validate(&config)?;
-            let heads = model::Heads { value: value_head, reward: false };
-            model::checkpoint::save(&out, &model::init::init_weights(&cfg, heads, seed))?;
-            model::checkpoint::copy_tokenizer(&tokenizer, &out)?;
-            let n = model::gpt::ParamLayout::new(&cfg, heads).count();
-            eprintln!("wrote {} ({n} parameters, {cfg:?})", out.display());
-            Ok(ExitCode::SUCCESS)
+        Command::TokenizerTrain { .. } | Command::Memory { .. } | Command::Init { .. } => {
+            unreachable!("handled above")
         }
         Command::Sft(opts) => {
             let report = sft::run(&gpu, &opts)?;

@@ -61,7 +61,9 @@ pub fn read_examples(path: &Path, tok: &Tokenizer, max_len: usize) -> Result<Vec
         }
         ids.truncate(max_len);
         trained.truncate(max_len);
-        trained[0] = false; // nothing predicts the first token
+        if let Some(first) = trained.first_mut() {
+            *first = false; // nothing predicts the first token
+        }
         if trained.iter().any(|&t| t) {
             examples.push(Example { ids, trained });
         }
@@ -260,6 +262,13 @@ pub fn run(gpu: &Arc<Gpu>, opts: &SftOptions) -> Result<SftReport> {
     };
 
     let first_step = opt.step as usize;
+    if first_step >= opts.steps {
+        return Err(Error::Input(format!(
+            "{} is at step {first_step}: --steps {} leaves nothing to train (give the total number of steps)",
+            start_dir.display(),
+            opts.steps
+        )));
+    }
     let first_eval_loss = trainer.eval_loss(&eval_set)?;
     let mut eval_loss = first_eval_loss;
     let mut train_loss = f32::NAN;

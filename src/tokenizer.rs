@@ -24,7 +24,7 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 fn tok_err(origin: &str, what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Checkpoint(format!("{origin}: {what}: {e}"))
+    Error::Tokenizer(format!("{origin}: {what}: {e}"))
 }
 
 impl Tokenizer {

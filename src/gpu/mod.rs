@@ -39,6 +39,9 @@ pub struct Gpu {
     pool: BufferPool,
     /// Uniform buffers for recorders, reused once a recorder has submitted.
     uniform_arenas: Mutex<Vec<wgpu::Buffer>>,
+    /// Errors wgpu reported outside an error scope (validation, out of memory), kept until the
+    /// next `wait` or download turns the first into this crate's error instead of a panic.
+    uncaptured: Arc<Mutex<Vec<String>>>,
 }
 
 /// Backends we ask for: Vulkan, Metal, DX12. Never GL: on Linux it would silently pick the
@@ -152,6 +155,9 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::Device(format!("{}: {e}", info.name)))?;
+        let uncaptured = Arc::new(Mutex::new(Vec::new()));
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| sink.lock().unwrap().push(e.to_string())));
         let matmul_variant = if info.device_type == wgpu::DeviceType::Cpu {
             MatmulVariant::RegisterTiled
         } else {
@@ -167,6 +173,7 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             pool: BufferPool::default(),
             uniform_arenas: Mutex::new(Vec::new()),
+            uncaptured,
         }))
     }
 
@@ -191,12 +198,14 @@ impl Gpu {
     }
 
     /// The compute pipeline for `entry` of `shader` with the given override constants, compiled
-    /// on first use and cached: pipelines are never created in a training loop.
-    pub fn pipeline(&self, shader: &Shader, entry: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
+    /// on first use and cached: pipelines are never created in a training loop. A shader or
+    /// pipeline wgpu rejects is an error naming it.
+    pub fn pipeline(&self, shader: &Shader, entry: &str, constants: &[(&str, f64)]) -> Result<wgpu::ComputePipeline> {
         let key = format!("{}:{entry}:{constants:?}", shader.name);
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
-            return p.clone();
+            return Ok(p.clone());
         }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         // Compiled without wgpu's injected bounds checks, which halve matmul throughput on
         // lavapipe: every kernel clamps or guards its own indices against `params`, and the
         // kernel functions check `params` against the bound tensors' sizes on the host. Set
@@ -232,8 +241,12 @@ impl Gpu {
             },
             cache: None,
         });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            self.modules.lock().unwrap().remove(shader.name);
+            return Err(Error::Gpu(format!("compiling {key} on {}: {e}", self.info.name)));
+        }
         self.pipelines.lock().unwrap().insert(key, pipeline.clone());
-        pipeline
+        Ok(pipeline)
     }
 
     /// Workgroup counts for `n_groups` workgroups laid out as a 2D grid whose x fits the
@@ -247,8 +260,27 @@ impl Gpu {
         }
     }
 
-    /// Blocks until all submitted work has finished.
-    pub fn wait(&self) {
-        self.device.poll(wgpu::PollType::wait_indefinitely()).expect("GPU device lost while waiting");
+    /// Blocks until all submitted work has finished. A lost device, or an error wgpu reported
+    /// since the last wait, is an error here. (With `download*`, the only place the host waits
+    /// for the GPU: on WebGPU these become async.)
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Device(format!("{}: lost while waiting for submitted work: {e}", self.info.name)))?;
+        self.take_uncaptured_error()
+    }
+
+    /// The first error wgpu reported outside an error scope since the last call, as an error.
+    pub fn take_uncaptured_error(&self) -> Result<()> {
+        let mut errors = self.uncaptured.lock().unwrap();
+        match errors.first().cloned() {
+            Some(first) => {
+                let more = errors.len() - 1;
+                errors.clear();
+                let more = if more > 0 { format!(" (and {more} more)") } else { String::new() };
+                Err(Error::Gpu(format!("{}: {first}{more}", self.info.name)))
+            }
+            None => Ok(()),
+        }
     }
 }

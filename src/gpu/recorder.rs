@@ -119,7 +119,7 @@ impl Recorder {
         self.uniforms.extend_from_slice(params);
         self.uniforms.resize(offset + padded, 0);
 
-        let pipeline = self.gpu.pipeline(shader, entry, constants);
+        let pipeline = self.gpu.pipeline(shader, entry, constants)?;
         let arena = self.arena.as_ref().unwrap();
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,

@@ -224,7 +224,7 @@ impl Gpu {
         staging.map_async(wgpu::MapMode::Read, ..t.byte_len(), move |r| {
             let _ = tx.send(r);
         });
-        self.wait();
+        self.wait()?;
         rx.recv().map_err(|e| Error::Readback(e.to_string()))?.map_err(|e| Error::Readback(e.to_string()))?;
         let bytes = {
             let view = staging.get_mapped_range(..t.byte_len()).map_err(|e| Error::Readback(e.to_string()))?;

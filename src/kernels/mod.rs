@@ -70,3 +70,19 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &rollout::SHADER,
     &sampling::SHADER,
 ];
+
+/// Every set of override constants the kernel functions pass to `shader`'s pipelines (one empty
+/// set for a shader without overrides), so that tests can translate each specialisation to
+/// every backend: attention's HEAD_DIM (multiples of 4 up to `attention::MAX_HEAD_DIM`),
+/// matmul's A_SCALAR, the tiled matmul's TRANS_A / TRANS_B.
+pub fn override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
+    match shader {
+        "attention" => (4..=attention::MAX_HEAD_DIM).step_by(4).map(|hd| vec![("HEAD_DIM", hd as f64)]).collect(),
+        "matmul" => vec![vec![("A_SCALAR", 0.0)], vec![("A_SCALAR", 1.0)]],
+        "matmul_tiled" => [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]
+            .into_iter()
+            .map(|(a, b)| vec![("TRANS_A", a), ("TRANS_B", b)])
+            .collect(),
+        _ => vec![vec![]],
+    }
+}

@@ -29,17 +29,14 @@ pub struct RolloutBatch {
 }
 
 fn tensor<'a>(st: &'a SafeTensors, origin: &str, name: &str) -> Result<TensorView<'a>> {
-    st.tensor(name).map_err(|_| Error::Checkpoint(format!("{origin}: missing tensor {name}")))
+    st.tensor(name).map_err(|_| Error::Data(format!("{origin}: missing tensor {name}")))
 }
 
 /// Reads a tensor of `shape` as f32 from F32, or from integer types (I32, I64) when `ints_ok`.
 fn read_f32(st: &SafeTensors, origin: &str, name: &str, shape: &[usize], ints_ok: bool) -> Result<Vec<f32>> {
     let t = tensor(st, origin, name)?;
     if t.shape() != shape {
-        return Err(Error::Checkpoint(format!(
-            "{origin}: tensor {name} has shape {:?}, expected {shape:?}",
-            t.shape()
-        )));
+        return Err(Error::Data(format!("{origin}: tensor {name} has shape {:?}, expected {shape:?}", t.shape())));
     }
     Ok(match t.dtype() {
         Dtype::F32 => bytemuck::pod_collect_to_vec(t.data()),
@@ -51,7 +48,7 @@ fn read_f32(st: &SafeTensors, origin: &str, name: &str, shape: &[usize], ints_ok
         }
         other => {
             let want = if ints_ok { "I32, I64 or F32" } else { "F32" };
-            return Err(Error::Checkpoint(format!("{origin}: tensor {name} has dtype {other:?}, expected {want}")));
+            return Err(Error::Data(format!("{origin}: tensor {name} has dtype {other:?}, expected {want}")));
         }
     })
 }
@@ -61,11 +58,11 @@ impl RolloutBatch {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let origin = path.display().to_string();
         let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::Checkpoint(format!("{origin}: not a valid safetensors file: {e}")))?;
+            .map_err(|e| Error::Data(format!("{origin}: not a valid safetensors file: {e}")))?;
         let ids = tensor(&st, &origin, "input_ids")?;
         let (b, l) = match ids.shape() {
             [b, l] => (*b, *l),
-            s => return Err(Error::Checkpoint(format!("{origin}: input_ids has shape {s:?}, expected [B, L]"))),
+            s => return Err(Error::Data(format!("{origin}: input_ids has shape {s:?}, expected [B, L]"))),
         };
         let input_ids = match ids.dtype() {
             Dtype::I32 => {
@@ -73,11 +70,11 @@ impl RolloutBatch {
             }
             Dtype::I64 => bytemuck::pod_collect_to_vec::<u8, i64>(ids.data()),
             other => {
-                return Err(Error::Checkpoint(format!("{origin}: input_ids has dtype {other:?}, expected I32 or I64")));
+                return Err(Error::Data(format!("{origin}: input_ids has dtype {other:?}, expected I32 or I64")));
             }
         };
         if let Some(bad) = input_ids.iter().find(|&&x| x < 0 || x > u32::MAX as i64) {
-            return Err(Error::Checkpoint(format!("{origin}: input_ids holds {bad}, not a token id")));
+            return Err(Error::Data(format!("{origin}: input_ids holds {bad}, not a token id")));
         }
         let shape = [b, l];
         let attention_mask =
@@ -123,11 +120,9 @@ impl RolloutBatch {
         }
         let views: Vec<(&str, TensorView)> = entries
             .into_iter()
-            .map(|(n, d, s, b)| {
-                TensorView::new(d, s, b).map(|v| (n, v)).map_err(|e| Error::Checkpoint(format!("{n}: {e}")))
-            })
+            .map(|(n, d, s, b)| TensorView::new(d, s, b).map(|v| (n, v)).map_err(|e| Error::Data(format!("{n}: {e}"))))
             .collect::<Result<_>>()?;
-        let bytes = safetensors::serialize(views, None).map_err(|e| Error::Checkpoint(format!("batch: {e}")))?;
+        let bytes = safetensors::serialize(views, None).map_err(|e| Error::Data(format!("batch: {e}")))?;
         write_atomically(path, &bytes)
     }
 

@@ -37,8 +37,8 @@ pub fn download(t: &Tensor) -> Vec<f64> {
     gpu().download(t).unwrap().into_iter().map(f64::from).collect()
 }
 
-/// Asserts |got − want| ≤ atol + rtol·|want| everywhere; on failure prints the worst mismatch and
-/// the first few, with their indices.
+/// Asserts |got − want| ≤ atol + rtol·|want| everywhere, both finite; on failure prints the
+/// worst mismatch and the first few, with their indices.
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length {} vs reference {}", got.len(), want.len());
     let mut worst: Option<(usize, f64)> = None;
@@ -46,11 +46,13 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64)
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs();
         let excess = err - (atol + rtol * w.abs());
-        if excess > 0.0 || !g.is_finite() {
+        // NaN anywhere (got or reference) counts as a mismatch.
+        let bad_here = excess.is_nan() || excess > 0.0 || !g.is_finite() || !w.is_finite();
+        if bad_here {
             if bad.len() < 5 {
                 bad.push(format!("  [{i}] got {g:.7e} want {w:.7e} (|err| {err:.2e})"));
             }
-            if worst.is_none_or(|(_, e)| excess > e || !g.is_finite()) {
+            if worst.is_none_or(|(_, e)| excess > e || !excess.is_finite()) {
                 worst = Some((i, excess));
             }
         }
@@ -107,4 +109,16 @@ pub fn check_fd(
     let fd = finite_differences(loss, x, &coords, 1e-4);
     let got: Vec<f64> = coords.iter().map(|&i| grad[i]).collect();
     assert_close(&format!("{what} vs finite differences"), &got, &fd, atol, rtol);
+}
+
+#[test]
+#[should_panic(expected = "mismatches")]
+fn assert_close_fails_on_a_nan_reference() {
+    assert_close("NaN reference", &[1.0, 2.0], &[1.0, f64::NAN], 1e-3, 1e-3);
+}
+
+#[test]
+#[should_panic(expected = "mismatches")]
+fn assert_close_fails_on_a_nan_result() {
+    assert_close("NaN result", &[f64::NAN], &[1.0], 1e-3, 1e-3);
 }

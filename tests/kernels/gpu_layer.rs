@@ -52,3 +52,43 @@ fn a_recorder_with_more_dispatches_than_its_uniform_arena_holds_flushes_in_order
     rec.submit();
     assert!(gpu.download(&dst).unwrap().iter().all(|&x| x == 3000.0));
 }
+
+/// A shader wgpu rejects is an error naming it, not a panic inside wgpu.
+#[test]
+fn a_broken_shader_is_an_error_not_a_panic() {
+    let gpu = ppo_wgpu::gpu::Gpu::new(None).unwrap();
+    let broken =
+        ppo_wgpu::gpu::Shader { name: "broken", source: "@compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }" };
+    let t = gpu.tensor(&[4], DType::F32).unwrap();
+    let mut rec = Recorder::new(&gpu);
+    let err = rec
+        .dispatch(&broken, "main", &[], &[0u8; 16], &[ppo_wgpu::gpu::Binding { index: 1, tensor: &t }], [1, 1, 1])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("broken:main") && err.contains("GPU error"), "{err}");
+}
+
+/// An error wgpu reports outside an error scope (here: a binding the entry point does not
+/// have) comes back from the next wait or download as this crate's error, not a panic.
+#[test]
+fn an_uncaptured_wgpu_error_comes_back_from_the_next_wait() {
+    let gpu = ppo_wgpu::gpu::Gpu::new(None).unwrap();
+    let (a, b, out) = (
+        gpu.upload(&[8], &[1.0; 8]).unwrap(),
+        gpu.upload(&[8], &[2.0; 8]).unwrap(),
+        gpu.tensor(&[8], DType::F32).unwrap(),
+    );
+    let mut rec = Recorder::new(&gpu);
+    let shader = &ppo_wgpu::kernels::residual::SHADER;
+    let bindings = [
+        ppo_wgpu::gpu::Binding { index: 1, tensor: &a },
+        ppo_wgpu::gpu::Binding { index: 2, tensor: &b },
+        ppo_wgpu::gpu::Binding { index: 3, tensor: &out },
+        ppo_wgpu::gpu::Binding { index: 7, tensor: &out }, // not in the shader
+    ];
+    rec.dispatch(shader, "residual_forward", &[], &8u32.to_le_bytes(), &bindings, [1, 1, 1]).unwrap();
+    drop(rec);
+    let err = gpu.download(&out).unwrap_err().to_string();
+    assert!(err.contains("GPU error"), "{err}");
+    assert!(gpu.wait().is_ok(), "the error is reported once");
+}

@@ -1,7 +1,7 @@
 //! Every shader parses and validates with naga, on any machine (no GPU needed), and every
 //! file in shaders/ is one the crate uses.
 
-use ppo_wgpu::kernels::ALL_SHADERS;
+use ppo_wgpu::kernels::{ALL_SHADERS, override_sets};
 
 #[test]
 fn every_shader_parses_and_validates() {
@@ -29,4 +29,45 @@ fn every_shader_file_is_registered_and_documented() {
         );
         assert!(shader.unwrap().source.contains("Launch:"), "{} must document its launch shape", path.display());
     }
+}
+
+/// Every shader, specialised with each set of override constants the code uses, translates
+/// through naga's own backends to SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12), entry point by
+/// entry point: a Mac or Windows user does not find a translation error first.
+#[test]
+fn every_shader_translates_to_spirv_msl_and_hlsl() {
+    use naga::back::{hlsl, msl, spv};
+    let mut translated = 0;
+    for shader in ALL_SHADERS {
+        let module = naga::front::wgsl::parse_str(shader.source).unwrap();
+        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+            .validate(&module)
+            .unwrap();
+        for set in override_sets(shader.name) {
+            let constants: naga::back::PipelineConstants = set.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            let what = format!("{}.wgsl with {set:?}", shader.name);
+            for ep in &module.entry_points {
+                let stage = (naga::ShaderStage::Compute, ep.name.as_str());
+                let (module, info) =
+                    naga::back::pipeline_constants::process_overrides(&module, &info, Some(stage), &constants)
+                        .unwrap_or_else(|e| panic!("{what}: overrides for {}: {e}", ep.name));
+                let entry = Some((naga::ShaderStage::Compute, ep.name.clone()));
+                let spv_options =
+                    spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: ep.name.clone() };
+                spv::write_vec(&module, &info, &spv::Options::default(), Some(&spv_options))
+                    .unwrap_or_else(|e| panic!("{what}: {} to SPIR-V: {e}", ep.name));
+                let msl_options = msl::PipelineOptions { entry_point: entry.clone(), ..Default::default() };
+                msl::write_string(&module, &info, &msl::Options::default(), &msl_options)
+                    .unwrap_or_else(|e| panic!("{what}: {} to MSL: {e}", ep.name));
+                let hlsl_options = hlsl::PipelineOptions { entry_point: entry };
+                let mut out = String::new();
+                hlsl::Writer::new(&mut out, &hlsl::Options::default(), &hlsl_options)
+                    .write(&module, &info, None)
+                    .unwrap_or_else(|e| panic!("{what}: {} to HLSL: {e}", ep.name));
+                assert!(out.contains("numthreads"), "{what}: {} gave no HLSL compute shader", ep.name);
+                translated += 1;
+            }
+        }
+    }
+    assert!(translated > ALL_SHADERS.len(), "only {translated} entry points translated");
 }

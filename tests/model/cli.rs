@@ -4,8 +4,41 @@ use crate::common::FIXTURES;
 use std::process::Command;
 
 fn ppo_wgpu(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ppo-wgpu")).args(args).output().unwrap();
+    ppo_wgpu_env(args, &[])
+}
+
+fn ppo_wgpu_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ppo-wgpu")).args(args).envs(env.iter().copied()).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// `init` and `tokenizer-train` need no GPU: they work where no adapter matches.
+#[test]
+fn init_needs_no_gpu() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-init-no-gpu");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let corpus = dir.join("corpus.txt");
+    std::fs::write(&corpus, "the cat sees the dog.\n".repeat(50)).unwrap();
+    let tok = dir.join("tok.json");
+    let no_gpu = [("PPO_WGPU_ADAPTER", "no-such-gpu-anywhere")];
+    let (ok, _, stderr) = ppo_wgpu_env(
+        &[
+            "tokenizer-train",
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--vocab-size",
+            "270",
+            "--out",
+            tok.to_str().unwrap(),
+        ],
+        &no_gpu,
+    );
+    assert!(ok, "{stderr}");
+    let out = dir.join("model");
+    let (ok, _, stderr) =
+        ppo_wgpu_env(&["init", "--tokenizer", tok.to_str().unwrap(), "--out", out.to_str().unwrap()], &no_gpu);
+    assert!(ok && out.join("model.safetensors").is_file(), "{stderr}");
 }
 
 #[test]
@@ -70,6 +103,34 @@ fn a_bad_batch_file_names_the_tensor() {
     batch.l = 15; // now every [B, L] tensor has the wrong size for L
     let path = dir.join("bad.safetensors");
     assert!(batch.save(&path).is_err(), "a batch whose fields do not match its shape cannot be saved");
+    // A missing tensor and a wrong shape are named.
+    let good =
+        ppo_wgpu::ppo::batch::RolloutBatch::load(std::path::Path::new(&format!("{FIXTURES}/ppo-batch.safetensors")))
+            .unwrap();
+    let bytes = std::fs::read(format!("{FIXTURES}/ppo-batch.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let rewrite = |skip: &str, reshape: &str| {
+        let views: Vec<(String, safetensors::tensor::TensorView)> = st
+            .tensors()
+            .into_iter()
+            .filter(|(n, _)| n != skip)
+            .map(|(n, v)| {
+                if n == reshape {
+                    let shape = vec![v.shape()[1], v.shape()[0]];
+                    (n, safetensors::tensor::TensorView::new(v.dtype(), shape, v.data()).unwrap())
+                } else {
+                    (n, v)
+                }
+            })
+            .collect();
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        ppo_wgpu::ppo::batch::RolloutBatch::load(&path).unwrap_err().to_string()
+    };
+    let missing = rewrite("advantages", "");
+    assert!(missing.contains("bad data file") && missing.contains("missing tensor advantages"), "{missing}");
+    let shaped = rewrite("", "returns");
+    let want = format!("tensor returns has shape [{}, {}], expected [{}, {}]", good.l, good.b, good.b, good.l);
+    assert!(shaped.contains(&want), "{shaped}");
     std::fs::write(&path, b"nope").unwrap();
     let model = format!("{FIXTURES}/ppo-tiny");
     let (ok, _, stderr) =

@@ -14,7 +14,7 @@ fn step(model: &Model, opt: &mut Optimizer, grads: &ppo_wgpu::model::Params, bat
     model.backward(&mut rec, batch, &acts, Some(&dvalues), None, grads).unwrap();
     opt.update(&mut rec, model, &grads.flat, 1e-3).unwrap();
     rec.submit();
-    gpu.wait();
+    gpu.wait().unwrap();
 }
 
 #[test]

@@ -80,6 +80,29 @@ fn sft_lowers_held_out_loss_and_resumes() {
     assert_eq!(resumed.steps, 10);
     assert!((resumed.first_eval_loss - report.final_eval_loss).abs() < 1e-3, "{resumed:?} vs {report:?}");
     assert!(resumed.final_eval_loss <= resumed.first_eval_loss * 1.05, "{resumed:?}");
+
+    // Resuming a step-90 checkpoint with --steps 50 is an error, not an underflow.
+    let mut fewer = options(dir.join("model"), dir.join("data.jsonl"), out.clone(), 50);
+    fewer.resume = Some(out);
+    let err = run(&gpu, &fewer).unwrap_err().to_string();
+    assert!(err.contains("at step 90") && err.contains("--steps 50"), "{err}");
+}
+
+/// With a tokenizer that has no <|endoftext|>, an empty example is skipped, not a panic.
+#[test]
+fn an_empty_example_without_an_end_token_is_skipped() {
+    let dir = scratch_dir("sft-no-eos");
+    let (model_dir, _) = setup(&dir);
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model_dir.join("tokenizer.json")).unwrap()).unwrap();
+    json["added_tokens"] = serde_json::json!([]);
+    json["model"]["vocab"].as_object_mut().unwrap().remove("<|endoftext|>");
+    std::fs::write(dir.join("no-eos.json"), json.to_string()).unwrap();
+    let tok = Tokenizer::load(&dir.join("no-eos.json")).unwrap();
+    assert!(tok.eos_id().is_none());
+    std::fs::write(dir.join("empty.jsonl"), "{\"text\": \"\"}\n{\"text\": \"the cat sees a tree.\"}\n").unwrap();
+    let examples = ppo_wgpu::sft::read_examples(&dir.join("empty.jsonl"), &tok, 24).unwrap();
+    assert_eq!(examples.len(), 1);
 }
 
 #[test]
