@@ -27,6 +27,33 @@ fn tok_err(origin: &str, what: &str, e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(format!("{origin}: {what}: {e}"))
 }
 
+/// Moves `<|endoftext|>` from the first id (where the BPE trainer puts special tokens) to the
+/// last, as in GPT-2 (50256 of 50257), shifting the others down by one: then the
+/// `eos_token_id = vocab_size − 1` that config.json declares is true for our tokenizers too, and
+/// `transformers` generation stops where ours does. Merges name tokens by string, so they hold.
+fn eos_last(json: &str) -> std::result::Result<String, String> {
+    let mut v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let vocab = v["model"]["vocab"].as_object_mut().ok_or("no model.vocab")?;
+    let eos = vocab.get(EOS_TOKEN).and_then(serde_json::Value::as_u64).ok_or("no <|endoftext|> in the vocabulary")?;
+    let last = vocab.len() as u64 - 1;
+    for (token, id) in vocab.iter_mut() {
+        let old = id.as_u64().ok_or("a non-integer id")?;
+        *id = serde_json::json!(if token == EOS_TOKEN {
+            last
+        } else if old > eos {
+            old - 1
+        } else {
+            old
+        });
+    }
+    for added in v["added_tokens"].as_array_mut().ok_or("no added_tokens")? {
+        if added["content"] == EOS_TOKEN {
+            added["id"] = serde_json::json!(last);
+        }
+    }
+    Ok(v.to_string())
+}
+
 impl Tokenizer {
     /// Loads a `tokenizer.json`.
     pub fn load(path: &Path) -> Result<Tokenizer> {
@@ -86,6 +113,7 @@ impl Tokenizer {
             .train_from_files(&mut trainer, vec![origin.clone()])
             .map_err(|e| tok_err(&origin, "training failed", e))?;
         let json = inner.to_string(false).map_err(|e| tok_err(&origin, "serialising", e))?;
+        let json = eos_last(&json).map_err(|e| tok_err(&origin, "placing <|endoftext|> last", e))?;
         write_atomically(out, json.as_bytes())?;
         Tokenizer::load(out)
     }

@@ -48,7 +48,8 @@ fn tokenizer_train_makes_a_byte_level_bpe_that_round_trips() {
     let tok = Tokenizer::train_byte_level_bpe(&corpus, 300, &out).unwrap();
     assert!(out.is_file());
     assert!(tok.vocab_size() <= 300 && tok.vocab_size() > 257, "vocab {}", tok.vocab_size());
-    assert!(tok.eos_id().is_some(), "{EOS_TOKEN} must be in the vocabulary");
+    // <|endoftext|> is the last id, as in GPT-2 and as the config.json we write declares.
+    assert_eq!(tok.eos_id(), Some(tok.vocab_size() as u32 - 1), "{EOS_TOKEN} must be the last token");
     // Merges were learned (fewer tokens than bytes), and any text, unseen bytes included,
     // encodes and decodes back exactly.
     let ids = tok.encode("the cat sat on the mat.").unwrap();
