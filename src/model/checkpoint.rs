@@ -7,7 +7,7 @@
 //! Saving writes each file to a temporary name and renames it, so a crash never leaves a
 //! half-written checkpoint.
 
-use super::config::{GptConfig, Heads};
+use super::config::{GptConfig, Heads, ParamSpec};
 use crate::error::{Error, Result};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::collections::HashMap;
@@ -74,7 +74,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         Heads { value: found.contains_key("v_head.summary.weight"), reward: found.contains_key("score.weight") };
     let specs = config.param_specs(heads);
     let mut tensors = Vec::with_capacity(specs.len());
-    for (name, shape) in &specs {
+    for ParamSpec { name, shape, .. } in &specs {
         let view = found.remove(name).ok_or_else(|| {
             Error::Checkpoint(format!(
                 "{origin}: missing tensor {name} (expected shape {shape:?} for the config in {CONFIG_FILE})"

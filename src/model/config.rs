@@ -151,37 +151,81 @@ impl GptConfig {
         serde_json::to_string_pretty(&v).expect("a JSON value always serialises")
     }
 
-    /// Every parameter, in storage order, with its checkpoint name (no `transformer.` prefix)
-    /// and shape in the Hugging Face layout.
-    pub fn param_specs(&self, heads: Heads) -> Vec<(String, Vec<usize>)> {
+    /// Every parameter, in storage order, with its checkpoint name (no `transformer.` prefix),
+    /// its shape in the Hugging Face layout, and what kind of parameter it is.
+    pub fn param_specs(&self, heads: Heads) -> Vec<ParamSpec> {
+        use ParamKind::*;
         let (v, t, c) = (self.vocab_size, self.n_positions, self.n_embd);
-        let mut specs = vec![("wte.weight".to_string(), vec![v, c]), ("wpe.weight".to_string(), vec![t, c])];
+        let spec = |name: String, shape: Vec<usize>, kind| ParamSpec { name, shape, kind };
+        let mut specs = vec![spec("wte.weight".into(), vec![v, c], Embedding), spec("wpe.weight".into(), vec![t, c], Embedding)];
         for i in 0..self.n_layer {
-            let layer: [(&str, Vec<usize>); 12] = [
-                ("ln_1.weight", vec![c]),
-                ("ln_1.bias", vec![c]),
-                ("attn.c_attn.weight", vec![c, 3 * c]),
-                ("attn.c_attn.bias", vec![3 * c]),
-                ("attn.c_proj.weight", vec![c, c]),
-                ("attn.c_proj.bias", vec![c]),
-                ("ln_2.weight", vec![c]),
-                ("ln_2.bias", vec![c]),
-                ("mlp.c_fc.weight", vec![c, 4 * c]),
-                ("mlp.c_fc.bias", vec![4 * c]),
-                ("mlp.c_proj.weight", vec![4 * c, c]),
-                ("mlp.c_proj.bias", vec![c]),
+            let layer: [(&str, Vec<usize>, ParamKind); 12] = [
+                ("ln_1.weight", vec![c], LayerNormGain),
+                ("ln_1.bias", vec![c], Bias),
+                ("attn.c_attn.weight", vec![c, 3 * c], Linear),
+                ("attn.c_attn.bias", vec![3 * c], Bias),
+                ("attn.c_proj.weight", vec![c, c], ResidualProjection),
+                ("attn.c_proj.bias", vec![c], Bias),
+                ("ln_2.weight", vec![c], LayerNormGain),
+                ("ln_2.bias", vec![c], Bias),
+                ("mlp.c_fc.weight", vec![c, 4 * c], Linear),
+                ("mlp.c_fc.bias", vec![4 * c], Bias),
+                ("mlp.c_proj.weight", vec![4 * c, c], ResidualProjection),
+                ("mlp.c_proj.bias", vec![c], Bias),
             ];
-            specs.extend(layer.into_iter().map(|(name, shape)| (format!("h.{i}.{name}"), shape)));
+            specs.extend(layer.into_iter().map(|(name, shape, kind)| spec(format!("h.{i}.{name}"), shape, kind)));
         }
-        specs.push(("ln_f.weight".to_string(), vec![c]));
-        specs.push(("ln_f.bias".to_string(), vec![c]));
+        specs.push(spec("ln_f.weight".into(), vec![c], LayerNormGain));
+        specs.push(spec("ln_f.bias".into(), vec![c], Bias));
         if heads.value {
-            specs.push(("v_head.summary.weight".to_string(), vec![1, c]));
-            specs.push(("v_head.summary.bias".to_string(), vec![1]));
+            specs.push(spec("v_head.summary.weight".into(), vec![1, c], Head));
+            specs.push(spec("v_head.summary.bias".into(), vec![1], Head));
         }
         if heads.reward {
-            specs.push(("score.weight".to_string(), vec![1, c]));
+            specs.push(spec("score.weight".into(), vec![1, c], Head));
         }
         specs
+    }
+}
+
+/// What a parameter is: it decides its initialisation and whether AdamW decays it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    /// wte, wpe: normal(0, 0.02), decayed.
+    Embedding,
+    /// c_attn, c_fc weights: normal(0, 0.02), decayed.
+    Linear,
+    /// attn.c_proj and mlp.c_proj weights, which write into the residual stream:
+    /// normal(0, 0.02/sqrt(2·n_layer)) (GPT-2's scaling), decayed.
+    ResidualProjection,
+    /// Biases and LayerNorm shifts: zero, not decayed.
+    Bias,
+    /// LayerNorm gains: one, not decayed.
+    LayerNormGain,
+    /// The value and reward heads: zero (a new head predicts 0 until trained), not decayed.
+    Head,
+}
+
+impl ParamKind {
+    /// Whether AdamW's weight decay applies (to the matrices, as in GPT-2 training).
+    pub fn decays(self) -> bool {
+        matches!(self, ParamKind::Embedding | ParamKind::Linear | ParamKind::ResidualProjection)
+    }
+}
+
+/// One parameter of the model: checkpoint name, shape (Hugging Face layout), kind.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: ParamKind,
+}
+
+impl ParamSpec {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

@@ -8,7 +8,7 @@
 //!   value head v_head.summary [1, C] + [1]; reward head score [1, C].
 
 use super::checkpoint::Checkpoint;
-use super::config::{GptConfig, Heads};
+use super::config::{GptConfig, Heads, ParamSpec};
 use crate::error::{Error, Result, ensure_shape};
 use crate::gpu::{DType, Gpu, MatmulVariant, Recorder, Tensor};
 use crate::kernels::attention::{AttentionShape, attention_backward, attention_forward};
@@ -23,30 +23,51 @@ use std::sync::Arc;
 /// them meets every adapter's storage-binding offset alignment.
 const PARAM_ALIGN: usize = 64;
 
+/// One parameter's place in the flat buffer.
+#[derive(Clone, Debug)]
+pub struct ParamSlot {
+    pub spec: ParamSpec,
+    /// Offset of its first value, in f32s (a multiple of PARAM_ALIGN).
+    pub offset: usize,
+}
+
+impl ParamSlot {
+    /// This parameter's values in a host copy of a flat buffer (parameters, gradients, moments).
+    pub fn of<'a>(&self, flat: &'a [f32]) -> &'a [f32] {
+        &flat[self.offset..self.offset + self.spec.len()]
+    }
+}
+
 /// Where each parameter lives in the flat buffer.
 #[derive(Clone, Debug)]
 pub struct ParamLayout {
-    /// (checkpoint name, shape, offset in f32s), in `GptConfig::param_specs` order.
-    pub slots: Vec<(String, Vec<usize>, usize)>,
+    /// In `GptConfig::param_specs` order.
+    pub slots: Vec<ParamSlot>,
     /// Total f32s, padding included.
     pub total: usize,
+    pub n_layer: usize,
 }
 
 impl ParamLayout {
     pub fn new(config: &GptConfig, heads: Heads) -> ParamLayout {
         let mut slots = Vec::new();
         let mut offset = 0;
-        for (name, shape) in config.param_specs(heads) {
-            let n: usize = shape.iter().product();
-            slots.push((name, shape, offset));
+        for spec in config.param_specs(heads) {
+            let n = spec.len();
+            slots.push(ParamSlot { spec, offset });
             offset += n.next_multiple_of(PARAM_ALIGN);
         }
-        ParamLayout { slots, total: offset }
+        ParamLayout { slots, total: offset, n_layer: config.n_layer }
     }
 
     /// Number of real parameters (padding excluded).
     pub fn count(&self) -> usize {
-        self.slots.iter().map(|(_, s, _)| s.iter().product::<usize>()).sum()
+        self.slots.iter().map(|s| s.spec.len()).sum()
+    }
+
+    /// A host copy of a flat buffer as (name, shape, values) per parameter, in order.
+    pub fn unflatten(&self, flat: &[f32]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        self.slots.iter().map(|s| (s.spec.name.clone(), s.spec.shape.clone(), s.of(flat).to_vec())).collect()
     }
 }
 
@@ -85,14 +106,13 @@ impl Params {
     pub fn views(gpu: &Gpu, flat: &Tensor, layout: &ParamLayout) -> Result<Params> {
         let mut slots = layout.slots.iter();
         let mut next = |shape: Option<&[usize]>| -> Result<Tensor> {
-            let (_, s, offset) = slots.next().expect("the layout lists every parameter");
-            flat.view(gpu, *offset, shape.unwrap_or(s))
+            let slot = slots.next().expect("the layout lists every parameter");
+            flat.view(gpu, slot.offset, shape.unwrap_or(&slot.spec.shape))
         };
         let wte = next(None)?;
         let wpe = next(None)?;
-        let n_layer = (layout.slots.len() - 4) / 12;
-        let mut layers = Vec::with_capacity(n_layer);
-        for _ in 0..n_layer {
+        let mut layers = Vec::with_capacity(layout.n_layer);
+        for _ in 0..layout.n_layer {
             layers.push(LayerParams {
                 ln_1_w: next(None)?,
                 ln_1_b: next(None)?,
@@ -111,7 +131,7 @@ impl Params {
         let ln_f_w = next(None)?;
         let ln_f_b = next(None)?;
         let c = wte.shape()[1];
-        let has = |name: &str| layout.slots.iter().any(|(n, _, _)| n == name);
+        let has = |name: &str| layout.slots.iter().any(|s| s.spec.name == name);
         let v_head = if has("v_head.summary.weight") { Some((next(Some(&[c, 1]))?, next(None)?)) } else { None };
         let score = if has("score.weight") { Some(next(Some(&[c, 1]))?) } else { None };
         Ok(Params { flat: flat.clone(), wte, wpe, layers, ln_f_w, ln_f_b, v_head, score })
@@ -132,11 +152,12 @@ impl Model {
     pub fn upload(gpu: &Arc<Gpu>, ck: &Checkpoint) -> Result<Model> {
         let layout = ParamLayout::new(&ck.config, ck.heads);
         let mut host = vec![0.0f32; layout.total];
-        for ((name, shape, offset), (ck_name, ck_shape, values)) in layout.slots.iter().zip(&ck.tensors) {
-            ensure_shape(name == ck_name && shape == ck_shape, || {
+        for (slot, (ck_name, ck_shape, values)) in layout.slots.iter().zip(&ck.tensors) {
+            let ParamSpec { name, shape, .. } = &slot.spec;
+            ensure_shape(name == ck_name && shape == ck_shape && values.len() == slot.spec.len(), || {
                 format!("checkpoint tensor {ck_name} {ck_shape:?} where {name} {shape:?} belongs")
             })?;
-            host[*offset..offset + values.len()].copy_from_slice(values);
+            host[slot.offset..slot.offset + values.len()].copy_from_slice(values);
         }
         let flat = gpu.upload(&[layout.total], &host)?;
         let params = Params::views(gpu, &flat, &layout)?;
@@ -146,15 +167,7 @@ impl Model {
     /// Reads the weights back into a checkpoint.
     pub fn download(&self) -> Result<Checkpoint> {
         let host = self.gpu.download(&self.params.flat)?;
-        let tensors = self
-            .layout
-            .slots
-            .iter()
-            .map(|(name, shape, offset)| {
-                (name.clone(), shape.clone(), host[*offset..offset + shape.iter().product::<usize>()].to_vec())
-            })
-            .collect();
-        Ok(Checkpoint { config: self.config.clone(), heads: self.heads, tensors })
+        Ok(Checkpoint { config: self.config.clone(), heads: self.heads, tensors: self.layout.unflatten(&host) })
     }
 
     /// A zeroed buffer with the parameters' layout (gradients, AdamW moments), and its views.

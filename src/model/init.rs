@@ -5,7 +5,7 @@
 //! near zero), so a new head predicts 0 until trained.
 
 use super::checkpoint::Checkpoint;
-use super::config::{GptConfig, Heads};
+use super::config::{GptConfig, Heads, ParamKind};
 use crate::rng::Rng;
 
 pub fn init_weights(config: &GptConfig, heads: Heads, seed: u64) -> Checkpoint {
@@ -14,18 +14,16 @@ pub fn init_weights(config: &GptConfig, heads: Heads, seed: u64) -> Checkpoint {
     let tensors = config
         .param_specs(heads)
         .into_iter()
-        .map(|(name, shape)| {
-            let n: usize = shape.iter().product();
-            let values: Vec<f32> = if name.starts_with("v_head") || name.starts_with("score") || name.ends_with(".bias")
-            {
-                vec![0.0; n]
-            } else if name.contains("ln_") {
-                vec![1.0; n] // LayerNorm gains (their biases were caught above)
-            } else {
-                let std = if name.ends_with("c_proj.weight") { 0.02 * residual_scale } else { 0.02 };
-                (0..n).map(|_| (rng.normal() * std) as f32).collect()
+        .map(|spec| {
+            let n = spec.len();
+            let normal = |rng: &mut Rng, std: f64| (0..n).map(|_| (rng.normal() * std) as f32).collect();
+            let values: Vec<f32> = match spec.kind {
+                ParamKind::Embedding | ParamKind::Linear => normal(&mut rng, 0.02),
+                ParamKind::ResidualProjection => normal(&mut rng, 0.02 * residual_scale),
+                ParamKind::LayerNormGain => vec![1.0; n],
+                ParamKind::Bias | ParamKind::Head => vec![0.0; n],
             };
-            (name, shape, values)
+            (spec.name, spec.shape, values)
         })
         .collect();
     Checkpoint { config: config.clone(), heads, tensors }
@@ -43,11 +41,11 @@ pub fn with_heads(ck: Checkpoint, heads: Heads) -> Checkpoint {
         .config
         .param_specs(want)
         .into_iter()
-        .map(|(name, shape)| match old.as_slice().first() {
-            Some((n, _, _)) if *n == name => old.next().unwrap(),
+        .map(|spec| match old.as_slice().first() {
+            Some((n, _, _)) if *n == spec.name => old.next().unwrap(),
             _ => {
-                let n = shape.iter().product();
-                (name, shape, vec![0.0; n])
+                let n = spec.len();
+                (spec.name, spec.shape, vec![0.0; n])
             }
         })
         .collect();

@@ -8,7 +8,7 @@ pub mod kv_cache;
 pub mod optimizer;
 
 pub use checkpoint::Checkpoint;
-pub use config::{GptConfig, Heads};
+pub use config::{GptConfig, Heads, ParamKind, ParamSpec};
 pub use gpt::{Activations, Batch, Model, Params};
 
 use crate::error::Result;

@@ -42,11 +42,11 @@ impl Optimizer {
         self.step += 1;
         let gpu = model.gpu().clone();
         grad_norm(rec, &self.norm_scale, &self.partial, grads, self.max_grad_norm)?;
-        for (name, shape, offset) in &model.layout.slots {
-            let n: usize = shape.iter().product();
-            let decay = shape.len() == 2 && !name.starts_with("v_head") && !name.starts_with("score");
-            let hp = AdamW { lr, weight_decay: if decay { self.hp.weight_decay } else { 0.0 }, ..self.hp };
-            let view = |t: &Tensor| t.view(&gpu, *offset, &[n]);
+        for slot in &model.layout.slots {
+            let n = slot.spec.len();
+            let decay = if slot.spec.kind.decays() { self.hp.weight_decay } else { 0.0 };
+            let hp = AdamW { lr, weight_decay: decay, ..self.hp };
+            let view = |t: &Tensor| t.view(&gpu, slot.offset, &[n]);
             let p = view(&model.params.flat)?;
             adamw_update(rec, &p, &view(&self.m)?, &view(&self.v)?, &view(grads)?, &self.norm_scale, &hp, self.step)?;
         }

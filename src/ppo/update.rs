@@ -165,15 +165,7 @@ pub fn ppo_update(
             }
             if dump && k == 0 {
                 rec.submit();
-                let flat = gpu.download(&grads.flat)?;
-                let grads = model
-                    .layout
-                    .slots
-                    .iter()
-                    .map(|(name, shape, offset)| {
-                        (name.clone(), shape.clone(), flat[*offset..offset + shape.iter().product::<usize>()].to_vec())
-                    })
-                    .collect();
+                let grads = model.layout.unflatten(&gpu.download(&grads.flat)?);
                 let s = gpu.download(&mb_stats)?;
                 dumped = Some(GradDump { grads, stats: s.try_into().expect("eight statistics") });
                 rec = Recorder::new(&gpu);

@@ -14,7 +14,7 @@ fn random_checkpoint(config: &GptConfig, heads: Heads, seed: u64) -> Checkpoint 
     let tensors = config
         .param_specs(heads)
         .into_iter()
-        .map(|(name, shape)| {
+        .map(|ppo_wgpu::model::ParamSpec { name, shape, .. }| {
             let n = shape.iter().product();
             let values = (0..n).map(|_| rng.normal() as f32).collect();
             (name, shape, values)

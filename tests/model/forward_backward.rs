@@ -22,7 +22,7 @@ pub fn random_checkpoint(config: &GptConfig, heads: Heads, seed: u64) -> Checkpo
     let tensors = config
         .param_specs(heads)
         .into_iter()
-        .map(|(name, shape)| {
+        .map(|ppo_wgpu::model::ParamSpec { name, shape, .. }| {
             let n: usize = shape.iter().product();
             let gain = name.contains("ln_") && name.ends_with("weight");
             let values =
@@ -123,7 +123,7 @@ fn every_parameter_gradient_matches_finite_differences_of_the_reference() {
     let h = 1e-2f32;
     for (slot, (name, shape, values)) in model.layout.slots.iter().zip(&ck.tensors) {
         let n: usize = shape.iter().product();
-        let gpu_grad = &flat[slot.2..slot.2 + n];
+        let gpu_grad = slot.of(&flat);
         let coords: Vec<usize> = (0..6.min(n)).map(|_| rng.below(n as u32) as usize).collect();
         for &i in &coords {
             let mut plus = ck.clone();

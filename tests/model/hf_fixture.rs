@@ -80,9 +80,9 @@ fn matches_pytorch_logits_logprobs_loss_and_every_gradient() {
     rec.submit();
     let flat = gpu.download(&grads.flat).unwrap();
     let mut report = Vec::new();
-    for (name, shape, offset) in &model.layout.slots {
-        let n: usize = shape.iter().product();
-        let err = tensor_error(&flat[*offset..offset + n], &read_f32(&expected, &format!("grad.{name}")));
+    for slot in &model.layout.slots {
+        let name = &slot.spec.name;
+        let err = tensor_error(slot.of(&flat), &read_f32(&expected, &format!("grad.{name}")));
         report.push(format!("{name}: {err:.2e}"));
         assert!(
             err < 1e-3,
