@@ -192,28 +192,34 @@ pub fn saved_name(name: &str) -> String {
     if name.starts_with("v_head.") || name == "score.weight" { name.to_string() } else { format!("transformer.{name}") }
 }
 
+/// One tensor for `safetensors_bytes`: name, dtype, shape, little-endian bytes.
+pub type Entry<'a> = (String, Dtype, Vec<usize>, &'a [u8]);
+
+/// An F32 entry.
+pub fn f32_entry<'a>(name: impl Into<String>, shape: Vec<usize>, values: &'a [f32]) -> Entry<'a> {
+    (name.into(), Dtype::F32, shape, bytemuck::cast_slice(values))
+}
+
+/// The crate's one safetensors writer: the file bytes for `entries` (each shape checked against
+/// its bytes), with optional metadata. `what` names the file in errors.
+pub fn safetensors_bytes(entries: Vec<Entry>, metadata: Option<HashMap<String, String>>, what: &str) -> Result<Vec<u8>> {
+    let views: Vec<(String, TensorView)> = entries
+        .into_iter()
+        .map(|(name, dtype, shape, data)| {
+            TensorView::new(dtype, shape, data)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::Shape(format!("{what}: tensor {name}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize(views, metadata).map_err(|e| Error::Shape(format!("{what}: {e}")))
+}
+
 /// The `model.safetensors` bytes of a checkpoint: the body under `transformer.` names (as
 /// `GPT2LMHeadModel` writes it), the value and reward heads under their own names.
 pub fn weights_bytes(ck: &Checkpoint) -> Result<Vec<u8>> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = ck
-        .tensors
-        .iter()
-        .map(|(name, shape, values)| {
-            (saved_name(name), shape.clone(), bytemuck::cast_slice::<f32, u8>(values).to_vec())
-        })
-        .collect();
-    let views: Vec<(String, TensorView)> = bytes
-        .iter()
-        .map(|(name, shape, data)| {
-            Ok((
-                name.clone(),
-                TensorView::new(Dtype::F32, shape.clone(), data)
-                    .map_err(|e| Error::Checkpoint(format!("{name}: {e}")))?,
-            ))
-        })
-        .collect::<Result<_>>()?;
+    let entries = ck.tensors.iter().map(|(name, shape, values)| f32_entry(saved_name(name), shape.clone(), values)).collect();
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Checkpoint(format!("serialising: {e}")))
+    safetensors_bytes(entries, Some(metadata), WEIGHTS_FILE)
 }
 
 /// The files of a model directory: `config.json` and `model.safetensors`.

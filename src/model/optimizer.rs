@@ -3,12 +3,12 @@
 //! Weight decay applies to the matrices (embeddings and linear weights) and not to biases or
 //! LayerNorm parameters, as in GPT-2 training (llm.c, nanoGPT).
 
-use super::checkpoint::write_atomically;
+use super::checkpoint::{f32_entry, safetensors_bytes, write_atomically};
 use super::gpt::Model;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::adamw::{AdamW, NORM_PARTIALS, adamw_update, grad_norm};
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
 
 pub struct Optimizer {
@@ -69,16 +69,12 @@ impl Optimizer {
         let (m, v) = (gpu.download(&self.m)?, gpu.download(&self.v)?);
         let step = [self.step as f32];
         let n = m.len();
-        let views = vec![
-            ("exp_avg", TensorView::new(Dtype::F32, vec![n], bytemuck::cast_slice(&m))),
-            ("exp_avg_sq", TensorView::new(Dtype::F32, vec![n], bytemuck::cast_slice(&v))),
-            ("step", TensorView::new(Dtype::F32, vec![1], bytemuck::cast_slice(&step))),
+        let entries = vec![
+            f32_entry("exp_avg", vec![n], &m),
+            f32_entry("exp_avg_sq", vec![n], &v),
+            f32_entry("step", vec![1], &step),
         ];
-        let views: Vec<(&str, TensorView)> = views
-            .into_iter()
-            .map(|(k, v)| v.map(|v| (k, v)).map_err(|e| Error::Checkpoint(format!("optimizer state: {e}"))))
-            .collect::<Result<_>>()?;
-        safetensors::serialize(views, None).map_err(|e| Error::Checkpoint(format!("optimizer state: {e}")))
+        safetensors_bytes(entries, None, OPTIMIZER_FILE)
     }
 
     /// The [‖g‖, clip scale] tensor of the last update (stays on the GPU).

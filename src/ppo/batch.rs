@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::kernels::ppo::INPUT_COLUMNS;
-use crate::model::checkpoint::write_atomically;
+use crate::model::checkpoint::{f32_entry, safetensors_bytes, write_atomically};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::path::Path;
 use std::sync::Arc;
@@ -103,27 +103,22 @@ impl RolloutBatch {
         let ids: Vec<i32> = self.input_ids.iter().map(|&x| x as i32).collect();
         let mask: Vec<i32> = self.attention_mask.iter().map(|&x| x as i32).collect();
         let shape = vec![self.b, self.l];
-        let mut entries: Vec<(&str, Dtype, Vec<usize>, &[u8])> = vec![
-            ("input_ids", Dtype::I32, shape.clone(), bytemuck::cast_slice(&ids)),
-            ("attention_mask", Dtype::I32, shape.clone(), bytemuck::cast_slice(&mask)),
-            ("response_mask", Dtype::F32, shape.clone(), bytemuck::cast_slice(&self.response_mask)),
-            ("old_logprobs", Dtype::F32, shape.clone(), bytemuck::cast_slice(&self.old_logprobs)),
-            ("old_values", Dtype::F32, shape.clone(), bytemuck::cast_slice(&self.old_values)),
-            ("advantages", Dtype::F32, shape.clone(), bytemuck::cast_slice(&self.advantages)),
-            ("returns", Dtype::F32, shape.clone(), bytemuck::cast_slice(&self.returns)),
+        let mut entries = vec![
+            ("input_ids".to_string(), Dtype::I32, shape.clone(), bytemuck::cast_slice(&ids)),
+            ("attention_mask".to_string(), Dtype::I32, shape.clone(), bytemuck::cast_slice(&mask)),
+            f32_entry("response_mask", shape.clone(), &self.response_mask),
+            f32_entry("old_logprobs", shape.clone(), &self.old_logprobs),
+            f32_entry("old_values", shape.clone(), &self.old_values),
+            f32_entry("advantages", shape.clone(), &self.advantages),
+            f32_entry("returns", shape.clone(), &self.returns),
         ];
         if let Some(r) = &self.ref_logprobs {
-            entries.push(("ref_logprobs", Dtype::F32, shape.clone(), bytemuck::cast_slice(r)));
+            entries.push(f32_entry("ref_logprobs", shape.clone(), r));
         }
         if let Some(s) = &self.scores {
-            entries.push(("scores", Dtype::F32, vec![self.b], bytemuck::cast_slice(s)));
+            entries.push(f32_entry("scores", vec![self.b], s));
         }
-        let views: Vec<(&str, TensorView)> = entries
-            .into_iter()
-            .map(|(n, d, s, b)| TensorView::new(d, s, b).map(|v| (n, v)).map_err(|e| Error::Data(format!("{n}: {e}"))))
-            .collect::<Result<_>>()?;
-        let bytes = safetensors::serialize(views, None).map_err(|e| Error::Data(format!("batch: {e}")))?;
-        write_atomically(path, &bytes)
+        write_atomically(path, &safetensors_bytes(entries, None, "rollout batch")?)
     }
 
     /// The per-position input block [rows, 8] the PPO loss kernels read, for `rows` of the batch:

@@ -8,11 +8,10 @@ use crate::gpu::{DType, Recorder};
 use crate::kernels::ppo::{INPUT_COLUMNS, PpoLossConfig, PpoMinibatch, STAT_NAMES, ppo_loss_fused, ppo_stats_reduce};
 use crate::kernels::residual::accumulate;
 use crate::kernels::rollout::gather_rows;
-use crate::model::checkpoint::{saved_name, write_atomically};
+use crate::model::checkpoint::{f32_entry, safetensors_bytes, saved_name, write_atomically};
 use crate::model::optimizer::Optimizer;
 use crate::model::{Batch, Model};
 use crate::rng::Rng;
-use safetensors::{Dtype, tensor::TensorView};
 use std::path::Path;
 
 /// The options of one PPO update (also command-line arguments).
@@ -62,22 +61,14 @@ impl GradDump {
     /// Writes the gradients under their checkpoint names and the scalars loss, pg_loss, vf_loss,
     /// entropy, approx_kl, clipfrac as F32 [1] tensors.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut entries: Vec<(String, Vec<usize>, Vec<u8>)> =
-            self.grads.iter().map(|(n, s, v)| (saved_name(n), s.clone(), bytemuck::cast_slice(v).to_vec())).collect();
-        for name in ["loss", "pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac"] {
-            let k = STAT_NAMES.iter().position(|n| *n == name).unwrap();
-            entries.push((name.to_string(), vec![1], self.stats[k].to_le_bytes().to_vec()));
-        }
-        let views: Vec<(String, TensorView)> = entries
-            .iter()
-            .map(|(n, s, b)| {
-                TensorView::new(Dtype::F32, s.clone(), b)
-                    .map(|v| (n.clone(), v))
-                    .map_err(|e| Error::Checkpoint(format!("{n}: {e}")))
-            })
-            .collect::<Result<_>>()?;
-        let bytes =
-            safetensors::serialize(views, None).map_err(|e| Error::Checkpoint(format!("gradient dump: {e}")))?;
+        let stats: Vec<(&str, [f32; 1])> = ["loss", "pg_loss", "vf_loss", "entropy", "approx_kl", "clipfrac"]
+            .into_iter()
+            .map(|name| (name, [self.stats[STAT_NAMES.iter().position(|n| *n == name).expect("a statistic")]]))
+            .collect();
+        let mut entries: Vec<_> =
+            self.grads.iter().map(|(n, s, v)| f32_entry(saved_name(n), s.clone(), v)).collect();
+        entries.extend(stats.iter().map(|(name, x)| f32_entry(*name, vec![1], x)));
+        let bytes = safetensors_bytes(entries, None, "gradient dump")?;
         write_atomically(path, &bytes)
     }
 }
