@@ -2,7 +2,6 @@
 
 use clap::{Parser, Subcommand};
 use ppo_wgpu::gpu::{self, Gpu, MatmulVariant};
-use ppo_wgpu::kernels::adamw::AdamW;
 use ppo_wgpu::kernels::ppo::STAT_NAMES;
 use ppo_wgpu::model::checkpoint::TOKENIZER_FILE;
 use ppo_wgpu::tokenizer::Tokenizer;
@@ -74,25 +73,7 @@ enum Command {
     /// RLHF with PPO: generate, score, penalise drift from the reference, update; repeat.
     Train(Box<ppo::trainer::TrainOptions>),
     /// Run the PPO update on a rollout batch file and write the new checkpoint.
-    Update {
-        /// Policy model directory (a zero value head is added if it has none).
-        #[arg(long, value_name = "DIR")]
-        model: PathBuf,
-        /// Rollout batch (safetensors; see docs/design.md §6).
-        #[arg(long, value_name = "FILE")]
-        batch: PathBuf,
-        /// Output model directory.
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        #[command(flatten)]
-        opts: ppo::update::UpdateOptions,
-        /// Clip the global gradient norm (0: off).
-        #[arg(long, default_value_t = 1.0)]
-        max_grad_norm: f32,
-        /// Write the first minibatch's gradients (before clipping) and loss scalars here.
-        #[arg(long, value_name = "FILE")]
-        dump_grads: Option<PathBuf>,
-    },
+    Update(ppo::update::UpdateArgs),
     /// Print the GPU memory a training step needs (weights, gradients, AdamW state, activations).
     Memory {
         /// Architecture: "tiny", "gpt2-small", or a config.json file.
@@ -203,24 +184,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Update { model: dir, batch, out, opts, max_grad_norm, dump_grads } => {
-            let ck = model::checkpoint::load(&dir)?;
-            let ck = model::init::with_heads(ck, model::Heads { value: true, reward: false });
-            let policy = model::Model::upload(&gpu, &ck)?;
-            let batch = ppo::batch::PpoBatch::upload(&gpu, &ppo::batch::RolloutBatch::load(&batch)?)?;
-            let mut rec = ppo_wgpu::gpu::Recorder::new(&gpu);
-            let hp = AdamW { lr: opts.lr, ..AdamW::default() };
-            let mut opt = model::optimizer::Optimizer::new(&policy, &mut rec, hp, max_grad_norm)?;
-            rec.submit();
-            let (stats, dump) = ppo::update::ppo_update(&policy, &mut opt, &batch, &opts, dump_grads.is_some())?;
-            if let (Some(path), Some(dump)) = (&dump_grads, dump) {
-                dump.save(path)?;
-            }
-            model::checkpoint::save(&out, &policy.download()?)?;
-            let tokenizer = dir.join(TOKENIZER_FILE);
-            if tokenizer.is_file() {
-                model::checkpoint::copy_tokenizer(&tokenizer, &out)?;
-            }
+        Command::Update(args) => {
+            let stats = ppo::update::run(&gpu, &args)?;
             let json: serde_json::Map<String, serde_json::Value> =
                 STAT_NAMES.iter().zip(stats.means).map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
             println!("{}", serde_json::Value::Object(json));

@@ -29,24 +29,18 @@ struct Params {
     inv_count: f32,
 }
 
-/// The PPO hyperparameters that shape the loss (TRL's names and defaults; also command-line
-/// arguments).
-#[derive(Clone, Copy, Debug, clap::Args)]
+/// The PPO hyperparameters that shape the loss (TRL's names and defaults).
+#[derive(Clone, Copy, Debug)]
 pub struct PpoLossConfig {
     /// The sampling temperature of the rollout: log-probs are those of softmax(logits/τ).
-    #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
     /// ε of the clipped surrogate.
-    #[arg(long, default_value_t = 0.2)]
     pub cliprange: f32,
     /// ε_v of the clipped value loss.
-    #[arg(long, default_value_t = 0.2)]
     pub cliprange_value: f32,
     /// c1, the value loss coefficient.
-    #[arg(long, default_value_t = 0.1)]
     pub vf_coef: f32,
     /// c2, the entropy bonus coefficient.
-    #[arg(long, default_value_t = 0.0)]
     pub ent_coef: f32,
 }
 

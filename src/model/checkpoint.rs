@@ -202,7 +202,11 @@ pub fn f32_entry<'a>(name: impl Into<String>, shape: Vec<usize>, values: &'a [f3
 
 /// The crate's one safetensors writer: the file bytes for `entries` (each shape checked against
 /// its bytes), with optional metadata. `what` names the file in errors.
-pub fn safetensors_bytes(entries: Vec<Entry>, metadata: Option<HashMap<String, String>>, what: &str) -> Result<Vec<u8>> {
+pub fn safetensors_bytes(
+    entries: Vec<Entry>,
+    metadata: Option<HashMap<String, String>>,
+    what: &str,
+) -> Result<Vec<u8>> {
     let views: Vec<(String, TensorView)> = entries
         .into_iter()
         .map(|(name, dtype, shape, data)| {
@@ -217,7 +221,8 @@ pub fn safetensors_bytes(entries: Vec<Entry>, metadata: Option<HashMap<String, S
 /// The `model.safetensors` bytes of a checkpoint: the body under `transformer.` names (as
 /// `GPT2LMHeadModel` writes it), the value and reward heads under their own names.
 pub fn weights_bytes(ck: &Checkpoint) -> Result<Vec<u8>> {
-    let entries = ck.tensors.iter().map(|(name, shape, values)| f32_entry(saved_name(name), shape.clone(), values)).collect();
+    let entries =
+        ck.tensors.iter().map(|(name, shape, values)| f32_entry(saved_name(name), shape.clone(), values)).collect();
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors_bytes(entries, Some(metadata), WEIGHTS_FILE)
 }

@@ -157,7 +157,8 @@ impl GptConfig {
         use ParamKind::*;
         let (v, t, c) = (self.vocab_size, self.n_positions, self.n_embd);
         let spec = |name: String, shape: Vec<usize>, kind| ParamSpec { name, shape, kind };
-        let mut specs = vec![spec("wte.weight".into(), vec![v, c], Embedding), spec("wpe.weight".into(), vec![t, c], Embedding)];
+        let mut specs =
+            vec![spec("wte.weight".into(), vec![v, c], Embedding), spec("wpe.weight".into(), vec![t, c], Embedding)];
         for i in 0..self.n_layer {
             let layer: [(&str, Vec<usize>, ParamKind); 12] = [
                 ("ln_1.weight", vec![c], LayerNormGain),

@@ -2,21 +2,51 @@
 //! minibatches, each one forward, the fused loss, one backward, clipping and AdamW, all in one
 //! submit, with only the eight loss statistics read back.
 
-use super::batch::PpoBatch;
+use super::batch::{PpoBatch, RolloutBatch};
 use crate::error::{Error, Result, ensure_shape};
+use crate::gpu::Gpu;
 use crate::gpu::{DType, Recorder};
+use crate::kernels::adamw::AdamW;
 use crate::kernels::ppo::{INPUT_COLUMNS, PpoLossConfig, PpoMinibatch, STAT_NAMES, ppo_loss_fused, ppo_stats_reduce};
 use crate::kernels::residual::accumulate;
 use crate::kernels::rollout::gather_rows;
-use crate::model::checkpoint::{f32_entry, safetensors_bytes, saved_name, write_atomically};
+use crate::model::Heads;
+use crate::model::checkpoint::{self, TOKENIZER_FILE, f32_entry, safetensors_bytes, saved_name, write_atomically};
+use crate::model::init::with_heads;
 use crate::model::optimizer::Optimizer;
 use crate::model::{Batch, Model};
 use crate::rng::Rng;
 use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-/// The options of one PPO update (also command-line arguments).
-#[derive(Clone, Debug, clap::Args)]
+/// The options of one PPO update.
+#[derive(Clone, Debug)]
 pub struct UpdateOptions {
+    pub epochs: usize,
+    pub minibatches: usize,
+    /// AdamW learning rate.
+    pub lr: f32,
+    pub loss: PpoLossConfig,
+    /// Micro-batches per minibatch whose gradients add up before one optimizer step (less
+    /// memory, the same update).
+    pub grad_accum: usize,
+    /// Shuffle the rows into minibatches each epoch with this seed; in row order without one.
+    pub seed: Option<u64>,
+}
+
+/// `ppo-wgpu update`: its command-line arguments.
+#[derive(Clone, Debug, clap::Args)]
+pub struct UpdateArgs {
+    /// Policy model directory (a zero value head is added if it has none).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Rollout batch (safetensors; see docs/design.md §6).
+    #[arg(long, value_name = "FILE")]
+    pub batch: PathBuf,
+    /// Output model directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
     #[arg(long, default_value_t = 4)]
     pub epochs: usize,
     #[arg(long, default_value_t = 1)]
@@ -24,8 +54,21 @@ pub struct UpdateOptions {
     /// AdamW learning rate.
     #[arg(long, default_value_t = 1e-5)]
     pub lr: f32,
-    #[command(flatten)]
-    pub loss: PpoLossConfig,
+    /// The sampling temperature of the rollout: log-probs are those of softmax(logits/τ).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// ε of the clipped surrogate.
+    #[arg(long, default_value_t = 0.2)]
+    pub cliprange: f32,
+    /// ε_v of the clipped value loss.
+    #[arg(long, default_value_t = 0.2)]
+    pub cliprange_value: f32,
+    /// c1, the value loss coefficient.
+    #[arg(long, default_value_t = 0.1)]
+    pub vf_coef: f32,
+    /// c2, the entropy bonus coefficient.
+    #[arg(long, default_value_t = 0.0)]
+    pub ent_coef: f32,
     /// Split each minibatch into this many micro-batches whose gradients add up before one
     /// optimizer step (less memory, the same update).
     #[arg(long, default_value_t = 1)]
@@ -33,6 +76,53 @@ pub struct UpdateOptions {
     /// Shuffle the rows into minibatches each epoch with this seed; in row order without one.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Clip the global gradient norm (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f32,
+    /// Write the first minibatch's gradients (before clipping) and loss scalars here.
+    #[arg(long, value_name = "FILE")]
+    pub dump_grads: Option<PathBuf>,
+}
+
+impl UpdateArgs {
+    pub fn options(&self) -> UpdateOptions {
+        UpdateOptions {
+            epochs: self.epochs,
+            minibatches: self.minibatches,
+            lr: self.lr,
+            loss: PpoLossConfig {
+                temperature: self.temperature,
+                cliprange: self.cliprange,
+                cliprange_value: self.cliprange_value,
+                vf_coef: self.vf_coef,
+                ent_coef: self.ent_coef,
+            },
+            grad_accum: self.grad_accum,
+            seed: self.seed,
+        }
+    }
+}
+
+/// Runs `ppo-wgpu update`: the update on a batch file, the new checkpoint (with the tokenizer,
+/// when the model has one) in `args.out`, the gradient dump when asked. Returns the statistics.
+pub fn run(gpu: &Arc<Gpu>, args: &UpdateArgs) -> Result<UpdateStats> {
+    let ck = with_heads(checkpoint::load(&args.model)?, Heads { value: true, reward: false });
+    let policy = Model::upload(gpu, &ck)?;
+    let batch = PpoBatch::upload(gpu, &RolloutBatch::load(&args.batch)?)?;
+    let opts = args.options();
+    let mut rec = Recorder::new(gpu);
+    let mut opt = Optimizer::new(&policy, &mut rec, AdamW { lr: opts.lr, ..AdamW::default() }, args.max_grad_norm)?;
+    rec.submit();
+    let (stats, dump) = ppo_update(&policy, &mut opt, &batch, &opts, args.dump_grads.is_some())?;
+    if let (Some(path), Some(dump)) = (&args.dump_grads, dump) {
+        dump.save(path)?;
+    }
+    checkpoint::save(&args.out, &policy.download()?)?;
+    let tokenizer = args.model.join(TOKENIZER_FILE);
+    if tokenizer.is_file() {
+        checkpoint::copy_tokenizer(&tokenizer, &args.out)?;
+    }
+    Ok(stats)
 }
 
 /// Mean of each `STAT_NAMES` statistic over all minibatches of the update.
@@ -65,8 +155,7 @@ impl GradDump {
             .into_iter()
             .map(|name| (name, [self.stats[STAT_NAMES.iter().position(|n| *n == name).expect("a statistic")]]))
             .collect();
-        let mut entries: Vec<_> =
-            self.grads.iter().map(|(n, s, v)| f32_entry(saved_name(n), s.clone(), v)).collect();
+        let mut entries: Vec<_> = self.grads.iter().map(|(n, s, v)| f32_entry(saved_name(n), s.clone(), v)).collect();
         entries.extend(stats.iter().map(|(name, x)| f32_entry(*name, vec![1], x)));
         let bytes = safetensors_bytes(entries, None, "gradient dump")?;
         write_atomically(path, &bytes)
