@@ -107,6 +107,11 @@ fn kl_rewards_and_whitening_match_reference() {
         rec.submit();
         let want = reference::masked_whiten(&x, &mask, shift_mean);
         assert_close(&format!("whiten shift_mean={shift_mean}"), &download(&tx), &want, 1e-4, 1e-4);
+        // The moments it reports are those of x before whitening: mean, unbiased var, count.
+        let n: f64 = mask.iter().sum();
+        let mean = x.iter().zip(&mask).map(|(x, m)| x * m).sum::<f64>() / n;
+        let var = x.iter().zip(&mask).map(|(x, m)| m * (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        assert_close("whitening moments", &download(&moments), &[mean, var, n], 1e-4, 1e-4);
         let w = download(&tx);
         if shift_mean {
             let n: f64 = mask.iter().sum();

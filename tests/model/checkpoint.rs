@@ -186,3 +186,35 @@ fn a_missing_value_head_is_added_zero_initialised() {
     let again = ppo_wgpu::model::init::with_heads(with.clone(), Heads { value: true, reward: false });
     assert_eq!(again.tensors.len(), with.tensors.len());
 }
+
+/// A directory save that fails midway (here: a file that cannot be created) leaves the previous
+/// checkpoint whole and loadable, and no temporary directory behind; a temporary directory left
+/// by a killed save does not disturb loading either.
+#[test]
+fn an_interrupted_directory_save_leaves_the_old_checkpoint_whole() {
+    use ppo_wgpu::model::checkpoint::{model_files, write_dir_atomically};
+    let dir = crate::common::scratch_dir("atomic-save");
+    let config =
+        GptConfig { vocab_size: 11, n_positions: 8, n_embd: 8, n_layer: 1, n_head: 2, layer_norm_epsilon: 1e-5 };
+    let old = random_checkpoint(&config, Heads::default(), 1);
+    let target = dir.join("checkpoint-1");
+    write_dir_atomically(&target, &model_files(&old).unwrap()).unwrap();
+
+    let new = random_checkpoint(&config, Heads::default(), 2);
+    let mut files = model_files(&new).unwrap();
+    files.push(("no/such/subdir", vec![1, 2, 3])); // fails after the weights and config are written
+    assert!(write_dir_atomically(&target, &files).is_err());
+    let loaded = checkpoint::load(&target).unwrap();
+    assert_eq!(loaded.tensors, old.tensors, "the old checkpoint is intact");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "no temporary directory is left: {leftovers:?}");
+
+    // A save killed before its rename leaves only a temporary directory beside the old one.
+    std::fs::create_dir_all(dir.join(".checkpoint-1.tmp-999-0")).unwrap();
+    std::fs::write(dir.join(".checkpoint-1.tmp-999-0/model.safetensors"), b"half").unwrap();
+    assert_eq!(checkpoint::load(&target).unwrap().tensors, old.tensors);
+
+    // A successful save replaces the directory as a whole.
+    write_dir_atomically(&target, &model_files(&new).unwrap()).unwrap();
+    assert_eq!(checkpoint::load(&target).unwrap().tensors, new.tensors);
+}

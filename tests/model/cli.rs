@@ -144,3 +144,26 @@ fn selfcheck_passes_and_prints_clean_output() {
     assert!(ok, "{stdout}\n{stderr}");
     assert!(stdout.contains("kernel families match their CPU references") && !stdout.contains("FAILED"), "{stdout}");
 }
+
+/// `update --seed` shuffles the rows into minibatches: the same seed gives the same weights, a
+/// different seed (or row order) different ones.
+#[test]
+fn update_seed_shuffles_the_minibatches_reproducibly() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-update-seed");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (model, batch) = (format!("{FIXTURES}/ppo-tiny"), format!("{FIXTURES}/ppo-batch.safetensors"));
+    let weights = |name: &str, seed: Option<&str>| {
+        let out = dir.join(name);
+        let mut args = vec!["update", "--model", &model, "--batch", &batch, "--out", out.to_str().unwrap()];
+        args.extend(["--epochs", "2", "--minibatches", "2", "--lr", "1e-3"]);
+        if let Some(seed) = seed {
+            args.extend(["--seed", seed]);
+        }
+        let (ok, _, stderr) = ppo_wgpu(&args);
+        assert!(ok, "{stderr}");
+        std::fs::read(out.join("model.safetensors")).unwrap()
+    };
+    let (a, b, c, d) = (weights("a", Some("1")), weights("b", Some("1")), weights("c", Some("2")), weights("d", None));
+    assert!(a == b, "the same seed gives the same update");
+    assert!(a != c && a != d, "another shuffle gives another update");
+}

@@ -117,3 +117,18 @@ fn sft_rejects_bad_data_with_the_line_number() {
     too_long.seq_len = Some(33);
     assert!(run(&gpu, &too_long).unwrap_err().to_string().contains("n_positions"));
 }
+
+/// A {"prompt", "response"} example trains on the response and its end token only.
+#[test]
+fn sft_trains_on_the_response_not_the_prompt() {
+    let dir = scratch_dir("sft-masking");
+    let (model_dir, _) = setup(&dir);
+    let tok = Tokenizer::load(&model_dir.join("tokenizer.json")).unwrap();
+    std::fs::write(dir.join("pr.jsonl"), "{\"prompt\": \"the cat\", \"response\": \" sees a tree.\"}\n").unwrap();
+    let ex = &ppo_wgpu::sft::read_examples(&dir.join("pr.jsonl"), &tok, 24).unwrap()[0];
+    let (p, r) = (tok.encode("the cat").unwrap().len(), tok.encode(" sees a tree.").unwrap().len());
+    assert_eq!(ex.ids.len(), p + r + 1);
+    assert_eq!(ex.ids.last().copied(), tok.eos_id());
+    let want: Vec<bool> = (0..p + r + 1).map(|j| j >= p).collect();
+    assert_eq!(ex.trained, want);
+}

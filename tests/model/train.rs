@@ -283,3 +283,21 @@ fn a_reward_model_scores_at_the_last_token_and_trains() {
     let not_rm = run(&gpu, &options(&dir, "x", &["--iterations", "1", "--reward-model", policy.to_str().unwrap()]));
     assert!(not_rm.unwrap_err().to_string().contains("no score.weight head"));
 }
+
+#[test]
+fn learning_rate_schedules() {
+    let dir = scratch_dir("train-lr");
+    let mut o = options(&dir, "out", &["--iterations", "10", "--lr", "1.0", "--warmup", "2"]);
+    use ppo_wgpu::ppo::trainer::{LrSchedule, scheduled_lr};
+    let lrs = |o: &TrainOptions| (0..10).map(|i| scheduled_lr(o, i)).collect::<Vec<f32>>();
+    o.lr_schedule = LrSchedule::Constant;
+    assert_eq!(lrs(&o), [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
+    o.lr_schedule = LrSchedule::Linear;
+    let linear = lrs(&o);
+    assert_eq!(&linear[..4], &[0.5, 1.0, 1.0, 0.875]);
+    assert!((linear[9] - 0.125).abs() < 1e-6, "{linear:?}");
+    o.lr_schedule = LrSchedule::Cosine;
+    let cosine = lrs(&o);
+    assert!((cosine[2] - 1.0).abs() < 1e-6 && (cosine[6] - 0.5).abs() < 1e-6, "{cosine:?}");
+    assert!(cosine.windows(2).skip(1).all(|w| w[1] <= w[0]), "{cosine:?}");
+}
