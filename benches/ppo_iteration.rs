@@ -118,17 +118,6 @@ fn score(model: &Model, seqs: &Sequences) -> Vec<f32> {
     gpu.download(&scores).unwrap()
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
 fn main() {
     // `cargo bench` passes --bench (and any filter): a filter that names neither shape skips this.
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
@@ -136,7 +125,7 @@ fn main() {
         return;
     }
     let gpu = Gpu::new(None).expect("the benches need a GPU adapter");
-    println!("benchmarking on {} (CPU: {})", gpu.describe(), cpu_model());
+    println!("benchmarking on {} (CPU: {})", gpu.describe(), ppo_wgpu::gpu::cpu_model());
     let tiny = Shape {
         label: "tiny (4L/128/4H/V512)",
         config: GptConfig::tiny(),

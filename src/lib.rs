@@ -5,12 +5,14 @@
 //! recorder) → [`kernels`] (one module per kernel family) → model → PPO → CLI. Every kernel has
 //! a plain CPU reference in [`reference`].
 
+pub mod demo;
 pub mod error;
 pub mod generate;
 pub mod gpu;
 pub mod kernels;
 pub mod model;
 pub mod ppo;
+pub mod progress;
 pub mod reference;
 pub mod reward_train;
 pub mod rng;

@@ -5,7 +5,7 @@ use ppo_wgpu::gpu::{self, Gpu, MatmulVariant};
 use ppo_wgpu::kernels::ppo::STAT_NAMES;
 use ppo_wgpu::model::checkpoint::TOKENIZER_FILE;
 use ppo_wgpu::tokenizer::Tokenizer;
-use ppo_wgpu::{Result, generate, model, ppo, reward_train, score, selfcheck, sft};
+use ppo_wgpu::{Result, demo, generate, model, ppo, reward_train, score, selfcheck, sft};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -21,8 +21,9 @@ struct Cli {
     #[arg(long, global = true, value_name = "NAME", env = gpu::ADAPTER_ENV)]
     adapter: Option<String>,
 
+    /// With no command: the demo (PPO on the shipped models; `ppo-wgpu demo --help`).
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -32,6 +33,10 @@ enum Command {
     Info,
     /// Run every kernel family once on the chosen adapter against its CPU reference.
     Selfcheck,
+    /// The default run: PPO on the shipped models, before/after samples, metrics and a plot.
+    Demo(demo::DemoOptions),
+    /// Regenerate the shipped demo models (weights/) from nothing, deterministically.
+    PrepareDemo(demo::prepare::PrepareOptions),
     /// Print per-token log-probabilities, values and the reward of one sequence as JSON.
     Score {
         /// Model directory (config.json, model.safetensors, tokenizer.json for --text).
@@ -127,8 +132,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    let command = cli.command.unwrap_or_else(|| Command::Demo(demo::DemoOptions::defaults()));
     // Commands that need no GPU.
-    match &cli.command {
+    match &command {
         Command::TokenizerTrain { corpus, vocab_size, out } => {
             let tok = Tokenizer::train_byte_level_bpe(corpus, *vocab_size, out)?;
             eprintln!("wrote {} ({} tokens)", out.display(), tok.vocab_size());
@@ -169,7 +175,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         _ => {}
     }
     let gpu = Gpu::new(cli.adapter.as_deref())?;
-    match cli.command {
+    match command {
         Command::TokenizerTrain { .. } | Command::Memory { .. } | Command::Init { .. } => {
             unreachable!("handled above")
         }
@@ -231,6 +237,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let score = score::score(&model, &ids, temperature)?;
             println!("{}", score.to_json());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(opts) => {
+            demo::run(&gpu, &opts)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PrepareDemo(opts) => {
+            let p = demo::prepare::run(&gpu, &opts)?;
+            eprintln!(
+                "wrote {} and {} (reward model held-out accuracy {:.3}) and {}",
+                p.policy.display(),
+                p.reward.display(),
+                p.reward_accuracy,
+                opts.out.join("README.md").display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Info => {

@@ -16,6 +16,7 @@ use crate::model::checkpoint::{self, TOKENIZER_FILE, write_dir_atomically};
 use crate::model::init::with_heads;
 use crate::model::optimizer::{Optimizer, learning_rate};
 use crate::model::{Batch, Heads, Model, Params};
+use crate::progress;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use serde::Deserialize;
@@ -187,6 +188,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &RewardTrainOptions) -> Result<Vec<EpochReport>
     let total = steps_per_epoch * opts.epochs;
     let mut rng = Rng::new(opts.seed ^ 0x5245_5741_5244);
     let mut reports = Vec::new();
+    let bar = progress::bar(total as u64, "reward-train", opts.quiet);
     for epoch in 0..opts.epochs {
         rng.shuffle(&mut pairs);
         let (mut train_loss, mut seen) = (0.0f64, 0usize);
@@ -200,6 +202,8 @@ pub fn run(gpu: &Arc<Gpu>, opts: &RewardTrainOptions) -> Result<Vec<EpochReport>
             rec.submit();
             train_loss += gpu.download(&stats)?.chunks(2).map(|s| s[0] as f64).sum::<f64>();
             seen += chunk.len();
+            bar.set_message(format!("epoch {} loss {:.4}", epoch + 1, train_loss / seen as f64));
+            bar.inc(1);
         }
         let (eval_loss, eval_accuracy) = evaluate(&model, &eval_set, opts.batch_size, t)?;
         let report =
@@ -211,19 +215,19 @@ pub fn run(gpu: &Arc<Gpu>, opts: &RewardTrainOptions) -> Result<Vec<EpochReport>
                 report.train_loss
             )));
         }
-        if !opts.quiet {
-            eprintln!(
-                "epoch {}/{}  train loss {:.4}  held-out loss {:.4}  accuracy {:.3} ({} pairs)",
-                report.epoch,
-                opts.epochs,
-                report.train_loss,
-                eval_loss,
-                eval_accuracy,
-                eval_set.len()
-            );
-        }
+        let line = format!(
+            "epoch {}/{}  train loss {:.4}  held-out loss {:.4}  accuracy {:.3} ({} pairs)",
+            report.epoch,
+            opts.epochs,
+            report.train_loss,
+            eval_loss,
+            eval_accuracy,
+            eval_set.len()
+        );
+        progress::say(&bar, opts.quiet, &line);
         reports.push(report);
     }
+    bar.finish_and_clear();
     let mut files = checkpoint::model_files(&model.download()?)?;
     files.push((TOKENIZER_FILE, std::fs::read(&tokenizer_path).map_err(|e| Error::io(&tokenizer_path, e))?));
     write_dir_atomically(&opts.out, &files)?;

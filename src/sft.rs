@@ -11,6 +11,7 @@ use crate::kernels::cross_entropy::{IGNORE, cross_entropy_backward, cross_entrop
 use crate::model::checkpoint::{self, TOKENIZER_FILE, write_atomically};
 use crate::model::optimizer::{Optimizer, learning_rate};
 use crate::model::{Activations, Batch, Model};
+use crate::progress;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use serde_json::{Value, json};
@@ -275,6 +276,8 @@ pub fn run(gpu: &Arc<Gpu>, opts: &SftOptions) -> Result<SftReport> {
     let started = Instant::now();
     let mut tokens = 0usize;
     let mut cursor = (first_step * opts.batch_size) % train_set.len();
+    let bar = progress::bar(opts.steps as u64, "sft", opts.quiet);
+    bar.set_position(first_step as u64);
     for step in first_step..opts.steps {
         let examples: Vec<&Example> =
             (0..opts.batch_size).map(|i| &train_set[(cursor + i) % train_set.len()]).collect();
@@ -304,38 +307,24 @@ pub fn run(gpu: &Arc<Gpu>, opts: &SftOptions) -> Result<SftReport> {
             line["eval_loss"] = json!(eval_loss);
         }
         writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
-        if !opts.quiet {
-            eprint!("\r{}", progress_line(done, opts.steps, train_loss, eval_loss, lr, tok_per_s));
+        bar.set_message(format!("loss {train_loss:.4} eval {eval_loss:.4} lr {lr:.1e} {tok_per_s:.0} tok/s"));
+        bar.inc(1);
+        if evaluate {
+            progress::say(
+                &bar,
+                opts.quiet,
+                &format!("step {done}/{}: train loss {train_loss:.4}, held-out loss {eval_loss:.4}", opts.steps),
+            );
         }
         if done == opts.steps || (opts.save_every > 0 && done % opts.save_every == 0) {
             save(&trainer, &opt, done)?;
         }
     }
-    if !opts.quiet {
-        eprintln!();
-    }
+    bar.finish_and_clear();
     Ok(SftReport {
         first_eval_loss,
         final_eval_loss: eval_loss,
         final_train_loss: train_loss,
         steps: opts.steps - first_step,
     })
-}
-
-/// `[=====>    ] 120/400 loss 2.314 eval 2.401 lr 2.9e-04 5312 tok/s`
-fn progress_line(done: usize, total: usize, loss: f32, eval: f32, lr: f32, tok_per_s: f64) -> String {
-    let width = 24;
-    let filled = width * done / total.max(1);
-    let bar: String = (0..width)
-        .map(|i| {
-            if i < filled {
-                '='
-            } else if i == filled {
-                '>'
-            } else {
-                ' '
-            }
-        })
-        .collect();
-    format!("[{bar}] {done}/{total} loss {loss:.4} eval {eval:.4} lr {lr:.1e} {tok_per_s:.0} tok/s   ")
 }

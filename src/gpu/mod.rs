@@ -67,6 +67,20 @@ fn device_type_rank(t: wgpu::DeviceType) -> u32 {
 const NO_DRIVER_HINT: &str = "install a Vulkan driver (on Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1`, \
      which includes the lavapipe software adapter), or a Metal/DX12 capable GPU driver";
 
+/// The host CPU's model name (`model name` in /proc/cpuinfo on Linux), for reports: on a
+/// software adapter the CPU sets the speed.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
 /// Lists the adapters wgpu can see on the backends we use.
 pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
     let instance = new_instance();

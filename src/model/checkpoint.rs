@@ -219,17 +219,39 @@ pub fn safetensors_bytes(
 }
 
 /// The `model.safetensors` bytes of a checkpoint: the body under `transformer.` names (as
-/// `GPT2LMHeadModel` writes it), the value and reward heads under their own names.
-pub fn weights_bytes(ck: &Checkpoint) -> Result<Vec<u8>> {
-    let entries =
-        ck.tensors.iter().map(|(name, shape, values)| f32_entry(saved_name(name), shape.clone(), values)).collect();
+/// `GPT2LMHeadModel` writes it), the value and reward heads under their own names; f32, or f16
+/// when `f16` (half the size, for shipped weights; loading converts back).
+pub fn weights_bytes(ck: &Checkpoint, f16: bool) -> Result<Vec<u8>> {
+    let halves: Vec<Vec<u8>> = match f16 {
+        true => ck
+            .tensors
+            .iter()
+            .map(|(_, _, values)| values.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect())
+            .collect(),
+        false => Vec::new(),
+    };
+    let entries = ck
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, (name, shape, values))| match f16 {
+            true => (saved_name(name), Dtype::F16, shape.clone(), halves[i].as_slice()),
+            false => f32_entry(saved_name(name), shape.clone(), values),
+        })
+        .collect();
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors_bytes(entries, Some(metadata), WEIGHTS_FILE)
 }
 
-/// The files of a model directory: `config.json` and `model.safetensors`.
+/// The files of a model directory: `config.json` and `model.safetensors` (f32).
 pub fn model_files(ck: &Checkpoint) -> Result<Vec<(&'static str, Vec<u8>)>> {
-    Ok(vec![(WEIGHTS_FILE, weights_bytes(ck)?), (CONFIG_FILE, ck.config.to_json_with_heads(ck.heads).into_bytes())])
+    model_files_as(ck, false)
+}
+
+/// As `model_files`, with the weights in f16 when `f16`.
+pub fn model_files_as(ck: &Checkpoint, f16: bool) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let config = ck.config.to_json_with_heads(ck.heads).into_bytes();
+    Ok(vec![(WEIGHTS_FILE, weights_bytes(ck, f16)?), (CONFIG_FILE, config)])
 }
 
 /// Saves a checkpoint's weights and config into `dir` (each file atomically; other files in

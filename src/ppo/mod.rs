@@ -2,6 +2,7 @@
 //! update, and the trainer loop.
 
 pub mod batch;
+pub mod metrics;
 pub mod reward;
 pub mod rollout;
 pub mod trainer;

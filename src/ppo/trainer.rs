@@ -8,6 +8,7 @@
 //! minibatch shuffles. A checkpoint holds the policy with its value head, the optimizer state,
 //! the KL controller's β and the iteration; each is written as a whole directory.
 
+use super::metrics::{Metrics, plot, read_metrics, rewrite_metrics};
 use super::reward::{RewardCommand, RewardModel, RewardSource, Sample};
 use super::rollout::{AdvantageConfig, Sequences, prepare};
 use super::update::{UpdateOptions, ppo_update};
@@ -21,6 +22,7 @@ use crate::model::checkpoint::{self, TOKENIZER_FILE, write_dir_atomically};
 use crate::model::init::with_heads;
 use crate::model::optimizer::{OPTIMIZER_FILE, Optimizer};
 use crate::model::{Heads, Model};
+use crate::progress;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -145,7 +147,7 @@ pub struct TrainOptions {
     /// Save a checkpoint every N iterations (0: only at the end).
     #[arg(long, default_value_t = 0)]
     pub save_every: usize,
-    /// Print and append to samples.jsonl a few samples every N iterations (0: never).
+    /// Print and append to samples.jsonl a few samples every N iterations and at the last (0: never).
     #[arg(long, default_value_t = 10)]
     pub sample_every: usize,
     /// Continue a run from a checkpoint-N directory (or from the run's --out, taking its latest).
@@ -213,34 +215,7 @@ pub struct TrainerState {
 }
 
 pub const STATE_FILE: &str = "trainer_state.json";
-pub const METRICS_FILE: &str = "metrics.jsonl";
-pub const SAMPLES_FILE: &str = "samples.jsonl";
-
-/// One line of metrics.jsonl (docs/design.md §6's keys and more).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Metrics {
-    pub iteration: usize,
-    pub score_mean: f32,
-    pub score_std: f32,
-    pub kl_mean: f32,
-    pub beta: f32,
-    pub lr: f32,
-    pub loss: f32,
-    pub pg_loss: f32,
-    pub vf_loss: f32,
-    pub entropy: f32,
-    pub approx_kl: f32,
-    pub clipfrac: f32,
-    pub vf_clipfrac: f32,
-    pub ratio_mean: f32,
-    pub explained_variance: f32,
-    pub value_mean: f32,
-    pub response_len_mean: f32,
-    pub tokens_per_s: f32,
-    pub time_rollout_s: f32,
-    pub time_score_s: f32,
-    pub time_update_s: f32,
-}
+pub use super::metrics::{METRICS_FILE, PLOT_FILE, SAMPLES_FILE};
 
 /// Reads prompts: JSONL lines {"prompt": …} or plain lines; blank lines are skipped.
 pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
@@ -416,6 +391,8 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
 
     let sampling = Sampling { temperature: opts.temperature, top_k: opts.top_k, top_p: opts.top_p };
     let b = opts.batch_size;
+    let bar = progress::bar(opts.iterations as u64, "train", opts.quiet);
+    bar.set_position(state.iteration as u64);
     for it in state.iteration..opts.iterations {
         let started = Instant::now();
         let rows: Vec<Vec<u32>> =
@@ -538,19 +515,17 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
         };
         writeln!(metrics_file, "{}", serde_json::to_string(&m).expect("metrics serialise"))
             .map_err(|e| Error::io(&metrics_path, e))?;
-        if !opts.quiet {
-            eprintln!("{}", progress_line(&m, opts.iterations));
-        }
-        if opts.sample_every > 0 && (it + 1) % opts.sample_every == 0 {
+        bar.set_message(format!("score {:.3}  kl {:.3}  {:.0} tok/s", m.score_mean, m.kl_mean, m.tokens_per_s));
+        bar.inc(1);
+        progress::say(&bar, opts.quiet, &progress_line(&m, opts.iterations));
+        if opts.sample_every > 0 && ((it + 1) % opts.sample_every == 0 || it + 1 == opts.iterations) {
             let mut file = append(&samples_path)?;
             for (i, s) in samples.iter().enumerate().take(4) {
                 let line = serde_json::json!({
                     "iteration": it + 1, "prompt": s.prompt, "response": s.response, "score": raw_scores[i]
                 });
                 writeln!(file, "{line}").map_err(|e| Error::io(&samples_path, e))?;
-                if !opts.quiet {
-                    eprintln!("  [{:.3}] {}|{}", raw_scores[i], s.prompt, s.response);
-                }
+                progress::say(&bar, opts.quiet, &format!("  [{:.3}] {}|{}", raw_scores[i], s.prompt, s.response));
             }
         }
         history.push(m);
@@ -558,9 +533,11 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
         if done == opts.iterations || (opts.save_every > 0 && done % opts.save_every == 0) {
             let dir = opts.out.join(format!("checkpoint-{done}"));
             save(&policy, &opt, &state, &dir)?;
+            plot(&history, &opts.out.join(PLOT_FILE))?;
             last_checkpoint = Some(dir);
         }
     }
+    bar.finish_and_clear();
 
     // The final policy as a plain Hugging Face directory (the value head rides along under
     // TRL's names; transformers' GPT2LMHeadModel ignores it).
@@ -601,22 +578,6 @@ fn at_iteration(e: Error, it: usize) -> Error {
 
 fn append(path: &Path) -> Result<std::fs::File> {
     std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))
-}
-
-/// The metrics lines of iterations 1..=upto already in `path` (none when it does not exist).
-fn read_metrics(path: &Path, upto: usize) -> Result<Vec<Metrics>> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(Vec::new()) };
-    Ok(text.lines().filter_map(|l| serde_json::from_str::<Metrics>(l).ok()).filter(|m| m.iteration <= upto).collect())
-}
-
-/// Rewrites metrics.jsonl with `history` (a resumed run drops the lines past its checkpoint).
-fn rewrite_metrics(path: &Path, history: &[Metrics]) -> Result<()> {
-    let mut text = String::new();
-    for m in history {
-        text.push_str(&serde_json::to_string(m).expect("metrics serialise"));
-        text.push('\n');
-    }
-    checkpoint::write_atomically(path, text.as_bytes())
 }
 
 /// `iter 12/100  score 0.412 ±0.210  kl 0.031  β 0.050  pg -0.012  vf 0.084  H 2.31  1890 tok/s  (rollout 1.2s, score 0.1s, update 2.4s)`

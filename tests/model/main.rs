@@ -4,6 +4,7 @@
 mod checkpoint;
 mod cli;
 mod common;
+mod demo;
 mod forward_backward;
 mod generation;
 mod hf_fixture;
