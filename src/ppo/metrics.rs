@@ -80,7 +80,14 @@ pub fn plot(metrics: &[Metrics], path: &Path) -> Result<()> {
             .y_label_area_size(52)
             .build_cartesian_2d(1f32..last as f32, (lo - pad)..(hi + pad))
             .map_err(|e| err(e.to_string()))?;
-        chart.configure_mesh().x_desc("iteration").light_line_style(WHITE).draw().map_err(|e| err(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc("iteration")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .max_light_lines(0)
+            .bold_line_style(RGBColor(225, 225, 225))
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
         let points = metrics.iter().map(|m| (m.iteration as f32, value(m))).filter(|p| p.1.is_finite());
         chart.draw_series(LineSeries::new(points, color.stroke_width(2))).map_err(|e| err(e.to_string()))?;
     }
