@@ -36,7 +36,7 @@ pub struct DemoOptions {
     #[arg(long)]
     pub overwrite: bool,
     /// PPO iterations.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 30)]
     pub iterations: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -59,9 +59,9 @@ pub fn train_flags(o: &DemoOptions, out: &Path, prompts: &Path) -> Vec<String> {
         ("--batch-size", "32".into()),
         ("--response-length", RESPONSE_LENGTH.to_string()),
         ("--temperature", "1.0".into()),
-        ("--epochs", "4".into()),
-        ("--minibatches", "2".into()),
-        ("--lr", "1e-4".into()),
+        ("--epochs", "2".into()),
+        ("--minibatches", "1".into()),
+        ("--lr", "2e-4".into()),
         ("--beta", "0.2".into()),
         ("--sample-every", "10".into()),
     ];
