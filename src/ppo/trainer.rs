@@ -421,7 +421,6 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut scores = reward.score(&seqs, &samples).map_err(|e| at_iteration(e, it + 1))?;
-        let raw_scores = scores.clone();
         if let Some(penalty) = opts.missing_eos_penalty {
             for (s, &ended) in scores.iter_mut().zip(&seqs.ended) {
                 if !ended {
@@ -488,8 +487,8 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
         state.prompts_seen = (it + 1) * b;
 
         let n = b as f32;
-        let score_mean = raw_scores.iter().sum::<f32>() / n;
-        let score_std = (raw_scores.iter().map(|s| (s - score_mean).powi(2)).sum::<f32>() / (n - 1.0).max(1.0)).sqrt();
+        let score_mean = scores.iter().sum::<f32>() / n;
+        let score_std = (scores.iter().map(|s| (s - score_mean).powi(2)).sum::<f32>() / (n - 1.0).max(1.0)).sqrt();
         let m = Metrics {
             iteration: it + 1,
             score_mean,
@@ -522,10 +521,10 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
             let mut file = append(&samples_path)?;
             for (i, s) in samples.iter().enumerate().take(4) {
                 let line = serde_json::json!({
-                    "iteration": it + 1, "prompt": s.prompt, "response": s.response, "score": raw_scores[i]
+                    "iteration": it + 1, "prompt": s.prompt, "response": s.response, "score": scores[i]
                 });
                 writeln!(file, "{line}").map_err(|e| Error::io(&samples_path, e))?;
-                progress::say(&bar, opts.quiet, &format!("  [{:.3}] {}|{}", raw_scores[i], s.prompt, s.response));
+                progress::say(&bar, opts.quiet, &format!("  [{:.3}] {}|{}", scores[i], s.prompt, s.response));
             }
         }
         history.push(m);

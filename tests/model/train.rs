@@ -306,3 +306,25 @@ fn learning_rate_schedules() {
     assert!((cosine[2] - 1.0).abs() < 1e-6 && (cosine[6] - 0.5).abs() < 1e-6, "{cosine:?}");
     assert!(cosine.windows(2).skip(1).all(|w| w[1] <= w[0]), "{cosine:?}");
 }
+
+/// `--missing-eos-penalty` lowers the score of responses cut off before <|endoftext|>; a run
+/// that blows up is an error naming the iteration and the last good checkpoint.
+#[test]
+fn missing_eos_penalty_and_divergence() {
+    let gpu = Gpu::new(None).unwrap();
+    let dir = scratch_dir("train-penalty");
+    setup(&dir);
+    // A random model over ~280 tokens almost never draws the end token within 12 tokens.
+    let constant = "while read -r l; do echo 1; done";
+    let base = ["--iterations", "1", "--reward-cmd", constant];
+    let plain = run(&gpu, &options(&dir, "plain", &base)).unwrap();
+    let penalised =
+        run(&gpu, &options(&dir, "penalised", &[&base[..], &["--missing-eos-penalty", "5"]].concat())).unwrap();
+    assert_eq!(plain.metrics[0].score_mean, 1.0);
+    assert!(penalised.metrics[0].score_mean < -3.0, "{:?}", penalised.metrics[0]);
+
+    let err = run(&gpu, &options(&dir, "diverged", &["--iterations", "3", "--lr", "1e30", "--save-every", "1"]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("training diverged: iteration") && err.contains("last good checkpoint"), "{err}");
+}
