@@ -14,7 +14,7 @@ use crate::model::{Activations, Batch, Model};
 use crate::progress;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +28,14 @@ pub struct Example {
     pub trained: Vec<bool>,
 }
 
+/// One line of SFT data.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Record {
+    PromptResponse { prompt: String, response: String },
+    Text { text: String },
+}
+
 /// Reads JSONL examples, tokenizing with `tok`; sequences longer than `max_len` are cut.
 pub fn read_examples(path: &Path, tok: &Tokenizer, max_len: usize) -> Result<Vec<Example>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -35,25 +43,19 @@ pub fn read_examples(path: &Path, tok: &Tokenizer, max_len: usize) -> Result<Vec
     let mut examples = Vec::new();
     for (line_no, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let at = || format!("{}:{}", path.display(), line_no + 1);
-        let v: Value =
-            serde_json::from_str(line).map_err(|e| Error::Input(format!("{}: not valid JSON: {e}", at())))?;
-        let field = |name: &str| v.get(name).and_then(Value::as_str);
-        let (mut ids, mut trained) = match (field("prompt"), field("response"), field("text")) {
-            (Some(prompt), Some(response), _) => {
-                let (p, r) = (tok.encode(prompt)?, tok.encode(response)?);
+        let record: Record = serde_json::from_str(line).map_err(|e| {
+            Error::Input(format!("{}: expected {{\"prompt\", \"response\"}} or {{\"text\"}} strings: {e}", at()))
+        })?;
+        let (mut ids, mut trained) = match record {
+            Record::PromptResponse { prompt, response } => {
+                let (p, r) = (tok.encode(&prompt)?, tok.encode(&response)?);
                 let trained = [vec![false; p.len()], vec![true; r.len()]].concat();
                 ([p, r].concat(), trained)
             }
-            (None, None, Some(text)) => {
-                let ids = tok.encode(text)?;
+            Record::Text { text } => {
+                let ids = tok.encode(&text)?;
                 let n = ids.len();
                 (ids, vec![true; n])
-            }
-            _ => {
-                return Err(Error::Input(format!(
-                    "{}: expected {{\"prompt\", \"response\"}} or {{\"text\"}} strings",
-                    at()
-                )));
             }
         };
         if let Some(eos) = eos {

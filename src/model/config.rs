@@ -2,7 +2,7 @@
 //! architecture, and the list of parameters (names and shapes) that follows from them.
 
 use crate::error::{Error, Result};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::Path;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -44,45 +44,36 @@ impl GptConfig {
 
     /// Parses a Hugging Face GPT-2 `config.json`.
     pub fn from_json(text: &str, origin: &str) -> Result<GptConfig> {
-        let v: Value =
-            serde_json::from_str(text).map_err(|e| Error::Checkpoint(format!("{origin}: not valid JSON: {e}")))?;
-        let field = |name: &str| -> Result<usize> {
-            v.get(name)
-                .and_then(Value::as_u64)
-                .map(|x| x as usize)
-                .ok_or_else(|| Error::Checkpoint(format!("{origin}: missing or non-integer field \"{name}\"")))
-        };
+        let hf: HfConfig = serde_json::from_str(text)
+            .map_err(|e| Error::Checkpoint(format!("{origin}: not a valid GPT-2 config.json: {e}")))?;
+        let n_positions = hf
+            .n_positions
+            .or(hf.n_ctx)
+            .ok_or_else(|| Error::Checkpoint(format!("{origin}: missing field \"n_positions\" (or \"n_ctx\")")))?;
         let config = GptConfig {
-            vocab_size: field("vocab_size")?,
-            n_positions: field("n_positions").or_else(|e| field("n_ctx").map_err(|_| e))?,
-            n_embd: field("n_embd")?,
-            n_layer: field("n_layer")?,
-            n_head: field("n_head")?,
-            layer_norm_epsilon: v.get("layer_norm_epsilon").and_then(Value::as_f64).unwrap_or(1e-5) as f32,
+            vocab_size: hf.vocab_size,
+            n_positions,
+            n_embd: hf.n_embd,
+            n_layer: hf.n_layer,
+            n_head: hf.n_head,
+            layer_norm_epsilon: hf.layer_norm_epsilon.unwrap_or(1e-5) as f32,
         };
-        if let Some(act) = v.get("activation_function").and_then(Value::as_str)
-            && act != "gelu_new"
-            && act != "gelu_pytorch_tanh"
-        {
-            return Err(Error::Checkpoint(format!(
-                "{origin}: activation_function \"{act}\" is not supported (expected \"gelu_new\", GPT-2's tanh GELU)"
-            )));
+        let unsupported = |what: String| Err(Error::Checkpoint(format!("{origin}: {what} is not supported")));
+        if let Some(act) = hf.activation_function.filter(|a| a != "gelu_new" && a != "gelu_pytorch_tanh") {
+            return unsupported(format!("activation_function \"{act}\" (expected \"gelu_new\", GPT-2's tanh GELU)"));
         }
         // Variants of GPT-2 the kernels do not implement.
-        if let Some(inner) = v.get("n_inner").and_then(Value::as_u64)
-            && inner as usize != 4 * config.n_embd
-        {
-            return Err(Error::Checkpoint(format!(
-                "{origin}: n_inner {inner} is not supported (the MLP is 4·n_embd wide)"
-            )));
+        if let Some(inner) = hf.n_inner.filter(|&n| n != 4 * config.n_embd) {
+            return unsupported(format!("n_inner {inner} (the MLP is 4·n_embd wide)"));
         }
-        for flag in ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"] {
-            if v.get(flag).and_then(Value::as_bool) == Some(true) {
-                return Err(Error::Checkpoint(format!("{origin}: {flag} = true is not supported")));
-            }
-        }
-        if v.get("scale_attn_weights").and_then(Value::as_bool) == Some(false) {
-            return Err(Error::Checkpoint(format!("{origin}: scale_attn_weights = false is not supported")));
+        let flags = [
+            ("scale_attn_by_inverse_layer_idx = true", hf.scale_attn_by_inverse_layer_idx == Some(true)),
+            ("reorder_and_upcast_attn = true", hf.reorder_and_upcast_attn == Some(true)),
+            ("add_cross_attention = true", hf.add_cross_attention == Some(true)),
+            ("scale_attn_weights = false", hf.scale_attn_weights == Some(false)),
+        ];
+        if let Some((flag, _)) = flags.iter().find(|(_, set)| *set) {
+            return unsupported(flag.to_string());
         }
         config.validate(origin)?;
         Ok(config)
@@ -229,4 +220,23 @@ impl ParamSpec {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The fields of a Hugging Face GPT-2 `config.json` that decide whether and how we can run it
+/// (the rest are ignored).
+#[derive(serde::Deserialize)]
+struct HfConfig {
+    vocab_size: usize,
+    n_positions: Option<usize>,
+    n_ctx: Option<usize>,
+    n_embd: usize,
+    n_layer: usize,
+    n_head: usize,
+    layer_norm_epsilon: Option<f64>,
+    activation_function: Option<String>,
+    n_inner: Option<usize>,
+    scale_attn_by_inverse_layer_idx: Option<bool>,
+    reorder_and_upcast_attn: Option<bool>,
+    add_cross_attention: Option<bool>,
+    scale_attn_weights: Option<bool>,
 }

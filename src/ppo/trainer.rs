@@ -11,12 +11,12 @@
 use super::metrics::{Metrics, plot, read_metrics, rewrite_metrics};
 use super::reward::{RewardCommand, RewardModel, RewardSource, Sample};
 use super::rollout::{AdvantageConfig, Sequences, prepare};
-use super::update::{UpdateOptions, ppo_update};
+use super::update::{LossArgs, UpdateOptions, ppo_update};
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, Sampling, generate};
 use crate::gpu::{Gpu, Recorder};
 use crate::kernels::adamw::AdamW;
-use crate::kernels::ppo::{PpoLossConfig, STAT_NAMES};
+use crate::kernels::ppo::STAT_NAMES;
 use crate::kernels::rewards::KlEstimator;
 use crate::model::checkpoint::{self, TOKENIZER_FILE, write_dir_atomically};
 use crate::model::init::with_heads;
@@ -109,18 +109,8 @@ pub struct TrainOptions {
     /// Clip the global gradient norm (0: off).
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f32,
-    /// ε of the clipped surrogate.
-    #[arg(long, default_value_t = 0.2)]
-    pub cliprange: f32,
-    /// ε_v of the clipped value loss.
-    #[arg(long, default_value_t = 0.2)]
-    pub cliprange_value: f32,
-    /// c1, the value loss coefficient.
-    #[arg(long, default_value_t = 0.1)]
-    pub vf_coef: f32,
-    /// c2, the entropy bonus coefficient.
-    #[arg(long, default_value_t = 0.0)]
-    pub ent_coef: f32,
+    #[command(flatten)]
+    pub loss: LossArgs,
     /// γ, the discount.
     #[arg(long, default_value_t = 1.0)]
     pub gamma: f32,
@@ -448,13 +438,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
             epochs: opts.epochs,
             minibatches: opts.minibatches,
             lr,
-            loss: PpoLossConfig {
-                temperature: adv.temperature,
-                cliprange: opts.cliprange,
-                cliprange_value: opts.cliprange_value,
-                vf_coef: opts.vf_coef,
-                ent_coef: opts.ent_coef,
-            },
+            loss: opts.loss.config(adv.temperature),
             grad_accum: opts.grad_accum,
             seed: Some(Rng::derived(opts.seed, 0x4d49_4e49 ^ it as u64).next_u64()),
         };

@@ -35,6 +35,37 @@ pub struct UpdateOptions {
     pub seed: Option<u64>,
 }
 
+/// The loss coefficients as command-line arguments, shared by `update` and `train` (TRL's names
+/// and defaults).
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct LossArgs {
+    /// ε of the clipped surrogate.
+    #[arg(long, default_value_t = 0.2)]
+    pub cliprange: f32,
+    /// ε_v of the clipped value loss.
+    #[arg(long, default_value_t = 0.2)]
+    pub cliprange_value: f32,
+    /// c1, the value loss coefficient.
+    #[arg(long, default_value_t = 0.1)]
+    pub vf_coef: f32,
+    /// c2, the entropy bonus coefficient.
+    #[arg(long, default_value_t = 0.0)]
+    pub ent_coef: f32,
+}
+
+impl LossArgs {
+    /// The loss configuration at sampling temperature τ.
+    pub fn config(&self, temperature: f32) -> PpoLossConfig {
+        PpoLossConfig {
+            temperature,
+            cliprange: self.cliprange,
+            cliprange_value: self.cliprange_value,
+            vf_coef: self.vf_coef,
+            ent_coef: self.ent_coef,
+        }
+    }
+}
+
 /// `ppo-wgpu update`: its command-line arguments.
 #[derive(Clone, Debug, clap::Args)]
 pub struct UpdateArgs {
@@ -57,18 +88,8 @@ pub struct UpdateArgs {
     /// The sampling temperature of the rollout: log-probs are those of softmax(logits/τ).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
-    /// ε of the clipped surrogate.
-    #[arg(long, default_value_t = 0.2)]
-    pub cliprange: f32,
-    /// ε_v of the clipped value loss.
-    #[arg(long, default_value_t = 0.2)]
-    pub cliprange_value: f32,
-    /// c1, the value loss coefficient.
-    #[arg(long, default_value_t = 0.1)]
-    pub vf_coef: f32,
-    /// c2, the entropy bonus coefficient.
-    #[arg(long, default_value_t = 0.0)]
-    pub ent_coef: f32,
+    #[command(flatten)]
+    pub loss: LossArgs,
     /// Split each minibatch into this many micro-batches whose gradients add up before one
     /// optimizer step (less memory, the same update).
     #[arg(long, default_value_t = 1)]
@@ -90,13 +111,7 @@ impl UpdateArgs {
             epochs: self.epochs,
             minibatches: self.minibatches,
             lr: self.lr,
-            loss: PpoLossConfig {
-                temperature: self.temperature,
-                cliprange: self.cliprange,
-                cliprange_value: self.cliprange_value,
-                vf_coef: self.vf_coef,
-                ent_coef: self.ent_coef,
-            },
+            loss: self.loss.config(self.temperature),
             grad_accum: self.grad_accum,
             seed: self.seed,
         }

@@ -143,10 +143,15 @@ fn malformed_files_give_errors_naming_the_file() {
     assert!(err.contains(CONFIG_FILE), "missing config: {err}");
 
     std::fs::write(dir.join(CONFIG_FILE), "{ not json").unwrap();
-    assert!(load_err(&dir).contains("not valid JSON"));
+    let err = load_err(&dir);
+    assert!(err.contains("not a valid GPT-2 config.json") && err.contains("line 1"), "{err}");
 
     std::fs::write(dir.join(CONFIG_FILE), r#"{"vocab_size": 10, "n_embd": 8}"#).unwrap();
+    assert!(load_err(&dir).contains("missing field `n_layer`"));
+    std::fs::write(dir.join(CONFIG_FILE), r#"{"vocab_size": 10, "n_embd": 8, "n_layer": 1, "n_head": 2}"#).unwrap();
     assert!(load_err(&dir).contains("\"n_positions\""));
+    std::fs::write(dir.join(CONFIG_FILE), r#"{"vocab_size": 10, "n_positions": 8, "n_embd": 8, "n_layer": 1, "n_head": 2, "activation_function": "relu"}"#).unwrap();
+    assert!(load_err(&dir).contains("activation_function \"relu\" is not supported"));
 
     std::fs::write(dir.join(CONFIG_FILE), config.to_json()).unwrap();
     let err = load_err(&dir);

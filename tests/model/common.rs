@@ -1,7 +1,9 @@
 //! Helpers shared by the model tests.
 
+use ppo_wgpu::model::{GptConfig, Heads, checkpoint, init::init_weights};
+use ppo_wgpu::tokenizer::Tokenizer;
 use safetensors::SafeTensors;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The committed PyTorch fixtures (tests/fixtures/make_*_fixture.py).
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -25,4 +27,20 @@ pub fn tensor_error(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len(), "tensor lengths differ");
     let scale = want.iter().fold(0.0f64, |m, &w| m.max((w as f64).abs())).max(1e-12);
     got.iter().zip(want).fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs())) / scale
+}
+
+/// A small model for command-level tests in `model_dir`: a byte-level BPE tokenizer of
+/// `vocab_size` tokens trained on `corpus` and a GPT-2 of 2 layers,
+/// 32 channels, 2 heads and 32 positions initialised with `seed`.
+pub fn tiny_model(corpus: &Path, model_dir: &Path, vocab_size: usize, seed: u64) {
+    let tok = Tokenizer::train_byte_level_bpe(corpus, vocab_size, &model_dir.join("tokenizer.json")).unwrap();
+    let config = GptConfig {
+        vocab_size: tok.vocab_size(),
+        n_positions: 32,
+        n_embd: 32,
+        n_layer: 2,
+        n_head: 2,
+        layer_norm_epsilon: 1e-5,
+    };
+    checkpoint::save(model_dir, &init_weights(&config, Heads::default(), seed)).unwrap();
 }

@@ -3,7 +3,7 @@
 
 use crate::common::scratch_dir;
 use ppo_wgpu::gpu::Gpu;
-use ppo_wgpu::model::{GptConfig, Heads, checkpoint, init::init_weights};
+use ppo_wgpu::model::checkpoint;
 use ppo_wgpu::reward_train::{RewardTrainOptions, run};
 use ppo_wgpu::rng::Rng;
 use ppo_wgpu::tokenizer::Tokenizer;
@@ -29,17 +29,7 @@ fn setup(dir: &Path) {
     }
     std::fs::write(dir.join("corpus.txt"), corpus.join("\n")).unwrap();
     std::fs::write(dir.join("pairs.jsonl"), pairs.join("\n")).unwrap();
-    let base = dir.join("base");
-    let tok = Tokenizer::train_byte_level_bpe(&dir.join("corpus.txt"), 300, &base.join("tokenizer.json")).unwrap();
-    let config = GptConfig {
-        vocab_size: tok.vocab_size(),
-        n_positions: 32,
-        n_embd: 32,
-        n_layer: 2,
-        n_head: 2,
-        layer_norm_epsilon: 1e-5,
-    };
-    checkpoint::save(&base, &init_weights(&config, Heads::default(), 4)).unwrap();
+    crate::common::tiny_model(&dir.join("corpus.txt"), &dir.join("base"), 300, 4);
 }
 
 fn options(dir: &Path, pairs: &str) -> RewardTrainOptions {

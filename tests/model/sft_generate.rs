@@ -1,6 +1,5 @@
 use crate::common::*;
 use ppo_wgpu::gpu::Gpu;
-use ppo_wgpu::model::{GptConfig, Heads, checkpoint, init::init_weights};
 use ppo_wgpu::rng::Rng;
 use ppo_wgpu::sft::{SftOptions, run};
 use ppo_wgpu::tokenizer::Tokenizer;
@@ -23,16 +22,7 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     let data: Vec<String> = sentences.iter().map(|s| serde_json::json!({ "text": s }).to_string()).collect();
     std::fs::write(dir.join("data.jsonl"), data.join("\n")).unwrap();
     let model_dir = dir.join("model");
-    let tok = Tokenizer::train_byte_level_bpe(&dir.join("corpus.txt"), 280, &model_dir.join("tokenizer.json")).unwrap();
-    let config = GptConfig {
-        vocab_size: tok.vocab_size(),
-        n_positions: 32,
-        n_embd: 32,
-        n_layer: 2,
-        n_head: 2,
-        layer_norm_epsilon: 1e-5,
-    };
-    checkpoint::save(&model_dir, &init_weights(&config, Heads::default(), 1)).unwrap();
+    tiny_model(&dir.join("corpus.txt"), &model_dir, 280, 1);
     (model_dir, dir.join("data.jsonl"))
 }
 

@@ -4,7 +4,7 @@
 use crate::common::scratch_dir;
 use clap::Parser;
 use ppo_wgpu::gpu::Gpu;
-use ppo_wgpu::model::{GptConfig, Heads, checkpoint, init::init_weights};
+use ppo_wgpu::model::{Heads, checkpoint, init::init_weights};
 use ppo_wgpu::ppo::batch::RolloutBatch;
 use ppo_wgpu::ppo::metrics::Metrics;
 use ppo_wgpu::ppo::reward::{RewardCommand, RewardModel, Sample};
@@ -35,16 +35,7 @@ fn setup(dir: &Path) -> PathBuf {
         .collect();
     std::fs::write(dir.join("corpus.txt"), lines.join("\n")).unwrap();
     let policy = dir.join("policy");
-    let tok = Tokenizer::train_byte_level_bpe(&dir.join("corpus.txt"), 280, &policy.join("tokenizer.json")).unwrap();
-    let config = GptConfig {
-        vocab_size: tok.vocab_size(),
-        n_positions: 32,
-        n_embd: 32,
-        n_layer: 2,
-        n_head: 2,
-        layer_norm_epsilon: 1e-5,
-    };
-    checkpoint::save(&policy, &init_weights(&config, Heads::default(), 1)).unwrap();
+    crate::common::tiny_model(&dir.join("corpus.txt"), &policy, 280, 1);
     std::fs::write(dir.join("prompts.txt"), "the cat\nthe film was\na dog\n{\"prompt\": \"every tree\"}\nthe sea\n")
         .unwrap();
     policy
