@@ -18,6 +18,43 @@ use tensor::BufferPool;
 /// The environment variable that picks an adapter by a substring of its name.
 pub const ADAPTER_ENV: &str = "PPO_WGPU_ADAPTER";
 
+/// Running totals of the host↔GPU work a device has done (see `Gpu::counts`).
+#[derive(Default)]
+pub(crate) struct Counters {
+    submits: std::sync::atomic::AtomicU64,
+    readbacks: std::sync::atomic::AtomicU64,
+    buffers: std::sync::atomic::AtomicU64,
+    pipelines: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of a device's counters: command submissions, readbacks (host waits for data),
+/// GPU buffers created (the pool's reuses excluded) and pipelines compiled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub submits: u64,
+    pub readbacks: u64,
+    pub buffers: u64,
+    pub pipelines: u64,
+}
+
+impl std::ops::Sub for Counts {
+    type Output = Counts;
+    fn sub(self, o: Counts) -> Counts {
+        Counts {
+            submits: self.submits - o.submits,
+            readbacks: self.readbacks - o.readbacks,
+            buffers: self.buffers - o.buffers,
+            pipelines: self.pipelines - o.pipelines,
+        }
+    }
+}
+
 /// Which matmul implementation a given adapter runs fastest (see `kernels::matmul`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulVariant {
@@ -39,6 +76,9 @@ pub struct Gpu {
     pool: BufferPool,
     /// Uniform buffers for recorders, reused once a recorder has submitted.
     uniform_arenas: Mutex<Vec<wgpu::Buffer>>,
+    /// What this device has done so far, for tests and benches that check the budgets of
+    /// docs/design.md §7.
+    pub(crate) counters: Counters,
     /// Errors wgpu reported outside an error scope (validation, out of memory), kept until the
     /// next `wait` or download turns the first into this crate's error instead of a panic.
     uncaptured: Arc<Mutex<Vec<String>>>,
@@ -187,8 +227,21 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             pool: BufferPool::default(),
             uniform_arenas: Mutex::new(Vec::new()),
+            counters: Counters::default(),
             uncaptured,
         }))
+    }
+
+    /// The counters so far; subtract two snapshots to count what happened in between.
+    pub fn counts(&self) -> Counts {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let c = &self.counters;
+        Counts {
+            submits: get(&c.submits),
+            readbacks: get(&c.readbacks),
+            buffers: get(&c.buffers),
+            pipelines: get(&c.pipelines),
+        }
     }
 
     /// A one-line description: adapter name, backend, device type, driver.
@@ -260,6 +313,7 @@ impl Gpu {
             return Err(Error::Gpu(format!("compiling {key} on {}: {e}", self.info.name)));
         }
         self.pipelines.lock().unwrap().insert(key, pipeline.clone());
+        Counters::bump(&self.counters.pipelines);
         Ok(pipeline)
     }
 

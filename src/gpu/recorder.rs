@@ -7,7 +7,7 @@
 //! whole forward and backward pass. (On lavapipe a dispatch costs ~36 µs inside one pass and a
 //! submit+wait ~100 µs, so fewer submits is the main lever there too.)
 
-use super::{Gpu, Tensor};
+use super::{Counters, Gpu, Tensor};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -43,6 +43,7 @@ pub struct Recorder {
 impl Recorder {
     pub fn new(gpu: &Arc<Gpu>) -> Recorder {
         let arena = gpu.uniform_arenas.lock().unwrap().pop().unwrap_or_else(|| {
+            Counters::bump(&gpu.counters.buffers);
             gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("uniform arena"),
                 size: UNIFORM_ARENA_BYTES,
@@ -177,6 +178,7 @@ impl Recorder {
                 self.gpu.queue.write_buffer(self.arena.as_ref().unwrap(), 0, &self.uniforms);
             }
             self.gpu.queue.submit([encoder.finish()]);
+            Counters::bump(&self.gpu.counters.submits);
         }
         self.uniforms.clear();
         self.in_use.clear();

@@ -5,7 +5,7 @@
 //! a training loop that repeats the same shapes allocates nothing after its first step.
 //! Set `PPO_WGPU_NO_POOL=1` to turn reuse off when hunting a bug.
 
-use super::Gpu;
+use super::{Counters, Gpu};
 use crate::error::{Error, Result, ensure_shape};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,6 +129,7 @@ impl Gpu {
             None => {
                 // Out of device memory is an error for the caller, not a panic inside wgpu.
                 let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+                Counters::bump(&self.counters.buffers);
                 let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
                     label: None,
                     size,
@@ -210,6 +211,7 @@ impl Gpu {
         let size = t.byte_len().next_multiple_of(256);
         let reused = self.pool.staging.lock().unwrap().get_mut(&size).and_then(Vec::pop);
         let staging = reused.unwrap_or_else(|| {
+            Counters::bump(&self.counters.buffers);
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),
                 size,
@@ -220,6 +222,8 @@ impl Gpu {
         let mut encoder = self.device.create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(t.buffer(), t.byte_offset(), &staging, 0, t.byte_len());
         self.queue.submit([encoder.finish()]);
+        Counters::bump(&self.counters.submits);
+        Counters::bump(&self.counters.readbacks);
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, ..t.byte_len(), move |r| {
             let _ = tx.send(r);
