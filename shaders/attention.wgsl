@@ -31,7 +31,6 @@ struct Params {
 
 override HEAD_DIM: u32 = 64u;
 const MAX_HEAD_DIM4: u32 = 32u; // head dimension up to 128
-const NEG_BIG: f32 = -3.0e38;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<vec4<f32>>;

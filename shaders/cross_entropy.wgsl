@@ -23,7 +23,6 @@ struct Params {
 
 const WG: u32 = 64u;
 const IGNORE: u32 = 0xFFFFFFFFu;
-const NEG_BIG: f32 = -3.0e38;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;

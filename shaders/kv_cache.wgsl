@@ -27,7 +27,6 @@ struct Params {
 
 const WG: u32 = 64u;
 const MAX_KEYS: u32 = 2048u;
-const NEG_BIG: f32 = -3.0e38;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
@@ -51,7 +50,6 @@ fn kv_cache_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 }
 
 var<workgroup> scores: array<f32, MAX_KEYS>;
-var<workgroup> red: array<f32, WG>;
 
 @compute @workgroup_size(64)
 fn decode_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -78,14 +76,7 @@ fn decode_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         }
         scores[j] = s;
     }
-    red[lid] = m;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
-        workgroupBarrier();
-    }
-    m = red[0];
-    workgroupBarrier();
+    m = workgroup_max(lid, WG, m);
 
     // Softmax weights (0 for masked keys) and their sum.
     var sum = 0.0;
@@ -94,13 +85,8 @@ fn decode_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         scores[j] = p;
         sum += p;
     }
-    red[lid] = sum;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { red[lid] += red[lid + s]; }
-        workgroupBarrier();
-    }
-    let inv_sum = select(0.0, 1.0 / red[0], red[0] > 0.0);
+    sum = workgroup_sum(lid, WG, sum);
+    let inv_sum = select(0.0, 1.0 / sum, sum > 0.0);
 
     // out[d] = Σ_j p_j v_j[d] / Σ_j p_j, one channel per invocation.
     for (var d = lid; d < hd; d += WG) {

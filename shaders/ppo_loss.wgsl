@@ -45,7 +45,6 @@ struct Params {
 }
 
 const WG: u32 = 64u;
-const NEG_BIG: f32 = -3.0e38;
 
 // Columns of `inputs`.
 const IN_MASK: u32 = 0u;

@@ -38,7 +38,6 @@ struct Params {
 }
 
 const WG: u32 = 256u;
-const NEG_BIG: f32 = -3.0e38;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
@@ -48,11 +47,10 @@ const NEG_BIG: f32 = -3.0e38;
 @group(0) @binding(5) var<storage, read_write> done: array<u32>;
 @group(0) @binding(6) var<storage, read> prompt_len: array<u32>;
 
-var<workgroup> red_f: array<f32, WG>;
-var<workgroup> red_u: array<u32, WG>;
+var<workgroup> chunk_mass: array<f32, WG>;
 var<workgroup> chosen: u32;
-var<workgroup> shared_u: u32;
-var<workgroup> shared_f: f32;
+var<workgroup> owner_and_rest: vec2<f32>; // the chunk that holds the draw, and what is left of u there
+var<workgroup> row_done: u32;
 
 // PCG hash (Jarzynski & Olano, "Hash Functions for GPU Rendering", 2020).
 fn pcg(v: u32) -> u32 {
@@ -73,39 +71,6 @@ fn key_of(x: f32) -> u32 {
     return select(bits | 0x80000000u, ~bits, (bits & 0x80000000u) != 0u);
 }
 
-fn reduce_sum_f(lid: u32, x: f32) -> f32 {
-    red_f[lid] = x;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { red_f[lid] += red_f[lid + s]; }
-        workgroupBarrier();
-    }
-    if (lid == 0u) { shared_f = red_f[0]; }
-    return workgroupUniformLoad(&shared_f);
-}
-
-fn reduce_max_f(lid: u32, x: f32) -> f32 {
-    red_f[lid] = x;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { red_f[lid] = max(red_f[lid], red_f[lid + s]); }
-        workgroupBarrier();
-    }
-    if (lid == 0u) { shared_f = red_f[0]; }
-    return workgroupUniformLoad(&shared_f);
-}
-
-fn reduce_sum_u(lid: u32, x: u32) -> u32 {
-    red_u[lid] = x;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { red_u[lid] += red_u[lid + s]; }
-        workgroupBarrier();
-    }
-    if (lid == 0u) { shared_u = red_u[0]; }
-    return workgroupUniformLoad(&shared_u);
-}
-
 @compute @workgroup_size(256)
 fn sample_tokens(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -119,8 +84,8 @@ fn sample_tokens(
     let base = row * params.row_stride + params.row_base;
     let out = row * params.steps + params.step;
 
-    if (lid == 0u) { shared_u = done[row]; }
-    if (workgroupUniformLoad(&shared_u) != 0u) {
+    if (lid == 0u) { row_done = done[row]; }
+    if (workgroupUniformLoad(&row_done) != 0u) {
         if (lid == 0u) {
             tokens[out] = params.pad;
             next_ids[row] = params.pad;
@@ -132,20 +97,15 @@ fn sample_tokens(
     // The largest logit; for greedy also its lowest index.
     var m = NEG_BIG;
     for (var i = lid; i < v; i += WG) { m = max(m, logits[base + i]); }
-    m = reduce_max_f(lid, m);
+    m = workgroup_max(lid, WG, m);
 
     if (params.inv_temperature == 0.0) {
-        var first = 0xFFFFFFFFu;
+        var first = f32(v); // indices are exact in f32 (V < 2^24)
         for (var i = lid; i < v; i += WG) {
-            if (logits[base + i] == m) { first = min(first, i); }
+            if (logits[base + i] == m) { first = min(first, f32(i)); }
         }
-        red_u[lid] = first;
-        workgroupBarrier();
-        for (var s = WG / 2u; s > 0u; s >>= 1u) {
-            if (lid < s) { red_u[lid] = min(red_u[lid], red_u[lid + s]); }
-            workgroupBarrier();
-        }
-        if (lid == 0u) { chosen = min(red_u[0], v - 1u); }
+        first = workgroup_min(lid, WG, first);
+        if (lid == 0u) { chosen = min(u32(first), v - 1u); }
     } else {
         let inv_t = params.inv_temperature;
         // θ_k: the largest key with at least k keys at or above it.
@@ -153,9 +113,9 @@ fn sample_tokens(
         if (params.top_k > 0u && params.top_k < v) {
             for (var bit = 31i; bit >= 0i; bit--) {
                 let cand = theta | (1u << u32(bit));
-                var n = 0u;
-                for (var i = lid; i < v; i += WG) { n += u32(key_of(logits[base + i]) >= cand); }
-                if (reduce_sum_u(lid, n) >= params.top_k) { theta = cand; }
+                var n = 0.0; // counts are exact in f32 (V < 2^24)
+                for (var i = lid; i < v; i += WG) { n += f32(key_of(logits[base + i]) >= cand); }
+                if (workgroup_sum(lid, WG, n) >= f32(params.top_k)) { theta = cand; }
             }
         }
         // θ: the largest key (≥ θ_k) whose tail holds top_p of the kept mass.
@@ -164,7 +124,7 @@ fn sample_tokens(
             let z = logits[base + i];
             if (key_of(z) >= theta) { total += exp((z - m) * inv_t); }
         }
-        total = reduce_sum_f(lid, total);
+        total = workgroup_sum(lid, WG, total);
         if (params.top_p < 1.0) {
             // The largest key κ whose tail (within kept_k) holds the mass: decided bit by bit
             // from 0, the predicate being monotone in κ and true up to θ_k.
@@ -179,7 +139,7 @@ fn sample_tokens(
                     let z = logits[base + i];
                     if (key_of(z) >= cut) { mass += exp((z - m) * inv_t); }
                 }
-                if (reduce_sum_f(lid, mass) >= need) { kappa = cand; }
+                if (workgroup_sum(lid, WG, mass) >= need) { kappa = cand; }
             }
             theta = max(kappa, theta_k);
         }
@@ -193,29 +153,28 @@ fn sample_tokens(
             let z = logits[base + i];
             if (key_of(z) >= theta) { mine += exp((z - m) * inv_t); }
         }
-        red_f[lid] = mine;
+        chunk_mass[lid] = mine;
         workgroupBarrier();
         if (lid == 0u) {
             var kept = 0.0;
-            for (var j = 0u; j < WG; j++) { kept += red_f[j]; }
-            var goal = uniform_at(params.seed_lo, params.seed_hi, params.first_sample + row, params.step) * kept;
+            for (var j = 0u; j < WG; j++) { kept += chunk_mass[j]; }
+            let goal = uniform_at(params.seed_lo, params.seed_hi, params.first_sample + row, params.step) * kept;
             // The owner: the last chunk with mass whose prefix is ≤ goal (rounding-safe).
             var owner = 0u;
             var prefix = 0.0;
             var owner_prefix = 0.0;
             for (var j = 0u; j < WG; j++) {
-                if (red_f[j] > 0.0 && prefix <= goal) {
+                if (chunk_mass[j] > 0.0 && prefix <= goal) {
                     owner = j;
                     owner_prefix = prefix;
                 }
-                prefix += red_f[j];
+                prefix += chunk_mass[j];
             }
-            red_u[0] = owner;
-            red_f[0] = goal - owner_prefix;
+            owner_and_rest = vec2<f32>(f32(owner), goal - owner_prefix);
         }
         workgroupBarrier();
-        let owner = red_u[0];
-        var r = red_f[0];
+        let owner = u32(owner_and_rest.x);
+        var r = owner_and_rest.y;
         if (lid == owner) {
             var pick = 0xFFFFFFFFu;
             var last = lo;

@@ -7,7 +7,7 @@
 mod recorder;
 mod tensor;
 
-pub use recorder::{Binding, Recorder, Shader};
+pub use recorder::{Binding, PRELUDE, Recorder, Shader};
 pub use tensor::{DType, Tensor};
 
 use crate::error::{Error, Result};
@@ -290,7 +290,7 @@ impl Gpu {
                     self.device.create_shader_module_trusted(
                         wgpu::ShaderModuleDescriptor {
                             label: Some(shader.name),
-                            source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+                            source: wgpu::ShaderSource::Wgsl(shader.wgsl().into()),
                         },
                         checks,
                     )

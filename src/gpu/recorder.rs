@@ -17,6 +17,16 @@ pub struct Shader {
     pub source: &'static str,
 }
 
+/// What every shader shares (`NEG_BIG`, the workgroup reductions), appended when it is loaded.
+pub const PRELUDE: &str = include_str!("../../shaders/prelude.wgsl");
+
+impl Shader {
+    /// The WGSL that is compiled: the file, then the prelude.
+    pub fn wgsl(&self) -> String {
+        format!("{}\n{PRELUDE}", self.source)
+    }
+}
+
 /// One storage binding of a dispatch: `@binding(index)` gets `tensor`.
 pub struct Binding<'t> {
     pub index: u32,

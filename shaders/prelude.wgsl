@@ -1,0 +1,41 @@
+
+// ---------------------------------------------------------------------------------------------
+// prelude.wgsl — appended to every shader when it is loaded (`Shader::wgsl`), so that the
+// pieces many kernels need are written once. (WGSL declarations may come in any order; at the
+// end, the shader's own line numbers stay as they are in its file.)
+//
+//   NEG_BIG                      a finite "minus infinity" for masked scores and running maxima
+//   workgroup_sum/max/min(lid, n, x)
+//                                a tree reduction of x over the first n invocations of the
+//                                workgroup (n a power of two ≤ 256, every invocation with
+//                                lid < n taking part); the result is the same in every
+//                                invocation and uniform, so code may branch on it. Call it from
+//                                uniform control flow (it has barriers).
+
+const NEG_BIG: f32 = -3.0e38;
+
+const REDUCE_SUM: u32 = 0u;
+const REDUCE_MAX: u32 = 1u;
+const REDUCE_MIN: u32 = 2u;
+
+var<workgroup> prelude_scratch: array<f32, 256>;
+var<workgroup> prelude_result: f32;
+
+fn reduce_over_workgroup(lid: u32, n: u32, x: f32, op: u32) -> f32 {
+    prelude_scratch[lid] = x;
+    workgroupBarrier();
+    for (var s = n / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            let a = prelude_scratch[lid];
+            let b = prelude_scratch[lid + s];
+            prelude_scratch[lid] = select(select(min(a, b), max(a, b), op == REDUCE_MAX), a + b, op == REDUCE_SUM);
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) { prelude_result = prelude_scratch[0]; }
+    return workgroupUniformLoad(&prelude_result);
+}
+
+fn workgroup_sum(lid: u32, n: u32, x: f32) -> f32 { return reduce_over_workgroup(lid, n, x, REDUCE_SUM); }
+fn workgroup_max(lid: u32, n: u32, x: f32) -> f32 { return reduce_over_workgroup(lid, n, x, REDUCE_MAX); }
+fn workgroup_min(lid: u32, n: u32, x: f32) -> f32 { return reduce_over_workgroup(lid, n, x, REDUCE_MIN); }
