@@ -1,5 +1,5 @@
 // Log-softmax and cross-entropy over rows of logits (vocabularies up to 50257 and beyond), at
-// a temperature τ: every formula below sees z = logits/τ (params.scale = 1/τ).
+// a temperature τ: every formula below sees z = logits/τ (params.inv_temperature = 1/τ).
 //
 //   lse_n     = log Σ_v exp(z[n, v])                       one pass, online max/sum
 //   loss_n    = lse_n − z[n, target_n]                     (0 where target_n is IGNORE)
@@ -18,7 +18,7 @@
 struct Params {
     rows: u32,
     v: u32,
-    scale: f32, // 1/τ
+    inv_temperature: f32, // 1/τ
 }
 
 const WG: u32 = 64u;
@@ -50,7 +50,7 @@ fn row_logsumexp(row: u32, lid: u32) -> f32 {
     var m = NEG_BIG;
     var l = 0.0;
     for (var i = lid; i < params.v; i += WG) {
-        let z = logits[base + i] * params.scale;
+        let z = logits[base + i] * params.inv_temperature;
         let m_new = max(m, z);
         l = l * exp(m - m_new) + exp(z - m_new);
         m = m_new;
@@ -81,7 +81,7 @@ fn cross_entropy_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     if (lid == 0u) {
         lse[row] = row_lse;
         let tgt = targets[row];
-        loss[row] = select(row_lse - logits[row * params.v + min(tgt, params.v - 1u)] * params.scale, 0.0, tgt == IGNORE);
+        loss[row] = select(row_lse - logits[row * params.v + min(tgt, params.v - 1u)] * params.inv_temperature, 0.0, tgt == IGNORE);
     }
 }
 
@@ -93,7 +93,7 @@ fn log_softmax_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     let row_lse = row_logsumexp(row, lid);
     let base = row * params.v;
     for (var i = lid; i < params.v; i += WG) {
-        logp[base + i] = logits[base + i] * params.scale - row_lse;
+        logp[base + i] = logits[base + i] * params.inv_temperature - row_lse;
     }
 }
 
@@ -104,11 +104,11 @@ fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     if (row >= params.rows) { return; }
     let base = row * params.v;
     let tgt = targets[row];
-    let weight = select(dloss[row] * params.scale, 0.0, tgt == IGNORE);
+    let weight = select(dloss[row] * params.inv_temperature, 0.0, tgt == IGNORE);
     let row_lse = lse_saved[row];
     // Each element is read and then overwritten by the same invocation: no barrier needed.
     for (var i = lid; i < params.v; i += WG) {
-        let p = exp(dlogits[base + i] * params.scale - row_lse);
+        let p = exp(dlogits[base + i] * params.inv_temperature - row_lse);
         dlogits[base + i] = weight * (p - select(0.0, 1.0, i == tgt));
     }
 }

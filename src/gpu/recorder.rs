@@ -7,7 +7,7 @@
 //! whole forward and backward pass. (On lavapipe a dispatch costs ~36 µs inside one pass and a
 //! submit+wait ~100 µs, so fewer submits is the main lever there too.)
 
-use super::{Counters, Gpu, Tensor};
+use super::{Counters, DType, Gpu, Tensor};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -27,10 +27,12 @@ impl Shader {
     }
 }
 
-/// One storage binding of a dispatch: `@binding(index)` gets `tensor`.
+/// One storage binding of a dispatch: `@binding(index)` gets `tensor`, whose element type
+/// must be `dtype` (the shader's `array<f32>` or `array<u32>`).
 pub struct Binding<'t> {
     pub index: u32,
     pub tensor: &'t Tensor,
+    pub dtype: DType,
 }
 
 /// Bytes of uniform parameters one recorder may hold before it flushes.
@@ -109,6 +111,16 @@ impl Recorder {
     ) -> Result<()> {
         let max_binding = self.gpu.limits.max_storage_buffer_binding_size;
         for b in bindings {
+            if b.tensor.dtype() != b.dtype {
+                return Err(Error::Shape(format!(
+                    "{}:{entry}: binding {} wants {:?} elements, got a {:?} tensor {:?}",
+                    shader.name,
+                    b.index,
+                    b.dtype,
+                    b.tensor.dtype(),
+                    b.tensor.shape()
+                )));
+            }
             if b.tensor.byte_len() > max_binding {
                 return Err(Error::MissingCapability(format!(
                     "{entry}: binding {} is a tensor {:?} of {} bytes, above max_storage_buffer_binding_size = {} on {}",

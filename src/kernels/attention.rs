@@ -1,7 +1,7 @@
 //! Causal multi-head attention with a key padding mask, forward and backward.
 //! Shader: `attention.wgsl`.
 
-use super::{bind, expect_len, groups};
+use super::{bind, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{Recorder, Shader, Tensor};
 
@@ -64,7 +64,7 @@ pub fn attention_forward(
 ) -> Result<()> {
     let (params, hd) = shape.check(qkv, mask, out, lse)?;
     let grid = rec.gpu().grid(groups(shape.rows(), 64));
-    let bindings = [bind(1, qkv), bind(2, mask), bind(3, out), bind(4, lse)];
+    let bindings = [bind(1, qkv), bind_u32(2, mask), bind(3, out), bind(4, lse)];
     rec.dispatch(&SHADER, "attention_forward", &[("HEAD_DIM", hd)], bytemuck::bytes_of(&params), &bindings, grid)
 }
 
@@ -97,7 +97,7 @@ pub fn attention_backward(
         &[bind(5, out), bind(6, dout), bind(8, delta)],
         grid,
     )?;
-    let b = [bind(1, qkv), bind(2, mask), bind(6, dout), bind(7, lse), bind(9, delta), bind(10, dqkv)];
+    let b = [bind(1, qkv), bind_u32(2, mask), bind(6, dout), bind(7, lse), bind(9, delta), bind(10, dqkv)];
     rec.dispatch(&SHADER, "attention_backward_query", &constants, p, &b, grid)?;
     rec.dispatch(&SHADER, "attention_backward_key_value", &constants, p, &b, grid)
 }

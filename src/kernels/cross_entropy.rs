@@ -1,6 +1,6 @@
 //! Log-softmax and cross-entropy forward and backward. Shader: `cross_entropy.wgsl`.
 
-use super::{as_matrix, bind, expect_len, row_ranges};
+use super::{as_matrix, bind, bind_u32, expect_len, row_ranges};
 use crate::error::Result;
 use crate::gpu::{Recorder, Shader, Tensor};
 
@@ -14,12 +14,12 @@ pub const IGNORE: u32 = u32::MAX;
 struct Params {
     rows: u32,
     v: u32,
-    scale: f32,
+    inv_temperature: f32,
 }
 
 fn params(logits: &Tensor, temperature: f32) -> Params {
     let (rows, v) = as_matrix(logits);
-    Params { rows: rows as u32, v: v as u32, scale: 1.0 / temperature }
+    Params { rows: rows as u32, v: v as u32, inv_temperature: 1.0 / temperature }
 }
 
 /// With z = logits/temperature: loss [N] = lse − z[n, target_n] (0 for IGNORE), so −loss is the
@@ -41,7 +41,7 @@ pub fn cross_entropy_forward(
         let (logits, targets) = (logits.view(&gpu, r0 * v, &[n, v])?, targets.view(&gpu, r0, &[n])?);
         let (lse, loss) = (lse.view(&gpu, r0, &[n])?, loss.view(&gpu, r0, &[n])?);
         let p = params(&logits, temperature);
-        let b = [bind(1, &logits), bind(2, &targets), bind(3, &lse), bind(4, &loss)];
+        let b = [bind(1, &logits), bind_u32(2, &targets), bind(3, &lse), bind(4, &loss)];
         rec.dispatch(&SHADER, "cross_entropy_forward", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n))?;
     }
     Ok(())
@@ -81,7 +81,7 @@ pub fn cross_entropy_backward(
         let (logits, targets) = (logits.view(&gpu, r0 * v, &[n, v])?, targets.view(&gpu, r0, &[n])?);
         let (dloss, lse) = (dloss.view(&gpu, r0, &[n])?, lse.view(&gpu, r0, &[n])?);
         let p = params(&logits, temperature);
-        let b = [bind(2, &targets), bind(6, &logits), bind(7, &dloss), bind(8, &lse)];
+        let b = [bind_u32(2, &targets), bind(6, &logits), bind(7, &dloss), bind(8, &lse)];
         rec.dispatch(&SHADER, "cross_entropy_backward", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n))?;
     }
     Ok(())

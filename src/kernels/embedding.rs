@@ -1,6 +1,6 @@
 //! Token + position embedding forward and backward. Shader: `embedding.wgsl`.
 
-use super::{as_matrix, bind, expect_len, groups, row_ranges};
+use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recorder, Shader, Tensor};
 use std::sync::Arc;
@@ -107,7 +107,7 @@ pub fn embedding_forward(
             first_bucket: 0,
         };
         let grid = gpu.grid(groups(ids.len() * c, 256));
-        let b = [bind(1, ids), bind(2, pos), bind(3, &slice), bind(4, wpe), bind(5, out)];
+        let b = [bind_u32(1, ids), bind_u32(2, pos), bind(3, &slice), bind(4, wpe), bind(5, out)];
         rec.dispatch(&SHADER, "embedding_forward", &[], bytemuck::bytes_of(&params), &b, grid)?;
     }
     Ok(())
@@ -138,9 +138,9 @@ pub fn embedding_backward(rec: &mut Recorder, dtable: &Tensor, dout: &Tensor, bu
         let grid = gpu.grid(groups((end - first) * c, 256));
         let b = [
             bind(6, dout),
-            bind(7, &buckets.rows),
-            bind(8, &buckets.offsets),
-            bind(9, &buckets.tokens),
+            bind_u32(7, &buckets.rows),
+            bind_u32(8, &buckets.offsets),
+            bind_u32(9, &buckets.tokens),
             bind(10, &slice),
         ];
         rec.dispatch(&SHADER, "embedding_backward", &[], bytemuck::bytes_of(&params), &b, grid)?;

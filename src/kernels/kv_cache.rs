@@ -1,7 +1,7 @@
 //! The KV cache of generation: writing a step's keys and values, and attention of each row's
 //! newest query against the cache. Shader: `kv_cache.wgsl`.
 
-use super::{bind, expect_len, groups};
+use super::{bind, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{Recorder, Shader, Tensor};
 
@@ -80,7 +80,7 @@ pub fn decode_attention(
         scale: 1.0 / ((c / n_head) as f32).sqrt(),
         ..Default::default()
     };
-    let bindings = [bind(1, qkv), bind(3, cache), bind(4, mask), bind(5, out)];
+    let bindings = [bind(1, qkv), bind(3, cache), bind_u32(4, mask), bind(5, out)];
     let grid = rec.gpu().grid(b * n_head);
     rec.dispatch(&SHADER, "decode_attention", &[], bytemuck::bytes_of(&p), &bindings, grid)
 }

@@ -18,11 +18,16 @@ pub mod rollout;
 pub mod sampling;
 
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Binding, Gpu, Tensor};
+use crate::gpu::{Binding, DType, Gpu, Tensor};
 
-/// `@binding(index)` = `tensor`.
+/// `@binding(index)` = `tensor`, an `array<f32>` in the shader.
 pub(crate) fn bind(index: u32, tensor: &Tensor) -> Binding<'_> {
-    Binding { index, tensor }
+    Binding { index, tensor, dtype: DType::F32 }
+}
+
+/// `@binding(index)` = `tensor`, an `array<u32>` in the shader (token ids, masks, indices).
+pub(crate) fn bind_u32(index: u32, tensor: &Tensor) -> Binding<'_> {
+    Binding { index, tensor, dtype: DType::U32 }
 }
 
 /// (rows, cols) of a tensor seen as a matrix whose rows are its last axis.

@@ -2,7 +2,7 @@
 //! minibatch statistics. Shader: `ppo_loss.wgsl`; docs/design.md §4 is the math.
 
 use super::cross_entropy::log_softmax_forward;
-use super::{as_matrix, bind, expect_len, groups, row_ranges};
+use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{Recorder, Shader, Tensor};
 
@@ -114,7 +114,7 @@ pub fn ppo_loss_fused(
         let p = mb.params(n, r0, v, cfg);
         let b = [
             bind(1, &logits),
-            bind(2, mb.tokens),
+            bind_u32(2, mb.tokens),
             bind(3, mb.inputs),
             bind(4, mb.values),
             bind(5, dvalues),
@@ -150,13 +150,13 @@ pub fn ppo_loss_unfused(
         "ppo_unfused_gather",
         &[],
         p,
-        &[bind(2, mb.tokens), bind(3, mb.inputs), bind(9, logp), bind(10, row_scalars)],
+        &[bind_u32(2, mb.tokens), bind(3, mb.inputs), bind(9, logp), bind(10, row_scalars)],
         per_row,
     )?;
     rec.dispatch(&SHADER, "ppo_unfused_entropy", &[], p, &[bind(9, logp), bind(10, row_scalars)], gpu.grid(rows))?;
     let b = [bind(3, mb.inputs), bind(4, mb.values), bind(5, dvalues), bind(6, token_stats), bind(10, row_scalars)];
     rec.dispatch(&SHADER, "ppo_unfused_loss", &[], p, &b, per_row)?;
-    let b = [bind(1, mb.logits), bind(2, mb.tokens), bind(9, logp), bind(10, row_scalars)];
+    let b = [bind(1, mb.logits), bind_u32(2, mb.tokens), bind(9, logp), bind(10, row_scalars)];
     rec.dispatch(&SHADER, "ppo_unfused_grad", &[], p, &b, gpu.grid(rows))
 }
 
@@ -204,7 +204,7 @@ pub fn logprob_entropy(
             inv_temperature: 1.0 / temperature,
             ..Default::default()
         };
-        let b = [bind(1, &slice), bind(2, tokens), bind(11, logprobs), bind(12, entropy)];
+        let b = [bind(1, &slice), bind_u32(2, tokens), bind(11, logprobs), bind(12, entropy)];
         rec.dispatch(&SHADER, "logprob_entropy_rows", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n))?;
     }
     Ok(())

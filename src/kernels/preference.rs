@@ -1,7 +1,7 @@
 //! The Bradley–Terry preference loss and its gradient, for reward-model training. Shader:
 //! `preference.wgsl`; the CPU reference is `reference::bradley_terry`.
 
-use super::{as_matrix, bind, expect_len, groups};
+use super::{as_matrix, bind, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{Recorder, Shader, Tensor};
 
@@ -32,6 +32,6 @@ pub fn bradley_terry(
     expect_len(drewards, rows * t, "preference reward gradient")?;
     expect_len(pair_stats, n * 2, "preference pair statistics")?;
     let p = Params { pairs: n as u32, t: t as u32, inv_pairs: 1.0 / n.max(1) as f32 };
-    let bindings = [bind(1, rewards), bind(2, mask), bind(3, drewards), bind(4, pair_stats)];
+    let bindings = [bind(1, rewards), bind_u32(2, mask), bind(3, drewards), bind(4, pair_stats)];
     rec.dispatch(&SHADER, "bradley_terry", &[], bytemuck::bytes_of(&p), &bindings, [groups(n, 64) as u32, 1, 1])
 }

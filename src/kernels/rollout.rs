@@ -1,7 +1,7 @@
 //! Rollout glue on the GPU: per-token values, the packed PPO loss inputs, minibatch row
 //! gathers and per-sequence scores. Shader: `rollout.wgsl`.
 
-use super::{as_matrix, bind, expect_len, groups};
+use super::{as_matrix, bind, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{DType, Recorder, Shader, Tensor};
 
@@ -62,7 +62,7 @@ pub fn gather_rows(rec: &mut Recorder, dst: &Tensor, src: &Tensor, rows: &Tensor
         "gather_rows",
         &[],
         bytemuck::bytes_of(&p),
-        &[bind(1, src), bind(2, dst), bind(3, rows)],
+        &[bind(1, src), bind(2, dst), bind_u32(3, rows)],
         grid,
     )
 }
@@ -73,6 +73,6 @@ pub fn last_token_scores(rec: &mut Recorder, scores: &Tensor, x: &Tensor, mask: 
     expect_len(mask, b * t, "score mask")?;
     expect_len(scores, b, "scores")?;
     let p = Params { b: b as u32, t: t as u32, ..Default::default() };
-    let bindings = [bind(1, x), bind(2, scores), bind(4, mask)];
+    let bindings = [bind(1, x), bind(2, scores), bind_u32(4, mask)];
     rec.dispatch(&SHADER, "last_token_scores", &[], bytemuck::bytes_of(&p), &bindings, [groups(b, 64) as u32, 1, 1])
 }

@@ -2,7 +2,7 @@
 //! random stream per (seed, sample, step). Shader: `sampling.wgsl`; the CPU reference is
 //! `reference::sample_threshold` with `reference::uniform_at`.
 
-use super::{bind, expect_len};
+use super::{bind, bind_u32, expect_len};
 use crate::error::{Error, Result, ensure_shape};
 use crate::gpu::{Recorder, Shader, Tensor};
 
@@ -125,11 +125,11 @@ pub fn sample_tokens(
     };
     let bindings = [
         bind(1, logits),
-        bind(2, state.tokens),
-        bind(3, state.next_ids),
-        bind(4, state.next_pos),
-        bind(5, state.done),
-        bind(6, state.prompt_len),
+        bind_u32(2, state.tokens),
+        bind_u32(3, state.next_ids),
+        bind_u32(4, state.next_pos),
+        bind_u32(5, state.done),
+        bind_u32(6, state.prompt_len),
     ];
     let grid = rec.gpu().grid(b);
     rec.dispatch(&SHADER, "sample_tokens", &[], bytemuck::bytes_of(&p), &bindings, grid)

@@ -62,7 +62,14 @@ fn a_broken_shader_is_an_error_not_a_panic() {
     let t = gpu.tensor(&[4], DType::F32).unwrap();
     let mut rec = Recorder::new(&gpu);
     let err = rec
-        .dispatch(&broken, "main", &[], &[0u8; 16], &[ppo_wgpu::gpu::Binding { index: 1, tensor: &t }], [1, 1, 1])
+        .dispatch(
+            &broken,
+            "main",
+            &[],
+            &[0u8; 16],
+            &[ppo_wgpu::gpu::Binding { index: 1, tensor: &t, dtype: DType::F32 }],
+            [1, 1, 1],
+        )
         .unwrap_err()
         .to_string();
     assert!(err.contains("broken:main") && err.contains("GPU error"), "{err}");
@@ -81,14 +88,25 @@ fn an_uncaptured_wgpu_error_comes_back_from_the_next_wait() {
     let mut rec = Recorder::new(&gpu);
     let shader = &ppo_wgpu::kernels::residual::SHADER;
     let bindings = [
-        ppo_wgpu::gpu::Binding { index: 1, tensor: &a },
-        ppo_wgpu::gpu::Binding { index: 2, tensor: &b },
-        ppo_wgpu::gpu::Binding { index: 3, tensor: &out },
-        ppo_wgpu::gpu::Binding { index: 7, tensor: &out }, // not in the shader
+        ppo_wgpu::gpu::Binding { index: 1, tensor: &a, dtype: DType::F32 },
+        ppo_wgpu::gpu::Binding { index: 2, tensor: &b, dtype: DType::F32 },
+        ppo_wgpu::gpu::Binding { index: 3, tensor: &out, dtype: DType::F32 },
+        ppo_wgpu::gpu::Binding { index: 7, tensor: &out, dtype: DType::F32 }, // not in the shader
     ];
     rec.dispatch(shader, "residual_forward", &[], &8u32.to_le_bytes(), &bindings, [1, 1, 1]).unwrap();
     drop(rec);
     let err = gpu.download(&out).unwrap_err().to_string();
     assert!(err.contains("GPU error"), "{err}");
     assert!(gpu.wait().is_ok(), "the error is reported once");
+}
+
+/// A tensor of the wrong element type is an error naming the binding, not garbage.
+#[test]
+fn a_tensor_of_the_wrong_dtype_is_refused_where_it_is_bound() {
+    let gpu = gpu();
+    let ids = gpu.upload_u32(&[8], &[1; 8]).unwrap();
+    let (a, out) = (zeros(&[8]), zeros(&[8]));
+    let mut rec = Recorder::new(&gpu);
+    let err = ppo_wgpu::kernels::residual::residual_forward(&mut rec, &out, &a, &ids).unwrap_err().to_string();
+    assert!(err.contains("residual:residual_forward: binding 2 wants F32") && err.contains("U32"), "{err}");
 }
