@@ -5,13 +5,13 @@
 //! ln V (what a 0.02-scale random init gives).
 
 use criterion::{Criterion, Throughput};
-use ppo_wgpu::gpu::{DType, Gpu, Recorder};
+use ppo_wgpu::gpu::{Gpu, Recorder};
 use ppo_wgpu::kernels::adamw::AdamW;
-use ppo_wgpu::kernels::cross_entropy::{cross_entropy_backward, cross_entropy_forward};
 use ppo_wgpu::model::optimizer::Optimizer;
-use ppo_wgpu::model::{Batch, GptConfig, Heads, Model, init::init_weights};
+use ppo_wgpu::model::{GptConfig, Heads, Model, init::init_weights};
 use ppo_wgpu::reference;
 use ppo_wgpu::rng::Rng;
+use ppo_wgpu::sft::{LmBatch, record_loss, record_step};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,11 +22,8 @@ fn bench_model(c: &mut Criterion, gpu: &Arc<Gpu>, label: &str, config: GptConfig
     let mut rng = Rng::new(2);
     let ids: Vec<u32> = (0..b * t).map(|_| rng.below(config.vocab_size as u32)).collect();
     let mask = vec![1u32; b * t];
-    let batch = Batch::new(gpu, &config, &ids, &mask, b, t).unwrap();
     let targets: Vec<u32> = (0..b * t).map(|i| ids[(i + 1) % (b * t)]).collect();
-    let targets = gpu.upload_u32(&[b * t], &targets).unwrap();
-    let dloss = gpu.upload(&[b * t], &vec![1.0 / (b * t) as f32; b * t]).unwrap();
-    let (loss, lse) = (gpu.tensor(&[b * t], DType::F32).unwrap(), gpu.tensor(&[b * t], DType::F32).unwrap());
+    let lm = LmBatch::new(&model, &ids, &mask, &targets, b, t).unwrap();
     let mut rec = Recorder::new(gpu);
     let mut opt = Optimizer::new(&model, &mut rec, AdamW::default(), 1.0).unwrap();
     let grads = model.zeros_like_params(&mut rec).unwrap();
@@ -34,9 +31,7 @@ fn bench_model(c: &mut Criterion, gpu: &Arc<Gpu>, label: &str, config: GptConfig
 
     // Check first.
     let mut rec = Recorder::new(gpu);
-    let acts = model.forward(&mut rec, &batch).unwrap();
-    let logits = acts.logits.reshape(&[b * t, config.vocab_size]).unwrap();
-    cross_entropy_forward(&mut rec, &loss, &lse, &logits, &targets, 1.0).unwrap();
+    let acts = record_loss(&mut rec, &model, &lm).unwrap();
     rec.submit();
     if config.n_layer <= 4 {
         let param = |name: &str| ck.get(name).map(|v| v.iter().map(|&x| x as f64).collect()).unwrap_or_default();
@@ -45,7 +40,7 @@ fn bench_model(c: &mut Criterion, gpu: &Arc<Gpu>, label: &str, config: GptConfig
         let worst = got.iter().zip(&want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
         assert!(worst < 1e-4, "{label}: logits differ from the CPU reference model by {worst:.2e}");
     } else {
-        let mean = gpu.download(&loss).unwrap().iter().map(|&l| l as f64).sum::<f64>() / (b * t) as f64;
+        let mean = lm.mean_loss(gpu).unwrap() as f64;
         let ln_v = (config.vocab_size as f64).ln();
         assert!((mean - ln_v).abs() < 0.5, "{label}: initial loss {mean:.3}, expected about ln V = {ln_v:.3}");
     }
@@ -61,7 +56,7 @@ fn bench_model(c: &mut Criterion, gpu: &Arc<Gpu>, label: &str, config: GptConfig
             let start = Instant::now();
             for _ in 0..iters {
                 let mut rec = Recorder::new(gpu);
-                let _acts = model.forward(&mut rec, &batch).unwrap();
+                let _acts = model.forward(&mut rec, &lm.batch).unwrap();
                 rec.submit();
             }
             gpu.wait().unwrap();
@@ -77,13 +72,7 @@ fn bench_model(c: &mut Criterion, gpu: &Arc<Gpu>, label: &str, config: GptConfig
             let start = Instant::now();
             for _ in 0..iters {
                 let mut rec = Recorder::new(gpu);
-                let acts = model.forward(&mut rec, &batch).unwrap();
-                let logits = acts.logits.reshape(&[b * t, config.vocab_size]).unwrap();
-                cross_entropy_forward(&mut rec, &loss, &lse, &logits, &targets, 1.0).unwrap();
-                rec.zero(&grads.flat);
-                cross_entropy_backward(&mut rec, &logits, &dloss, &lse, &targets, 1.0).unwrap();
-                model.backward(&mut rec, &batch, &acts, None, None, &grads).unwrap();
-                opt.update(&mut rec, &model, &grads.flat, 1e-4).unwrap();
+                record_step(&mut rec, &model, &mut opt, &grads, &lm, 1e-4).unwrap();
                 rec.submit();
             }
             gpu.wait().unwrap();

@@ -10,7 +10,7 @@ use crate::kernels::adamw::AdamW;
 use crate::kernels::cross_entropy::{IGNORE, cross_entropy_backward, cross_entropy_forward};
 use crate::model::checkpoint::{self, TOKENIZER_FILE, write_atomically};
 use crate::model::optimizer::{Optimizer, learning_rate};
-use crate::model::{Activations, Batch, Model};
+use crate::model::{Activations, Batch, Model, Params};
 use crate::progress;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
@@ -152,6 +152,71 @@ pub struct SftReport {
     pub steps: usize,
 }
 
+/// A batch for a language-modelling step: the sequences, the targets, and the per-token
+/// loss buffers the step writes.
+pub struct LmBatch {
+    pub batch: Batch,
+    /// u32 [B·T]: the token position j predicts, or IGNORE where nothing is trained.
+    pub targets: Tensor,
+    /// [B·T]: ∂L/∂loss for L = the mean over the trained tokens: 1/count there, else 0.
+    pub dloss: Tensor,
+    /// [B·T]: the per-token cross-entropy (0 where not trained), written by the step.
+    pub loss: Tensor,
+    /// [B·T]: the log-sum-exp of each row of logits, kept for the backward.
+    pub lse: Tensor,
+    /// Trained tokens.
+    pub count: usize,
+}
+
+impl LmBatch {
+    /// ids and mask [B, T]; targets [B·T] (IGNORE where not trained).
+    pub fn new(model: &Model, ids: &[u32], mask: &[u32], targets: &[u32], b: usize, t: usize) -> Result<LmBatch> {
+        let gpu = model.gpu();
+        let count = targets.iter().filter(|&&x| x != IGNORE).count();
+        let dloss: Vec<f32> =
+            targets.iter().map(|&x| if x == IGNORE { 0.0 } else { 1.0 / count.max(1) as f32 }).collect();
+        Ok(LmBatch {
+            batch: Batch::new(gpu, &model.config, ids, mask, b, t)?,
+            targets: gpu.upload_u32(&[b * t], targets)?,
+            dloss: gpu.upload(&[b * t], &dloss)?,
+            loss: gpu.tensor(&[b * t], DType::F32)?,
+            lse: gpu.tensor(&[b * t], DType::F32)?,
+            count,
+        })
+    }
+
+    /// The mean loss of the trained tokens, after the recorded work has run (a readback).
+    pub fn mean_loss(&self, gpu: &Gpu) -> Result<f32> {
+        Ok((gpu.download(&self.loss)?.iter().map(|&l| l as f64).sum::<f64>() / self.count.max(1) as f64) as f32)
+    }
+}
+
+/// Records the forward and the cross-entropy of `lm` (into `lm.loss`); returns the activations.
+pub fn record_loss(rec: &mut Recorder, model: &Model, lm: &LmBatch) -> Result<Activations> {
+    let acts = model.forward(rec, &lm.batch)?;
+    let logits = acts.logits.reshape(&[lm.batch.b * lm.batch.t, model.config.vocab_size])?;
+    cross_entropy_forward(rec, &lm.loss, &lm.lse, &logits, &lm.targets, 1.0)?;
+    Ok(acts)
+}
+
+/// Records one training step on `lm`: forward, cross-entropy, its gradient through the whole
+/// model into `grads`, clipping and AdamW at `lr` — one encoder, nothing read back.
+pub fn record_step(
+    rec: &mut Recorder,
+    model: &Model,
+    opt: &mut Optimizer,
+    grads: &Params,
+    lm: &LmBatch,
+    lr: f32,
+) -> Result<()> {
+    let acts = record_loss(rec, model, lm)?;
+    let logits = acts.logits.reshape(&[lm.batch.b * lm.batch.t, model.config.vocab_size])?;
+    rec.zero(&grads.flat);
+    cross_entropy_backward(rec, &logits, &lm.dloss, &lm.lse, &lm.targets, 1.0)?;
+    model.backward(rec, &lm.batch, &acts, None, None, grads)?;
+    opt.update(rec, model, &grads.flat, lr)
+}
+
 struct Trainer {
     gpu: Arc<Gpu>,
     model: Model,
@@ -159,34 +224,11 @@ struct Trainer {
     batch_size: usize,
 }
 
-/// A recorded forward + cross-entropy of one batch.
-struct Forward {
-    batch: Batch,
-    acts: Activations,
-    /// Logits seen as [B·T, V] (the same buffer as acts.logits).
-    logits: Tensor,
-    loss: Tensor, // [B·T], 0 where not trained
-    lse: Tensor,  // [B·T]
-    targets: Tensor,
-    /// ∂L/∂loss per row for L = mean over trained tokens: 1/count there, else 0.
-    dloss: Vec<f32>,
-    count: usize,
-}
-
 impl Trainer {
-    /// Records forward + cross-entropy for `examples`.
-    fn forward(&self, rec: &mut Recorder, examples: &[&Example]) -> Result<Forward> {
-        let (b, t) = (examples.len(), self.seq_len);
-        let (ids, mask, targets) = collate(examples, t);
-        let count = targets.iter().filter(|&&x| x != IGNORE).count();
-        let dloss = targets.iter().map(|&x| if x == IGNORE { 0.0 } else { 1.0 / count.max(1) as f32 }).collect();
-        let batch = Batch::new(&self.gpu, &self.model.config, &ids, &mask, b, t)?;
-        let targets = self.gpu.upload_u32(&[b * t], &targets)?;
-        let (loss, lse) = (self.gpu.tensor(&[b * t], DType::F32)?, self.gpu.tensor(&[b * t], DType::F32)?);
-        let acts = self.model.forward(rec, &batch)?;
-        let logits = acts.logits.reshape(&[b * t, self.model.config.vocab_size])?;
-        cross_entropy_forward(rec, &loss, &lse, &logits, &targets, 1.0)?;
-        Ok(Forward { batch, acts, logits, loss, lse, targets, dloss, count })
+    /// `examples` as a language-modelling batch of the trainer's sequence length.
+    fn lm_batch(&self, examples: &[&Example]) -> Result<LmBatch> {
+        let (ids, mask, targets) = collate(examples, self.seq_len);
+        LmBatch::new(&self.model, &ids, &mask, &targets, examples.len(), self.seq_len)
     }
 
     /// Mean loss over the trained tokens of `examples`, in batches.
@@ -194,11 +236,12 @@ impl Trainer {
         let (mut sum, mut count) = (0.0f64, 0usize);
         for chunk in examples.chunks(self.batch_size) {
             let refs: Vec<&Example> = chunk.iter().collect();
+            let lm = self.lm_batch(&refs)?;
             let mut rec = Recorder::new(&self.gpu);
-            let f = self.forward(&mut rec, &refs)?;
+            record_loss(&mut rec, &self.model, &lm)?;
             rec.submit();
-            sum += self.gpu.download(&f.loss)?.iter().map(|&l| l as f64).sum::<f64>();
-            count += f.count;
+            sum += lm.mean_loss(&self.gpu)? as f64 * lm.count as f64;
+            count += lm.count;
         }
         Ok((sum / count.max(1) as f64) as f32)
     }
@@ -287,15 +330,11 @@ pub fn run(gpu: &Arc<Gpu>, opts: &SftOptions) -> Result<SftReport> {
         let lr = learning_rate(opts.lr, step, opts.warmup, opts.steps, 0.1);
 
         // One submit: forward, loss, backward, clip, AdamW; then one readback of the losses.
+        let lm = trainer.lm_batch(&examples)?;
         let mut rec = Recorder::new(gpu);
-        let f = trainer.forward(&mut rec, &examples)?;
-        let dloss = gpu.upload(&[f.dloss.len()], &f.dloss)?;
-        rec.zero(&grads.flat);
-        cross_entropy_backward(&mut rec, &f.logits, &dloss, &f.lse, &f.targets, 1.0)?;
-        trainer.model.backward(&mut rec, &f.batch, &f.acts, None, None, &grads)?;
-        opt.update(&mut rec, &trainer.model, &grads.flat, lr)?;
+        record_step(&mut rec, &trainer.model, &mut opt, &grads, &lm, lr)?;
         rec.submit();
-        train_loss = (gpu.download(&f.loss)?.iter().map(|&l| l as f64).sum::<f64>() / f.count.max(1) as f64) as f32;
+        train_loss = lm.mean_loss(gpu)?;
         tokens += examples.iter().map(|e| e.ids.len()).sum::<usize>();
 
         let done = step + 1;

@@ -1,18 +1,26 @@
 use ppo_wgpu::gpu::{Gpu, Recorder};
 use ppo_wgpu::kernels::adamw::AdamW;
+use ppo_wgpu::kernels::cross_entropy::IGNORE;
 use ppo_wgpu::model::gpt::memory_estimate;
 use ppo_wgpu::model::optimizer::Optimizer;
-use ppo_wgpu::model::{Batch, GptConfig, Heads, Model, init::init_weights};
+use ppo_wgpu::model::{GptConfig, Heads, Model, init::init_weights};
+use ppo_wgpu::sft::{LmBatch, record_step};
 
-/// One training step of the whole model with a value head: forward, backward, AdamW.
-fn step(model: &Model, opt: &mut Optimizer, grads: &ppo_wgpu::model::Params, batch: &Batch) {
+/// One SFT training step (the one `sft` runs): forward, cross-entropy, backward, AdamW.
+fn step(
+    model: &Model,
+    opt: &mut Optimizer,
+    grads: &ppo_wgpu::model::Params,
+    ids: &[u32],
+    mask: &[u32],
+    b: usize,
+    t: usize,
+) {
     let gpu = model.gpu();
+    let targets: Vec<u32> = (0..b * t).map(|i| if i % t + 1 < t { ids[i + 1] } else { IGNORE }).collect();
+    let lm = LmBatch::new(model, ids, mask, &targets, b, t).unwrap();
     let mut rec = Recorder::new(gpu);
-    let acts = model.forward(&mut rec, batch).unwrap();
-    rec.zero(&grads.flat);
-    let dvalues = acts.values.clone().unwrap();
-    model.backward(&mut rec, batch, &acts, Some(&dvalues), None, grads).unwrap();
-    opt.update(&mut rec, model, &grads.flat, 1e-3).unwrap();
+    record_step(&mut rec, model, opt, grads, &lm, 1e-3).unwrap();
     rec.submit();
     gpu.wait().unwrap();
 }
@@ -31,8 +39,7 @@ fn memory_estimate_matches_the_buffers_and_steps_allocate_nothing_new() {
     let grads = model.zeros_like_params(&mut rec).unwrap();
     rec.submit();
     let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % 96) as u32).collect();
-    let batch = Batch::new(&gpu, &config, &ids, &vec![1; b * t], b, t).unwrap();
-    step(&model, &mut opt, &grads, &batch);
+    step(&model, &mut opt, &grads, &ids, &vec![1; b * t], b, t);
     let after_first = gpu.tensor_bytes_allocated();
 
     let estimate = memory_estimate(&config, heads, b, t, gpu.matmul_variant);
@@ -46,11 +53,10 @@ fn memory_estimate_matches_the_buffers_and_steps_allocate_nothing_new() {
 
     // New batches of the same shape (other tokens, so other index buckets, and padding), each
     // taking the pooled buffers the previous one gave back.
-    drop(batch);
     for k in 2..4 {
         let ids: Vec<u32> = (0..b * t).map(|i| (i * k % (96 / k)) as u32).collect();
         let mask: Vec<u32> = (0..b * t).map(|i| (i % t >= k) as u32).collect();
-        step(&model, &mut opt, &grads, &Batch::new(&gpu, &config, &ids, &mask, b, t).unwrap());
+        step(&model, &mut opt, &grads, &ids, &mask, b, t);
     }
     assert_eq!(gpu.tensor_bytes_allocated(), after_first, "later steps must reuse pooled buffers");
 }
