@@ -9,7 +9,7 @@ use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::adamw::AdamW;
 use crate::kernels::cross_entropy::{IGNORE, cross_entropy_backward, cross_entropy_forward};
 use crate::model::checkpoint::{self, TOKENIZER_FILE, write_atomically};
-use crate::model::optimizer::{Optimizer, learning_rate};
+use crate::model::optimizer::{OPTIMIZER_FILE, Optimizer, learning_rate};
 use crate::model::{Activations, Batch, Model, Params};
 use crate::progress;
 use crate::rng::Rng;
@@ -102,7 +102,7 @@ pub struct SftOptions {
     /// JSONL training data: {"prompt", "response"} or {"text"} per line.
     #[arg(long, value_name = "FILE")]
     pub data: PathBuf,
-    /// Output directory: checkpoints, optimizer state, metrics.jsonl.
+    /// Output directory: the final model, checkpoint-N/ directories, metrics.jsonl.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     #[arg(long, default_value_t = 200)]
@@ -135,7 +135,7 @@ pub struct SftOptions {
     pub save_every: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Continue a run from a checkpoint it wrote (weights, optimizer state, step).
+    /// Continue a run from a checkpoint-N it wrote (or from its --out, taking the latest).
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
     /// No progress bar.
@@ -250,9 +250,11 @@ impl Trainer {
 const STATE_FILE: &str = "trainer_state.json";
 
 /// Runs SFT as `opts` says; writes checkpoints (weights, tokenizer, optimizer state, step) to
-/// `opts.out` every `save_every` steps and at the end, and `metrics.jsonl` beside them.
+/// `opts.out/checkpoint-N` every `save_every` steps and at the end, the final model to
+/// `opts.out`, and `metrics.jsonl` beside it.
 pub fn run(gpu: &Arc<Gpu>, opts: &SftOptions) -> Result<SftReport> {
-    let start_dir = opts.resume.as_ref().unwrap_or(&opts.model);
+    let resume_dir = opts.resume.as_deref().map(|d| checkpoint::to_resume(d, STATE_FILE)).transpose()?;
+    let start_dir = resume_dir.as_deref().unwrap_or(&opts.model);
     let ck = checkpoint::load(start_dir)?;
     let tokenizer_path = opts.model.join(TOKENIZER_FILE);
     let tok = Tokenizer::load(&tokenizer_path)?;
@@ -300,11 +302,21 @@ pub fn run(gpu: &Arc<Gpu>, opts: &SftOptions) -> Result<SftReport> {
         .open(&metrics_path)
         .map_err(|e| Error::io(&metrics_path, e))?;
 
+    // A checkpoint (everything to resume) is a directory of its own, written as a whole; the
+    // final model also goes to `out` itself, as a plain Hugging Face directory.
+    let tokenizer_bytes = std::fs::read(&tokenizer_path).map_err(|e| Error::io(&tokenizer_path, e))?;
     let save = |trainer: &Trainer, opt: &Optimizer, step: usize| -> Result<()> {
-        checkpoint::save(&opts.out, &trainer.model.download()?)?;
-        opt.save(&trainer.model, &opts.out)?;
-        checkpoint::copy_tokenizer(&tokenizer_path, &opts.out)?;
-        write_atomically(&opts.out.join(STATE_FILE), json!({ "step": step }).to_string().as_bytes())
+        let ck = trainer.model.download()?;
+        let mut files = checkpoint::model_files(&ck)?;
+        files.push((TOKENIZER_FILE, tokenizer_bytes.clone()));
+        if step == opts.steps {
+            for (name, bytes) in &files {
+                write_atomically(&opts.out.join(name), bytes)?;
+            }
+        }
+        files.push((OPTIMIZER_FILE, opt.state_bytes(&trainer.model)?));
+        files.push((STATE_FILE, json!({ "step": step }).to_string().into_bytes()));
+        checkpoint::write_dir_atomically(&opts.out.join(format!("checkpoint-{step}")), &files)
     };
 
     let first_step = opt.step as usize;

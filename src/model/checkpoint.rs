@@ -262,3 +262,25 @@ pub fn save(dir: &Path, ck: &Checkpoint) -> Result<()> {
     }
     Ok(())
 }
+
+/// The checkpoint directory a `--resume DIR` means: `dir` itself when it holds `state_file`,
+/// else the run directory's latest `checkpoint-N` that does.
+pub fn to_resume(dir: &Path, state_file: &str) -> Result<PathBuf> {
+    if dir.join(state_file).is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    let latest = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.strip_prefix("checkpoint-")?.parse::<usize>().ok()?;
+            e.path().join(state_file).is_file().then_some((n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n);
+    latest.map(|(_, p)| p).ok_or_else(|| {
+        Error::Checkpoint(format!(
+            "{}: neither a checkpoint ({state_file}) nor a run with checkpoint-N directories",
+            dir.display()
+        ))
+    })
+}

@@ -268,27 +268,6 @@ fn prompt_indices(count: usize, seed: u64, start: usize, n: usize) -> Vec<usize>
         .collect()
 }
 
-/// The checkpoint directory to resume from: `dir` itself, or its latest checkpoint-N.
-fn checkpoint_to_resume(dir: &Path) -> Result<PathBuf> {
-    if dir.join(STATE_FILE).is_file() {
-        return Ok(dir.to_path_buf());
-    }
-    let latest = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let n = e.file_name().to_str()?.strip_prefix("checkpoint-")?.parse::<usize>().ok()?;
-            e.path().join(STATE_FILE).is_file().then_some((n, e.path()))
-        })
-        .max_by_key(|(n, _)| *n);
-    latest.map(|(_, p)| p).ok_or_else(|| {
-        Error::Checkpoint(format!(
-            "{}: neither a checkpoint ({STATE_FILE}) nor a run with checkpoint-N directories",
-            dir.display()
-        ))
-    })
-}
-
 /// What a finished run reports.
 #[derive(Clone, Debug)]
 pub struct TrainReport {
@@ -303,7 +282,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
     let tokenizer_path = opts.policy.join(TOKENIZER_FILE);
     let tok = Tokenizer::load(&tokenizer_path)?;
     let eos = tok.eos_id();
-    let resume_dir = opts.resume.as_deref().map(checkpoint_to_resume).transpose()?;
+    let resume_dir = opts.resume.as_deref().map(|d| checkpoint::to_resume(d, STATE_FILE)).transpose()?;
 
     // The policy (with a value head), the frozen reference, the reward.
     let start_ck = checkpoint::load(resume_dir.as_deref().unwrap_or(&opts.policy))?;

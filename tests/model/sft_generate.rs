@@ -57,9 +57,13 @@ fn sft_lowers_held_out_loss_and_resumes() {
     // From a random init (≈ log V ≈ 5.6) the grammar is learned quickly.
     assert!(report.first_eval_loss > 5.0, "{report:?}");
     assert!(report.final_eval_loss < 0.5 * report.first_eval_loss, "held-out loss did not fall enough: {report:?}");
-    for file in ["config.json", "model.safetensors", "tokenizer.json", "optimizer.safetensors", "metrics.jsonl"] {
+    for file in ["config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl"] {
         assert!(out.join(file).is_file(), "{file} missing from the output");
     }
+    for file in ["config.json", "model.safetensors", "tokenizer.json", "optimizer.safetensors", "trainer_state.json"] {
+        assert!(out.join("checkpoint-80").join(file).is_file(), "{file} missing from checkpoint-80");
+    }
+    assert!(out.join("checkpoint-20").is_dir() && out.join("checkpoint-60").is_dir(), "--save-every 20");
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 80);
 
