@@ -50,6 +50,12 @@ impl Generation {
     pub fn ended(&self, b: usize, eos: Option<u32>) -> bool {
         eos.is_some() && self.responses[b].last().copied() == eos
     }
+
+    /// Row b's response without its end-of-sequence token: the text's tokens.
+    pub fn completion(&self, b: usize, eos: Option<u32>) -> &[u32] {
+        let r = &self.responses[b];
+        if self.ended(b, eos) { &r[..r.len() - 1] } else { r }
+    }
 }
 
 /// Left-pads `prompts` into [B, P] ids and mask (pad id 0, mask 0).
@@ -215,8 +221,7 @@ pub fn run(gpu: &std::sync::Arc<crate::gpu::Gpu>, args: &GenerateArgs) -> Result
         None
     };
     for (row, response) in generation.responses.iter().enumerate() {
-        let text_ids = if generation.ended(row, eos) { &response[..response.len() - 1] } else { &response[..] };
-        let completion = tok.decode(text_ids)?;
+        let completion = tok.decode(generation.completion(row, eos))?;
         let prompt = &texts[row / args.num_samples];
         match &logprobs {
             Some(lp) => println!(

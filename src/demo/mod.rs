@@ -12,7 +12,7 @@ use crate::generate::{GenerateOptions, Sampling, generate};
 use crate::gpu::Gpu;
 use crate::model::Model;
 use crate::model::checkpoint::TOKENIZER_FILE;
-use crate::ppo::reward::{RewardModel, Sample};
+use crate::ppo::reward::{RewardModel, samples};
 use crate::ppo::rollout::Sequences;
 use crate::ppo::trainer::{self, METRICS_FILE, PLOT_FILE, SAMPLES_FILE, TrainOptions};
 use crate::tokenizer::Tokenizer;
@@ -121,14 +121,7 @@ fn show_samples(
     };
     let generation = generate(policy, &ids, &opts)?;
     let seqs = Sequences::new(&generation, opts.max_new_tokens, tok.eos_id());
-    let samples = prompts
-        .iter()
-        .zip(&seqs.responses)
-        .zip(&seqs.ended)
-        .map(|((p, r), &ended)| {
-            Ok(Sample { prompt: p.clone(), response: tok.decode(if ended { &r[..r.len() - 1] } else { r })? })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let samples = samples(&generation, tok)?;
     let scores = reward.score(&seqs, &samples)?;
     Ok(samples.into_iter().zip(scores).map(|(s, score)| (format!("{}{}", s.prompt, s.response), score)).collect())
 }

@@ -7,7 +7,7 @@
 
 use super::rollout::Sequences;
 use crate::error::{Error, Result};
-use crate::generate::left_pad;
+use crate::generate::{Generation, left_pad};
 use crate::gpu::{DType, Gpu, Recorder};
 use crate::kernels::rollout::last_token_scores;
 use crate::model::checkpoint::TOKENIZER_FILE;
@@ -25,6 +25,16 @@ use std::time::{Duration, Instant};
 pub struct Sample {
     pub prompt: String,
     pub response: String,
+}
+
+/// The samples of a generation as text: each prompt and its completion (without the end token).
+pub fn samples(generation: &Generation, tok: &Tokenizer) -> Result<Vec<Sample>> {
+    (0..generation.prompts.len())
+        .map(|b| {
+            let response = tok.decode(generation.completion(b, tok.eos_id()))?;
+            Ok(Sample { prompt: tok.decode(&generation.prompts[b])?, response })
+        })
+        .collect()
 }
 
 /// A reward model on the GPU.

@@ -9,7 +9,7 @@
 //! the KL controller's β and the iteration; each is written as a whole directory.
 
 use super::metrics::{Metrics, plot, read_metrics, rewrite_metrics};
-use super::reward::{RewardCommand, RewardModel, RewardSource, Sample};
+use super::reward::{RewardCommand, RewardModel, RewardSource, samples};
 use super::rollout::{AdvantageConfig, Sequences, prepare};
 use super::update::{LossArgs, UpdateOptions, ppo_update};
 use crate::error::{Error, Result};
@@ -379,16 +379,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
         let time_rollout = started.elapsed().as_secs_f32();
 
         let scoring = Instant::now();
-        let samples = seqs
-            .prompts
-            .iter()
-            .zip(&seqs.responses)
-            .zip(&seqs.ended)
-            .map(|((p, r), &ended)| {
-                let text = if ended { &r[..r.len() - 1] } else { &r[..] };
-                Ok(Sample { prompt: tok.decode(p)?, response: tok.decode(text)? })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let samples = samples(&generation, &tok)?;
         let mut scores = reward.score(&seqs, &samples).map_err(|e| at_iteration(e, it + 1))?;
         if let Some(penalty) = opts.missing_eos_penalty {
             for (s, &ended) in scores.iter_mut().zip(&seqs.ended) {
@@ -402,7 +393,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
         let updating = Instant::now();
         let beta = state.beta as f32;
         let adv = AdvantageConfig {
-            temperature: opts.temperature.max(1e-6),
+            temperature: opts.temperature,
             beta,
             kl_estimator: opts.kl_estimator,
             gamma: opts.gamma,
