@@ -10,11 +10,10 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder};
-use crate::kernels::adamw::AdamW;
 use crate::kernels::preference::bradley_terry;
 use crate::model::checkpoint::{self, TOKENIZER_FILE, write_dir_atomically};
 use crate::model::init::with_heads;
-use crate::model::optimizer::{Optimizer, learning_rate};
+use crate::model::optimizer::{OptimizerArgs, learning_rate};
 use crate::model::{Batch, Heads, Model, Params};
 use crate::progress;
 use crate::rng::Rng;
@@ -45,11 +44,8 @@ pub struct RewardTrainOptions {
     pub lr: f32,
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f32,
-    /// Clip the global gradient norm (0: off).
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f32,
+    #[command(flatten)]
+    pub optimizer: OptimizerArgs,
     /// Tokens per sequence at most (longer ones keep their last tokens); n_positions by default.
     #[arg(long)]
     pub max_length: Option<usize>,
@@ -179,8 +175,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &RewardTrainOptions) -> Result<Vec<EpochReport>
 
     let model = Model::upload(gpu, &ck)?;
     let mut rec = Recorder::new(gpu);
-    let hp = AdamW { lr: opts.lr, weight_decay: opts.weight_decay, ..AdamW::default() };
-    let mut opt = Optimizer::new(&model, &mut rec, hp, opts.max_grad_norm)?;
+    let mut opt = opts.optimizer.build(&model, &mut rec, opts.lr)?;
     let grads = model.zeros_like_params(&mut rec)?;
     rec.submit();
 

@@ -6,10 +6,9 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
-use crate::kernels::adamw::AdamW;
 use crate::kernels::cross_entropy::{IGNORE, cross_entropy_backward, cross_entropy_forward};
 use crate::model::checkpoint::{self, TOKENIZER_FILE, write_atomically};
-use crate::model::optimizer::{OPTIMIZER_FILE, Optimizer, learning_rate};
+use crate::model::optimizer::{OPTIMIZER_FILE, Optimizer, OptimizerArgs, learning_rate};
 use crate::model::{Activations, Batch, Model, Params};
 use crate::progress;
 use crate::rng::Rng;
@@ -118,12 +117,8 @@ pub struct SftOptions {
     pub lr: f32,
     #[arg(long, default_value_t = 20)]
     pub warmup: usize,
-    /// AdamW weight decay on the matrices.
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f32,
-    /// Clip the global gradient norm (0: off).
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f32,
+    #[command(flatten)]
+    pub optimizer: OptimizerArgs,
     /// Fraction of the examples held out for the evaluation loss.
     #[arg(long, default_value_t = 0.1)]
     pub eval_fraction: f32,
@@ -286,8 +281,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &SftOptions) -> Result<SftReport> {
 
     let model = Model::upload(gpu, &ck)?;
     let mut rec = Recorder::new(gpu);
-    let hp = AdamW { lr: opts.lr, weight_decay: opts.weight_decay, ..AdamW::default() };
-    let mut opt = Optimizer::new(&model, &mut rec, hp, opts.max_grad_norm)?;
+    let mut opt = opts.optimizer.build(&model, &mut rec, opts.lr)?;
     let grads = model.zeros_like_params(&mut rec)?;
     rec.submit();
     if opts.resume.is_some() {

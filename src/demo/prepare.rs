@@ -13,6 +13,7 @@ use super::reviews;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::checkpoint::{self, TOKENIZER_FILE, write_atomically, write_dir_atomically};
+use crate::model::optimizer::OptimizerArgs;
 use crate::model::{GptConfig, Heads, init::init_weights};
 use crate::reward_train::{self, RewardTrainOptions};
 use crate::sft::{self, SftOptions};
@@ -126,8 +127,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &PrepareOptions) -> Result<Prepared> {
         seq_len: Some(config.n_positions),
         lr: 3e-3,
         warmup: opts.sft_steps / 20,
-        weight_decay: 0.0,
-        max_grad_norm: 1.0,
+        optimizer: OptimizerArgs::default(),
         eval_fraction: 0.05,
         eval_every: 0,
         save_every: 0,
@@ -149,8 +149,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &PrepareOptions) -> Result<Prepared> {
         batch_size: 32,
         lr: 1e-3,
         warmup: 0,
-        weight_decay: 0.0,
-        max_grad_norm: 1.0,
+        optimizer: OptimizerArgs::default(),
         max_length: None,
         eval_fraction: 0.1,
         seed: opts.seed,

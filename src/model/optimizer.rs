@@ -11,6 +11,31 @@ use crate::kernels::adamw::{AdamW, NORM_PARTIALS, adamw_update, grad_norm};
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
 
+/// The optimizer settings `sft`, `reward-train` and `train` share (command-line arguments).
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct OptimizerArgs {
+    /// AdamW weight decay on the matrices (embeddings and linear weights).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Clip the global gradient norm (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f32,
+}
+
+impl Default for OptimizerArgs {
+    fn default() -> Self {
+        OptimizerArgs { weight_decay: 0.0, max_grad_norm: 1.0 }
+    }
+}
+
+impl OptimizerArgs {
+    /// AdamW for `model` at learning rate `lr` with these settings (its state zeroed in `rec`).
+    pub fn build(&self, model: &Model, rec: &mut Recorder, lr: f32) -> Result<Optimizer> {
+        let hp = AdamW { lr, weight_decay: self.weight_decay, ..AdamW::default() };
+        Optimizer::new(model, rec, hp, self.max_grad_norm)
+    }
+}
+
 pub struct Optimizer {
     pub hp: AdamW,
     /// Clip the global gradient norm to this (≤ 0: no clipping).

@@ -15,12 +15,11 @@ use super::update::{LossArgs, UpdateOptions, ppo_update};
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, Sampling, generate};
 use crate::gpu::{Gpu, Recorder};
-use crate::kernels::adamw::AdamW;
 use crate::kernels::ppo::STAT_NAMES;
 use crate::kernels::rewards::KlEstimator;
 use crate::model::checkpoint::{self, TOKENIZER_FILE, write_dir_atomically};
 use crate::model::init::with_heads;
-use crate::model::optimizer::{OPTIMIZER_FILE, Optimizer};
+use crate::model::optimizer::{OPTIMIZER_FILE, Optimizer, OptimizerArgs};
 use crate::model::{Heads, Model};
 use crate::progress;
 use crate::rng::Rng;
@@ -104,11 +103,8 @@ pub struct TrainOptions {
     /// Iterations of linear warmup.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f32,
-    /// Clip the global gradient norm (0: off).
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f32,
+    #[command(flatten)]
+    pub optimizer: OptimizerArgs,
     #[command(flatten)]
     pub loss: LossArgs,
     /// γ, the discount.
@@ -322,8 +318,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
     }
 
     let mut rec = Recorder::new(gpu);
-    let hp = AdamW { lr: opts.lr, weight_decay: opts.weight_decay, ..AdamW::default() };
-    let mut opt = Optimizer::new(&policy, &mut rec, hp, opts.max_grad_norm)?;
+    let mut opt = opts.optimizer.build(&policy, &mut rec, opts.lr)?;
     rec.submit();
     let mut state = TrainerState { iteration: 0, beta: opts.beta as f64, seed: opts.seed, prompts_seen: 0 };
     if let Some(dir) = &resume_dir {

@@ -4,6 +4,7 @@
 use crate::common::scratch_dir;
 use ppo_wgpu::gpu::Gpu;
 use ppo_wgpu::model::checkpoint;
+use ppo_wgpu::model::optimizer::OptimizerArgs;
 use ppo_wgpu::reward_train::{RewardTrainOptions, run};
 use ppo_wgpu::rng::Rng;
 use ppo_wgpu::tokenizer::Tokenizer;
@@ -41,8 +42,7 @@ fn options(dir: &Path, pairs: &str) -> RewardTrainOptions {
         batch_size: 16,
         lr: 3e-3,
         warmup: 0,
-        weight_decay: 0.0,
-        max_grad_norm: 1.0,
+        optimizer: OptimizerArgs::default(),
         max_length: None,
         eval_fraction: 0.2,
         seed: 0,

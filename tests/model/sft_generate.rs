@@ -1,5 +1,6 @@
 use crate::common::*;
 use ppo_wgpu::gpu::Gpu;
+use ppo_wgpu::model::optimizer::OptimizerArgs;
 use ppo_wgpu::rng::Rng;
 use ppo_wgpu::sft::{SftOptions, run};
 use ppo_wgpu::tokenizer::Tokenizer;
@@ -36,8 +37,7 @@ fn options(model: PathBuf, data: PathBuf, out: PathBuf, steps: usize) -> SftOpti
         seq_len: Some(24),
         lr: 3e-3,
         warmup: 5,
-        weight_decay: 0.0,
-        max_grad_norm: 1.0,
+        optimizer: OptimizerArgs::default(),
         eval_fraction: 0.1,
         eval_every: 0,
         save_every: 20,
