@@ -31,6 +31,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+const WG: u32 = 256u; // invocations per workgroup (kernels::adamw::WG)
 @group(0) @binding(1) var<storage, read> grad: array<f32>;
 @group(0) @binding(2) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(3) var<storage, read> partial_in: array<f32>;
@@ -40,22 +41,22 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> m: array<f32>;
 @group(0) @binding(8) var<storage, read_write> v: array<f32>;
 
-var<workgroup> wg_sum: array<f32, 256>;
+var<workgroup> wg_sum: array<f32, WG>;
 
-// Tree sum of wg_sum[0..256] into wg_sum[0].
+// Tree sum of wg_sum[0..WG] into wg_sum[0].
 fn workgroup_reduce(lid: u32) {
     workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride /= 2u) {
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
         if (lid < stride) { wg_sum[lid] += wg_sum[lid + stride]; }
         workgroupBarrier();
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn grad_norm_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
     var s = 0.0;
-    for (var i = wid.x * 256u + lid; i < params.n; i += nwg.x * 256u) {
+    for (var i = wid.x * WG + lid; i < params.n; i += nwg.x * WG) {
         let g = grad[i];
         s += g * g;
     }
@@ -64,11 +65,11 @@ fn grad_norm_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     if (lid == 0u) { partial[params.first_partial + wid.x] = wg_sum[0]; }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn grad_norm_finalize(@builtin(local_invocation_index) lid: u32) {
     // params.n is the number of partial sums here.
     var s = 0.0;
-    for (var i = lid; i < params.n; i += 256u) { s += partial_in[i]; }
+    for (var i = lid; i < params.n; i += WG) { s += partial_in[i]; }
     wg_sum[lid] = s;
     workgroup_reduce(lid);
     if (lid == 0u) {
@@ -78,10 +79,10 @@ fn grad_norm_finalize(@builtin(local_invocation_index) lid: u32) {
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn adamw_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
     if (i >= params.n) { return; }
     let g = grad[i] * norm_scale_in[1];
     let m_new = params.beta1 * m[i] + (1.0 - params.beta1) * g;

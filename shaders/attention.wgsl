@@ -31,6 +31,7 @@ struct Params {
 
 override HEAD_DIM: u32 = 64u;
 const MAX_HEAD_DIM4: u32 = 32u; // head dimension up to 128
+const WG: u32 = 64u; // invocations per workgroup (kernels::attention::WG)
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<vec4<f32>>;
@@ -54,7 +55,7 @@ struct Index {
 }
 
 fn decode(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Index {
-    let flat = (wid.y * nwg.x + wid.x) * 64u + lid;
+    let flat = (wid.y * nwg.x + wid.x) * WG + lid;
     let t = flat % params.t;
     let bh = flat / params.t;
     return Index(flat < params.b * params.nh * params.t, flat, bh / params.nh, bh % params.nh, t);
@@ -77,7 +78,7 @@ fn dot_rows(x: u32, y: u32) -> f32 {
     return s;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
     let ix = decode(wid, nwg, lid);
@@ -104,7 +105,7 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     lse[ix.flat] = select(0.0, m + log(l), l > 0.0);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn attention_backward_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                             @builtin(local_invocation_index) lid: u32) {
     let ix = decode(wid, nwg, lid);
@@ -115,7 +116,7 @@ fn attention_backward_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
     delta[ix.flat] = s;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn attention_backward_query(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                             @builtin(local_invocation_index) lid: u32) {
     let ix = decode(wid, nwg, lid);
@@ -139,7 +140,7 @@ fn attention_backward_query(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
     for (var d = 0u; d < HEAD_DIM / 4u; d++) { dqkv[q + d] = dq[d]; }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn attention_backward_key_value(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                                 @builtin(local_invocation_index) lid: u32) {
     let ix = decode(wid, nwg, lid);

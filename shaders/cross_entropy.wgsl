@@ -72,7 +72,7 @@ fn row_logsumexp(row: u32, lid: u32) -> f32 {
     return result;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn cross_entropy_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
     let row = wid.y * nwg.x + wid.x;
@@ -85,7 +85,7 @@ fn cross_entropy_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn log_softmax_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
     let row = wid.y * nwg.x + wid.x;
@@ -97,7 +97,7 @@ fn log_softmax_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {
     let row = wid.y * nwg.x + wid.x;

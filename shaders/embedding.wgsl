@@ -28,6 +28,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+const WG: u32 = 256u; // invocations per workgroup (kernels::embedding::WG)
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
 @group(0) @binding(2) var<storage, read> pos: array<u32>;
 @group(0) @binding(3) var<storage, read> wte: array<f32>;
@@ -40,10 +41,10 @@ struct Params {
 @group(0) @binding(9) var<storage, read> bucket_tokens: array<u32>;
 @group(0) @binding(10) var<storage, read_write> dtable: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn embedding_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
     if (i >= params.n * params.c) { return; }
     let token = i / params.c;
     let ch = i % params.c;
@@ -53,10 +54,10 @@ fn embedding_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     out[i] = wte[(id - params.row_offset) * params.c + ch] + wpe[p * params.c + ch];
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn embedding_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
     if (i >= params.n * params.c) { return; }
     let bucket = params.first_bucket + i / params.c;
     let ch = i % params.c;

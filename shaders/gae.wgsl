@@ -26,6 +26,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+const WG_SEQUENCES: u32 = 64u; // gae_per_sequence: sequences per workgroup (kernels::gae::WG_SEQUENCES)
+const SCAN_CHUNKS: u32 = 256u; // gae_scan: invocations (chunks) per sequence (kernels::gae::SCAN_CHUNKS)
 @group(0) @binding(1) var<storage, read> rewards: array<f32>;
 @group(0) @binding(2) var<storage, read> values: array<f32>;
 @group(0) @binding(3) var<storage, read> mask: array<f32>;
@@ -50,7 +52,7 @@ fn compose(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
     return vec2<f32>(a.x * b.x, a.y + a.x * b.y);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_SEQUENCES)
 fn gae_per_sequence(@builtin(global_invocation_id) gid: vec3<u32>) {
     let b = gid.x;
     if (b >= params.b) { return; }
@@ -65,12 +67,12 @@ fn gae_per_sequence(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-var<workgroup> chunk_maps: array<vec2<f32>, 256>;
+var<workgroup> chunk_maps: array<vec2<f32>, SCAN_CHUNKS>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(SCAN_CHUNKS)
 fn gae_scan(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = wid.x * params.t;
-    let chunk = (params.t + 255u) / 256u;
+    let chunk = (params.t + SCAN_CHUNKS - 1u) / SCAN_CHUNKS;
     let start = min(lid * chunk, params.t);
     let end = min(start + chunk, params.t);
 
@@ -82,17 +84,17 @@ fn gae_scan(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     chunk_maps[lid] = map;
     workgroupBarrier();
 
-    // 2. Inclusive suffix scan: chunk_maps[k] becomes chunk k ⊕ chunk k+1 ⊕ … ⊕ chunk 255.
-    for (var offset = 1u; offset < 256u; offset *= 2u) {
+    // 2. Inclusive suffix scan: chunk_maps[k] becomes chunk k ⊕ chunk k+1 ⊕ … ⊕ chunk SCAN_CHUNKS − 1.
+    for (var offset = 1u; offset < SCAN_CHUNKS; offset *= 2u) {
         var combined = chunk_maps[lid];
-        if (lid + offset < 256u) { combined = compose(combined, chunk_maps[lid + offset]); }
+        if (lid + offset < SCAN_CHUNKS) { combined = compose(combined, chunk_maps[lid + offset]); }
         workgroupBarrier();
         chunk_maps[lid] = combined;
         workgroupBarrier();
     }
 
     // 3. A at the start of the next chunk (0 after the last), then replay this chunk.
-    var next = select(0.0, chunk_maps[min(lid + 1u, 255u)].y, lid + 1u < 256u);
+    var next = select(0.0, chunk_maps[min(lid + 1u, SCAN_CHUNKS - 1u)].y, lid + 1u < SCAN_CHUNKS);
     for (var t = end; t > start; t--) {
         let m = step_map(row, t - 1u);
         next = m.y + m.x * next;

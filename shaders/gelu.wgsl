@@ -12,6 +12,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+const WG: u32 = 256u; // invocations per workgroup (kernels::gelu::WG)
 @group(0) @binding(1) var<storage, read> inp: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 // Backward: dout in, dinp out (overwritten).
@@ -32,19 +33,19 @@ fn inner(x: f32) -> f32 {
     return SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn gelu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
     if (i >= params.n) { return; }
     let x = inp[i];
     out[i] = x * sigmoid(2.0 * inner(x));
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn gelu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
     if (i >= params.n) { return; }
     let x = inp[i];
     let u = inner(x);

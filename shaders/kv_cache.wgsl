@@ -27,6 +27,7 @@ struct Params {
 
 const WG: u32 = 64u;
 const MAX_KEYS: u32 = 2048u;
+const WG_WRITE: u32 = 256u; // kv_cache_write: invocations per workgroup (kernels::kv_cache::WG_WRITE)
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
@@ -35,10 +36,10 @@ const MAX_KEYS: u32 = 2048u;
 @group(0) @binding(4) var<storage, read> mask: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG_WRITE)
 fn kv_cache_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let flat = (wid.y * nwg.x + wid.x) * 256u + lid;
+    let flat = (wid.y * nwg.x + wid.x) * WG_WRITE + lid;
     let c2 = 2u * params.c;
     if (flat >= params.b * params.n * c2) { return; }
     let ch = flat % c2;
@@ -51,7 +52,7 @@ fn kv_cache_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 
 var<workgroup> scores: array<f32, MAX_KEYS>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn decode_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
     let bh = wid.y * nwg.x + wid.x;

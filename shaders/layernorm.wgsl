@@ -20,6 +20,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+const WG: u32 = 64u; // invocations per workgroup (kernels::layernorm::WG)
 @group(0) @binding(1) var<storage, read> inp: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
@@ -35,10 +36,10 @@ struct Params {
 @group(0) @binding(12) var<storage, read> saved_rstd: array<f32>;
 
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.y * nwg.x + wid.x) * 64u + lid;
+    return (wid.y * nwg.x + wid.x) * WG + lid;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn layernorm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
     let row = flat_index(wid, nwg, lid);
@@ -59,7 +60,7 @@ fn layernorm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     rstd[row] = s;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn layernorm_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                             @builtin(local_invocation_index) lid: u32) {
     let row = flat_index(wid, nwg, lid);
@@ -85,7 +86,7 @@ fn layernorm_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn layernorm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                              @builtin(local_invocation_index) lid: u32) {
     let ch = flat_index(wid, nwg, lid);

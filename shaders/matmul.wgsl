@@ -39,6 +39,8 @@ struct Params {
 
 const ACCUMULATE: u32 = 1u;
 const HAS_BIAS: u32 = 2u;
+const WG_X: u32 = 8u; // invocations per workgroup along N (kernels::matmul::WG_X)
+const WG_Y: u32 = 8u; // along M (kernels::matmul::WG_Y)
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
@@ -85,7 +87,7 @@ fn store_block(acc: ptr<function, array<vec4<f32>, 32>>, m0: u32, c0: u32, n4: u
     }
 }
 
-@compute @workgroup_size(8, 8)
+@compute @workgroup_size(WG_X, WG_Y)
 fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
     let k4 = (params.k + 3u) / 4u; // a ragged last vec4 of K reads zeros from A (A_SCALAR)
     let n4 = params.n / 4u;
@@ -144,7 +146,7 @@ fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
     store_block(&acc, m0, c0, n4, true);
 }
 
-@compute @workgroup_size(8, 8)
+@compute @workgroup_size(WG_X, WG_Y)
 fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n4 = params.n / 4u;
     let m0 = gid.y * 8u;
@@ -176,7 +178,7 @@ fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
     store_block(&acc, m0, c0, n4, false);
 }
 
-@compute @workgroup_size(8, 8)
+@compute @workgroup_size(WG_X, WG_Y)
 fn matmul_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
     let k4 = params.k / 4u;
     let a_row4 = params.a_stride / 4u; // vec4s per row of A as stored

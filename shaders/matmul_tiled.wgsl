@@ -39,6 +39,8 @@ override TRANS_B: bool = false;
 
 const TILE: u32 = 64u;
 const TILE_K: u32 = 16u;
+const THREADS: u32 = TILE / 4u; // THREADS × THREADS invocations, 4 × 4 outputs each
+const WG: u32 = 64u; // bias_backward, transpose: invocations per workgroup (kernels::matmul::WG)
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -61,18 +63,18 @@ fn load_b(k: u32, n: u32) -> f32 {
     return b[k * params.n + n];
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(THREADS, THREADS)
 fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let m0 = wid.y * TILE;
     let n0 = wid.x * TILE;
-    let flat = lid.y * 16u + lid.x; // 0..255
+    let flat = lid.y * THREADS + lid.x; // 0 .. THREADS² − 1
 
     var acc: array<array<f32, 4>, 4>;
     for (var k0 = 0u; k0 < params.k; k0 += TILE_K) {
         // Stage the tiles: 1024 elements each, 4 per invocation. Consecutive invocations take
         // consecutive elements along the contiguous axis of the source, so loads coalesce.
         for (var i = 0u; i < 4u; i++) {
-            let e = flat + i * 256u;
+            let e = flat + i * THREADS * THREADS;
             if (TRANS_A) { // contiguous along m
                 let m = e % TILE; let k = e / TILE;
                 a_tile[k * TILE + m] = load_a(m0 + m, k0 + k);
@@ -123,7 +125,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
 // Bias gradient: out[n] (+)= Σ_m a[m, n], with a = dout [M, N] and out = dbias [N].
 // One invocation per column; consecutive invocations read consecutive columns of each row.
 // Launch: workgroup 64; grid = ceil(N/64).
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let col = gid.x;
     if (col >= params.n) { return; }
@@ -139,10 +141,10 @@ fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // adapter's NT product runs as transpose + NN, whose vec4 loads are the fast ones there.
 // One invocation per element, consecutive invocations along a row of `a`.
 // Launch: workgroup 64; grid = ceil(M·N/64) laid out 2D (x ≤ 65535).
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn transpose(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.y * nwg.x + wid.x) * 64u + lid;
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
     if (i >= params.m * params.n) { return; }
     let r = i / params.n;
     let c = i % params.n;

@@ -185,7 +185,7 @@ fn logprob_entropy(base: u32, token: u32, lid: u32) -> vec3<f32> {
     return vec3<f32>(z_token - lse, entropy, lse);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn ppo_loss_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let local = wid.y * nwg.x + wid.x;
@@ -226,17 +226,18 @@ fn ppo_loss_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 @group(0) @binding(7) var<storage, read> stats_in: array<f32>;
 @group(0) @binding(8) var<storage, read_write> stats_out: array<f32>;
 
-var<workgroup> wg_stats: array<f32, 2048>; // [256][8]
+const WG_STATS: u32 = 256u; // ppo_stats_reduce: invocations (kernels::ppo::WG_STATS)
+var<workgroup> wg_stats: array<f32, 2048>; // [WG_STATS][8]
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG_STATS)
 fn ppo_stats_reduce(@builtin(local_invocation_index) lid: u32) {
     var acc: array<f32, 8>;
-    for (var r = lid; r < params.rows; r += 256u) {
+    for (var r = lid; r < params.rows; r += WG_STATS) {
         for (var k = 0u; k < 8u; k++) { acc[k] += stats_in[r * 8u + k]; }
     }
     for (var k = 0u; k < 8u; k++) { wg_stats[lid * 8u + k] = acc[k]; }
     workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride /= 2u) {
+    for (var stride = WG_STATS / 2u; stride > 0u; stride /= 2u) {
         if (lid < stride) {
             for (var k = 0u; k < 8u; k++) { wg_stats[lid * 8u + k] += wg_stats[(lid + stride) * 8u + k]; }
         }
@@ -258,14 +259,14 @@ fn ppo_stats_reduce(@builtin(local_invocation_index) lid: u32) {
 @group(0) @binding(9) var<storage, read> logp_full: array<f32>;
 @group(0) @binding(10) var<storage, read_write> row_scalars: array<f32>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn ppo_unfused_gather(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r = gid.x; // the unfused path binds whole tensors: row_offset is 0
     if (r >= params.rows) { return; }
     row_scalars[r * 4u] = select(0.0, logp_full[r * params.v + tokens[min(r + 1u, params.rows - 1u)]], trained(r));
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn ppo_unfused_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
     let r = wid.y * nwg.x + wid.x;
@@ -284,7 +285,7 @@ fn ppo_unfused_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     if (lid == 0u) { row_scalars[r * 4u + 1u] = wg_sum[0]; }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn ppo_unfused_loss(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r = gid.x;
     if (r >= params.rows) { return; }
@@ -301,7 +302,7 @@ fn ppo_unfused_loss(@builtin(global_invocation_id) gid: vec3<u32>) {
     write_row_results(r, loss);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn ppo_unfused_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
     let r = wid.y * nwg.x + wid.x;
@@ -329,7 +330,7 @@ fn ppo_unfused_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 @group(0) @binding(11) var<storage, read_write> token_logprobs: array<f32>;
 @group(0) @binding(12) var<storage, read_write> token_entropy: array<f32>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn logprob_entropy_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32) {
     let local = wid.y * nwg.x + wid.x;

@@ -18,6 +18,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+const WG: u32 = 64u; // pairs per workgroup (kernels::preference::WG)
 @group(0) @binding(1) var<storage, read> rewards: array<f32>;
 @group(0) @binding(2) var<storage, read> mask: array<u32>;
 @group(0) @binding(3) var<storage, read_write> drewards: array<f32>;
@@ -35,7 +36,7 @@ fn last_real_token(row: u32) -> u32 {
     return last;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn bradley_terry(@builtin(global_invocation_id) gid: vec3<u32>) {
     let pair = gid.x;
     if (pair >= params.pairs) { return; }

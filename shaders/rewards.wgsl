@@ -22,6 +22,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+const WG_SEQUENCES: u32 = 64u; // kl_rewards: sequences per workgroup (kernels::rewards::WG_SEQUENCES)
+const WG: u32 = 256u; // masked_moments, masked_whiten: invocations per workgroup (kernels::rewards::WG)
 @group(0) @binding(1) var<storage, read> logp_old: array<f32>;
 @group(0) @binding(2) var<storage, read> logp_ref: array<f32>;
 @group(0) @binding(3) var<storage, read> mask: array<f32>;
@@ -31,7 +33,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> x: array<f32>;
 @group(0) @binding(8) var<storage, read_write> moments: array<f32>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_SEQUENCES)
 fn kl_rewards(@builtin(global_invocation_id) gid: vec3<u32>) {
     let b = gid.x;
     if (b >= params.b) { return; }
@@ -49,12 +51,12 @@ fn kl_rewards(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (last < params.t) { rewards[row + last] += scores[b]; }
 }
 
-var<workgroup> wg_a: array<f32, 256>;
-var<workgroup> wg_b: array<f32, 256>;
+var<workgroup> wg_a: array<f32, WG>;
+var<workgroup> wg_b: array<f32, WG>;
 
 fn workgroup_sum2(lid: u32) {
     workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride /= 2u) {
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
         if (lid < stride) {
             wg_a[lid] += wg_a[lid + stride];
             wg_b[lid] += wg_b[lid + stride];
@@ -63,13 +65,13 @@ fn workgroup_sum2(lid: u32) {
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn masked_moments(@builtin(local_invocation_index) lid: u32) {
     let n = params.b * params.t;
     // Pass 1: Σ m·x and Σ m.
     var sx = 0.0;
     var sm = 0.0;
-    for (var i = lid; i < n; i += 256u) {
+    for (var i = lid; i < n; i += WG) {
         sx += mask[i] * x[i];
         sm += mask[i];
     }
@@ -81,7 +83,7 @@ fn masked_moments(@builtin(local_invocation_index) lid: u32) {
     workgroupBarrier();
     // Pass 2: Σ m·(x − mean)², which keeps the variance accurate when |mean| ≫ std.
     var sq = 0.0;
-    for (var i = lid; i < n; i += 256u) {
+    for (var i = lid; i < n; i += WG) {
         let d = x[i] - mean;
         sq += mask[i] * d * d;
     }
@@ -97,10 +99,10 @@ fn masked_moments(@builtin(local_invocation_index) lid: u32) {
 
 @group(0) @binding(9) var<storage, read> moments_in: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn masked_whiten(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
     if (i >= params.b * params.t) { return; }
     let mean = moments_in[0];
     var w = (x[i] - mean) * inverseSqrt(moments_in[1] + 1e-8);

@@ -22,6 +22,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+const WG: u32 = 256u; // one invocation per value (kernels::rollout::WG)
+const WG_SEQUENCES: u32 = 64u; // last_token_scores: sequences per workgroup (kernels::rollout::WG_SEQUENCES)
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(3) var<storage, read> rows: array<u32>;
@@ -33,10 +35,10 @@ struct Params {
 @group(0) @binding(9) var<storage, read> returns: array<f32>;
 
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.y * nwg.x + wid.x) * 256u + lid;
+    return (wid.y * nwg.x + wid.x) * WG + lid;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn values_per_token(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wid, nwg, lid);
@@ -44,7 +46,7 @@ fn values_per_token(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     dst[i] = select(0.0, src[max(i, 1u) - 1u], i % params.t != 0u);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn pack_loss_inputs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wid, nwg, lid);
@@ -60,7 +62,7 @@ fn pack_loss_inputs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     dst[o + 7u] = 0.0;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn gather_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wid, nwg, lid);
@@ -69,7 +71,7 @@ fn gather_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     dst[i] = src[rows[r] * params.width + i % params.width];
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_SEQUENCES)
 fn last_token_scores(@builtin(global_invocation_id) gid: vec3<u32>) {
     let b = gid.x;
     if (b >= params.b) { return; }

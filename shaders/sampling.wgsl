@@ -71,7 +71,7 @@ fn key_of(x: f32) -> u32 {
     return select(bits | 0x80000000u, ~bits, (bits & 0x80000000u) != 0u);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn sample_tokens(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

@@ -6,6 +6,9 @@ use crate::gpu::{Recorder, Shader, Tensor};
 
 pub const SHADER: Shader = Shader { name: "adamw", source: include_str!("../../shaders/adamw.wgsl") };
 
+/// Invocations per workgroup (`WG` in the shader).
+pub const WG: usize = 256;
+
 /// Number of workgroups (and partial sums) of the first grad-norm pass.
 pub const NORM_PARTIALS: usize = 256;
 
@@ -61,7 +64,7 @@ pub fn grad_norm(
     rec.zero(partial);
     for (i, (start, n)) in slices.into_iter().enumerate() {
         let slice = grad.view(&gpu, start, &[n])?;
-        let wgs = groups(n, 256).clamp(1, per_slice);
+        let wgs = groups(n, WG).clamp(1, per_slice);
         let p = Params { n: n as u32, max_norm, first_partial: (i * per_slice) as u32, ..Default::default() };
         let b = [bind(1, &slice), bind(2, partial)];
         rec.dispatch(&SHADER, "grad_norm_partial", &[], bytemuck::bytes_of(&p), &b, [wgs as u32, 1, 1])?;
@@ -112,7 +115,7 @@ pub fn adamw_update(
         let slice = |t: &Tensor| t.view(&gpu, start, &[len]);
         let (grad, param, m, v) = (slice(grad)?, slice(param)?, slice(m)?, slice(v)?);
         let b = [bind(1, &grad), bind(5, norm_scale), bind(6, &param), bind(7, &m), bind(8, &v)];
-        rec.dispatch(&SHADER, "adamw_update", &[], bytemuck::bytes_of(&p), &b, gpu.grid(groups(len, 256)))?;
+        rec.dispatch(&SHADER, "adamw_update", &[], bytemuck::bytes_of(&p), &b, gpu.grid(groups(len, WG)))?;
     }
     Ok(())
 }

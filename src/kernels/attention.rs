@@ -7,6 +7,9 @@ use crate::gpu::{Recorder, Shader, Tensor};
 
 pub const SHADER: Shader = Shader { name: "attention", source: include_str!("../../shaders/attention.wgsl") };
 
+/// Invocations per workgroup (`WG` in the shader).
+pub const WG: usize = 64;
+
 /// Largest head dimension the kernels hold in registers.
 pub const MAX_HEAD_DIM: usize = 128;
 
@@ -63,7 +66,7 @@ pub fn attention_forward(
     shape: AttentionShape,
 ) -> Result<()> {
     let (params, hd) = shape.check(qkv, mask, out, lse)?;
-    let grid = rec.gpu().grid(groups(shape.rows(), 64));
+    let grid = rec.gpu().grid(groups(shape.rows(), WG));
     let bindings = [bind(1, qkv), bind_u32(2, mask), bind(3, out), bind(4, lse)];
     rec.dispatch(&SHADER, "attention_forward", &[("HEAD_DIM", hd)], bytemuck::bytes_of(&params), &bindings, grid)
 }
@@ -86,7 +89,7 @@ pub fn attention_backward(
     expect_len(dqkv, qkv.len(), "attention dqkv")?;
     expect_len(dout, out.len(), "attention dout")?;
     expect_len(delta, lse.len(), "attention delta")?;
-    let grid = rec.gpu().grid(groups(shape.rows(), 64));
+    let grid = rec.gpu().grid(groups(shape.rows(), WG));
     let constants = [("HEAD_DIM", hd)];
     let p = bytemuck::bytes_of(&params);
     rec.dispatch(

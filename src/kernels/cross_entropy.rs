@@ -6,6 +6,9 @@ use crate::gpu::{Recorder, Shader, Tensor};
 
 pub const SHADER: Shader = Shader { name: "cross_entropy", source: include_str!("../../shaders/cross_entropy.wgsl") };
 
+/// Invocations per workgroup (`WG` in the shader).
+pub const WG: usize = 64;
+
 /// A target that contributes no loss (a prompt or padding position).
 pub const IGNORE: u32 = u32::MAX;
 

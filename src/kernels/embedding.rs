@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 pub const SHADER: Shader = Shader { name: "embedding", source: include_str!("../../shaders/embedding.wgsl") };
 
+/// Invocations per workgroup (`WG` in the shader).
+pub const WG: usize = 256;
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -106,7 +109,7 @@ pub fn embedding_forward(
             positions: positions as u32,
             first_bucket: 0,
         };
-        let grid = gpu.grid(groups(ids.len() * c, 256));
+        let grid = gpu.grid(groups(ids.len() * c, WG));
         let b = [bind_u32(1, ids), bind_u32(2, pos), bind(3, &slice), bind(4, wpe), bind(5, out)];
         rec.dispatch(&SHADER, "embedding_forward", &[], bytemuck::bytes_of(&params), &b, grid)?;
     }
@@ -135,7 +138,7 @@ pub fn embedding_backward(rec: &mut Recorder, dtable: &Tensor, dout: &Tensor, bu
             positions: 0,
             first_bucket: first as u32,
         };
-        let grid = gpu.grid(groups((end - first) * c, 256));
+        let grid = gpu.grid(groups((end - first) * c, WG));
         let b = [
             bind(6, dout),
             bind_u32(7, &buckets.rows),

@@ -6,6 +6,11 @@ use crate::gpu::{Recorder, Shader, Tensor};
 
 pub const SHADER: Shader = Shader { name: "gae", source: include_str!("../../shaders/gae.wgsl") };
 
+/// Sequences per workgroup (one invocation each) (`WG_SEQUENCES` in the shader).
+pub const WG_SEQUENCES: usize = 64;
+/// gae_scan: invocations per sequence (`SCAN_CHUNKS` in the shader).
+pub const SCAN_CHUNKS: usize = 256;
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -54,7 +59,7 @@ pub fn gae(
             &[],
             bytemuck::bytes_of(&p),
             &bindings,
-            [groups(b, 64) as u32, 1, 1],
+            [groups(b, WG_SEQUENCES) as u32, 1, 1],
         ),
         GaeKernel::Scan => rec.dispatch(&SHADER, "gae_scan", &[], bytemuck::bytes_of(&p), &bindings, [b as u32, 1, 1]),
     }

@@ -6,11 +6,14 @@ use crate::gpu::{Recorder, Shader, Tensor};
 
 pub const SHADER: Shader = Shader { name: "gelu", source: include_str!("../../shaders/gelu.wgsl") };
 
+/// Invocations per workgroup (`WG` in the shader).
+pub const WG: usize = 256;
+
 /// out = gelu(inp), elementwise.
 pub fn gelu_forward(rec: &mut Recorder, out: &Tensor, inp: &Tensor) -> Result<()> {
     expect_len(out, inp.len(), "gelu output")?;
     let n = inp.len() as u32;
-    let grid = rec.gpu().grid(groups(inp.len(), 256));
+    let grid = rec.gpu().grid(groups(inp.len(), WG));
     rec.dispatch(&SHADER, "gelu_forward", &[], bytemuck::bytes_of(&n), &[bind(1, inp), bind(2, out)], grid)
 }
 
@@ -19,7 +22,7 @@ pub fn gelu_backward(rec: &mut Recorder, dinp: &Tensor, inp: &Tensor, dout: &Ten
     expect_len(dout, inp.len(), "gelu dout")?;
     expect_len(dinp, inp.len(), "gelu dinp")?;
     let n = inp.len() as u32;
-    let grid = rec.gpu().grid(groups(inp.len(), 256));
+    let grid = rec.gpu().grid(groups(inp.len(), WG));
     rec.dispatch(
         &SHADER,
         "gelu_backward",

@@ -7,6 +7,11 @@ use crate::gpu::{Recorder, Shader, Tensor};
 
 pub const SHADER: Shader = Shader { name: "kv_cache", source: include_str!("../../shaders/kv_cache.wgsl") };
 
+/// Invocations per workgroup (`WG` in the shader).
+pub const WG: usize = 64;
+/// kv_cache_write: invocations per workgroup (`WG_WRITE` in the shader).
+pub const WG_WRITE: usize = 256;
+
 /// Most cache positions `decode_attention` attends over (its scores live in workgroup memory).
 pub const MAX_KEYS: usize = 2048;
 
@@ -47,7 +52,7 @@ pub fn kv_cache_write(rec: &mut Recorder, cache: &Tensor, qkv: &Tensor, shape: C
         c: c as u32,
         ..Default::default()
     };
-    let grid = rec.gpu().grid(groups(b * n * 2 * c, 256));
+    let grid = rec.gpu().grid(groups(b * n * 2 * c, WG_WRITE));
     rec.dispatch(&SHADER, "kv_cache_write", &[], bytemuck::bytes_of(&p), &[bind(1, qkv), bind(2, cache)], grid)
 }
 

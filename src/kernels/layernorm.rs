@@ -6,6 +6,9 @@ use crate::gpu::{Recorder, Shader, Tensor};
 
 pub const SHADER: Shader = Shader { name: "layernorm", source: include_str!("../../shaders/layernorm.wgsl") };
 
+/// Invocations per workgroup (`WG` in the shader).
+pub const WG: usize = 64;
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -33,7 +36,7 @@ pub fn layernorm_forward(
     expect_len(mean, rows, "layernorm mean")?;
     expect_len(rstd, rows, "layernorm rstd")?;
     let params = Params { rows: rows as u32, c: c as u32, eps };
-    let grid = rec.gpu().grid(groups(rows, 64));
+    let grid = rec.gpu().grid(groups(rows, WG));
     let b = [bind(1, inp), bind(2, weight), bind(3, bias), bind(4, out), bind(5, mean), bind(6, rstd)];
     rec.dispatch(&SHADER, "layernorm_forward", &[], bytemuck::bytes_of(&params), &b, grid)
 }
@@ -61,10 +64,10 @@ pub fn layernorm_backward(
     expect_len(rstd, rows, "layernorm rstd")?;
     let params = Params { rows: rows as u32, c: c as u32, eps: 0.0 };
     let p = bytemuck::bytes_of(&params);
-    let grid = rec.gpu().grid(groups(rows, 64));
+    let grid = rec.gpu().grid(groups(rows, WG));
     let b = [bind(1, inp), bind(2, weight), bind(7, dout), bind(8, dinp), bind(11, mean), bind(12, rstd)];
     rec.dispatch(&SHADER, "layernorm_backward_input", &[], p, &b, grid)?;
-    let grid = rec.gpu().grid(groups(c, 64));
+    let grid = rec.gpu().grid(groups(c, WG));
     let b = [bind(1, inp), bind(7, dout), bind(9, dweight), bind(10, dbias), bind(11, mean), bind(12, rstd)];
     rec.dispatch(&SHADER, "layernorm_backward_params", &[], p, &b, grid)
 }

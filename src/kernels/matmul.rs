@@ -11,6 +11,15 @@ pub const SHADER: Shader = Shader { name: "matmul", source: include_str!("../../
 pub const TILED_SHADER: Shader =
     Shader { name: "matmul_tiled", source: include_str!("../../shaders/matmul_tiled.wgsl") };
 
+/// Invocations per workgroup (`WG` in the shader).
+pub const WG: usize = 64;
+/// Register-tiled matmul: invocations per workgroup along N (`WG_X` in the shader).
+pub const WG_X: usize = 8;
+/// … and along M (`WG_Y` in the shader).
+pub const WG_Y: usize = 8;
+/// Workgroup-tiled matmul: output rows and columns per workgroup (`TILE` in matmul_tiled.wgsl).
+pub const TILE: usize = 64;
+
 const ACCUMULATE: u32 = 1;
 const HAS_BIAS: u32 = 2;
 
@@ -206,7 +215,8 @@ fn record(
     let vec4_out = out_stride.is_multiple_of(4) && out_col.is_multiple_of(4);
     let vec4_a = a_stride.is_multiple_of(4) && a_col.is_multiple_of(4);
     let register_tiled = variant == MatmulVariant::RegisterTiled && register_tiled_fits(layout, m, n, k);
-    let grid = [groups(n, 128) as u32, groups(m, 64) as u32, 1];
+    // Each invocation computes 8 rows × 16 columns of the output.
+    let grid = [groups(n, WG_X * 16) as u32, groups(m, WG_Y * 8) as u32, 1];
     // On the CPU adapter the NN kernel runs at about twice the NT kernel's rate (its B loads are
     // contiguous vec4s across invocations, NT's are 16 strided rows): when the shape allows NN,
     // transpose B once into a scratch tensor and run that instead (dinp = dout·Wᵀ in every
@@ -222,7 +232,7 @@ fn record(
             &[],
             bytemuck::bytes_of(&tp),
             &transposed,
-            gpu.grid(groups(n * k, 64)),
+            gpu.grid(groups(n * k, WG)),
         )?;
         let bindings = [bind(1, a), bind(2, &b_t), bind(3, bias), bind(4, out), bind(6, a)];
         return rec.dispatch(&SHADER, "matmul_nn", &[("A_SCALAR", 0.0)], p, &bindings, grid);
@@ -242,7 +252,7 @@ fn record(
             ("TRANS_A", if layout == Layout::TN { 1.0 } else { 0.0 }),
             ("TRANS_B", if layout == Layout::NT { 1.0 } else { 0.0 }),
         ];
-        let grid = [groups(n, 64) as u32, groups(m, 64) as u32, 1];
+        let grid = [groups(n, TILE) as u32, groups(m, TILE) as u32, 1];
         rec.dispatch(
             &TILED_SHADER,
             "matmul_tiled",
@@ -299,6 +309,6 @@ pub fn bias_backward(rec: &mut Recorder, dbias: &Tensor, dout: &Tensor) -> Resul
         &[],
         bytemuck::bytes_of(&params),
         &[bind(1, dout), bind(4, dbias)],
-        [groups(n, 64) as u32, 1, 1],
+        [groups(n, WG) as u32, 1, 1],
     )
 }

@@ -76,6 +76,34 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &sampling::SHADER,
 ];
 
+/// Every workgroup-size constant the shaders declare, with the Rust constant their dispatch
+/// code divides by: (shader, constant, value). A test checks each against the shader text.
+pub const WORKGROUP_SIZES: &[(&str, &str, usize)] = &[
+    ("adamw", "WG", adamw::WG),
+    ("attention", "WG", attention::WG),
+    ("cross_entropy", "WG", cross_entropy::WG),
+    ("embedding", "WG", embedding::WG),
+    ("gae", "WG_SEQUENCES", gae::WG_SEQUENCES),
+    ("gae", "SCAN_CHUNKS", gae::SCAN_CHUNKS),
+    ("gelu", "WG", gelu::WG),
+    ("kv_cache", "WG", kv_cache::WG),
+    ("kv_cache", "WG_WRITE", kv_cache::WG_WRITE),
+    ("layernorm", "WG", layernorm::WG),
+    ("matmul", "WG_X", matmul::WG_X),
+    ("matmul", "WG_Y", matmul::WG_Y),
+    ("matmul_tiled", "WG", matmul::WG),
+    ("matmul_tiled", "TILE", matmul::TILE),
+    ("ppo_loss", "WG", ppo::WG),
+    ("ppo_loss", "WG_STATS", ppo::WG_STATS),
+    ("preference", "WG", preference::WG),
+    ("residual", "WG", residual::WG),
+    ("rewards", "WG_SEQUENCES", rewards::WG_SEQUENCES),
+    ("rewards", "WG", rewards::WG),
+    ("rollout", "WG", rollout::WG),
+    ("rollout", "WG_SEQUENCES", rollout::WG_SEQUENCES),
+    ("sampling", "WG", sampling::WG),
+];
+
 /// Every set of override constants the kernel functions pass to `shader`'s pipelines (one empty
 /// set for a shader without overrides), so that tests can translate each specialisation to
 /// every backend: attention's HEAD_DIM (multiples of 4 up to `attention::MAX_HEAD_DIM`),

@@ -8,6 +8,11 @@ use crate::gpu::{Recorder, Shader, Tensor};
 
 pub const SHADER: Shader = Shader { name: "ppo_loss", source: include_str!("../../shaders/ppo_loss.wgsl") };
 
+/// Invocations per workgroup (`WG` in the shader).
+pub const WG: usize = 64;
+/// ppo_stats_reduce: invocations in its one workgroup (`WG_STATS` in the shader).
+pub const WG_STATS: usize = 256;
+
 /// Columns of the per-token input block [rows, 8] (`PpoInputs`).
 pub const INPUT_COLUMNS: usize = 8;
 /// Names of the statistics `ppo_stats_reduce` returns, in order.
@@ -143,7 +148,7 @@ pub fn ppo_loss_unfused(
     let gpu = rec.gpu().clone();
     let p = mb.params(rows, 0, v, cfg);
     let p = bytemuck::bytes_of(&p);
-    let per_row = [groups(rows, 64) as u32, 1, 1];
+    let per_row = [groups(rows, WG) as u32, 1, 1];
     log_softmax_forward(rec, logp, mb.logits, cfg.temperature)?;
     rec.dispatch(
         &SHADER,

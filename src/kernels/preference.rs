@@ -7,6 +7,9 @@ use crate::gpu::{Recorder, Shader, Tensor};
 
 pub const SHADER: Shader = Shader { name: "preference", source: include_str!("../../shaders/preference.wgsl") };
 
+/// Invocations per workgroup (`WG` in the shader).
+pub const WG: usize = 64;
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -33,5 +36,5 @@ pub fn bradley_terry(
     expect_len(pair_stats, n * 2, "preference pair statistics")?;
     let p = Params { pairs: n as u32, t: t as u32, inv_pairs: 1.0 / n.max(1) as f32 };
     let bindings = [bind(1, rewards), bind_u32(2, mask), bind(3, drewards), bind(4, pair_stats)];
-    rec.dispatch(&SHADER, "bradley_terry", &[], bytemuck::bytes_of(&p), &bindings, [groups(n, 64) as u32, 1, 1])
+    rec.dispatch(&SHADER, "bradley_terry", &[], bytemuck::bytes_of(&p), &bindings, [groups(n, WG) as u32, 1, 1])
 }

@@ -6,12 +6,15 @@ use crate::gpu::{Recorder, Shader, Tensor};
 
 pub const SHADER: Shader = Shader { name: "residual", source: include_str!("../../shaders/residual.wgsl") };
 
+/// Invocations per workgroup (`WG` in the shader).
+pub const WG: usize = 256;
+
 /// out = a + b, elementwise.
 pub fn residual_forward(rec: &mut Recorder, out: &Tensor, a: &Tensor, b: &Tensor) -> Result<()> {
     expect_len(b, a.len(), "residual operand b")?;
     expect_len(out, a.len(), "residual output")?;
     let n = a.len() as u32;
-    let grid = rec.gpu().grid(groups(a.len(), 256));
+    let grid = rec.gpu().grid(groups(a.len(), WG));
     rec.dispatch(
         &SHADER,
         "residual_forward",
@@ -26,6 +29,6 @@ pub fn residual_forward(rec: &mut Recorder, out: &Tensor, a: &Tensor, b: &Tensor
 pub fn accumulate(rec: &mut Recorder, dst: &Tensor, src: &Tensor) -> Result<()> {
     expect_len(dst, src.len(), "accumulate destination")?;
     let n = src.len() as u32;
-    let grid = rec.gpu().grid(groups(src.len(), 256));
+    let grid = rec.gpu().grid(groups(src.len(), WG));
     rec.dispatch(&SHADER, "accumulate", &[], bytemuck::bytes_of(&n), &[bind(1, src), bind(3, dst)], grid)
 }

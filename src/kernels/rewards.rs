@@ -6,6 +6,11 @@ use crate::gpu::{Recorder, Shader, Tensor};
 
 pub const SHADER: Shader = Shader { name: "rewards", source: include_str!("../../shaders/rewards.wgsl") };
 
+/// Sequences per workgroup (one invocation each) (`WG_SEQUENCES` in the shader).
+pub const WG_SEQUENCES: usize = 64;
+/// Invocations per workgroup (`WG` in the shader).
+pub const WG: usize = 256;
+
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -47,7 +52,7 @@ pub fn kl_rewards(
     let p = Params { b: b as u32, t: t as u32, beta, k3: (estimator == KlEstimator::K3) as u32, shift_mean: 1 };
     let bindings =
         [bind(1, logp_old), bind(2, logp_ref), bind(3, mask), bind(4, scores), bind(5, kl), bind(6, rewards)];
-    rec.dispatch(&SHADER, "kl_rewards", &[], bytemuck::bytes_of(&p), &bindings, [groups(b, 64) as u32, 1, 1])
+    rec.dispatch(&SHADER, "kl_rewards", &[], bytemuck::bytes_of(&p), &bindings, [groups(b, WG_SEQUENCES) as u32, 1, 1])
 }
 
 /// moments [3] = (mean, unbiased variance, count) of x [B, T] over the entries where mask ≠ 0.
@@ -67,7 +72,7 @@ pub fn masked_whiten(rec: &mut Recorder, x: &Tensor, mask: &Tensor, moments: &Te
     masked_moments(rec, moments, x, mask)?;
     let (b, t) = as_matrix(x);
     let p = Params { b: b as u32, t: t as u32, shift_mean: shift_mean as u32, ..Default::default() };
-    let grid = rec.gpu().grid(groups(b * t, 256));
+    let grid = rec.gpu().grid(groups(b * t, WG));
     rec.dispatch(
         &SHADER,
         "masked_whiten",

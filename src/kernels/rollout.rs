@@ -7,6 +7,11 @@ use crate::gpu::{DType, Recorder, Shader, Tensor};
 
 pub const SHADER: Shader = Shader { name: "rollout", source: include_str!("../../shaders/rollout.wgsl") };
 
+/// Invocations per workgroup (`WG` in the shader).
+pub const WG: usize = 256;
+/// Sequences per workgroup (one invocation each) (`WG_SEQUENCES` in the shader).
+pub const WG_SEQUENCES: usize = 64;
+
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -21,7 +26,7 @@ pub fn values_per_token(rec: &mut Recorder, out: &Tensor, values: &Tensor) -> Re
     let (b, t) = as_matrix(values);
     expect_len(out, b * t, "per-token values")?;
     let p = Params { b: b as u32, t: t as u32, ..Default::default() };
-    let grid = rec.gpu().grid(groups(b * t, 256));
+    let grid = rec.gpu().grid(groups(b * t, WG));
     rec.dispatch(&SHADER, "values_per_token", &[], bytemuck::bytes_of(&p), &[bind(1, values), bind(2, out)], grid)
 }
 
@@ -45,7 +50,7 @@ pub fn pack_loss_inputs(
     let p = Params { b: b as u32, t: t as u32, ..Default::default() };
     let bindings =
         [bind(2, inputs), bind(5, mask), bind(6, logprobs), bind(7, old_values), bind(8, advantages), bind(9, returns)];
-    let grid = rec.gpu().grid(groups(b * t, 256));
+    let grid = rec.gpu().grid(groups(b * t, WG));
     rec.dispatch(&SHADER, "pack_loss_inputs", &[], bytemuck::bytes_of(&p), &bindings, grid)
 }
 
@@ -56,7 +61,7 @@ pub fn gather_rows(rec: &mut Recorder, dst: &Tensor, src: &Tensor, rows: &Tensor
     expect_len(dst, rows.len() * width, "gathered rows")?;
     ensure_shape(n > 0 || rows.is_empty(), || "gather rows from an empty tensor".into())?;
     let p = Params { b: n as u32, width: width as u32, n: (rows.len() * width) as u32, ..Default::default() };
-    let grid = rec.gpu().grid(groups(rows.len() * width, 256));
+    let grid = rec.gpu().grid(groups(rows.len() * width, WG));
     rec.dispatch(
         &SHADER,
         "gather_rows",
@@ -74,5 +79,12 @@ pub fn last_token_scores(rec: &mut Recorder, scores: &Tensor, x: &Tensor, mask: 
     expect_len(scores, b, "scores")?;
     let p = Params { b: b as u32, t: t as u32, ..Default::default() };
     let bindings = [bind(1, x), bind(2, scores), bind_u32(4, mask)];
-    rec.dispatch(&SHADER, "last_token_scores", &[], bytemuck::bytes_of(&p), &bindings, [groups(b, 64) as u32, 1, 1])
+    rec.dispatch(
+        &SHADER,
+        "last_token_scores",
+        &[],
+        bytemuck::bytes_of(&p),
+        &bindings,
+        [groups(b, WG_SEQUENCES) as u32, 1, 1],
+    )
 }

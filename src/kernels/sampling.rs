@@ -8,6 +8,9 @@ use crate::gpu::{Recorder, Shader, Tensor};
 
 pub const SHADER: Shader = Shader { name: "sampling", source: include_str!("../../shaders/sampling.wgsl") };
 
+/// Invocations per workgroup (`WG` in the shader).
+pub const WG: usize = 256;
+
 /// `eos` value meaning "no end-of-sequence token".
 pub const NO_EOS: u32 = u32::MAX;
 

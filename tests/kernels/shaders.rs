@@ -76,3 +76,28 @@ fn every_shader_translates_to_spirv_msl_and_hlsl() {
     }
     assert!(translated > ALL_SHADERS.len(), "only {translated} entry points translated");
 }
+
+/// Workgroup sizes are named constants in every shader (no number in `@workgroup_size`), and
+/// each has one value: the Rust constant the dispatch code divides by.
+#[test]
+fn workgroup_sizes_are_named_and_match_the_dispatch_code() {
+    use ppo_wgpu::kernels::WORKGROUP_SIZES;
+    for shader in ALL_SHADERS {
+        for attr in shader.source.split("@workgroup_size(").skip(1) {
+            let args = &attr[..attr.find(')').unwrap()];
+            assert!(
+                !args.chars().any(|c| c.is_ascii_digit()),
+                "{}.wgsl: @workgroup_size({args}) is not named",
+                shader.name
+            );
+        }
+    }
+    for (name, constant, value) in WORKGROUP_SIZES {
+        let shader = ALL_SHADERS.iter().find(|s| s.name == *name).unwrap_or_else(|| panic!("no shader {name}"));
+        let decl = format!("const {constant}: u32 = {value}u;");
+        assert!(
+            shader.source.contains(&decl),
+            "{name}.wgsl should declare `{decl}` (the Rust side divides by {value})"
+        );
+    }
+}
