@@ -45,6 +45,8 @@ struct Params {
 }
 
 const WG: u32 = 64u;
+const INPUT_COLUMNS: u32 = 8u; // per-token inputs (kernels::ppo::INPUT_COLUMNS)
+const STATS: u32 = 8u; // per-token statistics (kernels::ppo::STAT_NAMES.len())
 
 // Columns of `inputs`.
 const IN_MASK: u32 = 0u;
@@ -77,7 +79,7 @@ var<workgroup> wg_zsum: array<f32, WG>;
 
 // Row r trains on the token at r + 1 when that position is in the same sequence and masked in.
 fn trained(r: u32) -> bool {
-    return (r % params.seq) + 1u < params.seq && inputs[(r + 1u) * 8u + IN_MASK] != 0.0;
+    return (r % params.seq) + 1u < params.seq && inputs[(r + 1u) * INPUT_COLUMNS + IN_MASK] != 0.0;
 }
 
 // What one row contributes: the two coefficients its gradient needs, and its statistics.
@@ -90,7 +92,7 @@ struct RowLoss {
 
 // Everything after the row's log-softmax: scalar work, shared by the fused and unfused paths.
 fn row_loss(r: u32, logp: f32, entropy: f32) -> RowLoss {
-    let at = (r + 1u) * 8u;
+    let at = (r + 1u) * INPUT_COLUMNS;
     let old_logp = inputs[at + IN_OLD_LOGP];
     let old_value = inputs[at + IN_OLD_VALUE];
     let advantage = inputs[at + IN_ADVANTAGE];
@@ -132,14 +134,14 @@ fn row_loss(r: u32, logp: f32, entropy: f32) -> RowLoss {
 
 fn write_row_results(r: u32, loss: RowLoss) {
     dvalues[r] = loss.dvalue;
-    for (var k = 0u; k < 8u; k++) { token_stats[r * 8u + k] = loss.stats[k]; }
+    for (var k = 0u; k < STATS; k++) { token_stats[r * STATS + k] = loss.stats[k]; }
 }
 
 fn zero_row(r: u32, base: u32, lid: u32) {
     for (var i = lid; i < params.v; i += WG) { logits[base + i] = 0.0; }
     if (lid == 0u) {
         dvalues[r] = 0.0;
-        for (var k = 0u; k < 8u; k++) { token_stats[r * 8u + k] = 0.0; }
+        for (var k = 0u; k < STATS; k++) { token_stats[r * STATS + k] = 0.0; }
     }
 }
 
@@ -233,17 +235,17 @@ var<workgroup> wg_stats: array<f32, 2048>; // [WG_STATS][8]
 fn ppo_stats_reduce(@builtin(local_invocation_index) lid: u32) {
     var acc: array<f32, 8>;
     for (var r = lid; r < params.rows; r += WG_STATS) {
-        for (var k = 0u; k < 8u; k++) { acc[k] += stats_in[r * 8u + k]; }
+        for (var k = 0u; k < STATS; k++) { acc[k] += stats_in[r * STATS + k]; }
     }
-    for (var k = 0u; k < 8u; k++) { wg_stats[lid * 8u + k] = acc[k]; }
+    for (var k = 0u; k < STATS; k++) { wg_stats[lid * STATS + k] = acc[k]; }
     workgroupBarrier();
     for (var stride = WG_STATS / 2u; stride > 0u; stride /= 2u) {
         if (lid < stride) {
-            for (var k = 0u; k < 8u; k++) { wg_stats[lid * 8u + k] += wg_stats[(lid + stride) * 8u + k]; }
+            for (var k = 0u; k < STATS; k++) { wg_stats[lid * STATS + k] += wg_stats[(lid + stride) * STATS + k]; }
         }
         workgroupBarrier();
     }
-    if (lid < 8u) { stats_out[lid] = wg_stats[lid]; }
+    if (lid < STATS) { stats_out[lid] = wg_stats[lid]; }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -293,7 +295,7 @@ fn ppo_unfused_loss(@builtin(global_invocation_id) gid: vec3<u32>) {
         row_scalars[r * 4u + 2u] = 0.0;
         row_scalars[r * 4u + 3u] = 0.0;
         dvalues[r] = 0.0;
-        for (var k = 0u; k < 8u; k++) { token_stats[r * 8u + k] = 0.0; }
+        for (var k = 0u; k < STATS; k++) { token_stats[r * STATS + k] = 0.0; }
         return;
     }
     let loss = row_loss(r, row_scalars[r * 4u], row_scalars[r * 4u + 1u]);

@@ -22,6 +22,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+const INPUT_COLUMNS: u32 = 8u; // the PPO loss inputs per token (kernels::ppo::INPUT_COLUMNS)
 const WG: u32 = 256u; // one invocation per value (kernels::rollout::WG)
 const WG_SEQUENCES: u32 = 64u; // last_token_scores: sequences per workgroup (kernels::rollout::WG_SEQUENCES)
 @group(0) @binding(1) var<storage, read> src: array<f32>;
@@ -51,7 +52,7 @@ fn pack_loss_inputs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
                     @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wid, nwg, lid);
     if (i >= params.b * params.t) { return; }
-    let o = i * 8u;
+    let o = i * INPUT_COLUMNS;
     dst[o] = mask_f[i];
     dst[o + 1u] = logprobs[i];
     dst[o + 2u] = old_values[i];

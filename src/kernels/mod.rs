@@ -76,9 +76,13 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &sampling::SHADER,
 ];
 
-/// Every workgroup-size constant the shaders declare, with the Rust constant their dispatch
-/// code divides by: (shader, constant, value). A test checks each against the shader text.
-pub const WORKGROUP_SIZES: &[(&str, &str, usize)] = &[
+/// Every workgroup size and row stride the shaders declare as a constant, with the Rust
+/// constant the host code uses for it: (shader, constant, value). A test checks each against
+/// the shader text.
+pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
+    ("ppo_loss", "INPUT_COLUMNS", ppo::INPUT_COLUMNS),
+    ("ppo_loss", "STATS", ppo::STAT_NAMES.len()),
+    ("rollout", "INPUT_COLUMNS", ppo::INPUT_COLUMNS),
     ("adamw", "WG", adamw::WG),
     ("attention", "WG", attention::WG),
     ("cross_entropy", "WG", cross_entropy::WG),

@@ -78,10 +78,10 @@ fn every_shader_translates_to_spirv_msl_and_hlsl() {
 }
 
 /// Workgroup sizes are named constants in every shader (no number in `@workgroup_size`), and
-/// each has one value: the Rust constant the dispatch code divides by.
+/// each such constant, like the row strides, has one value: the Rust constant the host uses.
 #[test]
-fn workgroup_sizes_are_named_and_match_the_dispatch_code() {
-    use ppo_wgpu::kernels::WORKGROUP_SIZES;
+fn workgroup_sizes_and_strides_are_named_and_match_the_host_code() {
+    use ppo_wgpu::kernels::SHADER_CONSTANTS;
     for shader in ALL_SHADERS {
         for attr in shader.source.split("@workgroup_size(").skip(1) {
             let args = &attr[..attr.find(')').unwrap()];
@@ -92,7 +92,7 @@ fn workgroup_sizes_are_named_and_match_the_dispatch_code() {
             );
         }
     }
-    for (name, constant, value) in WORKGROUP_SIZES {
+    for (name, constant, value) in SHADER_CONSTANTS {
         let shader = ALL_SHADERS.iter().find(|s| s.name == *name).unwrap_or_else(|| panic!("no shader {name}"));
         let decl = format!("const {constant}: u32 = {value}u;");
         assert!(
