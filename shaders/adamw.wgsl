@@ -41,17 +41,6 @@ const WG: u32 = 256u; // invocations per workgroup (kernels::adamw::WG)
 @group(0) @binding(7) var<storage, read_write> m: array<f32>;
 @group(0) @binding(8) var<storage, read_write> v: array<f32>;
 
-var<workgroup> wg_sum: array<f32, WG>;
-
-// Tree sum of wg_sum[0..WG] into wg_sum[0].
-fn workgroup_reduce(lid: u32) {
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) { wg_sum[lid] += wg_sum[lid + stride]; }
-        workgroupBarrier();
-    }
-}
-
 @compute @workgroup_size(WG)
 fn grad_norm_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
@@ -60,9 +49,8 @@ fn grad_norm_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         let g = grad[i];
         s += g * g;
     }
-    wg_sum[lid] = s;
-    workgroup_reduce(lid);
-    if (lid == 0u) { partial[params.first_partial + wid.x] = wg_sum[0]; }
+    let total = workgroup_sum(lid, WG, s);
+    if (lid == 0u) { partial[params.first_partial + wid.x] = total; }
 }
 
 @compute @workgroup_size(WG)
@@ -70,10 +58,9 @@ fn grad_norm_finalize(@builtin(local_invocation_index) lid: u32) {
     // params.n is the number of partial sums here.
     var s = 0.0;
     for (var i = lid; i < params.n; i += WG) { s += partial_in[i]; }
-    wg_sum[lid] = s;
-    workgroup_reduce(lid);
+    let total = workgroup_sum(lid, WG, s);
     if (lid == 0u) {
-        let norm = sqrt(wg_sum[0]);
+        let norm = sqrt(total);
         norm_scale[0] = norm;
         norm_scale[1] = select(1.0, min(1.0, params.max_norm / (norm + 1e-6)), params.max_norm > 0.0);
     }

@@ -38,12 +38,6 @@ const IGNORE: u32 = 0xFFFFFFFFu;
 var<workgroup> wg_max: array<f32, WG>;
 var<workgroup> wg_sum: array<f32, WG>;
 
-// Merges two online-softmax states (m, l): the result's sum is relative to the larger max.
-fn merge(m_a: f32, l_a: f32, m_b: f32, l_b: f32) -> vec2<f32> {
-    let m = max(m_a, m_b);
-    return vec2<f32>(m, l_a * exp(m_a - m) + l_b * exp(m_b - m));
-}
-
 // log Σ exp over row `row`; every invocation of the workgroup gets the result.
 fn row_logsumexp(row: u32, lid: u32) -> f32 {
     let base = row * params.v;
@@ -60,9 +54,9 @@ fn row_logsumexp(row: u32, lid: u32) -> f32 {
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
         if (lid < stride) {
-            let r = merge(wg_max[lid], wg_sum[lid], wg_max[lid + stride], wg_sum[lid + stride]);
-            wg_max[lid] = r.x;
-            wg_sum[lid] = r.y;
+            let k = softmax_merge(wg_max[lid], wg_max[lid + stride]);
+            wg_max[lid] = k.x;
+            wg_sum[lid] = wg_sum[lid] * k.y + wg_sum[lid + stride] * k.z;
         }
         workgroupBarrier();
     }

@@ -169,14 +169,10 @@ fn logprob_entropy(base: u32, token: u32, lid: u32) -> vec3<f32> {
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
         if (lid < stride) {
-            let m_a = wg_max[lid];
-            let m_b = wg_max[lid + stride];
-            let m_new = max(m_a, m_b);
-            let ca = exp(m_a - m_new);
-            let cb = exp(m_b - m_new);
-            wg_max[lid] = m_new;
-            wg_sum[lid] = wg_sum[lid] * ca + wg_sum[lid + stride] * cb;
-            wg_zsum[lid] = wg_zsum[lid] * ca + wg_zsum[lid + stride] * cb;
+            let k = softmax_merge(wg_max[lid], wg_max[lid + stride]);
+            wg_max[lid] = k.x;
+            wg_sum[lid] = wg_sum[lid] * k.y + wg_sum[lid + stride] * k.z;
+            wg_zsum[lid] = wg_zsum[lid] * k.y + wg_zsum[lid + stride] * k.z;
         }
         workgroupBarrier();
     }
@@ -278,13 +274,8 @@ fn ppo_unfused_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
         let lp = logp_full[r * params.v + i];
         h -= exp(lp) * lp;
     }
-    wg_sum[lid] = h;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) { wg_sum[lid] += wg_sum[lid + stride]; }
-        workgroupBarrier();
-    }
-    if (lid == 0u) { row_scalars[r * 4u + 1u] = wg_sum[0]; }
+    h = workgroup_sum(lid, WG, h);
+    if (lid == 0u) { row_scalars[r * 4u + 1u] = h; }
 }
 
 @compute @workgroup_size(WG)

@@ -11,6 +11,9 @@
 //                                lid < n taking part); the result is the same in every
 //                                invocation and uniform, so code may branch on it. Call it from
 //                                uniform control flow (it has barriers).
+//   softmax_merge(m_a, m_b)      merging two online-softmax states with maxima m_a, m_b: the
+//                                new max and the factors that rescale each side's sums to it,
+//                                (max, exp(m_a − max), exp(m_b − max))
 
 const NEG_BIG: f32 = -3.0e38;
 
@@ -39,3 +42,8 @@ fn reduce_over_workgroup(lid: u32, n: u32, x: f32, op: u32) -> f32 {
 fn workgroup_sum(lid: u32, n: u32, x: f32) -> f32 { return reduce_over_workgroup(lid, n, x, REDUCE_SUM); }
 fn workgroup_max(lid: u32, n: u32, x: f32) -> f32 { return reduce_over_workgroup(lid, n, x, REDUCE_MAX); }
 fn workgroup_min(lid: u32, n: u32, x: f32) -> f32 { return reduce_over_workgroup(lid, n, x, REDUCE_MIN); }
+
+fn softmax_merge(m_a: f32, m_b: f32) -> vec3<f32> {
+    let m = max(m_a, m_b);
+    return vec3<f32>(m, exp(m_a - m), exp(m_b - m));
+}

@@ -51,20 +51,6 @@ fn kl_rewards(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (last < params.t) { rewards[row + last] += scores[b]; }
 }
 
-var<workgroup> wg_a: array<f32, WG>;
-var<workgroup> wg_b: array<f32, WG>;
-
-fn workgroup_sum2(lid: u32) {
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            wg_a[lid] += wg_a[lid + stride];
-            wg_b[lid] += wg_b[lid + stride];
-        }
-        workgroupBarrier();
-    }
-}
-
 @compute @workgroup_size(WG)
 fn masked_moments(@builtin(local_invocation_index) lid: u32) {
     let n = params.b * params.t;
@@ -75,24 +61,18 @@ fn masked_moments(@builtin(local_invocation_index) lid: u32) {
         sx += mask[i] * x[i];
         sm += mask[i];
     }
-    wg_a[lid] = sx;
-    wg_b[lid] = sm;
-    workgroup_sum2(lid);
-    let count = wg_b[0];
-    let mean = wg_a[0] / max(count, 1.0);
-    workgroupBarrier();
+    let count = workgroup_sum(lid, WG, sm);
+    let mean = workgroup_sum(lid, WG, sx) / max(count, 1.0);
     // Pass 2: Σ m·(x − mean)², which keeps the variance accurate when |mean| ≫ std.
     var sq = 0.0;
     for (var i = lid; i < n; i += WG) {
         let d = x[i] - mean;
         sq += mask[i] * d * d;
     }
-    wg_a[lid] = sq;
-    wg_b[lid] = 0.0;
-    workgroup_sum2(lid);
+    let sum_sq = workgroup_sum(lid, WG, sq);
     if (lid == 0u) {
         moments[0] = mean;
-        moments[1] = wg_a[0] / max(count - 1.0, 1.0); // Bessel's correction, as TRL
+        moments[1] = sum_sq / max(count - 1.0, 1.0); // Bessel's correction, as TRL
         moments[2] = count;
     }
 }
