@@ -15,15 +15,22 @@ use std::sync::Arc;
 pub struct Shader {
     pub name: &'static str,
     pub source: &'static str,
+    /// Other shader files whose definitions this one uses, appended after it.
+    pub includes: &'static [&'static str],
 }
 
 /// What every shader shares (`NEG_BIG`, the workgroup reductions), appended when it is loaded.
 pub const PRELUDE: &str = include_str!("../../shaders/prelude.wgsl");
 
 impl Shader {
-    /// The WGSL that is compiled: the file, then the prelude.
+    /// The WGSL that is compiled: the file, the files it includes, then the prelude.
     pub fn wgsl(&self) -> String {
-        format!("{}\n{PRELUDE}", self.source)
+        let mut text = self.source.to_string();
+        for part in self.includes.iter().chain([&PRELUDE]) {
+            text.push('\n');
+            text.push_str(part);
+        }
+        text
     }
 }
 

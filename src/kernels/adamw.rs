@@ -4,7 +4,7 @@ use super::{bind, expect_len, groups, row_ranges};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader { name: "adamw", source: include_str!("../../shaders/adamw.wgsl") };
+pub const SHADER: Shader = Shader { name: "adamw", source: include_str!("../../shaders/adamw.wgsl"), includes: &[] };
 
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 256;

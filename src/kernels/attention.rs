@@ -5,7 +5,8 @@ use super::{bind, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader { name: "attention", source: include_str!("../../shaders/attention.wgsl") };
+pub const SHADER: Shader =
+    Shader { name: "attention", source: include_str!("../../shaders/attention.wgsl"), includes: &[] };
 
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 64;

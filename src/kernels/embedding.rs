@@ -5,7 +5,8 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recorder, Shader, Tensor};
 use std::sync::Arc;
 
-pub const SHADER: Shader = Shader { name: "embedding", source: include_str!("../../shaders/embedding.wgsl") };
+pub const SHADER: Shader =
+    Shader { name: "embedding", source: include_str!("../../shaders/embedding.wgsl"), includes: &[] };
 
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 256;

@@ -4,7 +4,7 @@ use super::{as_matrix, bind, expect_len, groups};
 use crate::error::Result;
 use crate::gpu::{Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader { name: "gae", source: include_str!("../../shaders/gae.wgsl") };
+pub const SHADER: Shader = Shader { name: "gae", source: include_str!("../../shaders/gae.wgsl"), includes: &[] };
 
 /// Sequences per workgroup (one invocation each) (`WG_SEQUENCES` in the shader).
 pub const WG_SEQUENCES: usize = 64;

@@ -4,7 +4,8 @@ use super::{as_matrix, bind, expect_len, groups};
 use crate::error::Result;
 use crate::gpu::{Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader { name: "layernorm", source: include_str!("../../shaders/layernorm.wgsl") };
+pub const SHADER: Shader =
+    Shader { name: "layernorm", source: include_str!("../../shaders/layernorm.wgsl"), includes: &[] };
 
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 64;

@@ -7,9 +7,9 @@ use super::{as_matrix, bind, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{MatmulVariant, Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader { name: "matmul", source: include_str!("../../shaders/matmul.wgsl") };
+pub const SHADER: Shader = Shader { name: "matmul", source: include_str!("../../shaders/matmul.wgsl"), includes: &[] };
 pub const TILED_SHADER: Shader =
-    Shader { name: "matmul_tiled", source: include_str!("../../shaders/matmul_tiled.wgsl") };
+    Shader { name: "matmul_tiled", source: include_str!("../../shaders/matmul_tiled.wgsl"), includes: &[] };
 
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 64;

@@ -69,6 +69,7 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &matmul::SHADER,
     &matmul::TILED_SHADER,
     &ppo::SHADER,
+    &ppo::UNFUSED_SHADER,
     &preference::SHADER,
     &residual::SHADER,
     &rewards::SHADER,

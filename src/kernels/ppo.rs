@@ -6,7 +6,15 @@ use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader { name: "ppo_loss", source: include_str!("../../shaders/ppo_loss.wgsl") };
+pub const SHADER: Shader =
+    Shader { name: "ppo_loss", source: include_str!("../../shaders/ppo_loss.wgsl"), includes: &[] };
+
+/// The unfused twin: its own entry points, sharing ppo_loss.wgsl's parameters and row loss.
+pub const UNFUSED_SHADER: Shader = Shader {
+    name: "ppo_unfused",
+    source: include_str!("../../shaders/ppo_unfused.wgsl"),
+    includes: &[include_str!("../../shaders/ppo_loss.wgsl")],
+};
 
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 64;
@@ -151,18 +159,25 @@ pub fn ppo_loss_unfused(
     let per_row = [groups(rows, WG) as u32, 1, 1];
     log_softmax_forward(rec, logp, mb.logits, cfg.temperature)?;
     rec.dispatch(
-        &SHADER,
+        &UNFUSED_SHADER,
         "ppo_unfused_gather",
         &[],
         p,
         &[bind_u32(2, mb.tokens), bind(3, mb.inputs), bind(9, logp), bind(10, row_scalars)],
         per_row,
     )?;
-    rec.dispatch(&SHADER, "ppo_unfused_entropy", &[], p, &[bind(9, logp), bind(10, row_scalars)], gpu.grid(rows))?;
+    rec.dispatch(
+        &UNFUSED_SHADER,
+        "ppo_unfused_entropy",
+        &[],
+        p,
+        &[bind(9, logp), bind(10, row_scalars)],
+        gpu.grid(rows),
+    )?;
     let b = [bind(3, mb.inputs), bind(4, mb.values), bind(5, dvalues), bind(6, token_stats), bind(10, row_scalars)];
-    rec.dispatch(&SHADER, "ppo_unfused_loss", &[], p, &b, per_row)?;
+    rec.dispatch(&UNFUSED_SHADER, "ppo_unfused_loss", &[], p, &b, per_row)?;
     let b = [bind(1, mb.logits), bind_u32(2, mb.tokens), bind(9, logp), bind(10, row_scalars)];
-    rec.dispatch(&SHADER, "ppo_unfused_grad", &[], p, &b, gpu.grid(rows))
+    rec.dispatch(&UNFUSED_SHADER, "ppo_unfused_grad", &[], p, &b, gpu.grid(rows))
 }
 
 /// stats [8] = the minibatch means named by `STAT_NAMES`, from token_stats [rows, 8].

@@ -5,7 +5,8 @@ use super::{as_matrix, bind, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader { name: "preference", source: include_str!("../../shaders/preference.wgsl") };
+pub const SHADER: Shader =
+    Shader { name: "preference", source: include_str!("../../shaders/preference.wgsl"), includes: &[] };
 
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 64;

@@ -4,7 +4,8 @@ use super::{bind, expect_len, groups};
 use crate::error::Result;
 use crate::gpu::{Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader { name: "residual", source: include_str!("../../shaders/residual.wgsl") };
+pub const SHADER: Shader =
+    Shader { name: "residual", source: include_str!("../../shaders/residual.wgsl"), includes: &[] };
 
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 256;

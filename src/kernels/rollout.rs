@@ -5,7 +5,8 @@ use super::{as_matrix, bind, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{DType, Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader { name: "rollout", source: include_str!("../../shaders/rollout.wgsl") };
+pub const SHADER: Shader =
+    Shader { name: "rollout", source: include_str!("../../shaders/rollout.wgsl"), includes: &[] };
 
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 256;

@@ -6,7 +6,8 @@ use super::{bind, bind_u32, expect_len};
 use crate::error::{Error, Result, ensure_shape};
 use crate::gpu::{Recorder, Shader, Tensor};
 
-pub const SHADER: Shader = Shader { name: "sampling", source: include_str!("../../shaders/sampling.wgsl") };
+pub const SHADER: Shader =
+    Shader { name: "sampling", source: include_str!("../../shaders/sampling.wgsl"), includes: &[] };
 
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 256;

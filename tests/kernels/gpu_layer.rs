@@ -57,8 +57,11 @@ fn a_recorder_with_more_dispatches_than_its_uniform_arena_holds_flushes_in_order
 #[test]
 fn a_broken_shader_is_an_error_not_a_panic() {
     let gpu = ppo_wgpu::gpu::Gpu::new(None).unwrap();
-    let broken =
-        ppo_wgpu::gpu::Shader { name: "broken", source: "@compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }" };
+    let broken = ppo_wgpu::gpu::Shader {
+        name: "broken",
+        source: "@compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }",
+        includes: &[],
+    };
     let t = gpu.tensor(&[4], DType::F32).unwrap();
     let mut rec = Recorder::new(&gpu);
     let err = rec
