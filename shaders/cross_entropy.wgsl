@@ -35,35 +35,15 @@ const IGNORE: u32 = 0xFFFFFFFFu;
 @group(0) @binding(7) var<storage, read> dloss: array<f32>;
 @group(0) @binding(8) var<storage, read> lse_saved: array<f32>;
 
-var<workgroup> wg_max: array<f32, WG>;
-var<workgroup> wg_sum: array<f32, WG>;
-
 // log Σ exp over row `row`; every invocation of the workgroup gets the result.
 fn row_logsumexp(row: u32, lid: u32) -> f32 {
     let base = row * params.v;
-    var m = NEG_BIG;
-    var l = 0.0;
+    var st = vec3<f32>(NEG_BIG, 0.0, 0.0);
     for (var i = lid; i < params.v; i += WG) {
-        let z = logits[base + i] * params.inv_temperature;
-        let m_new = max(m, z);
-        l = l * exp(m - m_new) + exp(z - m_new);
-        m = m_new;
+        st = softmax_state_add(st, logits[base + i] * params.inv_temperature);
     }
-    wg_max[lid] = m;
-    wg_sum[lid] = l;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            let k = softmax_merge(wg_max[lid], wg_max[lid + stride]);
-            wg_max[lid] = k.x;
-            wg_sum[lid] = wg_sum[lid] * k.y + wg_sum[lid + stride] * k.z;
-        }
-        workgroupBarrier();
-    }
-    let result = wg_max[0] + log(wg_sum[0]);
-    // Keep the next row's writes from overtaking this row's reads of wg_max/wg_sum.
-    workgroupBarrier();
-    return result;
+    st = workgroup_softmax_state(lid, WG, st);
+    return st.x + log(st.y);
 }
 
 @compute @workgroup_size(WG)

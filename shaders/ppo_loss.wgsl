@@ -73,9 +73,6 @@ const STAT_RATIO: u32 = 7u;
 @group(0) @binding(5) var<storage, read_write> dvalues: array<f32>;
 @group(0) @binding(6) var<storage, read_write> token_stats: array<f32>;
 
-var<workgroup> wg_max: array<f32, WG>;
-var<workgroup> wg_sum: array<f32, WG>;
-var<workgroup> wg_zsum: array<f32, WG>;
 
 // Row r trains on the token at r + 1 when that position is in the same sequence and masked in.
 fn trained(r: u32) -> bool {
@@ -146,40 +143,18 @@ fn zero_row(r: u32, base: u32, lid: u32) {
 }
 
 // Pass 1, shared by every kernel that needs a row's log-softmax: each invocation folds a
-// strided slice of the row at `base` into (m, l, s), then the workgroup merges the 64 states.
+// strided slice of the row at `base` into (m, l, s), then the workgroup merges the WG states.
 // Returns (log p[token], entropy H, lse) in units of z = logits/τ, to every invocation. All
 // reads of the row, the taken token's included, happen before the merge's barriers.
 fn logprob_entropy(base: u32, token: u32, lid: u32) -> vec3<f32> {
-    var m = NEG_BIG;
-    var l = 0.0;
-    var s = 0.0;
+    var st = vec3<f32>(NEG_BIG, 0.0, 0.0);
     for (var i = lid; i < params.v; i += WG) {
-        let z = logits[base + i] * params.inv_temperature;
-        let m_new = max(m, z);
-        let scale = exp(m - m_new);
-        let e = exp(z - m_new);
-        l = l * scale + e;
-        s = s * scale + e * z;
-        m = m_new;
+        st = softmax_state_add(st, logits[base + i] * params.inv_temperature);
     }
     let z_token = logits[base + token] * params.inv_temperature;
-    wg_max[lid] = m;
-    wg_sum[lid] = l;
-    wg_zsum[lid] = s;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            let k = softmax_merge(wg_max[lid], wg_max[lid + stride]);
-            wg_max[lid] = k.x;
-            wg_sum[lid] = wg_sum[lid] * k.y + wg_sum[lid + stride] * k.z;
-            wg_zsum[lid] = wg_zsum[lid] * k.y + wg_zsum[lid + stride] * k.z;
-        }
-        workgroupBarrier();
-    }
-    let lse = wg_max[0] + log(wg_sum[0]);
-    let entropy = lse - wg_zsum[0] / wg_sum[0];
-    // Keep a following call's writes to wg_* from overtaking these reads.
-    workgroupBarrier();
+    st = workgroup_softmax_state(lid, WG, st);
+    let lse = st.x + log(st.y);
+    let entropy = lse - st.z / st.y;
     return vec3<f32>(z_token - lse, entropy, lse);
 }
 
@@ -225,7 +200,6 @@ fn ppo_loss_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 @group(0) @binding(8) var<storage, read_write> stats_out: array<f32>;
 
 const WG_STATS: u32 = 256u; // ppo_stats_reduce: invocations (kernels::ppo::WG_STATS)
-var<workgroup> wg_stats: array<f32, 2048>; // [WG_STATS][8]
 
 @compute @workgroup_size(WG_STATS)
 fn ppo_stats_reduce(@builtin(local_invocation_index) lid: u32) {
@@ -233,15 +207,10 @@ fn ppo_stats_reduce(@builtin(local_invocation_index) lid: u32) {
     for (var r = lid; r < params.rows; r += WG_STATS) {
         for (var k = 0u; k < STATS; k++) { acc[k] += stats_in[r * STATS + k]; }
     }
-    for (var k = 0u; k < STATS; k++) { wg_stats[lid * STATS + k] = acc[k]; }
-    workgroupBarrier();
-    for (var stride = WG_STATS / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            for (var k = 0u; k < STATS; k++) { wg_stats[lid * STATS + k] += wg_stats[(lid + stride) * STATS + k]; }
-        }
-        workgroupBarrier();
+    for (var k = 0u; k < STATS; k++) {
+        let total = workgroup_sum(lid, WG_STATS, acc[k]);
+        if (lid == 0u) { stats_out[k] = total; }
     }
-    if (lid < STATS) { stats_out[lid] = wg_stats[lid]; }
 }
 
 // ---------------------------------------------------------------------------------------------

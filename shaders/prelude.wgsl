@@ -14,6 +14,12 @@
 //   softmax_merge(m_a, m_b)      merging two online-softmax states with maxima m_a, m_b: the
 //                                new max and the factors that rescale each side's sums to it,
 //                                (max, exp(m_a − max), exp(m_b − max))
+//   softmax_state_add(st, z), workgroup_softmax_state(lid, n, st)
+//                                the online softmax over a row that a workgroup reads in strided
+//                                slices: each invocation folds its values into a state
+//                                st = (m, l, s) = (max z, Σ e^{z−m}, Σ e^{z−m}·z), starting from
+//                                (NEG_BIG, 0, 0); the workgroup then merges the states (uniform
+//                                result), so lse = m + log l and Σ p·z = s/l
 
 const NEG_BIG: f32 = -3.0e38;
 
@@ -46,4 +52,30 @@ fn workgroup_min(lid: u32, n: u32, x: f32) -> f32 { return reduce_over_workgroup
 fn softmax_merge(m_a: f32, m_b: f32) -> vec3<f32> {
     let m = max(m_a, m_b);
     return vec3<f32>(m, exp(m_a - m), exp(m_b - m));
+}
+
+fn softmax_state_add(st: vec3<f32>, z: f32) -> vec3<f32> {
+    let m = max(st.x, z);
+    let scale = exp(st.x - m);
+    let e = exp(z - m);
+    return vec3<f32>(m, st.y * scale + e, st.z * scale + e * z);
+}
+
+var<workgroup> prelude_states: array<vec3<f32>, 256>;
+var<workgroup> prelude_state: vec3<f32>;
+
+fn workgroup_softmax_state(lid: u32, n: u32, st: vec3<f32>) -> vec3<f32> {
+    prelude_states[lid] = st;
+    workgroupBarrier();
+    for (var s = n / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            let a = prelude_states[lid];
+            let b = prelude_states[lid + s];
+            let k = softmax_merge(a.x, b.x);
+            prelude_states[lid] = vec3<f32>(k.x, a.y * k.y + b.y * k.z, a.z * k.y + b.z * k.z);
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) { prelude_state = prelude_states[0]; }
+    return workgroupUniformLoad(&prelude_state);
 }
