@@ -3,7 +3,7 @@
 //! Weight decay applies to the matrices (embeddings and linear weights) and not to biases or
 //! LayerNorm parameters, as in GPT-2 training (llm.c, nanoGPT).
 
-use super::checkpoint::{f32_entry, safetensors_bytes, write_atomically};
+use super::checkpoint::{f32_entry, safetensors_bytes};
 use super::gpt::Model;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder, Tensor};
@@ -76,16 +76,6 @@ impl Optimizer {
             adamw_update(rec, &p, &view(&self.m)?, &view(&self.v)?, &view(grads)?, &self.norm_scale, &hp, self.step)?;
         }
         Ok(())
-    }
-
-    /// The gradient norm (before clipping) of the last update. A GPU round trip.
-    pub fn last_grad_norm(&self, model: &Model) -> Result<f32> {
-        Ok(model.gpu().download(&self.norm_scale)?[0])
-    }
-
-    /// Saves the moments and the step as `optimizer.safetensors` in `dir`.
-    pub fn save(&self, model: &Model, dir: &Path) -> Result<()> {
-        write_atomically(&dir.join(OPTIMIZER_FILE), &self.state_bytes(model)?)
     }
 
     /// The bytes of `optimizer.safetensors`: the moments and the step.

@@ -121,11 +121,11 @@ impl RolloutBatch {
         write_atomically(path, &safetensors_bytes(entries, None, "rollout batch")?)
     }
 
-    /// The per-position input block [rows, 8] the PPO loss kernels read, for `rows` of the batch:
+    /// The per-position input block [B·L, 8] the PPO loss kernels read:
     /// (response_mask, old_logprob, old_value, advantage, return, 0, 0, 0).
-    pub fn loss_inputs(&self, rows: &[usize]) -> Vec<f32> {
-        let mut out = Vec::with_capacity(rows.len() * self.l * 8);
-        for &r in rows {
+    pub fn loss_inputs(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.b * self.l * 8);
+        for r in 0..self.b {
             for j in r * self.l..(r + 1) * self.l {
                 out.extend_from_slice(&[
                     self.response_mask[j],
@@ -159,8 +159,7 @@ pub struct PpoBatch {
 impl PpoBatch {
     /// Uploads a batch read from a file.
     pub fn upload(gpu: &Arc<Gpu>, batch: &RolloutBatch) -> Result<PpoBatch> {
-        let rows: Vec<usize> = (0..batch.b).collect();
-        let inputs = gpu.upload(&[batch.b * batch.l, INPUT_COLUMNS], &batch.loss_inputs(&rows))?;
+        let inputs = gpu.upload(&[batch.b * batch.l, INPUT_COLUMNS], &batch.loss_inputs())?;
         Ok(PpoBatch {
             b: batch.b,
             l: batch.l,
