@@ -97,7 +97,8 @@ impl Optimizer {
         &self.norm_scale
     }
 
-    /// Restores what `save` wrote, for a model with the same parameter layout.
+    /// Restores `dir/optimizer.safetensors` (as `state_bytes` wrote it), for a model with the
+    /// same parameter layout.
     pub fn load(&mut self, model: &Model, dir: &Path) -> Result<()> {
         let path = dir.join(OPTIMIZER_FILE);
         let origin = path.display().to_string();
