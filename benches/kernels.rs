@@ -288,10 +288,18 @@ fn bench_ppo(bx: &mut Bench, c: &mut Criterion) {
         let (inputs_t, tokens) = (bx.up(&inputs, &[rows, 8]), bx.gpu.upload_u32(&[rows], &tokens).unwrap());
         let (dvalues, stats, logp, scalars) =
             (bx.empty(&[rows]), bx.empty(&[rows, 8]), bx.empty(&[rows, v]), bx.empty(&[rows, 4]));
-        let mb = PpoMinibatch { logits: &logits, tokens: &tokens, inputs: &inputs_t, values: &values, seq: t, count };
+        let mb = PpoMinibatch {
+            logits: &logits,
+            tokens: &tokens,
+            inputs: &inputs_t,
+            values: Some(&values),
+            seq: t,
+            count,
+            sequences: b,
+        };
         // Check first: the fused kernel against the reference loss.
         let mut rec = Recorder::new(&bx.gpu);
-        ppo_loss_fused(&mut rec, &mb, &cfg, &dvalues, &stats).unwrap();
+        ppo_loss_fused(&mut rec, &mb, &cfg, Some(&dvalues), &stats).unwrap();
         rec.submit();
         let rcfg = reference::PpoConfig {
             temperature: 1.0,
@@ -299,16 +307,18 @@ fn bench_ppo(bx: &mut Bench, c: &mut Criterion) {
             cliprange_value: 0.2,
             vf_coef: 0.1,
             ent_coef: 0.01,
+            kl_coef: 0.0,
+            sequence_mean: false,
         };
         let token_ids = bx.gpu.download_u32(&tokens).unwrap();
-        let want = reference::ppo_loss(&logits_host, &token_ids, &inputs, &values_host, t, v, &rcfg);
+        let want = reference::ppo_loss(&logits_host, &token_ids, &inputs, Some(&values_host), t, v, &rcfg);
         bx.check("ppo_loss_fused", &logits, &want.dlogits, 1e-7, 1e-4);
         // Effective bandwidth over the logits (rows·V·4 bytes per call) for both, so the two
         // figures compare directly; the fused kernel reads them twice and writes once, the
         // unfused sequence makes five passes.
         let bytes = (rows * v * 4) as f64;
         bx.time(c, "ppo_loss", &format!("fused {label}"), Work::Bytes(bytes), |rec| {
-            ppo_loss_fused(rec, &mb, &cfg, &dvalues, &stats).unwrap()
+            ppo_loss_fused(rec, &mb, &cfg, Some(&dvalues), &stats).unwrap()
         });
         bx.time(c, "ppo_loss", &format!("unfused {label}"), Work::Bytes(bytes), |rec| {
             ppo_loss_unfused(rec, &mb, &cfg, &dvalues, &stats, &logp, &scalars).unwrap()

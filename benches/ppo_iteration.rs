@@ -13,6 +13,7 @@ use ppo_wgpu::kernels::ppo::PpoLossConfig;
 use ppo_wgpu::kernels::rewards::KlEstimator;
 use ppo_wgpu::model::optimizer::Optimizer;
 use ppo_wgpu::model::{GptConfig, Heads, Model, init::init_weights};
+use ppo_wgpu::ppo::algo::Algo;
 use ppo_wgpu::ppo::rollout::{AdvantageConfig, Sequences, prepare};
 use ppo_wgpu::ppo::update::{UpdateOptions, ppo_update};
 use ppo_wgpu::rng::Rng;
@@ -69,13 +70,22 @@ fn bench(gpu: &Arc<Gpu>, s: &Shape, iterations: usize) {
         times[1] = t.elapsed().as_secs_f64();
 
         let t = Instant::now();
-        let adv =
-            AdvantageConfig { temperature: 0.7, beta: 0.05, kl_estimator: KlEstimator::K1, gamma: 1.0, lam: 0.95 };
-        let rollout = prepare(&policy, &reference, &seqs, &scores, &adv).unwrap();
+        let adv = AdvantageConfig {
+            algo: Algo::Ppo,
+            temperature: 0.7,
+            beta: 0.05,
+            kl_estimator: KlEstimator::K1,
+            gamma: 1.0,
+            lam: 0.95,
+            num_generations: 1,
+            scale_rewards: true,
+        };
+        let rollout = prepare(&policy, Some(&reference), &seqs, &scores, &adv).unwrap();
         times[2] = t.elapsed().as_secs_f64();
 
         let t = Instant::now();
         let update = UpdateOptions {
+            algo: Algo::Ppo,
             epochs: s.epochs,
             minibatches: s.minibatches,
             lr: 1e-5,

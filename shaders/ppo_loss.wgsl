@@ -1,6 +1,8 @@
 // The fused PPO loss: log-softmax, gather of the taken token, entropy, the clipped surrogate,
-// the clipped value loss and the entropy bonus, with the gradient written in place of the
-// logits, in two passes over each row of logits (docs/design.md §4).
+// the KL penalty to the reference, the clipped value loss and the entropy bonus, with the
+// gradient written in place of the logits, in two passes over each row of logits
+// (docs/design.md §4). Two forms: `ppo_loss_fused` with the value loss (PPO), and
+// `critic_free_loss_fused` without one (GRPO, RLOO: no value head).
 //
 // Row r of the logits is the policy's output at position r of a sequence, which predicts the
 // token at position r + 1; every per-token input below is indexed by that token's position, so
@@ -8,14 +10,20 @@
 // temperature τ, z = logits/τ, p = softmax(z):
 //
 //   logp = z[a] − lse,  H = lse − Σ p·z,  ρ = exp(logp − logp_old)
-//   L_pg = max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε))
-//   v_c  = v_old + clip(v − v_old, −ε_v, ε_v),  L_v = ½·max((v − R)², (v_c − R)²)
-//   L    = mean(L_pg) + c1·mean(L_v) − c2·mean(H)       (means over the valid tokens)
+//   ℓ_pg = max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε))
+//   k3   = e^d − d − 1 with d = logp_ref − logp (the KL to the reference, inside the loss: GRPO)
+//   v_c  = v_old + clip(v − v_old, −ε_v, ε_v),  ℓ_v = ½·max((v − R)², (v_c − R)²)     (PPO only)
+//   L    = Σ_tokens w·(ℓ_pg + β·k3 + c1·ℓ_v − c2·H)
 //
-//   ∂L/∂logp = −A·ρ/N when the unclipped term is the max (ties count as unclipped), else 0
-//   ∂L/∂H    = −c2/N
+// The token weight w makes L a mean: w = 1/N over the N trained tokens of the minibatch (PPO,
+// RLOO, GRPO's loss type dapo), or w = 1/(S·n_i) for a token of sequence i with n_i trained
+// tokens among the minibatch's S sequences (GRPO's loss type grpo: the mean over sequences of
+// each sequence's mean).
+//
+//   ∂L/∂logp = w·(−A·ρ·[the unclipped term is the max; ties count as unclipped] + β·(1 − e^d))
+//   ∂L/∂H    = −c2·w
 //   ∂L/∂z    = ∂L/∂logp·(onehot(a) − p) − ∂L/∂H·p·(log p + H),    ∂L/∂logits = ∂L/∂z / τ
-//   ∂L/∂v    = c1/N·(v − R) if the unclipped value term is the max, else c1/N·(v_c − R)·[|v − v_old| ≤ ε_v]
+//   ∂L/∂v    = c1·w·(v − R) if the unclipped value term is the max, else c1·w·(v_c − R)·[|v − v_old| ≤ ε_v]
 //
 // Pass 1 reads the row once with the online recurrence, carrying the running max m, the sum
 // l = Σ e^{z−m} and s = Σ e^{z−m}·z (rescaled together when m grows), so lse = m + log l and
@@ -24,11 +32,11 @@
 //
 // Layout: logits [rows, V] (rows = B·T, overwritten by the gradient; rows whose next token is
 // not trained become zero); tokens [rows] u32; inputs [rows, 8] f32 per token position:
-// (response_mask, old_logprob, old_value, advantage, return, 0, 0, 0); values [rows] (the value
-// head, row r at position r); dvalues [rows] (∂L/∂values, row r); token_stats [rows, 8] (see
-// STAT_* below, already divided by N, 0 for untrained rows) for `ppo_stats_reduce`.
-// Launch: `ppo_loss_fused`: one workgroup of 64 per row, grid = rows laid out 2D (x ≤ 65535).
-// Row r of the minibatch is row r − row_offset of the bound logits.
+// (response_mask, old_logprob, old_value, advantage, return, ref_logprob, 1/n_i, 0); values
+// [rows] (the value head, row r at position r); dvalues [rows] (∂L/∂values, row r); token_stats
+// [rows, 8] (see STAT_* below, already weighted, 0 for untrained rows) for `ppo_stats_reduce`.
+// Launch: `ppo_loss_fused`, `critic_free_loss_fused`: one workgroup of 64 per row, grid = rows
+// laid out 2D (x ≤ 65535). Row r of the minibatch is row r − row_offset of the bound logits.
 
 struct Params {
     rows: u32,            // rows of logits bound in this dispatch
@@ -42,6 +50,9 @@ struct Params {
     vf_coef: f32,         // c1
     ent_coef: f32,        // c2
     inv_count: f32,       // 1/N, N = number of trained tokens in the minibatch
+    kl_coef: f32,         // β of the KL term inside the loss (0: none, and logp_ref unread)
+    inv_sequences: f32,   // 1/S, S = number of sequences in the minibatch
+    sequence_mean: u32,   // 1: w = 1/(S·n_i) (GRPO's loss type grpo); 0: w = 1/N
 }
 
 const WG: u32 = 64u;
@@ -54,11 +65,15 @@ const IN_OLD_LOGP: u32 = 1u;
 const IN_OLD_VALUE: u32 = 2u;
 const IN_ADVANTAGE: u32 = 3u;
 const IN_RETURN: u32 = 4u;
+const IN_REF_LOGP: u32 = 5u;
+const IN_INV_SEQUENCE_TOKENS: u32 = 6u; // 1/n_i, n_i = trained tokens of the token's sequence
 
-// Columns of `token_stats`: each token's share of the minibatch mean.
-const STAT_LOSS: u32 = 0u;        // L_pg + c1·L_v − c2·H
-const STAT_PG_LOSS: u32 = 1u;
-const STAT_VF_LOSS: u32 = 2u;
+// Columns of `token_stats`: each token's share of the minibatch's figure. The loss and its
+// terms carry the token weight w (so that they sum to L); the diagnostics are means over the
+// trained tokens (weight 1/N) whatever the loss type.
+const STAT_LOSS: u32 = 0u;        // ℓ_pg + β·k3 + c1·ℓ_v − c2·H, weighted by w
+const STAT_PG_LOSS: u32 = 1u;     // ℓ_pg, weighted by w
+const STAT_VF_LOSS: u32 = 2u;     // ℓ_v, weighted by w (0 without a value head)
 const STAT_ENTROPY: u32 = 3u;
 const STAT_APPROX_KL: u32 = 4u;   // ½·(logp − logp_old)²
 const STAT_CLIPFRAC: u32 = 5u;    // [|ρ − 1| > ε]
@@ -79,22 +94,22 @@ fn trained(r: u32) -> bool {
     return (r % params.seq) + 1u < params.seq && inputs[(r + 1u) * INPUT_COLUMNS + IN_MASK] != 0.0;
 }
 
-// What one row contributes: the two coefficients its gradient needs, and its statistics.
+// What one row contributes: the coefficients its gradient needs, and its statistics.
 struct RowLoss {
-    dlogp: f32,   // ∂L/∂logp
+    dlogp: f32,    // ∂L/∂logp
     dentropy: f32, // ∂L/∂H
-    dvalue: f32,  // ∂L/∂v
+    dvalue: f32,   // ∂L/∂v (0 until `add_value_loss`)
     stats: array<f32, 8>,
 }
 
-// Everything after the row's log-softmax: scalar work, shared by the fused and unfused paths.
+// The policy's part of the loss after the row's log-softmax (the surrogate, the KL term, the
+// entropy bonus): scalar work, shared by the fused and unfused paths and by both forms.
 fn row_loss(r: u32, logp: f32, entropy: f32) -> RowLoss {
     let at = (r + 1u) * INPUT_COLUMNS;
     let old_logp = inputs[at + IN_OLD_LOGP];
-    let old_value = inputs[at + IN_OLD_VALUE];
     let advantage = inputs[at + IN_ADVANTAGE];
-    let ret = inputs[at + IN_RETURN];
     let n = params.inv_count;
+    let w = select(n, inputs[at + IN_INV_SEQUENCE_TOKENS] * params.inv_sequences, params.sequence_mean != 0u);
     let eps = params.cliprange;
 
     let ratio = exp(logp - old_logp);
@@ -103,41 +118,57 @@ fn row_loss(r: u32, logp: f32, entropy: f32) -> RowLoss {
     let pg_loss = max(pg_unclipped, pg_clipped);
     // d(−A·ρ)/dlogp = −A·ρ; the clipped branch is flat in logp whenever it is the larger one
     // (and clip's own gradient is zero outside the range that decides it).
-    let dlogp = select(0.0, pg_unclipped * n, pg_unclipped >= pg_clipped);
+    var dlogp = select(0.0, pg_unclipped, pg_unclipped >= pg_clipped);
+    var kl = 0.0;
+    if (params.kl_coef != 0.0) { // uniform; without it logp_ref is not read (e^d may overflow)
+        let d = inputs[at + IN_REF_LOGP] - logp;
+        kl = exp(d) - d - 1.0;
+        dlogp += params.kl_coef * (1.0 - exp(d));
+    }
 
-    let v = values[r];
+    var out: RowLoss;
+    out.dlogp = dlogp * w;
+    out.dentropy = -params.ent_coef * w;
+    out.dvalue = 0.0;
+    out.stats[STAT_LOSS] = (pg_loss + params.kl_coef * kl - params.ent_coef * entropy) * w;
+    out.stats[STAT_PG_LOSS] = pg_loss * w;
+    out.stats[STAT_VF_LOSS] = 0.0;
+    out.stats[STAT_ENTROPY] = entropy * n;
+    out.stats[STAT_APPROX_KL] = 0.5 * (logp - old_logp) * (logp - old_logp) * n;
+    out.stats[STAT_CLIPFRAC] = select(0.0, n, abs(ratio - 1.0) > eps);
+    out.stats[STAT_VF_CLIPFRAC] = 0.0;
+    out.stats[STAT_RATIO] = ratio * n;
+    return out;
+}
+
+// PPO's clipped value loss for row r with the value head's output v, added to `loss`.
+fn add_value_loss(r: u32, loss: ptr<function, RowLoss>, v: f32) {
+    let at = (r + 1u) * INPUT_COLUMNS;
+    let old_value = inputs[at + IN_OLD_VALUE];
+    let ret = inputs[at + IN_RETURN];
+    let n = params.inv_count;
+    let w = select(n, inputs[at + IN_INV_SEQUENCE_TOKENS] * params.inv_sequences, params.sequence_mean != 0u);
     let dv_raw = v - old_value;
     let v_clipped = old_value + clamp(dv_raw, -params.cliprange_value, params.cliprange_value);
     let vf_unclipped = (v - ret) * (v - ret);
     let vf_clipped = (v_clipped - ret) * (v_clipped - ret);
     let vf_loss = 0.5 * max(vf_unclipped, vf_clipped);
     let inside = abs(dv_raw) <= params.cliprange_value;
-    let dvalue = params.vf_coef * n * select(select(0.0, v_clipped - ret, inside), v - ret, vf_unclipped >= vf_clipped);
-
-    var out: RowLoss;
-    out.dlogp = dlogp;
-    out.dentropy = -params.ent_coef * n;
-    out.dvalue = dvalue;
-    out.stats[STAT_LOSS] = (pg_loss + params.vf_coef * vf_loss - params.ent_coef * entropy) * n;
-    out.stats[STAT_PG_LOSS] = pg_loss * n;
-    out.stats[STAT_VF_LOSS] = vf_loss * n;
-    out.stats[STAT_ENTROPY] = entropy * n;
-    out.stats[STAT_APPROX_KL] = 0.5 * (logp - old_logp) * (logp - old_logp) * n;
-    out.stats[STAT_CLIPFRAC] = select(0.0, n, abs(ratio - 1.0) > eps);
-    out.stats[STAT_VF_CLIPFRAC] = select(0.0, n, vf_clipped > vf_unclipped);
-    out.stats[STAT_RATIO] = ratio * n;
-    return out;
+    (*loss).dvalue =
+        params.vf_coef * w * select(select(0.0, v_clipped - ret, inside), v - ret, vf_unclipped >= vf_clipped);
+    (*loss).stats[STAT_LOSS] += params.vf_coef * vf_loss * w;
+    (*loss).stats[STAT_VF_LOSS] = vf_loss * w;
+    (*loss).stats[STAT_VF_CLIPFRAC] = select(0.0, n, vf_clipped > vf_unclipped);
 }
 
-fn write_row_results(r: u32, loss: RowLoss) {
-    dvalues[r] = loss.dvalue;
+fn write_row_stats(r: u32, loss: RowLoss) {
     for (var k = 0u; k < STATS; k++) { token_stats[r * STATS + k] = loss.stats[k]; }
 }
 
+// An untrained row: no gradient, no statistics.
 fn zero_row(r: u32, base: u32, lid: u32) {
     for (var i = lid; i < params.v; i += WG) { logits[base + i] = 0.0; }
     if (lid == 0u) {
-        dvalues[r] = 0.0;
         for (var k = 0u; k < STATS; k++) { token_stats[r * STATS + k] = 0.0; }
     }
 }
@@ -158,18 +189,10 @@ fn logprob_entropy(base: u32, token: u32, lid: u32) -> vec3<f32> {
     return vec3<f32>(z_token - lse, entropy, lse);
 }
 
-@compute @workgroup_size(WG)
-fn ppo_loss_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32) {
-    let local = wid.y * nwg.x + wid.x;
-    if (local >= params.rows) { return; } // uniform across the workgroup
-    let r = params.row_offset + local;
-    let base = local * params.v;
-    if (!trained(r)) {
-        zero_row(r, base, lid);
-        return;
-    }
-
+// Both passes over trained row r (bound at `base`): its log-softmax, its policy loss, and
+// ∂L/∂logits in place of the row. Returns the loss for the caller's per-row writes. Call from
+// uniform control flow (barriers).
+fn fused_policy_row(r: u32, base: u32, lid: u32) -> RowLoss {
     let token = tokens[r + 1u];
     let lp_h = logprob_entropy(base, token, lid);
     // The barriers inside logprob_entropy are also what make the in-place write below safe:
@@ -188,7 +211,40 @@ fn ppo_loss_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         let dz = loss.dlogp * (onehot - p) - loss.dentropy * p * (log_p + entropy);
         logits[base + i] = dz * params.inv_temperature;
     }
-    if (lid == 0u) { write_row_results(r, loss); }
+    return loss;
+}
+
+@compute @workgroup_size(WG)
+fn ppo_loss_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let local = wid.y * nwg.x + wid.x;
+    if (local >= params.rows) { return; } // uniform across the workgroup
+    let r = params.row_offset + local;
+    if (!trained(r)) {
+        zero_row(r, local * params.v, lid);
+        if (lid == 0u) { dvalues[r] = 0.0; }
+        return;
+    }
+    var loss = fused_policy_row(r, local * params.v, lid);
+    if (lid == 0u) {
+        add_value_loss(r, &loss, values[r]);
+        dvalues[r] = loss.dvalue;
+        write_row_stats(r, loss);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn critic_free_loss_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    let local = wid.y * nwg.x + wid.x;
+    if (local >= params.rows) { return; }
+    let r = params.row_offset + local;
+    if (!trained(r)) {
+        zero_row(r, local * params.v, lid);
+        return;
+    }
+    let loss = fused_policy_row(r, local * params.v, lid);
+    if (lid == 0u) { write_row_stats(r, loss); }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@
 // row_scalars [rows, 4]: (logp, H, ∂L/∂logp, ∂L/∂H). Each pass rereads what the last wrote.
 //
 // Loaded together with ppo_loss.wgsl (`Shader::includes`), whose parameters, bindings and
-// per-row loss (`row_loss`, `write_row_results`) it shares: the loss math is written once.
+// per-row loss (`row_loss`, `add_value_loss`, `write_row_stats`) it shares: the loss math is
+// written once. (PPO's form, with the value loss.)
 // Layout: as ppo_loss.wgsl, plus logp_full [rows, V] and row_scalars [rows, 4].
 // Launch: gather and loss one invocation per row (workgroup WG, grid ceil(rows/WG)); entropy and
 // grad one workgroup of WG per row, grid rows laid out 2D (x ≤ 65535).
@@ -48,10 +49,12 @@ fn ppo_unfused_loss(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var k = 0u; k < STATS; k++) { token_stats[r * STATS + k] = 0.0; }
         return;
     }
-    let loss = row_loss(r, row_scalars[r * 4u], row_scalars[r * 4u + 1u]);
+    var loss = row_loss(r, row_scalars[r * 4u], row_scalars[r * 4u + 1u]);
+    add_value_loss(r, &loss, values[r]);
     row_scalars[r * 4u + 2u] = loss.dlogp;
     row_scalars[r * 4u + 3u] = loss.dentropy;
-    write_row_results(r, loss);
+    dvalues[r] = loss.dvalue;
+    write_row_stats(r, loss);
 }
 
 @compute @workgroup_size(WG)

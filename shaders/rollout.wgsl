@@ -3,16 +3,20 @@
 //
 //   values_per_token:  out[b, j] = values[b, j − 1] (0 at j = 0): the value of the state that
 //                      predicts token j, the batch file's `old_values` convention
-//   pack_loss_inputs:  inputs[i] = (mask, old_logprob, old_value, advantage, return, 0, 0, 0),
-//                      the [rows, 8] block the PPO loss kernels read
+//   pack_loss_inputs:  inputs[i] = (mask, old_logprob, old_value, advantage, return,
+//                      ref_logprob, 1/n_b, 0), the [rows, 8] block the PPO loss kernels read,
+//                      with n_b = Σ_{j ≥ 1} mask[b, j] the trained tokens of row b (1/n_b = 0
+//                      for a row with none)
 //   gather_rows:       dst[r, ·] = src[rows[r], ·] for rows of `width` values
 //   last_token_scores: scores[b] = x[b, j*] with j* the last position where mask[b, j] ≠ 0
 //                      (0 for a row with none): a reward head's output per sequence
 //
-// Layout: values, out, mask_f, logprobs, old_values, advantages, returns, x [B, T] f32 (row-major);
-// inputs [B·T, 8]; mask_u [B, T] u32; src [N, width], dst [R, width], rows u32 [R]; scores [B].
-// Launch: last_token_scores: workgroup 64 per 64 rows, grid ceil(B/64); the others one
-// invocation per output value, workgroup 256, grid laid out 2D (x ≤ 65535).
+// Layout: values, out, mask_f, logprobs, old_values, advantages, returns, ref_logprobs, x [B, T]
+// f32 (row-major); inputs [B·T, 8]; mask_u [B, T] u32; src [N, width], dst [R, width], rows u32
+// [R]; scores [B].
+// Launch: last_token_scores: workgroup 64 per 64 rows, grid ceil(B/64); pack_loss_inputs: one
+// workgroup of 256 per row, grid (B, 1, 1); the others one invocation per output value,
+// workgroup 256, grid laid out 2D (x ≤ 65535).
 
 struct Params {
     b: u32,
@@ -34,6 +38,7 @@ const WG_SEQUENCES: u32 = 64u; // last_token_scores: sequences per workgroup (ke
 @group(0) @binding(7) var<storage, read> old_values: array<f32>;
 @group(0) @binding(8) var<storage, read> advantages: array<f32>;
 @group(0) @binding(9) var<storage, read> returns: array<f32>;
+@group(0) @binding(10) var<storage, read> ref_logprobs: array<f32>;
 
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid;
@@ -48,19 +53,25 @@ fn values_per_token(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 }
 
 @compute @workgroup_size(WG)
-fn pack_loss_inputs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                    @builtin(local_invocation_index) lid: u32) {
-    let i = flat_index(wid, nwg, lid);
-    if (i >= params.b * params.t) { return; }
-    let o = i * INPUT_COLUMNS;
-    dst[o] = mask_f[i];
-    dst[o + 1u] = logprobs[i];
-    dst[o + 2u] = old_values[i];
-    dst[o + 3u] = advantages[i];
-    dst[o + 4u] = returns[i];
-    dst[o + 5u] = 0.0;
-    dst[o + 6u] = 0.0;
-    dst[o + 7u] = 0.0;
+fn pack_loss_inputs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let b = wid.x;
+    let row = b * params.t;
+    var trained = 0.0;
+    for (var j = lid; j < params.t; j += WG) { trained += select(0.0, mask_f[row + j], j > 0u); }
+    trained = workgroup_sum(lid, WG, trained);
+    let inv_trained = select(0.0, 1.0 / trained, trained > 0.0);
+    for (var j = lid; j < params.t; j += WG) {
+        let i = row + j;
+        let o = i * INPUT_COLUMNS;
+        dst[o] = mask_f[i];
+        dst[o + 1u] = logprobs[i];
+        dst[o + 2u] = old_values[i];
+        dst[o + 3u] = advantages[i];
+        dst[o + 4u] = returns[i];
+        dst[o + 5u] = ref_logprobs[i];
+        dst[o + 6u] = inv_trained;
+        dst[o + 7u] = 0.0;
+    }
 }
 
 @compute @workgroup_size(WG)

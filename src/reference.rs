@@ -360,39 +360,58 @@ pub struct PpoConfig {
     pub cliprange_value: f64,
     pub vf_coef: f64,
     pub ent_coef: f64,
+    /// β of the k3 KL term inside the loss.
+    pub kl_coef: f64,
+    /// GRPO's loss type `grpo`: each sequence's mean, then the mean over sequences (else one
+    /// mean over all trained tokens).
+    pub sequence_mean: bool,
 }
 
 /// What the PPO loss reference computes for a minibatch.
 #[derive(Clone, Debug)]
 pub struct PpoLoss {
-    /// L = mean(L_pg) + c1·mean(L_v) − c2·mean(H) over the trained tokens.
+    /// L, the weighted sum of ℓ_pg + β·k3 + c1·ℓ_v − c2·H over the trained tokens.
     pub loss: f64,
     /// ∂L/∂logits [rows, V] (zero rows where nothing is trained).
     pub dlogits: Vec<f64>,
-    /// ∂L/∂values [rows].
+    /// ∂L/∂values [rows] (zero without values).
     pub dvalues: Vec<f64>,
-    /// Means in `kernels::ppo::STAT_NAMES` order.
+    /// In `kernels::ppo::STAT_NAMES` order: loss, pg_loss and vf_loss with the loss's weights,
+    /// the rest means over the trained tokens.
     pub stats: [f64; 8],
 }
 
 /// The PPO loss of docs/design.md §4 on one minibatch, straight from the formulas. Row r of
 /// `logits` [rows, V] and `values` [rows] predicts the token at r + 1; `inputs` [rows, 8] holds
-/// per position (response_mask, old_logprob, old_value, advantage, return, …). Ties between the
-/// clipped and unclipped terms count as unclipped; clip passes its gradient on the closed range.
+/// per position (response_mask, old_logprob, old_value, advantage, return, ref_logprob, …; the
+/// per-sequence token counts are recounted here from the mask). Without `values`, the
+/// critic-free form (no value term). Ties between the clipped and unclipped terms count as
+/// unclipped; clip passes its gradient on the closed range.
 pub fn ppo_loss(
     logits: &[f64],
     tokens: &[u32],
     inputs: &[f64],
-    values: &[f64],
+    values: Option<&[f64]>,
     seq: usize,
     v: usize,
     cfg: &PpoConfig,
 ) -> PpoLoss {
-    let rows = values.len();
+    let rows = tokens.len();
     let trained = |r: usize| r % seq + 1 < seq && inputs[(r + 1) * 8] != 0.0;
     let n = (0..rows).filter(|&r| trained(r)).count().max(1) as f64;
+    let sequences = (rows / seq) as f64;
+    let weight = |r: usize| {
+        if cfg.sequence_mean {
+            let first = r - r % seq;
+            let n_i = (first..first + seq).filter(|&q| trained(q)).count() as f64;
+            1.0 / (sequences * n_i)
+        } else {
+            1.0 / n
+        }
+    };
     let mut out = PpoLoss { loss: 0.0, dlogits: vec![0.0; rows * v], dvalues: vec![0.0; rows], stats: [0.0; 8] };
     for r in (0..rows).filter(|&r| trained(r)) {
+        let w = weight(r);
         let z: Vec<f64> = logits[r * v..(r + 1) * v].iter().map(|l| l / cfg.temperature).collect();
         let lse = logsumexp_rows(&z, v)[0];
         let p: Vec<f64> = z.iter().map(|z| (z - lse).exp()).collect();
@@ -400,51 +419,81 @@ pub fn ppo_loss(
         let a = tokens[r + 1] as usize;
         let logp = z[a] - lse;
         let at = (r + 1) * 8;
-        let (old_logp, old_v, adv, ret) = (inputs[at + 1], inputs[at + 2], inputs[at + 3], inputs[at + 4]);
+        let (old_logp, old_v, adv, ret, ref_logp) =
+            (inputs[at + 1], inputs[at + 2], inputs[at + 3], inputs[at + 4], inputs[at + 5]);
 
         let ratio = (logp - old_logp).exp();
         let unclipped = -adv * ratio;
         let clipped = -adv * ratio.clamp(1.0 - cfg.cliprange, 1.0 + cfg.cliprange);
         let pg = unclipped.max(clipped);
-        let dlogp = if unclipped >= clipped { unclipped / n } else { 0.0 };
+        let mut dlogp = if unclipped >= clipped { unclipped } else { 0.0 };
+        let (d, mut kl) = (ref_logp - logp, 0.0);
+        if cfg.kl_coef != 0.0 {
+            kl = d.exp() - d - 1.0;
+            dlogp += cfg.kl_coef * (1.0 - d.exp());
+        }
 
-        let val = values[r];
-        let v_c = old_v + (val - old_v).clamp(-cfg.cliprange_value, cfg.cliprange_value);
-        let (l1, l2) = ((val - ret).powi(2), (v_c - ret).powi(2));
-        let vf = 0.5 * l1.max(l2);
-        let inside = (val - old_v).abs() <= cfg.cliprange_value;
-        out.dvalues[r] = cfg.vf_coef / n
-            * if l1 >= l2 {
-                val - ret
-            } else if inside {
-                v_c - ret
-            } else {
-                0.0
-            };
+        let (mut vf, mut vf_clipped) = (0.0, 0.0);
+        if let Some(values) = values {
+            let val = values[r];
+            let v_c = old_v + (val - old_v).clamp(-cfg.cliprange_value, cfg.cliprange_value);
+            let (l1, l2) = ((val - ret).powi(2), (v_c - ret).powi(2));
+            vf = 0.5 * l1.max(l2);
+            vf_clipped = (l2 > l1) as u8 as f64;
+            let inside = (val - old_v).abs() <= cfg.cliprange_value;
+            out.dvalues[r] = cfg.vf_coef * w
+                * if l1 >= l2 {
+                    val - ret
+                } else if inside {
+                    v_c - ret
+                } else {
+                    0.0
+                };
+        }
 
-        let dentropy = -cfg.ent_coef / n;
+        let dentropy = -cfg.ent_coef * w;
         for i in 0..v {
             let log_p = z[i] - lse;
             let onehot = if i == a { 1.0 } else { 0.0 };
-            let dz = dlogp * (onehot - p[i]) - dentropy * p[i] * (log_p + entropy);
+            let dz = dlogp * w * (onehot - p[i]) - dentropy * p[i] * (log_p + entropy);
             out.dlogits[r * v + i] = dz / cfg.temperature;
         }
-        let row = [
-            pg + cfg.vf_coef * vf - cfg.ent_coef * entropy,
-            pg,
-            vf,
-            entropy,
-            0.5 * (logp - old_logp).powi(2),
-            ((ratio - 1.0).abs() > cfg.cliprange) as u8 as f64,
-            (l2 > l1) as u8 as f64,
-            ratio,
-        ];
-        for (s, x) in out.stats.iter_mut().zip(row) {
-            *s += x / n;
+        let weighted = [pg + cfg.kl_coef * kl + cfg.vf_coef * vf - cfg.ent_coef * entropy, pg, vf];
+        let token_means =
+            [entropy, 0.5 * (logp - old_logp).powi(2), ((ratio - 1.0).abs() > cfg.cliprange) as u8 as f64, vf_clipped, ratio];
+        for (k, x) in weighted.into_iter().enumerate() {
+            out.stats[k] += x * w;
+        }
+        for (k, x) in token_means.into_iter().enumerate() {
+            out.stats[3 + k] += x / n;
         }
     }
     out.loss = out.stats[0];
     out
+}
+
+/// The critic-free advantage of each of `returns`' sequences, taken in groups of `group`
+/// consecutive ones (docs/design.md §4): GRPO's (r − mean)/(std + 1e−4) with the unbiased std,
+/// or r − mean when not `scaled`; RLOO's r − mean of the group's other returns when
+/// `leave_one_out`.
+pub fn group_advantages(returns: &[f64], group: usize, scaled: bool, leave_one_out: bool) -> Vec<f64> {
+    returns
+        .chunks(group)
+        .flat_map(|g| {
+            let k = group as f64;
+            let mean = g.iter().sum::<f64>() / k;
+            let std = (g.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (k - 1.0)).sqrt();
+            g.iter().map(move |r| {
+                if leave_one_out {
+                    r - (g.iter().sum::<f64>() - r) / (k - 1.0)
+                } else if scaled {
+                    (r - mean) / (std + 1e-4)
+                } else {
+                    r - mean
+                }
+            })
+        })
+        .collect()
 }
 
 /// GAE over [B, T] with the response mask, written as TRL writes it: values and rewards zeroed

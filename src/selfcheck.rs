@@ -235,18 +235,32 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
     }
     let count = (0..rows).filter(|&r| r % seq + 1 < seq && inputs[(r + 1) * 8] != 0.0).count();
     let loss_cfg = ppo::PpoLossConfig { ent_coef: 0.01, ..Default::default() };
-    let rcfg =
-        reference::PpoConfig { temperature: 1.0, cliprange: 0.2, cliprange_value: 0.2, vf_coef: 0.1, ent_coef: 0.01 };
-    let want = reference::ppo_loss(&logits, &tokens, &inputs, &values, seq, v, &rcfg);
+    let rcfg = reference::PpoConfig {
+        temperature: 1.0,
+        cliprange: 0.2,
+        cliprange_value: 0.2,
+        vf_coef: 0.1,
+        ent_coef: 0.01,
+        kl_coef: 0.0,
+        sequence_mean: false,
+    };
+    let want = reference::ppo_loss(&logits, &tokens, &inputs, Some(&values), seq, v, &rcfg);
     let (t_logits, t_tokens) = (cx.up(&logits, &[rows, v])?, gpu.upload_u32(&[rows], &tokens)?);
     let (t_inputs, t_values) = (cx.up(&inputs, &[rows, 8])?, cx.up(&values, &[rows])?);
     let (dvalues, token_stats, stats) = (cx.zeros(&[rows])?, cx.zeros(&[rows, 8])?, cx.zeros(&[8])?);
-    let mb =
-        ppo::PpoMinibatch { logits: &t_logits, tokens: &t_tokens, inputs: &t_inputs, values: &t_values, seq, count };
+    let mb = ppo::PpoMinibatch {
+        logits: &t_logits,
+        tokens: &t_tokens,
+        inputs: &t_inputs,
+        values: Some(&t_values),
+        seq,
+        count,
+        sequences: 2,
+    };
     cx.check(
         "fused PPO loss + statistics",
         |r| {
-            ppo::ppo_loss_fused(r, &mb, &loss_cfg, &dvalues, &token_stats)?;
+            ppo::ppo_loss_fused(r, &mb, &loss_cfg, Some(&dvalues), &token_stats)?;
             ppo::ppo_stats_reduce(r, &stats, &token_stats)
         },
         &[

@@ -7,6 +7,7 @@ pub mod cross_entropy;
 pub mod embedding;
 pub mod gae;
 pub mod gelu;
+pub mod group_advantages;
 pub mod kv_cache;
 pub mod layernorm;
 pub mod matmul;
@@ -64,6 +65,7 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &embedding::SHADER,
     &gae::SHADER,
     &gelu::SHADER,
+    &group_advantages::SHADER,
     &kv_cache::SHADER,
     &layernorm::SHADER,
     &matmul::SHADER,
@@ -91,6 +93,8 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
     ("gae", "WG_SEQUENCES", gae::WG_SEQUENCES),
     ("gae", "SCAN_CHUNKS", gae::SCAN_CHUNKS),
     ("gelu", "WG", gelu::WG),
+    ("group_advantages", "WG", group_advantages::WG),
+    ("group_advantages", "WG_SEQUENCES", group_advantages::WG_SEQUENCES),
     ("kv_cache", "WG", kv_cache::WG),
     ("kv_cache", "WG_WRITE", kv_cache::WG_WRITE),
     ("layernorm", "WG", layernorm::WG),

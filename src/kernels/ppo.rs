@@ -1,5 +1,6 @@
-//! The fused PPO loss (forward and gradient), its unfused twin for comparison, and the
-//! minibatch statistics. Shader: `ppo_loss.wgsl`; docs/design.md §4 is the math.
+//! The fused PPO loss (forward and gradient) in its two forms (with the value loss for PPO,
+//! critic-free for GRPO and RLOO), its unfused twin for comparison, and the minibatch
+//! statistics. Shader: `ppo_loss.wgsl`; docs/design.md §4 is the math.
 
 use super::cross_entropy::log_softmax_forward;
 use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges};
@@ -21,7 +22,8 @@ pub const WG: usize = 64;
 /// ppo_stats_reduce: invocations in its one workgroup (`WG_STATS` in the shader).
 pub const WG_STATS: usize = 256;
 
-/// Columns of the per-token input block [rows, 8] (`PpoInputs`).
+/// Columns of the per-token input block [rows, 8]: response_mask, old_logprob, old_value,
+/// advantage, return, ref_logprob, 1/n_i (n_i: the trained tokens of the token's sequence), 0.
 pub const INPUT_COLUMNS: usize = 8;
 /// Names of the statistics `ppo_stats_reduce` returns, in order.
 pub const STAT_NAMES: [&str; 8] =
@@ -40,9 +42,22 @@ struct Params {
     vf_coef: f32,
     ent_coef: f32,
     inv_count: f32,
+    kl_coef: f32,
+    inv_sequences: f32,
+    sequence_mean: u32,
 }
 
-/// The PPO hyperparameters that shape the loss (TRL's names and defaults).
+/// How the per-token losses average into the minibatch's loss L.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossType {
+    /// A mean over the minibatch's trained tokens (PPO, RLOO, and GRPO's loss type `dapo`).
+    Token,
+    /// Each sequence's mean over its tokens, then the mean over the sequences (GRPO's loss type
+    /// `grpo`).
+    Sequence,
+}
+
+/// The hyperparameters that shape the loss (TRL's names and defaults).
 #[derive(Clone, Copy, Debug)]
 pub struct PpoLossConfig {
     /// The sampling temperature of the rollout: log-probs are those of softmax(logits/τ).
@@ -55,11 +70,23 @@ pub struct PpoLossConfig {
     pub vf_coef: f32,
     /// c2, the entropy bonus coefficient.
     pub ent_coef: f32,
+    /// β of the k3 KL to the reference inside the loss (GRPO; 0 for PPO and RLOO, whose KL
+    /// penalty is in the rewards).
+    pub kl_coef: f32,
+    pub loss_type: LossType,
 }
 
 impl Default for PpoLossConfig {
     fn default() -> Self {
-        PpoLossConfig { temperature: 1.0, cliprange: 0.2, cliprange_value: 0.2, vf_coef: 0.1, ent_coef: 0.0 }
+        PpoLossConfig {
+            temperature: 1.0,
+            cliprange: 0.2,
+            cliprange_value: 0.2,
+            vf_coef: 0.1,
+            ent_coef: 0.0,
+            kl_coef: 0.0,
+            loss_type: LossType::Token,
+        }
     }
 }
 
@@ -70,26 +97,36 @@ pub struct PpoMinibatch<'a> {
     pub logits: &'a Tensor,
     /// u32 [rows]: the sequences' tokens.
     pub tokens: &'a Tensor,
-    /// [rows, 8] per position: response_mask, old_logprob, old_value, advantage, return, 0, 0, 0.
+    /// [rows, 8] per position: see `INPUT_COLUMNS`.
     pub inputs: &'a Tensor,
-    /// [rows]: the value head's output at each position.
-    pub values: &'a Tensor,
+    /// [rows]: the value head's output at each position (PPO; None for the critic-free form).
+    pub values: Option<&'a Tensor>,
     /// T, positions per sequence.
     pub seq: usize,
-    /// N, the number of trained tokens (response_mask = 1 at positions ≥ 1).
+    /// N, the number of trained tokens of the whole minibatch (response_mask = 1 at positions
+    /// ≥ 1), which may be larger than these rows (a micro-batch of it).
     pub count: usize,
+    /// S, the number of sequences of the whole minibatch.
+    pub sequences: usize,
 }
 
 impl PpoMinibatch<'_> {
-    fn check(&self, dvalues: &Tensor, token_stats: &Tensor) -> Result<(usize, usize)> {
+    fn check(&self, dvalues: Option<&Tensor>, token_stats: &Tensor) -> Result<(usize, usize)> {
         let (rows, v) = as_matrix(self.logits);
         ensure_shape(self.seq > 0 && rows % self.seq == 0, || {
             format!("PPO loss: {rows} rows are not whole sequences of {}", self.seq)
         })?;
         expect_len(self.tokens, rows, "PPO tokens")?;
         expect_len(self.inputs, rows * INPUT_COLUMNS, "PPO inputs")?;
-        expect_len(self.values, rows, "PPO values")?;
-        expect_len(dvalues, rows, "PPO dvalues")?;
+        match (self.values, dvalues) {
+            (Some(values), Some(dvalues)) => {
+                expect_len(values, rows, "PPO values")?;
+                expect_len(dvalues, rows, "PPO dvalues")?;
+            }
+            (values, dvalues) => ensure_shape(values.is_none() && dvalues.is_none(), || {
+                "PPO loss: the values and their gradient come together".into()
+            })?,
+        }
         expect_len(token_stats, rows * 8, "PPO token statistics")?;
         Ok((rows, v))
     }
@@ -106,18 +143,22 @@ impl PpoMinibatch<'_> {
             vf_coef: cfg.vf_coef,
             ent_coef: cfg.ent_coef,
             inv_count: 1.0 / self.count.max(1) as f32,
+            kl_coef: cfg.kl_coef,
+            inv_sequences: 1.0 / self.sequences.max(1) as f32,
+            sequence_mean: (cfg.loss_type == LossType::Sequence) as u32,
         }
     }
 }
 
 /// The fused kernel: per row, one pass for log-softmax, the taken token's log-prob and the
-/// entropy, then one pass writing ∂L/∂logits in place. Also writes dvalues [rows] = ∂L/∂values
-/// and token_stats [rows, 8] for `ppo_stats_reduce`.
+/// entropy, then one pass writing ∂L/∂logits in place. Also writes token_stats [rows, 8] for
+/// `ppo_stats_reduce`, and with a value head (`mb.values`) dvalues [rows] = ∂L/∂values (PPO's
+/// form; without one, the critic-free form has no value term and `dvalues` must be None).
 pub fn ppo_loss_fused(
     rec: &mut Recorder,
     mb: &PpoMinibatch,
     cfg: &PpoLossConfig,
-    dvalues: &Tensor,
+    dvalues: Option<&Tensor>,
     token_stats: &Tensor,
 ) -> Result<()> {
     let (rows, v) = mb.check(dvalues, token_stats)?;
@@ -125,22 +166,23 @@ pub fn ppo_loss_fused(
     for (r0, n) in row_ranges(&gpu, rows, v) {
         let logits = mb.logits.view(&gpu, r0 * v, &[n, v])?;
         let p = mb.params(n, r0, v, cfg);
-        let b = [
-            bind(1, &logits),
-            bind_u32(2, mb.tokens),
-            bind(3, mb.inputs),
-            bind(4, mb.values),
-            bind(5, dvalues),
-            bind(6, token_stats),
-        ];
-        rec.dispatch(&SHADER, "ppo_loss_fused", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n))?;
+        let mut b = vec![bind(1, &logits), bind_u32(2, mb.tokens), bind(3, mb.inputs), bind(6, token_stats)];
+        let entry = match (mb.values, dvalues) {
+            (Some(values), Some(dvalues)) => {
+                b.extend([bind(4, values), bind(5, dvalues)]);
+                "ppo_loss_fused"
+            }
+            _ => "critic_free_loss_fused",
+        };
+        rec.dispatch(&SHADER, entry, &[], bytemuck::bytes_of(&p), &b, gpu.grid(n))?;
     }
     Ok(())
 }
 
 /// The same results as `ppo_loss_fused` from five kernels (log-softmax, gather, entropy, loss,
-/// gradient), the way an unfused framework computes them. `logp` [rows, V] and `row_scalars`
-/// [rows, 4] are scratch. For benches and tests; the trainer uses the fused kernel.
+/// gradient), the way an unfused framework computes them (PPO's form: `mb.values` is needed).
+/// `logp` [rows, V] and `row_scalars` [rows, 4] are scratch. For benches and tests; the trainer
+/// uses the fused kernel.
 pub fn ppo_loss_unfused(
     rec: &mut Recorder,
     mb: &PpoMinibatch,
@@ -150,7 +192,8 @@ pub fn ppo_loss_unfused(
     logp: &Tensor,
     row_scalars: &Tensor,
 ) -> Result<()> {
-    let (rows, v) = mb.check(dvalues, token_stats)?;
+    let (rows, v) = mb.check(Some(dvalues), token_stats)?;
+    let values = mb.values.expect("check() saw values beside dvalues");
     expect_len(logp, rows * v, "PPO log-softmax scratch")?;
     expect_len(row_scalars, rows * 4, "PPO row scalars")?;
     let gpu = rec.gpu().clone();
@@ -174,7 +217,7 @@ pub fn ppo_loss_unfused(
         &[bind(9, logp), bind(10, row_scalars)],
         gpu.grid(rows),
     )?;
-    let b = [bind(3, mb.inputs), bind(4, mb.values), bind(5, dvalues), bind(6, token_stats), bind(10, row_scalars)];
+    let b = [bind(3, mb.inputs), bind(4, values), bind(5, dvalues), bind(6, token_stats), bind(10, row_scalars)];
     rec.dispatch(&UNFUSED_SHADER, "ppo_unfused_loss", &[], p, &b, per_row)?;
     let b = [bind(1, mb.logits), bind_u32(2, mb.tokens), bind(9, logp), bind(10, row_scalars)];
     rec.dispatch(&UNFUSED_SHADER, "ppo_unfused_grad", &[], p, &b, gpu.grid(rows))

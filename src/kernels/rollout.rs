@@ -31,28 +31,41 @@ pub fn values_per_token(rec: &mut Recorder, out: &Tensor, values: &Tensor) -> Re
     rec.dispatch(&SHADER, "values_per_token", &[], bytemuck::bytes_of(&p), &[bind(1, values), bind(2, out)], grid)
 }
 
-/// inputs [B·T, 8] = (mask, old_logprob, old_value, advantage, return, 0, 0, 0) per position,
-/// from [B, T] tensors.
-pub fn pack_loss_inputs(
-    rec: &mut Recorder,
-    inputs: &Tensor,
-    mask: &Tensor,
-    logprobs: &Tensor,
-    old_values: &Tensor,
-    advantages: &Tensor,
-    returns: &Tensor,
-) -> Result<()> {
-    let (b, t) = as_matrix(mask);
-    for (x, what) in [(logprobs, "log-probs"), (old_values, "values"), (advantages, "advantages"), (returns, "returns")]
-    {
-        expect_len(x, b * t, what)?;
+/// The per-token tensors of a rollout, [B, T] each, as `pack_loss_inputs` reads them.
+pub struct LossInputs<'a> {
+    pub mask: &'a Tensor,
+    pub old_logprobs: &'a Tensor,
+    pub old_values: &'a Tensor,
+    pub advantages: &'a Tensor,
+    pub returns: &'a Tensor,
+    pub ref_logprobs: &'a Tensor,
+}
+
+/// inputs [B·T, 8] = (mask, old_logprob, old_value, advantage, return, ref_logprob, 1/n_b, 0)
+/// per position (`kernels::ppo::INPUT_COLUMNS`), n_b the trained tokens of the position's row.
+pub fn pack_loss_inputs(rec: &mut Recorder, inputs: &Tensor, x: &LossInputs) -> Result<()> {
+    let (b, t) = as_matrix(x.mask);
+    for (y, what) in [
+        (x.old_logprobs, "log-probs"),
+        (x.old_values, "values"),
+        (x.advantages, "advantages"),
+        (x.returns, "returns"),
+        (x.ref_logprobs, "reference log-probs"),
+    ] {
+        expect_len(y, b * t, what)?;
     }
     expect_len(inputs, b * t * 8, "packed loss inputs")?;
     let p = Params { b: b as u32, t: t as u32, ..Default::default() };
-    let bindings =
-        [bind(2, inputs), bind(5, mask), bind(6, logprobs), bind(7, old_values), bind(8, advantages), bind(9, returns)];
-    let grid = rec.gpu().grid(groups(b * t, WG));
-    rec.dispatch(&SHADER, "pack_loss_inputs", &[], bytemuck::bytes_of(&p), &bindings, grid)
+    let bindings = [
+        bind(2, inputs),
+        bind(5, x.mask),
+        bind(6, x.old_logprobs),
+        bind(7, x.old_values),
+        bind(8, x.advantages),
+        bind(9, x.returns),
+        bind(10, x.ref_logprobs),
+    ];
+    rec.dispatch(&SHADER, "pack_loss_inputs", &[], bytemuck::bytes_of(&p), &bindings, [b as u32, 1, 1])
 }
 
 /// dst [R, W] = src[rows[r], ·] for src [N, W] and rows u32 [R] (each < N).

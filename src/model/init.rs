@@ -29,25 +29,26 @@ pub fn init_weights(config: &GptConfig, heads: Heads, seed: u64) -> Checkpoint {
     Checkpoint { config: config.clone(), heads, tensors }
 }
 
-/// Adds zero-initialised heads the checkpoint lacks (a value head for PPO, say), keeping every
-/// existing tensor.
+/// The checkpoint with exactly `heads`: zero-initialised heads for those it lacks (a value head
+/// for PPO, say), the heads not asked for dropped (a value head for GRPO), every other tensor
+/// kept as it is.
 pub fn with_heads(ck: Checkpoint, heads: Heads) -> Checkpoint {
-    let want = Heads { value: ck.heads.value || heads.value, reward: ck.heads.reward || heads.reward };
-    if want == ck.heads {
+    if heads == ck.heads {
         return ck;
     }
-    let mut old = ck.tensors.into_iter();
+    let mut old: std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> =
+        ck.tensors.into_iter().map(|(n, shape, values)| (n, (shape, values))).collect();
     let tensors = ck
         .config
-        .param_specs(want)
+        .param_specs(heads)
         .into_iter()
-        .map(|spec| match old.as_slice().first() {
-            Some((n, _, _)) if *n == spec.name => old.next().unwrap(),
-            _ => {
+        .map(|spec| match old.remove(&spec.name) {
+            Some((shape, values)) => (spec.name, shape, values),
+            None => {
                 let n = spec.len();
                 (spec.name, spec.shape, vec![0.0; n])
             }
         })
         .collect();
-    Checkpoint { config: ck.config, heads: want, tensors }
+    Checkpoint { config: ck.config, heads, tensors }
 }

@@ -1,9 +1,11 @@
 //! The rollout batch file (docs/design.md §6): what `train --dump-batch` writes and `update` reads.
 //! B rows of L positions: left padding, prompt, response, right padding.
 
+use super::algo::Algo;
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::ppo::INPUT_COLUMNS;
+use crate::kernels::rollout::{LossInputs, pack_loss_inputs};
 use crate::model::checkpoint::{f32_entry, safetensors_bytes, write_atomically};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::path::Path;
@@ -20,10 +22,14 @@ pub struct RolloutBatch {
     pub response_mask: Vec<f32>,
     /// Per token j, from the hidden state at j − 1.
     pub old_logprobs: Vec<f32>,
-    pub old_values: Vec<f32>,
-    /// Used as given (already whitened).
+    /// PPO's (absent from a critic-free batch).
+    pub old_values: Option<Vec<f32>>,
+    /// Used as given (already whitened for PPO; GRPO's and RLOO's per-completion advantage on
+    /// each of its tokens).
     pub advantages: Vec<f32>,
-    pub returns: Vec<f32>,
+    /// PPO's (absent from a critic-free batch).
+    pub returns: Option<Vec<f32>>,
+    /// Needed by GRPO's KL term; for inspection otherwise.
     pub ref_logprobs: Option<Vec<f32>>,
     pub scores: Option<Vec<f32>>,
 }
@@ -90,9 +96,9 @@ impl RolloutBatch {
             attention_mask,
             response_mask: read_f32(&st, &origin, "response_mask", &shape, false)?,
             old_logprobs: read_f32(&st, &origin, "old_logprobs", &shape, false)?,
-            old_values: read_f32(&st, &origin, "old_values", &shape, false)?,
+            old_values: optional("old_values", &shape)?,
             advantages: read_f32(&st, &origin, "advantages", &shape, false)?,
-            returns: read_f32(&st, &origin, "returns", &shape, false)?,
+            returns: optional("returns", &shape)?,
             ref_logprobs: optional("ref_logprobs", &shape)?,
             scores: optional("scores", &[b])?,
         })
@@ -108,12 +114,13 @@ impl RolloutBatch {
             ("attention_mask".to_string(), Dtype::I32, shape.clone(), bytemuck::cast_slice(&mask)),
             f32_entry("response_mask", shape.clone(), &self.response_mask),
             f32_entry("old_logprobs", shape.clone(), &self.old_logprobs),
-            f32_entry("old_values", shape.clone(), &self.old_values),
             f32_entry("advantages", shape.clone(), &self.advantages),
-            f32_entry("returns", shape.clone(), &self.returns),
         ];
-        if let Some(r) = &self.ref_logprobs {
-            entries.push(f32_entry("ref_logprobs", shape.clone(), r));
+        for (name, x) in [("old_values", &self.old_values), ("returns", &self.returns), ("ref_logprobs", &self.ref_logprobs)]
+        {
+            if let Some(x) = x {
+                entries.push(f32_entry(name, shape.clone(), x));
+            }
         }
         if let Some(s) = &self.scores {
             entries.push(f32_entry("scores", vec![self.b], s));
@@ -121,25 +128,30 @@ impl RolloutBatch {
         write_atomically(path, &safetensors_bytes(entries, None, "rollout batch")?)
     }
 
-    /// The per-position input block [B·L, 8] the PPO loss kernels read:
-    /// (response_mask, old_logprob, old_value, advantage, return, 0, 0, 0).
-    pub fn loss_inputs(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.b * self.l * 8);
-        for r in 0..self.b {
-            for j in r * self.l..(r + 1) * self.l {
-                out.extend_from_slice(&[
-                    self.response_mask[j],
-                    self.old_logprobs[j],
-                    self.old_values[j],
-                    self.advantages[j],
-                    self.returns[j],
-                    0.0,
-                    0.0,
-                    0.0,
-                ]);
+    /// Checks that the batch has what `algo`'s update reads: PPO's old values and returns, and
+    /// the reference log-probs when a KL term is inside the loss.
+    pub fn check_for(&self, algo: Algo, kl_in_loss: bool, origin: &Path) -> Result<()> {
+        let mut missing = Vec::new();
+        if algo.has_value_head() {
+            if self.old_values.is_none() {
+                missing.push("old_values");
+            }
+            if self.returns.is_none() {
+                missing.push("returns");
             }
         }
-        out
+        if kl_in_loss && self.ref_logprobs.is_none() {
+            missing.push("ref_logprobs");
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Data(format!(
+            "{}: the {} update needs tensor(s) {} [B, L] (docs/design.md §6)",
+            origin.display(),
+            format!("{algo:?}").to_uppercase(),
+            missing.join(", ")
+        )))
     }
 }
 
@@ -152,14 +164,34 @@ pub struct PpoBatch {
     pub input_ids: Vec<u32>,
     pub attention_mask: Vec<u32>,
     pub response_mask: Vec<f32>,
-    /// [B·L, 8]: (response_mask, old_logprob, old_value, advantage, return, 0, 0, 0).
+    /// [B·L, 8]: the loss kernels' per-token inputs (`kernels::ppo::INPUT_COLUMNS`).
     pub inputs: Tensor,
 }
 
 impl PpoBatch {
-    /// Uploads a batch read from a file.
+    /// Uploads a batch read from a file and packs its inputs on the GPU (what it lacks is 0).
     pub fn upload(gpu: &Arc<Gpu>, batch: &RolloutBatch) -> Result<PpoBatch> {
-        let inputs = gpu.upload(&[batch.b * batch.l, INPUT_COLUMNS], &batch.loss_inputs())?;
+        let shape = [batch.b, batch.l];
+        let zeros = vec![0.0; batch.b * batch.l];
+        let up = |x: &Option<Vec<f32>>| gpu.upload(&shape, x.as_deref().unwrap_or(&zeros));
+        let (mask, old_logprobs, advantages) = (
+            gpu.upload(&shape, &batch.response_mask)?,
+            gpu.upload(&shape, &batch.old_logprobs)?,
+            gpu.upload(&shape, &batch.advantages)?,
+        );
+        let (old_values, returns, ref_logprobs) = (up(&batch.old_values)?, up(&batch.returns)?, up(&batch.ref_logprobs)?);
+        let inputs = gpu.tensor(&[batch.b * batch.l, INPUT_COLUMNS], DType::F32)?;
+        let mut rec = Recorder::new(gpu);
+        let x = LossInputs {
+            mask: &mask,
+            old_logprobs: &old_logprobs,
+            old_values: &old_values,
+            advantages: &advantages,
+            returns: &returns,
+            ref_logprobs: &ref_logprobs,
+        };
+        pack_loss_inputs(&mut rec, &inputs, &x)?;
+        rec.submit();
         Ok(PpoBatch {
             b: batch.b,
             l: batch.l,

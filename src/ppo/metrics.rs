@@ -1,6 +1,7 @@
 //! What a training run reports: one line of `metrics.jsonl` per iteration, and the plot of
 //! score, KL and entropy per iteration (`metrics.svg`, drawn with plotters).
 
+use super::algo::Algo;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::write_atomically;
 use plotters::prelude::*;
@@ -11,25 +12,35 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const SAMPLES_FILE: &str = "samples.jsonl";
 pub const PLOT_FILE: &str = "metrics.svg";
 
-/// One line of metrics.jsonl (docs/design.md §6's keys and more).
+/// One line of metrics.jsonl (docs/design.md §6's keys and more). The value head's figures are
+/// PPO's only, the groups' GRPO's and RLOO's: a run without them leaves their keys out.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Metrics {
     pub iteration: usize,
+    #[serde(default)]
+    pub algo: Algo,
     pub score_mean: f32,
     pub score_std: f32,
+    /// The fraction of prompts whose completions all scored the same (TRL's frac_reward_zero_std).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frac_reward_zero_std: Option<f32>,
     pub kl_mean: f32,
     pub beta: f32,
     pub lr: f32,
     pub loss: f32,
     pub pg_loss: f32,
-    pub vf_loss: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vf_loss: Option<f32>,
     pub entropy: f32,
     pub approx_kl: f32,
     pub clipfrac: f32,
-    pub vf_clipfrac: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vf_clipfrac: Option<f32>,
     pub ratio_mean: f32,
-    pub explained_variance: f32,
-    pub value_mean: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explained_variance: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_mean: Option<f32>,
     pub response_len_mean: f32,
     pub tokens_per_s: f32,
     pub time_rollout_s: f32,

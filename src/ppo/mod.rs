@@ -1,6 +1,7 @@
-//! The PPO layer: the rollout batch, rollouts from generation to advantages, rewards, the
-//! update, and the trainer loop.
+//! The PPO layer: the algorithms (PPO, GRPO, RLOO), the rollout batch, rollouts from generation
+//! to advantages, rewards, the update, and the trainer loop.
 
+pub mod algo;
 pub mod batch;
 pub mod metrics;
 pub mod reward;

@@ -1,17 +1,20 @@
-//! From sampled tokens to the batch the PPO update trains on, on the GPU (docs/design.md §1, §4):
-//! one forward of the policy (log-probs at the training precision, values), one of the frozen
-//! reference (its log-probs), the KL-penalised rewards, GAE, whitened advantages, and the packed
-//! loss inputs. The host sees the tokens and the scores going in and a handful of statistics
-//! coming out; the per-token floats stay on the GPU, where the update reads them.
+//! From sampled tokens to the batch the update trains on, on the GPU (docs/design.md §1, §4):
+//! one forward of the policy (log-probs at the training precision; values for PPO), one of the
+//! frozen reference (its log-probs; skipped when β = 0), the per-token KL and rewards, the
+//! advantages (PPO: GAE and whitening; GRPO and RLOO: against the completion's group), and the
+//! packed loss inputs. The host sees the tokens and the scores going in and a handful of
+//! statistics coming out; the per-token floats stay on the GPU, where the update reads them.
 
+use super::algo::Algo;
 use super::batch::{PpoBatch, RolloutBatch};
 use crate::error::{Error, Result};
 use crate::generate::Generation;
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::gae::{GaeKernel, gae};
+use crate::kernels::group_advantages::{group_advantages, sequence_returns};
 use crate::kernels::ppo::{INPUT_COLUMNS, logprob_entropy};
 use crate::kernels::rewards::{KlEstimator, kl_rewards, masked_moments, masked_whiten};
-use crate::kernels::rollout::{pack_loss_inputs, values_per_token};
+use crate::kernels::rollout::{LossInputs, pack_loss_inputs, values_per_token};
 use crate::model::{Batch, Model};
 use std::sync::Arc;
 
@@ -84,13 +87,20 @@ impl Sequences {
 /// The hyperparameters from log-probs to advantages (docs/design.md §4; TRL's names).
 #[derive(Clone, Copy, Debug)]
 pub struct AdvantageConfig {
+    pub algo: Algo,
     /// The sampling temperature: log-probs are those of softmax(logits/τ).
     pub temperature: f32,
-    /// β, the KL penalty coefficient.
+    /// β, the KL coefficient: of the penalty in the rewards (PPO, RLOO), or of the KL term in
+    /// GRPO's loss (its rewards carry none).
     pub beta: f32,
+    /// The per-token KL estimator of the rewards (GRPO's KL is always k3).
     pub kl_estimator: KlEstimator,
     pub gamma: f32,
     pub lam: f32,
+    /// G: completions per prompt, consecutive rows (GRPO, RLOO).
+    pub num_generations: usize,
+    /// GRPO: divide the centred scores by the group's standard deviation.
+    pub scale_rewards: bool,
 }
 
 /// What the host learns about a rollout.
@@ -100,10 +110,10 @@ pub struct RolloutStats {
     pub kl_mean: f32,
     /// Mean entropy per response token.
     pub entropy_mean: f32,
-    /// 1 − Var(returns − values)/Var(returns) over the response tokens.
-    pub explained_variance: f32,
-    /// Mean of the value head over the response tokens.
-    pub value_mean: f32,
+    /// 1 − Var(returns − values)/Var(returns) over the response tokens (PPO).
+    pub explained_variance: Option<f32>,
+    /// Mean of the value head over the response tokens (PPO).
+    pub value_mean: Option<f32>,
     /// Response tokens in the batch.
     pub tokens: f32,
 }
@@ -113,6 +123,7 @@ pub struct Rollout {
     pub batch: PpoBatch,
     pub stats: RolloutStats,
     pub scores: Vec<f32>,
+    algo: Algo,
     gpu: Arc<Gpu>,
     old_logprobs: Tensor,
     ref_logprobs: Tensor,
@@ -121,18 +132,19 @@ pub struct Rollout {
     returns: Tensor,
 }
 
-/// Runs the policy and reference forwards over `seqs` and computes the KL-penalised rewards,
-/// GAE and whitened advantages for `scores` [B], all in one submit; one small readback.
+/// Runs the policy and reference forwards over `seqs` and computes the per-token KL and
+/// rewards and the advantages of `cfg.algo` for `scores` [B], all in one submit; one small
+/// readback. Without a reference (β = 0) the KL is 0 and no reference forward runs.
 pub fn prepare(
     policy: &Model,
-    reference: &Model,
+    reference: Option<&Model>,
     seqs: &Sequences,
     scores: &[f32],
     cfg: &AdvantageConfig,
 ) -> Result<Rollout> {
     let gpu = policy.gpu();
     let (b, l, v) = (seqs.b, seqs.l, policy.config.vocab_size);
-    if reference.config.vocab_size != v {
+    if let Some(reference) = reference.filter(|r| r.config.vocab_size != v) {
         return Err(Error::Input(format!(
             "the reference model's vocabulary ({}) differs from the policy's ({v})",
             reference.config.vocab_size
@@ -140,6 +152,13 @@ pub fn prepare(
     }
     if scores.len() != b {
         return Err(Error::Input(format!("{} scores for a batch of {b} sequences", scores.len())));
+    }
+    if policy.heads.value != cfg.algo.has_value_head() {
+        return Err(Error::Input(format!(
+            "{:?} needs a policy {} a value head",
+            cfg.algo,
+            if cfg.algo.has_value_head() { "with" } else { "without" }
+        )));
     }
     let batch = seqs.batch(policy)?;
     let tokens = gpu.upload_u32(&[b * l], &seqs.input_ids)?;
@@ -159,42 +178,64 @@ pub fn prepare(
     let mut rec = Recorder::new(gpu);
     {
         let acts = policy.forward(&mut rec, &batch)?;
-        let values = acts.values.as_ref().ok_or_else(|| Error::Input("the policy has no value head".into()))?;
-        logprob_entropy(
-            &mut rec,
-            &old_logprobs,
-            &entropy,
-            &acts.logits.reshape(&[b * l, v])?,
-            &tokens,
-            l,
-            cfg.temperature,
-        )?;
-        values_per_token(&mut rec, &old_values, values)?;
-    }
-    {
-        let acts = reference.forward(&mut rec, &batch)?;
         let logits = acts.logits.reshape(&[b * l, v])?;
-        logprob_entropy(&mut rec, &ref_logprobs, &ref_entropy, &logits, &tokens, l, cfg.temperature)?;
+        logprob_entropy(&mut rec, &old_logprobs, &entropy, &logits, &tokens, l, cfg.temperature)?;
+        match &acts.values {
+            Some(values) => values_per_token(&mut rec, &old_values, values)?,
+            None => rec.zero(&old_values),
+        }
     }
-    kl_rewards(&mut rec, &kl, &rewards, &old_logprobs, &ref_logprobs, &mask, &scores_t, cfg.beta, cfg.kl_estimator)?;
-    gae(&mut rec, GaeKernel::PerSequence, &advantages, &returns, &rewards, &old_values, &mask, cfg.gamma, cfg.lam)?;
+    match reference {
+        Some(reference) => {
+            let acts = reference.forward(&mut rec, &batch)?;
+            let logits = acts.logits.reshape(&[b * l, v])?;
+            logprob_entropy(&mut rec, &ref_logprobs, &ref_entropy, &logits, &tokens, l, cfg.temperature)?;
+        }
+        None => rec.copy(&old_logprobs, &ref_logprobs),
+    }
+    // GRPO's KL lives in its loss, as k3; its rewards are the scores alone.
+    let (reward_beta, estimator) =
+        if cfg.algo.kl_in_loss() { (0.0, KlEstimator::K3) } else { (cfg.beta, cfg.kl_estimator) };
+    kl_rewards(&mut rec, &kl, &rewards, &old_logprobs, &ref_logprobs, &mask, &scores_t, reward_beta, estimator)?;
     masked_moments(&mut rec, &slot(0)?, &kl, &mask)?;
     masked_moments(&mut rec, &slot(1)?, &entropy, &mask)?;
-    masked_moments(&mut rec, &slot(3)?, &returns, &mask)?;
-    masked_moments(&mut rec, &slot(4)?, &old_values, &mask)?;
-    masked_whiten(&mut rec, &advantages, &mask, &slot(2)?, true)?;
-    pack_loss_inputs(&mut rec, &inputs, &mask, &old_logprobs, &old_values, &advantages, &returns)?;
+    match cfg.algo.group_baseline(cfg.scale_rewards) {
+        None => {
+            gae(&mut rec, GaeKernel::PerSequence, &advantages, &returns, &rewards, &old_values, &mask, cfg.gamma, cfg.lam)?;
+            masked_moments(&mut rec, &slot(3)?, &returns, &mask)?;
+            masked_moments(&mut rec, &slot(4)?, &old_values, &mask)?;
+            masked_whiten(&mut rec, &advantages, &mask, &slot(2)?, true)?;
+        }
+        Some(baseline) => {
+            // A completion's return: its score (GRPO), or its score plus its per-token KL
+            // penalties (RLOO).
+            let sequence_return = f32s(&[b])?;
+            sequence_returns(&mut rec, &sequence_return, &rewards)?;
+            group_advantages(&mut rec, &advantages, &sequence_return, &mask, cfg.num_generations, baseline)?;
+            rec.zero(&returns);
+        }
+    }
+    let x = LossInputs {
+        mask: &mask,
+        old_logprobs: &old_logprobs,
+        old_values: &old_values,
+        advantages: &advantages,
+        returns: &returns,
+        ref_logprobs: &ref_logprobs,
+    };
+    pack_loss_inputs(&mut rec, &inputs, &x)?;
     rec.submit();
 
     let s = gpu.download(&stats)?;
     let moments = |k: usize| (s[k * SLOT], s[k * SLOT + 1], s[k * SLOT + 2]);
     let ((kl_mean, _, count), (entropy_mean, _, _)) = (moments(0), moments(1));
     let ((_, adv_var, _), (_, ret_var, _), (value_mean, _, _)) = (moments(2), moments(3), moments(4));
+    let critic = cfg.algo.has_value_head();
     let stats = RolloutStats {
         kl_mean: kl_mean * count / b as f32,
         entropy_mean,
-        explained_variance: if ret_var > 0.0 { 1.0 - adv_var / ret_var } else { f32::NAN },
-        value_mean,
+        explained_variance: critic.then(|| if ret_var > 0.0 { 1.0 - adv_var / ret_var } else { f32::NAN }),
+        value_mean: critic.then_some(value_mean),
         tokens: count,
     };
     let batch = PpoBatch {
@@ -209,6 +250,7 @@ pub fn prepare(
         batch,
         stats,
         scores: scores.to_vec(),
+        algo: cfg.algo,
         gpu: gpu.clone(),
         old_logprobs,
         ref_logprobs,
@@ -229,9 +271,9 @@ impl Rollout {
             attention_mask: self.batch.attention_mask.clone(),
             response_mask: self.batch.response_mask.clone(),
             old_logprobs: gpu.download(&self.old_logprobs)?,
-            old_values: gpu.download(&self.old_values)?,
+            old_values: self.algo.has_value_head().then(|| gpu.download(&self.old_values)).transpose()?,
             advantages: gpu.download(&self.advantages)?,
-            returns: gpu.download(&self.returns)?,
+            returns: self.algo.has_value_head().then(|| gpu.download(&self.returns)).transpose()?,
             ref_logprobs: Some(gpu.download(&self.ref_logprobs)?),
             scores: Some(self.scores.clone()),
         })

@@ -1,13 +1,15 @@
 //! `ppo-wgpu train`: the RLHF loop of docs/design.md §1 and §4. Each iteration samples responses to a
-//! batch of prompts on the GPU, scores them (reward model or reward command), computes
-//! KL-penalised rewards against the frozen reference, GAE and whitened advantages, and runs
-//! the PPO update for several epochs of minibatches.
+//! batch of prompts on the GPU, scores them (reward model or reward command), computes the KL
+//! to the frozen reference and the advantages — PPO: KL-penalised rewards, GAE and whitening;
+//! GRPO and RLOO (`--algo`): each completion against the other completions of its prompt — and
+//! runs the update for epochs of minibatches.
 //!
 //! Everything random is a function of (seed, iteration), so a run resumed from a checkpoint
 //! draws exactly what an unbroken run would: the prompt order, the sampling streams and the
 //! minibatch shuffles. A checkpoint holds the policy with its value head, the optimizer state,
 //! the KL controller's β and the iteration; each is written as a whole directory.
 
+use super::algo::{Algo, parse_loss_type};
 use super::metrics::{Metrics, plot, read_metrics, rewrite_metrics};
 use super::reward::{RewardCommand, RewardModel, RewardSource, samples};
 use super::rollout::{AdvantageConfig, Sequences, prepare};
@@ -15,7 +17,7 @@ use super::update::{LossArgs, UpdateOptions, ppo_update};
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, Sampling, generate};
 use crate::gpu::{Gpu, Recorder};
-use crate::kernels::ppo::STAT_NAMES;
+use crate::kernels::ppo::{LossType, STAT_NAMES};
 use crate::kernels::rewards::KlEstimator;
 use crate::model::checkpoint::{self, TOKENIZER_FILE, write_dir_atomically};
 use crate::model::init::with_heads;
@@ -42,10 +44,16 @@ pub enum LrSchedule {
 }
 
 /// The options of `ppo-wgpu train` (also its command-line arguments; defaults are TRL's
-/// PPOConfig's where it has the setting).
+/// PPOConfig's, GRPOConfig's or RLOOConfig's where it has the setting; those that differ by
+/// algorithm are read through the methods below).
 #[derive(Clone, Debug, clap::Args)]
 pub struct TrainOptions {
-    /// Starting policy: a GPT-2 directory with tokenizer.json (a value head is added, zero-initialised, if it has none).
+    /// The algorithm: ppo (value head, GAE), or the critic-free grpo and rloo (groups of
+    /// --num-generations completions per prompt, no value head).
+    #[arg(long, value_enum, default_value_t = Algo::Ppo)]
+    pub algo: Algo,
+    /// Starting policy: a GPT-2 directory with tokenizer.json (for PPO a value head is added,
+    /// zero-initialised, if it has none; GRPO and RLOO drop one).
     #[arg(long, value_name = "DIR")]
     pub policy: PathBuf,
     /// Prompts: a text file with one prompt per line, or JSONL with {"prompt": …} per line.
@@ -69,27 +77,40 @@ pub struct TrainOptions {
     pub out: PathBuf,
     #[arg(long, default_value_t = 100)]
     pub iterations: usize,
-    /// Prompts (and responses) per iteration.
+    /// Responses per iteration: batch_size / num_generations prompts, each sampled
+    /// num_generations times.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+    /// G, completions per prompt (a group) [default: 1 for ppo, 8 for grpo, 2 for rloo].
+    #[arg(long)]
+    pub num_generations: Option<usize>,
+    /// GRPO: divide each group's centred scores by its standard deviation (false: Dr. GRPO's
+    /// unscaled advantages).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub scale_rewards: bool,
+    /// How the per-token losses average: grpo (each sequence's mean, then over sequences) or
+    /// dapo (over all tokens) [default: grpo for grpo, dapo (a token mean) for ppo and rloo].
+    #[arg(long, value_parser = parse_loss_type)]
+    pub loss_type: Option<LossType>,
     /// New tokens per response (responses end earlier at <|endoftext|>).
     #[arg(long, default_value_t = 53)]
     pub response_length: usize,
     /// Prompts longer than this many tokens keep their last ones.
     #[arg(long, default_value_t = 64)]
     pub max_prompt_length: usize,
-    /// Sampling temperature τ of the rollouts (log-probs are those of softmax(logits/τ)).
-    #[arg(long, default_value_t = 0.7)]
-    pub temperature: f32,
+    /// Sampling temperature τ of the rollouts (log-probs are those of softmax(logits/τ))
+    /// [default: 0.7 for ppo, 1 for grpo and rloo].
+    #[arg(long)]
+    pub temperature: Option<f32>,
     /// Sample among the k most likely tokens (0: all).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
     /// Sample among the most likely tokens holding probability p.
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
-    /// PPO epochs over each rollout batch.
-    #[arg(long, default_value_t = 4)]
-    pub epochs: usize,
+    /// Epochs over each rollout batch [default: 4 for ppo, 1 for grpo and rloo].
+    #[arg(long)]
+    pub epochs: Option<usize>,
     #[arg(long, default_value_t = 1)]
     pub minibatches: usize,
     /// Micro-batches per minibatch whose gradients add up before one optimizer step.
@@ -113,10 +134,12 @@ pub struct TrainOptions {
     /// λ of GAE.
     #[arg(long, default_value_t = 0.95)]
     pub lam: f32,
-    /// β, the KL penalty coefficient (the starting value when --target-kl is set).
-    #[arg(long, default_value_t = 0.05)]
-    pub beta: f32,
-    /// Per-token KL estimator: k1 = logp − logp_ref, k3 = (ρ − 1) − log ρ.
+    /// β, the KL coefficient: of the per-token penalty in the rewards (ppo, rloo; the starting
+    /// value when --target-kl is set), or of the k3 KL term in the loss (grpo); 0 needs no
+    /// reference model [default: 0.05 for ppo and rloo, 0 for grpo].
+    #[arg(long)]
+    pub beta: Option<f32>,
+    /// Per-token KL estimator of the reward penalty: k1 = logp − logp_ref, k3 = (ρ − 1) − log ρ.
     #[arg(long, value_parser = parse_kl_estimator, default_value = "k1")]
     pub kl_estimator: KlEstimator,
     /// Adapt β towards this KL per sequence (Ziegler et al.'s controller); fixed β without it.
@@ -152,6 +175,35 @@ pub struct TrainOptions {
     /// flags on the command line win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+impl TrainOptions {
+    /// The defaults that depend on the algorithm, resolved.
+    pub fn epochs(&self) -> usize {
+        self.epochs.unwrap_or(self.algo.default_epochs())
+    }
+
+    pub fn beta(&self) -> f32 {
+        self.beta.unwrap_or(self.algo.default_beta())
+    }
+
+    pub fn temperature(&self) -> f32 {
+        self.temperature.unwrap_or(self.algo.default_temperature())
+    }
+
+    pub fn num_generations(&self) -> usize {
+        self.num_generations.unwrap_or(self.algo.default_num_generations())
+    }
+
+    pub fn loss_type(&self) -> LossType {
+        self.loss_type.unwrap_or(self.algo.default_loss_type())
+    }
+
+    /// Whether the run needs the reference model: for a KL penalty or term (β > 0, or the
+    /// adaptive controller's).
+    pub fn needs_reference(&self) -> bool {
+        self.beta() != 0.0 || self.target_kl.is_some()
+    }
 }
 
 /// The options in a `--config` file as command-line arguments (`--name value`, `--flag` for
@@ -191,6 +243,9 @@ fn parse_kl_estimator(s: &str) -> std::result::Result<KlEstimator, String> {
 /// What a checkpoint holds besides the weights and the optimizer (trainer_state.json).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainerState {
+    /// The algorithm of the run (checkpoints from before there was a choice are PPO's).
+    #[serde(default)]
+    pub algo: Algo,
     /// Iterations completed.
     pub iteration: usize,
     /// The KL coefficient after them.
@@ -280,11 +335,16 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
     let eos = tok.eos_id();
     let resume_dir = opts.resume.as_deref().map(|d| checkpoint::to_resume(d, STATE_FILE)).transpose()?;
 
-    // The policy (with a value head), the frozen reference, the reward.
+    // The policy (with a value head for PPO), the frozen reference (when there is a KL), the reward.
     let start_ck = checkpoint::load(resume_dir.as_deref().unwrap_or(&opts.policy))?;
-    let policy = Model::upload(gpu, &with_heads(start_ck, Heads { value: true, reward: false }))?;
-    let reference = crate::model::load(gpu, opts.reference.as_deref().unwrap_or(&opts.policy))?;
-    if reference.config.vocab_size != policy.config.vocab_size {
+    let heads = Heads { value: opts.algo.has_value_head(), reward: false };
+    let policy = Model::upload(gpu, &with_heads(start_ck, heads))?;
+    let reference = if opts.needs_reference() {
+        Some(crate::model::load(gpu, opts.reference.as_deref().unwrap_or(&opts.policy))?)
+    } else {
+        None
+    };
+    if let Some(reference) = reference.as_ref().filter(|r| r.config.vocab_size != policy.config.vocab_size) {
         return Err(Error::Input(format!(
             "the reference model's vocab_size {} differs from the policy's {}",
             reference.config.vocab_size, policy.config.vocab_size
@@ -299,7 +359,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
     };
 
     // Prompts, cut to fit n_positions with the responses.
-    let room = policy.config.n_positions.min(reference.config.n_positions);
+    let room = policy.config.n_positions.min(reference.as_ref().map_or(usize::MAX, |r| r.config.n_positions));
     if opts.response_length >= room {
         return Err(Error::Input(format!(
             "--response-length {} leaves no room for a prompt in n_positions {room}",
@@ -320,7 +380,8 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
     let mut rec = Recorder::new(gpu);
     let mut opt = opts.optimizer.build(&policy, &mut rec, opts.lr)?;
     rec.submit();
-    let mut state = TrainerState { iteration: 0, beta: opts.beta as f64, seed: opts.seed, prompts_seen: 0 };
+    let mut state =
+        TrainerState { algo: opts.algo, iteration: 0, beta: opts.beta() as f64, seed: opts.seed, prompts_seen: 0 };
     if let Some(dir) = &resume_dir {
         opt.load(&policy, dir)?;
         let path = dir.join(STATE_FILE);
@@ -332,6 +393,14 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
                 dir.display(),
                 state.seed,
                 opts.seed
+            )));
+        }
+        if state.algo != opts.algo {
+            return Err(Error::Input(format!(
+                "{} was made with --algo {:?}, not {:?}: resume with the run's algorithm",
+                dir.display(),
+                state.algo,
+                opts.algo
             )));
         }
     }
@@ -353,14 +422,20 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
         write_dir_atomically(dir, &files)
     };
 
-    let sampling = Sampling { temperature: opts.temperature, top_k: opts.top_k, top_p: opts.top_p };
+    let sampling = Sampling { temperature: opts.temperature(), top_k: opts.top_k, top_p: opts.top_p };
     let b = opts.batch_size;
+    // Each prompt of an iteration is sampled G times, in consecutive rows (a group).
+    let group = opts.num_generations();
+    let prompts_per_iteration = b / group;
     let bar = progress::bar(opts.iterations as u64, "train", opts.quiet);
     bar.set_position(state.iteration as u64);
     for it in state.iteration..opts.iterations {
         let started = Instant::now();
         let rows: Vec<Vec<u32>> =
-            prompt_indices(prompts.len(), opts.seed, it * b, b).into_iter().map(|i| prompts[i].clone()).collect();
+            prompt_indices(prompts.len(), opts.seed, it * prompts_per_iteration, prompts_per_iteration)
+                .into_iter()
+                .flat_map(|i| std::iter::repeat_n(prompts[i].clone(), group))
+                .collect();
         let gen_opts = GenerateOptions {
             max_new_tokens: opts.response_length,
             sampling,
@@ -388,22 +463,26 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
         let updating = Instant::now();
         let beta = state.beta as f32;
         let adv = AdvantageConfig {
-            temperature: opts.temperature,
+            algo: opts.algo,
+            temperature: opts.temperature(),
             beta,
             kl_estimator: opts.kl_estimator,
             gamma: opts.gamma,
             lam: opts.lam,
+            num_generations: group,
+            scale_rewards: opts.scale_rewards,
         };
-        let rollout = prepare(&policy, &reference, &seqs, &scores, &adv)?;
+        let rollout = prepare(&policy, reference.as_ref(), &seqs, &scores, &adv)?;
         if let (Some(path), true) = (&opts.dump_batch, it == state.iteration) {
             rollout.to_file()?.save(path)?;
         }
         let lr = scheduled_lr(opts, it);
         let update_opts = UpdateOptions {
-            epochs: opts.epochs,
+            algo: opts.algo,
+            epochs: opts.epochs(),
             minibatches: opts.minibatches,
             lr,
-            loss: opts.loss.config(adv.temperature),
+            loss: opts.loss.config(opts.algo, adv.temperature, beta, opts.loss_type()),
             grad_accum: opts.grad_accum,
             seed: Some(Rng::derived(opts.seed, 0x4d49_4e49 ^ it as u64).next_u64()),
         };
@@ -433,25 +512,28 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
                 adapt_beta(state.beta, rollout.stats.kl_mean as f64, target as f64, b as f64, opts.kl_horizon as f64);
         }
         state.iteration = it + 1;
-        state.prompts_seen = (it + 1) * b;
+        state.prompts_seen = (it + 1) * prompts_per_iteration;
 
         let n = b as f32;
         let score_mean = scores.iter().sum::<f32>() / n;
         let score_std = (scores.iter().map(|s| (s - score_mean).powi(2)).sum::<f32>() / (n - 1.0).max(1.0)).sqrt();
+        let critic = opts.algo.has_value_head();
         let m = Metrics {
             iteration: it + 1,
+            algo: opts.algo,
             score_mean,
             score_std,
+            frac_reward_zero_std: (group > 1).then(|| frac_zero_std(&scores, group)),
             kl_mean: rollout.stats.kl_mean,
             beta,
             lr,
             loss: stats.get("loss"),
             pg_loss: stats.get("pg_loss"),
-            vf_loss: stats.get("vf_loss"),
+            vf_loss: critic.then(|| stats.get("vf_loss")),
             entropy: rollout.stats.entropy_mean,
             approx_kl: stats.get("approx_kl"),
             clipfrac: stats.get("clipfrac"),
-            vf_clipfrac: stats.get("vf_clipfrac"),
+            vf_clipfrac: critic.then(|| stats.get("vf_clipfrac")),
             ratio_mean: stats.get("ratio"),
             explained_variance: rollout.stats.explained_variance,
             value_mean: rollout.stats.value_mean,
@@ -496,14 +578,31 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
     Ok(TrainReport { metrics: history, policy: policy_dir })
 }
 
+/// The fraction of the groups of `group` consecutive scores that all tie (TRL's
+/// frac_reward_zero_std: groups that teach GRPO nothing).
+fn frac_zero_std(scores: &[f32], group: usize) -> f32 {
+    let groups = scores.chunks(group);
+    let n = groups.len().max(1) as f32;
+    scores.chunks(group).filter(|g| g.iter().all(|s| *s == g[0])).count() as f32 / n
+}
+
 fn validate(opts: &TrainOptions) -> Result<()> {
+    let group = opts.num_generations();
+    let critic_free = !opts.algo.has_value_head();
     let checks = [
         (opts.batch_size > 0, "--batch-size must be positive"),
+        (group > 0 && opts.batch_size % group == 0, "--batch-size must be a multiple of --num-generations"),
+        (
+            !critic_free || group >= 2,
+            "--num-generations must be at least 2 for grpo and rloo (each completion is compared with its group)",
+        ),
+        (opts.epochs() > 0, "--epochs must be positive"),
+        (opts.beta() >= 0.0, "--beta must not be negative"),
         (opts.response_length > 0, "--response-length must be positive"),
         (opts.max_prompt_length > 0, "--max-prompt-length must be positive"),
         (
-            opts.temperature > 0.0,
-            "--temperature must be positive for PPO (the log-probs are those of softmax(logits/τ))",
+            opts.temperature() > 0.0,
+            "--temperature must be positive (the log-probs are those of softmax(logits/τ))",
         ),
         (opts.reward_timeout > 0.0, "--reward-timeout must be positive"),
         (opts.kl_horizon > 0.0, "--kl-horizon must be positive"),
@@ -514,7 +613,7 @@ fn validate(opts: &TrainOptions) -> Result<()> {
             return Err(Error::Input(msg.into()));
         }
     }
-    Sampling { temperature: opts.temperature, top_k: opts.top_k, top_p: opts.top_p }.validate()
+    Sampling { temperature: opts.temperature(), top_k: opts.top_k, top_p: opts.top_p }.validate()
 }
 
 fn at_iteration(e: Error, it: usize) -> Error {
@@ -529,16 +628,21 @@ fn append(path: &Path) -> Result<std::fs::File> {
 }
 
 /// `iter 12/100  score 0.412 ±0.210  kl 0.031  β 0.050  pg -0.012  vf 0.084  H 2.31  1890 tok/s  (rollout 1.2s, score 0.1s, update 2.4s)`
+/// (GRPO and RLOO show the fraction of tied groups, `tied 0.25`, where PPO shows `vf`).
 fn progress_line(m: &Metrics, total: usize) -> String {
+    let middle = match (m.vf_loss, m.frac_reward_zero_std) {
+        (Some(vf), _) => format!("vf {vf:.4}"),
+        (None, Some(tied)) => format!("tied {tied:.2}"),
+        (None, None) => String::new(),
+    };
     format!(
-        "iter {}/{total}  score {:.3} ±{:.3}  kl {:.4}  β {:.3}  pg {:.4}  vf {:.4}  H {:.2}  {:.0} tok/s  (rollout {:.1}s, score {:.1}s, update {:.1}s)",
+        "iter {}/{total}  score {:.3} ±{:.3}  kl {:.4}  β {:.3}  pg {:.4}  {middle}  H {:.2}  {:.0} tok/s  (rollout {:.1}s, score {:.1}s, update {:.1}s)",
         m.iteration,
         m.score_mean,
         m.score_std,
         m.kl_mean,
         m.beta,
         m.pg_loss,
-        m.vf_loss,
         m.entropy,
         m.tokens_per_s,
         m.time_rollout_s,

@@ -1,13 +1,17 @@
-//! `ppo-wgpu update`: the PPO update of docs/design.md §4 on one rollout batch — epochs of
-//! minibatches, each one forward, the fused loss, one backward, clipping and AdamW, all in one
-//! submit, with only the eight loss statistics read back.
+//! `ppo-wgpu update`: the update of docs/design.md §4 on one rollout batch — epochs of
+//! minibatches, each one forward, the fused loss (PPO's form with the value loss, or the
+//! critic-free form of GRPO and RLOO), one backward, clipping and AdamW, one submit per
+//! minibatch, with the eight loss statistics read back once at the end.
 
+use super::algo::{Algo, parse_loss_type};
 use super::batch::{PpoBatch, RolloutBatch};
 use crate::error::{Error, Result, ensure_shape};
 use crate::gpu::Gpu;
 use crate::gpu::{DType, Recorder};
 use crate::kernels::adamw::AdamW;
-use crate::kernels::ppo::{INPUT_COLUMNS, PpoLossConfig, PpoMinibatch, STAT_NAMES, ppo_loss_fused, ppo_stats_reduce};
+use crate::kernels::ppo::{
+    INPUT_COLUMNS, LossType, PpoLossConfig, PpoMinibatch, STAT_NAMES, ppo_loss_fused, ppo_stats_reduce,
+};
 use crate::kernels::residual::accumulate;
 use crate::kernels::rollout::gather_rows;
 use crate::model::Heads;
@@ -20,9 +24,11 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The options of one PPO update.
+/// The options of one update.
 #[derive(Clone, Debug)]
 pub struct UpdateOptions {
+    /// PPO needs a model with a value head; GRPO and RLOO a model without one.
+    pub algo: Algo,
     pub epochs: usize,
     pub minibatches: usize,
     /// AdamW learning rate.
@@ -54,14 +60,17 @@ pub struct LossArgs {
 }
 
 impl LossArgs {
-    /// The loss configuration at sampling temperature τ.
-    pub fn config(&self, temperature: f32) -> PpoLossConfig {
+    /// The loss configuration of `algo` at sampling temperature τ, with the KL coefficient β
+    /// (inside the loss for GRPO only) and the loss type.
+    pub fn config(&self, algo: Algo, temperature: f32, beta: f32, loss_type: LossType) -> PpoLossConfig {
         PpoLossConfig {
             temperature,
             cliprange: self.cliprange,
             cliprange_value: self.cliprange_value,
-            vf_coef: self.vf_coef,
+            vf_coef: if algo.has_value_head() { self.vf_coef } else { 0.0 },
             ent_coef: self.ent_coef,
+            kl_coef: if algo.kl_in_loss() { beta } else { 0.0 },
+            loss_type,
         }
     }
 }
@@ -69,9 +78,13 @@ impl LossArgs {
 /// `ppo-wgpu update`: its command-line arguments.
 #[derive(Clone, Debug, clap::Args)]
 pub struct UpdateArgs {
-    /// Policy model directory (a zero value head is added if it has none).
+    /// Policy model directory (for PPO a zero value head is added if it has none; for GRPO and
+    /// RLOO a value head is dropped).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
+    /// The loss: ppo (with the value loss), or the critic-free grpo and rloo.
+    #[arg(long, value_enum, default_value_t = Algo::Ppo)]
+    pub algo: Algo,
     /// Rollout batch (safetensors; see docs/design.md §6).
     #[arg(long, value_name = "FILE")]
     pub batch: PathBuf,
@@ -90,6 +103,13 @@ pub struct UpdateArgs {
     pub temperature: f32,
     #[command(flatten)]
     pub loss: LossArgs,
+    /// β of GRPO's k3 KL term inside the loss (the batch then needs ref_logprobs) [default: 0].
+    #[arg(long)]
+    pub beta: Option<f32>,
+    /// How the per-token losses average: grpo (each sequence's mean, then over sequences) or
+    /// dapo (over all tokens) [default: grpo for GRPO, dapo (a token mean) otherwise].
+    #[arg(long, value_parser = parse_loss_type)]
+    pub loss_type: Option<LossType>,
     /// Split each minibatch into this many micro-batches whose gradients add up before one
     /// optimizer step (less memory, the same update).
     #[arg(long, default_value_t = 1)]
@@ -107,11 +127,14 @@ pub struct UpdateArgs {
 
 impl UpdateArgs {
     pub fn options(&self) -> UpdateOptions {
+        let beta = self.beta.unwrap_or(Algo::Grpo.default_beta());
+        let loss_type = self.loss_type.unwrap_or(self.algo.default_loss_type());
         UpdateOptions {
+            algo: self.algo,
             epochs: self.epochs,
             minibatches: self.minibatches,
             lr: self.lr,
-            loss: self.loss.config(self.temperature),
+            loss: self.loss.config(self.algo, self.temperature, beta, loss_type),
             grad_accum: self.grad_accum,
             seed: self.seed,
         }
@@ -121,10 +144,12 @@ impl UpdateArgs {
 /// Runs `ppo-wgpu update`: the update on a batch file, the new checkpoint (with the tokenizer,
 /// when the model has one) in `args.out`, the gradient dump when asked. Returns the statistics.
 pub fn run(gpu: &Arc<Gpu>, args: &UpdateArgs) -> Result<UpdateStats> {
-    let ck = with_heads(checkpoint::load(&args.model)?, Heads { value: true, reward: false });
-    let policy = Model::upload(gpu, &ck)?;
-    let batch = PpoBatch::upload(gpu, &RolloutBatch::load(&args.batch)?)?;
     let opts = args.options();
+    let ck = with_heads(checkpoint::load(&args.model)?, Heads { value: args.algo.has_value_head(), reward: false });
+    let policy = Model::upload(gpu, &ck)?;
+    let file = RolloutBatch::load(&args.batch)?;
+    file.check_for(args.algo, opts.loss.kl_coef != 0.0, &args.batch)?;
+    let batch = PpoBatch::upload(gpu, &file)?;
     let mut rec = Recorder::new(gpu);
     let mut opt = Optimizer::new(&policy, &mut rec, AdamW { lr: opts.lr, ..AdamW::default() }, args.max_grad_norm)?;
     rec.submit();
@@ -177,7 +202,7 @@ impl GradDump {
     }
 }
 
-/// Runs the update on `model` (which needs a value head) with `opt`: `opts.epochs` passes over
+/// Runs the update on `model` (with a value head for PPO, without for GRPO and RLOO) with `opt`: `opts.epochs` passes over
 /// the batch in `opts.minibatches` minibatches, each split into `opts.grad_accum` micro-batches
 /// whose gradients add up before one optimizer step. Everything is recorded into one encoder
 /// per minibatch; the statistics stay on the GPU until one readback at the end. Returns their
@@ -191,7 +216,11 @@ pub fn ppo_update(
 ) -> Result<(UpdateStats, Option<GradDump>)> {
     let gpu = model.gpu().clone();
     let (b, l, v) = (batch.b, batch.l, model.config.vocab_size);
-    ensure_shape(model.heads.value, || "the PPO update needs a model with a value head (v_head.summary.*)".into())?;
+    ensure_shape(model.heads.value == opts.algo.has_value_head(), || {
+        let algo = format!("{:?}", opts.algo).to_uppercase();
+        let want = if opts.algo.has_value_head() { "with" } else { "without" };
+        format!("the {algo} update needs a model {want} a value head (v_head.summary.*)")
+    })?;
     if opts.minibatches == 0 || opts.minibatches > b || opts.epochs == 0 {
         return Err(Error::Input(format!("--minibatches must be in 1..={b} (the batch's rows) and --epochs positive")));
     }
@@ -224,6 +253,7 @@ pub fn ppo_update(
             // The loss is a mean over the whole minibatch's trained tokens, so micro-batch
             // gradients add up to the minibatch's.
             let count = batch.trained_tokens(minibatch);
+            let sequences = minibatch.len();
             let mut rec = Recorder::new(&gpu);
             rec.zero(&grads.flat);
             let mb_stats = all_stats.view(&gpu, 2 * k * SLOT, &[8])?;
@@ -243,20 +273,26 @@ pub fn ppo_update(
                     &batch.inputs.reshape(&[b, l * INPUT_COLUMNS])?,
                     &gpu.upload_u32(&[n], &row_ids)?,
                 )?;
-                let (dvalues, token_stats, micro_stats) = (
-                    gpu.tensor(&[n * l], DType::F32)?,
-                    gpu.tensor(&[n * l, 8], DType::F32)?,
-                    gpu.tensor(&[8], DType::F32)?,
-                );
+                let (token_stats, micro_stats) = (gpu.tensor(&[n * l, 8], DType::F32)?, gpu.tensor(&[8], DType::F32)?);
                 let acts = model.forward(&mut rec, &mb_batch)?;
                 let logits = acts.logits.reshape(&[n * l, v])?;
-                let values = acts.values.as_ref().expect("a value head was checked above").reshape(&[n * l])?;
-                let mb =
-                    PpoMinibatch { logits: &logits, tokens: &tokens, inputs: &inputs, values: &values, seq: l, count };
-                ppo_loss_fused(&mut rec, &mb, &opts.loss, &dvalues, &token_stats)?;
+                // PPO's value head, and the gradient of its output.
+                let values = acts.values.as_ref().map(|x| x.reshape(&[n * l])).transpose()?;
+                let dvalues = values.as_ref().map(|_| gpu.tensor(&[n, l], DType::F32)).transpose()?;
+                let mb = PpoMinibatch {
+                    logits: &logits,
+                    tokens: &tokens,
+                    inputs: &inputs,
+                    values: values.as_ref(),
+                    seq: l,
+                    count,
+                    sequences,
+                };
+                let flat_dvalues = dvalues.as_ref().map(|d| d.reshape(&[n * l])).transpose()?;
+                ppo_loss_fused(&mut rec, &mb, &opts.loss, flat_dvalues.as_ref(), &token_stats)?;
                 ppo_stats_reduce(&mut rec, &micro_stats, &token_stats)?;
                 accumulate(&mut rec, &mb_stats, &micro_stats)?;
-                model.backward(&mut rec, &mb_batch, &acts, Some(&dvalues.reshape(&[n, l])?), None, &grads)?;
+                model.backward(&mut rec, &mb_batch, &acts, dvalues.as_ref(), None, &grads)?;
             }
             if dump && k == 0 {
                 rec.submit();

@@ -121,3 +121,55 @@ fn kl_rewards_and_whitening_match_reference() {
         }
     }
 }
+
+/// GRPO's and RLOO's group advantages: RLOO's returns summed on the GPU from per-token rewards,
+/// then each baseline against the CPU reference, over ragged masks, groups of 2 and 5, and a
+/// group whose returns all tie (GRPO gives it zero advantage, not a division by zero).
+#[test]
+fn group_advantages_match_reference() {
+    use ppo_wgpu::kernels::group_advantages::{GroupBaseline, group_advantages, sequence_returns};
+    let gpu = gpu();
+    let mut rng = Rng::new(86);
+    for (group, groups, t) in [(2, 3, 5), (5, 4, 33)] {
+        let b = group * groups;
+        let rewards = rng.normals(b * t, 1.0);
+        let mask = response_mask(b, t, &mut rng);
+        let mut rec = Recorder::new(&gpu);
+        let (returns, tm) = (zeros(&[b]), upload(&mask, &[b, t]));
+        sequence_returns(&mut rec, &returns, &upload(&rewards, &[b, t])).unwrap();
+        rec.submit();
+        let want: Vec<f64> = rewards.chunks(t).map(|row| row.iter().sum()).collect();
+        assert_close(&format!("sequence returns B={b} T={t}"), &download(&returns), &want, 1e-5, 1e-5);
+
+        // Integer-valued returns (a verifiable reward), the last group tied.
+        let mut scores: Vec<f64> = (0..b).map(|_| rng.below(3) as f64).collect();
+        scores[b - group..].iter_mut().for_each(|s| *s = 1.0);
+        for (baseline, scaled, loo) in [
+            (GroupBaseline::MeanStd, true, false),
+            (GroupBaseline::Mean, false, false),
+            (GroupBaseline::LeaveOneOut, false, true),
+        ] {
+            let adv = zeros(&[b, t]);
+            let mut rec = Recorder::new(&gpu);
+            group_advantages(&mut rec, &adv, &upload(&scores, &[b]), &tm, group, baseline).unwrap();
+            rec.submit();
+            let per_row = reference::group_advantages(&scores, group, scaled, loo);
+            let want: Vec<f64> = (0..b * t).map(|i| mask[i] * per_row[i / t]).collect();
+            let got = download(&adv);
+            assert_close(&format!("{baseline:?} advantages G={group} B={b}"), &got, &want, 1e-5, 1e-5);
+            assert!(got[(b - group) * t..].iter().all(|&a| a == 0.0), "{baseline:?}: a tied group has no advantage");
+        }
+    }
+}
+
+#[test]
+fn group_advantages_reject_a_batch_of_partial_groups() {
+    use ppo_wgpu::kernels::group_advantages::{GroupBaseline, group_advantages};
+    let gpu = gpu();
+    let (adv, returns, mask) = (zeros(&[6, 4]), zeros(&[6]), zeros(&[6, 4]));
+    let mut rec = Recorder::new(&gpu);
+    for group in [4, 1] {
+        let err = group_advantages(&mut rec, &adv, &returns, &mask, group, GroupBaseline::MeanStd).unwrap_err();
+        assert!(err.to_string().contains("groups of"), "{err}");
+    }
+}

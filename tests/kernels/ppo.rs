@@ -1,7 +1,7 @@
 use crate::common::*;
 use ppo_wgpu::gpu::{DType, Recorder};
 use ppo_wgpu::kernels::ppo::{
-    PpoLossConfig, PpoMinibatch, STAT_NAMES, ppo_loss_fused, ppo_loss_unfused, ppo_stats_reduce,
+    LossType, PpoLossConfig, PpoMinibatch, STAT_NAMES, ppo_loss_fused, ppo_loss_unfused, ppo_stats_reduce,
 };
 use ppo_wgpu::reference::{self, PpoConfig};
 
@@ -48,13 +48,18 @@ fn make_case(seq: usize, v: usize, temperature: f64, rng: &mut Rng) -> Case {
             0.0
         };
         let old_value = if j > 0 { values[i - 1] + 0.8 * (rng.uniform() - 0.5) } else { 0.0 };
+        // The reference within ±1 of the old log-prob, so k3 and its gradient are of order 1.
+        let ref_logp = old_logp + 2.0 * (rng.uniform() - 0.5);
+        let trained = (1..seq).filter(|&q| mask(row, q) != 0.0).count();
         let f = |x: f64| x as f32 as f64;
-        inputs[i * 8..i * 8 + 5].copy_from_slice(&[
+        inputs[i * 8..i * 8 + 7].copy_from_slice(&[
             mask(row, j),
             f(old_logp),
             f(old_value),
             f(rng.normal()),
             f(rng.normal()),
+            f(ref_logp),
+            if trained > 0 { f(1.0 / trained as f64) } else { 0.0 },
         ]);
     }
     Case { seq, v, logits, tokens, inputs, values }
@@ -64,8 +69,19 @@ fn count(case: &Case) -> usize {
     (0..case.values.len()).filter(|&r| r % case.seq + 1 < case.seq && case.inputs[(r + 1) * 8] != 0.0).count()
 }
 
-/// Runs the fused (or unfused) kernel; returns (dlogits, dvalues, stats).
-fn run_gpu(case: &Case, cfg: &PpoLossConfig, fused: bool) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+/// Which kernel computes the loss.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Form {
+    /// PPO's fused form, with the value loss.
+    Fused,
+    /// PPO's unfused twin.
+    Unfused,
+    /// The fused critic-free form (GRPO, RLOO): no values.
+    CriticFree,
+}
+
+/// Runs the loss kernel; returns (dlogits, dvalues, stats) (dvalues all zero without values).
+fn run_gpu(case: &Case, cfg: &PpoLossConfig, form: Form) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let gpu = gpu();
     let rows = case.values.len();
     let logits = upload(&case.logits, &[rows, case.v]);
@@ -76,13 +92,16 @@ fn run_gpu(case: &Case, cfg: &PpoLossConfig, fused: bool) -> (Vec<f64>, Vec<f64>
         logits: &logits,
         tokens: &tokens,
         inputs: &inputs,
-        values: &values,
+        values: (form != Form::CriticFree).then_some(&values),
         seq: case.seq,
         count: count(case),
+        sequences: rows / case.seq,
     };
     let mut rec = Recorder::new(&gpu);
-    if fused {
-        ppo_loss_fused(&mut rec, &mb, cfg, &dvalues, &token_stats).unwrap();
+    if form == Form::Fused {
+        ppo_loss_fused(&mut rec, &mb, cfg, Some(&dvalues), &token_stats).unwrap();
+    } else if form == Form::CriticFree {
+        ppo_loss_fused(&mut rec, &mb, cfg, None, &token_stats).unwrap();
     } else {
         let (logp, scalars) =
             (gpu.tensor(&[rows, case.v], DType::F32).unwrap(), gpu.tensor(&[rows, 4], DType::F32).unwrap());
@@ -100,62 +119,95 @@ fn reference_config(cfg: &PpoLossConfig) -> PpoConfig {
         cliprange_value: cfg.cliprange_value as f64,
         vf_coef: cfg.vf_coef as f64,
         ent_coef: cfg.ent_coef as f64,
+        kl_coef: cfg.kl_coef as f64,
+        sequence_mean: cfg.loss_type == LossType::Sequence,
     }
 }
 
-fn check(seq: usize, v: usize, cfg: PpoLossConfig, seed: u64, with_fd: bool) {
+/// Checks `forms` of the loss kernel against the CPU reference on a ragged case, and with
+/// `with_fd` the first form's gradient against finite differences of the reference loss.
+fn check(seq: usize, v: usize, cfg: PpoLossConfig, seed: u64, forms: &[Form], with_fd: bool) {
     let mut rng = Rng::new(seed);
     let case = make_case(seq, v, cfg.temperature as f64, &mut rng);
     let rcfg = reference_config(&cfg);
-    let want = reference::ppo_loss(&case.logits, &case.tokens, &case.inputs, &case.values, seq, v, &rcfg);
-    let clipfrac = want.stats[5];
-    assert!(clipfrac > 0.05 && clipfrac < 0.95, "the case should clip some ratios and not others: {clipfrac}");
-    assert!(want.stats[6] > 0.0, "the case should clip some values");
-    for fused in [true, false] {
-        let what = format!("{} PPO loss T={seq} V={v} τ={}", if fused { "fused" } else { "unfused" }, cfg.temperature);
-        let (dlogits, dvalues, stats) = run_gpu(&case, &cfg, fused);
+    for &form in forms {
+        let values = (form != Form::CriticFree).then_some(&case.values[..]);
+        let want = reference::ppo_loss(&case.logits, &case.tokens, &case.inputs, values, seq, v, &rcfg);
+        let clipfrac = want.stats[5];
+        assert!(clipfrac > 0.05 && clipfrac < 0.95, "the case should clip some ratios and not others: {clipfrac}");
+        assert!(values.is_none() || want.stats[6] > 0.0, "the case should clip some values");
+        let what = format!("{form:?} loss T={seq} V={v} τ={} β={} {:?}", cfg.temperature, cfg.kl_coef, cfg.loss_type);
+        let (dlogits, dvalues, stats) = run_gpu(&case, &cfg, form);
         // Softmax over V in f32 times coefficients of order 1/N.
         assert_close(&format!("{what} dlogits"), &dlogits, &want.dlogits, 1e-7, 1e-4);
         assert_close(&format!("{what} dvalues"), &dvalues, &want.dvalues, 1e-7, 1e-5);
         for (k, name) in STAT_NAMES.iter().enumerate() {
             assert_close(&format!("{what} {name}"), &stats[k..k + 1], &want.stats[k..k + 1], 1e-5, 1e-4);
         }
-        if with_fd && fused {
+        if with_fd && form == forms[0] {
             let rows = case.values.len();
             let loss_logits =
-                |l: &[f64]| reference::ppo_loss(l, &case.tokens, &case.inputs, &case.values, seq, v, &rcfg).loss;
+                |l: &[f64]| reference::ppo_loss(l, &case.tokens, &case.inputs, values, seq, v, &rcfg).loss;
             // Finite differences at coordinates of trained rows (untrained rows have no gradient).
-            let trained_rows: Vec<usize> = (0..rows)
-                .filter(|r| want.dvalues[*r] != 0.0 || want.dlogits[r * v..(r + 1) * v].iter().any(|g| *g != 0.0))
-                .collect();
+            let trained_rows: Vec<usize> =
+                (0..rows).filter(|r| want.dlogits[r * v..(r + 1) * v].iter().any(|g| *g != 0.0)).collect();
             let coords: Vec<usize> = (0..24)
                 .map(|_| trained_rows[rng.below(trained_rows.len() as u32) as usize] * v + rng.below(v as u32) as usize)
                 .collect();
             let fd = finite_differences(loss_logits, &case.logits, &coords, 1e-4);
             let got: Vec<f64> = coords.iter().map(|&i| dlogits[i]).collect();
             assert_close(&format!("{what} dlogits vs finite differences"), &got, &fd, 1e-6, 1e-3);
-            let loss_values =
-                |x: &[f64]| reference::ppo_loss(&case.logits, &case.tokens, &case.inputs, x, seq, v, &rcfg).loss;
-            let fd = finite_differences(loss_values, &case.values, &trained_rows, 1e-5);
-            let got: Vec<f64> = trained_rows.iter().map(|&r| dvalues[r]).collect();
-            assert_close(&format!("{what} dvalues vs finite differences"), &got, &fd, 1e-6, 1e-3);
+            if values.is_some() {
+                let loss_values = |x: &[f64]| {
+                    reference::ppo_loss(&case.logits, &case.tokens, &case.inputs, Some(x), seq, v, &rcfg).loss
+                };
+                let fd = finite_differences(loss_values, &case.values, &trained_rows, 1e-5);
+                let got: Vec<f64> = trained_rows.iter().map(|&r| dvalues[r]).collect();
+                assert_close(&format!("{what} dvalues vs finite differences"), &got, &fd, 1e-6, 1e-3);
+            }
         }
     }
 }
 
+const PPO_FORMS: &[Form] = &[Form::Fused, Form::Unfused];
+
 #[test]
 fn ppo_loss_unaligned_vocab_with_entropy_and_temperature() {
-    check(12, 53, PpoLossConfig { temperature: 0.7, ent_coef: 0.05, ..Default::default() }, 70, true);
+    check(12, 53, PpoLossConfig { temperature: 0.7, ent_coef: 0.05, ..Default::default() }, 70, PPO_FORMS, true);
+}
+
+/// GRPO's form: no value term, the k3 KL inside the loss, each sequence's mean then the mean
+/// over sequences (the rows have different numbers of trained tokens, one none, so the weights
+/// differ).
+#[test]
+fn critic_free_loss_grpo_sequence_mean_with_kl() {
+    let cfg = PpoLossConfig { temperature: 0.9, kl_coef: 0.3, loss_type: LossType::Sequence, ..Default::default() };
+    check(12, 53, cfg, 76, &[Form::CriticFree], true);
+}
+
+/// RLOO's (and GRPO dapo's) form: a token mean, no KL term.
+#[test]
+fn critic_free_loss_token_mean() {
+    check(16, 512, PpoLossConfig { ent_coef: 0.02, ..Default::default() }, 77, &[Form::CriticFree], true);
+}
+
+/// PPO's form with GRPO's weighting and a KL term: the value loss takes the same weights.
+#[test]
+fn ppo_loss_sequence_mean_with_kl() {
+    let cfg = PpoLossConfig { kl_coef: 0.1, loss_type: LossType::Sequence, ..Default::default() };
+    check(10, 40, cfg, 78, &[Form::Fused], true);
 }
 
 #[test]
 fn ppo_loss_tiny_vocab_trl_defaults() {
-    check(16, 512, PpoLossConfig::default(), 71, true);
+    check(16, 512, PpoLossConfig::default(), 71, PPO_FORMS, true);
 }
 
 #[test]
 fn ppo_loss_gpt2_vocab() {
-    check(4, 50257, PpoLossConfig { ent_coef: 0.01, ..Default::default() }, 72, false);
+    check(4, 50257, PpoLossConfig { ent_coef: 0.01, ..Default::default() }, 72, PPO_FORMS, false);
+    let grpo = PpoLossConfig { kl_coef: 0.04, loss_type: LossType::Sequence, ..Default::default() };
+    check(4, 50257, grpo, 79, &[Form::CriticFree], false);
 }
 
 #[test]
@@ -168,7 +220,7 @@ fn ppo_loss_value_tie_at_the_clip_boundary_counts_as_unclipped() {
     case.inputs[8..13].copy_from_slice(&[1.0, -2.0, 0.25, 1.0, 2.0]); // position 1 of row 0
     case.values[0] = 0.5;
     let cfg = PpoLossConfig { cliprange_value: 0.25, ..Default::default() };
-    let (_, dvalues, stats) = run_gpu(&case, &cfg, true);
+    let (_, dvalues, stats) = run_gpu(&case, &cfg, Form::Fused);
     assert_close("dvalues at a value tie", &dvalues[..1], &[0.1 * (0.5 - 2.0)], 1e-7, 1e-6); // c1·(v − R)/N, N = 1
     assert_eq!(stats[6], 0.0, "a tie is not a clipped value");
 }
@@ -180,8 +232,13 @@ fn ppo_loss_with_nothing_trained_is_zero_everywhere() {
     for i in 0..case.values.len() {
         case.inputs[i * 8] = 0.0;
     }
-    let (dlogits, dvalues, stats) = run_gpu(&case, &PpoLossConfig::default(), true);
-    assert!(dlogits.iter().chain(&dvalues).chain(&stats).all(|&x| x == 0.0), "all-masked minibatch must give zeros");
+    for form in [Form::Fused, Form::CriticFree] {
+        let (dlogits, dvalues, stats) = run_gpu(&case, &PpoLossConfig { kl_coef: 0.1, ..Default::default() }, form);
+        assert!(
+            dlogits.iter().chain(&dvalues).chain(&stats).all(|&x| x == 0.0),
+            "{form:?}: an all-masked minibatch must give zeros"
+        );
+    }
 }
 
 #[test]

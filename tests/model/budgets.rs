@@ -9,6 +9,7 @@ use ppo_wgpu::kernels::ppo::PpoLossConfig;
 use ppo_wgpu::kernels::rewards::KlEstimator;
 use ppo_wgpu::model::optimizer::Optimizer;
 use ppo_wgpu::model::{GptConfig, Heads, Model, init::init_weights};
+use ppo_wgpu::ppo::algo::Algo;
 use ppo_wgpu::ppo::rollout::{AdvantageConfig, Sequences, prepare};
 use ppo_wgpu::ppo::update::{UpdateOptions, ppo_update};
 
@@ -42,18 +43,27 @@ fn a_ppo_iteration_keeps_its_round_trip_and_allocation_budgets() {
 
         let seqs = Sequences::new(&generation, 12, None);
         let scores: Vec<f32> = (0..8).map(|i| i as f32).collect();
-        let adv =
-            AdvantageConfig { temperature: 1.0, beta: 0.05, kl_estimator: KlEstimator::K1, gamma: 1.0, lam: 0.95 };
-        let rollout = prepare(&policy, &reference, &seqs, &scores, &adv).unwrap();
+        let adv = AdvantageConfig {
+            algo: Algo::Ppo,
+            temperature: 1.0,
+            beta: 0.05,
+            kl_estimator: KlEstimator::K1,
+            gamma: 1.0,
+            lam: 0.95,
+            num_generations: 1,
+            scale_rewards: true,
+        };
+        let rollout = prepare(&policy, Some(&reference), &seqs, &scores, &adv).unwrap();
         let prepared = gpu.counts();
         assert_eq!((prepared - rolled).readbacks, 1, "the rollout batch: one readback of its statistics");
         assert_eq!((prepared - rolled).submits, 2, "one submit, plus the readback's copy");
 
         let update = UpdateOptions {
+            algo: Algo::Ppo,
             epochs,
             minibatches,
             lr: 1e-3,
-            loss: PpoLossConfig { temperature: 1.0, cliprange: 0.2, cliprange_value: 0.2, vf_coef: 0.1, ent_coef: 0.0 },
+            loss: PpoLossConfig { temperature: 1.0, ..Default::default() },
             grad_accum: 1,
             seed: Some(it as u64),
         };

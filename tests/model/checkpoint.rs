@@ -224,3 +224,18 @@ fn an_interrupted_directory_save_leaves_the_old_checkpoint_whole() {
     write_dir_atomically(&target, &model_files(&new).unwrap()).unwrap();
     assert_eq!(checkpoint::load(&target).unwrap().tensors, new.tensors);
 }
+
+/// GRPO and RLOO train no value head: asking for a checkpoint without one drops it, and keeps
+/// everything else as it is.
+#[test]
+fn an_unwanted_value_head_is_dropped() {
+    let config = small_config();
+    let ck = random_checkpoint(&config, Heads { value: true, reward: false }, 8);
+    let without = ppo_wgpu::model::init::with_heads(ck.clone(), Heads::default());
+    assert!(!without.heads.value);
+    assert!(without.get("v_head.summary.weight").is_none() && without.get("v_head.summary.bias").is_none());
+    assert_eq!(without.tensors.len(), ck.tensors.len() - 2);
+    for (name, _, values) in &without.tensors {
+        assert_eq!(ck.get(name).unwrap(), &values[..], "{name} must be kept");
+    }
+}

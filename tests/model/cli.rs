@@ -99,7 +99,7 @@ fn a_bad_batch_file_names_the_tensor() {
     let mut batch =
         ppo_wgpu::ppo::batch::RolloutBatch::load(std::path::Path::new(&format!("{FIXTURES}/ppo-batch.safetensors")))
             .unwrap();
-    batch.returns.pop();
+    batch.returns.as_mut().unwrap().pop();
     batch.l = 15; // now every [B, L] tensor has the wrong size for L
     let path = dir.join("bad.safetensors");
     assert!(batch.save(&path).is_err(), "a batch whose fields do not match its shape cannot be saved");
@@ -128,11 +128,17 @@ fn a_bad_batch_file_names_the_tensor() {
     };
     let missing = rewrite("advantages", "");
     assert!(missing.contains("bad data file") && missing.contains("missing tensor advantages"), "{missing}");
+    // A batch without PPO's returns loads (GRPO's and RLOO's batches have none), but a PPO
+    // update on it names what it lacks.
+    rewrite("returns", "");
+    let model = format!("{FIXTURES}/ppo-tiny");
+    let (ok, _, stderr) =
+        ppo_wgpu(&["update", "--model", &model, "--batch", path.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("the PPO update needs tensor(s) returns"), "{stderr}");
     let shaped = rewrite("", "returns");
     let want = format!("tensor returns has shape [{}, {}], expected [{}, {}]", good.l, good.b, good.b, good.l);
     assert!(shaped.contains(&want), "{shaped}");
     std::fs::write(&path, b"nope").unwrap();
-    let model = format!("{FIXTURES}/ppo-tiny");
     let (ok, _, stderr) =
         ppo_wgpu(&["update", "--model", &model, "--batch", path.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
     assert!(!ok && stderr.contains("bad.safetensors") && stderr.contains("not a valid safetensors file"), "{stderr}");

@@ -10,6 +10,7 @@ use ppo_wgpu::kernels::ppo::PpoLossConfig;
 use ppo_wgpu::model::checkpoint::saved_name;
 use ppo_wgpu::model::optimizer::Optimizer;
 use ppo_wgpu::model::{self};
+use ppo_wgpu::ppo::algo::Algo;
 use ppo_wgpu::ppo::batch::{PpoBatch, RolloutBatch};
 use ppo_wgpu::ppo::update::{UpdateOptions, ppo_update};
 use safetensors::SafeTensors;
@@ -38,8 +39,8 @@ fn check_update_gradients(grad_accum: usize) {
     let mut rec = Recorder::new(&gpu);
     let mut opt = Optimizer::new(&policy, &mut rec, AdamW::default(), 1.0).unwrap();
     rec.submit();
-    let loss = PpoLossConfig { temperature: 0.9, cliprange: 0.2, cliprange_value: 0.2, vf_coef: 0.1, ent_coef: 0.01 };
-    let opts = UpdateOptions { epochs: 1, minibatches: 2, lr: 1e-5, loss, grad_accum, seed: None };
+    let loss = PpoLossConfig { temperature: 0.9, ent_coef: 0.01, ..Default::default() };
+    let opts = UpdateOptions { algo: Algo::Ppo, epochs: 1, minibatches: 2, lr: 1e-5, loss, grad_accum, seed: None };
     let (_, dump) = ppo_update(&policy, &mut opt, &batch, &opts, true).unwrap();
     let dump = dump.unwrap();
 

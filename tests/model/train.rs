@@ -89,13 +89,13 @@ fn deterministic(m: &Metrics) -> Vec<f32> {
         m.lr,
         m.loss,
         m.pg_loss,
-        m.vf_loss,
+        m.vf_loss.unwrap_or(f32::NAN),
         m.entropy,
         m.approx_kl,
         m.clipfrac,
-        m.vf_clipfrac,
+        m.vf_clipfrac.unwrap_or(f32::NAN),
         m.ratio_mean,
-        m.value_mean,
+        m.value_mean.unwrap_or(f32::NAN),
         m.response_len_mean,
     ]
 }
