@@ -124,18 +124,18 @@ fn a_bad_batch_file_names_the_tensor() {
             })
             .collect();
         std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
-        ppo_wgpu::ppo::batch::RolloutBatch::load(&path).unwrap_err().to_string()
+        ppo_wgpu::ppo::batch::RolloutBatch::load(&path).map(|_| ()).map_err(|e| e.to_string())
     };
-    let missing = rewrite("advantages", "");
+    let missing = rewrite("advantages", "").unwrap_err();
     assert!(missing.contains("bad data file") && missing.contains("missing tensor advantages"), "{missing}");
     // A batch without PPO's returns loads (GRPO's and RLOO's batches have none), but a PPO
     // update on it names what it lacks.
-    rewrite("returns", "");
+    rewrite("returns", "").unwrap();
     let model = format!("{FIXTURES}/ppo-tiny");
     let (ok, _, stderr) =
         ppo_wgpu(&["update", "--model", &model, "--batch", path.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
     assert!(!ok && stderr.contains("the PPO update needs tensor(s) returns"), "{stderr}");
-    let shaped = rewrite("", "returns");
+    let shaped = rewrite("", "returns").unwrap_err();
     let want = format!("tensor returns has shape [{}, {}], expected [{}, {}]", good.l, good.b, good.b, good.l);
     assert!(shaped.contains(&want), "{shaped}");
     std::fs::write(&path, b"nope").unwrap();
