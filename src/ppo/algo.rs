@@ -74,6 +74,17 @@ impl Algo {
     }
 }
 
+impl std::fmt::Display for Algo {
+    /// The name `--algo` takes.
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Algo::Ppo => "ppo",
+            Algo::Grpo => "grpo",
+            Algo::Rloo => "rloo",
+        })
+    }
+}
+
 /// `--loss-type grpo|dapo`, TRL's names.
 pub fn parse_loss_type(s: &str) -> Result<LossType, String> {
     match s {

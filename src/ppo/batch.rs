@@ -147,9 +147,8 @@ impl RolloutBatch {
             return Ok(());
         }
         Err(Error::Data(format!(
-            "{}: the {} update needs tensor(s) {} [B, L] (docs/design.md §6)",
+            "{}: the {algo} update needs tensor(s) {} [B, L] (docs/design.md §6)",
             origin.display(),
-            format!("{algo:?}").to_uppercase(),
             missing.join(", ")
         )))
     }

@@ -155,7 +155,7 @@ pub fn prepare(
     }
     if policy.heads.value != cfg.algo.has_value_head() {
         return Err(Error::Input(format!(
-            "{:?} needs a policy {} a value head",
+            "{} needs a policy {} a value head",
             cfg.algo,
             if cfg.algo.has_value_head() { "with" } else { "without" }
         )));

@@ -397,7 +397,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
         }
         if state.algo != opts.algo {
             return Err(Error::Input(format!(
-                "{} was made with --algo {:?}, not {:?}: resume with the run's algorithm",
+                "{} was made with --algo {}, not {}: resume with the run's algorithm",
                 dir.display(),
                 state.algo,
                 opts.algo

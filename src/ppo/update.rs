@@ -217,9 +217,8 @@ pub fn ppo_update(
     let gpu = model.gpu().clone();
     let (b, l, v) = (batch.b, batch.l, model.config.vocab_size);
     ensure_shape(model.heads.value == opts.algo.has_value_head(), || {
-        let algo = format!("{:?}", opts.algo).to_uppercase();
         let want = if opts.algo.has_value_head() { "with" } else { "without" };
-        format!("the {algo} update needs a model {want} a value head (v_head.summary.*)")
+        format!("the {} update needs a model {want} a value head (v_head.summary.*)", opts.algo)
     })?;
     if opts.minibatches == 0 || opts.minibatches > b || opts.epochs == 0 {
         return Err(Error::Input(format!("--minibatches must be in 1..={b} (the batch's rows) and --epochs positive")));

@@ -134,7 +134,7 @@ fn a_bad_batch_file_names_the_tensor() {
     let model = format!("{FIXTURES}/ppo-tiny");
     let (ok, _, stderr) =
         ppo_wgpu(&["update", "--model", &model, "--batch", path.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
-    assert!(!ok && stderr.contains("the PPO update needs tensor(s) returns"), "{stderr}");
+    assert!(!ok && stderr.contains("the ppo update needs tensor(s) returns"), "{stderr}");
     let shaped = rewrite("", "returns").unwrap_err();
     let want = format!("tensor returns has shape [{}, {}], expected [{}, {}]", good.l, good.b, good.b, good.l);
     assert!(shaped.contains(&want), "{shaped}");

@@ -26,6 +26,10 @@ struct Cli {
 /// constant offset per prompt), in POSIX shell so that the tests need nothing else.
 const COUNT_E: &str = r#"while IFS= read -r l; do printf "%s" "$l" | tr -cd e | wc -c; done"#;
 
+/// A verifiable reward command: 1 when the completion (the line after its "response" key) holds
+/// the letter "e", else 0; about half the completions of the random tiny policy do.
+const HAS_E: &str = r#"while IFS= read -r l; do case "${l#*\"response\"}" in *e*) echo 1;; *) echo 0;; esac; done"#;
+
 /// A tokenizer trained on a small corpus, a random tiny policy and a prompts file in `dir`.
 fn setup(dir: &Path) -> PathBuf {
     let mut rng = Rng::new(40);
@@ -152,6 +156,72 @@ fn ppo_raises_a_rule_reward() {
     assert!(batch.ref_logprobs.is_some() && batch.scores.as_ref().unwrap().len() == 16);
 }
 
+/// GRPO with a verifiable reward (1 when the completion holds a letter, else 0) and no reference
+/// (β = 0): the mean reward rises within a few iterations, the metrics are GRPO's, and the
+/// policy keeps no value head.
+#[test]
+fn grpo_raises_a_verifiable_reward() {
+    let gpu = Gpu::new(None).unwrap();
+    let dir = scratch_dir("train-grpo");
+    setup(&dir);
+    let extra = [
+        "--algo",
+        "grpo",
+        "--num-generations",
+        "8",
+        "--iterations",
+        "10",
+        "--lr",
+        "2e-2",
+        "--reward-cmd",
+        HAS_E,
+    ];
+    let report = run(&gpu, &options(&dir, "out", &extra)).unwrap_or_else(|e| panic!("train --algo grpo: {e}"));
+    let scores: Vec<f32> = report.metrics.iter().map(|m| m.score_mean).collect();
+    let (first, last) = (scores[..3].iter().sum::<f32>() / 3.0, scores[7..].iter().sum::<f32>() / 3.0);
+    assert!(last > first + 0.2 && last > 0.8, "GRPO should raise the share of completions with an e: {scores:?}");
+    let m = &report.metrics[0];
+    assert!(m.frac_reward_zero_std.is_some() && m.vf_loss.is_none() && m.explained_variance.is_none(), "{m:?}");
+    assert_eq!(m.kl_mean, 0.0, "β = 0: no reference, no KL");
+    let line = std::fs::read_to_string(dir.join("out/metrics.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert!(line["algo"] == "grpo" && line.get("frac_reward_zero_std").is_some() && line.get("vf_loss").is_none());
+    assert!(!checkpoint::load(&report.policy).unwrap().heads.value, "no value head is created or saved");
+
+    // A batch that is not whole groups, and a group of one, are refused before anything runs.
+    for (flags, want) in [(["--num-generations", "5"], "multiple of --num-generations"), (["--num-generations", "1"], "at least 2")] {
+        let mut args = vec!["--algo", "grpo", "--iterations", "1"];
+        args.extend(flags);
+        let err = run(&gpu, &options(&dir, "bad", &args)).unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    }
+}
+
+/// RLOO with its KL penalty and GRPO with the KL term resume bit-exactly, like PPO; a PPO
+/// checkpoint is not resumed as another algorithm.
+#[test]
+fn critic_free_runs_resume_bit_exact() {
+    let gpu = Gpu::new(None).unwrap();
+    let dir = scratch_dir("train-critic-free-resume");
+    setup(&dir);
+    for (algo, beta) in [("rloo", "0.05"), ("grpo", "0.04")] {
+        let extra = ["--algo", algo, "--beta", beta, "--iterations", "3", "--save-every", "1", "--num-generations", "4"];
+        let a = format!("{algo}-a");
+        run(&gpu, &options(&dir, &a, &extra)).unwrap_or_else(|e| panic!("{algo}: {e}"));
+        let mut resumed = options(&dir, &format!("{algo}-b"), &extra);
+        resumed.resume = Some(dir.join(&a).join("checkpoint-1"));
+        run(&gpu, &resumed).unwrap();
+        let bytes = |run: &str| std::fs::read(dir.join(run).join("policy/model.safetensors")).unwrap();
+        assert!(bytes(&a) == bytes(&format!("{algo}-b")), "{algo}: resumed weights differ");
+        let metrics = read_metrics(&dir.join(&a).join("metrics.jsonl"));
+        assert!(metrics[2].kl_mean > 0.0, "{algo}: the policy moved away from the reference");
+    }
+    let mut as_grpo = options(&dir, "x", &["--algo", "grpo", "--iterations", "4", "--num-generations", "4"]);
+    as_grpo.resume = Some(dir.join("rloo-a"));
+    let err = run(&gpu, &as_grpo).unwrap_err().to_string();
+    assert!(err.contains("--algo rloo, not grpo"), "{err}");
+}
+
 #[test]
 fn resume_is_bit_exact_and_the_same_seed_repeats() {
     let gpu = Gpu::new(None).unwrap();
@@ -276,6 +346,13 @@ fn a_reward_model_scores_at_the_last_token_and_trains() {
     let rm = rm_dir.to_str().unwrap();
     let report = run(&gpu, &options(&dir, "out", &["--iterations", "2", "--reward-model", rm])).unwrap();
     assert_eq!(report.metrics.len(), 2);
+    // The critic-free algorithms run on the reward model too, RLOO with its KL penalty (β 0.05).
+    for algo in ["grpo", "rloo"] {
+        let report = run(&gpu, &options(&dir, algo, &["--iterations", "2", "--reward-model", rm, "--algo", algo]))
+            .unwrap_or_else(|e| panic!("{algo}: {e}"));
+        assert!(report.metrics.iter().all(|m| m.loss.is_finite() && m.vf_loss.is_none()), "{algo}");
+        assert!(!checkpoint::load(&report.policy).unwrap().heads.value, "{algo} saves no value head");
+    }
     let not_rm = run(&gpu, &options(&dir, "x", &["--iterations", "1", "--reward-model", policy.to_str().unwrap()]));
     assert!(not_rm.unwrap_err().to_string().contains("no score.weight head"));
 }
