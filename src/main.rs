@@ -79,7 +79,8 @@ enum Command {
     Train(Box<ppo::trainer::TrainOptions>),
     /// Run the PPO update on a rollout batch file and write the new checkpoint.
     Update(ppo::update::UpdateArgs),
-    /// Print the GPU memory a training step needs (weights, gradients, AdamW state, activations).
+    /// Print the GPU memory a training step needs (weights, gradients, AdamW state, activations,
+    /// the frozen reference).
     Memory {
         /// Architecture: "tiny", "gpt2-small", or a config.json file.
         #[arg(long, default_value = "gpt2-small")]
@@ -88,6 +89,12 @@ enum Command {
         batch_size: usize,
         #[arg(long, default_value_t = 256)]
         seq_len: usize,
+        /// The algorithm: PPO trains a value head; GRPO and RLOO none.
+        #[arg(long, value_enum, default_value_t = ppo::algo::Algo::Ppo)]
+        algo: ppo::algo::Algo,
+        /// β: 0 needs no reference model [default: the algorithm's, as in `train`].
+        #[arg(long)]
+        beta: Option<f32>,
     },
     /// Train a byte-level BPE tokenizer (GPT-2's scheme) on a text corpus.
     TokenizerTrain {
@@ -152,20 +159,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!("wrote {} ({n} parameters, {cfg:?})", out.display());
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Memory { config, batch_size, seq_len } => {
+        Command::Memory { config, batch_size, seq_len, algo, beta } => {
             let cfg = named_config(config)?;
-            let heads = model::Heads { value: true, reward: false };
+            let heads = model::Heads { value: algo.has_value_head(), reward: false };
             let m = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, MatmulVariant::WorkgroupTiled);
             let cpu = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, MatmulVariant::RegisterTiled);
             let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
             let n = model::gpt::ParamLayout::new(&cfg, heads).count();
-            println!("{config}: {n} parameters (with a value head), batch {batch_size} x {seq_len} tokens");
+            let beta = beta.unwrap_or(algo.default_beta());
+            // The frozen reference: its weights, and its forward's activations (the rollout runs
+            // it, not during the update, so only the weights add to the training step's peak).
+            let reference =
+                if beta != 0.0 { 4 * model::gpt::ParamLayout::new(&cfg, model::Heads::default()).count() } else { 0 };
+            let head = if heads.value { "with a value head" } else { "no value head" };
+            println!("{config} for {algo}: {n} parameters ({head}), batch {batch_size} x {seq_len} tokens");
             println!("  weights          {:>10.1} MiB", mib(m.params));
             println!("  gradients        {:>10.1} MiB", mib(m.grads));
             println!("  AdamW moments    {:>10.1} MiB", mib(m.adam_state));
             println!("  activations      {:>10.1} MiB", mib(m.activations));
             println!("  backward scratch {:>10.1} MiB", mib(m.backward_scratch));
-            println!("  total            {:>10.1} MiB", mib(m.total()));
+            match reference {
+                0 => println!("  reference model  {:>10} (β = 0: no KL, none loaded)", "-"),
+                bytes => println!("  reference model  {:>10.1} MiB (frozen weights, β = {beta})", mib(bytes)),
+            }
+            println!("  total            {:>10.1} MiB", mib(m.total() + reference));
             println!(
                 "  (on a CPU adapter, plus {:.1} MiB of transposed weights in the backward)",
                 mib(cpu.transpose_scratch)

@@ -441,7 +441,8 @@ pub fn ppo_loss(
             vf = 0.5 * l1.max(l2);
             vf_clipped = (l2 > l1) as u8 as f64;
             let inside = (val - old_v).abs() <= cfg.cliprange_value;
-            out.dvalues[r] = cfg.vf_coef * w
+            out.dvalues[r] = cfg.vf_coef
+                * w
                 * if l1 >= l2 {
                     val - ret
                 } else if inside {
@@ -459,8 +460,13 @@ pub fn ppo_loss(
             out.dlogits[r * v + i] = dz / cfg.temperature;
         }
         let weighted = [pg + cfg.kl_coef * kl + cfg.vf_coef * vf - cfg.ent_coef * entropy, pg, vf];
-        let token_means =
-            [entropy, 0.5 * (logp - old_logp).powi(2), ((ratio - 1.0).abs() > cfg.cliprange) as u8 as f64, vf_clipped, ratio];
+        let token_means = [
+            entropy,
+            0.5 * (logp - old_logp).powi(2),
+            ((ratio - 1.0).abs() > cfg.cliprange) as u8 as f64,
+            vf_clipped,
+            ratio,
+        ];
         for (k, x) in weighted.into_iter().enumerate() {
             out.stats[k] += x * w;
         }

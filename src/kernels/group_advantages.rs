@@ -39,7 +39,14 @@ pub fn sequence_returns(rec: &mut Recorder, returns: &Tensor, rewards: &Tensor) 
     expect_len(returns, b, "sequence returns")?;
     let p = Params { b: b as u32, t: t as u32, ..Default::default() };
     let bindings = [bind(1, rewards), bind(2, returns)];
-    rec.dispatch(&SHADER, "sequence_returns", &[], bytemuck::bytes_of(&p), &bindings, [groups(b, WG_SEQUENCES) as u32, 1, 1])
+    rec.dispatch(
+        &SHADER,
+        "sequence_returns",
+        &[],
+        bytemuck::bytes_of(&p),
+        &bindings,
+        [groups(b, WG_SEQUENCES) as u32, 1, 1],
+    )
 }
 
 /// advantages [B, T] = mask [B, T] times each row's advantage from returns [B], the rows taken

@@ -116,7 +116,8 @@ impl RolloutBatch {
             f32_entry("old_logprobs", shape.clone(), &self.old_logprobs),
             f32_entry("advantages", shape.clone(), &self.advantages),
         ];
-        for (name, x) in [("old_values", &self.old_values), ("returns", &self.returns), ("ref_logprobs", &self.ref_logprobs)]
+        for (name, x) in
+            [("old_values", &self.old_values), ("returns", &self.returns), ("ref_logprobs", &self.ref_logprobs)]
         {
             if let Some(x) = x {
                 entries.push(f32_entry(name, shape.clone(), x));
@@ -178,7 +179,8 @@ impl PpoBatch {
             gpu.upload(&shape, &batch.old_logprobs)?,
             gpu.upload(&shape, &batch.advantages)?,
         );
-        let (old_values, returns, ref_logprobs) = (up(&batch.old_values)?, up(&batch.returns)?, up(&batch.ref_logprobs)?);
+        let (old_values, returns, ref_logprobs) =
+            (up(&batch.old_values)?, up(&batch.returns)?, up(&batch.ref_logprobs)?);
         let inputs = gpu.tensor(&[batch.b * batch.l, INPUT_COLUMNS], DType::F32)?;
         let mut rec = Recorder::new(gpu);
         let x = LossInputs {

@@ -201,7 +201,17 @@ pub fn prepare(
     masked_moments(&mut rec, &slot(1)?, &entropy, &mask)?;
     match cfg.algo.group_baseline(cfg.scale_rewards) {
         None => {
-            gae(&mut rec, GaeKernel::PerSequence, &advantages, &returns, &rewards, &old_values, &mask, cfg.gamma, cfg.lam)?;
+            gae(
+                &mut rec,
+                GaeKernel::PerSequence,
+                &advantages,
+                &returns,
+                &rewards,
+                &old_values,
+                &mask,
+                cfg.gamma,
+                cfg.lam,
+            )?;
             masked_moments(&mut rec, &slot(3)?, &returns, &mask)?;
             masked_moments(&mut rec, &slot(4)?, &old_values, &mask)?;
             masked_whiten(&mut rec, &advantages, &mask, &slot(2)?, true)?;

@@ -591,7 +591,7 @@ fn validate(opts: &TrainOptions) -> Result<()> {
     let critic_free = !opts.algo.has_value_head();
     let checks = [
         (opts.batch_size > 0, "--batch-size must be positive"),
-        (group > 0 && opts.batch_size % group == 0, "--batch-size must be a multiple of --num-generations"),
+        (group > 0 && opts.batch_size.is_multiple_of(group), "--batch-size must be a multiple of --num-generations"),
         (
             !critic_free || group >= 2,
             "--num-generations must be at least 2 for grpo and rloo (each completion is compared with its group)",
@@ -600,10 +600,7 @@ fn validate(opts: &TrainOptions) -> Result<()> {
         (opts.beta() >= 0.0, "--beta must not be negative"),
         (opts.response_length > 0, "--response-length must be positive"),
         (opts.max_prompt_length > 0, "--max-prompt-length must be positive"),
-        (
-            opts.temperature() > 0.0,
-            "--temperature must be positive (the log-probs are those of softmax(logits/τ))",
-        ),
+        (opts.temperature() > 0.0, "--temperature must be positive (the log-probs are those of softmax(logits/τ))"),
         (opts.reward_timeout > 0.0, "--reward-timeout must be positive"),
         (opts.kl_horizon > 0.0, "--kl-horizon must be positive"),
         (opts.target_kl.is_none_or(|t| t > 0.0), "--target-kl must be positive"),

@@ -10,7 +10,8 @@ fn values_shift_to_the_token_they_predict_and_pack_with_the_loss_inputs() {
     let values = rng.normals(b * t, 1.0);
     let cols: Vec<Vec<f64>> = (0..5).map(|_| rng.normals(b * t, 1.0)).collect();
     // Rows 0–2 with 4 or 5 trained tokens (position 0 never counts); row 3 with none.
-    let mask: Vec<f64> = (0..b * t).map(|i| if i / t == 3 { (i % t == 0) as u8 as f64 } else { (i % 3 != 0) as u8 as f64 }).collect();
+    let mask: Vec<f64> =
+        (0..b * t).map(|i| if i / t == 3 { (i % t == 0) as u8 as f64 } else { (i % 3 != 0) as u8 as f64 }).collect();
     let shifted = zeros(&[b, t]);
     let inputs = gpu.tensor(&[b * t, 8], DType::F32).unwrap();
     let mut rec = Recorder::new(&gpu);

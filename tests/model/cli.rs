@@ -173,3 +173,22 @@ fn update_seed_shuffles_the_minibatches_reproducibly() {
     assert!(a == b, "the same seed gives the same update");
     assert!(a != c && a != d, "another shuffle gives another update");
 }
+
+/// `memory --algo grpo` shows what the critic-free algorithm saves: no value head, and with
+/// GRPO's β = 0 no reference model.
+#[test]
+fn memory_shows_what_grpo_saves() {
+    let total = |args: &[&str]| {
+        let (ok, stdout, stderr) = ppo_wgpu(&[&["memory", "--config", "tiny"], args].concat());
+        assert!(ok, "{stderr}");
+        let line = stdout.lines().find(|l| l.trim_start().starts_with("total")).unwrap().to_string();
+        (stdout, line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap())
+    };
+    let ((ppo_out, ppo), (grpo_out, grpo), (_, rloo)) =
+        (total(&[]), total(&["--algo", "grpo"]), total(&["--algo", "rloo"]));
+    assert!(ppo_out.contains("with a value head") && grpo_out.contains("no value head"), "{grpo_out}");
+    assert!(grpo_out.contains("β = 0: no KL, none loaded"), "{grpo_out}");
+    // The value head is small (C + 1 weights and one value per token): at one decimal of a MiB
+    // it may not show.
+    assert!(grpo < rloo && rloo <= ppo, "ppo {ppo} MiB, rloo {rloo} MiB, grpo {grpo} MiB");
+}

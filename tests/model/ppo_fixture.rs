@@ -87,7 +87,8 @@ fn critic_free_update_gradients_match_pytorch_autograd() {
 
         let (got_bytes, want_bytes) =
             (std::fs::read(&dump).unwrap(), std::fs::read(format!("{FIXTURES}/{algo}-expected.safetensors")).unwrap());
-        let (got, want) = (SafeTensors::deserialize(&got_bytes).unwrap(), SafeTensors::deserialize(&want_bytes).unwrap());
+        let (got, want) =
+            (SafeTensors::deserialize(&got_bytes).unwrap(), SafeTensors::deserialize(&want_bytes).unwrap());
         for name in ["loss", "approx_kl", "clipfrac"] {
             let (g, w) = (read_f32(&got, name)[0] as f64, read_f32(&want, name)[0] as f64);
             assert!((g - w).abs() <= 1e-5 + 1e-4 * w.abs(), "{algo} {name}: {g} vs PyTorch {w}");
@@ -96,7 +97,11 @@ fn critic_free_update_gradients_match_pytorch_autograd() {
         for name in want.names().into_iter().filter(|n| n.contains(".weight") || n.contains(".bias")) {
             let err = tensor_error(&read_f32(&got, name), &read_f32(&want, name));
             report.push(format!("{name}: {err:.2e}"));
-            assert!(err < 1e-3, "{algo}: gradient of {name}: relative error {err:.2e} (tolerance 1e-3)\n{}", report.join("\n"));
+            assert!(
+                err < 1e-3,
+                "{algo}: gradient of {name}: relative error {err:.2e} (tolerance 1e-3)\n{}",
+                report.join("\n")
+            );
         }
         assert!(got.tensor("v_head.summary.weight").is_err(), "{algo} has no value head to differentiate");
         assert!(!model::checkpoint::load(&out).unwrap().heads.value, "{algo} saves no value head");

@@ -164,18 +164,8 @@ fn grpo_raises_a_verifiable_reward() {
     let gpu = Gpu::new(None).unwrap();
     let dir = scratch_dir("train-grpo");
     setup(&dir);
-    let extra = [
-        "--algo",
-        "grpo",
-        "--num-generations",
-        "8",
-        "--iterations",
-        "10",
-        "--lr",
-        "2e-2",
-        "--reward-cmd",
-        HAS_E,
-    ];
+    let extra =
+        ["--algo", "grpo", "--num-generations", "8", "--iterations", "10", "--lr", "2e-2", "--reward-cmd", HAS_E];
     let report = run(&gpu, &options(&dir, "out", &extra)).unwrap_or_else(|e| panic!("train --algo grpo: {e}"));
     let scores: Vec<f32> = report.metrics.iter().map(|m| m.score_mean).collect();
     let (first, last) = (scores[..3].iter().sum::<f32>() / 3.0, scores[7..].iter().sum::<f32>() / 3.0);
@@ -189,7 +179,9 @@ fn grpo_raises_a_verifiable_reward() {
     assert!(!checkpoint::load(&report.policy).unwrap().heads.value, "no value head is created or saved");
 
     // A batch that is not whole groups, and a group of one, are refused before anything runs.
-    for (flags, want) in [(["--num-generations", "5"], "multiple of --num-generations"), (["--num-generations", "1"], "at least 2")] {
+    for (flags, want) in
+        [(["--num-generations", "5"], "multiple of --num-generations"), (["--num-generations", "1"], "at least 2")]
+    {
         let mut args = vec!["--algo", "grpo", "--iterations", "1"];
         args.extend(flags);
         let err = run(&gpu, &options(&dir, "bad", &args)).unwrap_err().to_string();
@@ -205,7 +197,8 @@ fn critic_free_runs_resume_bit_exact() {
     let dir = scratch_dir("train-critic-free-resume");
     setup(&dir);
     for (algo, beta) in [("rloo", "0.05"), ("grpo", "0.04")] {
-        let extra = ["--algo", algo, "--beta", beta, "--iterations", "3", "--save-every", "1", "--num-generations", "4"];
+        let extra =
+            ["--algo", algo, "--beta", beta, "--iterations", "3", "--save-every", "1", "--num-generations", "4"];
         let a = format!("{algo}-a");
         run(&gpu, &options(&dir, &a, &extra)).unwrap_or_else(|e| panic!("{algo}: {e}"));
         let mut resumed = options(&dir, &format!("{algo}-b"), &extra);
