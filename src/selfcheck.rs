@@ -5,7 +5,7 @@
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::{
-    adamw, attention, cross_entropy, embedding, gae, gelu, layernorm, matmul, ppo, residual, rewards,
+    adamw, attention, cross_entropy, embedding, gae, gelu, group_advantages, layernorm, matmul, ppo, residual, rewards,
 };
 use crate::reference;
 use crate::rng::Rng;
@@ -268,6 +268,51 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
             (&dvalues, &want.dvalues, 1e-7, 1e-5),
             (&stats, &want.stats, 1e-5, 1e-4),
         ],
+    )?;
+
+    // The critic-free form (GRPO: per-sequence means, the k3 KL term) on the same minibatch,
+    // with reference log-probs and each sequence's 1/n_i added to the inputs.
+    for i in 0..rows {
+        let first = i - i % seq;
+        let n_i = (first..first + seq).filter(|&r| r % seq + 1 < seq && inputs[(r + 1) * 8] != 0.0).count();
+        inputs[i * 8 + 5] = (inputs[i * 8 + 1] + cx.rng.normal()) as f32 as f64;
+        inputs[i * 8 + 6] = (1.0 / n_i as f64) as f32 as f64;
+    }
+    let grpo_cfg = ppo::PpoLossConfig { kl_coef: 0.1, loss_type: ppo::LossType::Sequence, ..loss_cfg };
+    let rcfg = reference::PpoConfig { vf_coef: 0.0, kl_coef: 0.1, sequence_mean: true, ..rcfg };
+    let want = reference::ppo_loss(&logits, &tokens, &inputs, None, seq, v, &rcfg);
+    let (t_logits, t_inputs) = (cx.up(&logits, &[rows, v])?, cx.up(&inputs, &[rows, 8])?);
+    let mb = ppo::PpoMinibatch { logits: &t_logits, inputs: &t_inputs, values: None, ..mb };
+    cx.check(
+        "critic-free (GRPO) loss + stats",
+        |r| {
+            ppo::ppo_loss_fused(r, &mb, &grpo_cfg, None, &token_stats)?;
+            ppo::ppo_stats_reduce(r, &stats, &token_stats)
+        },
+        &[(&t_logits, &want.dlogits, 1e-7, 1e-4), (&stats, &want.stats, 1e-5, 1e-4)],
+    )?;
+
+    // Group advantages: RLOO's returns from per-token rewards, then GRPO's and RLOO's baselines,
+    // on 2 groups of 3 sequences of 7.
+    let (groups, g, t) = (2, 3, 7);
+    let b = groups * g;
+    let per_token = cx.rng.normals(b * t, 1.0);
+    let mask: Vec<f64> = (0..b * t).map(|i| (i % t >= 2 + i / t % 3) as u8 as f64).collect();
+    let returns: Vec<f64> = per_token.chunks(t).map(|row| row.iter().map(|x| *x as f32 as f64).sum()).collect();
+    let broadcast = |per_row: Vec<f64>| -> Vec<f64> { (0..b * t).map(|i| mask[i] * per_row[i / t]).collect() };
+    let want_grpo = broadcast(reference::group_advantages(&returns, g, true, false));
+    let want_rloo = broadcast(reference::group_advantages(&returns, g, false, true));
+    let (t_per_token, t_mask) = (cx.up(&per_token, &[b, t])?, cx.up(&mask, &[b, t])?);
+    let (t_returns, grpo_adv, rloo_adv) = (cx.zeros(&[b])?, cx.zeros(&[b, t])?, cx.zeros(&[b, t])?);
+    cx.check(
+        "group advantages (GRPO, RLOO)",
+        |r| {
+            use group_advantages::GroupBaseline;
+            group_advantages::sequence_returns(r, &t_returns, &t_per_token)?;
+            group_advantages::group_advantages(r, &grpo_adv, &t_returns, &t_mask, g, GroupBaseline::MeanStd)?;
+            group_advantages::group_advantages(r, &rloo_adv, &t_returns, &t_mask, g, GroupBaseline::LeaveOneOut)
+        },
+        &[(&t_returns, &returns, 1e-5, 1e-5), (&grpo_adv, &want_grpo, 1e-4, 1e-4), (&rloo_adv, &want_rloo, 1e-5, 1e-5)],
     )?;
 
     // GAE (both kernels), KL-penalised rewards and whitening on 3 sequences of 50.

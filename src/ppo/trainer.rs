@@ -206,9 +206,10 @@ impl TrainOptions {
     }
 }
 
-/// The options in a `--config` file as command-line arguments (`--name value`, `--flag` for
-/// true), to be placed before the user's own so that those win. TOML when the file ends in
-/// .toml, else JSON; a flat table of strings, numbers and booleans.
+/// The options in a `--config` file as command-line arguments (`--name value`; a switch such as
+/// `quiet = true` as `--quiet`), to be placed before the user's own so that those win. TOML when
+/// the file ends in .toml, else JSON; a flat table of strings, numbers and booleans, named as
+/// `train`'s options.
 pub fn config_args(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let bad = |e: String| Error::Input(format!("{}: {e}", path.display()));
@@ -218,12 +219,23 @@ pub fn config_args(path: &Path) -> Result<Vec<String>> {
     } else {
         serde_json::from_str(&text).map_err(|e| bad(format!("expected a JSON object of options: {e}")))?
     };
+    let train = <TrainOptions as clap::Args>::augment_args(clap::Command::new("train"));
     let mut args = Vec::new();
     for (key, value) in table {
-        let flag = format!("--{}", key.replace('_', "-"));
+        let name = key.replace('_', "-");
+        let Some(arg) = train.get_arguments().find(|a| a.get_long() == Some(name.as_str())) else {
+            return Err(bad(format!("{key} is not an option of train (see ppo-wgpu train --help)")));
+        };
+        let flag = format!("--{name}");
         match value {
-            serde_json::Value::Bool(true) => args.push(flag),
-            serde_json::Value::Bool(false) | serde_json::Value::Null => {}
+            // A switch is given or not; an option that takes a boolean (--scale-rewards) takes it.
+            serde_json::Value::Bool(b) if !arg.get_action().takes_values() => {
+                if b {
+                    args.push(flag);
+                }
+            }
+            serde_json::Value::Bool(b) => args.extend([flag, b.to_string()]),
+            serde_json::Value::Null => {}
             serde_json::Value::String(s) => args.extend([flag, s]),
             serde_json::Value::Number(n) => args.extend([flag, n.to_string()]),
             other => return Err(bad(format!("option {key} = {other}: expected a string, number or boolean"))),

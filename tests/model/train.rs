@@ -389,3 +389,33 @@ fn missing_eos_penalty_and_divergence() {
         .to_string();
     assert!(err.contains("training diverged: iteration") && err.contains("last good checkpoint"), "{err}");
 }
+
+/// `--config FILE`: a TOML or JSON table of train's options becomes flags placed before the
+/// user's, which win; a boolean option (--scale-rewards) takes its value, a switch (--quiet) is
+/// given or not, and an unknown name is an error that names it.
+#[test]
+fn config_files_become_flags() {
+    use ppo_wgpu::ppo::algo::Algo;
+    use ppo_wgpu::ppo::trainer::config_args;
+    let dir = scratch_dir("train-config");
+    let toml = dir.join("run.toml");
+    std::fs::write(&toml, "algo = \"grpo\"\nscale_rewards = false\nquiet = true\nbatch-size = 24\nlr = 0.001\n")
+        .unwrap();
+    let mut args = vec!["train".to_string()];
+    args.extend(config_args(&toml).unwrap());
+    args.extend(
+        ["--policy", "p", "--prompts", "x", "--out", "o", "--reward-cmd", "cat", "--lr", "0.002"].map(String::from),
+    );
+    let opts = Cli::parse_from(args).train;
+    assert_eq!(opts.algo, Algo::Grpo);
+    assert!(!opts.scale_rewards && opts.quiet);
+    assert_eq!((opts.batch_size, opts.lr), (24, 0.002), "the command line wins over the file");
+    assert_eq!((opts.num_generations(), opts.epochs(), opts.beta()), (8, 1, 0.0), "GRPO's defaults");
+
+    let json = dir.join("run.json");
+    std::fs::write(&json, r#"{"quiet": false, "scale_rewards": true, "iterations": 3}"#).unwrap();
+    assert_eq!(config_args(&json).unwrap(), ["--iterations", "3", "--scale-rewards", "true"].map(String::from));
+    std::fs::write(&json, r#"{"learning_rate": 0.1}"#).unwrap();
+    let err = config_args(&json).unwrap_err().to_string();
+    assert!(err.contains("learning_rate is not an option of train"), "{err}");
+}
