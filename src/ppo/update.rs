@@ -127,7 +127,7 @@ pub struct UpdateArgs {
 
 impl UpdateArgs {
     pub fn options(&self) -> UpdateOptions {
-        let beta = self.beta.unwrap_or(Algo::Grpo.default_beta());
+        let beta = self.beta.unwrap_or(0.0);
         let loss_type = self.loss_type.unwrap_or(self.algo.default_loss_type());
         UpdateOptions {
             algo: self.algo,
