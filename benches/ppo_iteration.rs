@@ -4,10 +4,12 @@
 //! the design document (batch 32, prompt 16 + response 48, 4 epochs × 4 minibatches), and for
 //! GPT-2 small (batch 8, prompt 64 + response 64) when PPO_WGPU_BENCH_GPT2=1 (minutes on a
 //! software adapter). Random weights; every phase ends in its own readback, so wall-clock
-//! time per phase is what a run spends there. Prints each phase's share and generation tokens/s.
+//! time per phase is what a run spends there. Prints each phase's time, share, dispatches,
+//! submits and readbacks, and generation tokens/s. (`train` itself saves the scoring phase's
+//! readback: its scores come back with the rollout's statistics.)
 
 use ppo_wgpu::generate::{GenerateOptions, Sampling, generate};
-use ppo_wgpu::gpu::{Gpu, Recorder};
+use ppo_wgpu::gpu::{Counts, Gpu, Recorder};
 use ppo_wgpu::kernels::adamw::AdamW;
 use ppo_wgpu::kernels::ppo::PpoLossConfig;
 use ppo_wgpu::kernels::rewards::KlEstimator;
@@ -50,8 +52,16 @@ fn bench(gpu: &Arc<Gpu>, s: &Shape, iterations: usize) {
         (0..s.batch).map(|_| (0..s.prompt).map(|_| rng.below(s.config.vocab_size as u32)).collect()).collect();
 
     let mut totals = [0.0f64; 4];
+    let mut counts = [Counts::default(); 4];
     for it in 0..iterations + 1 {
         let mut times = [0.0f64; 4];
+        let mut phase_counts = [Counts::default(); 4];
+        let mut c = gpu.counts();
+        let mut counted = |k: usize, phase_counts: &mut [Counts; 4]| {
+            let now = gpu.counts();
+            phase_counts[k] = now - c;
+            c = now;
+        };
         let t = Instant::now();
         let opts = GenerateOptions {
             max_new_tokens: s.response,
@@ -64,10 +74,12 @@ fn bench(gpu: &Arc<Gpu>, s: &Shape, iterations: usize) {
         let generation = generate(&policy, &prompts, &opts).unwrap();
         let seqs = Sequences::new(&generation, s.response, None);
         times[0] = t.elapsed().as_secs_f64();
+        counted(0, &mut phase_counts);
 
         let t = Instant::now();
         let scores = score(&reward_model, &seqs);
         times[1] = t.elapsed().as_secs_f64();
+        counted(1, &mut phase_counts);
 
         let t = Instant::now();
         let adv = AdvantageConfig {
@@ -80,8 +92,10 @@ fn bench(gpu: &Arc<Gpu>, s: &Shape, iterations: usize) {
             num_generations: 1,
             scale_rewards: true,
         };
-        let rollout = prepare(&policy, Some(&reference), &seqs, &scores, &adv).unwrap();
+        let rollout =
+            prepare(&policy, Some(&reference), &seqs, &gpu.upload(&[s.batch], &scores).unwrap(), &adv).unwrap();
         times[2] = t.elapsed().as_secs_f64();
+        counted(2, &mut phase_counts);
 
         let t = Instant::now();
         let update = UpdateOptions {
@@ -96,9 +110,11 @@ fn bench(gpu: &Arc<Gpu>, s: &Shape, iterations: usize) {
         let (stats, _) = ppo_update(&policy, &mut opt, &rollout.batch, &update, false).unwrap();
         assert!(stats.means.iter().all(|x| x.is_finite()), "{}: non-finite update statistics", s.label);
         times[3] = t.elapsed().as_secs_f64();
+        counted(3, &mut phase_counts);
         if it > 0 {
             // the first iteration compiles pipelines and fills the buffer pool
             totals.iter_mut().zip(times).for_each(|(a, b)| *a += b);
+            counts.iter_mut().zip(phase_counts).for_each(|(a, b)| *a = *a + b);
         }
     }
     let total: f64 = totals.iter().sum();
@@ -106,11 +122,18 @@ fn bench(gpu: &Arc<Gpu>, s: &Shape, iterations: usize) {
         "\nPPO iteration, {}: batch {}, prompt {} + response {}, {} epochs x {} minibatches (mean of {iterations})",
         s.label, s.batch, s.prompt, s.response, s.epochs, s.minibatches
     );
-    println!("  {:<42} {:>10} {:>7}", "phase", "ms", "share");
-    for (name, t) in PHASES.iter().zip(totals) {
-        println!("  {name:<42} {:>10.1} {:>6.1}%", t / iterations as f64 * 1e3, 100.0 * t / total);
+    println!("  {:<42} {:>10} {:>7} {:>11} {:>8} {:>10}", "phase", "ms", "share", "dispatches", "submits", "readbacks");
+    let per = |x: u64| x as f64 / iterations as f64;
+    let row = |name: &str, t: f64, c: Counts| {
+        let share = format!("{:.1}%", 100.0 * t / total);
+        let ms = t / iterations as f64 * 1e3;
+        let (d, s, r) = (per(c.dispatches), per(c.submits), per(c.readbacks));
+        println!("  {name:<42} {ms:>10.1} {share:>7} {d:>11.0} {s:>8.0} {r:>10.0}");
+    };
+    for ((name, t), c) in PHASES.iter().zip(totals).zip(counts) {
+        row(name, t, c);
     }
-    println!("  {:<42} {:>10.1}", "iteration", total / iterations as f64 * 1e3);
+    row("iteration", total, counts.into_iter().fold(Counts::default(), |a, b| a + b));
     let gen_tokens = (s.batch * s.response) as f64;
     println!("  generation: {:.0} tokens/s", gen_tokens / (totals[0] / iterations as f64));
 }

@@ -213,8 +213,12 @@ pub fn run(gpu: &std::sync::Arc<crate::gpu::Gpu>, args: &GenerateArgs) -> Result
         eos,
         check_every: 16,
     };
-    let generation = generate(&model, &prompts, &opts)?;
+    let generation = {
+        let _phase = gpu.phase("generation");
+        generate(&model, &prompts, &opts)?
+    };
     let logprobs = if args.json {
+        let _phase = gpu.phase("log-probs of the completions");
         let temperature = if args.temperature > 0.0 { args.temperature } else { 1.0 };
         Some(completion_logprobs(&model, &generation, args.max_new_tokens, eos, temperature)?)
     } else {

@@ -21,6 +21,16 @@ struct Cli {
     #[arg(long, global = true, value_name = "NAME", env = gpu::ADAPTER_ENV)]
     adapter: Option<String>,
 
+    /// Print, at the end, the GPU time of every kernel (timestamp queries), the wall-clock time
+    /// of each phase and the dispatches, submits and readbacks per iteration (on stderr).
+    #[arg(long, global = true)]
+    profile: bool,
+
+    /// With --profile: also write the report as JSON to FILE, and a Chrome trace of one
+    /// iteration (chrome://tracing, ui.perfetto.dev) beside it as FILE with .trace.json.
+    #[arg(long, global = true, value_name = "FILE")]
+    profile_out: Option<PathBuf>,
+
     /// With no command: the demo (PPO on the shipped models; `ppo-wgpu demo --help`).
     #[command(subcommand)]
     command: Option<Command>,
@@ -192,6 +202,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
         _ => {}
     }
     let gpu = Gpu::new(cli.adapter.as_deref())?;
+    let profiling = cli.profile || cli.profile_out.is_some();
+    if profiling {
+        gpu.start_profiling();
+    }
+    let code = run_on_gpu(&gpu, command)?;
+    if profiling {
+        let profile = gpu.profile();
+        eprint!("\n{}", profile.table());
+        if let Some(path) = &cli.profile_out {
+            let json = serde_json::to_string_pretty(&profile).expect("the profile serialises");
+            model::checkpoint::write_atomically(path, json.as_bytes())?;
+            let trace = path.with_extension("trace.json");
+            model::checkpoint::write_atomically(&trace, profile.trace_json().as_bytes())?;
+            eprintln!("profile in {}, trace of one iteration in {}", path.display(), trace.display());
+        }
+    }
+    Ok(code)
+}
+
+/// Runs a command that needs the GPU.
+fn run_on_gpu(gpu: &std::sync::Arc<Gpu>, command: Command) -> Result<ExitCode> {
+    let gpu = gpu.clone();
     match command {
         Command::TokenizerTrain { .. } | Command::Memory { .. } | Command::Init { .. } => {
             unreachable!("handled above")

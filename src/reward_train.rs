@@ -190,6 +190,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &RewardTrainOptions) -> Result<Vec<EpochReport>
         for (k, chunk) in pairs.chunks(opts.batch_size).enumerate() {
             let refs: Vec<&Pair> = chunk.iter().collect();
             let lr = learning_rate(opts.lr, epoch * steps_per_epoch + k, opts.warmup, total, 0.1);
+            let (_iteration, _phase) = (gpu.iteration(), gpu.phase("training step"));
             let mut rec = Recorder::new(gpu);
             rec.zero(&grads.flat);
             let stats = record(&mut rec, &model, &collate(gpu, &model, &refs, t)?, Some(&grads))?;
@@ -200,7 +201,10 @@ pub fn run(gpu: &Arc<Gpu>, opts: &RewardTrainOptions) -> Result<Vec<EpochReport>
             bar.set_message(format!("epoch {} loss {:.4}", epoch + 1, train_loss / seen as f64));
             bar.inc(1);
         }
-        let (eval_loss, eval_accuracy) = evaluate(&model, &eval_set, opts.batch_size, t)?;
+        let (eval_loss, eval_accuracy) = {
+            let _phase = gpu.phase("evaluation");
+            evaluate(&model, &eval_set, opts.batch_size, t)?
+        };
         let report =
             EpochReport { epoch: epoch + 1, train_loss: (train_loss / seen as f64) as f32, eval_loss, eval_accuracy };
         if !report.train_loss.is_finite() {

@@ -336,16 +336,20 @@ pub fn run(gpu: &Arc<Gpu>, opts: &SftOptions) -> Result<SftReport> {
         let lr = learning_rate(opts.lr, step, opts.warmup, opts.steps, 0.1);
 
         // One submit: forward, loss, backward, clip, AdamW; then one readback of the losses.
+        let iteration = gpu.iteration();
+        let phase = gpu.phase("training step");
         let lm = trainer.lm_batch(&examples)?;
         let mut rec = Recorder::new(gpu);
         record_step(&mut rec, &trainer.model, &mut opt, &grads, &lm, lr)?;
         rec.submit();
         train_loss = lm.mean_loss(gpu)?;
         tokens += examples.iter().map(|e| e.ids.len()).sum::<usize>();
+        drop((phase, iteration));
 
         let done = step + 1;
         let evaluate = done == opts.steps || (opts.eval_every > 0 && done % opts.eval_every == 0);
         if evaluate {
+            let _phase = gpu.phase("evaluation");
             eval_loss = trainer.eval_loss(&eval_set)?;
         }
         let tok_per_s = tokens as f64 / started.elapsed().as_secs_f64();
@@ -364,6 +368,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &SftOptions) -> Result<SftReport> {
             );
         }
         if done == opts.steps || (opts.save_every > 0 && done % opts.save_every == 0) {
+            let _phase = gpu.phase("checkpoint");
             save(&trainer, &opt, done)?;
         }
     }

@@ -164,13 +164,16 @@ pub fn run(gpu: &Arc<Gpu>, opts: &DemoOptions) -> Result<DemoReport> {
     let tok = Tokenizer::load(&policy_dir.join(TOKENIZER_FILE))?;
     let reward = RewardModel::load(gpu, &reward_dir, &policy_dir.join(TOKENIZER_FILE))?;
     let shown: Vec<String> = reviews::OPENINGS[..6].iter().map(|s| s.to_string()).collect();
+    let phase = gpu.phase("samples before and after");
     let before = show_samples(&crate::model::load(gpu, &policy_dir)?, &reward, &tok, &shown, opts.seed)?;
     print_samples("before PPO", &before);
     println!();
 
     let args = std::iter::once("train".to_string()).chain(flags);
     let train = TrainCli::try_parse_from(args).map_err(|e| Error::Input(format!("demo settings: {e}")))?.train;
+    drop(phase);
     let report = trainer::run(gpu, &train)?;
+    let _phase = gpu.phase("samples before and after");
 
     let after = show_samples(&crate::model::load(gpu, &report.policy)?, &reward, &tok, &shown, opts.seed)?;
     println!();

@@ -4,9 +4,11 @@
 //! Nothing above this layer needs to name a wgpu type: kernels take `&mut Recorder` and
 //! `&Tensor`s, and the model and trainer only ever see those.
 
+mod profiler;
 mod recorder;
 mod tensor;
 
+pub use profiler::{Iteration, KernelRow, PerIteration, Phase, PhaseRow, Profile, Work};
 pub use recorder::{Binding, PRELUDE, Recorder, Shader};
 pub use tensor::{DType, Tensor};
 
@@ -21,6 +23,7 @@ pub const ADAPTER_ENV: &str = "PPO_WGPU_ADAPTER";
 /// Running totals of the host↔GPU work a device has done (see `Gpu::counts`).
 #[derive(Default)]
 pub(crate) struct Counters {
+    dispatches: std::sync::atomic::AtomicU64,
     submits: std::sync::atomic::AtomicU64,
     readbacks: std::sync::atomic::AtomicU64,
     buffers: std::sync::atomic::AtomicU64,
@@ -33,10 +36,12 @@ impl Counters {
     }
 }
 
-/// A snapshot of a device's counters: command submissions, readbacks (host waits for data),
-/// GPU buffers created (the pool's reuses excluded) and pipelines compiled.
+/// A snapshot of a device's counters: kernel dispatches, command submissions, readbacks (host
+/// waits for data), GPU buffers created (the pool's reuses excluded) and pipelines compiled.
+/// (The profiler's own timestamp readbacks are not counted.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
+    pub dispatches: u64,
     pub submits: u64,
     pub readbacks: u64,
     pub buffers: u64,
@@ -47,10 +52,24 @@ impl std::ops::Sub for Counts {
     type Output = Counts;
     fn sub(self, o: Counts) -> Counts {
         Counts {
+            dispatches: self.dispatches - o.dispatches,
             submits: self.submits - o.submits,
             readbacks: self.readbacks - o.readbacks,
             buffers: self.buffers - o.buffers,
             pipelines: self.pipelines - o.pipelines,
+        }
+    }
+}
+
+impl std::ops::Add for Counts {
+    type Output = Counts;
+    fn add(self, o: Counts) -> Counts {
+        Counts {
+            dispatches: self.dispatches + o.dispatches,
+            submits: self.submits + o.submits,
+            readbacks: self.readbacks + o.readbacks,
+            buffers: self.buffers + o.buffers,
+            pipelines: self.pipelines + o.pipelines,
         }
     }
 }
@@ -79,6 +98,11 @@ pub struct Gpu {
     /// What this device has done so far, for tests and benches that check the budgets of
     /// docs/design.md §7.
     pub(crate) counters: Counters,
+    /// The profiler (`--profile`): on or off, what it has gathered, and its pooled timestamp
+    /// query sets.
+    profiling: std::sync::atomic::AtomicBool,
+    profile: Mutex<profiler::ProfileData>,
+    query_kits: Mutex<Vec<profiler::QueryKit>>,
     /// Errors wgpu reported outside an error scope (validation, out of memory), kept until the
     /// next `wait` or download turns the first into this crate's error instead of a panic.
     uncaptured: Arc<Mutex<Vec<String>>>,
@@ -200,9 +224,12 @@ impl Gpu {
         if let Some(max) = max_binding_bytes {
             limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(max);
         }
+        // Timestamp queries where the adapter has them, for the profiler (they cost nothing
+        // until it asks for them).
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("ppo-wgpu"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -228,6 +255,9 @@ impl Gpu {
             pool: BufferPool::default(),
             uniform_arenas: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            profiling: Default::default(),
+            profile: Mutex::new(profiler::ProfileData::new(Counts::default())),
+            query_kits: Mutex::new(Vec::new()),
             uncaptured,
         }))
     }
@@ -237,6 +267,7 @@ impl Gpu {
         let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         let c = &self.counters;
         Counts {
+            dispatches: get(&c.dispatches),
             submits: get(&c.submits),
             readbacks: get(&c.readbacks),
             buffers: get(&c.buffers),

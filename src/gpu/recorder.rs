@@ -5,8 +5,10 @@
 //! `submit` uploads all parameters with one `write_buffer` and submits everything at once.
 //! Dispatches within a pass are ordered by wgpu's usage tracking, so a recorder may hold a
 //! whole forward and backward pass. (On lavapipe a dispatch costs ~36 µs inside one pass and a
-//! submit+wait ~100 µs, so fewer submits is the main lever there too.)
+//! submit+wait ~100 µs, so fewer submits is the main lever there too.) While the profiler is on,
+//! each dispatch gets a timed pass of its own instead (`profiler.rs`).
 
+use super::profiler::{MAX_TIMED_DISPATCHES, QueryKit, Timed, Work};
 use super::{Counters, DType, Gpu, Tensor};
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -57,6 +59,10 @@ pub struct Recorder {
     /// buffer (`write_buffer` runs at the start of the next submit) would overwrite data the
     /// recorded commands still have to read.
     in_use: Vec<Tensor>,
+    /// While profiling: the dispatches recorded with timestamps since the last submit, and the
+    /// query set their timestamps go to.
+    timed: Vec<Timed>,
+    queries: Option<QueryKit>,
 }
 
 impl Recorder {
@@ -78,6 +84,8 @@ impl Recorder {
             arena: Some(arena),
             dispatches: 0,
             in_use: Vec::new(),
+            timed: Vec::new(),
+            queries: None,
         }
     }
 
@@ -106,7 +114,9 @@ impl Recorder {
     }
 
     /// Records one dispatch of `entry` in `shader`. `params` is the kernel's uniform struct
-    /// (bound at `@binding(0)`), `bindings` its storage buffers, `workgroups` the grid.
+    /// (bound at `@binding(0)`), `bindings` its storage buffers, `workgroups` the grid, `work`
+    /// what it computes (for the profiler's rates).
+    #[allow(clippy::too_many_arguments)]
     pub fn dispatch(
         &mut self,
         shader: &Shader,
@@ -115,7 +125,12 @@ impl Recorder {
         params: &[u8],
         bindings: &[Binding],
         workgroups: [u32; 3],
+        work: Work,
     ) -> Result<()> {
+        let timed = self.gpu.is_profiling() && self.gpu.has_timestamps();
+        if timed && self.timed.len() == MAX_TIMED_DISPATCHES {
+            self.flush(); // the query set is full
+        }
         let max_binding = self.gpu.limits.max_storage_buffer_binding_size;
         for b in bindings {
             if b.tensor.dtype() != b.dtype {
@@ -175,11 +190,36 @@ impl Recorder {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
+        self.dispatches += 1;
+        Counters::bump(&self.gpu.counters.dispatches);
+        if timed {
+            // A pass of its own, with a timestamp at its start and its end.
+            self.pass = None;
+            let queries = self.queries.get_or_insert_with(|| self.gpu.take_query_kit());
+            let encoder =
+                self.encoder.get_or_insert_with(|| self.gpu.device.create_command_encoder(&Default::default()));
+            let at = 2 * self.timed.len() as u32;
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(entry),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &queries.query_set,
+                    beginning_of_pass_write_index: Some(at),
+                    end_of_pass_write_index: Some(at + 1),
+                }),
+            });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+            self.timed.push(Timed { kernel: format!("{}:{entry}", shader.name), work });
+            return Ok(());
+        }
+        if self.gpu.is_profiling() {
+            self.gpu.profile_untimed(&format!("{}:{entry}", shader.name), work);
+        }
         let pass = self.pass();
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
-        self.dispatches += 1;
         Ok(())
     }
 
@@ -199,15 +239,25 @@ impl Recorder {
         self.encoder().copy_buffer_to_buffer(&s, so, &d, d_o, n);
     }
 
-    /// Uploads the parameters and submits what has been recorded so far; the recorder stays usable.
+    /// Uploads the parameters and submits what has been recorded so far; the recorder stays
+    /// usable. (While profiling, it then waits for the timestamps of what it submitted.)
     pub fn flush(&mut self) {
         self.pass = None;
-        if let Some(encoder) = self.encoder.take() {
+        if let Some(mut encoder) = self.encoder.take() {
             if !self.uniforms.is_empty() {
                 self.gpu.queue.write_buffer(self.arena.as_ref().unwrap(), 0, &self.uniforms);
             }
+            let queries = self.queries.as_ref().filter(|_| !self.timed.is_empty());
+            if let Some(q) = queries {
+                let n = 2 * self.timed.len() as u32;
+                encoder.resolve_query_set(&q.query_set, 0..n, &q.resolve, 0);
+                encoder.copy_buffer_to_buffer(&q.resolve, 0, &q.readback, 0, n as u64 * wgpu::QUERY_SIZE as u64);
+            }
             self.gpu.queue.submit([encoder.finish()]);
             Counters::bump(&self.gpu.counters.submits);
+            if let Some(q) = queries {
+                self.gpu.profile_timed(q, std::mem::take(&mut self.timed));
+            }
         }
         self.uniforms.clear();
         self.in_use.clear();
@@ -226,6 +276,9 @@ impl Drop for Recorder {
         self.flush();
         if let Some(arena) = self.arena.take() {
             self.gpu.uniform_arenas.lock().unwrap().push(arena);
+        }
+        if let Some(queries) = self.queries.take() {
+            self.gpu.return_query_kit(queries);
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use super::{bind, expect_len, groups, row_ranges};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Recorder, Shader, Tensor};
+use crate::gpu::{Recorder, Shader, Tensor, Work};
 
 pub const SHADER: Shader = Shader { name: "adamw", source: include_str!("../../shaders/adamw.wgsl"), includes: &[] };
 
@@ -67,7 +67,8 @@ pub fn grad_norm(
         let wgs = groups(n, WG).clamp(1, per_slice);
         let p = Params { n: n as u32, max_norm, first_partial: (i * per_slice) as u32, ..Default::default() };
         let b = [bind(1, &slice), bind(2, partial)];
-        rec.dispatch(&SHADER, "grad_norm_partial", &[], bytemuck::bytes_of(&p), &b, [wgs as u32, 1, 1])?;
+        let work = Work::flops(2 * n, n); // Σ g²
+        rec.dispatch(&SHADER, "grad_norm_partial", &[], bytemuck::bytes_of(&p), &b, [wgs as u32, 1, 1], work)?;
     }
     let p = Params { n: NORM_PARTIALS as u32, max_norm, ..Default::default() };
     rec.dispatch(
@@ -77,6 +78,7 @@ pub fn grad_norm(
         bytemuck::bytes_of(&p),
         &[bind(3, partial), bind(4, norm_scale)],
         [1, 1, 1],
+        Work::floats(NORM_PARTIALS + 2),
     )
 }
 
@@ -115,7 +117,9 @@ pub fn adamw_update(
         let slice = |t: &Tensor| t.view(&gpu, start, &[len]);
         let (grad, param, m, v) = (slice(grad)?, slice(param)?, slice(m)?, slice(v)?);
         let b = [bind(1, &grad), bind(5, norm_scale), bind(6, &param), bind(7, &m), bind(8, &v)];
-        rec.dispatch(&SHADER, "adamw_update", &[], bytemuck::bytes_of(&p), &b, gpu.grid(groups(len, WG)))?;
+        // Reads gradient, parameter and both moments, writes the last three; ~15 flops each.
+        let work = Work::flops(15 * len, 7 * len);
+        rec.dispatch(&SHADER, "adamw_update", &[], bytemuck::bytes_of(&p), &b, gpu.grid(groups(len, WG)), work)?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use super::{bind, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Recorder, Shader, Tensor};
+use crate::gpu::{Recorder, Shader, Tensor, Work};
 
 pub const SHADER: Shader =
     Shader { name: "attention", source: include_str!("../../shaders/attention.wgsl"), includes: &[] };
@@ -33,6 +33,14 @@ pub struct AttentionShape {
 }
 
 impl AttentionShape {
+    /// The forward's work: per (batch, head), causal Q·Kᵀ and P·V over T·(T + 1)/2 pairs of
+    /// head_dim-long vectors, 2 flops per multiply-add; reads qkv, writes out and lse.
+    fn forward_work(&self) -> Work {
+        let AttentionShape { b, t, c, .. } = *self;
+        let pairs = b * t * (t + 1) / 2;
+        Work::flops(2 * 2 * pairs * c, b * t * (3 * c + c) + self.rows())
+    }
+
     /// Checks the head dimension and the tensors every attention kernel reads (qkv, mask, the
     /// forward's out and lse); returns the uniform parameters and the head dimension.
     fn check(&self, qkv: &Tensor, mask: &Tensor, out: &Tensor, lse: &Tensor) -> Result<(Params, f64)> {
@@ -69,7 +77,8 @@ pub fn attention_forward(
     let (params, hd) = shape.check(qkv, mask, out, lse)?;
     let grid = rec.gpu().grid(groups(shape.rows(), WG));
     let bindings = [bind(1, qkv), bind_u32(2, mask), bind(3, out), bind(4, lse)];
-    rec.dispatch(&SHADER, "attention_forward", &[("HEAD_DIM", hd)], bytemuck::bytes_of(&params), &bindings, grid)
+    let p = bytemuck::bytes_of(&params);
+    rec.dispatch(&SHADER, "attention_forward", &[("HEAD_DIM", hd)], p, &bindings, grid, shape.forward_work())
 }
 
 /// dqkv [B, T, 3C] = ∂L/∂qkv (overwritten) from dout [B, T, C] and the forward's out and lse;
@@ -100,8 +109,14 @@ pub fn attention_backward(
         p,
         &[bind(5, out), bind(6, dout), bind(8, delta)],
         grid,
+        Work::flops(2 * out.len(), 2 * out.len() + lse.len()),
     )?;
+    // Each of the two backward kernels recomputes the scores and does the forward's work twice
+    // over (dP = dO·Vᵀ and dQ = dS·K; dV = Pᵀ·dO and dK = dSᵀ·Q).
+    let AttentionShape { b: batch, t, c, .. } = shape;
+    let backward =
+        Work::flops(3 * shape.forward_work().flops as usize / 2, batch * t * (3 * c + 3 * c + c) + 2 * lse.len());
     let b = [bind(1, qkv), bind_u32(2, mask), bind(6, dout), bind(7, lse), bind(9, delta), bind(10, dqkv)];
-    rec.dispatch(&SHADER, "attention_backward_query", &constants, p, &b, grid)?;
-    rec.dispatch(&SHADER, "attention_backward_key_value", &constants, p, &b, grid)
+    rec.dispatch(&SHADER, "attention_backward_query", &constants, p, &b, grid, backward)?;
+    rec.dispatch(&SHADER, "attention_backward_key_value", &constants, p, &b, grid, backward)
 }

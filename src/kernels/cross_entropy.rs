@@ -2,7 +2,7 @@
 
 use super::{as_matrix, bind, bind_u32, expect_len, row_ranges};
 use crate::error::Result;
-use crate::gpu::{Recorder, Shader, Tensor};
+use crate::gpu::{Recorder, Shader, Tensor, Work};
 
 pub const SHADER: Shader =
     Shader { name: "cross_entropy", source: include_str!("../../shaders/cross_entropy.wgsl"), includes: &[] };
@@ -46,7 +46,8 @@ pub fn cross_entropy_forward(
         let (lse, loss) = (lse.view(&gpu, r0, &[n])?, loss.view(&gpu, r0, &[n])?);
         let p = params(&logits, temperature);
         let b = [bind(1, &logits), bind_u32(2, &targets), bind(3, &lse), bind(4, &loss)];
-        rec.dispatch(&SHADER, "cross_entropy_forward", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n))?;
+        let work = Work::floats(n * v + 3 * n);
+        rec.dispatch(&SHADER, "cross_entropy_forward", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n), work)?;
     }
     Ok(())
 }
@@ -60,7 +61,8 @@ pub fn log_softmax_forward(rec: &mut Recorder, logp: &Tensor, logits: &Tensor, t
         let (logits, logp) = (logits.view(&gpu, r0 * v, &[n, v])?, logp.view(&gpu, r0 * v, &[n, v])?);
         let p = params(&logits, temperature);
         let b = [bind(1, &logits), bind(5, &logp)];
-        rec.dispatch(&SHADER, "log_softmax_forward", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n))?;
+        let work = Work::floats(2 * n * v);
+        rec.dispatch(&SHADER, "log_softmax_forward", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n), work)?;
     }
     Ok(())
 }
@@ -86,7 +88,8 @@ pub fn cross_entropy_backward(
         let (dloss, lse) = (dloss.view(&gpu, r0, &[n])?, lse.view(&gpu, r0, &[n])?);
         let p = params(&logits, temperature);
         let b = [bind_u32(2, &targets), bind(6, &logits), bind(7, &dloss), bind(8, &lse)];
-        rec.dispatch(&SHADER, "cross_entropy_backward", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n))?;
+        let work = Work::floats(2 * n * v + 3 * n); // the logits read, their gradient written in place
+        rec.dispatch(&SHADER, "cross_entropy_backward", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n), work)?;
     }
     Ok(())
 }

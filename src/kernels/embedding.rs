@@ -2,7 +2,7 @@
 
 use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Recorder, Shader, Tensor};
+use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work};
 use std::sync::Arc;
 
 pub const SHADER: Shader =
@@ -112,7 +112,8 @@ pub fn embedding_forward(
         };
         let grid = gpu.grid(groups(ids.len() * c, WG));
         let b = [bind_u32(1, ids), bind_u32(2, pos), bind(3, &slice), bind(4, wpe), bind(5, out)];
-        rec.dispatch(&SHADER, "embedding_forward", &[], bytemuck::bytes_of(&params), &b, grid)?;
+        let work = Work::floats(3 * ids.len() * c); // a wte row and a wpe row read, a row written per token
+        rec.dispatch(&SHADER, "embedding_forward", &[], bytemuck::bytes_of(&params), &b, grid, work)?;
     }
     Ok(())
 }
@@ -147,7 +148,10 @@ pub fn embedding_backward(rec: &mut Recorder, dtable: &Tensor, dout: &Tensor, bu
             bind_u32(9, &buckets.tokens),
             bind(10, &slice),
         ];
-        rec.dispatch(&SHADER, "embedding_backward", &[], bytemuck::bytes_of(&params), &b, grid)?;
+        // Per bucket a table row read and written, and its tokens' dout rows read (counted as
+        // all of dout: the table fits one binding but for the GPT-2 vocabulary on small limits).
+        let work = Work::floats(2 * (end - first) * c + dout.len());
+        rec.dispatch(&SHADER, "embedding_backward", &[], bytemuck::bytes_of(&params), &b, grid, work)?;
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use super::{as_matrix, bind, expect_len, groups};
 use crate::error::Result;
-use crate::gpu::{Recorder, Shader, Tensor};
+use crate::gpu::{Recorder, Shader, Tensor, Work};
 
 pub const SHADER: Shader = Shader { name: "gae", source: include_str!("../../shaders/gae.wgsl"), includes: &[] };
 
@@ -52,6 +52,7 @@ pub fn gae(
     }
     let p = Params { b: b as u32, t: t as u32, gamma, lam };
     let bindings = [bind(1, rewards), bind(2, values), bind(3, mask), bind(4, advantages), bind(5, returns)];
+    let work = Work::floats(5 * b * t); // three tensors read, two written
     match kernel {
         GaeKernel::PerSequence => rec.dispatch(
             &SHADER,
@@ -60,7 +61,10 @@ pub fn gae(
             bytemuck::bytes_of(&p),
             &bindings,
             [groups(b, WG_SEQUENCES) as u32, 1, 1],
+            work,
         ),
-        GaeKernel::Scan => rec.dispatch(&SHADER, "gae_scan", &[], bytemuck::bytes_of(&p), &bindings, [b as u32, 1, 1]),
+        GaeKernel::Scan => {
+            rec.dispatch(&SHADER, "gae_scan", &[], bytemuck::bytes_of(&p), &bindings, [b as u32, 1, 1], work)
+        }
     }
 }

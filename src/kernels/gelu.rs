@@ -2,7 +2,7 @@
 
 use super::{bind, expect_len, groups};
 use crate::error::Result;
-use crate::gpu::{Recorder, Shader, Tensor};
+use crate::gpu::{Recorder, Shader, Tensor, Work};
 
 pub const SHADER: Shader = Shader { name: "gelu", source: include_str!("../../shaders/gelu.wgsl"), includes: &[] };
 
@@ -14,7 +14,8 @@ pub fn gelu_forward(rec: &mut Recorder, out: &Tensor, inp: &Tensor) -> Result<()
     expect_len(out, inp.len(), "gelu output")?;
     let n = inp.len() as u32;
     let grid = rec.gpu().grid(groups(inp.len(), WG));
-    rec.dispatch(&SHADER, "gelu_forward", &[], bytemuck::bytes_of(&n), &[bind(1, inp), bind(2, out)], grid)
+    let work = Work::floats(2 * inp.len());
+    rec.dispatch(&SHADER, "gelu_forward", &[], bytemuck::bytes_of(&n), &[bind(1, inp), bind(2, out)], grid, work)
 }
 
 /// dinp = gelu'(inp) · dout, elementwise (overwrites dinp).
@@ -30,5 +31,6 @@ pub fn gelu_backward(rec: &mut Recorder, dinp: &Tensor, inp: &Tensor, dout: &Ten
         bytemuck::bytes_of(&n),
         &[bind(1, inp), bind(3, dout), bind(4, dinp)],
         grid,
+        Work::floats(3 * inp.len()),
     )
 }

@@ -3,7 +3,7 @@
 
 use super::{as_matrix, bind, expect_len, groups};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Recorder, Shader, Tensor};
+use crate::gpu::{Recorder, Shader, Tensor, Work};
 
 pub const SHADER: Shader =
     Shader { name: "group_advantages", source: include_str!("../../shaders/group_advantages.wgsl"), includes: &[] };
@@ -46,6 +46,7 @@ pub fn sequence_returns(rec: &mut Recorder, returns: &Tensor, rewards: &Tensor) 
         bytemuck::bytes_of(&p),
         &bindings,
         [groups(b, WG_SEQUENCES) as u32, 1, 1],
+        Work::floats(b * t + b),
     )
 }
 
@@ -68,5 +69,6 @@ pub fn group_advantages(
     let p = Params { b: b as u32, t: t as u32, group: group as u32, baseline: baseline as u32 };
     let grid = rec.gpu().grid(groups(b * t, WG));
     let bindings = [bind(3, returns), bind(4, mask), bind(5, advantages)];
-    rec.dispatch(&SHADER, "group_advantages", &[], bytemuck::bytes_of(&p), &bindings, grid)
+    let work = Work::floats(2 * b * t + b); // the mask read, the advantages written, each return read
+    rec.dispatch(&SHADER, "group_advantages", &[], bytemuck::bytes_of(&p), &bindings, grid, work)
 }

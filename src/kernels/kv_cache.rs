@@ -3,7 +3,7 @@
 
 use super::{bind, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Recorder, Shader, Tensor};
+use crate::gpu::{Recorder, Shader, Tensor, Work};
 
 pub const SHADER: Shader =
     Shader { name: "kv_cache", source: include_str!("../../shaders/kv_cache.wgsl"), includes: &[] };
@@ -54,7 +54,8 @@ pub fn kv_cache_write(rec: &mut Recorder, cache: &Tensor, qkv: &Tensor, shape: C
         ..Default::default()
     };
     let grid = rec.gpu().grid(groups(b * n * 2 * c, WG_WRITE));
-    rec.dispatch(&SHADER, "kv_cache_write", &[], bytemuck::bytes_of(&p), &[bind(1, qkv), bind(2, cache)], grid)
+    let work = Work::floats(2 * b * n * 2 * c); // the keys and values read from qkv, written to the cache
+    rec.dispatch(&SHADER, "kv_cache_write", &[], bytemuck::bytes_of(&p), &[bind(1, qkv), bind(2, cache)], grid, work)
 }
 
 /// out [B, C] = attention of each row's query (qkv [B, 3C], the token at cache position
@@ -88,5 +89,8 @@ pub fn decode_attention(
     };
     let bindings = [bind(1, qkv), bind(3, cache), bind_u32(4, mask), bind(5, out)];
     let grid = rec.gpu().grid(b * n_head);
-    rec.dispatch(&SHADER, "decode_attention", &[], bytemuck::bytes_of(&p), &bindings, grid)
+    // One query per row and head against `len` cached keys and values: q·k and p·v, 2 flops
+    // per multiply-add; the cached keys and values read once.
+    let work = Work::flops(2 * 2 * b * len * c, b * len * 2 * c + b * (3 * c + c + len));
+    rec.dispatch(&SHADER, "decode_attention", &[], bytemuck::bytes_of(&p), &bindings, grid, work)
 }

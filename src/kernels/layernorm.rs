@@ -2,7 +2,7 @@
 
 use super::{as_matrix, bind, expect_len, groups};
 use crate::error::Result;
-use crate::gpu::{Recorder, Shader, Tensor};
+use crate::gpu::{Recorder, Shader, Tensor, Work};
 
 pub const SHADER: Shader =
     Shader { name: "layernorm", source: include_str!("../../shaders/layernorm.wgsl"), includes: &[] };
@@ -39,7 +39,8 @@ pub fn layernorm_forward(
     let params = Params { rows: rows as u32, c: c as u32, eps };
     let grid = rec.gpu().grid(groups(rows, WG));
     let b = [bind(1, inp), bind(2, weight), bind(3, bias), bind(4, out), bind(5, mean), bind(6, rstd)];
-    rec.dispatch(&SHADER, "layernorm_forward", &[], bytemuck::bytes_of(&params), &b, grid)
+    let work = Work::floats(2 * rows * c + 2 * c + 2 * rows);
+    rec.dispatch(&SHADER, "layernorm_forward", &[], bytemuck::bytes_of(&params), &b, grid, work)
 }
 
 /// Accumulates the LayerNorm gradients: dinp += ∂L/∂inp, dweight += ∂L/∂w, dbias += ∂L/∂b.
@@ -67,8 +68,8 @@ pub fn layernorm_backward(
     let p = bytemuck::bytes_of(&params);
     let grid = rec.gpu().grid(groups(rows, WG));
     let b = [bind(1, inp), bind(2, weight), bind(7, dout), bind(8, dinp), bind(11, mean), bind(12, rstd)];
-    rec.dispatch(&SHADER, "layernorm_backward_input", &[], p, &b, grid)?;
+    rec.dispatch(&SHADER, "layernorm_backward_input", &[], p, &b, grid, Work::floats(3 * rows * c + c + 2 * rows))?;
     let grid = rec.gpu().grid(groups(c, WG));
     let b = [bind(1, inp), bind(7, dout), bind(9, dweight), bind(10, dbias), bind(11, mean), bind(12, rstd)];
-    rec.dispatch(&SHADER, "layernorm_backward_params", &[], p, &b, grid)
+    rec.dispatch(&SHADER, "layernorm_backward_params", &[], p, &b, grid, Work::floats(2 * rows * c + 4 * c + 2 * rows))
 }

@@ -5,7 +5,7 @@
 
 use super::{as_matrix, bind, expect_len, groups};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{MatmulVariant, Recorder, Shader, Tensor};
+use crate::gpu::{MatmulVariant, Recorder, Shader, Tensor, Work};
 
 pub const SHADER: Shader = Shader { name: "matmul", source: include_str!("../../shaders/matmul.wgsl"), includes: &[] };
 pub const TILED_SHADER: Shader =
@@ -207,6 +207,9 @@ fn record(
     (a_stride, a_col): (usize, usize),
 ) -> Result<()> {
     let flags = if accumulate { ACCUMULATE } else { 0 } | if bias.is_some() { HAS_BIAS } else { 0 };
+    // 2 flops per multiply-add; A and B read once, the output written (and read to accumulate).
+    let work =
+        Work::flops(2 * m * n * k, m * k + k * n + m * n * (1 + accumulate as usize) + n * bias.is_some() as usize);
     let (out_stride, out_col, a_stride, a_col) = (out_stride as u32, out_col as u32, a_stride as u32, a_col as u32);
     let params = Params { m: m as u32, n: n as u32, k: k as u32, flags, out_stride, out_col, a_stride, a_col };
     let p = bytemuck::bytes_of(&params);
@@ -233,12 +236,13 @@ fn record(
             bytemuck::bytes_of(&tp),
             &transposed,
             gpu.grid(groups(n * k, WG)),
+            Work::floats(2 * n * k),
         )?;
         let bindings = [bind(1, a), bind(2, &b_t), bind(3, bias), bind(4, out), bind(6, a)];
-        return rec.dispatch(&SHADER, "matmul_nn", &[("A_SCALAR", 0.0)], p, &bindings, grid);
+        return rec.dispatch(&SHADER, "matmul_nn", &[("A_SCALAR", 0.0)], p, &bindings, grid, work);
     }
     if register_tiled && layout == Layout::NT && vec4_a {
-        rec.dispatch(&SHADER, "matmul_nt", &[], p, &[bind(1, a), bind(2, b), bind(5, out)], grid)
+        rec.dispatch(&SHADER, "matmul_nt", &[], p, &[bind(1, a), bind(2, b), bind(5, out)], grid, work)
     } else if register_tiled && layout != Layout::NT && vec4_out {
         // A is read as vec4s when its rows start on vec4 boundaries and its vec4 axis (K for
         // NN, M for TN) is whole; else four scalars at a time.
@@ -246,7 +250,7 @@ fn record(
         let scalar_a = !(vec4_a && axis.is_multiple_of(4));
         let entry = if layout == Layout::NN { "matmul_nn" } else { "matmul_tn" };
         let bindings = [bind(1, a), bind(2, b), bind(3, bias), bind(4, out), bind(6, a)];
-        rec.dispatch(&SHADER, entry, &[("A_SCALAR", scalar_a as u8 as f64)], p, &bindings, grid)
+        rec.dispatch(&SHADER, entry, &[("A_SCALAR", scalar_a as u8 as f64)], p, &bindings, grid, work)
     } else {
         let constants = [
             ("TRANS_A", if layout == Layout::TN { 1.0 } else { 0.0 }),
@@ -260,6 +264,7 @@ fn record(
             p,
             &[bind(1, a), bind(2, b), bind(3, bias), bind(4, out)],
             grid,
+            work,
         )
     }
 }
@@ -310,5 +315,6 @@ pub fn bias_backward(rec: &mut Recorder, dbias: &Tensor, dout: &Tensor) -> Resul
         bytemuck::bytes_of(&params),
         &[bind(1, dout), bind(4, dbias)],
         [groups(n, WG) as u32, 1, 1],
+        Work::flops(m * n, m * n + 2 * n),
     )
 }

@@ -5,7 +5,7 @@
 use super::cross_entropy::log_softmax_forward;
 use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Recorder, Shader, Tensor};
+use crate::gpu::{Recorder, Shader, Tensor, Work};
 
 pub const SHADER: Shader =
     Shader { name: "ppo_loss", source: include_str!("../../shaders/ppo_loss.wgsl"), includes: &[] };
@@ -174,7 +174,10 @@ pub fn ppo_loss_fused(
             }
             _ => "critic_free_loss_fused",
         };
-        rec.dispatch(&SHADER, entry, &[], bytemuck::bytes_of(&p), &b, gpu.grid(n))?;
+        // The row of logits read twice and its gradient written over it; the per-token inputs
+        // and statistics.
+        let work = Work::floats(3 * n * v + n * (INPUT_COLUMNS + 8 + 3));
+        rec.dispatch(&SHADER, entry, &[], bytemuck::bytes_of(&p), &b, gpu.grid(n), work)?;
     }
     Ok(())
 }
@@ -208,6 +211,7 @@ pub fn ppo_loss_unfused(
         p,
         &[bind_u32(2, mb.tokens), bind(3, mb.inputs), bind(9, logp), bind(10, row_scalars)],
         per_row,
+        Work::floats(rows * (INPUT_COLUMNS + 2)),
     )?;
     rec.dispatch(
         &UNFUSED_SHADER,
@@ -216,11 +220,20 @@ pub fn ppo_loss_unfused(
         p,
         &[bind(9, logp), bind(10, row_scalars)],
         gpu.grid(rows),
+        Work::floats(rows * v + rows),
     )?;
     let b = [bind(3, mb.inputs), bind(4, values), bind(5, dvalues), bind(6, token_stats), bind(10, row_scalars)];
-    rec.dispatch(&UNFUSED_SHADER, "ppo_unfused_loss", &[], p, &b, per_row)?;
+    rec.dispatch(
+        &UNFUSED_SHADER,
+        "ppo_unfused_loss",
+        &[],
+        p,
+        &b,
+        per_row,
+        Work::floats(rows * (INPUT_COLUMNS + 8 + 6)),
+    )?;
     let b = [bind(1, mb.logits), bind_u32(2, mb.tokens), bind(9, logp), bind(10, row_scalars)];
-    rec.dispatch(&UNFUSED_SHADER, "ppo_unfused_grad", &[], p, &b, gpu.grid(rows))
+    rec.dispatch(&UNFUSED_SHADER, "ppo_unfused_grad", &[], p, &b, gpu.grid(rows), Work::floats(2 * rows * v + 4 * rows))
 }
 
 /// stats [8] = the minibatch means named by `STAT_NAMES`, from token_stats [rows, 8].
@@ -235,6 +248,7 @@ pub fn ppo_stats_reduce(rec: &mut Recorder, stats: &Tensor, token_stats: &Tensor
         bytemuck::bytes_of(&p),
         &[bind(7, token_stats), bind(8, stats)],
         [1, 1, 1],
+        Work::floats(rows * 8 + 8),
     )
 }
 
@@ -268,7 +282,8 @@ pub fn logprob_entropy(
             ..Default::default()
         };
         let b = [bind(1, &slice), bind_u32(2, tokens), bind(11, logprobs), bind(12, entropy)];
-        rec.dispatch(&SHADER, "logprob_entropy_rows", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n))?;
+        let work = Work::floats(n * v + 3 * n);
+        rec.dispatch(&SHADER, "logprob_entropy_rows", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n), work)?;
     }
     Ok(())
 }

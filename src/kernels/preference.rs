@@ -3,7 +3,7 @@
 
 use super::{as_matrix, bind, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Recorder, Shader, Tensor};
+use crate::gpu::{Recorder, Shader, Tensor, Work};
 
 pub const SHADER: Shader =
     Shader { name: "preference", source: include_str!("../../shaders/preference.wgsl"), includes: &[] };
@@ -37,5 +37,6 @@ pub fn bradley_terry(
     expect_len(pair_stats, n * 2, "preference pair statistics")?;
     let p = Params { pairs: n as u32, t: t as u32, inv_pairs: 1.0 / n.max(1) as f32 };
     let bindings = [bind(1, rewards), bind_u32(2, mask), bind(3, drewards), bind(4, pair_stats)];
-    rec.dispatch(&SHADER, "bradley_terry", &[], bytemuck::bytes_of(&p), &bindings, [groups(n, WG) as u32, 1, 1])
+    let work = Work::floats(4 * rows * t + 2 * n); // rewards and mask read, the gradient written
+    rec.dispatch(&SHADER, "bradley_terry", &[], bytemuck::bytes_of(&p), &bindings, [groups(n, WG) as u32, 1, 1], work)
 }

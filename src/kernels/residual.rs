@@ -2,7 +2,7 @@
 
 use super::{bind, expect_len, groups};
 use crate::error::Result;
-use crate::gpu::{Recorder, Shader, Tensor};
+use crate::gpu::{Recorder, Shader, Tensor, Work};
 
 pub const SHADER: Shader =
     Shader { name: "residual", source: include_str!("../../shaders/residual.wgsl"), includes: &[] };
@@ -23,6 +23,7 @@ pub fn residual_forward(rec: &mut Recorder, out: &Tensor, a: &Tensor, b: &Tensor
         bytemuck::bytes_of(&n),
         &[bind(1, a), bind(2, b), bind(3, out)],
         grid,
+        Work::floats(3 * a.len()),
     )
 }
 
@@ -31,5 +32,6 @@ pub fn accumulate(rec: &mut Recorder, dst: &Tensor, src: &Tensor) -> Result<()> 
     expect_len(dst, src.len(), "accumulate destination")?;
     let n = src.len() as u32;
     let grid = rec.gpu().grid(groups(src.len(), WG));
-    rec.dispatch(&SHADER, "accumulate", &[], bytemuck::bytes_of(&n), &[bind(1, src), bind(3, dst)], grid)
+    let work = Work::floats(3 * src.len());
+    rec.dispatch(&SHADER, "accumulate", &[], bytemuck::bytes_of(&n), &[bind(1, src), bind(3, dst)], grid, work)
 }

@@ -2,7 +2,7 @@
 
 use super::{as_matrix, bind, expect_len, groups};
 use crate::error::Result;
-use crate::gpu::{Recorder, Shader, Tensor};
+use crate::gpu::{Recorder, Shader, Tensor, Work};
 
 pub const SHADER: Shader =
     Shader { name: "rewards", source: include_str!("../../shaders/rewards.wgsl"), includes: &[] };
@@ -53,7 +53,9 @@ pub fn kl_rewards(
     let p = Params { b: b as u32, t: t as u32, beta, k3: (estimator == KlEstimator::K3) as u32, shift_mean: 1 };
     let bindings =
         [bind(1, logp_old), bind(2, logp_ref), bind(3, mask), bind(4, scores), bind(5, kl), bind(6, rewards)];
-    rec.dispatch(&SHADER, "kl_rewards", &[], bytemuck::bytes_of(&p), &bindings, [groups(b, WG_SEQUENCES) as u32, 1, 1])
+    let work = Work::floats(5 * b * t + b); // both log-probs and the mask read, KL and rewards written
+    let grid = [groups(b, WG_SEQUENCES) as u32, 1, 1];
+    rec.dispatch(&SHADER, "kl_rewards", &[], bytemuck::bytes_of(&p), &bindings, grid, work)
 }
 
 /// moments [3] = (mean, unbiased variance, count) of x [B, T] over the entries where mask ≠ 0.
@@ -63,7 +65,8 @@ pub fn masked_moments(rec: &mut Recorder, moments: &Tensor, x: &Tensor, mask: &T
     expect_len(moments, 3, "moments")?;
     let p = Params { b: b as u32, t: t as u32, ..Default::default() };
     let p = bytemuck::bytes_of(&p);
-    rec.dispatch(&SHADER, "masked_moments", &[], p, &[bind(3, mask), bind(7, x), bind(8, moments)], [1, 1, 1])
+    let work = Work::floats(3 * b * t); // two passes over x, one over the mask
+    rec.dispatch(&SHADER, "masked_moments", &[], p, &[bind(3, mask), bind(7, x), bind(8, moments)], [1, 1, 1], work)
 }
 
 /// Whitens x [B, T] over its masked-in entries in place: m·(x − mean)/sqrt(var + 1e−8), the
@@ -81,5 +84,6 @@ pub fn masked_whiten(rec: &mut Recorder, x: &Tensor, mask: &Tensor, moments: &Te
         bytemuck::bytes_of(&p),
         &[bind(3, mask), bind(7, x), bind(9, moments)],
         grid,
+        Work::floats(3 * b * t),
     )
 }

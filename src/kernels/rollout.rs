@@ -3,7 +3,7 @@
 
 use super::{as_matrix, bind, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{DType, Recorder, Shader, Tensor};
+use crate::gpu::{DType, Recorder, Shader, Tensor, Work};
 
 pub const SHADER: Shader =
     Shader { name: "rollout", source: include_str!("../../shaders/rollout.wgsl"), includes: &[] };
@@ -28,7 +28,8 @@ pub fn values_per_token(rec: &mut Recorder, out: &Tensor, values: &Tensor) -> Re
     expect_len(out, b * t, "per-token values")?;
     let p = Params { b: b as u32, t: t as u32, ..Default::default() };
     let grid = rec.gpu().grid(groups(b * t, WG));
-    rec.dispatch(&SHADER, "values_per_token", &[], bytemuck::bytes_of(&p), &[bind(1, values), bind(2, out)], grid)
+    let work = Work::floats(2 * b * t);
+    rec.dispatch(&SHADER, "values_per_token", &[], bytemuck::bytes_of(&p), &[bind(1, values), bind(2, out)], grid, work)
 }
 
 /// The per-token tensors of a rollout, [B, T] each, as `pack_loss_inputs` reads them.
@@ -65,7 +66,8 @@ pub fn pack_loss_inputs(rec: &mut Recorder, inputs: &Tensor, x: &LossInputs) -> 
         bind(9, x.returns),
         bind(10, x.ref_logprobs),
     ];
-    rec.dispatch(&SHADER, "pack_loss_inputs", &[], bytemuck::bytes_of(&p), &bindings, [b as u32, 1, 1])
+    let work = Work::floats(6 * b * t + b * t * 8);
+    rec.dispatch(&SHADER, "pack_loss_inputs", &[], bytemuck::bytes_of(&p), &bindings, [b as u32, 1, 1], work)
 }
 
 /// dst [R, W] = src[rows[r], ·] for src [N, W] and rows u32 [R] (each < N).
@@ -83,6 +85,7 @@ pub fn gather_rows(rec: &mut Recorder, dst: &Tensor, src: &Tensor, rows: &Tensor
         bytemuck::bytes_of(&p),
         &[bind(1, src), bind(2, dst), bind_u32(3, rows)],
         grid,
+        Work::floats(2 * rows.len() * width),
     )
 }
 
@@ -100,5 +103,6 @@ pub fn last_token_scores(rec: &mut Recorder, scores: &Tensor, x: &Tensor, mask: 
         bytemuck::bytes_of(&p),
         &bindings,
         [groups(b, WG_SEQUENCES) as u32, 1, 1],
+        Work::floats(2 * b * t + b),
     )
 }

@@ -4,7 +4,7 @@
 
 use super::{bind, bind_u32, expect_len};
 use crate::error::{Error, Result, ensure_shape};
-use crate::gpu::{Recorder, Shader, Tensor};
+use crate::gpu::{Recorder, Shader, Tensor, Work};
 
 pub const SHADER: Shader =
     Shader { name: "sampling", source: include_str!("../../shaders/sampling.wgsl"), includes: &[] };
@@ -136,5 +136,9 @@ pub fn sample_tokens(
         bind_u32(6, state.prompt_len),
     ];
     let grid = rec.gpu().grid(b);
-    rec.dispatch(&SHADER, "sample_tokens", &[], bytemuck::bytes_of(&p), &bindings, grid)
+    // The row is read a few dozen times: once for the maximum and the softmax, then once per
+    // bit of each threshold search (32 each for top-k and top-p when asked), then for the draw.
+    let passes = 3 + 32 * ((sampling.top_k > 0) as usize + (sampling.top_p < 1.0) as usize);
+    let work = Work::floats(passes * b * v);
+    rec.dispatch(&SHADER, "sample_tokens", &[], bytemuck::bytes_of(&p), &bindings, grid, work)
 }

@@ -8,7 +8,7 @@
 use super::rollout::Sequences;
 use crate::error::{Error, Result};
 use crate::generate::{Generation, left_pad};
-use crate::gpu::{DType, Gpu, Recorder};
+use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::rollout::last_token_scores;
 use crate::model::checkpoint::TOKENIZER_FILE;
 use crate::model::{Batch, Model};
@@ -56,19 +56,42 @@ impl RewardModel {
                 dir.display()
             )));
         }
+        let mut rm = RewardModel::new(model)?;
         let own = dir.join(TOKENIZER_FILE);
         let same = match (std::fs::read(&own), std::fs::read(policy_tokenizer)) {
             (Ok(a), Ok(b)) => a == b,
             (Err(_), _) => true, // no tokenizer of its own: it reads the policy's ids
             (Ok(_), Err(e)) => return Err(Error::io(policy_tokenizer, e)),
         };
-        let tokenizer = if same { None } else { Some(Tokenizer::load(&own)?) };
-        Ok(RewardModel { model, tokenizer })
+        if !same {
+            rm.tokenizer = Some(Tokenizer::load(&own)?);
+        }
+        Ok(rm)
+    }
+
+    /// A reward model on the GPU that reads the policy's token ids as they are.
+    pub fn new(model: Model) -> Result<RewardModel> {
+        if !model.heads.reward {
+            return Err(Error::Checkpoint("not a reward model: it has no score.weight head".into()));
+        }
+        Ok(RewardModel { model, tokenizer: None })
     }
 
     /// The score of each sequence: one forward, the head read at the last real token, one
     /// readback of B values.
     pub fn score(&self, seqs: &Sequences, samples: &[Sample]) -> Result<Vec<f32>> {
+        let gpu = self.model.gpu();
+        let mut rec = Recorder::new(gpu);
+        let scores = self.record_scores(&mut rec, seqs, samples)?;
+        rec.submit();
+        let scores = gpu.download(&scores)?;
+        check_scores(&scores, samples, "the reward model")?;
+        Ok(scores)
+    }
+
+    /// Records the forward that scores each sequence into `rec`; the scores [B] stay on the GPU
+    /// (the trainer reads them back with the rollout's statistics, saving a readback).
+    pub fn record_scores(&self, rec: &mut Recorder, seqs: &Sequences, samples: &[Sample]) -> Result<Tensor> {
         let gpu = self.model.gpu();
         let batch = match &self.tokenizer {
             None => seqs.batch(&self.model)?,
@@ -88,13 +111,9 @@ impl RewardModel {
             }
         };
         let scores = gpu.tensor(&[batch.b], DType::F32)?;
-        let mut rec = Recorder::new(gpu);
-        let acts = self.model.forward(&mut rec, &batch)?;
+        let acts = self.model.forward(rec, &batch)?;
         let rewards = acts.rewards.as_ref().expect("a reward head was checked on load");
-        last_token_scores(&mut rec, &scores, rewards, &batch.mask)?;
-        rec.submit();
-        let scores = gpu.download(&scores)?;
-        check_scores(&scores, samples, "the reward model")?;
+        last_token_scores(rec, &scores, rewards, &batch.mask)?;
         Ok(scores)
     }
 }
@@ -104,7 +123,8 @@ fn describe(i: usize, s: &Sample) -> String {
     format!("sample {i} (prompt {short:?})")
 }
 
-fn check_scores(scores: &[f32], samples: &[Sample], who: &str) -> Result<()> {
+/// An error naming the first sample whose score is not finite, and who gave it.
+pub fn check_scores(scores: &[f32], samples: &[Sample], who: &str) -> Result<()> {
     match scores.iter().position(|x| !x.is_finite()) {
         Some(i) => Err(Error::Reward(format!("{who} gave {} for {}", scores[i], describe(i, &samples[i])))),
         None => Ok(()),
@@ -228,10 +248,20 @@ pub enum RewardSource {
 }
 
 impl RewardSource {
-    pub fn score(&mut self, seqs: &Sequences, samples: &[Sample]) -> Result<Vec<f32>> {
+    /// The scores [B] on the GPU: a reward model's forward recorded into `rec` (not yet run,
+    /// nor checked: see `check_scores`), or the command's answers, checked and uploaded.
+    pub fn record_scores(&mut self, rec: &mut Recorder, seqs: &Sequences, samples: &[Sample]) -> Result<Tensor> {
         match self {
-            RewardSource::Model(m) => m.score(seqs, samples),
-            RewardSource::Command(c) => c.score(samples),
+            RewardSource::Model(m) => m.record_scores(rec, seqs, samples),
+            RewardSource::Command(c) => rec.gpu().upload(&[samples.len()], &c.score(samples)?),
+        }
+    }
+
+    /// Who gives the scores, for errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RewardSource::Model(_) => "the reward model",
+            RewardSource::Command(_) => "the reward command",
         }
     }
 }

@@ -133,13 +133,14 @@ pub struct Rollout {
 }
 
 /// Runs the policy and reference forwards over `seqs` and computes the per-token KL and
-/// rewards and the advantages of `cfg.algo` for `scores` [B], all in one submit; one small
-/// readback. Without a reference (β = 0) the KL is 0 and no reference forward runs.
+/// rewards and the advantages of `cfg.algo` for `scores` [B] (on the GPU: a reward model's
+/// forward may still be running), all in one submit; one small readback, which also brings
+/// the scores to the host. Without a reference (β = 0) the KL is 0 and no reference forward runs.
 pub fn prepare(
     policy: &Model,
     reference: Option<&Model>,
     seqs: &Sequences,
-    scores: &[f32],
+    scores: &Tensor,
     cfg: &AdvantageConfig,
 ) -> Result<Rollout> {
     let gpu = policy.gpu();
@@ -163,16 +164,16 @@ pub fn prepare(
     let batch = seqs.batch(policy)?;
     let tokens = gpu.upload_u32(&[b * l], &seqs.input_ids)?;
     let mask = gpu.upload(&[b, l], &seqs.response_mask)?;
-    let scores_t = gpu.upload(&[b], scores)?;
     let f32s = |shape: &[usize]| gpu.tensor(shape, DType::F32);
     let (old_logprobs, entropy, ref_logprobs, ref_entropy) =
         (f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?);
     let (old_values, kl, rewards, advantages, returns) =
         (f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?);
     let inputs = f32s(&[b * l, INPUT_COLUMNS])?;
-    // Moments of KL, entropy, raw advantages, returns and values, one 256-byte slot each.
+    // Moments of KL, entropy, raw advantages, returns and values, one 256-byte slot each; then
+    // the scores.
     const SLOT: usize = 64;
-    let stats = f32s(&[5 * SLOT])?;
+    let stats = f32s(&[5 * SLOT + b])?;
     let slot = |k: usize| stats.view(gpu, k * SLOT, &[3]);
 
     let mut rec = Recorder::new(gpu);
@@ -196,7 +197,8 @@ pub fn prepare(
     // GRPO's KL lives in its loss, as k3; its rewards are the scores alone.
     let (reward_beta, estimator) =
         if cfg.algo.kl_in_loss() { (0.0, KlEstimator::K3) } else { (cfg.beta, cfg.kl_estimator) };
-    kl_rewards(&mut rec, &kl, &rewards, &old_logprobs, &ref_logprobs, &mask, &scores_t, reward_beta, estimator)?;
+    kl_rewards(&mut rec, &kl, &rewards, &old_logprobs, &ref_logprobs, &mask, scores, reward_beta, estimator)?;
+    rec.copy(scores, &stats.view(gpu, 5 * SLOT, &[b])?);
     masked_moments(&mut rec, &slot(0)?, &kl, &mask)?;
     masked_moments(&mut rec, &slot(1)?, &entropy, &mask)?;
     match cfg.algo.group_baseline(cfg.scale_rewards) {
@@ -259,7 +261,7 @@ pub fn prepare(
     Ok(Rollout {
         batch,
         stats,
-        scores: scores.to_vec(),
+        scores: s[5 * SLOT..].to_vec(),
         algo: cfg.algo,
         gpu: gpu.clone(),
         old_logprobs,

@@ -11,13 +11,14 @@
 
 use super::algo::{Algo, parse_loss_type};
 use super::metrics::{Metrics, plot, read_metrics, rewrite_metrics};
-use super::reward::{RewardCommand, RewardModel, RewardSource, samples};
+use super::reward::{RewardCommand, RewardModel, RewardSource, check_scores, samples};
 use super::rollout::{AdvantageConfig, Sequences, prepare};
 use super::update::{LossArgs, UpdateOptions, ppo_update};
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, Sampling, generate};
 use crate::gpu::{Gpu, Recorder};
 use crate::kernels::ppo::{LossType, STAT_NAMES};
+use crate::kernels::residual::accumulate;
 use crate::kernels::rewards::KlEstimator;
 use crate::model::checkpoint::{self, TOKENIZER_FILE, write_dir_atomically};
 use crate::model::init::with_heads;
@@ -442,7 +443,9 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
     let bar = progress::bar(opts.iterations as u64, "train", opts.quiet);
     bar.set_position(state.iteration as u64);
     for it in state.iteration..opts.iterations {
+        let iteration = gpu.iteration();
         let started = Instant::now();
+        let phase = gpu.phase("rollout: generation");
         let rows: Vec<Vec<u32>> =
             prompt_indices(prompts.len(), opts.seed, it * prompts_per_iteration, prompts_per_iteration)
                 .into_iter()
@@ -459,19 +462,24 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
         let generation = generate(&policy, &rows, &gen_opts)?;
         let seqs = Sequences::new(&generation, opts.response_length, eos);
         let time_rollout = started.elapsed().as_secs_f32();
+        drop(phase);
 
+        // The scores stay on the GPU (a reward model's forward runs with the rollout's, below);
+        // they come back with the rollout's statistics.
+        let phase = gpu.phase("scoring");
         let scoring = Instant::now();
         let samples = samples(&generation, &tok)?;
-        let mut scores = reward.score(&seqs, &samples).map_err(|e| at_iteration(e, it + 1))?;
+        let mut rec = Recorder::new(gpu);
+        let scores = reward.record_scores(&mut rec, &seqs, &samples).map_err(|e| at_iteration(e, it + 1))?;
         if let Some(penalty) = opts.missing_eos_penalty {
-            for (s, &ended) in scores.iter_mut().zip(&seqs.ended) {
-                if !ended {
-                    *s -= penalty;
-                }
-            }
+            let penalties: Vec<f32> = seqs.ended.iter().map(|&ended| if ended { 0.0 } else { -penalty }).collect();
+            accumulate(&mut rec, &scores, &gpu.upload(&[b], &penalties)?)?;
         }
+        rec.submit();
         let time_score = scoring.elapsed().as_secs_f32();
+        drop(phase);
 
+        let phase = gpu.phase("policy and reference forwards, advantages");
         let updating = Instant::now();
         let beta = state.beta as f32;
         let adv = AdvantageConfig {
@@ -485,9 +493,13 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
             scale_rewards: opts.scale_rewards,
         };
         let rollout = prepare(&policy, reference.as_ref(), &seqs, &scores, &adv)?;
+        let scores = rollout.scores.clone();
+        check_scores(&scores, &samples, reward.name()).map_err(|e| at_iteration(e, it + 1))?;
+        drop(phase);
         if let (Some(path), true) = (&opts.dump_batch, it == state.iteration) {
             rollout.to_file()?.save(path)?;
         }
+        let phase = gpu.phase("update");
         let lr = scheduled_lr(opts, it);
         let update_opts = UpdateOptions {
             algo: opts.algo,
@@ -518,6 +530,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
             )));
         }
         let time_update = updating.elapsed().as_secs_f32();
+        drop(phase);
 
         if let Some(target) = opts.target_kl {
             state.beta =
@@ -574,6 +587,8 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
         let done = it + 1;
         if done == opts.iterations || (opts.save_every > 0 && done % opts.save_every == 0) {
             let dir = opts.out.join(format!("checkpoint-{done}"));
+            drop(iteration); // the counts per iteration leave checkpoints out
+            let _phase = gpu.phase("checkpoint");
             save(&policy, &opt, &state, &dir)?;
             plot(&history, &opts.out.join(PLOT_FILE))?;
             last_checkpoint = Some(dir);

@@ -150,10 +150,13 @@ pub fn run(gpu: &Arc<Gpu>, args: &UpdateArgs) -> Result<UpdateStats> {
     let file = RolloutBatch::load(&args.batch)?;
     file.check_for(args.algo, opts.loss.kl_coef != 0.0, &args.batch)?;
     let batch = PpoBatch::upload(gpu, &file)?;
+    let phase = gpu.phase("update");
     let mut rec = Recorder::new(gpu);
     let mut opt = Optimizer::new(&policy, &mut rec, AdamW { lr: opts.lr, ..AdamW::default() }, args.max_grad_norm)?;
     rec.submit();
     let (stats, dump) = ppo_update(&policy, &mut opt, &batch, &opts, args.dump_grads.is_some())?;
+    drop(phase);
+    let _phase = gpu.phase("saving");
     if let (Some(path), Some(dump)) = (&args.dump_grads, dump) {
         dump.save(path)?;
     }

@@ -1,7 +1,7 @@
 //! The GPU layer itself: tensors, the pool, the recorder.
 
 use crate::common::*;
-use ppo_wgpu::gpu::{DType, Recorder};
+use ppo_wgpu::gpu::{DType, Recorder, Work};
 
 #[test]
 fn a_tensor_above_max_buffer_size_is_an_error_not_a_panic() {
@@ -72,6 +72,7 @@ fn a_broken_shader_is_an_error_not_a_panic() {
             &[0u8; 16],
             &[ppo_wgpu::gpu::Binding { index: 1, tensor: &t, dtype: DType::F32 }],
             [1, 1, 1],
+            Work::default(),
         )
         .unwrap_err()
         .to_string();
@@ -96,7 +97,7 @@ fn an_uncaptured_wgpu_error_comes_back_from_the_next_wait() {
         ppo_wgpu::gpu::Binding { index: 3, tensor: &out, dtype: DType::F32 },
         ppo_wgpu::gpu::Binding { index: 7, tensor: &out, dtype: DType::F32 }, // not in the shader
     ];
-    rec.dispatch(shader, "residual_forward", &[], &8u32.to_le_bytes(), &bindings, [1, 1, 1]).unwrap();
+    rec.dispatch(shader, "residual_forward", &[], &8u32.to_le_bytes(), &bindings, [1, 1, 1], Work::default()).unwrap();
     drop(rec);
     let err = gpu.download(&out).unwrap_err().to_string();
     assert!(err.contains("GPU error"), "{err}");
