@@ -4,6 +4,8 @@
 //! tiny model's logits against the CPU reference model, GPT-2 small's initial loss against
 //! ln V (what a 0.02-scale random init gives).
 
+mod common;
+
 use criterion::{Criterion, Throughput};
 use ppo_wgpu::gpu::{Gpu, Recorder};
 use ppo_wgpu::kernels::adamw::AdamW;
@@ -65,7 +67,7 @@ fn bench_model(c: &mut Criterion, gpu: &Arc<Gpu>, label: &str, config: GptConfig
             start.elapsed()
         })
     });
-    report.push(("forward", forward_secs.0 / forward_secs.1 as f64));
+    report.push(("forward", "forward", forward_secs.0 / forward_secs.1 as f64));
     let mut step_secs = (0.0, 0);
     g.bench_function(format!("{label} forward+backward+AdamW"), |bench| {
         bench.iter_custom(|iters| {
@@ -81,17 +83,18 @@ fn bench_model(c: &mut Criterion, gpu: &Arc<Gpu>, label: &str, config: GptConfig
             start.elapsed()
         })
     });
-    report.push(("forward+backward+AdamW", step_secs.0 / step_secs.1 as f64));
+    report.push(("forward+backward+AdamW", "training step", step_secs.0 / step_secs.1 as f64));
     g.finish();
     // (criterion runs nothing for a benchmark its filter leaves out: those are NaN here)
-    for (what, secs) in report.into_iter().filter(|(_, secs)| secs.is_finite()) {
+    for (what, workload, secs) in report.into_iter().filter(|(_, _, secs)| secs.is_finite()) {
         println!("  {label} {what}: {:.0} tokens/s ({:.1} ms per {b}x{t} batch)", (b * t) as f64 / secs, secs * 1e3);
+        common::record(gpu, &format!("{label} {workload}"), (b * t) as f64 / secs, "tokens/s");
     }
 }
 
 fn main() {
     let gpu = Gpu::new(None).expect("the benches need a GPU adapter");
-    println!("benchmarking on {}", gpu.describe());
+    println!("benchmarking on {} (CPU: {})", gpu.describe(), ppo_wgpu::gpu::cpu_model());
     let mut c = Criterion::default().configure_from_args();
     bench_model(&mut c, &gpu, "tiny", GptConfig::tiny(), 32, 64);
     bench_model(&mut c, &gpu, "gpt2-small", GptConfig::gpt2_small(), 1, 128);

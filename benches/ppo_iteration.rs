@@ -8,6 +8,8 @@
 //! submits and readbacks, and generation tokens/s. (`train` itself saves the scoring phase's
 //! readback: its scores come back with the rollout's statistics.)
 
+mod common;
+
 use ppo_wgpu::generate::{GenerateOptions, Sampling, generate};
 use ppo_wgpu::gpu::{Counts, Gpu, Recorder};
 use ppo_wgpu::kernels::adamw::AdamW;
@@ -136,6 +138,9 @@ fn bench(gpu: &Arc<Gpu>, s: &Shape, iterations: usize) {
     row("iteration", total, counts.into_iter().fold(Counts::default(), |a, b| a + b));
     let gen_tokens = (s.batch * s.response) as f64;
     println!("  generation: {:.0} tokens/s", gen_tokens / (totals[0] / iterations as f64));
+    let short = s.label.split(' ').next().unwrap_or(s.label);
+    common::record(gpu, &format!("{short} PPO iteration"), total / iterations as f64 * 1e3, "ms");
+    common::record(gpu, &format!("{short} generation"), gen_tokens / (totals[0] / iterations as f64), "tokens/s");
 }
 
 /// The reward model's score of each sequence at its last real token.
