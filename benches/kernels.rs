@@ -2,34 +2,39 @@
 //! against its CPU reference at the benched shape, then times many dispatches recorded into one
 //! submit (the way the training loop runs them) and reports throughput: FLOP/s for matmul and
 //! attention (criterion's "elem/s" there counts floating-point operations), bytes/s for the
-//! memory-bound kernels. A summary table in GFLOP/s and GB/s ends the run.
+//! memory-bound kernels. A summary table in GFLOP/s and GB/s ends the run (benches/common).
+//! The LM-head matmul and the matmul variant the adapter does not use run only with
+//! PPO_WGPU_BENCH_LARGE=1 (each takes seconds per call on a software adapter).
 //!
 //! Shapes: GPT-2 small (768 channels, 12 heads, vocab 50257) on 256 tokens, the shipped tiny
 //! model (128 channels, 4 heads, vocab 512) on a 32×64 batch, and matmul at 1024³.
 //! `PPO_WGPU_ADAPTER` picks the adapter.
 
+mod common;
+
 use criterion::{Criterion, Throughput};
-use ppo_wgpu::gpu::{DType, Gpu, MatmulVariant, Recorder, Tensor};
+use ppo_wgpu::gpu::{DType, Gpu, MatmulVariant, Recorder, Tensor, Work};
 use ppo_wgpu::kernels::matmul::{Layout, matmul_with_variant};
 use ppo_wgpu::kernels::{adamw, attention, cross_entropy, embedding, gelu, layernorm, residual};
 use ppo_wgpu::reference;
 use ppo_wgpu::rng::Rng;
 use ppo_wgpu::selfcheck::worst_error;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What a benchmark's throughput counts.
-#[derive(Clone, Copy)]
-enum Work {
-    Flops(f64),
-    Bytes(f64),
+/// A benchmark's throughput in floating-point operations per iteration (matmul, attention).
+fn counting_flops(x: f64) -> Work {
+    Work { flops: x, bytes: 0.0 }
+}
+
+/// A benchmark's throughput in bytes per iteration (the memory-bound kernels).
+fn counting_bytes(x: f64) -> Work {
+    Work { flops: 0.0, bytes: x }
 }
 
 struct Bench {
     gpu: Arc<Gpu>,
     rng: Rng,
-    /// (name, work per iteration, mean seconds per iteration) for the summary.
-    results: Mutex<Vec<(String, Work, f64)>>,
 }
 
 impl Bench {
@@ -51,9 +56,10 @@ impl Bench {
     fn time(&self, c: &mut Criterion, group: &str, name: &str, work: Work, record: impl Fn(&mut Recorder)) {
         let mut g = c.benchmark_group(group);
         g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-        g.throughput(match work {
-            Work::Flops(f) => Throughput::Elements(f as u64),
-            Work::Bytes(b) => Throughput::Bytes(b as u64),
+        g.throughput(if work.flops > 0.0 {
+            Throughput::Elements(work.flops as u64)
+        } else {
+            Throughput::Bytes(work.bytes as u64)
         });
         let mut total = (0.0, 0u64);
         g.bench_function(name, |b| {
@@ -74,7 +80,9 @@ impl Bench {
         g.finish();
         if total.1 > 0 {
             // (criterion runs nothing for a benchmark its filter leaves out)
-            self.results.lock().unwrap().push((format!("{group}/{name}"), work, total.0 / total.1 as f64));
+            let secs = total.0 / total.1 as f64;
+            let (rate, unit) = if work.flops > 0.0 { (work.flops, "GFLOP/s") } else { (work.bytes, "GB/s") };
+            common::record(&self.gpu, &format!("{group}/{name}"), rate / secs / 1e9, unit);
         }
     }
 }
@@ -107,8 +115,15 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
             Layout::TN => reference::matmul(&a, &b, m, n, k, layout),
             _ => reference::matmul(&a[..16 * k], &b, 16, n, k, layout),
         };
-        // Only the 1024³ headline runs both variants; the rest run the adapter's own.
-        let run_variants = if label == "1024^3" { &variants[..] } else { &variants[..1] };
+        // Only the 1024³ headline runs both variants (when asked); the rest run the adapter's own.
+        // The other variant at 1024³ and the LM head take seconds per call on a software
+        // adapter: only when asked.
+        if label.contains("lm_head") && !common::large() {
+            println!("matmul {label}: skipped (set {}=1 to run it)", common::LARGE_ENV);
+            continue;
+        }
+        let both = label == "1024^3" && common::large();
+        let run_variants = if both { &variants[..] } else { &variants[..1] };
         for &variant in run_variants {
             let mut rec = Recorder::new(&bx.gpu);
             matmul_with_variant(&mut rec, variant, &out, &ta, &tb, None, layout, false).unwrap();
@@ -117,7 +132,7 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
             let worst = worst_error(&got[..want.len()], &want, 1e-5 * (k as f64).sqrt() * 8.0, 1e-5);
             assert!(worst <= 1.0, "matmul {label} {variant:?}: result does not match the CPU reference");
             let flops = 2.0 * (m * n * k) as f64;
-            bx.time(c, "matmul", &format!("{label} {layout:?} {variant:?}"), Work::Flops(flops), |rec| {
+            bx.time(c, "matmul", &format!("{label} {layout:?} {variant:?}"), counting_flops(flops), |rec| {
                 matmul_with_variant(rec, variant, &out, &ta, &tb, None, layout, false).unwrap()
             });
         }
@@ -135,10 +150,10 @@ fn bench_layernorm(bx: &mut Bench, c: &mut Criterion) {
         rec.submit();
         bx.check("layernorm", &out, &reference::layernorm_forward(&x, &w, &b, ch, 1e-5).0, 1e-5, 1e-4);
         let bytes = (2 * rows * ch * 4) as f64;
-        bx.time(c, "layernorm", &format!("forward {label}"), Work::Bytes(bytes), |rec| {
+        bx.time(c, "layernorm", &format!("forward {label}"), counting_bytes(bytes), |rec| {
             layernorm::layernorm_forward(rec, &out, &mean, &rstd, &tx, &tw, &tb, 1e-5).unwrap()
         });
-        bx.time(c, "layernorm", &format!("backward {label}"), Work::Bytes(2.0 * bytes), |rec| {
+        bx.time(c, "layernorm", &format!("backward {label}"), counting_bytes(2.0 * bytes), |rec| {
             layernorm::layernorm_backward(rec, &dinp, &dw, &db, &out, &tx, &tw, &mean, &rstd).unwrap()
         });
     }
@@ -153,10 +168,10 @@ fn bench_elementwise(bx: &mut Bench, c: &mut Criterion) {
         rec.submit();
         bx.check("gelu", &out, &reference::gelu_forward(&x), 1e-6, 1e-5);
         let bytes = (2 * n * 4) as f64;
-        bx.time(c, "gelu", &format!("forward {label}"), Work::Bytes(bytes), |rec| {
+        bx.time(c, "gelu", &format!("forward {label}"), counting_bytes(bytes), |rec| {
             gelu::gelu_forward(rec, &out, &tx).unwrap()
         });
-        bx.time(c, "gelu", &format!("backward {label}"), Work::Bytes(1.5 * bytes), |rec| {
+        bx.time(c, "gelu", &format!("backward {label}"), counting_bytes(1.5 * bytes), |rec| {
             gelu::gelu_backward(rec, &dinp, &tx, &out).unwrap()
         });
         let mut rec = Recorder::new(&bx.gpu);
@@ -164,7 +179,7 @@ fn bench_elementwise(bx: &mut Bench, c: &mut Criterion) {
         rec.submit();
         let sum: Vec<f64> = x.iter().zip(reference::gelu_forward(&x)).map(|(a, b)| a + b).collect();
         bx.check("residual", &dinp, &sum, 1e-6, 1e-5);
-        bx.time(c, "residual", &format!("forward {label}"), Work::Bytes(1.5 * bytes), |rec| {
+        bx.time(c, "residual", &format!("forward {label}"), counting_bytes(1.5 * bytes), |rec| {
             residual::residual_forward(rec, &dinp, &tx, &out).unwrap()
         });
     }
@@ -186,10 +201,10 @@ fn bench_embedding(bx: &mut Bench, c: &mut Criterion) {
         rec.submit();
         bx.check("embedding", &out, &reference::embedding_forward(&ids, &pos, &wte, &wpe, ch), 1e-7, 1e-6);
         let bytes = (3 * n * ch * 4) as f64;
-        bx.time(c, "embedding", &format!("forward {label}"), Work::Bytes(bytes), |rec| {
+        bx.time(c, "embedding", &format!("forward {label}"), counting_bytes(bytes), |rec| {
             embedding::embedding_forward(rec, &out, &t_ids, &t_pos, &t_wte, &t_wpe).unwrap()
         });
-        bx.time(c, "embedding", &format!("backward wte {label}"), Work::Bytes(bytes), |rec| {
+        bx.time(c, "embedding", &format!("backward wte {label}"), counting_bytes(bytes), |rec| {
             embedding::embedding_backward(rec, &dwte, &out, &buckets).unwrap()
         });
     }
@@ -212,10 +227,10 @@ fn bench_attention(bx: &mut Bench, c: &mut Criterion) {
         bx.check("attention", &out, &reference::attention_forward(&qkv, &mask, b, t, ch, n_head).0, 1e-5, 1e-4);
         // Causal: QKᵀ and PV over the lower triangle, 2 FLOPs per multiply-add.
         let flops = 2.0 * 2.0 * (b * n_head * t * (t + 1) / 2 * (ch / n_head)) as f64;
-        bx.time(c, "attention", &format!("forward {label}"), Work::Flops(flops), |rec| {
+        bx.time(c, "attention", &format!("forward {label}"), counting_flops(flops), |rec| {
             attention::attention_forward(rec, &out, &lse, &t_qkv, &t_mask, shape).unwrap()
         });
-        bx.time(c, "attention", &format!("backward {label}"), Work::Flops(2.5 * flops), |rec| {
+        bx.time(c, "attention", &format!("backward {label}"), counting_flops(2.5 * flops), |rec| {
             attention::attention_backward(rec, &dqkv, &delta, &out, &t_qkv, &out, &lse, &t_mask, shape).unwrap()
         });
     }
@@ -232,11 +247,11 @@ fn bench_cross_entropy(bx: &mut Bench, c: &mut Criterion) {
         rec.submit();
         bx.check("cross-entropy", &loss, &reference::cross_entropy_forward(&logits, &targets, v), 1e-4, 1e-5);
         let bytes = (rows * v * 4) as f64;
-        bx.time(c, "cross_entropy", &format!("forward {label}"), Work::Bytes(bytes), |rec| {
+        bx.time(c, "cross_entropy", &format!("forward {label}"), counting_bytes(bytes), |rec| {
             cross_entropy::cross_entropy_forward(rec, &loss, &lse, &t_logits, &t_targets, 1.0).unwrap()
         });
         // In place: the logits become gradients, so each timed iteration rewrites the same buffer.
-        bx.time(c, "cross_entropy", &format!("backward {label}"), Work::Bytes(2.0 * bytes), |rec| {
+        bx.time(c, "cross_entropy", &format!("backward {label}"), counting_bytes(2.0 * bytes), |rec| {
             cross_entropy::cross_entropy_backward(rec, &t_logits, &dloss, &lse, &t_targets, 1.0).unwrap()
         });
     }
@@ -254,11 +269,11 @@ fn bench_adamw(bx: &mut Bench, c: &mut Criterion) {
         let (norm, scale) = reference::grad_norm(&g, 1.0);
         bx.check("grad norm", &norm_scale, &[norm, scale], 1e-5, 1e-4);
         let hp = adamw::AdamW::default();
-        bx.time(c, "adamw", &format!("grad norm {label}"), Work::Bytes((n * 4) as f64), |rec| {
+        bx.time(c, "adamw", &format!("grad norm {label}"), counting_bytes((n * 4) as f64), |rec| {
             adamw::grad_norm(rec, &norm_scale, &partial, &tg, 1.0).unwrap()
         });
         // Reads param, grad, m, v; writes param, m, v.
-        bx.time(c, "adamw", &format!("update {label}"), Work::Bytes((7 * n * 4) as f64), |rec| {
+        bx.time(c, "adamw", &format!("update {label}"), counting_bytes((7 * n * 4) as f64), |rec| {
             adamw::adamw_update(rec, &tp, &tm, &tv, &tg, &norm_scale, &hp, 1).unwrap()
         });
     }
@@ -317,10 +332,10 @@ fn bench_ppo(bx: &mut Bench, c: &mut Criterion) {
         // figures compare directly; the fused kernel reads them twice and writes once, the
         // unfused sequence makes five passes.
         let bytes = (rows * v * 4) as f64;
-        bx.time(c, "ppo_loss", &format!("fused {label}"), Work::Bytes(bytes), |rec| {
+        bx.time(c, "ppo_loss", &format!("fused {label}"), counting_bytes(bytes), |rec| {
             ppo_loss_fused(rec, &mb, &cfg, Some(&dvalues), &stats).unwrap()
         });
-        bx.time(c, "ppo_loss", &format!("unfused {label}"), Work::Bytes(bytes), |rec| {
+        bx.time(c, "ppo_loss", &format!("unfused {label}"), counting_bytes(bytes), |rec| {
             ppo_loss_unfused(rec, &mb, &cfg, &dvalues, &stats, &logp, &scalars).unwrap()
         });
     }
@@ -340,7 +355,7 @@ fn bench_gae(bx: &mut Bench, c: &mut Criterion) {
         rec.submit();
         bx.check("gae", &adv, &want, 1e-3, 1e-4);
         // Reads rewards, values, mask; writes advantages, returns.
-        bx.time(c, "gae", &format!("{kernel:?} B=512 T=1024"), Work::Bytes((5 * b * t * 4) as f64), |rec| {
+        bx.time(c, "gae", &format!("{kernel:?} B=512 T=1024"), counting_bytes((5 * b * t * 4) as f64), |rec| {
             gae(rec, kernel, &adv, &ret, &tr, &tv, &tm, 1.0, 0.95).unwrap()
         });
     }
@@ -348,8 +363,8 @@ fn bench_gae(bx: &mut Bench, c: &mut Criterion) {
 
 fn main() {
     let gpu = Gpu::new(None).expect("the benches need a GPU adapter");
-    println!("benchmarking on {}", gpu.describe());
-    let mut bx = Bench { gpu, rng: Rng::new(7), results: Mutex::new(Vec::new()) };
+    common::begin(&gpu);
+    let mut bx = Bench { gpu, rng: Rng::new(7) };
     let mut c = Criterion::default().configure_from_args();
     let families: [fn(&mut Bench, &mut Criterion); 9] = [
         bench_matmul,
@@ -366,12 +381,5 @@ fn main() {
         family(&mut bx, &mut c);
     }
     c.final_summary();
-
-    println!("\nsummary on {}:", bx.gpu.info.name);
-    for (name, work, secs) in bx.results.lock().unwrap().iter() {
-        match work {
-            Work::Flops(f) => println!("  {name:<60} {:>9.2} GFLOP/s  ({:.3} ms)", f / secs / 1e9, secs * 1e3),
-            Work::Bytes(b) => println!("  {name:<60} {:>9.2} GB/s     ({:.3} ms)", b / secs / 1e9, secs * 1e3),
-        }
-    }
+    common::print_summary(&bx.gpu);
 }

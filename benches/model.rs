@@ -1,12 +1,11 @@
 //! `cargo bench --bench model`: whole-model throughput in tokens/s, forward alone and
-//! forward + backward (+ AdamW), for the shipped tiny shape (batch 32 × 64) and a
-//! GPT-2-small-shaped model (randomly initialised, batch 1 × 128). Each is checked first: the
-//! tiny model's logits against the CPU reference model, GPT-2 small's initial loss against
-//! ln V (what a 0.02-scale random init gives).
+//! forward + backward (+ AdamW), for the shipped tiny shape (batch 32 × 64) and, with
+//! PPO_WGPU_BENCH_LARGE=1, a GPT-2-small-shaped model (randomly initialised, batch 1 × 128).
+//! Each is checked first: the tiny model's logits against the CPU reference model, GPT-2
+//! small's initial loss against ln V (what a 0.02-scale random init gives).
 
 mod common;
 
-use criterion::{Criterion, Throughput};
 use ppo_wgpu::gpu::{Gpu, Recorder};
 use ppo_wgpu::kernels::adamw::AdamW;
 use ppo_wgpu::model::optimizer::Optimizer;
@@ -15,9 +14,9 @@ use ppo_wgpu::reference;
 use ppo_wgpu::rng::Rng;
 use ppo_wgpu::sft::{LmBatch, record_loss, record_step};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn bench_model(c: &mut Criterion, gpu: &Arc<Gpu>, label: &str, config: GptConfig, b: usize, t: usize) {
+fn bench_model(gpu: &Arc<Gpu>, label: &str, config: GptConfig, b: usize, t: usize) {
     let heads = Heads { value: true, reward: false };
     let ck = init_weights(&config, heads, 1);
     let model = Model::upload(gpu, &ck).unwrap();
@@ -48,55 +47,42 @@ fn bench_model(c: &mut Criterion, gpu: &Arc<Gpu>, label: &str, config: GptConfig
     }
     drop(acts);
 
-    let mut g = c.benchmark_group("model");
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
-    g.throughput(Throughput::Elements((b * t) as u64)); // tokens
-    let mut report = Vec::new();
-    let mut forward_secs = (0.0, 0);
-    g.bench_function(format!("{label} forward"), |bench| {
-        bench.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                let mut rec = Recorder::new(gpu);
-                let _acts = model.forward(&mut rec, &lm.batch).unwrap();
-                rec.submit();
-            }
-            gpu.wait().unwrap();
-            forward_secs.0 += start.elapsed().as_secs_f64();
-            forward_secs.1 += iters;
-            start.elapsed()
-        })
+    // Timed with a budget rather than criterion's ten samples: a GPT-2 training step takes
+    // seconds on a software adapter.
+    let budget = Duration::from_secs(3);
+    let forward = common::seconds_per_call(budget, || {
+        let mut rec = Recorder::new(gpu);
+        let _acts = model.forward(&mut rec, &lm.batch).unwrap();
+        rec.submit();
+        gpu.wait().unwrap();
     });
-    report.push(("forward", "forward", forward_secs.0 / forward_secs.1 as f64));
-    let mut step_secs = (0.0, 0);
-    g.bench_function(format!("{label} forward+backward+AdamW"), |bench| {
-        bench.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                let mut rec = Recorder::new(gpu);
-                record_step(&mut rec, &model, &mut opt, &grads, &lm, 1e-4).unwrap();
-                rec.submit();
-            }
-            gpu.wait().unwrap();
-            step_secs.0 += start.elapsed().as_secs_f64();
-            step_secs.1 += iters;
-            start.elapsed()
-        })
+    let step = common::seconds_per_call(budget, || {
+        let mut rec = Recorder::new(gpu);
+        record_step(&mut rec, &model, &mut opt, &grads, &lm, 1e-4).unwrap();
+        rec.submit();
+        gpu.wait().unwrap();
     });
-    report.push(("forward+backward+AdamW", "training step", step_secs.0 / step_secs.1 as f64));
-    g.finish();
-    // (criterion runs nothing for a benchmark its filter leaves out: those are NaN here)
-    for (what, workload, secs) in report.into_iter().filter(|(_, _, secs)| secs.is_finite()) {
+    for (what, workload, secs) in [("forward", "forward", forward), ("forward+backward+AdamW", "training step", step)] {
         println!("  {label} {what}: {:.0} tokens/s ({:.1} ms per {b}x{t} batch)", (b * t) as f64 / secs, secs * 1e3);
         common::record(gpu, &format!("{label} {workload}"), (b * t) as f64 / secs, "tokens/s");
     }
 }
 
 fn main() {
+    // `cargo bench` passes --bench (and any filter): a filter that names no shape skips it.
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let wanted = |label: &str| {
+        filter.is_empty() || filter.iter().any(|f| label.contains(f.as_str()) || "model".contains(f.as_str()))
+    };
     let gpu = Gpu::new(None).expect("the benches need a GPU adapter");
-    println!("benchmarking on {} (CPU: {})", gpu.describe(), ppo_wgpu::gpu::cpu_model());
-    let mut c = Criterion::default().configure_from_args();
-    bench_model(&mut c, &gpu, "tiny", GptConfig::tiny(), 32, 64);
-    bench_model(&mut c, &gpu, "gpt2-small", GptConfig::gpt2_small(), 1, 128);
-    c.final_summary();
+    common::begin(&gpu);
+    if wanted("tiny") {
+        bench_model(&gpu, "tiny", GptConfig::tiny(), 32, 64);
+    }
+    if wanted("gpt2-small") && common::large() {
+        bench_model(&gpu, "gpt2-small", GptConfig::gpt2_small(), 1, 128);
+    } else if wanted("gpt2-small") {
+        println!("  (GPT-2 small skipped: set {}=1 to run it; minutes on a software adapter)", common::LARGE_ENV);
+    }
+    common::print_summary(&gpu);
 }

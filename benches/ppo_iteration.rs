@@ -2,7 +2,7 @@
 //! generation on the GPU), scoring (a reward model on the GPU), the policy and reference
 //! forwards with the advantages, and the update (epochs × minibatches) — for the tiny shape of
 //! the design document (batch 32, prompt 16 + response 48, 4 epochs × 4 minibatches), and for
-//! GPT-2 small (batch 8, prompt 64 + response 64) when PPO_WGPU_BENCH_GPT2=1 (minutes on a
+//! GPT-2 small (batch 8, prompt 64 + response 64) when PPO_WGPU_BENCH_LARGE=1 (minutes on a
 //! software adapter). Random weights; every phase ends in its own readback, so wall-clock
 //! time per phase is what a run spends there. Prints each phase's time, share, dispatches,
 //! submits and readbacks, and generation tokens/s. (`train` itself saves the scoring phase's
@@ -163,7 +163,7 @@ fn main() {
         return;
     }
     let gpu = Gpu::new(None).expect("the benches need a GPU adapter");
-    println!("benchmarking on {} (CPU: {})", gpu.describe(), ppo_wgpu::gpu::cpu_model());
+    common::begin(&gpu);
     let tiny = Shape {
         label: "tiny (4L/128/4H/V512)",
         config: GptConfig::tiny(),
@@ -174,7 +174,7 @@ fn main() {
         minibatches: 4,
     };
     bench(&gpu, &tiny, 3);
-    if std::env::var_os("PPO_WGPU_BENCH_GPT2").is_some() {
+    if common::large() {
         let small = Shape {
             label: "gpt2-small",
             config: GptConfig::gpt2_small(),
@@ -186,6 +186,7 @@ fn main() {
         };
         bench(&gpu, &small, 1);
     } else {
-        println!("\n(GPT-2 small skipped: set PPO_WGPU_BENCH_GPT2=1 to run it)");
+        println!("\n(GPT-2 small skipped: set {}=1 to run it)", common::LARGE_ENV);
     }
+    common::print_summary(&gpu);
 }
