@@ -173,7 +173,7 @@ fn main() {
         epochs: 4,
         minibatches: 4,
     };
-    bench(&gpu, &tiny, 3);
+    bench(&gpu, &tiny, 2);
     if common::large() {
         let small = Shape {
             label: "gpt2-small",
