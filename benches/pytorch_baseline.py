@@ -136,7 +136,8 @@ def bench_ppo(device, results, iterations=3):
 
         t0 = time.perf_counter()
         with torch.no_grad():
-            hidden = reward_model(seqs, output_hidden_states=True).hidden_states[-1]
+            full = torch.ones_like(seqs)
+            hidden = reward_model(seqs, attention_mask=full, output_hidden_states=True).hidden_states[-1]
             scores = score_head(hidden[:, -1]).squeeze(-1).cpu()
         times.append(time.perf_counter() - t0)
 
@@ -144,11 +145,11 @@ def bench_ppo(device, results, iterations=3):
         mask = torch.zeros(b, p + r, device=device)
         mask[:, p:] = 1.0
         with torch.no_grad():
-            out = policy(seqs, output_hidden_states=True)
+            out = policy(seqs, attention_mask=full, output_hidden_states=True)
             old_logp, _ = logprobs_of(out.logits, seqs, temperature)
             values = value_head(out.hidden_states[-1]).squeeze(-1)
             old_values = torch.cat([torch.zeros_like(values[:, :1]), values[:, :-1]], 1)
-            ref_logp, _ = logprobs_of(reference(seqs).logits, seqs, temperature)
+            ref_logp, _ = logprobs_of(reference(seqs, attention_mask=full).logits, seqs, temperature)
             rewards = -beta * (old_logp - ref_logp) * mask
             rewards[:, -1] += scores.to(device)
             advantages = torch.zeros_like(rewards)
@@ -169,7 +170,7 @@ def bench_ppo(device, results, iterations=3):
             order = torch.randperm(b, device=device)
             for m in range(minibatches):
                 rows = order[m * b // minibatches:(m + 1) * b // minibatches]
-                out = policy(seqs[rows], output_hidden_states=True)
+                out = policy(seqs[rows], attention_mask=full[rows], output_hidden_states=True)
                 logp, entropy = logprobs_of(out.logits, seqs[rows], temperature)
                 v = value_head(out.hidden_states[-1]).squeeze(-1)
                 v = torch.cat([torch.zeros_like(v[:, :1]), v[:, :-1]], 1)
