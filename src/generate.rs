@@ -157,8 +157,10 @@ pub struct GenerateArgs {
     /// Prompts from a file: one per line, or JSONL {"prompt": …}; all generated as one batch.
     #[arg(long, value_name = "FILE")]
     pub prompts: Option<PathBuf>,
-    #[arg(long, default_value_t = 48)]
-    pub max_new_tokens: usize,
+    /// New tokens per completion (completions end earlier at <|endoftext|>) [default: 48, or
+    /// what n_positions leaves after the longest prompt when that is less].
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
     /// Softmax temperature (0: greedy).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
@@ -191,22 +193,25 @@ pub fn run(gpu: &std::sync::Arc<crate::gpu::Gpu>, args: &GenerateArgs) -> Result
     if args.num_samples == 0 {
         return Err(Error::Input("--num-samples must be positive".into()));
     }
-    if args.max_new_tokens >= model.config.n_positions {
+    let encoded: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t)).collect::<Result<_>>()?;
+    let n_positions = model.config.n_positions;
+    let longest = encoded.iter().map(Vec::len).max().unwrap_or(0);
+    let max_new_tokens = args.max_new_tokens.unwrap_or(48.min(n_positions.saturating_sub(longest)).max(1));
+    if max_new_tokens >= n_positions {
         return Err(Error::Input(format!(
-            "--max-new-tokens {} leaves no room for a prompt in n_positions {}",
-            args.max_new_tokens, model.config.n_positions
+            "--max-new-tokens {max_new_tokens} leaves no room for a prompt in n_positions {n_positions}"
         )));
     }
-    let room = model.config.n_positions - args.max_new_tokens;
+    // Prompts longer than the room left keep their last tokens.
+    let room = n_positions - max_new_tokens;
     let mut prompts = Vec::new();
-    for text in &texts {
-        let ids = tok.encode(text)?;
+    for ids in encoded {
         let ids = ids[ids.len().saturating_sub(room)..].to_vec();
         prompts.extend(std::iter::repeat_n(ids, args.num_samples));
     }
     let eos = tok.eos_id();
     let opts = GenerateOptions {
-        max_new_tokens: args.max_new_tokens,
+        max_new_tokens,
         sampling: Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p },
         seed: args.seed,
         first_sample: 0,
@@ -220,7 +225,7 @@ pub fn run(gpu: &std::sync::Arc<crate::gpu::Gpu>, args: &GenerateArgs) -> Result
     let logprobs = if args.json {
         let _phase = gpu.phase("log-probs of the completions");
         let temperature = if args.temperature > 0.0 { args.temperature } else { 1.0 };
-        Some(completion_logprobs(&model, &generation, args.max_new_tokens, eos, temperature)?)
+        Some(completion_logprobs(&model, &generation, max_new_tokens, eos, temperature)?)
     } else {
         None
     };

@@ -302,7 +302,12 @@ impl Gpu {
             gpu_ms: gpu_ns / 1e6,
             kernels,
             wall_s: span.as_secs_f64(),
-            iteration_s: p.iteration_wall.as_secs_f64() / p.iterations.max(1) as f64,
+            // A command without a loop (generate, update) counts as one iteration.
+            iteration_s: if p.iterations > 0 {
+                p.iteration_wall.as_secs_f64() / p.iterations as f64
+            } else {
+                wall.as_secs_f64()
+            },
             iterations,
             phases,
             per_iteration: PerIteration {
@@ -458,8 +463,9 @@ impl Profile {
         if self.lost_submits > 0 {
             s += &format!("  ({} submits' timestamps could not be read back)\n", self.lost_submits);
         }
+        let plural = if self.iterations == 1 { "" } else { "s" };
         s += &format!(
-            "wall-clock per phase ({:.2} s in all; {} iterations of {:.3} s)\n",
+            "wall-clock per phase ({:.2} s in all; {} iteration{plural} of {:.3} s)\n",
             self.wall_s, self.iterations, self.iteration_s
         );
         s += &format!("  {:<44} {:>8} {:>11} {:>7}\n", "phase", "calls", "total s", "share");
