@@ -192,3 +192,24 @@ fn memory_shows_what_grpo_saves() {
     // it may not show.
     assert!(grpo < rloo && rloo <= ppo, "ppo {ppo} MiB, rloo {rloo} MiB, grpo {grpo} MiB");
 }
+
+/// The shipped policy generates with the defaults (its n_positions is 48: the default length
+/// fits itself to it), and `--profile --profile-out` print the report and write it as JSON with
+/// a Chrome trace beside it; stdout keeps only the completion.
+#[test]
+fn generate_on_the_shipped_policy_with_a_profile() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-profile");
+    let _ = std::fs::create_dir_all(&dir);
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/policy");
+    let out = dir.join("profile.json");
+    let (ok, stdout, stderr) =
+        ppo_wgpu(&["generate", "--model", model, "--prompt", "the film was", "--profile-out", out.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("the film was"), "{stdout}");
+    assert!(stderr.contains("GPU time per kernel") && stderr.contains("per iteration:"), "{stderr}");
+    let profile: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(profile["kernels"].as_array().unwrap().iter().any(|k| k["kernel"] == "sampling:sample_tokens"), "{profile}");
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("profile.trace.json")).unwrap()).unwrap();
+    assert!(trace["traceEvents"].as_array().unwrap().iter().any(|e| e["name"] == "generation"), "{trace}");
+}
