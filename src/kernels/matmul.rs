@@ -190,6 +190,9 @@ fn cannot_split(stuck: bool, a: &Tensor, b: &Tensor, out: &Tensor, limit: usize)
     })
 }
 
+/// Fewest rows of A for which an NT product on the CPU adapter transposes B and runs NN.
+const TRANSPOSE_MIN_ROWS: usize = 64;
+
 /// Records one matmul dispatch: op(a)·op(b) of shape (m, n, k) into columns out_col.. of rows
 /// of `out_stride` elements, reading A from column a_col of rows of `a_stride` elements.
 #[allow(clippy::too_many_arguments)]
@@ -223,8 +226,11 @@ fn record(
     // On the CPU adapter the NN kernel runs at about twice the NT kernel's rate (its B loads are
     // contiguous vec4s across invocations, NT's are 16 strided rows): when the shape allows NN,
     // transpose B once into a scratch tensor and run that instead (dinp = dout·Wᵀ in every
-    // linear layer's backward; the transpose costs a few percent of the product).
-    if register_tiled && layout == Layout::NT && vec4_a && vec4_out && n.is_multiple_of(4) {
+    // linear layer's backward; the transpose costs a few percent of the product). Not for a
+    // few rows of A (a decode step's LM head, x·wteᵀ over B rows): there the product is bound by
+    // reading B once, and the transpose would move B three times. (A fixed threshold, until
+    // the speed issue's measured choice of variants replaces it.)
+    if register_tiled && layout == Layout::NT && vec4_a && vec4_out && n.is_multiple_of(4) && m >= TRANSPOSE_MIN_ROWS {
         let gpu = rec.gpu().clone();
         let b_t = gpu.tensor(&[k, n], crate::gpu::DType::F32)?;
         let tp = Params { m: n as u32, n: k as u32, k: 0, flags: 0, out_stride: 0, out_col: 0, a_stride: 0, a_col: 0 };
