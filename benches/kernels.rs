@@ -97,7 +97,9 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
         ("gpt2 lm_head 256x768x50257", 256, 50257, 768, Layout::NT),
         ("tiny c_fc fwd 2048x128x512", 2048, 512, 128, Layout::NN),
     ];
-    let variants: Vec<MatmulVariant> = if bx.gpu.matmul_variant == MatmulVariant::RegisterTiled {
+    // The adapter's chosen variant first (measured on first use and cached), then the other.
+    let chosen = ppo_wgpu::kernels::matmul::variant(&bx.gpu).unwrap();
+    let variants: Vec<MatmulVariant> = if chosen == MatmulVariant::RegisterTiled {
         vec![MatmulVariant::RegisterTiled, MatmulVariant::WorkgroupTiled]
     } else {
         vec![MatmulVariant::WorkgroupTiled, MatmulVariant::RegisterTiled]
@@ -115,14 +117,14 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
             Layout::TN => reference::matmul(&a, &b, m, n, k, layout),
             _ => reference::matmul(&a[..16 * k], &b, 16, n, k, layout),
         };
-        // Only the 1024³ headline runs both variants (when asked); the rest run the adapter's own.
-        // The other variant at 1024³ and the LM head take seconds per call on a software
-        // adapter: only when asked.
+        // The ladder: both variants at the small model's and GPT-2's forward shapes, and at 1024³
+        // when asked (the slower variant takes a second per call there on a software adapter, as
+        // does the LM head in either); the chosen one alone elsewhere.
         if label.contains("lm_head") && !common::large() {
             println!("matmul {label}: skipped (set {}=1 to run it)", common::LARGE_ENV);
             continue;
         }
-        let both = label == "1024^3" && common::large();
+        let both = if label == "1024^3" { common::large() } else { layout == Layout::NN };
         let run_variants = if both { &variants[..] } else { &variants[..1] };
         for &variant in run_variants {
             let mut rec = Recorder::new(&bx.gpu);
@@ -132,7 +134,8 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
             let worst = worst_error(&got[..want.len()], &want, 1e-5 * (k as f64).sqrt() * 8.0, 1e-5);
             assert!(worst <= 1.0, "matmul {label} {variant:?}: result does not match the CPU reference");
             let flops = 2.0 * (m * n * k) as f64;
-            bx.time(c, "matmul", &format!("{label} {layout:?} {variant:?}"), counting_flops(flops), |rec| {
+            let mark = if variant == chosen { " (chosen)" } else { "" };
+            bx.time(c, "matmul", &format!("{label} {layout:?} {variant:?}{mark}"), counting_flops(flops), |rec| {
                 matmul_with_variant(rec, variant, &out, &ta, &tb, None, layout, false).unwrap()
             });
         }

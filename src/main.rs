@@ -304,11 +304,11 @@ fn run_on_gpu(gpu: &std::sync::Arc<Gpu>, command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Info => {
-            info(&gpu);
+            info(&gpu)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Selfcheck => {
-            info(&gpu);
+            info(&gpu)?;
             println!();
             let checks = selfcheck::run(&gpu)?;
             println!("{:<32} {:>12} {:>10}  result", "kernel family", "worst/tol", "ms");
@@ -358,11 +358,30 @@ fn named_config(name: &str) -> Result<model::GptConfig> {
     })
 }
 
-fn info(gpu: &Gpu) {
+fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     println!("adapter:  {}", gpu.info.name);
     println!("backend:  {:?} ({:?})", gpu.info.backend, gpu.info.device_type);
     println!("driver:   {} {}", gpu.info.driver, gpu.info.driver_info);
-    println!("matmul:   {:?} kernel", gpu.matmul_variant);
+    println!("CPU:      {}", gpu::cpu_model());
+    ppo_wgpu::kernels::matmul::variant(gpu)?;
+    let cache = gpu
+        .variant_cache()
+        .map_or(format!("no cache (${} is off)", gpu::CACHE_ENV), |p| format!("cached in {}", p.display()));
+    println!("kernel variants (chosen by measurement on first use, {cache}; PPO_WGPU_<FAMILY>=NAME forces one):");
+    for (family, choice) in gpu.variant_choices() {
+        let figures: Vec<String> = choice
+            .figures
+            .iter()
+            .map(|(v, rate)| format!("{v} {}", rate.map_or("failed its check".into(), |r| format!("{r:.2} GFLOP/s"))))
+            .collect();
+        println!(
+            "  {family:<8} {:<16} ({}{}{})",
+            choice.chosen,
+            choice.source,
+            if figures.is_empty() { "" } else { ": " },
+            figures.join(", ")
+        );
+    }
     println!("limits:");
     for (name, value) in gpu.limit_rows() {
         println!("  {name:<40} {value}");
@@ -372,4 +391,5 @@ fn info(gpu: &Gpu) {
     for a in all {
         println!("  {} ({:?}, {:?})", a.name, a.backend, a.device_type);
     }
+    Ok(())
 }

@@ -7,10 +7,12 @@
 mod profiler;
 mod recorder;
 mod tensor;
+mod variants;
 
 pub use profiler::{Iteration, KernelRow, PerIteration, Phase, PhaseRow, Profile, Work};
 pub use recorder::{Binding, PRELUDE, Recorder, Shader};
 pub use tensor::{DType, Tensor};
+pub use variants::{CACHE_ENV, Choice};
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -74,7 +76,7 @@ impl std::ops::Add for Counts {
     }
 }
 
-/// Which matmul implementation a given adapter runs fastest (see `kernels::matmul`).
+/// The matmul implementations, one chosen per adapter by measurement (`kernels::matmul::variant`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulVariant {
     /// Workgroup-shared tiles: the fast kernel on real GPUs.
@@ -89,7 +91,9 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
-    pub matmul_variant: MatmulVariant,
+    /// The kernel variants chosen for this device, by family, and the cache file behind them.
+    choices: Mutex<std::collections::BTreeMap<String, Choice>>,
+    variant_cache: Mutex<Option<std::path::PathBuf>>,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
     pool: BufferPool,
@@ -239,17 +243,13 @@ impl Gpu {
         let uncaptured = Arc::new(Mutex::new(Vec::new()));
         let sink = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| sink.lock().unwrap().push(e.to_string())));
-        let matmul_variant = if info.device_type == wgpu::DeviceType::Cpu {
-            MatmulVariant::RegisterTiled
-        } else {
-            MatmulVariant::WorkgroupTiled
-        };
         Ok(Arc::new(Gpu {
             device,
             queue,
             info,
             limits,
-            matmul_variant,
+            choices: Mutex::new(Default::default()),
+            variant_cache: Mutex::new(variants::default_cache_path()),
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
             pool: BufferPool::default(),

@@ -1,11 +1,13 @@
 //! Matrix multiply for linear layers in the GPT-2 layout (`W [in, out]`), forward and backward.
 //! Shaders: `matmul.wgsl` (register-tiled, vec4, no workgroup memory) and `matmul_tiled.wgsl`
-//! (workgroup-shared tiles, any shape). The variant is chosen per adapter (`Gpu::matmul_variant`)
-//! and falls back to the tiled kernel when a shape breaks the vec4 alignment.
+//! (workgroup-shared tiles, any shape). The variant is chosen per adapter by measurement
+//! (`variant`) and falls back to the tiled kernel when a shape breaks the vec4 alignment.
 
 use super::{as_matrix, bind, expect_len, groups};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{MatmulVariant, Recorder, Shader, Tensor, Work};
+use crate::gpu::{Gpu, MatmulVariant, Recorder, Shader, Tensor, Work};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub const SHADER: Shader = Shader { name: "matmul", source: include_str!("../../shaders/matmul.wgsl"), includes: &[] };
 pub const TILED_SHADER: Shader =
@@ -57,7 +59,7 @@ pub fn matmul(
     layout: Layout,
     accumulate: bool,
 ) -> Result<()> {
-    let variant = rec.gpu().matmul_variant;
+    let variant = variant(rec.gpu())?;
     matmul_with_variant(rec, variant, out, a, b, bias, layout, accumulate)
 }
 
@@ -188,6 +190,84 @@ fn cannot_split(stuck: bool, a: &Tensor, b: &Tensor, out: &Tensor, limit: usize)
             limit
         )
     })
+}
+
+/// The names of the variants, as `PPO_WGPU_MATMUL` and the cache spell them.
+const VARIANTS: [(MatmulVariant, &str); 2] =
+    [(MatmulVariant::RegisterTiled, "register-tiled"), (MatmulVariant::WorkgroupTiled, "workgroup-tiled")];
+
+/// The matmul variant this adapter runs: chosen by measurement on first use and cached (see
+/// `gpu::variants`), or forced with PPO_WGPU_MATMUL=register-tiled|workgroup-tiled.
+pub fn variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
+    let names = VARIANTS.map(|(_, name)| name);
+    let chosen = gpu.choose_variant("matmul", &names, || measure_variants(gpu))?;
+    Ok(VARIANTS.iter().find(|(_, name)| *name == chosen).expect("choose_variant returns one of the names").0)
+}
+
+/// Each variant's GFLOP/s over the three layouts at shapes like a small model's linear layers
+/// (about a second in all, far less on a GPU), after a check against the CPU reference on
+/// ragged shapes; None for a variant that fails its check.
+fn measure_variants(gpu: &Arc<Gpu>) -> Result<Vec<(String, Option<f64>)>> {
+    let mut rng = crate::rng::Rng::new(11);
+    let mut figures = Vec::new();
+    for (variant, name) in VARIANTS {
+        let mut correct = true;
+        for (layout, (m, n, k)) in [(Layout::NN, (37, 44, 29)), (Layout::NT, (33, 20, 52)), (Layout::TN, (24, 40, 17))]
+        {
+            let (a, b) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0));
+            let (sa, sb) = operand_shapes(layout, m, n, k);
+            let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+            let (ta, tb, out) = (
+                gpu.upload(&sa, &f32s(&a))?,
+                gpu.upload(&sb, &f32s(&b))?,
+                gpu.tensor(&[m, n], crate::gpu::DType::F32)?,
+            );
+            let mut rec = Recorder::new(gpu);
+            matmul_with_variant(&mut rec, variant, &out, &ta, &tb, None, layout, false)?;
+            rec.submit();
+            let want = crate::reference::matmul(&a, &b, m, n, k, layout);
+            let got = gpu.download(&out)?;
+            correct &= got.iter().zip(&want).all(|(&g, &w)| (g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()));
+        }
+        if !correct {
+            figures.push((name.to_string(), None));
+            continue;
+        }
+        let shapes = [(Layout::NN, (256, 512, 128)), (Layout::NT, (256, 128, 512)), (Layout::TN, (128, 512, 256))];
+        let (mut flops, mut seconds) = (0.0, 0.0);
+        for (layout, (m, n, k)) in shapes {
+            let (sa, sb) = operand_shapes(layout, m, n, k);
+            let (ta, tb) = (gpu.upload(&sa, &vec![0.5; m * k])?, gpu.upload(&sb, &vec![0.25; k * n])?);
+            let out = gpu.tensor(&[m, n], crate::gpu::DType::F32)?;
+            let run = |calls: usize| -> Result<f64> {
+                let start = Instant::now();
+                let mut rec = Recorder::new(gpu);
+                for _ in 0..calls {
+                    matmul_with_variant(&mut rec, variant, &out, &ta, &tb, None, layout, false)?;
+                }
+                rec.submit();
+                gpu.wait()?;
+                Ok(start.elapsed().as_secs_f64())
+            };
+            run(1)?; // compiles the pipelines
+            let once = run(1)?;
+            // As many calls as fit in about a tenth of a second (at least one more).
+            let calls = ((Duration::from_millis(100).as_secs_f64() / once.max(1e-6)) as usize).clamp(1, 64);
+            seconds += run(calls)?;
+            flops += (2 * m * n * k * calls) as f64;
+        }
+        figures.push((name.to_string(), Some(flops / seconds / 1e9)));
+    }
+    Ok(figures)
+}
+
+/// The shapes of A and B for `layout` and (m, n, k).
+fn operand_shapes(layout: Layout, m: usize, n: usize, k: usize) -> ([usize; 2], [usize; 2]) {
+    match layout {
+        Layout::NN => ([m, k], [k, n]),
+        Layout::NT => ([m, k], [n, k]),
+        Layout::TN => ([k, m], [k, n]),
+    }
 }
 
 /// Fewest rows of A for which an NT product on the CPU adapter transposes B and runs NN.

@@ -20,3 +20,4 @@ mod residual;
 mod rollout;
 mod sampling;
 mod shaders;
+mod variants;

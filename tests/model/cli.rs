@@ -208,8 +208,29 @@ fn generate_on_the_shipped_policy_with_a_profile() {
     assert!(stdout.starts_with("the film was"), "{stdout}");
     assert!(stderr.contains("GPU time per kernel") && stderr.contains("per iteration:"), "{stderr}");
     let profile: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    assert!(profile["kernels"].as_array().unwrap().iter().any(|k| k["kernel"] == "sampling:sample_tokens"), "{profile}");
+    assert!(
+        profile["kernels"].as_array().unwrap().iter().any(|k| k["kernel"] == "sampling:sample_tokens"),
+        "{profile}"
+    );
     let trace: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("profile.trace.json")).unwrap()).unwrap();
     assert!(trace["traceEvents"].as_array().unwrap().iter().any(|e| e["name"] == "generation"), "{trace}");
+}
+
+/// `info` shows the matmul variant and how it was chosen; PPO_WGPU_MATMUL forces one, and a
+/// name that is not a variant is an error naming the variable.
+#[test]
+fn info_shows_the_kernel_choice_and_the_environment_forces_one() {
+    let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-variants.json");
+    let cache = cache.to_str().unwrap();
+    let (ok, stdout, stderr) = ppo_wgpu_env(&["info"], &[("PPO_WGPU_VARIANT_CACHE", cache)]);
+    assert!(ok && stdout.contains("matmul   ") && stdout.contains("GFLOP/s"), "{stdout}{stderr}");
+    let forced = [("PPO_WGPU_VARIANT_CACHE", cache), ("PPO_WGPU_MATMUL", "workgroup-tiled")];
+    let (ok, stdout, _) = ppo_wgpu_env(&["info"], &forced);
+    assert!(ok && stdout.contains("workgroup-tiled  (forced)"), "{stdout}");
+    let (ok, _, stderr) = ppo_wgpu_env(&["info"], &[("PPO_WGPU_VARIANT_CACHE", cache), ("PPO_WGPU_MATMUL", "fast")]);
+    assert!(
+        !ok && stderr.contains("PPO_WGPU_MATMUL=fast: expected one of register-tiled, workgroup-tiled"),
+        "{stderr}"
+    );
 }

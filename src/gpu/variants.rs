@@ -1,0 +1,162 @@
+//! Kernel variants chosen by measurement, and the cache that remembers the choice
+//! (docs/design.md §2). A kernel family with several implementations (matmul: register-tiled
+//! or workgroup-tiled) is timed on its first use on an adapter; the fastest variant that
+//! matches the CPU reference is kept, in memory and in a cache file keyed by the adapter, its
+//! driver, the CPU and this crate's version, so that later runs start at once and make the
+//! same choice (a seeded run on one machine stays reproducible). The measuring lives with each
+//! family's kernels (`kernels::matmul::variant`); this module keeps the choices.
+//!
+//! `PPO_WGPU_VARIANT_CACHE=FILE` moves the cache (default: the user's cache directory,
+//! `ppo-wgpu/variants.json`), `=off` turns it off; `PPO_WGPU_<FAMILY>=NAME` (for example
+//! `PPO_WGPU_MATMUL=workgroup-tiled`) forces a variant. A cache file that does not parse, or
+//! whose entry was made by another adapter, driver, CPU or version, is not trusted: the family
+//! is measured again and the file rewritten.
+
+use super::Gpu;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The environment variable that moves (or, with `off`, disables) the cache file.
+pub const CACHE_ENV: &str = "PPO_WGPU_VARIANT_CACHE";
+
+/// How a family's variant was chosen, and the figures behind it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    pub chosen: String,
+    /// Each variant's measured rate (GFLOP/s for matmul; null for a variant whose result did
+    /// not match the CPU reference). Empty when forced.
+    pub figures: Vec<(String, Option<f64>)>,
+    /// "measured", "cached" or "forced".
+    #[serde(skip)]
+    pub source: &'static str,
+}
+
+/// The cache file: per adapter key, per family, the choice.
+#[derive(Default, Serialize, Deserialize)]
+struct CacheFile {
+    format: u32,
+    entries: BTreeMap<String, BTreeMap<String, Choice>>,
+}
+
+const FORMAT: u32 = 1;
+
+/// The default cache file: $XDG_CACHE_HOME or ~/.cache on Linux, ~/Library/Caches on macOS,
+/// %LOCALAPPDATA% on Windows; then ppo-wgpu/variants.json.
+pub(crate) fn default_cache_path() -> Option<PathBuf> {
+    match std::env::var_os(CACHE_ENV) {
+        Some(v) if v == "off" || v.is_empty() => return None,
+        Some(v) => return Some(PathBuf::from(v)),
+        None => {}
+    }
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let base = if cfg!(windows) {
+        env("LOCALAPPDATA")
+    } else if cfg!(target_os = "macos") {
+        env("HOME").map(|h| h.join("Library/Caches"))
+    } else {
+        env("XDG_CACHE_HOME").or_else(|| env("HOME").map(|h| h.join(".cache")))
+    };
+    base.map(|b| b.join("ppo-wgpu").join("variants.json"))
+}
+
+impl Gpu {
+    /// What the cache knows this machine by: adapter, backend, driver, CPU, crate version.
+    pub fn variant_key(&self) -> String {
+        let i = &self.info;
+        format!(
+            "{} | {:?} | {} {} | CPU {} | ppo-wgpu {}",
+            i.name,
+            i.backend,
+            i.driver,
+            i.driver_info,
+            super::cpu_model(),
+            env!("CARGO_PKG_VERSION")
+        )
+    }
+
+    /// The cache file this device reads and writes (None: no cache).
+    pub fn variant_cache(&self) -> Option<PathBuf> {
+        self.variant_cache.lock().unwrap().clone()
+    }
+
+    /// Moves the cache file this device reads and writes (None: no cache); for tests and tools.
+    pub fn set_variant_cache(&self, path: Option<PathBuf>) {
+        *self.variant_cache.lock().unwrap() = path;
+    }
+
+    /// The choices made so far, by family.
+    pub fn variant_choices(&self) -> Vec<(String, Choice)> {
+        self.choices.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The variant of `family` among `variants`: forced by `PPO_WGPU_<FAMILY>`, else the one
+    /// this device chose already, else the cache's, else the fastest of `measure()`'s figures
+    /// (a variant without a figure failed its check), which is then cached.
+    pub(crate) fn choose_variant(
+        &self,
+        family: &str,
+        variants: &[&str],
+        measure: impl FnOnce() -> Result<Vec<(String, Option<f64>)>>,
+    ) -> Result<String> {
+        if let Some(c) = self.choices.lock().unwrap().get(family) {
+            return Ok(c.chosen.clone());
+        }
+        let force_env = format!("PPO_WGPU_{}", family.to_uppercase());
+        let choice = if let Some(forced) = std::env::var(&force_env).ok().filter(|v| !v.is_empty()) {
+            if !variants.contains(&forced.as_str()) {
+                return Err(Error::Input(format!("{force_env}={forced}: expected one of {}", variants.join(", "))));
+            }
+            Choice { chosen: forced, figures: Vec::new(), source: "forced" }
+        } else if let Some(cached) = self.cached_choice(family).filter(|c| variants.contains(&c.chosen.as_str())) {
+            Choice { source: "cached", ..cached }
+        } else {
+            let figures = measure()?;
+            let best = figures
+                .iter()
+                .filter_map(|(v, rate)| rate.filter(|r| r.is_finite()).map(|r| (v, r)))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(v, _)| v.clone())
+                .ok_or_else(|| {
+                    Error::Gpu(format!(
+                        "{}: no {family} variant matched the CPU reference: {figures:?}",
+                        self.info.name
+                    ))
+                })?;
+            let choice = Choice { chosen: best, figures, source: "measured" };
+            self.write_choice(family, &choice);
+            choice
+        };
+        let chosen = choice.chosen.clone();
+        self.choices.lock().unwrap().insert(family.to_string(), choice);
+        Ok(chosen)
+    }
+
+    fn read_cache(&self) -> Option<CacheFile> {
+        let path = self.variant_cache.lock().unwrap().clone()?;
+        let text = std::fs::read_to_string(path).ok()?;
+        serde_json::from_str::<CacheFile>(&text).ok().filter(|c| c.format == FORMAT)
+    }
+
+    fn cached_choice(&self, family: &str) -> Option<Choice> {
+        self.read_cache()?.entries.get(&self.variant_key())?.get(family).cloned()
+    }
+
+    /// Adds the choice to the cache file (keeping the other machines' entries of a file that
+    /// parses); a file that cannot be written only costs a measurement next time.
+    fn write_choice(&self, family: &str, choice: &Choice) {
+        let Some(path) = self.variant_cache.lock().unwrap().clone() else { return };
+        let mut cache = self.read_cache().unwrap_or(CacheFile { format: FORMAT, ..Default::default() });
+        cache.entries.entry(self.variant_key()).or_default().insert(family.to_string(), choice.clone());
+        let text = serde_json::to_string_pretty(&cache).expect("the variant cache serialises");
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .map_err(|e| Error::io(&path, e))
+            .and_then(|_| crate::model::checkpoint::write_atomically(&path, text.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("note: could not cache the {family} kernel choice ({e}); set {CACHE_ENV}=FILE or off");
+        }
+    }
+}

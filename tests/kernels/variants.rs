@@ -1,0 +1,92 @@
+//! Kernel variants chosen by measurement (gpu::variants, kernels::matmul::variant): the choice
+//! is measured once and cached per adapter, driver, CPU and version; a cached choice is used
+//! as it is; a corrupt, stale or unknown cache entry is ignored and rewritten.
+
+use ppo_wgpu::gpu::{Gpu, MatmulVariant};
+use ppo_wgpu::kernels::matmul::variant;
+use std::path::Path;
+use std::sync::Arc;
+
+fn gpu_with_cache(path: &Path) -> Arc<Gpu> {
+    let gpu = Gpu::new(None).unwrap();
+    gpu.set_variant_cache(Some(path.to_path_buf()));
+    gpu
+}
+
+fn cache_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The cache file's entry for `gpu` choosing `chosen`, as the cache writes it.
+fn entry(gpu: &Gpu, chosen: &str) -> serde_json::Value {
+    serde_json::json!({ "format": 1, "entries": { gpu.variant_key(): {
+        "matmul": { "chosen": chosen, "figures": [["register-tiled", 1.0], ["workgroup-tiled", 2.0]] } } } })
+}
+
+#[test]
+fn a_measured_choice_is_cached_and_a_cached_choice_is_used_as_it_is() {
+    let path = cache_dir("variants-cache").join("sub/variants.json");
+    let gpu = gpu_with_cache(&path);
+    let measured = variant(&gpu).unwrap();
+    let (_, choice) = gpu.variant_choices().into_iter().find(|(f, _)| f == "matmul").unwrap();
+    assert_eq!(choice.source, "measured");
+    assert!(
+        choice.figures.len() == 2 && choice.figures.iter().all(|(_, rate)| rate.is_some_and(|r| r > 0.0)),
+        "{choice:?}"
+    );
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(file["entries"][gpu.variant_key()]["matmul"]["chosen"], choice.chosen);
+
+    // A second device reads the cache instead of measuring, and asks for the same variant.
+    let again = gpu_with_cache(&path);
+    assert_eq!(variant(&again).unwrap(), measured);
+    assert_eq!(again.variant_choices()[0].1.source, "cached");
+
+    // The choice is the cache's, whatever it says: here the other variant.
+    let other = if measured == MatmulVariant::RegisterTiled { "workgroup-tiled" } else { "register-tiled" };
+    std::fs::write(&path, entry(&gpu, other).to_string()).unwrap();
+    let from_file = gpu_with_cache(&path);
+    assert_ne!(variant(&from_file).unwrap(), measured);
+}
+
+#[test]
+fn a_corrupt_stale_or_unknown_cache_entry_is_ignored_and_rewritten() {
+    let dir = cache_dir("variants-bad-cache");
+    let probe = Gpu::new(None).unwrap();
+    let stale_key = probe.variant_key().replace("ppo-wgpu ", "ppo-wgpu 0.0.0-old ");
+    let stale = serde_json::json!({ "format": 1, "entries": { stale_key.clone(): {
+        "matmul": { "chosen": "workgroup-tiled", "figures": [] } } } });
+    let cases = [
+        ("corrupt", "{ this is not json".to_string()),
+        ("stale", stale.to_string()),
+        ("unknown variant", entry(&probe, "texture-tiled").to_string()),
+        ("other format", serde_json::json!({ "format": 99, "entries": {} }).to_string()),
+    ];
+    for (what, text) in cases {
+        let path = dir.join(format!("{}.json", what.replace(' ', "-")));
+        std::fs::write(&path, &text).unwrap();
+        let gpu = gpu_with_cache(&path);
+        variant(&gpu).unwrap();
+        assert_eq!(gpu.variant_choices()[0].1.source, "measured", "{what}: the cache must not be trusted");
+        let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{what}: the rewritten cache does not parse: {e}"));
+        assert_eq!(file["format"], 1, "{what}");
+        let chosen = file["entries"][gpu.variant_key()]["matmul"]["chosen"].as_str().unwrap();
+        assert!(chosen == "register-tiled" || chosen == "workgroup-tiled", "{what}: {file}");
+        if what == "stale" {
+            assert!(file["entries"].get(&stale_key).is_some(), "another version's entry is kept, not used");
+        }
+    }
+}
+
+#[test]
+fn without_a_cache_the_choice_is_measured_and_kept_in_memory() {
+    let gpu = Gpu::new(None).unwrap();
+    gpu.set_variant_cache(None);
+    let first = variant(&gpu).unwrap();
+    assert_eq!(variant(&gpu).unwrap(), first, "measured once per device");
+    assert_eq!(gpu.variant_choices().len(), 1);
+}
