@@ -172,10 +172,11 @@ impl Gpu {
         self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
-    /// Times a phase of the host loop ("rollout", "update", …) until the guard drops. Phases
-    /// should not nest.
+    /// Times a phase of the host loop ("rollout", "update", …) until the guard drops (or
+    /// `Phase::finish` returns its seconds); the profiler, when on, records it. Phases should
+    /// not nest.
     pub fn phase(&self, name: &'static str) -> Phase<'_> {
-        Phase { gpu: self, name, started: self.is_profiling().then(Instant::now) }
+        Phase { gpu: self, name, started: Instant::now(), profiled: self.is_profiling() }
     }
 
     /// Marks one iteration of a loop (a PPO iteration, an SFT step) until the guard drops: the
@@ -324,13 +325,23 @@ impl Gpu {
 pub struct Phase<'g> {
     gpu: &'g Gpu,
     name: &'static str,
-    started: Option<Instant>,
+    started: Instant,
+    profiled: bool,
+}
+
+impl Phase<'_> {
+    /// Ends the phase; its wall-clock seconds.
+    pub fn finish(self) -> f32 {
+        self.started.elapsed().as_secs_f32()
+    }
 }
 
 impl Drop for Phase<'_> {
     fn drop(&mut self) {
-        let Some(started) = self.started else { return };
-        let took = started.elapsed();
+        if !self.profiled {
+            return;
+        }
+        let (started, took) = (self.started, self.started.elapsed());
         let mut p = self.gpu.profile.lock().unwrap();
         match p.phases.iter_mut().find(|(n, _, _)| *n == self.name) {
             Some((_, calls, total)) => {

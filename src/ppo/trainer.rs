@@ -445,7 +445,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
     for it in state.iteration..opts.iterations {
         let iteration = gpu.iteration();
         let started = Instant::now();
-        let phase = gpu.phase("rollout: generation");
+        let rollout_phase = gpu.phase("rollout: generation");
         let rows: Vec<Vec<u32>> =
             prompt_indices(prompts.len(), opts.seed, it * prompts_per_iteration, prompts_per_iteration)
                 .into_iter()
@@ -461,13 +461,11 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
         };
         let generation = generate(&policy, &rows, &gen_opts)?;
         let seqs = Sequences::new(&generation, opts.response_length, eos);
-        let time_rollout = started.elapsed().as_secs_f32();
-        drop(phase);
+        let time_rollout = rollout_phase.finish();
 
         // The scores stay on the GPU (a reward model's forward runs with the rollout's, below);
         // they come back with the rollout's statistics.
-        let phase = gpu.phase("scoring");
-        let scoring = Instant::now();
+        let scoring = gpu.phase("scoring");
         let samples = samples(&generation, &tok)?;
         let mut rec = Recorder::new(gpu);
         let scores = reward.record_scores(&mut rec, &seqs, &samples).map_err(|e| at_iteration(e, it + 1))?;
@@ -476,11 +474,9 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
             accumulate(&mut rec, &scores, &gpu.upload(&[b], &penalties)?)?;
         }
         rec.submit();
-        let time_score = scoring.elapsed().as_secs_f32();
-        drop(phase);
+        let time_score = scoring.finish();
 
-        let phase = gpu.phase("policy and reference forwards, advantages");
-        let updating = Instant::now();
+        let forwards = gpu.phase("policy and reference forwards, advantages");
         let beta = state.beta as f32;
         let adv = AdvantageConfig {
             algo: opts.algo,
@@ -495,11 +491,11 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
         let rollout = prepare(&policy, reference.as_ref(), &seqs, &scores, &adv)?;
         let scores = rollout.scores.clone();
         check_scores(&scores, &samples, reward.name()).map_err(|e| at_iteration(e, it + 1))?;
-        drop(phase);
+        let mut time_update = forwards.finish();
         if let (Some(path), true) = (&opts.dump_batch, it == state.iteration) {
             rollout.to_file()?.save(path)?;
         }
-        let phase = gpu.phase("update");
+        let updating = gpu.phase("update");
         let lr = scheduled_lr(opts, it);
         let update_opts = UpdateOptions {
             algo: opts.algo,
@@ -529,8 +525,8 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
                 last_checkpoint.as_ref().map_or("none yet".into(), |p| p.display().to_string())
             )));
         }
-        let time_update = updating.elapsed().as_secs_f32();
-        drop(phase);
+        // (time_update_s: the forwards and advantages, and the update)
+        time_update += updating.finish();
 
         if let Some(target) = opts.target_kl {
             state.beta =
