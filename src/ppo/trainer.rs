@@ -620,6 +620,7 @@ fn validate(opts: &TrainOptions) -> Result<()> {
             "--num-generations must be at least 2 for grpo and rloo (each completion is compared with its group)",
         ),
         (opts.epochs() > 0, "--epochs must be positive"),
+        (opts.scale_rewards || opts.algo == Algo::Grpo, "--scale-rewards applies to grpo's advantages only"),
         (opts.beta() >= 0.0, "--beta must not be negative"),
         (opts.response_length > 0, "--response-length must be positive"),
         (opts.max_prompt_length > 0, "--max-prompt-length must be positive"),

@@ -144,6 +144,12 @@ impl UpdateArgs {
 /// Runs `ppo-wgpu update`: the update on a batch file, the new checkpoint (with the tokenizer,
 /// when the model has one) in `args.out`, the gradient dump when asked. Returns the statistics.
 pub fn run(gpu: &Arc<Gpu>, args: &UpdateArgs) -> Result<UpdateStats> {
+    if args.beta.is_some() && !args.algo.kl_in_loss() {
+        return Err(Error::Input(format!(
+            "--beta weighs GRPO's KL term in the loss; the {} update has none (its KL penalty is in the batch's advantages)",
+            args.algo
+        )));
+    }
     let opts = args.options();
     let ck = with_heads(checkpoint::load(&args.model)?, Heads { value: args.algo.has_value_head(), reward: false });
     let policy = Model::upload(gpu, &ck)?;
@@ -205,8 +211,9 @@ impl GradDump {
     }
 }
 
-/// Runs the update on `model` (with a value head for PPO, without for GRPO and RLOO) with `opt`: `opts.epochs` passes over
-/// the batch in `opts.minibatches` minibatches, each split into `opts.grad_accum` micro-batches
+/// Runs the update on `model` (with a value head for PPO, without for GRPO and RLOO) with
+/// `opt`: `opts.epochs` passes over the batch in `opts.minibatches` minibatches, each split
+/// into `opts.grad_accum` micro-batches
 /// whose gradients add up before one optimizer step. Everything is recorded into one encoder
 /// per minibatch; the statistics stay on the GPU until one readback at the end. Returns their
 /// means and, when `dump` is set, the first minibatch's gradients.

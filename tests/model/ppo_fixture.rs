@@ -105,6 +105,13 @@ fn critic_free_update_gradients_match_pytorch_autograd() {
         }
         assert!(got.tensor("v_head.summary.weight").is_err(), "{algo} has no value head to differentiate");
         assert!(!model::checkpoint::load(&out).unwrap().heads.value, "{algo} saves no value head");
+        if algo == "rloo" {
+            // β belongs to GRPO's loss: RLOO's KL penalty is already in the batch's advantages.
+            args.extend(["--beta", "0.1"]);
+            let run = std::process::Command::new(env!("CARGO_BIN_EXE_ppo-wgpu")).args(&args).output().unwrap();
+            let stderr = String::from_utf8_lossy(&run.stderr);
+            assert!(!run.status.success() && stderr.contains("--beta weighs GRPO's KL term"), "{stderr}");
+        }
         eprintln!("{algo} gradients, max |Δ| / max |g| per tensor:\n  {}", report.join("\n  "));
     }
 }

@@ -178,7 +178,11 @@ fn grpo_raises_a_verifiable_reward() {
     assert!(line["algo"] == "grpo" && line.get("frac_reward_zero_std").is_some() && line.get("vf_loss").is_none());
     assert!(!checkpoint::load(&report.policy).unwrap().heads.value, "no value head is created or saved");
 
-    // A batch that is not whole groups, and a group of one, are refused before anything runs.
+    // A batch that is not whole groups, a group of one, and GRPO's option for another algorithm
+    // are refused before anything runs.
+    let rloo = ["--algo", "rloo", "--scale-rewards", "false", "--iterations", "1"];
+    let err = run(&gpu, &options(&dir, "bad", &rloo)).unwrap_err().to_string();
+    assert!(err.contains("--scale-rewards applies to grpo"), "{err}");
     for (flags, want) in
         [(["--num-generations", "5"], "multiple of --num-generations"), (["--num-generations", "1"], "at least 2")]
     {
