@@ -3,9 +3,13 @@
 //   gelu(x)  = 0.5·x·(1 + tanh(u)),  u = sqrt(2/π)·(x + 0.044715·x³)
 //   gelu'(x) = 0.5·(1 + tanh(u)) + 0.5·x·(1 − tanh²(u))·sqrt(2/π)·(1 + 3·0.044715·x²)
 //
-// Layout: flat f32 arrays of params.n elements (any shape, e.g. [B·T, 4C]).
-// Launch: workgroup 256; one invocation per element; grid = ceil(n/256) workgroups laid out
-// 2D (x ≤ 65535), flat workgroup index = wid.y·nwg.x + wid.x.
+// The `…4` entry points are the same for n a multiple of 4, one invocation per vec4 (a quarter
+// of the loads and stores).
+//
+// Layout: flat f32 arrays of params.n elements (any shape, e.g. [B·T, 4C]); the same buffers
+// bound as vec4 arrays at bindings 5–8 for the vec4 forms.
+// Launch: workgroup 256; one invocation per element (per vec4); grid = ceil(n/256)
+// (ceil(n/4/256)) workgroups laid out 2D (x ≤ 65535), flat workgroup index = wid.y·nwg.x + wid.x.
 
 struct Params {
     n: u32,
@@ -18,6 +22,10 @@ const WG: u32 = 256u; // invocations per workgroup (kernels::gelu::WG)
 // Backward: dout in, dinp out (overwritten).
 @group(0) @binding(3) var<storage, read> dout: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dinp: array<f32>;
+@group(0) @binding(5) var<storage, read> inp4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> out4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> dout4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> dinp4: array<vec4<f32>>;
 
 const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
 
@@ -33,13 +41,25 @@ fn inner(x: f32) -> f32 {
     return SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
 }
 
+fn gelu(x: f32) -> f32 {
+    return x * sigmoid(2.0 * inner(x));
+}
+
+// gelu'(x)·d
+fn gelu_grad(x: f32, d: f32) -> f32 {
+    let u = inner(x);
+    let s_pos = sigmoid(2.0 * u);
+    let s_neg = sigmoid(-2.0 * u);
+    let du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+    return (s_pos + 2.0 * x * s_pos * s_neg * du_dx) * d;
+}
+
 @compute @workgroup_size(WG)
 fn gelu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let i = (wid.y * nwg.x + wid.x) * WG + lid;
     if (i >= params.n) { return; }
-    let x = inp[i];
-    out[i] = x * sigmoid(2.0 * inner(x));
+    out[i] = gelu(inp[i]);
 }
 
 @compute @workgroup_size(WG)
@@ -47,10 +67,24 @@ fn gelu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
                  @builtin(local_invocation_index) lid: u32) {
     let i = (wid.y * nwg.x + wid.x) * WG + lid;
     if (i >= params.n) { return; }
-    let x = inp[i];
-    let u = inner(x);
-    let s_pos = sigmoid(2.0 * u);
-    let s_neg = sigmoid(-2.0 * u);
-    let du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-    dinp[i] = (s_pos + 2.0 * x * s_pos * s_neg * du_dx) * dout[i];
+    dinp[i] = gelu_grad(inp[i], dout[i]);
+}
+
+@compute @workgroup_size(WG)
+fn gelu_forward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (i >= params.n / 4u) { return; }
+    let x = inp4[i];
+    out4[i] = vec4<f32>(gelu(x.x), gelu(x.y), gelu(x.z), gelu(x.w));
+}
+
+@compute @workgroup_size(WG)
+fn gelu_backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (i >= params.n / 4u) { return; }
+    let x = inp4[i];
+    let d = dout4[i];
+    dinp4[i] = vec4<f32>(gelu_grad(x.x, d.x), gelu_grad(x.y, d.y), gelu_grad(x.z, d.z), gelu_grad(x.w, d.w));
 }

@@ -52,6 +52,14 @@ pub(crate) fn row_ranges(gpu: &Gpu, rows: usize, cols: usize) -> Vec<(usize, usi
     (0..rows).step_by(step).map(|start| (start, step.min(rows - start))).collect()
 }
 
+/// An elementwise kernel's form and grid for `n` elements in workgroups of `wg`: the vec4 form
+/// (one invocation per 4 elements, a quarter of the loads) when n is a multiple of 4, else one
+/// invocation per element.
+pub(crate) fn elementwise(gpu: &Gpu, n: usize, wg: usize) -> (bool, [u32; 3]) {
+    let vec4 = n.is_multiple_of(4);
+    (vec4, gpu.grid(groups(if vec4 { n / 4 } else { n }, wg)))
+}
+
 /// Workgroups of `size` needed to cover `n` invocations.
 pub(crate) fn groups(n: usize, size: usize) -> usize {
     n.div_ceil(size)

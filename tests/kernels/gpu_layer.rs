@@ -112,5 +112,5 @@ fn a_tensor_of_the_wrong_dtype_is_refused_where_it_is_bound() {
     let (a, out) = (zeros(&[8]), zeros(&[8]));
     let mut rec = Recorder::new(&gpu);
     let err = ppo_wgpu::kernels::residual::residual_forward(&mut rec, &out, &a, &ids).unwrap_err().to_string();
-    assert!(err.contains("residual:residual_forward: binding 2 wants F32") && err.contains("U32"), "{err}");
+    assert!(err.contains("residual:residual_forward4: binding 5 wants F32") && err.contains("U32"), "{err}");
 }
