@@ -1,6 +1,6 @@
 //! Global gradient norm with clipping, and AdamW. Shader: `adamw.wgsl`.
 
-use super::{bind, expect_len, groups, row_ranges};
+use super::{bind, elementwise, expect_len, groups, row_ranges};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{Recorder, Shader, Tensor, Work};
 
@@ -64,11 +64,16 @@ pub fn grad_norm(
     rec.zero(partial);
     for (i, (start, n)) in slices.into_iter().enumerate() {
         let slice = grad.view(&gpu, start, &[n])?;
-        let wgs = groups(n, WG).clamp(1, per_slice);
+        let vec4 = n.is_multiple_of(4);
+        let wgs = groups(if vec4 { n / 4 } else { n }, WG).clamp(1, per_slice);
         let p = Params { n: n as u32, max_norm, first_partial: (i * per_slice) as u32, ..Default::default() };
-        let b = [bind(1, &slice), bind(2, partial)];
+        let (entry, b) = if vec4 {
+            ("grad_norm_partial4", [bind(9, &slice), bind(2, partial)])
+        } else {
+            ("grad_norm_partial", [bind(1, &slice), bind(2, partial)])
+        };
         let work = Work::flops(2 * n, n); // Σ g²
-        rec.dispatch(&SHADER, "grad_norm_partial", &[], bytemuck::bytes_of(&p), &b, [wgs as u32, 1, 1], work)?;
+        rec.dispatch(&SHADER, entry, &[], bytemuck::bytes_of(&p), &b, [wgs as u32, 1, 1], work)?;
     }
     let p = Params { n: NORM_PARTIALS as u32, max_norm, ..Default::default() };
     rec.dispatch(
@@ -116,10 +121,19 @@ pub fn adamw_update(
         let p = Params { n: len as u32, ..p };
         let slice = |t: &Tensor| t.view(&gpu, start, &[len]);
         let (grad, param, m, v) = (slice(grad)?, slice(param)?, slice(m)?, slice(v)?);
-        let b = [bind(1, &grad), bind(5, norm_scale), bind(6, &param), bind(7, &m), bind(8, &v)];
         // Reads gradient, parameter and both moments, writes the last three; ~15 flops each.
         let work = Work::flops(15 * len, 7 * len);
-        rec.dispatch(&SHADER, "adamw_update", &[], bytemuck::bytes_of(&p), &b, gpu.grid(groups(len, WG)), work)?;
+        let (entry, b, grid) = match elementwise(&gpu, len, WG) {
+            (true, grid) => (
+                "adamw_update4",
+                [bind(9, &grad), bind(5, norm_scale), bind(10, &param), bind(11, &m), bind(12, &v)],
+                grid,
+            ),
+            (false, grid) => {
+                ("adamw_update", [bind(1, &grad), bind(5, norm_scale), bind(6, &param), bind(7, &m), bind(8, &v)], grid)
+            }
+        };
+        rec.dispatch(&SHADER, entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }
