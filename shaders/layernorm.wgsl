@@ -5,8 +5,12 @@
 //             dinp += rstd·(g − mean(g) − n·mean(g·n))          (layernorm_backward_input)
 //             dw += Σ_rows dout·n,  db += Σ_rows dout            (layernorm_backward_params)
 //
+// layernorm_forward4 and layernorm_backward_input4 are the same for C a multiple of 4, reading
+// and writing vec4s (a quarter of the loads and stores).
+//
 // Layout: inp, out, dout, dinp [N, C] row-major; w, b, dw, db [C]; mean, rstd [N] (saved by the
-// forward for the backward).
+// forward for the backward). The vec4 forms bind inp, w, b, out, dout, dinp as vec4 arrays at
+// bindings 13–18.
 // Launch: one invocation per row (forward, backward_input) or per channel (backward_params),
 // workgroup 64, grid = ceil(rows/64) or ceil(C/64), laid out 2D (x ≤ 65535). One invocation per
 // row rather than a workgroup reduction: rows are short (C ≤ a few thousand) and on CPU
@@ -34,6 +38,12 @@ const WG: u32 = 64u; // invocations per workgroup (kernels::layernorm::WG)
 @group(0) @binding(10) var<storage, read_write> dbias: array<f32>;
 @group(0) @binding(11) var<storage, read> saved_mean: array<f32>;
 @group(0) @binding(12) var<storage, read> saved_rstd: array<f32>;
+@group(0) @binding(13) var<storage, read> inp4: array<vec4<f32>>;
+@group(0) @binding(14) var<storage, read> weight4: array<vec4<f32>>;
+@group(0) @binding(15) var<storage, read> bias4: array<vec4<f32>>;
+@group(0) @binding(16) var<storage, read_write> out4: array<vec4<f32>>;
+@group(0) @binding(17) var<storage, read> dout4: array<vec4<f32>>;
+@group(0) @binding(18) var<storage, read_write> dinp4: array<vec4<f32>>;
 
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid;
@@ -101,4 +111,50 @@ fn layernorm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     }
     dweight[ch] += dw;
     dbias[ch] += db;
+}
+
+@compute @workgroup_size(WG)
+fn layernorm_forward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let row = flat_index(wid, nwg, lid);
+    if (row >= params.rows) { return; }
+    let c4 = params.c / 4u;
+    let base = row * c4;
+    var sum = vec4<f32>(0.0);
+    for (var i = 0u; i < c4; i++) { sum += inp4[base + i]; }
+    let m = (sum.x + sum.y + sum.z + sum.w) / f32(params.c);
+    var sq = vec4<f32>(0.0);
+    for (var i = 0u; i < c4; i++) { let d = inp4[base + i] - m; sq += d * d; }
+    let s = inverseSqrt((sq.x + sq.y + sq.z + sq.w) / f32(params.c) + params.eps);
+    for (var i = 0u; i < c4; i++) {
+        out4[base + i] = (inp4[base + i] - m) * s * weight4[i] + bias4[i];
+    }
+    mean[row] = m;
+    rstd[row] = s;
+}
+
+@compute @workgroup_size(WG)
+fn layernorm_backward_input4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let row = flat_index(wid, nwg, lid);
+    if (row >= params.rows) { return; }
+    let c4 = params.c / 4u;
+    let base = row * c4;
+    let m = saved_mean[row];
+    let s = saved_rstd[row];
+    var g_sum = vec4<f32>(0.0);
+    var gn_sum = vec4<f32>(0.0);
+    for (var i = 0u; i < c4; i++) {
+        let n = (inp4[base + i] - m) * s;
+        let g = dout4[base + i] * weight4[i];
+        g_sum += g;
+        gn_sum += g * n;
+    }
+    let g_mean = (g_sum.x + g_sum.y + g_sum.z + g_sum.w) / f32(params.c);
+    let gn_mean = (gn_sum.x + gn_sum.y + gn_sum.z + gn_sum.w) / f32(params.c);
+    for (var i = 0u; i < c4; i++) {
+        let n = (inp4[base + i] - m) * s;
+        let g = dout4[base + i] * weight4[i];
+        dinp4[base + i] += s * (g - g_mean - n * gn_mean);
+    }
 }

@@ -38,9 +38,19 @@ pub fn layernorm_forward(
     expect_len(rstd, rows, "layernorm rstd")?;
     let params = Params { rows: rows as u32, c: c as u32, eps };
     let grid = rec.gpu().grid(groups(rows, WG));
-    let b = [bind(1, inp), bind(2, weight), bind(3, bias), bind(4, out), bind(5, mean), bind(6, rstd)];
     let work = Work::floats(2 * rows * c + 2 * c + 2 * rows);
-    rec.dispatch(&SHADER, "layernorm_forward", &[], bytemuck::bytes_of(&params), &b, grid, work)
+    let (entry, b) = if c.is_multiple_of(4) {
+        (
+            "layernorm_forward4",
+            [bind(13, inp), bind(14, weight), bind(15, bias), bind(16, out), bind(5, mean), bind(6, rstd)],
+        )
+    } else {
+        (
+            "layernorm_forward",
+            [bind(1, inp), bind(2, weight), bind(3, bias), bind(4, out), bind(5, mean), bind(6, rstd)],
+        )
+    };
+    rec.dispatch(&SHADER, entry, &[], bytemuck::bytes_of(&params), &b, grid, work)
 }
 
 /// Accumulates the LayerNorm gradients: dinp += ∂L/∂inp, dweight += ∂L/∂w, dbias += ∂L/∂b.
@@ -67,8 +77,16 @@ pub fn layernorm_backward(
     let params = Params { rows: rows as u32, c: c as u32, eps: 0.0 };
     let p = bytemuck::bytes_of(&params);
     let grid = rec.gpu().grid(groups(rows, WG));
-    let b = [bind(1, inp), bind(2, weight), bind(7, dout), bind(8, dinp), bind(11, mean), bind(12, rstd)];
-    rec.dispatch(&SHADER, "layernorm_backward_input", &[], p, &b, grid, Work::floats(3 * rows * c + c + 2 * rows))?;
+    let (entry, b) = if c.is_multiple_of(4) {
+        let b = [bind(13, inp), bind(14, weight), bind(17, dout), bind(18, dinp), bind(11, mean), bind(12, rstd)];
+        ("layernorm_backward_input4", b)
+    } else {
+        (
+            "layernorm_backward_input",
+            [bind(1, inp), bind(2, weight), bind(7, dout), bind(8, dinp), bind(11, mean), bind(12, rstd)],
+        )
+    };
+    rec.dispatch(&SHADER, entry, &[], p, &b, grid, Work::floats(3 * rows * c + c + 2 * rows))?;
     let grid = rec.gpu().grid(groups(c, WG));
     let b = [bind(1, inp), bind(7, dout), bind(9, dweight), bind(10, dbias), bind(11, mean), bind(12, rstd)];
     rec.dispatch(&SHADER, "layernorm_backward_params", &[], p, &b, grid, Work::floats(2 * rows * c + 4 * c + 2 * rows))
