@@ -114,6 +114,30 @@ pub fn matmul_with_variant(
     if m == 0 || n == 0 {
         return Ok(());
     }
+    // Products with a vector operand (the value and reward heads: one output column forward,
+    // an inner dimension or an output column of 1 backward) miss the register-tiled kernels'
+    // vec4 axes; the same product with the vector read the other way round ([n, 1] and [1, n]
+    // are the same memory) fits them:
+    //   NN, n = 1, no bias:  out[M,1] = a[M,K]·b[K,1]   as  outᵀ[1,M] = bᵀ[1,K]·a[M,K]ᵀ  (NT)
+    //   NT, k = 1:           out = a[M,1]·b[N,1]ᵀ       as  a[M,1]·bᵀ[1,N]               (NN)
+    //   TN, n = 1:           out[M,1] = a[K,M]ᵀ·b[K,1]   as  outᵀ[1,M] = bᵀ[1,K]·a[K,M]    (NN)
+    if variant == MatmulVariant::RegisterTiled && !register_tiled_fits(layout, m, n, k) {
+        let rewritten = match layout {
+            Layout::NN if n == 1 && bias.is_none() && register_tiled_fits(Layout::NT, 1, m, k) => {
+                Some((out.reshape(&[1, m])?, b.reshape(&[1, k])?, a.clone(), Layout::NT))
+            }
+            Layout::NT if k == 1 && register_tiled_fits(Layout::NN, m, n, 1) => {
+                Some((out.clone(), a.clone(), b.reshape(&[1, n])?, Layout::NN))
+            }
+            Layout::TN if n == 1 && register_tiled_fits(Layout::NN, 1, m, k) => {
+                Some((out.reshape(&[1, m])?, b.reshape(&[1, k])?, a.clone(), Layout::NN))
+            }
+            _ => None,
+        };
+        if let Some((out, a, b, layout)) = rewritten {
+            return matmul_with_variant(rec, variant, &out, &a, &b, None, layout, accumulate);
+        }
+    }
     let gpu = rec.gpu().clone();
     let limit = gpu.limits.max_storage_buffer_binding_size as usize / 4; // in f32 elements
     let fits = |rows: usize, cols: usize| rows * cols <= limit;

@@ -67,6 +67,17 @@ fn matmul_aligned_shapes_with_ragged_edges() {
     check_matmul(100, 132, 36, &mut rng);
 }
 
+/// Products with a vector operand (the value and reward heads and their gradients): the
+/// register-tiled variant runs them with the vector read as a row (see matmul_with_variant).
+#[test]
+fn matmul_vector_shapes() {
+    let mut rng = Rng::new(13);
+    check_matmul(37, 1, 64, &mut rng); // a head forward (NN), its dW (TN)
+    check_matmul(37, 64, 1, &mut rng); // a head's dinp (NT with K = 1)
+    check_matmul(40, 1, 37, &mut rng); // K ragged: NN stays tiled, TN reads A as scalars
+    check_matmul(1, 1, 8, &mut rng);
+}
+
 #[test]
 fn matmul_gpt2_small_shapes() {
     // 64 tokens through c_attn (768 → 2304) and the MLP projection (3072 → 768).
