@@ -230,8 +230,10 @@ pub fn variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
 
 /// Each variant's GFLOP/s over the three layouts at shapes like a small model's linear layers
 /// (about a second in all, far less on a GPU), after a check against the CPU reference on
-/// ragged shapes; None for a variant that fails its check.
+/// ragged shapes; None for a variant that fails its check. It runs on a device of its own on
+/// the same adapter, so that the device that trains keeps no buffers, pipelines or counts of it.
 fn measure_variants(gpu: &Arc<Gpu>) -> Result<Vec<(String, Option<f64>)>> {
+    let gpu = &Gpu::new(Some(&gpu.info.name))?;
     let mut rng = crate::rng::Rng::new(11);
     let mut figures = Vec::new();
     for (variant, name) in VARIANTS {
