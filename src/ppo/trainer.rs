@@ -606,7 +606,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
 fn frac_zero_std(scores: &[f32], group: usize) -> f32 {
     let groups = scores.chunks(group);
     let n = groups.len().max(1) as f32;
-    scores.chunks(group).filter(|g| g.iter().all(|s| *s == g[0])).count() as f32 / n
+    groups.filter(|g| g.iter().all(|s| *s == g[0])).count() as f32 / n
 }
 
 fn validate(opts: &TrainOptions) -> Result<()> {
