@@ -97,12 +97,22 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
         ("gpt2 lm_head 256x768x50257", 256, 50257, 768, Layout::NT),
         ("tiny c_fc fwd 2048x128x512", 2048, 512, 128, Layout::NN),
     ];
-    // The adapter's chosen variant first (measured on first use and cached), then the other.
+    // The adapter's chosen variant first (measured on first use and cached), then the others.
     let chosen = ppo_wgpu::kernels::matmul::variant(&bx.gpu).unwrap();
-    let variants: Vec<MatmulVariant> = if chosen == MatmulVariant::RegisterTiled {
-        vec![MatmulVariant::RegisterTiled, MatmulVariant::WorkgroupTiled]
-    } else {
-        vec![MatmulVariant::WorkgroupTiled, MatmulVariant::RegisterTiled]
+    let mut variants = vec![chosen];
+    variants.extend(ppo_wgpu::kernels::matmul::VARIANTS.iter().map(|&(v, _)| v).filter(|&v| v != chosen));
+    // What the choice measured, by variant: at 1024³ a variant far slower than the chosen one
+    // takes seconds per call on a software adapter, and runs only when asked.
+    let choices = bx.gpu.variant_choices();
+    let figures =
+        choices.iter().find(|(family, _)| family == "matmul").map(|(_, c)| c.figures.clone()).unwrap_or_default();
+    let rate = |v: MatmulVariant| {
+        let name = ppo_wgpu::kernels::matmul::VARIANTS.iter().find(|&&(x, _)| x == v).unwrap().1;
+        figures.iter().find(|(n, _)| n == name).and_then(|(_, r)| *r)
+    };
+    let close_to_chosen = |v: MatmulVariant| match (rate(v), rate(chosen)) {
+        (Some(r), Some(best)) => r >= best / 4.0,
+        _ => v == chosen,
     };
     for (label, m, n, k, layout) in shapes {
         let (sa, sb) = match layout {
@@ -117,16 +127,20 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
             Layout::TN => reference::matmul(&a, &b, m, n, k, layout),
             _ => reference::matmul(&a[..16 * k], &b, 16, n, k, layout),
         };
-        // The ladder: both variants at the small model's and GPT-2's forward shapes, and at 1024³
-        // when asked (the slower variant takes a second per call there on a software adapter, as
-        // does the LM head in either); the chosen one alone elsewhere.
+        // The ladder: every variant at the small model's and GPT-2's forward shapes and at 1024³
+        // (there the ones within 4× of the chosen, all of them when asked: the slowest takes a
+        // second per call on a software adapter, as does the LM head in any); the chosen one
+        // alone elsewhere.
         if label.contains("lm_head") && !common::large() {
             println!("matmul {label}: skipped (set {}=1 to run it)", common::LARGE_ENV);
             continue;
         }
-        let both = if label == "1024^3" { common::large() } else { layout == Layout::NN };
-        let run_variants = if both { &variants[..] } else { &variants[..1] };
-        for &variant in run_variants {
+        let run_variants: Vec<MatmulVariant> = match label {
+            "1024^3" => variants.iter().copied().filter(|&v| common::large() || close_to_chosen(v)).collect(),
+            _ if layout == Layout::NN => variants.clone(),
+            _ => vec![chosen],
+        };
+        for variant in run_variants {
             let mut rec = Recorder::new(&bx.gpu);
             matmul_with_variant(&mut rec, variant, &out, &ta, &tb, None, layout, false).unwrap();
             rec.submit();

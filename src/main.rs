@@ -174,6 +174,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let heads = model::Heads { value: algo.has_value_head(), reward: false };
             let m = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, MatmulVariant::WorkgroupTiled);
             let cpu = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, MatmulVariant::RegisterTiled);
+            let tex = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, MatmulVariant::Texture);
             let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
             let n = model::gpt::ParamLayout::new(&cfg, heads).count();
             let beta = beta.unwrap_or(algo.default_beta());
@@ -194,9 +195,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             println!("  total            {:>10.1} MiB", mib(m.total() + reference));
             println!(
-                "  (on a CPU adapter, plus {:.1} MiB of transposed weights in the backward)",
+                "  (on a CPU adapter, plus {:.1} MiB of transposed weights in the backward with the register-tiled matmul,",
                 mib(cpu.transpose_scratch)
             );
+            println!("   or {:.1} MiB of packed operands with the texture matmul)", mib(tex.texture_scratch));
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}

@@ -10,8 +10,8 @@ mod tensor;
 mod variants;
 
 pub use profiler::{Iteration, KernelRow, PerIteration, Phase, PhaseRow, Profile, Work};
-pub use recorder::{Binding, PRELUDE, Recorder, Shader};
-pub use tensor::{DType, Tensor};
+pub use recorder::{Binding, PRELUDE, Recorder, Resource, Shader};
+pub use tensor::{DType, Tensor, Texture};
 pub use variants::{CACHE_ENV, Choice};
 
 use crate::error::{Error, Result};
@@ -84,6 +84,16 @@ pub enum MatmulVariant {
     /// No workgroup memory, 8×16 outputs per invocation in vec4 registers: the fast kernel on
     /// CPU adapters (lavapipe), where barriers are expensive.
     RegisterTiled,
+    /// Operands packed into rgba32float textures, 16×16 outputs per invocation: the fast kernel
+    /// on CPU adapters whose storage-buffer loads are slow (lavapipe on AVX2 hosts).
+    Texture,
+}
+
+/// Limits to lower below what the adapter offers (`Gpu::with_lower_limits`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LowerLimits {
+    pub storage_binding_bytes: Option<u64>,
+    pub texture_dimension: Option<u32>,
 }
 
 pub struct Gpu {
@@ -171,6 +181,15 @@ impl Gpu {
     /// As `new`, with the storage-binding limit lowered to `max_binding_bytes` (when given):
     /// tests use it to exercise the paths that split work across bindings on small shapes.
     pub fn with_binding_limit(name_filter: Option<&str>, max_binding_bytes: Option<u64>) -> Result<Arc<Gpu>> {
+        Self::with_lower_limits(
+            name_filter,
+            LowerLimits { storage_binding_bytes: max_binding_bytes, ..Default::default() },
+        )
+    }
+
+    /// As `new`, with some limits lowered below what the adapter offers (tests use it to
+    /// exercise the paths that split work to fit them, on small shapes).
+    pub fn with_lower_limits(name_filter: Option<&str>, lower: LowerLimits) -> Result<Arc<Gpu>> {
         let env_filter = std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty());
         let filter = name_filter.map(str::to_string).or(env_filter);
 
@@ -191,10 +210,10 @@ impl Gpu {
                 adapters.remove(at)
             }
         };
-        Self::open(adapter, max_binding_bytes)
+        Self::open(adapter, lower)
     }
 
-    fn open(adapter: wgpu::Adapter, max_binding_bytes: Option<u64>) -> Result<Arc<Gpu>> {
+    fn open(adapter: wgpu::Adapter, lower: LowerLimits) -> Result<Arc<Gpu>> {
         let info = adapter.get_info();
         let available = adapter.limits();
         let needed = [
@@ -225,8 +244,11 @@ impl Gpu {
         // Ask for everything the adapter offers: GPT-2-small activations need storage bindings
         // and buffers far above the WebGPU defaults (128 MiB / 256 MiB).
         let mut limits = available.clone();
-        if let Some(max) = max_binding_bytes {
+        if let Some(max) = lower.storage_binding_bytes {
             limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(max);
+        }
+        if let Some(max) = lower.texture_dimension {
+            limits.max_texture_dimension_2d = limits.max_texture_dimension_2d.min(max);
         }
         // Timestamp queries where the adapter has them, for the profiler (they cost nothing
         // until it asks for them).
@@ -292,6 +314,7 @@ impl Gpu {
             ("max_compute_invocations_per_workgroup", l.max_compute_invocations_per_workgroup as u64),
             ("max_compute_workgroups_per_dimension", l.max_compute_workgroups_per_dimension as u64),
             ("min_storage_buffer_offset_alignment", l.min_storage_buffer_offset_alignment as u64),
+            ("max_texture_dimension_2d", l.max_texture_dimension_2d as u64),
         ]
     }
 

@@ -9,7 +9,7 @@
 //! each dispatch gets a timed pass of its own instead (`profiler.rs`).
 
 use super::profiler::{MAX_TIMED_DISPATCHES, QueryKit, Timed, Work};
-use super::{Counters, DType, Gpu, Tensor};
+use super::{Counters, DType, Gpu, Tensor, Texture};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -36,12 +36,19 @@ impl Shader {
     }
 }
 
-/// One storage binding of a dispatch: `@binding(index)` gets `tensor`, whose element type
-/// must be `dtype` (the shader's `array<f32>` or `array<u32>`).
+/// One binding of a dispatch: `@binding(index)` gets `resource`.
 pub struct Binding<'t> {
     pub index: u32,
-    pub tensor: &'t Tensor,
-    pub dtype: DType,
+    pub resource: Resource<'t>,
+}
+
+/// What a binding holds.
+pub enum Resource<'t> {
+    /// A storage buffer whose element type must be the `DType` (the shader's `array<f32>` or
+    /// `array<u32>`, or their vec4 forms for F32).
+    Tensor(&'t Tensor, DType),
+    /// A `texture_2d<f32>` read with `textureLoad`, or a `texture_storage_2d<rgba32float, write>`.
+    Texture(&'t Texture),
 }
 
 /// Bytes of uniform parameters one recorder may hold before it flushes.
@@ -54,11 +61,12 @@ pub struct Recorder {
     uniforms: Vec<u8>,
     arena: Option<wgpu::Buffer>,
     dispatches: usize,
-    /// Every tensor the recorded commands touch, held until they are submitted: a tensor
+    /// Every tensor (and texture) the recorded commands touch, held until they are submitted: a tensor
     /// dropped earlier would return its buffer to the pool, and an upload into the reused
     /// buffer (`write_buffer` runs at the start of the next submit) would overwrite data the
     /// recorded commands still have to read.
     in_use: Vec<Tensor>,
+    textures_in_use: Vec<Texture>,
     /// While profiling: the dispatches recorded with timestamps since the last submit, and the
     /// query set their timestamps go to.
     timed: Vec<Timed>,
@@ -84,6 +92,7 @@ impl Recorder {
             arena: Some(arena),
             dispatches: 0,
             in_use: Vec::new(),
+            textures_in_use: Vec::new(),
             timed: Vec::new(),
             queries: None,
         }
@@ -133,22 +142,23 @@ impl Recorder {
         }
         let max_binding = self.gpu.limits.max_storage_buffer_binding_size;
         for b in bindings {
-            if b.tensor.dtype() != b.dtype {
+            let Resource::Tensor(tensor, dtype) = b.resource else { continue };
+            if tensor.dtype() != dtype {
                 return Err(Error::Shape(format!(
                     "{}:{entry}: binding {} wants {:?} elements, got a {:?} tensor {:?}",
                     shader.name,
                     b.index,
-                    b.dtype,
-                    b.tensor.dtype(),
-                    b.tensor.shape()
+                    dtype,
+                    tensor.dtype(),
+                    tensor.shape()
                 )));
             }
-            if b.tensor.byte_len() > max_binding {
+            if tensor.byte_len() > max_binding {
                 return Err(Error::MissingCapability(format!(
                     "{entry}: binding {} is a tensor {:?} of {} bytes, above max_storage_buffer_binding_size = {} on {}",
                     b.index,
-                    b.tensor.shape(),
-                    b.tensor.byte_len(),
+                    tensor.shape(),
+                    tensor.byte_len(),
                     max_binding,
                     self.gpu.info.name
                 )));
@@ -175,15 +185,21 @@ impl Recorder {
             }),
         }];
         for b in bindings {
-            self.in_use.push(b.tensor.clone());
-            entries.push(wgpu::BindGroupEntry {
-                binding: b.index,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: b.tensor.buffer(),
-                    offset: b.tensor.byte_offset(),
-                    size: wgpu::BufferSize::new(b.tensor.byte_len()),
-                }),
-            });
+            let resource = match b.resource {
+                Resource::Tensor(tensor, _) => {
+                    self.in_use.push(tensor.clone());
+                    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: tensor.buffer(),
+                        offset: tensor.byte_offset(),
+                        size: wgpu::BufferSize::new(tensor.byte_len()),
+                    })
+                }
+                Resource::Texture(texture) => {
+                    self.textures_in_use.push(texture.clone());
+                    wgpu::BindingResource::TextureView(texture.view())
+                }
+            };
+            entries.push(wgpu::BindGroupEntry { binding: b.index, resource });
         }
         let bind_group = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(entry),
@@ -261,6 +277,7 @@ impl Recorder {
         }
         self.uniforms.clear();
         self.in_use.clear();
+        self.textures_in_use.clear();
     }
 
     /// Submits everything recorded. Does not wait: a later download or `Gpu::wait` does.

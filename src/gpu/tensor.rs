@@ -21,10 +21,12 @@ pub enum DType {
 #[derive(Default)]
 pub(crate) struct BufferPool {
     free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
-    /// Bytes of storage buffers created so far (pooled ones count once).
+    /// Bytes of storage buffers and textures created so far (pooled ones count once).
     allocated: AtomicU64,
     /// Staging buffers for readback, keyed by size.
     staging: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    /// Scratch textures, keyed by (slot, width, height): see `Gpu::scratch_texture`.
+    scratch_textures: Mutex<HashMap<(u32, u32, u32), Texture>>,
 }
 
 /// A storage buffer that returns itself to its pool when dropped.
@@ -41,6 +43,37 @@ impl Drop for PooledBuffer {
         }
     }
 }
+
+/// A 2D `rgba32float` texture: `height` rows of `width` texels of four f32s. The texture-operand
+/// matmul packs its operands into these (`kernels::matmul`).
+#[derive(Clone)]
+pub struct Texture {
+    inner: Arc<(wgpu::Texture, wgpu::TextureView)>,
+}
+
+impl std::fmt::Debug for Texture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Texture({}×{} rgba32float)", self.width(), self.height())
+    }
+}
+
+impl Texture {
+    /// Texels per row (each four f32s).
+    pub fn width(&self) -> u32 {
+        self.inner.0.width()
+    }
+    /// Rows.
+    pub fn height(&self) -> u32 {
+        self.inner.0.height()
+    }
+    pub(crate) fn view(&self) -> &wgpu::TextureView {
+        &self.inner.1
+    }
+}
+
+/// Scratch textures a device keeps before it lets them all go (a run whose shapes keep
+/// changing would otherwise keep one per shape).
+const SCRATCH_TEXTURES_KEPT: usize = 64;
 
 #[derive(Clone)]
 pub struct Tensor {
@@ -155,7 +188,54 @@ impl Gpu {
         })
     }
 
-    /// Bytes of tensor storage created on this device so far. A training loop in its steady
+    /// A `width` × `height` rgba32float scratch texture for kernels that pack an operand and
+    /// read it back within the same recorder: one per (slot, size), shared by every caller.
+    /// That is safe because dispatches run in the order they were recorded and submitted, so a
+    /// pack and the product that reads it finish before the next pack into the same texture;
+    /// two textures a dispatch reads at once need different slots. Sizes beyond the adapter's
+    /// max_texture_dimension_2d are an error naming it (callers split their work to fit).
+    pub fn scratch_texture(self: &Arc<Self>, slot: u32, width: usize, height: usize) -> Result<Texture> {
+        let max = self.limits.max_texture_dimension_2d as usize;
+        if width == 0 || height == 0 || width > max || height > max {
+            return Err(Error::MissingCapability(format!(
+                "a {width}×{height} texture is outside 1..={max} (max_texture_dimension_2d on {})",
+                self.info.name
+            )));
+        }
+        let key = (slot, width as u32, height as u32);
+        let mut scratch = self.pool.scratch_textures.lock().unwrap();
+        if let Some(t) = scratch.get(&key) {
+            return Ok(t.clone());
+        }
+        if scratch.len() >= SCRATCH_TEXTURES_KEPT {
+            scratch.clear(); // recorders still holding one keep it alive until they submit
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        Counters::bump(&self.counters.buffers);
+        let texture = self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("scratch"),
+            size: wgpu::Extent3d { width: key.1, height: key.2, depth_or_array_layers: 1 },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::STORAGE_BINDING,
+            view_formats: &[],
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::MissingCapability(format!(
+                "out of GPU memory allocating a {width}×{height} rgba32float texture on {}: {e}",
+                self.info.name
+            )));
+        }
+        self.pool.allocated.fetch_add(16 * (width * height) as u64, Ordering::Relaxed);
+        let view = texture.create_view(&Default::default());
+        let t = Texture { inner: Arc::new((texture, view)) };
+        scratch.insert(key, t.clone());
+        Ok(t)
+    }
+
+    /// Bytes of tensor (and texture) storage created on this device so far. A training loop in its steady
     /// state leaves it unchanged: every tensor comes from the pool.
     pub fn tensor_bytes_allocated(&self) -> u64 {
         self.pool.allocated.load(Ordering::Relaxed)

@@ -9,8 +9,8 @@
 //! `PPO_WGPU_VARIANT_CACHE=FILE` moves the cache (default: the user's cache directory,
 //! `ppo-wgpu/variants.json`), `=off` turns it off; `PPO_WGPU_<FAMILY>=NAME` (for example
 //! `PPO_WGPU_MATMUL=workgroup-tiled`) forces a variant. A cache file that does not parse, or
-//! whose entry was made by another adapter, driver, CPU or version, is not trusted: the family
-//! is measured again and the file rewritten.
+//! whose entry was made by another adapter, driver, CPU or version, or among another set of
+//! variants, is not trusted: the family is measured again and the file rewritten.
 
 use super::Gpu;
 use crate::error::{Error, Result};
@@ -61,6 +61,16 @@ pub(crate) fn default_cache_path() -> Option<PathBuf> {
     base.map(|b| b.join("ppo-wgpu").join("variants.json"))
 }
 
+/// Whether a cached choice was made among exactly these variants: one made before a variant
+/// was added (or after one was removed) is stale, and the family is measured again.
+fn measured_these(choice: &Choice, variants: &[&str]) -> bool {
+    let mut named: Vec<&str> = choice.figures.iter().map(|(name, _)| name.as_str()).collect();
+    let mut current = variants.to_vec();
+    named.sort_unstable();
+    current.sort_unstable();
+    variants.contains(&choice.chosen.as_str()) && named == current
+}
+
 impl Gpu {
     /// What the cache knows this machine by: adapter, backend, driver, CPU, crate version.
     pub fn variant_key(&self) -> String {
@@ -109,7 +119,7 @@ impl Gpu {
                 return Err(Error::Input(format!("{force_env}={forced}: expected one of {}", variants.join(", "))));
             }
             Choice { chosen: forced, figures: Vec::new(), source: "forced" }
-        } else if let Some(cached) = self.cached_choice(family).filter(|c| variants.contains(&c.chosen.as_str())) {
+        } else if let Some(cached) = self.cached_choice(family).filter(|c| measured_these(c, variants)) {
             Choice { source: "cached", ..cached }
         } else {
             let figures = measure()?;

@@ -1,17 +1,20 @@
 //! Matrix multiply for linear layers in the GPT-2 layout (`W [in, out]`), forward and backward.
-//! Shaders: `matmul.wgsl` (register-tiled, vec4, no workgroup memory) and `matmul_tiled.wgsl`
-//! (workgroup-shared tiles, any shape). The variant is chosen per adapter by measurement
-//! (`variant`) and falls back to the tiled kernel when a shape breaks the vec4 alignment.
+//! Shaders: `matmul.wgsl` (register-tiled, vec4, no workgroup memory), `matmul_tiled.wgsl`
+//! (workgroup-shared tiles, any shape) and `matmul_texture.wgsl` (operands packed into
+//! textures, 16×16 register tiles). The variant is chosen per adapter by measurement
+//! (`variant`); a shape that breaks a variant's vec4 alignment runs on the next that takes it.
 
-use super::{as_matrix, bind, expect_len, groups};
+use super::{as_matrix, bind, bind_texture, expect_len, groups};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Gpu, MatmulVariant, Recorder, Shader, Tensor, Work};
+use crate::gpu::{Gpu, MatmulVariant, Recorder, Shader, Tensor, Texture, Work};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const SHADER: Shader = Shader { name: "matmul", source: include_str!("../../shaders/matmul.wgsl"), includes: &[] };
 pub const TILED_SHADER: Shader =
     Shader { name: "matmul_tiled", source: include_str!("../../shaders/matmul_tiled.wgsl"), includes: &[] };
+pub const TEXTURE_SHADER: Shader =
+    Shader { name: "matmul_texture", source: include_str!("../../shaders/matmul_texture.wgsl"), includes: &[] };
 
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 64;
@@ -21,6 +24,9 @@ pub const WG_X: usize = 8;
 pub const WG_Y: usize = 8;
 /// Workgroup-tiled matmul: output rows and columns per workgroup (`TILE` in matmul_tiled.wgsl).
 pub const TILE: usize = 64;
+/// Texture-operand matmul: output rows and columns per invocation, and per workgroup of 8×8.
+pub const TEXTURE_TILE: usize = 16;
+const TEXTURE_TILE_WG: usize = 8 * TEXTURE_TILE;
 
 const ACCUMULATE: u32 = 1;
 const HAS_BIAS: u32 = 2;
@@ -88,6 +94,12 @@ pub fn register_tiled_fits(layout: Layout, _m: usize, n: usize, k: usize) -> boo
     }
 }
 
+/// Whether the texture kernel takes this product: at least a 16-row block, and an N that is a
+/// multiple of 4 (its stores are vec4s).
+pub fn texture_fits(m: usize, n: usize) -> bool {
+    m >= TEXTURE_TILE && n.is_multiple_of(4)
+}
+
 /// As `matmul`, with the variant named (benches and tests compare them). A register-tiled
 /// request on an unaligned shape runs the tiled kernel.
 ///
@@ -121,6 +133,10 @@ pub fn matmul_with_variant(
     //   NN, n = 1, no bias:  out[M,1] = a[M,K]·b[K,1]   as  outᵀ[1,M] = bᵀ[1,K]·a[M,K]ᵀ  (NT)
     //   NT, k = 1:           out = a[M,1]·b[N,1]ᵀ       as  a[M,1]·bᵀ[1,N]               (NN)
     //   TN, n = 1:           out[M,1] = a[K,M]ᵀ·b[K,1]   as  outᵀ[1,M] = bᵀ[1,K]·a[K,M]    (NN)
+    // The texture kernel computes 16×16 blocks and stores vec4s: a product with fewer rows (a
+    // decode step's) or a ragged N runs register-tiled instead.
+    let variant =
+        if variant == MatmulVariant::Texture && !texture_fits(m, n) { MatmulVariant::RegisterTiled } else { variant };
     if variant == MatmulVariant::RegisterTiled && !register_tiled_fits(layout, m, n, k) {
         let rewritten = match layout {
             Layout::NN if n == 1 && bias.is_none() && register_tiled_fits(Layout::NT, 1, m, k) => {
@@ -217,11 +233,14 @@ fn cannot_split(stuck: bool, a: &Tensor, b: &Tensor, out: &Tensor, limit: usize)
 }
 
 /// The names of the variants, as `PPO_WGPU_MATMUL` and the cache spell them.
-const VARIANTS: [(MatmulVariant, &str); 2] =
-    [(MatmulVariant::RegisterTiled, "register-tiled"), (MatmulVariant::WorkgroupTiled, "workgroup-tiled")];
+pub const VARIANTS: [(MatmulVariant, &str); 3] = [
+    (MatmulVariant::RegisterTiled, "register-tiled"),
+    (MatmulVariant::WorkgroupTiled, "workgroup-tiled"),
+    (MatmulVariant::Texture, "texture"),
+];
 
 /// The matmul variant this adapter runs: chosen by measurement on first use and cached (see
-/// `gpu::variants`), or forced with PPO_WGPU_MATMUL=register-tiled|workgroup-tiled.
+/// `gpu::variants`), or forced with PPO_WGPU_MATMUL=register-tiled|workgroup-tiled|texture.
 pub fn variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
     let names = VARIANTS.map(|(_, name)| name);
     let chosen = gpu.choose_variant("matmul", &names, || measure_variants(gpu))?;
@@ -230,61 +249,65 @@ pub fn variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
 
 /// Each variant's GFLOP/s over the three layouts at shapes like a small model's linear layers
 /// (about a second in all, far less on a GPU), after a check against the CPU reference on
-/// ragged shapes; None for a variant that fails its check. It runs on a device of its own on
-/// the same adapter, so that the device that trains keeps no buffers, pipelines or counts of it.
+/// ragged shapes; None for a variant that fails its check or that the adapter cannot run. It
+/// runs on a device of its own on the same adapter, so that the device that trains keeps no
+/// buffers, pipelines or counts of it.
 fn measure_variants(gpu: &Arc<Gpu>) -> Result<Vec<(String, Option<f64>)>> {
     let gpu = &Gpu::new(Some(&gpu.info.name))?;
-    let mut rng = crate::rng::Rng::new(11);
     let mut figures = Vec::new();
     for (variant, name) in VARIANTS {
-        let mut correct = true;
-        for (layout, (m, n, k)) in [(Layout::NN, (37, 44, 29)), (Layout::NT, (33, 20, 52)), (Layout::TN, (24, 40, 17))]
-        {
-            let (a, b) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0));
-            let (sa, sb) = operand_shapes(layout, m, n, k);
-            let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
-            let (ta, tb, out) = (
-                gpu.upload(&sa, &f32s(&a))?,
-                gpu.upload(&sb, &f32s(&b))?,
-                gpu.tensor(&[m, n], crate::gpu::DType::F32)?,
-            );
-            let mut rec = Recorder::new(gpu);
-            matmul_with_variant(&mut rec, variant, &out, &ta, &tb, None, layout, false)?;
-            rec.submit();
-            let want = crate::reference::matmul(&a, &b, m, n, k, layout);
-            let got = gpu.download(&out)?;
-            correct &= got.iter().zip(&want).all(|(&g, &w)| (g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()));
-        }
-        if !correct {
-            figures.push((name.to_string(), None));
-            continue;
-        }
-        let shapes = [(Layout::NN, (256, 512, 128)), (Layout::NT, (256, 128, 512)), (Layout::TN, (128, 512, 256))];
-        let (mut flops, mut seconds) = (0.0, 0.0);
-        for (layout, (m, n, k)) in shapes {
-            let (sa, sb) = operand_shapes(layout, m, n, k);
-            let (ta, tb) = (gpu.upload(&sa, &vec![0.5; m * k])?, gpu.upload(&sb, &vec![0.25; k * n])?);
-            let out = gpu.tensor(&[m, n], crate::gpu::DType::F32)?;
-            let run = |calls: usize| -> Result<f64> {
-                let start = Instant::now();
-                let mut rec = Recorder::new(gpu);
-                for _ in 0..calls {
-                    matmul_with_variant(&mut rec, variant, &out, &ta, &tb, None, layout, false)?;
-                }
-                rec.submit();
-                gpu.wait()?;
-                Ok(start.elapsed().as_secs_f64())
-            };
-            run(1)?; // compiles the pipelines
-            let once = run(1)?;
-            // As many calls as fit in about a tenth of a second (at least one more).
-            let calls = ((Duration::from_millis(100).as_secs_f64() / once.max(1e-6)) as usize).clamp(1, 64);
-            seconds += run(calls)?;
-            flops += (2 * m * n * k * calls) as f64;
-        }
-        figures.push((name.to_string(), Some(flops / seconds / 1e9)));
+        // An error (a texture format or limit the adapter lacks) rules the variant out.
+        let rate = measure_variant(gpu, variant).unwrap_or_else(|e| {
+            eprintln!("note: the {name} matmul cannot run on {}: {e}", gpu.info.name);
+            None
+        });
+        figures.push((name.to_string(), rate));
     }
     Ok(figures)
+}
+
+/// One variant's figure for `measure_variants`.
+fn measure_variant(gpu: &Arc<Gpu>, variant: MatmulVariant) -> Result<Option<f64>> {
+    let mut rng = crate::rng::Rng::new(11);
+    for (layout, (m, n, k)) in [(Layout::NN, (37, 44, 29)), (Layout::NT, (33, 20, 52)), (Layout::TN, (24, 40, 17))] {
+        let (a, b) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0));
+        let (sa, sb) = operand_shapes(layout, m, n, k);
+        let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+        let (ta, tb, out) =
+            (gpu.upload(&sa, &f32s(&a))?, gpu.upload(&sb, &f32s(&b))?, gpu.tensor(&[m, n], crate::gpu::DType::F32)?);
+        let mut rec = Recorder::new(gpu);
+        matmul_with_variant(&mut rec, variant, &out, &ta, &tb, None, layout, false)?;
+        rec.submit();
+        let want = crate::reference::matmul(&a, &b, m, n, k, layout);
+        let got = gpu.download(&out)?;
+        if !got.iter().zip(&want).all(|(&g, &w)| (g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs())) {
+            return Ok(None);
+        }
+    }
+    let shapes = [(Layout::NN, (256, 512, 128)), (Layout::NT, (256, 128, 512)), (Layout::TN, (128, 512, 256))];
+    let (mut flops, mut seconds) = (0.0, 0.0);
+    for (layout, (m, n, k)) in shapes {
+        let (sa, sb) = operand_shapes(layout, m, n, k);
+        let (ta, tb) = (gpu.upload(&sa, &vec![0.5; m * k])?, gpu.upload(&sb, &vec![0.25; k * n])?);
+        let out = gpu.tensor(&[m, n], crate::gpu::DType::F32)?;
+        let run = |calls: usize| -> Result<f64> {
+            let start = Instant::now();
+            let mut rec = Recorder::new(gpu);
+            for _ in 0..calls {
+                matmul_with_variant(&mut rec, variant, &out, &ta, &tb, None, layout, false)?;
+            }
+            rec.submit();
+            gpu.wait()?;
+            Ok(start.elapsed().as_secs_f64())
+        };
+        run(1)?; // compiles the pipelines
+        let once = run(1)?;
+        // As many calls as fit in about a tenth of a second (at least one more).
+        let calls = ((Duration::from_millis(100).as_secs_f64() / once.max(1e-6)) as usize).clamp(1, 64);
+        seconds += run(calls)?;
+        flops += (2 * m * n * k * calls) as f64;
+    }
+    Ok(Some(flops / seconds / 1e9))
 }
 
 /// The shapes of A and B for `layout` and (m, n, k).
@@ -315,6 +338,26 @@ fn record(
     (out_stride, out_col): (usize, usize),
     (a_stride, a_col): (usize, usize),
 ) -> Result<()> {
+    if variant == MatmulVariant::Texture {
+        if texture_fits(m, n) && out_stride.is_multiple_of(4) && out_col.is_multiple_of(4) {
+            let place = ((out_stride, out_col), (a_stride, a_col));
+            return record_texture(rec, out, a, b, bias, layout, accumulate, (m, n, k), place);
+        }
+        let variant = MatmulVariant::RegisterTiled;
+        return record(
+            rec,
+            variant,
+            out,
+            a,
+            b,
+            bias,
+            layout,
+            accumulate,
+            (m, n, k),
+            (out_stride, out_col),
+            (a_stride, a_col),
+        );
+    }
     let flags = if accumulate { ACCUMULATE } else { 0 } | if bias.is_some() { HAS_BIAS } else { 0 };
     // 2 flops per multiply-add; A and B read once, the output written (and read to accumulate).
     let work =
@@ -379,6 +422,172 @@ fn record(
             work,
         )
     }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct PackParams {
+    rows: u32,
+    cols: u32,
+    stride: u32,
+    offset: u32,
+    transposed: u32,
+    width: u32,
+    height: u32,
+    pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct TextureParams {
+    m: u32,
+    n: u32,
+    k4: u32,
+    flags: u32,
+    out_stride4: u32,
+    out_offset4: u32,
+    bias_offset4: u32,
+    pad: u32,
+}
+
+/// Scratch-texture slots (`Gpu::scratch_texture`): the two operands of one product.
+const SLOT_A: u32 = 0;
+const SLOT_B: u32 = 1;
+
+/// (width, height) in texels of the textures op(A) and op(B) of an (M, N, K) product are packed
+/// into: At is ceil(K/4) wide and M rounded up to whole 16-row tiles high; Bt is N/4 rounded up
+/// to whole 4-texel tiles wide and K rounded up to 4 high. (Padding is zeros, so the kernel
+/// reads whole tiles without bounds checks.)
+fn texture_sizes(m: usize, n: usize, k: usize) -> [(usize, usize); 2] {
+    [(k.div_ceil(4), m.next_multiple_of(TEXTURE_TILE)), (4 * n.div_ceil(TEXTURE_TILE), 4 * k.div_ceil(4))]
+}
+
+/// Bytes of the scratch textures the texture kernel keeps after running these (M, N, K)
+/// products (one per distinct size and operand, as `Gpu::scratch_texture` keeps them; an
+/// operand beyond the adapter's texture size runs in smaller blocks).
+pub fn texture_scratch_bytes(products: &[(usize, usize, usize)]) -> usize {
+    let mut kept = std::collections::BTreeSet::new();
+    for &(m, n, k) in products.iter().filter(|&&(m, n, _)| texture_fits(m, n)) {
+        let [a, b] = texture_sizes(m, n, k);
+        kept.extend([(SLOT_A, a), (SLOT_B, b)]);
+    }
+    kept.iter().map(|(_, (width, height))| 16 * width * height).sum()
+}
+
+/// Records a product on the texture kernel (arguments as `record`): packs op(A) and op(B) into
+/// textures, transposing where the layout asks, then multiplies them. Where an operand would
+/// exceed the adapter's texture size the product runs in blocks: rows of out, columns of out,
+/// and slices of K accumulated one after another.
+#[allow(clippy::too_many_arguments)]
+fn record_texture(
+    rec: &mut Recorder,
+    out: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    layout: Layout,
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    ((out_stride, out_col), (a_stride, a_col)): ((usize, usize), (usize, usize)),
+) -> Result<()> {
+    let gpu = rec.gpu().clone();
+    let max = gpu.limits.max_texture_dimension_2d as usize;
+    // The largest blocks whose textures fit (see texture_sizes).
+    let (m_step, k_step, n_step) = (max / TEXTURE_TILE * TEXTURE_TILE, max / 4 * 4, max / 4 * TEXTURE_TILE);
+    for m0 in (0..m).step_by(m_step) {
+        let mc = m_step.min(m - m0);
+        for k0 in (0..k).step_by(k_step) {
+            let kc = k_step.min(k - k0);
+            // op(A)[m0.., k0..]: rows of A as stored (NN, NT), or its columns (TN).
+            let (offset, transposed) = match layout {
+                Layout::TN => (k0 * a_stride + a_col + m0, true),
+                Layout::NN | Layout::NT => (m0 * a_stride + a_col + k0, false),
+            };
+            let a_block = Block { rows: mc, cols: kc, stride: a_stride, offset, transposed };
+            let [(a_width, a_height), _] = texture_sizes(mc, 0, kc);
+            let a_tex = pack(rec, SLOT_A, a, a_block, a_width, a_height)?;
+            for n0 in (0..n).step_by(n_step) {
+                let nc = n_step.min(n - n0);
+                // op(B)[k0.., n0..]: B [K, N] as stored (NN, TN), or B [N, K] transposed (NT).
+                let b_block = match layout {
+                    Layout::NT => Block { rows: kc, cols: nc, stride: k, offset: n0 * k + k0, transposed: true },
+                    Layout::NN | Layout::TN => {
+                        Block { rows: kc, cols: nc, stride: n, offset: k0 * n + n0, transposed: false }
+                    }
+                };
+                let [_, (b_width, b_height)] = texture_sizes(0, nc, kc);
+                let b_tex = pack(rec, SLOT_B, b, b_block, b_width, b_height)?;
+                let with_bias = bias.is_some() && k0 == 0;
+                let flags = if accumulate || k0 > 0 { ACCUMULATE } else { 0 } | if with_bias { HAS_BIAS } else { 0 };
+                let params = TextureParams {
+                    m: mc as u32,
+                    n: nc as u32,
+                    k4: kc.div_ceil(4) as u32,
+                    flags,
+                    out_stride4: (out_stride / 4) as u32,
+                    out_offset4: ((m0 * out_stride + out_col + n0) / 4) as u32,
+                    bias_offset4: (n0 / 4) as u32,
+                    pad: 0,
+                };
+                // Kernels that read a bias binding get `a` when there is none (the flag keeps it
+                // unread).
+                let bindings =
+                    [bind_texture(3, &a_tex), bind_texture(4, &b_tex), bind(5, bias.unwrap_or(a)), bind(6, out)];
+                let grid = [groups(nc, TEXTURE_TILE_WG) as u32, groups(mc, TEXTURE_TILE_WG) as u32, 1];
+                let accumulated = (flags & ACCUMULATE != 0) as usize;
+                let work = Work::flops(2 * mc * nc * kc, mc * kc + kc * nc + mc * nc * (1 + accumulated));
+                rec.dispatch(
+                    &TEXTURE_SHADER,
+                    "matmul_texture",
+                    &[],
+                    bytemuck::bytes_of(&params),
+                    &bindings,
+                    grid,
+                    work,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A block of a row-major matrix in a storage buffer: `rows` × `cols` starting at element
+/// `offset`, rows `stride` elements apart; `transposed`: the block is that of the transpose
+/// (element (r, c) at offset + c·stride + r).
+#[derive(Clone, Copy)]
+struct Block {
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    offset: usize,
+    transposed: bool,
+}
+
+/// Packs `block` of `src` into the scratch texture `slot` of `width` × `height` texels (zeros
+/// past the block).
+fn pack(rec: &mut Recorder, slot: u32, src: &Tensor, block: Block, width: usize, height: usize) -> Result<Texture> {
+    let gpu = rec.gpu().clone();
+    let texture = gpu.scratch_texture(slot, width, height)?;
+    let params = PackParams {
+        rows: block.rows as u32,
+        cols: block.cols as u32,
+        stride: block.stride as u32,
+        offset: block.offset as u32,
+        transposed: block.transposed as u32,
+        width: width as u32,
+        height: height as u32,
+        pad: 0,
+    };
+    rec.dispatch(
+        &TEXTURE_SHADER,
+        "pack",
+        &[],
+        bytemuck::bytes_of(&params),
+        &[bind(1, src), bind_texture(2, &texture)],
+        gpu.grid(groups(width * height, WG)),
+        Work::floats(block.rows * block.cols + 4 * width * height),
+    )?;
+    Ok(texture)
 }
 
 /// Linear layer forward: out [N, OC] = inp [N, C] · w [C, OC] + bias [OC].

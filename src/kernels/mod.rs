@@ -19,16 +19,21 @@ pub mod rollout;
 pub mod sampling;
 
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Binding, DType, Gpu, Tensor};
+use crate::gpu::{Binding, DType, Gpu, Resource, Tensor, Texture};
 
 /// `@binding(index)` = `tensor`, an `array<f32>` in the shader.
 pub(crate) fn bind(index: u32, tensor: &Tensor) -> Binding<'_> {
-    Binding { index, tensor, dtype: DType::F32 }
+    Binding { index, resource: Resource::Tensor(tensor, DType::F32) }
 }
 
 /// `@binding(index)` = `tensor`, an `array<u32>` in the shader (token ids, masks, indices).
 pub(crate) fn bind_u32(index: u32, tensor: &Tensor) -> Binding<'_> {
-    Binding { index, tensor, dtype: DType::U32 }
+    Binding { index, resource: Resource::Tensor(tensor, DType::U32) }
+}
+
+/// `@binding(index)` = `texture`, a `texture_2d<f32>` or an rgba32float storage texture.
+pub(crate) fn bind_texture(index: u32, texture: &Texture) -> Binding<'_> {
+    Binding { index, resource: Resource::Texture(texture) }
 }
 
 /// (rows, cols) of a tensor seen as a matrix whose rows are its last axis.
@@ -78,6 +83,7 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &layernorm::SHADER,
     &matmul::SHADER,
     &matmul::TILED_SHADER,
+    &matmul::TEXTURE_SHADER,
     &ppo::SHADER,
     &ppo::UNFUSED_SHADER,
     &preference::SHADER,
@@ -110,6 +116,10 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
     ("matmul", "WG_Y", matmul::WG_Y),
     ("matmul_tiled", "WG", matmul::WG),
     ("matmul_tiled", "TILE", matmul::TILE),
+    ("matmul_texture", "WG", matmul::WG),
+    ("matmul_texture", "WG_X", matmul::WG_X),
+    ("matmul_texture", "WG_Y", matmul::WG_Y),
+    ("matmul_texture", "TILE", matmul::TEXTURE_TILE),
     ("ppo_loss", "WG", ppo::WG),
     ("ppo_loss", "WG_STATS", ppo::WG_STATS),
     ("preference", "WG", preference::WG),

@@ -459,15 +459,37 @@ pub struct MemoryEstimate {
     pub activations: usize,
     /// Gradient scratch of the backward (one block's worth plus the heads).
     pub backward_scratch: usize,
-    /// On the CPU adapter's matmul variant, the transposed copy of each block weight that the
-    /// backward's dinp products use (held until the step is submitted); 0 on GPUs.
+    /// With the register-tiled matmul (a CPU adapter's), the transposed copy of each block
+    /// weight that the backward's dinp products use (held until the step is submitted).
     pub transpose_scratch: usize,
+    /// With the texture matmul (a CPU adapter's), the textures its operands are packed into.
+    pub texture_scratch: usize,
 }
 
 impl MemoryEstimate {
     pub fn total(&self) -> usize {
-        self.params + self.grads + self.adam_state + self.activations + self.backward_scratch + self.transpose_scratch
+        self.params
+            + self.grads
+            + self.adam_state
+            + self.activations
+            + self.backward_scratch
+            + self.transpose_scratch
+            + self.texture_scratch
     }
+}
+
+/// The matrix products of one training step on `bt` tokens, as (M, N, K): the forward, dinp
+/// and dW of every linear layer (one block's suffice: the others repeat their shapes) and of
+/// the heads, and the tied LM head's three.
+fn training_products(config: &GptConfig, heads: Heads, bt: usize) -> Vec<(usize, usize, usize)> {
+    let (c, v) = (config.n_embd, config.vocab_size);
+    let mut linears = vec![(c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)]; // (in, out)
+    linears.extend(std::iter::repeat_n((c, 1), heads.value as usize + heads.reward as usize));
+    let mut products = vec![(bt, v, c), (bt, c, v), (v, c, bt)];
+    for (i, o) in linears {
+        products.extend([(bt, o, i), (bt, i, o), (i, o, bt)]);
+    }
+    products
 }
 
 /// The memory of training `config` on batches of B × T tokens with the given matmul variant.
@@ -485,5 +507,18 @@ pub fn memory_estimate(config: &GptConfig, heads: Heads, b: usize, t: usize, var
     let p = 4 * layout.total;
     // c_attn (3C²), attn.c_proj (C²), c_fc (4C²), mlp.c_proj (4C²) per block.
     let transpose_scratch = if variant == MatmulVariant::RegisterTiled { 4 * l * 12 * c * c } else { 0 };
-    MemoryEstimate { params: p, grads: p, adam_state: 2 * p, activations, backward_scratch, transpose_scratch }
+    let texture_scratch = if variant == MatmulVariant::Texture {
+        crate::kernels::matmul::texture_scratch_bytes(&training_products(config, heads, bt))
+    } else {
+        0
+    };
+    MemoryEstimate {
+        params: p,
+        grads: p,
+        adam_state: 2 * p,
+        activations,
+        backward_scratch,
+        transpose_scratch,
+        texture_scratch,
+    }
 }

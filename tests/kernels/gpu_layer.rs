@@ -70,7 +70,7 @@ fn a_broken_shader_is_an_error_not_a_panic() {
             "main",
             &[],
             &[0u8; 16],
-            &[ppo_wgpu::gpu::Binding { index: 1, tensor: &t, dtype: DType::F32 }],
+            &[ppo_wgpu::gpu::Binding { index: 1, resource: ppo_wgpu::gpu::Resource::Tensor(&t, DType::F32) }],
             [1, 1, 1],
             Work::default(),
         )
@@ -92,10 +92,10 @@ fn an_uncaptured_wgpu_error_comes_back_from_the_next_wait() {
     let mut rec = Recorder::new(&gpu);
     let shader = &ppo_wgpu::kernels::residual::SHADER;
     let bindings = [
-        ppo_wgpu::gpu::Binding { index: 1, tensor: &a, dtype: DType::F32 },
-        ppo_wgpu::gpu::Binding { index: 2, tensor: &b, dtype: DType::F32 },
-        ppo_wgpu::gpu::Binding { index: 3, tensor: &out, dtype: DType::F32 },
-        ppo_wgpu::gpu::Binding { index: 7, tensor: &out, dtype: DType::F32 }, // not in the shader
+        ppo_wgpu::gpu::Binding { index: 1, resource: ppo_wgpu::gpu::Resource::Tensor(&a, DType::F32) },
+        ppo_wgpu::gpu::Binding { index: 2, resource: ppo_wgpu::gpu::Resource::Tensor(&b, DType::F32) },
+        ppo_wgpu::gpu::Binding { index: 3, resource: ppo_wgpu::gpu::Resource::Tensor(&out, DType::F32) },
+        ppo_wgpu::gpu::Binding { index: 7, resource: ppo_wgpu::gpu::Resource::Tensor(&out, DType::F32) }, // not in the shader
     ];
     rec.dispatch(shader, "residual_forward", &[], &8u32.to_le_bytes(), &bindings, [1, 1, 1], Work::default()).unwrap();
     drop(rec);

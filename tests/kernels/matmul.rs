@@ -3,7 +3,8 @@ use ppo_wgpu::gpu::{MatmulVariant, Recorder};
 use ppo_wgpu::kernels::matmul::{Layout, linear_backward, linear_forward, matmul_with_variant};
 use ppo_wgpu::reference;
 
-const VARIANTS: [MatmulVariant; 2] = [MatmulVariant::RegisterTiled, MatmulVariant::WorkgroupTiled];
+const VARIANTS: [MatmulVariant; 3] =
+    [MatmulVariant::RegisterTiled, MatmulVariant::WorkgroupTiled, MatmulVariant::Texture];
 const LAYOUTS: [Layout; 3] = [Layout::NN, Layout::NT, Layout::TN];
 
 /// f32 sums of K products of unit normals: the error grows like sqrt(K)·ε·|terms|.
@@ -195,4 +196,43 @@ fn matmul_that_cannot_be_split_is_an_error() {
     let err =
         ppo_wgpu::kernels::matmul::matmul(&mut rec, &out, &a, &b, None, Layout::NN, false).unwrap_err().to_string();
     assert!(err.contains("storage-binding limit"), "{err}");
+}
+
+#[test]
+fn texture_matmul_splits_operands_larger_than_the_texture_limit() {
+    // A device whose textures are at most 32 texels on a side: each product below has an
+    // operand wider or taller than that, so the texture kernel runs it in blocks of rows of
+    // out (M > 32), columns of out (N > 4·32 in 16-column tiles) and slices of K accumulated
+    // (K > 32 rows of Bt), with and without a bias.
+    let lower = ppo_wgpu::gpu::LowerLimits { texture_dimension: Some(32), ..Default::default() };
+    let gpu = ppo_wgpu::gpu::Gpu::with_lower_limits(None, lower).unwrap();
+    let mut rng = Rng::new(16);
+    for (layout, m, n, k) in
+        [(Layout::NN, 70, 20, 24), (Layout::NT, 20, 200, 12), (Layout::TN, 24, 36, 75), (Layout::NN, 37, 136, 131)]
+    {
+        let (sa, sb) = operand_shapes(layout, m, n, k);
+        let (a, b, prior) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0), rng.normals(m * n, 1.0));
+        let up = |x: &[f64], shape: &[usize]| gpu.upload(shape, &to_f32(x)).unwrap();
+        let (ta, tb, acc) = (up(&a, &sa), up(&b, &sb), up(&prior, &[m, n]));
+        let mut rec = Recorder::new(&gpu);
+        matmul_with_variant(&mut rec, MatmulVariant::Texture, &acc, &ta, &tb, None, layout, true).unwrap();
+        assert!(rec.dispatch_count() > 3, "{layout:?} M={m} N={n} K={k} should have been split");
+        rec.submit();
+        let want: Vec<f64> =
+            reference::matmul(&a, &b, m, n, k, layout).iter().zip(&prior).map(|(x, y)| x + y).collect();
+        let got: Vec<f64> = gpu.download(&acc).unwrap().into_iter().map(f64::from).collect();
+        let (atol, rtol) = tol(k);
+        assert_close(&format!("texture-split matmul {layout:?} M={m} N={n} K={k}"), &got, &want, atol, rtol);
+        if layout == Layout::NN {
+            let bias = rng.normals(n, 1.0);
+            let out = up(&vec![0.0; m * n], &[m, n]);
+            let mut rec = Recorder::new(&gpu);
+            let tbias = up(&bias, &[n]);
+            matmul_with_variant(&mut rec, MatmulVariant::Texture, &out, &ta, &tb, Some(&tbias), layout, false).unwrap();
+            rec.submit();
+            let want = reference::linear_forward(&a, &b, Some(&bias), m, k, n);
+            let got: Vec<f64> = gpu.download(&out).unwrap().into_iter().map(f64::from).collect();
+            assert_close(&format!("texture-split linear M={m} N={n} K={k}"), &got, &want, atol, rtol);
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Kernel variants chosen by measurement (gpu::variants, kernels::matmul::variant): the choice
 //! is measured once and cached per adapter, driver, CPU and version; a cached choice is used
-//! as it is; a corrupt, stale or unknown cache entry is ignored and rewritten.
+//! as it is; a corrupt, stale or unknown cache entry, or one made among other variants, is
+//! ignored and rewritten.
 
 use ppo_wgpu::gpu::{Gpu, MatmulVariant};
 use ppo_wgpu::kernels::matmul::variant;
@@ -20,10 +21,16 @@ fn cache_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// The cache file's entry for `gpu` choosing `chosen`, as the cache writes it.
-fn entry(gpu: &Gpu, chosen: &str) -> serde_json::Value {
+/// The cache file's entry for `gpu` choosing `chosen` among `names`, as the cache writes it.
+fn entry_among(gpu: &Gpu, chosen: &str, names: &[&str]) -> serde_json::Value {
+    let figures: Vec<(&str, f64)> = names.iter().map(|&name| (name, 1.0)).collect();
     serde_json::json!({ "format": 1, "entries": { gpu.variant_key(): {
-        "matmul": { "chosen": chosen, "figures": [["register-tiled", 1.0], ["workgroup-tiled", 2.0]] } } } })
+        "matmul": { "chosen": chosen, "figures": figures } } } })
+}
+
+/// … among the current variants.
+fn entry(gpu: &Gpu, chosen: &str) -> serde_json::Value {
+    entry_among(gpu, chosen, &ppo_wgpu::kernels::matmul::VARIANTS.map(|(_, name)| name))
 }
 
 #[test]
@@ -34,7 +41,8 @@ fn a_measured_choice_is_cached_and_a_cached_choice_is_used_as_it_is() {
     let (_, choice) = gpu.variant_choices().into_iter().find(|(f, _)| f == "matmul").unwrap();
     assert_eq!(choice.source, "measured");
     assert!(
-        choice.figures.len() == 2 && choice.figures.iter().all(|(_, rate)| rate.is_some_and(|r| r > 0.0)),
+        choice.figures.len() == ppo_wgpu::kernels::matmul::VARIANTS.len()
+            && choice.figures.iter().all(|(_, rate)| rate.is_some_and(|r| r > 0.0)),
         "{choice:?}"
     );
     let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -63,6 +71,8 @@ fn a_corrupt_stale_or_unknown_cache_entry_is_ignored_and_rewritten() {
         ("corrupt", "{ this is not json".to_string()),
         ("stale", stale.to_string()),
         ("unknown variant", entry(&probe, "texture-tiled").to_string()),
+        // Made before a variant was added: the new one was never measured.
+        ("fewer variants", entry_among(&probe, "register-tiled", &["register-tiled", "workgroup-tiled"]).to_string()),
         ("other format", serde_json::json!({ "format": 99, "entries": {} }).to_string()),
     ];
     for (what, text) in cases {
@@ -75,7 +85,7 @@ fn a_corrupt_stale_or_unknown_cache_entry_is_ignored_and_rewritten() {
             .unwrap_or_else(|e| panic!("{what}: the rewritten cache does not parse: {e}"));
         assert_eq!(file["format"], 1, "{what}");
         let chosen = file["entries"][gpu.variant_key()]["matmul"]["chosen"].as_str().unwrap();
-        assert!(chosen == "register-tiled" || chosen == "workgroup-tiled", "{what}: {file}");
+        assert!(ppo_wgpu::kernels::matmul::VARIANTS.iter().any(|(_, name)| *name == chosen), "{what}: {file}");
         if what == "stale" {
             assert!(file["entries"].get(&stale_key).is_some(), "another version's entry is kept, not used");
         }

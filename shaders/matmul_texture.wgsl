@@ -1,0 +1,203 @@
+// Matrix multiply with both operands read through textures: the variant for adapters whose
+// storage-buffer loads are slow. On lavapipe a storage-buffer load becomes a per-lane loop with
+// bounds and mask branches, and on some CPUs (AMD's AVX2 cores) every matmul tile shape is
+// bound by the number of values loaded that way; a `textureLoad` of an rgba32float texel is not,
+// and the same tiles run several times faster (docs/design.md §2). Each product runs in two
+// kinds of dispatch, both here:
+//
+//   pack:            copies a block of a row-major matrix in a storage buffer, or of its
+//                    transpose, into an rgba32float texture: texel (x, y) holds row y,
+//                    columns 4x..4x+3 of the block, and zeros past the block's rows and
+//                    columns (textures are padded to whole tiles, so the product reads no
+//                    bounds). Transposing while packing makes every layout NN below.
+//   matmul_texture:  out[M,N] (+)= At[M,K] · Bt[K,N] (+ bias[N]) with At and Bt packed.
+//
+// matmul_texture: each invocation computes a 16×16 block of the output in 64 vec4
+// accumulators, named rather than indexed so that they stay in registers. Output row r, vec4
+// column c is out[out_offset4 + r·out_stride4 + c] (a block of a larger output, when the
+// product is split to fit the adapter's texture size); N must be a multiple of 4.
+// params.flags: bit 0 = accumulate into out, bit 1 = add bias[bias_offset4·4 + column].
+// Textures: At is ceil(K/4) texels wide and 16·ceil(M/16) rows high; Bt is 4·ceil(N/16)
+// texels wide and 4·ceil(K/4) rows high.
+//
+// Launch: pack: workgroup 64, one invocation per texel, flat index wid.y·nwg.x·64 + wid.x·64 +
+// lid (grid from Gpu::grid). matmul_texture: workgroup (8, 8); invocation (x, y) owns output
+// rows 16y..16y+15 and columns 16x..16x+15; grid = (ceil(N/128), ceil(M/128)).
+
+struct PackParams {
+    rows: u32,       // rows of the block (texel rows past it are zeros)
+    cols: u32,       // columns of the block (texel columns past it are zeros)
+    stride: u32,     // elements between rows of the source as stored
+    offset: u32,     // element of the source holding block (0, 0)
+    transposed: u32, // 1: block (r, c) is source[offset + c·stride + r], else [offset + r·stride + c]
+    width: u32,      // the texture's size in texels
+    height: u32,
+    pad: u32,
+}
+
+struct Params {
+    m: u32,
+    n: u32,
+    k4: u32,          // texels of At per row: ceil(K/4)
+    flags: u32,
+    out_stride4: u32, // vec4s between output rows
+    out_offset4: u32, // vec4 of out holding output (0, 0)
+    bias_offset4: u32,// vec4 of bias holding output column 0's bias
+    pad: u32,
+}
+
+const ACCUMULATE: u32 = 1u;
+const HAS_BIAS: u32 = 2u;
+const WG: u32 = 64u;   // pack: invocations per workgroup (kernels::matmul::WG)
+const WG_X: u32 = 8u;  // matmul_texture: invocations per workgroup along N (kernels::matmul::WG_X)
+const WG_Y: u32 = 8u;  // … and along M (kernels::matmul::WG_Y)
+const TILE: u32 = 16u; // output rows and columns per invocation (kernels::matmul::TEXTURE_TILE)
+
+@group(0) @binding(0) var<uniform> pack_params: PackParams;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var dst: texture_storage_2d<rgba32float, write>;
+
+@compute @workgroup_size(WG)
+fn pack(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let p = pack_params;
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (i >= p.width * p.height) { return; }
+    // Neighbouring invocations read neighbouring source elements: along a texel row when the
+    // block is stored row by row, down a texel column when it is stored transposed.
+    var x = i % p.width;
+    var y = i / p.width;
+    if (p.transposed == 1u) {
+        x = i / p.height;
+        y = i % p.height;
+    }
+    var v = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j++) {
+        let c = 4u * x + j;
+        if (y < p.rows && c < p.cols) {
+            if (p.transposed == 1u) {
+                v[j] = src[p.offset + c * p.stride + y];
+            } else {
+                v[j] = src[p.offset + y * p.stride + c];
+            }
+        }
+    }
+    textureStore(dst, vec2<u32>(x, y), v);
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(3) var a_tex: texture_2d<f32>;
+@group(0) @binding(4) var b_tex: texture_2d<f32>;
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
+
+// Stores one output row's 16 columns (four vec4s from vec4 column c0), skipping what lies
+// outside [M, N/4).
+fn store_row(row: u32, c0: u32, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>) {
+    if (row >= params.m) { return; }
+    let values = array<vec4<f32>, 4>(v0, v1, v2, v3);
+    for (var c = 0u; c < 4u; c++) {
+        let col = c0 + c;
+        if (col >= params.n / 4u) { return; }
+        var v = values[c];
+        if ((params.flags & HAS_BIAS) != 0u) {
+            let at = 4u * (params.bias_offset4 + col);
+            v += vec4<f32>(bias[at], bias[at + 1u], bias[at + 2u], bias[at + 3u]);
+        }
+        let at = params.out_offset4 + row * params.out_stride4 + col;
+        if ((params.flags & ACCUMULATE) != 0u) { v += out[at]; }
+        out[at] = v;
+    }
+}
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let m0 = gid.y * TILE;
+    let c0 = gid.x * (TILE / 4u); // first vec4 column
+    if (m0 >= params.m || 4u * c0 >= params.n) { return; }
+
+    // accR_C holds row m0 + R, columns 4(c0 + C) .. 4(c0 + C) + 3.
+    let zero = vec4<f32>(0.0);
+    var acc0_0 = zero; var acc0_1 = zero; var acc0_2 = zero; var acc0_3 = zero;
+    var acc1_0 = zero; var acc1_1 = zero; var acc1_2 = zero; var acc1_3 = zero;
+    var acc2_0 = zero; var acc2_1 = zero; var acc2_2 = zero; var acc2_3 = zero;
+    var acc3_0 = zero; var acc3_1 = zero; var acc3_2 = zero; var acc3_3 = zero;
+    var acc4_0 = zero; var acc4_1 = zero; var acc4_2 = zero; var acc4_3 = zero;
+    var acc5_0 = zero; var acc5_1 = zero; var acc5_2 = zero; var acc5_3 = zero;
+    var acc6_0 = zero; var acc6_1 = zero; var acc6_2 = zero; var acc6_3 = zero;
+    var acc7_0 = zero; var acc7_1 = zero; var acc7_2 = zero; var acc7_3 = zero;
+    var acc8_0 = zero; var acc8_1 = zero; var acc8_2 = zero; var acc8_3 = zero;
+    var acc9_0 = zero; var acc9_1 = zero; var acc9_2 = zero; var acc9_3 = zero;
+    var acc10_0 = zero; var acc10_1 = zero; var acc10_2 = zero; var acc10_3 = zero;
+    var acc11_0 = zero; var acc11_1 = zero; var acc11_2 = zero; var acc11_3 = zero;
+    var acc12_0 = zero; var acc12_1 = zero; var acc12_2 = zero; var acc12_3 = zero;
+    var acc13_0 = zero; var acc13_1 = zero; var acc13_2 = zero; var acc13_3 = zero;
+    var acc14_0 = zero; var acc14_1 = zero; var acc14_2 = zero; var acc14_3 = zero;
+    var acc15_0 = zero; var acc15_1 = zero; var acc15_2 = zero; var acc15_3 = zero;
+    for (var k4 = 0u; k4 < params.k4; k4++) {
+        // Rows 4k4..4k4+3 of Bt as four 4×4 blocks: column j of block C is
+        // Bt[4k4 + j, 4(c0 + C)..+3], so block · At[row, 4k4..4k4+3] is that row's
+        // contribution to 4 outputs.
+        let k = 4u * k4;
+        let b0 = mat4x4<f32>(textureLoad(b_tex, vec2<u32>(c0, k), 0), textureLoad(b_tex, vec2<u32>(c0, k + 1u), 0),
+                             textureLoad(b_tex, vec2<u32>(c0, k + 2u), 0), textureLoad(b_tex, vec2<u32>(c0, k + 3u), 0));
+        let b1 = mat4x4<f32>(textureLoad(b_tex, vec2<u32>(c0 + 1u, k), 0), textureLoad(b_tex, vec2<u32>(c0 + 1u, k + 1u), 0),
+                             textureLoad(b_tex, vec2<u32>(c0 + 1u, k + 2u), 0), textureLoad(b_tex, vec2<u32>(c0 + 1u, k + 3u), 0));
+        let b2 = mat4x4<f32>(textureLoad(b_tex, vec2<u32>(c0 + 2u, k), 0), textureLoad(b_tex, vec2<u32>(c0 + 2u, k + 1u), 0),
+                             textureLoad(b_tex, vec2<u32>(c0 + 2u, k + 2u), 0), textureLoad(b_tex, vec2<u32>(c0 + 2u, k + 3u), 0));
+        let b3 = mat4x4<f32>(textureLoad(b_tex, vec2<u32>(c0 + 3u, k), 0), textureLoad(b_tex, vec2<u32>(c0 + 3u, k + 1u), 0),
+                             textureLoad(b_tex, vec2<u32>(c0 + 3u, k + 2u), 0), textureLoad(b_tex, vec2<u32>(c0 + 3u, k + 3u), 0));
+        var a: vec4<f32>;
+        a = textureLoad(a_tex, vec2<u32>(k4, m0 + 0u), 0);
+        acc0_0 += b0 * a; acc0_1 += b1 * a; acc0_2 += b2 * a; acc0_3 += b3 * a;
+        a = textureLoad(a_tex, vec2<u32>(k4, m0 + 1u), 0);
+        acc1_0 += b0 * a; acc1_1 += b1 * a; acc1_2 += b2 * a; acc1_3 += b3 * a;
+        a = textureLoad(a_tex, vec2<u32>(k4, m0 + 2u), 0);
+        acc2_0 += b0 * a; acc2_1 += b1 * a; acc2_2 += b2 * a; acc2_3 += b3 * a;
+        a = textureLoad(a_tex, vec2<u32>(k4, m0 + 3u), 0);
+        acc3_0 += b0 * a; acc3_1 += b1 * a; acc3_2 += b2 * a; acc3_3 += b3 * a;
+        a = textureLoad(a_tex, vec2<u32>(k4, m0 + 4u), 0);
+        acc4_0 += b0 * a; acc4_1 += b1 * a; acc4_2 += b2 * a; acc4_3 += b3 * a;
+        a = textureLoad(a_tex, vec2<u32>(k4, m0 + 5u), 0);
+        acc5_0 += b0 * a; acc5_1 += b1 * a; acc5_2 += b2 * a; acc5_3 += b3 * a;
+        a = textureLoad(a_tex, vec2<u32>(k4, m0 + 6u), 0);
+        acc6_0 += b0 * a; acc6_1 += b1 * a; acc6_2 += b2 * a; acc6_3 += b3 * a;
+        a = textureLoad(a_tex, vec2<u32>(k4, m0 + 7u), 0);
+        acc7_0 += b0 * a; acc7_1 += b1 * a; acc7_2 += b2 * a; acc7_3 += b3 * a;
+        a = textureLoad(a_tex, vec2<u32>(k4, m0 + 8u), 0);
+        acc8_0 += b0 * a; acc8_1 += b1 * a; acc8_2 += b2 * a; acc8_3 += b3 * a;
+        a = textureLoad(a_tex, vec2<u32>(k4, m0 + 9u), 0);
+        acc9_0 += b0 * a; acc9_1 += b1 * a; acc9_2 += b2 * a; acc9_3 += b3 * a;
+        a = textureLoad(a_tex, vec2<u32>(k4, m0 + 10u), 0);
+        acc10_0 += b0 * a; acc10_1 += b1 * a; acc10_2 += b2 * a; acc10_3 += b3 * a;
+        a = textureLoad(a_tex, vec2<u32>(k4, m0 + 11u), 0);
+        acc11_0 += b0 * a; acc11_1 += b1 * a; acc11_2 += b2 * a; acc11_3 += b3 * a;
+        a = textureLoad(a_tex, vec2<u32>(k4, m0 + 12u), 0);
+        acc12_0 += b0 * a; acc12_1 += b1 * a; acc12_2 += b2 * a; acc12_3 += b3 * a;
+        a = textureLoad(a_tex, vec2<u32>(k4, m0 + 13u), 0);
+        acc13_0 += b0 * a; acc13_1 += b1 * a; acc13_2 += b2 * a; acc13_3 += b3 * a;
+        a = textureLoad(a_tex, vec2<u32>(k4, m0 + 14u), 0);
+        acc14_0 += b0 * a; acc14_1 += b1 * a; acc14_2 += b2 * a; acc14_3 += b3 * a;
+        a = textureLoad(a_tex, vec2<u32>(k4, m0 + 15u), 0);
+        acc15_0 += b0 * a; acc15_1 += b1 * a; acc15_2 += b2 * a; acc15_3 += b3 * a;
+    }
+    store_row(m0 + 0u, c0, acc0_0, acc0_1, acc0_2, acc0_3);
+    store_row(m0 + 1u, c0, acc1_0, acc1_1, acc1_2, acc1_3);
+    store_row(m0 + 2u, c0, acc2_0, acc2_1, acc2_2, acc2_3);
+    store_row(m0 + 3u, c0, acc3_0, acc3_1, acc3_2, acc3_3);
+    store_row(m0 + 4u, c0, acc4_0, acc4_1, acc4_2, acc4_3);
+    store_row(m0 + 5u, c0, acc5_0, acc5_1, acc5_2, acc5_3);
+    store_row(m0 + 6u, c0, acc6_0, acc6_1, acc6_2, acc6_3);
+    store_row(m0 + 7u, c0, acc7_0, acc7_1, acc7_2, acc7_3);
+    store_row(m0 + 8u, c0, acc8_0, acc8_1, acc8_2, acc8_3);
+    store_row(m0 + 9u, c0, acc9_0, acc9_1, acc9_2, acc9_3);
+    store_row(m0 + 10u, c0, acc10_0, acc10_1, acc10_2, acc10_3);
+    store_row(m0 + 11u, c0, acc11_0, acc11_1, acc11_2, acc11_3);
+    store_row(m0 + 12u, c0, acc12_0, acc12_1, acc12_2, acc12_3);
+    store_row(m0 + 13u, c0, acc13_0, acc13_1, acc13_2, acc13_3);
+    store_row(m0 + 14u, c0, acc14_0, acc14_1, acc14_2, acc14_3);
+    store_row(m0 + 15u, c0, acc15_0, acc15_1, acc15_2, acc15_3);
+}
