@@ -5,11 +5,12 @@
 // and the same tiles run several times faster (docs/design.md §2). Each product runs in two
 // kinds of dispatch, both here:
 //
-//   pack:            copies a block of a row-major matrix in a storage buffer, or of its
-//                    transpose, into an rgba32float texture: texel (x, y) holds row y,
-//                    columns 4x..4x+3 of the block, and zeros past the block's rows and
-//                    columns (textures are padded to whole tiles, so the product reads no
-//                    bounds). Transposing while packing makes every layout NN below.
+//   pack_rows,       copy a block of a row-major matrix in a storage buffer (pack_rows), or
+//   pack_columns:    of its transpose (pack_columns), into an rgba32float texture: texel
+//                    (x, y) holds row y, columns 4x..4x+3 of the block, and zeros past the
+//                    block's rows and columns (textures are padded to whole tiles, so the
+//                    product reads no bounds). Transposing while packing makes every layout
+//                    NN below.
 //   matmul_texture:  out[M,N] (+)= At[M,K] · Bt[K,N] (+ bias[N]) with At and Bt packed.
 //
 // matmul_texture: each invocation computes a 16×16 block of the output in 64 vec4
@@ -20,8 +21,9 @@
 // Textures: At is ceil(K/4) texels wide and 16·ceil(M/16) rows high; Bt is 4·ceil(N/16)
 // texels wide and 4·ceil(K/4) rows high.
 //
-// Launch: pack: workgroup 64, one invocation per texel, flat index wid.y·nwg.x·64 + wid.x·64 +
-// lid (grid from Gpu::grid). matmul_texture: workgroup (8, 8); invocation (x, y) owns output
+// Launch: pack_rows: workgroup 64, one invocation per texel; pack_columns: workgroup 64, one
+// invocation per 4 texels of a column; both with flat index wid.y·nwg.x·64 + wid.x·64 + lid
+// (grid from Gpu::grid). matmul_texture: workgroup (8, 8); invocation (x, y) owns output
 // rows 16y..16y+15 and columns 16x..16x+15; grid = (ceil(N/128), ceil(M/128)).
 
 struct PackParams {
@@ -56,9 +58,29 @@ const TILE: u32 = 16u; // output rows and columns per invocation (kernels::matmu
 @group(0) @binding(0) var<uniform> pack_params: PackParams;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var dst: texture_storage_2d<rgba32float, write>;
+// The same source as vec4s (the host binds the buffer at both), read when SRC_VEC4 says its
+// rows start on vec4 boundaries (offset and stride multiples of 4): a quarter of the loads.
+@group(0) @binding(7) var<storage, read> src4: array<vec4<f32>>;
 
+override SRC_VEC4: bool = false;
+
+// Block element (r, c) of the source, or 0 outside the block.
+fn block_element(r: u32, c: u32) -> f32 {
+    let p = pack_params;
+    if (r >= p.rows || c >= p.cols) { return 0.0; }
+    if (p.transposed == 1u) { return src[p.offset + c * p.stride + r]; }
+    return src[p.offset + r * p.stride + c];
+}
+
+// The texel (x, y) of the packed block, read element by element.
+fn block_texel(x: u32, y: u32) -> vec4<f32> {
+    return vec4<f32>(block_element(y, 4u * x), block_element(y, 4u * x + 1u),
+                     block_element(y, 4u * x + 2u), block_element(y, 4u * x + 3u));
+}
+
+// A block stored row by row: one invocation per texel, neighbouring invocations along a row.
 @compute @workgroup_size(WG)
-fn pack(
+fn pack_rows(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
@@ -66,26 +88,41 @@ fn pack(
     let p = pack_params;
     let i = (wid.y * nwg.x + wid.x) * WG + lid;
     if (i >= p.width * p.height) { return; }
-    // Neighbouring invocations read neighbouring source elements: along a texel row when the
-    // block is stored row by row, down a texel column when it is stored transposed.
-    var x = i % p.width;
-    var y = i / p.width;
-    if (p.transposed == 1u) {
-        x = i / p.height;
-        y = i % p.height;
-    }
-    var v = vec4<f32>(0.0);
-    for (var j = 0u; j < 4u; j++) {
-        let c = 4u * x + j;
-        if (y < p.rows && c < p.cols) {
-            if (p.transposed == 1u) {
-                v[j] = src[p.offset + c * p.stride + y];
-            } else {
-                v[j] = src[p.offset + y * p.stride + c];
-            }
-        }
+    let x = i % p.width;
+    let y = i / p.width;
+    var v: vec4<f32>;
+    if (SRC_VEC4 && y < p.rows && 4u * x + 4u <= p.cols) {
+        v = src4[(p.offset + y * p.stride) / 4u + x];
+    } else {
+        v = block_texel(x, y);
     }
     textureStore(dst, vec2<u32>(x, y), v);
+}
+
+// A block stored transposed: one invocation per 4×4 square (texel column x, rows 4q..4q+3),
+// which is four vec4s of the source (its rows 4x..4x+3, columns 4q..4q+3) transposed;
+// neighbouring invocations down a texel column, so along the source's rows.
+@compute @workgroup_size(WG)
+fn pack_columns(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let p = pack_params;
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    let squares = p.height / 4u; // texture heights are multiples of 4
+    if (i >= p.width * squares) { return; }
+    let x = i / squares;
+    let y = 4u * (i % squares);
+    if (SRC_VEC4 && y + 4u <= p.rows && 4u * x + 4u <= p.cols) {
+        let at = (p.offset + 4u * x * p.stride + y) / 4u;
+        let step = p.stride / 4u;
+        let s = mat4x4<f32>(src4[at], src4[at + step], src4[at + 2u * step], src4[at + 3u * step]);
+        let t = transpose(s);
+        for (var j = 0u; j < 4u; j++) { textureStore(dst, vec2<u32>(x, y + j), t[j]); }
+    } else {
+        for (var j = 0u; j < 4u; j++) { textureStore(dst, vec2<u32>(x, y + j), block_texel(x, y + j)); }
+    }
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

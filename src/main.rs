@@ -172,9 +172,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Memory { config, batch_size, seq_len, algo, beta } => {
             let cfg = named_config(config)?;
             let heads = model::Heads { value: algo.has_value_head(), reward: false };
-            let m = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, MatmulVariant::WorkgroupTiled);
-            let cpu = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, MatmulVariant::RegisterTiled);
-            let tex = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, MatmulVariant::Texture);
+            let m = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, |_| MatmulVariant::WorkgroupTiled);
+            let cpu = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, |_| MatmulVariant::RegisterTiled);
+            let tex = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, |_| MatmulVariant::Texture);
             let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
             let n = model::gpt::ParamLayout::new(&cfg, heads).count();
             let beta = beta.unwrap_or(algo.default_beta());
@@ -366,6 +366,7 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     println!("driver:   {} {}", gpu.info.driver, gpu.info.driver_info);
     println!("CPU:      {}", gpu::cpu_model());
     ppo_wgpu::kernels::matmul::variant(gpu)?;
+    ppo_wgpu::kernels::matmul::narrow_variant(gpu)?;
     let cache = gpu
         .variant_cache()
         .map_or(format!("no cache (${} is off)", gpu::CACHE_ENV), |p| format!("cached in {}", p.display()));
@@ -377,7 +378,7 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
             .map(|(v, rate)| format!("{v} {}", rate.map_or("failed its check".into(), |r| format!("{r:.2} GFLOP/s"))))
             .collect();
         println!(
-            "  {family:<8} {:<16} ({}{}{})",
+            "  {family:<14} {:<16} ({}{}{})",
             choice.chosen,
             choice.source,
             if figures.is_empty() { "" } else { ": " },

@@ -65,8 +65,15 @@ pub fn matmul(
     layout: Layout,
     accumulate: bool,
 ) -> Result<()> {
-    let variant = variant(rec.gpu())?;
+    let (m, _, _) = dims(out, a, b, layout)?;
+    let variant = variant_for_rows(rec.gpu(), m)?;
     matmul_with_variant(rec, variant, out, a, b, bias, layout, accumulate)
+}
+
+/// The variant a product of `m` output rows runs on: `narrow_variant` below NARROW_ROWS rows,
+/// else `variant`.
+pub fn variant_for_rows(gpu: &Arc<Gpu>, m: usize) -> Result<MatmulVariant> {
+    if m < NARROW_ROWS { narrow_variant(gpu) } else { variant(gpu) }
 }
 
 /// (M, N, K) of out = op(a)·op(b), checked against the three tensors' shapes.
@@ -239,25 +246,45 @@ pub const VARIANTS: [(MatmulVariant, &str); 3] = [
     (MatmulVariant::Texture, "texture"),
 ];
 
-/// The matmul variant this adapter runs: chosen by measurement on first use and cached (see
-/// `gpu::variants`), or forced with PPO_WGPU_MATMUL=register-tiled|workgroup-tiled|texture.
+/// Products with fewer output rows than this (a decode step's, one row per sequence) have a
+/// variant of their own: with few rows, what a variant costs besides its arithmetic (the
+/// texture kernel packs B, as large as the product's other operand and output together) can
+/// outweigh what it saves.
+pub const NARROW_ROWS: usize = 128;
+
+/// The matmul variant this adapter runs for products of at least NARROW_ROWS rows: chosen by
+/// measurement on first use and cached (see `gpu::variants`), or forced with
+/// PPO_WGPU_MATMUL=register-tiled|workgroup-tiled|texture.
 pub fn variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
+    // Shapes like a small model's linear layers over a batch of tokens.
+    let shapes = [(Layout::NN, (256, 512, 128)), (Layout::NT, (256, 128, 512)), (Layout::TN, (128, 512, 256))];
+    choose(gpu, "matmul", &shapes)
+}
+
+/// The variant for products of fewer than NARROW_ROWS rows, chosen the same way (family
+/// `matmul_narrow`, forced with PPO_WGPU_MATMUL_NARROW=…).
+pub fn narrow_variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
+    // Shapes like a decode step of 32 sequences: the block's linear layers and the LM head.
+    let shapes = [(Layout::NN, (32, 512, 128)), (Layout::NN, (32, 128, 512)), (Layout::NT, (32, 1024, 128))];
+    choose(gpu, "matmul_narrow", &shapes)
+}
+
+fn choose(gpu: &Arc<Gpu>, family: &str, shapes: &[(Layout, (usize, usize, usize))]) -> Result<MatmulVariant> {
     let names = VARIANTS.map(|(_, name)| name);
-    let chosen = gpu.choose_variant("matmul", &names, || measure_variants(gpu))?;
+    let chosen = gpu.choose_variant(family, &names, || measure_variants(gpu, shapes))?;
     Ok(VARIANTS.iter().find(|(_, name)| *name == chosen).expect("choose_variant returns one of the names").0)
 }
 
-/// Each variant's GFLOP/s over the three layouts at shapes like a small model's linear layers
-/// (about a second in all, far less on a GPU), after a check against the CPU reference on
-/// ragged shapes; None for a variant that fails its check or that the adapter cannot run. It
-/// runs on a device of its own on the same adapter, so that the device that trains keeps no
-/// buffers, pipelines or counts of it.
-fn measure_variants(gpu: &Arc<Gpu>) -> Result<Vec<(String, Option<f64>)>> {
+/// Each variant's GFLOP/s over `shapes` (about a second in all on a software adapter, far less
+/// on a GPU), after a check against the CPU reference on ragged shapes; None for a variant
+/// that fails its check or that the adapter cannot run. It runs on a device of its own on the
+/// same adapter, so that the device that trains keeps no buffers, pipelines or counts of it.
+fn measure_variants(gpu: &Arc<Gpu>, shapes: &[(Layout, (usize, usize, usize))]) -> Result<Vec<(String, Option<f64>)>> {
     let gpu = &Gpu::new(Some(&gpu.info.name))?;
     let mut figures = Vec::new();
     for (variant, name) in VARIANTS {
         // An error (a texture format or limit the adapter lacks) rules the variant out.
-        let rate = measure_variant(gpu, variant).unwrap_or_else(|e| {
+        let rate = measure_variant(gpu, variant, shapes).unwrap_or_else(|e| {
             eprintln!("note: the {name} matmul cannot run on {}: {e}", gpu.info.name);
             None
         });
@@ -267,7 +294,11 @@ fn measure_variants(gpu: &Arc<Gpu>) -> Result<Vec<(String, Option<f64>)>> {
 }
 
 /// One variant's figure for `measure_variants`.
-fn measure_variant(gpu: &Arc<Gpu>, variant: MatmulVariant) -> Result<Option<f64>> {
+fn measure_variant(
+    gpu: &Arc<Gpu>,
+    variant: MatmulVariant,
+    shapes: &[(Layout, (usize, usize, usize))],
+) -> Result<Option<f64>> {
     let mut rng = crate::rng::Rng::new(11);
     for (layout, (m, n, k)) in [(Layout::NN, (37, 44, 29)), (Layout::NT, (33, 20, 52)), (Layout::TN, (24, 40, 17))] {
         let (a, b) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0));
@@ -284,9 +315,8 @@ fn measure_variant(gpu: &Arc<Gpu>, variant: MatmulVariant) -> Result<Option<f64>
             return Ok(None);
         }
     }
-    let shapes = [(Layout::NN, (256, 512, 128)), (Layout::NT, (256, 128, 512)), (Layout::TN, (128, 512, 256))];
     let (mut flops, mut seconds) = (0.0, 0.0);
-    for (layout, (m, n, k)) in shapes {
+    for &(layout, (m, n, k)) in shapes {
         let (sa, sb) = operand_shapes(layout, m, n, k);
         let (ta, tb) = (gpu.upload(&sa, &vec![0.5; m * k])?, gpu.upload(&sb, &vec![0.25; k * n])?);
         let out = gpu.tensor(&[m, n], crate::gpu::DType::F32)?;
@@ -578,13 +608,17 @@ fn pack(rec: &mut Recorder, slot: u32, src: &Tensor, block: Block, width: usize,
         height: height as u32,
         pad: 0,
     };
+    // Rows of the source start on vec4 boundaries: read them as vec4s.
+    let vec4 = block.stride.is_multiple_of(4) && block.offset.is_multiple_of(4);
+    let (entry, invocations) =
+        if block.transposed { ("pack_columns", width * height / 4) } else { ("pack_rows", width * height) };
     rec.dispatch(
         &TEXTURE_SHADER,
-        "pack",
-        &[],
+        entry,
+        &[("SRC_VEC4", vec4 as u8 as f64)],
         bytemuck::bytes_of(&params),
-        &[bind(1, src), bind_texture(2, &texture)],
-        gpu.grid(groups(width * height, WG)),
+        &[bind(1, src), bind_texture(2, &texture), bind(7, src)],
+        gpu.grid(groups(invocations, WG)),
         Work::floats(block.rows * block.cols + 4 * width * height),
     )?;
     Ok(texture)

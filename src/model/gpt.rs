@@ -492,8 +492,15 @@ fn training_products(config: &GptConfig, heads: Heads, bt: usize) -> Vec<(usize,
     products
 }
 
-/// The memory of training `config` on batches of B × T tokens with the given matmul variant.
-pub fn memory_estimate(config: &GptConfig, heads: Heads, b: usize, t: usize, variant: MatmulVariant) -> MemoryEstimate {
+/// The memory of training `config` on batches of B × T tokens, where a product of M rows runs
+/// on the matmul variant `variant_for_rows(M)` (see `kernels::matmul::variant_for_rows`).
+pub fn memory_estimate(
+    config: &GptConfig,
+    heads: Heads,
+    b: usize,
+    t: usize,
+    variant_for_rows: impl Fn(usize) -> MatmulVariant,
+) -> MemoryEstimate {
     let layout = ParamLayout::new(config, heads);
     let (c, v, nh, l) = (config.n_embd, config.vocab_size, config.n_head, config.n_layer);
     let bt = b * t;
@@ -505,13 +512,14 @@ pub fn memory_estimate(config: &GptConfig, heads: Heads, b: usize, t: usize, var
     let backward_scratch =
         4 * (bt * c /* dlnf */ + bt * c /* dresidual */ + 2 * bt * 4 * c + 2 * bt * c + bt * 3 * c + b * nh * t);
     let p = 4 * layout.total;
-    // c_attn (3C²), attn.c_proj (C²), c_fc (4C²), mlp.c_proj (4C²) per block.
-    let transpose_scratch = if variant == MatmulVariant::RegisterTiled { 4 * l * 12 * c * c } else { 0 };
-    let texture_scratch = if variant == MatmulVariant::Texture {
-        crate::kernels::matmul::texture_scratch_bytes(&training_products(config, heads, bt))
-    } else {
-        0
-    };
+    // The dinp products (B·T rows): c_attn (3C²), attn.c_proj (C²), c_fc (4C²), mlp.c_proj (4C²)
+    // per block.
+    let transpose_scratch = if variant_for_rows(bt) == MatmulVariant::RegisterTiled { 4 * l * 12 * c * c } else { 0 };
+    let on_textures: Vec<_> = training_products(config, heads, bt)
+        .into_iter()
+        .filter(|&(m, _, _)| variant_for_rows(m) == MatmulVariant::Texture)
+        .collect();
+    let texture_scratch = crate::kernels::matmul::texture_scratch_bytes(&on_textures);
     MemoryEstimate {
         params: p,
         grads: p,
