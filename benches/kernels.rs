@@ -157,22 +157,36 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
 }
 
 fn bench_layernorm(bx: &mut Bench, c: &mut Criterion) {
+    // Every variant, the adapter's choice (measured on first use and cached) first and marked.
+    let chosen = layernorm::variant(&bx.gpu).unwrap();
+    let mut variants = vec![chosen];
+    variants.extend(layernorm::VARIANTS.iter().map(|&(v, _)| v).filter(|&v| v != chosen));
     for (label, rows, ch) in [("gpt2 256x768", 256, 768), ("tiny 2048x128", 2048, 128)] {
         let (x, w, b) = (bx.rng.normals(rows * ch, 1.0), bx.rng.normals(ch, 1.0), bx.rng.normals(ch, 1.0));
         let (tx, tw, tb) = (bx.up(&x, &[rows, ch]), bx.up(&w, &[ch]), bx.up(&b, &[ch]));
         let (out, mean, rstd) = (bx.empty(&[rows, ch]), bx.empty(&[rows]), bx.empty(&[rows]));
         let (dinp, dw, db) = (bx.empty(&[rows, ch]), bx.empty(&[ch]), bx.empty(&[ch]));
-        let mut rec = Recorder::new(&bx.gpu);
-        layernorm::layernorm_forward(&mut rec, &out, &mean, &rstd, &tx, &tw, &tb, 1e-5).unwrap();
-        rec.submit();
-        bx.check("layernorm", &out, &reference::layernorm_forward(&x, &w, &b, ch, 1e-5).0, 1e-5, 1e-4);
-        let bytes = (2 * rows * ch * 4) as f64;
-        bx.time(c, "layernorm", &format!("forward {label}"), counting_bytes(bytes), |rec| {
-            layernorm::layernorm_forward(rec, &out, &mean, &rstd, &tx, &tw, &tb, 1e-5).unwrap()
-        });
-        bx.time(c, "layernorm", &format!("backward {label}"), counting_bytes(2.0 * bytes), |rec| {
-            layernorm::layernorm_backward(rec, &dinp, &dw, &db, &out, &tx, &tw, &mean, &rstd).unwrap()
-        });
+        for &variant in &variants {
+            let mut rec = Recorder::new(&bx.gpu);
+            layernorm::forward_with_variant(&mut rec, variant, &out, &mean, &rstd, &tx, &tw, &tb, 1e-5).unwrap();
+            rec.submit();
+            bx.check("layernorm", &out, &reference::layernorm_forward(&x, &w, &b, ch, 1e-5).0, 1e-5, 1e-4);
+            let bytes = (2 * rows * ch * 4) as f64;
+            let mark = if variant == chosen { " (chosen)" } else { "" };
+            bx.time(c, "layernorm", &format!("forward {label} {variant:?}{mark}"), counting_bytes(bytes), |rec| {
+                layernorm::forward_with_variant(rec, variant, &out, &mean, &rstd, &tx, &tw, &tb, 1e-5).unwrap()
+            });
+            bx.time(
+                c,
+                "layernorm",
+                &format!("backward {label} {variant:?}{mark}"),
+                counting_bytes(2.0 * bytes),
+                |rec| {
+                    layernorm::backward_with_variant(rec, variant, &dinp, &dw, &db, &out, &tx, &tw, &mean, &rstd)
+                        .unwrap()
+                },
+            );
+        }
     }
 }
 

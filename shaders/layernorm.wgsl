@@ -6,16 +6,19 @@
 //             dw += Σ_rows dout·n,  db += Σ_rows dout            (layernorm_backward_params)
 //
 // layernorm_forward4 and layernorm_backward_input4 are the same for C a multiple of 4, reading
-// and writing vec4s (a quarter of the loads and stores).
+// and writing vec4s (a quarter of the loads and stores). layernorm_forward_wg4 and
+// layernorm_backward_input_wg4 are the same again with a workgroup per row (the other variant,
+// chosen per adapter by measurement: kernels::layernorm::variant): its 64 invocations read
+// neighbouring vec4s, as a GPU's memory wants, and reduce their partial sums in workgroup memory.
 //
 // Layout: inp, out, dout, dinp [N, C] row-major; w, b, dw, db [C]; mean, rstd [N] (saved by the
 // forward for the backward). The vec4 forms bind inp, w, b, out, dout, dinp as vec4 arrays at
 // bindings 13–18.
 // Launch: one invocation per row (forward, backward_input) or per channel (backward_params),
-// workgroup 64, grid = ceil(rows/64) or ceil(C/64), laid out 2D (x ≤ 65535). One invocation per
-// row rather than a workgroup reduction: rows are short (C ≤ a few thousand) and on CPU
-// adapters workgroup barriers cost more than the serial sum; the per-channel parameter
-// gradient is a separate pass so that no two invocations ever add into the same dw[c].
+// workgroup 64, grid = ceil(rows/64) or ceil(C/64), laid out 2D (x ≤ 65535); the _wg4 forms one
+// workgroup of 64 per row, grid = rows laid out 2D. One invocation per row suits CPU adapters,
+// where workgroup barriers cost more than a serial sum over a short row; the per-channel
+// parameter gradient is a separate pass so that no two invocations ever add into the same dw[c].
 
 struct Params {
     rows: u32,
@@ -153,6 +156,54 @@ fn layernorm_backward_input4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     let g_mean = (g_sum.x + g_sum.y + g_sum.z + g_sum.w) / f32(params.c);
     let gn_mean = (gn_sum.x + gn_sum.y + gn_sum.z + gn_sum.w) / f32(params.c);
     for (var i = 0u; i < c4; i++) {
+        let n = (inp4[base + i] - m) * s;
+        let g = dout4[base + i] * weight4[i];
+        dinp4[base + i] += s * (g - g_mean - n * gn_mean);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn layernorm_forward_wg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let row = wid.y * nwg.x + wid.x;
+    if (row >= params.rows) { return; } // uniform across the workgroup: barriers stay uniform
+    let c4 = params.c / 4u;
+    let base = row * c4;
+    var sum = vec4<f32>(0.0);
+    for (var i = lid; i < c4; i += WG) { sum += inp4[base + i]; }
+    let m = workgroup_sum(lid, WG, sum.x + sum.y + sum.z + sum.w) / f32(params.c);
+    var sq = vec4<f32>(0.0);
+    for (var i = lid; i < c4; i += WG) { let d = inp4[base + i] - m; sq += d * d; }
+    let s = inverseSqrt(workgroup_sum(lid, WG, sq.x + sq.y + sq.z + sq.w) / f32(params.c) + params.eps);
+    for (var i = lid; i < c4; i += WG) {
+        out4[base + i] = (inp4[base + i] - m) * s * weight4[i] + bias4[i];
+    }
+    if (lid == 0u) {
+        mean[row] = m;
+        rstd[row] = s;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn layernorm_backward_input_wg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                @builtin(local_invocation_index) lid: u32) {
+    let row = wid.y * nwg.x + wid.x;
+    if (row >= params.rows) { return; } // uniform across the workgroup: barriers stay uniform
+    let c4 = params.c / 4u;
+    let base = row * c4;
+    let m = saved_mean[row];
+    let s = saved_rstd[row];
+    var g_sum = vec4<f32>(0.0);
+    var gn_sum = vec4<f32>(0.0);
+    for (var i = lid; i < c4; i += WG) {
+        let n = (inp4[base + i] - m) * s;
+        let g = dout4[base + i] * weight4[i];
+        g_sum += g;
+        gn_sum += g * n;
+    }
+    let g_mean = workgroup_sum(lid, WG, g_sum.x + g_sum.y + g_sum.z + g_sum.w) / f32(params.c);
+    let gn_mean = workgroup_sum(lid, WG, gn_sum.x + gn_sum.y + gn_sum.z + gn_sum.w) / f32(params.c);
+    for (var i = lid; i < c4; i += WG) {
         let n = (inp4[base + i] - m) * s;
         let g = dout4[base + i] * weight4[i];
         dinp4[base + i] += s * (g - g_mean - n * gn_mean);

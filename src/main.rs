@@ -367,6 +367,7 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     println!("CPU:      {}", gpu::cpu_model());
     ppo_wgpu::kernels::matmul::variant(gpu)?;
     ppo_wgpu::kernels::matmul::narrow_variant(gpu)?;
+    ppo_wgpu::kernels::layernorm::variant(gpu)?;
     let cache = gpu
         .variant_cache()
         .map_or(format!("no cache (${} is off)", gpu::CACHE_ENV), |p| format!("cached in {}", p.display()));
@@ -375,10 +376,12 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
         let figures: Vec<String> = choice
             .figures
             .iter()
-            .map(|(v, rate)| format!("{v} {}", rate.map_or("failed its check".into(), |r| format!("{r:.2} GFLOP/s"))))
+            .map(|(v, rate)| {
+                format!("{v} {}", rate.map_or("failed its check".into(), |r| format!("{r:.2} {}", choice.unit)))
+            })
             .collect();
         println!(
-            "  {family:<14} {:<16} ({}{}{})",
+            "  {family:<14} {:<18} ({}{}{})",
             choice.chosen,
             choice.source,
             if figures.is_empty() { "" } else { ": " },

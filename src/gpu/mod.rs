@@ -12,7 +12,8 @@ mod variants;
 pub use profiler::{Iteration, KernelRow, PerIteration, Phase, PhaseRow, Profile, Work};
 pub use recorder::{Binding, PRELUDE, Recorder, Resource, Shader};
 pub use tensor::{DType, Tensor, Texture};
-pub use variants::{CACHE_ENV, Choice};
+pub(crate) use variants::seconds_per_call;
+pub use variants::{CACHE_ENV, CACHE_FORMAT, Choice};
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;

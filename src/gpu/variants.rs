@@ -12,11 +12,13 @@
 //! whose entry was made by another adapter, driver, CPU or version, or among another set of
 //! variants, is not trusted: the family is measured again and the file rewritten.
 
-use super::Gpu;
+use super::{Gpu, Recorder};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
 
 /// The environment variable that moves (or, with `off`, disables) the cache file.
 pub const CACHE_ENV: &str = "PPO_WGPU_VARIANT_CACHE";
@@ -25,9 +27,12 @@ pub const CACHE_ENV: &str = "PPO_WGPU_VARIANT_CACHE";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Choice {
     pub chosen: String,
-    /// Each variant's measured rate (GFLOP/s for matmul; null for a variant whose result did
-    /// not match the CPU reference). Empty when forced.
+    /// Each variant's measured rate (null for a variant whose result did not match the CPU
+    /// reference, or that could not run). Empty when forced.
     pub figures: Vec<(String, Option<f64>)>,
+    /// The figures' unit ("GFLOP/s", "GB/s").
+    #[serde(default)]
+    pub unit: String,
     /// "measured", "cached" or "forced".
     #[serde(skip)]
     pub source: &'static str,
@@ -40,7 +45,9 @@ struct CacheFile {
     entries: BTreeMap<String, BTreeMap<String, Choice>>,
 }
 
-const FORMAT: u32 = 1;
+/// The cache file's format: a file of another is not read (2: rates per call of each shape,
+/// with their unit).
+pub const CACHE_FORMAT: u32 = 2;
 
 /// The default cache file: $XDG_CACHE_HOME or ~/.cache on Linux, ~/Library/Caches on macOS,
 /// %LOCALAPPDATA% on Windows; then ppo-wgpu/variants.json.
@@ -69,6 +76,26 @@ fn measured_these(choice: &Choice, variants: &[&str]) -> bool {
     named.sort_unstable();
     current.sort_unstable();
     variants.contains(&choice.chosen.as_str()) && named == current
+}
+
+/// Seconds per call of the work `record` records, for measuring variants: one call to compile
+/// the pipelines, one to gauge, then as many as fit in about a tenth of a second (1 to 64) in one
+/// recorder, as a training step records them.
+pub(crate) fn seconds_per_call(gpu: &Arc<Gpu>, record: impl Fn(&mut Recorder) -> Result<()>) -> Result<f64> {
+    let run = |calls: usize| -> Result<f64> {
+        let start = Instant::now();
+        let mut rec = Recorder::new(gpu);
+        for _ in 0..calls {
+            record(&mut rec)?;
+        }
+        rec.submit();
+        gpu.wait()?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    run(1)?;
+    let once = run(1)?;
+    let calls = ((0.1 / once.max(1e-6)) as usize).clamp(1, 64);
+    Ok(run(calls)? / calls as f64)
 }
 
 impl Gpu {
@@ -103,11 +130,12 @@ impl Gpu {
 
     /// The variant of `family` among `variants`: forced by `PPO_WGPU_<FAMILY>`, else the one
     /// this device chose already, else the cache's, else the fastest of `measure()`'s figures
-    /// (a variant without a figure failed its check), which is then cached.
+    /// (rates in `unit`; a variant without a figure failed its check), which is then cached.
     pub(crate) fn choose_variant(
         &self,
         family: &str,
         variants: &[&str],
+        unit: &str,
         measure: impl FnOnce() -> Result<Vec<(String, Option<f64>)>>,
     ) -> Result<String> {
         if let Some(c) = self.choices.lock().unwrap().get(family) {
@@ -118,7 +146,7 @@ impl Gpu {
             if !variants.contains(&forced.as_str()) {
                 return Err(Error::Input(format!("{force_env}={forced}: expected one of {}", variants.join(", "))));
             }
-            Choice { chosen: forced, figures: Vec::new(), source: "forced" }
+            Choice { chosen: forced, figures: Vec::new(), unit: unit.into(), source: "forced" }
         } else if let Some(cached) = self.cached_choice(family).filter(|c| measured_these(c, variants)) {
             Choice { source: "cached", ..cached }
         } else {
@@ -134,7 +162,7 @@ impl Gpu {
                         self.info.name
                     ))
                 })?;
-            let choice = Choice { chosen: best, figures, source: "measured" };
+            let choice = Choice { chosen: best, figures, unit: unit.into(), source: "measured" };
             self.write_choice(family, &choice);
             choice
         };
@@ -146,7 +174,7 @@ impl Gpu {
     fn read_cache(&self) -> Option<CacheFile> {
         let path = self.variant_cache.lock().unwrap().clone()?;
         let text = std::fs::read_to_string(path).ok()?;
-        serde_json::from_str::<CacheFile>(&text).ok().filter(|c| c.format == FORMAT)
+        serde_json::from_str::<CacheFile>(&text).ok().filter(|c| c.format == CACHE_FORMAT)
     }
 
     fn cached_choice(&self, family: &str) -> Option<Choice> {
@@ -157,7 +185,7 @@ impl Gpu {
     /// parses); a file that cannot be written only costs a measurement next time.
     fn write_choice(&self, family: &str, choice: &Choice) {
         let Some(path) = self.variant_cache.lock().unwrap().clone() else { return };
-        let mut cache = self.read_cache().unwrap_or(CacheFile { format: FORMAT, ..Default::default() });
+        let mut cache = self.read_cache().unwrap_or(CacheFile { format: CACHE_FORMAT, ..Default::default() });
         cache.entries.entry(self.variant_key()).or_default().insert(family.to_string(), choice.clone());
         let text = serde_json::to_string_pretty(&cache).expect("the variant cache serialises");
         let written = path

@@ -1,14 +1,107 @@
-//! LayerNorm forward and backward. Shader: `layernorm.wgsl`.
+//! LayerNorm forward and backward. Shader: `layernorm.wgsl`. Two variants, chosen per adapter
+//! by measurement (`variant`): an invocation per row (CPU adapters) or a workgroup per row.
 
 use super::{as_matrix, bind, expect_len, groups};
 use crate::error::Result;
-use crate::gpu::{Recorder, Shader, Tensor, Work};
+use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, seconds_per_call};
+use std::sync::Arc;
 
 pub const SHADER: Shader =
     Shader { name: "layernorm", source: include_str!("../../shaders/layernorm.wgsl"), includes: &[] };
 
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 64;
+
+/// How a row is spread over invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayernormVariant {
+    /// One invocation per row, walking it serially: no barriers (CPU adapters).
+    InvocationPerRow,
+    /// One workgroup of 64 per row, neighbouring invocations on neighbouring vec4s, partial
+    /// sums reduced in workgroup memory (GPUs). Only for C a multiple of 4; other rows run an
+    /// invocation per row.
+    WorkgroupPerRow,
+}
+
+/// The names of the variants, as `PPO_WGPU_LAYERNORM` and the cache spell them.
+pub const VARIANTS: [(LayernormVariant, &str); 2] = [
+    (LayernormVariant::InvocationPerRow, "invocation-per-row"),
+    (LayernormVariant::WorkgroupPerRow, "workgroup-per-row"),
+];
+
+/// The LayerNorm variant this adapter runs: chosen by measurement on first use and cached (see
+/// `gpu::variants`), or forced with PPO_WGPU_LAYERNORM=invocation-per-row|workgroup-per-row.
+pub fn variant(gpu: &Arc<Gpu>) -> Result<LayernormVariant> {
+    let names = VARIANTS.map(|(_, name)| name);
+    let chosen = gpu.choose_variant("layernorm", &names, "GB/s", || measure_variants(gpu))?;
+    Ok(VARIANTS.iter().find(|(_, name)| *name == chosen).expect("choose_variant returns one of the names").0)
+}
+
+/// Each variant's GB/s over a forward and a backward at a small model's and GPT-2's widths,
+/// after a check against the CPU reference (None if it fails); on a device of its own, as the
+/// matmul's measurement.
+fn measure_variants(gpu: &Arc<Gpu>) -> Result<Vec<(String, Option<f64>)>> {
+    let gpu = &Gpu::new(Some(&gpu.info.name))?;
+    let mut figures = Vec::new();
+    for (variant, name) in VARIANTS {
+        let rate = measure_variant(gpu, variant).unwrap_or_else(|e| {
+            eprintln!("note: the {name} layernorm cannot run on {}: {e}", gpu.info.name);
+            None
+        });
+        figures.push((name.to_string(), rate));
+    }
+    Ok(figures)
+}
+
+fn measure_variant(gpu: &Arc<Gpu>, variant: LayernormVariant) -> Result<Option<f64>> {
+    let mut rng = crate::rng::Rng::new(12);
+    let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+    let (mut bytes, mut seconds) = (0.0, 0.0);
+    for (rows, c) in [(37, 20), (2048, 128), (256, 768)] {
+        let (x, w, b, dout) =
+            (rng.normals(rows * c, 1.0), rng.normals(c, 1.0), rng.normals(c, 1.0), rng.normals(rows * c, 1.0));
+        let (tx, tw, tb, tdout) = (
+            gpu.upload(&[rows, c], &f32s(&x))?,
+            gpu.upload(&[c], &f32s(&w))?,
+            gpu.upload(&[c], &f32s(&b))?,
+            gpu.upload(&[rows, c], &f32s(&dout))?,
+        );
+        let (out, mean, rstd) = (
+            gpu.upload(&[rows, c], &vec![0.0; rows * c])?,
+            gpu.upload(&[rows], &vec![0.0; rows])?,
+            gpu.upload(&[rows], &vec![0.0; rows])?,
+        );
+        let (dinp, dw, db) = (
+            gpu.upload(&[rows, c], &vec![0.0; rows * c])?,
+            gpu.upload(&[c], &vec![0.0; c])?,
+            gpu.upload(&[c], &vec![0.0; c])?,
+        );
+        let step = |rec: &mut Recorder| -> Result<()> {
+            forward_with_variant(rec, variant, &out, &mean, &rstd, &tx, &tw, &tb, 1e-5)?;
+            backward_with_variant(rec, variant, &dinp, &dw, &db, &tdout, &tx, &tw, &mean, &rstd)
+        };
+        if rows == 37 {
+            // The check: one forward and one backward against the CPU reference.
+            let mut rec = Recorder::new(gpu);
+            step(&mut rec)?;
+            rec.submit();
+            let close = |got: Vec<f32>, want: &[f64]| {
+                got.iter().zip(want).all(|(&g, &w)| (g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()))
+            };
+            let (want_out, _, _) = crate::reference::layernorm_forward(&x, &w, &b, c, 1e-5);
+            let (want_dinp, _, _) = crate::reference::layernorm_backward(&dout, &x, &w, c, 1e-5);
+            if !close(gpu.download(&out)?, &want_out) || !close(gpu.download(&dinp)?, &want_dinp) {
+                return Ok(None);
+            }
+            continue;
+        }
+        seconds += seconds_per_call(gpu, step)?;
+        // What the kernels must move at least (their `Work`): the forward reads inp and writes out,
+        // the backward reads inp, dout and dinp and writes dinp, then reads inp and dout again.
+        bytes += (4 * 7 * rows * c) as f64;
+    }
+    Ok(Some(bytes / seconds / 1e9))
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -30,6 +123,23 @@ pub fn layernorm_forward(
     bias: &Tensor,
     eps: f32,
 ) -> Result<()> {
+    let variant = variant(rec.gpu())?;
+    forward_with_variant(rec, variant, out, mean, rstd, inp, weight, bias, eps)
+}
+
+/// As `layernorm_forward`, with the variant named (benches and tests compare them).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_with_variant(
+    rec: &mut Recorder,
+    variant: LayernormVariant,
+    out: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    inp: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f32,
+) -> Result<()> {
     let (rows, c) = as_matrix(inp);
     expect_len(out, rows * c, "layernorm output")?;
     expect_len(weight, c, "layernorm weight")?;
@@ -37,11 +147,12 @@ pub fn layernorm_forward(
     expect_len(mean, rows, "layernorm mean")?;
     expect_len(rstd, rows, "layernorm rstd")?;
     let params = Params { rows: rows as u32, c: c as u32, eps };
-    let grid = rec.gpu().grid(groups(rows, WG));
     let work = Work::floats(2 * rows * c + 2 * c + 2 * rows);
+    let per_workgroup = variant == LayernormVariant::WorkgroupPerRow && c.is_multiple_of(4);
+    let grid = rec.gpu().grid(if per_workgroup { rows } else { groups(rows, WG) });
     let (entry, b) = if c.is_multiple_of(4) {
         (
-            "layernorm_forward4",
+            if per_workgroup { "layernorm_forward_wg4" } else { "layernorm_forward4" },
             [bind(13, inp), bind(14, weight), bind(15, bias), bind(16, out), bind(5, mean), bind(6, rstd)],
         )
     } else {
@@ -66,6 +177,24 @@ pub fn layernorm_backward(
     mean: &Tensor,
     rstd: &Tensor,
 ) -> Result<()> {
+    let variant = variant(rec.gpu())?;
+    backward_with_variant(rec, variant, dinp, dweight, dbias, dout, inp, weight, mean, rstd)
+}
+
+/// As `layernorm_backward`, with the variant named.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with_variant(
+    rec: &mut Recorder,
+    variant: LayernormVariant,
+    dinp: &Tensor,
+    dweight: &Tensor,
+    dbias: &Tensor,
+    dout: &Tensor,
+    inp: &Tensor,
+    weight: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+) -> Result<()> {
     let (rows, c) = as_matrix(inp);
     expect_len(dout, rows * c, "layernorm dout")?;
     expect_len(dinp, rows * c, "layernorm dinp")?;
@@ -76,10 +205,11 @@ pub fn layernorm_backward(
     expect_len(rstd, rows, "layernorm rstd")?;
     let params = Params { rows: rows as u32, c: c as u32, eps: 0.0 };
     let p = bytemuck::bytes_of(&params);
-    let grid = rec.gpu().grid(groups(rows, WG));
+    let per_workgroup = variant == LayernormVariant::WorkgroupPerRow && c.is_multiple_of(4);
+    let grid = rec.gpu().grid(if per_workgroup { rows } else { groups(rows, WG) });
     let (entry, b) = if c.is_multiple_of(4) {
         let b = [bind(13, inp), bind(14, weight), bind(17, dout), bind(18, dinp), bind(11, mean), bind(12, rstd)];
-        ("layernorm_backward_input4", b)
+        (if per_workgroup { "layernorm_backward_input_wg4" } else { "layernorm_backward_input4" }, b)
     } else {
         (
             "layernorm_backward_input",

@@ -6,9 +6,8 @@
 
 use super::{as_matrix, bind, bind_texture, expect_len, groups};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Gpu, MatmulVariant, Recorder, Shader, Tensor, Texture, Work};
+use crate::gpu::{Gpu, MatmulVariant, Recorder, Shader, Tensor, Texture, Work, seconds_per_call};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 pub const SHADER: Shader = Shader { name: "matmul", source: include_str!("../../shaders/matmul.wgsl"), includes: &[] };
 pub const TILED_SHADER: Shader =
@@ -271,7 +270,7 @@ pub fn narrow_variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
 
 fn choose(gpu: &Arc<Gpu>, family: &str, shapes: &[(Layout, (usize, usize, usize))]) -> Result<MatmulVariant> {
     let names = VARIANTS.map(|(_, name)| name);
-    let chosen = gpu.choose_variant(family, &names, || measure_variants(gpu, shapes))?;
+    let chosen = gpu.choose_variant(family, &names, "GFLOP/s", || measure_variants(gpu, shapes))?;
     Ok(VARIANTS.iter().find(|(_, name)| *name == chosen).expect("choose_variant returns one of the names").0)
 }
 
@@ -320,22 +319,8 @@ fn measure_variant(
         let (sa, sb) = operand_shapes(layout, m, n, k);
         let (ta, tb) = (gpu.upload(&sa, &vec![0.5; m * k])?, gpu.upload(&sb, &vec![0.25; k * n])?);
         let out = gpu.tensor(&[m, n], crate::gpu::DType::F32)?;
-        let run = |calls: usize| -> Result<f64> {
-            let start = Instant::now();
-            let mut rec = Recorder::new(gpu);
-            for _ in 0..calls {
-                matmul_with_variant(&mut rec, variant, &out, &ta, &tb, None, layout, false)?;
-            }
-            rec.submit();
-            gpu.wait()?;
-            Ok(start.elapsed().as_secs_f64())
-        };
-        run(1)?; // compiles the pipelines
-        let once = run(1)?;
-        // As many calls as fit in about a tenth of a second (at least one more).
-        let calls = ((Duration::from_millis(100).as_secs_f64() / once.max(1e-6)) as usize).clamp(1, 64);
-        seconds += run(calls)?;
-        flops += (2 * m * n * k * calls) as f64;
+        seconds += seconds_per_call(gpu, |rec| matmul_with_variant(rec, variant, &out, &ta, &tb, None, layout, false))?;
+        flops += (2 * m * n * k) as f64;
     }
     Ok(Some(flops / seconds / 1e9))
 }

@@ -1,6 +1,6 @@
 use crate::common::*;
 use ppo_wgpu::gpu::Recorder;
-use ppo_wgpu::kernels::layernorm::{layernorm_backward, layernorm_forward};
+use ppo_wgpu::kernels::layernorm::{VARIANTS, backward_with_variant, forward_with_variant};
 use ppo_wgpu::reference;
 
 const EPS: f64 = 1e-5;
@@ -8,8 +8,11 @@ const EPS: f64 = 1e-5;
 #[test]
 fn layernorm_forward_and_backward_match_reference_and_finite_differences() {
     let mut rng = Rng::new(20);
-    // 37 rows of 53 (nothing aligned), 64 rows of GPT-2-small's 768.
-    for (rows, c) in [(37, 53), (64, 768)] {
+    // 37 rows of 53 (nothing aligned), of 52 (vec4 rows, fewer vec4s than a workgroup's 64
+    // invocations), and 64 rows of GPT-2-small's 768 (three vec4s per invocation of a workgroup),
+    // on each variant.
+    let cases = [(37, 53), (37, 52), (64, 768)];
+    for ((rows, c), (variant, name)) in cases.into_iter().flat_map(|case| VARIANTS.map(|v| (case, v))) {
         let inp: Vec<f64> = rng.normals(rows * c, 2.0).iter().map(|x| x + 0.5).collect();
         let (w, b) = (rng.normals(c, 1.0), rng.normals(c, 1.0));
         let dout = rng.normals(rows * c, 1.0);
@@ -19,11 +22,12 @@ fn layernorm_forward_and_backward_match_reference_and_finite_differences() {
         let (t_inp, t_w, t_b) = (upload(&inp, &[rows, c]), upload(&w, &[c]), upload(&b, &[c]));
         let gpu = gpu();
         let mut rec = Recorder::new(&gpu);
-        layernorm_forward(&mut rec, &out, &mean, &rstd, &t_inp, &t_w, &t_b, EPS as f32).unwrap();
-        layernorm_backward(&mut rec, &dinp, &dw, &db, &upload(&dout, &[rows, c]), &t_inp, &t_w, &mean, &rstd).unwrap();
+        forward_with_variant(&mut rec, variant, &out, &mean, &rstd, &t_inp, &t_w, &t_b, EPS as f32).unwrap();
+        let t_dout = upload(&dout, &[rows, c]);
+        backward_with_variant(&mut rec, variant, &dinp, &dw, &db, &t_dout, &t_inp, &t_w, &mean, &rstd).unwrap();
         rec.submit();
 
-        let what = format!("layernorm {rows}x{c}");
+        let what = format!("layernorm {name} {rows}x{c}");
         let (r_out, r_mean, r_rstd) = reference::layernorm_forward(&inp, &w, &b, c, EPS);
         // Sums over C in f32.
         assert_close(&format!("{what} out"), &download(&out), &r_out, 1e-5, 1e-5);

@@ -3,7 +3,7 @@
 //! as it is; a corrupt, stale or unknown cache entry, or one made among other variants, is
 //! ignored and rewritten.
 
-use ppo_wgpu::gpu::{Gpu, MatmulVariant};
+use ppo_wgpu::gpu::{CACHE_FORMAT, Gpu, MatmulVariant};
 use ppo_wgpu::kernels::matmul::variant;
 use std::path::Path;
 use std::sync::Arc;
@@ -24,8 +24,8 @@ fn cache_dir(name: &str) -> std::path::PathBuf {
 /// The cache file's entry for `gpu` choosing `chosen` among `names`, as the cache writes it.
 fn entry_among(gpu: &Gpu, chosen: &str, names: &[&str]) -> serde_json::Value {
     let figures: Vec<(&str, f64)> = names.iter().map(|&name| (name, 1.0)).collect();
-    serde_json::json!({ "format": 1, "entries": { gpu.variant_key(): {
-        "matmul": { "chosen": chosen, "figures": figures } } } })
+    serde_json::json!({ "format": CACHE_FORMAT, "entries": { gpu.variant_key(): {
+        "matmul": { "chosen": chosen, "figures": figures, "unit": "GFLOP/s" } } } })
 }
 
 /// … among the current variants.
@@ -65,7 +65,7 @@ fn a_corrupt_stale_or_unknown_cache_entry_is_ignored_and_rewritten() {
     let dir = cache_dir("variants-bad-cache");
     let probe = Gpu::new(None).unwrap();
     let stale_key = probe.variant_key().replace("ppo-wgpu ", "ppo-wgpu 0.0.0-old ");
-    let stale = serde_json::json!({ "format": 1, "entries": { stale_key.clone(): {
+    let stale = serde_json::json!({ "format": CACHE_FORMAT, "entries": { stale_key.clone(): {
         "matmul": { "chosen": "workgroup-tiled", "figures": [] } } } });
     let cases = [
         ("corrupt", "{ this is not json".to_string()),
@@ -83,7 +83,7 @@ fn a_corrupt_stale_or_unknown_cache_entry_is_ignored_and_rewritten() {
         assert_eq!(gpu.variant_choices()[0].1.source, "measured", "{what}: the cache must not be trusted");
         let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|e| panic!("{what}: the rewritten cache does not parse: {e}"));
-        assert_eq!(file["format"], 1, "{what}");
+        assert_eq!(file["format"], CACHE_FORMAT, "{what}");
         let chosen = file["entries"][gpu.variant_key()]["matmul"]["chosen"].as_str().unwrap();
         assert!(ppo_wgpu::kernels::matmul::VARIANTS.iter().any(|(_, name)| *name == chosen), "{what}: {file}");
         if what == "stale" {
