@@ -12,8 +12,13 @@
 // overflows. Each of the 64 invocations of a row's workgroup folds a strided slice of the row,
 // then the 64 partial (m, l) pairs are merged by a tree in workgroup memory.
 //
+// The _serial entry points compute the same with one invocation walking each row alone (the
+// other variant, chosen per adapter by measurement: kernels::cross_entropy::variant): no
+// workgroup memory and no barriers, which cost more than they save on CPU adapters.
+//
 // Layout: logits [N, V] row-major; targets [N] u32 (0xFFFFFFFF = ignore); dloss, lse, loss [N].
-// Launch: one workgroup of 64 per row; grid = N workgroups laid out 2D (x ≤ 65535).
+// Launch: one workgroup of 64 per row; grid = N workgroups laid out 2D (x ≤ 65535). The _serial
+// forms: one invocation per row, workgroup 64, grid = ceil(N/64) laid out 2D.
 
 struct Params {
     rows: u32,
@@ -82,6 +87,59 @@ fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     let row_lse = lse_saved[row];
     // Each element is read and then overwritten by the same invocation: no barrier needed.
     for (var i = lid; i < params.v; i += WG) {
+        let p = exp(dlogits[base + i] * params.inv_temperature - row_lse);
+        dlogits[base + i] = weight * (p - select(0.0, 1.0, i == tgt));
+    }
+}
+
+// The row index of a _serial invocation.
+fn serial_row(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid;
+}
+
+// log Σ exp over row `row`, walked by one invocation.
+fn row_logsumexp_serial(row: u32) -> f32 {
+    let base = row * params.v;
+    var st = vec3<f32>(NEG_BIG, 0.0, 0.0);
+    for (var i = 0u; i < params.v; i++) {
+        st = softmax_state_add(st, logits[base + i] * params.inv_temperature);
+    }
+    return st.x + log(st.y);
+}
+
+@compute @workgroup_size(WG)
+fn cross_entropy_forward_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                @builtin(local_invocation_index) lid: u32) {
+    let row = serial_row(wid, nwg, lid);
+    if (row >= params.rows) { return; }
+    let row_lse = row_logsumexp_serial(row);
+    lse[row] = row_lse;
+    let tgt = targets[row];
+    loss[row] = select(row_lse - logits[row * params.v + min(tgt, params.v - 1u)] * params.inv_temperature, 0.0, tgt == IGNORE);
+}
+
+@compute @workgroup_size(WG)
+fn log_softmax_forward_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                              @builtin(local_invocation_index) lid: u32) {
+    let row = serial_row(wid, nwg, lid);
+    if (row >= params.rows) { return; }
+    let row_lse = row_logsumexp_serial(row);
+    let base = row * params.v;
+    for (var i = 0u; i < params.v; i++) {
+        logp[base + i] = logits[base + i] * params.inv_temperature - row_lse;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn cross_entropy_backward_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                 @builtin(local_invocation_index) lid: u32) {
+    let row = serial_row(wid, nwg, lid);
+    if (row >= params.rows) { return; }
+    let base = row * params.v;
+    let tgt = targets[row];
+    let weight = select(dloss[row] * params.inv_temperature, 0.0, tgt == IGNORE);
+    let row_lse = lse_saved[row];
+    for (var i = 0u; i < params.v; i++) {
         let p = exp(dlogits[base + i] * params.inv_temperature - row_lse);
         dlogits[base + i] = weight * (p - select(0.0, 1.0, i == tgt));
     }

@@ -12,8 +12,8 @@ mod variants;
 pub use profiler::{Iteration, KernelRow, PerIteration, Phase, PhaseRow, Profile, Work};
 pub use recorder::{Binding, PRELUDE, Recorder, Resource, Shader};
 pub use tensor::{DType, Tensor, Texture};
-pub(crate) use variants::seconds_per_call;
 pub use variants::{CACHE_ENV, CACHE_FORMAT, Choice};
+pub(crate) use variants::{choose_by_measurement, seconds_per_call};
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;

@@ -78,6 +78,33 @@ fn measured_these(choice: &Choice, variants: &[&str]) -> bool {
     variants.contains(&choice.chosen.as_str()) && named == current
 }
 
+/// The variant of `family` this device runs (see `Gpu::choose_variant`), measured when it must
+/// be with `measure(device, variant)`: the variant's rate in `unit`, None if it failed its
+/// check against the CPU reference. The measuring runs on a device of its own on the same
+/// adapter, so that the device that trains keeps no buffers, pipelines or counts of it; a
+/// variant whose measurement is an error (a format or limit the adapter lacks) is ruled out.
+pub(crate) fn choose_by_measurement<V: Copy>(
+    gpu: &Arc<Gpu>,
+    family: &str,
+    variants: &[(V, &str)],
+    unit: &str,
+    measure: impl Fn(&Arc<Gpu>, V) -> Result<Option<f64>>,
+) -> Result<V> {
+    let names: Vec<&str> = variants.iter().map(|&(_, name)| name).collect();
+    let chosen = gpu.choose_variant(family, &names, unit, || {
+        let twin = Gpu::new(Some(&gpu.info.name))?;
+        let figures = variants.iter().map(|&(variant, name)| {
+            let rate = measure(&twin, variant).unwrap_or_else(|e| {
+                eprintln!("note: the {name} {family} kernel cannot run on {}: {e}", gpu.info.name);
+                None
+            });
+            (name.to_string(), rate)
+        });
+        Ok(figures.collect())
+    })?;
+    Ok(variants.iter().find(|(_, name)| *name == chosen).expect("choose_variant returns one of the names").0)
+}
+
 /// Seconds per call of the work `record` records, for measuring variants: one call to compile
 /// the pipelines, one to gauge, then as many as fit in about a tenth of a second (1 to 64) in one
 /// recorder, as a training step records them.

@@ -1,8 +1,11 @@
-//! Log-softmax and cross-entropy forward and backward. Shader: `cross_entropy.wgsl`.
+//! Log-softmax and cross-entropy forward and backward. Shader: `cross_entropy.wgsl`. Two
+//! variants, chosen per adapter by measurement (`variant`): a workgroup per row (GPUs) or an
+//! invocation per row (CPU adapters).
 
-use super::{as_matrix, bind, bind_u32, expect_len, row_ranges};
+use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges};
 use crate::error::Result;
-use crate::gpu::{Recorder, Shader, Tensor, Work};
+use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, seconds_per_call};
+use std::sync::Arc;
 
 pub const SHADER: Shader =
     Shader { name: "cross_entropy", source: include_str!("../../shaders/cross_entropy.wgsl"), includes: &[] };
@@ -12,6 +15,85 @@ pub const WG: usize = 64;
 
 /// A target that contributes no loss (a prompt or padding position).
 pub const IGNORE: u32 = u32::MAX;
+
+/// How a row of logits is spread over invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowVariant {
+    /// A workgroup of 64 per row, strided slices merged by a tree in workgroup memory (GPUs).
+    WorkgroupPerRow,
+    /// One invocation walks each row alone: no barriers (CPU adapters).
+    InvocationPerRow,
+}
+
+/// The names of the variants, as `PPO_WGPU_CROSS_ENTROPY` and the cache spell them.
+pub const VARIANTS: [(RowVariant, &str); 2] =
+    [(RowVariant::WorkgroupPerRow, "workgroup-per-row"), (RowVariant::InvocationPerRow, "invocation-per-row")];
+
+/// The variant this adapter runs: chosen by measurement on first use and cached (see
+/// `gpu::variants`), or forced with PPO_WGPU_CROSS_ENTROPY=workgroup-per-row|invocation-per-row.
+pub fn variant(gpu: &Arc<Gpu>) -> Result<RowVariant> {
+    choose_by_measurement(gpu, "cross_entropy", &VARIANTS, "GB/s", measure_variant)
+}
+
+/// A variant's GB/s over a forward and a backward at a small model's vocabulary and at the
+/// longest rows both variants run, after a check against the CPU reference on ragged rows
+/// (None if it fails).
+fn measure_variant(gpu: &Arc<Gpu>, variant: RowVariant) -> Result<Option<f64>> {
+    let mut rng = crate::rng::Rng::new(13);
+    let (mut bytes, mut seconds) = (0.0, 0.0);
+    for (rows, v) in [(37, 203), (1024, 512), (64, SERIAL_MAX_COLUMNS)] {
+        let logits = rng.normals(rows * v, 2.0);
+        let targets: Vec<u32> = (0..rows).map(|r| if r % 5 == 4 { IGNORE } else { (r * 31 % v) as u32 }).collect();
+        let dloss = rng.normals(rows, 1.0);
+        let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+        let (t_logits, t_targets, t_dloss) = (
+            gpu.upload(&[rows, v], &f32s(&logits))?,
+            gpu.upload_u32(&[rows], &targets)?,
+            gpu.upload(&[rows], &f32s(&dloss))?,
+        );
+        let (loss, lse) = (gpu.upload(&[rows], &vec![0.0; rows])?, gpu.upload(&[rows], &vec![0.0; rows])?);
+        // The backward overwrites the logits with their gradient: the timed calls go on
+        // differentiating what the previous call left, which costs the same.
+        let step = |rec: &mut Recorder| -> Result<()> {
+            forward_with_variant(rec, variant, &loss, &lse, &t_logits, &t_targets, 1.0)?;
+            backward_with_variant(rec, variant, &t_logits, &t_dloss, &lse, &t_targets, 1.0)
+        };
+        if rows == 37 {
+            let mut rec = Recorder::new(gpu);
+            step(&mut rec)?;
+            rec.submit();
+            let close = |got: Vec<f32>, want: &[f64]| {
+                got.iter().zip(want).all(|(&g, &w)| (g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()))
+            };
+            let want_loss = crate::reference::cross_entropy_forward(&logits, &targets, v);
+            let want_lse = crate::reference::logsumexp_rows(&logits, v);
+            let want_grad = crate::reference::cross_entropy_backward(&logits, &targets, &dloss, v);
+            let ok = close(gpu.download(&loss)?, &want_loss)
+                && close(gpu.download(&lse)?, &want_lse)
+                && close(gpu.download(&t_logits)?, &want_grad);
+            if !ok {
+                return Ok(None);
+            }
+            continue;
+        }
+        seconds += seconds_per_call(gpu, step)?;
+        bytes += (4 * 3 * rows * v) as f64; // the forward reads the logits, the backward reads and writes them
+    }
+    Ok(Some(bytes / seconds / 1e9))
+}
+
+/// The longest row an invocation walks alone (see MAX_SERIAL_STEPS): longer rows (GPT-2's
+/// vocabulary: two passes of 50257) always run a workgroup per row.
+pub const SERIAL_MAX_COLUMNS: usize = super::MAX_SERIAL_STEPS;
+
+/// The entry point and grid for `n` rows of `v`: the variant's entry (`_serial`: an invocation
+/// per row).
+fn entry(gpu: &Gpu, variant: RowVariant, name: &'static str, n: usize, v: usize) -> (String, [u32; 3]) {
+    match variant {
+        RowVariant::InvocationPerRow if v <= SERIAL_MAX_COLUMNS => (format!("{name}_serial"), gpu.grid(groups(n, WG))),
+        _ => (name.to_string(), gpu.grid(n)),
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -36,6 +118,20 @@ pub fn cross_entropy_forward(
     targets: &Tensor,
     temperature: f32,
 ) -> Result<()> {
+    let variant = variant(rec.gpu())?;
+    forward_with_variant(rec, variant, loss, lse, logits, targets, temperature)
+}
+
+/// As `cross_entropy_forward`, with the variant named (benches and tests compare them).
+pub fn forward_with_variant(
+    rec: &mut Recorder,
+    variant: RowVariant,
+    loss: &Tensor,
+    lse: &Tensor,
+    logits: &Tensor,
+    targets: &Tensor,
+    temperature: f32,
+) -> Result<()> {
     let (rows, v) = as_matrix(logits);
     for (t, what) in [(loss, "cross-entropy loss"), (lse, "cross-entropy lse"), (targets, "cross-entropy targets")] {
         expect_len(t, rows, what)?;
@@ -47,13 +143,26 @@ pub fn cross_entropy_forward(
         let p = params(&logits, temperature);
         let b = [bind(1, &logits), bind_u32(2, &targets), bind(3, &lse), bind(4, &loss)];
         let work = Work::floats(n * v + 3 * n);
-        rec.dispatch(&SHADER, "cross_entropy_forward", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n), work)?;
+        let (entry, grid) = entry(&gpu, variant, "cross_entropy_forward", n, v);
+        rec.dispatch(&SHADER, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }
 
 /// logp [N, V] = log_softmax(logits/temperature) along each row.
 pub fn log_softmax_forward(rec: &mut Recorder, logp: &Tensor, logits: &Tensor, temperature: f32) -> Result<()> {
+    let variant = variant(rec.gpu())?;
+    log_softmax_with_variant(rec, variant, logp, logits, temperature)
+}
+
+/// As `log_softmax_forward`, with the variant named.
+pub fn log_softmax_with_variant(
+    rec: &mut Recorder,
+    variant: RowVariant,
+    logp: &Tensor,
+    logits: &Tensor,
+    temperature: f32,
+) -> Result<()> {
     let (rows, v) = as_matrix(logits);
     expect_len(logp, logits.len(), "log-softmax output")?;
     let gpu = rec.gpu().clone();
@@ -62,7 +171,8 @@ pub fn log_softmax_forward(rec: &mut Recorder, logp: &Tensor, logits: &Tensor, t
         let p = params(&logits, temperature);
         let b = [bind(1, &logits), bind(5, &logp)];
         let work = Work::floats(2 * n * v);
-        rec.dispatch(&SHADER, "log_softmax_forward", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n), work)?;
+        let (entry, grid) = entry(&gpu, variant, "log_softmax_forward", n, v);
+        rec.dispatch(&SHADER, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }
@@ -72,6 +182,20 @@ pub fn log_softmax_forward(rec: &mut Recorder, logp: &Tensor, logits: &Tensor, t
 /// the forward at the same temperature.
 pub fn cross_entropy_backward(
     rec: &mut Recorder,
+    logits: &Tensor,
+    dloss: &Tensor,
+    lse: &Tensor,
+    targets: &Tensor,
+    temperature: f32,
+) -> Result<()> {
+    let variant = variant(rec.gpu())?;
+    backward_with_variant(rec, variant, logits, dloss, lse, targets, temperature)
+}
+
+/// As `cross_entropy_backward`, with the variant named.
+pub fn backward_with_variant(
+    rec: &mut Recorder,
+    variant: RowVariant,
     logits: &Tensor,
     dloss: &Tensor,
     lse: &Tensor,
@@ -89,7 +213,8 @@ pub fn cross_entropy_backward(
         let p = params(&logits, temperature);
         let b = [bind_u32(2, &targets), bind(6, &logits), bind(7, &dloss), bind(8, &lse)];
         let work = Work::floats(2 * n * v + 3 * n); // the logits read, their gradient written in place
-        rec.dispatch(&SHADER, "cross_entropy_backward", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n), work)?;
+        let (entry, grid) = entry(&gpu, variant, "cross_entropy_backward", n, v);
+        rec.dispatch(&SHADER, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }

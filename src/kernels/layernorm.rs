@@ -3,7 +3,7 @@
 
 use super::{as_matrix, bind, expect_len, groups};
 use crate::error::Result;
-use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, seconds_per_call};
+use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, seconds_per_call};
 use std::sync::Arc;
 
 pub const SHADER: Shader =
@@ -32,27 +32,11 @@ pub const VARIANTS: [(LayernormVariant, &str); 2] = [
 /// The LayerNorm variant this adapter runs: chosen by measurement on first use and cached (see
 /// `gpu::variants`), or forced with PPO_WGPU_LAYERNORM=invocation-per-row|workgroup-per-row.
 pub fn variant(gpu: &Arc<Gpu>) -> Result<LayernormVariant> {
-    let names = VARIANTS.map(|(_, name)| name);
-    let chosen = gpu.choose_variant("layernorm", &names, "GB/s", || measure_variants(gpu))?;
-    Ok(VARIANTS.iter().find(|(_, name)| *name == chosen).expect("choose_variant returns one of the names").0)
+    choose_by_measurement(gpu, "layernorm", &VARIANTS, "GB/s", measure_variant)
 }
 
-/// Each variant's GB/s over a forward and a backward at a small model's and GPT-2's widths,
-/// after a check against the CPU reference (None if it fails); on a device of its own, as the
-/// matmul's measurement.
-fn measure_variants(gpu: &Arc<Gpu>) -> Result<Vec<(String, Option<f64>)>> {
-    let gpu = &Gpu::new(Some(&gpu.info.name))?;
-    let mut figures = Vec::new();
-    for (variant, name) in VARIANTS {
-        let rate = measure_variant(gpu, variant).unwrap_or_else(|e| {
-            eprintln!("note: the {name} layernorm cannot run on {}: {e}", gpu.info.name);
-            None
-        });
-        figures.push((name.to_string(), rate));
-    }
-    Ok(figures)
-}
-
+/// A variant's GB/s over a forward and a backward at a small model's and GPT-2's widths, after
+/// a check against the CPU reference (None if it fails).
 fn measure_variant(gpu: &Arc<Gpu>, variant: LayernormVariant) -> Result<Option<f64>> {
     let mut rng = crate::rng::Rng::new(12);
     let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
@@ -217,7 +201,24 @@ pub fn backward_with_variant(
         )
     };
     rec.dispatch(&SHADER, entry, &[], p, &b, grid, Work::floats(3 * rows * c + c + 2 * rows))?;
-    let grid = rec.gpu().grid(groups(c, WG));
-    let b = [bind(1, inp), bind(7, dout), bind(9, dweight), bind(10, dbias), bind(11, mean), bind(12, rstd)];
-    rec.dispatch(&SHADER, "layernorm_backward_params", &[], p, &b, grid, Work::floats(2 * rows * c + 4 * c + 2 * rows))
+    // The parameter gradients: each invocation sums a channel over the rows, more than
+    // MAX_SERIAL_STEPS rows as slices.
+    let gpu = rec.gpu().clone();
+    for (r0, n) in super::serial_ranges(rows) {
+        let (inp, dout) = (inp.view(&gpu, r0 * c, &[n, c])?, dout.view(&gpu, r0 * c, &[n, c])?);
+        let (mean, rstd) = (mean.view(&gpu, r0, &[n])?, rstd.view(&gpu, r0, &[n])?);
+        let params = Params { rows: n as u32, c: c as u32, eps: 0.0 };
+        let b = [bind(1, &inp), bind(7, &dout), bind(9, dweight), bind(10, dbias), bind(11, &mean), bind(12, &rstd)];
+        let work = Work::floats(2 * n * c + 4 * c + 2 * n);
+        rec.dispatch(
+            &SHADER,
+            "layernorm_backward_params",
+            &[],
+            bytemuck::bytes_of(&params),
+            &b,
+            gpu.grid(groups(c, WG)),
+            work,
+        )?;
+    }
+    Ok(())
 }

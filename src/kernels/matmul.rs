@@ -6,7 +6,9 @@
 
 use super::{as_matrix, bind, bind_texture, expect_len, groups};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Gpu, MatmulVariant, Recorder, Shader, Tensor, Texture, Work, seconds_per_call};
+use crate::gpu::{
+    Gpu, MatmulVariant, Recorder, Shader, Tensor, Texture, Work, choose_by_measurement, seconds_per_call,
+};
 use std::sync::Arc;
 
 pub const SHADER: Shader = Shader { name: "matmul", source: include_str!("../../shaders/matmul.wgsl"), includes: &[] };
@@ -109,7 +111,8 @@ pub fn texture_fits(m: usize, n: usize) -> bool {
 /// As `matmul`, with the variant named (benches and tests compare them). A register-tiled
 /// request on an unaligned shape runs the tiled kernel.
 ///
-/// When an operand is larger than the adapter's storage-binding limit (GPT-2's tied LM head
+/// A K longer than MAX_K runs in slices (NN, TN; NT products, whose K is a layer's width, never
+/// reach it). When an operand is larger than the adapter's storage-binding limit (GPT-2's tied LM head
 /// `wte` is 154 MB; lavapipe and WebGPU bind at most 128 MiB), the product is split into pieces
 /// that bind contiguous slices: rows of A and out (NN, NT), rows of B written as column slices of
 /// out (NT), or the shared K rows of A and B accumulated one after another (TN).
@@ -189,8 +192,8 @@ pub fn matmul_with_variant(
             Ok(())
         }
         // Rows of B are the shared K: each piece reads a column slice of A and accumulates.
-        Layout::NN if !fits(k, n) => {
-            let step = rows_fitting(n);
+        Layout::NN if !fits(k, n) || k > MAX_K => {
+            let step = rows_fitting(n).min(MAX_K);
             for k0 in (0..k).step_by(step) {
                 let kc = step.min(k - k0);
                 let piece = b.view(&gpu, k0 * n, &[kc, n])?;
@@ -201,8 +204,8 @@ pub fn matmul_with_variant(
             Ok(())
         }
         // Rows of A and B are the shared K.
-        Layout::TN if !fits(k, m) || !fits(k, n) => {
-            let step = rows_fitting(m.max(n));
+        Layout::TN if !fits(k, m) || !fits(k, n) || k > MAX_K => {
+            let step = rows_fitting(m.max(n)).min(MAX_K);
             cannot_split(step >= k, a, b, out, limit)?;
             for k0 in (0..k).step_by(step) {
                 let kc = step.min(k - k0);
@@ -224,6 +227,12 @@ pub fn matmul_with_variant(
         _ => record(rec, variant, out, a, b, bias, layout, accumulate, (m, n, k), (n, 0), (a_stride, 0)),
     }
 }
+
+/// The longest K one dispatch walks (see MAX_SERIAL_STEPS: the kernels' loops over K take up
+/// to K/4 steps, register-tiled TN K, workgroup-tiled about 2.5 per element of K): a longer K
+/// (the weight gradients of a batch of more than 16384 tokens, GPT-2's LM-head gradient over
+/// its 50257-word vocabulary) runs as slices accumulated one after another.
+pub const MAX_K: usize = super::MAX_SERIAL_STEPS;
 
 /// The error for a product whose operands do not fit the binding limit even 64 rows at a time.
 fn cannot_split(stuck: bool, a: &Tensor, b: &Tensor, out: &Tensor, limit: usize) -> Result<()> {
@@ -269,30 +278,11 @@ pub fn narrow_variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
 }
 
 fn choose(gpu: &Arc<Gpu>, family: &str, shapes: &[(Layout, (usize, usize, usize))]) -> Result<MatmulVariant> {
-    let names = VARIANTS.map(|(_, name)| name);
-    let chosen = gpu.choose_variant(family, &names, "GFLOP/s", || measure_variants(gpu, shapes))?;
-    Ok(VARIANTS.iter().find(|(_, name)| *name == chosen).expect("choose_variant returns one of the names").0)
+    choose_by_measurement(gpu, family, &VARIANTS, "GFLOP/s", |gpu, variant| measure_variant(gpu, variant, shapes))
 }
 
-/// Each variant's GFLOP/s over `shapes` (about a second in all on a software adapter, far less
-/// on a GPU), after a check against the CPU reference on ragged shapes; None for a variant
-/// that fails its check or that the adapter cannot run. It runs on a device of its own on the
-/// same adapter, so that the device that trains keeps no buffers, pipelines or counts of it.
-fn measure_variants(gpu: &Arc<Gpu>, shapes: &[(Layout, (usize, usize, usize))]) -> Result<Vec<(String, Option<f64>)>> {
-    let gpu = &Gpu::new(Some(&gpu.info.name))?;
-    let mut figures = Vec::new();
-    for (variant, name) in VARIANTS {
-        // An error (a texture format or limit the adapter lacks) rules the variant out.
-        let rate = measure_variant(gpu, variant, shapes).unwrap_or_else(|e| {
-            eprintln!("note: the {name} matmul cannot run on {}: {e}", gpu.info.name);
-            None
-        });
-        figures.push((name.to_string(), rate));
-    }
-    Ok(figures)
-}
-
-/// One variant's figure for `measure_variants`.
+/// One variant's GFLOP/s over `shapes` (about a second in all on a software adapter, far less
+/// on a GPU), after a check against the CPU reference on ragged shapes (None if it fails).
 fn measure_variant(
     gpu: &Arc<Gpu>,
     variant: MatmulVariant,
@@ -635,26 +625,32 @@ pub fn linear_backward(
 }
 
 /// dbias [N] += Σ_m dout [M, N].
+/// (Each invocation sums a column over the rows: more than MAX_SERIAL_STEPS rows run as slices.)
 pub fn bias_backward(rec: &mut Recorder, dbias: &Tensor, dout: &Tensor) -> Result<()> {
-    let (m, n) = as_matrix(dout);
+    let (rows, n) = as_matrix(dout);
     expect_len(dbias, n, "bias gradient")?;
-    let params = Params {
-        m: m as u32,
-        n: n as u32,
-        k: 0,
-        flags: ACCUMULATE,
-        out_stride: n as u32,
-        out_col: 0,
-        a_stride: n as u32,
-        a_col: 0,
-    };
-    rec.dispatch(
-        &TILED_SHADER,
-        "bias_backward",
-        &[],
-        bytemuck::bytes_of(&params),
-        &[bind(1, dout), bind(4, dbias)],
-        [groups(n, WG) as u32, 1, 1],
-        Work::flops(m * n, m * n + 2 * n),
-    )
+    let gpu = rec.gpu().clone();
+    for (r0, m) in super::serial_ranges(rows) {
+        let dout = dout.view(&gpu, r0 * n, &[m, n])?;
+        let params = Params {
+            m: m as u32,
+            n: n as u32,
+            k: 0,
+            flags: ACCUMULATE,
+            out_stride: n as u32,
+            out_col: 0,
+            a_stride: n as u32,
+            a_col: 0,
+        };
+        rec.dispatch(
+            &TILED_SHADER,
+            "bias_backward",
+            &[],
+            bytemuck::bytes_of(&params),
+            &[bind(1, &dout), bind(4, dbias)],
+            [groups(n, WG) as u32, 1, 1],
+            Work::flops(m * n, m * n + 2 * n),
+        )?;
+    }
+    Ok(())
 }

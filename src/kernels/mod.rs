@@ -65,6 +65,18 @@ pub(crate) fn elementwise(gpu: &Gpu, n: usize, wg: usize) -> (bool, [u32; 3]) {
     (vec4, gpu.grid(groups(if vec4 { n / 4 } else { n }, wg)))
 }
 
+/// The most steps one invocation walks in its loops. Software adapters stop an invocation's
+/// loops after a fixed number of iterations in all (llvmpipe: 65535, silently, leaving the rest
+/// of its work undone), so a kernel that loops over a dimension that grows with the batch or
+/// the vocabulary splits its dispatches to stay under this (a multiple of 64, so that row
+/// slices stay aligned views).
+pub const MAX_SERIAL_STEPS: usize = 16384;
+
+/// (start, count) ranges of at most MAX_SERIAL_STEPS covering 0..n.
+pub(crate) fn serial_ranges(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n).step_by(MAX_SERIAL_STEPS).map(move |start| (start, MAX_SERIAL_STEPS.min(n - start)))
+}
+
 /// Workgroups of `size` needed to cover `n` invocations.
 pub(crate) fn groups(n: usize, size: usize) -> usize {
     n.div_ceil(size)

@@ -236,3 +236,27 @@ fn texture_matmul_splits_operands_larger_than_the_texture_limit() {
         }
     }
 }
+
+#[test]
+fn matmul_long_k_runs_in_slices() {
+    // K = 70001 (a weight gradient over 70001 tokens): past MAX_K the product runs as slices
+    // accumulated one after another; walked in one dispatch, llvmpipe's loop limit (65535
+    // iterations per invocation) would stop it short without a word.
+    let mut rng = Rng::new(17);
+    let (m, n, k) = (16, 8, 70001);
+    for layout in [Layout::NN, Layout::TN] {
+        let (sa, sb) = operand_shapes(layout, m, n, k);
+        let (a, b) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0));
+        let want = reference::matmul(&a, &b, m, n, k, layout);
+        let (ta, tb) = (upload(&a, &sa), upload(&b, &sb));
+        for variant in VARIANTS {
+            let out = zeros(&[m, n]);
+            let gpu = gpu();
+            let mut rec = Recorder::new(&gpu);
+            matmul_with_variant(&mut rec, variant, &out, &ta, &tb, None, layout, false).unwrap();
+            rec.submit();
+            let (atol, rtol) = tol(k);
+            assert_close(&format!("matmul {layout:?} {variant:?} K={k}"), &download(&out), &want, atol, rtol);
+        }
+    }
+}

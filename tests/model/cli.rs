@@ -217,17 +217,21 @@ fn generate_on_the_shipped_policy_with_a_profile() {
     assert!(trace["traceEvents"].as_array().unwrap().iter().any(|e| e["name"] == "generation"), "{trace}");
 }
 
-/// `info` shows the matmul variant and how it was chosen; PPO_WGPU_MATMUL forces one, and a
+/// `info` shows each family's variant and how it was chosen; PPO_WGPU_MATMUL forces one, and a
 /// name that is not a variant is an error naming the variable.
 #[test]
 fn info_shows_the_kernel_choice_and_the_environment_forces_one() {
     let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-variants.json");
     let cache = cache.to_str().unwrap();
     let (ok, stdout, stderr) = ppo_wgpu_env(&["info"], &[("PPO_WGPU_VARIANT_CACHE", cache)]);
-    assert!(ok && stdout.contains("matmul   ") && stdout.contains("GFLOP/s"), "{stdout}{stderr}");
+    assert!(ok && stdout.contains("GFLOP/s") && stdout.contains("GB/s"), "{stdout}{stderr}");
+    for family in ["matmul", "matmul_narrow", "layernorm", "cross_entropy"] {
+        assert!(stdout.lines().any(|l| l.trim_start().starts_with(&format!("{family} "))), "{family}: {stdout}");
+    }
     let forced = [("PPO_WGPU_VARIANT_CACHE", cache), ("PPO_WGPU_MATMUL", "workgroup-tiled")];
     let (ok, stdout, _) = ppo_wgpu_env(&["info"], &forced);
-    assert!(ok && stdout.contains("workgroup-tiled  (forced)"), "{stdout}");
+    let line = stdout.lines().find(|l| l.trim_start().starts_with("matmul ")).unwrap_or_default();
+    assert!(ok && line.contains("workgroup-tiled") && line.contains("(forced)"), "{stdout}");
     let (ok, _, stderr) = ppo_wgpu_env(&["info"], &[("PPO_WGPU_VARIANT_CACHE", cache), ("PPO_WGPU_MATMUL", "fast")]);
     assert!(
         !ok && stderr.contains("PPO_WGPU_MATMUL=fast: expected one of register-tiled, workgroup-tiled"),
