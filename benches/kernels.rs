@@ -268,23 +268,35 @@ fn bench_attention(bx: &mut Bench, c: &mut Criterion) {
 }
 
 fn bench_cross_entropy(bx: &mut Bench, c: &mut Criterion) {
+    // Every variant, the adapter's choice first and marked (GPT-2's vocabulary runs a workgroup
+    // per row in either: see cross_entropy::SERIAL_MAX_COLUMNS).
+    let chosen = cross_entropy::variant(&bx.gpu).unwrap();
+    let mut variants = vec![chosen];
+    variants.extend(cross_entropy::VARIANTS.iter().map(|&(v, _)| v).filter(|&v| v != chosen));
     for (label, rows, v) in [("gpt2 vocab 64x50257", 64, 50257), ("tiny vocab 2048x512", 2048, 512)] {
         let logits = bx.rng.normals(rows * v, 2.0);
         let targets: Vec<u32> = (0..rows).map(|_| bx.rng.below(v as u32)).collect();
-        let (t_logits, t_targets) = (bx.up(&logits, &[rows, v]), bx.gpu.upload_u32(&[rows], &targets).unwrap());
+        let t_targets = bx.gpu.upload_u32(&[rows], &targets).unwrap();
         let (loss, lse, dloss) = (bx.empty(&[rows]), bx.empty(&[rows]), bx.up(&vec![1.0; rows], &[rows]));
-        let mut rec = Recorder::new(&bx.gpu);
-        cross_entropy::cross_entropy_forward(&mut rec, &loss, &lse, &t_logits, &t_targets, 1.0).unwrap();
-        rec.submit();
-        bx.check("cross-entropy", &loss, &reference::cross_entropy_forward(&logits, &targets, v), 1e-4, 1e-5);
         let bytes = (rows * v * 4) as f64;
-        bx.time(c, "cross_entropy", &format!("forward {label}"), counting_bytes(bytes), |rec| {
-            cross_entropy::cross_entropy_forward(rec, &loss, &lse, &t_logits, &t_targets, 1.0).unwrap()
-        });
-        // In place: the logits become gradients, so each timed iteration rewrites the same buffer.
-        bx.time(c, "cross_entropy", &format!("backward {label}"), counting_bytes(2.0 * bytes), |rec| {
-            cross_entropy::cross_entropy_backward(rec, &t_logits, &dloss, &lse, &t_targets, 1.0).unwrap()
-        });
+        for &variant in &variants {
+            // Fresh logits for each variant: the backward below overwrites them with gradients.
+            let t_logits = bx.up(&logits, &[rows, v]);
+            let mut rec = Recorder::new(&bx.gpu);
+            cross_entropy::forward_with_variant(&mut rec, variant, &loss, &lse, &t_logits, &t_targets, 1.0).unwrap();
+            rec.submit();
+            bx.check("cross-entropy", &loss, &reference::cross_entropy_forward(&logits, &targets, v), 1e-4, 1e-5);
+            let mark = if variant == chosen { " (chosen)" } else { "" };
+            bx.time(c, "cross_entropy", &format!("forward {label} {variant:?}{mark}"), counting_bytes(bytes), |rec| {
+                cross_entropy::forward_with_variant(rec, variant, &loss, &lse, &t_logits, &t_targets, 1.0).unwrap()
+            });
+            // In place: the logits become gradients, so each timed iteration rewrites the same
+            // buffer.
+            let name = format!("backward {label} {variant:?}{mark}");
+            bx.time(c, "cross_entropy", &name, counting_bytes(2.0 * bytes), |rec| {
+                cross_entropy::backward_with_variant(rec, variant, &t_logits, &dloss, &lse, &t_targets, 1.0).unwrap()
+            });
+        }
     }
 }
 
