@@ -12,18 +12,21 @@
 //                    product reads no bounds). Transposing while packing makes every layout
 //                    NN below.
 //   matmul_texture:  out[M,N] (+)= At[M,K] · Bt[K,N] (+ bias[N]) with At and Bt packed.
+//   unpad_columns:   out[M,N] (+)= src[M,N'] (+ bias[N]) for an N that is not a multiple of 4
+//                    (GPT-2's logits, 50257 wide): matmul_texture stores whole vec4s, so such
+//                    a product goes to a scratch of N' = N rounded up to 4 columns first.
 //
 // matmul_texture: each invocation computes a 16×16 block of the output in 64 vec4
 // accumulators, named rather than indexed so that they stay in registers. Output row r, vec4
 // column c is out[out_offset4 + r·out_stride4 + c] (a block of a larger output, when the
-// product is split to fit the adapter's texture size); N must be a multiple of 4.
+// product is split to fit the adapter's texture size); it stores ceil(N/4) vec4s per row.
 // params.flags: bit 0 = accumulate into out, bit 1 = add bias[bias_offset4·4 + column].
 // Textures: At is ceil(K/4) texels wide and 16·ceil(M/16) rows high; Bt is 4·ceil(N/16)
 // texels wide and 4·ceil(K/4) rows high.
 //
 // Launch: pack_rows: workgroup 64, one invocation per texel; pack_columns: workgroup 64, one
 // invocation per 4 texels of a column; both with flat index wid.y·nwg.x·64 + wid.x·64 + lid
-// (grid from Gpu::grid). matmul_texture: workgroup (8, 8); invocation (x, y) owns output
+// (grid from Gpu::grid); unpad_columns likewise, one invocation per output element. matmul_texture: workgroup (8, 8); invocation (x, y) owns output
 // rows 16y..16y+15 and columns 16x..16x+15; grid = (ceil(N/128), ceil(M/128)).
 
 struct PackParams {
@@ -39,7 +42,7 @@ struct PackParams {
 
 struct Params {
     m: u32,
-    n: u32,
+    n: u32,           // columns stored: a multiple of 4
     k4: u32,          // texels of At per row: ceil(K/4)
     flags: u32,
     out_stride4: u32, // vec4s between output rows
@@ -237,4 +240,35 @@ fn matmul_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     store_row(m0 + 13u, c0, acc13_0, acc13_1, acc13_2, acc13_3);
     store_row(m0 + 14u, c0, acc14_0, acc14_1, acc14_2, acc14_3);
     store_row(m0 + 15u, c0, acc15_0, acc15_1, acc15_2, acc15_3);
+}
+
+struct UnpadParams {
+    m: u32,
+    n: u32,
+    src_stride: u32, // N' (elements between rows of src)
+    out_stride: u32, // elements between output rows
+    out_col: u32,    // first output column written
+    flags: u32,      // ACCUMULATE, HAS_BIAS
+}
+
+@group(0) @binding(0) var<uniform> unpad_params: UnpadParams;
+@group(0) @binding(8) var<storage, read> unpad_src: array<f32>;
+@group(0) @binding(9) var<storage, read_write> unpad_out: array<f32>;
+
+@compute @workgroup_size(WG)
+fn unpad_columns(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let p = unpad_params;
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (i >= p.m * p.n) { return; }
+    let r = i / p.n;
+    let c = i % p.n;
+    var v = unpad_src[r * p.src_stride + c];
+    if ((p.flags & HAS_BIAS) != 0u) { v += bias[c]; }
+    let at = r * p.out_stride + p.out_col + c;
+    if ((p.flags & ACCUMULATE) != 0u) { v += unpad_out[at]; }
+    unpad_out[at] = v;
 }

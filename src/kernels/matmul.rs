@@ -102,10 +102,10 @@ pub fn register_tiled_fits(layout: Layout, _m: usize, n: usize, k: usize) -> boo
     }
 }
 
-/// Whether the texture kernel takes this product: at least a 16-row block, and an N that is a
-/// multiple of 4 (its stores are vec4s).
+/// Whether the texture kernel takes this product: at least a 16-row block, and at least a vec4
+/// of columns (a vector-shaped product, a head's, runs register-tiled read the other way round).
 pub fn texture_fits(m: usize, n: usize) -> bool {
-    m >= TEXTURE_TILE && n.is_multiple_of(4)
+    m >= TEXTURE_TILE && n >= 4
 }
 
 /// As `matmul`, with the variant named (benches and tests compare them). A register-tiled
@@ -142,8 +142,8 @@ pub fn matmul_with_variant(
     //   NN, n = 1, no bias:  out[M,1] = a[M,K]·b[K,1]   as  outᵀ[1,M] = bᵀ[1,K]·a[M,K]ᵀ  (NT)
     //   NT, k = 1:           out = a[M,1]·b[N,1]ᵀ       as  a[M,1]·bᵀ[1,N]               (NN)
     //   TN, n = 1:           out[M,1] = a[K,M]ᵀ·b[K,1]   as  outᵀ[1,M] = bᵀ[1,K]·a[K,M]    (NN)
-    // The texture kernel computes 16×16 blocks and stores vec4s: a product with fewer rows (a
-    // decode step's) or a ragged N runs register-tiled instead.
+    // The texture kernel computes 16×16 blocks: a product with fewer rows (a decode step's) or
+    // fewer than 4 columns runs register-tiled instead.
     let variant =
         if variant == MatmulVariant::Texture && !texture_fits(m, n) { MatmulVariant::RegisterTiled } else { variant };
     if variant == MatmulVariant::RegisterTiled && !register_tiled_fits(layout, m, n, k) {
@@ -344,9 +344,19 @@ fn record(
     (a_stride, a_col): (usize, usize),
 ) -> Result<()> {
     if variant == MatmulVariant::Texture {
-        if texture_fits(m, n) && out_stride.is_multiple_of(4) && out_col.is_multiple_of(4) {
+        let vec4_out = n.is_multiple_of(4) && out_stride.is_multiple_of(4) && out_col.is_multiple_of(4);
+        if texture_fits(m, n) && vec4_out {
             let place = ((out_stride, out_col), (a_stride, a_col));
             return record_texture(rec, out, a, b, bias, layout, accumulate, (m, n, k), place);
+        }
+        if texture_fits(m, n) {
+            // The kernel stores whole vec4s: the product goes to rows of N rounded up to 4, and
+            // from there into out (adding the bias, or accumulating).
+            let padded = n.next_multiple_of(4);
+            let scratch = rec.gpu().tensor(&[m, padded], crate::gpu::DType::F32)?;
+            let place = ((padded, 0), (a_stride, a_col));
+            record_texture(rec, &scratch, a, b, None, layout, false, (m, n, k), place)?;
+            return unpad_columns(rec, out, &scratch, bias, accumulate, (m, n), (out_stride, out_col));
         }
         let variant = MatmulVariant::RegisterTiled;
         return record(
@@ -467,16 +477,21 @@ fn texture_sizes(m: usize, n: usize, k: usize) -> [(usize, usize); 2] {
     [(k.div_ceil(4), m.next_multiple_of(TEXTURE_TILE)), (4 * n.div_ceil(TEXTURE_TILE), 4 * k.div_ceil(4))]
 }
 
-/// Bytes of the scratch textures the texture kernel keeps after running these (M, N, K)
-/// products (one per distinct size and operand, as `Gpu::scratch_texture` keeps them; an
-/// operand beyond the adapter's texture size runs in smaller blocks).
+/// Bytes of the scratch the texture kernel keeps after running these (M, N, K) products: the
+/// textures (one per distinct size and operand, as `Gpu::scratch_texture` keeps them; an
+/// operand beyond the adapter's texture size runs in smaller blocks), and a pooled output of
+/// whole vec4 rows for each distinct product whose N is not a multiple of 4.
 pub fn texture_scratch_bytes(products: &[(usize, usize, usize)]) -> usize {
-    let mut kept = std::collections::BTreeSet::new();
+    let (mut kept, mut padded) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
     for &(m, n, k) in products.iter().filter(|&&(m, n, _)| texture_fits(m, n)) {
         let [a, b] = texture_sizes(m, n, k);
         kept.extend([(SLOT_A, a), (SLOT_B, b)]);
+        if !n.is_multiple_of(4) {
+            padded.insert(m * n.next_multiple_of(4));
+        }
     }
-    kept.iter().map(|(_, (width, height))| 16 * width * height).sum()
+    kept.iter().map(|(_, (width, height))| 16 * width * height).sum::<usize>()
+        + padded.iter().map(|e| 4 * e).sum::<usize>()
 }
 
 /// Records a product on the texture kernel (arguments as `record`): packs op(A) and op(B) into
@@ -526,7 +541,7 @@ fn record_texture(
                 let flags = if accumulate || k0 > 0 { ACCUMULATE } else { 0 } | if with_bias { HAS_BIAS } else { 0 };
                 let params = TextureParams {
                     m: mc as u32,
-                    n: nc as u32,
+                    n: nc.next_multiple_of(4) as u32, // whole vec4s: out's rows have room (see record)
                     k4: kc.div_ceil(4) as u32,
                     flags,
                     out_stride4: (out_stride / 4) as u32,
@@ -554,6 +569,44 @@ fn record_texture(
         }
     }
     Ok(())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct UnpadParams {
+    m: u32,
+    n: u32,
+    src_stride: u32,
+    out_stride: u32,
+    out_col: u32,
+    flags: u32,
+}
+
+/// out (+)= src (+ bias) for the (m, n) product held in rows of `src` (N rounded up to 4), into
+/// columns out_col.. of rows of `out_stride` elements.
+fn unpad_columns(
+    rec: &mut Recorder,
+    out: &Tensor,
+    src: &Tensor,
+    bias: Option<&Tensor>,
+    accumulate: bool,
+    (m, n): (usize, usize),
+    (out_stride, out_col): (usize, usize),
+) -> Result<()> {
+    let flags = if accumulate { ACCUMULATE } else { 0 } | if bias.is_some() { HAS_BIAS } else { 0 };
+    let params = UnpadParams {
+        m: m as u32,
+        n: n as u32,
+        src_stride: n.next_multiple_of(4) as u32,
+        out_stride: out_stride as u32,
+        out_col: out_col as u32,
+        flags,
+    };
+    // Kernels that read a bias binding get `src` when there is none (the flag keeps it unread).
+    let bindings = [bind(8, src), bind(9, out), bind(5, bias.unwrap_or(src))];
+    let work = Work::floats(m * n * (2 + accumulate as usize) + n * bias.is_some() as usize);
+    let grid = rec.gpu().grid(groups(m * n, WG));
+    rec.dispatch(&TEXTURE_SHADER, "unpad_columns", &[], bytemuck::bytes_of(&params), &bindings, grid, work)
 }
 
 /// A block of a row-major matrix in a storage buffer: `rows` × `cols` starting at element

@@ -154,6 +154,7 @@ fn matmul_splits_operands_larger_than_the_binding_limit() {
         (Layout::NN, 300, 40, 68),
         (Layout::NT, 300, 12, 68),
         (Layout::NT, 40, 300, 68),
+        (Layout::NT, 40, 301, 68), // a ragged N written as column slices of rows of 301 (GPT-2's logits)
         (Layout::NN, 40, 48, 400),
         (Layout::NN, 40, 48, 401),
         (Layout::TN, 40, 36, 600),
@@ -207,9 +208,16 @@ fn texture_matmul_splits_operands_larger_than_the_texture_limit() {
     let lower = ppo_wgpu::gpu::LowerLimits { texture_dimension: Some(32), ..Default::default() };
     let gpu = ppo_wgpu::gpu::Gpu::with_lower_limits(None, lower).unwrap();
     let mut rng = Rng::new(16);
-    for (layout, m, n, k) in
-        [(Layout::NN, 70, 20, 24), (Layout::NT, 20, 200, 12), (Layout::TN, 24, 36, 75), (Layout::NN, 37, 136, 131)]
-    {
+    // (N = 131 and 203: not a multiple of 4, so the product also goes through a padded scratch.)
+    let cases = [
+        (Layout::NN, 70, 20, 24),
+        (Layout::NT, 20, 200, 12),
+        (Layout::TN, 24, 36, 75),
+        (Layout::NN, 37, 136, 131),
+        (Layout::NN, 40, 131, 40),
+        (Layout::NT, 18, 203, 36),
+    ];
+    for (layout, m, n, k) in cases {
         let (sa, sb) = operand_shapes(layout, m, n, k);
         let (a, b, prior) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0), rng.normals(m * n, 1.0));
         let up = |x: &[f64], shape: &[usize]| gpu.upload(shape, &to_f32(x)).unwrap();
