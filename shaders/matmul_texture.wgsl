@@ -67,6 +67,11 @@ const TILE: u32 = 16u; // output rows and columns per invocation (kernels::matmu
 
 override SRC_VEC4: bool = false;
 
+// The index of an invocation of the one-dimensional entry points (grid from Gpu::grid).
+fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid;
+}
+
 // Block element (r, c) of the source, or 0 outside the block.
 fn block_element(r: u32, c: u32) -> f32 {
     let p = pack_params;
@@ -89,7 +94,7 @@ fn pack_rows(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let p = pack_params;
-    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    let i = flat_index(wid, nwg, lid);
     if (i >= p.width * p.height) { return; }
     let x = i % p.width;
     let y = i / p.width;
@@ -112,7 +117,7 @@ fn pack_columns(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let p = pack_params;
-    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    let i = flat_index(wid, nwg, lid);
     let squares = p.height / 4u; // texture heights are multiples of 4
     if (i >= p.width * squares) { return; }
     let x = i / squares;
@@ -262,7 +267,7 @@ fn unpad_columns(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let p = unpad_params;
-    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    let i = flat_index(wid, nwg, lid);
     if (i >= p.m * p.n) { return; }
     let r = i / p.n;
     let c = i % p.n;

@@ -13,7 +13,7 @@ pub use profiler::{Iteration, KernelRow, PerIteration, Phase, PhaseRow, Profile,
 pub use recorder::{Binding, PRELUDE, Recorder, Resource, Shader};
 pub use tensor::{DType, Tensor, Texture};
 pub use variants::{CACHE_ENV, CACHE_FORMAT, Choice};
-pub(crate) use variants::{choose_by_measurement, seconds_per_call};
+pub(crate) use variants::{choose_by_measurement, matches_reference, seconds_per_call};
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;

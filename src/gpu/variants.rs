@@ -105,6 +105,12 @@ pub(crate) fn choose_by_measurement<V: Copy>(
     Ok(variants.iter().find(|(_, name)| *name == chosen).expect("choose_variant returns one of the names").0)
 }
 
+/// Whether a variant's result matches the CPU reference closely enough to be measured: within
+/// 1e-4·(1 + |want|) everywhere (f32 kernels against f64 references on small shapes).
+pub(crate) fn matches_reference(got: &[f32], want: &[f64]) -> bool {
+    got.len() == want.len() && got.iter().zip(want).all(|(&g, &w)| (g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()))
+}
+
 /// Seconds per call of the work `record` records, for measuring variants: one call to compile
 /// the pipelines, one to gauge, then as many as fit in about a tenth of a second (1 to 64) in one
 /// recorder, as a training step records them.

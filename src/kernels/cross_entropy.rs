@@ -4,7 +4,7 @@
 
 use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges};
 use crate::error::Result;
-use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, seconds_per_call};
+use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call};
 use std::sync::Arc;
 
 pub const SHADER: Shader =
@@ -62,15 +62,12 @@ fn measure_variant(gpu: &Arc<Gpu>, variant: RowVariant) -> Result<Option<f64>> {
             let mut rec = Recorder::new(gpu);
             step(&mut rec)?;
             rec.submit();
-            let close = |got: Vec<f32>, want: &[f64]| {
-                got.iter().zip(want).all(|(&g, &w)| (g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()))
-            };
             let want_loss = crate::reference::cross_entropy_forward(&logits, &targets, v);
             let want_lse = crate::reference::logsumexp_rows(&logits, v);
             let want_grad = crate::reference::cross_entropy_backward(&logits, &targets, &dloss, v);
-            let ok = close(gpu.download(&loss)?, &want_loss)
-                && close(gpu.download(&lse)?, &want_lse)
-                && close(gpu.download(&t_logits)?, &want_grad);
+            let ok = matches_reference(&gpu.download(&loss)?, &want_loss)
+                && matches_reference(&gpu.download(&lse)?, &want_lse)
+                && matches_reference(&gpu.download(&t_logits)?, &want_grad);
             if !ok {
                 return Ok(None);
             }

@@ -3,7 +3,7 @@
 
 use super::{as_matrix, bind, expect_len, groups};
 use crate::error::Result;
-use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, seconds_per_call};
+use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call};
 use std::sync::Arc;
 
 pub const SHADER: Shader =
@@ -69,12 +69,11 @@ fn measure_variant(gpu: &Arc<Gpu>, variant: LayernormVariant) -> Result<Option<f
             let mut rec = Recorder::new(gpu);
             step(&mut rec)?;
             rec.submit();
-            let close = |got: Vec<f32>, want: &[f64]| {
-                got.iter().zip(want).all(|(&g, &w)| (g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()))
-            };
             let (want_out, _, _) = crate::reference::layernorm_forward(&x, &w, &b, c, 1e-5);
             let (want_dinp, _, _) = crate::reference::layernorm_backward(&dout, &x, &w, c, 1e-5);
-            if !close(gpu.download(&out)?, &want_out) || !close(gpu.download(&dinp)?, &want_dinp) {
+            if !matches_reference(&gpu.download(&out)?, &want_out)
+                || !matches_reference(&gpu.download(&dinp)?, &want_dinp)
+            {
                 return Ok(None);
             }
             continue;

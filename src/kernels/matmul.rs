@@ -7,7 +7,8 @@
 use super::{as_matrix, bind, bind_texture, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{
-    Gpu, MatmulVariant, Recorder, Shader, Tensor, Texture, Work, choose_by_measurement, seconds_per_call,
+    Gpu, MatmulVariant, Recorder, Shader, Tensor, Texture, Work, choose_by_measurement, matches_reference,
+    seconds_per_call,
 };
 use std::sync::Arc;
 
@@ -300,7 +301,7 @@ fn measure_variant(
         rec.submit();
         let want = crate::reference::matmul(&a, &b, m, n, k, layout);
         let got = gpu.download(&out)?;
-        if !got.iter().zip(&want).all(|(&g, &w)| (g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs())) {
+        if !matches_reference(&got, &want) {
             return Ok(None);
         }
     }
