@@ -110,10 +110,17 @@ pub fn embedding_forward(
             positions: positions as u32,
             first_bucket: 0,
         };
-        let grid = gpu.grid(groups(ids.len() * c, WG));
-        let b = [bind_u32(1, ids), bind_u32(2, pos), bind(3, &slice), bind(4, wpe), bind(5, out)];
         let work = Work::floats(3 * ids.len() * c); // a wte row and a wpe row read, a row written per token
-        rec.dispatch(&SHADER, "embedding_forward", &[], bytemuck::bytes_of(&params), &b, grid, work)?;
+        let p = bytemuck::bytes_of(&params);
+        if c.is_multiple_of(4) {
+            let grid = gpu.grid(groups(ids.len() * c / 4, WG));
+            let b = [bind_u32(1, ids), bind_u32(2, pos), bind(11, &slice), bind(12, wpe), bind(13, out)];
+            rec.dispatch(&SHADER, "embedding_forward4", &[], p, &b, grid, work)?;
+        } else {
+            let grid = gpu.grid(groups(ids.len() * c, WG));
+            let b = [bind_u32(1, ids), bind_u32(2, pos), bind(3, &slice), bind(4, wpe), bind(5, out)];
+            rec.dispatch(&SHADER, "embedding_forward", &[], p, &b, grid, work)?;
+        }
     }
     Ok(())
 }
@@ -140,18 +147,22 @@ pub fn embedding_backward(rec: &mut Recorder, dtable: &Tensor, dout: &Tensor, bu
             positions: 0,
             first_bucket: first as u32,
         };
-        let grid = gpu.grid(groups((end - first) * c, WG));
+        // The vec4 form binds dout and the table as vec4 arrays.
+        let vec4 = c.is_multiple_of(4);
+        let (dout_at, table_at, entry, lanes) =
+            if vec4 { (14, 15, "embedding_backward4", c / 4) } else { (6, 10, "embedding_backward", c) };
+        let grid = gpu.grid(groups((end - first) * lanes, WG));
         let b = [
-            bind(6, dout),
+            bind(dout_at, dout),
             bind_u32(7, &buckets.rows),
             bind_u32(8, &buckets.offsets),
             bind_u32(9, &buckets.tokens),
-            bind(10, &slice),
+            bind(table_at, &slice),
         ];
         // Per bucket a table row read and written, and its tokens' dout rows read (counted as
         // all of dout: the table fits one binding but for the GPT-2 vocabulary on small limits).
         let work = Work::floats(2 * (end - first) * c + dout.len());
-        rec.dispatch(&SHADER, "embedding_backward", &[], bytemuck::bytes_of(&params), &b, grid, work)?;
+        rec.dispatch(&SHADER, entry, &[], bytemuck::bytes_of(&params), &b, grid, work)?;
     }
     Ok(())
 }

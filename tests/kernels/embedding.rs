@@ -21,7 +21,8 @@ fn embedding_forward_and_backward_match_reference() {
     let mut rng = Rng::new(30);
     // (tokens, vocab, positions, channels): unaligned and the tiny model's shape. Few distinct
     // ids so that many tokens share a row (the race an atomic-free backward must avoid).
-    for (n, vocab, positions, c) in [(37, 11, 53, 29), (32 * 64, 512, 64, 128)] {
+    // C = 29: the scalar kernels; 28 and 128: the vec4 forms.
+    for (n, vocab, positions, c) in [(37, 11, 53, 29), (37, 11, 53, 28), (32 * 64, 512, 64, 128)] {
         let ids: Vec<u32> = (0..n).map(|_| rng.below(vocab as u32)).collect();
         let mask: Vec<u32> = (0..n).map(|i| (i % 13 != 0) as u32).collect();
         let pos = position_ids(&mask, positions.min(n));
