@@ -163,3 +163,25 @@ fn ended_rows_emit_padding_and_eos_ends_a_row() {
     assert_eq!(gpu.download_u32(&state.next_ids).unwrap(), vec![2, eos, pad]);
     assert_eq!(gpu.download_u32(&state.next_pos).unwrap(), vec![3 + 2, 4 + 2, 5 + 2]);
 }
+
+/// GPT-2's vocabulary with top-k and top-p both on: each invocation of the row's workgroup walks
+/// its slice of the row some seventy times (the bisection of each cut), close to llvmpipe's limit
+/// of 65535 loop steps per invocation, past which it would stop short without a word.
+#[test]
+fn sampling_a_gpt2_sized_vocabulary_with_both_cuts() {
+    let mut rng = Rng::new(303);
+    let (b, v, seed) = (8, 50257, 0x0bad_cafe_u64);
+    let s = Sampling { temperature: 0.9, top_k: 50, top_p: 0.9 };
+    let logits = random_logits(&mut rng, b * v, 2.0);
+    let got = sample_gpu(&logits, b, v, s, seed, 3);
+    let mut mismatches = 0;
+    for row in 0..b {
+        let z = &logits[row * v..(row + 1) * v];
+        let kept = sampling_distribution(z, s.temperature, s.top_k, s.top_p);
+        assert!(kept.iter().any(|&(i, _)| i == got[row]), "row {row}: token {} outside the kept set", got[row]);
+        let u = uniform_at(seed, 3 + row as u32, 0);
+        mismatches += (sample_threshold(z, s.temperature, s.top_k, s.top_p, u) != got[row]) as usize;
+    }
+    // (A draw within rounding of a boundary may differ, as in the test above.)
+    assert!(mismatches <= 1, "{mismatches} of {b} rows differ from the reference draw");
+}
