@@ -242,6 +242,10 @@ fn bench_embedding(bx: &mut Bench, c: &mut Criterion) {
 }
 
 fn bench_attention(bx: &mut Bench, c: &mut Criterion) {
+    // Every variant, the adapter's choice first and marked.
+    let chosen = attention::variant(&bx.gpu).unwrap();
+    let mut variants = vec![chosen];
+    variants.extend(attention::VARIANTS.iter().map(|&(v, _)| v).filter(|&v| v != chosen));
     for (label, shape) in [
         ("gpt2 B=1 T=256", attention::AttentionShape { b: 1, t: 256, c: 768, n_head: 12 }),
         ("tiny B=32 T=64", attention::AttentionShape { b: 32, t: 64, c: 128, n_head: 4 }),
@@ -252,18 +256,23 @@ fn bench_attention(bx: &mut Bench, c: &mut Criterion) {
         let (t_qkv, t_mask) = (bx.up(&qkv, &[b, t, 3 * ch]), bx.gpu.upload_u32(&[b, t], &mask).unwrap());
         let (out, lse, delta, dqkv) =
             (bx.empty(&[b, t, ch]), bx.empty(&[b, n_head, t]), bx.empty(&[b, n_head, t]), bx.empty(&[b, t, 3 * ch]));
-        let mut rec = Recorder::new(&bx.gpu);
-        attention::attention_forward(&mut rec, &out, &lse, &t_qkv, &t_mask, shape).unwrap();
-        rec.submit();
-        bx.check("attention", &out, &reference::attention_forward(&qkv, &mask, b, t, ch, n_head).0, 1e-5, 1e-4);
         // Causal: QKᵀ and PV over the lower triangle, 2 FLOPs per multiply-add.
         let flops = 2.0 * 2.0 * (b * n_head * t * (t + 1) / 2 * (ch / n_head)) as f64;
-        bx.time(c, "attention", &format!("forward {label}"), counting_flops(flops), |rec| {
-            attention::attention_forward(rec, &out, &lse, &t_qkv, &t_mask, shape).unwrap()
-        });
-        bx.time(c, "attention", &format!("backward {label}"), counting_flops(2.5 * flops), |rec| {
-            attention::attention_backward(rec, &dqkv, &delta, &out, &t_qkv, &out, &lse, &t_mask, shape).unwrap()
-        });
+        for &variant in &variants {
+            let mut rec = Recorder::new(&bx.gpu);
+            attention::forward_with_variant(&mut rec, variant, &out, &lse, &t_qkv, &t_mask, shape).unwrap();
+            rec.submit();
+            bx.check("attention", &out, &reference::attention_forward(&qkv, &mask, b, t, ch, n_head).0, 1e-5, 1e-4);
+            let mark = if variant == chosen { " (chosen)" } else { "" };
+            bx.time(c, "attention", &format!("forward {label} {variant:?}{mark}"), counting_flops(flops), |rec| {
+                attention::forward_with_variant(rec, variant, &out, &lse, &t_qkv, &t_mask, shape).unwrap()
+            });
+            let name = format!("backward {label} {variant:?}{mark}");
+            bx.time(c, "attention", &name, counting_flops(2.5 * flops), |rec| {
+                attention::backward_with_variant(rec, variant, &dqkv, &delta, &out, &t_qkv, &out, &lse, &t_mask, shape)
+                    .unwrap()
+            });
+        }
     }
 }
 

@@ -21,6 +21,14 @@
 // Launch: one invocation per (b, h, t), flat index (b·NH + h)·T + t, workgroup 64, grid laid
 // out 2D (x ≤ 65535). HEAD_DIM is an override constant so that the per-head loops have a
 // constant trip count and unroll.
+//
+// The _blocked entry points are the other variant (chosen per adapter by measurement:
+// kernels::attention::variant), FlashAttention's blocking: a workgroup of 64 invocations owns
+// 64 consecutive queries (or keys, for dk/dv) of one (b, h), and walks the keys (queries) in
+// tiles of TILE_ROWS rows that it stages in workgroup memory, so each key is read from memory
+// once per 64 queries instead of once per query. The same math, in the same order per row.
+// Launch: one workgroup per (b, h, block of 64 rows), flat index (b·NH + h)·ceil(T/64) + block,
+// grid laid out 2D.
 
 struct Params {
     b: u32,
@@ -170,5 +178,189 @@ fn attention_backward_key_value(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
     for (var d = 0u; d < HEAD_DIM / 4u; d++) {
         dqkv[k + d] = dk[d];
         dqkv[v + d] = dv[d];
+    }
+}
+
+// ---- The blocked variant ----
+
+const TILE_ROWS: u32 = 8u; // keys (queries) staged per tile (kernels::attention::TILE_ROWS)
+
+var<workgroup> tile_a: array<vec4<f32>, 256>; // TILE_ROWS × MAX_HEAD_DIM4: k (forward, dq) or q (dk/dv)
+var<workgroup> tile_b: array<vec4<f32>, 256>; // v (forward, dq) or dout (dk/dv)
+var<workgroup> tile_real: array<u32, TILE_ROWS>; // forward, dq: the keys' mask; past T: 0
+var<workgroup> tile_lse: array<f32, TILE_ROWS>;   // dk/dv: the queries' lse and delta
+var<workgroup> tile_delta: array<f32, TILE_ROWS>;
+
+struct Block {
+    b: u32,
+    h: u32,
+    r0: u32, // the workgroup's first row (query or key)
+}
+
+fn decode_block(wid: vec3<u32>, nwg: vec3<u32>) -> Block {
+    let blocks = (params.t + WG - 1u) / WG;
+    let idx = wid.y * nwg.x + wid.x;
+    let bh = idx / blocks;
+    return Block(bh / params.nh, bh % params.nh, (idx % blocks) * WG);
+}
+
+// Stages keys and values j0 .. j0 + TILE_ROWS − 1 of (b, h) in tile_a, tile_b (rows past T
+// repeat the last and are flagged unreal).
+fn stage_keys(blk: Block, j0: u32, lid: u32) {
+    let hd4 = HEAD_DIM / 4u;
+    for (var e = lid; e < TILE_ROWS * hd4; e += WG) {
+        let r = e / hd4;
+        let j = min(j0 + r, params.t - 1u);
+        tile_a[e] = qkv[qkv_at(blk.b, j, 1u, blk.h) + e % hd4];
+        tile_b[e] = qkv[qkv_at(blk.b, j, 2u, blk.h) + e % hd4];
+    }
+    if (lid < TILE_ROWS) {
+        let j = j0 + lid;
+        tile_real[lid] = select(0u, mask[blk.b * params.t + min(j, params.t - 1u)], j < params.t);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attention_forward_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let blk = decode_block(wid, nwg);
+    if (blk.b >= params.b) { return; } // uniform across the workgroup: barriers stay uniform
+    let hd4 = HEAD_DIM / 4u;
+    let scale = inverseSqrt(f32(HEAD_DIM));
+    let t = blk.r0 + lid; // this invocation's query (past T: computed, never stored)
+    let q = qkv_at(blk.b, min(t, params.t - 1u), 0u, blk.h);
+    var qv: array<vec4<f32>, MAX_HEAD_DIM4>;
+    for (var d = 0u; d < hd4; d++) { qv[d] = qkv[q + d]; }
+    var acc: array<vec4<f32>, MAX_HEAD_DIM4>;
+    var m = NEG_BIG;
+    var l = 0.0;
+    let keys = min(blk.r0 + WG, params.t); // the block's last query sees keys 0 .. keys − 1
+    for (var j0 = 0u; j0 < keys; j0 += TILE_ROWS) {
+        workgroupBarrier(); // everyone is done with the previous tile
+        stage_keys(blk, j0, lid);
+        workgroupBarrier();
+        for (var r = 0u; r < TILE_ROWS; r++) {
+            if (j0 + r > t || tile_real[r] == 0u) { continue; }
+            var s = 0.0;
+            for (var d = 0u; d < hd4; d++) { s += dot(qv[d], tile_a[r * hd4 + d]); }
+            s *= scale;
+            let m_new = max(m, s);
+            let correction = exp(m - m_new);
+            let p = exp(s - m_new);
+            l = l * correction + p;
+            for (var d = 0u; d < hd4; d++) { acc[d] = acc[d] * correction + p * tile_b[r * hd4 + d]; }
+            m = m_new;
+        }
+    }
+    if (t < params.t) {
+        let o = row_at(blk.b, t, blk.h);
+        let inv_l = select(0.0, 1.0 / l, l > 0.0);
+        for (var d = 0u; d < hd4; d++) { out[o + d] = acc[d] * inv_l; }
+        lse[(blk.b * params.nh + blk.h) * params.t + t] = select(0.0, m + log(l), l > 0.0);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attention_backward_query_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                    @builtin(local_invocation_index) lid: u32) {
+    let blk = decode_block(wid, nwg);
+    if (blk.b >= params.b) { return; } // uniform across the workgroup
+    let hd4 = HEAD_DIM / 4u;
+    let scale = inverseSqrt(f32(HEAD_DIM));
+    let t = blk.r0 + lid;
+    let tc = min(t, params.t - 1u);
+    let q = qkv_at(blk.b, tc, 0u, blk.h);
+    let o = row_at(blk.b, tc, blk.h);
+    let row = (blk.b * params.nh + blk.h) * params.t + tc;
+    let lse_i = lse_saved[row];
+    let d_i = delta_saved[row];
+    var qv: array<vec4<f32>, MAX_HEAD_DIM4>;
+    var dov: array<vec4<f32>, MAX_HEAD_DIM4>;
+    for (var d = 0u; d < hd4; d++) {
+        qv[d] = qkv[q + d];
+        dov[d] = dout[o + d];
+    }
+    var dq: array<vec4<f32>, MAX_HEAD_DIM4>;
+    let keys = min(blk.r0 + WG, params.t);
+    for (var j0 = 0u; j0 < keys; j0 += TILE_ROWS) {
+        workgroupBarrier();
+        stage_keys(blk, j0, lid);
+        workgroupBarrier();
+        for (var r = 0u; r < TILE_ROWS; r++) {
+            if (j0 + r > t || tile_real[r] == 0u) { continue; }
+            var s = 0.0;
+            var dp = 0.0;
+            for (var d = 0u; d < hd4; d++) {
+                s += dot(qv[d], tile_a[r * hd4 + d]);
+                dp += dot(dov[d], tile_b[r * hd4 + d]);
+            }
+            let p = exp(s * scale - lse_i);
+            let ds = p * (dp - d_i) * scale;
+            for (var d = 0u; d < hd4; d++) { dq[d] += ds * tile_a[r * hd4 + d]; }
+        }
+    }
+    if (t < params.t) {
+        for (var d = 0u; d < hd4; d++) { dqkv[q + d] = dq[d]; }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attention_backward_key_value_blocked(@builtin(workgroup_id) wid: vec3<u32>,
+                                        @builtin(num_workgroups) nwg: vec3<u32>,
+                                        @builtin(local_invocation_index) lid: u32) {
+    let blk = decode_block(wid, nwg);
+    if (blk.b >= params.b) { return; } // uniform across the workgroup
+    let hd4 = HEAD_DIM / 4u;
+    let scale = inverseSqrt(f32(HEAD_DIM));
+    let j = blk.r0 + lid; // this invocation's key (past T: computed, never stored)
+    let jc = min(j, params.t - 1u);
+    let k = qkv_at(blk.b, jc, 1u, blk.h);
+    let v = qkv_at(blk.b, jc, 2u, blk.h);
+    // A masked key is seen by no query.
+    let real = j < params.t && mask[blk.b * params.t + jc] != 0u;
+    var kv: array<vec4<f32>, MAX_HEAD_DIM4>;
+    var vv: array<vec4<f32>, MAX_HEAD_DIM4>;
+    for (var d = 0u; d < hd4; d++) {
+        kv[d] = qkv[k + d];
+        vv[d] = qkv[v + d];
+    }
+    var dk: array<vec4<f32>, MAX_HEAD_DIM4>;
+    var dv: array<vec4<f32>, MAX_HEAD_DIM4>;
+    // Queries from the block's first key on (a query sees keys up to itself), in tiles.
+    for (var i0 = blk.r0 - blk.r0 % TILE_ROWS; i0 < params.t; i0 += TILE_ROWS) {
+        workgroupBarrier();
+        for (var e = lid; e < TILE_ROWS * hd4; e += WG) {
+            let i = min(i0 + e / hd4, params.t - 1u);
+            tile_a[e] = qkv[qkv_at(blk.b, i, 0u, blk.h) + e % hd4];
+            tile_b[e] = dout[row_at(blk.b, i, blk.h) + e % hd4];
+        }
+        if (lid < TILE_ROWS) {
+            let row = (blk.b * params.nh + blk.h) * params.t + min(i0 + lid, params.t - 1u);
+            tile_lse[lid] = lse_saved[row];
+            tile_delta[lid] = delta_saved[row];
+        }
+        workgroupBarrier();
+        for (var r = 0u; r < TILE_ROWS; r++) {
+            let i = i0 + r;
+            if (!real || i < j || i >= params.t) { continue; }
+            var s = 0.0;
+            var dp = 0.0;
+            for (var d = 0u; d < hd4; d++) {
+                s += dot(tile_a[r * hd4 + d], kv[d]);
+                dp += dot(tile_b[r * hd4 + d], vv[d]);
+            }
+            let p = exp(s * scale - tile_lse[r]);
+            let ds = p * (dp - tile_delta[r]) * scale;
+            for (var d = 0u; d < hd4; d++) {
+                dk[d] += ds * tile_a[r * hd4 + d];
+                dv[d] += p * tile_b[r * hd4 + d];
+            }
+        }
+    }
+    if (j < params.t) {
+        for (var d = 0u; d < hd4; d++) {
+            dqkv[k + d] = dk[d];
+            dqkv[v + d] = dv[d];
+        }
     }
 }

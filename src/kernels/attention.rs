@@ -1,9 +1,12 @@
 //! Causal multi-head attention with a key padding mask, forward and backward.
-//! Shader: `attention.wgsl`.
+//! Shader: `attention.wgsl`. Two variants, chosen per adapter by measurement (`variant`): an
+//! invocation per query (CPU adapters) or FlashAttention's blocking (a workgroup per block of
+//! 64 queries, the keys staged in workgroup memory).
 
 use super::{bind, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Recorder, Shader, Tensor, Work};
+use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call};
+use std::sync::Arc;
 
 pub const SHADER: Shader =
     Shader { name: "attention", source: include_str!("../../shaders/attention.wgsl"), includes: &[] };
@@ -13,6 +16,81 @@ pub const WG: usize = 64;
 
 /// Largest head dimension the kernels hold in registers.
 pub const MAX_HEAD_DIM: usize = 128;
+
+/// The blocked variant: keys (queries) staged in workgroup memory per tile (`TILE_ROWS`).
+pub const TILE_ROWS: usize = 8;
+
+/// How the attention rows are spread over invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionVariant {
+    /// One invocation per query (per key for dk/dv), reading every key from memory itself: no
+    /// barriers (CPU adapters).
+    InvocationPerQuery,
+    /// A workgroup per block of 64 queries (keys), the keys (queries) staged in workgroup memory
+    /// tile by tile, so each is read once per block (GPUs).
+    Blocked,
+}
+
+/// The names of the variants, as `PPO_WGPU_ATTENTION` and the cache spell them.
+pub const VARIANTS: [(AttentionVariant, &str); 2] =
+    [(AttentionVariant::InvocationPerQuery, "invocation-per-query"), (AttentionVariant::Blocked, "blocked")];
+
+/// The variant this adapter runs: chosen by measurement on first use and cached (see
+/// `gpu::variants`), or forced with PPO_WGPU_ATTENTION=invocation-per-query|blocked.
+pub fn variant(gpu: &Arc<Gpu>) -> Result<AttentionVariant> {
+    choose_by_measurement(gpu, "attention", &VARIANTS, "GFLOP/s", measure_variant)
+}
+
+/// A variant's GFLOP/s over a forward and a backward at the tiny model's and GPT-2's head
+/// shapes, after a check against the CPU reference with padding (None if it fails).
+fn measure_variant(gpu: &Arc<Gpu>, variant: AttentionVariant) -> Result<Option<f64>> {
+    let mut rng = crate::rng::Rng::new(14);
+    let (mut flops, mut seconds) = (0.0, 0.0);
+    let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+    let shapes = [
+        AttentionShape { b: 2, t: 37, c: 32, n_head: 2 },
+        AttentionShape { b: 8, t: 64, c: 128, n_head: 4 },
+        AttentionShape { b: 1, t: 256, c: 768, n_head: 12 },
+    ];
+    for shape in shapes {
+        let AttentionShape { b, t, c, n_head } = shape;
+        let (qkv, dout) = (rng.normals(b * t * 3 * c, 1.0), rng.normals(b * t * c, 1.0));
+        // Left padding on the first row: its first quarter is masked.
+        let mask: Vec<u32> = (0..b * t).map(|i| (i >= t / 4) as u32).collect();
+        let (t_qkv, t_mask, t_dout) = (
+            gpu.upload(&[b, t, 3 * c], &f32s(&qkv))?,
+            gpu.upload_u32(&[b, t], &mask)?,
+            gpu.upload(&[b, t, c], &f32s(&dout))?,
+        );
+        let f32_tensor = |shape: &[usize]| gpu.tensor(shape, crate::gpu::DType::F32);
+        let (out, lse, delta, dqkv) = (
+            f32_tensor(&[b, t, c])?,
+            f32_tensor(&[b, n_head, t])?,
+            f32_tensor(&[b, n_head, t])?,
+            f32_tensor(&[b, t, 3 * c])?,
+        );
+        let step = |rec: &mut Recorder| -> Result<()> {
+            forward_with_variant(rec, variant, &out, &lse, &t_qkv, &t_mask, shape)?;
+            backward_with_variant(rec, variant, &dqkv, &delta, &t_dout, &t_qkv, &out, &lse, &t_mask, shape)
+        };
+        if t == 37 {
+            let mut rec = Recorder::new(gpu);
+            step(&mut rec)?;
+            rec.submit();
+            let (want_out, _) = crate::reference::attention_forward(&qkv, &mask, b, t, c, n_head);
+            let want_dqkv = crate::reference::attention_backward(&dout, &qkv, &mask, b, t, c, n_head);
+            if !matches_reference(&gpu.download(&out)?, &want_out)
+                || !matches_reference(&gpu.download(&dqkv)?, &want_dqkv)
+            {
+                return Ok(None);
+            }
+            continue;
+        }
+        seconds += seconds_per_call(gpu, step)?;
+        flops += 3.5 * shape.forward_work().flops; // the forward, and the backward as 2.5 times it (as `cargo bench` counts)
+    }
+    Ok(Some(flops / seconds / 1e9))
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -74,11 +152,34 @@ pub fn attention_forward(
     mask: &Tensor,
     shape: AttentionShape,
 ) -> Result<()> {
+    let variant = variant(rec.gpu())?;
+    forward_with_variant(rec, variant, out, lse, qkv, mask, shape)
+}
+
+/// The suffix of the variant's entry points and its grid.
+fn launch(gpu: &Gpu, variant: AttentionVariant, shape: AttentionShape) -> (&'static str, [u32; 3]) {
+    match variant {
+        AttentionVariant::InvocationPerQuery => ("", gpu.grid(groups(shape.rows(), WG))),
+        AttentionVariant::Blocked => ("_blocked", gpu.grid(shape.b * shape.n_head * groups(shape.t, WG))),
+    }
+}
+
+/// As `attention_forward`, with the variant named (benches and tests compare them).
+pub fn forward_with_variant(
+    rec: &mut Recorder,
+    variant: AttentionVariant,
+    out: &Tensor,
+    lse: &Tensor,
+    qkv: &Tensor,
+    mask: &Tensor,
+    shape: AttentionShape,
+) -> Result<()> {
     let (params, hd) = shape.check(qkv, mask, out, lse)?;
-    let grid = rec.gpu().grid(groups(shape.rows(), WG));
+    let (suffix, grid) = launch(rec.gpu(), variant, shape);
     let bindings = [bind(1, qkv), bind_u32(2, mask), bind(3, out), bind(4, lse)];
     let p = bytemuck::bytes_of(&params);
-    rec.dispatch(&SHADER, "attention_forward", &[("HEAD_DIM", hd)], p, &bindings, grid, shape.forward_work())
+    let entry = format!("attention_forward{suffix}");
+    rec.dispatch(&SHADER, &entry, &[("HEAD_DIM", hd)], p, &bindings, grid, shape.forward_work())
 }
 
 /// dqkv [B, T, 3C] = ∂L/∂qkv (overwritten) from dout [B, T, C] and the forward's out and lse;
@@ -86,6 +187,24 @@ pub fn attention_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     rec: &mut Recorder,
+    dqkv: &Tensor,
+    delta: &Tensor,
+    dout: &Tensor,
+    qkv: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    mask: &Tensor,
+    shape: AttentionShape,
+) -> Result<()> {
+    let variant = variant(rec.gpu())?;
+    backward_with_variant(rec, variant, dqkv, delta, dout, qkv, out, lse, mask, shape)
+}
+
+/// As `attention_backward`, with the variant named.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with_variant(
+    rec: &mut Recorder,
+    variant: AttentionVariant,
     dqkv: &Tensor,
     delta: &Tensor,
     dout: &Tensor,
@@ -117,6 +236,7 @@ pub fn attention_backward(
     let backward =
         Work::flops(3 * shape.forward_work().flops as usize / 2, batch * t * (3 * c + 3 * c + c) + 2 * lse.len());
     let b = [bind(1, qkv), bind_u32(2, mask), bind(6, dout), bind(7, lse), bind(9, delta), bind(10, dqkv)];
-    rec.dispatch(&SHADER, "attention_backward_query", &constants, p, &b, grid, backward)?;
-    rec.dispatch(&SHADER, "attention_backward_key_value", &constants, p, &b, grid, backward)
+    let (suffix, grid) = launch(rec.gpu(), variant, shape);
+    rec.dispatch(&SHADER, &format!("attention_backward_query{suffix}"), &constants, p, &b, grid, backward)?;
+    rec.dispatch(&SHADER, &format!("attention_backward_key_value{suffix}"), &constants, p, &b, grid, backward)
 }

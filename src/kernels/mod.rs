@@ -114,6 +114,7 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
     ("rollout", "INPUT_COLUMNS", ppo::INPUT_COLUMNS),
     ("adamw", "WG", adamw::WG),
     ("attention", "WG", attention::WG),
+    ("attention", "TILE_ROWS", attention::TILE_ROWS),
     ("cross_entropy", "WG", cross_entropy::WG),
     ("embedding", "WG", embedding::WG),
     ("gae", "WG_SEQUENCES", gae::WG_SEQUENCES),

@@ -1,6 +1,8 @@
 use crate::common::*;
 use ppo_wgpu::gpu::Recorder;
-use ppo_wgpu::kernels::attention::{AttentionShape, attention_backward, attention_forward};
+use ppo_wgpu::kernels::attention::{
+    AttentionShape, AttentionVariant, VARIANTS, attention_forward, backward_with_variant, forward_with_variant,
+};
 use ppo_wgpu::reference;
 
 /// Left padding on row 0, right padding on row 1, a fully real row 2 (rows beyond repeat).
@@ -17,7 +19,14 @@ fn padding_mask(b: usize, t: usize) -> Vec<u32> {
         .collect()
 }
 
+/// Checks each variant against the references.
 fn run(shape: AttentionShape, rng: &mut Rng, check_gradients_by_fd: bool) {
+    for (variant, _) in VARIANTS {
+        run_variant(variant, shape, rng, check_gradients_by_fd);
+    }
+}
+
+fn run_variant(variant: AttentionVariant, shape: AttentionShape, rng: &mut Rng, check_gradients_by_fd: bool) {
     let AttentionShape { b, t, c, n_head } = shape;
     let qkv = rng.normals(b * t * 3 * c, 1.0);
     let dout = rng.normals(b * t * c, 1.0);
@@ -27,12 +36,12 @@ fn run(shape: AttentionShape, rng: &mut Rng, check_gradients_by_fd: bool) {
     let (out, lse, delta, dqkv) =
         (zeros(&[b, t, c]), zeros(&[b, n_head, t]), zeros(&[b, n_head, t]), zeros(&[b, t, 3 * c]));
     let mut rec = Recorder::new(&gpu);
-    attention_forward(&mut rec, &out, &lse, &t_qkv, &t_mask, shape).unwrap();
-    attention_backward(&mut rec, &dqkv, &delta, &upload(&dout, &[b, t, c]), &t_qkv, &out, &lse, &t_mask, shape)
-        .unwrap();
+    forward_with_variant(&mut rec, variant, &out, &lse, &t_qkv, &t_mask, shape).unwrap();
+    let t_dout = upload(&dout, &[b, t, c]);
+    backward_with_variant(&mut rec, variant, &dqkv, &delta, &t_dout, &t_qkv, &out, &lse, &t_mask, shape).unwrap();
     rec.submit();
 
-    let what = format!("attention B={b} T={t} C={c} NH={n_head}");
+    let what = format!("attention {variant:?} B={b} T={t} C={c} NH={n_head}");
     let (r_out, r_lse) = reference::attention_forward(&qkv, &mask, b, t, c, n_head);
     // Softmax-weighted sums over up to T keys in f32.
     assert_close(&format!("{what} out"), &download(&out), &r_out, 1e-5, 1e-4);
@@ -56,6 +65,14 @@ fn attention_small_and_unaligned() {
     let mut rng = Rng::new(40);
     run(AttentionShape { b: 3, t: 37, c: 32, n_head: 4 }, &mut rng, true);
     run(AttentionShape { b: 2, t: 1, c: 8, n_head: 2 }, &mut rng, true);
+}
+
+#[test]
+fn attention_longer_than_a_block() {
+    // T = 150: three blocks of 64 queries (the last ragged) in the blocked variant, whose key
+    // tiles then start inside an earlier block.
+    let mut rng = Rng::new(43);
+    run(AttentionShape { b: 3, t: 150, c: 32, n_head: 2 }, &mut rng, false);
 }
 
 #[test]
