@@ -183,6 +183,11 @@ impl Gpu {
         } else if let Some(cached) = self.cached_choice(family).filter(|c| measured_these(c, variants)) {
             Choice { source: "cached", ..cached }
         } else {
+            // A pause of a second or two on a software adapter, once per adapter: say why.
+            eprintln!(
+                "measuring the {family} kernel variants on {} (once; `ppo-wgpu info` shows the choice)",
+                self.info.name
+            );
             let figures = measure()?;
             let best = figures
                 .iter()
