@@ -37,6 +37,9 @@
 // [rows, 8] (see STAT_* below, already weighted, 0 for untrained rows) for `ppo_stats_reduce`.
 // Launch: `ppo_loss_fused`, `critic_free_loss_fused`: one workgroup of 64 per row, grid = rows
 // laid out 2D (x ≤ 65535). Row r of the minibatch is row r − row_offset of the bound logits.
+// The _serial entry points (here and `logprob_entropy_rows_serial` below) are the other layout,
+// chosen with the cross-entropy kernels' (kernels::cross_entropy::variant: the same two walks
+// over a row of the vocabulary): one invocation per row, workgroup 64, grid = ceil(rows/64).
 
 struct Params {
     rows: u32,            // rows of logits bound in this dispatch
@@ -165,52 +168,79 @@ fn write_row_stats(r: u32, loss: RowLoss) {
     for (var k = 0u; k < STATS; k++) { token_stats[r * STATS + k] = loss.stats[k]; }
 }
 
-// An untrained row: no gradient, no statistics.
-fn zero_row(r: u32, base: u32, lid: u32) {
-    for (var i = lid; i < params.v; i += WG) { logits[base + i] = 0.0; }
-    if (lid == 0u) {
-        for (var k = 0u; k < STATS; k++) { token_stats[r * STATS + k] = 0.0; }
-    }
+// The row walks below take (start, step): a workgroup's invocation walks start = lid, step = WG
+// and the workgroup then merges; an invocation alone (the _serial entry points) walks start = 0,
+// step = 1.
+
+// An untrained row: no gradient (its statistics are zeroed by the caller).
+fn zero_row(base: u32, start: u32, step: u32) {
+    for (var i = start; i < params.v; i += step) { logits[base + i] = 0.0; }
 }
 
-// Pass 1, shared by every kernel that needs a row's log-softmax: each invocation folds a
-// strided slice of the row at `base` into (m, l, s), then the workgroup merges the WG states.
-// Returns (log p[token], entropy H, lse) in units of z = logits/τ, to every invocation. All
-// reads of the row, the taken token's included, happen before the merge's barriers.
-fn logprob_entropy(base: u32, token: u32, lid: u32) -> vec3<f32> {
+fn zero_row_stats(r: u32) {
+    for (var k = 0u; k < STATS; k++) { token_stats[r * STATS + k] = 0.0; }
+}
+
+// Pass 1: folds the row at `base` (a strided slice of it) into the online-softmax state
+// (m, l, s) (see prelude.wgsl), in units of z = logits/τ.
+fn fold_row(base: u32, start: u32, step: u32) -> vec3<f32> {
     var st = vec3<f32>(NEG_BIG, 0.0, 0.0);
-    for (var i = lid; i < params.v; i += WG) {
+    for (var i = start; i < params.v; i += step) {
         st = softmax_state_add(st, logits[base + i] * params.inv_temperature);
     }
-    let z_token = logits[base + token] * params.inv_temperature;
-    st = workgroup_softmax_state(lid, WG, st);
-    let lse = st.x + log(st.y);
-    let entropy = lse - st.z / st.y;
-    return vec3<f32>(z_token - lse, entropy, lse);
+    return st;
 }
 
-// Both passes over trained row r (bound at `base`): its log-softmax, its policy loss, and
-// ∂L/∂logits in place of the row. Returns the loss for the caller's per-row writes. Call from
-// uniform control flow (barriers).
-fn fused_policy_row(r: u32, base: u32, lid: u32) -> RowLoss {
-    let token = tokens[r + 1u];
-    let lp_h = logprob_entropy(base, token, lid);
-    // The barriers inside logprob_entropy are also what make the in-place write below safe:
-    // every invocation has finished its reads of the row before any invocation overwrites it
-    // in pass 2, where each invocation reads and then writes only its own elements.
-    let logp = lp_h.x;
+// (log p[token], entropy H, lse) from the whole row's state and the taken token's z.
+fn logprob_entropy_of(st: vec3<f32>, z_token: f32) -> vec3<f32> {
+    let lse = st.x + log(st.y);
+    return vec3<f32>(z_token - lse, lse - st.z / st.y, lse);
+}
+
+// The workgroup's pass 1, shared by every kernel that needs a row's log-softmax: each
+// invocation folds a strided slice of the row, then the workgroup merges the WG states. Returns
+// (log p[token], H, lse) to every invocation. All reads of the row, the taken token's included,
+// happen before the merge's barriers.
+fn logprob_entropy(base: u32, token: u32, lid: u32) -> vec3<f32> {
+    let st = fold_row(base, lid, WG);
+    let z_token = logits[base + token] * params.inv_temperature;
+    return logprob_entropy_of(workgroup_softmax_state(lid, WG, st), z_token);
+}
+
+// Pass 2: ∂L/∂logits in place of (a strided slice of) the row, each element read then written
+// by the same invocation.
+fn write_row_gradient(base: u32, token: u32, loss: RowLoss, lp_h: vec3<f32>, start: u32, step: u32) {
     let entropy = lp_h.y;
     let lse = lp_h.z;
-    let loss = row_loss(r, logp, entropy);
-
-    // Pass 2: the gradient, in place.
-    for (var i = lid; i < params.v; i += WG) {
+    for (var i = start; i < params.v; i += step) {
         let log_p = logits[base + i] * params.inv_temperature - lse;
         let p = exp(log_p);
         let onehot = select(0.0, 1.0, i == token);
         let dz = loss.dlogp * (onehot - p) - loss.dentropy * p * (log_p + entropy);
         logits[base + i] = dz * params.inv_temperature;
     }
+}
+
+// Both passes over trained row r (bound at `base`) by its workgroup: its log-softmax, its
+// policy loss, and ∂L/∂logits in place of the row. Returns the loss for the caller's per-row
+// writes. Call from uniform control flow (barriers).
+fn fused_policy_row(r: u32, base: u32, lid: u32) -> RowLoss {
+    let token = tokens[r + 1u];
+    let lp_h = logprob_entropy(base, token, lid);
+    // The barriers inside logprob_entropy are also what make the in-place write below safe:
+    // every invocation has finished its reads of the row before any invocation overwrites it
+    // in pass 2, where each invocation reads and then writes only its own elements.
+    let loss = row_loss(r, lp_h.x, lp_h.y);
+    write_row_gradient(base, token, loss, lp_h, lid, WG);
+    return loss;
+}
+
+// The same by one invocation alone.
+fn fused_policy_row_serial(r: u32, base: u32) -> RowLoss {
+    let token = tokens[r + 1u];
+    let lp_h = logprob_entropy_of(fold_row(base, 0u, 1u), logits[base + token] * params.inv_temperature);
+    let loss = row_loss(r, lp_h.x, lp_h.y);
+    write_row_gradient(base, token, loss, lp_h, 0u, 1u);
     return loss;
 }
 
@@ -221,8 +251,11 @@ fn ppo_loss_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     if (local >= params.rows) { return; } // uniform across the workgroup
     let r = params.row_offset + local;
     if (!trained(r)) {
-        zero_row(r, local * params.v, lid);
-        if (lid == 0u) { dvalues[r] = 0.0; }
+        zero_row(local * params.v, lid, WG);
+        if (lid == 0u) {
+            zero_row_stats(r);
+            dvalues[r] = 0.0;
+        }
         return;
     }
     var loss = fused_policy_row(r, local * params.v, lid);
@@ -240,11 +273,49 @@ fn critic_free_loss_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     if (local >= params.rows) { return; }
     let r = params.row_offset + local;
     if (!trained(r)) {
-        zero_row(r, local * params.v, lid);
+        zero_row(local * params.v, lid, WG);
+        if (lid == 0u) { zero_row_stats(r); }
         return;
     }
     let loss = fused_policy_row(r, local * params.v, lid);
     if (lid == 0u) { write_row_stats(r, loss); }
+}
+
+// The row of a _serial invocation (one invocation per row, workgroups of WG).
+fn serial_local_row(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid;
+}
+
+@compute @workgroup_size(WG)
+fn ppo_loss_fused_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let local = serial_local_row(wid, nwg, lid);
+    if (local >= params.rows) { return; }
+    let r = params.row_offset + local;
+    if (!trained(r)) {
+        zero_row(local * params.v, 0u, 1u);
+        zero_row_stats(r);
+        dvalues[r] = 0.0;
+        return;
+    }
+    var loss = fused_policy_row_serial(r, local * params.v);
+    add_value_loss(r, &loss, values[r]);
+    dvalues[r] = loss.dvalue;
+    write_row_stats(r, loss);
+}
+
+@compute @workgroup_size(WG)
+fn critic_free_loss_fused_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                 @builtin(local_invocation_index) lid: u32) {
+    let local = serial_local_row(wid, nwg, lid);
+    if (local >= params.rows) { return; }
+    let r = params.row_offset + local;
+    if (!trained(r)) {
+        zero_row(local * params.v, 0u, 1u);
+        zero_row_stats(r);
+        return;
+    }
+    write_row_stats(r, fused_policy_row_serial(r, local * params.v));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -295,4 +366,22 @@ fn logprob_entropy_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
         token_logprobs[r + 1u] = lp_h.x;
         token_entropy[r + 1u] = lp_h.y;
     }
+}
+
+@compute @workgroup_size(WG)
+fn logprob_entropy_rows_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                               @builtin(local_invocation_index) lid: u32) {
+    let local = serial_local_row(wid, nwg, lid);
+    if (local >= params.rows) { return; }
+    let r = params.row_offset + local;
+    if (r % params.seq == 0u) {
+        token_logprobs[r] = 0.0;
+        token_entropy[r] = 0.0;
+    }
+    if (r % params.seq + 1u >= params.seq) { return; }
+    let base = local * params.v;
+    let token = tokens[r + 1u];
+    let lp_h = logprob_entropy_of(fold_row(base, 0u, 1u), logits[base + token] * params.inv_temperature);
+    token_logprobs[r + 1u] = lp_h.x;
+    token_entropy[r + 1u] = lp_h.y;
 }

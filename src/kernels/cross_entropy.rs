@@ -84,8 +84,9 @@ fn measure_variant(gpu: &Arc<Gpu>, variant: RowVariant) -> Result<Option<f64>> {
 pub const SERIAL_MAX_COLUMNS: usize = super::MAX_SERIAL_STEPS;
 
 /// The entry point and grid for `n` rows of `v`: the variant's entry (`_serial`: an invocation
-/// per row).
-fn entry(gpu: &Gpu, variant: RowVariant, name: &'static str, n: usize, v: usize) -> (String, [u32; 3]) {
+/// per row). The PPO loss kernels (kernels::ppo), which walk rows of the vocabulary the same
+/// way, follow the same choice with the same entry names.
+pub(crate) fn row_launch(gpu: &Gpu, variant: RowVariant, name: &'static str, n: usize, v: usize) -> (String, [u32; 3]) {
     match variant {
         RowVariant::InvocationPerRow if v <= SERIAL_MAX_COLUMNS => (format!("{name}_serial"), gpu.grid(groups(n, WG))),
         _ => (name.to_string(), gpu.grid(n)),
@@ -140,7 +141,7 @@ pub fn forward_with_variant(
         let p = params(&logits, temperature);
         let b = [bind(1, &logits), bind_u32(2, &targets), bind(3, &lse), bind(4, &loss)];
         let work = Work::floats(n * v + 3 * n);
-        let (entry, grid) = entry(&gpu, variant, "cross_entropy_forward", n, v);
+        let (entry, grid) = row_launch(&gpu, variant, "cross_entropy_forward", n, v);
         rec.dispatch(&SHADER, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
@@ -168,7 +169,7 @@ pub fn log_softmax_with_variant(
         let p = params(&logits, temperature);
         let b = [bind(1, &logits), bind(5, &logp)];
         let work = Work::floats(2 * n * v);
-        let (entry, grid) = entry(&gpu, variant, "log_softmax_forward", n, v);
+        let (entry, grid) = row_launch(&gpu, variant, "log_softmax_forward", n, v);
         rec.dispatch(&SHADER, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
@@ -210,7 +211,7 @@ pub fn backward_with_variant(
         let p = params(&logits, temperature);
         let b = [bind_u32(2, &targets), bind(6, &logits), bind(7, &dloss), bind(8, &lse)];
         let work = Work::floats(2 * n * v + 3 * n); // the logits read, their gradient written in place
-        let (entry, grid) = entry(&gpu, variant, "cross_entropy_backward", n, v);
+        let (entry, grid) = row_launch(&gpu, variant, "cross_entropy_backward", n, v);
         rec.dispatch(&SHADER, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())

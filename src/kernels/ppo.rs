@@ -2,7 +2,7 @@
 //! critic-free for GRPO and RLOO), its unfused twin for comparison, and the minibatch
 //! statistics. Shader: `ppo_loss.wgsl`; docs/design.md §4 is the math.
 
-use super::cross_entropy::log_softmax_forward;
+use super::cross_entropy::{self, RowVariant, log_softmax_forward};
 use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{Recorder, Shader, Tensor, Work};
@@ -161,6 +161,20 @@ pub fn ppo_loss_fused(
     dvalues: Option<&Tensor>,
     token_stats: &Tensor,
 ) -> Result<()> {
+    let variant = cross_entropy::variant(rec.gpu())?;
+    ppo_loss_fused_with_variant(rec, variant, mb, cfg, dvalues, token_stats)
+}
+
+/// As `ppo_loss_fused`, with the row layout named (a workgroup or an invocation per row; the
+/// cross-entropy kernels' choice by default).
+pub fn ppo_loss_fused_with_variant(
+    rec: &mut Recorder,
+    variant: RowVariant,
+    mb: &PpoMinibatch,
+    cfg: &PpoLossConfig,
+    dvalues: Option<&Tensor>,
+    token_stats: &Tensor,
+) -> Result<()> {
     let (rows, v) = mb.check(dvalues, token_stats)?;
     let gpu = rec.gpu().clone();
     for (r0, n) in row_ranges(&gpu, rows, v) {
@@ -177,7 +191,8 @@ pub fn ppo_loss_fused(
         // The row of logits read twice and its gradient written over it; the per-token inputs
         // and statistics.
         let work = Work::floats(3 * n * v + n * (INPUT_COLUMNS + 8 + 3));
-        rec.dispatch(&SHADER, entry, &[], bytemuck::bytes_of(&p), &b, gpu.grid(n), work)?;
+        let (entry, grid) = cross_entropy::row_launch(&gpu, variant, entry, n, v);
+        rec.dispatch(&SHADER, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }
@@ -265,6 +280,22 @@ pub fn logprob_entropy(
     seq: usize,
     temperature: f32,
 ) -> Result<()> {
+    let variant = cross_entropy::variant(rec.gpu())?;
+    logprob_entropy_with_variant(rec, variant, logprobs, entropy, logits, tokens, seq, temperature)
+}
+
+/// As `logprob_entropy`, with the row layout named.
+#[allow(clippy::too_many_arguments)]
+pub fn logprob_entropy_with_variant(
+    rec: &mut Recorder,
+    variant: RowVariant,
+    logprobs: &Tensor,
+    entropy: &Tensor,
+    logits: &Tensor,
+    tokens: &Tensor,
+    seq: usize,
+    temperature: f32,
+) -> Result<()> {
     let (rows, v) = as_matrix(logits);
     ensure_shape(seq > 0 && rows % seq == 0, || format!("log-probs: {rows} rows are not whole sequences of {seq}"))?;
     for (t, what) in [(tokens, "tokens"), (logprobs, "log-probs"), (entropy, "entropies")] {
@@ -283,7 +314,8 @@ pub fn logprob_entropy(
         };
         let b = [bind(1, &slice), bind_u32(2, tokens), bind(11, logprobs), bind(12, entropy)];
         let work = Work::floats(n * v + 3 * n);
-        rec.dispatch(&SHADER, "logprob_entropy_rows", &[], bytemuck::bytes_of(&p), &b, gpu.grid(n), work)?;
+        let (entry, grid) = cross_entropy::row_launch(&gpu, variant, "logprob_entropy_rows", n, v);
+        rec.dispatch(&SHADER, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 use crate::common::*;
 use ppo_wgpu::gpu::{DType, Recorder};
+use ppo_wgpu::kernels::cross_entropy::RowVariant;
 use ppo_wgpu::kernels::ppo::{
-    LossType, PpoLossConfig, PpoMinibatch, STAT_NAMES, ppo_loss_fused, ppo_loss_unfused, ppo_stats_reduce,
+    LossType, PpoLossConfig, PpoMinibatch, STAT_NAMES, ppo_loss_fused_with_variant, ppo_loss_unfused, ppo_stats_reduce,
 };
 use ppo_wgpu::reference::{self, PpoConfig};
 
@@ -74,10 +75,20 @@ fn count(case: &Case) -> usize {
 enum Form {
     /// PPO's fused form, with the value loss.
     Fused,
+    /// The same, an invocation per row (the other row layout).
+    FusedSerial,
     /// PPO's unfused twin.
     Unfused,
     /// The fused critic-free form (GRPO, RLOO): no values.
     CriticFree,
+    /// The same, an invocation per row.
+    CriticFreeSerial,
+}
+
+impl Form {
+    fn has_values(self) -> bool {
+        !matches!(self, Form::CriticFree | Form::CriticFreeSerial)
+    }
 }
 
 /// Runs the loss kernel; returns (dlogits, dvalues, stats) (dvalues all zero without values).
@@ -92,21 +103,25 @@ fn run_gpu(case: &Case, cfg: &PpoLossConfig, form: Form) -> (Vec<f64>, Vec<f64>,
         logits: &logits,
         tokens: &tokens,
         inputs: &inputs,
-        values: (form != Form::CriticFree).then_some(&values),
+        values: form.has_values().then_some(&values),
         seq: case.seq,
         count: count(case),
         sequences: rows / case.seq,
     };
     let mut rec = Recorder::new(&gpu);
-    if form == Form::Fused {
-        ppo_loss_fused(&mut rec, &mb, cfg, Some(&dvalues), &token_stats).unwrap();
-    } else if form == Form::CriticFree {
-        ppo_loss_fused(&mut rec, &mb, cfg, None, &token_stats).unwrap();
-    } else {
-        let (logp, scalars) =
-            (gpu.tensor(&[rows, case.v], DType::F32).unwrap(), gpu.tensor(&[rows, 4], DType::F32).unwrap());
-        ppo_loss_unfused(&mut rec, &mb, cfg, &dvalues, &token_stats, &logp, &scalars).unwrap();
+    let (workgroup, serial) = (RowVariant::WorkgroupPerRow, RowVariant::InvocationPerRow);
+    match form {
+        Form::Fused => ppo_loss_fused_with_variant(&mut rec, workgroup, &mb, cfg, Some(&dvalues), &token_stats),
+        Form::FusedSerial => ppo_loss_fused_with_variant(&mut rec, serial, &mb, cfg, Some(&dvalues), &token_stats),
+        Form::CriticFree => ppo_loss_fused_with_variant(&mut rec, workgroup, &mb, cfg, None, &token_stats),
+        Form::CriticFreeSerial => ppo_loss_fused_with_variant(&mut rec, serial, &mb, cfg, None, &token_stats),
+        Form::Unfused => {
+            let (logp, scalars) =
+                (gpu.tensor(&[rows, case.v], DType::F32).unwrap(), gpu.tensor(&[rows, 4], DType::F32).unwrap());
+            ppo_loss_unfused(&mut rec, &mb, cfg, &dvalues, &token_stats, &logp, &scalars)
+        }
     }
+    .unwrap();
     ppo_stats_reduce(&mut rec, &stats, &token_stats).unwrap();
     rec.submit();
     (download(&logits), download(&dvalues), download(&stats))
@@ -131,7 +146,7 @@ fn check(seq: usize, v: usize, cfg: PpoLossConfig, seed: u64, forms: &[Form], wi
     let case = make_case(seq, v, cfg.temperature as f64, &mut rng);
     let rcfg = reference_config(&cfg);
     for &form in forms {
-        let values = (form != Form::CriticFree).then_some(&case.values[..]);
+        let values = form.has_values().then_some(&case.values[..]);
         let want = reference::ppo_loss(&case.logits, &case.tokens, &case.inputs, values, seq, v, &rcfg);
         let clipfrac = want.stats[5];
         assert!(clipfrac > 0.05 && clipfrac < 0.95, "the case should clip some ratios and not others: {clipfrac}");
@@ -169,7 +184,8 @@ fn check(seq: usize, v: usize, cfg: PpoLossConfig, seed: u64, forms: &[Form], wi
     }
 }
 
-const PPO_FORMS: &[Form] = &[Form::Fused, Form::Unfused];
+const PPO_FORMS: &[Form] = &[Form::Fused, Form::FusedSerial, Form::Unfused];
+const CRITIC_FREE_FORMS: &[Form] = &[Form::CriticFree, Form::CriticFreeSerial];
 
 #[test]
 fn ppo_loss_unaligned_vocab_with_entropy_and_temperature() {
@@ -182,20 +198,20 @@ fn ppo_loss_unaligned_vocab_with_entropy_and_temperature() {
 #[test]
 fn critic_free_loss_grpo_sequence_mean_with_kl() {
     let cfg = PpoLossConfig { temperature: 0.9, kl_coef: 0.3, loss_type: LossType::Sequence, ..Default::default() };
-    check(12, 53, cfg, 76, &[Form::CriticFree], true);
+    check(12, 53, cfg, 76, CRITIC_FREE_FORMS, true);
 }
 
 /// RLOO's (and GRPO dapo's) form: a token mean, no KL term.
 #[test]
 fn critic_free_loss_token_mean() {
-    check(16, 512, PpoLossConfig { ent_coef: 0.02, ..Default::default() }, 77, &[Form::CriticFree], true);
+    check(16, 512, PpoLossConfig { ent_coef: 0.02, ..Default::default() }, 77, CRITIC_FREE_FORMS, true);
 }
 
 /// PPO's form with GRPO's weighting and a KL term: the value loss takes the same weights.
 #[test]
 fn ppo_loss_sequence_mean_with_kl() {
     let cfg = PpoLossConfig { kl_coef: 0.1, loss_type: LossType::Sequence, ..Default::default() };
-    check(10, 40, cfg, 78, &[Form::Fused], true);
+    check(10, 40, cfg, 78, &[Form::Fused, Form::FusedSerial], true);
 }
 
 #[test]
@@ -207,7 +223,7 @@ fn ppo_loss_tiny_vocab_trl_defaults() {
 fn ppo_loss_gpt2_vocab() {
     check(4, 50257, PpoLossConfig { ent_coef: 0.01, ..Default::default() }, 72, PPO_FORMS, false);
     let grpo = PpoLossConfig { kl_coef: 0.04, loss_type: LossType::Sequence, ..Default::default() };
-    check(4, 50257, grpo, 79, &[Form::CriticFree], false);
+    check(4, 50257, grpo, 79, CRITIC_FREE_FORMS, false);
 }
 
 #[test]
@@ -232,7 +248,7 @@ fn ppo_loss_with_nothing_trained_is_zero_everywhere() {
     for i in 0..case.values.len() {
         case.inputs[i * 8] = 0.0;
     }
-    for form in [Form::Fused, Form::CriticFree] {
+    for form in [Form::Fused, Form::FusedSerial, Form::CriticFree, Form::CriticFreeSerial] {
         let (dlogits, dvalues, stats) = run_gpu(&case, &PpoLossConfig { kl_coef: 0.1, ..Default::default() }, form);
         assert!(
             dlogits.iter().chain(&dvalues).chain(&stats).all(|&x| x == 0.0),
@@ -243,16 +259,21 @@ fn ppo_loss_with_nothing_trained_is_zero_everywhere() {
 
 #[test]
 fn logprob_entropy_matches_reference() {
-    use ppo_wgpu::kernels::ppo::logprob_entropy;
+    use ppo_wgpu::kernels::ppo::logprob_entropy_with_variant;
     let mut rng = Rng::new(75);
-    for (seq, v, temperature) in [(7, 53, 0.7), (16, 512, 1.0), (2, 50257, 1.3)] {
+    let cases = [(7, 53, 0.7), (16, 512, 1.0), (2, 50257, 1.3)];
+    for ((seq, v, temperature), variant) in cases
+        .into_iter()
+        .flat_map(|case| [RowVariant::WorkgroupPerRow, RowVariant::InvocationPerRow].map(|v| (case, v)))
+    {
         let case = make_case(seq, v, temperature, &mut rng);
         let rows = case.values.len();
         let gpu = gpu();
         let (logits, tokens) = (upload(&case.logits, &[rows, v]), gpu.upload_u32(&[rows], &case.tokens).unwrap());
         let (logp, entropy) = (upload(&vec![7.0; rows], &[rows]), upload(&vec![7.0; rows], &[rows]));
         let mut rec = Recorder::new(&gpu);
-        logprob_entropy(&mut rec, &logp, &entropy, &logits, &tokens, seq, temperature as f32).unwrap();
+        logprob_entropy_with_variant(&mut rec, variant, &logp, &entropy, &logits, &tokens, seq, temperature as f32)
+            .unwrap();
         rec.submit();
         let (mut want_lp, mut want_h) = (vec![0.0; rows], vec![0.0; rows]);
         for r in (0..rows).filter(|r| r % seq + 1 < seq) {
@@ -261,7 +282,7 @@ fn logprob_entropy_matches_reference() {
             want_lp[r + 1] = lp[case.tokens[r + 1] as usize];
             want_h[r + 1] = -lp.iter().map(|l| l.exp() * l).sum::<f64>();
         }
-        let what = format!("logprob_entropy T={seq} V={v} τ={temperature}");
+        let what = format!("logprob_entropy {variant:?} T={seq} V={v} τ={temperature}");
         assert_close(&format!("{what} log-probs"), &download(&logp), &want_lp, 1e-5, 1e-5);
         assert_close(&format!("{what} entropy"), &download(&entropy), &want_h, 1e-5, 1e-5);
         assert_close(&format!("{what} logits untouched"), &download(&logits), &case.logits, 0.0, 0.0);
