@@ -116,22 +116,59 @@ fn layernorm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     dbias[ch] += db;
 }
 
+// The vec4 forms' row walks take (start, step): an invocation alone walks start = 0, step = 1;
+// a workgroup's invocation start = lid, step = WG, and the workgroup then sums the partials.
+
+// Σ inp over (a strided slice of) the row at vec4 `base`.
+fn row_sum4(base: u32, start: u32, step: u32) -> f32 {
+    var sum = vec4<f32>(0.0);
+    for (var i = start; i < params.c / 4u; i += step) { sum += inp4[base + i]; }
+    return sum.x + sum.y + sum.z + sum.w;
+}
+
+// Σ (inp − m)² over the same slice (a second pass: it avoids E[x²] − E[x]² cancellation).
+fn row_squares4(base: u32, m: f32, start: u32, step: u32) -> f32 {
+    var sq = vec4<f32>(0.0);
+    for (var i = start; i < params.c / 4u; i += step) { let d = inp4[base + i] - m; sq += d * d; }
+    return sq.x + sq.y + sq.z + sq.w;
+}
+
+fn write_normalized4(base: u32, m: f32, s: f32, start: u32, step: u32) {
+    for (var i = start; i < params.c / 4u; i += step) {
+        out4[base + i] = (inp4[base + i] - m) * s * weight4[i] + bias4[i];
+    }
+}
+
+// (Σ g, Σ g·n) with g = dout·w and n = (inp − m)·s, over the slice.
+fn row_gradient_sums4(base: u32, m: f32, s: f32, start: u32, step: u32) -> vec2<f32> {
+    var g_sum = vec4<f32>(0.0);
+    var gn_sum = vec4<f32>(0.0);
+    for (var i = start; i < params.c / 4u; i += step) {
+        let n = (inp4[base + i] - m) * s;
+        let g = dout4[base + i] * weight4[i];
+        g_sum += g;
+        gn_sum += g * n;
+    }
+    return vec2<f32>(g_sum.x + g_sum.y + g_sum.z + g_sum.w, gn_sum.x + gn_sum.y + gn_sum.z + gn_sum.w);
+}
+
+fn add_input_gradient4(base: u32, m: f32, s: f32, g_mean: f32, gn_mean: f32, start: u32, step: u32) {
+    for (var i = start; i < params.c / 4u; i += step) {
+        let n = (inp4[base + i] - m) * s;
+        let g = dout4[base + i] * weight4[i];
+        dinp4[base + i] += s * (g - g_mean - n * gn_mean);
+    }
+}
+
 @compute @workgroup_size(WG)
 fn layernorm_forward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
     let row = flat_index(wid, nwg, lid);
     if (row >= params.rows) { return; }
-    let c4 = params.c / 4u;
-    let base = row * c4;
-    var sum = vec4<f32>(0.0);
-    for (var i = 0u; i < c4; i++) { sum += inp4[base + i]; }
-    let m = (sum.x + sum.y + sum.z + sum.w) / f32(params.c);
-    var sq = vec4<f32>(0.0);
-    for (var i = 0u; i < c4; i++) { let d = inp4[base + i] - m; sq += d * d; }
-    let s = inverseSqrt((sq.x + sq.y + sq.z + sq.w) / f32(params.c) + params.eps);
-    for (var i = 0u; i < c4; i++) {
-        out4[base + i] = (inp4[base + i] - m) * s * weight4[i] + bias4[i];
-    }
+    let base = row * (params.c / 4u);
+    let m = row_sum4(base, 0u, 1u) / f32(params.c);
+    let s = inverseSqrt(row_squares4(base, m, 0u, 1u) / f32(params.c) + params.eps);
+    write_normalized4(base, m, s, 0u, 1u);
     mean[row] = m;
     rstd[row] = s;
 }
@@ -141,25 +178,11 @@ fn layernorm_backward_input4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
                              @builtin(local_invocation_index) lid: u32) {
     let row = flat_index(wid, nwg, lid);
     if (row >= params.rows) { return; }
-    let c4 = params.c / 4u;
-    let base = row * c4;
+    let base = row * (params.c / 4u);
     let m = saved_mean[row];
     let s = saved_rstd[row];
-    var g_sum = vec4<f32>(0.0);
-    var gn_sum = vec4<f32>(0.0);
-    for (var i = 0u; i < c4; i++) {
-        let n = (inp4[base + i] - m) * s;
-        let g = dout4[base + i] * weight4[i];
-        g_sum += g;
-        gn_sum += g * n;
-    }
-    let g_mean = (g_sum.x + g_sum.y + g_sum.z + g_sum.w) / f32(params.c);
-    let gn_mean = (gn_sum.x + gn_sum.y + gn_sum.z + gn_sum.w) / f32(params.c);
-    for (var i = 0u; i < c4; i++) {
-        let n = (inp4[base + i] - m) * s;
-        let g = dout4[base + i] * weight4[i];
-        dinp4[base + i] += s * (g - g_mean - n * gn_mean);
-    }
+    let sums = row_gradient_sums4(base, m, s, 0u, 1u) / f32(params.c);
+    add_input_gradient4(base, m, s, sums.x, sums.y, 0u, 1u);
 }
 
 @compute @workgroup_size(WG)
@@ -167,17 +190,10 @@ fn layernorm_forward_wg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
                          @builtin(local_invocation_index) lid: u32) {
     let row = wid.y * nwg.x + wid.x;
     if (row >= params.rows) { return; } // uniform across the workgroup: barriers stay uniform
-    let c4 = params.c / 4u;
-    let base = row * c4;
-    var sum = vec4<f32>(0.0);
-    for (var i = lid; i < c4; i += WG) { sum += inp4[base + i]; }
-    let m = workgroup_sum(lid, WG, sum.x + sum.y + sum.z + sum.w) / f32(params.c);
-    var sq = vec4<f32>(0.0);
-    for (var i = lid; i < c4; i += WG) { let d = inp4[base + i] - m; sq += d * d; }
-    let s = inverseSqrt(workgroup_sum(lid, WG, sq.x + sq.y + sq.z + sq.w) / f32(params.c) + params.eps);
-    for (var i = lid; i < c4; i += WG) {
-        out4[base + i] = (inp4[base + i] - m) * s * weight4[i] + bias4[i];
-    }
+    let base = row * (params.c / 4u);
+    let m = workgroup_sum(lid, WG, row_sum4(base, lid, WG)) / f32(params.c);
+    let s = inverseSqrt(workgroup_sum(lid, WG, row_squares4(base, m, lid, WG)) / f32(params.c) + params.eps);
+    write_normalized4(base, m, s, lid, WG);
     if (lid == 0u) {
         mean[row] = m;
         rstd[row] = s;
@@ -189,23 +205,11 @@ fn layernorm_backward_input_wg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
                                 @builtin(local_invocation_index) lid: u32) {
     let row = wid.y * nwg.x + wid.x;
     if (row >= params.rows) { return; } // uniform across the workgroup: barriers stay uniform
-    let c4 = params.c / 4u;
-    let base = row * c4;
+    let base = row * (params.c / 4u);
     let m = saved_mean[row];
     let s = saved_rstd[row];
-    var g_sum = vec4<f32>(0.0);
-    var gn_sum = vec4<f32>(0.0);
-    for (var i = lid; i < c4; i += WG) {
-        let n = (inp4[base + i] - m) * s;
-        let g = dout4[base + i] * weight4[i];
-        g_sum += g;
-        gn_sum += g * n;
-    }
-    let g_mean = workgroup_sum(lid, WG, g_sum.x + g_sum.y + g_sum.z + g_sum.w) / f32(params.c);
-    let gn_mean = workgroup_sum(lid, WG, gn_sum.x + gn_sum.y + gn_sum.z + gn_sum.w) / f32(params.c);
-    for (var i = lid; i < c4; i += WG) {
-        let n = (inp4[base + i] - m) * s;
-        let g = dout4[base + i] * weight4[i];
-        dinp4[base + i] += s * (g - g_mean - n * gn_mean);
-    }
+    let sums = row_gradient_sums4(base, m, s, lid, WG);
+    let g_mean = workgroup_sum(lid, WG, sums.x) / f32(params.c);
+    let gn_mean = workgroup_sum(lid, WG, sums.y) / f32(params.c);
+    add_input_gradient4(base, m, s, g_mean, gn_mean, lid, WG);
 }
