@@ -40,15 +40,50 @@ const IGNORE: u32 = 0xFFFFFFFFu;
 @group(0) @binding(7) var<storage, read> dloss: array<f32>;
 @group(0) @binding(8) var<storage, read> lse_saved: array<f32>;
 
-// log Σ exp over row `row`; every invocation of the workgroup gets the result.
-fn row_logsumexp(row: u32, lid: u32) -> f32 {
+// The row walks take (start, step): a workgroup's invocation walks start = lid, step = WG (and
+// the workgroup then merges), an invocation alone (the _serial entry points) start = 0, step = 1.
+
+// The online-softmax state (see prelude.wgsl) of (a strided slice of) row `row`.
+fn fold_row(row: u32, start: u32, step: u32) -> vec3<f32> {
     let base = row * params.v;
     var st = vec3<f32>(NEG_BIG, 0.0, 0.0);
-    for (var i = lid; i < params.v; i += WG) {
+    for (var i = start; i < params.v; i += step) {
         st = softmax_state_add(st, logits[base + i] * params.inv_temperature);
     }
-    st = workgroup_softmax_state(lid, WG, st);
+    return st;
+}
+
+// log Σ exp over row `row`; every invocation of the workgroup gets the result.
+fn row_logsumexp(row: u32, lid: u32) -> f32 {
+    let st = workgroup_softmax_state(lid, WG, fold_row(row, lid, WG));
     return st.x + log(st.y);
+}
+
+// loss and lse of row `row` from its lse.
+fn write_loss(row: u32, row_lse: f32) {
+    lse[row] = row_lse;
+    let tgt = targets[row];
+    loss[row] = select(row_lse - logits[row * params.v + min(tgt, params.v - 1u)] * params.inv_temperature, 0.0, tgt == IGNORE);
+}
+
+fn write_log_softmax(row: u32, row_lse: f32, start: u32, step: u32) {
+    let base = row * params.v;
+    for (var i = start; i < params.v; i += step) {
+        logp[base + i] = logits[base + i] * params.inv_temperature - row_lse;
+    }
+}
+
+// The gradient in place of (a strided slice of) the row: each element is read and then
+// overwritten by the same invocation, so no barrier is needed.
+fn write_gradient(row: u32, start: u32, step: u32) {
+    let base = row * params.v;
+    let tgt = targets[row];
+    let weight = select(dloss[row] * params.inv_temperature, 0.0, tgt == IGNORE);
+    let row_lse = lse_saved[row];
+    for (var i = start; i < params.v; i += step) {
+        let p = exp(dlogits[base + i] * params.inv_temperature - row_lse);
+        dlogits[base + i] = weight * (p - select(0.0, 1.0, i == tgt));
+    }
 }
 
 @compute @workgroup_size(WG)
@@ -57,11 +92,7 @@ fn cross_entropy_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     let row = wid.y * nwg.x + wid.x;
     if (row >= params.rows) { return; } // uniform across the workgroup: barriers stay uniform
     let row_lse = row_logsumexp(row, lid);
-    if (lid == 0u) {
-        lse[row] = row_lse;
-        let tgt = targets[row];
-        loss[row] = select(row_lse - logits[row * params.v + min(tgt, params.v - 1u)] * params.inv_temperature, 0.0, tgt == IGNORE);
-    }
+    if (lid == 0u) { write_loss(row, row_lse); }
 }
 
 @compute @workgroup_size(WG)
@@ -69,11 +100,7 @@ fn log_softmax_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
                        @builtin(local_invocation_index) lid: u32) {
     let row = wid.y * nwg.x + wid.x;
     if (row >= params.rows) { return; }
-    let row_lse = row_logsumexp(row, lid);
-    let base = row * params.v;
-    for (var i = lid; i < params.v; i += WG) {
-        logp[base + i] = logits[base + i] * params.inv_temperature - row_lse;
-    }
+    write_log_softmax(row, row_logsumexp(row, lid), lid, WG);
 }
 
 @compute @workgroup_size(WG)
@@ -81,15 +108,7 @@ fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
                           @builtin(local_invocation_index) lid: u32) {
     let row = wid.y * nwg.x + wid.x;
     if (row >= params.rows) { return; }
-    let base = row * params.v;
-    let tgt = targets[row];
-    let weight = select(dloss[row] * params.inv_temperature, 0.0, tgt == IGNORE);
-    let row_lse = lse_saved[row];
-    // Each element is read and then overwritten by the same invocation: no barrier needed.
-    for (var i = lid; i < params.v; i += WG) {
-        let p = exp(dlogits[base + i] * params.inv_temperature - row_lse);
-        dlogits[base + i] = weight * (p - select(0.0, 1.0, i == tgt));
-    }
+    write_gradient(row, lid, WG);
 }
 
 // The row index of a _serial invocation.
@@ -99,11 +118,7 @@ fn serial_row(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 
 // log Σ exp over row `row`, walked by one invocation.
 fn row_logsumexp_serial(row: u32) -> f32 {
-    let base = row * params.v;
-    var st = vec3<f32>(NEG_BIG, 0.0, 0.0);
-    for (var i = 0u; i < params.v; i++) {
-        st = softmax_state_add(st, logits[base + i] * params.inv_temperature);
-    }
+    let st = fold_row(row, 0u, 1u);
     return st.x + log(st.y);
 }
 
@@ -112,10 +127,7 @@ fn cross_entropy_forward_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
                                 @builtin(local_invocation_index) lid: u32) {
     let row = serial_row(wid, nwg, lid);
     if (row >= params.rows) { return; }
-    let row_lse = row_logsumexp_serial(row);
-    lse[row] = row_lse;
-    let tgt = targets[row];
-    loss[row] = select(row_lse - logits[row * params.v + min(tgt, params.v - 1u)] * params.inv_temperature, 0.0, tgt == IGNORE);
+    write_loss(row, row_logsumexp_serial(row));
 }
 
 @compute @workgroup_size(WG)
@@ -123,11 +135,7 @@ fn log_softmax_forward_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(nu
                               @builtin(local_invocation_index) lid: u32) {
     let row = serial_row(wid, nwg, lid);
     if (row >= params.rows) { return; }
-    let row_lse = row_logsumexp_serial(row);
-    let base = row * params.v;
-    for (var i = 0u; i < params.v; i++) {
-        logp[base + i] = logits[base + i] * params.inv_temperature - row_lse;
-    }
+    write_log_softmax(row, row_logsumexp_serial(row), 0u, 1u);
 }
 
 @compute @workgroup_size(WG)
@@ -135,12 +143,5 @@ fn cross_entropy_backward_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin
                                  @builtin(local_invocation_index) lid: u32) {
     let row = serial_row(wid, nwg, lid);
     if (row >= params.rows) { return; }
-    let base = row * params.v;
-    let tgt = targets[row];
-    let weight = select(dloss[row] * params.inv_temperature, 0.0, tgt == IGNORE);
-    let row_lse = lse_saved[row];
-    for (var i = 0u; i < params.v; i++) {
-        let p = exp(dlogits[base + i] * params.inv_temperature - row_lse);
-        dlogits[base + i] = weight * (p - select(0.0, 1.0, i == tgt));
-    }
+    write_gradient(row, 0u, 1u);
 }
