@@ -53,6 +53,32 @@ const WG: u32 = 64u; // invocations per workgroup (kernels::attention::WG)
 @group(0) @binding(8) var<storage, read_write> delta: array<f32>;
 @group(0) @binding(9) var<storage, read> delta_saved: array<f32>;
 @group(0) @binding(10) var<storage, read_write> dqkv: array<vec4<f32>>;
+// The texture variant (TEXTURE_LOADS): qkv and dout packed into rgba32float textures, texel
+// (c4, b·T + t) = vec4 c4 of token (b, t)'s row, read with textureLoad, which is several times
+// faster than a storage-buffer load on some software adapters (see matmul_texture.wgsl). The
+// other variants bind 1×1 stand-ins (the entry points use the bindings either way).
+@group(0) @binding(11) var qkv_tex: texture_2d<f32>;
+@group(0) @binding(12) var dout_tex: texture_2d<f32>;
+
+override TEXTURE_LOADS: bool = false;
+
+// The vec4 `base + d` of qkv (base from qkv_at), from the buffer or the texture.
+fn qkv4(base: u32, d: u32) -> vec4<f32> {
+    if (TEXTURE_LOADS) {
+        let w = 3u * params.c / 4u;
+        return textureLoad(qkv_tex, vec2<u32>(base % w + d, base / w), 0);
+    }
+    return qkv[base + d];
+}
+
+// The vec4 `base + d` of dout (base from row_at), from the buffer or the texture.
+fn dout4(base: u32, d: u32) -> vec4<f32> {
+    if (TEXTURE_LOADS) {
+        let w = params.c / 4u;
+        return textureLoad(dout_tex, vec2<u32>(base % w + d, base / w), 0);
+    }
+    return dout[base + d];
+}
 
 struct Index {
     valid: bool,
@@ -82,7 +108,7 @@ fn row_at(b: u32, t: u32, h: u32) -> u32 {
 
 fn dot_rows(x: u32, y: u32) -> f32 {
     var s = 0.0;
-    for (var d = 0u; d < HEAD_DIM / 4u; d++) { s += dot(qkv[x + d], qkv[y + d]); }
+    for (var d = 0u; d < HEAD_DIM / 4u; d++) { s += dot(qkv4(x, d), qkv4(y, d)); }
     return s;
 }
 
@@ -104,7 +130,7 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         let p = exp(s - m_new);
         l = l * correction + p;
         let v = qkv_at(ix.b, j, 2u, ix.h);
-        for (var d = 0u; d < HEAD_DIM / 4u; d++) { acc[d] = acc[d] * correction + p * qkv[v + d]; }
+        for (var d = 0u; d < HEAD_DIM / 4u; d++) { acc[d] = acc[d] * correction + p * qkv4(v, d); }
         m = m_new;
     }
     let o = row_at(ix.b, ix.t, ix.h);
@@ -141,9 +167,9 @@ fn attention_backward_query(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
         let v = qkv_at(ix.b, j, 2u, ix.h);
         let p = exp(dot_rows(q, k) * scale - lse_i);
         var dp = 0.0;
-        for (var d = 0u; d < HEAD_DIM / 4u; d++) { dp += dot(dout[o + d], qkv[v + d]); }
+        for (var d = 0u; d < HEAD_DIM / 4u; d++) { dp += dot(dout4(o, d), qkv4(v, d)); }
         let ds = p * (dp - d_i) * scale;
-        for (var d = 0u; d < HEAD_DIM / 4u; d++) { dq[d] += ds * qkv[k + d]; }
+        for (var d = 0u; d < HEAD_DIM / 4u; d++) { dq[d] += ds * qkv4(k, d); }
     }
     for (var d = 0u; d < HEAD_DIM / 4u; d++) { dqkv[q + d] = dq[d]; }
 }
@@ -167,11 +193,11 @@ fn attention_backward_key_value(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
             let row = (ix.b * params.nh + ix.h) * params.t + i;
             let p = exp(dot_rows(q, k) * scale - lse_saved[row]);
             var dp = 0.0;
-            for (var d = 0u; d < HEAD_DIM / 4u; d++) { dp += dot(dout[o + d], qkv[v + d]); }
+            for (var d = 0u; d < HEAD_DIM / 4u; d++) { dp += dot(dout4(o, d), qkv4(v, d)); }
             let ds = p * (dp - delta_saved[row]) * scale;
             for (var d = 0u; d < HEAD_DIM / 4u; d++) {
-                dk[d] += ds * qkv[q + d];
-                dv[d] += p * dout[o + d];
+                dk[d] += ds * qkv4(q, d);
+                dv[d] += p * dout4(o, d);
             }
         }
     }

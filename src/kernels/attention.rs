@@ -3,9 +3,12 @@
 //! invocation per query (CPU adapters) or FlashAttention's blocking (a workgroup per block of
 //! 64 queries, the keys staged in workgroup memory).
 
-use super::{bind, bind_u32, expect_len, groups};
+use super::matmul::{Block, pack};
+use super::{bind, bind_texture, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call};
+use crate::gpu::{
+    Gpu, Recorder, Shader, Tensor, Texture, Work, choose_by_measurement, matches_reference, seconds_per_call,
+};
 use std::sync::Arc;
 
 pub const SHADER: Shader =
@@ -29,14 +32,20 @@ pub enum AttentionVariant {
     /// A workgroup per block of 64 queries (keys), the keys (queries) staged in workgroup memory
     /// tile by tile, so each is read once per block (GPUs).
     Blocked,
+    /// As InvocationPerQuery, with qkv and dout packed into textures first and read with
+    /// `textureLoad` (software adapters whose storage-buffer loads are slow).
+    Texture,
 }
 
 /// The names of the variants, as `PPO_WGPU_ATTENTION` and the cache spell them.
-pub const VARIANTS: [(AttentionVariant, &str); 2] =
-    [(AttentionVariant::InvocationPerQuery, "invocation-per-query"), (AttentionVariant::Blocked, "blocked")];
+pub const VARIANTS: [(AttentionVariant, &str); 3] = [
+    (AttentionVariant::InvocationPerQuery, "invocation-per-query"),
+    (AttentionVariant::Blocked, "blocked"),
+    (AttentionVariant::Texture, "texture"),
+];
 
 /// The variant this adapter runs: chosen by measurement on first use and cached (see
-/// `gpu::variants`), or forced with PPO_WGPU_ATTENTION=invocation-per-query|blocked.
+/// `gpu::variants`), or forced with PPO_WGPU_ATTENTION=invocation-per-query|blocked|texture.
 pub fn variant(gpu: &Arc<Gpu>) -> Result<AttentionVariant> {
     choose_by_measurement(gpu, "attention", &VARIANTS, "GFLOP/s", measure_variant)
 }
@@ -159,9 +168,33 @@ pub fn attention_forward(
 /// The suffix of the variant's entry points and its grid.
 fn launch(gpu: &Gpu, variant: AttentionVariant, shape: AttentionShape) -> (&'static str, [u32; 3]) {
     match variant {
-        AttentionVariant::InvocationPerQuery => ("", gpu.grid(groups(shape.rows(), WG))),
+        AttentionVariant::InvocationPerQuery | AttentionVariant::Texture => ("", gpu.grid(groups(shape.rows(), WG))),
         AttentionVariant::Blocked => ("_blocked", gpu.grid(shape.b * shape.n_head * groups(shape.t, WG))),
     }
+}
+
+/// Scratch-texture slots of the texture variant (`Gpu::scratch_texture`; the matmul uses 0, 1).
+const SLOT_QKV: u32 = 2;
+const SLOT_DOUT: u32 = 3;
+
+/// The texture variant's operand: `t` [B·T, width] packed into a texture of width/4 texels and
+/// B·T rows, or a 1×1 stand-in for the other variants (their entry points bind it unread).
+/// Rows past the adapter's texture size run on the storage-buffer loads instead (`None`).
+fn texture_operand(
+    rec: &mut Recorder,
+    variant: AttentionVariant,
+    slot: u32,
+    t: &Tensor,
+    width: usize,
+) -> Result<Option<Texture>> {
+    let gpu = rec.gpu().clone();
+    let rows = t.len() / width;
+    let max = gpu.limits.max_texture_dimension_2d as usize;
+    if variant != AttentionVariant::Texture || rows > max || width / 4 > max {
+        return Ok(None);
+    }
+    let block = Block { rows, cols: width, stride: width, offset: 0, transposed: false };
+    pack(rec, slot, t, block, width / 4, rows).map(Some)
 }
 
 /// As `attention_forward`, with the variant named (benches and tests compare them).
@@ -176,10 +209,26 @@ pub fn forward_with_variant(
 ) -> Result<()> {
     let (params, hd) = shape.check(qkv, mask, out, lse)?;
     let (suffix, grid) = launch(rec.gpu(), variant, shape);
-    let bindings = [bind(1, qkv), bind_u32(2, mask), bind(3, out), bind(4, lse)];
+    let mut constants = vec![("HEAD_DIM", hd)];
+    // The per-query entry point (not the blocked one) reads qkv through a texture with
+    // TEXTURE_LOADS, else from the buffer, with a 1×1 stand-in bound.
+    let texture = if variant == AttentionVariant::Blocked {
+        None
+    } else {
+        let packed = texture_operand(rec, variant, SLOT_QKV, qkv, 3 * shape.c)?;
+        constants.push(("TEXTURE_LOADS", packed.is_some() as u8 as f64));
+        Some(match packed {
+            Some(t) => t,
+            None => rec.gpu().scratch_texture(SLOT_QKV, 1, 1)?,
+        })
+    };
+    let mut bindings = vec![bind(1, qkv), bind_u32(2, mask), bind(3, out), bind(4, lse)];
+    if let Some(t) = &texture {
+        bindings.push(bind_texture(11, t));
+    }
     let p = bytemuck::bytes_of(&params);
     let entry = format!("attention_forward{suffix}");
-    rec.dispatch(&SHADER, &entry, &[("HEAD_DIM", hd)], p, &bindings, grid, shape.forward_work())
+    rec.dispatch(&SHADER, &entry, &constants, p, &bindings, grid, shape.forward_work())
 }
 
 /// dqkv [B, T, 3C] = ∂L/∂qkv (overwritten) from dout [B, T, C] and the forward's out and lse;
@@ -219,12 +268,11 @@ pub fn backward_with_variant(
     expect_len(dout, out.len(), "attention dout")?;
     expect_len(delta, lse.len(), "attention delta")?;
     let grid = rec.gpu().grid(groups(shape.rows(), WG));
-    let constants = [("HEAD_DIM", hd)];
     let p = bytemuck::bytes_of(&params);
     rec.dispatch(
         &SHADER,
         "attention_backward_delta",
-        &constants,
+        &[("HEAD_DIM", hd)],
         p,
         &[bind(5, out), bind(6, dout), bind(8, delta)],
         grid,
@@ -235,8 +283,26 @@ pub fn backward_with_variant(
     let AttentionShape { b: batch, t, c, .. } = shape;
     let backward =
         Work::flops(3 * shape.forward_work().flops as usize / 2, batch * t * (3 * c + 3 * c + c) + 2 * lse.len());
-    let b = [bind(1, qkv), bind_u32(2, mask), bind(6, dout), bind(7, lse), bind(9, delta), bind(10, dqkv)];
     let (suffix, grid) = launch(rec.gpu(), variant, shape);
+    let mut constants = vec![("HEAD_DIM", hd)];
+    // The per-query entry points (not the blocked ones) read qkv and dout through textures with
+    // TEXTURE_LOADS, else from the buffers, with 1×1 stand-ins bound.
+    let textures = if variant == AttentionVariant::Blocked {
+        None
+    } else {
+        let packed =
+            (texture_operand(rec, variant, SLOT_QKV, qkv, 3 * c)?, texture_operand(rec, variant, SLOT_DOUT, dout, c)?);
+        let loads = matches!(packed, (Some(_), Some(_)));
+        constants.push(("TEXTURE_LOADS", loads as u8 as f64));
+        Some(match packed {
+            (Some(q), Some(d)) => [q, d],
+            _ => [rec.gpu().scratch_texture(SLOT_QKV, 1, 1)?, rec.gpu().scratch_texture(SLOT_QKV, 1, 1)?],
+        })
+    };
+    let mut b = vec![bind(1, qkv), bind_u32(2, mask), bind(6, dout), bind(7, lse), bind(9, delta), bind(10, dqkv)];
+    if let Some([qkv_tex, dout_tex]) = &textures {
+        b.extend([bind_texture(11, qkv_tex), bind_texture(12, dout_tex)]);
+    }
     rec.dispatch(&SHADER, &format!("attention_backward_query{suffix}"), &constants, p, &b, grid, backward)?;
     rec.dispatch(&SHADER, &format!("attention_backward_key_value{suffix}"), &constants, p, &b, grid, backward)
 }

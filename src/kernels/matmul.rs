@@ -466,7 +466,8 @@ struct TextureParams {
     pad: u32,
 }
 
-/// Scratch-texture slots (`Gpu::scratch_texture`): the two operands of one product.
+/// Scratch-texture slots (`Gpu::scratch_texture`): the two operands of one product. (The
+/// attention kernels' textures use slots 2 and 3.)
 const SLOT_A: u32 = 0;
 const SLOT_B: u32 = 1;
 
@@ -614,17 +615,24 @@ fn unpad_columns(
 /// `offset`, rows `stride` elements apart; `transposed`: the block is that of the transpose
 /// (element (r, c) at offset + c·stride + r).
 #[derive(Clone, Copy)]
-struct Block {
-    rows: usize,
-    cols: usize,
-    stride: usize,
-    offset: usize,
-    transposed: bool,
+pub(crate) struct Block {
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+    pub offset: usize,
+    pub transposed: bool,
 }
 
 /// Packs `block` of `src` into the scratch texture `slot` of `width` × `height` texels (zeros
 /// past the block).
-fn pack(rec: &mut Recorder, slot: u32, src: &Tensor, block: Block, width: usize, height: usize) -> Result<Texture> {
+pub(crate) fn pack(
+    rec: &mut Recorder,
+    slot: u32,
+    src: &Tensor,
+    block: Block,
+    width: usize,
+    height: usize,
+) -> Result<Texture> {
     let gpu = rec.gpu().clone();
     let texture = gpu.scratch_texture(slot, width, height)?;
     let params = PackParams {
