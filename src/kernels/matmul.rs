@@ -109,8 +109,9 @@ pub fn texture_fits(m: usize, n: usize) -> bool {
     m >= TEXTURE_TILE && n >= 4
 }
 
-/// As `matmul`, with the variant named (benches and tests compare them). A register-tiled
-/// request on an unaligned shape runs the tiled kernel.
+/// As `matmul`, with the variant named (benches and tests compare them). A texture request on
+/// fewer than 16 rows or 4 columns runs register-tiled, and a register-tiled request on an
+/// unaligned shape runs the tiled kernel.
 ///
 /// A K longer than MAX_K runs in slices (NN, TN; NT products, whose K is a layer's width, never
 /// reach it). When an operand is larger than the adapter's storage-binding limit (GPT-2's tied LM head
