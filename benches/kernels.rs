@@ -87,6 +87,11 @@ impl Bench {
     }
 }
 
+/// A family's variants, the chosen one first.
+fn chosen_first<V: Copy + PartialEq>(chosen: V, variants: &[(V, &str)]) -> Vec<V> {
+    std::iter::once(chosen).chain(variants.iter().map(|&(v, _)| v).filter(|&v| v != chosen)).collect()
+}
+
 fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
     // (label, M, N, K, layout)
     let shapes = [
@@ -99,8 +104,7 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
     ];
     // The adapter's chosen variant first (measured on first use and cached), then the others.
     let chosen = ppo_wgpu::kernels::matmul::variant(&bx.gpu).unwrap();
-    let mut variants = vec![chosen];
-    variants.extend(ppo_wgpu::kernels::matmul::VARIANTS.iter().map(|&(v, _)| v).filter(|&v| v != chosen));
+    let variants = chosen_first(chosen, &ppo_wgpu::kernels::matmul::VARIANTS);
     // What the choice measured, by variant: at 1024³ a variant far slower than the chosen one
     // takes seconds per call on a software adapter, and runs only when asked.
     let choices = bx.gpu.variant_choices();
@@ -159,8 +163,7 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
 fn bench_layernorm(bx: &mut Bench, c: &mut Criterion) {
     // Every variant, the adapter's choice (measured on first use and cached) first and marked.
     let chosen = layernorm::variant(&bx.gpu).unwrap();
-    let mut variants = vec![chosen];
-    variants.extend(layernorm::VARIANTS.iter().map(|&(v, _)| v).filter(|&v| v != chosen));
+    let variants = chosen_first(chosen, &layernorm::VARIANTS);
     for (label, rows, ch) in [("gpt2 256x768", 256, 768), ("tiny 2048x128", 2048, 128)] {
         let (x, w, b) = (bx.rng.normals(rows * ch, 1.0), bx.rng.normals(ch, 1.0), bx.rng.normals(ch, 1.0));
         let (tx, tw, tb) = (bx.up(&x, &[rows, ch]), bx.up(&w, &[ch]), bx.up(&b, &[ch]));
@@ -244,8 +247,7 @@ fn bench_embedding(bx: &mut Bench, c: &mut Criterion) {
 fn bench_attention(bx: &mut Bench, c: &mut Criterion) {
     // Every variant, the adapter's choice first and marked.
     let chosen = attention::variant(&bx.gpu).unwrap();
-    let mut variants = vec![chosen];
-    variants.extend(attention::VARIANTS.iter().map(|&(v, _)| v).filter(|&v| v != chosen));
+    let variants = chosen_first(chosen, &attention::VARIANTS);
     for (label, shape) in [
         ("gpt2 B=1 T=256", attention::AttentionShape { b: 1, t: 256, c: 768, n_head: 12 }),
         ("tiny B=32 T=64", attention::AttentionShape { b: 32, t: 64, c: 128, n_head: 4 }),
@@ -280,8 +282,7 @@ fn bench_cross_entropy(bx: &mut Bench, c: &mut Criterion) {
     // Every variant, the adapter's choice first and marked (GPT-2's vocabulary runs a workgroup
     // per row in either: see cross_entropy::SERIAL_MAX_COLUMNS).
     let chosen = cross_entropy::variant(&bx.gpu).unwrap();
-    let mut variants = vec![chosen];
-    variants.extend(cross_entropy::VARIANTS.iter().map(|&(v, _)| v).filter(|&v| v != chosen));
+    let variants = chosen_first(chosen, &cross_entropy::VARIANTS);
     for (label, rows, v) in [("gpt2 vocab 64x50257", 64, 50257), ("tiny vocab 2048x512", 2048, 512)] {
         let logits = bx.rng.normals(rows * v, 2.0);
         let targets: Vec<u32> = (0..rows).map(|_| bx.rng.below(v as u32)).collect();

@@ -173,28 +173,38 @@ fn launch(gpu: &Gpu, variant: AttentionVariant, shape: AttentionShape) -> (&'sta
     }
 }
 
-/// Scratch-texture slots of the texture variant (`Gpu::scratch_texture`; the matmul uses 0, 1).
+/// Scratch-texture slots of the texture variant (`Gpu::scratch_texture`; the matmul uses 0, 1):
+/// qkv, then dout.
 const SLOT_QKV: u32 = 2;
-const SLOT_DOUT: u32 = 3;
 
-/// The texture variant's operand: `t` [B·T, width] packed into a texture of width/4 texels and
-/// B·T rows, or a 1×1 stand-in for the other variants (their entry points bind it unread).
-/// Rows past the adapter's texture size run on the storage-buffer loads instead (`None`).
-fn texture_operand(
+/// The textures a per-query entry point binds at 11, 12, …, and whether it reads through them
+/// (TEXTURE_LOADS): with the texture variant, `operands` (tensor, row width) packed into
+/// textures of width/4 texels and one row per token; otherwise, or when an operand exceeds the
+/// adapter's texture size, 1×1 stand-ins that stay unread (the entry points bind them either
+/// way). None for the blocked entry points, which bind none.
+fn per_query_textures(
     rec: &mut Recorder,
     variant: AttentionVariant,
-    slot: u32,
-    t: &Tensor,
-    width: usize,
-) -> Result<Option<Texture>> {
-    let gpu = rec.gpu().clone();
-    let rows = t.len() / width;
-    let max = gpu.limits.max_texture_dimension_2d as usize;
-    if variant != AttentionVariant::Texture || rows > max || width / 4 > max {
+    operands: &[(&Tensor, usize)],
+) -> Result<Option<(bool, Vec<Texture>)>> {
+    if variant == AttentionVariant::Blocked {
         return Ok(None);
     }
-    let block = Block { rows, cols: width, stride: width, offset: 0, transposed: false };
-    pack(rec, slot, t, block, width / 4, rows).map(Some)
+    let gpu = rec.gpu().clone();
+    let max = gpu.limits.max_texture_dimension_2d as usize;
+    let fits = operands.iter().all(|&(t, width)| t.len() / width <= max && width / 4 <= max);
+    let loads = variant == AttentionVariant::Texture && fits;
+    let mut textures = Vec::new();
+    for (slot, &(t, width)) in (SLOT_QKV..).zip(operands) {
+        textures.push(if loads {
+            let rows = t.len() / width;
+            let block = Block { rows, cols: width, stride: width, offset: 0, transposed: false };
+            pack(rec, slot, t, block, width / 4, rows)?
+        } else {
+            gpu.scratch_texture(SLOT_QKV, 1, 1)?
+        });
+    }
+    Ok(Some((loads, textures)))
 }
 
 /// As `attention_forward`, with the variant named (benches and tests compare them).
@@ -210,21 +220,11 @@ pub fn forward_with_variant(
     let (params, hd) = shape.check(qkv, mask, out, lse)?;
     let (suffix, grid) = launch(rec.gpu(), variant, shape);
     let mut constants = vec![("HEAD_DIM", hd)];
-    // The per-query entry point (not the blocked one) reads qkv through a texture with
-    // TEXTURE_LOADS, else from the buffer, with a 1×1 stand-in bound.
-    let texture = if variant == AttentionVariant::Blocked {
-        None
-    } else {
-        let packed = texture_operand(rec, variant, SLOT_QKV, qkv, 3 * shape.c)?;
-        constants.push(("TEXTURE_LOADS", packed.is_some() as u8 as f64));
-        Some(match packed {
-            Some(t) => t,
-            None => rec.gpu().scratch_texture(SLOT_QKV, 1, 1)?,
-        })
-    };
     let mut bindings = vec![bind(1, qkv), bind_u32(2, mask), bind(3, out), bind(4, lse)];
-    if let Some(t) = &texture {
-        bindings.push(bind_texture(11, t));
+    let textures = per_query_textures(rec, variant, &[(qkv, 3 * shape.c)])?;
+    if let Some((loads, textures)) = &textures {
+        constants.push(("TEXTURE_LOADS", *loads as u8 as f64));
+        bindings.extend((11..).zip(textures).map(|(index, t)| bind_texture(index, t)));
     }
     let p = bytemuck::bytes_of(&params);
     let entry = format!("attention_forward{suffix}");
@@ -285,23 +285,11 @@ pub fn backward_with_variant(
         Work::flops(3 * shape.forward_work().flops as usize / 2, batch * t * (3 * c + 3 * c + c) + 2 * lse.len());
     let (suffix, grid) = launch(rec.gpu(), variant, shape);
     let mut constants = vec![("HEAD_DIM", hd)];
-    // The per-query entry points (not the blocked ones) read qkv and dout through textures with
-    // TEXTURE_LOADS, else from the buffers, with 1×1 stand-ins bound.
-    let textures = if variant == AttentionVariant::Blocked {
-        None
-    } else {
-        let packed =
-            (texture_operand(rec, variant, SLOT_QKV, qkv, 3 * c)?, texture_operand(rec, variant, SLOT_DOUT, dout, c)?);
-        let loads = matches!(packed, (Some(_), Some(_)));
-        constants.push(("TEXTURE_LOADS", loads as u8 as f64));
-        Some(match packed {
-            (Some(q), Some(d)) => [q, d],
-            _ => [rec.gpu().scratch_texture(SLOT_QKV, 1, 1)?, rec.gpu().scratch_texture(SLOT_QKV, 1, 1)?],
-        })
-    };
     let mut b = vec![bind(1, qkv), bind_u32(2, mask), bind(6, dout), bind(7, lse), bind(9, delta), bind(10, dqkv)];
-    if let Some([qkv_tex, dout_tex]) = &textures {
-        b.extend([bind_texture(11, qkv_tex), bind_texture(12, dout_tex)]);
+    let textures = per_query_textures(rec, variant, &[(qkv, 3 * c), (dout, c)])?;
+    if let Some((loads, textures)) = &textures {
+        constants.push(("TEXTURE_LOADS", *loads as u8 as f64));
+        b.extend((11..).zip(textures).map(|(index, t)| bind_texture(index, t)));
     }
     rec.dispatch(&SHADER, &format!("attention_backward_query{suffix}"), &constants, p, &b, grid, backward)?;
     rec.dispatch(&SHADER, &format!("attention_backward_key_value{suffix}"), &constants, p, &b, grid, backward)
