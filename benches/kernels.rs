@@ -61,6 +61,12 @@ impl Bench {
         } else {
             Throughput::Bytes(work.bytes as u64)
         });
+        // One untimed call first: it compiles the pipelines (on a GPU driver that can take
+        // longer than the timed calls together) and touches the buffers.
+        let mut rec = Recorder::new(&self.gpu);
+        record(&mut rec);
+        rec.submit();
+        self.gpu.wait().unwrap();
         let mut total = (0.0, 0u64);
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
@@ -101,6 +107,8 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
         ("gpt2 c_attn dW", 768, 2304, 256, Layout::TN),
         ("gpt2 lm_head 256x768x50257", 256, 50257, 768, Layout::NT),
         ("tiny c_fc fwd 2048x128x512", 2048, 512, 128, Layout::NN),
+        // Large enough to fill a real GPU (the f32-peak target); only when asked.
+        ("4096^3", 4096, 4096, 4096, Layout::NN),
     ];
     // The adapter's chosen variant first (measured on first use and cached), then the others.
     let chosen = ppo_wgpu::kernels::matmul::variant(&bx.gpu).unwrap();
@@ -135,12 +143,14 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
         // (there the ones within 4× of the chosen, all of them when asked: the slowest takes a
         // second per call on a software adapter, as does the LM head in any); the chosen one
         // alone elsewhere.
-        if label.contains("lm_head") && !common::large() {
+        if (label.contains("lm_head") || label == "4096^3") && !common::large() {
             println!("matmul {label}: skipped (set {}=1 to run it)", common::LARGE_ENV);
             continue;
         }
         let run_variants: Vec<MatmulVariant> = match label {
-            "1024^3" => variants.iter().copied().filter(|&v| common::large() || close_to_chosen(v)).collect(),
+            "1024^3" | "4096^3" => {
+                variants.iter().copied().filter(|&v| common::large() || close_to_chosen(v)).collect()
+            }
             _ if layout == Layout::NN => variants.clone(),
             _ => vec![chosen],
         };
@@ -193,8 +203,34 @@ fn bench_layernorm(bx: &mut Bench, c: &mut Criterion) {
     }
 }
 
+/// The shapes of the element-wise benches: the project's two models, and when asked 16M values
+/// (enough to reach a real GPU's memory bandwidth, which the small shapes do not).
+fn elementwise_shapes() -> Vec<(&'static str, usize)> {
+    let mut shapes = vec![("gpt2 256x3072", 256 * 3072), ("tiny 2048x512", 2048 * 512)];
+    if common::large() {
+        shapes.push(("16M", 16 << 20));
+    }
+    shapes
+}
+
+/// The ceiling for the memory-bound kernels: a buffer-to-buffer copy, counting bytes read and
+/// written.
+fn bench_copy(bx: &mut Bench, c: &mut Criterion) {
+    for (label, n) in elementwise_shapes() {
+        let x = bx.rng.normals(n, 1.0);
+        let (tx, out) = (bx.up(&x, &[n]), bx.empty(&[n]));
+        let mut rec = Recorder::new(&bx.gpu);
+        rec.copy(&tx, &out);
+        rec.submit();
+        bx.check("copy", &out, &x, 0.0, 1e-7);
+        bx.time(c, "copy", &format!("buffer copy {label}"), counting_bytes((2 * n * 4) as f64), |rec| {
+            rec.copy(&tx, &out)
+        });
+    }
+}
+
 fn bench_elementwise(bx: &mut Bench, c: &mut Criterion) {
-    for (label, n) in [("gpt2 256x3072", 256 * 3072), ("tiny 2048x512", 2048 * 512)] {
+    for (label, n) in elementwise_shapes() {
         let x = bx.rng.normals(n, 1.0);
         let (tx, out, dinp) = (bx.up(&x, &[n]), bx.empty(&[n]), bx.empty(&[n]));
         let mut rec = Recorder::new(&bx.gpu);
@@ -419,8 +455,9 @@ fn main() {
     common::begin(&gpu);
     let mut bx = Bench { gpu, rng: Rng::new(7) };
     let mut c = Criterion::default().configure_from_args();
-    let families: [fn(&mut Bench, &mut Criterion); 9] = [
+    let families: [fn(&mut Bench, &mut Criterion); 10] = [
         bench_matmul,
+        bench_copy,
         bench_layernorm,
         bench_elementwise,
         bench_embedding,

@@ -79,6 +79,9 @@ fn adamw_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
                 @builtin(local_invocation_index) lid: u32) {
     let i = (wid.y * nwg.x + wid.x) * WG + lid;
     if (i >= params.n) { return; }
+    // Every load before the first store: the bindings might alias as far as the compiler
+    // knows, and a load after a store would wait for it.
+    let p = param[i];
     let g = grad[i] * norm_scale_in[1];
     let m_new = params.beta1 * m[i] + (1.0 - params.beta1) * g;
     let v_new = params.beta2 * v[i] + (1.0 - params.beta2) * g * g;
@@ -86,7 +89,6 @@ fn adamw_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     v[i] = v_new;
     let m_hat = m_new / params.bias_correction1;
     let v_hat = v_new / params.bias_correction2;
-    let p = param[i];
     param[i] = p - params.lr * (m_hat / (sqrt(v_hat) + params.eps) + params.weight_decay * p);
 }
 
@@ -107,6 +109,7 @@ fn adamw_update4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
                  @builtin(local_invocation_index) lid: u32) {
     let i = (wid.y * nwg.x + wid.x) * WG + lid;
     if (i >= params.n / 4u) { return; }
+    let p = param4[i]; // (loads first, as above)
     let g = grad4[i] * norm_scale_in[1];
     let m_new = params.beta1 * m4[i] + (1.0 - params.beta1) * g;
     let v_new = params.beta2 * v4[i] + (1.0 - params.beta2) * g * g;
@@ -114,6 +117,5 @@ fn adamw_update4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     v4[i] = v_new;
     let m_hat = m_new / params.bias_correction1;
     let v_hat = v_new / params.bias_correction2;
-    let p = param4[i];
     param4[i] = p - params.lr * (m_hat / (sqrt(v_hat) + params.eps) + params.weight_decay * p);
 }

@@ -14,9 +14,9 @@
 // Layout: inp, out, dout, dinp [N, C] row-major; w, b, dw, db [C]; mean, rstd [N] (saved by the
 // forward for the backward). The vec4 forms bind inp, w, b, out, dout, dinp as vec4 arrays at
 // bindings 13–18.
-// Launch: one invocation per row (forward, backward_input) or per channel (backward_params),
-// workgroup 64, grid = ceil(rows/64) or ceil(C/64), laid out 2D (x ≤ 65535); the _wg4 forms one
-// workgroup of 64 per row, grid = rows laid out 2D. One invocation per row suits CPU adapters,
+// Launch: one invocation per row (forward, backward_input), workgroup 64, grid = ceil(rows/64)
+// laid out 2D (x ≤ 65535); the _wg4 forms one workgroup of 64 per row, grid = rows laid out 2D;
+// backward_params 16 channels per workgroup of 256 (see there). One invocation per row suits CPU adapters,
 // where workgroup barriers cost more than a serial sum over a short row; the per-channel
 // parameter gradient is a separate pass so that no two invocations ever add into the same dw[c].
 
@@ -99,21 +99,37 @@ fn layernorm_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
     }
 }
 
-@compute @workgroup_size(WG)
+// The parameter gradients are column sums over the rows. A workgroup of COLS × LANES
+// invocations owns COLS channels; lane l of a channel walks rows l, l + LANES, …, and the lanes'
+// partial sums are added in workgroup memory (LANES times the parallelism of an invocation per
+// channel, which left a GPU nearly idle at a small model's width).
+// Launch: workgroup 256; grid = ceil(C/16) laid out 2D.
+const COLS: u32 = 16u;  // (kernels::layernorm::PARAMS_COLS)
+const LANES: u32 = 16u;
+var<workgroup> lane_sums: array<vec2<f32>, COLS * LANES>; // [LANES][COLS]: (dweight, dbias) partials
+
+@compute @workgroup_size(COLS * LANES)
 fn layernorm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                              @builtin(local_invocation_index) lid: u32) {
-    let ch = flat_index(wid, nwg, lid);
-    if (ch >= params.c) { return; }
-    var dw = 0.0;
-    var db = 0.0;
-    for (var row = 0u; row < params.rows; row++) {
-        let at = row * params.c + ch;
-        let n = (inp[at] - saved_mean[row]) * saved_rstd[row];
-        dw += dout[at] * n;
-        db += dout[at];
+    let col = lid % COLS;
+    let lane = lid / COLS;
+    let ch = (wid.y * nwg.x + wid.x) * COLS + col;
+    var sums = vec2<f32>(0.0);
+    if (ch < params.c) {
+        for (var row = lane; row < params.rows; row += LANES) {
+            let at = row * params.c + ch;
+            let n = (inp[at] - saved_mean[row]) * saved_rstd[row];
+            sums += dout[at] * vec2<f32>(n, 1.0);
+        }
     }
-    dweight[ch] += dw;
-    dbias[ch] += db;
+    lane_sums[lid] = sums;
+    workgroupBarrier();
+    if (lane == 0u && ch < params.c) {
+        var total = vec2<f32>(0.0);
+        for (var l = 0u; l < LANES; l++) { total += lane_sums[l * COLS + col]; }
+        dweight[ch] += total.x;
+        dbias[ch] += total.y;
+    }
 }
 
 // The vec4 forms' row walks take (start, step): an invocation alone walks start = 0, step = 1;

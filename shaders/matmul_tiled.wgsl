@@ -9,10 +9,13 @@
 // (r, c) is stored at out[r·out_stride + out_col + c], and A is read from rows of a_stride
 // elements from column a_col (column slices of wider operands).
 //
-// Tiling: a workgroup of 16×16 invocations owns a 64×64 output tile; each invocation owns a
-// 4×4 block of it. K is walked 16 at a time: the workgroup stages a 64×16 slice of op(A) and a
-// 16×64 slice of op(B) in workgroup memory (8 KiB), then each invocation does 4×4×16 FMAs from
-// registers. Out-of-range elements are staged as zeros.
+// Tiling: a workgroup of 16×16 invocations owns a 64×64 output tile; invocation (x, y) owns
+// the 4×4 outputs at rows y + 16i and columns x + 16j of it (strided, so that neighbouring
+// invocations read neighbouring tile elements and write neighbouring output columns). K is
+// walked 16 at a time: the workgroup stages a 64×16 slice of op(A) and a 16×64 slice of op(B)
+// in workgroup memory (8 KiB), then each invocation does 4×4×16 FMAs from registers.
+// Out-of-range elements are staged as zeros. Tile rows are 65 floats apart, not 64: staging
+// along k then writes 16 different memory banks instead of one.
 //
 // Launch: workgroup (16, 16); grid = (ceil(N/64), ceil(M/64)).
 //
@@ -40,7 +43,8 @@ override TRANS_B: bool = false;
 const TILE: u32 = 64u;
 const TILE_K: u32 = 16u;
 const THREADS: u32 = TILE / 4u; // THREADS × THREADS invocations, 4 × 4 outputs each
-const WG: u32 = 64u; // bias_backward, transpose: invocations per workgroup (kernels::matmul::WG)
+const STRIDE: u32 = TILE + 1u;  // floats between the k-rows of a staged tile
+const WG: u32 = 64u; // transpose: invocations per workgroup (kernels::matmul::WG)
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -48,8 +52,8 @@ const WG: u32 = 64u; // bias_backward, transpose: invocations per workgroup (ker
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-var<workgroup> a_tile: array<f32, 1024>; // [TILE_K][TILE]: a_tile[k*64 + m] = op(A)[m0+m, k0+k]
-var<workgroup> b_tile: array<f32, 1024>; // [TILE_K][TILE]: b_tile[k*64 + n] = op(B)[k0+k, n0+n]
+var<workgroup> a_tile: array<f32, 1040>; // [TILE_K][STRIDE]: a_tile[k*65 + m] = op(A)[m0+m, k0+k]
+var<workgroup> b_tile: array<f32, 1040>; // [TILE_K][STRIDE]: b_tile[k*65 + n] = op(B)[k0+k, n0+n]
 
 fn load_a(m: u32, k: u32) -> f32 {
     if (m >= params.m || k >= params.k) { return 0.0; }
@@ -77,17 +81,17 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             let e = flat + i * THREADS * THREADS;
             if (TRANS_A) { // contiguous along m
                 let m = e % TILE; let k = e / TILE;
-                a_tile[k * TILE + m] = load_a(m0 + m, k0 + k);
+                a_tile[k * STRIDE + m] = load_a(m0 + m, k0 + k);
             } else {       // contiguous along k
                 let k = e % TILE_K; let m = e / TILE_K;
-                a_tile[k * TILE + m] = load_a(m0 + m, k0 + k);
+                a_tile[k * STRIDE + m] = load_a(m0 + m, k0 + k);
             }
             if (TRANS_B) { // contiguous along k
                 let k = e % TILE_K; let n = e / TILE_K;
-                b_tile[k * TILE + n] = load_b(k0 + k, n0 + n);
+                b_tile[k * STRIDE + n] = load_b(k0 + k, n0 + n);
             } else {       // contiguous along n
                 let n = e % TILE; let k = e / TILE;
-                b_tile[k * TILE + n] = load_b(k0 + k, n0 + n);
+                b_tile[k * STRIDE + n] = load_b(k0 + k, n0 + n);
             }
         }
         workgroupBarrier();
@@ -95,8 +99,8 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             var av: array<f32, 4>;
             var bv: array<f32, 4>;
             for (var i = 0u; i < 4u; i++) {
-                av[i] = a_tile[k * TILE + lid.y * 4u + i];
-                bv[i] = b_tile[k * TILE + lid.x * 4u + i];
+                av[i] = a_tile[k * STRIDE + lid.y + i * THREADS];
+                bv[i] = b_tile[k * STRIDE + lid.x + i * THREADS];
             }
             for (var i = 0u; i < 4u; i++) {
                 for (var j = 0u; j < 4u; j++) {
@@ -108,10 +112,10 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     }
 
     for (var i = 0u; i < 4u; i++) {
-        let row = m0 + lid.y * 4u + i;
+        let row = m0 + lid.y + i * THREADS;
         if (row >= params.m) { break; }
         for (var j = 0u; j < 4u; j++) {
-            let col = n0 + lid.x * 4u + j;
+            let col = n0 + lid.x + j * THREADS;
             if (col >= params.n) { break; }
             var v = acc[i][j];
             if ((params.flags & HAS_BIAS) != 0u) { v += bias[col]; }
@@ -122,19 +126,34 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     }
 }
 
-// Bias gradient: out[n] (+)= Σ_m a[m, n], with a = dout [M, N] and out = dbias [N].
-// One invocation per column; consecutive invocations read consecutive columns of each row.
-// Launch: workgroup 64; grid = ceil(N/64).
-@compute @workgroup_size(WG)
-fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let col = gid.x;
-    if (col >= params.n) { return; }
+// Bias gradient: out[n] (+)= Σ_m a[m, n], with a = dout [M, N] and out = dbias [N]. A
+// workgroup of COLS × LANES invocations owns COLS columns; lane l of a column sums rows l,
+// l + LANES, …, so neighbouring invocations read neighbouring columns of a row, and the lanes'
+// partial sums are added in workgroup memory.
+// Launch: workgroup 256; grid = ceil(N/16).
+const COLS: u32 = 16u;  // (kernels::matmul::BIAS_COLS)
+const LANES: u32 = 16u;
+var<workgroup> lane_sums: array<f32, COLS * LANES>; // [LANES][COLS]
+
+@compute @workgroup_size(COLS * LANES)
+fn bias_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let col = lid % COLS;
+    let lane = lid / COLS;
+    let n = wid.x * COLS + col;
     var sum = 0.0;
-    for (var row = 0u; row < params.m; row++) {
-        sum += a[row * params.n + col];
+    if (n < params.n) {
+        for (var row = lane; row < params.m; row += LANES) {
+            sum += a[row * params.n + n];
+        }
     }
-    if ((params.flags & ACCUMULATE) != 0u) { sum += out[col]; }
-    out[col] = sum;
+    lane_sums[lid] = sum;
+    workgroupBarrier();
+    if (lane == 0u && n < params.n) {
+        var total = 0.0;
+        for (var l = 0u; l < LANES; l++) { total += lane_sums[l * COLS + col]; }
+        if ((params.flags & ACCUMULATE) != 0u) { total += out[n]; }
+        out[n] = total;
+    }
 }
 
 // Transpose: out[c, r] = a[r, c] for a [M, N] (params.m rows, params.n columns). The CPU

@@ -10,7 +10,7 @@ pub const SHADER: Shader = Shader { name: "adamw", source: include_str!("../../s
 pub const WG: usize = 256;
 
 /// Number of workgroups (and partial sums) of the first grad-norm pass.
-pub const NORM_PARTIALS: usize = 256;
+pub const NORM_PARTIALS: usize = 1024;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]

@@ -12,6 +12,9 @@ pub const SHADER: Shader =
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 64;
 
+/// Channels per workgroup of the parameter-gradient kernel (`COLS` in the shader).
+pub const PARAMS_COLS: usize = 16;
+
 /// How a row is spread over invocations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayernormVariant {
@@ -200,8 +203,8 @@ pub fn backward_with_variant(
         )
     };
     rec.dispatch(&SHADER, entry, &[], p, &b, grid, Work::floats(3 * rows * c + c + 2 * rows))?;
-    // The parameter gradients: each invocation sums a channel over the rows, more than
-    // MAX_SERIAL_STEPS rows as slices.
+    // The parameter gradients: each workgroup sums PARAMS_COLS channels over the rows, more
+    // than MAX_SERIAL_STEPS rows as slices.
     let gpu = rec.gpu().clone();
     for (r0, n) in super::serial_ranges(rows) {
         let (inp, dout) = (inp.view(&gpu, r0 * c, &[n, c])?, dout.view(&gpu, r0 * c, &[n, c])?);
@@ -215,7 +218,7 @@ pub fn backward_with_variant(
             &[],
             bytemuck::bytes_of(&params),
             &b,
-            gpu.grid(groups(c, WG)),
+            gpu.grid(groups(c, PARAMS_COLS)),
             work,
         )?;
     }

@@ -687,8 +687,12 @@ pub fn linear_backward(
     Ok(())
 }
 
+/// Columns per workgroup of `bias_backward` (`COLS` in the shader).
+pub const BIAS_COLS: usize = 16;
+
 /// dbias [N] += Σ_m dout [M, N].
-/// (Each invocation sums a column over the rows: more than MAX_SERIAL_STEPS rows run as slices.)
+/// (Each workgroup sums BIAS_COLS columns over the rows: more than MAX_SERIAL_STEPS rows run as
+/// slices.)
 pub fn bias_backward(rec: &mut Recorder, dbias: &Tensor, dout: &Tensor) -> Result<()> {
     let (rows, n) = as_matrix(dout);
     expect_len(dbias, n, "bias gradient")?;
@@ -711,7 +715,7 @@ pub fn bias_backward(rec: &mut Recorder, dbias: &Tensor, dout: &Tensor) -> Resul
             &[],
             bytemuck::bytes_of(&params),
             &[bind(1, &dout), bind(4, dbias)],
-            [groups(n, WG) as u32, 1, 1],
+            [groups(n, BIAS_COLS) as u32, 1, 1],
             Work::flops(m * n, m * n + 2 * n),
         )?;
     }
