@@ -1,6 +1,6 @@
 use crate::common::*;
 use ppo_wgpu::gpu::{MatmulVariant, Recorder};
-use ppo_wgpu::kernels::matmul::{Layout, linear_backward, linear_forward, matmul_with_variant};
+use ppo_wgpu::kernels::matmul::{Layout, bias_backward, linear_backward, linear_forward, matmul_with_variant};
 use ppo_wgpu::reference;
 
 const VARIANTS: [MatmulVariant; 3] =
@@ -267,4 +267,22 @@ fn matmul_long_k_runs_in_slices() {
             assert_close(&format!("matmul {layout:?} {variant:?} K={k}"), &download(&out), &want, atol, rtol);
         }
     }
+}
+
+#[test]
+fn bias_gradient_sums_columns_over_lanes_and_row_slices() {
+    // 70001 rows of 19 columns, added to a prior gradient: 16 row lanes per column in each
+    // dispatch, five row slices (MAX_SERIAL_STEPS), and a workgroup of 16 columns with three of
+    // a second one.
+    let mut rng = Rng::new(23);
+    let (rows, cols) = (70001, 19);
+    let (dout, prior) = (rng.normals(rows * cols, 1.0), rng.normals(cols, 1.0));
+    let want: Vec<f64> = (0..cols).map(|c| prior[c] + (0..rows).map(|r| dout[r * cols + c]).sum::<f64>()).collect();
+    let (t_dout, dbias) = (upload(&dout, &[rows, cols]), upload(&prior, &[cols]));
+    let gpu = gpu();
+    let mut rec = Recorder::new(&gpu);
+    bias_backward(&mut rec, &dbias, &t_dout).unwrap();
+    rec.submit();
+    let (atol, rtol) = tol(rows);
+    assert_close("bias gradient over 70001 rows", &download(&dbias), &want, atol, rtol);
 }
