@@ -16,9 +16,10 @@
 // bindings 13–18.
 // Launch: one invocation per row (forward, backward_input), workgroup 64, grid = ceil(rows/64)
 // laid out 2D (x ≤ 65535); the _wg4 forms one workgroup of 64 per row, grid = rows laid out 2D;
-// backward_params 16 channels per workgroup of 256 (see there). One invocation per row suits CPU adapters,
-// where workgroup barriers cost more than a serial sum over a short row; the per-channel
-// parameter gradient is a separate pass so that no two invocations ever add into the same dw[c].
+// backward_params 16 channels per workgroup of 256 (see there). One invocation per row suits
+// CPU adapters, where workgroup barriers cost more than a serial sum over a short row; the
+// per-channel parameter gradient is a separate pass so that no two invocations ever add into
+// the same dw[c].
 
 struct Params {
     rows: u32,
