@@ -252,8 +252,9 @@ impl Gpu {
             limits.max_texture_dimension_2d = limits.max_texture_dimension_2d.min(max);
         }
         // Timestamp queries where the adapter has them, for the profiler (they cost nothing
-        // until it asks for them).
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // until it asks for them), and subgroup operations, for the kernel variants that use
+        // them (offered only where the device has them: `has_subgroups`).
+        let features = adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("ppo-wgpu"),
             required_features: features,
@@ -296,6 +297,16 @@ impl Gpu {
             buffers: get(&c.buffers),
             pipelines: get(&c.pipelines),
         }
+    }
+
+    /// Whether kernels may use subgroup operations (`subgroupAdd`, …) on this device.
+    pub fn has_subgroups(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SUBGROUP)
+    }
+
+    /// The largest subgroup the adapter may run (a kernel sizes its grid for it).
+    pub fn max_subgroup_size(&self) -> usize {
+        self.info.subgroup_max_size.max(1) as usize
     }
 
     /// A one-line description: adapter name, backend, device type, driver.

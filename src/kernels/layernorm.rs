@@ -9,6 +9,14 @@ use std::sync::Arc;
 pub const SHADER: Shader =
     Shader { name: "layernorm", source: include_str!("../../shaders/layernorm.wgsl"), includes: &[] };
 
+/// The subgroup-per-row entries: a module of their own, since it compiles only on adapters
+/// with subgroups; everything else comes from layernorm.wgsl, included after it.
+pub const SUBGROUP_SHADER: Shader = Shader {
+    name: "layernorm_subgroup",
+    source: include_str!("../../shaders/layernorm_subgroup.wgsl"),
+    includes: &[include_str!("../../shaders/layernorm.wgsl")],
+};
+
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 64;
 
@@ -24,16 +32,22 @@ pub enum LayernormVariant {
     /// sums reduced in workgroup memory (GPUs). Only for C a multiple of 4; other rows run an
     /// invocation per row.
     WorkgroupPerRow,
+    /// One subgroup per row, neighbouring invocations on neighbouring vec4s, partial sums added
+    /// with subgroupAdd: no barriers. Only for C a multiple of 4 on adapters with subgroups;
+    /// elsewhere an invocation per row.
+    SubgroupPerRow,
 }
 
 /// The names of the variants, as `PPO_WGPU_LAYERNORM` and the cache spell them.
-pub const VARIANTS: [(LayernormVariant, &str); 2] = [
+pub const VARIANTS: [(LayernormVariant, &str); 3] = [
     (LayernormVariant::InvocationPerRow, "invocation-per-row"),
     (LayernormVariant::WorkgroupPerRow, "workgroup-per-row"),
+    (LayernormVariant::SubgroupPerRow, "subgroup-per-row"),
 ];
 
 /// The LayerNorm variant this adapter runs: chosen by measurement on first use and cached (see
-/// `gpu::variants`), or forced with PPO_WGPU_LAYERNORM=invocation-per-row|workgroup-per-row.
+/// `gpu::variants`), or forced with
+/// PPO_WGPU_LAYERNORM=invocation-per-row|workgroup-per-row|subgroup-per-row.
 pub fn variant(gpu: &Arc<Gpu>) -> Result<LayernormVariant> {
     choose_by_measurement(gpu, "layernorm", &VARIANTS, "GB/s", measure_variant)
 }
@@ -41,6 +55,9 @@ pub fn variant(gpu: &Arc<Gpu>) -> Result<LayernormVariant> {
 /// A variant's GB/s over a forward and a backward at a small model's and GPT-2's widths, after
 /// a check against the CPU reference (None if it fails).
 fn measure_variant(gpu: &Arc<Gpu>, variant: LayernormVariant) -> Result<Option<f64>> {
+    if variant == LayernormVariant::SubgroupPerRow && !gpu.has_subgroups() {
+        return Ok(None); // it would run invocation-per-row: nothing of its own to measure
+    }
     let mut rng = crate::rng::Rng::new(12);
     let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
     let (mut bytes, mut seconds) = (0.0, 0.0);
@@ -134,20 +151,40 @@ pub fn forward_with_variant(
     expect_len(rstd, rows, "layernorm rstd")?;
     let params = Params { rows: rows as u32, c: c as u32, eps };
     let work = Work::floats(2 * rows * c + 2 * c + 2 * rows);
-    let per_workgroup = variant == LayernormVariant::WorkgroupPerRow && c.is_multiple_of(4);
-    let grid = rec.gpu().grid(if per_workgroup { rows } else { groups(rows, WG) });
-    let (entry, b) = if c.is_multiple_of(4) {
-        (
-            if per_workgroup { "layernorm_forward_wg4" } else { "layernorm_forward4" },
-            [bind(13, inp), bind(14, weight), bind(15, bias), bind(16, out), bind(5, mean), bind(6, rstd)],
-        )
+    let (shader, suffix, grid) = row_launch(rec.gpu(), variant, rows, c);
+    if c.is_multiple_of(4) {
+        let b = [bind(13, inp), bind(14, weight), bind(15, bias), bind(16, out), bind(5, mean), bind(6, rstd)];
+        let entry = format!("layernorm_forward{suffix}");
+        rec.dispatch(shader, &entry, &[], bytemuck::bytes_of(&params), &b, grid, work)
     } else {
-        (
-            "layernorm_forward",
-            [bind(1, inp), bind(2, weight), bind(3, bias), bind(4, out), bind(5, mean), bind(6, rstd)],
-        )
-    };
-    rec.dispatch(&SHADER, entry, &[], bytemuck::bytes_of(&params), &b, grid, work)
+        let b = [bind(1, inp), bind(2, weight), bind(3, bias), bind(4, out), bind(5, mean), bind(6, rstd)];
+        rec.dispatch(&SHADER, "layernorm_forward", &[], bytemuck::bytes_of(&params), &b, grid, work)
+    }
+}
+
+/// How `variant` runs rows of `c` on this adapter: the shader, the suffix of its vec4 entry
+/// points, and the grid. Rows that are not whole vec4s, and the subgroup variant on an adapter
+/// without subgroups, run an invocation per row.
+fn row_launch(
+    gpu: &Arc<Gpu>,
+    variant: LayernormVariant,
+    rows: usize,
+    c: usize,
+) -> (&'static Shader, &'static str, [u32; 3]) {
+    let invocation_per_row = (&SHADER, "4", gpu.grid(groups(rows, WG)));
+    if !c.is_multiple_of(4) {
+        return invocation_per_row;
+    }
+    match variant {
+        LayernormVariant::InvocationPerRow => invocation_per_row,
+        LayernormVariant::WorkgroupPerRow => (&SHADER, "_wg4", gpu.grid(rows)),
+        LayernormVariant::SubgroupPerRow if gpu.has_subgroups() => {
+            // A workgroup holds a row per subgroup: as few as the largest subgroup allows.
+            let rows_per_workgroup = (WG / gpu.max_subgroup_size()).max(1);
+            (&SUBGROUP_SHADER, "_sg4", gpu.grid(groups(rows, rows_per_workgroup)))
+        }
+        LayernormVariant::SubgroupPerRow => invocation_per_row,
+    }
 }
 
 /// Accumulates the LayerNorm gradients: dinp += ∂L/∂inp, dweight += ∂L/∂w, dbias += ∂L/∂b.
@@ -191,18 +228,15 @@ pub fn backward_with_variant(
     expect_len(rstd, rows, "layernorm rstd")?;
     let params = Params { rows: rows as u32, c: c as u32, eps: 0.0 };
     let p = bytemuck::bytes_of(&params);
-    let per_workgroup = variant == LayernormVariant::WorkgroupPerRow && c.is_multiple_of(4);
-    let grid = rec.gpu().grid(if per_workgroup { rows } else { groups(rows, WG) });
-    let (entry, b) = if c.is_multiple_of(4) {
+    let (shader, suffix, grid) = row_launch(rec.gpu(), variant, rows, c);
+    let work = Work::floats(3 * rows * c + c + 2 * rows);
+    if c.is_multiple_of(4) {
         let b = [bind(13, inp), bind(14, weight), bind(17, dout), bind(18, dinp), bind(11, mean), bind(12, rstd)];
-        (if per_workgroup { "layernorm_backward_input_wg4" } else { "layernorm_backward_input4" }, b)
+        rec.dispatch(shader, &format!("layernorm_backward_input{suffix}"), &[], p, &b, grid, work)?;
     } else {
-        (
-            "layernorm_backward_input",
-            [bind(1, inp), bind(2, weight), bind(7, dout), bind(8, dinp), bind(11, mean), bind(12, rstd)],
-        )
-    };
-    rec.dispatch(&SHADER, entry, &[], p, &b, grid, Work::floats(3 * rows * c + c + 2 * rows))?;
+        let b = [bind(1, inp), bind(2, weight), bind(7, dout), bind(8, dinp), bind(11, mean), bind(12, rstd)];
+        rec.dispatch(&SHADER, "layernorm_backward_input", &[], p, &b, grid, work)?;
+    }
     // The parameter gradients: each workgroup sums PARAMS_COLS channels over the rows, more
     // than MAX_SERIAL_STEPS rows as slices.
     let gpu = rec.gpu().clone();

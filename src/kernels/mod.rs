@@ -93,6 +93,7 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &group_advantages::SHADER,
     &kv_cache::SHADER,
     &layernorm::SHADER,
+    &layernorm::SUBGROUP_SHADER,
     &matmul::SHADER,
     &matmul::TILED_SHADER,
     &matmul::TEXTURE_SHADER,

@@ -1,0 +1,44 @@
+// LayerNorm with a subgroup per row: the vec4 forward and input gradient of layernorm.wgsl
+// (which is included after this file: bindings, Params and the row walks come from there),
+// with the invocations of one subgroup reading neighbouring vec4s of a row and adding their
+// partial sums with subgroupAdd. That is the coalesced reading of a workgroup per row without
+// its barriers — on lavapipe a subgroup is one 8-wide SIMD vector, and a workgroup barrier a
+// switch between coroutines. Subgroup operations need the adapter's SUBGROUP feature, so these
+// entries live in a module of their own: the other LayerNorm kernels compile without it.
+//
+// Layout: as layernorm.wgsl (C a multiple of 4).
+// Launch: workgroup WG (64). A workgroup holds one row per subgroup, rows
+// wg·num_subgroups + subgroup_id, so the host sizes the grid for the largest subgroup the
+// adapter may use: grid = ceil(rows / max(1, 64 / subgroup_max_size)) laid out 2D; workgroups
+// past the last row do nothing.
+
+@compute @workgroup_size(WG)
+fn layernorm_forward_sg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(subgroup_id) sg: u32, @builtin(num_subgroups) n_sg: u32,
+                         @builtin(subgroup_invocation_id) lane: u32) {
+    let row = (wid.y * nwg.x + wid.x) * n_sg + sg;
+    if (row >= params.rows) { return; } // uniform across the subgroup
+    let lanes = WG / n_sg; // invocations per subgroup (all of them when it exceeds WG)
+    let base = row * (params.c / 4u);
+    let m = subgroupAdd(row_sum4(base, lane, lanes)) / f32(params.c);
+    let s = inverseSqrt(subgroupAdd(row_squares4(base, m, lane, lanes)) / f32(params.c) + params.eps);
+    write_normalized4(base, m, s, lane, lanes);
+    if (lane == 0u) {
+        mean[row] = m;
+        rstd[row] = s;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn layernorm_backward_input_sg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                @builtin(subgroup_id) sg: u32, @builtin(num_subgroups) n_sg: u32,
+                                @builtin(subgroup_invocation_id) lane: u32) {
+    let row = (wid.y * nwg.x + wid.x) * n_sg + sg;
+    if (row >= params.rows) { return; }
+    let lanes = WG / n_sg;
+    let base = row * (params.c / 4u);
+    let m = saved_mean[row];
+    let s = saved_rstd[row];
+    let sums = subgroupAdd(row_gradient_sums4(base, m, s, lane, lanes)) / f32(params.c);
+    add_input_gradient4(base, m, s, sums.x, sums.y, lane, lanes);
+}
