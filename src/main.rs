@@ -365,6 +365,13 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     println!("backend:  {:?} ({:?})", gpu.info.backend, gpu.info.device_type);
     println!("driver:   {} {}", gpu.info.driver, gpu.info.driver_info);
     println!("CPU:      {}", gpu::cpu_model());
+    let subgroups = if gpu.has_subgroups() {
+        format!("subgroups of {}–{}", gpu.info.subgroup_min_size, gpu.info.subgroup_max_size)
+    } else {
+        "no subgroups (the subgroup variants are ruled out: \"failed its check\" below)".into()
+    };
+    let timestamps = if gpu.has_timestamps() { "timestamp queries" } else { "no timestamp queries" };
+    println!("features: {subgroups}, {timestamps}");
     ppo_wgpu::kernels::matmul::variant(gpu)?;
     ppo_wgpu::kernels::matmul::narrow_variant(gpu)?;
     ppo_wgpu::kernels::layernorm::variant(gpu)?;
