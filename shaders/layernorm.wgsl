@@ -25,6 +25,7 @@ struct Params {
     rows: u32,
     c: u32,
     eps: f32,
+    rows_per_group: u32, // layernorm_subgroup.wgsl: rows per workgroup
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

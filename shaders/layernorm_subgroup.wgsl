@@ -7,25 +7,32 @@
 // entries live in a module of their own: the other LayerNorm kernels compile without it.
 //
 // Layout: as layernorm.wgsl (C a multiple of 4).
-// Launch: workgroup WG (64). A workgroup holds one row per subgroup, rows
-// wg·num_subgroups + subgroup_id, so the host sizes the grid for the largest subgroup the
-// adapter may use: grid = ceil(rows / max(1, 64 / subgroup_max_size)) laid out 2D; workgroups
-// past the last row do nothing.
+// Launch: workgroup WG (64); workgroup w owns rows w·R .. w·R + R − 1 with R =
+// params.rows_per_group (the host takes 2·64 / the smallest subgroup size), and its subgroups
+// share them out, subgroup s taking rows s, s + num_subgroups, …: right whatever size the
+// subgroups turn out to have. Grid = ceil(rows / R) laid out 2D.
+
+// The rows of this workgroup that subgroup `sg` takes: first, then every n_sg-th before end.
+fn group_rows(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
+    let first = (wid.y * nwg.x + wid.x) * params.rows_per_group;
+    return vec2<u32>(first, min(first + params.rows_per_group, params.rows));
+}
 
 @compute @workgroup_size(WG)
 fn layernorm_forward_sg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(subgroup_id) sg: u32, @builtin(num_subgroups) n_sg: u32,
                          @builtin(subgroup_invocation_id) lane: u32) {
-    let row = (wid.y * nwg.x + wid.x) * n_sg + sg;
-    if (row >= params.rows) { return; } // uniform across the subgroup
-    let lanes = WG / n_sg; // invocations per subgroup (all of them when it exceeds WG)
-    let base = row * (params.c / 4u);
-    let m = subgroupAdd(row_sum4(base, lane, lanes)) / f32(params.c);
-    let s = inverseSqrt(subgroupAdd(row_squares4(base, m, lane, lanes)) / f32(params.c) + params.eps);
-    write_normalized4(base, m, s, lane, lanes);
-    if (lane == 0u) {
-        mean[row] = m;
-        rstd[row] = s;
+    let lanes = WG / n_sg; // invocations per subgroup (all of them when it is as large as WG)
+    let span = group_rows(wid, nwg);
+    for (var row = span.x + sg; row < span.y; row += n_sg) { // uniform across the subgroup
+        let base = row * (params.c / 4u);
+        let m = subgroupAdd(row_sum4(base, lane, lanes)) / f32(params.c);
+        let s = inverseSqrt(subgroupAdd(row_squares4(base, m, lane, lanes)) / f32(params.c) + params.eps);
+        write_normalized4(base, m, s, lane, lanes);
+        if (lane == 0u) {
+            mean[row] = m;
+            rstd[row] = s;
+        }
     }
 }
 
@@ -33,12 +40,13 @@ fn layernorm_forward_sg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
 fn layernorm_backward_input_sg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                                 @builtin(subgroup_id) sg: u32, @builtin(num_subgroups) n_sg: u32,
                                 @builtin(subgroup_invocation_id) lane: u32) {
-    let row = (wid.y * nwg.x + wid.x) * n_sg + sg;
-    if (row >= params.rows) { return; }
     let lanes = WG / n_sg;
-    let base = row * (params.c / 4u);
-    let m = saved_mean[row];
-    let s = saved_rstd[row];
-    let sums = subgroupAdd(row_gradient_sums4(base, m, s, lane, lanes)) / f32(params.c);
-    add_input_gradient4(base, m, s, sums.x, sums.y, lane, lanes);
+    let span = group_rows(wid, nwg);
+    for (var row = span.x + sg; row < span.y; row += n_sg) {
+        let base = row * (params.c / 4u);
+        let m = saved_mean[row];
+        let s = saved_rstd[row];
+        let sums = subgroupAdd(row_gradient_sums4(base, m, s, lane, lanes)) / f32(params.c);
+        add_input_gradient4(base, m, s, sums.x, sums.y, lane, lanes);
+    }
 }

@@ -304,9 +304,9 @@ impl Gpu {
         self.device.features().contains(wgpu::Features::SUBGROUP)
     }
 
-    /// The largest subgroup the adapter may run (a kernel sizes its grid for it).
-    pub fn max_subgroup_size(&self) -> usize {
-        self.info.subgroup_max_size.max(1) as usize
+    /// The smallest subgroup the adapter reports (a kernel sizes its grid by it).
+    pub fn min_subgroup_size(&self) -> usize {
+        self.info.subgroup_min_size.max(1) as usize
     }
 
     /// A one-line description: adapter name, backend, device type, driver.

@@ -112,6 +112,7 @@ struct Params {
     rows: u32,
     c: u32,
     eps: f32,
+    rows_per_group: u32, // the _sg4 entries: rows per workgroup
 }
 
 /// out [N, C] = layernorm(inp [N, C]) · weight [C] + bias [C]; saves mean [N] and rstd [N].
@@ -149,9 +150,9 @@ pub fn forward_with_variant(
     expect_len(bias, c, "layernorm bias")?;
     expect_len(mean, rows, "layernorm mean")?;
     expect_len(rstd, rows, "layernorm rstd")?;
-    let params = Params { rows: rows as u32, c: c as u32, eps };
+    let (shader, suffix, grid, rows_per_group) = row_launch(rec.gpu(), variant, rows, c);
+    let params = Params { rows: rows as u32, c: c as u32, eps, rows_per_group };
     let work = Work::floats(2 * rows * c + 2 * c + 2 * rows);
-    let (shader, suffix, grid) = row_launch(rec.gpu(), variant, rows, c);
     if c.is_multiple_of(4) {
         let b = [bind(13, inp), bind(14, weight), bind(15, bias), bind(16, out), bind(5, mean), bind(6, rstd)];
         let entry = format!("layernorm_forward{suffix}");
@@ -163,25 +164,27 @@ pub fn forward_with_variant(
 }
 
 /// How `variant` runs rows of `c` on this adapter: the shader, the suffix of its vec4 entry
-/// points, and the grid. Rows that are not whole vec4s, and the subgroup variant on an adapter
-/// without subgroups, run an invocation per row.
+/// points, the grid, and the rows per workgroup of the subgroup form. Rows that are not whole
+/// vec4s, and the subgroup variant on an adapter without subgroups, run an invocation per row.
 fn row_launch(
     gpu: &Arc<Gpu>,
     variant: LayernormVariant,
     rows: usize,
     c: usize,
-) -> (&'static Shader, &'static str, [u32; 3]) {
-    let invocation_per_row = (&SHADER, "4", gpu.grid(groups(rows, WG)));
+) -> (&'static Shader, &'static str, [u32; 3], u32) {
+    let invocation_per_row = (&SHADER, "4", gpu.grid(groups(rows, WG)), 0);
     if !c.is_multiple_of(4) {
         return invocation_per_row;
     }
     match variant {
         LayernormVariant::InvocationPerRow => invocation_per_row,
-        LayernormVariant::WorkgroupPerRow => (&SHADER, "_wg4", gpu.grid(rows)),
+        LayernormVariant::WorkgroupPerRow => (&SHADER, "_wg4", gpu.grid(rows), 0),
         LayernormVariant::SubgroupPerRow if gpu.has_subgroups() => {
-            // A workgroup holds a row per subgroup: as few as the largest subgroup allows.
-            let rows_per_workgroup = (WG / gpu.max_subgroup_size()).max(1);
-            (&SUBGROUP_SHADER, "_sg4", gpu.grid(groups(rows, rows_per_workgroup)))
+            // Two rows per subgroup at the smallest size the adapter reports; the shader's
+            // subgroups share a workgroup's rows out whatever size they have, and walk their
+            // loop over rows on every adapter (tests included).
+            let rows_per_group = 2 * (WG / gpu.min_subgroup_size()).max(1);
+            (&SUBGROUP_SHADER, "_sg4", gpu.grid(groups(rows, rows_per_group)), rows_per_group as u32)
         }
         LayernormVariant::SubgroupPerRow => invocation_per_row,
     }
@@ -226,9 +229,9 @@ pub fn backward_with_variant(
     expect_len(dbias, c, "layernorm dbias")?;
     expect_len(mean, rows, "layernorm mean")?;
     expect_len(rstd, rows, "layernorm rstd")?;
-    let params = Params { rows: rows as u32, c: c as u32, eps: 0.0 };
+    let (shader, suffix, grid, rows_per_group) = row_launch(rec.gpu(), variant, rows, c);
+    let params = Params { rows: rows as u32, c: c as u32, eps: 0.0, rows_per_group };
     let p = bytemuck::bytes_of(&params);
-    let (shader, suffix, grid) = row_launch(rec.gpu(), variant, rows, c);
     let work = Work::floats(3 * rows * c + c + 2 * rows);
     if c.is_multiple_of(4) {
         let b = [bind(13, inp), bind(14, weight), bind(17, dout), bind(18, dinp), bind(11, mean), bind(12, rstd)];
@@ -243,7 +246,7 @@ pub fn backward_with_variant(
     for (r0, n) in super::serial_ranges(rows) {
         let (inp, dout) = (inp.view(&gpu, r0 * c, &[n, c])?, dout.view(&gpu, r0 * c, &[n, c])?);
         let (mean, rstd) = (mean.view(&gpu, r0, &[n])?, rstd.view(&gpu, r0, &[n])?);
-        let params = Params { rows: n as u32, c: c as u32, eps: 0.0 };
+        let params = Params { rows: n as u32, c: c as u32, eps: 0.0, rows_per_group: 0 };
         let b = [bind(1, &inp), bind(7, &dout), bind(9, dweight), bind(10, dbias), bind(11, &mean), bind(12, &rstd)];
         let work = Work::floats(2 * n * c + 4 * c + 2 * n);
         rec.dispatch(
