@@ -144,7 +144,9 @@ fn device_type_rank(t: wgpu::DeviceType) -> u32 {
 }
 
 const NO_DRIVER_HINT: &str = "install a Vulkan driver (on Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1`, \
-     which includes the lavapipe software adapter), or a Metal/DX12 capable GPU driver";
+     which includes the lavapipe software adapter), or a Metal/DX12 capable GPU driver. With an NVIDIA \
+     driver installed, the Vulkan loader (libvulkan1) and glvnd (libglvnd0 libglx0 libegl1) must be \
+     there too: NVIDIA's Vulkan driver lives in its GLX library";
 
 /// The host CPU's model name (`model name` in /proc/cpuinfo on Linux), for reports: on a
 /// software adapter the CPU sets the speed.
