@@ -95,6 +95,9 @@ pub enum MatmulVariant {
 pub struct LowerLimits {
     pub storage_binding_bytes: Option<u64>,
     pub texture_dimension: Option<u32>,
+    /// Leave subgroup operations off even where the adapter has them (tests of the variants'
+    /// fallbacks on adapters without them).
+    pub no_subgroups: bool,
 }
 
 pub struct Gpu {
@@ -102,6 +105,8 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
+    /// What was lowered below the adapter's offer (the measurement's twin device lowers the same).
+    pub(crate) lower: LowerLimits,
     /// The kernel variants chosen for this device, by family, and the cache file behind them.
     choices: Mutex<std::collections::BTreeMap<String, Choice>>,
     variant_cache: Mutex<Option<std::path::PathBuf>>,
@@ -256,7 +261,10 @@ impl Gpu {
         // Timestamp queries where the adapter has them, for the profiler (they cost nothing
         // until it asks for them), and subgroup operations, for the kernel variants that use
         // them (offered only where the device has them: `has_subgroups`).
-        let features = adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
+        let mut features = adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
+        if lower.no_subgroups {
+            features.remove(wgpu::Features::SUBGROUP);
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("ppo-wgpu"),
             required_features: features,
@@ -274,6 +282,7 @@ impl Gpu {
             queue,
             info,
             limits,
+            lower,
             choices: Mutex::new(Default::default()),
             variant_cache: Mutex::new(variants::default_cache_path()),
             modules: Mutex::new(HashMap::new()),

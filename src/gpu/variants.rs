@@ -92,7 +92,7 @@ pub(crate) fn choose_by_measurement<V: Copy>(
 ) -> Result<V> {
     let names: Vec<&str> = variants.iter().map(|&(_, name)| name).collect();
     let chosen = gpu.choose_variant(family, &names, unit, || {
-        let twin = Gpu::new(Some(&gpu.info.name))?;
+        let twin = Gpu::with_lower_limits(Some(&gpu.info.name), gpu.lower)?;
         let figures = variants.iter().map(|&(variant, name)| {
             let rate = measure(&twin, variant).unwrap_or_else(|e| {
                 eprintln!("note: the {name} {family} kernel cannot run on {}: {e}", gpu.info.name);

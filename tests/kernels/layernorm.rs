@@ -1,6 +1,6 @@
 use crate::common::*;
-use ppo_wgpu::gpu::Recorder;
-use ppo_wgpu::kernels::layernorm::{VARIANTS, backward_with_variant, forward_with_variant};
+use ppo_wgpu::gpu::{Gpu, LowerLimits, Recorder};
+use ppo_wgpu::kernels::layernorm::{LayernormVariant, VARIANTS, backward_with_variant, forward_with_variant, variant};
 use ppo_wgpu::reference;
 
 const EPS: f64 = 1e-5;
@@ -47,4 +47,48 @@ fn layernorm_forward_and_backward_match_reference_and_finite_differences() {
         check_fd(&format!("{what} dweight"), &g_w, |x| loss(&inp, x, &b), &w, &mut rng, 1e-4, 1e-3);
         check_fd(&format!("{what} dbias"), &g_b, |x| loss(&inp, &w, x), &b, &mut rng, 1e-4, 1e-3);
     }
+}
+
+#[test]
+fn without_subgroups_the_subgroup_variant_runs_per_row_and_is_never_chosen() {
+    // A device with subgroup operations left off: the subgroup variant, forced, runs an
+    // invocation per row and still matches the reference; measured, it has no figure and is
+    // not chosen.
+    let lower = LowerLimits { no_subgroups: true, ..Default::default() };
+    let gpu = Gpu::with_lower_limits(None, lower).unwrap();
+    assert!(!gpu.has_subgroups());
+    gpu.set_variant_cache(None);
+    let mut rng = Rng::new(21);
+    let (rows, c) = (37, 52);
+    let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+    let (inp, w, b, dout) =
+        (rng.normals(rows * c, 1.0), rng.normals(c, 1.0), rng.normals(c, 1.0), rng.normals(rows * c, 1.0));
+    let up = |x: &[f64], shape: &[usize]| gpu.upload(shape, &f32s(x)).unwrap();
+    let (t_inp, t_w, t_b, t_dout) = (up(&inp, &[rows, c]), up(&w, &[c]), up(&b, &[c]), up(&dout, &[rows, c]));
+    let z = |shape: &[usize]| gpu.upload(shape, &vec![0.0; shape.iter().product()]).unwrap();
+    let (out, mean, rstd, dinp, dw, db) = (z(&[rows, c]), z(&[rows]), z(&[rows]), z(&[rows, c]), z(&[c]), z(&[c]));
+    let mut rec = Recorder::new(&gpu);
+    let sg = LayernormVariant::SubgroupPerRow;
+    forward_with_variant(&mut rec, sg, &out, &mean, &rstd, &t_inp, &t_w, &t_b, EPS as f32).unwrap();
+    backward_with_variant(&mut rec, sg, &dinp, &dw, &db, &t_dout, &t_inp, &t_w, &mean, &rstd).unwrap();
+    rec.submit();
+    let got = |t| gpu.download(t).unwrap().iter().map(|&v| v as f64).collect::<Vec<f64>>();
+    assert_close(
+        "forced subgroup-per-row out",
+        &got(&out),
+        &reference::layernorm_forward(&inp, &w, &b, c, EPS).0,
+        1e-5,
+        1e-5,
+    );
+    let want_dinp = reference::layernorm_backward(&dout, &inp, &w, c, EPS).0;
+    assert_close("forced subgroup-per-row dinp", &got(&dinp), &want_dinp, 1e-5, 1e-4);
+
+    assert_ne!(variant(&gpu).unwrap(), sg);
+    let choices = gpu.variant_choices();
+    let (_, choice) = choices.iter().find(|(family, _)| family == "layernorm").unwrap();
+    assert!(
+        choice.figures.iter().any(|(name, rate)| name == "subgroup-per-row" && rate.is_none()),
+        "the subgroup variant should have no figure without subgroups: {:?}",
+        choice.figures
+    );
 }
