@@ -96,7 +96,9 @@ pub struct LowerLimits {
     pub storage_binding_bytes: Option<u64>,
     pub texture_dimension: Option<u32>,
     /// Leave subgroup operations off even where the adapter has them (tests of the variants'
-    /// fallbacks on adapters without them).
+    /// fallbacks on adapters without them). Such a device measures its variants on a twin
+    /// without them too, and neither reads nor writes the variant cache, whose entries describe
+    /// the adapter as it is.
     pub no_subgroups: bool,
 }
 
@@ -105,7 +107,7 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
-    /// What was lowered below the adapter's offer (the measurement's twin device lowers the same).
+    /// What was lowered below the adapter's offer.
     pub(crate) lower: LowerLimits,
     /// The kernel variants chosen for this device, by family, and the cache file behind them.
     choices: Mutex<std::collections::BTreeMap<String, Choice>>,
@@ -284,7 +286,7 @@ impl Gpu {
             limits,
             lower,
             choices: Mutex::new(Default::default()),
-            variant_cache: Mutex::new(variants::default_cache_path()),
+            variant_cache: Mutex::new(if lower.no_subgroups { None } else { variants::default_cache_path() }),
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
             pool: BufferPool::default(),

@@ -12,7 +12,7 @@
 //! whose entry was made by another adapter, driver, CPU or version, or among another set of
 //! variants, is not trusted: the family is measured again and the file rewritten.
 
-use super::{Gpu, Recorder};
+use super::{Gpu, LowerLimits, Recorder};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -92,7 +92,11 @@ pub(crate) fn choose_by_measurement<V: Copy>(
 ) -> Result<V> {
     let names: Vec<&str> = variants.iter().map(|&(_, name)| name).collect();
     let chosen = gpu.choose_variant(family, &names, unit, || {
-        let twin = Gpu::with_lower_limits(Some(&gpu.info.name), gpu.lower)?;
+        // The adapter's full limits (the kernels split work to fit lowered ones, and a
+        // measurement at lowered limits could rule out every variant), but its features as the
+        // device has them: a variant needs what the device that runs it has.
+        let features = LowerLimits { no_subgroups: gpu.lower.no_subgroups, ..Default::default() };
+        let twin = Gpu::with_lower_limits(Some(&gpu.info.name), features)?;
         let figures = variants.iter().map(|&(variant, name)| {
             let rate = measure(&twin, variant).unwrap_or_else(|e| {
                 eprintln!("note: the {name} {family} kernel cannot run on {}: {e}", gpu.info.name);
