@@ -12,7 +12,7 @@
 // share them out, subgroup s taking rows s, s + num_subgroups, …: right whatever size the
 // subgroups turn out to have. Grid = ceil(rows / R) laid out 2D.
 
-// The rows of this workgroup that subgroup `sg` takes: first, then every n_sg-th before end.
+// This workgroup's rows, as (first, end); subgroup s takes first + s, then every n_sg-th.
 fn group_rows(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
     let first = (wid.y * nwg.x + wid.x) * params.rows_per_group;
     return vec2<u32>(first, min(first + params.rows_per_group, params.rows));
