@@ -105,7 +105,10 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
         ("gpt2 c_attn fwd 256x768x2304", 256, 2304, 768, Layout::NN),
         ("gpt2 c_attn dinp", 256, 768, 2304, Layout::NT),
         ("gpt2 c_attn dW", 768, 2304, 256, Layout::TN),
+        // The LM head over GPT-2's vocabulary as it is, and padded to a multiple of 64 as the
+        // model runs it (GptConfig::padded_vocab_size).
         ("gpt2 lm_head 256x768x50257", 256, 50257, 768, Layout::NT),
+        ("gpt2 lm_head padded 256x768x50304", 256, 50304, 768, Layout::NT),
         ("tiny c_fc fwd 2048x128x512", 2048, 512, 128, Layout::NN),
         // Large enough to fill a real GPU (the f32-peak target); only when asked.
         ("4096^3", 4096, 4096, 4096, Layout::NN),

@@ -74,7 +74,8 @@ pub fn left_pad(prompts: &[Vec<u32>]) -> (Vec<u32>, Vec<u32>, usize) {
 pub fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Generation> {
     opts.sampling.validate()?;
     let gpu = model.gpu();
-    let (b, v) = (prompts.len(), model.config.vocab_size);
+    // The sampler reads the V real columns of rows Vp wide.
+    let (b, v, vp) = (prompts.len(), model.config.vocab_size, model.config.padded_vocab_size());
     if b == 0 {
         return Err(Error::Input("generate needs at least one prompt".into()));
     }
@@ -119,7 +120,7 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> 
     let mut rec = Recorder::new(gpu);
     rec.zero(&done);
     let acts = model.prefill(&mut rec, &cache, &batch)?;
-    sample(&mut rec, &acts.logits, LogitRows { rows: b, v, stride: p * v, base: (p - 1) * v }, 0)?;
+    sample(&mut rec, &acts.logits, LogitRows { rows: b, v, stride: p * vp, base: (p - 1) * vp }, 0)?;
     drop(acts);
     let mut ran = steps;
     for step in 1..steps {
@@ -131,7 +132,7 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> 
             }
         }
         model.decode_step(&mut rec, &cache, &scratch, &next_ids, &next_pos, p + step - 1)?;
-        sample(&mut rec, &scratch.logits, LogitRows { rows: b, v, stride: v, base: 0 }, step)?;
+        sample(&mut rec, &scratch.logits, LogitRows { rows: b, v, stride: vp, base: 0 }, step)?;
     }
     rec.submit();
     let all = gpu.download_u32(&tokens)?;
@@ -253,12 +254,12 @@ fn completion_logprobs(
 ) -> Result<Vec<f32>> {
     let seqs = crate::ppo::rollout::Sequences::new(generation, response_len, eos);
     let gpu = model.gpu();
-    let (b, l, v) = (seqs.b, seqs.l, model.config.vocab_size);
+    let (b, l, vp) = (seqs.b, seqs.l, model.config.padded_vocab_size());
     let tokens = gpu.upload_u32(&[b * l], &seqs.input_ids)?;
     let (logprobs, entropy) = (gpu.tensor(&[b * l], DType::F32)?, gpu.tensor(&[b * l], DType::F32)?);
     let mut rec = Recorder::new(gpu);
     let acts = model.forward(&mut rec, &seqs.batch(model)?)?;
-    logprob_entropy(&mut rec, &logprobs, &entropy, &acts.logits.reshape(&[b * l, v])?, &tokens, l, temperature)?;
+    logprob_entropy(&mut rec, &logprobs, &entropy, &acts.logits.reshape(&[b * l, vp])?, &tokens, l, temperature)?;
     rec.submit();
     let lp = gpu.download(&logprobs)?;
     Ok((0..b).map(|row| (0..l).map(|j| lp[row * l + j] * seqs.response_mask[row * l + j]).sum()).collect())

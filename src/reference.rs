@@ -226,6 +226,12 @@ pub fn attention_backward(
     dqkv
 }
 
+/// Columns v.. of each row of width vp set to MASKED_LOGIT (`kernels::padded_vocab`).
+pub fn mask_padded_logits(logits: &[f64], v: usize, vp: usize) -> Vec<f64> {
+    let masked = crate::kernels::padded_vocab::MASKED_LOGIT as f64;
+    logits.iter().enumerate().map(|(i, &z)| if i % vp < v { z } else { masked }).collect()
+}
+
 /// log Σ exp of each row of width v.
 pub fn logsumexp_rows(logits: &[f64], v: usize) -> Vec<f64> {
     logits

@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder};
 use crate::kernels::cross_entropy::{IGNORE, cross_entropy_forward};
+use crate::kernels::padded_vocab::check_temperature;
 use crate::model::{Batch, Model};
 use serde_json::{Value, json};
 
@@ -37,9 +38,7 @@ pub fn score(model: &Model, ids: &[u32], temperature: f32) -> Result<Score> {
     if ids.is_empty() {
         return Err(Error::Input("score needs at least one token".into()));
     }
-    if temperature.is_nan() || temperature <= 0.0 {
-        return Err(Error::Input(format!("temperature must be positive, got {temperature}")));
-    }
+    check_temperature(temperature, "temperature")?;
     let gpu = model.gpu();
     let t = ids.len();
     let batch = Batch::new(gpu, &model.config, ids, &vec![1; t], 1, t)?;
@@ -53,7 +52,7 @@ pub fn score(model: &Model, ids: &[u32], temperature: f32) -> Result<Score> {
         &mut rec,
         &loss,
         &lse,
-        &acts.logits.reshape(&[t, model.config.vocab_size])?,
+        &acts.logits.reshape(&[t, model.config.padded_vocab_size()])?,
         &targets,
         temperature,
     )?;

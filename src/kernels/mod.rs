@@ -11,6 +11,7 @@ pub mod group_advantages;
 pub mod kv_cache;
 pub mod layernorm;
 pub mod matmul;
+pub mod padded_vocab;
 pub mod ppo;
 pub mod preference;
 pub mod residual;
@@ -97,6 +98,7 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &matmul::SHADER,
     &matmul::TILED_SHADER,
     &matmul::TEXTURE_SHADER,
+    &padded_vocab::SHADER,
     &ppo::SHADER,
     &ppo::UNFUSED_SHADER,
     &preference::SHADER,
@@ -136,6 +138,7 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
     ("matmul_texture", "WG_X", matmul::WG_X),
     ("matmul_texture", "WG_Y", matmul::WG_Y),
     ("matmul_texture", "TILE", matmul::TEXTURE_TILE),
+    ("padded_vocab", "WG", padded_vocab::WG),
     ("ppo_loss", "WG", ppo::WG),
     ("ppo_loss", "WG_STATS", ppo::WG_STATS),
     ("preference", "WG", preference::WG),

@@ -2,6 +2,7 @@
 //! random stream per (seed, sample, step). Shader: `sampling.wgsl`; the CPU reference is
 //! `reference::sample_threshold` with `reference::uniform_at`.
 
+use super::padded_vocab::{MIN_TEMPERATURE, check_temperature};
 use super::{bind, bind_u32, expect_len};
 use crate::error::{Error, Result, ensure_shape};
 use crate::gpu::{Recorder, Shader, Tensor, Work};
@@ -48,8 +49,11 @@ pub struct Sampling {
 impl Sampling {
     /// Checks the values a user gave.
     pub fn validate(&self) -> Result<()> {
-        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::Input(format!("--temperature {} must be ≥ 0 (0: greedy)", self.temperature)));
+        if self.temperature != 0.0 && check_temperature(self.temperature, "--temperature").is_err() {
+            return Err(Error::Input(format!(
+                "--temperature {} must be 0 (greedy) or at least {MIN_TEMPERATURE}",
+                self.temperature
+            )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(Error::Input(format!("--top-p {} must be in (0, 1]", self.top_p)));

@@ -15,6 +15,9 @@ pub struct GptConfig {
     pub layer_norm_epsilon: f32,
 }
 
+/// The GPU model's vocabulary is padded to a multiple of this (`GptConfig::padded_vocab_size`).
+pub const VOCAB_ALIGN: usize = 64;
+
 /// Which optional heads a model carries besides the tied LM head.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Heads {
@@ -40,6 +43,15 @@ impl GptConfig {
             n_head: 12,
             layer_norm_epsilon: 1e-5,
         }
+    }
+
+    /// The vocabulary as the GPU model holds it (llm.c's Vp): `vocab_size` rounded up to a
+    /// multiple of VOCAB_ALIGN. `wte` has this many rows, the padded ones zero, and the logits
+    /// this many columns, the padded ones masked (see `kernels::padded_vocab`), so the LM head's
+    /// products run on the aligned (vec4, whole-tile) paths whatever the vocabulary. Checkpoints
+    /// keep the real `vocab_size`.
+    pub fn padded_vocab_size(&self) -> usize {
+        self.vocab_size.next_multiple_of(VOCAB_ALIGN)
     }
 
     /// Parses a Hugging Face GPT-2 `config.json`.

@@ -2,8 +2,9 @@
 //! backward, and `forward` / `backward` as readable lists of kernel calls in the order of the
 //! math (llm.c's `gpt2_forward` / `gpt2_backward` are the model).
 //!
-//! Shapes (B = batch, T = sequence, C = channels, V = vocabulary, NH = heads, L = layers):
-//!   wte [V, C], wpe [maxT, C]; per layer ln_1/ln_2 [C], c_attn [C, 3C] + [3C],
+//! Shapes (B = batch, T = sequence, C = channels, V = vocabulary, Vp = V padded to a multiple
+//! of 64 (`GptConfig::padded_vocab_size`), NH = heads, L = layers):
+//!   wte [Vp, C] (rows V.. zero; a checkpoint holds [V, C]), wpe [maxT, C]; per layer ln_1/ln_2 [C], c_attn [C, 3C] + [3C],
 //!   attn.c_proj [C, C] + [C], c_fc [C, 4C] + [4C], mlp.c_proj [4C, C] + [C]; ln_f [C];
 //!   value head v_head.summary [1, C] + [1]; reward head score [1, C].
 
@@ -16,6 +17,7 @@ use crate::kernels::embedding::{Buckets, check_indices, embedding_backward, embe
 use crate::kernels::gelu::{gelu_backward, gelu_forward};
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
 use crate::kernels::matmul::{Layout, linear_backward, linear_forward, matmul};
+use crate::kernels::padded_vocab::mask_padded_logits;
 use crate::kernels::residual::residual_forward;
 use std::sync::Arc;
 
@@ -29,10 +31,14 @@ pub struct ParamSlot {
     pub spec: ParamSpec,
     /// Offset of its first value, in f32s (a multiple of PARAM_ALIGN).
     pub offset: usize,
+    /// Its shape on the GPU: the spec's, except `wte`, whose rows are padded to Vp
+    /// (`GptConfig::padded_vocab_size`). The padded rows follow the real ones and stay zero.
+    pub gpu_shape: Vec<usize>,
 }
 
 impl ParamSlot {
-    /// This parameter's values in a host copy of a flat buffer (parameters, gradients, moments).
+    /// This parameter's real values (padding excluded) in a host copy of a flat buffer
+    /// (parameters, gradients, moments).
     pub fn of<'a>(&self, flat: &'a [f32]) -> &'a [f32] {
         &flat[self.offset..self.offset + self.spec.len()]
     }
@@ -53,8 +59,12 @@ impl ParamLayout {
         let mut slots = Vec::new();
         let mut offset = 0;
         for spec in config.param_specs(heads) {
-            let n = spec.len();
-            slots.push(ParamSlot { spec, offset });
+            let mut gpu_shape = spec.shape.clone();
+            if spec.name == "wte.weight" {
+                gpu_shape[0] = config.padded_vocab_size();
+            }
+            let n: usize = gpu_shape.iter().product();
+            slots.push(ParamSlot { spec, offset, gpu_shape });
             offset += n.next_multiple_of(PARAM_ALIGN);
         }
         ParamLayout { slots, total: offset, n_layer: config.n_layer }
@@ -90,7 +100,7 @@ pub struct LayerParams {
 /// Named views into a flat buffer laid out by `ParamLayout`: the parameters, or the gradients.
 pub struct Params {
     pub flat: Tensor,
-    pub wte: Tensor, // [V, C]
+    pub wte: Tensor, // [Vp, C]
     pub wpe: Tensor, // [maxT, C]
     pub layers: Vec<LayerParams>,
     pub ln_f_w: Tensor, // [C]
@@ -107,7 +117,7 @@ impl Params {
         let mut slots = layout.slots.iter();
         let mut next = |shape: Option<&[usize]>| -> Result<Tensor> {
             let slot = slots.next().expect("the layout lists every parameter");
-            flat.view(gpu, slot.offset, shape.unwrap_or(&slot.spec.shape))
+            flat.view(gpu, slot.offset, shape.unwrap_or(&slot.gpu_shape))
         };
         let wte = next(None)?;
         let wpe = next(None)?;
@@ -181,6 +191,13 @@ impl Model {
         &self.gpu
     }
 
+    /// Records the tied LM head: logits [N, Vp] = x [N, C] · wteᵀ, the padded columns masked
+    /// (see `kernels::padded_vocab`).
+    pub fn lm_head(&self, rec: &mut Recorder, logits: &Tensor, x: &Tensor) -> Result<()> {
+        matmul(rec, logits, x, &self.params.wte, None, Layout::NT, false)?;
+        mask_padded_logits(rec, logits, self.config.vocab_size)
+    }
+
     fn attention_shape(&self, b: usize, t: usize) -> AttentionShape {
         AttentionShape { b, t, c: self.config.n_embd, n_head: self.config.n_head }
     }
@@ -249,7 +266,8 @@ pub struct Activations {
     pub lnf: Tensor,      // [B, T, C]
     pub lnf_mean: Tensor, // [B, T]
     pub lnf_rstd: Tensor, // [B, T]
-    /// Next-token logits [B, T, V]; the backward overwrites them with their gradient.
+    /// Next-token logits [B, T, Vp], the padded columns masked; the backward overwrites them with
+    /// their gradient (0 in the padded columns).
     pub logits: Tensor,
     /// Value head output [B, T] (when the model has one).
     pub values: Option<Tensor>,
@@ -262,7 +280,7 @@ impl Model {
     /// Records the forward pass of `batch`.
     pub fn forward(&self, rec: &mut Recorder, batch: &Batch) -> Result<Activations> {
         let (b, t) = (batch.b, batch.t);
-        let GptConfig { vocab_size: v, n_embd: c, n_head: nh, layer_norm_epsilon: eps, .. } = self.config;
+        let GptConfig { n_embd: c, n_head: nh, layer_norm_epsilon: eps, .. } = self.config;
         let gpu = &self.gpu;
         let f32s = |shape: &[usize]| gpu.tensor(shape, DType::F32);
         let p = &self.params;
@@ -306,8 +324,8 @@ impl Model {
         let residual = layers.last().map_or(&encoded, |l| &l.residual3);
         let (lnf, lnf_mean, lnf_rstd) = (f32s(&[b, t, c])?, f32s(&[b, t])?, f32s(&[b, t])?);
         layernorm_forward(rec, &lnf, &lnf_mean, &lnf_rstd, residual, &p.ln_f_w, &p.ln_f_b, eps)?;
-        let logits = f32s(&[b, t, v])?;
-        matmul(rec, &logits, &lnf, &p.wte, None, Layout::NT, false)?; // tied LM head: lnf · wteᵀ
+        let logits = f32s(&[b, t, self.config.padded_vocab_size()])?;
+        self.lm_head(rec, &logits, &lnf)?;
         let values = match &p.v_head {
             Some((w, bias)) => {
                 let values = f32s(&[b, t])?;
@@ -351,7 +369,8 @@ impl Model {
         let p = &self.params;
         let dlogits = &acts.logits;
 
-        // Heads: dlnf = dlogits · wte (+ the value and reward heads' contributions).
+        // Heads: dlnf = dlogits · wte (+ the value and reward heads' contributions). The padded
+        // columns of dlogits are 0, so wte's padded rows get no gradient and stay zero.
         let dlnf = zeros(rec, &[b, t, c])?;
         matmul(rec, &dlnf, dlogits, &p.wte, None, Layout::NN, true)?;
         matmul(rec, &grads.wte, dlogits, &acts.lnf, None, Layout::TN, true)?; // dwte += dlogitsᵀ · lnf
@@ -480,9 +499,9 @@ impl MemoryEstimate {
 
 /// The matrix products of one training step on `bt` tokens, as (M, N, K): the forward, dinp
 /// and dW of every linear layer (one block's suffice: the others repeat their shapes) and of
-/// the heads, and the tied LM head's three.
+/// the heads, and the tied LM head's three (over the padded vocabulary).
 fn training_products(config: &GptConfig, heads: Heads, bt: usize) -> Vec<(usize, usize, usize)> {
-    let (c, v) = (config.n_embd, config.vocab_size);
+    let (c, v) = (config.n_embd, config.padded_vocab_size());
     let mut linears = vec![(c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)]; // (in, out)
     linears.extend(std::iter::repeat_n((c, 1), heads.value as usize + heads.reward as usize));
     let mut products = vec![(bt, v, c), (bt, c, v), (v, c, bt)];
@@ -502,7 +521,7 @@ pub fn memory_estimate(
     variant_for_rows: impl Fn(usize) -> MatmulVariant,
 ) -> MemoryEstimate {
     let layout = ParamLayout::new(config, heads);
-    let (c, v, nh, l) = (config.n_embd, config.vocab_size, config.n_head, config.n_layer);
+    let (c, v, nh, l) = (config.n_embd, config.padded_vocab_size(), config.n_head, config.n_layer);
     let bt = b * t;
     // Per block: ln1, atty, attproj, residual2, ln2, fcproj, residual3 (C each), qkv (3C),
     // fch and fch_gelu (4C each), four LayerNorm statistics, and the attention lse (NH).

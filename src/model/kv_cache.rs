@@ -11,7 +11,7 @@ use crate::kernels::embedding::embedding_forward;
 use crate::kernels::gelu::gelu_forward;
 use crate::kernels::kv_cache::{CacheShape, decode_attention, kv_cache_write};
 use crate::kernels::layernorm::layernorm_forward;
-use crate::kernels::matmul::{Layout, linear_forward, matmul};
+use crate::kernels::matmul::linear_forward;
 use crate::kernels::residual::residual_forward;
 
 /// Every layer's keys and values for B rows of up to `t_max` positions, and which positions
@@ -36,7 +36,7 @@ pub struct DecodeScratch {
     residual2: Tensor, // [B, C]
     fch: Tensor,       // [B, 4C]
     fch_gelu: Tensor,  // [B, 4C]
-    /// Next-token logits [B, V] of the last step.
+    /// Next-token logits [B, Vp] of the last step (the padded columns masked).
     pub logits: Tensor,
 }
 
@@ -52,7 +52,7 @@ impl Model {
     }
 
     pub fn decode_scratch(&self, b: usize) -> Result<DecodeScratch> {
-        let GptConfig { n_embd: c, vocab_size: v, .. } = self.config;
+        let (c, vp) = (self.config.n_embd, self.config.padded_vocab_size());
         let f32s = |shape: &[usize]| self.gpu().tensor(shape, DType::F32);
         Ok(DecodeScratch {
             x: f32s(&[b, c])?,
@@ -65,12 +65,12 @@ impl Model {
             residual2: f32s(&[b, c])?,
             fch: f32s(&[b, 4 * c])?,
             fch_gelu: f32s(&[b, 4 * c])?,
-            logits: f32s(&[b, v])?,
+            logits: f32s(&[b, vp])?,
         })
     }
 
     /// Records the forward of the prompts (positions 0 .. P of the cache) and writes their keys
-    /// and values into it. The returned activations hold the logits [B, P, V].
+    /// and values into it. The returned activations hold the logits [B, P, Vp].
     pub fn prefill(&self, rec: &mut Recorder, cache: &KvCache, prompts: &Batch) -> Result<Activations> {
         let acts = self.forward(rec, prompts)?;
         for (layer, a) in cache.layers.iter().zip(&acts.layers) {
@@ -80,7 +80,7 @@ impl Model {
     }
 
     /// Records one decode step: token `ids[b]` at position `pos[b]` (u32 [B] each) sits at cache
-    /// position `at`; its keys and values go into the cache, and `scratch.logits` [B, V] receives
+    /// position `at`; its keys and values go into the cache, and `scratch.logits` [B, Vp] receives
     /// the next-token logits.
     pub fn decode_step(
         &self,
@@ -108,6 +108,6 @@ impl Model {
             residual_forward(rec, &s.x, &s.residual2, &s.proj)?;
         }
         layernorm_forward(rec, &s.ln, &s.mean, &s.rstd, &s.x, &p.ln_f_w, &p.ln_f_b, eps)?;
-        matmul(rec, &s.logits, &s.ln, &p.wte, None, Layout::NT, false) // tied LM head: ln_f(x) · wteᵀ
+        self.lm_head(rec, &s.logits, &s.ln)
     }
 }

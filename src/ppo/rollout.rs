@@ -144,7 +144,7 @@ pub fn prepare(
     cfg: &AdvantageConfig,
 ) -> Result<Rollout> {
     let gpu = policy.gpu();
-    let (b, l, v) = (seqs.b, seqs.l, policy.config.vocab_size);
+    let (b, l, v, vp) = (seqs.b, seqs.l, policy.config.vocab_size, policy.config.padded_vocab_size());
     if let Some(reference) = reference.filter(|r| r.config.vocab_size != v) {
         return Err(Error::Input(format!(
             "the reference model's vocabulary ({}) differs from the policy's ({v})",
@@ -179,7 +179,7 @@ pub fn prepare(
     let mut rec = Recorder::new(gpu);
     {
         let acts = policy.forward(&mut rec, &batch)?;
-        let logits = acts.logits.reshape(&[b * l, v])?;
+        let logits = acts.logits.reshape(&[b * l, vp])?;
         logprob_entropy(&mut rec, &old_logprobs, &entropy, &logits, &tokens, l, cfg.temperature)?;
         match &acts.values {
             Some(values) => values_per_token(&mut rec, &old_values, values)?,
@@ -189,7 +189,7 @@ pub fn prepare(
     match reference {
         Some(reference) => {
             let acts = reference.forward(&mut rec, &batch)?;
-            let logits = acts.logits.reshape(&[b * l, v])?;
+            let logits = acts.logits.reshape(&[b * l, vp])?;
             logprob_entropy(&mut rec, &ref_logprobs, &ref_entropy, &logits, &tokens, l, cfg.temperature)?;
         }
         None => rec.copy(&old_logprobs, &ref_logprobs),

@@ -17,6 +17,7 @@ use super::update::{LossArgs, UpdateOptions, ppo_update};
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, Sampling, generate};
 use crate::gpu::{Gpu, Recorder};
+use crate::kernels::padded_vocab::check_temperature;
 use crate::kernels::ppo::{LossType, STAT_NAMES};
 use crate::kernels::residual::accumulate;
 use crate::kernels::rewards::KlEstimator;
@@ -624,7 +625,6 @@ fn validate(opts: &TrainOptions) -> Result<()> {
         (opts.beta() >= 0.0, "--beta must not be negative"),
         (opts.response_length > 0, "--response-length must be positive"),
         (opts.max_prompt_length > 0, "--max-prompt-length must be positive"),
-        (opts.temperature() > 0.0, "--temperature must be positive (the log-probs are those of softmax(logits/τ))"),
         (opts.reward_timeout > 0.0, "--reward-timeout must be positive"),
         (opts.kl_horizon > 0.0, "--kl-horizon must be positive"),
         (opts.target_kl.is_none_or(|t| t > 0.0), "--target-kl must be positive"),
@@ -634,6 +634,8 @@ fn validate(opts: &TrainOptions) -> Result<()> {
             return Err(Error::Input(msg.into()));
         }
     }
+    // The log-probs are those of softmax(logits/τ): greedy rollouts (τ = 0) have none.
+    check_temperature(opts.temperature(), "--temperature")?;
     Sampling { temperature: opts.temperature(), top_k: opts.top_k, top_p: opts.top_p }.validate()
 }
 

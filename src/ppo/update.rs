@@ -225,7 +225,7 @@ pub fn ppo_update(
     dump: bool,
 ) -> Result<(UpdateStats, Option<GradDump>)> {
     let gpu = model.gpu().clone();
-    let (b, l, v) = (batch.b, batch.l, model.config.vocab_size);
+    let (b, l, vp) = (batch.b, batch.l, model.config.padded_vocab_size());
     ensure_shape(model.heads.value == opts.algo.has_value_head(), || {
         let want = if opts.algo.has_value_head() { "with" } else { "without" };
         format!("the {} update needs a model {want} a value head (v_head.summary.*)", opts.algo)
@@ -284,7 +284,7 @@ pub fn ppo_update(
                 )?;
                 let (token_stats, micro_stats) = (gpu.tensor(&[n * l, 8], DType::F32)?, gpu.tensor(&[8], DType::F32)?);
                 let acts = model.forward(&mut rec, &mb_batch)?;
-                let logits = acts.logits.reshape(&[n * l, v])?;
+                let logits = acts.logits.reshape(&[n * l, vp])?;
                 // PPO's value head, and the gradient of its output.
                 let values = acts.values.as_ref().map(|x| x.reshape(&[n * l])).transpose()?;
                 let dvalues = values.as_ref().map(|_| gpu.tensor(&[n, l], DType::F32)).transpose()?;

@@ -14,6 +14,7 @@ mod gpu_layer;
 mod kv_cache;
 mod layernorm;
 mod matmul;
+mod padded_vocab;
 mod ppo;
 mod preference;
 mod residual;

@@ -8,6 +8,7 @@ use ppo_wgpu::reference::{self, PpoConfig};
 
 /// A minibatch of 3 sequences of T positions: row 0 left-padded with a short response and right
 /// padding, row 1 a response to the end, row 2 nothing trained (an all-masked row).
+#[derive(Clone)]
 struct Case {
     seq: usize,
     v: usize,
@@ -286,5 +287,33 @@ fn logprob_entropy_matches_reference() {
         assert_close(&format!("{what} log-probs"), &download(&logp), &want_lp, 1e-5, 1e-5);
         assert_close(&format!("{what} entropy"), &download(&entropy), &want_h, 1e-5, 1e-5);
         assert_close(&format!("{what} logits untouched"), &download(&logits), &case.logits, 0.0, 0.0);
+    }
+}
+
+/// The GPU model's logits are Vp wide, the padded columns masked (kernels::padded_vocab): every
+/// form of the loss on them gives the same loss, statistics and gradient as on the V real
+/// columns alone, and exactly 0 gradient in the padded columns (with an entropy bonus and a KL
+/// term, whose gradients also pass through the whole distribution).
+#[test]
+fn ppo_loss_over_a_padded_vocabulary_equals_the_unpadded_loss() {
+    use ppo_wgpu::kernels::padded_vocab::MASKED_LOGIT;
+    let (seq, v, vp) = (9, 53, 64);
+    let cfg = PpoLossConfig { temperature: 0.7, ent_coef: 0.05, kl_coef: 0.1, ..Default::default() };
+    let case = make_case(seq, v, cfg.temperature as f64, &mut Rng::new(79));
+    let padded_logits: Vec<f64> = case
+        .logits
+        .chunks(v)
+        .flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(MASKED_LOGIT as f64, vp - v)))
+        .collect();
+    let padded = Case { v: vp, logits: padded_logits, ..case.clone() };
+    for &form in PPO_FORMS.iter().chain(CRITIC_FREE_FORMS) {
+        let what = format!("{form:?} over V={v} padded to {vp}");
+        let (dlogits, dvalues, stats) = run_gpu(&case, &cfg, form);
+        let (padded_dlogits, padded_dvalues, padded_stats) = run_gpu(&padded, &cfg, form);
+        let real: Vec<f64> = padded_dlogits.chunks(vp).flat_map(|row| row[..v].to_vec()).collect();
+        assert_close(&format!("{what}: dlogits"), &real, &dlogits, 1e-9, 1e-5);
+        assert!(padded_dlogits.chunks(vp).all(|row| row[v..].iter().all(|&g| g == 0.0)), "{what}: padded gradient");
+        assert_close(&format!("{what}: dvalues"), &padded_dvalues, &dvalues, 1e-9, 1e-5);
+        assert_close(&format!("{what}: stats"), &padded_stats, &stats, 1e-6, 1e-5);
     }
 }

@@ -12,6 +12,7 @@ fn gpu() -> Arc<Gpu> {
     GPU.get_or_init(|| Gpu::new(None).expect("the model tests need a GPU adapter")).clone()
 }
 
+/// A vocabulary of 23: the GPU model pads it to 64 columns.
 fn small_config() -> GptConfig {
     GptConfig { vocab_size: 23, n_positions: 12, n_embd: 16, n_layer: 2, n_head: 2, layer_norm_epsilon: 1e-5 }
 }
@@ -72,8 +73,15 @@ fn forward_matches_the_reference_model() {
     rec.submit();
     let param = |name: &str| ck.get(name).map(|v| v.iter().map(|&x| x as f64).collect()).unwrap_or_default();
     let want = reference::gpt2_forward(&config, &param, &ids, &mask, b, t);
-    // Two blocks of f32 LayerNorm, matmuls over ≤ 64 terms and softmaxes.
-    close("logits", &gpu.download(&acts.logits).unwrap(), &want.logits, 1e-4, 1e-4);
+    // Two blocks of f32 LayerNorm, matmuls over ≤ 64 terms and softmaxes. The logits are
+    // [B, T, Vp]: the V real columns are the reference's, the padded ones masked.
+    let (v, vp) = (config.vocab_size, config.padded_vocab_size());
+    assert_eq!(acts.logits.shape(), [b, t, vp]);
+    let logits = gpu.download(&acts.logits).unwrap();
+    let real: Vec<f32> = logits.chunks(vp).flat_map(|row| row[..v].to_vec()).collect();
+    close("logits", &real, &want.logits, 1e-4, 1e-4);
+    let masked = ppo_wgpu::kernels::padded_vocab::MASKED_LOGIT;
+    assert!(logits.chunks(vp).all(|row| row[v..].iter().all(|&z| z == masked)), "padded logits are not masked");
     close("values", &gpu.download(acts.values.as_ref().unwrap()).unwrap(), want.values.as_ref().unwrap(), 1e-4, 1e-4);
     close(
         "rewards",
@@ -94,6 +102,11 @@ fn every_parameter_gradient_matches_finite_differences_of_the_reference() {
     let (ids, mask) = batch_inputs(&config, b, t, &mut rng);
     // L = Σ g_logits·logits + Σ g_values·values + Σ g_rewards·rewards with fixed random g.
     let g_logits: Vec<f64> = rng.normals(b * t * config.vocab_size, 1.0);
+    // On the GPU the logits' gradient is [B, T, Vp], 0 in the padded columns (as every loss
+    // kernel leaves it: the padded columns have probability 0).
+    let (v, vp) = (config.vocab_size, config.padded_vocab_size());
+    let g_padded: Vec<f64> =
+        g_logits.chunks(v).flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0.0, vp - v))).collect();
     let g_values: Vec<f64> = rng.normals(b * t, 1.0);
     let g_rewards: Vec<f64> = rng.normals(b * t, 1.0);
 
@@ -105,7 +118,7 @@ fn every_parameter_gradient_matches_finite_differences_of_the_reference() {
     let mut rec = Recorder::new(&gpu);
     let acts = model.forward(&mut rec, &batch).unwrap();
     let grads = model.zeros_like_params(&mut rec).unwrap();
-    rec.copy(&up(&g_logits, &[b, t, config.vocab_size]), &acts.logits);
+    rec.copy(&up(&g_padded, &[b, t, vp]), &acts.logits);
     model.backward(&mut rec, &batch, &acts, Some(&dvalues), Some(&drewards), &grads).unwrap();
     rec.submit();
     let flat = gpu.download(&grads.flat).unwrap();
@@ -139,4 +152,7 @@ fn every_parameter_gradient_matches_finite_differences_of_the_reference() {
             assert!((got - fd).abs() <= tol, "d loss / d {name}[{i}]: GPU {got:.6} vs finite difference {fd:.6}");
         }
     }
+    let wte = &model.layout.slots[0];
+    let padded_rows = &flat[wte.offset + wte.spec.len()..wte.offset + wte.gpu_shape.iter().product::<usize>()];
+    assert!(padded_rows.iter().all(|&g| g == 0.0), "wte's padded rows got a gradient");
 }

@@ -18,16 +18,24 @@ fn tiny_model(gpu: &Arc<Gpu>, seed: u64) -> Model {
     Model::upload(gpu, &ck).unwrap()
 }
 
-/// Next-token logits at the last position of each row of a left-padded batch.
+/// The V real columns of each row of logits Vp wide.
+fn real_columns(model: &Model, logits: &[f32]) -> Vec<f32> {
+    let (v, vp) = (model.config.vocab_size, model.config.padded_vocab_size());
+    logits.chunks(vp).flat_map(|row| row[..v].to_vec()).collect()
+}
+
+/// Next-token logits (the V real columns) at the last position of each row of a left-padded
+/// batch.
 fn last_logits(model: &Model, ids: &[u32], mask: &[u32], b: usize, t: usize) -> Vec<f32> {
     let gpu = model.gpu();
-    let v = model.config.vocab_size;
+    let v = model.config.padded_vocab_size();
     let batch = Batch::new(gpu, &model.config, ids, mask, b, t).unwrap();
     let mut rec = Recorder::new(gpu);
     let acts = model.forward(&mut rec, &batch).unwrap();
     rec.submit();
     let all = gpu.download(&acts.logits).unwrap();
-    (0..b).flat_map(|row| all[(row * t + t - 1) * v..(row * t + t) * v].to_vec()).collect()
+    let last: Vec<f32> = (0..b).flat_map(|row| all[(row * t + t - 1) * v..(row * t + t) * v].to_vec()).collect();
+    real_columns(model, &last)
 }
 
 fn greedy_opts(max_new_tokens: usize, eos: Option<u32>) -> GenerateOptions {
@@ -65,7 +73,7 @@ fn cached_decode_logits_equal_a_full_forward_at_every_step() {
         let (ids_t, pos_t) = (gpu.upload_u32(&[b], &step_ids).unwrap(), gpu.upload_u32(&[b], &pos).unwrap());
         model.decode_step(&mut rec, &cache, &scratch, &ids_t, &pos_t, p + s).unwrap();
         rec.submit();
-        let got = gpu.download(&scratch.logits).unwrap();
+        let got = real_columns(&model, &gpu.download(&scratch.logits).unwrap());
 
         // The same sequences in full: left padding, prompt, the first s + 1 continuation tokens.
         let t = p + s + 1;
@@ -134,6 +142,22 @@ fn the_same_seed_gives_the_same_tokens_whatever_the_batch_split() {
     let tail = generate(&model, &prompts[2..], &GenerateOptions { first_sample: 2, ..opts }).unwrap().responses;
     assert_eq!(all, [head, tail].concat(), "a sample's tokens do not depend on its batch");
     assert_ne!(all, generate(&model, &prompts, &GenerateOptions { seed: 78, ..opts }).unwrap().responses);
+}
+
+#[test]
+fn sampling_never_picks_a_padded_vocabulary_column() {
+    // V = 40 in rows of Vp = 64. At a high temperature every real token is likely; the padded
+    // columns (masked, and never read by the sampler) must never come out.
+    let gpu = Gpu::new(None).unwrap();
+    let model = tiny_model(&gpu, 51);
+    assert_eq!(model.config.padded_vocab_size(), 64);
+    let prompts: Vec<Vec<u32>> = (0..32).map(|i| vec![i as u32 % 40]).collect();
+    let opts =
+        GenerateOptions { sampling: Sampling { temperature: 50.0, top_k: 0, top_p: 1.0 }, ..greedy_opts(12, None) };
+    let tokens: Vec<u32> = generate(&model, &prompts, &opts).unwrap().responses.concat();
+    assert!(tokens.iter().all(|&t| t < 40), "a padded column was sampled: {tokens:?}");
+    let distinct: std::collections::BTreeSet<u32> = tokens.iter().copied().collect();
+    assert!(distinct.len() > 30, "a temperature of 50 should reach most of the 40 tokens, got {}", distinct.len());
 }
 
 #[test]

@@ -26,7 +26,8 @@ fn matches_pytorch_logits_logprobs_loss_and_every_gradient() {
         .map(|&x| x as u32)
         .collect();
     let (b, t) = (3, 16);
-    let v = model.config.vocab_size;
+    // The GPU model's logits are Vp wide, the padded columns masked.
+    let (v, vp) = (model.config.vocab_size, model.config.padded_vocab_size());
 
     // Targets: token j+1 at position j when both are real tokens.
     let valid = |row: usize, j: usize| j + 1 < t && mask[row * t + j] == 1 && mask[row * t + j + 1] == 1;
@@ -39,7 +40,7 @@ fn matches_pytorch_logits_logprobs_loss_and_every_gradient() {
     let (loss, lse) = (gpu.tensor(&[b * t], DType::F32).unwrap(), gpu.tensor(&[b * t], DType::F32).unwrap());
     let mut rec = Recorder::new(&gpu);
     let acts = model.forward(&mut rec, &batch).unwrap();
-    let logits = acts.logits.reshape(&[b * t, v]).unwrap();
+    let logits = acts.logits.reshape(&[b * t, vp]).unwrap();
     cross_entropy_forward(&mut rec, &loss, &lse, &logits, &t_targets, 1.0).unwrap();
     rec.submit();
     let got_logits = gpu.download(&acts.logits).unwrap();
@@ -51,7 +52,7 @@ fn matches_pytorch_logits_logprobs_loss_and_every_gradient() {
     let mut worst = 0.0f64;
     for i in (0..b * t).filter(|&i| mask[i] == 1) {
         for k in 0..v {
-            worst = worst.max((got_logits[i * v + k] as f64 - want_logits[i * v + k] as f64).abs());
+            worst = worst.max((got_logits[i * vp + k] as f64 - want_logits[i * v + k] as f64).abs());
         }
     }
     assert!(worst < 2e-4, "logits differ from PyTorch by up to {worst:.2e} (tolerance 2e-4)");
@@ -79,6 +80,13 @@ fn matches_pytorch_logits_logprobs_loss_and_every_gradient() {
     model.backward(&mut rec, &batch, &acts, None, None, &grads).unwrap();
     rec.submit();
     let flat = gpu.download(&grads.flat).unwrap();
+    // The padded columns have probability 0: their gradient is exactly 0, and so is that of
+    // wte's padded rows.
+    let dlogits = gpu.download(&acts.logits).unwrap();
+    assert!(dlogits.chunks(vp).all(|row| row[v..].iter().all(|&g| g == 0.0)), "padded logits got a gradient");
+    let wte = &model.layout.slots[0];
+    let padded_rows = &flat[wte.offset + wte.spec.len()..wte.offset + wte.gpu_shape.iter().product::<usize>()];
+    assert!(padded_rows.iter().all(|&g| g == 0.0), "wte's padded rows got a gradient");
     let mut report = Vec::new();
     for slot in &model.layout.slots {
         let name = &slot.spec.name;
