@@ -255,6 +255,26 @@ impl Recorder {
         self.encoder().copy_buffer_to_buffer(&s, so, &d, d_o, n);
     }
 
+    /// Records a copy of `dst.height()` rows of `dst.width()` texels (4 f32s each) from `src` into
+    /// the texture `dst`: row y from element `first + y·stride` of `src`. The caller keeps to
+    /// the copy's alignment rules (`stride` a multiple of 64 elements, `first` of 4, counting
+    /// the view's own offset).
+    pub fn copy_to_texture(&mut self, src: &Tensor, first: usize, stride: usize, dst: &Texture) {
+        self.in_use.push(src.clone());
+        let layout = wgpu::TexelCopyBufferLayout {
+            offset: src.byte_offset() + 4 * first as u64,
+            bytes_per_row: Some(4 * stride as u32),
+            rows_per_image: None,
+        };
+        let size = wgpu::Extent3d { width: dst.width(), height: dst.height(), depth_or_array_layers: 1 };
+        let buffer = src.buffer().clone();
+        self.encoder().copy_buffer_to_texture(
+            wgpu::TexelCopyBufferInfo { buffer: &buffer, layout },
+            dst.texture().as_image_copy(),
+            size,
+        );
+    }
+
     /// Uploads the parameters and submits what has been recorded so far; the recorder stays
     /// usable. (While profiling, it then waits for the timestamps of what it submitted.)
     pub fn flush(&mut self) {

@@ -69,6 +69,9 @@ impl Texture {
     pub(crate) fn view(&self) -> &wgpu::TextureView {
         &self.inner.1
     }
+    pub(crate) fn texture(&self) -> &wgpu::Texture {
+        &self.inner.0
+    }
 }
 
 /// Scratch textures a device keeps before it lets them all go (a run whose shapes keep
@@ -219,7 +222,9 @@ impl Gpu {
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
             format: wgpu::TextureFormat::Rgba32Float,
-            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::STORAGE_BINDING,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING
+                | wgpu::TextureUsages::STORAGE_BINDING
+                | wgpu::TextureUsages::COPY_DST,
             view_formats: &[],
         });
         if let Some(e) = pollster::block_on(scope.pop()) {

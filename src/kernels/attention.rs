@@ -3,7 +3,7 @@
 //! invocation per query (CPU adapters) or FlashAttention's blocking (a workgroup per block of
 //! 64 queries, the keys staged in workgroup memory).
 
-use super::matmul::{Block, pack};
+use super::matmul::{Block, PackMethod, pack, pack_method};
 use super::{bind, bind_texture, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{
@@ -194,12 +194,13 @@ fn per_query_textures(
     let max = gpu.limits.max_texture_dimension_2d as usize;
     let fits = operands.iter().all(|&(t, width)| t.len() / width <= max && width / 4 <= max);
     let loads = variant == AttentionVariant::Texture && fits;
+    let method = if loads { pack_method(&gpu)? } else { PackMethod::Shader };
     let mut textures = Vec::new();
     for (slot, &(t, width)) in (SLOT_QKV..).zip(operands) {
         textures.push(if loads {
             let rows = t.len() / width;
             let block = Block { rows, cols: width, stride: width, offset: 0, transposed: false };
-            pack(rec, slot, t, block, width / 4, rows)?
+            pack(rec, method, slot, t, block, width / 4, rows)?
         } else {
             gpu.scratch_texture(SLOT_QKV, 1, 1)?
         });

@@ -347,9 +347,10 @@ fn record(
 ) -> Result<()> {
     if variant == MatmulVariant::Texture {
         let vec4_out = n.is_multiple_of(4) && out_stride.is_multiple_of(4) && out_col.is_multiple_of(4);
+        let method = if texture_fits(m, n) { pack_method(rec.gpu())? } else { PackMethod::Shader };
         if texture_fits(m, n) && vec4_out {
             let place = ((out_stride, out_col), (a_stride, a_col));
-            return record_texture(rec, out, a, b, bias, layout, accumulate, (m, n, k), place);
+            return record_texture(rec, method, out, a, b, bias, layout, accumulate, (m, n, k), place);
         }
         if texture_fits(m, n) {
             // The kernel stores whole vec4s: the product goes to rows of N rounded up to 4, and
@@ -357,7 +358,7 @@ fn record(
             let padded = n.next_multiple_of(4);
             let scratch = rec.gpu().tensor(&[m, padded], crate::gpu::DType::F32)?;
             let place = ((padded, 0), (a_stride, a_col));
-            record_texture(rec, &scratch, a, b, None, layout, false, (m, n, k), place)?;
+            record_texture(rec, method, &scratch, a, b, None, layout, false, (m, n, k), place)?;
             return unpad_columns(rec, out, &scratch, bias, accumulate, (m, n), (out_stride, out_col));
         }
         let variant = MatmulVariant::RegisterTiled;
@@ -497,13 +498,36 @@ pub fn texture_scratch_bytes(products: &[(usize, usize, usize)]) -> usize {
         + padded.iter().map(|e| 4 * e).sum::<usize>()
 }
 
+/// out (+)= op(a)·op(b) (+ bias) on the texture kernel with the pack method named (tests compare
+/// them), for a product it takes in one piece: at least 16 rows and N a multiple of 4, operands
+/// within the binding and texture limits.
+#[allow(clippy::too_many_arguments)]
+pub fn texture_matmul_with_pack(
+    rec: &mut Recorder,
+    method: PackMethod,
+    out: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    layout: Layout,
+    accumulate: bool,
+) -> Result<()> {
+    let (m, n, k) = dims(out, a, b, layout)?;
+    ensure_shape(texture_fits(m, n) && n.is_multiple_of(4), || {
+        format!("texture matmul of {m}×{n}: needs at least {TEXTURE_TILE} rows and a multiple of 4 columns")
+    })?;
+    let a_stride = a.shape().last().copied().unwrap_or(1);
+    record_texture(rec, method, out, a, b, bias, layout, accumulate, (m, n, k), ((n, 0), (a_stride, 0)))
+}
+
 /// Records a product on the texture kernel (arguments as `record`): packs op(A) and op(B) into
-/// textures, transposing where the layout asks, then multiplies them. Where an operand would
-/// exceed the adapter's texture size the product runs in blocks: rows of out, columns of out,
-/// and slices of K accumulated one after another.
+/// textures (by `method` where a block allows a copy), transposing where the layout asks, then
+/// multiplies them. Where an operand would exceed the adapter's texture size the product runs
+/// in blocks: rows of out, columns of out, and slices of K accumulated one after another.
 #[allow(clippy::too_many_arguments)]
 fn record_texture(
     rec: &mut Recorder,
+    method: PackMethod,
     out: &Tensor,
     a: &Tensor,
     b: &Tensor,
@@ -528,7 +552,7 @@ fn record_texture(
             };
             let a_block = Block { rows: mc, cols: kc, stride: a_stride, offset, transposed };
             let [(a_width, a_height), _] = texture_sizes(mc, 0, kc);
-            let a_tex = pack(rec, SLOT_A, a, a_block, a_width, a_height)?;
+            let a_tex = pack(rec, method, SLOT_A, a, a_block, a_width, a_height)?;
             for n0 in (0..n).step_by(n_step) {
                 let nc = n_step.min(n - n0);
                 // op(B)[k0.., n0..]: B [K, N] as stored (NN, TN), or B [N, K] transposed (NT).
@@ -539,7 +563,7 @@ fn record_texture(
                     }
                 };
                 let [_, (b_width, b_height)] = texture_sizes(0, nc, kc);
-                let b_tex = pack(rec, SLOT_B, b, b_block, b_width, b_height)?;
+                let b_tex = pack(rec, method, SLOT_B, b, b_block, b_width, b_height)?;
                 let with_bias = bias.is_some() && k0 == 0;
                 let flags = if accumulate || k0 > 0 { ACCUMULATE } else { 0 } | if with_bias { HAS_BIAS } else { 0 };
                 let params = TextureParams {
@@ -624,10 +648,60 @@ pub(crate) struct Block {
     pub transposed: bool,
 }
 
+/// How an operand gets into its texture when a plain copy could do it: a block that fills the
+/// texture exactly, not transposed, its rows at the copy alignment (64 floats apart, starting
+/// on a texel). Chosen by measurement (`pack_method`); any other block runs the pack shader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackMethod {
+    /// The pack_rows kernel: shader loads and texture stores.
+    Shader,
+    /// `copy_buffer_to_texture`: on lavapipe a memcpy, 5–10× the shader's rate; on a GPU a
+    /// copy engine that may be slower than a shader.
+    Copy,
+}
+
+/// The names of the pack methods, as `PPO_WGPU_TEXTURE_PACK` and the cache spell them.
+pub const PACK_METHODS: [(PackMethod, &str); 2] = [(PackMethod::Shader, "shader"), (PackMethod::Copy, "copy")];
+
+/// The pack method this adapter uses where a copy could do the job: chosen by measurement on
+/// first use of the texture kernels and cached (family `texture_pack`, forced with
+/// PPO_WGPU_TEXTURE_PACK=shader|copy).
+pub fn pack_method(gpu: &Arc<Gpu>) -> Result<PackMethod> {
+    choose_by_measurement(gpu, "texture_pack", &PACK_METHODS, "GB/s", measure_pack_method)
+}
+
+/// A pack method's GB/s (bytes read plus written) packing a small model's and GPT-2's
+/// activations, after a texture product whose operands it packed matched the CPU reference
+/// (None if it did not).
+fn measure_pack_method(gpu: &Arc<Gpu>, method: PackMethod) -> Result<Option<f64>> {
+    let mut rng = crate::rng::Rng::new(17);
+    let (m, n, k) = (48, 64, 128); // every block exact and aligned: both operands take `method`
+    let (a, b) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0));
+    let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+    let (ta, tb) = (gpu.upload(&[m, k], &f32s(&a))?, gpu.upload(&[k, n], &f32s(&b))?);
+    let out = gpu.tensor(&[m, n], crate::gpu::DType::F32)?;
+    let mut rec = Recorder::new(gpu);
+    record_texture(&mut rec, method, &out, &ta, &tb, None, Layout::NN, false, (m, n, k), ((n, 0), (k, 0)))?;
+    rec.submit();
+    if !matches_reference(&gpu.download(&out)?, &crate::reference::matmul(&a, &b, m, n, k, Layout::NN)) {
+        return Ok(None);
+    }
+    let (mut bytes, mut seconds) = (0.0, 0.0);
+    for (rows, cols) in [(2048, 512), (256, 3072)] {
+        let src = gpu.upload(&[rows, cols], &vec![0.5; rows * cols])?;
+        let block = Block { rows, cols, stride: cols, offset: 0, transposed: false };
+        seconds += seconds_per_call(gpu, |rec| pack(rec, method, SLOT_A, &src, block, cols / 4, rows).map(|_| ()))?;
+        bytes += (8 * rows * cols) as f64;
+    }
+    Ok(Some(bytes / seconds / 1e9))
+}
+
 /// Packs `block` of `src` into the scratch texture `slot` of `width` × `height` texels (zeros
-/// past the block).
+/// past the block): with a copy where `method` says so and the block allows one (see
+/// PackMethod), else with the pack shader.
 pub(crate) fn pack(
     rec: &mut Recorder,
+    method: PackMethod,
     slot: u32,
     src: &Tensor,
     block: Block,
@@ -636,6 +710,12 @@ pub(crate) fn pack(
 ) -> Result<Texture> {
     let gpu = rec.gpu().clone();
     let texture = gpu.scratch_texture(slot, width, height)?;
+    let exact = !block.transposed && block.cols == 4 * width && block.rows == height;
+    let first = src.byte_offset() as usize / 4 + block.offset;
+    if method == PackMethod::Copy && exact && block.stride.is_multiple_of(64) && first.is_multiple_of(4) {
+        rec.copy_to_texture(src, block.offset, block.stride, &texture);
+        return Ok(texture);
+    }
     let params = PackParams {
         rows: block.rows as u32,
         cols: block.cols as u32,

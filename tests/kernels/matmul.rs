@@ -286,3 +286,46 @@ fn bias_gradient_sums_columns_over_lanes_and_row_slices() {
     let (atol, rtol) = tol(rows);
     assert_close("bias gradient over 70001 rows", &download(&dbias), &want, atol, rtol);
 }
+
+/// The texture kernel with each pack method: `copy` copies the blocks that fill a texture
+/// exactly (not transposed, rows 64 floats apart, starting on a texel) and packs the rest with
+/// the shader, so products whose operands are such blocks, blocks of ragged size, and an operand
+/// viewed from the middle of its buffer must all give the reference's product.
+#[test]
+fn texture_pack_methods_match_reference() {
+    use ppo_wgpu::kernels::matmul::{PACK_METHODS, texture_matmul_with_pack};
+    let mut rng = Rng::new(31);
+    let gpu = gpu();
+    // (M, N, K): every operand copyable (NN); K ragged for the copy (A's rows 100 floats apart);
+    // M ragged (A's texture has rows past the block).
+    for (m, n, k) in [(64, 128, 128), (48, 64, 100), (37, 64, 64)] {
+        for layout in LAYOUTS {
+            let (sa, sb) = operand_shapes(layout, m, n, k);
+            let (a, b) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0));
+            let bias = rng.normals(n, 1.0);
+            let want: Vec<f64> = reference::matmul(&a, &b, m, n, k, layout)
+                .iter()
+                .enumerate()
+                .map(|(i, x)| x + if layout == Layout::NN { bias[i % n] } else { 0.0 })
+                .collect();
+            // A also as a view into its buffer at the adapter's storage offset alignment.
+            let at = gpu.limits.min_storage_buffer_offset_alignment as usize / 4;
+            let shifted: Vec<f64> = std::iter::repeat_n(7.0, at).chain(a.iter().copied()).collect();
+            let a_shifted = upload(&shifted, &[shifted.len()]).view(&gpu, at, &sa).unwrap();
+            for (method, name) in PACK_METHODS {
+                for (ta, what_a) in
+                    [(upload(&a, &sa), "A".to_string()), (a_shifted.clone(), format!("A at offset {at}"))]
+                {
+                    let (tb, out) = (upload(&b, &sb), zeros(&[m, n]));
+                    let t_bias = (layout == Layout::NN).then(|| upload(&bias, &[n]));
+                    let mut rec = Recorder::new(&gpu);
+                    texture_matmul_with_pack(&mut rec, method, &out, &ta, &tb, t_bias.as_ref(), layout, false).unwrap();
+                    rec.submit();
+                    let (atol, rtol) = tol(k);
+                    let what = format!("texture matmul {layout:?} M={m} N={n} K={k}, pack {name}, {what_a}");
+                    assert_close(&what, &download(&out), &want, atol, rtol);
+                }
+            }
+        }
+    }
+}
