@@ -62,22 +62,35 @@ const WG: u32 = 64u; // invocations per workgroup (kernels::attention::WG)
 
 override TEXTURE_LOADS: bool = false;
 
-// The vec4 `base + d` of qkv (base from qkv_at), from the buffer or the texture.
-fn qkv4(base: u32, d: u32) -> vec4<f32> {
-    if (TEXTURE_LOADS) {
-        let w = 3u * params.c / 4u;
-        return textureLoad(qkv_tex, vec2<u32>(base % w + d, base / w), 0);
-    }
-    return qkv[base + d];
+// The per-query entry points address a head's slice of a token's row as a cell (x, y) =
+// (first vec4 column, token row b·T + t): the texture's coordinates, so a texture load needs
+// no division (a per-lane scalar on CPU adapters), and y·width + x in the buffer.
+
+// The cell of token (b, t)'s q (part 0), k (1) or v (2) for head h in qkv.
+fn qkv_cell(b: u32, t: u32, part: u32, h: u32) -> vec2<u32> {
+    return vec2<u32>(part * (params.c / 4u) + h * (HEAD_DIM / 4u), b * params.t + t);
 }
 
-// The vec4 `base + d` of dout (base from row_at), from the buffer or the texture.
-fn dout4(base: u32, d: u32) -> vec4<f32> {
-    if (TEXTURE_LOADS) {
-        let w = params.c / 4u;
-        return textureLoad(dout_tex, vec2<u32>(base % w + d, base / w), 0);
-    }
-    return dout[base + d];
+// The cell of token (b, t), head h in a [B, T, C] tensor (out, dout).
+fn row_cell(b: u32, t: u32, h: u32) -> vec2<u32> {
+    return vec2<u32>(h * (HEAD_DIM / 4u), b * params.t + t);
+}
+
+// vec4 d of the slice at `cell` of qkv, from the buffer or the texture.
+fn qkv4(cell: vec2<u32>, d: u32) -> vec4<f32> {
+    if (TEXTURE_LOADS) { return textureLoad(qkv_tex, vec2<u32>(cell.x + d, cell.y), 0); }
+    return qkv[cell.y * (3u * params.c / 4u) + cell.x + d];
+}
+
+// vec4 d of the slice at `cell` of dout, from the buffer or the texture.
+fn dout4(cell: vec2<u32>, d: u32) -> vec4<f32> {
+    if (TEXTURE_LOADS) { return textureLoad(dout_tex, vec2<u32>(cell.x + d, cell.y), 0); }
+    return dout[cell.y * (params.c / 4u) + cell.x + d];
+}
+
+// The flat vec4 offset of a cell in rows of `width4` vec4s (for the stores).
+fn flat(cell: vec2<u32>, width4: u32) -> u32 {
+    return cell.y * width4 + cell.x;
 }
 
 struct Index {
@@ -95,22 +108,20 @@ fn decode(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Index {
     return Index(flat < params.b * params.nh * params.t, flat, bh / params.nh, bh % params.nh, t);
 }
 
-// vec4 offset of token (b, t)'s q (part 0), k (1) or v (2) for head h in qkv.
+// vec4 offset of token (b, t)'s q (part 0), k (1) or v (2) for head h in qkv (the blocked
+// entry points).
 fn qkv_at(b: u32, t: u32, part: u32, h: u32) -> u32 {
-    let c4 = params.c / 4u;
-    return (b * params.t + t) * 3u * c4 + part * c4 + h * (HEAD_DIM / 4u);
+    return flat(qkv_cell(b, t, part, h), 3u * params.c / 4u);
 }
 
 // vec4 offset of token (b, t), head h in a [B, T, C] tensor.
 fn row_at(b: u32, t: u32, h: u32) -> u32 {
-    return (b * params.t + t) * (params.c / 4u) + h * (HEAD_DIM / 4u);
+    return flat(row_cell(b, t, h), params.c / 4u);
 }
 
-fn dot_rows(x: u32, y: u32) -> f32 {
-    var s = 0.0;
-    for (var d = 0u; d < HEAD_DIM / 4u; d++) { s += dot(qkv4(x, d), qkv4(y, d)); }
-    return s;
-}
+// In the per-query entry points each invocation loads its own rows (its query, its dout row)
+// once into registers, and each row it walks (a key and value, a query and dout row) once per
+// step: every load is a texel or a vec4 read once.
 
 @compute @workgroup_size(WG)
 fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -118,18 +129,23 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     let ix = decode(wid, nwg, lid);
     if (!ix.valid) { return; }
     let scale = inverseSqrt(f32(HEAD_DIM));
-    let q = qkv_at(ix.b, ix.t, 0u, ix.h);
+    let q = qkv_cell(ix.b, ix.t, 0u, ix.h);
+    var qv: array<vec4<f32>, MAX_HEAD_DIM4>;
+    for (var d = 0u; d < HEAD_DIM / 4u; d++) { qv[d] = qkv4(q, d); }
     var acc: array<vec4<f32>, MAX_HEAD_DIM4>;
     var m = NEG_BIG;
     var l = 0.0;
     for (var j = 0u; j <= ix.t; j++) {
         if (mask[ix.b * params.t + j] == 0u) { continue; }
-        let s = dot_rows(q, qkv_at(ix.b, j, 1u, ix.h)) * scale;
+        let k = qkv_cell(ix.b, j, 1u, ix.h);
+        var s = 0.0;
+        for (var d = 0u; d < HEAD_DIM / 4u; d++) { s += dot(qv[d], qkv4(k, d)); }
+        s *= scale;
         let m_new = max(m, s);
         let correction = exp(m - m_new);
         let p = exp(s - m_new);
         l = l * correction + p;
-        let v = qkv_at(ix.b, j, 2u, ix.h);
+        let v = qkv_cell(ix.b, j, 2u, ix.h);
         for (var d = 0u; d < HEAD_DIM / 4u; d++) { acc[d] = acc[d] * correction + p * qkv4(v, d); }
         m = m_new;
     }
@@ -156,22 +172,35 @@ fn attention_backward_query(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
     let ix = decode(wid, nwg, lid);
     if (!ix.valid) { return; }
     let scale = inverseSqrt(f32(HEAD_DIM));
-    let q = qkv_at(ix.b, ix.t, 0u, ix.h);
-    let o = row_at(ix.b, ix.t, ix.h);
+    let q = qkv_cell(ix.b, ix.t, 0u, ix.h);
+    let o = row_cell(ix.b, ix.t, ix.h);
+    var qv: array<vec4<f32>, MAX_HEAD_DIM4>;
+    var dov: array<vec4<f32>, MAX_HEAD_DIM4>;
+    for (var d = 0u; d < HEAD_DIM / 4u; d++) {
+        qv[d] = qkv4(q, d);
+        dov[d] = dout4(o, d);
+    }
     let lse_i = lse_saved[ix.flat];
     let d_i = delta_saved[ix.flat];
     var dq: array<vec4<f32>, MAX_HEAD_DIM4>;
     for (var j = 0u; j <= ix.t; j++) {
         if (mask[ix.b * params.t + j] == 0u) { continue; }
-        let k = qkv_at(ix.b, j, 1u, ix.h);
-        let v = qkv_at(ix.b, j, 2u, ix.h);
-        let p = exp(dot_rows(q, k) * scale - lse_i);
+        let k = qkv_cell(ix.b, j, 1u, ix.h);
+        let v = qkv_cell(ix.b, j, 2u, ix.h);
+        var kv: array<vec4<f32>, MAX_HEAD_DIM4>;
+        var s = 0.0;
         var dp = 0.0;
-        for (var d = 0u; d < HEAD_DIM / 4u; d++) { dp += dot(dout4(o, d), qkv4(v, d)); }
+        for (var d = 0u; d < HEAD_DIM / 4u; d++) {
+            kv[d] = qkv4(k, d);
+            s += dot(qv[d], kv[d]);
+            dp += dot(dov[d], qkv4(v, d));
+        }
+        let p = exp(s * scale - lse_i);
         let ds = p * (dp - d_i) * scale;
-        for (var d = 0u; d < HEAD_DIM / 4u; d++) { dq[d] += ds * qkv4(k, d); }
+        for (var d = 0u; d < HEAD_DIM / 4u; d++) { dq[d] += ds * kv[d]; }
     }
-    for (var d = 0u; d < HEAD_DIM / 4u; d++) { dqkv[q + d] = dq[d]; }
+    let dq_at = flat(q, 3u * params.c / 4u);
+    for (var d = 0u; d < HEAD_DIM / 4u; d++) { dqkv[dq_at + d] = dq[d]; }
 }
 
 @compute @workgroup_size(WG)
@@ -181,29 +210,45 @@ fn attention_backward_key_value(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
     if (!ix.valid) { return; }
     let scale = inverseSqrt(f32(HEAD_DIM));
     let j = ix.t;
-    let k = qkv_at(ix.b, j, 1u, ix.h);
-    let v = qkv_at(ix.b, j, 2u, ix.h);
+    let k = qkv_cell(ix.b, j, 1u, ix.h);
+    let v = qkv_cell(ix.b, j, 2u, ix.h);
+    var kv: array<vec4<f32>, MAX_HEAD_DIM4>;
+    var vv: array<vec4<f32>, MAX_HEAD_DIM4>;
+    for (var d = 0u; d < HEAD_DIM / 4u; d++) {
+        kv[d] = qkv4(k, d);
+        vv[d] = qkv4(v, d);
+    }
     var dk: array<vec4<f32>, MAX_HEAD_DIM4>;
     var dv: array<vec4<f32>, MAX_HEAD_DIM4>;
     // A masked key is seen by no query; every query i ≥ j sees a real key j, so lse_i is finite.
     if (mask[ix.b * params.t + j] != 0u) {
         for (var i = j; i < params.t; i++) {
-            let q = qkv_at(ix.b, i, 0u, ix.h);
-            let o = row_at(ix.b, i, ix.h);
+            let q = qkv_cell(ix.b, i, 0u, ix.h);
+            let o = row_cell(ix.b, i, ix.h);
             let row = (ix.b * params.nh + ix.h) * params.t + i;
-            let p = exp(dot_rows(q, k) * scale - lse_saved[row]);
+            var qv: array<vec4<f32>, MAX_HEAD_DIM4>;
+            var dov: array<vec4<f32>, MAX_HEAD_DIM4>;
+            var s = 0.0;
             var dp = 0.0;
-            for (var d = 0u; d < HEAD_DIM / 4u; d++) { dp += dot(dout4(o, d), qkv4(v, d)); }
+            for (var d = 0u; d < HEAD_DIM / 4u; d++) {
+                qv[d] = qkv4(q, d);
+                dov[d] = dout4(o, d);
+                s += dot(qv[d], kv[d]);
+                dp += dot(dov[d], vv[d]);
+            }
+            let p = exp(s * scale - lse_saved[row]);
             let ds = p * (dp - delta_saved[row]) * scale;
             for (var d = 0u; d < HEAD_DIM / 4u; d++) {
-                dk[d] += ds * qkv4(q, d);
-                dv[d] += p * dout4(o, d);
+                dk[d] += ds * qv[d];
+                dv[d] += p * dov[d];
             }
         }
     }
+    let k_at = flat(k, 3u * params.c / 4u);
+    let v_at = flat(v, 3u * params.c / 4u);
     for (var d = 0u; d < HEAD_DIM / 4u; d++) {
-        dqkv[k + d] = dk[d];
-        dqkv[v + d] = dv[d];
+        dqkv[k_at + d] = dk[d];
+        dqkv[v_at + d] = dv[d];
     }
 }
 
