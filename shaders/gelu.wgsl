@@ -27,30 +27,17 @@ const WG: u32 = 256u; // invocations per workgroup (kernels::gelu::WG)
 @group(0) @binding(7) var<storage, read> dout4: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> dinp4: array<vec4<f32>>;
 
-const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
-
-// Written with sigmoids, which stay accurate in f32 where the tanh form cancels (for x ≪ 0,
-// 1 + tanh(u) and 1 − tanh²(u) are differences of nearly equal numbers):
+// gelu(x) and gelu4(v) are the prelude's (the matmul epilogues use them too). The gradient is
+// written with sigmoids like them, which stay accurate in f32 where the tanh form cancels (for
+// x ≪ 0, 1 + tanh(u) and 1 − tanh²(u) are differences of nearly equal numbers):
 //   0.5·(1 + tanh(u)) = σ(2u),   1 − tanh²(u) = 4·σ(2u)·σ(−2u).
-// exp overflowing to +inf gives σ = 0 exactly, so no input produces NaN.
-fn sigmoid(z: f32) -> f32 {
-    return 1.0 / (1.0 + exp(-z));
-}
-
-fn inner(x: f32) -> f32 {
-    return SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
-}
-
-fn gelu(x: f32) -> f32 {
-    return x * sigmoid(2.0 * inner(x));
-}
 
 // gelu'(x)·d
 fn gelu_grad(x: f32, d: f32) -> f32 {
-    let u = inner(x);
-    let s_pos = sigmoid(2.0 * u);
-    let s_neg = sigmoid(-2.0 * u);
-    let du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+    let u = gelu_inner(x);
+    let s_pos = gelu_sigmoid(2.0 * u);
+    let s_neg = gelu_sigmoid(-2.0 * u);
+    let du_dx = GELU_SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
     return (s_pos + 2.0 * x * s_pos * s_neg * du_dx) * d;
 }
 
@@ -76,7 +63,7 @@ fn gelu_forward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let i = (wid.y * nwg.x + wid.x) * WG + lid;
     if (i >= params.n / 4u) { return; }
     let x = inp4[i];
-    out4[i] = vec4<f32>(gelu(x.x), gelu(x.y), gelu(x.z), gelu(x.w));
+    out4[i] = gelu4(x);
 }
 
 @compute @workgroup_size(WG)

@@ -15,7 +15,9 @@
 //               needs N % 4 == 0; A read as vec4 along M (as scalars with A_SCALAR), B as
 //               vec4 along N
 //
-// params.flags: bit 0 = accumulate into out (gradients), bit 1 = add bias (matmul_nn only).
+// params.flags: bit 0 = accumulate into out (gradients), bit 1 = add bias (matmul_nn only),
+// bit 2 = also store gelu of each output at `post` (matmul_nn only: c_fc's forward, whose `out`
+// keeps the pre-activation the backward needs).
 // Output row r, column c is stored at out[r·out_stride + out_col + c], and A is read from rows
 // of a_stride elements starting at column a_col, so that a matmul split over column slices
 // (when an operand exceeds the adapter's binding size) reads and writes in place; the vec4
@@ -39,6 +41,7 @@ struct Params {
 
 const ACCUMULATE: u32 = 1u;
 const HAS_BIAS: u32 = 2u;
+const HAS_GELU: u32 = 4u;
 const WG_X: u32 = 8u; // invocations per workgroup along N (kernels::matmul::WG_X)
 const WG_Y: u32 = 8u; // along M (kernels::matmul::WG_Y)
 
@@ -53,6 +56,8 @@ const WG_Y: u32 = 8u; // along M (kernels::matmul::WG_Y)
 // ragged is read four scalars at a time, past-the-end columns as zeros, so the fast kernels
 // still run (the host binds the buffer at both bindings).
 @group(0) @binding(6) var<storage, read> a_scalar: array<f32>;
+// The GELU epilogue's second output (laid out as out).
+@group(0) @binding(7) var<storage, read_write> post: array<vec4<f32>>;
 
 override A_SCALAR: bool = false;
 
@@ -83,6 +88,7 @@ fn store_block(acc: ptr<function, array<vec4<f32>, 32>>, m0: u32, c0: u32, n4: u
             let at = row * (params.out_stride / 4u) + params.out_col / 4u + col;
             if ((params.flags & ACCUMULATE) != 0u) { v += out[at]; }
             out[at] = v;
+            if (use_bias && (params.flags & HAS_GELU) != 0u) { post[at] = gelu4(v); }
         }
     }
 }

@@ -20,7 +20,8 @@
 // accumulators, named rather than indexed so that they stay in registers. Output row r, vec4
 // column c is out[out_offset4 + r·out_stride4 + c] (a block of a larger output, when the
 // product is split to fit the adapter's texture size); it stores ceil(N/4) vec4s per row.
-// params.flags: bit 0 = accumulate into out, bit 1 = add bias[bias_offset4·4 + column].
+// params.flags: bit 0 = accumulate into out, bit 1 = add bias[bias_offset4·4 + column], bit 2 =
+// also store gelu of each output at `post` (laid out as out: c_fc's forward).
 // Textures: At is ceil(K/4) texels wide and 16·ceil(M/16) rows high; Bt is 4·ceil(N/16)
 // texels wide and 4·ceil(K/4) rows high.
 //
@@ -53,6 +54,7 @@ struct Params {
 
 const ACCUMULATE: u32 = 1u;
 const HAS_BIAS: u32 = 2u;
+const HAS_GELU: u32 = 4u;
 const WG: u32 = 64u;   // pack: invocations per workgroup (kernels::matmul::WG)
 const WG_X: u32 = 8u;  // matmul_texture: invocations per workgroup along N (kernels::matmul::WG_X)
 const WG_Y: u32 = 8u;  // … and along M (kernels::matmul::WG_Y)
@@ -138,6 +140,7 @@ fn pack_columns(
 @group(0) @binding(4) var b_tex: texture_2d<f32>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read_write> post: array<vec4<f32>>; // the GELU epilogue's output
 
 // Stores one output row's 16 columns (four vec4s from vec4 column c0), skipping what lies
 // outside [M, N/4).
@@ -155,6 +158,7 @@ fn store_row(row: u32, c0: u32, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3:
         let at = params.out_offset4 + row * params.out_stride4 + col;
         if ((params.flags & ACCUMULATE) != 0u) { v += out[at]; }
         out[at] = v;
+        if ((params.flags & HAS_GELU) != 0u) { post[at] = gelu4(v); }
     }
 }
 

@@ -5,7 +5,8 @@
 //   op(A) = A[M,K] or, with TRANS_A, A[K,M]ᵀ;  op(B) = B[K,N] or, with TRANS_B, B[N,K]ᵀ
 //
 // So forward is (TRANS_A=false, TRANS_B=false), dinp = dout·Wᵀ is (false, true) and
-// dW = inpᵀ·dout is (true, false). params.flags: bit 0 accumulate, bit 1 add bias. Output
+// dW = inpᵀ·dout is (true, false). params.flags: bit 0 accumulate, bit 1 add bias, bit 2 also
+// store gelu of each output at `post` (c_fc's forward: out keeps the pre-activation). Output
 // (r, c) is stored at out[r·out_stride + out_col + c], and A is read from rows of a_stride
 // elements from column a_col (column slices of wider operands).
 //
@@ -36,6 +37,7 @@ struct Params {
 
 const ACCUMULATE: u32 = 1u;
 const HAS_BIAS: u32 = 2u;
+const HAS_GELU: u32 = 4u;
 
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
@@ -51,6 +53,7 @@ const WG: u32 = 64u; // transpose: invocations per workgroup (kernels::matmul::W
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> post: array<f32>; // the GELU epilogue's output
 
 var<workgroup> a_tile: array<f32, 1040>; // [TILE_K][STRIDE]: a_tile[k*65 + m] = op(A)[m0+m, k0+k]
 var<workgroup> b_tile: array<f32, 1040>; // [TILE_K][STRIDE]: b_tile[k*65 + n] = op(B)[k0+k, n0+n]
@@ -122,6 +125,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             let at = row * params.out_stride + params.out_col + col;
             if ((params.flags & ACCUMULATE) != 0u) { v += out[at]; }
             out[at] = v;
+            if ((params.flags & HAS_GELU) != 0u) { post[at] = gelu(v); }
         }
     }
 }

@@ -20,6 +20,8 @@
 //                                st = (m, l, s) = (max z, Σ e^{z−m}, Σ e^{z−m}·z), starting from
 //                                (NEG_BIG, 0, 0); the workgroup then merges the states (uniform
 //                                result), so lse = m + log l and Σ p·z = s/l
+//   gelu(x), gelu4(v)            GPT-2's tanh GELU ("gelu_new") of a value or a vec4 (gelu.wgsl
+//                                and the matmul epilogues that fuse it)
 
 const NEG_BIG: f32 = -3.0e38;
 
@@ -78,4 +80,25 @@ fn workgroup_softmax_state(lid: u32, n: u32, st: vec3<f32>) -> vec3<f32> {
     }
     if (lid == 0u) { prelude_state = prelude_states[0]; }
     return workgroupUniformLoad(&prelude_state);
+}
+
+const GELU_SQRT_2_OVER_PI: f32 = 0.7978845608028654;
+
+// gelu(x) = 0.5·x·(1 + tanh(u)), u = sqrt(2/π)·(x + 0.044715·x³), written with a sigmoid, which
+// stays accurate in f32 where the tanh form cancels (for x ≪ 0): 0.5·(1 + tanh(u)) = σ(2u).
+// exp overflowing to +inf gives σ = 0 exactly, so no input produces NaN.
+fn gelu_sigmoid(z: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-z));
+}
+
+fn gelu_inner(x: f32) -> f32 {
+    return GELU_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+}
+
+fn gelu(x: f32) -> f32 {
+    return x * gelu_sigmoid(2.0 * gelu_inner(x));
+}
+
+fn gelu4(v: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(gelu(v.x), gelu(v.y), gelu(v.z), gelu(v.w));
 }

@@ -4,6 +4,7 @@
 //! textures, 16×16 register tiles). The variant is chosen per adapter by measurement
 //! (`variant`); a shape that breaks a variant's vec4 alignment runs on the next that takes it.
 
+use super::gelu::gelu_forward;
 use super::{as_matrix, bind, bind_texture, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{
@@ -32,6 +33,7 @@ const TEXTURE_TILE_WG: usize = 8 * TEXTURE_TILE;
 
 const ACCUMULATE: u32 = 1;
 const HAS_BIAS: u32 = 2;
+const HAS_GELU: u32 = 4;
 
 /// Which operands are transposed: out = op(A)·op(B).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,7 +191,20 @@ pub fn matmul_with_variant(
             for n0 in (0..n).step_by(step) {
                 let nc = step.min(n - n0);
                 let piece = b.view(&gpu, n0 * k, &[nc, k])?;
-                record(rec, variant, out, a, &piece, bias, layout, accumulate, (m, nc, k), (n, n0), (a_stride, 0))?;
+                record(
+                    rec,
+                    variant,
+                    out,
+                    a,
+                    &piece,
+                    bias,
+                    None,
+                    layout,
+                    accumulate,
+                    (m, nc, k),
+                    (n, n0),
+                    (a_stride, 0),
+                )?;
             }
             Ok(())
         }
@@ -201,7 +216,7 @@ pub fn matmul_with_variant(
                 let piece = b.view(&gpu, k0 * n, &[kc, n])?;
                 let bias = if k0 == 0 { bias } else { None };
                 let acc = accumulate || k0 > 0;
-                record(rec, variant, out, a, &piece, bias, layout, acc, (m, n, kc), (n, 0), (a_stride, k0))?;
+                record(rec, variant, out, a, &piece, bias, None, layout, acc, (m, n, kc), (n, 0), (a_stride, k0))?;
             }
             Ok(())
         }
@@ -222,11 +237,24 @@ pub fn matmul_with_variant(
             for m0 in (0..m).step_by(step) {
                 let mc = step.min(m - m0);
                 let out_rows = out.view(&gpu, m0 * n, &[mc, n])?;
-                record(rec, variant, &out_rows, a, b, None, layout, accumulate, (mc, n, k), (n, 0), (a_stride, m0))?;
+                record(
+                    rec,
+                    variant,
+                    &out_rows,
+                    a,
+                    b,
+                    None,
+                    None,
+                    layout,
+                    accumulate,
+                    (mc, n, k),
+                    (n, 0),
+                    (a_stride, m0),
+                )?;
             }
             Ok(())
         }
-        _ => record(rec, variant, out, a, b, bias, layout, accumulate, (m, n, k), (n, 0), (a_stride, 0)),
+        _ => record(rec, variant, out, a, b, bias, None, layout, accumulate, (m, n, k), (n, 0), (a_stride, 0)),
     }
 }
 
@@ -330,7 +358,9 @@ fn operand_shapes(layout: Layout, m: usize, n: usize, k: usize) -> ([usize; 2], 
 const TRANSPOSE_MIN_ROWS: usize = 64;
 
 /// Records one matmul dispatch: op(a)·op(b) of shape (m, n, k) into columns out_col.. of rows
-/// of `out_stride` elements, reading A from column a_col of rows of `a_stride` elements.
+/// of `out_stride` elements, reading A from column a_col of rows of `a_stride` elements; with
+/// `post` (NN with a bias, N a multiple of 4, no accumulation: see `linear_forward_gelu`), also
+/// gelu of each output into `post`, laid out as out.
 #[allow(clippy::too_many_arguments)]
 fn record(
     rec: &mut Recorder,
@@ -339,6 +369,7 @@ fn record(
     a: &Tensor,
     b: &Tensor,
     bias: Option<&Tensor>,
+    post: Option<&Tensor>,
     layout: Layout,
     accumulate: bool,
     (m, n, k): (usize, usize, usize),
@@ -350,7 +381,7 @@ fn record(
         let method = if texture_fits(m, n) { pack_method(rec.gpu())? } else { PackMethod::Shader };
         if texture_fits(m, n) && vec4_out {
             let place = ((out_stride, out_col), (a_stride, a_col));
-            return record_texture(rec, method, out, a, b, bias, layout, accumulate, (m, n, k), place);
+            return record_texture(rec, method, out, a, b, bias, post, layout, accumulate, (m, n, k), place);
         }
         if texture_fits(m, n) {
             // The kernel stores whole vec4s: the product goes to rows of N rounded up to 4, and
@@ -358,7 +389,7 @@ fn record(
             let padded = n.next_multiple_of(4);
             let scratch = rec.gpu().tensor(&[m, padded], crate::gpu::DType::F32)?;
             let place = ((padded, 0), (a_stride, a_col));
-            record_texture(rec, method, &scratch, a, b, None, layout, false, (m, n, k), place)?;
+            record_texture(rec, method, &scratch, a, b, None, None, layout, false, (m, n, k), place)?;
             return unpad_columns(rec, out, &scratch, bias, accumulate, (m, n), (out_stride, out_col));
         }
         let variant = MatmulVariant::RegisterTiled;
@@ -369,6 +400,7 @@ fn record(
             a,
             b,
             bias,
+            post,
             layout,
             accumulate,
             (m, n, k),
@@ -376,10 +408,16 @@ fn record(
             (a_stride, a_col),
         );
     }
-    let flags = if accumulate { ACCUMULATE } else { 0 } | if bias.is_some() { HAS_BIAS } else { 0 };
-    // 2 flops per multiply-add; A and B read once, the output written (and read to accumulate).
-    let work =
-        Work::flops(2 * m * n * k, m * k + k * n + m * n * (1 + accumulate as usize) + n * bias.is_some() as usize);
+    let flags = if accumulate { ACCUMULATE } else { 0 }
+        | if bias.is_some() { HAS_BIAS } else { 0 }
+        | if post.is_some() { HAS_GELU } else { 0 };
+    // 2 flops per multiply-add; A and B read once, the output written (and read to accumulate,
+    // and written again through GELU).
+    let stores = 1 + accumulate as usize + post.is_some() as usize;
+    let work = Work::flops(2 * m * n * k, m * k + k * n + m * n * stores + n * bias.is_some() as usize);
+    // Kernels that store a GELU epilogue bind `post`, or `out` when there is none (the flag
+    // keeps it unwritten).
+    let post = post.unwrap_or(out);
     let (out_stride, out_col, a_stride, a_col) = (out_stride as u32, out_col as u32, a_stride as u32, a_col as u32);
     let params = Params { m: m as u32, n: n as u32, k: k as u32, flags, out_stride, out_col, a_stride, a_col };
     let p = bytemuck::bytes_of(&params);
@@ -411,7 +449,7 @@ fn record(
             gpu.grid(groups(n * k, WG)),
             Work::floats(2 * n * k),
         )?;
-        let bindings = [bind(1, a), bind(2, &b_t), bind(3, bias), bind(4, out), bind(6, a)];
+        let bindings = [bind(1, a), bind(2, &b_t), bind(3, bias), bind(4, out), bind(6, a), bind(7, post)];
         return rec.dispatch(&SHADER, "matmul_nn", &[("A_SCALAR", 0.0)], p, &bindings, grid, work);
     }
     if register_tiled && layout == Layout::NT && vec4_a {
@@ -422,7 +460,7 @@ fn record(
         let axis = if layout == Layout::NN { k } else { m };
         let scalar_a = !(vec4_a && axis.is_multiple_of(4));
         let entry = if layout == Layout::NN { "matmul_nn" } else { "matmul_tn" };
-        let bindings = [bind(1, a), bind(2, b), bind(3, bias), bind(4, out), bind(6, a)];
+        let bindings = [bind(1, a), bind(2, b), bind(3, bias), bind(4, out), bind(6, a), bind(7, post)];
         rec.dispatch(&SHADER, entry, &[("A_SCALAR", scalar_a as u8 as f64)], p, &bindings, grid, work)
     } else {
         let constants = [
@@ -435,7 +473,7 @@ fn record(
             "matmul_tiled",
             &constants,
             p,
-            &[bind(1, a), bind(2, b), bind(3, bias), bind(4, out)],
+            &[bind(1, a), bind(2, b), bind(3, bias), bind(4, out), bind(5, post)],
             grid,
             work,
         )
@@ -517,7 +555,7 @@ pub fn texture_matmul_with_pack(
         format!("texture matmul of {m}×{n}: needs at least {TEXTURE_TILE} rows and a multiple of 4 columns")
     })?;
     let a_stride = a.shape().last().copied().unwrap_or(1);
-    record_texture(rec, method, out, a, b, bias, layout, accumulate, (m, n, k), ((n, 0), (a_stride, 0)))
+    record_texture(rec, method, out, a, b, bias, None, layout, accumulate, (m, n, k), ((n, 0), (a_stride, 0)))
 }
 
 /// Records a product on the texture kernel (arguments as `record`): packs op(A) and op(B) into
@@ -532,6 +570,7 @@ fn record_texture(
     a: &Tensor,
     b: &Tensor,
     bias: Option<&Tensor>,
+    post: Option<&Tensor>,
     layout: Layout,
     accumulate: bool,
     (m, n, k): (usize, usize, usize),
@@ -565,7 +604,11 @@ fn record_texture(
                 let [_, (b_width, b_height)] = texture_sizes(0, nc, kc);
                 let b_tex = pack(rec, method, SLOT_B, b, b_block, b_width, b_height)?;
                 let with_bias = bias.is_some() && k0 == 0;
-                let flags = if accumulate || k0 > 0 { ACCUMULATE } else { 0 } | if with_bias { HAS_BIAS } else { 0 };
+                // GELU applies to the finished sum: `post` comes only with products of one K slice.
+                let with_gelu = post.is_some() && kc == k;
+                let flags = if accumulate || k0 > 0 { ACCUMULATE } else { 0 }
+                    | if with_bias { HAS_BIAS } else { 0 }
+                    | if with_gelu { HAS_GELU } else { 0 };
                 let params = TextureParams {
                     m: mc as u32,
                     n: nc.next_multiple_of(4) as u32, // whole vec4s: out's rows have room (see record)
@@ -578,11 +621,17 @@ fn record_texture(
                 };
                 // Kernels that read a bias binding get `a` when there is none (the flag keeps it
                 // unread).
-                let bindings =
-                    [bind_texture(3, &a_tex), bind_texture(4, &b_tex), bind(5, bias.unwrap_or(a)), bind(6, out)];
+                let bindings = [
+                    bind_texture(3, &a_tex),
+                    bind_texture(4, &b_tex),
+                    bind(5, bias.unwrap_or(a)),
+                    bind(6, out),
+                    bind(11, post.unwrap_or(out)),
+                ];
                 let grid = [groups(nc, TEXTURE_TILE_WG) as u32, groups(mc, TEXTURE_TILE_WG) as u32, 1];
                 let accumulated = (flags & ACCUMULATE != 0) as usize;
-                let work = Work::flops(2 * mc * nc * kc, mc * kc + kc * nc + mc * nc * (1 + accumulated));
+                let stores = 1 + accumulated + with_gelu as usize;
+                let work = Work::flops(2 * mc * nc * kc, mc * kc + kc * nc + mc * nc * stores);
                 rec.dispatch(
                     &TEXTURE_SHADER,
                     "matmul_texture",
@@ -681,7 +730,7 @@ fn measure_pack_method(gpu: &Arc<Gpu>, method: PackMethod) -> Result<Option<f64>
     let (ta, tb) = (gpu.upload(&[m, k], &f32s(&a))?, gpu.upload(&[k, n], &f32s(&b))?);
     let out = gpu.tensor(&[m, n], crate::gpu::DType::F32)?;
     let mut rec = Recorder::new(gpu);
-    record_texture(&mut rec, method, &out, &ta, &tb, None, Layout::NN, false, (m, n, k), ((n, 0), (k, 0)))?;
+    record_texture(&mut rec, method, &out, &ta, &tb, None, None, Layout::NN, false, (m, n, k), ((n, 0), (k, 0)))?;
     rec.submit();
     if !matches_reference(&gpu.download(&out)?, &crate::reference::matmul(&a, &b, m, n, k, Layout::NN)) {
         return Ok(None);
@@ -745,6 +794,107 @@ pub(crate) fn pack(
 /// Linear layer forward: out [N, OC] = inp [N, C] · w [C, OC] + bias [OC].
 pub fn linear_forward(rec: &mut Recorder, out: &Tensor, inp: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<()> {
     matmul(rec, out, inp, w, bias, Layout::NN, false)
+}
+
+/// How c_fc's forward applies GELU to its output: chosen per adapter by measurement
+/// (`gelu_epilogue`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GeluEpilogue {
+    /// The product, then the GELU kernel over its output: a second pass over B·T·4C values.
+    Separate,
+    /// The product's epilogue stores the pre-activation and its GELU together.
+    Fused,
+}
+
+/// The names of the GELU epilogues, as `PPO_WGPU_BIAS_GELU` and the cache spell them.
+pub const GELU_EPILOGUES: [(GeluEpilogue, &str); 2] =
+    [(GeluEpilogue::Separate, "separate"), (GeluEpilogue::Fused, "fused")];
+
+/// The GELU epilogue this adapter uses: chosen by measurement on first use and cached (family
+/// `bias_gelu`, forced with PPO_WGPU_BIAS_GELU=separate|fused).
+pub fn gelu_epilogue(gpu: &Arc<Gpu>) -> Result<GeluEpilogue> {
+    choose_by_measurement(gpu, "bias_gelu", &GELU_EPILOGUES, "GFLOP/s", measure_gelu_epilogue)
+}
+
+/// An epilogue's GFLOP/s (the product's FLOPs over the time of product and GELU) at a small
+/// model's c_fc over a batch and over a decode step, after a check against the CPU reference.
+fn measure_gelu_epilogue(gpu: &Arc<Gpu>, epilogue: GeluEpilogue) -> Result<Option<f64>> {
+    let mut rng = crate::rng::Rng::new(19);
+    let (mut flops, mut seconds) = (0.0, 0.0);
+    for (m, n, k) in [(37, 44, 29), (1024, 512, 128), (32, 512, 128)] {
+        let (x, w, bias) = (rng.normals(m * k, 1.0), rng.normals(k * n, 0.3), rng.normals(n, 1.0));
+        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let (tx, tw, tb) =
+            (gpu.upload(&[m, k], &f32s(&x))?, gpu.upload(&[k, n], &f32s(&w))?, gpu.upload(&[n], &f32s(&bias))?);
+        let (pre, post) = (gpu.tensor(&[m, n], crate::gpu::DType::F32)?, gpu.tensor(&[m, n], crate::gpu::DType::F32)?);
+        let variant = variant_for_rows(gpu, m)?;
+        let call = |rec: &mut Recorder| linear_forward_gelu_with(rec, variant, epilogue, &pre, &post, &tx, &tw, &tb);
+        if m == 37 {
+            let mut rec = Recorder::new(gpu);
+            call(&mut rec)?;
+            rec.submit();
+            let want = crate::reference::linear_forward(&x, &w, Some(&bias), m, k, n);
+            let ok = matches_reference(&gpu.download(&pre)?, &want)
+                && matches_reference(&gpu.download(&post)?, &crate::reference::gelu_forward(&want));
+            if !ok {
+                return Ok(None);
+            }
+            continue;
+        }
+        seconds += seconds_per_call(gpu, call)?;
+        flops += (2 * m * n * k) as f64;
+    }
+    Ok(Some(flops / seconds / 1e9))
+}
+
+/// c_fc's forward: pre [N, OC] = inp [N, C] · w [C, OC] + bias [OC] (kept for the backward) and
+/// post = gelu(pre), with the adapter's matmul variant and GELU epilogue.
+pub fn linear_forward_gelu(
+    rec: &mut Recorder,
+    pre: &Tensor,
+    post: &Tensor,
+    inp: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+) -> Result<()> {
+    let (m, _) = as_matrix(inp);
+    let (variant, epilogue) = (variant_for_rows(rec.gpu(), m)?, gelu_epilogue(rec.gpu())?);
+    linear_forward_gelu_with(rec, variant, epilogue, pre, post, inp, w, bias)
+}
+
+/// As `linear_forward_gelu` with the matmul variant and the epilogue named (tests and benches
+/// compare them). A fused request for a product that does not run as one dispatch (see
+/// `one_dispatch`) runs separately: GELU applies to the finished sum.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward_gelu_with(
+    rec: &mut Recorder,
+    variant: MatmulVariant,
+    epilogue: GeluEpilogue,
+    pre: &Tensor,
+    post: &Tensor,
+    inp: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+) -> Result<()> {
+    let (m, n, k) = dims(pre, inp, w, Layout::NN)?;
+    expect_len(post, m * n, "GELU epilogue output")?;
+    expect_len(bias, n, "matmul bias")?;
+    if epilogue == GeluEpilogue::Fused && one_dispatch(rec.gpu(), variant, m, n, k) {
+        return record(rec, variant, pre, inp, w, Some(bias), Some(post), Layout::NN, false, (m, n, k), (n, 0), (k, 0));
+    }
+    matmul_with_variant(rec, variant, pre, inp, w, Some(bias), Layout::NN, false)?;
+    gelu_forward(rec, post, pre)
+}
+
+/// Whether `record` computes an NN product of (m, n, k) with a bias in one dispatch on
+/// `variant`'s kernel: N whole vec4s, K within MAX_K, every operand within one binding and, on
+/// the texture kernel, within the adapter's texture size (else the product runs in slices).
+fn one_dispatch(gpu: &Gpu, variant: MatmulVariant, m: usize, n: usize, k: usize) -> bool {
+    let limit = gpu.limits.max_storage_buffer_binding_size as usize / 4;
+    let max = gpu.limits.max_texture_dimension_2d as usize;
+    let textures_fit = texture_sizes(m, n, k).iter().all(|&(width, height)| width <= max && height <= max);
+    let texture_ok = variant != MatmulVariant::Texture || !texture_fits(m, n) || textures_fit;
+    m > 0 && n.is_multiple_of(4) && k <= MAX_K && m * k <= limit && m * n <= limit && k * n <= limit && texture_ok
 }
 
 /// Linear layer backward, accumulating into existing gradients (llm.c's convention: gradient

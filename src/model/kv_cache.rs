@@ -8,10 +8,9 @@ use super::gpt::{Activations, Batch, Model};
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::embedding::embedding_forward;
-use crate::kernels::gelu::gelu_forward;
 use crate::kernels::kv_cache::{CacheShape, decode_attention, kv_cache_write};
 use crate::kernels::layernorm::layernorm_forward;
-use crate::kernels::matmul::linear_forward;
+use crate::kernels::matmul::{linear_forward, linear_forward_gelu};
 use crate::kernels::residual::residual_forward;
 
 /// Every layer's keys and values for B rows of up to `t_max` positions, and which positions
@@ -102,8 +101,7 @@ impl Model {
             linear_forward(rec, &s.proj, &s.atty, &lp.attn_proj_w, Some(&lp.attn_proj_b))?;
             residual_forward(rec, &s.residual2, &s.x, &s.proj)?;
             layernorm_forward(rec, &s.ln, &s.mean, &s.rstd, &s.residual2, &lp.ln_2_w, &lp.ln_2_b, eps)?;
-            linear_forward(rec, &s.fch, &s.ln, &lp.c_fc_w, Some(&lp.c_fc_b))?;
-            gelu_forward(rec, &s.fch_gelu, &s.fch)?;
+            linear_forward_gelu(rec, &s.fch, &s.fch_gelu, &s.ln, &lp.c_fc_w, &lp.c_fc_b)?;
             linear_forward(rec, &s.proj, &s.fch_gelu, &lp.mlp_proj_w, Some(&lp.mlp_proj_b))?;
             residual_forward(rec, &s.x, &s.residual2, &s.proj)?;
         }

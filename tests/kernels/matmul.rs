@@ -329,3 +329,33 @@ fn texture_pack_methods_match_reference() {
         }
     }
 }
+
+/// c_fc's forward with each GELU epilogue on each matmul variant: the pre-activation (kept for
+/// the backward) and its GELU against the reference, on shapes the fused epilogue takes (N a
+/// multiple of 4, ragged M and K) and one it hands back to the separate kernels (N ragged).
+#[test]
+fn linear_forward_gelu_epilogues_match_reference() {
+    use ppo_wgpu::kernels::matmul::{GELU_EPILOGUES, linear_forward_gelu_with};
+    let mut rng = Rng::new(33);
+    for (m, c, oc) in [(37, 29, 44), (130, 64, 256), (33, 20, 18)] {
+        let (x, w, bias) = (rng.normals(m * c, 1.0), rng.normals(c * oc, 0.5), rng.normals(oc, 1.0));
+        let want_pre = reference::linear_forward(&x, &w, Some(&bias), m, c, oc);
+        let want_post = reference::gelu_forward(&want_pre);
+        let (tx, tw, tb) = (upload(&x, &[m, c]), upload(&w, &[c, oc]), upload(&bias, &[oc]));
+        for variant in VARIANTS {
+            for (epilogue, name) in GELU_EPILOGUES {
+                // Outputs start as NaN: every element must be written.
+                let (pre, post) =
+                    (upload(&vec![f64::NAN; m * oc], &[m, oc]), upload(&vec![f64::NAN; m * oc], &[m, oc]));
+                let gpu = gpu();
+                let mut rec = Recorder::new(&gpu);
+                linear_forward_gelu_with(&mut rec, variant, epilogue, &pre, &post, &tx, &tw, &tb).unwrap();
+                rec.submit();
+                let (atol, rtol) = tol(c);
+                let what = format!("c_fc {variant:?} {name} M={m} C={c} OC={oc}");
+                assert_close(&format!("{what} pre-activation"), &download(&pre), &want_pre, atol, rtol);
+                assert_close(&format!("{what} gelu"), &download(&post), &want_post, atol, rtol);
+            }
+        }
+    }
+}
