@@ -7,12 +7,19 @@
 //       out = Σ_j softmax_j(s)·v_j
 //     (the same math as attention_forward's row for that query: tests compare the two)
 //
+// The cache holds f32 values (kv_cache_write, decode_attention) or, the other variant chosen per
+// adapter by measurement (kernels::kv_cache::format), f16 ones two to a u32 with WGSL's portable
+// pack2x16float (the _f16 entry points): half the memory and half the bytes each decode step
+// reads, with the same f32 arithmetic. Only generation reads the cache; the training forward
+// recomputes every log-prob in f32, so PPO's ratios do not see the rounding.
+//
 // Layout: qkv [B, n, 3C] as c_attn writes it (q, k, v each [C]; head h owns channels h·hd ..
-// h·hd + hd − 1); cache [B, T_max, 2C] (k then v per position); mask [B, T_max] u32 (1 = a real
-// token); out [B, C].
-// Launch: kv_cache_write: one invocation per (b, i, channel), workgroup 256, grid 2D;
-// decode_attention: one workgroup of 64 per (b, h), flat index b·NH + h, grid 2D. Scores of up
-// to MAX_KEYS positions live in workgroup memory.
+// h·hd + hd − 1); cache [B, T_max, 2C] (k then v per position), f32, or u32 holding the f16 pairs
+// (channels 2i, 2i + 1 in word i: [B, T_max, C] words); mask [B, T_max] u32 (1 = a real token);
+// out [B, C].
+// Launch: kv_cache_write: one invocation per (b, i, channel), workgroup 256, grid 2D (the _f16
+// form: per pair of channels); decode_attention: one workgroup of 64 per (b, h), flat index
+// b·NH + h, grid 2D. Scores of up to MAX_KEYS positions live in workgroup memory.
 
 struct Params {
     b: u32,
@@ -35,6 +42,10 @@ const WG_WRITE: u32 = 256u; // kv_cache_write: invocations per workgroup (kernel
 @group(0) @binding(3) var<storage, read> cache_in: array<f32>;
 @group(0) @binding(4) var<storage, read> mask: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
+// The f16 cache (the _f16 entry points; decode_attention binds a stand-in at 7, and
+// decode_attention_f16 one at 3, since both read through cached_pair).
+@group(0) @binding(6) var<storage, read_write> cache_h: array<u32>;
+@group(0) @binding(7) var<storage, read> cache_h_in: array<u32>;
 
 @compute @workgroup_size(WG_WRITE)
 fn kv_cache_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -50,11 +61,42 @@ fn kv_cache_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     cache[(b * params.t_max + params.start + i) * c2 + ch] = qkv[bi * 3u * params.c + params.c + ch];
 }
 
+@compute @workgroup_size(WG_WRITE)
+fn kv_cache_write_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let flat = (wid.y * nwg.x + wid.x) * WG_WRITE + lid;
+    let c = params.c; // pairs of channels per position (2C channels)
+    if (flat >= params.b * params.n * c) { return; }
+    let pair = flat % c;
+    let bi = flat / c; // b·n + i
+    let b = bi / params.n;
+    let i = bi % params.n;
+    let at = bi * 3u * c + c + 2u * pair;
+    cache_h[(b * params.t_max + params.start + i) * c + pair] = pack2x16float(vec2<f32>(qkv[at], qkv[at + 1u]));
+}
+
+// Channels `at`, `at` + 1 (an even offset) of the cache, as f32s.
+fn cached_pair(at: u32, half: bool) -> vec2<f32> {
+    if (half) { return unpack2x16float(cache_h_in[at / 2u]); }
+    return vec2<f32>(cache_in[at], cache_in[at + 1u]);
+}
+
 var<workgroup> scores: array<f32, MAX_KEYS>;
 
 @compute @workgroup_size(WG)
 fn decode_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
+    decode_attention_rows(wid, nwg, lid, false);
+}
+
+@compute @workgroup_size(WG)
+fn decode_attention_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    decode_attention_rows(wid, nwg, lid, true);
+}
+
+// One (b, h) per workgroup; `half`: the cache holds f16 pairs.
+fn decode_attention_rows(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, half: bool) {
     let bh = wid.y * nwg.x + wid.x;
     if (bh >= params.b * params.nh) { return; } // uniform across the workgroup
     let b = bh / params.nh;
@@ -71,7 +113,10 @@ fn decode_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         if (mask[row + j] != 0u) {
             let k = (row + j) * 2u * c + h * hd;
             var dot = 0.0;
-            for (var d = 0u; d < hd; d++) { dot += qkv[q + d] * cache_in[k + d]; }
+            for (var d = 0u; d < hd; d += 2u) {
+                let kd = cached_pair(k + d, half);
+                dot += qkv[q + d] * kd.x + qkv[q + d + 1u] * kd.y;
+            }
             s = dot * params.scale;
             m = max(m, s);
         }
@@ -89,12 +134,13 @@ fn decode_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     sum = workgroup_sum(lid, WG, sum);
     let inv_sum = select(0.0, 1.0 / sum, sum > 0.0);
 
-    // out[d] = Σ_j p_j v_j[d] / Σ_j p_j, one channel per invocation.
-    for (var d = lid; d < hd; d += WG) {
-        var acc = 0.0;
+    // out[d] = Σ_j p_j v_j[d] / Σ_j p_j, a pair of channels per invocation (hd is even).
+    for (var d = 2u * lid; d < hd; d += 2u * WG) {
+        var acc = vec2<f32>(0.0);
         for (var j = 0u; j < params.len; j++) {
-            acc += scores[j] * cache_in[(row + j) * 2u * c + c + h * hd + d];
+            acc += scores[j] * cached_pair((row + j) * 2u * c + c + h * hd + d, half);
         }
-        out[b * c + h * hd + d] = acc * inv_sum;
+        out[b * c + h * hd + d] = acc.x * inv_sum;
+        out[b * c + h * hd + d + 1u] = acc.y * inv_sum;
     }
 }

@@ -9,6 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder, Tensor};
+use crate::kernels::kv_cache::KvFormat;
 use crate::kernels::ppo::logprob_entropy;
 use crate::kernels::sampling::{LogitRows, SamplerState, sample_tokens};
 use crate::model::checkpoint::TOKENIZER_FILE;
@@ -30,6 +31,9 @@ pub struct GenerateOptions {
     pub eos: Option<u32>,
     /// Read the ended flags every this many steps to stop early (0: never, one readback in all).
     pub check_every: usize,
+    /// The KV cache's format; None: the adapter's (chosen by measurement: f16 halves the
+    /// cache and changes the sampled distribution by f16's rounding of keys and values).
+    pub kv_format: Option<KvFormat>,
 }
 
 /// What a batch of prompts produced.
@@ -99,7 +103,10 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> 
     let cache_mask: Vec<u32> = (0..b)
         .flat_map(|row| mask[row * p..(row + 1) * p].iter().copied().chain(std::iter::repeat_n(1, steps)))
         .collect();
-    let cache = model.kv_cache(b, t_max, &cache_mask)?;
+    let cache = match opts.kv_format {
+        Some(format) => model.kv_cache_with_format(b, t_max, &cache_mask, format)?,
+        None => model.kv_cache(b, t_max, &cache_mask)?,
+    };
     let scratch = model.decode_scratch(b)?;
     let lens: Vec<u32> = prompts.iter().map(|x| x.len() as u32).collect();
     let u32s = |shape: &[usize]| gpu.tensor(shape, DType::U32);
@@ -218,6 +225,7 @@ pub fn run(gpu: &std::sync::Arc<crate::gpu::Gpu>, args: &GenerateArgs) -> Result
         first_sample: 0,
         eos,
         check_every: 16,
+        kv_format: None,
     };
     let generation = {
         let _phase = gpu.phase("generation");

@@ -1,9 +1,12 @@
 //! The KV cache of generation: writing a step's keys and values, and attention of each row's
-//! newest query against the cache. Shader: `kv_cache.wgsl`.
+//! newest query against the cache. Shader: `kv_cache.wgsl`. The cache holds f32 values or f16
+//! pairs packed into u32s (`KvFormat`, chosen per adapter by measurement: `format`); the kernels
+//! read which from the cache tensor's dtype.
 
 use super::{bind, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Recorder, Shader, Tensor, Work};
+use crate::gpu::{DType, Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, seconds_per_call};
+use std::sync::Arc;
 
 pub const SHADER: Shader =
     Shader { name: "kv_cache", source: include_str!("../../shaders/kv_cache.wgsl"), includes: &[] };
@@ -38,10 +41,111 @@ pub struct CacheShape {
     pub n_head: usize,
 }
 
-/// cache [B, T_max, 2C] at positions start .. start + n = the keys and values of qkv [B, n, 3C].
+/// What a KV cache holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvFormat {
+    /// f32 values: [B, T_max, 2C] f32.
+    F32,
+    /// f16 values two to a u32 (pack2x16float): [B, T_max, C] u32, half the memory and reads.
+    F16,
+}
+
+/// The names of the formats, as `PPO_WGPU_KV_CACHE` and the cache file spell them.
+pub const FORMATS: [(KvFormat, &str); 2] = [(KvFormat::F32, "f32"), (KvFormat::F16, "f16")];
+
+/// The format this adapter's generation caches keys and values in: chosen by measurement on
+/// first use and cached (family `kv_cache`, forced with PPO_WGPU_KV_CACHE=f32|f16).
+pub fn format(gpu: &Arc<Gpu>) -> Result<KvFormat> {
+    choose_by_measurement(gpu, "kv_cache", &FORMATS, "G values/s", measure_format)
+}
+
+/// An empty cache of `shape` in `format`.
+pub fn new_cache(gpu: &Arc<Gpu>, shape: CacheShape, format: KvFormat) -> Result<Tensor> {
+    let CacheShape { b, t_max, c, .. } = shape;
+    match format {
+        KvFormat::F32 => gpu.tensor(&[b, t_max, 2 * c], DType::F32),
+        KvFormat::F16 => gpu.tensor(&[b, t_max, c], DType::U32),
+    }
+}
+
+/// The format of a cache tensor (f16 pairs are u32s).
+fn format_of(cache: &Tensor) -> KvFormat {
+    if cache.dtype() == DType::U32 { KvFormat::F16 } else { KvFormat::F32 }
+}
+
+/// A format's rate in keys' and values' elements written and read per second (the same work
+/// for both formats, whatever their bytes) over a prefill write and a decode step at a small
+/// model's rollout shape and at GPT-2's width, after decode attention over it matched the CPU
+/// reference (with f16-rounded keys and values for f16).
+fn measure_format(gpu: &Arc<Gpu>, format: KvFormat) -> Result<Option<f64>> {
+    let mut rng = crate::rng::Rng::new(23);
+    let (mut values, mut seconds) = (0.0, 0.0);
+    for shape in [
+        CacheShape { b: 3, t_max: 9, c: 16, n_head: 2 },
+        CacheShape { b: 32, t_max: 64, c: 128, n_head: 4 },
+        CacheShape { b: 4, t_max: 256, c: 768, n_head: 12 },
+    ] {
+        let CacheShape { b, t_max, c, n_head } = shape;
+        let qkv = rng.normals(b * t_max * 3 * c, 1.0);
+        let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+        let (t_qkv, last) = (gpu.upload(&[b, t_max, 3 * c], &f32s(&qkv))?, gpu.tensor(&[b, 3 * c], DType::F32)?);
+        let mask = gpu.upload_u32(&[b, t_max], &vec![1; b * t_max])?;
+        let (cache, out) = (new_cache(gpu, shape, format)?, gpu.tensor(&[b, c], DType::F32)?);
+        let step = |rec: &mut Recorder| -> Result<()> {
+            kv_cache_write(rec, &cache, &t_qkv, shape, 0)?;
+            for row in 0..b {
+                rec.copy(
+                    &t_qkv.view(gpu, (row * t_max + t_max - 1) * 3 * c, &[3 * c])?,
+                    &last.view(gpu, row * 3 * c, &[3 * c])?,
+                );
+            }
+            decode_attention(rec, &out, &last, &cache, &mask, shape, t_max)
+        };
+        if b == 3 {
+            let mut rec = Recorder::new(gpu);
+            step(&mut rec)?;
+            rec.submit();
+            // The keys and values as the cache holds them.
+            let held: Vec<f64> = qkv
+                .iter()
+                .enumerate()
+                .map(
+                    |(i, &x)| {
+                        if format == KvFormat::F16 && i % (3 * c) >= c { round_to_f16(x as f32) as f64 } else { x }
+                    },
+                )
+                .collect();
+            let (want, _) = crate::reference::attention_forward(&held, &vec![1; b * t_max], b, t_max, c, n_head);
+            let last_rows: Vec<f64> = (0..b)
+                .flat_map(|row| want[(row * t_max + t_max - 1) * c..(row * t_max + t_max) * c].to_vec())
+                .collect();
+            if !crate::gpu::matches_reference(&gpu.download(&out)?, &last_rows) {
+                return Ok(None);
+            }
+            continue;
+        }
+        seconds += seconds_per_call(gpu, step)?;
+        values += (2 * b * t_max * 2 * c) as f64;
+    }
+    Ok(Some(values / seconds / 1e9))
+}
+
+/// x rounded to the nearest f16 (ties to even), as f32: what pack2x16float stores, for values
+/// in f16's normal range.
+pub fn round_to_f16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let dropped = bits & 0x1FFF; // the 13 mantissa bits f16 does not keep
+    let kept = bits & !0x1FFF;
+    let up = dropped > 0x1000 || (dropped == 0x1000 && kept & 0x2000 != 0);
+    f32::from_bits(if up { kept + 0x2000 } else { kept })
+}
+
+/// cache at positions start .. start + n = the keys and values of qkv [B, n, 3C] (cache
+/// [B, T_max, 2C] f32, or [B, T_max, C] u32 of f16 pairs).
 pub fn kv_cache_write(rec: &mut Recorder, cache: &Tensor, qkv: &Tensor, shape: CacheShape, start: usize) -> Result<()> {
     let CacheShape { b, t_max, c, .. } = shape;
-    expect_len(cache, b * t_max * 2 * c, "KV cache")?;
+    let format = format_of(cache);
+    expect_len(cache, b * t_max * if format == KvFormat::F16 { c } else { 2 * c }, "KV cache")?;
     let n = qkv.len() / (b * 3 * c).max(1);
     expect_len(qkv, b * n * 3 * c, "qkv for the KV cache")?;
     ensure_shape(start + n <= t_max, || format!("KV cache write of {n} positions at {start} past its {t_max}"))?;
@@ -53,9 +157,18 @@ pub fn kv_cache_write(rec: &mut Recorder, cache: &Tensor, qkv: &Tensor, shape: C
         c: c as u32,
         ..Default::default()
     };
-    let grid = rec.gpu().grid(groups(b * n * 2 * c, WG_WRITE));
-    let work = Work::floats(2 * b * n * 2 * c); // the keys and values read from qkv, written to the cache
-    rec.dispatch(&SHADER, "kv_cache_write", &[], bytemuck::bytes_of(&p), &[bind(1, qkv), bind(2, cache)], grid, work)
+    // The keys and values read from qkv and written to the cache (f16: two to a word).
+    let p = bytemuck::bytes_of(&p);
+    match format {
+        KvFormat::F32 => {
+            let (grid, work) = (rec.gpu().grid(groups(b * n * 2 * c, WG_WRITE)), Work::floats(2 * b * n * 2 * c));
+            rec.dispatch(&SHADER, "kv_cache_write", &[], p, &[bind(1, qkv), bind(2, cache)], grid, work)
+        }
+        KvFormat::F16 => {
+            let (grid, work) = (rec.gpu().grid(groups(b * n * c, WG_WRITE)), Work::floats(b * n * 2 * c + b * n * c));
+            rec.dispatch(&SHADER, "kv_cache_write_f16", &[], p, &[bind(1, qkv), bind_u32(6, cache)], grid, work)
+        }
+    }
 }
 
 /// out [B, C] = attention of each row's query (qkv [B, 3C], the token at cache position
@@ -75,7 +188,8 @@ pub fn decode_attention(
         format!("decode attention over {len} keys: the cache holds {t_max}, the kernel at most {MAX_KEYS}")
     })?;
     expect_len(qkv, b * 3 * c, "decode qkv")?;
-    expect_len(cache, b * t_max * 2 * c, "KV cache")?;
+    let format = format_of(cache);
+    expect_len(cache, b * t_max * if format == KvFormat::F16 { c } else { 2 * c }, "KV cache")?;
     expect_len(mask, b * t_max, "KV cache mask")?;
     expect_len(out, b * c, "decode attention output")?;
     let p = Params {
@@ -87,10 +201,23 @@ pub fn decode_attention(
         scale: 1.0 / ((c / n_head) as f32).sqrt(),
         ..Default::default()
     };
-    let bindings = [bind(1, qkv), bind(3, cache), bind_u32(4, mask), bind(5, out)];
     let grid = rec.gpu().grid(b * n_head);
     // One query per row and head against `len` cached keys and values: q·k and p·v, 2 flops
-    // per multiply-add; the cached keys and values read once.
-    let work = Work::flops(2 * 2 * b * len * c, b * len * 2 * c + b * (3 * c + c + len));
-    rec.dispatch(&SHADER, "decode_attention", &[], bytemuck::bytes_of(&p), &bindings, grid, work)
+    // per multiply-add; the cached keys and values read once (f16: two to a word). Both entry
+    // points read the cache through one function: the other format's binding gets a stand-in
+    // of its type (the mask, qkv), never read.
+    let (entry, bindings, cache_words) = match format {
+        KvFormat::F32 => (
+            "decode_attention",
+            [bind(1, qkv), bind(3, cache), bind_u32(4, mask), bind(5, out), bind_u32(7, mask)],
+            2 * c,
+        ),
+        KvFormat::F16 => (
+            "decode_attention_f16",
+            [bind(1, qkv), bind(3, qkv), bind_u32(4, mask), bind(5, out), bind_u32(7, cache)],
+            c,
+        ),
+    };
+    let work = Work::flops(2 * 2 * b * len * c, b * len * cache_words + b * (3 * c + c + len));
+    rec.dispatch(&SHADER, entry, &[], bytemuck::bytes_of(&p), &bindings, grid, work)
 }

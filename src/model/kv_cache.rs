@@ -8,7 +8,7 @@ use super::gpt::{Activations, Batch, Model};
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::embedding::embedding_forward;
-use crate::kernels::kv_cache::{CacheShape, decode_attention, kv_cache_write};
+use crate::kernels::kv_cache::{self, CacheShape, KvFormat, decode_attention, kv_cache_write};
 use crate::kernels::layernorm::layernorm_forward;
 use crate::kernels::matmul::{linear_forward, linear_forward_gelu};
 use crate::kernels::residual::residual_forward;
@@ -17,7 +17,8 @@ use crate::kernels::residual::residual_forward;
 /// hold real tokens.
 pub struct KvCache {
     pub shape: CacheShape,
-    /// One [B, T_max, 2C] tensor per layer: k then v at each position.
+    /// One tensor per layer: k then v at each position, [B, T_max, 2C] f32 or [B, T_max, C]
+    /// u32 of f16 pairs (`kernels::kv_cache::KvFormat`).
     pub layers: Vec<Tensor>,
     /// u32 [B, T_max]: 1 where a position holds a real token (left padding is 0).
     pub mask: Tensor,
@@ -40,13 +41,18 @@ pub struct DecodeScratch {
 }
 
 impl Model {
-    /// An empty cache for B rows of `t_max` positions; `mask` [B, T_max] marks the real tokens.
+    /// An empty cache for B rows of `t_max` positions, in the adapter's format (chosen by
+    /// measurement); `mask` [B, T_max] marks the real tokens.
     pub fn kv_cache(&self, b: usize, t_max: usize, mask: &[u32]) -> Result<KvCache> {
+        self.kv_cache_with_format(b, t_max, mask, kv_cache::format(self.gpu())?)
+    }
+
+    /// As `kv_cache`, in the format named (tests compare them).
+    pub fn kv_cache_with_format(&self, b: usize, t_max: usize, mask: &[u32], format: KvFormat) -> Result<KvCache> {
         let GptConfig { n_embd: c, n_head, .. } = self.config;
         let shape = CacheShape { b, t_max, c, n_head };
-        let layers = (0..self.config.n_layer)
-            .map(|_| self.gpu().tensor(&[b, t_max, 2 * c], DType::F32))
-            .collect::<Result<_>>()?;
+        let layers =
+            (0..self.config.n_layer).map(|_| kv_cache::new_cache(self.gpu(), shape, format)).collect::<Result<_>>()?;
         Ok(KvCache { shape, layers, mask: self.gpu().upload_u32(&[b, t_max], mask)? })
     }
 

@@ -459,6 +459,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
             first_sample: it * b,
             eos,
             check_every: opts.stop_check_every,
+            kv_format: None,
         };
         let generation = generate(&policy, &rows, &gen_opts)?;
         let seqs = Sequences::new(&generation, opts.response_length, eos);

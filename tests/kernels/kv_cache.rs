@@ -1,11 +1,31 @@
 use crate::common::*;
 use ppo_wgpu::gpu::{DType, Recorder};
-use ppo_wgpu::kernels::kv_cache::{CacheShape, decode_attention, kv_cache_write};
+use ppo_wgpu::kernels::kv_cache::{
+    CacheShape, FORMATS, KvFormat, decode_attention, kv_cache_write, new_cache, round_to_f16,
+};
 use ppo_wgpu::reference;
 
-/// Prefill P positions into the cache, append one more, and attend from it: the output equals
-/// the reference causal attention's row for that position (left padding masked).
+/// An f16's bits as f32 (normal, subnormal and zero values).
+fn f16_to_f32(h: u32) -> f64 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let (exponent, mantissa) = ((h >> 10) & 0x1F, (h & 0x3FF) as f64);
+    sign * if exponent == 0 {
+        mantissa * 2f64.powi(-24)
+    } else {
+        (1.0 + mantissa / 1024.0) * 2f64.powi(exponent as i32 - 15)
+    }
+}
+
+/// Prefill P positions into the cache, append one more, and attend from it: for each cache
+/// format the output equals the reference causal attention's row for that position (left
+/// padding masked), the reference taking keys and values as the cache holds them.
 fn check_decode(b: usize, p: usize, c: usize, nh: usize, seed: u64) {
+    for (format, _) in FORMATS {
+        check_decode_format(format, b, p, c, nh, seed);
+    }
+}
+
+fn check_decode_format(format: KvFormat, b: usize, p: usize, c: usize, nh: usize, seed: u64) {
     let gpu = gpu();
     let mut rng = Rng::new(seed);
     let t = p + 1;
@@ -18,7 +38,13 @@ fn check_decode(b: usize, p: usize, c: usize, nh: usize, seed: u64) {
             mask[row * t + j] = 0;
         }
     }
-    let (want, _) = reference::attention_forward(&qkv, &mask, b, t, c, nh);
+    // Keys and values as the cache holds them (f16: rounded to nearest, ties to even).
+    let held: Vec<f64> = qkv
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| if format == KvFormat::F16 && i % (3 * c) >= c { round_to_f16(x as f32) as f64 } else { x })
+        .collect();
+    let (want, _) = reference::attention_forward(&held, &mask, b, t, c, nh);
     let mut cache_mask = vec![1u32; b * t_max];
     for row in 0..b {
         cache_mask[row * t_max..row * t_max + t].copy_from_slice(&mask[row * t..(row + 1) * t]);
@@ -26,7 +52,7 @@ fn check_decode(b: usize, p: usize, c: usize, nh: usize, seed: u64) {
     let prefix: Vec<f64> = (0..b).flat_map(|row| qkv[row * t * 3 * c..(row * t + p) * 3 * c].to_vec()).collect();
     let last: Vec<f64> = (0..b).flat_map(|row| qkv[(row * t + p) * 3 * c..(row * t + t) * 3 * c].to_vec()).collect();
     let shape = CacheShape { b, t_max, c, n_head: nh };
-    let cache = zeros(&[b, t_max, 2 * c]);
+    let cache = new_cache(&gpu, shape, format).unwrap();
     let (mask_t, out) = (gpu.upload_u32(&[b, t_max], &cache_mask).unwrap(), gpu.tensor(&[b, c], DType::F32).unwrap());
     let (prefix_t, last_t) = (upload(&prefix, &[b, p, 3 * c]), upload(&last, &[b, 3 * c]));
     let mut rec = Recorder::new(&gpu);
@@ -35,15 +61,31 @@ fn check_decode(b: usize, p: usize, c: usize, nh: usize, seed: u64) {
     decode_attention(&mut rec, &out, &last_t, &cache, &mask_t, shape, t).unwrap();
     rec.submit();
     let want_last: Vec<f64> = (0..b).flat_map(|row| want[(row * t + p) * c..(row * t + t) * c].to_vec()).collect();
-    assert_close(&format!("decode attention B={b} P={p} C={c} NH={nh}"), &download(&out), &want_last, 1e-5, 1e-4);
-    // The cache holds k and v of every written position.
-    let got_cache = download(&cache);
+    let what = format!("decode attention {format:?} B={b} P={p} C={c} NH={nh}");
+    assert_close(&what, &download(&out), &want_last, 1e-5, 1e-4);
+    // The cache holds k and v of every written position: exactly (f32), or to within f16's
+    // rounding, half an ulp of 2⁻¹¹ relative (2⁻²⁵ absolute among the subnormals).
+    let got_cache: Vec<f64> = match format {
+        KvFormat::F32 => download(&cache),
+        KvFormat::F16 => gpu
+            .download_u32(&cache)
+            .unwrap()
+            .iter()
+            .flat_map(|&w| [f16_to_f32(w & 0xFFFF), f16_to_f32(w >> 16)])
+            .collect(),
+    };
+    let f16_ulp = if format == KvFormat::F16 { 2f64.powi(-11) } else { 0.0 };
     for row in 0..b {
         for j in 0..t {
             let (src, dst) = ((row * t + j) * 3 * c + c, (row * t_max + j) * 2 * c);
-            assert_eq!(
+            let want: Vec<f64> = to_f32(&qkv[src..src + 2 * c]).iter().map(|&x| x as f64).collect();
+            let atol = if format == KvFormat::F16 { 2f64.powi(-25) } else { 0.0 };
+            assert_close(
+                &format!("{what}: cached row {row} position {j}"),
                 &got_cache[dst..dst + 2 * c],
-                &to_f32(&qkv[src..src + 2 * c]).iter().map(|&x| x as f64).collect::<Vec<_>>()[..]
+                &want,
+                atol,
+                f16_ulp,
             );
         }
     }

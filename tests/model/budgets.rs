@@ -42,6 +42,7 @@ fn a_ppo_iteration_keeps_its_round_trip_and_allocation_budgets() {
             first_sample: it * 8,
             eos: None,
             check_every: 0,
+            kv_format: None,
         };
         let generation = generate(&policy, &prompts, &opts).unwrap();
         let rolled = gpu.counts();
@@ -107,6 +108,7 @@ fn early_stopping_checks_cost_one_readback_every_k_steps() {
         first_sample: 0,
         eos: Some(39),
         check_every: 8,
+        kv_format: None,
     };
     let start = gpu.counts();
     let generation = generate(&model, &[vec![1, 2], vec![3]], &opts).unwrap();
