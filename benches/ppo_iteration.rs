@@ -72,6 +72,7 @@ fn bench(gpu: &Arc<Gpu>, s: &Shape, iterations: usize) {
             first_sample: it * s.batch,
             eos: None,
             check_every: 0,
+            kv_format: None,
         };
         let generation = generate(&policy, &prompts, &opts).unwrap();
         let seqs = Sequences::new(&generation, s.response, None);
