@@ -384,6 +384,7 @@ fn record(
             return record_texture(rec, method, out, a, b, bias, post, layout, accumulate, (m, n, k), place);
         }
         if texture_fits(m, n) {
+            ensure_shape(post.is_none(), || format!("the GELU epilogue needs whole vec4 rows, not {n} columns"))?;
             // The kernel stores whole vec4s: the product goes to rows of N rounded up to 4, and
             // from there into out (adding the bias, or accumulating).
             let padded = n.next_multiple_of(4);
@@ -580,6 +581,10 @@ fn record_texture(
     let max = gpu.limits.max_texture_dimension_2d as usize;
     // The largest blocks whose textures fit (see texture_sizes).
     let (m_step, k_step, n_step) = (max / TEXTURE_TILE * TEXTURE_TILE, max / 4 * 4, max / 4 * TEXTURE_TILE);
+    // GELU applies to the finished sum: the epilogue needs the product in one block.
+    ensure_shape(post.is_none() || (m <= m_step && k <= k_step && n <= n_step), || {
+        format!("the GELU epilogue needs a {m}×{n}×{k} product in one block of the adapter's texture size")
+    })?;
     for m0 in (0..m).step_by(m_step) {
         let mc = m_step.min(m - m0);
         for k0 in (0..k).step_by(k_step) {
@@ -604,8 +609,7 @@ fn record_texture(
                 let [_, (b_width, b_height)] = texture_sizes(0, nc, kc);
                 let b_tex = pack(rec, method, SLOT_B, b, b_block, b_width, b_height)?;
                 let with_bias = bias.is_some() && k0 == 0;
-                // GELU applies to the finished sum: `post` comes only with products of one K slice.
-                let with_gelu = post.is_some() && kc == k;
+                let with_gelu = post.is_some();
                 let flags = if accumulate || k0 > 0 { ACCUMULATE } else { 0 }
                     | if with_bias { HAS_BIAS } else { 0 }
                     | if with_gelu { HAS_GELU } else { 0 };
