@@ -14,7 +14,8 @@
 //
 // The _serial entry points compute the same with one invocation walking each row alone (the
 // other variant, chosen per adapter by measurement: kernels::cross_entropy::variant): no
-// workgroup memory and no barriers, which cost more than they save on CPU adapters.
+// workgroup memory and no barriers, which cost more than they save on CPU adapters. The third,
+// a subgroup per row, is in cross_entropy_subgroup.wgsl.
 //
 // Layout: logits [N, V] row-major; targets [N] u32 (0xFFFFFFFF = ignore); dloss, lse, loss [N].
 // Launch: one workgroup of 64 per row; grid = N workgroups laid out 2D (x ≤ 65535). The _serial
@@ -24,6 +25,7 @@ struct Params {
     rows: u32,
     v: u32,
     inv_temperature: f32, // 1/τ
+    rows_per_group: u32,  // the subgroup entries (cross_entropy_subgroup.wgsl): rows per workgroup
 }
 
 const WG: u32 = 64u;

@@ -1,6 +1,7 @@
-//! Log-softmax and cross-entropy forward and backward. Shader: `cross_entropy.wgsl`. Two
-//! variants, chosen per adapter by measurement (`variant`): a workgroup per row (GPUs) or an
-//! invocation per row (CPU adapters).
+//! Log-softmax and cross-entropy forward and backward. Shaders: `cross_entropy.wgsl` and
+//! `cross_entropy_subgroup.wgsl`. Three variants, chosen per adapter by measurement (`variant`):
+//! a workgroup per row (GPUs), a subgroup per row (GPUs with subgroups), or an invocation per
+//! row (CPU adapters).
 
 use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges};
 use crate::error::Result;
@@ -9,6 +10,14 @@ use std::sync::Arc;
 
 pub const SHADER: Shader =
     Shader { name: "cross_entropy", source: include_str!("../../shaders/cross_entropy.wgsl"), includes: &[] };
+
+/// The subgroup-per-row entries: a module of their own, since it compiles only on adapters with
+/// subgroups; everything else comes from cross_entropy.wgsl, included after it.
+pub const SUBGROUP_SHADER: Shader = Shader {
+    name: "cross_entropy_subgroup",
+    source: include_str!("../../shaders/cross_entropy_subgroup.wgsl"),
+    includes: &[include_str!("../../shaders/cross_entropy.wgsl")],
+};
 
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 64;
@@ -23,14 +32,22 @@ pub enum RowVariant {
     WorkgroupPerRow,
     /// One invocation walks each row alone: no barriers (CPU adapters).
     InvocationPerRow,
+    /// A subgroup per row, its lanes' slices merged with subgroupMax/subgroupAdd: no barriers
+    /// (adapters with subgroups; without, an invocation per row). The PPO losses, which have
+    /// no subgroup form, run a workgroup per row for it.
+    SubgroupPerRow,
 }
 
 /// The names of the variants, as `PPO_WGPU_CROSS_ENTROPY` and the cache spell them.
-pub const VARIANTS: [(RowVariant, &str); 2] =
-    [(RowVariant::WorkgroupPerRow, "workgroup-per-row"), (RowVariant::InvocationPerRow, "invocation-per-row")];
+pub const VARIANTS: [(RowVariant, &str); 3] = [
+    (RowVariant::WorkgroupPerRow, "workgroup-per-row"),
+    (RowVariant::InvocationPerRow, "invocation-per-row"),
+    (RowVariant::SubgroupPerRow, "subgroup-per-row"),
+];
 
 /// The variant this adapter runs: chosen by measurement on first use and cached (see
-/// `gpu::variants`), or forced with PPO_WGPU_CROSS_ENTROPY=workgroup-per-row|invocation-per-row.
+/// `gpu::variants`), or forced with
+/// PPO_WGPU_CROSS_ENTROPY=workgroup-per-row|invocation-per-row|subgroup-per-row.
 pub fn variant(gpu: &Arc<Gpu>) -> Result<RowVariant> {
     choose_by_measurement(gpu, "cross_entropy", &VARIANTS, "GB/s", measure_variant)
 }
@@ -39,6 +56,9 @@ pub fn variant(gpu: &Arc<Gpu>) -> Result<RowVariant> {
 /// longest rows both variants run, after a check against the CPU reference on ragged rows
 /// (None if it fails).
 fn measure_variant(gpu: &Arc<Gpu>, variant: RowVariant) -> Result<Option<f64>> {
+    if variant == RowVariant::SubgroupPerRow && !gpu.has_subgroups() {
+        return Ok(None); // it would run invocation-per-row: nothing of its own to measure
+    }
     let mut rng = crate::rng::Rng::new(13);
     let (mut bytes, mut seconds) = (0.0, 0.0);
     for (rows, v) in [(37, 203), (1024, 512), (64, SERIAL_MAX_COLUMNS)] {
@@ -83,13 +103,59 @@ fn measure_variant(gpu: &Arc<Gpu>, variant: RowVariant) -> Result<Option<f64>> {
 /// vocabulary: two passes of 50257) always run a workgroup per row.
 pub const SERIAL_MAX_COLUMNS: usize = super::MAX_SERIAL_STEPS;
 
+/// The row walk of the kernels that have no subgroup form (the PPO losses and log-prob rows,
+/// kernels::ppo): the adapter's cross-entropy choice, or where that is SubgroupPerRow, the faster
+/// of the other two by the same measurement's figures (a workgroup per row when it was forced
+/// and there are none). A function of the cached choice, like the choice itself.
+pub fn variant_without_subgroups(gpu: &Arc<Gpu>) -> Result<RowVariant> {
+    let chosen = variant(gpu)?;
+    if chosen != RowVariant::SubgroupPerRow {
+        return Ok(chosen);
+    }
+    let choices = gpu.variant_choices();
+    let figures = choices.iter().find(|(family, _)| family == "cross_entropy").map(|(_, c)| &c.figures);
+    let rate =
+        |name: &str| figures.and_then(|f| f.iter().find(|(n, _)| n == name)).and_then(|(_, r)| *r).unwrap_or(0.0);
+    Ok(if rate("invocation-per-row") > rate("workgroup-per-row") {
+        RowVariant::InvocationPerRow
+    } else {
+        RowVariant::WorkgroupPerRow
+    })
+}
+
 /// The entry point and grid for `n` rows of `v`: the variant's entry (`_serial`: an invocation
-/// per row). The PPO loss kernels (kernels::ppo), which walk rows of the vocabulary the same
-/// way, follow the same choice with the same entry names.
+/// per row; else a workgroup per row). The PPO loss kernels (kernels::ppo), which walk rows of
+/// the vocabulary the same way, use the same entry names (and `variant_without_subgroups`).
 pub(crate) fn row_launch(gpu: &Gpu, variant: RowVariant, name: &'static str, n: usize, v: usize) -> (String, [u32; 3]) {
     match variant {
         RowVariant::InvocationPerRow if v <= SERIAL_MAX_COLUMNS => (format!("{name}_serial"), gpu.grid(groups(n, WG))),
         _ => (name.to_string(), gpu.grid(n)),
+    }
+}
+
+/// As `row_launch` for the cross-entropy entries, which also have a subgroup form: the shader,
+/// the entry, the grid and the rows per workgroup (`Params::rows_per_group`).
+fn launch(
+    gpu: &Gpu,
+    variant: RowVariant,
+    name: &'static str,
+    n: usize,
+    v: usize,
+) -> (&'static Shader, String, [u32; 3], u32) {
+    match variant {
+        RowVariant::SubgroupPerRow if gpu.has_subgroups() => {
+            // Two rows per subgroup at the smallest size the adapter reports (as LayerNorm's).
+            let rows_per_group = 2 * (WG / gpu.min_subgroup_size()).max(1);
+            (&SUBGROUP_SHADER, format!("{name}_sg"), gpu.grid(groups(n, rows_per_group)), rows_per_group as u32)
+        }
+        RowVariant::SubgroupPerRow => {
+            let (entry, grid) = row_launch(gpu, RowVariant::InvocationPerRow, name, n, v);
+            (&SHADER, entry, grid, 0)
+        }
+        _ => {
+            let (entry, grid) = row_launch(gpu, variant, name, n, v);
+            (&SHADER, entry, grid, 0)
+        }
     }
 }
 
@@ -99,11 +165,12 @@ struct Params {
     rows: u32,
     v: u32,
     inv_temperature: f32,
+    rows_per_group: u32,
 }
 
-fn params(logits: &Tensor, temperature: f32) -> Params {
+fn params(logits: &Tensor, temperature: f32, rows_per_group: u32) -> Params {
     let (rows, v) = as_matrix(logits);
-    Params { rows: rows as u32, v: v as u32, inv_temperature: 1.0 / temperature }
+    Params { rows: rows as u32, v: v as u32, inv_temperature: 1.0 / temperature, rows_per_group }
 }
 
 /// With z = logits/temperature: loss [N] = lse − z[n, target_n] (0 for IGNORE), so −loss is the
@@ -138,11 +205,11 @@ pub fn forward_with_variant(
     for (r0, n) in row_ranges(&gpu, rows, v) {
         let (logits, targets) = (logits.view(&gpu, r0 * v, &[n, v])?, targets.view(&gpu, r0, &[n])?);
         let (lse, loss) = (lse.view(&gpu, r0, &[n])?, loss.view(&gpu, r0, &[n])?);
-        let p = params(&logits, temperature);
+        let (shader, entry, grid, rows_per_group) = launch(&gpu, variant, "cross_entropy_forward", n, v);
+        let p = params(&logits, temperature, rows_per_group);
         let b = [bind(1, &logits), bind_u32(2, &targets), bind(3, &lse), bind(4, &loss)];
         let work = Work::floats(n * v + 3 * n);
-        let (entry, grid) = row_launch(&gpu, variant, "cross_entropy_forward", n, v);
-        rec.dispatch(&SHADER, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
+        rec.dispatch(shader, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }
@@ -166,11 +233,11 @@ pub fn log_softmax_with_variant(
     let gpu = rec.gpu().clone();
     for (r0, n) in row_ranges(&gpu, rows, v) {
         let (logits, logp) = (logits.view(&gpu, r0 * v, &[n, v])?, logp.view(&gpu, r0 * v, &[n, v])?);
-        let p = params(&logits, temperature);
+        let (shader, entry, grid, rows_per_group) = launch(&gpu, variant, "log_softmax_forward", n, v);
+        let p = params(&logits, temperature, rows_per_group);
         let b = [bind(1, &logits), bind(5, &logp)];
         let work = Work::floats(2 * n * v);
-        let (entry, grid) = row_launch(&gpu, variant, "log_softmax_forward", n, v);
-        rec.dispatch(&SHADER, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
+        rec.dispatch(shader, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }
@@ -208,11 +275,11 @@ pub fn backward_with_variant(
     for (r0, n) in row_ranges(&gpu, rows, v) {
         let (logits, targets) = (logits.view(&gpu, r0 * v, &[n, v])?, targets.view(&gpu, r0, &[n])?);
         let (dloss, lse) = (dloss.view(&gpu, r0, &[n])?, lse.view(&gpu, r0, &[n])?);
-        let p = params(&logits, temperature);
+        let (shader, entry, grid, rows_per_group) = launch(&gpu, variant, "cross_entropy_backward", n, v);
+        let p = params(&logits, temperature, rows_per_group);
         let b = [bind_u32(2, &targets), bind(6, &logits), bind(7, &dloss), bind(8, &lse)];
         let work = Work::floats(2 * n * v + 3 * n); // the logits read, their gradient written in place
-        let (entry, grid) = row_launch(&gpu, variant, "cross_entropy_backward", n, v);
-        rec.dispatch(&SHADER, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
+        rec.dispatch(shader, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }

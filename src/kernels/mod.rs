@@ -88,6 +88,7 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &adamw::SHADER,
     &attention::SHADER,
     &cross_entropy::SHADER,
+    &cross_entropy::SUBGROUP_SHADER,
     &embedding::SHADER,
     &gae::SHADER,
     &gelu::SHADER,

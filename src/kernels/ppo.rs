@@ -161,7 +161,7 @@ pub fn ppo_loss_fused(
     dvalues: Option<&Tensor>,
     token_stats: &Tensor,
 ) -> Result<()> {
-    let variant = cross_entropy::variant(rec.gpu())?;
+    let variant = cross_entropy::variant_without_subgroups(rec.gpu())?;
     ppo_loss_fused_with_variant(rec, variant, mb, cfg, dvalues, token_stats)
 }
 
@@ -280,7 +280,7 @@ pub fn logprob_entropy(
     seq: usize,
     temperature: f32,
 ) -> Result<()> {
-    let variant = cross_entropy::variant(rec.gpu())?;
+    let variant = cross_entropy::variant_without_subgroups(rec.gpu())?;
     logprob_entropy_with_variant(rec, variant, logprobs, entropy, logits, tokens, seq, temperature)
 }
 
