@@ -2,7 +2,10 @@
 //! against its CPU reference at the benched shape, then times many dispatches recorded into one
 //! submit (the way the training loop runs them) and reports throughput: FLOP/s for matmul and
 //! attention (criterion's "elem/s" there counts floating-point operations), bytes/s for the
-//! memory-bound kernels. A summary table in GFLOP/s and GB/s ends the run (benches/common).
+//! memory-bound kernels. Every variant of every measured family runs, the adapter's choice
+//! first and marked "(chosen)": matmul, layernorm, cross_entropy, attention, and the texture
+//! packs, the GELU epilogue and the KV cache format (each timed through the work it changes).
+//! A summary table in GFLOP/s and GB/s ends the run (benches/common).
 //! The LM-head matmul and the matmul variant the adapter does not use run only with
 //! PPO_WGPU_BENCH_LARGE=1 (each takes seconds per call on a software adapter).
 //!
@@ -168,6 +171,107 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
             let mark = if variant == chosen { " (chosen)" } else { "" };
             bx.time(c, "matmul", &format!("{label} {layout:?} {variant:?}{mark}"), counting_flops(flops), |rec| {
                 matmul_with_variant(rec, variant, &out, &ta, &tb, None, layout, false).unwrap()
+            });
+        }
+    }
+}
+
+fn bench_texture_pack(bx: &mut Bench, c: &mut Criterion) {
+    // The texture kernel with each way of filling its operand textures (family texture_pack),
+    // the adapter's choice first and marked, at forward shapes whose operands a copy can fill.
+    use ppo_wgpu::kernels::matmul::{PACK_METHODS, pack_method, texture_matmul_with_pack};
+    let chosen = pack_method(&bx.gpu).unwrap();
+    for (label, m, n, k) in
+        [("gpt2 c_attn fwd 256x768x2304", 256, 2304, 768), ("tiny c_fc fwd 2048x128x512", 2048, 512, 128)]
+    {
+        let (a, b) = (bx.rng.normals(m * k, 1.0), bx.rng.normals(k * n, 1.0));
+        let (ta, tb, out) = (bx.up(&a, &[m, k]), bx.up(&b, &[k, n]), bx.empty(&[m, n]));
+        let want = reference::matmul(&a, &b, m, n, k, Layout::NN);
+        for method in chosen_first(chosen, &PACK_METHODS) {
+            let product = |rec: &mut Recorder| {
+                texture_matmul_with_pack(rec, method, &out, &ta, &tb, None, Layout::NN, false).unwrap()
+            };
+            let mut rec = Recorder::new(&bx.gpu);
+            product(&mut rec);
+            rec.submit();
+            bx.check("texture matmul", &out, &want, 1e-3, 1e-4);
+            let mark = if method == chosen { " (chosen)" } else { "" };
+            let flops = (2 * m * n * k) as f64;
+            bx.time(c, "texture_pack", &format!("{label} {method:?}{mark}"), counting_flops(flops), product);
+        }
+    }
+}
+
+fn bench_bias_gelu(bx: &mut Bench, c: &mut Criterion) {
+    // c_fc's forward with each GELU epilogue (family bias_gelu) on the adapter's matmul variant,
+    // the adapter's choice first and marked.
+    use ppo_wgpu::kernels::matmul::{GELU_EPILOGUES, gelu_epilogue, linear_forward_gelu_with, variant_for_rows};
+    let chosen = gelu_epilogue(&bx.gpu).unwrap();
+    for (label, m, ch) in [("gpt2 c_fc 256x768x3072", 256, 768), ("tiny c_fc 2048x128x512", 2048, 128)] {
+        let (x, w, bias) =
+            (bx.rng.normals(m * ch, 1.0), bx.rng.normals(ch * 4 * ch, 0.05), bx.rng.normals(4 * ch, 0.1));
+        let (tx, tw, tb) = (bx.up(&x, &[m, ch]), bx.up(&w, &[ch, 4 * ch]), bx.up(&bias, &[4 * ch]));
+        let (pre, post) = (bx.empty(&[m, 4 * ch]), bx.empty(&[m, 4 * ch]));
+        let want = reference::gelu_forward(&reference::linear_forward(&x, &w, Some(&bias), m, ch, 4 * ch));
+        let variant = variant_for_rows(&bx.gpu, m).unwrap();
+        for epilogue in chosen_first(chosen, &GELU_EPILOGUES) {
+            let forward = |rec: &mut Recorder| {
+                linear_forward_gelu_with(rec, variant, epilogue, &pre, &post, &tx, &tw, &tb).unwrap()
+            };
+            let mut rec = Recorder::new(&bx.gpu);
+            forward(&mut rec);
+            rec.submit();
+            bx.check("c_fc with GELU", &post, &want, 1e-4, 1e-4);
+            let mark = if epilogue == chosen { " (chosen)" } else { "" };
+            let flops = (2 * m * ch * 4 * ch) as f64;
+            bx.time(c, "bias_gelu", &format!("{label} {variant:?} {epilogue:?}{mark}"), counting_flops(flops), forward);
+        }
+    }
+}
+
+fn bench_kv_cache(bx: &mut Bench, c: &mut Criterion) {
+    // A decode step's attention over the cache in each format (family kv_cache), the adapter's
+    // choice first and marked: a small model's rollout (32 rows of 64 positions) and GPT-2's
+    // width over 256 positions.
+    use ppo_wgpu::kernels::kv_cache::{self, CacheShape, FORMATS, KvFormat, decode_attention, kv_cache_write};
+    let chosen = kv_cache::format(&bx.gpu).unwrap();
+    for (label, shape) in [
+        ("gpt2 4x256 C=768", CacheShape { b: 4, t_max: 256, c: 768, n_head: 12 }),
+        ("tiny 32x64 C=128", CacheShape { b: 32, t_max: 64, c: 128, n_head: 4 }),
+    ] {
+        let CacheShape { b, t_max, c: ch, n_head } = shape;
+        let qkv = bx.rng.normals(b * t_max * 3 * ch, 1.0);
+        let t_qkv = bx.up(&qkv, &[b, t_max, 3 * ch]);
+        let last: Vec<f64> =
+            (0..b).flat_map(|r| qkv[(r * t_max + t_max - 1) * 3 * ch..(r * t_max + t_max) * 3 * ch].to_vec()).collect();
+        let (t_last, out) = (bx.up(&last, &[b, 3 * ch]), bx.empty(&[b, ch]));
+        let mask = bx.gpu.upload_u32(&[b, t_max], &vec![1; b * t_max]).unwrap();
+        for format in chosen_first(chosen, &FORMATS) {
+            let cache = kv_cache::new_cache(&bx.gpu, shape, format).unwrap();
+            let mut rec = Recorder::new(&bx.gpu);
+            kv_cache_write(&mut rec, &cache, &t_qkv, shape, 0).unwrap();
+            decode_attention(&mut rec, &out, &t_last, &cache, &mask, shape, t_max).unwrap();
+            rec.submit();
+            // The reference over keys and values as the cache holds them.
+            let held: Vec<f64> = qkv
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    if format == KvFormat::F16 && i % (3 * ch) >= ch {
+                        kv_cache::round_to_f16(x as f32) as f64
+                    } else {
+                        x
+                    }
+                })
+                .collect();
+            let all = reference::attention_forward(&held, &vec![1; b * t_max], b, t_max, ch, n_head).0;
+            let want: Vec<f64> =
+                (0..b).flat_map(|r| all[(r * t_max + t_max - 1) * ch..(r * t_max + t_max) * ch].to_vec()).collect();
+            bx.check("decode attention", &out, &want, 1e-5, 1e-4);
+            let mark = if format == chosen { " (chosen)" } else { "" };
+            let flops = (2 * 2 * b * t_max * ch) as f64; // q·k and p·v over every cached position
+            bx.time(c, "kv_cache", &format!("decode {label} {format:?}{mark}"), counting_flops(flops), |rec| {
+                decode_attention(rec, &out, &t_last, &cache, &mask, shape, t_max).unwrap()
             });
         }
     }
@@ -458,9 +562,12 @@ fn main() {
     common::begin(&gpu);
     let mut bx = Bench { gpu, rng: Rng::new(7) };
     let mut c = Criterion::default().configure_from_args();
-    let families: [fn(&mut Bench, &mut Criterion); 10] = [
+    let families: [fn(&mut Bench, &mut Criterion); 13] = [
         bench_matmul,
         bench_copy,
+        bench_texture_pack,
+        bench_bias_gelu,
+        bench_kv_cache,
         bench_layernorm,
         bench_elementwise,
         bench_embedding,
