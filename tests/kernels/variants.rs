@@ -100,3 +100,25 @@ fn without_a_cache_the_choice_is_measured_and_kept_in_memory() {
     assert_eq!(variant(&gpu).unwrap(), first, "measured once per device");
     assert_eq!(gpu.variant_choices().len(), 1);
 }
+
+/// The PPO losses have no subgroup form: where the cross-entropy choice is subgroup-per-row
+/// they take the faster of the other two by that choice's own figures (a function of the cache
+/// file like the choice), and follow any other choice as it is.
+#[test]
+fn the_ppo_row_walk_follows_cross_entropy_or_the_faster_of_its_other_figures() {
+    use ppo_wgpu::kernels::cross_entropy::{RowVariant, variant_without_subgroups};
+    let dir = cache_dir("variants-row-walk");
+    let cached = |chosen: &str, workgroup: f64, invocation: f64| {
+        let path = dir.join(format!("{chosen}-{workgroup}-{invocation}.json"));
+        let gpu = gpu_with_cache(&path);
+        let figures = [("workgroup-per-row", workgroup), ("invocation-per-row", invocation), ("subgroup-per-row", 9.0)];
+        let file = serde_json::json!({ "format": CACHE_FORMAT, "entries": { gpu.variant_key(): {
+            "cross_entropy": { "chosen": chosen, "figures": figures, "unit": "GB/s" } } } });
+        std::fs::write(&path, file.to_string()).unwrap();
+        variant_without_subgroups(&gpu).unwrap()
+    };
+    assert_eq!(cached("subgroup-per-row", 1.0, 2.0), RowVariant::InvocationPerRow);
+    assert_eq!(cached("subgroup-per-row", 2.0, 1.0), RowVariant::WorkgroupPerRow);
+    assert_eq!(cached("invocation-per-row", 2.0, 1.0), RowVariant::InvocationPerRow);
+    assert_eq!(cached("workgroup-per-row", 1.0, 2.0), RowVariant::WorkgroupPerRow);
+}
