@@ -9,16 +9,10 @@
 //   m = max_i m_i,   l = Σ_i l_i·e^{m_i − m},   lse = m + log l
 //
 // Layout: as cross_entropy.wgsl.
-// Launch: workgroup WG (64); workgroup w owns rows w·R .. w·R + R − 1 with R =
-// params.rows_per_group (the host takes 2·64 / the smallest subgroup size), and its subgroups
-// share them out, subgroup s taking rows s, s + num_subgroups, …: right whatever size the
-// subgroups turn out to have. Grid = ceil(rows / R) laid out 2D.
-
-// This workgroup's rows, as (first, end); subgroup s takes first + s, then every n_sg-th.
-fn group_rows(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
-    let first = (wid.y * nwg.x + wid.x) * params.rows_per_group;
-    return vec2<u32>(first, min(first + params.rows_per_group, params.rows));
-}
+// Launch: workgroup WG (64); workgroup w owns rows w·R .. w·R + R − 1 (workgroup_rows) with
+// R = params.rows_per_group (the host takes 2·64 / the smallest subgroup size), and its
+// subgroups share them out, subgroup s taking rows s, s + num_subgroups, …: right whatever size
+// the subgroups turn out to have. Grid = ceil(rows / R) laid out 2D.
 
 // log Σ exp over row `row`, its lanes' slices merged; every lane of the subgroup gets it.
 fn row_logsumexp_sg(row: u32, lane: u32, lanes: u32) -> f32 {
@@ -33,7 +27,7 @@ fn cross_entropy_forward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
                             @builtin(subgroup_id) sg: u32, @builtin(num_subgroups) n_sg: u32,
                             @builtin(subgroup_invocation_id) lane: u32) {
     let lanes = WG / n_sg; // invocations per subgroup
-    let span = group_rows(wid, nwg);
+    let span = workgroup_rows(wid, nwg, params.rows_per_group, params.rows);
     for (var row = span.x + sg; row < span.y; row += n_sg) { // uniform across the subgroup
         let row_lse = row_logsumexp_sg(row, lane, lanes);
         if (lane == 0u) { write_loss(row, row_lse); }
@@ -45,7 +39,7 @@ fn log_softmax_forward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
                           @builtin(subgroup_id) sg: u32, @builtin(num_subgroups) n_sg: u32,
                           @builtin(subgroup_invocation_id) lane: u32) {
     let lanes = WG / n_sg;
-    let span = group_rows(wid, nwg);
+    let span = workgroup_rows(wid, nwg, params.rows_per_group, params.rows);
     for (var row = span.x + sg; row < span.y; row += n_sg) {
         write_log_softmax(row, row_logsumexp_sg(row, lane, lanes), lane, lanes);
     }
@@ -56,7 +50,7 @@ fn cross_entropy_backward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
                              @builtin(subgroup_id) sg: u32, @builtin(num_subgroups) n_sg: u32,
                              @builtin(subgroup_invocation_id) lane: u32) {
     let lanes = WG / n_sg;
-    let span = group_rows(wid, nwg);
+    let span = workgroup_rows(wid, nwg, params.rows_per_group, params.rows);
     for (var row = span.x + sg; row < span.y; row += n_sg) {
         write_gradient(row, lane, lanes);
     }

@@ -7,23 +7,17 @@
 // entries live in a module of their own: the other LayerNorm kernels compile without it.
 //
 // Layout: as layernorm.wgsl (C a multiple of 4).
-// Launch: workgroup WG (64); workgroup w owns rows w·R .. w·R + R − 1 with R =
-// params.rows_per_group (the host takes 2·64 / the smallest subgroup size), and its subgroups
-// share them out, subgroup s taking rows s, s + num_subgroups, …: right whatever size the
-// subgroups turn out to have. Grid = ceil(rows / R) laid out 2D.
-
-// This workgroup's rows, as (first, end); subgroup s takes first + s, then every n_sg-th.
-fn group_rows(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
-    let first = (wid.y * nwg.x + wid.x) * params.rows_per_group;
-    return vec2<u32>(first, min(first + params.rows_per_group, params.rows));
-}
+// Launch: workgroup WG (64); workgroup w owns rows w·R .. w·R + R − 1 (workgroup_rows) with
+// R = params.rows_per_group (the host takes 2·64 / the smallest subgroup size), and its
+// subgroups share them out, subgroup s taking rows s, s + num_subgroups, …: right whatever size
+// the subgroups turn out to have. Grid = ceil(rows / R) laid out 2D.
 
 @compute @workgroup_size(WG)
 fn layernorm_forward_sg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(subgroup_id) sg: u32, @builtin(num_subgroups) n_sg: u32,
                          @builtin(subgroup_invocation_id) lane: u32) {
     let lanes = WG / n_sg; // invocations per subgroup (all of them when it is as large as WG)
-    let span = group_rows(wid, nwg);
+    let span = workgroup_rows(wid, nwg, params.rows_per_group, params.rows);
     for (var row = span.x + sg; row < span.y; row += n_sg) { // uniform across the subgroup
         let base = row * (params.c / 4u);
         let m = subgroupAdd(row_sum4(base, lane, lanes)) / f32(params.c);
@@ -41,7 +35,7 @@ fn layernorm_backward_input_sg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
                                 @builtin(subgroup_id) sg: u32, @builtin(num_subgroups) n_sg: u32,
                                 @builtin(subgroup_invocation_id) lane: u32) {
     let lanes = WG / n_sg;
-    let span = group_rows(wid, nwg);
+    let span = workgroup_rows(wid, nwg, params.rows_per_group, params.rows);
     for (var row = span.x + sg; row < span.y; row += n_sg) {
         let base = row * (params.c / 4u);
         let m = saved_mean[row];

@@ -20,6 +20,10 @@
 //                                st = (m, l, s) = (max z, Σ e^{z−m}, Σ e^{z−m}·z), starting from
 //                                (NEG_BIG, 0, 0); the workgroup then merges the states (uniform
 //                                result), so lse = m + log l and Σ p·z = s/l
+//   workgroup_rows(wid, nwg, rows_per_group, rows)
+//                                the rows (first, end) that a workgroup owning rows_per_group
+//                                consecutive rows of `rows` has (the subgroup-per-row kernels,
+//                                whose subgroups share them out)
 //   gelu(x), gelu4(v)            GPT-2's tanh GELU ("gelu_new") of a value or a vec4 (gelu.wgsl
 //                                and the matmul epilogues that fuse it)
 
@@ -80,6 +84,11 @@ fn workgroup_softmax_state(lid: u32, n: u32, st: vec3<f32>) -> vec3<f32> {
     }
     if (lid == 0u) { prelude_state = prelude_states[0]; }
     return workgroupUniformLoad(&prelude_state);
+}
+
+fn workgroup_rows(wid: vec3<u32>, nwg: vec3<u32>, rows_per_group: u32, rows: u32) -> vec2<u32> {
+    let first = (wid.y * nwg.x + wid.x) * rows_per_group;
+    return vec2<u32>(first, min(first + rows_per_group, rows));
 }
 
 const GELU_SQRT_2_OVER_PI: f32 = 0.7978845608028654;

@@ -88,18 +88,16 @@ fn measure_format(gpu: &Arc<Gpu>, format: KvFormat) -> Result<Option<f64>> {
         let CacheShape { b, t_max, c, n_head } = shape;
         let qkv = rng.normals(b * t_max * 3 * c, 1.0);
         let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
-        let (t_qkv, last) = (gpu.upload(&[b, t_max, 3 * c], &f32s(&qkv))?, gpu.tensor(&[b, 3 * c], DType::F32)?);
+        // The query of each row's last position (the one a decode step attends from).
+        let last: Vec<f64> = (0..b)
+            .flat_map(|row| qkv[(row * t_max + t_max - 1) * 3 * c..(row * t_max + t_max) * 3 * c].to_vec())
+            .collect();
+        let (t_qkv, t_last) = (gpu.upload(&[b, t_max, 3 * c], &f32s(&qkv))?, gpu.upload(&[b, 3 * c], &f32s(&last))?);
         let mask = gpu.upload_u32(&[b, t_max], &vec![1; b * t_max])?;
         let (cache, out) = (new_cache(gpu, shape, format)?, gpu.tensor(&[b, c], DType::F32)?);
         let step = |rec: &mut Recorder| -> Result<()> {
             kv_cache_write(rec, &cache, &t_qkv, shape, 0)?;
-            for row in 0..b {
-                rec.copy(
-                    &t_qkv.view(gpu, (row * t_max + t_max - 1) * 3 * c, &[3 * c])?,
-                    &last.view(gpu, row * 3 * c, &[3 * c])?,
-                );
-            }
-            decode_attention(rec, &out, &last, &cache, &mask, shape, t_max)
+            decode_attention(rec, &out, &t_last, &cache, &mask, shape, t_max)
         };
         if b == 3 {
             let mut rec = Recorder::new(gpu);
