@@ -253,17 +253,7 @@ fn bench_kv_cache(bx: &mut Bench, c: &mut Criterion) {
             decode_attention(&mut rec, &out, &t_last, &cache, &mask, shape, t_max).unwrap();
             rec.submit();
             // The reference over keys and values as the cache holds them.
-            let held: Vec<f64> = qkv
-                .iter()
-                .enumerate()
-                .map(|(i, &x)| {
-                    if format == KvFormat::F16 && i % (3 * ch) >= ch {
-                        kv_cache::round_to_f16(x as f32) as f64
-                    } else {
-                        x
-                    }
-                })
-                .collect();
+            let held = reference::qkv_as_cached(&qkv, ch, format == KvFormat::F16);
             let all = reference::attention_forward(&held, &vec![1; b * t_max], b, t_max, ch, n_head).0;
             let want: Vec<f64> =
                 (0..b).flat_map(|r| all[(r * t_max + t_max - 1) * ch..(r * t_max + t_max) * ch].to_vec()).collect();

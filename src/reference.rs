@@ -232,6 +232,23 @@ pub fn mask_padded_logits(logits: &[f64], v: usize, vp: usize) -> Vec<f64> {
     logits.iter().enumerate().map(|(i, &z)| if i % vp < v { z } else { masked }).collect()
 }
 
+/// x rounded to the nearest f16 (ties to even), as f32: what WGSL's pack2x16float stores (the f16 KV cache, kernels::kv_cache), for values
+/// in f16's normal range.
+pub fn round_to_f16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let dropped = bits & 0x1FFF; // the 13 mantissa bits f16 does not keep
+    let kept = bits & !0x1FFF;
+    let up = dropped > 0x1000 || (dropped == 0x1000 && kept & 0x2000 != 0);
+    f32::from_bits(if up { kept + 0x2000 } else { kept })
+}
+
+/// Rows of qkv [.., 3C] with their keys and values as a KV cache holds them: as they are (f32),
+/// or rounded to f16 (`round_to_f16`; queries stay f32).
+pub fn qkv_as_cached(qkv: &[f64], c: usize, f16: bool) -> Vec<f64> {
+    let held = |i: usize, x: f64| if f16 && i % (3 * c) >= c { round_to_f16(x as f32) as f64 } else { x };
+    qkv.iter().enumerate().map(|(i, &x)| held(i, x)).collect()
+}
+
 /// log Σ exp of each row of width v.
 pub fn logsumexp_rows(logits: &[f64], v: usize) -> Vec<f64> {
     logits

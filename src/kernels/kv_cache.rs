@@ -104,15 +104,7 @@ fn measure_format(gpu: &Arc<Gpu>, format: KvFormat) -> Result<Option<f64>> {
             step(&mut rec)?;
             rec.submit();
             // The keys and values as the cache holds them.
-            let held: Vec<f64> = qkv
-                .iter()
-                .enumerate()
-                .map(
-                    |(i, &x)| {
-                        if format == KvFormat::F16 && i % (3 * c) >= c { round_to_f16(x as f32) as f64 } else { x }
-                    },
-                )
-                .collect();
+            let held = crate::reference::qkv_as_cached(&qkv, c, format == KvFormat::F16);
             let (want, _) = crate::reference::attention_forward(&held, &vec![1; b * t_max], b, t_max, c, n_head);
             let last_rows: Vec<f64> = (0..b)
                 .flat_map(|row| want[(row * t_max + t_max - 1) * c..(row * t_max + t_max) * c].to_vec())
@@ -126,16 +118,6 @@ fn measure_format(gpu: &Arc<Gpu>, format: KvFormat) -> Result<Option<f64>> {
         values += (2 * b * t_max * 2 * c) as f64;
     }
     Ok(Some(values / seconds / 1e9))
-}
-
-/// x rounded to the nearest f16 (ties to even), as f32: what pack2x16float stores, for values
-/// in f16's normal range.
-pub fn round_to_f16(x: f32) -> f32 {
-    let bits = x.to_bits();
-    let dropped = bits & 0x1FFF; // the 13 mantissa bits f16 does not keep
-    let kept = bits & !0x1FFF;
-    let up = dropped > 0x1000 || (dropped == 0x1000 && kept & 0x2000 != 0);
-    f32::from_bits(if up { kept + 0x2000 } else { kept })
 }
 
 /// cache at positions start .. start + n = the keys and values of qkv [B, n, 3C] (cache

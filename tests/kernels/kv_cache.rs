@@ -1,8 +1,6 @@
 use crate::common::*;
 use ppo_wgpu::gpu::{DType, Recorder};
-use ppo_wgpu::kernels::kv_cache::{
-    CacheShape, FORMATS, KvFormat, decode_attention, kv_cache_write, new_cache, round_to_f16,
-};
+use ppo_wgpu::kernels::kv_cache::{CacheShape, FORMATS, KvFormat, decode_attention, kv_cache_write, new_cache};
 use ppo_wgpu::reference;
 
 /// An f16's bits as f32 (normal, subnormal and zero values).
@@ -39,11 +37,7 @@ fn check_decode_format(format: KvFormat, b: usize, p: usize, c: usize, nh: usize
         }
     }
     // Keys and values as the cache holds them (f16: rounded to nearest, ties to even).
-    let held: Vec<f64> = qkv
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| if format == KvFormat::F16 && i % (3 * c) >= c { round_to_f16(x as f32) as f64 } else { x })
-        .collect();
+    let held = reference::qkv_as_cached(&qkv, c, format == KvFormat::F16);
     let (want, _) = reference::attention_forward(&held, &mask, b, t, c, nh);
     let mut cache_mask = vec![1u32; b * t_max];
     for row in 0..b {
