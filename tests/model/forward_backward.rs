@@ -82,6 +82,8 @@ fn forward_matches_the_reference_model() {
     close("logits", &real, &want.logits, 1e-4, 1e-4);
     let masked = ppo_wgpu::kernels::padded_vocab::MASKED_LOGIT;
     assert!(logits.chunks(vp).all(|row| row[v..].iter().all(|&z| z == masked)), "padded logits are not masked");
+    // What goes back to a checkpoint is the real vocabulary, exactly as it came.
+    assert_eq!(model.download().unwrap().tensors, ck.tensors, "wte [V, C] and the rest round-trip");
     close("values", &gpu.download(acts.values.as_ref().unwrap()).unwrap(), want.values.as_ref().unwrap(), 1e-4, 1e-4);
     close(
         "rewards",
