@@ -355,7 +355,7 @@ fn operand_shapes(layout: Layout, m: usize, n: usize, k: usize) -> ([usize; 2], 
 }
 
 /// Fewest rows of A for which an NT product on the CPU adapter transposes B and runs NN.
-const TRANSPOSE_MIN_ROWS: usize = 64;
+pub const TRANSPOSE_MIN_ROWS: usize = 64;
 
 /// Records one matmul dispatch: op(a)·op(b) of shape (m, n, k) into columns out_col.. of rows
 /// of `out_stride` elements, reading A from column a_col of rows of `a_stride` elements; with

@@ -16,7 +16,9 @@ use crate::kernels::attention::{AttentionShape, attention_backward, attention_fo
 use crate::kernels::embedding::{Buckets, check_indices, embedding_backward, embedding_forward, position_ids};
 use crate::kernels::gelu::gelu_backward;
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
-use crate::kernels::matmul::{Layout, linear_backward, linear_forward, linear_forward_gelu, matmul};
+use crate::kernels::matmul::{
+    Layout, TRANSPOSE_MIN_ROWS, linear_backward, linear_forward, linear_forward_gelu, matmul,
+};
 use crate::kernels::padded_vocab::mask_padded_logits;
 use crate::kernels::residual::residual_forward;
 use std::sync::Arc;
@@ -477,8 +479,9 @@ pub struct MemoryEstimate {
     pub activations: usize,
     /// Gradient scratch of the backward (one block's worth plus the heads).
     pub backward_scratch: usize,
-    /// With the register-tiled matmul (a CPU adapter's), the transposed copy of each block
-    /// weight that the backward's dinp products use (held until the step is submitted).
+    /// With the register-tiled matmul (a CPU adapter's), the transposed copy of B that its NT
+    /// products of at least TRANSPOSE_MIN_ROWS rows run on (held until the step is submitted):
+    /// each block weight, for the backward's dinp products, and wte, for the logits.
     pub transpose_scratch: usize,
     /// With the texture matmul (a CPU adapter's), the textures its operands are packed into.
     pub texture_scratch: usize,
@@ -530,9 +533,10 @@ pub fn memory_estimate(
     let backward_scratch =
         4 * (bt * c /* dlnf */ + bt * c /* dresidual */ + 2 * bt * 4 * c + 2 * bt * c + bt * 3 * c + b * nh * t);
     let p = 4 * layout.total;
-    // The dinp products (B·T rows): c_attn (3C²), attn.c_proj (C²), c_fc (4C²), mlp.c_proj (4C²)
-    // per block.
-    let transpose_scratch = if variant_for_rows(bt) == MatmulVariant::RegisterTiled { 4 * l * 12 * c * c } else { 0 };
+    // The NT products of B·T rows: the dinp products of c_attn (3C²), attn.c_proj (C²), c_fc
+    // (4C²) and mlp.c_proj (4C²) per block, and the logits lnf · wteᵀ (wte: Vp·C).
+    let transposes = variant_for_rows(bt) == MatmulVariant::RegisterTiled && bt >= TRANSPOSE_MIN_ROWS;
+    let transpose_scratch = if transposes { 4 * (l * 12 * c * c + v * c) } else { 0 };
     let on_textures: Vec<_> = training_products(config, heads, bt)
         .into_iter()
         .filter(|&(m, _, _)| variant_for_rows(m) == MatmulVariant::Texture)
