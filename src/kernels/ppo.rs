@@ -165,8 +165,8 @@ pub fn ppo_loss_fused(
     ppo_loss_fused_with_variant(rec, variant, mb, cfg, dvalues, token_stats)
 }
 
-/// As `ppo_loss_fused`, with the row layout named (a workgroup or an invocation per row; the
-/// cross-entropy kernels' choice by default).
+/// As `ppo_loss_fused`, with the row layout named (a workgroup or an invocation per row; by
+/// default the cross-entropy kernels' choice, `cross_entropy::variant_without_subgroups`).
 pub fn ppo_loss_fused_with_variant(
     rec: &mut Recorder,
     variant: RowVariant,
