@@ -3,7 +3,7 @@
 //! a workgroup per row (GPUs), a subgroup per row (GPUs with subgroups), or an invocation per
 //! row (CPU adapters).
 
-use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges};
+use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges, subgroup_rows_per_group};
 use crate::error::Result;
 use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call};
 use std::sync::Arc;
@@ -34,7 +34,7 @@ pub enum RowVariant {
     InvocationPerRow,
     /// A subgroup per row, its lanes' slices merged with subgroupMax/subgroupAdd: no barriers
     /// (adapters with subgroups; without, an invocation per row). The PPO losses, which have
-    /// no subgroup form, run a workgroup per row for it.
+    /// no subgroup form, take the faster of the other two for it (`variant_without_subgroups`).
     SubgroupPerRow,
 }
 
@@ -144,8 +144,7 @@ fn launch(
 ) -> (&'static Shader, String, [u32; 3], u32) {
     match variant {
         RowVariant::SubgroupPerRow if gpu.has_subgroups() => {
-            // Two rows per subgroup at the smallest size the adapter reports (as LayerNorm's).
-            let rows_per_group = 2 * (WG / gpu.min_subgroup_size()).max(1);
+            let rows_per_group = subgroup_rows_per_group(gpu, WG);
             (&SUBGROUP_SHADER, format!("{name}_sg"), gpu.grid(groups(n, rows_per_group)), rows_per_group as u32)
         }
         RowVariant::SubgroupPerRow => {

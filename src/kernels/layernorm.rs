@@ -1,7 +1,7 @@
 //! LayerNorm forward and backward. Shader: `layernorm.wgsl`. Two variants, chosen per adapter
 //! by measurement (`variant`): an invocation per row (CPU adapters) or a workgroup per row.
 
-use super::{as_matrix, bind, expect_len, groups};
+use super::{as_matrix, bind, expect_len, groups, subgroup_rows_per_group};
 use crate::error::Result;
 use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call};
 use std::sync::Arc;
@@ -180,10 +180,7 @@ fn row_launch(
         LayernormVariant::InvocationPerRow => invocation_per_row,
         LayernormVariant::WorkgroupPerRow => (&SHADER, "_wg4", gpu.grid(rows), 0),
         LayernormVariant::SubgroupPerRow if gpu.has_subgroups() => {
-            // Two rows per subgroup at the smallest size the adapter reports; the shader's
-            // subgroups share a workgroup's rows out whatever size they have, and walk their
-            // loop over rows on every adapter (tests included).
-            let rows_per_group = 2 * (WG / gpu.min_subgroup_size()).max(1);
+            let rows_per_group = subgroup_rows_per_group(gpu, WG);
             (&SUBGROUP_SHADER, "_sg4", gpu.grid(groups(rows, rows_per_group)), rows_per_group as u32)
         }
         LayernormVariant::SubgroupPerRow => invocation_per_row,

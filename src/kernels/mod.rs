@@ -78,6 +78,14 @@ pub(crate) fn serial_ranges(n: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..n).step_by(MAX_SERIAL_STEPS).map(move |start| (start, MAX_SERIAL_STEPS.min(n - start)))
 }
 
+/// Rows per workgroup of `wg` invocations for the subgroup-per-row kernels (`workgroup_rows` in
+/// the prelude): two rows per subgroup at the smallest size the adapter reports. The shaders'
+/// subgroups share a workgroup's rows out whatever size they have, and walk their loop over rows
+/// on every adapter (tests included).
+pub(crate) fn subgroup_rows_per_group(gpu: &Gpu, wg: usize) -> usize {
+    2 * (wg / gpu.min_subgroup_size()).max(1)
+}
+
 /// Workgroups of `size` needed to cover `n` invocations.
 pub(crate) fn groups(n: usize, size: usize) -> usize {
     n.div_ceil(size)
