@@ -73,6 +73,7 @@ fn bench(gpu: &Arc<Gpu>, s: &Shape, iterations: usize) {
             eos: None,
             check_every: 0,
             kv_format: None,
+            weight_format: None,
         };
         let generation = generate(&policy, &prompts, &opts).unwrap();
         let seqs = Sequences::new(&generation, s.response, None);

@@ -24,6 +24,8 @@
 // axes need out_stride, out_col, a_stride and a_col to be multiples of 4.
 // Rows/columns past M/N re-read the last valid row/column (clamped) and are never stored, so
 // any M and N work; only the vec4 axes need multiples of 4.
+// With B_F16, B holds f16 values two to a u32 (pack2x16float, a generation's weights: see
+// kernels::f16_weights), read at binding 8 and widened to f32; indices stay in vec4 units.
 //
 // Launch: workgroup (8, 8); invocation (x, y) owns output rows 8y..8y+7 and columns
 // 16x..16x+15; grid = (ceil(N/128), ceil(M/64)).
@@ -59,7 +61,21 @@ const WG_Y: u32 = 8u; // along M (kernels::matmul::WG_Y)
 // The GELU epilogue's second output (laid out as out).
 @group(0) @binding(7) var<storage, read_write> post: array<vec4<f32>>;
 
+// B as f16 pairs, read when B_F16 is set: a vec4 of B is two words (the host binds a stand-in
+// at the binding of the other format).
+@group(0) @binding(8) var<storage, read> b_f16: array<vec2<u32>>;
+
 override A_SCALAR: bool = false;
+override B_F16: bool = false;
+
+// The i-th vec4 of B (four consecutive elements of a row), from f32 or f16 storage.
+fn b4(i: u32) -> vec4<f32> {
+    if (B_F16) {
+        let w = b_f16[i];
+        return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+    }
+    return b[i];
+}
 
 // A[base + col .. base + col + 3] as a vec4 (base, col in scalars), columns ≥ `limit` zero.
 // Aligned, it is one vec4 load, clamped to the last whole vec4 below `limit`.
@@ -128,10 +144,10 @@ fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
         let r1 = min(kk * 4u + 1u, params.k - 1u) * n4;
         let r2 = min(kk * 4u + 2u, params.k - 1u) * n4;
         let r3 = min(kk * 4u + 3u, params.k - 1u) * n4;
-        let bm0 = mat4x4<f32>(b[r0 + bc0], b[r1 + bc0], b[r2 + bc0], b[r3 + bc0]);
-        let bm1 = mat4x4<f32>(b[r0 + bc1], b[r1 + bc1], b[r2 + bc1], b[r3 + bc1]);
-        let bm2 = mat4x4<f32>(b[r0 + bc2], b[r1 + bc2], b[r2 + bc2], b[r3 + bc2]);
-        let bm3 = mat4x4<f32>(b[r0 + bc3], b[r1 + bc3], b[r2 + bc3], b[r3 + bc3]);
+        let bm0 = mat4x4<f32>(b4(r0 + bc0), b4(r1 + bc0), b4(r2 + bc0), b4(r3 + bc0));
+        let bm1 = mat4x4<f32>(b4(r0 + bc1), b4(r1 + bc1), b4(r2 + bc1), b4(r3 + bc1));
+        let bm2 = mat4x4<f32>(b4(r0 + bc2), b4(r1 + bc2), b4(r2 + bc2), b4(r3 + bc2));
+        let bm3 = mat4x4<f32>(b4(r0 + bc3), b4(r1 + bc3), b4(r2 + bc3), b4(r3 + bc3));
         let a0 = a_vec4(ar0, kk * 4u, params.k);
         acc[0] += bm0 * a0; acc[1] += bm1 * a0; acc[2] += bm2 * a0; acc[3] += bm3 * a0;
         let a1 = a_vec4(ar1, kk * 4u, params.k);
@@ -171,7 +187,7 @@ fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
         let lo = a_vec4(row, m0, params.m);
         let hi = a_vec4(row, m0 + 4u, params.m);
         let rb = k * n4;
-        let b0 = b[rb + bc0]; let b1 = b[rb + bc1]; let b2 = b[rb + bc2]; let b3 = b[rb + bc3];
+        let b0 = b4(rb + bc0); let b1 = b4(rb + bc1); let b2 = b4(rb + bc2); let b3 = b4(rb + bc3);
         for (var r = 0u; r < 4u; r++) {
             let x = lo[r];
             acc[r * 4u + 0u] += x * b0; acc[r * 4u + 1u] += x * b1;
@@ -224,10 +240,10 @@ fn matmul_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
     var acc: array<vec4<f32>, 32>;
     for (var kk = 0u; kk < k4; kk++) {
         // Column j of block c is B[n0 + 4c + j, 4kk..4kk+3], so A-row · block is 4 dot products.
-        let bm0 = mat4x4<f32>(b[br0 + kk], b[br1 + kk], b[br2 + kk], b[br3 + kk]);
-        let bm1 = mat4x4<f32>(b[br4 + kk], b[br5 + kk], b[br6 + kk], b[br7 + kk]);
-        let bm2 = mat4x4<f32>(b[br8 + kk], b[br9 + kk], b[br10 + kk], b[br11 + kk]);
-        let bm3 = mat4x4<f32>(b[br12 + kk], b[br13 + kk], b[br14 + kk], b[br15 + kk]);
+        let bm0 = mat4x4<f32>(b4(br0 + kk), b4(br1 + kk), b4(br2 + kk), b4(br3 + kk));
+        let bm1 = mat4x4<f32>(b4(br4 + kk), b4(br5 + kk), b4(br6 + kk), b4(br7 + kk));
+        let bm2 = mat4x4<f32>(b4(br8 + kk), b4(br9 + kk), b4(br10 + kk), b4(br11 + kk));
+        let bm3 = mat4x4<f32>(b4(br12 + kk), b4(br13 + kk), b4(br14 + kk), b4(br15 + kk));
         let a0 = a[ar0 + kk];
         acc[0] += a0 * bm0; acc[1] += a0 * bm1; acc[2] += a0 * bm2; acc[3] += a0 * bm3;
         let a1 = a[ar1 + kk];

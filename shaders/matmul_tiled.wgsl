@@ -8,7 +8,8 @@
 // dW = inpᵀ·dout is (true, false). params.flags: bit 0 accumulate, bit 1 add bias, bit 2 also
 // store gelu of each output at `post` (c_fc's forward: out keeps the pre-activation). Output
 // (r, c) is stored at out[r·out_stride + out_col + c], and A is read from rows of a_stride
-// elements from column a_col (column slices of wider operands).
+// elements from column a_col (column slices of wider operands). With B_F16, B holds f16
+// values two to a u32 (pack2x16float, a generation's weights), read at binding 6.
 //
 // Tiling: a workgroup of 16×16 invocations owns a 64×64 output tile; invocation (x, y) owns
 // the 4×4 outputs at rows y + 16i and columns x + 16j of it (strided, so that neighbouring
@@ -41,6 +42,7 @@ const HAS_GELU: u32 = 4u;
 
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
+override B_F16: bool = false;
 
 const TILE: u32 = 64u;
 const TILE_K: u32 = 16u;
@@ -54,6 +56,8 @@ const WG: u32 = 64u; // transpose: invocations per workgroup (kernels::matmul::W
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> post: array<f32>; // the GELU epilogue's output
+// B as f16 pairs, read when B_F16 is set (the host binds a stand-in at the other format's binding).
+@group(0) @binding(6) var<storage, read> b_f16: array<u32>;
 
 var<workgroup> a_tile: array<f32, 1040>; // [TILE_K][STRIDE]: a_tile[k*65 + m] = op(A)[m0+m, k0+k]
 var<workgroup> b_tile: array<f32, 1040>; // [TILE_K][STRIDE]: b_tile[k*65 + n] = op(B)[k0+k, n0+n]
@@ -66,8 +70,10 @@ fn load_a(m: u32, k: u32) -> f32 {
 
 fn load_b(k: u32, n: u32) -> f32 {
     if (k >= params.k || n >= params.n) { return 0.0; }
-    if (TRANS_B) { return b[n * params.k + k]; }
-    return b[k * params.n + n];
+    var i = k * params.n + n;
+    if (TRANS_B) { i = n * params.k + k; }
+    if (B_F16) { return unpack2x16float(b_f16[i / 2u])[i % 2u]; }
+    return b[i];
 }
 
 @compute @workgroup_size(THREADS, THREADS)

@@ -9,6 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder, Tensor};
+use crate::kernels::f16_weights::WeightFormat;
 use crate::kernels::kv_cache::KvFormat;
 use crate::kernels::ppo::logprob_entropy;
 use crate::kernels::sampling::{LogitRows, SamplerState, sample_tokens};
@@ -34,6 +35,10 @@ pub struct GenerateOptions {
     /// The KV cache's format; None: the adapter's (chosen by measurement: f16 halves the
     /// cache and changes the sampled distribution by f16's rounding of keys and values).
     pub kv_format: Option<KvFormat>,
+    /// What the decode steps read their weights in; None: the adapter's (chosen by
+    /// measurement: f16 halves the bytes each step reads and changes the sampled distribution
+    /// by f16's rounding of the weights). The prefill reads the f32 weights either way.
+    pub weight_format: Option<WeightFormat>,
 }
 
 /// What a batch of prompts produced.
@@ -125,6 +130,10 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> 
     };
 
     let mut rec = Recorder::new(gpu);
+    let weights = match opts.weight_format {
+        Some(format) => model.decode_weights_in(&mut rec, format)?,
+        None => model.decode_weights(&mut rec)?,
+    };
     rec.zero(&done);
     let acts = model.prefill(&mut rec, &cache, &batch)?;
     sample(&mut rec, &acts.logits, LogitRows { rows: b, v, stride: p * vp, base: (p - 1) * vp }, 0)?;
@@ -138,7 +147,7 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> 
                 break;
             }
         }
-        model.decode_step(&mut rec, &cache, &scratch, &next_ids, &next_pos, p + step - 1)?;
+        model.decode_step(&mut rec, &weights, &cache, &scratch, &next_ids, &next_pos, p + step - 1)?;
         sample(&mut rec, &scratch.logits, LogitRows { rows: b, v, stride: vp, base: 0 }, step)?;
     }
     rec.submit();
@@ -226,6 +235,7 @@ pub fn run(gpu: &std::sync::Arc<crate::gpu::Gpu>, args: &GenerateArgs) -> Result
         eos,
         check_every: 16,
         kv_format: None,
+        weight_format: None,
     };
     let generation = {
         let _phase = gpu.phase("generation");

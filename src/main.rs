@@ -380,6 +380,7 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     ppo_wgpu::kernels::matmul::pack_method(gpu)?;
     ppo_wgpu::kernels::matmul::gelu_epilogue(gpu)?;
     ppo_wgpu::kernels::kv_cache::format(gpu)?;
+    ppo_wgpu::kernels::f16_weights::format(gpu)?;
     let cache = gpu
         .variant_cache()
         .map_or(format!("no cache (${} is off)", gpu::CACHE_ENV), |p| format!("cached in {}", p.display()));

@@ -242,6 +242,15 @@ pub fn round_to_f16(x: f32) -> f32 {
     f32::from_bits(if up { kept + 0x2000 } else { kept })
 }
 
+/// A weight as a generation's f16 copy holds it (`kernels::f16_weights::to_f16`): clamped to
+/// f16's finite range, then rounded as `round_to_f16`.
+pub fn f16_weight(x: f32) -> f32 {
+    round_to_f16(x.clamp(-F16_MAX, F16_MAX))
+}
+
+/// The largest finite f16.
+pub const F16_MAX: f32 = 65504.0;
+
 /// Rows of qkv [.., 3C] with their keys and values as a KV cache holds them: as they are (f32),
 /// or rounded to f16 (`round_to_f16`; queries stay f32).
 pub fn qkv_as_cached(qkv: &[f64], c: usize, f16: bool) -> Vec<f64> {

@@ -119,6 +119,7 @@ fn show_samples(
         eos: tok.eos_id(),
         check_every: 8,
         kv_format: None,
+        weight_format: None,
     };
     let generation = generate(policy, &ids, &opts)?;
     let seqs = Sequences::new(&generation, opts.max_new_tokens, tok.eos_id());

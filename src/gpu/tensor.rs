@@ -120,6 +120,12 @@ impl Tensor {
         (self.len() as u64 * ELEM_BYTES).max(ELEM_BYTES)
     }
 
+    /// The same memory read as `dtype`: the stand-in a kernel binds where its flags keep a
+    /// binding of the other element type unread (an f16 operand's f32 binding, and so on).
+    pub fn bitcast(&self, dtype: DType) -> Tensor {
+        Tensor { dtype, ..self.clone() }
+    }
+
     /// The same data under another shape with the same number of elements.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();

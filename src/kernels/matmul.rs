@@ -5,10 +5,10 @@
 //! (`variant`); a shape that breaks a variant's vec4 alignment runs on the next that takes it.
 
 use super::gelu::gelu_forward;
-use super::{as_matrix, bind, bind_texture, expect_len, groups};
+use super::{as_matrix, bind, bind_texture, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{
-    Gpu, MatmulVariant, Recorder, Shader, Tensor, Texture, Work, choose_by_measurement, matches_reference,
+    DType, Gpu, MatmulVariant, Recorder, Shader, Tensor, Texture, Work, choose_by_measurement, matches_reference,
     seconds_per_call,
 };
 use std::sync::Arc;
@@ -80,10 +80,28 @@ pub fn variant_for_rows(gpu: &Arc<Gpu>, m: usize) -> Result<MatmulVariant> {
     if m < NARROW_ROWS { narrow_variant(gpu) } else { variant(gpu) }
 }
 
+/// Whether B holds f16 values two to a u32 word (a generation's weights, `kernels::f16_weights`):
+/// every kernel reads such a B and widens it to f32.
+pub fn is_f16(b: &Tensor) -> bool {
+    b.dtype() == DType::U32
+}
+
+/// (rows, columns) of B as a matrix of values: an f16 tensor's last axis counts words.
+fn b_matrix(b: &Tensor) -> (usize, usize) {
+    let (rows, cols) = as_matrix(b);
+    if is_f16(b) { (rows, 2 * cols) } else { (rows, cols) }
+}
+
+/// Rows r0 .. r0 + rows of B, a matrix of `cols` values per row (f32, or f16 pairs).
+fn b_rows(gpu: &Gpu, b: &Tensor, r0: usize, rows: usize, cols: usize) -> Result<Tensor> {
+    let words = if is_f16(b) { cols / 2 } else { cols };
+    b.view(gpu, r0 * words, &[rows, words])
+}
+
 /// (M, N, K) of out = op(a)·op(b), checked against the three tensors' shapes.
 fn dims(out: &Tensor, a: &Tensor, b: &Tensor, layout: Layout) -> Result<(usize, usize, usize)> {
     let (ar, ac) = as_matrix(a);
-    let (br, bc) = as_matrix(b);
+    let (br, bc) = b_matrix(b);
     let (m, k, k2, n) = match layout {
         Layout::NN => (ar, ac, br, bc),
         Layout::NT => (ar, ac, bc, br),
@@ -172,6 +190,8 @@ pub fn matmul_with_variant(
     let fits = |rows: usize, cols: usize| rows * cols <= limit;
     // Piece sizes are multiples of 64 rows, so every slice starts on a 256-byte boundary.
     let rows_fitting = |cols: usize| (limit / cols.max(1) / 64 * 64).max(64);
+    // B's rows in words (an f16 B holds two values to a word).
+    let b_words = |cols: usize| if is_f16(b) { cols / 2 } else { cols };
     let a_stride = a.shape().last().copied().unwrap_or(1);
     match layout {
         // Rows of A and out (each row of op(A) is a row of A).
@@ -186,11 +206,11 @@ pub fn matmul_with_variant(
             Ok(())
         }
         // Rows of B are columns of out: each piece writes a column slice of out.
-        Layout::NT if !fits(n, k) => {
-            let step = rows_fitting(k);
+        Layout::NT if !fits(n, b_words(k)) => {
+            let step = rows_fitting(b_words(k));
             for n0 in (0..n).step_by(step) {
                 let nc = step.min(n - n0);
-                let piece = b.view(&gpu, n0 * k, &[nc, k])?;
+                let piece = b_rows(&gpu, b, n0, nc, k)?;
                 record(
                     rec,
                     variant,
@@ -209,11 +229,11 @@ pub fn matmul_with_variant(
             Ok(())
         }
         // Rows of B are the shared K: each piece reads a column slice of A and accumulates.
-        Layout::NN if !fits(k, n) || k > MAX_K => {
-            let step = rows_fitting(n).min(MAX_K);
+        Layout::NN if !fits(k, b_words(n)) || k > MAX_K => {
+            let step = rows_fitting(b_words(n)).min(MAX_K);
             for k0 in (0..k).step_by(step) {
                 let kc = step.min(k - k0);
-                let piece = b.view(&gpu, k0 * n, &[kc, n])?;
+                let piece = b_rows(&gpu, b, k0, kc, n)?;
                 let bias = if k0 == 0 { bias } else { None };
                 let acc = accumulate || k0 > 0;
                 record(rec, variant, out, a, &piece, bias, None, layout, acc, (m, n, kc), (n, 0), (a_stride, k0))?;
@@ -221,13 +241,13 @@ pub fn matmul_with_variant(
             Ok(())
         }
         // Rows of A and B are the shared K.
-        Layout::TN if !fits(k, m) || !fits(k, n) || k > MAX_K => {
-            let step = rows_fitting(m.max(n)).min(MAX_K);
+        Layout::TN if !fits(k, m) || !fits(k, b_words(n)) || k > MAX_K => {
+            let step = rows_fitting(m.max(b_words(n))).min(MAX_K);
             cannot_split(step >= k, a, b, out, limit)?;
             for k0 in (0..k).step_by(step) {
                 let kc = step.min(k - k0);
-                let (a_rows, b_rows) = (a.view(&gpu, k0 * m, &[kc, m])?, b.view(&gpu, k0 * n, &[kc, n])?);
-                matmul_with_variant(rec, variant, out, &a_rows, &b_rows, None, layout, accumulate || k0 > 0)?;
+                let (a_piece, b_piece) = (a.view(&gpu, k0 * m, &[kc, m])?, b_rows(&gpu, b, k0, kc, n)?);
+                matmul_with_variant(rec, variant, out, &a_piece, &b_piece, None, layout, accumulate || k0 > 0)?;
             }
             Ok(())
         }
@@ -324,7 +344,7 @@ fn measure_variant(
         let (sa, sb) = operand_shapes(layout, m, n, k);
         let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
         let (ta, tb, out) =
-            (gpu.upload(&sa, &f32s(&a))?, gpu.upload(&sb, &f32s(&b))?, gpu.tensor(&[m, n], crate::gpu::DType::F32)?);
+            (gpu.upload(&sa, &f32s(&a))?, gpu.upload(&sb, &f32s(&b))?, gpu.tensor(&[m, n], DType::F32)?);
         let mut rec = Recorder::new(gpu);
         matmul_with_variant(&mut rec, variant, &out, &ta, &tb, None, layout, false)?;
         rec.submit();
@@ -338,7 +358,7 @@ fn measure_variant(
     for &(layout, (m, n, k)) in shapes {
         let (sa, sb) = operand_shapes(layout, m, n, k);
         let (ta, tb) = (gpu.upload(&sa, &vec![0.5; m * k])?, gpu.upload(&sb, &vec![0.25; k * n])?);
-        let out = gpu.tensor(&[m, n], crate::gpu::DType::F32)?;
+        let out = gpu.tensor(&[m, n], DType::F32)?;
         seconds += seconds_per_call(gpu, |rec| matmul_with_variant(rec, variant, &out, &ta, &tb, None, layout, false))?;
         flops += (2 * m * n * k) as f64;
     }
@@ -388,7 +408,7 @@ fn record(
             // The kernel stores whole vec4s: the product goes to rows of N rounded up to 4, and
             // from there into out (adding the bias, or accumulating).
             let padded = n.next_multiple_of(4);
-            let scratch = rec.gpu().tensor(&[m, padded], crate::gpu::DType::F32)?;
+            let scratch = rec.gpu().tensor(&[m, padded], DType::F32)?;
             let place = ((padded, 0), (a_stride, a_col));
             record_texture(rec, method, &scratch, a, b, None, None, layout, false, (m, n, k), place)?;
             return unpad_columns(rec, out, &scratch, bias, accumulate, (m, n), (out_stride, out_col));
@@ -412,10 +432,16 @@ fn record(
     let flags = if accumulate { ACCUMULATE } else { 0 }
         | if bias.is_some() { HAS_BIAS } else { 0 }
         | if post.is_some() { HAS_GELU } else { 0 };
-    // 2 flops per multiply-add; A and B read once, the output written (and read to accumulate,
-    // and written again through GELU).
+    // 2 flops per multiply-add; A and B read once (an f16 B is half the words), the output
+    // written (and read to accumulate, and written again through GELU).
     let stores = 1 + accumulate as usize + post.is_some() as usize;
-    let work = Work::flops(2 * m * n * k, m * k + k * n + m * n * stores + n * bias.is_some() as usize);
+    let b_words = if is_f16(b) { k * n / 2 } else { k * n };
+    let work = Work::flops(2 * m * n * k, m * k + b_words + m * n * stores + n * bias.is_some() as usize);
+    // B at its format's binding, and a stand-in of the other type (never read) at the other's.
+    let b_f16 = is_f16(b);
+    let (b_f32_binding, b_f16_binding) =
+        if b_f16 { (a.clone(), b.clone()) } else { (b.clone(), b.bitcast(DType::U32)) };
+    let b_f16_constant = ("B_F16", b_f16 as u8 as f64);
     // Kernels that store a GELU epilogue bind `post`, or `out` when there is none (the flag
     // keeps it unwritten).
     let post = post.unwrap_or(out);
@@ -436,9 +462,16 @@ fn record(
     // few rows of A (a decode step's LM head, x·wteᵀ over B rows): there the product is bound by
     // reading B once, and the transpose would move B three times. (A fixed threshold, until
     // the speed issue's measured choice of variants replaces it.)
-    if register_tiled && layout == Layout::NT && vec4_a && vec4_out && n.is_multiple_of(4) && m >= TRANSPOSE_MIN_ROWS {
+    if register_tiled
+        && layout == Layout::NT
+        && !b_f16
+        && vec4_a
+        && vec4_out
+        && n.is_multiple_of(4)
+        && m >= TRANSPOSE_MIN_ROWS
+    {
         let gpu = rec.gpu().clone();
-        let b_t = gpu.tensor(&[k, n], crate::gpu::DType::F32)?;
+        let b_t = gpu.tensor(&[k, n], DType::F32)?;
         let tp = Params { m: n as u32, n: k as u32, k: 0, flags: 0, out_stride: 0, out_col: 0, a_stride: 0, a_col: 0 };
         let transposed = [bind(1, b), bind(4, &b_t)];
         rec.dispatch(
@@ -450,34 +483,54 @@ fn record(
             gpu.grid(groups(n * k, WG)),
             Work::floats(2 * n * k),
         )?;
-        let bindings = [bind(1, a), bind(2, &b_t), bind(3, bias), bind(4, out), bind(6, a), bind(7, post)];
-        return rec.dispatch(&SHADER, "matmul_nn", &[("A_SCALAR", 0.0)], p, &bindings, grid, work);
+        let b_t_words = b_t.bitcast(DType::U32); // the f16 binding's stand-in
+        let bindings = [
+            bind(1, a),
+            bind(2, &b_t),
+            bind(3, bias),
+            bind(4, out),
+            bind(6, a),
+            bind(7, post),
+            bind_u32(8, &b_t_words),
+        ];
+        return rec.dispatch(&SHADER, "matmul_nn", &[("A_SCALAR", 0.0), ("B_F16", 0.0)], p, &bindings, grid, work);
     }
     if register_tiled && layout == Layout::NT && vec4_a {
-        rec.dispatch(&SHADER, "matmul_nt", &[], p, &[bind(1, a), bind(2, b), bind(5, out)], grid, work)
+        let bindings = [bind(1, a), bind(2, &b_f32_binding), bind(5, out), bind_u32(8, &b_f16_binding)];
+        rec.dispatch(&SHADER, "matmul_nt", &[b_f16_constant], p, &bindings, grid, work)
     } else if register_tiled && layout != Layout::NT && vec4_out {
         // A is read as vec4s when its rows start on vec4 boundaries and its vec4 axis (K for
         // NN, M for TN) is whole; else four scalars at a time.
         let axis = if layout == Layout::NN { k } else { m };
         let scalar_a = !(vec4_a && axis.is_multiple_of(4));
         let entry = if layout == Layout::NN { "matmul_nn" } else { "matmul_tn" };
-        let bindings = [bind(1, a), bind(2, b), bind(3, bias), bind(4, out), bind(6, a), bind(7, post)];
-        rec.dispatch(&SHADER, entry, &[("A_SCALAR", scalar_a as u8 as f64)], p, &bindings, grid, work)
+        let bindings = [
+            bind(1, a),
+            bind(2, &b_f32_binding),
+            bind(3, bias),
+            bind(4, out),
+            bind(6, a),
+            bind(7, post),
+            bind_u32(8, &b_f16_binding),
+        ];
+        let constants = [("A_SCALAR", scalar_a as u8 as f64), b_f16_constant];
+        rec.dispatch(&SHADER, entry, &constants, p, &bindings, grid, work)
     } else {
         let constants = [
             ("TRANS_A", if layout == Layout::TN { 1.0 } else { 0.0 }),
             ("TRANS_B", if layout == Layout::NT { 1.0 } else { 0.0 }),
+            b_f16_constant,
         ];
         let grid = [groups(n, TILE) as u32, groups(m, TILE) as u32, 1];
-        rec.dispatch(
-            &TILED_SHADER,
-            "matmul_tiled",
-            &constants,
-            p,
-            &[bind(1, a), bind(2, b), bind(3, bias), bind(4, out), bind(5, post)],
-            grid,
-            work,
-        )
+        let bindings = [
+            bind(1, a),
+            bind(2, &b_f32_binding),
+            bind(3, bias),
+            bind(4, out),
+            bind(5, post),
+            bind_u32(6, &b_f16_binding),
+        ];
+        rec.dispatch(&TILED_SHADER, "matmul_tiled", &constants, p, &bindings, grid, work)
     }
 }
 
@@ -732,7 +785,7 @@ fn measure_pack_method(gpu: &Arc<Gpu>, method: PackMethod) -> Result<Option<f64>
     let (a, b) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0));
     let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
     let (ta, tb) = (gpu.upload(&[m, k], &f32s(&a))?, gpu.upload(&[k, n], &f32s(&b))?);
-    let out = gpu.tensor(&[m, n], crate::gpu::DType::F32)?;
+    let out = gpu.tensor(&[m, n], DType::F32)?;
     let mut rec = Recorder::new(gpu);
     record_texture(&mut rec, method, &out, &ta, &tb, None, None, Layout::NN, false, (m, n, k), ((n, 0), (k, 0)))?;
     rec.submit();
@@ -763,7 +816,8 @@ pub(crate) fn pack(
 ) -> Result<Texture> {
     let gpu = rec.gpu().clone();
     let texture = gpu.scratch_texture(slot, width, height)?;
-    let exact = !block.transposed && block.cols == 4 * width && block.rows == height;
+    // A copy moves bytes as they are: an f16 source is widened by the shader.
+    let exact = !block.transposed && block.cols == 4 * width && block.rows == height && !is_f16(src);
     let first = src.byte_offset() as usize / 4 + block.offset;
     if method == PackMethod::Copy && exact && block.stride.is_multiple_of(64) && first.is_multiple_of(4) {
         rec.copy_to_texture(src, block.offset, block.stride, &texture);
@@ -781,14 +835,17 @@ pub(crate) fn pack(
     };
     // Rows of the source start on vec4 boundaries: read them as vec4s.
     let vec4 = block.stride.is_multiple_of(4) && block.offset.is_multiple_of(4);
+    // The source at its format's bindings, and a stand-in of the other type (never read).
+    let (f32_src, f16_src) =
+        if is_f16(src) { (src.bitcast(DType::F32), src.clone()) } else { (src.clone(), src.bitcast(DType::U32)) };
     let (entry, invocations) =
         if block.transposed { ("pack_columns", width * height / 4) } else { ("pack_rows", width * height) };
     rec.dispatch(
         &TEXTURE_SHADER,
         entry,
-        &[("SRC_VEC4", vec4 as u8 as f64)],
+        &[("SRC_VEC4", vec4 as u8 as f64), ("SRC_F16", is_f16(src) as u8 as f64)],
         bytemuck::bytes_of(&params),
-        &[bind(1, src), bind_texture(2, &texture), bind(7, src)],
+        &[bind(1, &f32_src), bind_texture(2, &texture), bind(7, &f32_src), bind_u32(9, &f16_src)],
         gpu.grid(groups(invocations, WG)),
         Work::floats(block.rows * block.cols + 4 * width * height),
     )?;
@@ -830,7 +887,7 @@ fn measure_gelu_epilogue(gpu: &Arc<Gpu>, epilogue: GeluEpilogue) -> Result<Optio
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
         let (tx, tw, tb) =
             (gpu.upload(&[m, k], &f32s(&x))?, gpu.upload(&[k, n], &f32s(&w))?, gpu.upload(&[n], &f32s(&bias))?);
-        let (pre, post) = (gpu.tensor(&[m, n], crate::gpu::DType::F32)?, gpu.tensor(&[m, n], crate::gpu::DType::F32)?);
+        let (pre, post) = (gpu.tensor(&[m, n], DType::F32)?, gpu.tensor(&[m, n], DType::F32)?);
         let variant = variant_for_rows(gpu, m)?;
         let call = |rec: &mut Recorder| linear_forward_gelu_with(rec, variant, epilogue, &pre, &post, &tx, &tw, &tb);
         if m == 37 {

@@ -5,6 +5,7 @@ pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
+pub mod f16_weights;
 pub mod gae;
 pub mod gelu;
 pub mod group_advantages;
@@ -98,6 +99,7 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &cross_entropy::SHADER,
     &cross_entropy::SUBGROUP_SHADER,
     &embedding::SHADER,
+    &f16_weights::SHADER,
     &gae::SHADER,
     &gelu::SHADER,
     &group_advantages::SHADER,
@@ -125,6 +127,7 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
     ("ppo_loss", "STATS", ppo::STAT_NAMES.len()),
     ("rollout", "INPUT_COLUMNS", ppo::INPUT_COLUMNS),
     ("adamw", "WG", adamw::WG),
+    ("f16_weights", "WG", f16_weights::WG),
     ("attention", "WG", attention::WG),
     ("attention", "TILE_ROWS", attention::TILE_ROWS),
     ("cross_entropy", "WG", cross_entropy::WG),

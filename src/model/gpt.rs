@@ -196,7 +196,13 @@ impl Model {
     /// Records the tied LM head: logits [N, Vp] = x [N, C] · wteᵀ, the padded columns masked
     /// (see `kernels::padded_vocab`).
     pub fn lm_head(&self, rec: &mut Recorder, logits: &Tensor, x: &Tensor) -> Result<()> {
-        matmul(rec, logits, x, &self.params.wte, None, Layout::NT, false)?;
+        self.lm_head_from(rec, logits, x, &self.params.wte)
+    }
+
+    /// As `lm_head`, reading the embedding matrix from `wte` [Vp, C] (f32, or a decode step's
+    /// f16 copy).
+    pub(crate) fn lm_head_from(&self, rec: &mut Recorder, logits: &Tensor, x: &Tensor, wte: &Tensor) -> Result<()> {
+        matmul(rec, logits, x, wte, None, Layout::NT, false)?;
         mask_padded_logits(rec, logits, self.config.vocab_size)
     }
 

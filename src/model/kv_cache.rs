@@ -1,13 +1,15 @@
 //! Generation with a KV cache: a prefill pass over the (left-padded) prompts writes every
 //! layer's keys and values, then each decode step runs the model on one new token per row,
 //! appends its keys and values, and attends over the cache. The same kernels as the training
-//! forward, with B rows of one position, plus `kv_cache_write` and `decode_attention`.
+//! forward, with B rows of one position, plus `kv_cache_write` and `decode_attention`; the
+//! decode steps read their weights from `DecodeWeights` (f32, or f16 copies).
 
 use super::config::GptConfig;
 use super::gpt::{Activations, Batch, Model};
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::embedding::embedding_forward;
+use crate::kernels::f16_weights::{self, WeightFormat, in_format};
 use crate::kernels::kv_cache::{self, CacheShape, KvFormat, decode_attention, kv_cache_write};
 use crate::kernels::layernorm::layernorm_forward;
 use crate::kernels::matmul::{linear_forward, linear_forward_gelu};
@@ -22,6 +24,23 @@ pub struct KvCache {
     pub layers: Vec<Tensor>,
     /// u32 [B, T_max]: 1 where a position holds a real token (left padding is 0).
     pub mask: Tensor,
+}
+
+/// The weights a decode step's products read, in the generation's format
+/// (`kernels::f16_weights`): the f32 parameters themselves, or f16 copies made once per
+/// generation. (Biases, LayerNorms and the embeddings are read as f32.)
+pub struct DecodeWeights {
+    pub format: WeightFormat,
+    layers: Vec<DecodeLayerWeights>,
+    /// The tied LM head, [Vp, C].
+    wte: Tensor,
+}
+
+struct DecodeLayerWeights {
+    c_attn_w: Tensor,
+    attn_proj_w: Tensor,
+    c_fc_w: Tensor,
+    mlp_proj_w: Tensor,
 }
 
 /// Activations of one decode step ([B, ·] each), allocated once and reused by every step.
@@ -56,6 +75,30 @@ impl Model {
         Ok(KvCache { shape, layers, mask: self.gpu().upload_u32(&[b, t_max], mask)? })
     }
 
+    /// The weights decode steps read, in the adapter's format (chosen by measurement); the
+    /// copies are recorded in `rec`, so they hold the parameters as of this point of it.
+    pub fn decode_weights(&self, rec: &mut Recorder) -> Result<DecodeWeights> {
+        self.decode_weights_in(rec, f16_weights::format(self.gpu())?)
+    }
+
+    /// As `decode_weights`, in the format named (tests compare them).
+    pub fn decode_weights_in(&self, rec: &mut Recorder, format: WeightFormat) -> Result<DecodeWeights> {
+        let layers = self
+            .params
+            .layers
+            .iter()
+            .map(|lp| {
+                Ok(DecodeLayerWeights {
+                    c_attn_w: in_format(rec, &lp.c_attn_w, format)?,
+                    attn_proj_w: in_format(rec, &lp.attn_proj_w, format)?,
+                    c_fc_w: in_format(rec, &lp.c_fc_w, format)?,
+                    mlp_proj_w: in_format(rec, &lp.mlp_proj_w, format)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(DecodeWeights { format, layers, wte: in_format(rec, &self.params.wte, format)? })
+    }
+
     pub fn decode_scratch(&self, b: usize) -> Result<DecodeScratch> {
         let (c, vp) = (self.config.n_embd, self.config.padded_vocab_size());
         let f32s = |shape: &[usize]| self.gpu().tensor(shape, DType::F32);
@@ -86,10 +129,12 @@ impl Model {
 
     /// Records one decode step: token `ids[b]` at position `pos[b]` (u32 [B] each) sits at cache
     /// position `at`; its keys and values go into the cache, and `scratch.logits` [B, Vp] receives
-    /// the next-token logits.
+    /// the next-token logits, the products reading their weights from `w`.
+    #[allow(clippy::too_many_arguments)]
     pub fn decode_step(
         &self,
         rec: &mut Recorder,
+        w: &DecodeWeights,
         cache: &KvCache,
         s: &DecodeScratch,
         ids: &Tensor,
@@ -99,19 +144,19 @@ impl Model {
         let eps = self.config.layer_norm_epsilon;
         let p = &self.params;
         embedding_forward(rec, &s.x, ids, pos, &p.wte, &p.wpe)?;
-        for (lp, layer_cache) in p.layers.iter().zip(&cache.layers) {
+        for ((lp, lw), layer_cache) in p.layers.iter().zip(&w.layers).zip(&cache.layers) {
             layernorm_forward(rec, &s.ln, &s.mean, &s.rstd, &s.x, &lp.ln_1_w, &lp.ln_1_b, eps)?;
-            linear_forward(rec, &s.qkv, &s.ln, &lp.c_attn_w, Some(&lp.c_attn_b))?;
+            linear_forward(rec, &s.qkv, &s.ln, &lw.c_attn_w, Some(&lp.c_attn_b))?;
             kv_cache_write(rec, layer_cache, &s.qkv, cache.shape, at)?;
             decode_attention(rec, &s.atty, &s.qkv, layer_cache, &cache.mask, cache.shape, at + 1)?;
-            linear_forward(rec, &s.proj, &s.atty, &lp.attn_proj_w, Some(&lp.attn_proj_b))?;
+            linear_forward(rec, &s.proj, &s.atty, &lw.attn_proj_w, Some(&lp.attn_proj_b))?;
             residual_forward(rec, &s.residual2, &s.x, &s.proj)?;
             layernorm_forward(rec, &s.ln, &s.mean, &s.rstd, &s.residual2, &lp.ln_2_w, &lp.ln_2_b, eps)?;
-            linear_forward_gelu(rec, &s.fch, &s.fch_gelu, &s.ln, &lp.c_fc_w, &lp.c_fc_b)?;
-            linear_forward(rec, &s.proj, &s.fch_gelu, &lp.mlp_proj_w, Some(&lp.mlp_proj_b))?;
+            linear_forward_gelu(rec, &s.fch, &s.fch_gelu, &s.ln, &lw.c_fc_w, &lp.c_fc_b)?;
+            linear_forward(rec, &s.proj, &s.fch_gelu, &lw.mlp_proj_w, Some(&lp.mlp_proj_b))?;
             residual_forward(rec, &s.x, &s.residual2, &s.proj)?;
         }
         layernorm_forward(rec, &s.ln, &s.mean, &s.rstd, &s.x, &p.ln_f_w, &p.ln_f_b, eps)?;
-        self.lm_head(rec, &s.logits, &s.ln)
+        self.lm_head_from(rec, &s.logits, &s.ln, &w.wte)
     }
 }

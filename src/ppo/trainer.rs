@@ -460,6 +460,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
             eos,
             check_every: opts.stop_check_every,
             kv_format: None,
+            weight_format: None,
         };
         let generation = generate(&policy, &rows, &gen_opts)?;
         let seqs = Sequences::new(&generation, opts.response_length, eos);

@@ -16,6 +16,22 @@ pub fn gpu() -> Arc<Gpu> {
     .clone()
 }
 
+/// An f16's bits as f32 (normal, subnormal and zero values).
+pub fn f16_to_f32(h: u32) -> f64 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let (exponent, mantissa) = ((h >> 10) & 0x1F, (h & 0x3FF) as f64);
+    sign * if exponent == 0 {
+        mantissa * 2f64.powi(-24)
+    } else {
+        (1.0 + mantissa / 1024.0) * 2f64.powi(exponent as i32 - 15)
+    }
+}
+
+/// The values of f16 pairs packed into u32 words (pack2x16float: the low half first).
+pub fn unpack_f16_pairs(words: &[u32]) -> Vec<f64> {
+    words.iter().flat_map(|&w| [f16_to_f32(w & 0xFFFF), f16_to_f32(w >> 16)]).collect()
+}
+
 pub fn to_f32(x: &[f64]) -> Vec<f32> {
     x.iter().map(|&v| v as f32).collect()
 }

@@ -3,17 +3,6 @@ use ppo_wgpu::gpu::{DType, Recorder};
 use ppo_wgpu::kernels::kv_cache::{CacheShape, FORMATS, KvFormat, decode_attention, kv_cache_write, new_cache};
 use ppo_wgpu::reference;
 
-/// An f16's bits as f32 (normal, subnormal and zero values).
-fn f16_to_f32(h: u32) -> f64 {
-    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let (exponent, mantissa) = ((h >> 10) & 0x1F, (h & 0x3FF) as f64);
-    sign * if exponent == 0 {
-        mantissa * 2f64.powi(-24)
-    } else {
-        (1.0 + mantissa / 1024.0) * 2f64.powi(exponent as i32 - 15)
-    }
-}
-
 /// Prefill P positions into the cache, append one more, and attend from it: for each cache
 /// format the output equals the reference causal attention's row for that position (left
 /// padding masked), the reference taking keys and values as the cache holds them.
@@ -61,12 +50,7 @@ fn check_decode_format(format: KvFormat, b: usize, p: usize, c: usize, nh: usize
     // rounding, half an ulp of 2⁻¹¹ relative (2⁻²⁵ absolute among the subnormals).
     let got_cache: Vec<f64> = match format {
         KvFormat::F32 => download(&cache),
-        KvFormat::F16 => gpu
-            .download_u32(&cache)
-            .unwrap()
-            .iter()
-            .flat_map(|&w| [f16_to_f32(w & 0xFFFF), f16_to_f32(w >> 16)])
-            .collect(),
+        KvFormat::F16 => unpack_f16_pairs(&gpu.download_u32(&cache).unwrap()),
     };
     let f16_ulp = if format == KvFormat::F16 { 2f64.powi(-11) } else { 0.0 };
     for row in 0..b {

@@ -9,6 +9,7 @@ mod advantages;
 mod attention;
 mod cross_entropy;
 mod embedding;
+mod f16_weights;
 mod gelu;
 mod gpu_layer;
 mod kv_cache;

@@ -43,6 +43,7 @@ fn a_ppo_iteration_keeps_its_round_trip_and_allocation_budgets() {
             eos: None,
             check_every: 0,
             kv_format: None,
+            weight_format: None,
         };
         let generation = generate(&policy, &prompts, &opts).unwrap();
         let rolled = gpu.counts();
@@ -109,6 +110,7 @@ fn early_stopping_checks_cost_one_readback_every_k_steps() {
         eos: Some(39),
         check_every: 8,
         kv_format: None,
+        weight_format: None,
     };
     let start = gpu.counts();
     let generation = generate(&model, &[vec![1, 2], vec![3]], &opts).unwrap();

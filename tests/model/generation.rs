@@ -3,6 +3,7 @@
 
 use ppo_wgpu::generate::{GenerateOptions, Sampling, generate, left_pad};
 use ppo_wgpu::gpu::{Gpu, Recorder};
+use ppo_wgpu::kernels::f16_weights::{FORMATS as WEIGHT_FORMATS, WeightFormat};
 use ppo_wgpu::kernels::kv_cache::{FORMATS, KvFormat};
 use ppo_wgpu::model::{Batch, GptConfig, Heads, Model, init::init_weights};
 use ppo_wgpu::rng::Rng;
@@ -49,20 +50,24 @@ fn greedy_opts(max_new_tokens: usize, eos: Option<u32>) -> GenerateOptions {
         check_every: 4,
         // The f32 cache: these tests compare generation with full f32 forwards.
         kv_format: Some(KvFormat::F32),
+        weight_format: Some(WeightFormat::F32),
     }
 }
 
-/// With each cache format: f32 to f32 rounding; f16 within what rounding keys and values to f16
-/// does to these logits (seen: up to 3e-3 of their scale).
+/// With each cache format and each format of the decode steps' weights: all f32 to f32
+/// rounding; with f16 keys and values, or f16 weights, within what that rounding does to these
+/// logits (seen: up to 3e-3 of their scale).
 #[test]
 fn cached_decode_logits_equal_a_full_forward_at_every_step() {
     for (format, _) in FORMATS {
-        let tolerance = if format == KvFormat::F32 { 1e-4 } else { 1e-2 };
-        cached_decode_matches(format, tolerance);
+        for (weights, _) in WEIGHT_FORMATS {
+            let exact = format == KvFormat::F32 && weights == WeightFormat::F32;
+            cached_decode_matches(format, weights, if exact { 1e-4 } else { 1e-2 });
+        }
     }
 }
 
-fn cached_decode_matches(format: KvFormat, tolerance: f32) {
+fn cached_decode_matches(format: KvFormat, weight_format: WeightFormat, tolerance: f32) {
     let gpu = Gpu::new(None).unwrap();
     let model = tiny_model(&gpu, 11);
     let mut rng = Rng::new(12);
@@ -76,6 +81,7 @@ fn cached_decode_matches(format: KvFormat, tolerance: f32) {
     let cache = model.kv_cache_with_format(b, p + steps, &cache_mask, format).unwrap();
     let scratch = model.decode_scratch(b).unwrap();
     let mut rec = Recorder::new(&gpu);
+    let weights = model.decode_weights_in(&mut rec, weight_format).unwrap();
     model.prefill(&mut rec, &cache, &Batch::new(&gpu, &model.config, &ids, &mask, b, p).unwrap()).unwrap();
     rec.submit();
     for s in 0..steps {
@@ -83,7 +89,7 @@ fn cached_decode_matches(format: KvFormat, tolerance: f32) {
         let pos: Vec<u32> = prompts.iter().map(|pr| (pr.len() + s) as u32).collect();
         let mut rec = Recorder::new(&gpu);
         let (ids_t, pos_t) = (gpu.upload_u32(&[b], &step_ids).unwrap(), gpu.upload_u32(&[b], &pos).unwrap());
-        model.decode_step(&mut rec, &cache, &scratch, &ids_t, &pos_t, p + s).unwrap();
+        model.decode_step(&mut rec, &weights, &cache, &scratch, &ids_t, &pos_t, p + s).unwrap();
         rec.submit();
         let got = real_columns(&model, &gpu.download(&scratch.logits).unwrap());
 
@@ -99,7 +105,9 @@ fn cached_decode_matches(format: KvFormat, tolerance: f32) {
         let want = last_logits(&model, &full_ids, &full_mask, b, t);
         let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
         let scale = want.iter().fold(0.0f32, |m, w| m.max(w.abs()));
-        let what = format!("{format:?} step {s}: cached logits differ by {worst} (scale {scale}, V {v})");
+        let what = format!(
+            "{format:?} cache, {weight_format:?} weights, step {s}: cached logits differ by {worst} (scale {scale}, V {v})"
+        );
         assert!(worst <= tolerance * scale.max(1.0), "{what}");
     }
 }
