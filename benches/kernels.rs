@@ -4,7 +4,8 @@
 //! attention (criterion's "elem/s" there counts floating-point operations), bytes/s for the
 //! memory-bound kernels. Every variant of every measured family runs, the adapter's choice
 //! first and marked "(chosen)": matmul, layernorm, cross_entropy, attention, and the texture
-//! packs, the GELU epilogue and the KV cache format (each timed through the work it changes).
+//! packs, the GELU epilogue, the KV cache format and the decode steps' weight format (each timed
+//! through the work it changes).
 //! A summary table in GFLOP/s and GB/s ends the run (benches/common).
 //! The LM-head matmul and the matmul variant the adapter does not use run only with
 //! PPO_WGPU_BENCH_LARGE=1 (each takes seconds per call on a software adapter).
@@ -263,6 +264,64 @@ fn bench_kv_cache(bx: &mut Bench, c: &mut Criterion) {
             bx.time(c, "kv_cache", &format!("decode {label} {format:?}{mark}"), counting_flops(flops), |rec| {
                 decode_attention(rec, &out, &t_last, &cache, &mask, shape, t_max).unwrap()
             });
+        }
+    }
+}
+
+fn bench_decode_weights(bx: &mut Bench, c: &mut Criterion) {
+    // A decode step's products (c_attn, attn.c_proj, c_fc, mlp.c_proj and the LM head) reading
+    // their weights in each format (family decode_weights), the adapter's choice first and
+    // marked: a small model's rollout (32 rows, C = 128, V = 512) and GPT-2's (8 rows, C = 768;
+    // its LM head over the padded 50304 only with PPO_WGPU_BENCH_LARGE=1). The matmul variant
+    // is the one those rows run on.
+    use ppo_wgpu::kernels::f16_weights::{self, FORMATS, WeightFormat, in_format};
+    use ppo_wgpu::kernels::matmul::matmul;
+    let chosen = f16_weights::format(&bx.gpu).unwrap();
+    let gpt2_vocab = if common::large() { 50304 } else { 0 };
+    for (label, m, ch, v) in [("gpt2 8 rows C=768", 8, 768, gpt2_vocab), ("tiny 32 rows C=128", 32, 128, 512)] {
+        let mut products =
+            vec![(Layout::NN, 3 * ch, ch), (Layout::NN, ch, ch), (Layout::NN, 4 * ch, ch), (Layout::NN, ch, 4 * ch)];
+        if v > 0 {
+            products.push((Layout::NT, v, ch));
+        }
+        let x = bx.rng.normals(m * 4 * ch, 1.0);
+        let operands: Vec<_> = products
+            .iter()
+            .map(|&(layout, n, k)| {
+                let w = bx.rng.normals(n * k, 0.02);
+                let shape = if layout == Layout::NT { [n, k] } else { [k, n] };
+                (layout, n, k, bx.up(&x[..m * k], &[m, k]), w.clone(), bx.up(&w, &shape), bx.empty(&[m, n]))
+            })
+            .collect();
+        for format in chosen_first(chosen, &FORMATS) {
+            let mut rec = Recorder::new(&bx.gpu);
+            let weights: Vec<Tensor> =
+                operands.iter().map(|(_, _, _, _, _, w, _)| in_format(&mut rec, w, format).unwrap()).collect();
+            for ((layout, _, _, a, _, _, out), w) in operands.iter().zip(&weights) {
+                matmul(&mut rec, out, a, w, None, *layout, false).unwrap();
+            }
+            rec.submit();
+            for (layout, n, k, _, w, _, out) in &operands {
+                let held: Vec<f64> = match format {
+                    WeightFormat::F32 => w.clone(),
+                    WeightFormat::F16 => w.iter().map(|&x| reference::f16_weight(x as f32) as f64).collect(),
+                };
+                let want = reference::matmul(&x[..m * k], &held, m, *n, *k, *layout);
+                bx.check("decode product", out, &want, 1e-5, 1e-4);
+            }
+            let mark = if format == chosen { " (chosen)" } else { "" };
+            let flops: usize = products.iter().map(|&(_, n, k)| 2 * m * n * k).sum();
+            bx.time(
+                c,
+                "decode_weights",
+                &format!("step products {label} {format:?}{mark}"),
+                counting_flops(flops as f64),
+                |rec| {
+                    for ((layout, _, _, a, _, _, out), w) in operands.iter().zip(&weights) {
+                        matmul(rec, out, a, w, None, *layout, false).unwrap();
+                    }
+                },
+            );
         }
     }
 }
@@ -552,12 +611,13 @@ fn main() {
     common::begin(&gpu);
     let mut bx = Bench { gpu, rng: Rng::new(7) };
     let mut c = Criterion::default().configure_from_args();
-    let families: [fn(&mut Bench, &mut Criterion); 13] = [
+    let families: [fn(&mut Bench, &mut Criterion); 14] = [
         bench_matmul,
         bench_copy,
         bench_texture_pack,
         bench_bias_gelu,
         bench_kv_cache,
+        bench_decode_weights,
         bench_layernorm,
         bench_elementwise,
         bench_embedding,

@@ -67,26 +67,7 @@ const TILE: u32 = 16u; // output rows and columns per invocation (kernels::matmu
 // rows start on vec4 boundaries (offset and stride multiples of 4): a quarter of the loads.
 @group(0) @binding(7) var<storage, read> src4: array<vec4<f32>>;
 
-// The source as f16 values two to a u32 (pack2x16float: a generation's weights), read when
-// SRC_F16 is set; the f32 bindings then hold a stand-in, and the f16 binding one otherwise.
-@group(0) @binding(9) var<storage, read> src_f16: array<u32>;
-
 override SRC_VEC4: bool = false;
-override SRC_F16: bool = false;
-
-// Element i of the source.
-fn src_at(i: u32) -> f32 {
-    if (SRC_F16) { return unpack2x16float(src_f16[i / 2u])[i % 2u]; }
-    return src[i];
-}
-
-// The i-th vec4 of the source (elements 4i..4i+3).
-fn src4_at(i: u32) -> vec4<f32> {
-    if (SRC_F16) {
-        return vec4<f32>(unpack2x16float(src_f16[2u * i]), unpack2x16float(src_f16[2u * i + 1u]));
-    }
-    return src4[i];
-}
 
 // The index of an invocation of the one-dimensional entry points (grid from Gpu::grid).
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
@@ -97,8 +78,8 @@ fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 fn block_element(r: u32, c: u32) -> f32 {
     let p = pack_params;
     if (r >= p.rows || c >= p.cols) { return 0.0; }
-    if (p.transposed == 1u) { return src_at(p.offset + c * p.stride + r); }
-    return src_at(p.offset + r * p.stride + c);
+    if (p.transposed == 1u) { return src[p.offset + c * p.stride + r]; }
+    return src[p.offset + r * p.stride + c];
 }
 
 // The texel (x, y) of the packed block, read element by element.
@@ -121,7 +102,7 @@ fn pack_rows(
     let y = i / p.width;
     var v: vec4<f32>;
     if (SRC_VEC4 && y < p.rows && 4u * x + 4u <= p.cols) {
-        v = src4_at((p.offset + y * p.stride) / 4u + x);
+        v = src4[(p.offset + y * p.stride) / 4u + x];
     } else {
         v = block_texel(x, y);
     }
@@ -146,7 +127,7 @@ fn pack_columns(
     if (SRC_VEC4 && y + 4u <= p.rows && 4u * x + 4u <= p.cols) {
         let at = (p.offset + 4u * x * p.stride + y) / 4u;
         let step = p.stride / 4u;
-        let s = mat4x4<f32>(src4_at(at), src4_at(at + step), src4_at(at + 2u * step), src4_at(at + 3u * step));
+        let s = mat4x4<f32>(src4[at], src4[at + step], src4[at + 2u * step], src4[at + 3u * step]);
         let t = transpose(s);
         for (var j = 0u; j < 4u; j++) { textureStore(dst, vec2<u32>(x, y + j), t[j]); }
     } else {

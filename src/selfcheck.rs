@@ -5,7 +5,8 @@
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::{
-    adamw, attention, cross_entropy, embedding, gae, gelu, group_advantages, layernorm, matmul, ppo, residual, rewards,
+    adamw, attention, cross_entropy, embedding, f16_weights, gae, gelu, group_advantages, layernorm, matmul, ppo,
+    residual, rewards,
 };
 use crate::reference;
 use crate::rng::Rng;
@@ -98,6 +99,19 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
         "matmul backward",
         |r| matmul::linear_backward(r, &dinp, &dw, Some(&db), &t_dout, &t_inp, &t_w),
         &[(&dinp, &r_inp, 1e-4, 1e-4), (&dw, &r_w, 1e-4, 1e-4), (&db, &r_b, 1e-4, 1e-4)],
+    )?;
+
+    // The same forward with the weights in f16, as a decode step reads them.
+    let f16_out = cx.zeros(&[n, oc])?;
+    let held: Vec<f64> = w.iter().map(|&x| reference::f16_weight(x as f32) as f64).collect();
+    let want_f16 = reference::linear_forward(&inp, &held, Some(&bias), n, c, oc);
+    cx.check(
+        "matmul forward, f16 weights",
+        |r| {
+            let half = f16_weights::to_f16(r, &t_w)?;
+            matmul::linear_forward(r, &f16_out, &t_inp, &half, Some(&t_b))
+        },
+        &[(&f16_out, &want_f16, 1e-4, 1e-4)],
     )?;
 
     // LayerNorm.

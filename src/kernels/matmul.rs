@@ -129,6 +129,13 @@ pub fn texture_fits(m: usize, n: usize) -> bool {
     m >= TEXTURE_TILE && n >= 4
 }
 
+/// Whether the texture kernel takes a product of (m, n) with this B: `texture_fits`, and B in
+/// f32. (An f16 B, a generation's weights, would be widened back to f32 by packing at every
+/// call, the traffic f16 saves: it runs register-tiled.)
+fn texture_takes(m: usize, n: usize, b: &Tensor) -> bool {
+    texture_fits(m, n) && !is_f16(b)
+}
+
 /// As `matmul`, with the variant named (benches and tests compare them). A texture request on
 /// fewer than 16 rows or 4 columns runs register-tiled, and a register-tiled request on an
 /// unaligned shape runs the tiled kernel.
@@ -165,9 +172,12 @@ pub fn matmul_with_variant(
     //   NT, k = 1:           out = a[M,1]·b[N,1]ᵀ       as  a[M,1]·bᵀ[1,N]               (NN)
     //   TN, n = 1:           out[M,1] = a[K,M]ᵀ·b[K,1]   as  outᵀ[1,M] = bᵀ[1,K]·a[K,M]    (NN)
     // The texture kernel computes 16×16 blocks: a product with fewer rows (a decode step's) or
-    // fewer than 4 columns runs register-tiled instead.
-    let variant =
-        if variant == MatmulVariant::Texture && !texture_fits(m, n) { MatmulVariant::RegisterTiled } else { variant };
+    // fewer than 4 columns runs register-tiled instead, as does one with an f16 B.
+    let variant = if variant == MatmulVariant::Texture && !texture_takes(m, n, b) {
+        MatmulVariant::RegisterTiled
+    } else {
+        variant
+    };
     if variant == MatmulVariant::RegisterTiled && !register_tiled_fits(layout, m, n, k) {
         let rewritten = match layout {
             Layout::NN if n == 1 && bias.is_none() && register_tiled_fits(Layout::NT, 1, m, k) => {
@@ -398,12 +408,12 @@ fn record(
 ) -> Result<()> {
     if variant == MatmulVariant::Texture {
         let vec4_out = n.is_multiple_of(4) && out_stride.is_multiple_of(4) && out_col.is_multiple_of(4);
-        let method = if texture_fits(m, n) { pack_method(rec.gpu())? } else { PackMethod::Shader };
-        if texture_fits(m, n) && vec4_out {
+        let method = if texture_takes(m, n, b) { pack_method(rec.gpu())? } else { PackMethod::Shader };
+        if texture_takes(m, n, b) && vec4_out {
             let place = ((out_stride, out_col), (a_stride, a_col));
             return record_texture(rec, method, out, a, b, bias, post, layout, accumulate, (m, n, k), place);
         }
-        if texture_fits(m, n) {
+        if texture_takes(m, n, b) {
             ensure_shape(post.is_none(), || format!("the GELU epilogue needs whole vec4 rows, not {n} columns"))?;
             // The kernel stores whole vec4s: the product goes to rows of N rounded up to 4, and
             // from there into out (adding the bias, or accumulating).
@@ -591,8 +601,8 @@ pub fn texture_scratch_bytes(products: &[(usize, usize, usize)]) -> usize {
 }
 
 /// out (+)= op(a)·op(b) (+ bias) on the texture kernel with the pack method named (tests compare
-/// them), for a product it takes in one piece: at least 16 rows and N a multiple of 4, operands
-/// within the binding and texture limits.
+/// them), for a product it takes in one piece: at least 16 rows, N a multiple of 4 and B in f32,
+/// operands within the binding and texture limits.
 #[allow(clippy::too_many_arguments)]
 pub fn texture_matmul_with_pack(
     rec: &mut Recorder,
@@ -605,8 +615,8 @@ pub fn texture_matmul_with_pack(
     accumulate: bool,
 ) -> Result<()> {
     let (m, n, k) = dims(out, a, b, layout)?;
-    ensure_shape(texture_fits(m, n) && n.is_multiple_of(4), || {
-        format!("texture matmul of {m}×{n}: needs at least {TEXTURE_TILE} rows and a multiple of 4 columns")
+    ensure_shape(texture_takes(m, n, b) && n.is_multiple_of(4), || {
+        format!("texture matmul of {m}×{n}: needs at least {TEXTURE_TILE} rows, a multiple of 4 columns and an f32 B")
     })?;
     let a_stride = a.shape().last().copied().unwrap_or(1);
     record_texture(rec, method, out, a, b, bias, None, layout, accumulate, (m, n, k), ((n, 0), (a_stride, 0)))
@@ -816,8 +826,7 @@ pub(crate) fn pack(
 ) -> Result<Texture> {
     let gpu = rec.gpu().clone();
     let texture = gpu.scratch_texture(slot, width, height)?;
-    // A copy moves bytes as they are: an f16 source is widened by the shader.
-    let exact = !block.transposed && block.cols == 4 * width && block.rows == height && !is_f16(src);
+    let exact = !block.transposed && block.cols == 4 * width && block.rows == height;
     let first = src.byte_offset() as usize / 4 + block.offset;
     if method == PackMethod::Copy && exact && block.stride.is_multiple_of(64) && first.is_multiple_of(4) {
         rec.copy_to_texture(src, block.offset, block.stride, &texture);
@@ -835,17 +844,14 @@ pub(crate) fn pack(
     };
     // Rows of the source start on vec4 boundaries: read them as vec4s.
     let vec4 = block.stride.is_multiple_of(4) && block.offset.is_multiple_of(4);
-    // The source at its format's bindings, and a stand-in of the other type (never read).
-    let (f32_src, f16_src) =
-        if is_f16(src) { (src.bitcast(DType::F32), src.clone()) } else { (src.clone(), src.bitcast(DType::U32)) };
     let (entry, invocations) =
         if block.transposed { ("pack_columns", width * height / 4) } else { ("pack_rows", width * height) };
     rec.dispatch(
         &TEXTURE_SHADER,
         entry,
-        &[("SRC_VEC4", vec4 as u8 as f64), ("SRC_F16", is_f16(src) as u8 as f64)],
+        &[("SRC_VEC4", vec4 as u8 as f64)],
         bytemuck::bytes_of(&params),
-        &[bind(1, &f32_src), bind_texture(2, &texture), bind(7, &f32_src), bind_u32(9, &f16_src)],
+        &[bind(1, src), bind_texture(2, &texture), bind(7, src)],
         gpu.grid(groups(invocations, WG)),
         Work::floats(block.rows * block.cols + 4 * width * height),
     )?;

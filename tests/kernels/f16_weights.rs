@@ -86,7 +86,7 @@ fn check_f16_b(
     dispatches
 }
 
-/// Every variant and layout, at ragged shapes (odd M; N, K even as f16 pairs need, and not
+/// Every variant and layout (the texture variant runs an f16 B register-tiled), at ragged shapes (odd M; N, K even as f16 pairs need, and not
 /// multiples of 4, which sends the register-tiled kernel's vec4 axes to the tiled kernel), at
 /// a decode step's shapes, and at shapes that fill whole tiles.
 #[test]

@@ -330,18 +330,37 @@ fn texture_pack_methods_match_reference() {
     }
 }
 
-/// c_fc's forward with each GELU epilogue on each matmul variant: the pre-activation (kept for
-/// the backward) and its GELU against the reference, on shapes the fused epilogue takes (N a
-/// multiple of 4, ragged M and K) and one it hands back to the separate kernels (N ragged).
+/// c_fc's forward with each GELU epilogue on each matmul variant, its weights in f32 and (as a
+/// decode step reads them) in f16: the pre-activation (kept for the backward) and its GELU
+/// against the reference (with the weights rounded as the f16 copy rounds them), on shapes the
+/// fused epilogue takes (N a multiple of 4, ragged M and K) and one it hands back to the
+/// separate kernels (N ragged).
 #[test]
 fn linear_forward_gelu_epilogues_match_reference() {
     use ppo_wgpu::kernels::matmul::{GELU_EPILOGUES, linear_forward_gelu_with};
     let mut rng = Rng::new(33);
-    for (m, c, oc) in [(37, 29, 44), (130, 64, 256), (33, 20, 18)] {
+    for ((m, c, oc), f16) in [
+        ((37, 29, 44), false),
+        ((130, 64, 256), false),
+        ((33, 20, 18), false),
+        ((37, 29, 44), true),
+        ((33, 20, 18), true),
+    ] {
         let (x, w, bias) = (rng.normals(m * c, 1.0), rng.normals(c * oc, 0.5), rng.normals(oc, 1.0));
-        let want_pre = reference::linear_forward(&x, &w, Some(&bias), m, c, oc);
+        let held: Vec<f64> =
+            if f16 { to_f32(&w).iter().map(|&v| reference::f16_weight(v) as f64).collect() } else { w.clone() };
+        let want_pre = reference::linear_forward(&x, &held, Some(&bias), m, c, oc);
         let want_post = reference::gelu_forward(&want_pre);
         let (tx, tw, tb) = (upload(&x, &[m, c]), upload(&w, &[c, oc]), upload(&bias, &[oc]));
+        let tw = if f16 {
+            let gpu = gpu();
+            let mut rec = Recorder::new(&gpu);
+            let half = ppo_wgpu::kernels::f16_weights::to_f16(&mut rec, &tw).unwrap();
+            rec.submit();
+            half
+        } else {
+            tw
+        };
         for variant in VARIANTS {
             for (epilogue, name) in GELU_EPILOGUES {
                 // Outputs start as NaN: every element must be written.
@@ -352,7 +371,7 @@ fn linear_forward_gelu_epilogues_match_reference() {
                 linear_forward_gelu_with(&mut rec, variant, epilogue, &pre, &post, &tx, &tw, &tb).unwrap();
                 rec.submit();
                 let (atol, rtol) = tol(c);
-                let what = format!("c_fc {variant:?} {name} M={m} C={c} OC={oc}");
+                let what = format!("c_fc {variant:?} {name} M={m} C={c} OC={oc} f16 weights {f16}");
                 assert_close(&format!("{what} pre-activation"), &download(&pre), &want_pre, atol, rtol);
                 assert_close(&format!("{what} gelu"), &download(&post), &want_post, atol, rtol);
             }
