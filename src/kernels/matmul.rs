@@ -8,8 +8,8 @@ use super::gelu::gelu_forward;
 use super::{as_matrix, bind, bind_texture, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{
-    DType, Gpu, MatmulVariant, Recorder, Shader, Tensor, Texture, Work, choose_by_measurement, matches_reference,
-    seconds_per_call,
+    Binding, DType, Gpu, MatmulVariant, Recorder, Shader, Tensor, Texture, Work, choose_by_measurement,
+    matches_reference, seconds_per_call,
 };
 use std::sync::Arc;
 
@@ -494,15 +494,7 @@ fn record(
             Work::floats(2 * n * k),
         )?;
         let b_t_words = b_t.bitcast(DType::U32); // the f16 binding's stand-in
-        let bindings = [
-            bind(1, a),
-            bind(2, &b_t),
-            bind(3, bias),
-            bind(4, out),
-            bind(6, a),
-            bind(7, post),
-            bind_u32(8, &b_t_words),
-        ];
+        let bindings = nn_tn_bindings(a, &b_t, bias, out, post, &b_t_words);
         return rec.dispatch(&SHADER, "matmul_nn", &[("A_SCALAR", 0.0), ("B_F16", 0.0)], p, &bindings, grid, work);
     }
     if register_tiled && layout == Layout::NT && vec4_a {
@@ -514,15 +506,7 @@ fn record(
         let axis = if layout == Layout::NN { k } else { m };
         let scalar_a = !(vec4_a && axis.is_multiple_of(4));
         let entry = if layout == Layout::NN { "matmul_nn" } else { "matmul_tn" };
-        let bindings = [
-            bind(1, a),
-            bind(2, &b_f32_binding),
-            bind(3, bias),
-            bind(4, out),
-            bind(6, a),
-            bind(7, post),
-            bind_u32(8, &b_f16_binding),
-        ];
+        let bindings = nn_tn_bindings(a, &b_f32_binding, bias, out, post, &b_f16_binding);
         let constants = [("A_SCALAR", scalar_a as u8 as f64), b_f16_constant];
         rec.dispatch(&SHADER, entry, &constants, p, &bindings, grid, work)
     } else {
@@ -542,6 +526,19 @@ fn record(
         ];
         rec.dispatch(&TILED_SHADER, "matmul_tiled", &constants, p, &bindings, grid, work)
     }
+}
+
+/// The bindings of matmul.wgsl's matmul_nn and matmul_tn: A (as vec4s and as scalars), B at
+/// its f32 and f16 bindings (one of them a stand-in), the bias, the output and GELU's output.
+fn nn_tn_bindings<'a>(
+    a: &'a Tensor,
+    b_f32: &'a Tensor,
+    bias: &'a Tensor,
+    out: &'a Tensor,
+    post: &'a Tensor,
+    b_f16: &'a Tensor,
+) -> [Binding<'a>; 7] {
+    [bind(1, a), bind(2, b_f32), bind(3, bias), bind(4, out), bind(6, a), bind(7, post), bind_u32(8, b_f16)]
 }
 
 #[repr(C)]
