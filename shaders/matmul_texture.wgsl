@@ -14,7 +14,8 @@
 //   matmul_texture:  out[M,N] (+)= At[M,K] · Bt[K,N] (+ bias[N]) with At and Bt packed.
 //   unpad_columns:   out[M,N] (+)= src[M,N'] (+ bias[N]) for an N that is not a multiple of 4
 //                    (GPT-2's logits, 50257 wide): matmul_texture stores whole vec4s, so such
-//                    a product goes to a scratch of N' = N rounded up to 4 columns first.
+//                    a product goes to a scratch of N' = N rounded up to 4 columns first. (The
+//                    register-tiled path uses it too, N = N' = 1: a head's forward with its bias.)
 //
 // matmul_texture: each invocation computes a 16×16 block of the output in 64 vec4
 // accumulators, named rather than indexed so that they stay in registers. Output row r, vec4

@@ -168,7 +168,8 @@ pub fn matmul_with_variant(
     // an inner dimension or an output column of 1 backward) miss the register-tiled kernels'
     // vec4 axes; the same product with the vector read the other way round ([n, 1] and [1, n]
     // are the same memory) fits them:
-    //   NN, n = 1, no bias:  out[M,1] = a[M,K]·b[K,1]   as  outᵀ[1,M] = bᵀ[1,K]·a[M,K]ᵀ  (NT)
+    //   NN, n = 1:           out[M,1] = a[M,K]·b[K,1]   as  outᵀ[1,M] = bᵀ[1,K]·a[M,K]ᵀ  (NT;
+    //                        with a bias, into a scratch row that `unpad_columns` adds it to)
     //   NT, k = 1:           out = a[M,1]·b[N,1]ᵀ       as  a[M,1]·bᵀ[1,N]               (NN)
     //   TN, n = 1:           out[M,1] = a[K,M]ᵀ·b[K,1]   as  outᵀ[1,M] = bᵀ[1,K]·a[K,M]    (NN)
     // The texture kernel computes 16×16 blocks: a product with fewer rows (a decode step's) or
@@ -193,6 +194,11 @@ pub fn matmul_with_variant(
         };
         if let Some((out, a, b, layout)) = rewritten {
             return matmul_with_variant(rec, variant, &out, &a, &b, None, layout, accumulate);
+        }
+        if layout == Layout::NN && n == 1 && register_tiled_fits(Layout::NT, 1, m, k) {
+            let scratch = rec.gpu().tensor(&[1, m], DType::F32)?;
+            matmul_with_variant(rec, variant, &scratch, &b.reshape(&[1, k])?, a, None, Layout::NT, false)?;
+            return unpad_columns(rec, out, &scratch, bias, accumulate, (m, 1), 1, (1, 0));
         }
     }
     let gpu = rec.gpu().clone();
@@ -421,7 +427,7 @@ fn record(
             let scratch = rec.gpu().tensor(&[m, padded], DType::F32)?;
             let place = ((padded, 0), (a_stride, a_col));
             record_texture(rec, method, &scratch, a, b, None, None, layout, false, (m, n, k), place)?;
-            return unpad_columns(rec, out, &scratch, bias, accumulate, (m, n), (out_stride, out_col));
+            return unpad_columns(rec, out, &scratch, bias, accumulate, (m, n), padded, (out_stride, out_col));
         }
         let variant = MatmulVariant::RegisterTiled;
         return record(
@@ -722,8 +728,10 @@ struct UnpadParams {
     flags: u32,
 }
 
-/// out (+)= src (+ bias) for the (m, n) product held in rows of `src` (N rounded up to 4), into
-/// columns out_col.. of rows of `out_stride` elements.
+/// out (+)= src (+ bias) for the (m, n) product held in rows of `src_stride` elements of `src`
+/// (N rounded up to 4 after the texture kernel, 1 for a head's single column), into columns
+/// out_col.. of rows of `out_stride` elements.
+#[allow(clippy::too_many_arguments)]
 fn unpad_columns(
     rec: &mut Recorder,
     out: &Tensor,
@@ -731,13 +739,14 @@ fn unpad_columns(
     bias: Option<&Tensor>,
     accumulate: bool,
     (m, n): (usize, usize),
+    src_stride: usize,
     (out_stride, out_col): (usize, usize),
 ) -> Result<()> {
     let flags = if accumulate { ACCUMULATE } else { 0 } | if bias.is_some() { HAS_BIAS } else { 0 };
     let params = UnpadParams {
         m: m as u32,
         n: n as u32,
-        src_stride: n.next_multiple_of(4) as u32,
+        src_stride: src_stride as u32,
         out_stride: out_stride as u32,
         out_col: out_col as u32,
         flags,

@@ -87,19 +87,37 @@ fn matmul_gpt2_small_shapes() {
     check_matmul(64, 768, 3072, &mut rng);
 }
 
+/// The forward with its bias on every variant, writing and accumulating: layer shapes, and a
+/// head's (one output column: register-tiled runs it as an NT row plus `unpad_columns` adding
+/// the bias; K ragged keeps it on the tiled kernel).
 #[test]
 fn linear_forward_with_bias_matches_reference() {
     let mut rng = Rng::new(13);
-    for (n, c, oc) in [(37, 28, 52), (37, 29, 53), (64, 128, 384)] {
+    for (n, c, oc) in [(37, 28, 52), (37, 29, 53), (64, 128, 384), (37, 64, 1), (40, 37, 1)] {
         let (inp, w, bias) = (rng.normals(n * c, 1.0), rng.normals(c * oc, 1.0), rng.normals(oc, 1.0));
+        let prior = rng.normals(n * oc, 1.0);
+        let (t_inp, t_w, t_bias) = (upload(&inp, &[n, c]), upload(&w, &[c, oc]), upload(&bias, &[oc]));
+        let want = reference::linear_forward(&inp, &w, Some(&bias), n, c, oc);
+        let want_acc: Vec<f64> = want.iter().zip(&prior).map(|(x, y)| x + y).collect();
+        for variant in VARIANTS {
+            let (out, acc) = (zeros(&[n, oc]), upload(&prior, &[n, oc]));
+            let gpu = gpu();
+            let mut rec = Recorder::new(&gpu);
+            matmul_with_variant(&mut rec, variant, &out, &t_inp, &t_w, Some(&t_bias), Layout::NN, false).unwrap();
+            matmul_with_variant(&mut rec, variant, &acc, &t_inp, &t_w, Some(&t_bias), Layout::NN, true).unwrap();
+            rec.submit();
+            let (atol, rtol) = tol(c);
+            let what = format!("linear_forward {variant:?} {n}x{c}x{oc}");
+            assert_close(&what, &download(&out), &want, atol, rtol);
+            assert_close(&format!("{what} accumulate"), &download(&acc), &want_acc, atol, rtol);
+        }
+        // And through linear_forward, on the adapter's choice.
         let out = zeros(&[n, oc]);
         let gpu = gpu();
         let mut rec = Recorder::new(&gpu);
-        linear_forward(&mut rec, &out, &upload(&inp, &[n, c]), &upload(&w, &[c, oc]), Some(&upload(&bias, &[oc])))
-            .unwrap();
+        linear_forward(&mut rec, &out, &t_inp, &t_w, Some(&t_bias)).unwrap();
         rec.submit();
         let (atol, rtol) = tol(c);
-        let want = reference::linear_forward(&inp, &w, Some(&bias), n, c, oc);
         assert_close(&format!("linear_forward {n}x{c}x{oc}"), &download(&out), &want, atol, rtol);
     }
 }
