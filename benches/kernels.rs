@@ -231,11 +231,13 @@ fn bench_bias_gelu(bx: &mut Bench, c: &mut Criterion) {
 }
 
 fn bench_kv_cache(bx: &mut Bench, c: &mut Criterion) {
-    // A decode step's attention over the cache in each format (family kv_cache), the adapter's
-    // choice first and marked: a small model's rollout (32 rows of 64 positions) and GPT-2's
-    // width over 256 positions.
-    use ppo_wgpu::kernels::kv_cache::{self, CacheShape, FORMATS, KvFormat, decode_attention, kv_cache_write};
-    let chosen = kv_cache::format(&bx.gpu).unwrap();
+    // A decode step's attention over the cache in each format (family kv_cache) on each kernel
+    // (family decode_attention), the adapter's choices first and marked: a small model's rollout
+    // (32 rows of 64 positions) and GPT-2's width over 256 positions.
+    use ppo_wgpu::kernels::kv_cache::{
+        self, CacheShape, FORMATS, KvFormat, decode_attention, decode_attention_with, kv_cache_write,
+    };
+    let (chosen, chosen_variant) = (kv_cache::format(&bx.gpu).unwrap(), kv_cache::attention_variant(&bx.gpu).unwrap());
     for (label, shape) in [
         ("gpt2 4x256 C=768", CacheShape { b: 4, t_max: 256, c: 768, n_head: 12 }),
         ("tiny 32x64 C=128", CacheShape { b: 32, t_max: 64, c: 128, n_head: 4 }),
@@ -259,11 +261,19 @@ fn bench_kv_cache(bx: &mut Bench, c: &mut Criterion) {
             let want: Vec<f64> =
                 (0..b).flat_map(|r| all[(r * t_max + t_max - 1) * ch..(r * t_max + t_max) * ch].to_vec()).collect();
             bx.check("decode attention", &out, &want, 1e-5, 1e-4);
-            let mark = if format == chosen { " (chosen)" } else { "" };
-            let flops = (2 * 2 * b * t_max * ch) as f64; // q·k and p·v over every cached position
-            bx.time(c, "kv_cache", &format!("decode {label} {format:?}{mark}"), counting_flops(flops), |rec| {
-                decode_attention(rec, &out, &t_last, &cache, &mask, shape, t_max).unwrap()
-            });
+            for variant in chosen_first(chosen_variant, &kv_cache::ATTENTION_VARIANTS) {
+                let name = kv_cache::ATTENTION_VARIANTS.iter().find(|(v, _)| *v == variant).map_or("", |(_, n)| n);
+                let mut rec = Recorder::new(&bx.gpu);
+                decode_attention_with(&mut rec, variant, &out, &t_last, &cache, &mask, shape, t_max).unwrap();
+                rec.submit();
+                bx.check("decode attention", &out, &want, 1e-5, 1e-4);
+                let mark = if format == chosen && variant == chosen_variant { " (chosen)" } else { "" };
+                let flops = (2 * 2 * b * t_max * ch) as f64; // q·k and p·v over every cached position
+                let name = format!("decode {label} {format:?} {name}{mark}");
+                bx.time(c, "kv_cache", &name, counting_flops(flops), |rec| {
+                    decode_attention_with(rec, variant, &out, &t_last, &cache, &mask, shape, t_max).unwrap()
+                });
+            }
         }
     }
 }

@@ -13,6 +13,13 @@
 // reads, with the same f32 arithmetic. Only generation reads the cache; the training forward
 // recomputes every log-prob in f32, so PPO's ratios do not see the rounding.
 //
+// decode_attention comes in two shapes, chosen per adapter by measurement
+// (kernels::kv_cache::attention_variant): a workgroup per (b, h), its lanes sharing the keys and
+// the scores in workgroup memory (what a GPU wants), or decode_attention_serial, an invocation per
+// (b, h) walking the keys with an online softmax (running max and sum, the accumulator rescaled
+// as the max grows), query and accumulator in registers: no barriers, which on a CPU adapter cost
+// more than the work between them. The serial form reads vec4s and needs HEAD_DIM % 4 == 0.
+//
 // Layout: qkv [B, n, 3C] as c_attn writes it (q, k, v each [C]; head h owns channels h·hd ..
 // h·hd + hd − 1); cache [B, T_max, 2C] (k then v per position), f32, or u32 holding the f16 pairs
 // (channels 2i, 2i + 1 in word i: [B, T_max, C] words); mask [B, T_max] u32 (1 = a real token);
@@ -20,6 +27,7 @@
 // Launch: kv_cache_write: one invocation per (b, i, channel), workgroup 256, grid 2D (the _f16
 // form: per pair of channels); decode_attention: one workgroup of 64 per (b, h), flat index
 // b·NH + h, grid 2D. Scores of up to MAX_KEYS positions live in workgroup memory.
+// decode_attention_serial: one invocation per (b, h), workgroup 64, flat index b·NH + h.
 
 struct Params {
     b: u32,
@@ -46,6 +54,16 @@ const WG_WRITE: u32 = 256u; // kv_cache_write: invocations per workgroup (kernel
 // decode_attention_f16 one at 3, since both read through cached_pair).
 @group(0) @binding(6) var<storage, read_write> cache_h: array<u32>;
 @group(0) @binding(7) var<storage, read> cache_h_in: array<u32>;
+// The same buffers as vec4s for decode_attention_serial (the host binds each at both): qkv, the
+// f32 cache, the f16 cache (four channels to a vec2 of words; a stand-in for the other format is
+// bound as with cached_pair), and out.
+@group(0) @binding(8) var<storage, read> qkv4: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> cache4_in: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read> cache_h4_in: array<vec2<u32>>;
+@group(0) @binding(11) var<storage, read_write> out4: array<vec4<f32>>;
+
+override HEAD_DIM: u32 = 64u;   // decode_attention_serial: C / NH
+const MAX_HEAD_DIM4: u32 = 32u; // head dimension up to 128 (kernels::kv_cache::MAX_SERIAL_HEAD_DIM)
 
 @compute @workgroup_size(WG_WRITE)
 fn kv_cache_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -143,4 +161,56 @@ fn decode_attention_rows(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, half: bool) {
         out[b * c + h * hd + d] = acc.x * inv_sum;
         out[b * c + h * hd + d + 1u] = acc.y * inv_sum;
     }
+}
+
+@compute @workgroup_size(WG)
+fn decode_attention_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+    decode_attention_head((wid.y * nwg.x + wid.x) * WG + lid, false);
+}
+
+@compute @workgroup_size(WG)
+fn decode_attention_serial_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                               @builtin(local_invocation_index) lid: u32) {
+    decode_attention_head((wid.y * nwg.x + wid.x) * WG + lid, true);
+}
+
+// Channels 4i .. 4i + 3 of the cache (i in vec4s of its [B, T_max, 2C] channels), as f32s.
+fn cached4(i: u32, half: bool) -> vec4<f32> {
+    if (half) {
+        let w = cache_h4_in[i];
+        return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+    }
+    return cache4_in[i];
+}
+
+// Attention of row b's newest query against its cache for head h (bh = b·NH + h), alone.
+fn decode_attention_head(bh: u32, half: bool) {
+    if (bh >= params.b * params.nh) { return; }
+    let b = bh / params.nh;
+    let h = bh % params.nh;
+    let c4 = params.c / 4u;
+    let hd4 = HEAD_DIM / 4u;
+    let row = b * params.t_max;
+
+    // The query, scaled once (qkv holds one position per row).
+    var q: array<vec4<f32>, MAX_HEAD_DIM4>;
+    for (var d = 0u; d < hd4; d++) { q[d] = qkv4[b * 3u * c4 + h * hd4 + d] * params.scale; }
+    var acc: array<vec4<f32>, MAX_HEAD_DIM4>;
+    var m = NEG_BIG; // the running max of the scores
+    var l = 0.0;     // Σ exp(s_j − m)
+    for (var j = 0u; j < params.len; j++) {
+        if (mask[row + j] == 0u) { continue; }
+        let k = (row + j) * 2u * c4 + h * hd4; // key j's head, in vec4s; its value C later
+        var s = 0.0;
+        for (var d = 0u; d < hd4; d++) { s += dot(q[d], cached4(k + d, half)); }
+        let m_new = max(m, s);
+        let rescale = exp(m - m_new);
+        let p = exp(s - m_new);
+        l = l * rescale + p;
+        for (var d = 0u; d < hd4; d++) { acc[d] = acc[d] * rescale + p * cached4(k + c4 + d, half); }
+        m = m_new;
+    }
+    let inv_l = select(0.0, 1.0 / l, l > 0.0);
+    for (var d = 0u; d < hd4; d++) { out4[b * c4 + h * hd4 + d] = acc[d] * inv_l; }
 }

@@ -380,6 +380,7 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     ppo_wgpu::kernels::matmul::pack_method(gpu)?;
     ppo_wgpu::kernels::matmul::gelu_epilogue(gpu)?;
     ppo_wgpu::kernels::kv_cache::format(gpu)?;
+    ppo_wgpu::kernels::kv_cache::attention_variant(gpu)?;
     ppo_wgpu::kernels::f16_weights::format(gpu)?;
     let cache = gpu
         .variant_cache()
@@ -394,7 +395,7 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
             })
             .collect();
         println!(
-            "  {family:<14} {:<18} ({}{}{})",
+            "  {family:<16} {:<19} ({}{}{})",
             choice.chosen,
             choice.source,
             if figures.is_empty() { "" } else { ": " },

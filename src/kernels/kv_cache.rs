@@ -1,7 +1,8 @@
 //! The KV cache of generation: writing a step's keys and values, and attention of each row's
 //! newest query against the cache. Shader: `kv_cache.wgsl`. The cache holds f32 values or f16
 //! pairs packed into u32s (`KvFormat`, chosen per adapter by measurement: `format`); the kernels
-//! read which from the cache tensor's dtype.
+//! read which from the cache tensor's dtype. Decode attention runs a workgroup or an invocation
+//! per (row, head) (`DecodeAttention`, also chosen by measurement: `attention_variant`).
 
 use super::{bind, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
@@ -68,15 +69,97 @@ pub fn new_cache(gpu: &Arc<Gpu>, shape: CacheShape, format: KvFormat) -> Result<
     }
 }
 
+/// How decode attention spreads its work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeAttention {
+    /// A workgroup of WG per (row, head): its lanes share the keys, the scores sit in workgroup
+    /// memory, and barriers separate the max, the sum and the weighted values.
+    WorkgroupPerHead,
+    /// An invocation per (row, head) with an online softmax over the keys, no barriers (head
+    /// dimensions a multiple of 4, up to MAX_SERIAL_HEAD_DIM; others run a workgroup per head).
+    InvocationPerHead,
+}
+
+/// The names of the decode attention variants, as `PPO_WGPU_DECODE_ATTENTION` and the cache
+/// file spell them.
+pub const ATTENTION_VARIANTS: [(DecodeAttention, &str); 2] = [
+    (DecodeAttention::WorkgroupPerHead, "workgroup-per-head"),
+    (DecodeAttention::InvocationPerHead, "invocation-per-head"),
+];
+
+/// The largest head dimension the invocation-per-head kernel holds in registers
+/// (`MAX_HEAD_DIM4` × 4 in the shader).
+pub const MAX_SERIAL_HEAD_DIM: usize = 128;
+
+/// The way this adapter runs decode attention: chosen by measurement on first use and cached
+/// (family `decode_attention`, forced with PPO_WGPU_DECODE_ATTENTION=workgroup-per-head|
+/// invocation-per-head).
+pub fn attention_variant(gpu: &Arc<Gpu>) -> Result<DecodeAttention> {
+    choose_by_measurement(gpu, "decode_attention", &ATTENTION_VARIANTS, "GFLOP/s", measure_attention_variant)
+}
+
+/// A variant's GFLOP/s (q·k and p·v over every cached key) at a small model's rollout (32 rows,
+/// 64 positions, C = 128, 4 heads) and GPT-2's (4 rows, 256 positions, C = 768, 12 heads), over
+/// both cache formats (family kv_cache picks one with the faster kernel for each: neither choice
+/// waits on the other), after a check against the CPU reference at a ragged shape with left
+/// padding.
+fn measure_attention_variant(gpu: &Arc<Gpu>, variant: DecodeAttention) -> Result<Option<f64>> {
+    let mut rng = crate::rng::Rng::new(31);
+    let (mut flops, mut seconds) = (0.0, 0.0);
+    for (format, shape) in FORMATS.iter().flat_map(|&(format, _)| {
+        [
+            CacheShape { b: 3, t_max: 9, c: 24, n_head: 3 },
+            CacheShape { b: 32, t_max: 64, c: 128, n_head: 4 },
+            CacheShape { b: 4, t_max: 256, c: 768, n_head: 12 },
+        ]
+        .map(|shape| (format, shape))
+    }) {
+        let CacheShape { b, t_max, c, n_head } = shape;
+        let qkv = rng.normals(b * t_max * 3 * c, 1.0);
+        let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+        let last: Vec<f64> = (0..b)
+            .flat_map(|row| qkv[(row * t_max + t_max - 1) * 3 * c..(row * t_max + t_max) * 3 * c].to_vec())
+            .collect();
+        // Row r has r positions of left padding.
+        let mask: Vec<u32> = (0..b * t_max).map(|i| (i % t_max >= (i / t_max).min(t_max - 1)) as u32).collect();
+        let (t_qkv, t_last) = (gpu.upload(&[b, t_max, 3 * c], &f32s(&qkv))?, gpu.upload(&[b, 3 * c], &f32s(&last))?);
+        let t_mask = gpu.upload_u32(&[b, t_max], &mask)?;
+        let (cache, out) = (new_cache(gpu, shape, format)?, gpu.tensor(&[b, c], DType::F32)?);
+        let mut rec = Recorder::new(gpu);
+        kv_cache_write(&mut rec, &cache, &t_qkv, shape, 0)?;
+        rec.submit();
+        let step =
+            |rec: &mut Recorder| decode_attention_with(rec, variant, &out, &t_last, &cache, &t_mask, shape, t_max);
+        if b == 3 {
+            let mut rec = Recorder::new(gpu);
+            step(&mut rec)?;
+            rec.submit();
+            let held = crate::reference::qkv_as_cached(&qkv, c, format == KvFormat::F16);
+            let (want, _) = crate::reference::attention_forward(&held, &mask, b, t_max, c, n_head);
+            let last_rows: Vec<f64> = (0..b)
+                .flat_map(|row| want[(row * t_max + t_max - 1) * c..(row * t_max + t_max) * c].to_vec())
+                .collect();
+            if !crate::gpu::matches_reference(&gpu.download(&out)?, &last_rows) {
+                return Ok(None);
+            }
+            continue;
+        }
+        seconds += seconds_per_call(gpu, step)?;
+        flops += (2 * 2 * b * t_max * c) as f64;
+    }
+    Ok(Some(flops / seconds / 1e9))
+}
+
 /// The format of a cache tensor (f16 pairs are u32s).
 fn format_of(cache: &Tensor) -> KvFormat {
     if cache.dtype() == DType::U32 { KvFormat::F16 } else { KvFormat::F32 }
 }
 
 /// A format's rate in keys' and values' elements written and read per second (the same work
-/// for both formats, whatever their bytes) over a prefill write and a decode step at a small
-/// model's rollout shape and at GPT-2's width, after decode attention over it matched the CPU
-/// reference (with f16-rounded keys and values for f16).
+/// for both formats, whatever their bytes) over a prefill write and a decode step (on the faster
+/// decode attention kernel for the format) at a small model's rollout shape and at GPT-2's
+/// width, after decode attention over it matched the CPU reference (with f16-rounded keys and
+/// values for f16).
 fn measure_format(gpu: &Arc<Gpu>, format: KvFormat) -> Result<Option<f64>> {
     let mut rng = crate::rng::Rng::new(23);
     let (mut values, mut seconds) = (0.0, 0.0);
@@ -95,10 +178,14 @@ fn measure_format(gpu: &Arc<Gpu>, format: KvFormat) -> Result<Option<f64>> {
         let (t_qkv, t_last) = (gpu.upload(&[b, t_max, 3 * c], &f32s(&qkv))?, gpu.upload(&[b, 3 * c], &f32s(&last))?);
         let mask = gpu.upload_u32(&[b, t_max], &vec![1; b * t_max])?;
         let (cache, out) = (new_cache(gpu, shape, format)?, gpu.tensor(&[b, c], DType::F32)?);
-        let step = |rec: &mut Recorder| -> Result<()> {
-            kv_cache_write(rec, &cache, &t_qkv, shape, 0)?;
-            decode_attention(rec, &out, &t_last, &cache, &mask, shape, t_max)
+        let (cache, out, t_qkv, t_last, mask) = (&cache, &out, &t_qkv, &t_last, &mask);
+        let step_with = |variant: DecodeAttention| {
+            move |rec: &mut Recorder| -> Result<()> {
+                kv_cache_write(rec, cache, t_qkv, shape, 0)?;
+                decode_attention_with(rec, variant, out, t_last, cache, mask, shape, t_max)
+            }
         };
+        let step = step_with(DecodeAttention::WorkgroupPerHead);
         if b == 3 {
             let mut rec = Recorder::new(gpu);
             step(&mut rec)?;
@@ -109,12 +196,17 @@ fn measure_format(gpu: &Arc<Gpu>, format: KvFormat) -> Result<Option<f64>> {
             let last_rows: Vec<f64> = (0..b)
                 .flat_map(|row| want[(row * t_max + t_max - 1) * c..(row * t_max + t_max) * c].to_vec())
                 .collect();
-            if !crate::gpu::matches_reference(&gpu.download(&out)?, &last_rows) {
+            if !crate::gpu::matches_reference(&gpu.download(out)?, &last_rows) {
                 return Ok(None);
             }
             continue;
         }
-        seconds += seconds_per_call(gpu, step)?;
+        // Family decode_attention times both formats in its turn: neither choice waits on the other.
+        let mut fastest = f64::INFINITY;
+        for (variant, _) in ATTENTION_VARIANTS {
+            fastest = fastest.min(seconds_per_call(gpu, step_with(variant))?);
+        }
+        seconds += fastest;
         values += (2 * b * t_max * 2 * c) as f64;
     }
     Ok(Some(values / seconds / 1e9))
@@ -152,9 +244,26 @@ pub fn kv_cache_write(rec: &mut Recorder, cache: &Tensor, qkv: &Tensor, shape: C
 }
 
 /// out [B, C] = attention of each row's query (qkv [B, 3C], the token at cache position
-/// len − 1) over cache positions 0 .. len − 1 whose mask [B, T_max] is 1.
+/// len − 1) over cache positions 0 .. len − 1 whose mask [B, T_max] is 1, on the adapter's
+/// variant.
 pub fn decode_attention(
     rec: &mut Recorder,
+    out: &Tensor,
+    qkv: &Tensor,
+    cache: &Tensor,
+    mask: &Tensor,
+    shape: CacheShape,
+    len: usize,
+) -> Result<()> {
+    let variant = attention_variant(rec.gpu())?;
+    decode_attention_with(rec, variant, out, qkv, cache, mask, shape, len)
+}
+
+/// As `decode_attention`, on the variant named (tests and benches compare them).
+#[allow(clippy::too_many_arguments)]
+pub fn decode_attention_with(
+    rec: &mut Recorder,
+    variant: DecodeAttention,
     out: &Tensor,
     qkv: &Tensor,
     cache: &Tensor,
@@ -181,23 +290,34 @@ pub fn decode_attention(
         scale: 1.0 / ((c / n_head) as f32).sqrt(),
         ..Default::default()
     };
-    let grid = rec.gpu().grid(b * n_head);
     // One query per row and head against `len` cached keys and values: q·k and p·v, 2 flops
-    // per multiply-add; the cached keys and values read once (f16: two to a word). Both entry
-    // points read the cache through one function: the other format's binding gets a stand-in
-    // of its type (the mask, qkv), never read.
-    let (entry, bindings, cache_words) = match format {
-        KvFormat::F32 => (
-            "decode_attention",
-            [bind(1, qkv), bind(3, cache), bind_u32(4, mask), bind(5, out), bind_u32(7, mask)],
-            2 * c,
-        ),
-        KvFormat::F16 => (
-            "decode_attention_f16",
-            [bind(1, qkv), bind(3, qkv), bind_u32(4, mask), bind(5, out), bind_u32(7, cache)],
-            c,
-        ),
-    };
+    // per multiply-add; the cached keys and values read once (f16: two to a word).
+    let cache_words = if format == KvFormat::F16 { c } else { 2 * c };
     let work = Work::flops(2 * 2 * b * len * c, b * len * cache_words + b * (3 * c + c + len));
-    rec.dispatch(&SHADER, entry, &[], bytemuck::bytes_of(&p), &bindings, grid, work)
+    let p = bytemuck::bytes_of(&p);
+    let hd = c / n_head;
+    if variant == DecodeAttention::InvocationPerHead && hd.is_multiple_of(4) && hd <= MAX_SERIAL_HEAD_DIM {
+        // Both formats read through cached4: the other format's binding gets a stand-in of its
+        // type (the cache itself, viewed as the other type), never read.
+        let (f32_cache, f16_cache) = match format {
+            KvFormat::F32 => (cache.clone(), cache.bitcast(DType::U32)),
+            KvFormat::F16 => (cache.bitcast(DType::F32), cache.clone()),
+        };
+        let entry = if format == KvFormat::F16 { "decode_attention_serial_f16" } else { "decode_attention_serial" };
+        let bindings = [bind(8, qkv), bind(9, &f32_cache), bind_u32(10, &f16_cache), bind_u32(4, mask), bind(11, out)];
+        let grid = rec.gpu().grid(groups(b * n_head, WG));
+        return rec.dispatch(&SHADER, entry, &[("HEAD_DIM", hd as f64)], p, &bindings, grid, work);
+    }
+    let grid = rec.gpu().grid(b * n_head);
+    // Both entry points read the cache through one function: the other format's binding gets a
+    // stand-in of its type (the mask, qkv), never read.
+    let (entry, bindings) = match format {
+        KvFormat::F32 => {
+            ("decode_attention", [bind(1, qkv), bind(3, cache), bind_u32(4, mask), bind(5, out), bind_u32(7, mask)])
+        }
+        KvFormat::F16 => {
+            ("decode_attention_f16", [bind(1, qkv), bind(3, qkv), bind_u32(4, mask), bind(5, out), bind_u32(7, cache)])
+        }
+    };
+    rec.dispatch(&SHADER, entry, &[], p, &bindings, grid, work)
 }

@@ -1,11 +1,15 @@
 use crate::common::*;
-use ppo_wgpu::gpu::{DType, Recorder};
-use ppo_wgpu::kernels::kv_cache::{CacheShape, FORMATS, KvFormat, decode_attention, kv_cache_write, new_cache};
+use ppo_wgpu::gpu::Recorder;
+use ppo_wgpu::kernels::kv_cache::{
+    ATTENTION_VARIANTS, CacheShape, FORMATS, KvFormat, decode_attention, decode_attention_with, kv_cache_write,
+    new_cache,
+};
 use ppo_wgpu::reference;
 
 /// Prefill P positions into the cache, append one more, and attend from it: for each cache
-/// format the output equals the reference causal attention's row for that position (left
-/// padding masked), the reference taking keys and values as the cache holds them.
+/// format and each decode attention variant the output equals the reference causal attention's
+/// row for that position (left padding masked), the reference taking keys and values as the
+/// cache holds them.
 fn check_decode(b: usize, p: usize, c: usize, nh: usize, seed: u64) {
     for (format, _) in FORMATS {
         check_decode_format(format, b, p, c, nh, seed);
@@ -36,16 +40,22 @@ fn check_decode_format(format: KvFormat, b: usize, p: usize, c: usize, nh: usize
     let last: Vec<f64> = (0..b).flat_map(|row| qkv[(row * t + p) * 3 * c..(row * t + t) * 3 * c].to_vec()).collect();
     let shape = CacheShape { b, t_max, c, n_head: nh };
     let cache = new_cache(&gpu, shape, format).unwrap();
-    let (mask_t, out) = (gpu.upload_u32(&[b, t_max], &cache_mask).unwrap(), gpu.tensor(&[b, c], DType::F32).unwrap());
+    let mask_t = gpu.upload_u32(&[b, t_max], &cache_mask).unwrap();
     let (prefix_t, last_t) = (upload(&prefix, &[b, p, 3 * c]), upload(&last, &[b, 3 * c]));
     let mut rec = Recorder::new(&gpu);
     kv_cache_write(&mut rec, &cache, &prefix_t, shape, 0).unwrap();
     kv_cache_write(&mut rec, &cache, &last_t, shape, p).unwrap();
-    decode_attention(&mut rec, &out, &last_t, &cache, &mask_t, shape, t).unwrap();
     rec.submit();
     let want_last: Vec<f64> = (0..b).flat_map(|row| want[(row * t + p) * c..(row * t + t) * c].to_vec()).collect();
-    let what = format!("decode attention {format:?} B={b} P={p} C={c} NH={nh}");
-    assert_close(&what, &download(&out), &want_last, 1e-5, 1e-4);
+    for (variant, name) in ATTENTION_VARIANTS {
+        // The output starts as NaN: every element must be written.
+        let out = upload(&vec![f64::NAN; b * c], &[b, c]);
+        let mut rec = Recorder::new(&gpu);
+        decode_attention_with(&mut rec, variant, &out, &last_t, &cache, &mask_t, shape, t).unwrap();
+        rec.submit();
+        let what = format!("decode attention {name} {format:?} B={b} P={p} C={c} NH={nh}");
+        assert_close(&what, &download(&out), &want_last, 1e-5, 1e-4);
+    }
     // The cache holds k and v of every written position: exactly (f32), or to within f16's
     // rounding, half an ulp of 2⁻¹¹ relative (2⁻²⁵ absolute among the subnormals).
     let got_cache: Vec<f64> = match format {
@@ -59,7 +69,7 @@ fn check_decode_format(format: KvFormat, b: usize, p: usize, c: usize, nh: usize
             let want: Vec<f64> = to_f32(&qkv[src..src + 2 * c]).iter().map(|&x| x as f64).collect();
             let atol = if format == KvFormat::F16 { 2f64.powi(-25) } else { 0.0 };
             assert_close(
-                &format!("{what}: cached row {row} position {j}"),
+                &format!("{format:?} cache B={b} P={p} C={c}: cached row {row} position {j}"),
                 &got_cache[dst..dst + 2 * c],
                 &want,
                 atol,
@@ -74,6 +84,8 @@ fn decode_attention_matches_the_causal_reference() {
     check_decode(3, 5, 48, 3, 310); // head dim 16, ragged padding
     check_decode(2, 1, 32, 2, 311); // a one-token prompt
     check_decode(4, 70, 64, 1, 312); // more keys than the workgroup
+    check_decode(2, 3, 12, 2, 313); // head dim 6: invocation-per-head hands it to the workgroup kernel
+    check_decode(2, 4, 256, 2, 314); // head dim 128, the most invocation-per-head holds
 }
 
 #[test]
