@@ -68,11 +68,14 @@ pub fn to_f16(rec: &mut Recorder, w: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
-/// `w` as a decode step reads it in `format`: the tensor itself, or an f16 copy.
+/// `w` as a decode step reads it in `format`: the tensor itself, or an f16 copy. (A matrix with
+/// an odd number of columns stays f32, since f16 pairs need even rows; a model's weights all have
+/// even rows, its head dimension being a multiple of 4.)
 pub fn in_format(rec: &mut Recorder, w: &Tensor, format: WeightFormat) -> Result<Tensor> {
+    let even_rows = w.shape().last().is_some_and(|cols| cols.is_multiple_of(2));
     match format {
-        WeightFormat::F32 => Ok(w.clone()),
-        WeightFormat::F16 => to_f16(rec, w),
+        WeightFormat::F16 if even_rows => to_f16(rec, w),
+        _ => Ok(w.clone()),
     }
 }
 
