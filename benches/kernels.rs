@@ -4,8 +4,8 @@
 //! attention (criterion's "elem/s" there counts floating-point operations), bytes/s for the
 //! memory-bound kernels. Every variant of every measured family runs, the adapter's choice
 //! first and marked "(chosen)": matmul, layernorm, cross_entropy, attention, and the texture
-//! packs, the GELU epilogue, the KV cache format and the decode steps' weight format (each timed
-//! through the work it changes).
+//! packs, the GELU epilogue, the KV cache format, decode attention, the decode steps' weight
+//! format and the sampler's lanes (each timed through the work it changes).
 //! A summary table in GFLOP/s and GB/s ends the run (benches/common).
 //! The LM-head matmul and the matmul variant the adapter does not use run only with
 //! PPO_WGPU_BENCH_LARGE=1 (each takes seconds per call on a software adapter).
@@ -336,6 +336,57 @@ fn bench_decode_weights(bx: &mut Bench, c: &mut Criterion) {
     }
 }
 
+fn bench_sampling(bx: &mut Bench, c: &mut Criterion) {
+    // Drawing a token per row (family sampling: 256 or 32 lanes per row), the adapter's choice
+    // first and marked: a small model's rollout (32 rows of 512, plain and with top-k and top-p)
+    // and GPT-2's vocabulary (8 rows of 50257, where 32 lanes are not allowed and run 256).
+    use ppo_wgpu::kernels::sampling::{self, LANES, LogitRows, SamplerState, Sampling, sample_tokens_with};
+    let chosen = sampling::lanes(&bx.gpu).unwrap();
+    let plain = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0 };
+    let cuts = Sampling { temperature: 0.7, top_k: 50, top_p: 0.95 };
+    for (label, b, v, s) in
+        [("tiny 32x512", 32, 512, plain), ("tiny 32x512 top-k top-p", 32, 512, cuts), ("gpt2 8x50257", 8, 50257, plain)]
+    {
+        let x = bx.rng.normals(b * v, 2.0);
+        let logits = bx.up(&x, &[b, v]);
+        let u32s = |n: usize| bx.gpu.upload_u32(&[n], &vec![0; n]).unwrap();
+        let (tokens, next_ids, next_pos, done, prompt_len) = (u32s(b), u32s(b), u32s(b), u32s(b), u32s(b));
+        let state = SamplerState {
+            tokens: &tokens,
+            next_ids: &next_ids,
+            next_pos: &next_pos,
+            done: &done,
+            prompt_len: &prompt_len,
+        };
+        let rows = LogitRows { rows: b, v, stride: v, base: 0 };
+        for lanes in chosen_first(chosen, &LANES) {
+            let name = LANES.iter().find(|(l, _)| *l == lanes).map_or("", |(_, n)| n);
+            // The check: greedy draws are each row's first maximum.
+            let mut rec = Recorder::new(&bx.gpu);
+            let greedy = Sampling { temperature: 0.0, top_k: 0, top_p: 1.0 };
+            sample_tokens_with(&mut rec, lanes, &logits, rows, &state, greedy, 7, 0, 0, None, 0).unwrap();
+            rec.submit();
+            let got = bx.gpu.download_u32(&tokens).unwrap();
+            for (row, &token) in got.iter().enumerate() {
+                // (In f32, as the GPU compares them: two values may round to one.)
+                let z: Vec<f32> = x[row * v..(row + 1) * v].iter().map(|&l| l as f32).collect();
+                let first_max = (0..v).fold(0, |best, i| if z[i] > z[best] { i } else { best });
+                assert_eq!(token as usize, first_max, "sampling {label} {name}: greedy row {row}");
+            }
+            let mark = if lanes == chosen { " (chosen)" } else { "" };
+            // Each draw reads the row 3 times, plus 32 per threshold search.
+            let passes = 3 + 32 * ((s.top_k > 0) as usize + (s.top_p < 1.0) as usize);
+            bx.time(
+                c,
+                "sampling",
+                &format!("{label} {name}{mark}"),
+                counting_bytes((4 * passes * b * v) as f64),
+                |rec| sample_tokens_with(rec, lanes, &logits, rows, &state, s, 7, 0, 0, None, 0).unwrap(),
+            );
+        }
+    }
+}
+
 fn bench_layernorm(bx: &mut Bench, c: &mut Criterion) {
     // Every variant, the adapter's choice (measured on first use and cached) first and marked.
     let chosen = layernorm::variant(&bx.gpu).unwrap();
@@ -621,13 +672,14 @@ fn main() {
     common::begin(&gpu);
     let mut bx = Bench { gpu, rng: Rng::new(7) };
     let mut c = Criterion::default().configure_from_args();
-    let families: [fn(&mut Bench, &mut Criterion); 14] = [
+    let families: [fn(&mut Bench, &mut Criterion); 15] = [
         bench_matmul,
         bench_copy,
         bench_texture_pack,
         bench_bias_gelu,
         bench_kv_cache,
         bench_decode_weights,
+        bench_sampling,
         bench_layernorm,
         bench_elementwise,
         bench_embedding,

@@ -18,7 +18,10 @@
 // Layout: logits f32, row b at b·row_stride + row_base, V values; tokens u32 [B, steps] (column
 // `step` written); next_ids, next_pos, done, prompt_len u32 [B] (next_pos[b] = prompt_len[b] +
 // step: the position the token sits at).
-// Launch: one workgroup of 256 per row, grid B (laid out 2D when B > 65535).
+// Launch: one workgroup of WG lanes per row, grid B (laid out 2D when B > 65535). WG is 256 (a
+// GPU fills its lanes) or 32, chosen per adapter by measurement: on a CPU adapter the lanes of a
+// workgroup take turns on one core and every barrier switches between them, so fewer lanes
+// doing the same work each pass run faster.
 
 struct Params {
     rows: u32,
@@ -37,7 +40,8 @@ struct Params {
     steps: u32,           // columns of `tokens`
 }
 
-const WG: u32 = 256u;
+override WG: u32 = 256u;  // lanes per row: 256 or 32 (kernels::sampling::Lanes, chosen by measurement)
+const MAX_WG: u32 = 256u; // the most lanes (kernels::sampling::MAX_LANES)
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
@@ -47,7 +51,7 @@ const WG: u32 = 256u;
 @group(0) @binding(5) var<storage, read_write> done: array<u32>;
 @group(0) @binding(6) var<storage, read> prompt_len: array<u32>;
 
-var<workgroup> chunk_mass: array<f32, WG>;
+var<workgroup> chunk_mass: array<f32, MAX_WG>;
 var<workgroup> chosen: u32;
 var<workgroup> owner_and_rest: vec2<f32>; // the chunk that holds the draw, and what is left of u there
 var<workgroup> row_done: u32;

@@ -382,6 +382,7 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     ppo_wgpu::kernels::kv_cache::format(gpu)?;
     ppo_wgpu::kernels::kv_cache::attention_variant(gpu)?;
     ppo_wgpu::kernels::f16_weights::format(gpu)?;
+    ppo_wgpu::kernels::sampling::lanes(gpu)?;
     let cache = gpu
         .variant_cache()
         .map_or(format!("no cache (${} is off)", gpu::CACHE_ENV), |p| format!("cached in {}", p.display()));

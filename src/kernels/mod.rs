@@ -159,7 +159,7 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
     ("rewards", "WG", rewards::WG),
     ("rollout", "WG", rollout::WG),
     ("rollout", "WG_SEQUENCES", rollout::WG_SEQUENCES),
-    ("sampling", "WG", sampling::WG),
+    ("sampling", "MAX_WG", sampling::MAX_LANES),
 ];
 
 /// Every set of override constants the kernel functions pass to `shader`'s pipelines (one empty

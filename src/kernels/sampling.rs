@@ -3,15 +3,110 @@
 //! `reference::sample_threshold` with `reference::uniform_at`.
 
 use super::padded_vocab::{MIN_TEMPERATURE, check_temperature};
-use super::{bind, bind_u32, expect_len};
+use super::{MAX_SERIAL_STEPS, bind, bind_u32, expect_len};
 use crate::error::{Error, Result, ensure_shape};
-use crate::gpu::{Recorder, Shader, Tensor, Work};
+use crate::gpu::{DType, Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, seconds_per_call};
+use std::sync::Arc;
 
 pub const SHADER: Shader =
     Shader { name: "sampling", source: include_str!("../../shaders/sampling.wgsl"), includes: &[] };
 
-/// Invocations per workgroup (`WG` in the shader).
-pub const WG: usize = 256;
+/// The most lanes a row's workgroup has (`MAX_WG` in the shader).
+pub const MAX_LANES: usize = 256;
+
+/// How many lanes (a workgroup's invocations) share one row's passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lanes {
+    /// 256 lanes: what a GPU wants for a vocabulary of thousands.
+    Wide,
+    /// 32 lanes: fewer barrier switches on a CPU adapter, whose lanes take turns on one core
+    /// (for vocabularies up to 16384; larger ones run 256 lanes, see `sample_tokens_with`).
+    Narrow,
+}
+
+impl Lanes {
+    fn count(self) -> usize {
+        match self {
+            Lanes::Wide => MAX_LANES,
+            Lanes::Narrow => 32,
+        }
+    }
+}
+
+/// The names of the lane counts, as `PPO_WGPU_SAMPLING` and the cache file spell them.
+pub const LANES: [(Lanes, &str); 2] = [(Lanes::Wide, "256-lanes"), (Lanes::Narrow, "32-lanes")];
+
+/// The lanes this adapter samples a row with: chosen by measurement on first use and cached
+/// (family `sampling`, forced with PPO_WGPU_SAMPLING=256-lanes|32-lanes).
+pub fn lanes(gpu: &Arc<Gpu>) -> Result<Lanes> {
+    choose_by_measurement(gpu, "sampling", &LANES, "G logits/s", measure_lanes)
+}
+
+/// A lane count's rate in logits read per second (each pass over a row counted) at a small
+/// model's rollout (32 rows of 512, plain sampling and with both cuts) and at 8 rows of 16384
+/// (plain sampling), after a check that it draws what the CPU reference draws for the same random numbers
+/// (greedy exactly; sampled rows all within the reference's kept set and at most one of 64
+/// drawing another token, which f32 against f64 sums allow at a boundary).
+fn measure_lanes(gpu: &Arc<Gpu>, lanes: Lanes) -> Result<Option<f64>> {
+    let mut rng = crate::rng::Rng::new(37);
+    let seed = 0x5eed;
+    let (mut logits_read, mut seconds) = (0.0, 0.0);
+    for (b, v, sampling, timed) in [
+        (64, 300, Sampling { temperature: 0.0, top_k: 0, top_p: 1.0 }, false),
+        (64, 300, Sampling { temperature: 0.8, top_k: 20, top_p: 0.9 }, false),
+        (32, 512, Sampling { temperature: 1.0, top_k: 0, top_p: 1.0 }, true),
+        (32, 512, Sampling { temperature: 0.7, top_k: 50, top_p: 0.95 }, true),
+        (8, 16384, Sampling { temperature: 1.0, top_k: 0, top_p: 1.0 }, true),
+    ] {
+        let logits: Vec<f32> = rng.normals(b * v, 2.0).into_iter().map(|x| x as f32).collect();
+        let u32s = |n: usize| gpu.tensor(&[n], DType::U32);
+        let (tokens, next_ids, next_pos, done) = (u32s(b)?, u32s(b)?, u32s(b)?, gpu.upload_u32(&[b], &vec![0; b])?);
+        let prompt_len = gpu.upload_u32(&[b], &vec![1; b])?;
+        let state = SamplerState {
+            tokens: &tokens,
+            next_ids: &next_ids,
+            next_pos: &next_pos,
+            done: &done,
+            prompt_len: &prompt_len,
+        };
+        let t_logits = gpu.upload(&[b, v], &logits)?;
+        let rows = LogitRows { rows: b, v, stride: v, base: 0 };
+        let draw =
+            |rec: &mut Recorder| sample_tokens_with(rec, lanes, &t_logits, rows, &state, sampling, seed, 0, 0, None, 0);
+        if !timed {
+            let mut rec = Recorder::new(gpu);
+            draw(&mut rec)?;
+            rec.submit();
+            let got = gpu.download_u32(&tokens)?;
+            let mut mismatches = 0;
+            for (row, &token) in got.iter().enumerate() {
+                let z = &logits[row * v..(row + 1) * v];
+                let Sampling { temperature, top_k, top_p } = sampling;
+                let kept = crate::reference::sampling_distribution(z, temperature, top_k, top_p);
+                let u = crate::reference::uniform_at(seed, row as u32, 0);
+                let want = crate::reference::sample_threshold(z, temperature, top_k, top_p, u);
+                if !kept.iter().any(|&(i, _)| i == token) {
+                    return Ok(None);
+                }
+                mismatches += (token != want) as usize;
+            }
+            if mismatches > 1 || (sampling.temperature == 0.0 && mismatches > 0) {
+                return Ok(None);
+            }
+            continue;
+        }
+        seconds += seconds_per_call(gpu, draw)?;
+        logits_read += (passes(sampling) * b * v) as f64;
+    }
+    Ok(Some(logits_read / seconds / 1e9))
+}
+
+/// How many times a draw reads each logit of its row: once for the maximum and the softmax,
+/// once per bit of each threshold search (32 each for top-k and top-p when asked), once for
+/// the draw.
+fn passes(sampling: Sampling) -> usize {
+    3 + 32 * ((sampling.top_k > 0) as usize + (sampling.top_p < 1.0) as usize)
+}
 
 /// `eos` value meaning "no end-of-sequence token".
 pub const NO_EOS: u32 = u32::MAX;
@@ -85,10 +180,30 @@ pub struct SamplerState<'a> {
     pub prompt_len: &'a Tensor,
 }
 
-/// Draws token `step` of every row: the stream of row b is (seed, first_sample + b, step).
+/// Draws token `step` of every row: the stream of row b is (seed, first_sample + b, step); on
+/// the adapter's lane count.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_tokens(
     rec: &mut Recorder,
+    logits: &Tensor,
+    rows: LogitRows,
+    state: &SamplerState,
+    sampling: Sampling,
+    seed: u64,
+    first_sample: usize,
+    step: usize,
+    eos: Option<u32>,
+    pad: u32,
+) -> Result<()> {
+    let lanes = lanes(rec.gpu())?;
+    sample_tokens_with(rec, lanes, logits, rows, state, sampling, seed, first_sample, step, eos, pad)
+}
+
+/// As `sample_tokens`, with the lanes named (tests and benches compare them).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_tokens_with(
+    rec: &mut Recorder,
+    lanes: Lanes,
     logits: &Tensor,
     rows: LogitRows,
     state: &SamplerState,
@@ -139,10 +254,12 @@ pub fn sample_tokens(
         bind_u32(5, state.done),
         bind_u32(6, state.prompt_len),
     ];
+    // A threshold search walks a lane's slice of the row 32 times in one loop: keep that within
+    // MAX_SERIAL_STEPS (llvmpipe stops a loop nest silently at 65535 steps), with 256 lanes
+    // where 32 would not (vocabularies past 16384).
+    let lanes = if 32 * v.div_ceil(lanes.count()) > MAX_SERIAL_STEPS { Lanes::Wide } else { lanes };
     let grid = rec.gpu().grid(b);
-    // The row is read a few dozen times: once for the maximum and the softmax, then once per
-    // bit of each threshold search (32 each for top-k and top-p when asked), then for the draw.
-    let passes = 3 + 32 * ((sampling.top_k > 0) as usize + (sampling.top_p < 1.0) as usize);
-    let work = Work::floats(passes * b * v);
-    rec.dispatch(&SHADER, "sample_tokens", &[], bytemuck::bytes_of(&p), &bindings, grid, work)
+    let work = Work::floats(passes(sampling) * b * v);
+    let constants = [("WG", lanes.count() as f64)];
+    rec.dispatch(&SHADER, "sample_tokens", &constants, bytemuck::bytes_of(&p), &bindings, grid, work)
 }
