@@ -349,15 +349,7 @@ fn bench_sampling(bx: &mut Bench, c: &mut Criterion) {
     {
         let x = bx.rng.normals(b * v, 2.0);
         let logits = bx.up(&x, &[b, v]);
-        let u32s = |n: usize| bx.gpu.upload_u32(&[n], &vec![0; n]).unwrap();
-        let (tokens, next_ids, next_pos, done, prompt_len) = (u32s(b), u32s(b), u32s(b), u32s(b), u32s(b));
-        let state = SamplerState {
-            tokens: &tokens,
-            next_ids: &next_ids,
-            next_pos: &next_pos,
-            done: &done,
-            prompt_len: &prompt_len,
-        };
+        let state = SamplerState::new(&bx.gpu, &vec![1; b], 1).unwrap();
         let rows = LogitRows { rows: b, v, stride: v, base: 0 };
         for lanes in chosen_first(chosen, &LANES) {
             let name = LANES.iter().find(|(l, _)| *l == lanes).map_or("", |(_, n)| n);
@@ -366,7 +358,7 @@ fn bench_sampling(bx: &mut Bench, c: &mut Criterion) {
             let greedy = Sampling { temperature: 0.0, top_k: 0, top_p: 1.0 };
             sample_tokens_with(&mut rec, lanes, &logits, rows, &state, greedy, 7, 0, 0, None, 0).unwrap();
             rec.submit();
-            let got = bx.gpu.download_u32(&tokens).unwrap();
+            let got = bx.gpu.download_u32(&state.tokens).unwrap();
             for (row, &token) in got.iter().enumerate() {
                 // (In f32, as the GPU compares them: two values may round to one.)
                 let z: Vec<f32> = x[row * v..(row + 1) * v].iter().map(|&l| l as f32).collect();

@@ -114,16 +114,7 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> 
     };
     let scratch = model.decode_scratch(b)?;
     let lens: Vec<u32> = prompts.iter().map(|x| x.len() as u32).collect();
-    let u32s = |shape: &[usize]| gpu.tensor(shape, DType::U32);
-    let (tokens, next_ids, next_pos, done) = (u32s(&[b, steps])?, u32s(&[b])?, u32s(&[b])?, u32s(&[b])?);
-    let prompt_len = gpu.upload_u32(&[b], &lens)?;
-    let state = SamplerState {
-        tokens: &tokens,
-        next_ids: &next_ids,
-        next_pos: &next_pos,
-        done: &done,
-        prompt_len: &prompt_len,
-    };
+    let state = SamplerState::new(gpu, &lens, steps)?;
     let pad = opts.eos.unwrap_or(0);
     let sample = |rec: &mut Recorder, logits: &Tensor, rows: LogitRows, step: usize| {
         sample_tokens(rec, logits, rows, &state, opts.sampling, opts.seed, opts.first_sample, step, opts.eos, pad)
@@ -134,7 +125,6 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> 
         Some(format) => model.decode_weights_in(&mut rec, format)?,
         None => model.decode_weights(&mut rec)?,
     };
-    rec.zero(&done);
     let acts = model.prefill(&mut rec, &cache, &batch)?;
     sample(&mut rec, &acts.logits, LogitRows { rows: b, v, stride: p * vp, base: (p - 1) * vp }, 0)?;
     drop(acts);
@@ -142,16 +132,16 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> 
     for step in 1..steps {
         if opts.check_every > 0 && step % opts.check_every == 0 && opts.eos.is_some() {
             rec.flush();
-            if gpu.download_u32(&done)?.iter().all(|&d| d != 0) {
+            if gpu.download_u32(&state.done)?.iter().all(|&d| d != 0) {
                 ran = step;
                 break;
             }
         }
-        model.decode_step(&mut rec, &weights, &cache, &scratch, &next_ids, &next_pos, p + step - 1)?;
+        model.decode_step(&mut rec, &weights, &cache, &scratch, &state.next_ids, &state.next_pos, p + step - 1)?;
         sample(&mut rec, &scratch.logits, LogitRows { rows: b, v, stride: vp, base: 0 }, step)?;
     }
     rec.submit();
-    let all = gpu.download_u32(&tokens)?;
+    let all = gpu.download_u32(&state.tokens)?;
     let responses = (0..b)
         .map(|row| {
             let sampled = &all[row * steps..row * steps + ran];

@@ -6,7 +6,9 @@
 
 use super::{bind, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{DType, Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, seconds_per_call};
+use crate::gpu::{
+    DType, Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call,
+};
 use std::sync::Arc;
 
 pub const SHADER: Shader =
@@ -98,54 +100,30 @@ pub fn attention_variant(gpu: &Arc<Gpu>) -> Result<DecodeAttention> {
     choose_by_measurement(gpu, "decode_attention", &ATTENTION_VARIANTS, "GFLOP/s", measure_attention_variant)
 }
 
-/// A variant's GFLOP/s (q·k and p·v over every cached key) at a small model's rollout (32 rows,
-/// 64 positions, C = 128, 4 heads) and GPT-2's (4 rows, 256 positions, C = 768, 12 heads), over
-/// both cache formats (family kv_cache picks one with the faster kernel for each: neither choice
-/// waits on the other), after a check against the CPU reference at a ragged shape with left
-/// padding.
+/// A variant's GFLOP/s (q·k and p·v over every cached key) at a small model's rollout and at
+/// GPT-2's width (`MEASURED_SHAPES`), over both cache formats (family kv_cache picks each
+/// format's faster kernel: neither choice waits on the other), after a check against the CPU
+/// reference at a ragged shape with left padding.
 fn measure_attention_variant(gpu: &Arc<Gpu>, variant: DecodeAttention) -> Result<Option<f64>> {
     let mut rng = crate::rng::Rng::new(31);
     let (mut flops, mut seconds) = (0.0, 0.0);
-    for (format, shape) in FORMATS.iter().flat_map(|&(format, _)| {
-        [
-            CacheShape { b: 3, t_max: 9, c: 24, n_head: 3 },
-            CacheShape { b: 32, t_max: 64, c: 128, n_head: 4 },
-            CacheShape { b: 4, t_max: 256, c: 768, n_head: 12 },
-        ]
-        .map(|shape| (format, shape))
-    }) {
-        let CacheShape { b, t_max, c, n_head } = shape;
-        let qkv = rng.normals(b * t_max * 3 * c, 1.0);
-        let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
-        let last: Vec<f64> = (0..b)
-            .flat_map(|row| qkv[(row * t_max + t_max - 1) * 3 * c..(row * t_max + t_max) * 3 * c].to_vec())
-            .collect();
-        // Row r has r positions of left padding.
-        let mask: Vec<u32> = (0..b * t_max).map(|i| (i % t_max >= (i / t_max).min(t_max - 1)) as u32).collect();
-        let (t_qkv, t_last) = (gpu.upload(&[b, t_max, 3 * c], &f32s(&qkv))?, gpu.upload(&[b, 3 * c], &f32s(&last))?);
-        let t_mask = gpu.upload_u32(&[b, t_max], &mask)?;
-        let (cache, out) = (new_cache(gpu, shape, format)?, gpu.tensor(&[b, c], DType::F32)?);
+    for (format, _) in FORMATS {
+        let case = DecodeCase::new(gpu, &mut rng, CHECKED_SHAPE, format)?;
         let mut rec = Recorder::new(gpu);
-        kv_cache_write(&mut rec, &cache, &t_qkv, shape, 0)?;
+        case.write(&mut rec)?;
+        case.attend(&mut rec, variant)?;
         rec.submit();
-        let step =
-            |rec: &mut Recorder| decode_attention_with(rec, variant, &out, &t_last, &cache, &t_mask, shape, t_max);
-        if b == 3 {
-            let mut rec = Recorder::new(gpu);
-            step(&mut rec)?;
-            rec.submit();
-            let held = crate::reference::qkv_as_cached(&qkv, c, format == KvFormat::F16);
-            let (want, _) = crate::reference::attention_forward(&held, &mask, b, t_max, c, n_head);
-            let last_rows: Vec<f64> = (0..b)
-                .flat_map(|row| want[(row * t_max + t_max - 1) * c..(row * t_max + t_max) * c].to_vec())
-                .collect();
-            if !crate::gpu::matches_reference(&gpu.download(&out)?, &last_rows) {
-                return Ok(None);
-            }
-            continue;
+        if !matches_reference(&gpu.download(&case.out)?, &case.want) {
+            return Ok(None);
         }
-        seconds += seconds_per_call(gpu, step)?;
-        flops += (2 * 2 * b * t_max * c) as f64;
+        for shape in MEASURED_SHAPES {
+            let case = DecodeCase::new(gpu, &mut rng, shape, format)?;
+            let mut rec = Recorder::new(gpu);
+            case.write(&mut rec)?;
+            rec.submit();
+            seconds += seconds_per_call(gpu, |rec| case.attend(rec, variant))?;
+            flops += (2 * 2 * shape.b * shape.t_max * shape.c) as f64;
+        }
     }
     Ok(Some(flops / seconds / 1e9))
 }
@@ -156,60 +134,99 @@ fn format_of(cache: &Tensor) -> KvFormat {
 }
 
 /// A format's rate in keys' and values' elements written and read per second (the same work
-/// for both formats, whatever their bytes) over a prefill write and a decode step (on the faster
-/// decode attention kernel for the format) at a small model's rollout shape and at GPT-2's
-/// width, after decode attention over it matched the CPU reference (with f16-rounded keys and
-/// values for f16).
+/// for both formats, whatever their bytes) over a prefill write and a decode step (on the
+/// format's faster decode attention kernel) at a small model's rollout and at GPT-2's width,
+/// after decode attention over it matched the CPU reference (with f16-rounded keys and values
+/// for f16).
 fn measure_format(gpu: &Arc<Gpu>, format: KvFormat) -> Result<Option<f64>> {
     let mut rng = crate::rng::Rng::new(23);
+    let case = DecodeCase::new(gpu, &mut rng, CHECKED_SHAPE, format)?;
+    let mut rec = Recorder::new(gpu);
+    case.write(&mut rec)?;
+    case.attend(&mut rec, DecodeAttention::WorkgroupPerHead)?;
+    rec.submit();
+    if !matches_reference(&gpu.download(&case.out)?, &case.want) {
+        return Ok(None);
+    }
     let (mut values, mut seconds) = (0.0, 0.0);
-    for shape in [
-        CacheShape { b: 3, t_max: 9, c: 16, n_head: 2 },
-        CacheShape { b: 32, t_max: 64, c: 128, n_head: 4 },
-        CacheShape { b: 4, t_max: 256, c: 768, n_head: 12 },
-    ] {
-        let CacheShape { b, t_max, c, n_head } = shape;
-        let qkv = rng.normals(b * t_max * 3 * c, 1.0);
-        let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
-        // The query of each row's last position (the one a decode step attends from).
-        let last: Vec<f64> = (0..b)
-            .flat_map(|row| qkv[(row * t_max + t_max - 1) * 3 * c..(row * t_max + t_max) * 3 * c].to_vec())
-            .collect();
-        let (t_qkv, t_last) = (gpu.upload(&[b, t_max, 3 * c], &f32s(&qkv))?, gpu.upload(&[b, 3 * c], &f32s(&last))?);
-        let mask = gpu.upload_u32(&[b, t_max], &vec![1; b * t_max])?;
-        let (cache, out) = (new_cache(gpu, shape, format)?, gpu.tensor(&[b, c], DType::F32)?);
-        let (cache, out, t_qkv, t_last, mask) = (&cache, &out, &t_qkv, &t_last, &mask);
-        let step_with = |variant: DecodeAttention| {
-            move |rec: &mut Recorder| -> Result<()> {
-                kv_cache_write(rec, cache, t_qkv, shape, 0)?;
-                decode_attention_with(rec, variant, out, t_last, cache, mask, shape, t_max)
-            }
-        };
-        let step = step_with(DecodeAttention::WorkgroupPerHead);
-        if b == 3 {
-            let mut rec = Recorder::new(gpu);
-            step(&mut rec)?;
-            rec.submit();
-            // The keys and values as the cache holds them.
-            let held = crate::reference::qkv_as_cached(&qkv, c, format == KvFormat::F16);
-            let (want, _) = crate::reference::attention_forward(&held, &vec![1; b * t_max], b, t_max, c, n_head);
-            let last_rows: Vec<f64> = (0..b)
-                .flat_map(|row| want[(row * t_max + t_max - 1) * c..(row * t_max + t_max) * c].to_vec())
-                .collect();
-            if !crate::gpu::matches_reference(&gpu.download(out)?, &last_rows) {
-                return Ok(None);
-            }
-            continue;
-        }
-        // Family decode_attention times both formats in its turn: neither choice waits on the other.
+    for shape in MEASURED_SHAPES {
+        let case = DecodeCase::new(gpu, &mut rng, shape, format)?;
         let mut fastest = f64::INFINITY;
         for (variant, _) in ATTENTION_VARIANTS {
-            fastest = fastest.min(seconds_per_call(gpu, step_with(variant))?);
+            let step = |rec: &mut Recorder| -> Result<()> {
+                case.write(rec)?;
+                case.attend(rec, variant)
+            };
+            fastest = fastest.min(seconds_per_call(gpu, step)?);
         }
         seconds += fastest;
-        values += (2 * b * t_max * 2 * c) as f64;
+        values += (2 * shape.b * shape.t_max * 2 * shape.c) as f64;
     }
     Ok(Some(values / seconds / 1e9))
+}
+
+/// The shape the measurements check against the CPU reference (head dim 8, rows with padding).
+const CHECKED_SHAPE: CacheShape = CacheShape { b: 3, t_max: 9, c: 24, n_head: 3 };
+/// The shapes they time: a small model's rollout (32 rows of 64 positions, C = 128, 4 heads)
+/// and GPT-2's (4 rows of 256, C = 768, 12 heads).
+const MEASURED_SHAPES: [CacheShape; 2] =
+    [CacheShape { b: 32, t_max: 64, c: 128, n_head: 4 }, CacheShape { b: 4, t_max: 256, c: 768, n_head: 12 }];
+
+/// A decode step to measure: random qkv for every position of `shape`, row r with r positions
+/// of left padding (at most T_max − 1), its cache in one format, and what attention from each
+/// row's last position gives on the CPU over the keys and values as the cache holds them.
+struct DecodeCase {
+    shape: CacheShape,
+    qkv: Tensor,  // [B, T_max, 3C]
+    last: Tensor, // [B, 3C]: each row's last position
+    mask: Tensor, // [B, T_max]
+    cache: Tensor,
+    out: Tensor, // [B, C]
+    want: Vec<f64>,
+}
+
+impl DecodeCase {
+    fn new(gpu: &Arc<Gpu>, rng: &mut crate::rng::Rng, shape: CacheShape, format: KvFormat) -> Result<DecodeCase> {
+        let CacheShape { b, t_max, c, n_head } = shape;
+        let qkv = rng.normals(b * t_max * 3 * c, 1.0);
+        let mask: Vec<u32> = (0..b * t_max).map(|i| (i % t_max >= (i / t_max).min(t_max - 1)) as u32).collect();
+        let last_rows = |x: &[f64], width: usize| -> Vec<f64> {
+            (0..b)
+                .flat_map(|row| x[(row * t_max + t_max - 1) * width..(row * t_max + t_max) * width].to_vec())
+                .collect()
+        };
+        let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+        let held = crate::reference::qkv_as_cached(&qkv, c, format == KvFormat::F16);
+        let (attended, _) = crate::reference::attention_forward(&held, &mask, b, t_max, c, n_head);
+        Ok(DecodeCase {
+            shape,
+            qkv: gpu.upload(&[b, t_max, 3 * c], &f32s(&qkv))?,
+            last: gpu.upload(&[b, 3 * c], &f32s(&last_rows(&qkv, 3 * c)))?,
+            mask: gpu.upload_u32(&[b, t_max], &mask)?,
+            cache: new_cache(gpu, shape, format)?,
+            out: gpu.tensor(&[b, c], DType::F32)?,
+            want: last_rows(&attended, c),
+        })
+    }
+
+    /// Writes every position's keys and values into the cache.
+    fn write(&self, rec: &mut Recorder) -> Result<()> {
+        kv_cache_write(rec, &self.cache, &self.qkv, self.shape, 0)
+    }
+
+    /// Attention from each row's last position over the whole cache.
+    fn attend(&self, rec: &mut Recorder, variant: DecodeAttention) -> Result<()> {
+        decode_attention_with(
+            rec,
+            variant,
+            &self.out,
+            &self.last,
+            &self.cache,
+            &self.mask,
+            self.shape,
+            self.shape.t_max,
+        )
+    }
 }
 
 /// cache at positions start .. start + n = the keys and values of qkv [B, n, 3C] (cache

@@ -59,16 +59,7 @@ fn measure_lanes(gpu: &Arc<Gpu>, lanes: Lanes) -> Result<Option<f64>> {
         (8, 16384, Sampling { temperature: 1.0, top_k: 0, top_p: 1.0 }, true),
     ] {
         let logits: Vec<f32> = rng.normals(b * v, 2.0).into_iter().map(|x| x as f32).collect();
-        let u32s = |n: usize| gpu.tensor(&[n], DType::U32);
-        let (tokens, next_ids, next_pos, done) = (u32s(b)?, u32s(b)?, u32s(b)?, gpu.upload_u32(&[b], &vec![0; b])?);
-        let prompt_len = gpu.upload_u32(&[b], &vec![1; b])?;
-        let state = SamplerState {
-            tokens: &tokens,
-            next_ids: &next_ids,
-            next_pos: &next_pos,
-            done: &done,
-            prompt_len: &prompt_len,
-        };
+        let state = SamplerState::new(gpu, &vec![1; b], 1)?;
         let t_logits = gpu.upload(&[b, v], &logits)?;
         let rows = LogitRows { rows: b, v, stride: v, base: 0 };
         let draw =
@@ -77,7 +68,7 @@ fn measure_lanes(gpu: &Arc<Gpu>, lanes: Lanes) -> Result<Option<f64>> {
             let mut rec = Recorder::new(gpu);
             draw(&mut rec)?;
             rec.submit();
-            let got = gpu.download_u32(&tokens)?;
+            let got = gpu.download_u32(&state.tokens)?;
             let mut mismatches = 0;
             for (row, &token) in got.iter().enumerate() {
                 let z = &logits[row * v..(row + 1) * v];
@@ -167,17 +158,33 @@ pub struct LogitRows {
 }
 
 /// The per-row generation state the sampler reads and advances.
-pub struct SamplerState<'a> {
+pub struct SamplerState {
     /// u32 [B, steps]: column `step` receives the tokens.
-    pub tokens: &'a Tensor,
+    pub tokens: Tensor,
     /// u32 [B]: the token each row feeds to the next decode step.
-    pub next_ids: &'a Tensor,
+    pub next_ids: Tensor,
     /// u32 [B]: that token's position (prompt_len + step).
-    pub next_pos: &'a Tensor,
-    /// u32 [B]: 1 once a row has drawn `eos` (later steps emit `pad`). Zero it before step 0.
-    pub done: &'a Tensor,
+    pub next_pos: Tensor,
+    /// u32 [B]: 1 once a row has drawn `eos` (later steps emit `pad`).
+    pub done: Tensor,
     /// u32 [B]: real (unpadded) prompt tokens per row.
-    pub prompt_len: &'a Tensor,
+    pub prompt_len: Tensor,
+}
+
+impl SamplerState {
+    /// The state of rows with `prompt_len` real prompt tokens each, `steps` tokens to draw, no
+    /// row ended.
+    pub fn new(gpu: &Arc<Gpu>, prompt_len: &[u32], steps: usize) -> Result<SamplerState> {
+        let b = prompt_len.len();
+        let u32s = |shape: &[usize]| gpu.tensor(shape, DType::U32);
+        Ok(SamplerState {
+            tokens: u32s(&[b, steps])?,
+            next_ids: u32s(&[b])?,
+            next_pos: u32s(&[b])?,
+            done: gpu.upload_u32(&[b], &vec![0; b])?,
+            prompt_len: gpu.upload_u32(&[b], prompt_len)?,
+        })
+    }
 }
 
 /// Draws token `step` of every row: the stream of row b is (seed, first_sample + b, step); on
@@ -220,13 +227,13 @@ pub fn sample_tokens_with(
         format!("sampling rows {rows:?} do not fit in logits {:?}", logits.shape())
     })?;
     let steps = state.tokens.len() / b.max(1);
-    expect_len(state.tokens, b * steps, "sampled tokens")?;
+    expect_len(&state.tokens, b * steps, "sampled tokens")?;
     ensure_shape(step < steps, || format!("sampling step {step} past the {steps} columns of the token buffer"))?;
     for (t, what) in [
-        (state.next_ids, "next ids"),
-        (state.next_pos, "next positions"),
-        (state.done, "done flags"),
-        (state.prompt_len, "prompt lengths"),
+        (&state.next_ids, "next ids"),
+        (&state.next_pos, "next positions"),
+        (&state.done, "done flags"),
+        (&state.prompt_len, "prompt lengths"),
     ] {
         expect_len(t, b, what)?;
     }
@@ -248,11 +255,11 @@ pub fn sample_tokens_with(
     };
     let bindings = [
         bind(1, logits),
-        bind_u32(2, state.tokens),
-        bind_u32(3, state.next_ids),
-        bind_u32(4, state.next_pos),
-        bind_u32(5, state.done),
-        bind_u32(6, state.prompt_len),
+        bind_u32(2, &state.tokens),
+        bind_u32(3, &state.next_ids),
+        bind_u32(4, &state.next_pos),
+        bind_u32(5, &state.done),
+        bind_u32(6, &state.prompt_len),
     ];
     // A threshold search walks a lane's slice of the row 32 times in one loop: keep that within
     // MAX_SERIAL_STEPS (llvmpipe stops a loop nest silently at 65535 steps), with 256 lanes

@@ -1,47 +1,24 @@
 use crate::common::*;
-use ppo_wgpu::gpu::{DType, Recorder, Tensor};
+use ppo_wgpu::gpu::Recorder;
 use ppo_wgpu::kernels::sampling::{LANES, Lanes, LogitRows, SamplerState, Sampling, sample_tokens, sample_tokens_with};
 use ppo_wgpu::reference::{sample_threshold, sampling_distribution, uniform_at};
 
-/// The sampler's per-row state for `b` rows and `steps` columns, `done` zeroed.
-struct State {
-    tokens: Tensor,
-    next_ids: Tensor,
-    next_pos: Tensor,
-    done: Tensor,
-    prompt_len: Tensor,
-}
-
-impl State {
-    fn new(b: usize, steps: usize, done: &[u32]) -> State {
-        let gpu = gpu();
-        State {
-            tokens: gpu.tensor(&[b, steps], DType::U32).unwrap(),
-            next_ids: gpu.tensor(&[b], DType::U32).unwrap(),
-            next_pos: gpu.tensor(&[b], DType::U32).unwrap(),
-            done: gpu.upload_u32(&[b], done).unwrap(),
-            prompt_len: gpu.upload_u32(&[b], &(0..b as u32).map(|i| 3 + i).collect::<Vec<_>>()).unwrap(),
-        }
-    }
-    fn view(&self) -> SamplerState<'_> {
-        SamplerState {
-            tokens: &self.tokens,
-            next_ids: &self.next_ids,
-            next_pos: &self.next_pos,
-            done: &self.done,
-            prompt_len: &self.prompt_len,
-        }
-    }
+/// The sampler's per-row state for `b` rows (prompt lengths 3, 4, …) and `steps` columns, with
+/// the `done` flags given.
+fn state(b: usize, steps: usize, done: &[u32]) -> SamplerState {
+    let gpu = gpu();
+    let lens: Vec<u32> = (0..b as u32).map(|i| 3 + i).collect();
+    SamplerState { done: gpu.upload_u32(&[b], done).unwrap(), ..SamplerState::new(&gpu, &lens, steps).unwrap() }
 }
 
 /// Samples step 0 of `b` rows of `logits` [b, v] on the GPU, with the adapter's lanes.
 fn sample_gpu(logits: &[f32], b: usize, v: usize, s: Sampling, seed: u64, first: usize) -> Vec<u32> {
     let gpu = gpu();
-    let state = State::new(b, 1, &vec![0; b]);
+    let state = state(b, 1, &vec![0; b]);
     let t = gpu.upload(&[b, v], logits).unwrap();
     let mut rec = Recorder::new(&gpu);
     let rows = LogitRows { rows: b, v, stride: v, base: 0 };
-    sample_tokens(&mut rec, &t, rows, &state.view(), s, seed, first, 0, None, 0).unwrap();
+    sample_tokens(&mut rec, &t, rows, &state, s, seed, first, 0, None, 0).unwrap();
     rec.submit();
     gpu.download_u32(&state.tokens).unwrap()
 }
@@ -49,11 +26,11 @@ fn sample_gpu(logits: &[f32], b: usize, v: usize, s: Sampling, seed: u64, first:
 /// As `sample_gpu`, with the lanes named.
 fn sample_gpu_with(lanes: Lanes, logits: &[f32], b: usize, v: usize, s: Sampling, seed: u64, first: usize) -> Vec<u32> {
     let gpu = gpu();
-    let state = State::new(b, 1, &vec![0; b]);
+    let state = state(b, 1, &vec![0; b]);
     let t = gpu.upload(&[b, v], logits).unwrap();
     let mut rec = Recorder::new(&gpu);
     let rows = LogitRows { rows: b, v, stride: v, base: 0 };
-    sample_tokens_with(&mut rec, lanes, &t, rows, &state.view(), s, seed, first, 0, None, 0).unwrap();
+    sample_tokens_with(&mut rec, lanes, &t, rows, &state, s, seed, first, 0, None, 0).unwrap();
     rec.submit();
     gpu.download_u32(&state.tokens).unwrap()
 }
@@ -166,12 +143,12 @@ fn ended_rows_emit_padding_and_eos_ends_a_row() {
     for row in 0..b {
         logits[row * v + if row == 1 { eos as usize } else { 2 }] = 10.0; // greedy: row 1 draws EOS
     }
-    let state = State::new(b, steps, &[0, 0, 1]);
+    let state = state(b, steps, &[0, 0, 1]);
     let t = gpu.upload(&[b, v], &logits).unwrap();
     let mut rec = Recorder::new(&gpu);
     let greedy = Sampling { temperature: 0.0, top_k: 0, top_p: 1.0 };
     let rows = LogitRows { rows: b, v, stride: v, base: 0 };
-    sample_tokens(&mut rec, &t, rows, &state.view(), greedy, 0, 0, 2, Some(eos), pad).unwrap();
+    sample_tokens(&mut rec, &t, rows, &state, greedy, 0, 0, 2, Some(eos), pad).unwrap();
     rec.submit();
     let tokens = gpu.download_u32(&state.tokens).unwrap();
     assert_eq!([tokens[2], tokens[steps + 2], tokens[2 * steps + 2]], [2, eos, pad]);
