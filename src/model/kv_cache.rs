@@ -30,7 +30,6 @@ pub struct KvCache {
 /// (`kernels::f16_weights`): the f32 parameters themselves, or f16 copies made once per
 /// generation. (Biases, LayerNorms and the embeddings are read as f32.)
 pub struct DecodeWeights {
-    pub format: WeightFormat,
     layers: Vec<DecodeLayerWeights>,
     /// The tied LM head, [Vp, C].
     wte: Tensor,
@@ -96,7 +95,7 @@ impl Model {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(DecodeWeights { format, layers, wte: in_format(rec, &self.params.wte, format)? })
+        Ok(DecodeWeights { layers, wte: in_format(rec, &self.params.wte, format)? })
     }
 
     pub fn decode_scratch(&self, b: usize) -> Result<DecodeScratch> {
