@@ -408,6 +408,22 @@ fn bench_layernorm(bx: &mut Bench, c: &mut Criterion) {
                         .unwrap()
                 },
             );
+            // Fused with the residual add before it: reads two summands, writes the sum and
+            // the normalised rows (dinp holds the sum here).
+            let fused = |rec: &mut Recorder| {
+                layernorm::residual_forward_with_variant(
+                    rec, variant, &dinp, &out, &mean, &rstd, &tx, &tx, &tw, &tb, 1e-5,
+                )
+                .unwrap()
+            };
+            let mut rec = Recorder::new(&bx.gpu);
+            fused(&mut rec);
+            rec.submit();
+            let twice: Vec<f64> = x.iter().map(|v| 2.0 * v).collect();
+            bx.check("residual layernorm", &dinp, &twice, 1e-6, 1e-6);
+            bx.check("residual layernorm", &out, &reference::layernorm_forward(&twice, &w, &b, ch, 1e-5).0, 1e-5, 1e-4);
+            let name = format!("residual forward {label} {variant:?}{mark}");
+            bx.time(c, "layernorm", &name, counting_bytes(2.0 * bytes), fused);
         }
     }
 }

@@ -6,14 +6,19 @@
 //             dw += Σ_rows dout·n,  db += Σ_rows dout            (layernorm_backward_params)
 //
 // layernorm_forward4 and layernorm_backward_input4 are the same for C a multiple of 4, reading
-// and writing vec4s (a quarter of the loads and stores). layernorm_forward_wg4 and
+// and writing vec4s (a quarter of the loads and stores).
+//
+// With RESIDUAL set, the vec4 forwards are llm.c's fused residual forward: the row is
+// inp + addend, which the first pass over it also stores at `residual` (the residual stream the
+// next block and the backward read), and the later passes read back from there. One dispatch
+// where a residual add and a LayerNorm would be two, and the sum is not read a second time. layernorm_forward_wg4 and
 // layernorm_backward_input_wg4 are the same again with a workgroup per row (the other variant,
 // chosen per adapter by measurement: kernels::layernorm::variant): its 64 invocations read
 // neighbouring vec4s, as a GPU's memory wants, and reduce their partial sums in workgroup memory.
 //
 // Layout: inp, out, dout, dinp [N, C] row-major; w, b, dw, db [C]; mean, rstd [N] (saved by the
-// forward for the backward). The vec4 forms bind inp, w, b, out, dout, dinp as vec4 arrays at
-// bindings 13–18.
+// forward for the backward); addend, residual [N, C]. The vec4 forms bind inp, w, b, out, dout,
+// dinp as vec4 arrays at bindings 13–18, addend and residual at 19–20.
 // Launch: one invocation per row (forward, backward_input), workgroup 64, grid = ceil(rows/64)
 // laid out 2D (x ≤ 65535); the _wg4 forms one workgroup of 64 per row, grid = rows laid out 2D;
 // backward_params 16 channels per workgroup of 256 (see there). One invocation per row suits
@@ -49,6 +54,11 @@ const WG: u32 = 64u; // invocations per workgroup (kernels::layernorm::WG)
 @group(0) @binding(16) var<storage, read_write> out4: array<vec4<f32>>;
 @group(0) @binding(17) var<storage, read> dout4: array<vec4<f32>>;
 @group(0) @binding(18) var<storage, read_write> dinp4: array<vec4<f32>>;
+// The fused residual forward's second summand and the sum it stores (RESIDUAL; the host binds
+// stand-ins, inp and out, when it is off).
+@group(0) @binding(19) var<storage, read> addend4: array<vec4<f32>>;
+@group(0) @binding(20) var<storage, read_write> residual4: array<vec4<f32>>;
+override RESIDUAL: bool = false;
 
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid;
@@ -137,23 +147,38 @@ fn layernorm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
 // The vec4 forms' row walks take (start, step): an invocation alone walks start = 0, step = 1;
 // a workgroup's invocation start = lid, step = WG, and the workgroup then sums the partials.
 
-// Σ inp over (a strided slice of) the row at vec4 `base`.
+// Σ x over (a strided slice of) the row at vec4 `base`, x being inp, or with RESIDUAL
+// inp + addend, stored at `residual` on the way.
 fn row_sum4(base: u32, start: u32, step: u32) -> f32 {
     var sum = vec4<f32>(0.0);
-    for (var i = start; i < params.c / 4u; i += step) { sum += inp4[base + i]; }
+    for (var i = start; i < params.c / 4u; i += step) {
+        var x = inp4[base + i];
+        if (RESIDUAL) {
+            x += addend4[base + i];
+            residual4[base + i] = x;
+        }
+        sum += x;
+    }
     return sum.x + sum.y + sum.z + sum.w;
 }
 
-// Σ (inp − m)² over the same slice (a second pass: it avoids E[x²] − E[x]² cancellation).
+// The vec4 `i` of the row being normalised, after row_sum4 has walked it: inp's, or the stored
+// sum (the same invocation wrote it, so it reads its own store).
+fn row4(i: u32) -> vec4<f32> {
+    if (RESIDUAL) { return residual4[i]; }
+    return inp4[i];
+}
+
+// Σ (x − m)² over the same slice (a second pass: it avoids E[x²] − E[x]² cancellation).
 fn row_squares4(base: u32, m: f32, start: u32, step: u32) -> f32 {
     var sq = vec4<f32>(0.0);
-    for (var i = start; i < params.c / 4u; i += step) { let d = inp4[base + i] - m; sq += d * d; }
+    for (var i = start; i < params.c / 4u; i += step) { let d = row4(base + i) - m; sq += d * d; }
     return sq.x + sq.y + sq.z + sq.w;
 }
 
 fn write_normalized4(base: u32, m: f32, s: f32, start: u32, step: u32) {
     for (var i = start; i < params.c / 4u; i += step) {
-        out4[base + i] = (inp4[base + i] - m) * s * weight4[i] + bias4[i];
+        out4[base + i] = (row4(base + i) - m) * s * weight4[i] + bias4[i];
     }
 }
 

@@ -150,6 +150,16 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
         &[(&g_out, &r_gelu, 1e-6, 1e-5), (&g_dinp, &r_dgelu, 1e-6, 1e-5)],
     )?;
     cx.check("residual add", |r| residual::residual_forward(r, &sum, &t_inp, &t_dln), &[(&sum, &r_sum, 1e-6, 1e-6)])?;
+    let (fused_sum, fused_out) = (cx.zeros(&[n, c])?, cx.zeros(&[n, c])?);
+    let r_fused = reference::layernorm_forward(&r_sum, &lw, &lb, c, 1e-5).0;
+    cx.check(
+        "residual add + layernorm (fused)",
+        |r| {
+            let (o, s) = (&fused_out, &fused_sum);
+            layernorm::residual_layernorm_forward(r, s, o, &mean, &rstd, &t_inp, &t_dln, &t_lw, &t_lb, 1e-5)
+        },
+        &[(&fused_sum, &r_sum, 1e-6, 1e-6), (&fused_out, &r_fused, 1e-5, 1e-4)],
+    )?;
 
     // Embedding.
     let (vocab, positions) = (50, 40);

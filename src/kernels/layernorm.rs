@@ -1,8 +1,9 @@
-//! LayerNorm forward and backward. Shader: `layernorm.wgsl`. Two variants, chosen per adapter
-//! by measurement (`variant`): an invocation per row (CPU adapters) or a workgroup per row.
+//! LayerNorm forward and backward, and the forward fused with the residual add before it.
+//! Shader: `layernorm.wgsl`. Three variants, chosen per adapter by measurement (`variant`): an
+//! invocation per row (CPU adapters), a workgroup per row, or a subgroup per row.
 
 use super::{as_matrix, bind, expect_len, groups, subgroup_rows_per_group};
-use crate::error::Result;
+use crate::error::{Result, ensure_shape};
 use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call};
 use std::sync::Arc;
 
@@ -144,6 +145,70 @@ pub fn forward_with_variant(
     bias: &Tensor,
     eps: f32,
 ) -> Result<()> {
+    record_forward(rec, variant, out, mean, rstd, inp, None, weight, bias, eps)
+}
+
+/// residual [N, C] = a + b, then out [N, C] = layernorm(residual) · weight + bias, saving mean
+/// and rstd as `layernorm_forward` does: llm.c's fused residual forward, one dispatch where a
+/// residual add and a LayerNorm would be two (a transformer block ends in both twice).
+#[allow(clippy::too_many_arguments)]
+pub fn residual_layernorm_forward(
+    rec: &mut Recorder,
+    residual: &Tensor,
+    out: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f32,
+) -> Result<()> {
+    let variant = variant(rec.gpu())?;
+    residual_forward_with_variant(rec, variant, residual, out, mean, rstd, a, b, weight, bias, eps)
+}
+
+/// As `residual_layernorm_forward`, with the variant named. Rows that are not whole vec4s run
+/// the residual add and the LayerNorm as two kernels.
+#[allow(clippy::too_many_arguments)]
+pub fn residual_forward_with_variant(
+    rec: &mut Recorder,
+    variant: LayernormVariant,
+    residual: &Tensor,
+    out: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f32,
+) -> Result<()> {
+    let (rows, c) = as_matrix(a);
+    expect_len(b, rows * c, "residual operand b")?;
+    expect_len(residual, rows * c, "residual output")?;
+    if !c.is_multiple_of(4) {
+        super::residual::residual_forward(rec, residual, a, b)?;
+        return record_forward(rec, variant, out, mean, rstd, residual, None, weight, bias, eps);
+    }
+    record_forward(rec, variant, out, mean, rstd, a, Some((b, residual)), weight, bias, eps)
+}
+
+/// Records the forward of rows `inp`, or with `sum` = (addend, residual) of rows inp + addend,
+/// stored at `residual` (C a multiple of 4).
+#[allow(clippy::too_many_arguments)]
+fn record_forward(
+    rec: &mut Recorder,
+    variant: LayernormVariant,
+    out: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    inp: &Tensor,
+    sum: Option<(&Tensor, &Tensor)>,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f32,
+) -> Result<()> {
     let (rows, c) = as_matrix(inp);
     expect_len(out, rows * c, "layernorm output")?;
     expect_len(weight, c, "layernorm weight")?;
@@ -152,13 +217,29 @@ pub fn forward_with_variant(
     expect_len(rstd, rows, "layernorm rstd")?;
     let (shader, suffix, grid, rows_per_group) = row_launch(rec.gpu(), variant, rows, c);
     let params = Params { rows: rows as u32, c: c as u32, eps, rows_per_group };
-    let work = Work::floats(2 * rows * c + 2 * c + 2 * rows);
     if c.is_multiple_of(4) {
-        let b = [bind(13, inp), bind(14, weight), bind(15, bias), bind(16, out), bind(5, mean), bind(6, rstd)];
+        // Without a sum, inp and out stand in for the summand and the sum (left unread).
+        let (addend, residual) = sum.unwrap_or((inp, out));
+        let b = [
+            bind(13, inp),
+            bind(14, weight),
+            bind(15, bias),
+            bind(16, out),
+            bind(5, mean),
+            bind(6, rstd),
+            bind(19, addend),
+            bind(20, residual),
+        ];
         let entry = format!("layernorm_forward{suffix}");
-        rec.dispatch(shader, &entry, &[], bytemuck::bytes_of(&params), &b, grid, work)
+        let (constants, work): (&[(&str, f64)], _) = match sum {
+            Some(_) => (&[("RESIDUAL", 1.0)], Work::floats(4 * rows * c + 2 * c + 2 * rows)),
+            None => (&[], Work::floats(2 * rows * c + 2 * c + 2 * rows)),
+        };
+        rec.dispatch(shader, &entry, constants, bytemuck::bytes_of(&params), &b, grid, work)
     } else {
+        ensure_shape(sum.is_none(), || format!("the fused residual LayerNorm needs rows of whole vec4s, not {c}"))?;
         let b = [bind(1, inp), bind(2, weight), bind(3, bias), bind(4, out), bind(5, mean), bind(6, rstd)];
+        let work = Work::floats(2 * rows * c + 2 * c + 2 * rows);
         rec.dispatch(&SHADER, "layernorm_forward", &[], bytemuck::bytes_of(&params), &b, grid, work)
     }
 }

@@ -15,12 +15,11 @@ use crate::gpu::{DType, Gpu, MatmulVariant, Recorder, Tensor};
 use crate::kernels::attention::{AttentionShape, attention_backward, attention_forward};
 use crate::kernels::embedding::{Buckets, check_indices, embedding_backward, embedding_forward, position_ids};
 use crate::kernels::gelu::gelu_backward;
-use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
+use crate::kernels::layernorm::{layernorm_backward, layernorm_forward, residual_layernorm_forward};
 use crate::kernels::matmul::{
     Layout, TRANSPOSE_MIN_ROWS, linear_backward, linear_forward, linear_forward_gelu, matmul,
 };
 use crate::kernels::padded_vocab::mask_padded_logits;
-use crate::kernels::residual::residual_forward;
 use std::sync::Arc;
 
 /// Parameters are padded to multiples of this many f32s (256 bytes), so that a view of any of
@@ -296,41 +295,49 @@ impl Model {
         let encoded = f32s(&[b, t, c])?;
         embedding_forward(rec, &encoded, &batch.ids, &batch.pos, &p.wte, &p.wpe)?;
 
-        let mut layers: Vec<LayerActivations> = Vec::with_capacity(p.layers.len());
-        for lp in &p.layers {
-            let residual = layers.last().map_or(&encoded, |l| &l.residual3);
-            let a = LayerActivations {
-                ln1: f32s(&[b, t, c])?,
-                ln1_mean: f32s(&[b, t])?,
-                ln1_rstd: f32s(&[b, t])?,
-                qkv: f32s(&[b, t, 3 * c])?,
-                atty: f32s(&[b, t, c])?,
-                att_lse: f32s(&[b, nh, t])?,
-                attproj: f32s(&[b, t, c])?,
-                residual2: f32s(&[b, t, c])?,
-                ln2: f32s(&[b, t, c])?,
-                ln2_mean: f32s(&[b, t])?,
-                ln2_rstd: f32s(&[b, t])?,
-                fch: f32s(&[b, t, 4 * c])?,
-                fch_gelu: f32s(&[b, t, 4 * c])?,
-                fcproj: f32s(&[b, t, c])?,
-                residual3: f32s(&[b, t, c])?,
-            };
-            layernorm_forward(rec, &a.ln1, &a.ln1_mean, &a.ln1_rstd, residual, &lp.ln_1_w, &lp.ln_1_b, eps)?;
+        let layers: Vec<LayerActivations> = (0..p.layers.len())
+            .map(|_| {
+                Ok(LayerActivations {
+                    ln1: f32s(&[b, t, c])?,
+                    ln1_mean: f32s(&[b, t])?,
+                    ln1_rstd: f32s(&[b, t])?,
+                    qkv: f32s(&[b, t, 3 * c])?,
+                    atty: f32s(&[b, t, c])?,
+                    att_lse: f32s(&[b, nh, t])?,
+                    attproj: f32s(&[b, t, c])?,
+                    residual2: f32s(&[b, t, c])?,
+                    ln2: f32s(&[b, t, c])?,
+                    ln2_mean: f32s(&[b, t])?,
+                    ln2_rstd: f32s(&[b, t])?,
+                    fch: f32s(&[b, t, 4 * c])?,
+                    fch_gelu: f32s(&[b, t, 4 * c])?,
+                    fcproj: f32s(&[b, t, c])?,
+                    residual3: f32s(&[b, t, c])?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let (lnf, lnf_mean, lnf_rstd) = (f32s(&[b, t, c])?, f32s(&[b, t])?, f32s(&[b, t])?);
+
+        // Each residual add runs fused with the LayerNorm that reads it (llm.c's fused residual
+        // forward): a block's attention output with its ln_2, its MLP output with the next
+        // block's ln_1, or with ln_f after the last block. (A config has at least one block.)
+        let (first, lp0) = (&layers[0], &p.layers[0]);
+        layernorm_forward(rec, &first.ln1, &first.ln1_mean, &first.ln1_rstd, &encoded, &lp0.ln_1_w, &lp0.ln_1_b, eps)?;
+        for (l, (a, lp)) in layers.iter().zip(&p.layers).enumerate() {
+            let residual = if l == 0 { &encoded } else { &layers[l - 1].residual3 };
             linear_forward(rec, &a.qkv, &a.ln1, &lp.c_attn_w, Some(&lp.c_attn_b))?;
             attention_forward(rec, &a.atty, &a.att_lse, &a.qkv, &batch.mask, self.attention_shape(b, t))?;
             linear_forward(rec, &a.attproj, &a.atty, &lp.attn_proj_w, Some(&lp.attn_proj_b))?;
-            residual_forward(rec, &a.residual2, residual, &a.attproj)?;
-            layernorm_forward(rec, &a.ln2, &a.ln2_mean, &a.ln2_rstd, &a.residual2, &lp.ln_2_w, &lp.ln_2_b, eps)?;
+            let (ln2, w2, b2) = ((&a.ln2, &a.ln2_mean, &a.ln2_rstd), &lp.ln_2_w, &lp.ln_2_b);
+            residual_layernorm_forward(rec, &a.residual2, ln2.0, ln2.1, ln2.2, residual, &a.attproj, w2, b2, eps)?;
             linear_forward_gelu(rec, &a.fch, &a.fch_gelu, &a.ln2, &lp.c_fc_w, &lp.c_fc_b)?;
             linear_forward(rec, &a.fcproj, &a.fch_gelu, &lp.mlp_proj_w, Some(&lp.mlp_proj_b))?;
-            residual_forward(rec, &a.residual3, &a.residual2, &a.fcproj)?;
-            layers.push(a);
+            let (out, mean, rstd, w, bias) = match (layers.get(l + 1), p.layers.get(l + 1)) {
+                (Some(next), Some(np)) => (&next.ln1, &next.ln1_mean, &next.ln1_rstd, &np.ln_1_w, &np.ln_1_b),
+                _ => (&lnf, &lnf_mean, &lnf_rstd, &p.ln_f_w, &p.ln_f_b),
+            };
+            residual_layernorm_forward(rec, &a.residual3, out, mean, rstd, &a.residual2, &a.fcproj, w, bias, eps)?;
         }
-
-        let residual = layers.last().map_or(&encoded, |l| &l.residual3);
-        let (lnf, lnf_mean, lnf_rstd) = (f32s(&[b, t, c])?, f32s(&[b, t])?, f32s(&[b, t])?);
-        layernorm_forward(rec, &lnf, &lnf_mean, &lnf_rstd, residual, &p.ln_f_w, &p.ln_f_b, eps)?;
         let logits = f32s(&[b, t, self.config.padded_vocab_size()])?;
         self.lm_head(rec, &logits, &lnf)?;
         let values = match &p.v_head {

@@ -1,6 +1,8 @@
 use crate::common::*;
 use ppo_wgpu::gpu::{Gpu, LowerLimits, Recorder};
-use ppo_wgpu::kernels::layernorm::{LayernormVariant, VARIANTS, backward_with_variant, forward_with_variant, variant};
+use ppo_wgpu::kernels::layernorm::{
+    LayernormVariant, VARIANTS, backward_with_variant, forward_with_variant, residual_forward_with_variant, variant,
+};
 use ppo_wgpu::reference;
 
 const EPS: f64 = 1e-5;
@@ -46,6 +48,38 @@ fn layernorm_forward_and_backward_match_reference_and_finite_differences() {
         check_fd(&format!("{what} dinp"), &g_inp, |x| loss(x, &w, &b), &inp, &mut rng, 1e-4, 1e-3);
         check_fd(&format!("{what} dweight"), &g_w, |x| loss(&inp, x, &b), &w, &mut rng, 1e-4, 1e-3);
         check_fd(&format!("{what} dbias"), &g_b, |x| loss(&inp, &w, x), &b, &mut rng, 1e-4, 1e-3);
+    }
+}
+
+#[test]
+fn fused_residual_layernorm_matches_the_sum_then_reference_layernorm() {
+    let mut rng = Rng::new(22);
+    // Rows of 53 (not whole vec4s: the two kernels run one after the other), of 52 (vec4 rows
+    // shorter than a workgroup), and of 768 (several vec4s per invocation of a workgroup).
+    let cases = [(37, 53), (37, 52), (64, 768)];
+    for ((rows, c), (variant, name)) in cases.into_iter().flat_map(|case| VARIANTS.map(|v| (case, v))) {
+        let a: Vec<f64> = rng.normals(rows * c, 2.0).iter().map(|x| x + 0.5).collect();
+        let b = rng.normals(rows * c, 1.0);
+        let (w, bias) = (rng.normals(c, 1.0), rng.normals(c, 1.0));
+        let (residual, out, mean, rstd) = (zeros(&[rows, c]), zeros(&[rows, c]), zeros(&[rows]), zeros(&[rows]));
+        let (t_a, t_b, t_w, t_bias) =
+            (upload(&a, &[rows, c]), upload(&b, &[rows, c]), upload(&w, &[c]), upload(&bias, &[c]));
+        let gpu = gpu();
+        let mut rec = Recorder::new(&gpu);
+        residual_forward_with_variant(
+            &mut rec, variant, &residual, &out, &mean, &rstd, &t_a, &t_b, &t_w, &t_bias, EPS as f32,
+        )
+        .unwrap();
+        rec.submit();
+
+        let what = format!("residual layernorm {name} {rows}x{c}");
+        let sum: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+        // One f32 rounding of the sum, then sums over C in f32.
+        assert_close(&format!("{what} residual"), &download(&residual), &sum, 1e-6, 1e-6);
+        let (r_out, r_mean, r_rstd) = reference::layernorm_forward(&sum, &w, &bias, c, EPS);
+        assert_close(&format!("{what} out"), &download(&out), &r_out, 1e-5, 1e-5);
+        assert_close(&format!("{what} mean"), &download(&mean), &r_mean, 1e-6, 1e-5);
+        assert_close(&format!("{what} rstd"), &download(&rstd), &r_rstd, 1e-6, 1e-5);
     }
 }
 
