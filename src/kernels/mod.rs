@@ -164,16 +164,29 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
 
 /// Every set of override constants the kernel functions pass to `shader`'s pipelines (one empty
 /// set for a shader without overrides), so that tests can translate each specialisation to
-/// every backend: attention's HEAD_DIM (multiples of 4 up to `attention::MAX_HEAD_DIM`),
-/// matmul's A_SCALAR, the tiled matmul's TRANS_A / TRANS_B.
+/// every backend: attention's HEAD_DIM (multiples of 4 up to `attention::MAX_HEAD_DIM`) with
+/// and without TEXTURE_LOADS, decode attention's HEAD_DIM, matmul's A_SCALAR and B_F16, the
+/// tiled matmul's TRANS_A / TRANS_B and B_F16, the packs' SRC_VEC4, LayerNorm's RESIDUAL and
+/// the sampler's lanes.
 pub fn override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
+    let flags = |name: &'static str| [vec![(name, 0.0)], vec![(name, 1.0)]];
+    let head_dims = |max: usize| (4..=max).step_by(4).map(|hd| ("HEAD_DIM", hd as f64));
     match shader {
-        "attention" => (4..=attention::MAX_HEAD_DIM).step_by(4).map(|hd| vec![("HEAD_DIM", hd as f64)]).collect(),
-        "matmul" => vec![vec![("A_SCALAR", 0.0)], vec![("A_SCALAR", 1.0)]],
+        "attention" => head_dims(attention::MAX_HEAD_DIM)
+            .flat_map(|hd| [vec![hd, ("TEXTURE_LOADS", 0.0)], vec![hd, ("TEXTURE_LOADS", 1.0)]])
+            .collect(),
+        "kv_cache" => head_dims(kv_cache::MAX_SERIAL_HEAD_DIM).map(|hd| vec![hd]).collect(),
+        "matmul" => [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)]
+            .into_iter()
+            .map(|(a, b)| vec![("A_SCALAR", a), ("B_F16", b)])
+            .collect(),
         "matmul_tiled" => [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]
             .into_iter()
-            .map(|(a, b)| vec![("TRANS_A", a), ("TRANS_B", b)])
+            .flat_map(|(a, b)| [0.0, 1.0].map(|f16| vec![("TRANS_A", a), ("TRANS_B", b), ("B_F16", f16)]))
             .collect(),
+        "matmul_texture" => flags("SRC_VEC4").into(),
+        "layernorm" | "layernorm_subgroup" => flags("RESIDUAL").into(),
+        "sampling" => sampling::LANES.iter().map(|(lanes, _)| vec![("WG", lanes.count() as f64)]).collect(),
         _ => vec![vec![]],
     }
 }

@@ -25,7 +25,8 @@ pub enum Lanes {
 }
 
 impl Lanes {
-    fn count(self) -> usize {
+    /// Invocations per row (`WG` in the shader).
+    pub fn count(self) -> usize {
         match self {
             Lanes::Wide => MAX_LANES,
             Lanes::Narrow => 32,
