@@ -10,8 +10,9 @@
 //! The LM-head matmul and the matmul variant the adapter does not use run only with
 //! PPO_WGPU_BENCH_LARGE=1 (each takes seconds per call on a software adapter).
 //!
-//! Shapes: GPT-2 small (768 channels, 12 heads, vocab 50257) on 256 tokens, the shipped tiny
-//! model (128 channels, 4 heads, vocab 512) on a 32×64 batch, and matmul at 1024³.
+//! Shapes: GPT-2 small (768 channels, 12 heads, vocab 50257) on 256 tokens, the tiny config
+//! (128 channels, 4 heads, vocab 512) on a 32×64 batch, the shipped demo model's 64-channel MLP
+//! projection (matmul), and matmul at 1024³.
 //! `PPO_WGPU_ADAPTER` picks the adapter.
 
 mod common;
@@ -114,6 +115,9 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
         ("gpt2 lm_head 256x768x50257", 256, 50257, 768, Layout::NT),
         ("gpt2 lm_head padded 256x768x50304", 256, 50304, 768, Layout::NT),
         ("tiny c_fc fwd 2048x128x512", 2048, 512, 128, Layout::NN),
+        // The shipped demo model's MLP projection (64 channels: fewer than 8 texture tiles of
+        // output columns) over a rollout's 32 × 32 tokens.
+        ("demo c_proj fwd 1024x256x64", 1024, 64, 256, Layout::NN),
         // Large enough to fill a real GPU (the f32-peak target); only when asked.
         ("4096^3", 4096, 4096, 4096, Layout::NN),
     ];

@@ -26,11 +26,15 @@
 // Textures: At is ceil(K/4) texels wide and 16·ceil(M/16) rows high; Bt is 4·ceil(N/16)
 // texels wide and 4·ceil(K/4) rows high.
 //
-// Launch: pack_rows: workgroup 64, one invocation per texel; pack_columns: workgroup 64, one
-// invocation per 4 texels of a column; both with flat index wid.y·nwg.x·64 + wid.x·64 + lid
-// (grid from Gpu::grid); unpad_columns likewise, one invocation per output element. matmul_texture: workgroup (8, 8); invocation (x, y) owns output
-// rows 16y..16y+15 and columns 16x..16x+15; grid = (ceil(N/128), ceil(M/128)).
-
+// Launch: workgroup 64. pack_rows: one invocation per texel; pack_columns: one per 4 texels of
+// a column; unpad_columns: one per output element; all three with flat index
+// wid.y·nwg.x·64 + wid.x·64 + lid (grid from Gpu::grid). matmul_texture: one invocation per 16×16
+// tile of the output; a workgroup covers 8 tile rows of G = params.group_columns =
+// min(8, ceil(N/16)) tile columns, invocation lid < 8·G taking tile row lid / G and tile column
+// lid % G, so that neighbouring invocations hold neighbouring tiles even in a product of few
+// columns (64 in the demo's model: G = 4), whose SIMD vectors or warps a fixed 8 × 8 layout
+// would half leave idle; invocations past 8·G return at once. Grid = (ceil(ceil(N/16) / G),
+// ceil(M/128)).
 struct PackParams {
     rows: u32,       // rows of the block (texel rows past it are zeros)
     cols: u32,       // columns of the block (texel columns past it are zeros)
@@ -50,16 +54,15 @@ struct Params {
     out_stride4: u32, // vec4s between output rows
     out_offset4: u32, // vec4 of out holding output (0, 0)
     bias_offset4: u32,// vec4 of bias holding output column 0's bias
-    pad: u32,
+    group_columns: u32, // tile columns per workgroup: min(8, ceil(N/16)) (see Launch)
 }
 
 const ACCUMULATE: u32 = 1u;
 const HAS_BIAS: u32 = 2u;
 const HAS_GELU: u32 = 4u;
-const WG: u32 = 64u;   // pack: invocations per workgroup (kernels::matmul::WG)
-const WG_X: u32 = 8u;  // matmul_texture: invocations per workgroup along N (kernels::matmul::WG_X)
-const WG_Y: u32 = 8u;  // … and along M (kernels::matmul::WG_Y)
+const WG: u32 = 64u;   // invocations per workgroup (kernels::matmul::WG)
 const TILE: u32 = 16u; // output rows and columns per invocation (kernels::matmul::TEXTURE_TILE)
+const GROUP_ROWS: u32 = 8u; // matmul_texture: tile rows per workgroup (kernels::matmul::TEXTURE_GROUP_ROWS)
 
 @group(0) @binding(0) var<uniform> pack_params: PackParams;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
@@ -163,10 +166,12 @@ fn store_row(row: u32, c0: u32, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3:
     }
 }
 
-@compute @workgroup_size(WG_X, WG_Y)
-fn matmul_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let m0 = gid.y * TILE;
-    let c0 = gid.x * (TILE / 4u); // first vec4 column
+@compute @workgroup_size(WG)
+fn matmul_texture(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let columns = params.group_columns;
+    if (lid >= GROUP_ROWS * columns) { return; } // a product of fewer than 8 tile columns
+    let m0 = (wid.y * GROUP_ROWS + lid / columns) * TILE;
+    let c0 = (wid.x * columns + lid % columns) * (TILE / 4u); // first vec4 column
     if (m0 >= params.m || 4u * c0 >= params.n) { return; }
 
     // accR_C holds row m0 + R, columns 4(c0 + C) .. 4(c0 + C) + 3.

@@ -27,9 +27,12 @@ pub const WG_X: usize = 8;
 pub const WG_Y: usize = 8;
 /// Workgroup-tiled matmul: output rows and columns per workgroup (`TILE` in matmul_tiled.wgsl).
 pub const TILE: usize = 64;
-/// Texture-operand matmul: output rows and columns per invocation, and per workgroup of 8×8.
+/// Texture-operand matmul: output rows and columns per invocation.
 pub const TEXTURE_TILE: usize = 16;
-const TEXTURE_TILE_WG: usize = 8 * TEXTURE_TILE;
+/// … the tile rows one of its workgroups of 64 covers (`GROUP_ROWS` in the shader), and the
+/// most tile columns (a product of fewer takes them all, its spare invocations idle).
+pub const TEXTURE_GROUP_ROWS: usize = 8;
+const TEXTURE_GROUP_COLUMNS: usize = WG / TEXTURE_GROUP_ROWS;
 
 const ACCUMULATE: u32 = 1;
 const HAS_BIAS: u32 = 2;
@@ -570,7 +573,7 @@ struct TextureParams {
     out_stride4: u32,
     out_offset4: u32,
     bias_offset4: u32,
-    pad: u32,
+    group_columns: u32,
 }
 
 /// Scratch-texture slots (`Gpu::scratch_texture`): the two operands of one product. (The
@@ -679,6 +682,8 @@ fn record_texture(
                 let flags = if accumulate || k0 > 0 { ACCUMULATE } else { 0 }
                     | if with_bias { HAS_BIAS } else { 0 }
                     | if with_gelu { HAS_GELU } else { 0 };
+                let (tile_columns, tile_rows) = (groups(nc, TEXTURE_TILE), groups(mc, TEXTURE_TILE));
+                let group_columns = tile_columns.min(TEXTURE_GROUP_COLUMNS);
                 let params = TextureParams {
                     m: mc as u32,
                     n: nc.next_multiple_of(4) as u32, // whole vec4s: out's rows have room (see record)
@@ -687,7 +692,7 @@ fn record_texture(
                     out_stride4: (out_stride / 4) as u32,
                     out_offset4: ((m0 * out_stride + out_col + n0) / 4) as u32,
                     bias_offset4: (n0 / 4) as u32,
-                    pad: 0,
+                    group_columns: group_columns as u32,
                 };
                 // Kernels that read a bias binding get `a` when there is none (the flag keeps it
                 // unread).
@@ -698,7 +703,8 @@ fn record_texture(
                     bind(6, out),
                     bind(11, post.unwrap_or(out)),
                 ];
-                let grid = [groups(nc, TEXTURE_TILE_WG) as u32, groups(mc, TEXTURE_TILE_WG) as u32, 1];
+                let grid =
+                    [groups(tile_columns, group_columns) as u32, groups(tile_rows, TEXTURE_GROUP_ROWS) as u32, 1];
                 let accumulated = (flags & ACCUMULATE != 0) as usize;
                 let stores = 1 + accumulated + with_gelu as usize;
                 let work = Work::flops(2 * mc * nc * kc, mc * kc + kc * nc + mc * nc * stores);

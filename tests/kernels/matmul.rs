@@ -66,6 +66,10 @@ fn matmul_aligned_shapes_with_ragged_edges() {
     check_matmul(37, 52, 28, &mut rng);
     check_matmul(64, 128, 64, &mut rng);
     check_matmul(100, 132, 36, &mut rng);
+    // Few columns and more than one workgroup of tile rows: the texture kernel's workgroups
+    // then cover fewer than 8 tile columns (3 and 1 here) over 8 tile rows each.
+    check_matmul(300, 44, 24, &mut rng);
+    check_matmul(150, 12, 20, &mut rng);
 }
 
 /// Products with a vector operand (the value and reward heads and their gradients): the
