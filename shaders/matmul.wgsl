@@ -27,8 +27,13 @@
 // With B_F16, B holds f16 values two to a u32 (pack2x16float, a generation's weights: see
 // kernels::f16_weights), read at binding 8 and widened to f32; indices stay in vec4 units.
 //
-// Launch: workgroup (8, 8); invocation (x, y) owns output rows 8y..8y+7 and columns
-// 16x..16x+15; grid = (ceil(N/128), ceil(M/64)).
+// Launch: workgroup (8, 8), 64 invocations. Tile (x, y) is output rows 8y..8y+7 and columns
+// 16x..16x+15. A workgroup covers 8 tile rows of G = params.group_columns tile columns, its
+// invocation lid < 8·G taking tile row lid / G and column lid % G (kernels::matmul::
+// group_columns: G ≤ 8, the tile columns shared evenly among the workgroups of a row), so that
+// neighbouring invocations hold neighbouring tiles and a product of few columns still fills
+// each SIMD vector or warp; invocations past 8·G return at once. Grid = (ceil(ceil(N/16) / G),
+// ceil(M/64)).
 
 struct Params {
     m: u32,
@@ -39,6 +44,7 @@ struct Params {
     out_col: u32,    // first output column written (0 unless writing a column slice)
     a_stride: u32,   // elements between rows of A as stored (K, or M for the transposed A)
     a_col: u32,      // first column of A as stored that the product reads (0 unless a slice)
+    group_columns: u32, // tile columns per workgroup (see Launch)
 }
 
 const ACCUMULATE: u32 = 1u;
@@ -90,6 +96,12 @@ fn a_vec4(base: u32, col: u32, limit: u32) -> vec4<f32> {
     return a[(base + min(col, limit - 4u)) / 4u];
 }
 
+// The tile (column, row) of invocation lid < 8·G of workgroup wid (see Launch).
+fn tile_of(wid: vec3<u32>, lid: u32) -> vec2<u32> {
+    let g = params.group_columns;
+    return vec2<u32>(wid.x * g + lid % g, wid.y * WG_Y + lid / g);
+}
+
 // Stores the 8×16 block held in acc (row r, vec4 column c at acc[r*4+c]) at rows m0.., vec4
 // columns c0.., skipping what lies outside [M, N/4).
 fn store_block(acc: ptr<function, array<vec4<f32>, 32>>, m0: u32, c0: u32, n4: u32, use_bias: bool) {
@@ -110,11 +122,13 @@ fn store_block(acc: ptr<function, array<vec4<f32>, 32>>, m0: u32, c0: u32, n4: u
 }
 
 @compute @workgroup_size(WG_X, WG_Y)
-fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn matmul_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    if (lid >= WG_Y * params.group_columns) { return; } // past this workgroup's tiles
+    let tile = tile_of(wid, lid);
     let k4 = (params.k + 3u) / 4u; // a ragged last vec4 of K reads zeros from A (A_SCALAR)
     let n4 = params.n / 4u;
-    let m0 = gid.y * 8u;
-    let c0 = gid.x * 4u;
+    let m0 = tile.y * 8u;
+    let c0 = tile.x * 4u;
     if (m0 >= params.m || c0 >= n4) { return; }
 
     // Column indices (vec4 units) of the four B vec4s this invocation reads per row of B.
@@ -169,10 +183,12 @@ fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 @compute @workgroup_size(WG_X, WG_Y)
-fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn matmul_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    if (lid >= WG_Y * params.group_columns) { return; } // past this workgroup's tiles
+    let tile = tile_of(wid, lid);
     let n4 = params.n / 4u;
-    let m0 = gid.y * 8u;
-    let c0 = gid.x * 4u;
+    let m0 = tile.y * 8u;
+    let c0 = tile.x * 4u;
     if (m0 >= params.m || c0 >= n4) { return; }
 
     let bc0 = min(c0, n4 - 1u);
@@ -201,13 +217,15 @@ fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 @compute @workgroup_size(WG_X, WG_Y)
-fn matmul_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn matmul_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    if (lid >= WG_Y * params.group_columns) { return; } // past this workgroup's tiles
+    let tile = tile_of(wid, lid);
     let k4 = params.k / 4u;
     let a_row4 = params.a_stride / 4u; // vec4s per row of A as stored
     let a_col4 = params.a_col / 4u;
-    let m0 = gid.y * 8u;
-    let n0 = gid.x * 16u;
-    if (m0 >= params.m || n0 >= params.n) { return; }
+    let m0 = tile.y * 8u;
+    if (tile.x >= (params.n + 15u) / 16u || m0 >= params.m) { return; }
+    let n0 = tile.x * 16u;
 
     // Row offsets (vec4 units): 8 rows of A, and the 16 rows of B that are this invocation's
     // output columns; rows past M or N re-read the last one.

@@ -34,6 +34,7 @@ struct Params {
     out_col: u32,    // first output column written (0 unless writing a column slice)
     a_stride: u32,   // elements between rows of A as stored (K, or M for the transposed A)
     a_col: u32,      // first column of A as stored that the product reads (0 unless a slice)
+    group_columns: u32, // (the register-tiled kernel's workgroup layout; unused here)
 }
 
 const ACCUMULATE: u32 = 1u;

@@ -29,10 +29,17 @@ pub const WG_Y: usize = 8;
 pub const TILE: usize = 64;
 /// Texture-operand matmul: output rows and columns per invocation.
 pub const TEXTURE_TILE: usize = 16;
-/// … the tile rows one of its workgroups of 64 covers (`GROUP_ROWS` in the shader), and the
-/// most tile columns (a product of fewer takes them all, its spare invocations idle).
+/// … and the tile rows one of its workgroups of 64 covers (`GROUP_ROWS` in the shader).
 pub const TEXTURE_GROUP_ROWS: usize = 8;
-const TEXTURE_GROUP_COLUMNS: usize = WG / TEXTURE_GROUP_ROWS;
+
+/// Tile columns per workgroup of the register-tiled and texture kernels, for a product of
+/// `tile_columns` with at most `max` per workgroup: the columns shared evenly among the fewest
+/// workgroups that hold them (12 as two workgroups of 6, not 8 and 4), so that each
+/// workgroup's invocations, packed along its tile rows, fill whole SIMD vectors or warps even
+/// where a product has few columns (the shaders' Launch notes).
+pub fn group_columns(tile_columns: usize, max: usize) -> usize {
+    tile_columns.div_ceil(tile_columns.div_ceil(max).max(1)).max(1)
+}
 
 const ACCUMULATE: u32 = 1;
 const HAS_BIAS: u32 = 2;
@@ -60,6 +67,7 @@ struct Params {
     out_col: u32,
     a_stride: u32,
     a_col: u32,
+    group_columns: u32,
 }
 
 /// out (+)= op(a)·op(b) (+ bias) with the adapter's preferred variant.
@@ -465,15 +473,27 @@ fn record(
     // keeps it unwritten).
     let post = post.unwrap_or(out);
     let (out_stride, out_col, a_stride, a_col) = (out_stride as u32, out_col as u32, a_stride as u32, a_col as u32);
-    let params = Params { m: m as u32, n: n as u32, k: k as u32, flags, out_stride, out_col, a_stride, a_col };
+    // Each invocation computes 8 rows × 16 columns of the output; a workgroup 8 tile rows of
+    // group_columns(…) tile columns.
+    let (tile_columns, columns) = (groups(n, 16), group_columns(groups(n, 16), WG_X));
+    let params = Params {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        flags,
+        out_stride,
+        out_col,
+        a_stride,
+        a_col,
+        group_columns: columns as u32,
+    };
     let p = bytemuck::bytes_of(&params);
     // Kernels that read a bias binding get `a` when there is none (the flag keeps it unread).
     let bias = bias.unwrap_or(a);
     let vec4_out = out_stride.is_multiple_of(4) && out_col.is_multiple_of(4);
     let vec4_a = a_stride.is_multiple_of(4) && a_col.is_multiple_of(4);
     let register_tiled = variant == MatmulVariant::RegisterTiled && register_tiled_fits(layout, m, n, k);
-    // Each invocation computes 8 rows × 16 columns of the output.
-    let grid = [groups(n, WG_X * 16) as u32, groups(m, WG_Y * 8) as u32, 1];
+    let grid = [groups(tile_columns, columns) as u32, groups(m, WG_Y * 8) as u32, 1];
     // On the CPU adapter the NN kernel runs at about twice the NT kernel's rate (its B loads are
     // contiguous vec4s across invocations, NT's are 16 strided rows): when the shape allows NN,
     // transpose B once into a scratch tensor and run that instead (dinp = dout·Wᵀ in every
@@ -491,7 +511,7 @@ fn record(
     {
         let gpu = rec.gpu().clone();
         let b_t = gpu.tensor(&[k, n], DType::F32)?;
-        let tp = Params { m: n as u32, n: k as u32, k: 0, flags: 0, out_stride: 0, out_col: 0, a_stride: 0, a_col: 0 };
+        let tp = Params { m: n as u32, n: k as u32, ..bytemuck::Zeroable::zeroed() };
         let transposed = [bind(1, b), bind(4, &b_t)];
         rec.dispatch(
             &TILED_SHADER,
@@ -683,7 +703,7 @@ fn record_texture(
                     | if with_bias { HAS_BIAS } else { 0 }
                     | if with_gelu { HAS_GELU } else { 0 };
                 let (tile_columns, tile_rows) = (groups(nc, TEXTURE_TILE), groups(mc, TEXTURE_TILE));
-                let group_columns = tile_columns.min(TEXTURE_GROUP_COLUMNS);
+                let group_columns = group_columns(tile_columns, WG / TEXTURE_GROUP_ROWS);
                 let params = TextureParams {
                     m: mc as u32,
                     n: nc.next_multiple_of(4) as u32, // whole vec4s: out's rows have room (see record)
@@ -1017,6 +1037,7 @@ pub fn bias_backward(rec: &mut Recorder, dbias: &Tensor, dout: &Tensor) -> Resul
             out_col: 0,
             a_stride: n as u32,
             a_col: 0,
+            group_columns: 0,
         };
         rec.dispatch(
             &TILED_SHADER,
