@@ -53,8 +53,9 @@ pub fn variant(gpu: &Arc<Gpu>) -> Result<LayernormVariant> {
     choose_by_measurement(gpu, "layernorm", &VARIANTS, "GB/s", measure_variant)
 }
 
-/// A variant's GB/s over a forward and a backward at a small model's and GPT-2's widths, after
-/// a check against the CPU reference (None if it fails).
+/// A variant's GB/s over a forward fused with its residual add (as the model runs all but one
+/// LayerNorm of a forward) and a backward, at a small model's and GPT-2's widths, after a check
+/// against the CPU reference (None if it fails).
 fn measure_variant(gpu: &Arc<Gpu>, variant: LayernormVariant) -> Result<Option<f64>> {
     if variant == LayernormVariant::SubgroupPerRow && !gpu.has_subgroups() {
         return Ok(None); // it would run invocation-per-row: nothing of its own to measure
@@ -63,36 +64,28 @@ fn measure_variant(gpu: &Arc<Gpu>, variant: LayernormVariant) -> Result<Option<f
     let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
     let (mut bytes, mut seconds) = (0.0, 0.0);
     for (rows, c) in [(37, 20), (2048, 128), (256, 768)] {
-        let (x, w, b, dout) =
-            (rng.normals(rows * c, 1.0), rng.normals(c, 1.0), rng.normals(c, 1.0), rng.normals(rows * c, 1.0));
-        let (tx, tw, tb, tdout) = (
-            gpu.upload(&[rows, c], &f32s(&x))?,
-            gpu.upload(&[c], &f32s(&w))?,
-            gpu.upload(&[c], &f32s(&b))?,
-            gpu.upload(&[rows, c], &f32s(&dout))?,
-        );
-        let (out, mean, rstd) = (
-            gpu.upload(&[rows, c], &vec![0.0; rows * c])?,
-            gpu.upload(&[rows], &vec![0.0; rows])?,
-            gpu.upload(&[rows], &vec![0.0; rows])?,
-        );
-        let (dinp, dw, db) = (
-            gpu.upload(&[rows, c], &vec![0.0; rows * c])?,
-            gpu.upload(&[c], &vec![0.0; c])?,
-            gpu.upload(&[c], &vec![0.0; c])?,
-        );
+        let (x, add, dout) = (rng.normals(rows * c, 1.0), rng.normals(rows * c, 1.0), rng.normals(rows * c, 1.0));
+        let (w, b) = (rng.normals(c, 1.0), rng.normals(c, 1.0));
+        let up = |v: &[f64], shape: &[usize]| gpu.upload(shape, &f32s(v));
+        let (tx, tadd, tdout) = (up(&x, &[rows, c])?, up(&add, &[rows, c])?, up(&dout, &[rows, c])?);
+        let (tw, tb) = (up(&w, &[c])?, up(&b, &[c])?);
+        let zeros = |shape: &[usize]| gpu.upload(shape, &vec![0.0; shape.iter().product()]);
+        let (residual, out, mean, rstd) = (zeros(&[rows, c])?, zeros(&[rows, c])?, zeros(&[rows])?, zeros(&[rows])?);
+        let (dinp, dw, db) = (zeros(&[rows, c])?, zeros(&[c])?, zeros(&[c])?);
         let step = |rec: &mut Recorder| -> Result<()> {
-            forward_with_variant(rec, variant, &out, &mean, &rstd, &tx, &tw, &tb, 1e-5)?;
-            backward_with_variant(rec, variant, &dinp, &dw, &db, &tdout, &tx, &tw, &mean, &rstd)
+            residual_forward_with_variant(rec, variant, &residual, &out, &mean, &rstd, &tx, &tadd, &tw, &tb, 1e-5)?;
+            backward_with_variant(rec, variant, &dinp, &dw, &db, &tdout, &residual, &tw, &mean, &rstd)
         };
         if rows == 37 {
             // The check: one forward and one backward against the CPU reference.
             let mut rec = Recorder::new(gpu);
             step(&mut rec)?;
             rec.submit();
-            let (want_out, _, _) = crate::reference::layernorm_forward(&x, &w, &b, c, 1e-5);
-            let (want_dinp, _, _) = crate::reference::layernorm_backward(&dout, &x, &w, c, 1e-5);
-            if !matches_reference(&gpu.download(&out)?, &want_out)
+            let sum: Vec<f64> = x.iter().zip(&add).map(|(x, a)| x + a).collect();
+            let (want_out, _, _) = crate::reference::layernorm_forward(&sum, &w, &b, c, 1e-5);
+            let (want_dinp, _, _) = crate::reference::layernorm_backward(&dout, &sum, &w, c, 1e-5);
+            if !matches_reference(&gpu.download(&residual)?, &sum)
+                || !matches_reference(&gpu.download(&out)?, &want_out)
                 || !matches_reference(&gpu.download(&dinp)?, &want_dinp)
             {
                 return Ok(None);
@@ -100,9 +93,10 @@ fn measure_variant(gpu: &Arc<Gpu>, variant: LayernormVariant) -> Result<Option<f
             continue;
         }
         seconds += seconds_per_call(gpu, step)?;
-        // What the kernels must move at least (their `Work`): the forward reads inp and writes out,
-        // the backward reads inp, dout and dinp and writes dinp, then reads inp and dout again.
-        bytes += (4 * 7 * rows * c) as f64;
+        // What the kernels must move at least (their `Work`): the forward reads both summands and
+        // writes the sum and out, the backward reads inp, dout and dinp and writes dinp, then
+        // reads inp and dout again.
+        bytes += (4 * 9 * rows * c) as f64;
     }
     Ok(Some(bytes / seconds / 1e9))
 }
