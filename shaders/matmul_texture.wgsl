@@ -29,12 +29,12 @@
 // Launch: workgroup 64. pack_rows: one invocation per texel; pack_columns: one per 4 texels of
 // a column; unpad_columns: one per output element; all three with flat index
 // wid.y·nwg.x·64 + wid.x·64 + lid (grid from Gpu::grid). matmul_texture: one invocation per 16×16
-// tile of the output; a workgroup covers 8 tile rows of G = params.group_columns =
-// min(8, ceil(N/16)) tile columns, invocation lid < 8·G taking tile row lid / G and tile column
-// lid % G, so that neighbouring invocations hold neighbouring tiles even in a product of few
-// columns (64 in the demo's model: G = 4), whose SIMD vectors or warps a fixed 8 × 8 layout
-// would half leave idle; invocations past 8·G return at once. Grid = (ceil(ceil(N/16) / G),
-// ceil(M/128)).
+// tile of the output; a workgroup covers 8 tile rows of G = params.group_columns ≤ 8 tile
+// columns (kernels::matmul::group_columns: a row's tile columns shared evenly among its
+// workgroups), invocation lid < 8·G taking tile row lid / G and tile column lid % G, so that
+// neighbouring invocations hold neighbouring tiles even in a product of few columns (64 in the
+// demo's model: G = 4), whose SIMD vectors or warps a fixed 8 × 8 layout would half leave idle;
+// invocations past 8·G return at once. Grid = (ceil(ceil(N/16) / G), ceil(M/128)).
 struct PackParams {
     rows: u32,       // rows of the block (texel rows past it are zeros)
     cols: u32,       // columns of the block (texel columns past it are zeros)
@@ -54,7 +54,7 @@ struct Params {
     out_stride4: u32, // vec4s between output rows
     out_offset4: u32, // vec4 of out holding output (0, 0)
     bias_offset4: u32,// vec4 of bias holding output column 0's bias
-    group_columns: u32, // tile columns per workgroup: min(8, ceil(N/16)) (see Launch)
+    group_columns: u32, // tile columns per workgroup (see Launch)
 }
 
 const ACCUMULATE: u32 = 1u;
@@ -169,7 +169,7 @@ fn store_row(row: u32, c0: u32, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3:
 @compute @workgroup_size(WG)
 fn matmul_texture(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let columns = params.group_columns;
-    if (lid >= GROUP_ROWS * columns) { return; } // a product of fewer than 8 tile columns
+    if (lid >= GROUP_ROWS * columns) { return; } // past this workgroup's tiles
     let m0 = (wid.y * GROUP_ROWS + lid / columns) * TILE;
     let c0 = (wid.x * columns + lid % columns) * (TILE / 4u); // first vec4 column
     if (m0 >= params.m || 4u * c0 >= params.n) { return; }

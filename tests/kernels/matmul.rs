@@ -400,3 +400,15 @@ fn linear_forward_gelu_epilogues_match_reference() {
         }
     }
 }
+
+#[test]
+fn group_columns_share_a_row_of_tiles_evenly_among_the_fewest_workgroups() {
+    use ppo_wgpu::kernels::matmul::group_columns;
+    assert_eq!((group_columns(12, 8), group_columns(4, 8), group_columns(16, 8), group_columns(20, 8)), (6, 4, 8, 7));
+    for tiles in 1..200 {
+        let g = group_columns(tiles, 8);
+        let groups = tiles.div_ceil(g);
+        assert!(g <= 8 && groups == tiles.div_ceil(8), "{tiles} tile columns: {g} per workgroup, {groups} workgroups");
+        assert!(g * groups - tiles < groups, "{tiles} tile columns: {g} per workgroup leaves a workgroup short");
+    }
+}
