@@ -328,8 +328,9 @@ impl Model {
             linear_forward(rec, &a.qkv, &a.ln1, &lp.c_attn_w, Some(&lp.c_attn_b))?;
             attention_forward(rec, &a.atty, &a.att_lse, &a.qkv, &batch.mask, self.attention_shape(b, t))?;
             linear_forward(rec, &a.attproj, &a.atty, &lp.attn_proj_w, Some(&lp.attn_proj_b))?;
-            let (ln2, w2, b2) = ((&a.ln2, &a.ln2_mean, &a.ln2_rstd), &lp.ln_2_w, &lp.ln_2_b);
-            residual_layernorm_forward(rec, &a.residual2, ln2.0, ln2.1, ln2.2, residual, &a.attproj, w2, b2, eps)?;
+            let (ln2, mean2, rstd2) = (&a.ln2, &a.ln2_mean, &a.ln2_rstd);
+            let (w2, b2) = (&lp.ln_2_w, &lp.ln_2_b);
+            residual_layernorm_forward(rec, &a.residual2, ln2, mean2, rstd2, residual, &a.attproj, w2, b2, eps)?;
             linear_forward_gelu(rec, &a.fch, &a.fch_gelu, &a.ln2, &lp.c_fc_w, &lp.c_fc_b)?;
             linear_forward(rec, &a.fcproj, &a.fch_gelu, &lp.mlp_proj_w, Some(&lp.mlp_proj_b))?;
             let (out, mean, rstd, w, bias) = match (layers.get(l + 1), p.layers.get(l + 1)) {

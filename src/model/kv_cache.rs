@@ -143,20 +143,20 @@ impl Model {
         let p = &self.params;
         embedding_forward(rec, &s.x, ids, pos, &p.wte, &p.wpe)?;
         // Each residual add runs fused with the LayerNorm after it, as in `forward`.
-        let (lp0, ln) = (&p.layers[0], (&s.ln, &s.mean, &s.rstd));
-        layernorm_forward(rec, ln.0, ln.1, ln.2, &s.x, &lp0.ln_1_w, &lp0.ln_1_b, eps)?;
+        let (lp0, ln, mean, rstd) = (&p.layers[0], &s.ln, &s.mean, &s.rstd);
+        layernorm_forward(rec, ln, mean, rstd, &s.x, &lp0.ln_1_w, &lp0.ln_1_b, eps)?;
         for (l, ((lp, lw), layer_cache)) in p.layers.iter().zip(&w.layers).zip(&cache.layers).enumerate() {
             linear_forward(rec, &s.qkv, &s.ln, &lw.c_attn_w, Some(&lp.c_attn_b))?;
             kv_cache_write(rec, layer_cache, &s.qkv, cache.shape, at)?;
             decode_attention(rec, &s.atty, &s.qkv, layer_cache, &cache.mask, cache.shape, at + 1)?;
             linear_forward(rec, &s.proj, &s.atty, &lw.attn_proj_w, Some(&lp.attn_proj_b))?;
             let (w2, b2) = (&lp.ln_2_w, &lp.ln_2_b);
-            residual_layernorm_forward(rec, &s.residual2, ln.0, ln.1, ln.2, &s.x, &s.proj, w2, b2, eps)?;
+            residual_layernorm_forward(rec, &s.residual2, ln, mean, rstd, &s.x, &s.proj, w2, b2, eps)?;
             linear_forward_gelu(rec, &s.fch, &s.fch_gelu, &s.ln, &lw.c_fc_w, &lp.c_fc_b)?;
             linear_forward(rec, &s.proj, &s.fch_gelu, &lw.mlp_proj_w, Some(&lp.mlp_proj_b))?;
             // The next block's ln_1, or ln_f after the last.
             let (wn, bn) = p.layers.get(l + 1).map_or((&p.ln_f_w, &p.ln_f_b), |np| (&np.ln_1_w, &np.ln_1_b));
-            residual_layernorm_forward(rec, &s.x, ln.0, ln.1, ln.2, &s.residual2, &s.proj, wn, bn, eps)?;
+            residual_layernorm_forward(rec, &s.x, ln, mean, rstd, &s.residual2, &s.proj, wn, bn, eps)?;
         }
         self.lm_head_from(rec, &s.logits, &s.ln, &w.wte)
     }
