@@ -6,15 +6,16 @@
 //             dw += Σ_rows dout·n,  db += Σ_rows dout            (layernorm_backward_params)
 //
 // layernorm_forward4 and layernorm_backward_input4 are the same for C a multiple of 4, reading
-// and writing vec4s (a quarter of the loads and stores).
-//
-// With RESIDUAL set, the vec4 forwards are llm.c's fused residual forward: the row is
-// inp + addend, which the first pass over it also stores at `residual` (the residual stream the
-// next block and the backward read), and the later passes read back from there. One dispatch
-// where a residual add and a LayerNorm would be two, and the sum is not read a second time. layernorm_forward_wg4 and
+// and writing vec4s (a quarter of the loads and stores). layernorm_forward_wg4 and
 // layernorm_backward_input_wg4 are the same again with a workgroup per row (the other variant,
 // chosen per adapter by measurement: kernels::layernorm::variant): its 64 invocations read
 // neighbouring vec4s, as a GPU's memory wants, and reduce their partial sums in workgroup memory.
+//
+// With RESIDUAL set, the vec4 forwards (and layernorm_subgroup.wgsl's) are llm.c's fused
+// residual forward: the row is inp + addend, which the first pass over it also stores at
+// `residual` (the residual stream the next block and the backward read), and the later passes
+// read back from there. One dispatch where a residual add and a LayerNorm would be two, and the
+// sum is not read a second time.
 //
 // Layout: inp, out, dout, dinp [N, C] row-major; w, b, dw, db [C]; mean, rstd [N] (saved by the
 // forward for the backward); addend, residual [N, C]. The vec4 forms bind inp, w, b, out, dout,

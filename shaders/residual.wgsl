@@ -3,6 +3,9 @@
 //   residual_forward:  out[i] = a[i] + b[i]          (x + attn(ln(x)), x + mlp(ln(x)))
 //   accumulate:        dst[i] = dst[i] + src[i]      (a residual's gradient flows to both branches)
 //
+// The model's forward adds its residuals inside the LayerNorm that reads them (layernorm.wgsl's
+// RESIDUAL); residual_forward takes the rows that are not whole vec4s.
+//
 // The `…4` entry points are the same for n a multiple of 4, one invocation per vec4: a quarter
 // of the loads and stores (which is what bounds these kernels on a software adapter).
 //

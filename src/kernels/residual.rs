@@ -10,7 +10,8 @@ pub const SHADER: Shader =
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 256;
 
-/// out = a + b, elementwise.
+/// out = a + b, elementwise. (The model's forward runs its residual adds fused with the
+/// LayerNorm after them, `layernorm::residual_layernorm_forward`, which falls back on this.)
 pub fn residual_forward(rec: &mut Recorder, out: &Tensor, a: &Tensor, b: &Tensor) -> Result<()> {
     expect_len(b, a.len(), "residual operand b")?;
     expect_len(out, a.len(), "residual output")?;
