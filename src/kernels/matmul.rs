@@ -475,7 +475,8 @@ fn record(
     let (out_stride, out_col, a_stride, a_col) = (out_stride as u32, out_col as u32, a_stride as u32, a_col as u32);
     // Each invocation computes 8 rows × 16 columns of the output; a workgroup 8 tile rows of
     // group_columns(…) tile columns.
-    let (tile_columns, columns) = (groups(n, 16), group_columns(groups(n, 16), WG_X));
+    let tile_columns = groups(n, 16);
+    let columns = group_columns(tile_columns, WG_X);
     let params = Params {
         m: m as u32,
         n: n as u32,
