@@ -146,24 +146,27 @@ fn pack_columns(
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(11) var<storage, read_write> post: array<vec4<f32>>; // the GELU epilogue's output
 
-// Stores one output row's 16 columns (four vec4s from vec4 column c0), skipping what lies
-// outside [M, N/4).
-fn store_row(row: u32, c0: u32, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>) {
-    if (row >= params.m) { return; }
-    let values = array<vec4<f32>, 4>(v0, v1, v2, v3);
-    for (var c = 0u; c < 4u; c++) {
-        let col = c0 + c;
-        if (col >= params.n / 4u) { return; }
-        var v = values[c];
-        if ((params.flags & HAS_BIAS) != 0u) {
-            let at = 4u * (params.bias_offset4 + col);
-            v += vec4<f32>(bias[at], bias[at + 1u], bias[at + 2u], bias[at + 3u]);
-        }
-        let at = params.out_offset4 + row * params.out_stride4 + col;
-        if ((params.flags & ACCUMULATE) != 0u) { v += out[at]; }
-        out[at] = v;
-        if ((params.flags & HAS_GELU) != 0u) { post[at] = gelu4(v); }
+// Stores output row `row`, vec4 column `col` (with the bias, accumulation and GELU that
+// params.flags ask for), unless it lies outside [M, N/4).
+fn store_vec4(row: u32, col: u32, value: vec4<f32>) {
+    if (row >= params.m || col >= params.n / 4u) { return; }
+    var v = value;
+    if ((params.flags & HAS_BIAS) != 0u) {
+        let at = 4u * (params.bias_offset4 + col);
+        v += vec4<f32>(bias[at], bias[at + 1u], bias[at + 2u], bias[at + 3u]);
     }
+    let at = params.out_offset4 + row * params.out_stride4 + col;
+    if ((params.flags & ACCUMULATE) != 0u) { v += out[at]; }
+    out[at] = v;
+    if ((params.flags & HAS_GELU) != 0u) { post[at] = gelu4(v); }
+}
+
+// Stores one output row's 16 columns (four vec4s from vec4 column c0).
+fn store_row(row: u32, c0: u32, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>) {
+    store_vec4(row, c0, v0);
+    store_vec4(row, c0 + 1u, v1);
+    store_vec4(row, c0 + 2u, v2);
+    store_vec4(row, c0 + 3u, v3);
 }
 
 @compute @workgroup_size(WG)

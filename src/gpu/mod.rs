@@ -88,6 +88,18 @@ pub enum MatmulVariant {
     /// Operands packed into rgba32float textures, 16×16 outputs per invocation: the fast kernel
     /// on CPU adapters whose storage-buffer loads are slow (lavapipe on AVX2 hosts).
     Texture,
+    /// The texture kernel with the rows of A shared across a subgroup of 8 invocations by
+    /// broadcast, 32×8 outputs per invocation: fewer texel fetches, where those bound the
+    /// texture kernel (lavapipe). Offered where the adapter's subgroups have exactly 8
+    /// invocations; elsewhere it runs as `Texture`.
+    TextureSubgroup,
+}
+
+impl MatmulVariant {
+    /// Whether the variant packs its operands into textures (`Texture`, `TextureSubgroup`).
+    pub fn reads_textures(self) -> bool {
+        matches!(self, MatmulVariant::Texture | MatmulVariant::TextureSubgroup)
+    }
 }
 
 /// Limits to lower below what the adapter offers (`Gpu::with_lower_limits`).
@@ -315,6 +327,14 @@ impl Gpu {
     /// Whether kernels may use subgroup operations (`subgroupAdd`, …) on this device.
     pub fn has_subgroups(&self) -> bool {
         self.device.features().contains(wgpu::Features::SUBGROUP)
+    }
+
+    /// The size of every subgroup, where the device has subgroup operations and the adapter
+    /// reports one size only (a kernel that hands values round a subgroup by fixed lanes
+    /// needs it: `kernels::matmul`'s texture-subgroup variant).
+    pub fn fixed_subgroup_size(&self) -> Option<usize> {
+        let (min, max) = (self.info.subgroup_min_size, self.info.subgroup_max_size);
+        (self.has_subgroups() && min == max && min > 0).then_some(min as usize)
     }
 
     /// The smallest subgroup the adapter reports (a kernel sizes its grid by it).

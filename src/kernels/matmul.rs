@@ -1,7 +1,7 @@
 //! Matrix multiply for linear layers in the GPT-2 layout (`W [in, out]`), forward and backward.
 //! Shaders: `matmul.wgsl` (register-tiled, vec4, no workgroup memory), `matmul_tiled.wgsl`
 //! (workgroup-shared tiles, any shape) and `matmul_texture.wgsl` (operands packed into
-//! textures, 16×16 register tiles). The variant is chosen per adapter by measurement
+//! textures, 16×16 register tiles, or 32×8 with A's rows shared across a subgroup). The variant is chosen per adapter by measurement
 //! (`variant`); a shape that breaks a variant's vec4 alignment runs on the next that takes it.
 
 use super::gelu::gelu_forward;
@@ -18,6 +18,12 @@ pub const TILED_SHADER: Shader =
     Shader { name: "matmul_tiled", source: include_str!("../../shaders/matmul_tiled.wgsl"), includes: &[] };
 pub const TEXTURE_SHADER: Shader =
     Shader { name: "matmul_texture", source: include_str!("../../shaders/matmul_texture.wgsl"), includes: &[] };
+/// The texture kernel with A's rows shared across a subgroup (needs the SUBGROUP feature).
+pub const TEXTURE_SUBGROUP_SHADER: Shader = Shader {
+    name: "matmul_texture_subgroup",
+    source: include_str!("../../shaders/matmul_texture_subgroup.wgsl"),
+    includes: &[include_str!("../../shaders/matmul_texture.wgsl")],
+};
 
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 64;
@@ -31,6 +37,22 @@ pub const TILE: usize = 64;
 pub const TEXTURE_TILE: usize = 16;
 /// … and the tile rows one of its workgroups of 64 covers (`GROUP_ROWS` in the shader).
 pub const TEXTURE_GROUP_ROWS: usize = 8;
+/// The texture-subgroup kernel: invocations per subgroup it needs (it hands A's texels round
+/// a subgroup by fixed lanes), …
+pub const SUBGROUP_LANES: usize = 8;
+/// … the output rows and columns one subgroup computes, …
+pub const SUBGROUP_BLOCK: (usize, usize) = (32, 64);
+/// … and the subgroups of a workgroup of 64, stacked along M (`SUBGROUP_BLOCKS` in the shader).
+pub const SUBGROUP_BLOCKS: usize = WG / SUBGROUP_LANES;
+
+/// The variant that runs when `variant` is asked for on this device: texture-subgroup where
+/// the subgroups are not all of SUBGROUP_LANES invocations runs as texture.
+fn available(gpu: &Gpu, variant: MatmulVariant) -> MatmulVariant {
+    match variant {
+        MatmulVariant::TextureSubgroup if gpu.fixed_subgroup_size() != Some(SUBGROUP_LANES) => MatmulVariant::Texture,
+        v => v,
+    }
+}
 
 /// Tile columns per workgroup of the register-tiled and texture kernels, for a product of
 /// `tile_columns` with at most `max` per workgroup: the columns shared evenly among the fewest
@@ -185,11 +207,9 @@ pub fn matmul_with_variant(
     //   TN, n = 1:           out[M,1] = a[K,M]ᵀ·b[K,1]   as  outᵀ[1,M] = bᵀ[1,K]·a[K,M]    (NN)
     // The texture kernel computes 16×16 blocks: a product with fewer rows (a decode step's) or
     // fewer than 4 columns runs register-tiled instead, as does one with an f16 B.
-    let variant = if variant == MatmulVariant::Texture && !texture_takes(m, n, b) {
-        MatmulVariant::RegisterTiled
-    } else {
-        variant
-    };
+    let variant = available(rec.gpu(), variant);
+    let variant =
+        if variant.reads_textures() && !texture_takes(m, n, b) { MatmulVariant::RegisterTiled } else { variant };
     if variant == MatmulVariant::RegisterTiled && !register_tiled_fits(layout, m, n, k) {
         let rewritten = match layout {
             Layout::NN if n == 1 && bias.is_none() && register_tiled_fits(Layout::NT, 1, m, k) => {
@@ -325,10 +345,11 @@ fn cannot_split(stuck: bool, a: &Tensor, b: &Tensor, out: &Tensor, limit: usize)
 }
 
 /// The names of the variants, as `PPO_WGPU_MATMUL` and the cache spell them.
-pub const VARIANTS: [(MatmulVariant, &str); 3] = [
+pub const VARIANTS: [(MatmulVariant, &str); 4] = [
     (MatmulVariant::RegisterTiled, "register-tiled"),
     (MatmulVariant::WorkgroupTiled, "workgroup-tiled"),
     (MatmulVariant::Texture, "texture"),
+    (MatmulVariant::TextureSubgroup, "texture-subgroup"),
 ];
 
 /// Products with fewer output rows than this (a decode step's, one row per sequence) have a
@@ -339,7 +360,7 @@ pub const NARROW_ROWS: usize = 128;
 
 /// The matmul variant this adapter runs for products of at least NARROW_ROWS rows: chosen by
 /// measurement on first use and cached (see `gpu::variants`), or forced with
-/// PPO_WGPU_MATMUL=register-tiled|workgroup-tiled|texture.
+/// PPO_WGPU_MATMUL=register-tiled|workgroup-tiled|texture|texture-subgroup.
 pub fn variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
     // Shapes like a small model's linear layers over a batch of tokens.
     let shapes = [(Layout::NN, (256, 512, 128)), (Layout::NT, (256, 128, 512)), (Layout::TN, (128, 512, 256))];
@@ -365,6 +386,9 @@ fn measure_variant(
     variant: MatmulVariant,
     shapes: &[(Layout, (usize, usize, usize))],
 ) -> Result<Option<f64>> {
+    if available(gpu, variant) != variant {
+        return Ok(None); // it would run as another variant: nothing of its own to measure
+    }
     let mut rng = crate::rng::Rng::new(11);
     for (layout, (m, n, k)) in [(Layout::NN, (37, 44, 29)), (Layout::NT, (33, 20, 52)), (Layout::TN, (24, 40, 17))] {
         let (a, b) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0));
@@ -423,12 +447,12 @@ fn record(
     (out_stride, out_col): (usize, usize),
     (a_stride, a_col): (usize, usize),
 ) -> Result<()> {
-    if variant == MatmulVariant::Texture {
+    if variant.reads_textures() {
         let vec4_out = n.is_multiple_of(4) && out_stride.is_multiple_of(4) && out_col.is_multiple_of(4);
         let method = if texture_takes(m, n, b) { pack_method(rec.gpu())? } else { PackMethod::Shader };
         if texture_takes(m, n, b) && vec4_out {
             let place = ((out_stride, out_col), (a_stride, a_col));
-            return record_texture(rec, method, out, a, b, bias, post, layout, accumulate, (m, n, k), place);
+            return record_texture(rec, variant, method, out, a, b, bias, post, layout, accumulate, (m, n, k), place);
         }
         if texture_takes(m, n, b) {
             ensure_shape(post.is_none(), || format!("the GELU epilogue needs whole vec4 rows, not {n} columns"))?;
@@ -437,7 +461,7 @@ fn record(
             let padded = n.next_multiple_of(4);
             let scratch = rec.gpu().tensor(&[m, padded], DType::F32)?;
             let place = ((padded, 0), (a_stride, a_col));
-            record_texture(rec, method, &scratch, a, b, None, None, layout, false, (m, n, k), place)?;
+            record_texture(rec, variant, method, &scratch, a, b, None, None, layout, false, (m, n, k), place)?;
             return unpad_columns(rec, out, &scratch, bias, accumulate, (m, n), padded, (out_stride, out_col));
         }
         let variant = MatmulVariant::RegisterTiled;
@@ -646,16 +670,18 @@ pub fn texture_matmul_with_pack(
         format!("texture matmul of {m}×{n}: needs at least {TEXTURE_TILE} rows, a multiple of 4 columns and an f32 B")
     })?;
     let a_stride = a.shape().last().copied().unwrap_or(1);
-    record_texture(rec, method, out, a, b, bias, None, layout, accumulate, (m, n, k), ((n, 0), (a_stride, 0)))
+    let place = ((n, 0), (a_stride, 0));
+    record_texture(rec, MatmulVariant::Texture, method, out, a, b, bias, None, layout, accumulate, (m, n, k), place)
 }
 
-/// Records a product on the texture kernel (arguments as `record`): packs op(A) and op(B) into
-/// textures (by `method` where a block allows a copy), transposing where the layout asks, then
-/// multiplies them. Where an operand would exceed the adapter's texture size the product runs
+/// Records a product on a texture kernel (arguments as `record`; `variant`: Texture or
+/// TextureSubgroup): packs op(A) and op(B) into textures (by `method` where a block allows a
+/// copy), transposing where the layout asks, then multiplies them. Where an operand would exceed the adapter's texture size the product runs
 /// in blocks: rows of out, columns of out, and slices of K accumulated one after another.
 #[allow(clippy::too_many_arguments)]
 fn record_texture(
     rec: &mut Recorder,
+    variant: MatmulVariant,
     method: PackMethod,
     out: &Tensor,
     a: &Tensor,
@@ -724,20 +750,18 @@ fn record_texture(
                     bind(6, out),
                     bind(11, post.unwrap_or(out)),
                 ];
-                let grid =
-                    [groups(tile_columns, group_columns) as u32, groups(tile_rows, TEXTURE_GROUP_ROWS) as u32, 1];
+                let (shader, entry, grid) = if variant == MatmulVariant::TextureSubgroup {
+                    let (block_rows, block_columns) = SUBGROUP_BLOCK;
+                    let grid = [groups(nc, block_columns), groups(mc, block_rows * SUBGROUP_BLOCKS), 1];
+                    (&TEXTURE_SUBGROUP_SHADER, "matmul_texture_subgroup", grid.map(|g| g as u32))
+                } else {
+                    let grid = [groups(tile_columns, group_columns), groups(tile_rows, TEXTURE_GROUP_ROWS), 1];
+                    (&TEXTURE_SHADER, "matmul_texture", grid.map(|g| g as u32))
+                };
                 let accumulated = (flags & ACCUMULATE != 0) as usize;
                 let stores = 1 + accumulated + with_gelu as usize;
                 let work = Work::flops(2 * mc * nc * kc, mc * kc + kc * nc + mc * nc * stores);
-                rec.dispatch(
-                    &TEXTURE_SHADER,
-                    "matmul_texture",
-                    &[],
-                    bytemuck::bytes_of(&params),
-                    &bindings,
-                    grid,
-                    work,
-                )?;
+                rec.dispatch(shader, entry, &[], bytemuck::bytes_of(&params), &bindings, grid, work)?;
             }
         }
     }
@@ -830,7 +854,21 @@ fn measure_pack_method(gpu: &Arc<Gpu>, method: PackMethod) -> Result<Option<f64>
     let (ta, tb) = (gpu.upload(&[m, k], &f32s(&a))?, gpu.upload(&[k, n], &f32s(&b))?);
     let out = gpu.tensor(&[m, n], DType::F32)?;
     let mut rec = Recorder::new(gpu);
-    record_texture(&mut rec, method, &out, &ta, &tb, None, None, Layout::NN, false, (m, n, k), ((n, 0), (k, 0)))?;
+    let place = ((n, 0), (k, 0));
+    record_texture(
+        &mut rec,
+        MatmulVariant::Texture,
+        method,
+        &out,
+        &ta,
+        &tb,
+        None,
+        None,
+        Layout::NN,
+        false,
+        (m, n, k),
+        place,
+    )?;
     rec.submit();
     if !matches_reference(&gpu.download(&out)?, &crate::reference::matmul(&a, &b, m, n, k, Layout::NN)) {
         return Ok(None);
@@ -993,7 +1031,7 @@ fn one_dispatch(gpu: &Gpu, variant: MatmulVariant, m: usize, n: usize, k: usize)
     let limit = gpu.limits.max_storage_buffer_binding_size as usize / 4;
     let max = gpu.limits.max_texture_dimension_2d as usize;
     let textures_fit = texture_sizes(m, n, k).iter().all(|&(width, height)| width <= max && height <= max);
-    let texture_ok = variant != MatmulVariant::Texture || !texture_fits(m, n) || textures_fit;
+    let texture_ok = !variant.reads_textures() || !texture_fits(m, n) || textures_fit;
     m > 0 && n.is_multiple_of(4) && k <= MAX_K && m * k <= limit && m * n <= limit && k * n <= limit && texture_ok
 }
 

@@ -109,6 +109,7 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &matmul::SHADER,
     &matmul::TILED_SHADER,
     &matmul::TEXTURE_SHADER,
+    &matmul::TEXTURE_SUBGROUP_SHADER,
     &padded_vocab::SHADER,
     &ppo::SHADER,
     &ppo::UNFUSED_SHADER,
@@ -149,6 +150,7 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
     ("matmul_texture", "WG", matmul::WG),
     ("matmul_texture", "TILE", matmul::TEXTURE_TILE),
     ("matmul_texture", "GROUP_ROWS", matmul::TEXTURE_GROUP_ROWS),
+    ("matmul_texture_subgroup", "SUBGROUP_BLOCKS", matmul::SUBGROUP_BLOCKS),
     ("padded_vocab", "WG", padded_vocab::WG),
     ("ppo_loss", "WG", ppo::WG),
     ("ppo_loss", "WG_STATS", ppo::WG_STATS),
@@ -183,7 +185,7 @@ pub fn override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
             .into_iter()
             .flat_map(|(a, b)| [0.0, 1.0].map(|f16| vec![("TRANS_A", a), ("TRANS_B", b), ("B_F16", f16)]))
             .collect(),
-        "matmul_texture" => flags("SRC_VEC4").into(),
+        "matmul_texture" | "matmul_texture_subgroup" => flags("SRC_VEC4").into(),
         "layernorm" | "layernorm_subgroup" => flags("RESIDUAL").into(),
         "sampling" => sampling::LANES.iter().map(|(lanes, _)| vec![("WG", lanes.count() as f64)]).collect(),
         _ => vec![vec![]],

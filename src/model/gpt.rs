@@ -553,7 +553,7 @@ pub fn memory_estimate(
     let transpose_scratch = if transposes { 4 * (l * 12 * c * c + v * c) } else { 0 };
     let on_textures: Vec<_> = training_products(config, heads, bt)
         .into_iter()
-        .filter(|&(m, _, _)| variant_for_rows(m) == MatmulVariant::Texture)
+        .filter(|&(m, _, _)| variant_for_rows(m).reads_textures())
         .collect();
     let texture_scratch = crate::kernels::matmul::texture_scratch_bytes(&on_textures);
     MemoryEstimate {

@@ -47,8 +47,12 @@ fn f16_copy_of_an_odd_row_is_an_error() {
     assert_eq!((even.dtype(), even.shape()), (DType::U32, &[3, 2][..]));
 }
 
-const VARIANTS: [MatmulVariant; 3] =
-    [MatmulVariant::RegisterTiled, MatmulVariant::WorkgroupTiled, MatmulVariant::Texture];
+const VARIANTS: [MatmulVariant; 4] = [
+    MatmulVariant::RegisterTiled,
+    MatmulVariant::WorkgroupTiled,
+    MatmulVariant::Texture,
+    MatmulVariant::TextureSubgroup,
+];
 
 /// out (+)= op(A)·op(B) (+ bias, NN) with B in f16 on `variant` against the reference with B
 /// rounded as the copy rounds it (so a kernel that read B at f32 would fail: the rounding

@@ -3,8 +3,12 @@ use ppo_wgpu::gpu::{MatmulVariant, Recorder};
 use ppo_wgpu::kernels::matmul::{Layout, bias_backward, linear_backward, linear_forward, matmul_with_variant};
 use ppo_wgpu::reference;
 
-const VARIANTS: [MatmulVariant; 3] =
-    [MatmulVariant::RegisterTiled, MatmulVariant::WorkgroupTiled, MatmulVariant::Texture];
+const VARIANTS: [MatmulVariant; 4] = [
+    MatmulVariant::RegisterTiled,
+    MatmulVariant::WorkgroupTiled,
+    MatmulVariant::Texture,
+    MatmulVariant::TextureSubgroup,
+];
 const LAYOUTS: [Layout; 3] = [Layout::NN, Layout::NT, Layout::TN];
 
 /// f32 sums of K products of unit normals: the error grows like sqrt(K)·ε·|terms|.
@@ -243,27 +247,72 @@ fn texture_matmul_splits_operands_larger_than_the_texture_limit() {
         let (sa, sb) = operand_shapes(layout, m, n, k);
         let (a, b, prior) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0), rng.normals(m * n, 1.0));
         let up = |x: &[f64], shape: &[usize]| gpu.upload(shape, &to_f32(x)).unwrap();
-        let (ta, tb, acc) = (up(&a, &sa), up(&b, &sb), up(&prior, &[m, n]));
-        let mut rec = Recorder::new(&gpu);
-        matmul_with_variant(&mut rec, MatmulVariant::Texture, &acc, &ta, &tb, None, layout, true).unwrap();
-        assert!(rec.dispatch_count() > 3, "{layout:?} M={m} N={n} K={k} should have been split");
-        rec.submit();
-        let want: Vec<f64> =
-            reference::matmul(&a, &b, m, n, k, layout).iter().zip(&prior).map(|(x, y)| x + y).collect();
-        let got: Vec<f64> = gpu.download(&acc).unwrap().into_iter().map(f64::from).collect();
-        let (atol, rtol) = tol(k);
-        assert_close(&format!("texture-split matmul {layout:?} M={m} N={n} K={k}"), &got, &want, atol, rtol);
-        if layout == Layout::NN {
-            let bias = rng.normals(n, 1.0);
-            let out = up(&vec![0.0; m * n], &[m, n]);
+        let (ta, tb) = (up(&a, &sa), up(&b, &sb));
+        let bias = rng.normals(n, 1.0);
+        for variant in [MatmulVariant::Texture, MatmulVariant::TextureSubgroup] {
+            let acc = up(&prior, &[m, n]);
             let mut rec = Recorder::new(&gpu);
-            let tbias = up(&bias, &[n]);
-            matmul_with_variant(&mut rec, MatmulVariant::Texture, &out, &ta, &tb, Some(&tbias), layout, false).unwrap();
+            matmul_with_variant(&mut rec, variant, &acc, &ta, &tb, None, layout, true).unwrap();
+            assert!(rec.dispatch_count() > 3, "{layout:?} M={m} N={n} K={k} should have been split");
             rec.submit();
-            let want = reference::linear_forward(&a, &b, Some(&bias), m, k, n);
-            let got: Vec<f64> = gpu.download(&out).unwrap().into_iter().map(f64::from).collect();
-            assert_close(&format!("texture-split linear M={m} N={n} K={k}"), &got, &want, atol, rtol);
+            let want: Vec<f64> =
+                reference::matmul(&a, &b, m, n, k, layout).iter().zip(&prior).map(|(x, y)| x + y).collect();
+            let got: Vec<f64> = gpu.download(&acc).unwrap().into_iter().map(f64::from).collect();
+            let (atol, rtol) = tol(k);
+            let what = format!("{variant:?} M={m} N={n} K={k}");
+            assert_close(&format!("texture-split matmul {layout:?} {what}"), &got, &want, atol, rtol);
+            if layout == Layout::NN {
+                let out = up(&vec![0.0; m * n], &[m, n]);
+                let mut rec = Recorder::new(&gpu);
+                let tbias = up(&bias, &[n]);
+                matmul_with_variant(&mut rec, variant, &out, &ta, &tb, Some(&tbias), layout, false).unwrap();
+                rec.submit();
+                let want = reference::linear_forward(&a, &b, Some(&bias), m, k, n);
+                let got: Vec<f64> = gpu.download(&out).unwrap().into_iter().map(f64::from).collect();
+                assert_close(&format!("texture-split linear {what}"), &got, &want, atol, rtol);
+            }
         }
+    }
+}
+
+#[test]
+fn texture_subgroup_is_measured_where_subgroups_have_8_lanes_and_runs_as_texture_elsewhere() {
+    // Where the adapter's subgroups all have 8 invocations (lavapipe's 8-wide SIMD) the variant
+    // is measured as its own (a figure in the choice); on a device without subgroup operations
+    // it has no figure, is never chosen, and, forced, runs the texture kernel and matches.
+    let has_lanes = gpu().fixed_subgroup_size() == Some(ppo_wgpu::kernels::matmul::SUBGROUP_LANES);
+    let figure = |gpu: &std::sync::Arc<ppo_wgpu::gpu::Gpu>| {
+        ppo_wgpu::kernels::matmul::variant(gpu).unwrap();
+        let choices = gpu.variant_choices();
+        let (_, choice) = choices.iter().find(|(family, _)| family == "matmul").unwrap();
+        choice.figures.iter().find(|(name, _)| name == "texture-subgroup").and_then(|(_, rate)| *rate)
+    };
+    if std::env::var_os("PPO_WGPU_MATMUL").is_none() {
+        assert_eq!(figure(&gpu()).is_some(), has_lanes, "texture-subgroup measured on {}", gpu().describe());
+    }
+    let lower = ppo_wgpu::gpu::LowerLimits { no_subgroups: true, ..Default::default() };
+    let plain = ppo_wgpu::gpu::Gpu::with_lower_limits(None, lower).unwrap();
+    plain.set_variant_cache(None);
+    let mut rng = Rng::new(18);
+    let (m, n, k) = (70, 72, 24);
+    let (a, b) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0));
+    let up = |x: &[f64], shape: &[usize]| plain.upload(shape, &to_f32(x)).unwrap();
+    let (ta, tb, out) = (up(&a, &[m, k]), up(&b, &[k, n]), up(&vec![0.0; m * n], &[m, n]));
+    let mut rec = Recorder::new(&plain);
+    matmul_with_variant(&mut rec, MatmulVariant::TextureSubgroup, &out, &ta, &tb, None, Layout::NN, false).unwrap();
+    rec.submit();
+    let got: Vec<f64> = plain.download(&out).unwrap().into_iter().map(f64::from).collect();
+    let (atol, rtol) = tol(k);
+    assert_close(
+        "texture-subgroup without subgroups",
+        &got,
+        &reference::matmul(&a, &b, m, n, k, Layout::NN),
+        atol,
+        rtol,
+    );
+    if std::env::var_os("PPO_WGPU_MATMUL").is_none() {
+        assert_eq!(figure(&plain), None);
+        assert_ne!(ppo_wgpu::kernels::matmul::variant(&plain).unwrap(), MatmulVariant::TextureSubgroup);
     }
 }
 
