@@ -5,7 +5,8 @@
 //! memory-bound kernels. Every variant of every measured family runs, the adapter's choice
 //! first and marked "(chosen)": matmul, layernorm, cross_entropy, attention, and the texture
 //! packs, the GELU epilogue, the KV cache format, decode attention, the decode steps' weight
-//! format and the sampler's lanes (each timed through the work it changes).
+//! format, the sampler's lanes and the PPO loss's row walk (each timed through the work it
+//! changes).
 //! A summary table in GFLOP/s and GB/s ends the run (benches/common).
 //! The LM-head matmul and the matmul variant the adapter does not use run only with
 //! PPO_WGPU_BENCH_LARGE=1 (each takes seconds per call on a software adapter).
@@ -598,8 +599,14 @@ fn bench_adamw(bx: &mut Bench, c: &mut Criterion) {
 }
 
 fn bench_ppo(bx: &mut Bench, c: &mut Criterion) {
-    use ppo_wgpu::kernels::ppo::{PpoLossConfig, PpoMinibatch, ppo_loss_fused, ppo_loss_unfused};
+    use ppo_wgpu::kernels::cross_entropy::{RowVariant, SERIAL_MAX_COLUMNS};
+    use ppo_wgpu::kernels::ppo::{
+        PpoLossConfig, PpoMinibatch, ROW_VARIANTS, ppo_loss_fused_with_variant, ppo_loss_unfused, row_variant,
+    };
     let cfg = PpoLossConfig { ent_coef: 0.01, ..Default::default() };
+    // The fused loss with each row walk (family ppo_rows), the adapter's choice first; a
+    // vocabulary past SERIAL_MAX_COLUMNS always walks a workgroup per row, whatever the choice.
+    let chosen = row_variant(&bx.gpu).unwrap();
     for (label, b, t, v) in [("gpt2 vocab 4x16x50257", 4, 16, 50257), ("tiny vocab 32x64x512", 32, 64, 512)] {
         let rows = b * t;
         let logits_host = bx.rng.normals(rows * v, 2.0);
@@ -630,10 +637,6 @@ fn bench_ppo(bx: &mut Bench, c: &mut Criterion) {
             count,
             sequences: b,
         };
-        // Check first: the fused kernel against the reference loss.
-        let mut rec = Recorder::new(&bx.gpu);
-        ppo_loss_fused(&mut rec, &mb, &cfg, Some(&dvalues), &stats).unwrap();
-        rec.submit();
         let rcfg = reference::PpoConfig {
             temperature: 1.0,
             cliprange: 0.2,
@@ -645,14 +648,29 @@ fn bench_ppo(bx: &mut Bench, c: &mut Criterion) {
         };
         let token_ids = bx.gpu.download_u32(&tokens).unwrap();
         let want = reference::ppo_loss(&logits_host, &token_ids, &inputs, Some(&values_host), t, v, &rcfg);
-        bx.check("ppo_loss_fused", &logits, &want.dlogits, 1e-7, 1e-4);
         // Effective bandwidth over the logits (rows·V·4 bytes per call) for both, so the two
         // figures compare directly; the fused kernel reads them twice and writes once, the
         // unfused sequence makes five passes.
         let bytes = (rows * v * 4) as f64;
-        bx.time(c, "ppo_loss", &format!("fused {label}"), counting_bytes(bytes), |rec| {
-            ppo_loss_fused(rec, &mb, &cfg, Some(&dvalues), &stats).unwrap()
-        });
+        let walks = if v <= SERIAL_MAX_COLUMNS {
+            chosen_first(chosen, &ROW_VARIANTS)
+        } else {
+            vec![RowVariant::WorkgroupPerRow]
+        };
+        for walk in walks {
+            // Check first, on the logits as uploaded (the loss overwrites them with their
+            // gradient): the fused kernel against the reference loss.
+            let name = ROW_VARIANTS.iter().find(|&&(w, _)| w == walk).unwrap().1;
+            bx.gpu.write(&logits, &logits_host.iter().map(|&x| x as f32).collect::<Vec<f32>>()).unwrap();
+            let mut rec = Recorder::new(&bx.gpu);
+            ppo_loss_fused_with_variant(&mut rec, walk, &mb, &cfg, Some(&dvalues), &stats).unwrap();
+            rec.submit();
+            bx.check(&format!("ppo_loss_fused {name}"), &logits, &want.dlogits, 1e-7, 1e-4);
+            let mark = if walk == chosen { " (chosen)" } else { "" };
+            bx.time(c, "ppo_loss", &format!("fused {label} {name}{mark}"), counting_bytes(bytes), |rec| {
+                ppo_loss_fused_with_variant(rec, walk, &mb, &cfg, Some(&dvalues), &stats).unwrap()
+            });
+        }
         bx.time(c, "ppo_loss", &format!("unfused {label}"), counting_bytes(bytes), |rec| {
             ppo_loss_unfused(rec, &mb, &cfg, &dvalues, &stats, &logp, &scalars).unwrap()
         });

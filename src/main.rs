@@ -376,6 +376,7 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     ppo_wgpu::kernels::matmul::narrow_variant(gpu)?;
     ppo_wgpu::kernels::layernorm::variant(gpu)?;
     ppo_wgpu::kernels::cross_entropy::variant(gpu)?;
+    ppo_wgpu::kernels::ppo::row_variant(gpu)?;
     ppo_wgpu::kernels::attention::variant(gpu)?;
     ppo_wgpu::kernels::matmul::pack_method(gpu)?;
     ppo_wgpu::kernels::matmul::gelu_epilogue(gpu)?;

@@ -33,8 +33,8 @@ pub enum RowVariant {
     /// One invocation walks each row alone: no barriers (CPU adapters).
     InvocationPerRow,
     /// A subgroup per row, its lanes' slices merged with subgroupMax/subgroupAdd: no barriers
-    /// (adapters with subgroups; without, an invocation per row). The PPO losses, which have
-    /// no subgroup form, take the faster of the other two for it (`variant_without_subgroups`).
+    /// (adapters with subgroups; without, an invocation per row). The PPO losses have no
+    /// subgroup form: their row walk is a family of its own (`kernels::ppo::row_variant`).
     SubgroupPerRow,
 }
 
@@ -103,29 +103,9 @@ fn measure_variant(gpu: &Arc<Gpu>, variant: RowVariant) -> Result<Option<f64>> {
 /// vocabulary: two passes of 50257) always run a workgroup per row.
 pub const SERIAL_MAX_COLUMNS: usize = super::MAX_SERIAL_STEPS;
 
-/// The row walk of the kernels that have no subgroup form (the PPO losses and log-prob rows,
-/// kernels::ppo): the adapter's cross-entropy choice, or where that is SubgroupPerRow, the faster
-/// of the other two by the same measurement's figures (a workgroup per row when it was forced
-/// and there are none). A function of the cached choice, like the choice itself.
-pub fn variant_without_subgroups(gpu: &Arc<Gpu>) -> Result<RowVariant> {
-    let chosen = variant(gpu)?;
-    if chosen != RowVariant::SubgroupPerRow {
-        return Ok(chosen);
-    }
-    let choices = gpu.variant_choices();
-    let figures = choices.iter().find(|(family, _)| family == "cross_entropy").map(|(_, c)| &c.figures);
-    let rate =
-        |name: &str| figures.and_then(|f| f.iter().find(|(n, _)| n == name)).and_then(|(_, r)| *r).unwrap_or(0.0);
-    Ok(if rate("invocation-per-row") > rate("workgroup-per-row") {
-        RowVariant::InvocationPerRow
-    } else {
-        RowVariant::WorkgroupPerRow
-    })
-}
-
 /// The entry point and grid for `n` rows of `v`: the variant's entry (`_serial`: an invocation
 /// per row; else a workgroup per row). The PPO loss kernels (kernels::ppo), which walk rows of
-/// the vocabulary the same way, use the same entry names (and `variant_without_subgroups`).
+/// the vocabulary the same way, use the same entry names (and their own choice, `ppo_rows`).
 pub(crate) fn row_launch(gpu: &Gpu, variant: RowVariant, name: &'static str, n: usize, v: usize) -> (String, [u32; 3]) {
     match variant {
         RowVariant::InvocationPerRow if v <= SERIAL_MAX_COLUMNS => (format!("{name}_serial"), gpu.grid(groups(n, WG))),

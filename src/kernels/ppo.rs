@@ -5,7 +5,8 @@
 use super::cross_entropy::{self, RowVariant, log_softmax_forward};
 use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Recorder, Shader, Tensor, Work};
+use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call};
+use std::sync::Arc;
 
 pub const SHADER: Shader =
     Shader { name: "ppo_loss", source: include_str!("../../shaders/ppo_loss.wgsl"), includes: &[] };
@@ -45,6 +46,80 @@ struct Params {
     kl_coef: f32,
     inv_sequences: f32,
     sequence_mean: u32,
+}
+
+/// The ways the PPO loss kernels and the rollout's log-prob rows walk rows of the vocabulary
+/// (family `ppo_rows`), as `PPO_WGPU_PPO_ROWS` and the cache spell them. They have no subgroup
+/// form; rows longer than `cross_entropy::SERIAL_MAX_COLUMNS` always take a workgroup each.
+pub const ROW_VARIANTS: [(RowVariant, &str); 2] =
+    [(RowVariant::WorkgroupPerRow, "workgroup-per-row"), (RowVariant::InvocationPerRow, "invocation-per-row")];
+
+/// The row walk of `ppo_loss_fused` and `logprob_entropy`: chosen by measurement on first use
+/// and cached (family `ppo_rows`, forced with PPO_WGPU_PPO_ROWS=workgroup-per-row|
+/// invocation-per-row). Measured on these kernels themselves at the rows they run: the
+/// cross-entropy family's figures, whose shapes include rows of 16384, ranked the two the other
+/// way round in some fresh measurements on lavapipe, where these kernels then ran 4–6× slower.
+pub fn row_variant(gpu: &Arc<Gpu>) -> Result<RowVariant> {
+    choose_by_measurement(gpu, "ppo_rows", &ROW_VARIANTS, "GB/s", measure_row_variant)
+}
+
+/// A row walk's GB/s over the log-prob rows and the fused PPO loss at a small model's minibatch
+/// (2048 rows of 512) and a wider vocabulary (512 rows of 4096), after a check of the log-prob
+/// rows against the CPU reference on a ragged shape (None if it fails).
+fn measure_row_variant(gpu: &Arc<Gpu>, variant: RowVariant) -> Result<Option<f64>> {
+    let mut rng = crate::rng::Rng::new(19);
+    let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+    let (seq, v, temperature) = (7, 203, 0.7);
+    let rows = 3 * seq;
+    let logits = rng.normals(rows * v, 2.0);
+    let tokens: Vec<u32> = (0..rows).map(|r| (r * 37 % v) as u32).collect();
+    let (t_logits, t_tokens) = (gpu.upload(&[rows, v], &f32s(&logits))?, gpu.upload_u32(&[rows], &tokens)?);
+    let (logp, entropy) = (gpu.upload(&[rows], &vec![0.0; rows])?, gpu.upload(&[rows], &vec![0.0; rows])?);
+    let mut rec = Recorder::new(gpu);
+    logprob_entropy_with_variant(&mut rec, variant, &logp, &entropy, &t_logits, &t_tokens, seq, temperature)?;
+    rec.submit();
+    let (mut want_logp, mut want_entropy) = (vec![0.0; rows], vec![0.0; rows]);
+    for r in (0..rows).filter(|r| r % seq + 1 < seq) {
+        let z: Vec<f64> = logits[r * v..(r + 1) * v].iter().map(|l| l / temperature as f64).collect();
+        let lp = crate::reference::log_softmax(&z, v);
+        want_logp[r + 1] = lp[tokens[r + 1] as usize];
+        want_entropy[r + 1] = -lp.iter().map(|l| l.exp() * l).sum::<f64>();
+    }
+    if !matches_reference(&gpu.download(&logp)?, &want_logp)
+        || !matches_reference(&gpu.download(&entropy)?, &want_entropy)
+    {
+        return Ok(None);
+    }
+    let (mut bytes, mut seconds) = (0.0, 0.0);
+    for (rows, v) in [(2048, 512), (512, 4096)] {
+        let seq = 64;
+        let logits = gpu.upload(&[rows, v], &f32s(&rng.normals(rows * v, 2.0)))?;
+        let tokens = gpu.upload_u32(&[rows], &(0..rows).map(|r| (r * 37 % v) as u32).collect::<Vec<u32>>())?;
+        // Every position trained (response_mask 1), the rest of the inputs 0.
+        let inputs: Vec<f32> = (0..rows * INPUT_COLUMNS).map(|i| (i % INPUT_COLUMNS == 0) as u8 as f32).collect();
+        let inputs = gpu.upload(&[rows, INPUT_COLUMNS], &inputs)?;
+        let zeros = || gpu.upload(&[rows], &vec![0.0; rows]);
+        let (values, dvalues, logp, entropy) = (zeros()?, zeros()?, zeros()?, zeros()?);
+        let stats = gpu.upload(&[rows, 8], &vec![0.0; rows * 8])?;
+        let mb = PpoMinibatch {
+            logits: &logits,
+            tokens: &tokens,
+            inputs: &inputs,
+            values: Some(&values),
+            seq,
+            count: rows,
+            sequences: rows / seq,
+        };
+        let cfg = PpoLossConfig::default();
+        // The loss overwrites the logits with their gradient: the timed calls go on reading
+        // what the previous call left, which costs the same.
+        seconds += seconds_per_call(gpu, |rec| {
+            logprob_entropy_with_variant(rec, variant, &logp, &entropy, &logits, &tokens, seq, 1.0)?;
+            ppo_loss_fused_with_variant(rec, variant, &mb, &cfg, Some(&dvalues), &stats)
+        })?;
+        bytes += (4 * 4 * rows * v) as f64; // the log-prob rows read the logits once, the loss twice and writes them
+    }
+    Ok(Some(bytes / seconds / 1e9))
 }
 
 /// How the per-token losses average into the minibatch's loss L.
@@ -161,12 +236,12 @@ pub fn ppo_loss_fused(
     dvalues: Option<&Tensor>,
     token_stats: &Tensor,
 ) -> Result<()> {
-    let variant = cross_entropy::variant_without_subgroups(rec.gpu())?;
+    let variant = row_variant(rec.gpu())?;
     ppo_loss_fused_with_variant(rec, variant, mb, cfg, dvalues, token_stats)
 }
 
-/// As `ppo_loss_fused`, with the row layout named (a workgroup or an invocation per row; by
-/// default the cross-entropy kernels' choice, `cross_entropy::variant_without_subgroups`).
+/// As `ppo_loss_fused`, with the row walk named (a workgroup or an invocation per row; by
+/// default the adapter's choice, `row_variant`).
 pub fn ppo_loss_fused_with_variant(
     rec: &mut Recorder,
     variant: RowVariant,
@@ -280,7 +355,7 @@ pub fn logprob_entropy(
     seq: usize,
     temperature: f32,
 ) -> Result<()> {
-    let variant = cross_entropy::variant_without_subgroups(rec.gpu())?;
+    let variant = row_variant(rec.gpu())?;
     logprob_entropy_with_variant(rec, variant, logprobs, entropy, logits, tokens, seq, temperature)
 }
 
