@@ -3,7 +3,8 @@
 // there) with A's rows shared across a subgroup:
 //
 //   matmul_texture_subgroup: out[M,N] (+)= At[M,K] · Bt[K,N] (+ bias[N]), At and Bt packed as
-//                            for matmul_texture, params.flags as there.
+//                            for matmul_texture (or A of a TN product as stored: A_STORED
+//                            below), params.flags as there.
 //
 // Each subgroup of 8 invocations computes a 32×64 block of the output: lane l its columns
 // 8l .. 8l + 7 in all 32 rows, in 64 vec4 accumulators. At each step of K the 8 lanes need the
@@ -21,6 +22,13 @@
 // columns 64x .. 64x + 63. Grid = (ceil(N/64), ceil(M/256)).
 const SUBGROUP_BLOCKS: u32 = 8u; // 32-row blocks per workgroup (kernels::matmul::SUBGROUP_BLOCKS)
 
+// A_STORED: the A texture holds A of a TN product as stored, [K, M] (texel (x, k) = A[k,
+// 4x .. 4x + 3]; sized as a Bt of N = M), filled by a copy or pack_rows where matmul_texture's
+// At takes a transposing pack. A lane's share of the block (rows 4·lane .. 4·lane + 3 at K = k ..
+// k + 3) is then the 4×4 square of texels (m0/4 + lane, k .. k + 3), transposed in registers,
+// and the lanes read neighbouring texels of a row where they read 32 rows of At.
+override A_STORED: bool = false;
+
 @compute @workgroup_size(WG)
 fn matmul_texture_subgroup(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -31,7 +39,8 @@ fn matmul_texture_subgroup(
     if (m0 >= params.m) { return; } // the whole subgroup: its lanes share m0
     let c0 = wid.x * 16u + 2u * lane; // first of the lane's two vec4 columns
     // Texel coordinates clamped into the textures (whose sizes round M and N up to 16 only).
-    let a_last = textureDimensions(a_tex).y - 1u;
+    let a_last = select(textureDimensions(a_tex).y, textureDimensions(a_tex).x, A_STORED) - 1u;
+    let ax = min(m0 / 4u + lane, a_last); // A_STORED: the lane's texel column
     let b_last = textureDimensions(b_tex).x - 1u;
     let ar = vec4<u32>(min(m0 + 4u * lane, a_last), min(m0 + 4u * lane + 1u, a_last),
                        min(m0 + 4u * lane + 2u, a_last), min(m0 + 4u * lane + 3u, a_last));
@@ -62,10 +71,18 @@ fn matmul_texture_subgroup(
         let b1 = mat4x4<f32>(textureLoad(b_tex, vec2<u32>(bc.y, k), 0), textureLoad(b_tex, vec2<u32>(bc.y, k + 1u), 0),
                              textureLoad(b_tex, vec2<u32>(bc.y, k + 2u), 0), textureLoad(b_tex, vec2<u32>(bc.y, k + 3u), 0));
         // This lane's share of At: block rows 4·lane .. 4·lane + 3, at K = k .. k + 3.
-        let a0 = textureLoad(a_tex, vec2<u32>(k4, ar.x), 0);
-        let a1 = textureLoad(a_tex, vec2<u32>(k4, ar.y), 0);
-        let a2 = textureLoad(a_tex, vec2<u32>(k4, ar.z), 0);
-        let a3 = textureLoad(a_tex, vec2<u32>(k4, ar.w), 0);
+        var a0: vec4<f32>; var a1: vec4<f32>; var a2: vec4<f32>; var a3: vec4<f32>;
+        if (A_STORED) {
+            let square = transpose(mat4x4<f32>(
+                textureLoad(a_tex, vec2<u32>(ax, k), 0), textureLoad(a_tex, vec2<u32>(ax, k + 1u), 0),
+                textureLoad(a_tex, vec2<u32>(ax, k + 2u), 0), textureLoad(a_tex, vec2<u32>(ax, k + 3u), 0)));
+            a0 = square[0]; a1 = square[1]; a2 = square[2]; a3 = square[3];
+        } else {
+            a0 = textureLoad(a_tex, vec2<u32>(k4, ar.x), 0);
+            a1 = textureLoad(a_tex, vec2<u32>(k4, ar.y), 0);
+            a2 = textureLoad(a_tex, vec2<u32>(k4, ar.z), 0);
+            a3 = textureLoad(a_tex, vec2<u32>(k4, ar.w), 0);
+        }
         // Block row R is lane R / 4's a(R % 4).
         var a: vec4<f32>;
         a = subgroupBroadcast(a0, 0u); acc0_0 += b0 * a; acc0_1 += b1 * a;

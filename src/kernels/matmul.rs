@@ -634,14 +634,25 @@ fn texture_sizes(m: usize, n: usize, k: usize) -> [(usize, usize); 2] {
     [(k.div_ceil(4), m.next_multiple_of(TEXTURE_TILE)), (4 * n.div_ceil(TEXTURE_TILE), 4 * k.div_ceil(4))]
 }
 
-/// Bytes of the scratch the texture kernel keeps after running these (M, N, K) products: the
-/// textures (one per distinct size and operand, as `Gpu::scratch_texture` keeps them; an
-/// operand beyond the adapter's texture size runs in smaller blocks), and a pooled output of
-/// whole vec4 rows for each distinct product whose N is not a multiple of 4.
-pub fn texture_scratch_bytes(products: &[(usize, usize, usize)]) -> usize {
+/// Whether the texture kernel of `variant` reads the A of a `layout` product as stored (the
+/// texture-subgroup kernel's TN products: A_STORED in matmul_texture_subgroup.wgsl), rather
+/// than packed transposed.
+fn a_stored(layout: Layout, variant: MatmulVariant) -> bool {
+    layout == Layout::TN && variant == MatmulVariant::TextureSubgroup
+}
+
+/// Bytes of the scratch the texture kernels keep after running these products (layout, (M, N,
+/// K), the variant it runs on; those on other variants keep none): the textures (one per
+/// distinct size and operand, as `Gpu::scratch_texture` keeps them; an operand beyond the
+/// adapter's texture size runs in smaller blocks), and a pooled output of whole vec4 rows for
+/// each distinct product whose N is not a multiple of 4.
+pub fn texture_scratch_bytes(products: &[(Layout, (usize, usize, usize), MatmulVariant)]) -> usize {
     let (mut kept, mut padded) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
-    for &(m, n, k) in products.iter().filter(|&&(m, n, _)| texture_fits(m, n)) {
+    let on_textures =
+        products.iter().filter(|&&(_, (m, n, _), variant)| variant.reads_textures() && texture_fits(m, n));
+    for &(layout, (m, n, k), variant) in on_textures {
         let [a, b] = texture_sizes(m, n, k);
+        let a = if a_stored(layout, variant) { texture_sizes(0, m, k)[1] } else { a };
         kept.extend([(SLOT_A, a), (SLOT_B, b)]);
         if !n.is_multiple_of(4) {
             padded.insert(m * n.next_multiple_of(4));
@@ -705,13 +716,41 @@ fn record_texture(
         let mc = m_step.min(m - m0);
         for k0 in (0..k).step_by(k_step) {
             let kc = k_step.min(k - k0);
-            // op(A)[m0.., k0..]: rows of A as stored (NN, NT), or its columns (TN).
-            let (offset, transposed) = match layout {
-                Layout::TN => (k0 * a_stride + a_col + m0, true),
-                Layout::NN | Layout::NT => (m0 * a_stride + a_col + k0, false),
+            // op(A)[m0.., k0..]: rows of A as stored (NN, NT), or its columns (TN); the
+            // texture-subgroup kernel reads a TN product's A as stored instead (A_STORED).
+            let a_stored = a_stored(layout, variant);
+            let (a_block, (a_width, a_height)) = match layout {
+                Layout::TN if a_stored => {
+                    let block = Block {
+                        rows: kc,
+                        cols: mc,
+                        stride: a_stride,
+                        offset: k0 * a_stride + a_col + m0,
+                        transposed: false,
+                    };
+                    (block, texture_sizes(0, mc, kc)[1])
+                }
+                Layout::TN => {
+                    let block = Block {
+                        rows: mc,
+                        cols: kc,
+                        stride: a_stride,
+                        offset: k0 * a_stride + a_col + m0,
+                        transposed: true,
+                    };
+                    (block, texture_sizes(mc, 0, kc)[0])
+                }
+                Layout::NN | Layout::NT => {
+                    let block = Block {
+                        rows: mc,
+                        cols: kc,
+                        stride: a_stride,
+                        offset: m0 * a_stride + a_col + k0,
+                        transposed: false,
+                    };
+                    (block, texture_sizes(mc, 0, kc)[0])
+                }
             };
-            let a_block = Block { rows: mc, cols: kc, stride: a_stride, offset, transposed };
-            let [(a_width, a_height), _] = texture_sizes(mc, 0, kc);
             let a_tex = pack(rec, method, SLOT_A, a, a_block, a_width, a_height)?;
             for n0 in (0..n).step_by(n_step) {
                 let nc = n_step.min(n - n0);
@@ -761,7 +800,8 @@ fn record_texture(
                 let accumulated = (flags & ACCUMULATE != 0) as usize;
                 let stores = 1 + accumulated + with_gelu as usize;
                 let work = Work::flops(2 * mc * nc * kc, mc * kc + kc * nc + mc * nc * stores);
-                rec.dispatch(shader, entry, &[], bytemuck::bytes_of(&params), &bindings, grid, work)?;
+                let constants: &[(&str, f64)] = if a_stored { &[("A_STORED", 1.0)] } else { &[] };
+                rec.dispatch(shader, entry, constants, bytemuck::bytes_of(&params), &bindings, grid, work)?;
             }
         }
     }

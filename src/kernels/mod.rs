@@ -167,8 +167,8 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
 /// set for a shader without overrides), so that tests can translate each specialisation to
 /// every backend: attention's HEAD_DIM (multiples of 4 up to `attention::MAX_HEAD_DIM`) with
 /// and without TEXTURE_LOADS, decode attention's HEAD_DIM, matmul's A_SCALAR and B_F16, the
-/// tiled matmul's TRANS_A / TRANS_B and B_F16, the packs' SRC_VEC4, LayerNorm's RESIDUAL and
-/// the sampler's lanes.
+/// tiled matmul's TRANS_A / TRANS_B and B_F16, the packs' SRC_VEC4, the texture-subgroup
+/// matmul's A_STORED, LayerNorm's RESIDUAL and the sampler's lanes.
 pub fn override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
     let flags = |name: &'static str| [vec![(name, 0.0)], vec![(name, 1.0)]];
     let head_dims = |max: usize| (4..=max).step_by(4).map(|hd| ("HEAD_DIM", hd as f64));
@@ -185,7 +185,8 @@ pub fn override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
             .into_iter()
             .flat_map(|(a, b)| [0.0, 1.0].map(|f16| vec![("TRANS_A", a), ("TRANS_B", b), ("B_F16", f16)]))
             .collect(),
-        "matmul_texture" | "matmul_texture_subgroup" => flags("SRC_VEC4").into(),
+        "matmul_texture" => flags("SRC_VEC4").into(),
+        "matmul_texture_subgroup" => flags("A_STORED").into(),
         "layernorm" | "layernorm_subgroup" => flags("RESIDUAL").into(),
         "sampling" => sampling::LANES.iter().map(|(lanes, _)| vec![("WG", lanes.count() as f64)]).collect(),
         _ => vec![vec![]],

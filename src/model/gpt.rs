@@ -516,13 +516,13 @@ impl MemoryEstimate {
 /// The matrix products of one training step on `bt` tokens, as (M, N, K): the forward, dinp
 /// and dW of every linear layer (one block's suffice: the others repeat their shapes) and of
 /// the heads, and the tied LM head's three (over the padded vocabulary).
-fn training_products(config: &GptConfig, heads: Heads, bt: usize) -> Vec<(usize, usize, usize)> {
+fn training_products(config: &GptConfig, heads: Heads, bt: usize) -> Vec<(Layout, (usize, usize, usize))> {
     let (c, v) = (config.n_embd, config.padded_vocab_size());
     let mut linears = vec![(c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)]; // (in, out)
     linears.extend(std::iter::repeat_n((c, 1), heads.value as usize + heads.reward as usize));
-    let mut products = vec![(bt, v, c), (bt, c, v), (v, c, bt)];
+    let mut products = vec![(Layout::NT, (bt, v, c)), (Layout::NN, (bt, c, v)), (Layout::TN, (v, c, bt))];
     for (i, o) in linears {
-        products.extend([(bt, o, i), (bt, i, o), (i, o, bt)]);
+        products.extend([(Layout::NN, (bt, o, i)), (Layout::NT, (bt, i, o)), (Layout::TN, (i, o, bt))]);
     }
     products
 }
@@ -551,11 +551,11 @@ pub fn memory_estimate(
     // (4C²) and mlp.c_proj (4C²) per block, and the logits lnf · wteᵀ (wte: Vp·C).
     let transposes = variant_for_rows(bt) == MatmulVariant::RegisterTiled && bt >= TRANSPOSE_MIN_ROWS;
     let transpose_scratch = if transposes { 4 * (l * 12 * c * c + v * c) } else { 0 };
-    let on_textures: Vec<_> = training_products(config, heads, bt)
+    let products: Vec<_> = training_products(config, heads, bt)
         .into_iter()
-        .filter(|&(m, _, _)| variant_for_rows(m).reads_textures())
+        .map(|(layout, (m, n, k))| (layout, (m, n, k), variant_for_rows(m)))
         .collect();
-    let texture_scratch = crate::kernels::matmul::texture_scratch_bytes(&on_textures);
+    let texture_scratch = crate::kernels::matmul::texture_scratch_bytes(&products);
     MemoryEstimate {
         params: p,
         grads: p,
