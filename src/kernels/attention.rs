@@ -1,7 +1,8 @@
 //! Causal multi-head attention with a key padding mask, forward and backward.
-//! Shader: `attention.wgsl`. Two variants, chosen per adapter by measurement (`variant`): an
-//! invocation per query (CPU adapters) or FlashAttention's blocking (a workgroup per block of
-//! 64 queries, the keys staged in workgroup memory).
+//! Shaders: `attention.wgsl` and `attention_subgroup.wgsl`. Variants chosen per adapter by
+//! measurement (`variant`): an invocation per query (CPU adapters), reading from the buffers or
+//! from textures, or sharing each step's rows across a subgroup; or FlashAttention's blocking (a
+//! workgroup per block of 64 queries, the keys staged in workgroup memory).
 
 use super::matmul::{Block, PackMethod, pack, pack_method};
 use super::{bind, bind_texture, bind_u32, expect_len, groups};
@@ -13,6 +14,17 @@ use std::sync::Arc;
 
 pub const SHADER: Shader =
     Shader { name: "attention", source: include_str!("../../shaders/attention.wgsl"), includes: &[] };
+
+/// The per-query entry points with each step's rows shared across a subgroup (needs the
+/// SUBGROUP feature).
+pub const SUBGROUP_SHADER: Shader = Shader {
+    name: "attention_subgroup",
+    source: include_str!("../../shaders/attention_subgroup.wgsl"),
+    includes: &[include_str!("../../shaders/attention.wgsl")],
+};
+
+/// The head dimensions the subgroup entry points take.
+pub const SUBGROUP_HEAD_DIMS: [usize; 3] = [16, 32, 64];
 
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 64;
@@ -35,17 +47,37 @@ pub enum AttentionVariant {
     /// As InvocationPerQuery, with qkv and dout packed into textures first and read with
     /// `textureLoad` (software adapters whose storage-buffer loads are slow).
     Texture,
+    /// As Texture, the 8 invocations of a subgroup (8 consecutive queries) fetching each step's
+    /// key and value together and handing them round with `subgroupBroadcast` (software
+    /// adapters whose texel fetches cost more than the arithmetic). Where subgroups are not
+    /// all of 8 invocations, T is not a multiple of 8 or the head dimension is not 16, 32 or
+    /// 64, it runs as Texture.
+    TextureSubgroup,
 }
 
 /// The names of the variants, as `PPO_WGPU_ATTENTION` and the cache spell them.
-pub const VARIANTS: [(AttentionVariant, &str); 3] = [
+pub const VARIANTS: [(AttentionVariant, &str); 4] = [
     (AttentionVariant::InvocationPerQuery, "invocation-per-query"),
     (AttentionVariant::Blocked, "blocked"),
     (AttentionVariant::Texture, "texture"),
+    (AttentionVariant::TextureSubgroup, "texture-subgroup"),
 ];
 
+/// The variant that runs `shape` when `variant` is asked for: texture-subgroup runs as texture
+/// where its subgroups, T or head dimension do not fit (see AttentionVariant::TextureSubgroup).
+fn available(gpu: &Gpu, variant: AttentionVariant, shape: AttentionShape) -> AttentionVariant {
+    let fits = gpu.fixed_subgroup_size() == Some(8)
+        && shape.t.is_multiple_of(8)
+        && SUBGROUP_HEAD_DIMS.contains(&(shape.c / shape.n_head.max(1)));
+    match variant {
+        AttentionVariant::TextureSubgroup if !fits => AttentionVariant::Texture,
+        v => v,
+    }
+}
+
 /// The variant this adapter runs: chosen by measurement on first use and cached (see
-/// `gpu::variants`), or forced with PPO_WGPU_ATTENTION=invocation-per-query|blocked|texture.
+/// `gpu::variants`), or forced with
+/// PPO_WGPU_ATTENTION=invocation-per-query|blocked|texture|texture-subgroup.
 pub fn variant(gpu: &Arc<Gpu>) -> Result<AttentionVariant> {
     choose_by_measurement(gpu, "attention", &VARIANTS, "GFLOP/s", measure_variant)
 }
@@ -53,11 +85,18 @@ pub fn variant(gpu: &Arc<Gpu>) -> Result<AttentionVariant> {
 /// A variant's GFLOP/s over a forward and a backward at the tiny model's and GPT-2's head
 /// shapes, after a check against the CPU reference with padding (None if it fails).
 fn measure_variant(gpu: &Arc<Gpu>, variant: AttentionVariant) -> Result<Option<f64>> {
+    if variant == AttentionVariant::TextureSubgroup && gpu.fixed_subgroup_size() != Some(8) {
+        return Ok(None); // it would run as texture: nothing of its own to measure
+    }
     let mut rng = crate::rng::Rng::new(14);
     let (mut flops, mut seconds) = (0.0, 0.0);
     let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+    // Checked on a ragged T, and on a T the subgroup entry points take (both against the CPU
+    // reference); timed on the rest.
+    let checked = |shape: AttentionShape| shape.t == 37 || shape.t == 24;
     let shapes = [
         AttentionShape { b: 2, t: 37, c: 32, n_head: 2 },
+        AttentionShape { b: 2, t: 24, c: 64, n_head: 2 },
         AttentionShape { b: 8, t: 64, c: 128, n_head: 4 },
         AttentionShape { b: 1, t: 256, c: 768, n_head: 12 },
     ];
@@ -82,7 +121,7 @@ fn measure_variant(gpu: &Arc<Gpu>, variant: AttentionVariant) -> Result<Option<f
             forward_with_variant(rec, variant, &out, &lse, &t_qkv, &t_mask, shape)?;
             backward_with_variant(rec, variant, &dqkv, &delta, &t_dout, &t_qkv, &out, &lse, &t_mask, shape)
         };
-        if t == 37 {
+        if checked(shape) {
             let mut rec = Recorder::new(gpu);
             step(&mut rec)?;
             rec.submit();
@@ -165,11 +204,13 @@ pub fn attention_forward(
     forward_with_variant(rec, variant, out, lse, qkv, mask, shape)
 }
 
-/// The suffix of the variant's entry points and its grid.
-fn launch(gpu: &Gpu, variant: AttentionVariant, shape: AttentionShape) -> (&'static str, [u32; 3]) {
+/// The shader of the variant's entry points, their suffix and its grid.
+fn launch(gpu: &Gpu, variant: AttentionVariant, shape: AttentionShape) -> (&'static Shader, &'static str, [u32; 3]) {
+    let per_query = gpu.grid(groups(shape.rows(), WG));
     match variant {
-        AttentionVariant::InvocationPerQuery | AttentionVariant::Texture => ("", gpu.grid(groups(shape.rows(), WG))),
-        AttentionVariant::Blocked => ("_blocked", gpu.grid(shape.b * shape.n_head * groups(shape.t, WG))),
+        AttentionVariant::InvocationPerQuery | AttentionVariant::Texture => (&SHADER, "", per_query),
+        AttentionVariant::TextureSubgroup => (&SUBGROUP_SHADER, "_sg", per_query),
+        AttentionVariant::Blocked => (&SHADER, "_blocked", gpu.grid(shape.b * shape.n_head * groups(shape.t, WG))),
     }
 }
 
@@ -193,7 +234,7 @@ fn per_query_textures(
     let gpu = rec.gpu().clone();
     let max = gpu.limits.max_texture_dimension_2d as usize;
     let fits = operands.iter().all(|&(t, width)| t.len() / width <= max && width / 4 <= max);
-    let loads = variant == AttentionVariant::Texture && fits;
+    let loads = matches!(variant, AttentionVariant::Texture | AttentionVariant::TextureSubgroup) && fits;
     let method = if loads { pack_method(&gpu)? } else { PackMethod::Shader };
     let mut textures = Vec::new();
     for (slot, &(t, width)) in (SLOT_QKV..).zip(operands) {
@@ -219,7 +260,8 @@ pub fn forward_with_variant(
     shape: AttentionShape,
 ) -> Result<()> {
     let (params, hd) = shape.check(qkv, mask, out, lse)?;
-    let (suffix, grid) = launch(rec.gpu(), variant, shape);
+    let variant = available(rec.gpu(), variant, shape);
+    let (shader, suffix, grid) = launch(rec.gpu(), variant, shape);
     let mut constants = vec![("HEAD_DIM", hd)];
     let mut bindings = vec![bind(1, qkv), bind_u32(2, mask), bind(3, out), bind(4, lse)];
     let textures = per_query_textures(rec, variant, &[(qkv, 3 * shape.c)])?;
@@ -229,7 +271,7 @@ pub fn forward_with_variant(
     }
     let p = bytemuck::bytes_of(&params);
     let entry = format!("attention_forward{suffix}");
-    rec.dispatch(&SHADER, &entry, &constants, p, &bindings, grid, shape.forward_work())
+    rec.dispatch(shader, &entry, &constants, p, &bindings, grid, shape.forward_work())
 }
 
 /// dqkv [B, T, 3C] = ∂L/∂qkv (overwritten) from dout [B, T, C] and the forward's out and lse;
@@ -265,6 +307,7 @@ pub fn backward_with_variant(
     shape: AttentionShape,
 ) -> Result<()> {
     let (params, hd) = shape.check(qkv, mask, out, lse)?;
+    let variant = available(rec.gpu(), variant, shape);
     expect_len(dqkv, qkv.len(), "attention dqkv")?;
     expect_len(dout, out.len(), "attention dout")?;
     expect_len(delta, lse.len(), "attention delta")?;
@@ -284,7 +327,7 @@ pub fn backward_with_variant(
     let AttentionShape { b: batch, t, c, .. } = shape;
     let backward =
         Work::flops(3 * shape.forward_work().flops as usize / 2, batch * t * (3 * c + 3 * c + c) + 2 * lse.len());
-    let (suffix, grid) = launch(rec.gpu(), variant, shape);
+    let (shader, suffix, grid) = launch(rec.gpu(), variant, shape);
     let mut constants = vec![("HEAD_DIM", hd)];
     let mut b = vec![bind(1, qkv), bind_u32(2, mask), bind(6, dout), bind(7, lse), bind(9, delta), bind(10, dqkv)];
     let textures = per_query_textures(rec, variant, &[(qkv, 3 * c), (dout, c)])?;
@@ -292,6 +335,6 @@ pub fn backward_with_variant(
         constants.push(("TEXTURE_LOADS", *loads as u8 as f64));
         b.extend((11..).zip(textures).map(|(index, t)| bind_texture(index, t)));
     }
-    rec.dispatch(&SHADER, &format!("attention_backward_query{suffix}"), &constants, p, &b, grid, backward)?;
-    rec.dispatch(&SHADER, &format!("attention_backward_key_value{suffix}"), &constants, p, &b, grid, backward)
+    rec.dispatch(shader, &format!("attention_backward_query{suffix}"), &constants, p, &b, grid, backward)?;
+    rec.dispatch(shader, &format!("attention_backward_key_value{suffix}"), &constants, p, &b, grid, backward)
 }

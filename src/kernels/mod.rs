@@ -96,6 +96,7 @@ pub(crate) fn groups(n: usize, size: usize) -> usize {
 pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &adamw::SHADER,
     &attention::SHADER,
+    &attention::SUBGROUP_SHADER,
     &cross_entropy::SHADER,
     &cross_entropy::SUBGROUP_SHADER,
     &embedding::SHADER,
@@ -165,16 +166,21 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
 
 /// Every set of override constants the kernel functions pass to `shader`'s pipelines (one empty
 /// set for a shader without overrides), so that tests can translate each specialisation to
-/// every backend: attention's HEAD_DIM (multiples of 4 up to `attention::MAX_HEAD_DIM`) with
-/// and without TEXTURE_LOADS, decode attention's HEAD_DIM, matmul's A_SCALAR and B_F16, the
-/// tiled matmul's TRANS_A / TRANS_B and B_F16, the packs' SRC_VEC4, the texture-subgroup
-/// matmul's A_STORED, LayerNorm's RESIDUAL and the sampler's lanes.
+/// every backend: attention's HEAD_DIM (multiples of 4 up to `attention::MAX_HEAD_DIM`; the
+/// subgroup entry points' 16, 32 and 64) with and without TEXTURE_LOADS, decode attention's
+/// HEAD_DIM, matmul's A_SCALAR and B_F16, the tiled matmul's TRANS_A / TRANS_B and B_F16, the
+/// packs' SRC_VEC4, the texture-subgroup matmul's A_STORED, LayerNorm's RESIDUAL and the
+/// sampler's lanes.
 pub fn override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
     let flags = |name: &'static str| [vec![(name, 0.0)], vec![(name, 1.0)]];
     let head_dims = |max: usize| (4..=max).step_by(4).map(|hd| ("HEAD_DIM", hd as f64));
     match shader {
         "attention" => head_dims(attention::MAX_HEAD_DIM)
             .flat_map(|hd| [vec![hd, ("TEXTURE_LOADS", 0.0)], vec![hd, ("TEXTURE_LOADS", 1.0)]])
+            .collect(),
+        "attention_subgroup" => attention::SUBGROUP_HEAD_DIMS
+            .iter()
+            .flat_map(|&hd| [0.0, 1.0].map(|loads| vec![("HEAD_DIM", hd as f64), ("TEXTURE_LOADS", loads)]))
             .collect(),
         "kv_cache" => head_dims(kv_cache::MAX_SERIAL_HEAD_DIM).map(|hd| vec![hd]).collect(),
         "matmul" => [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)]
