@@ -16,10 +16,11 @@
 // its share. Subgroup operations need the adapter's SUBGROUP feature, so these entries live in
 // a module of their own.
 //
-// Layout as attention.wgsl. Launch: as attention.wgsl's per-query entry points, with subgroups
-// of exactly 8 invocations of consecutive flat indices, T a multiple of 8 (so a subgroup never
-// spans two (b, h)), and HEAD_DIM 16, 32 or 64 (the host runs other shapes on attention.wgsl;
-// the variant is checked against the CPU reference before it can be chosen).
+// Layout as attention.wgsl. Launch: one invocation per (b, h, t) for t below T8 = T rounded up to
+// a multiple of 8 (`decode_sg`: the lanes past T stand in for T − 1 and store nothing), flat
+// index (b·NH + h)·T8 + t, workgroup 64, grid laid out 2D; subgroups of exactly 8 invocations
+// of consecutive flat indices, and HEAD_DIM 16, 32 or 64 (the host runs other head dimensions on
+// attention.wgsl; the variant is checked against the CPU reference before it can be chosen).
 
 // A lane's share of two rows of one head (HEAD_DIM/4 texels each): SHARE = HEAD_DIM/16 texels,
 // which `share_texel` names. Together the 8 lanes' shares are both rows whole.
@@ -100,11 +101,31 @@ fn hand_round(s: Share) -> TwoRows {
     return r;
 }
 
+// The invocation's (b, h, t) in these entry points' grid, in which each (b, h) has T rounded up
+// to T8, a multiple of 8, positions, so that the 8 lanes of a subgroup share one (b, h) whatever
+// T. A lane at a position t ≥ T (`stores` false) stands in for position T − 1: it fetches its
+// share and computes like it, and stores nothing. `ix.valid` is false for whole subgroups past
+// the last (b, h).
+struct LaneIndex {
+    ix: Index,
+    stores: bool,
+}
+
+fn decode_sg(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> LaneIndex {
+    let t8 = (params.t + 7u) / 8u * 8u;
+    let flat8 = (wid.y * nwg.x + wid.x) * WG + lid;
+    let bh = flat8 / t8;
+    let t = min(flat8 % t8, params.t - 1u);
+    let ix = Index(bh < params.b * params.nh, bh * params.t + t, bh / params.nh, bh % params.nh, t);
+    return LaneIndex(ix, flat8 % t8 < params.t);
+}
+
 @compute @workgroup_size(WG)
 fn attention_forward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32) {
-    let ix = decode(wid, nwg, lid);
-    if (!ix.valid) { return; } // whole subgroups: B·NH·T is a multiple of 8
+    let lane_ix = decode_sg(wid, nwg, lid);
+    let ix = lane_ix.ix;
+    if (!ix.valid) { return; } // whole subgroups
     let scale = inverseSqrt(f32(HEAD_DIM));
     let q = qkv_cell(ix.b, ix.t, 0u, ix.h);
     var qv: array<vec4<f32>, 16>;
@@ -127,6 +148,7 @@ fn attention_forward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
         for (var d = 0u; d < HEAD_DIM / 4u; d++) { acc[d] = acc[d] * correction + p * kv.y[d]; }
         m = m_new;
     }
+    if (!lane_ix.stores) { return; }
     let o = row_at(ix.b, ix.t, ix.h);
     let inv_l = select(0.0, 1.0 / l, l > 0.0);
     for (var d = 0u; d < HEAD_DIM / 4u; d++) { out[o + d] = acc[d] * inv_l; }
@@ -137,7 +159,8 @@ fn attention_forward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
 fn attention_backward_query_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                                @builtin(local_invocation_index) lid: u32,
                                @builtin(subgroup_invocation_id) lane: u32) {
-    let ix = decode(wid, nwg, lid);
+    let lane_ix = decode_sg(wid, nwg, lid);
+    let ix = lane_ix.ix;
     if (!ix.valid) { return; }
     let scale = inverseSqrt(f32(HEAD_DIM));
     let q = qkv_cell(ix.b, ix.t, 0u, ix.h);
@@ -166,6 +189,7 @@ fn attention_backward_query_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(n
         let ds = p * (dp - d_i) * scale;
         for (var d = 0u; d < HEAD_DIM / 4u; d++) { dq[d] += ds * kv.x[d]; }
     }
+    if (!lane_ix.stores) { return; }
     let dq_at = flat(q, 3u * params.c / 4u);
     for (var d = 0u; d < HEAD_DIM / 4u; d++) { dqkv[dq_at + d] = dq[d]; }
 }
@@ -174,7 +198,8 @@ fn attention_backward_query_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(n
 fn attention_backward_key_value_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                                    @builtin(local_invocation_index) lid: u32,
                                    @builtin(subgroup_invocation_id) lane: u32) {
-    let ix = decode(wid, nwg, lid);
+    let lane_ix = decode_sg(wid, nwg, lid);
+    let ix = lane_ix.ix;
     if (!ix.valid) { return; }
     let scale = inverseSqrt(f32(HEAD_DIM));
     let j = ix.t;
@@ -207,6 +232,7 @@ fn attention_backward_key_value_sg(@builtin(workgroup_id) wid: vec3<u32>, @built
             dv[d] += p * rows.y[d];
         }
     }
+    if (!lane_ix.stores) { return; }
     let k_at = flat(k, 3u * params.c / 4u);
     let v_at = flat(v, 3u * params.c / 4u);
     for (var d = 0u; d < HEAD_DIM / 4u; d++) {

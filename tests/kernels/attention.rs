@@ -67,15 +67,19 @@ fn attention_small_and_unaligned() {
     run(AttentionShape { b: 2, t: 1, c: 8, n_head: 2 }, &mut rng, true);
 }
 
-/// T a multiple of 8 at each head dimension the texture-subgroup entry points take (16, 32 and
-/// 64; the other shapes here run it as texture): padded rows, keys shared across subgroups
-/// whose queries see different windows, gradients checked by finite differences too.
+/// Each head dimension the texture-subgroup entry points take (16, 32 and 64; the other
+/// shapes here run it as texture), with T a multiple of 8 and not (the lanes past T standing
+/// in for T − 1): padded rows, keys shared across subgroups whose queries see different
+/// windows, gradients checked by finite differences too.
 #[test]
 fn attention_subgroup_shapes() {
     let mut rng = Rng::new(44);
     run(AttentionShape { b: 3, t: 40, c: 32, n_head: 2 }, &mut rng, true);
+    run(AttentionShape { b: 3, t: 13, c: 32, n_head: 2 }, &mut rng, true);
     run(AttentionShape { b: 2, t: 24, c: 64, n_head: 2 }, &mut rng, true);
+    run(AttentionShape { b: 2, t: 21, c: 64, n_head: 2 }, &mut rng, false);
     run(AttentionShape { b: 3, t: 16, c: 128, n_head: 2 }, &mut rng, false);
+    run(AttentionShape { b: 1, t: 5, c: 128, n_head: 2 }, &mut rng, false);
 }
 
 #[test]
