@@ -132,31 +132,3 @@ fn the_ppo_row_walk_is_a_family_of_its_own_measured_on_the_ppo_kernels() {
         assert_eq!(row_variant(&gpu).unwrap(), variant);
     }
 }
-
-/// A generation's weight format is chosen apart for fewer rows than the texture kernels take
-/// (family decode_weights) and for as many or more (decode_weights_wide), each from its own
-/// cache entry.
-#[test]
-fn the_decode_weight_format_follows_the_family_of_the_generation_rows() {
-    use ppo_wgpu::kernels::f16_weights::{WeightFormat, format};
-    use ppo_wgpu::kernels::matmul::TEXTURE_TILE;
-    if std::env::var_os("PPO_WGPU_DECODE_WEIGHTS").is_some()
-        || std::env::var_os("PPO_WGPU_DECODE_WEIGHTS_WIDE").is_some()
-    {
-        return; // forced: the cache is not read
-    }
-    let dir = cache_dir("variants-decode-weights");
-    for (few, wide) in [("f16", "f32"), ("f32", "f16")] {
-        let path = dir.join(format!("{few}-{wide}.json"));
-        let gpu = gpu_with_cache(&path);
-        let entry = |chosen: &str| serde_json::json!({ "chosen": chosen, "figures": [["f32", 1.0], ["f16", 1.0]], "unit": "GFLOP/s" });
-        let file = serde_json::json!({ "format": CACHE_FORMAT, "entries": { gpu.variant_key(): {
-            "decode_weights": entry(few), "decode_weights_wide": entry(wide) } } });
-        std::fs::write(&path, file.to_string()).unwrap();
-        let named = |name: &str| if name == "f16" { WeightFormat::F16 } else { WeightFormat::F32 };
-        assert_eq!(format(&gpu, 1).unwrap(), named(few));
-        assert_eq!(format(&gpu, TEXTURE_TILE - 1).unwrap(), named(few));
-        assert_eq!(format(&gpu, TEXTURE_TILE).unwrap(), named(wide));
-        assert_eq!(format(&gpu, 256).unwrap(), named(wide));
-    }
-}
