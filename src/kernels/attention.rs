@@ -5,7 +5,7 @@
 //! workgroup per block of 64 queries, the keys staged in workgroup memory).
 
 use super::matmul::{Block, PackMethod, pack, pack_method};
-use super::{bind, bind_texture, bind_u32, expect_len, groups};
+use super::{bind, bind_texture, bind_u32, broadcast_lanes_fit, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{
     Gpu, Recorder, Shader, Tensor, Texture, Work, choose_by_measurement, matches_reference, seconds_per_call,
@@ -66,7 +66,7 @@ pub const VARIANTS: [(AttentionVariant, &str); 4] = [
 /// The variant that runs `shape` when `variant` is asked for: texture-subgroup runs as texture
 /// where its subgroups or head dimension do not fit (see AttentionVariant::TextureSubgroup).
 fn available(gpu: &Gpu, variant: AttentionVariant, shape: AttentionShape) -> AttentionVariant {
-    let fits = gpu.fixed_subgroup_size() == Some(8) && SUBGROUP_HEAD_DIMS.contains(&(shape.c / shape.n_head.max(1)));
+    let fits = broadcast_lanes_fit(gpu) && SUBGROUP_HEAD_DIMS.contains(&(shape.c / shape.n_head.max(1)));
     match variant {
         AttentionVariant::TextureSubgroup if !fits => AttentionVariant::Texture,
         v => v,
@@ -83,7 +83,7 @@ pub fn variant(gpu: &Arc<Gpu>) -> Result<AttentionVariant> {
 /// A variant's GFLOP/s over a forward and a backward at the tiny model's and GPT-2's head
 /// shapes, after a check against the CPU reference with padding (None if it fails).
 fn measure_variant(gpu: &Arc<Gpu>, variant: AttentionVariant) -> Result<Option<f64>> {
-    if variant == AttentionVariant::TextureSubgroup && gpu.fixed_subgroup_size() != Some(8) {
+    if variant == AttentionVariant::TextureSubgroup && !broadcast_lanes_fit(gpu) {
         return Ok(None); // it would run as texture: nothing of its own to measure
     }
     let mut rng = crate::rng::Rng::new(14);

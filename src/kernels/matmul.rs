@@ -5,7 +5,7 @@
 //! (`variant`); a shape that breaks a variant's vec4 alignment runs on the next that takes it.
 
 use super::gelu::gelu_forward;
-use super::{as_matrix, bind, bind_texture, bind_u32, expect_len, groups};
+use super::{BROADCAST_LANES, as_matrix, bind, bind_texture, bind_u32, broadcast_lanes_fit, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{
     Binding, DType, Gpu, MatmulVariant, Recorder, Shader, Tensor, Texture, Work, choose_by_measurement,
@@ -37,19 +37,17 @@ pub const TILE: usize = 64;
 pub const TEXTURE_TILE: usize = 16;
 /// … and the tile rows one of its workgroups of 64 covers (`GROUP_ROWS` in the shader).
 pub const TEXTURE_GROUP_ROWS: usize = 8;
-/// The texture-subgroup kernel: invocations per subgroup it needs (it hands A's texels round
-/// a subgroup by fixed lanes), …
-pub const SUBGROUP_LANES: usize = 8;
-/// … the output rows and columns one subgroup computes, …
+/// The texture-subgroup kernel: the output rows and columns one subgroup (of
+/// `kernels::BROADCAST_LANES`) computes, …
 pub const SUBGROUP_BLOCK: (usize, usize) = (32, 64);
 /// … and the subgroups of a workgroup of 64, stacked along M (`SUBGROUP_BLOCKS` in the shader).
-pub const SUBGROUP_BLOCKS: usize = WG / SUBGROUP_LANES;
+pub const SUBGROUP_BLOCKS: usize = WG / BROADCAST_LANES;
 
 /// The variant that runs when `variant` is asked for on this device: texture-subgroup where
-/// the subgroups are not all of SUBGROUP_LANES invocations runs as texture.
+/// the subgroups are not all of BROADCAST_LANES invocations runs as texture.
 fn available(gpu: &Gpu, variant: MatmulVariant) -> MatmulVariant {
     match variant {
-        MatmulVariant::TextureSubgroup if gpu.fixed_subgroup_size() != Some(SUBGROUP_LANES) => MatmulVariant::Texture,
+        MatmulVariant::TextureSubgroup if !broadcast_lanes_fit(gpu) => MatmulVariant::Texture,
         v => v,
     }
 }
@@ -716,40 +714,20 @@ fn record_texture(
         let mc = m_step.min(m - m0);
         for k0 in (0..k).step_by(k_step) {
             let kc = k_step.min(k - k0);
-            // op(A)[m0.., k0..]: rows of A as stored (NN, NT), or its columns (TN); the
-            // texture-subgroup kernel reads a TN product's A as stored instead (A_STORED).
+            // op(A)[m0.., k0..]: rows of A as stored (NN, NT), or its columns (TN), packed
+            // transposed; the texture-subgroup kernel reads a TN product's A as stored instead
+            // (A_STORED), a block of K rows sized like a Bt of N = M.
             let a_stored = a_stored(layout, variant);
-            let (a_block, (a_width, a_height)) = match layout {
-                Layout::TN if a_stored => {
-                    let block = Block {
-                        rows: kc,
-                        cols: mc,
-                        stride: a_stride,
-                        offset: k0 * a_stride + a_col + m0,
-                        transposed: false,
-                    };
-                    (block, texture_sizes(0, mc, kc)[1])
-                }
-                Layout::TN => {
-                    let block = Block {
-                        rows: mc,
-                        cols: kc,
-                        stride: a_stride,
-                        offset: k0 * a_stride + a_col + m0,
-                        transposed: true,
-                    };
-                    (block, texture_sizes(mc, 0, kc)[0])
-                }
-                Layout::NN | Layout::NT => {
-                    let block = Block {
-                        rows: mc,
-                        cols: kc,
-                        stride: a_stride,
-                        offset: m0 * a_stride + a_col + k0,
-                        transposed: false,
-                    };
-                    (block, texture_sizes(mc, 0, kc)[0])
-                }
+            let offset = match layout {
+                Layout::TN => k0 * a_stride + a_col + m0,
+                Layout::NN | Layout::NT => m0 * a_stride + a_col + k0,
+            };
+            let (a_block, (a_width, a_height)) = if a_stored {
+                let block = Block { rows: kc, cols: mc, stride: a_stride, offset, transposed: false };
+                (block, texture_sizes(0, mc, kc)[1])
+            } else {
+                let block = Block { rows: mc, cols: kc, stride: a_stride, offset, transposed: layout == Layout::TN };
+                (block, texture_sizes(mc, 0, kc)[0])
             };
             let a_tex = pack(rec, method, SLOT_A, a, a_block, a_width, a_height)?;
             for n0 in (0..n).step_by(n_step) {

@@ -87,6 +87,16 @@ pub(crate) fn subgroup_rows_per_group(gpu: &Gpu, wg: usize) -> usize {
     2 * (wg / gpu.min_subgroup_size()).max(1)
 }
 
+/// The subgroup size of the kernels that hand values round a subgroup by fixed lanes with
+/// `subgroupBroadcast` (the texture-subgroup matmul and attention): lavapipe's 8-wide SIMD.
+/// They run only where every subgroup has exactly this many invocations (`broadcast_lanes_fit`).
+pub const BROADCAST_LANES: usize = 8;
+
+/// Whether every subgroup of this device has BROADCAST_LANES invocations.
+pub(crate) fn broadcast_lanes_fit(gpu: &Gpu) -> bool {
+    gpu.fixed_subgroup_size() == Some(BROADCAST_LANES)
+}
+
 /// Workgroups of `size` needed to cover `n` invocations.
 pub(crate) fn groups(n: usize, size: usize) -> usize {
     n.div_ceil(size)

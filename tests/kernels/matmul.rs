@@ -280,7 +280,7 @@ fn texture_subgroup_is_measured_where_subgroups_have_8_lanes_and_runs_as_texture
     // Where the adapter's subgroups all have 8 invocations (lavapipe's 8-wide SIMD) the variant
     // is measured as its own (a figure in the choice); on a device without subgroup operations
     // it has no figure, is never chosen, and, forced, runs the texture kernel and matches.
-    let has_lanes = gpu().fixed_subgroup_size() == Some(ppo_wgpu::kernels::matmul::SUBGROUP_LANES);
+    let has_lanes = gpu().fixed_subgroup_size() == Some(ppo_wgpu::kernels::BROADCAST_LANES);
     let figure = |gpu: &std::sync::Arc<ppo_wgpu::gpu::Gpu>| {
         ppo_wgpu::kernels::matmul::variant(gpu).unwrap();
         let choices = gpu.variant_choices();
