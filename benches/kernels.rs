@@ -8,8 +8,9 @@
 //! format, the sampler's lanes and the PPO loss's row walk (each timed through the work it
 //! changes).
 //! A summary table in GFLOP/s and GB/s ends the run (benches/common).
-//! The LM-head matmul and the matmul variant the adapter does not use run only with
-//! PPO_WGPU_BENCH_LARGE=1 (each takes seconds per call on a software adapter).
+//! The LM-head matmul, and the matmul variants more than 4× slower than the chosen one in its
+//! measurement, run only with PPO_WGPU_BENCH_LARGE=1 (each takes seconds per call on a
+//! software adapter).
 //!
 //! Shapes: GPT-2 small (768 channels, 12 heads, vocab 50257) on 256 tokens, the tiny config
 //! (128 channels, 4 heads, vocab 512) on a 32×64 batch, the shipped demo model's 64-channel MLP
@@ -61,7 +62,8 @@ impl Bench {
     /// Times `record` (one iteration's dispatches), `iters` iterations per submit.
     fn time(&self, c: &mut Criterion, group: &str, name: &str, work: Work, record: impl Fn(&mut Recorder)) {
         let mut g = c.benchmark_group(group);
-        g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+        // Short: the whole suite must finish in minutes on a 2-core software adapter.
+        g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
         g.throughput(if work.flops > 0.0 {
             Throughput::Elements(work.flops as u64)
         } else {
@@ -151,19 +153,15 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
             Layout::TN => reference::matmul(&a, &b, m, n, k, layout),
             _ => reference::matmul(&a[..16 * k], &b, 16, n, k, layout),
         };
-        // The ladder: every variant at the small model's and GPT-2's forward shapes and at 1024³
-        // (there the ones within 4× of the chosen, all of them when asked: the slowest takes a
-        // second per call on a software adapter, as does the LM head in any); the chosen one
-        // alone elsewhere.
+        // The ladder: at the forward (NN) shapes the variants within 4× of the chosen one, all of
+        // them when asked (the slowest takes a second per call at 1024³ on a software adapter,
+        // and the LM head does on any variant); the chosen one alone at the backward shapes.
         if (label.contains("lm_head") || label == "4096^3") && !common::large() {
             println!("matmul {label}: skipped (set {}=1 to run it)", common::LARGE_ENV);
             continue;
         }
-        let run_variants: Vec<MatmulVariant> = match label {
-            "1024^3" | "4096^3" => {
-                variants.iter().copied().filter(|&v| common::large() || close_to_chosen(v)).collect()
-            }
-            _ if layout == Layout::NN => variants.clone(),
+        let run_variants: Vec<MatmulVariant> = match layout {
+            Layout::NN => variants.iter().copied().filter(|&v| common::large() || close_to_chosen(v)).collect(),
             _ => vec![chosen],
         };
         for variant in run_variants {
