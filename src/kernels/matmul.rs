@@ -1,8 +1,10 @@
 //! Matrix multiply for linear layers in the GPT-2 layout (`W [in, out]`), forward and backward.
 //! Shaders: `matmul.wgsl` (register-tiled, vec4, no workgroup memory), `matmul_tiled.wgsl`
-//! (workgroup-shared tiles, any shape) and `matmul_texture.wgsl` (operands packed into
-//! textures, 16×16 register tiles, or 32×8 with A's rows shared across a subgroup). The variant is chosen per adapter by measurement
-//! (`variant`); a shape that breaks a variant's vec4 alignment runs on the next that takes it.
+//! (workgroup-shared tiles, any shape), `matmul_texture.wgsl` (operands packed into textures,
+//! 16×16 register tiles) and `matmul_texture_subgroup.wgsl` (the same textures, 32×8 register
+//! tiles with A's texels shared across a subgroup). The variant is chosen per adapter by
+//! measurement (`variant`); a shape that breaks a variant's vec4 alignment runs on the next that
+//! takes it.
 
 use super::gelu::gelu_forward;
 use super::{BROADCAST_LANES, as_matrix, bind, bind_texture, bind_u32, broadcast_lanes_fit, expect_len, groups};
