@@ -275,6 +275,22 @@ pub fn log_softmax(logits: &[f64], v: usize) -> Vec<f64> {
     logits.iter().enumerate().map(|(i, z)| z - lse[i / v]).collect()
 }
 
+/// The rollout's log-prob and entropy rows (kernels::ppo::logprob_entropy): for each row r of
+/// logits [rows, V] that predicts a token of its sequence (of `seq` positions), logprobs[r + 1]
+/// = log softmax(logits_r/τ)[tokens[r + 1]] and entropy[r + 1] = H(softmax(logits_r/τ)); 0 at
+/// the first position of each sequence.
+pub fn logprob_entropy(logits: &[f64], tokens: &[u32], seq: usize, v: usize, temperature: f64) -> (Vec<f64>, Vec<f64>) {
+    let rows = tokens.len();
+    let (mut logprobs, mut entropy) = (vec![0.0; rows], vec![0.0; rows]);
+    for r in (0..rows).filter(|r| r % seq + 1 < seq) {
+        let z: Vec<f64> = logits[r * v..(r + 1) * v].iter().map(|l| l / temperature).collect();
+        let lp = log_softmax(&z, v);
+        logprobs[r + 1] = lp[tokens[r + 1] as usize];
+        entropy[r + 1] = -lp.iter().map(|l| l.exp() * l).sum::<f64>();
+    }
+    (logprobs, entropy)
+}
+
 /// Per-row cross-entropy loss (0 where the target is `IGNORE`).
 pub fn cross_entropy_forward(logits: &[f64], targets: &[u32], v: usize) -> Vec<f64> {
     let lse = logsumexp_rows(logits, v);

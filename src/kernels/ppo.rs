@@ -78,13 +78,7 @@ fn measure_row_variant(gpu: &Arc<Gpu>, variant: RowVariant) -> Result<Option<f64
     let mut rec = Recorder::new(gpu);
     logprob_entropy_with_variant(&mut rec, variant, &logp, &entropy, &t_logits, &t_tokens, seq, temperature)?;
     rec.submit();
-    let (mut want_logp, mut want_entropy) = (vec![0.0; rows], vec![0.0; rows]);
-    for r in (0..rows).filter(|r| r % seq + 1 < seq) {
-        let z: Vec<f64> = logits[r * v..(r + 1) * v].iter().map(|l| l / temperature as f64).collect();
-        let lp = crate::reference::log_softmax(&z, v);
-        want_logp[r + 1] = lp[tokens[r + 1] as usize];
-        want_entropy[r + 1] = -lp.iter().map(|l| l.exp() * l).sum::<f64>();
-    }
+    let (want_logp, want_entropy) = crate::reference::logprob_entropy(&logits, &tokens, seq, v, temperature as f64);
     if !matches_reference(&gpu.download(&logp)?, &want_logp)
         || !matches_reference(&gpu.download(&entropy)?, &want_entropy)
     {

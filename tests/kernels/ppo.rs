@@ -276,13 +276,7 @@ fn logprob_entropy_matches_reference() {
         logprob_entropy_with_variant(&mut rec, variant, &logp, &entropy, &logits, &tokens, seq, temperature as f32)
             .unwrap();
         rec.submit();
-        let (mut want_lp, mut want_h) = (vec![0.0; rows], vec![0.0; rows]);
-        for r in (0..rows).filter(|r| r % seq + 1 < seq) {
-            let z: Vec<f64> = case.logits[r * v..(r + 1) * v].iter().map(|l| l / temperature).collect();
-            let lp = reference::log_softmax(&z, v);
-            want_lp[r + 1] = lp[case.tokens[r + 1] as usize];
-            want_h[r + 1] = -lp.iter().map(|l| l.exp() * l).sum::<f64>();
-        }
+        let (want_lp, want_h) = reference::logprob_entropy(&case.logits, &case.tokens, seq, v, temperature);
         let what = format!("logprob_entropy {variant:?} T={seq} V={v} τ={temperature}");
         assert_close(&format!("{what} log-probs"), &download(&logp), &want_lp, 1e-5, 1e-5);
         assert_close(&format!("{what} entropy"), &download(&entropy), &want_h, 1e-5, 1e-5);
