@@ -54,11 +54,12 @@ const WG: u32 = 64u; // invocations per workgroup (kernels::attention::WG)
 @group(0) @binding(9) var<storage, read> delta_saved: array<f32>;
 @group(0) @binding(10) var<storage, read_write> dqkv: array<vec4<f32>>;
 // The texture variant (TEXTURE_LOADS): qkv and dout packed into rgba32float textures, texel
-// (c4, b·T + t) = vec4 c4 of token (b, t)'s row, read with textureLoad, which is several times
-// faster than a storage-buffer load on some software adapters (see matmul_texture.wgsl). The
-// other variants bind 1×1 stand-ins (the entry points use the bindings either way).
-@group(0) @binding(11) var qkv_tex: texture_2d<f32>;
-@group(0) @binding(12) var dout_tex: texture_2d<f32>;
+// (c4, b·T + t) = vec4 c4 of token (b, t)'s row, read with textureLoad from read-only storage
+// textures, which is several times faster than a storage-buffer load on some software adapters
+// (see matmul_texture.wgsl). The other variants bind 1×1 stand-ins (the entry points use the
+// bindings either way).
+@group(0) @binding(11) var qkv_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(12) var dout_tex: texture_storage_2d<rgba32float, read>;
 
 override TEXTURE_LOADS: bool = false;
 
@@ -78,13 +79,13 @@ fn row_cell(b: u32, t: u32, h: u32) -> vec2<u32> {
 
 // vec4 d of the slice at `cell` of qkv, from the buffer or the texture.
 fn qkv4(cell: vec2<u32>, d: u32) -> vec4<f32> {
-    if (TEXTURE_LOADS) { return textureLoad(qkv_tex, vec2<u32>(cell.x + d, cell.y), 0); }
+    if (TEXTURE_LOADS) { return textureLoad(qkv_tex, vec2<u32>(cell.x + d, cell.y)); }
     return qkv[cell.y * (3u * params.c / 4u) + cell.x + d];
 }
 
 // vec4 d of the slice at `cell` of dout, from the buffer or the texture.
 fn dout4(cell: vec2<u32>, d: u32) -> vec4<f32> {
-    if (TEXTURE_LOADS) { return textureLoad(dout_tex, vec2<u32>(cell.x + d, cell.y), 0); }
+    if (TEXTURE_LOADS) { return textureLoad(dout_tex, vec2<u32>(cell.x + d, cell.y)); }
     return dout[cell.y * (params.c / 4u) + cell.x + d];
 }
 

@@ -66,22 +66,22 @@ fn matmul_texture_subgroup(
     var acc30_0 = zero; var acc30_1 = zero; var acc31_0 = zero; var acc31_1 = zero;
     for (var k4 = 0u; k4 < params.k4; k4++) {
         let k = 4u * k4;
-        let b0 = mat4x4<f32>(textureLoad(b_tex, vec2<u32>(bc.x, k), 0), textureLoad(b_tex, vec2<u32>(bc.x, k + 1u), 0),
-                             textureLoad(b_tex, vec2<u32>(bc.x, k + 2u), 0), textureLoad(b_tex, vec2<u32>(bc.x, k + 3u), 0));
-        let b1 = mat4x4<f32>(textureLoad(b_tex, vec2<u32>(bc.y, k), 0), textureLoad(b_tex, vec2<u32>(bc.y, k + 1u), 0),
-                             textureLoad(b_tex, vec2<u32>(bc.y, k + 2u), 0), textureLoad(b_tex, vec2<u32>(bc.y, k + 3u), 0));
+        let b0 = mat4x4<f32>(textureLoad(b_tex, vec2<u32>(bc.x, k)), textureLoad(b_tex, vec2<u32>(bc.x, k + 1u)),
+                             textureLoad(b_tex, vec2<u32>(bc.x, k + 2u)), textureLoad(b_tex, vec2<u32>(bc.x, k + 3u)));
+        let b1 = mat4x4<f32>(textureLoad(b_tex, vec2<u32>(bc.y, k)), textureLoad(b_tex, vec2<u32>(bc.y, k + 1u)),
+                             textureLoad(b_tex, vec2<u32>(bc.y, k + 2u)), textureLoad(b_tex, vec2<u32>(bc.y, k + 3u)));
         // This lane's share of At: block rows 4·lane .. 4·lane + 3, at K = k .. k + 3.
         var a0: vec4<f32>; var a1: vec4<f32>; var a2: vec4<f32>; var a3: vec4<f32>;
         if (A_STORED) {
             let square = transpose(mat4x4<f32>(
-                textureLoad(a_tex, vec2<u32>(ax, k), 0), textureLoad(a_tex, vec2<u32>(ax, k + 1u), 0),
-                textureLoad(a_tex, vec2<u32>(ax, k + 2u), 0), textureLoad(a_tex, vec2<u32>(ax, k + 3u), 0)));
+                textureLoad(a_tex, vec2<u32>(ax, k)), textureLoad(a_tex, vec2<u32>(ax, k + 1u)),
+                textureLoad(a_tex, vec2<u32>(ax, k + 2u)), textureLoad(a_tex, vec2<u32>(ax, k + 3u))));
             a0 = square[0]; a1 = square[1]; a2 = square[2]; a3 = square[3];
         } else {
-            a0 = textureLoad(a_tex, vec2<u32>(k4, ar.x), 0);
-            a1 = textureLoad(a_tex, vec2<u32>(k4, ar.y), 0);
-            a2 = textureLoad(a_tex, vec2<u32>(k4, ar.z), 0);
-            a3 = textureLoad(a_tex, vec2<u32>(k4, ar.w), 0);
+            a0 = textureLoad(a_tex, vec2<u32>(k4, ar.x));
+            a1 = textureLoad(a_tex, vec2<u32>(k4, ar.y));
+            a2 = textureLoad(a_tex, vec2<u32>(k4, ar.z));
+            a3 = textureLoad(a_tex, vec2<u32>(k4, ar.w));
         }
         // Block row R is lane R / 4's a(R % 4).
         var a: vec4<f32>;

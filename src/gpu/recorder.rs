@@ -47,7 +47,8 @@ pub enum Resource<'t> {
     /// A storage buffer whose element type must be the `DType` (the shader's `array<f32>` or
     /// `array<u32>`, or their vec4 forms for F32).
     Tensor(&'t Tensor, DType),
-    /// A `texture_2d<f32>` read with `textureLoad`, or a `texture_storage_2d<rgba32float, write>`.
+    /// An rgba32float storage texture: `texture_storage_2d<rgba32float, read>` (read with
+    /// `textureLoad`) or `<rgba32float, write>`.
     Texture(&'t Texture),
 }
 

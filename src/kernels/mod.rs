@@ -33,7 +33,7 @@ pub(crate) fn bind_u32(index: u32, tensor: &Tensor) -> Binding<'_> {
     Binding { index, resource: Resource::Tensor(tensor, DType::U32) }
 }
 
-/// `@binding(index)` = `texture`, a `texture_2d<f32>` or an rgba32float storage texture.
+/// `@binding(index)` = `texture`, an rgba32float storage texture (read or write).
 pub(crate) fn bind_texture(index: u32, texture: &Texture) -> Binding<'_> {
     Binding { index, resource: Resource::Texture(texture) }
 }
