@@ -15,9 +15,9 @@
 //               needs N % 4 == 0; A read as vec4 along M (as scalars with A_SCALAR), B as
 //               vec4 along N
 //
-// params.flags: bit 0 = accumulate into out (gradients), bit 1 = add bias (matmul_nn only),
-// bit 2 = also store gelu of each output at `post` (matmul_nn only: c_fc's forward, whose `out`
-// keeps the pre-activation the backward needs).
+// The epilogue (ACCUMULATE, HAS_BIAS, HAS_GELU below): accumulate into out (gradients), add
+// the bias (matmul_nn only), also store gelu of each output at `post` (matmul_nn only: c_fc's
+// forward, whose `out` keeps the pre-activation the backward needs).
 // Output row r, column c is stored at out[r·out_stride + out_col + c], and A is read from rows
 // of a_stride elements starting at column a_col, so that a matmul split over column slices
 // (when an operand exceeds the adapter's binding size) reads and writes in place; the vec4
@@ -39,7 +39,6 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    flags: u32,
     out_stride: u32, // elements between output rows (N unless writing a column slice)
     out_col: u32,    // first output column written (0 unless writing a column slice)
     a_stride: u32,   // elements between rows of A as stored (K, or M for the transposed A)
@@ -47,9 +46,12 @@ struct Params {
     group_columns: u32, // tile columns per workgroup (see Launch)
 }
 
-const ACCUMULATE: u32 = 1u;
-const HAS_BIAS: u32 = 2u;
-const HAS_GELU: u32 = 4u;
+// The epilogue is fixed per pipeline by override constants (kernels::matmul::epilogue), not by
+// a field of params: on lavapipe an untaken branch's loads and stores still loop over the
+// lanes, which cost a K = 128 product a quarter of its time.
+override ACCUMULATE: bool = false; // add to what out holds (gradients)
+override HAS_BIAS: bool = false;   // add bias[column]
+override HAS_GELU: bool = false;   // also store gelu of each output at `post`
 const WG_X: u32 = 8u; // invocations per workgroup along N (kernels::matmul::WG_X)
 const WG_Y: u32 = 8u; // along M (kernels::matmul::WG_Y)
 
@@ -112,11 +114,11 @@ fn store_block(acc: ptr<function, array<vec4<f32>, 32>>, m0: u32, c0: u32, n4: u
             let col = c0 + c;
             if (col >= n4) { break; }
             var v = (*acc)[r * 4u + c];
-            if (use_bias && (params.flags & HAS_BIAS) != 0u) { v += bias[col]; }
+            if (use_bias && HAS_BIAS) { v += bias[col]; }
             let at = row * (params.out_stride / 4u) + params.out_col / 4u + col;
-            if ((params.flags & ACCUMULATE) != 0u) { v += out[at]; }
+            if (ACCUMULATE) { v += out[at]; }
             out[at] = v;
-            if (use_bias && (params.flags & HAS_GELU) != 0u) { post[at] = gelu4(v); }
+            if (use_bias && HAS_GELU) { post[at] = gelu4(v); }
         }
     }
 }
@@ -287,7 +289,7 @@ fn matmul_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             if (col >= params.n) { break; }
             var v = acc[r * 4u + j / 4u][j % 4u];
             let at = row * params.out_stride + params.out_col + col;
-            if ((params.flags & ACCUMULATE) != 0u) { v += out_scalar[at]; }
+            if (ACCUMULATE) { v += out_scalar[at]; }
             out_scalar[at] = v;
         }
     }

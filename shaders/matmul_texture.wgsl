@@ -23,8 +23,8 @@
 // accumulators, named rather than indexed so that they stay in registers. Output row r, vec4
 // column c is out[out_offset4 + r·out_stride4 + c] (a block of a larger output, when the
 // product is split to fit the adapter's texture size); it stores ceil(N/4) vec4s per row.
-// params.flags: bit 0 = accumulate into out, bit 1 = add bias[bias_offset4·4 + column], bit 2 =
-// also store gelu of each output at `post` (laid out as out: c_fc's forward).
+// The epilogue (ACCUMULATE, HAS_BIAS, HAS_GELU below) adds bias[bias_offset4·4 + column], and
+// stores GELU's output at `post`, laid out as out (c_fc's forward).
 // Textures: At is ceil(K/4) texels wide and 16·ceil(M/16) rows high; Bt is 4·ceil(N/16)
 // texels wide and 4·ceil(K/4) rows high.
 //
@@ -52,16 +52,18 @@ struct Params {
     m: u32,
     n: u32,           // columns stored: a multiple of 4
     k4: u32,          // texels of At per row: ceil(K/4)
-    flags: u32,
     out_stride4: u32, // vec4s between output rows
     out_offset4: u32, // vec4 of out holding output (0, 0)
     bias_offset4: u32,// vec4 of bias holding output column 0's bias
     group_columns: u32, // tile columns per workgroup (see Launch)
 }
 
-const ACCUMULATE: u32 = 1u;
-const HAS_BIAS: u32 = 2u;
-const HAS_GELU: u32 = 4u;
+// The epilogue is fixed per pipeline by override constants (kernels::matmul::epilogue), not by
+// a field of params: on lavapipe an untaken branch's loads and stores still loop over the
+// lanes, which cost a K = 128 product a quarter of its time.
+override ACCUMULATE: bool = false; // add to what out holds (gradients)
+override HAS_BIAS: bool = false;   // add bias[column]
+override HAS_GELU: bool = false;   // also store gelu of each output at `post`
 const WG: u32 = 64u;   // invocations per workgroup (kernels::matmul::WG)
 const TILE: u32 = 16u; // output rows and columns per invocation (kernels::matmul::TEXTURE_TILE)
 const GROUP_ROWS: u32 = 8u; // matmul_texture: tile rows per workgroup (kernels::matmul::TEXTURE_GROUP_ROWS)
@@ -148,19 +150,19 @@ fn pack_columns(
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(11) var<storage, read_write> post: array<vec4<f32>>; // the GELU epilogue's output
 
-// Stores output row `row`, vec4 column `col` (with the bias, accumulation and GELU that
-// params.flags ask for), unless it lies outside [M, N/4).
+// Stores output row `row`, vec4 column `col` (with the bias, accumulation and GELU of the
+// epilogue), unless it lies outside [M, N/4).
 fn store_vec4(row: u32, col: u32, value: vec4<f32>) {
     if (row >= params.m || col >= params.n / 4u) { return; }
     var v = value;
-    if ((params.flags & HAS_BIAS) != 0u) {
+    if (HAS_BIAS) {
         let at = 4u * (params.bias_offset4 + col);
         v += vec4<f32>(bias[at], bias[at + 1u], bias[at + 2u], bias[at + 3u]);
     }
     let at = params.out_offset4 + row * params.out_stride4 + col;
-    if ((params.flags & ACCUMULATE) != 0u) { v += out[at]; }
+    if (ACCUMULATE) { v += out[at]; }
     out[at] = v;
-    if ((params.flags & HAS_GELU) != 0u) { post[at] = gelu4(v); }
+    if (HAS_GELU) { post[at] = gelu4(v); }
 }
 
 // Stores one output row's 16 columns (four vec4s from vec4 column c0).
@@ -267,8 +269,7 @@ struct UnpadParams {
     n: u32,
     src_stride: u32, // N' (elements between rows of src)
     out_stride: u32, // elements between output rows
-    out_col: u32,    // first output column written
-    flags: u32,      // ACCUMULATE, HAS_BIAS
+    out_col: u32,    // first output column written (the epilogue's ACCUMULATE and HAS_BIAS apply)
 }
 
 @group(0) @binding(0) var<uniform> unpad_params: UnpadParams;
@@ -287,8 +288,8 @@ fn unpad_columns(
     let r = i / p.n;
     let c = i % p.n;
     var v = unpad_src[r * p.src_stride + c];
-    if ((p.flags & HAS_BIAS) != 0u) { v += bias[c]; }
+    if (HAS_BIAS) { v += bias[c]; }
     let at = r * p.out_stride + p.out_col + c;
-    if ((p.flags & ACCUMULATE) != 0u) { v += unpad_out[at]; }
+    if (ACCUMULATE) { v += unpad_out[at]; }
     unpad_out[at] = v;
 }

@@ -4,7 +4,7 @@
 //
 //   matmul_texture_subgroup: out[M,N] (+)= At[M,K] · Bt[K,N] (+ bias[N]), At and Bt packed as
 //                            for matmul_texture (or A of a TN product as stored: A_STORED
-//                            below), params.flags as there.
+//                            below), the epilogue as there.
 //
 // Each subgroup of 8 invocations computes a 32×64 block of the output: lane l its columns
 // 8l .. 8l + 7 in all 32 rows, in 64 vec4 accumulators. At each step of K the 8 lanes need the

@@ -5,8 +5,9 @@
 //   op(A) = A[M,K] or, with TRANS_A, A[K,M]ᵀ;  op(B) = B[K,N] or, with TRANS_B, B[N,K]ᵀ
 //
 // So forward is (TRANS_A=false, TRANS_B=false), dinp = dout·Wᵀ is (false, true) and
-// dW = inpᵀ·dout is (true, false). params.flags: bit 0 accumulate, bit 1 add bias, bit 2 also
-// store gelu of each output at `post` (c_fc's forward: out keeps the pre-activation). Output
+// dW = inpᵀ·dout is (true, false). The epilogue (ACCUMULATE, HAS_BIAS, HAS_GELU below):
+// accumulate, add the bias, also store gelu of each output at `post` (c_fc's forward: out
+// keeps the pre-activation). Output
 // (r, c) is stored at out[r·out_stride + out_col + c], and A is read from rows of a_stride
 // elements from column a_col (column slices of wider operands). With B_F16, B holds f16
 // values two to a u32 (pack2x16float, a generation's weights), read at binding 6.
@@ -29,7 +30,6 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    flags: u32,
     out_stride: u32, // elements between output rows (N unless writing a column slice)
     out_col: u32,    // first output column written (0 unless writing a column slice)
     a_stride: u32,   // elements between rows of A as stored (K, or M for the transposed A)
@@ -37,9 +37,12 @@ struct Params {
     group_columns: u32, // (the register-tiled kernel's workgroup layout; unused here)
 }
 
-const ACCUMULATE: u32 = 1u;
-const HAS_BIAS: u32 = 2u;
-const HAS_GELU: u32 = 4u;
+// The epilogue is fixed per pipeline by override constants (kernels::matmul::epilogue), not by
+// a field of params: on lavapipe an untaken branch's loads and stores still loop over the
+// lanes, which cost a K = 128 product a quarter of its time.
+override ACCUMULATE: bool = false; // add to what out holds (gradients)
+override HAS_BIAS: bool = false;   // add bias[column]
+override HAS_GELU: bool = false;   // also store gelu of each output at `post`
 
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
@@ -128,11 +131,11 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             let col = n0 + lid.x + j * THREADS;
             if (col >= params.n) { break; }
             var v = acc[i][j];
-            if ((params.flags & HAS_BIAS) != 0u) { v += bias[col]; }
+            if (HAS_BIAS) { v += bias[col]; }
             let at = row * params.out_stride + params.out_col + col;
-            if ((params.flags & ACCUMULATE) != 0u) { v += out[at]; }
+            if (ACCUMULATE) { v += out[at]; }
             out[at] = v;
-            if ((params.flags & HAS_GELU) != 0u) { post[at] = gelu(v); }
+            if (HAS_GELU) { post[at] = gelu(v); }
         }
     }
 }
@@ -162,7 +165,7 @@ fn bias_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (lane == 0u && n < params.n) {
         var total = 0.0;
         for (var l = 0u; l < LANES; l++) { total += lane_sums[l * COLS + col]; }
-        if ((params.flags & ACCUMULATE) != 0u) { total += out[n]; }
+        if (ACCUMULATE) { total += out[n]; }
         out[n] = total;
     }
 }

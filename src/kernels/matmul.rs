@@ -63,9 +63,14 @@ pub fn group_columns(tile_columns: usize, max: usize) -> usize {
     tile_columns.div_ceil(tile_columns.div_ceil(max).max(1)).max(1)
 }
 
-const ACCUMULATE: u32 = 1;
-const HAS_BIAS: u32 = 2;
-const HAS_GELU: u32 = 4;
+/// The override constants of a product's epilogue (ACCUMULATE into out, add HAS_BIAS, also
+/// store HAS_GELU at `post`), which every matmul shader declares: fixed per pipeline rather
+/// than a field of its params, because on lavapipe an untaken branch's loads and stores still
+/// loop over the lanes (a quarter of a K = 128 product's time).
+pub fn epilogue(accumulate: bool, bias: bool, gelu: bool) -> [(&'static str, f64); 3] {
+    let on = |b: bool| b as u8 as f64;
+    [("ACCUMULATE", on(accumulate)), ("HAS_BIAS", on(bias)), ("HAS_GELU", on(gelu))]
+}
 
 /// Which operands are transposed: out = op(A)·op(B).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +89,6 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    flags: u32,
     out_stride: u32,
     out_col: u32,
     a_stride: u32,
@@ -480,9 +484,7 @@ fn record(
             (a_stride, a_col),
         );
     }
-    let flags = if accumulate { ACCUMULATE } else { 0 }
-        | if bias.is_some() { HAS_BIAS } else { 0 }
-        | if post.is_some() { HAS_GELU } else { 0 };
+    let epilogue = epilogue(accumulate, bias.is_some(), post.is_some());
     // 2 flops per multiply-add; A and B read once (an f16 B is half the words), the output
     // written (and read to accumulate, and written again through GELU).
     let stores = 1 + accumulate as usize + post.is_some() as usize;
@@ -505,7 +507,6 @@ fn record(
         m: m as u32,
         n: n as u32,
         k: k as u32,
-        flags,
         out_stride,
         out_col,
         a_stride,
@@ -549,11 +550,13 @@ fn record(
         )?;
         let b_t_words = b_t.bitcast(DType::U32); // the f16 binding's stand-in
         let bindings = nn_tn_bindings(a, &b_t, bias, out, post, &b_t_words);
-        return rec.dispatch(&SHADER, "matmul_nn", &[("A_SCALAR", 0.0), ("B_F16", 0.0)], p, &bindings, grid, work);
+        let constants = [&[("A_SCALAR", 0.0), ("B_F16", 0.0)][..], &epilogue].concat();
+        return rec.dispatch(&SHADER, "matmul_nn", &constants, p, &bindings, grid, work);
     }
     if register_tiled && layout == Layout::NT && vec4_a {
         let bindings = [bind(1, a), bind(2, &b_f32_binding), bind(5, out), bind_u32(8, &b_f16_binding)];
-        rec.dispatch(&SHADER, "matmul_nt", &[b_f16_constant], p, &bindings, grid, work)
+        let constants = [&[b_f16_constant][..], &epilogue].concat();
+        rec.dispatch(&SHADER, "matmul_nt", &constants, p, &bindings, grid, work)
     } else if register_tiled && layout != Layout::NT && vec4_out {
         // A is read as vec4s when its rows start on vec4 boundaries and its vec4 axis (K for
         // NN, M for TN) is whole; else four scalars at a time.
@@ -561,13 +564,16 @@ fn record(
         let scalar_a = !(vec4_a && axis.is_multiple_of(4));
         let entry = if layout == Layout::NN { "matmul_nn" } else { "matmul_tn" };
         let bindings = nn_tn_bindings(a, &b_f32_binding, bias, out, post, &b_f16_binding);
-        let constants = [("A_SCALAR", scalar_a as u8 as f64), b_f16_constant];
+        let constants = [&[("A_SCALAR", scalar_a as u8 as f64), b_f16_constant][..], &epilogue].concat();
         rec.dispatch(&SHADER, entry, &constants, p, &bindings, grid, work)
     } else {
         let constants = [
             ("TRANS_A", if layout == Layout::TN { 1.0 } else { 0.0 }),
             ("TRANS_B", if layout == Layout::NT { 1.0 } else { 0.0 }),
             b_f16_constant,
+            epilogue[0],
+            epilogue[1],
+            epilogue[2],
         ];
         let grid = [groups(n, TILE) as u32, groups(m, TILE) as u32, 1];
         let bindings = [
@@ -614,7 +620,6 @@ struct TextureParams {
     m: u32,
     n: u32,
     k4: u32,
-    flags: u32,
     out_stride4: u32,
     out_offset4: u32,
     bias_offset4: u32,
@@ -745,16 +750,13 @@ fn record_texture(
                 let b_tex = pack(rec, method, SLOT_B, b, b_block, b_width, b_height)?;
                 let with_bias = bias.is_some() && k0 == 0;
                 let with_gelu = post.is_some();
-                let flags = if accumulate || k0 > 0 { ACCUMULATE } else { 0 }
-                    | if with_bias { HAS_BIAS } else { 0 }
-                    | if with_gelu { HAS_GELU } else { 0 };
+                let accumulated = accumulate || k0 > 0;
                 let (tile_columns, tile_rows) = (groups(nc, TEXTURE_TILE), groups(mc, TEXTURE_TILE));
                 let group_columns = group_columns(tile_columns, WG / TEXTURE_GROUP_ROWS);
                 let params = TextureParams {
                     m: mc as u32,
                     n: nc.next_multiple_of(4) as u32, // whole vec4s: out's rows have room (see record)
                     k4: kc.div_ceil(4) as u32,
-                    flags,
                     out_stride4: (out_stride / 4) as u32,
                     out_offset4: ((m0 * out_stride + out_col + n0) / 4) as u32,
                     bias_offset4: (n0 / 4) as u32,
@@ -777,11 +779,12 @@ fn record_texture(
                     let grid = [groups(tile_columns, group_columns), groups(tile_rows, TEXTURE_GROUP_ROWS), 1];
                     (&TEXTURE_SHADER, "matmul_texture", grid.map(|g| g as u32))
                 };
-                let accumulated = (flags & ACCUMULATE != 0) as usize;
-                let stores = 1 + accumulated + with_gelu as usize;
+                let stores = 1 + accumulated as usize + with_gelu as usize;
                 let work = Work::flops(2 * mc * nc * kc, mc * kc + kc * nc + mc * nc * stores);
-                let constants: &[(&str, f64)] = if a_stored { &[("A_STORED", 1.0)] } else { &[] };
-                rec.dispatch(shader, entry, constants, bytemuck::bytes_of(&params), &bindings, grid, work)?;
+                let epilogue = epilogue(accumulated, with_bias, with_gelu);
+                let a_stored: &[(&str, f64)] = if a_stored { &[("A_STORED", 1.0)] } else { &[] };
+                let constants = [a_stored, &epilogue].concat();
+                rec.dispatch(shader, entry, &constants, bytemuck::bytes_of(&params), &bindings, grid, work)?;
             }
         }
     }
@@ -796,7 +799,6 @@ struct UnpadParams {
     src_stride: u32,
     out_stride: u32,
     out_col: u32,
-    flags: u32,
 }
 
 /// out (+)= src (+ bias) for the (m, n) product held in rows of `src_stride` elements of `src`
@@ -813,20 +815,19 @@ fn unpad_columns(
     src_stride: usize,
     (out_stride, out_col): (usize, usize),
 ) -> Result<()> {
-    let flags = if accumulate { ACCUMULATE } else { 0 } | if bias.is_some() { HAS_BIAS } else { 0 };
     let params = UnpadParams {
         m: m as u32,
         n: n as u32,
         src_stride: src_stride as u32,
         out_stride: out_stride as u32,
         out_col: out_col as u32,
-        flags,
     };
     // Kernels that read a bias binding get `src` when there is none (the flag keeps it unread).
     let bindings = [bind(8, src), bind(9, out), bind(5, bias.unwrap_or(src))];
     let work = Work::floats(m * n * (2 + accumulate as usize) + n * bias.is_some() as usize);
     let grid = rec.gpu().grid(groups(m * n, WG));
-    rec.dispatch(&TEXTURE_SHADER, "unpad_columns", &[], bytemuck::bytes_of(&params), &bindings, grid, work)
+    let epilogue = epilogue(accumulate, bias.is_some(), false);
+    rec.dispatch(&TEXTURE_SHADER, "unpad_columns", &epilogue, bytemuck::bytes_of(&params), &bindings, grid, work)
 }
 
 /// A block of a row-major matrix in a storage buffer: `rows` × `cols` starting at element
@@ -1091,7 +1092,6 @@ pub fn bias_backward(rec: &mut Recorder, dbias: &Tensor, dout: &Tensor) -> Resul
             m: m as u32,
             n: n as u32,
             k: 0,
-            flags: ACCUMULATE,
             out_stride: n as u32,
             out_col: 0,
             a_stride: n as u32,
@@ -1101,7 +1101,7 @@ pub fn bias_backward(rec: &mut Recorder, dbias: &Tensor, dout: &Tensor) -> Resul
         rec.dispatch(
             &TILED_SHADER,
             "bias_backward",
-            &[],
+            &epilogue(true, false, false),
             bytemuck::bytes_of(&params),
             &[bind(1, &dout), bind(4, dbias)],
             [groups(n, BIAS_COLS) as u32, 1, 1],

@@ -179,9 +179,19 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
 /// every backend: attention's HEAD_DIM (multiples of 4 up to `attention::MAX_HEAD_DIM`; the
 /// subgroup entry points' 16, 32 and 64) with and without TEXTURE_LOADS, decode attention's
 /// HEAD_DIM, matmul's A_SCALAR and B_F16, the tiled matmul's TRANS_A / TRANS_B and B_F16, the
-/// packs' SRC_VEC4, the texture-subgroup matmul's A_STORED, LayerNorm's RESIDUAL and the
-/// sampler's lanes.
+/// packs' SRC_VEC4, the texture-subgroup matmul's A_STORED, each with every epilogue of the
+/// matmul shaders (`matmul::epilogue`), LayerNorm's RESIDUAL and the sampler's lanes.
 pub fn override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
+    let sets = own_override_sets(shader);
+    if !shader.starts_with("matmul") {
+        return sets;
+    }
+    let epilogues = (0..8).map(|bits| matmul::epilogue(bits & 1 != 0, bits & 2 != 0, bits & 4 != 0));
+    epilogues.flat_map(|e| sets.iter().map(move |set| [&set[..], &e].concat())).collect()
+}
+
+/// `override_sets` without the matmul epilogues.
+fn own_override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
     let flags = |name: &'static str| [vec![(name, 0.0)], vec![(name, 1.0)]];
     let head_dims = |max: usize| (4..=max).step_by(4).map(|hd| ("HEAD_DIM", hd as f64));
     match shader {
