@@ -24,7 +24,8 @@
 // column c is out[out_offset4 + r·out_stride4 + c] (a block of a larger output, when the
 // product is split to fit the adapter's texture size); it stores ceil(N/4) vec4s per row.
 // The epilogue (ACCUMULATE, HAS_BIAS, HAS_GELU below) adds bias[bias_offset4·4 + column], and
-// stores GELU's output at `post`, laid out as out (c_fc's forward).
+// stores GELU's output at `post`, laid out as out (c_fc's forward). With SUM_B_COLUMNS a
+// product also sums Bt's columns over K into b_column_sums (below).
 // Textures: At is ceil(K/4) texels wide and 16·ceil(M/16) rows high; Bt is 4·ceil(N/16)
 // texels wide and 4·ceil(K/4) rows high.
 //
@@ -150,6 +151,22 @@ fn pack_columns(
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(11) var<storage, read_write> post: array<vec4<f32>>; // the GELU epilogue's output
 
+// SUM_B_COLUMNS: also add Bt's column sums over K to b_column_sums[bias_offset4·4 + column], a
+// dW = inpᵀ·dout product's bias gradient Σ_rows dout, from the texels the product reads anyway
+// (cuBLASLt's BGRADB epilogue). The invocations (subgroups) of the first block of output rows
+// store them, accumulating with ACCUMULATE.
+override SUM_B_COLUMNS: bool = false;
+@group(0) @binding(12) var<storage, read_write> b_column_sums: array<vec4<f32>>;
+
+// Adds the sums of Bt's vec4 column `col` (stores them, without ACCUMULATE), unless past N/4.
+fn store_column_sums(col: u32, sums: vec4<f32>) {
+    if (col >= params.n / 4u) { return; }
+    let at = params.bias_offset4 + col;
+    var v = sums;
+    if (ACCUMULATE) { v += b_column_sums[at]; }
+    b_column_sums[at] = v;
+}
+
 // Stores output row `row`, vec4 column `col` (with the bias, accumulation and GELU of the
 // epilogue), unless it lies outside [M, N/4).
 fn store_vec4(row: u32, col: u32, value: vec4<f32>) {
@@ -199,6 +216,7 @@ fn matmul_texture(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     var acc13_0 = zero; var acc13_1 = zero; var acc13_2 = zero; var acc13_3 = zero;
     var acc14_0 = zero; var acc14_1 = zero; var acc14_2 = zero; var acc14_3 = zero;
     var acc15_0 = zero; var acc15_1 = zero; var acc15_2 = zero; var acc15_3 = zero;
+    var sum0 = zero; var sum1 = zero; var sum2 = zero; var sum3 = zero; // SUM_B_COLUMNS
     for (var k4 = 0u; k4 < params.k4; k4++) {
         // Rows 4k4..4k4+3 of Bt as four 4×4 blocks: column j of block C is
         // Bt[4k4 + j, 4(c0 + C)..+3], so block · At[row, 4k4..4k4+3] is that row's
@@ -212,6 +230,10 @@ fn matmul_texture(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
                              textureLoad(b_tex, vec2<u32>(c0 + 2u, k + 2u)), textureLoad(b_tex, vec2<u32>(c0 + 2u, k + 3u)));
         let b3 = mat4x4<f32>(textureLoad(b_tex, vec2<u32>(c0 + 3u, k)), textureLoad(b_tex, vec2<u32>(c0 + 3u, k + 1u)),
                              textureLoad(b_tex, vec2<u32>(c0 + 3u, k + 2u)), textureLoad(b_tex, vec2<u32>(c0 + 3u, k + 3u)));
+        if (SUM_B_COLUMNS) {
+            sum0 += b0[0] + b0[1] + b0[2] + b0[3]; sum1 += b1[0] + b1[1] + b1[2] + b1[3];
+            sum2 += b2[0] + b2[1] + b2[2] + b2[3]; sum3 += b3[0] + b3[1] + b3[2] + b3[3];
+        }
         var a: vec4<f32>;
         a = textureLoad(a_tex, vec2<u32>(k4, m0 + 0u));
         acc0_0 += b0 * a; acc0_1 += b1 * a; acc0_2 += b2 * a; acc0_3 += b3 * a;
@@ -262,6 +284,10 @@ fn matmul_texture(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     store_row(m0 + 13u, c0, acc13_0, acc13_1, acc13_2, acc13_3);
     store_row(m0 + 14u, c0, acc14_0, acc14_1, acc14_2, acc14_3);
     store_row(m0 + 15u, c0, acc15_0, acc15_1, acc15_2, acc15_3);
+    if (SUM_B_COLUMNS && m0 == 0u) {
+        store_column_sums(c0, sum0); store_column_sums(c0 + 1u, sum1);
+        store_column_sums(c0 + 2u, sum2); store_column_sums(c0 + 3u, sum3);
+    }
 }
 
 struct UnpadParams {

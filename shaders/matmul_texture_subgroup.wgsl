@@ -4,7 +4,7 @@
 //
 //   matmul_texture_subgroup: out[M,N] (+)= At[M,K] · Bt[K,N] (+ bias[N]), At and Bt packed as
 //                            for matmul_texture (or A of a TN product as stored: A_STORED
-//                            below), the epilogue as there.
+//                            below), the epilogue and SUM_B_COLUMNS as there.
 //
 // Each subgroup of 8 invocations computes a 32×64 block of the output: lane l its columns
 // 8l .. 8l + 7 in all 32 rows, in 64 vec4 accumulators. At each step of K the 8 lanes need the
@@ -64,12 +64,14 @@ fn matmul_texture_subgroup(
     var acc26_0 = zero; var acc26_1 = zero; var acc27_0 = zero; var acc27_1 = zero;
     var acc28_0 = zero; var acc28_1 = zero; var acc29_0 = zero; var acc29_1 = zero;
     var acc30_0 = zero; var acc30_1 = zero; var acc31_0 = zero; var acc31_1 = zero;
+    var sum0 = zero; var sum1 = zero; // SUM_B_COLUMNS
     for (var k4 = 0u; k4 < params.k4; k4++) {
         let k = 4u * k4;
         let b0 = mat4x4<f32>(textureLoad(b_tex, vec2<u32>(bc.x, k)), textureLoad(b_tex, vec2<u32>(bc.x, k + 1u)),
                              textureLoad(b_tex, vec2<u32>(bc.x, k + 2u)), textureLoad(b_tex, vec2<u32>(bc.x, k + 3u)));
         let b1 = mat4x4<f32>(textureLoad(b_tex, vec2<u32>(bc.y, k)), textureLoad(b_tex, vec2<u32>(bc.y, k + 1u)),
                              textureLoad(b_tex, vec2<u32>(bc.y, k + 2u)), textureLoad(b_tex, vec2<u32>(bc.y, k + 3u)));
+        if (SUM_B_COLUMNS) { sum0 += b0[0] + b0[1] + b0[2] + b0[3]; sum1 += b1[0] + b1[1] + b1[2] + b1[3]; }
         // This lane's share of At: block rows 4·lane .. 4·lane + 3, at K = k .. k + 3.
         var a0: vec4<f32>; var a1: vec4<f32>; var a2: vec4<f32>; var a3: vec4<f32>;
         if (A_STORED) {
@@ -150,4 +152,5 @@ fn matmul_texture_subgroup(
     store_vec4(m0 + 29u, c0, acc29_0); store_vec4(m0 + 29u, c0 + 1u, acc29_1);
     store_vec4(m0 + 30u, c0, acc30_0); store_vec4(m0 + 30u, c0 + 1u, acc30_1);
     store_vec4(m0 + 31u, c0, acc31_0); store_vec4(m0 + 31u, c0 + 1u, acc31_1);
+    if (SUM_B_COLUMNS && m0 == 0u) { store_column_sums(c0, sum0); store_column_sums(c0 + 1u, sum1); }
 }

@@ -456,7 +456,21 @@ fn record(
         let method = if texture_takes(m, n, b) { pack_method(rec.gpu())? } else { PackMethod::Shader };
         if texture_takes(m, n, b) && vec4_out {
             let place = ((out_stride, out_col), (a_stride, a_col));
-            return record_texture(rec, variant, method, out, a, b, bias, post, layout, accumulate, (m, n, k), place);
+            return record_texture(
+                rec,
+                variant,
+                method,
+                out,
+                a,
+                b,
+                bias,
+                post,
+                None,
+                layout,
+                accumulate,
+                (m, n, k),
+                place,
+            );
         }
         if texture_takes(m, n, b) {
             ensure_shape(post.is_none(), || format!("the GELU epilogue needs whole vec4 rows, not {n} columns"))?;
@@ -465,7 +479,7 @@ fn record(
             let padded = n.next_multiple_of(4);
             let scratch = rec.gpu().tensor(&[m, padded], DType::F32)?;
             let place = ((padded, 0), (a_stride, a_col));
-            record_texture(rec, variant, method, &scratch, a, b, None, None, layout, false, (m, n, k), place)?;
+            record_texture(rec, variant, method, &scratch, a, b, None, None, None, layout, false, (m, n, k), place)?;
             return unpad_columns(rec, out, &scratch, bias, accumulate, (m, n), padded, (out_stride, out_col));
         }
         let variant = MatmulVariant::RegisterTiled;
@@ -687,13 +701,16 @@ pub fn texture_matmul_with_pack(
     })?;
     let a_stride = a.shape().last().copied().unwrap_or(1);
     let place = ((n, 0), (a_stride, 0));
-    record_texture(rec, MatmulVariant::Texture, method, out, a, b, bias, None, layout, accumulate, (m, n, k), place)
+    let (variant, sums) = (MatmulVariant::Texture, None);
+    record_texture(rec, variant, method, out, a, b, bias, None, sums, layout, accumulate, (m, n, k), place)
 }
 
 /// Records a product on a texture kernel (arguments as `record`; `variant`: Texture or
 /// TextureSubgroup): packs op(A) and op(B) into textures (by `method` where a block allows a
 /// copy), transposing where the layout asks, then multiplies them. Where an operand would exceed the adapter's texture size the product runs
-/// in blocks: rows of out, columns of out, and slices of K accumulated one after another.
+/// in blocks: rows of out, columns of out, and slices of K accumulated one after another. With
+/// `b_column_sums` ([N]) the kernels also add op(B)'s column sums to it (a weight gradient's
+/// bias gradient, as the product: stored, or accumulated with `accumulate`).
 #[allow(clippy::too_many_arguments)]
 fn record_texture(
     rec: &mut Recorder,
@@ -704,6 +721,7 @@ fn record_texture(
     b: &Tensor,
     bias: Option<&Tensor>,
     post: Option<&Tensor>,
+    b_column_sums: Option<&Tensor>,
     layout: Layout,
     accumulate: bool,
     (m, n, k): (usize, usize, usize),
@@ -750,6 +768,8 @@ fn record_texture(
                 let b_tex = pack(rec, method, SLOT_B, b, b_block, b_width, b_height)?;
                 let with_bias = bias.is_some() && k0 == 0;
                 let with_gelu = post.is_some();
+                // Column sums from the first block of rows only (the kernel's first rows).
+                let sums = if m0 == 0 { b_column_sums } else { None };
                 let accumulated = accumulate || k0 > 0;
                 let (tile_columns, tile_rows) = (groups(nc, TEXTURE_TILE), groups(mc, TEXTURE_TILE));
                 let group_columns = group_columns(tile_columns, WG / TEXTURE_GROUP_ROWS);
@@ -770,6 +790,7 @@ fn record_texture(
                     bind(5, bias.unwrap_or(a)),
                     bind(6, out),
                     bind(11, post.unwrap_or(out)),
+                    bind(12, sums.unwrap_or(out)),
                 ];
                 let (shader, entry, grid) = if variant == MatmulVariant::TextureSubgroup {
                     let (block_rows, block_columns) = SUBGROUP_BLOCK;
@@ -780,10 +801,12 @@ fn record_texture(
                     (&TEXTURE_SHADER, "matmul_texture", grid.map(|g| g as u32))
                 };
                 let stores = 1 + accumulated as usize + with_gelu as usize;
-                let work = Work::flops(2 * mc * nc * kc, mc * kc + kc * nc + mc * nc * stores);
+                let sums_words = if sums.is_some() { nc * (1 + accumulated as usize) } else { 0 };
+                let work = Work::flops(2 * mc * nc * kc, mc * kc + kc * nc + mc * nc * stores + sums_words);
                 let epilogue = epilogue(accumulated, with_bias, with_gelu);
                 let a_stored: &[(&str, f64)] = if a_stored { &[("A_STORED", 1.0)] } else { &[] };
-                let constants = [a_stored, &epilogue].concat();
+                let sum_columns = [("SUM_B_COLUMNS", sums.is_some() as u8 as f64)];
+                let constants = [a_stored, &epilogue, &sum_columns].concat();
                 rec.dispatch(shader, entry, &constants, bytemuck::bytes_of(&params), &bindings, grid, work)?;
             }
         }
@@ -883,6 +906,7 @@ fn measure_pack_method(gpu: &Arc<Gpu>, method: PackMethod) -> Result<Option<f64>
         &out,
         &ta,
         &tb,
+        None,
         None,
         None,
         Layout::NN,
@@ -1068,12 +1092,65 @@ pub fn linear_backward(
     inp: &Tensor,
     w: &Tensor,
 ) -> Result<()> {
-    matmul(rec, dinp, dout, w, None, Layout::NT, true)?;
-    matmul(rec, dw, inp, dout, None, Layout::TN, true)?;
+    linear_backward_with_variant(rec, None, dinp, dw, dbias, dout, inp, w)
+}
+
+/// As `linear_backward`, on the variant named (tests compare them), or with `None` each product
+/// on the adapter's choice for its rows.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward_with_variant(
+    rec: &mut Recorder,
+    variant: Option<MatmulVariant>,
+    dinp: &Tensor,
+    dw: &Tensor,
+    dbias: Option<&Tensor>,
+    dout: &Tensor,
+    inp: &Tensor,
+    w: &Tensor,
+) -> Result<()> {
+    let gpu = rec.gpu().clone();
+    let for_rows = |m: usize| variant.map_or_else(|| variant_for_rows(&gpu, m), Ok);
+    let (rows, c) = (as_matrix(inp).0, as_matrix(w).0);
+    matmul_with_variant(rec, for_rows(rows)?, dinp, dout, w, None, Layout::NT, true)?;
+    let dw_variant = for_rows(c)?;
+    if let Some(dbias) = dbias
+        && weight_and_bias_gradients_on_textures(rec, dw_variant, dw, dbias, inp, dout)?
+    {
+        return Ok(());
+    }
+    matmul_with_variant(rec, dw_variant, dw, inp, dout, None, Layout::TN, true)?;
     if let Some(dbias) = dbias {
         bias_backward(rec, dbias, dout)?;
     }
     Ok(())
+}
+
+/// dw += inpᵀ · dout and dbias += Σ_rows dout in one dispatch, where the weight gradient runs on
+/// a texture kernel in one piece: the kernel sums dout's columns (its B) from the texels it
+/// reads anyway, as cuBLASLt's BGRADB epilogue does, instead of reading dout again in
+/// `bias_backward` (on lavapipe a column sum with workgroup barriers, 15 % of the tiny model's
+/// non-matmul time). Records nothing and returns false elsewhere.
+fn weight_and_bias_gradients_on_textures(
+    rec: &mut Recorder,
+    variant: MatmulVariant,
+    dw: &Tensor,
+    dbias: &Tensor,
+    inp: &Tensor,
+    dout: &Tensor,
+) -> Result<bool> {
+    let (m, n, k) = dims(dw, inp, dout, Layout::TN)?;
+    expect_len(dbias, n, "bias gradient")?;
+    let gpu = rec.gpu().clone();
+    let variant = available(&gpu, variant);
+    let limit = gpu.limits.max_storage_buffer_binding_size as usize / 4;
+    let in_one_piece = k * m.max(n) <= limit && m * n <= limit && k <= MAX_K;
+    if !(variant.reads_textures() && texture_takes(m, n, dout) && n.is_multiple_of(4) && in_one_piece) {
+        return Ok(false);
+    }
+    let method = pack_method(&gpu)?;
+    let place = ((n, 0), (m, 0));
+    record_texture(rec, variant, method, dw, inp, dout, None, None, Some(dbias), Layout::TN, true, (m, n, k), place)?;
+    Ok(true)
 }
 
 /// Columns per workgroup of `bias_backward` (`COLS` in the shader).

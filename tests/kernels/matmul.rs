@@ -1,6 +1,8 @@
 use crate::common::*;
 use ppo_wgpu::gpu::{MatmulVariant, Recorder};
-use ppo_wgpu::kernels::matmul::{Layout, bias_backward, linear_backward, linear_forward, matmul_with_variant};
+use ppo_wgpu::kernels::matmul::{
+    Layout, bias_backward, linear_backward_with_variant, linear_forward, matmul_with_variant,
+};
 use ppo_wgpu::reference;
 
 const VARIANTS: [MatmulVariant; 4] = [
@@ -132,38 +134,37 @@ fn linear_forward_with_bias_matches_reference() {
 
 #[test]
 fn linear_backward_matches_reference_and_finite_differences() {
+    // On every variant: the texture kernels take the weight gradient of an N multiple of 4
+    // together with the bias gradient (SUM_B_COLUMNS), the others run bias_backward after it.
     let mut rng = Rng::new(14);
-    for (n, c, oc) in [(37, 29, 53), (24, 32, 48)] {
+    for (n, c, oc) in [(37, 29, 53), (24, 32, 48), (45, 18, 20)] {
         let (inp, w, bias) = (rng.normals(n * c, 1.0), rng.normals(c * oc, 1.0), rng.normals(oc, 1.0));
         let dout = rng.normals(n * oc, 1.0);
-        // Gradients accumulate: start from nonzero buffers and subtract them afterwards.
-        let (p_inp, p_w, p_b) = (rng.normals(n * c, 1.0), rng.normals(c * oc, 1.0), rng.normals(oc, 1.0));
-        let (dinp, dw, db) = (upload(&p_inp, &[n, c]), upload(&p_w, &[c, oc]), upload(&p_b, &[oc]));
-        let gpu = gpu();
-        let mut rec = Recorder::new(&gpu);
-        linear_backward(
-            &mut rec,
-            &dinp,
-            &dw,
-            Some(&db),
-            &upload(&dout, &[n, oc]),
-            &upload(&inp, &[n, c]),
-            &upload(&w, &[c, oc]),
-        )
-        .unwrap();
-        rec.submit();
-        let sub = |got: Vec<f64>, prior: &[f64]| got.iter().zip(prior).map(|(g, p)| g - p).collect::<Vec<f64>>();
-        let (g_inp, g_w, g_b) = (sub(download(&dinp), &p_inp), sub(download(&dw), &p_w), sub(download(&db), &p_b));
         let (r_inp, r_w, r_b) = reference::linear_backward(&dout, &inp, &w, n, c, oc);
-        let what = format!("linear_backward {n}x{c}x{oc}");
-        assert_close(&format!("{what} dinp"), &g_inp, &r_inp, tol(oc).0, 1e-5);
-        assert_close(&format!("{what} dw"), &g_w, &r_w, tol(n).0, 1e-5);
-        assert_close(&format!("{what} dbias"), &g_b, &r_b, tol(n).0, 1e-5);
         let loss =
             |inp: &[f64], w: &[f64], bias: &[f64]| dot(&dout, &reference::linear_forward(inp, w, Some(bias), n, c, oc));
-        check_fd(&format!("{what} dinp"), &g_inp, |x| loss(x, &w, &bias), &inp, &mut rng, 1e-3, 1e-3);
-        check_fd(&format!("{what} dw"), &g_w, |x| loss(&inp, x, &bias), &w, &mut rng, 1e-3, 1e-3);
-        check_fd(&format!("{what} dbias"), &g_b, |x| loss(&inp, &w, x), &bias, &mut rng, 1e-3, 1e-3);
+        for variant in VARIANTS {
+            // Gradients accumulate: start from nonzero buffers and subtract them afterwards.
+            let (p_inp, p_w, p_b) = (rng.normals(n * c, 1.0), rng.normals(c * oc, 1.0), rng.normals(oc, 1.0));
+            let (dinp, dw, db) = (upload(&p_inp, &[n, c]), upload(&p_w, &[c, oc]), upload(&p_b, &[oc]));
+            let gpu = gpu();
+            let mut rec = Recorder::new(&gpu);
+            let (t_dout, t_inp, t_w) = (upload(&dout, &[n, oc]), upload(&inp, &[n, c]), upload(&w, &[c, oc]));
+            linear_backward_with_variant(&mut rec, Some(variant), &dinp, &dw, Some(&db), &t_dout, &t_inp, &t_w)
+                .unwrap();
+            rec.submit();
+            let sub = |got: Vec<f64>, prior: &[f64]| got.iter().zip(prior).map(|(g, p)| g - p).collect::<Vec<f64>>();
+            let (g_inp, g_w, g_b) = (sub(download(&dinp), &p_inp), sub(download(&dw), &p_w), sub(download(&db), &p_b));
+            let what = format!("linear_backward {variant:?} {n}x{c}x{oc}");
+            assert_close(&format!("{what} dinp"), &g_inp, &r_inp, tol(oc).0, 1e-5);
+            assert_close(&format!("{what} dw"), &g_w, &r_w, tol(n).0, 1e-5);
+            assert_close(&format!("{what} dbias"), &g_b, &r_b, tol(n).0, 1e-5);
+            if variant == VARIANTS[0] {
+                check_fd(&format!("{what} dinp"), &g_inp, |x| loss(x, &w, &bias), &inp, &mut rng, 1e-3, 1e-3);
+                check_fd(&format!("{what} dw"), &g_w, |x| loss(&inp, x, &bias), &w, &mut rng, 1e-3, 1e-3);
+                check_fd(&format!("{what} dbias"), &g_b, |x| loss(&inp, &w, x), &bias, &mut rng, 1e-3, 1e-3);
+            }
+        }
     }
 }
 
@@ -272,6 +273,27 @@ fn texture_matmul_splits_operands_larger_than_the_texture_limit() {
                 assert_close(&format!("texture-split linear {what}"), &got, &want, atol, rtol);
             }
         }
+    }
+    // The weight and bias gradients in one pass (SUM_B_COLUMNS) over blocks of K (tokens > 32
+    // rows of Bt), of rows of dW (40 input channels > 32: only the first block's kernels add
+    // the column sums) and of its columns (136 > 128 output channels).
+    let (n, c, oc) = (75, 40, 136);
+    let (inp, w, dout) = (rng.normals(n * c, 1.0), rng.normals(c * oc, 1.0), rng.normals(n * oc, 1.0));
+    let (p_w, p_b) = (rng.normals(c * oc, 1.0), rng.normals(oc, 1.0));
+    let (_, r_w, r_b) = reference::linear_backward(&dout, &inp, &w, n, c, oc);
+    let up = |x: &[f64], shape: &[usize]| gpu.upload(shape, &to_f32(x)).unwrap();
+    for variant in [MatmulVariant::Texture, MatmulVariant::TextureSubgroup] {
+        let (dinp, dw, db) = (up(&vec![0.0; n * c], &[n, c]), up(&p_w, &[c, oc]), up(&p_b, &[oc]));
+        let mut rec = Recorder::new(&gpu);
+        let (t_dout, t_inp, t_w) = (up(&dout, &[n, oc]), up(&inp, &[n, c]), up(&w, &[c, oc]));
+        linear_backward_with_variant(&mut rec, Some(variant), &dinp, &dw, Some(&db), &t_dout, &t_inp, &t_w).unwrap();
+        rec.submit();
+        let got = |t: &ppo_wgpu::gpu::Tensor, prior: &[f64]| -> Vec<f64> {
+            gpu.download(t).unwrap().into_iter().zip(prior).map(|(g, p)| g as f64 - p).collect()
+        };
+        let what = format!("texture-split linear_backward {variant:?}");
+        assert_close(&format!("{what} dw"), &got(&dw, &p_w), &r_w, tol(n).0, 1e-5);
+        assert_close(&format!("{what} dbias"), &got(&db, &p_b), &r_b, tol(n).0, 1e-5);
     }
 }
 
