@@ -209,7 +209,7 @@ fn bench_texture_pack(bx: &mut Bench, c: &mut Criterion) {
 fn bench_bias_gelu(bx: &mut Bench, c: &mut Criterion) {
     // c_fc's forward with each GELU epilogue (family bias_gelu) on the adapter's matmul variant,
     // the adapter's choice first and marked.
-    use ppo_wgpu::kernels::matmul::{GELU_EPILOGUES, gelu_epilogue, linear_forward_gelu_with, variant_for_rows};
+    use ppo_wgpu::kernels::matmul::{GELU_EPILOGUES, gelu_epilogue, linear_forward_gelu_with, variant_for};
     let chosen = gelu_epilogue(&bx.gpu).unwrap();
     for (label, m, ch) in [("gpt2 c_fc 256x768x3072", 256, 768), ("tiny c_fc 2048x128x512", 2048, 128)] {
         let (x, w, bias) =
@@ -217,7 +217,7 @@ fn bench_bias_gelu(bx: &mut Bench, c: &mut Criterion) {
         let (tx, tw, tb) = (bx.up(&x, &[m, ch]), bx.up(&w, &[ch, 4 * ch]), bx.up(&bias, &[4 * ch]));
         let (pre, post) = (bx.empty(&[m, 4 * ch]), bx.empty(&[m, 4 * ch]));
         let want = reference::gelu_forward(&reference::linear_forward(&x, &w, Some(&bias), m, ch, 4 * ch));
-        let variant = variant_for_rows(&bx.gpu, m).unwrap();
+        let variant = variant_for(&bx.gpu, Layout::NN, m).unwrap();
         for epilogue in chosen_first(chosen, &GELU_EPILOGUES) {
             let forward = |rec: &mut Recorder| {
                 linear_forward_gelu_with(rec, variant, epilogue, &pre, &post, &tx, &tw, &tb).unwrap()

@@ -172,9 +172,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Memory { config, batch_size, seq_len, algo, beta } => {
             let cfg = named_config(config)?;
             let heads = model::Heads { value: algo.has_value_head(), reward: false };
-            let m = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, |_| MatmulVariant::WorkgroupTiled);
-            let cpu = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, |_| MatmulVariant::RegisterTiled);
-            let tex = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, |_| MatmulVariant::Texture);
+            let m =
+                model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, |_, _| MatmulVariant::WorkgroupTiled);
+            let cpu =
+                model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, |_, _| MatmulVariant::RegisterTiled);
+            let tex = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, |_, _| MatmulVariant::Texture);
             let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
             let n = model::gpt::ParamLayout::new(&cfg, heads).count();
             let beta = beta.unwrap_or(algo.default_beta());

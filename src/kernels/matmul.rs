@@ -107,14 +107,16 @@ pub fn matmul(
     accumulate: bool,
 ) -> Result<()> {
     let (m, _, _) = dims(out, a, b, layout)?;
-    let variant = variant_for_rows(rec.gpu(), m)?;
+    let variant = variant_for(rec.gpu(), layout, m)?;
     matmul_with_variant(rec, variant, out, a, b, bias, layout, accumulate)
 }
 
-/// The variant a product of `m` output rows runs on: `narrow_variant` below NARROW_ROWS rows,
-/// else `variant`.
-pub fn variant_for_rows(gpu: &Arc<Gpu>, m: usize) -> Result<MatmulVariant> {
-    if m < NARROW_ROWS { narrow_variant(gpu) } else { variant(gpu) }
+/// The variant a `layout` product of `m` output rows runs on: `narrow_variant` for an NN or NT
+/// product of fewer than NARROW_ROWS rows (a decode step's, one row per sequence), else
+/// `variant`. A weight gradient (TN) is never narrow: its rows are input channels, however few,
+/// and its K a whole batch of tokens.
+pub fn variant_for(gpu: &Arc<Gpu>, layout: Layout, m: usize) -> Result<MatmulVariant> {
+    if m < NARROW_ROWS && layout != Layout::TN { narrow_variant(gpu) } else { variant(gpu) }
 }
 
 /// Whether B holds f16 values two to a u32 word (a generation's weights, `kernels::f16_weights`):
@@ -1010,7 +1012,7 @@ fn measure_gelu_epilogue(gpu: &Arc<Gpu>, epilogue: GeluEpilogue) -> Result<Optio
         let (tx, tw, tb) =
             (gpu.upload(&[m, k], &f32s(&x))?, gpu.upload(&[k, n], &f32s(&w))?, gpu.upload(&[n], &f32s(&bias))?);
         let (pre, post) = (gpu.tensor(&[m, n], DType::F32)?, gpu.tensor(&[m, n], DType::F32)?);
-        let variant = variant_for_rows(gpu, m)?;
+        let variant = variant_for(gpu, Layout::NN, m)?;
         let call = |rec: &mut Recorder| linear_forward_gelu_with(rec, variant, epilogue, &pre, &post, &tx, &tw, &tb);
         if m == 37 {
             let mut rec = Recorder::new(gpu);
@@ -1041,7 +1043,7 @@ pub fn linear_forward_gelu(
     bias: &Tensor,
 ) -> Result<()> {
     let (m, _) = as_matrix(inp);
-    let (variant, epilogue) = (variant_for_rows(rec.gpu(), m)?, gelu_epilogue(rec.gpu())?);
+    let (variant, epilogue) = (variant_for(rec.gpu(), Layout::NN, m)?, gelu_epilogue(rec.gpu())?);
     linear_forward_gelu_with(rec, variant, epilogue, pre, post, inp, w, bias)
 }
 
@@ -1109,10 +1111,10 @@ pub fn linear_backward_with_variant(
     w: &Tensor,
 ) -> Result<()> {
     let gpu = rec.gpu().clone();
-    let for_rows = |m: usize| variant.map_or_else(|| variant_for_rows(&gpu, m), Ok);
+    let pick = |layout: Layout, m: usize| variant.map_or_else(|| variant_for(&gpu, layout, m), Ok);
     let (rows, c) = (as_matrix(inp).0, as_matrix(w).0);
-    matmul_with_variant(rec, for_rows(rows)?, dinp, dout, w, None, Layout::NT, true)?;
-    let dw_variant = for_rows(c)?;
+    matmul_with_variant(rec, pick(Layout::NT, rows)?, dinp, dout, w, None, Layout::NT, true)?;
+    let dw_variant = pick(Layout::TN, c)?;
     if let Some(dbias) = dbias
         && weight_and_bias_gradients_on_textures(rec, dw_variant, dw, dbias, inp, dout)?
     {

@@ -527,14 +527,14 @@ fn training_products(config: &GptConfig, heads: Heads, bt: usize) -> Vec<(Layout
     products
 }
 
-/// The memory of training `config` on batches of B × T tokens, where a product of M rows runs
-/// on the matmul variant `variant_for_rows(M)` (see `kernels::matmul::variant_for_rows`).
+/// The memory of training `config` on batches of B × T tokens, where a `layout` product of M
+/// rows runs on the matmul variant `variant_for(layout, M)` (see `kernels::matmul::variant_for`).
 pub fn memory_estimate(
     config: &GptConfig,
     heads: Heads,
     b: usize,
     t: usize,
-    variant_for_rows: impl Fn(usize) -> MatmulVariant,
+    variant_for: impl Fn(Layout, usize) -> MatmulVariant,
 ) -> MemoryEstimate {
     let layout = ParamLayout::new(config, heads);
     let (c, v, nh, l) = (config.n_embd, config.padded_vocab_size(), config.n_head, config.n_layer);
@@ -549,11 +549,11 @@ pub fn memory_estimate(
     let p = 4 * layout.total;
     // The NT products of B·T rows: the dinp products of c_attn (3C²), attn.c_proj (C²), c_fc
     // (4C²) and mlp.c_proj (4C²) per block, and the logits lnf · wteᵀ (wte: Vp·C).
-    let transposes = variant_for_rows(bt) == MatmulVariant::RegisterTiled && bt >= TRANSPOSE_MIN_ROWS;
+    let transposes = variant_for(Layout::NT, bt) == MatmulVariant::RegisterTiled && bt >= TRANSPOSE_MIN_ROWS;
     let transpose_scratch = if transposes { 4 * (l * 12 * c * c + v * c) } else { 0 };
     let products: Vec<_> = training_products(config, heads, bt)
         .into_iter()
-        .map(|(layout, (m, n, k))| (layout, (m, n, k), variant_for_rows(m)))
+        .map(|(layout, (m, n, k))| (layout, (m, n, k), variant_for(layout, m)))
         .collect();
     let texture_scratch = crate::kernels::matmul::texture_scratch_bytes(&products);
     MemoryEstimate {
