@@ -107,14 +107,19 @@ fn tile_of(wid: vec3<u32>, lid: u32) -> vec2<u32> {
 // Stores the 8×16 block held in acc (row r, vec4 column c at acc[r*4+c]) at rows m0.., vec4
 // columns c0.., skipping what lies outside [M, N/4).
 fn store_block(acc: ptr<function, array<vec4<f32>, 32>>, m0: u32, c0: u32, n4: u32, use_bias: bool) {
+    // The bias of each vec4 column, read once rather than per row (a load is a loop over the
+    // lanes on lavapipe); columns past N read the last one and are not stored.
+    var column_bias: array<vec4<f32>, 4>;
+    if (use_bias && HAS_BIAS) {
+        for (var c = 0u; c < 4u; c++) { column_bias[c] = bias[min(c0 + c, n4 - 1u)]; }
+    }
     for (var r = 0u; r < 8u; r++) {
         let row = m0 + r;
         if (row >= params.m) { break; }
         for (var c = 0u; c < 4u; c++) {
             let col = c0 + c;
             if (col >= n4) { break; }
-            var v = (*acc)[r * 4u + c];
-            if (use_bias && HAS_BIAS) { v += bias[col]; }
+            var v = (*acc)[r * 4u + c] + column_bias[c];
             let at = row * (params.out_stride / 4u) + params.out_col / 4u + col;
             if (ACCUMULATE) { v += out[at]; }
             out[at] = v;

@@ -167,27 +167,32 @@ fn store_column_sums(col: u32, sums: vec4<f32>) {
     b_column_sums[at] = v;
 }
 
-// Stores output row `row`, vec4 column `col` (with the bias, accumulation and GELU of the
-// epilogue), unless it lies outside [M, N/4).
+// The bias of vec4 column `col` (zeros without HAS_BIAS; a column past N reads the last, and is
+// never stored). The kernels read it once per column, not per stored row: each read is four
+// scalar loads, which on lavapipe cost as much as a store.
+fn bias_vec4(col: u32) -> vec4<f32> {
+    if (!HAS_BIAS) { return vec4<f32>(0.0); }
+    let at = 4u * (params.bias_offset4 + min(col, params.n / 4u - 1u));
+    return vec4<f32>(bias[at], bias[at + 1u], bias[at + 2u], bias[at + 3u]);
+}
+
+// Stores output row `row`, vec4 column `col`: `value` (its bias already added) with the
+// accumulation and GELU of the epilogue, unless it lies outside [M, N/4).
 fn store_vec4(row: u32, col: u32, value: vec4<f32>) {
     if (row >= params.m || col >= params.n / 4u) { return; }
     var v = value;
-    if (HAS_BIAS) {
-        let at = 4u * (params.bias_offset4 + col);
-        v += vec4<f32>(bias[at], bias[at + 1u], bias[at + 2u], bias[at + 3u]);
-    }
     let at = params.out_offset4 + row * params.out_stride4 + col;
     if (ACCUMULATE) { v += out[at]; }
     out[at] = v;
     if (HAS_GELU) { post[at] = gelu4(v); }
 }
 
-// Stores one output row's 16 columns (four vec4s from vec4 column c0).
-fn store_row(row: u32, c0: u32, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>) {
-    store_vec4(row, c0, v0);
-    store_vec4(row, c0 + 1u, v1);
-    store_vec4(row, c0 + 2u, v2);
-    store_vec4(row, c0 + 3u, v3);
+// Stores one output row's 16 columns (four vec4s from vec4 column c0) with their biases.
+fn store_row(row: u32, c0: u32, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>, biases: mat4x4<f32>) {
+    store_vec4(row, c0, v0 + biases[0]);
+    store_vec4(row, c0 + 1u, v1 + biases[1]);
+    store_vec4(row, c0 + 2u, v2 + biases[2]);
+    store_vec4(row, c0 + 3u, v3 + biases[3]);
 }
 
 @compute @workgroup_size(WG)
@@ -268,22 +273,23 @@ fn matmul_texture(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         a = textureLoad(a_tex, vec2<u32>(k4, m0 + 15u));
         acc15_0 += b0 * a; acc15_1 += b1 * a; acc15_2 += b2 * a; acc15_3 += b3 * a;
     }
-    store_row(m0 + 0u, c0, acc0_0, acc0_1, acc0_2, acc0_3);
-    store_row(m0 + 1u, c0, acc1_0, acc1_1, acc1_2, acc1_3);
-    store_row(m0 + 2u, c0, acc2_0, acc2_1, acc2_2, acc2_3);
-    store_row(m0 + 3u, c0, acc3_0, acc3_1, acc3_2, acc3_3);
-    store_row(m0 + 4u, c0, acc4_0, acc4_1, acc4_2, acc4_3);
-    store_row(m0 + 5u, c0, acc5_0, acc5_1, acc5_2, acc5_3);
-    store_row(m0 + 6u, c0, acc6_0, acc6_1, acc6_2, acc6_3);
-    store_row(m0 + 7u, c0, acc7_0, acc7_1, acc7_2, acc7_3);
-    store_row(m0 + 8u, c0, acc8_0, acc8_1, acc8_2, acc8_3);
-    store_row(m0 + 9u, c0, acc9_0, acc9_1, acc9_2, acc9_3);
-    store_row(m0 + 10u, c0, acc10_0, acc10_1, acc10_2, acc10_3);
-    store_row(m0 + 11u, c0, acc11_0, acc11_1, acc11_2, acc11_3);
-    store_row(m0 + 12u, c0, acc12_0, acc12_1, acc12_2, acc12_3);
-    store_row(m0 + 13u, c0, acc13_0, acc13_1, acc13_2, acc13_3);
-    store_row(m0 + 14u, c0, acc14_0, acc14_1, acc14_2, acc14_3);
-    store_row(m0 + 15u, c0, acc15_0, acc15_1, acc15_2, acc15_3);
+    let biases = mat4x4<f32>(bias_vec4(c0), bias_vec4(c0 + 1u), bias_vec4(c0 + 2u), bias_vec4(c0 + 3u));
+    store_row(m0 + 0u, c0, acc0_0, acc0_1, acc0_2, acc0_3, biases);
+    store_row(m0 + 1u, c0, acc1_0, acc1_1, acc1_2, acc1_3, biases);
+    store_row(m0 + 2u, c0, acc2_0, acc2_1, acc2_2, acc2_3, biases);
+    store_row(m0 + 3u, c0, acc3_0, acc3_1, acc3_2, acc3_3, biases);
+    store_row(m0 + 4u, c0, acc4_0, acc4_1, acc4_2, acc4_3, biases);
+    store_row(m0 + 5u, c0, acc5_0, acc5_1, acc5_2, acc5_3, biases);
+    store_row(m0 + 6u, c0, acc6_0, acc6_1, acc6_2, acc6_3, biases);
+    store_row(m0 + 7u, c0, acc7_0, acc7_1, acc7_2, acc7_3, biases);
+    store_row(m0 + 8u, c0, acc8_0, acc8_1, acc8_2, acc8_3, biases);
+    store_row(m0 + 9u, c0, acc9_0, acc9_1, acc9_2, acc9_3, biases);
+    store_row(m0 + 10u, c0, acc10_0, acc10_1, acc10_2, acc10_3, biases);
+    store_row(m0 + 11u, c0, acc11_0, acc11_1, acc11_2, acc11_3, biases);
+    store_row(m0 + 12u, c0, acc12_0, acc12_1, acc12_2, acc12_3, biases);
+    store_row(m0 + 13u, c0, acc13_0, acc13_1, acc13_2, acc13_3, biases);
+    store_row(m0 + 14u, c0, acc14_0, acc14_1, acc14_2, acc14_3, biases);
+    store_row(m0 + 15u, c0, acc15_0, acc15_1, acc15_2, acc15_3, biases);
     if (SUM_B_COLUMNS && m0 == 0u) {
         store_column_sums(c0, sum0); store_column_sums(c0 + 1u, sum1);
         store_column_sums(c0 + 2u, sum2); store_column_sums(c0 + 3u, sum3);
