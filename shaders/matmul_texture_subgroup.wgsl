@@ -29,6 +29,26 @@ const SUBGROUP_BLOCKS: u32 = 8u; // 32-row blocks per workgroup (kernels::matmul
 // and the lanes read neighbouring texels of a row where they read 32 rows of At.
 override A_STORED: bool = false;
 
+// B_STORED: likewise the B texture holds B of an NT product as stored, [N, K] (texel (x, n) =
+// B[n, 4x .. 4x + 3]; sized as an At of M = N), where matmul_texture's Bt takes a transposing
+// pack. A lane's 4×4 block of Bt (rows k .. k + 3, columns 4c .. 4c + 3) is then the texels
+// (k/4, 4c .. 4c + 3), transposed in registers.
+override B_STORED: bool = false;
+
+// The lane's 4×4 block of Bt at rows k .. k + 3 and vec4 column c (clamped into the texture:
+// `last` is its last texel column, or with B_STORED its last row).
+fn b_block(k4: u32, c: u32, last: u32) -> mat4x4<f32> {
+    if (B_STORED) {
+        return transpose(mat4x4<f32>(
+            textureLoad(b_tex, vec2<u32>(k4, min(4u * c, last))), textureLoad(b_tex, vec2<u32>(k4, min(4u * c + 1u, last))),
+            textureLoad(b_tex, vec2<u32>(k4, min(4u * c + 2u, last))), textureLoad(b_tex, vec2<u32>(k4, min(4u * c + 3u, last)))));
+    }
+    let x = min(c, last);
+    let k = 4u * k4;
+    return mat4x4<f32>(textureLoad(b_tex, vec2<u32>(x, k)), textureLoad(b_tex, vec2<u32>(x, k + 1u)),
+                       textureLoad(b_tex, vec2<u32>(x, k + 2u)), textureLoad(b_tex, vec2<u32>(x, k + 3u)));
+}
+
 @compute @workgroup_size(WG)
 fn matmul_texture_subgroup(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -41,10 +61,9 @@ fn matmul_texture_subgroup(
     // Texel coordinates clamped into the textures (whose sizes round M and N up to 16 only).
     let a_last = select(textureDimensions(a_tex).y, textureDimensions(a_tex).x, A_STORED) - 1u;
     let ax = min(m0 / 4u + lane, a_last); // A_STORED: the lane's texel column
-    let b_last = textureDimensions(b_tex).x - 1u;
+    let b_last = select(textureDimensions(b_tex).x, textureDimensions(b_tex).y, B_STORED) - 1u;
     let ar = vec4<u32>(min(m0 + 4u * lane, a_last), min(m0 + 4u * lane + 1u, a_last),
                        min(m0 + 4u * lane + 2u, a_last), min(m0 + 4u * lane + 3u, a_last));
-    let bc = vec2<u32>(min(c0, b_last), min(c0 + 1u, b_last));
 
     // accR_C holds row m0 + R, columns 4(c0 + C) .. 4(c0 + C) + 3.
     let zero = vec4<f32>(0.0);
@@ -67,10 +86,8 @@ fn matmul_texture_subgroup(
     var sum0 = zero; var sum1 = zero; // SUM_B_COLUMNS
     for (var k4 = 0u; k4 < params.k4; k4++) {
         let k = 4u * k4;
-        let b0 = mat4x4<f32>(textureLoad(b_tex, vec2<u32>(bc.x, k)), textureLoad(b_tex, vec2<u32>(bc.x, k + 1u)),
-                             textureLoad(b_tex, vec2<u32>(bc.x, k + 2u)), textureLoad(b_tex, vec2<u32>(bc.x, k + 3u)));
-        let b1 = mat4x4<f32>(textureLoad(b_tex, vec2<u32>(bc.y, k)), textureLoad(b_tex, vec2<u32>(bc.y, k + 1u)),
-                             textureLoad(b_tex, vec2<u32>(bc.y, k + 2u)), textureLoad(b_tex, vec2<u32>(bc.y, k + 3u)));
+        let b0 = b_block(k4, c0, b_last);
+        let b1 = b_block(k4, c0 + 1u, b_last);
         if (SUM_B_COLUMNS) { sum0 += b0[0] + b0[1] + b0[2] + b0[3]; sum1 += b1[0] + b1[1] + b1[2] + b1[3]; }
         // This lane's share of At: block rows 4·lane .. 4·lane + 3, at K = k .. k + 3.
         var a0: vec4<f32>; var a1: vec4<f32>; var a2: vec4<f32>; var a3: vec4<f32>;

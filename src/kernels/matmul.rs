@@ -662,6 +662,13 @@ fn a_stored(layout: Layout, variant: MatmulVariant) -> bool {
     layout == Layout::TN && variant == MatmulVariant::TextureSubgroup
 }
 
+/// Whether it reads the B of a `layout` product as stored (the texture-subgroup kernel's NT
+/// products, B_STORED: a layer's weights in dinp = dout·Wᵀ, the tied embedding in the LM
+/// head), rather than packed transposed.
+fn b_stored(layout: Layout, variant: MatmulVariant) -> bool {
+    layout == Layout::NT && variant == MatmulVariant::TextureSubgroup
+}
+
 /// Bytes of the scratch the texture kernels keep after running these products (layout, (M, N,
 /// K), the variant it runs on; those on other variants keep none): the textures (one per
 /// distinct size and operand, as `Gpu::scratch_texture` keeps them; an operand beyond the
@@ -674,6 +681,7 @@ pub fn texture_scratch_bytes(products: &[(Layout, (usize, usize, usize), MatmulV
     for &(layout, (m, n, k), variant) in on_textures {
         let [a, b] = texture_sizes(m, n, k);
         let a = if a_stored(layout, variant) { texture_sizes(0, m, k)[1] } else { a };
+        let b = if b_stored(layout, variant) { texture_sizes(n, 0, k)[0] } else { b };
         kept.extend([(SLOT_A, a), (SLOT_B, b)]);
         if !n.is_multiple_of(4) {
             padded.insert(m * n.next_multiple_of(4));
@@ -731,8 +739,11 @@ fn record_texture(
 ) -> Result<()> {
     let gpu = rec.gpu().clone();
     let max = gpu.limits.max_texture_dimension_2d as usize;
-    // The largest blocks whose textures fit (see texture_sizes).
-    let (m_step, k_step, n_step) = (max / TEXTURE_TILE * TEXTURE_TILE, max / 4 * 4, max / 4 * TEXTURE_TILE);
+    // The largest blocks whose textures fit (see texture_sizes; B as stored has a texel row per
+    // column of the product).
+    let b_stored = b_stored(layout, variant);
+    let n_step = if b_stored { max / TEXTURE_TILE * TEXTURE_TILE } else { max / 4 * TEXTURE_TILE };
+    let (m_step, k_step) = (max / TEXTURE_TILE * TEXTURE_TILE, max / 4 * 4);
     // GELU applies to the finished sum: the epilogue needs the product in one block.
     ensure_shape(post.is_none() || (m <= m_step && k <= k_step && n <= n_step), || {
         format!("the GELU epilogue needs a {m}×{n}×{k} product in one block of the adapter's texture size")
@@ -759,14 +770,22 @@ fn record_texture(
             let a_tex = pack(rec, method, SLOT_A, a, a_block, a_width, a_height)?;
             for n0 in (0..n).step_by(n_step) {
                 let nc = n_step.min(n - n0);
-                // op(B)[k0.., n0..]: B [K, N] as stored (NN, TN), or B [N, K] transposed (NT).
-                let b_block = match layout {
-                    Layout::NT => Block { rows: kc, cols: nc, stride: k, offset: n0 * k + k0, transposed: true },
-                    Layout::NN | Layout::TN => {
-                        Block { rows: kc, cols: nc, stride: n, offset: k0 * n + n0, transposed: false }
-                    }
+                // op(B)[k0.., n0..]: B [K, N] as stored (NN, TN), or B [N, K] transposed (NT);
+                // with B_STORED, an NT product's B [N, K] as stored, sized like an At of M = N.
+                let (b_block, (b_width, b_height)) = match layout {
+                    Layout::NT if b_stored => (
+                        Block { rows: nc, cols: kc, stride: k, offset: n0 * k + k0, transposed: false },
+                        texture_sizes(nc, 0, kc)[0],
+                    ),
+                    Layout::NT => (
+                        Block { rows: kc, cols: nc, stride: k, offset: n0 * k + k0, transposed: true },
+                        texture_sizes(0, nc, kc)[1],
+                    ),
+                    Layout::NN | Layout::TN => (
+                        Block { rows: kc, cols: nc, stride: n, offset: k0 * n + n0, transposed: false },
+                        texture_sizes(0, nc, kc)[1],
+                    ),
                 };
-                let [_, (b_width, b_height)] = texture_sizes(0, nc, kc);
                 let b_tex = pack(rec, method, SLOT_B, b, b_block, b_width, b_height)?;
                 let with_bias = bias.is_some() && k0 == 0;
                 let with_gelu = post.is_some();
@@ -806,9 +825,14 @@ fn record_texture(
                 let sums_words = if sums.is_some() { nc * (1 + accumulated as usize) } else { 0 };
                 let work = Work::flops(2 * mc * nc * kc, mc * kc + kc * nc + mc * nc * stores + sums_words);
                 let epilogue = epilogue(accumulated, with_bias, with_gelu);
-                let a_stored: &[(&str, f64)] = if a_stored { &[("A_STORED", 1.0)] } else { &[] };
-                let sum_columns = [("SUM_B_COLUMNS", sums.is_some() as u8 as f64)];
-                let constants = [a_stored, &epilogue, &sum_columns].concat();
+                let on = |b: bool| b as u8 as f64;
+                let stored: &[(&str, f64)] = if variant == MatmulVariant::TextureSubgroup {
+                    &[("A_STORED", on(a_stored)), ("B_STORED", on(b_stored))]
+                } else {
+                    &[]
+                };
+                let sum_columns = [("SUM_B_COLUMNS", on(sums.is_some()))];
+                let constants = [stored, &epilogue, &sum_columns].concat();
                 rec.dispatch(shader, entry, &constants, bytemuck::bytes_of(&params), &bindings, grid, work)?;
             }
         }

@@ -179,9 +179,9 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
 /// every backend: attention's HEAD_DIM (multiples of 4 up to `attention::MAX_HEAD_DIM`; the
 /// subgroup entry points' 16, 32 and 64) with and without TEXTURE_LOADS, decode attention's
 /// HEAD_DIM, matmul's A_SCALAR and B_F16, the tiled matmul's TRANS_A / TRANS_B and B_F16, the
-/// packs' SRC_VEC4, the texture-subgroup matmul's A_STORED, the texture kernels' SUM_B_COLUMNS,
-/// each with every epilogue of the matmul shaders (`matmul::epilogue`), LayerNorm's RESIDUAL
-/// and the sampler's lanes.
+/// packs' SRC_VEC4, the texture-subgroup matmul's A_STORED and B_STORED, the texture kernels'
+/// SUM_B_COLUMNS, each with every epilogue of the matmul shaders (`matmul::epilogue`),
+/// LayerNorm's RESIDUAL and the sampler's lanes.
 pub fn override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
     let sets = own_override_sets(shader);
     if !shader.starts_with("matmul") {
@@ -213,9 +213,13 @@ fn own_override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
             .flat_map(|(a, b)| [0.0, 1.0].map(|f16| vec![("TRANS_A", a), ("TRANS_B", b), ("B_F16", f16)]))
             .collect(),
         "matmul_texture" | "matmul_texture_subgroup" => {
-            let own = if shader == "matmul_texture" { "SRC_VEC4" } else { "A_STORED" };
-            let sums = |on: f64| flags(own).map(|set| [&set[..], &[("SUM_B_COLUMNS", on)]].concat());
-            [sums(0.0), sums(1.0)].concat()
+            let own: Vec<Vec<(&str, f64)>> = if shader == "matmul_texture" {
+                flags("SRC_VEC4").into()
+            } else {
+                [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)].map(|(a, b)| vec![("A_STORED", a), ("B_STORED", b)]).into()
+            };
+            let sums = |on: f64| own.iter().map(move |set| [&set[..], &[("SUM_B_COLUMNS", on)]].concat());
+            sums(0.0).chain(sums(1.0)).collect()
         }
         "layernorm" | "layernorm_subgroup" => flags("RESIDUAL").into(),
         "sampling" => sampling::LANES.iter().map(|(lanes, _)| vec![("WG", lanes.count() as f64)]).collect(),
