@@ -5,8 +5,8 @@
 //             dinp += rstd·(g − mean(g) − n·mean(g·n))          (layernorm_backward_input)
 //             dw += Σ_rows dout·n,  db += Σ_rows dout            (layernorm_backward_params)
 //
-// layernorm_forward4 and layernorm_backward_input4 are the same for C a multiple of 4, reading
-// and writing vec4s (a quarter of the loads and stores). layernorm_forward_wg4 and
+// layernorm_forward4, layernorm_backward_input4 and layernorm_backward_params4 are the same for
+// C a multiple of 4, reading and writing vec4s (a quarter of the loads and stores). layernorm_forward_wg4 and
 // layernorm_backward_input_wg4 are the same again with a workgroup per row (the other variant,
 // chosen per adapter by measurement: kernels::layernorm::variant): its 64 invocations read
 // neighbouring vec4s, as a GPU's memory wants, and reduce their partial sums in workgroup memory.
@@ -19,10 +19,11 @@
 //
 // Layout: inp, out, dout, dinp [N, C] row-major; w, b, dw, db [C]; mean, rstd [N] (saved by the
 // forward for the backward); addend, residual [N, C]. The vec4 forms bind inp, w, b, out, dout,
-// dinp as vec4 arrays at bindings 13–18, addend and residual at 19–20.
+// dinp as vec4 arrays at bindings 13–18, addend and residual at 19–20, dw and db at 21–22.
 // Launch: one invocation per row (forward, backward_input), workgroup 64, grid = ceil(rows/64)
 // laid out 2D (x ≤ 65535); the _wg4 forms one workgroup of 64 per row, grid = rows laid out 2D;
-// backward_params 16 channels per workgroup of 256 (see there). One invocation per row suits
+// backward_params 16 channels (the vec4 form 16 vec4s of channels) per workgroup of 256 (see
+// there). One invocation per row suits
 // CPU adapters, where workgroup barriers cost more than a serial sum over a short row; the
 // per-channel parameter gradient is a separate pass so that no two invocations ever add into
 // the same dw[c].
@@ -60,6 +61,8 @@ const WG: u32 = 64u; // invocations per workgroup (kernels::layernorm::WG)
 @group(0) @binding(19) var<storage, read> addend4: array<vec4<f32>>;
 @group(0) @binding(20) var<storage, read_write> residual4: array<vec4<f32>>;
 override RESIDUAL: bool = false;
+@group(0) @binding(21) var<storage, read_write> dweight4: array<vec4<f32>>;
+@group(0) @binding(22) var<storage, read_write> dbias4: array<vec4<f32>>;
 
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid;
@@ -142,6 +145,42 @@ fn layernorm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
         for (var l = 0u; l < LANES; l++) { total += lane_sums[l * COLS + col]; }
         dweight[ch] += total.x;
         dbias[ch] += total.y;
+    }
+}
+
+// The same with a workgroup owning COLS vec4s of channels: a quarter of the loads, which on a
+// CPU adapter are each a loop over the lanes.
+var<workgroup> lane_sums4: array<vec4<f32>, 2u * COLS * LANES>; // [LANES][COLS] (dweight, dbias)
+
+@compute @workgroup_size(COLS * LANES)
+fn layernorm_backward_params4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                              @builtin(local_invocation_index) lid: u32) {
+    let col = lid % COLS;
+    let lane = lid / COLS;
+    let c4 = (wid.y * nwg.x + wid.x) * COLS + col;
+    let width4 = params.c / 4u;
+    var dw = vec4<f32>(0.0);
+    var db = vec4<f32>(0.0);
+    if (c4 < width4) {
+        for (var row = lane; row < params.rows; row += LANES) {
+            let at = row * width4 + c4;
+            let g = dout4[at];
+            dw += g * (inp4[at] - saved_mean[row]) * saved_rstd[row];
+            db += g;
+        }
+    }
+    lane_sums4[2u * lid] = dw;
+    lane_sums4[2u * lid + 1u] = db;
+    workgroupBarrier();
+    if (lane == 0u && c4 < width4) {
+        var total_w = vec4<f32>(0.0);
+        var total_b = vec4<f32>(0.0);
+        for (var l = 0u; l < LANES; l++) {
+            total_w += lane_sums4[2u * (l * COLS + col)];
+            total_b += lane_sums4[2u * (l * COLS + col) + 1u];
+        }
+        dweight4[c4] += total_w;
+        dbias4[c4] += total_b;
     }
 }
 

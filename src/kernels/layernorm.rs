@@ -312,24 +312,25 @@ pub fn backward_with_variant(
         let b = [bind(1, inp), bind(2, weight), bind(7, dout), bind(8, dinp), bind(11, mean), bind(12, rstd)];
         rec.dispatch(&SHADER, "layernorm_backward_input", &[], p, &b, grid, work)?;
     }
-    // The parameter gradients: each workgroup sums PARAMS_COLS channels over the rows, more
-    // than MAX_SERIAL_STEPS rows as slices.
+    // The parameter gradients: each workgroup sums PARAMS_COLS channels (vec4s of channels, C a
+    // multiple of 4) over the rows, more than MAX_SERIAL_STEPS rows as slices.
     let gpu = rec.gpu().clone();
     for (r0, n) in super::serial_ranges(rows) {
         let (inp, dout) = (inp.view(&gpu, r0 * c, &[n, c])?, dout.view(&gpu, r0 * c, &[n, c])?);
         let (mean, rstd) = (mean.view(&gpu, r0, &[n])?, rstd.view(&gpu, r0, &[n])?);
         let params = Params { rows: n as u32, c: c as u32, eps: 0.0, rows_per_group: 0 };
-        let b = [bind(1, &inp), bind(7, &dout), bind(9, dweight), bind(10, dbias), bind(11, &mean), bind(12, &rstd)];
+        let p = bytemuck::bytes_of(&params);
         let work = Work::floats(2 * n * c + 4 * c + 2 * n);
-        rec.dispatch(
-            &SHADER,
-            "layernorm_backward_params",
-            &[],
-            bytemuck::bytes_of(&params),
-            &b,
-            gpu.grid(groups(c, PARAMS_COLS)),
-            work,
-        )?;
+        if c.is_multiple_of(4) {
+            let b =
+                [bind(13, &inp), bind(17, &dout), bind(21, dweight), bind(22, dbias), bind(11, &mean), bind(12, &rstd)];
+            let grid = gpu.grid(groups(c / 4, PARAMS_COLS));
+            rec.dispatch(&SHADER, "layernorm_backward_params4", &[], p, &b, grid, work)?;
+        } else {
+            let b =
+                [bind(1, &inp), bind(7, &dout), bind(9, dweight), bind(10, dbias), bind(11, &mean), bind(12, &rstd)];
+            rec.dispatch(&SHADER, "layernorm_backward_params", &[], p, &b, gpu.grid(groups(c, PARAMS_COLS)), work)?;
+        }
     }
     Ok(())
 }

@@ -18,9 +18,10 @@ fn layernorm_forward_and_backward_match_reference_and_finite_differences() {
         let inp: Vec<f64> = rng.normals(rows * c, 2.0).iter().map(|x| x + 0.5).collect();
         let (w, b) = (rng.normals(c, 1.0), rng.normals(c, 1.0));
         let dout = rng.normals(rows * c, 1.0);
-        let prior = rng.normals(rows * c, 1.0); // dinp accumulates
+        // The gradients accumulate: start from nonzero buffers and subtract them afterwards.
+        let (prior, prior_w, prior_b) = (rng.normals(rows * c, 1.0), rng.normals(c, 1.0), rng.normals(c, 1.0));
         let (out, mean, rstd) = (zeros(&[rows, c]), zeros(&[rows]), zeros(&[rows]));
-        let (dinp, dw, db) = (upload(&prior, &[rows, c]), zeros(&[c]), zeros(&[c]));
+        let (dinp, dw, db) = (upload(&prior, &[rows, c]), upload(&prior_w, &[c]), upload(&prior_b, &[c]));
         let (t_inp, t_w, t_b) = (upload(&inp, &[rows, c]), upload(&w, &[c]), upload(&b, &[c]));
         let gpu = gpu();
         let mut rec = Recorder::new(&gpu);
@@ -36,8 +37,9 @@ fn layernorm_forward_and_backward_match_reference_and_finite_differences() {
         assert_close(&format!("{what} mean"), &download(&mean), &r_mean, 1e-6, 1e-5);
         assert_close(&format!("{what} rstd"), &download(&rstd), &r_rstd, 1e-6, 1e-5);
 
-        let g_inp: Vec<f64> = download(&dinp).iter().zip(&prior).map(|(g, p)| g - p).collect();
-        let (g_w, g_b) = (download(&dw), download(&db));
+        let sub = |got: Vec<f64>, prior: &[f64]| got.iter().zip(prior).map(|(g, p)| g - p).collect::<Vec<f64>>();
+        let (g_inp, g_w, g_b) =
+            (sub(download(&dinp), &prior), sub(download(&dw), &prior_w), sub(download(&db), &prior_b));
         let (r_inp, r_w, r_b) = reference::layernorm_backward(&dout, &inp, &w, c, EPS);
         assert_close(&format!("{what} dinp"), &g_inp, &r_inp, 1e-5, 1e-4);
         // Sums over rows in f32.
