@@ -97,7 +97,7 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
     )?;
     cx.check(
         "matmul backward",
-        |r| matmul::linear_backward(r, &dinp, &dw, Some(&db), &t_dout, &t_inp, &t_w),
+        |r| matmul::linear_backward(r, &dinp, true, &dw, Some(&db), &t_dout, &t_inp, &t_w),
         &[(&dinp, &r_inp, 1e-4, 1e-4), (&dw, &r_w, 1e-4, 1e-4), (&db, &r_b, 1e-4, 1e-4)],
     )?;
 

@@ -1106,19 +1106,24 @@ fn one_dispatch(gpu: &Gpu, variant: MatmulVariant, m: usize, n: usize, k: usize)
     m > 0 && n.is_multiple_of(4) && k <= MAX_K && m * k <= limit && m * n <= limit && k * n <= limit && texture_ok
 }
 
-/// Linear layer backward, accumulating into existing gradients (llm.c's convention: gradient
-/// buffers are zeroed once per step and every layer adds into them):
-/// dinp += dout · wᵀ, dw += inpᵀ · dout, dbias += Σ_rows dout.
+/// Linear layer backward, accumulating into the parameter gradients (llm.c's convention: they
+/// are zeroed once per step and every layer adds into them):
+/// dinp (+)= dout · wᵀ, dw += inpᵀ · dout, dbias += Σ_rows dout.
+/// The input gradient is added to what `dinp` holds with `accumulate_dinp` (a tensor several
+/// branches contribute to), else written: a scratch needs no zeroing first, and the product no
+/// load per output element.
+#[allow(clippy::too_many_arguments)]
 pub fn linear_backward(
     rec: &mut Recorder,
     dinp: &Tensor,
+    accumulate_dinp: bool,
     dw: &Tensor,
     dbias: Option<&Tensor>,
     dout: &Tensor,
     inp: &Tensor,
     w: &Tensor,
 ) -> Result<()> {
-    linear_backward_with_variant(rec, None, dinp, dw, dbias, dout, inp, w)
+    linear_backward_with_variant(rec, None, dinp, accumulate_dinp, dw, dbias, dout, inp, w)
 }
 
 /// As `linear_backward`, on the variant named (tests compare them), or with `None` each product
@@ -1128,6 +1133,7 @@ pub fn linear_backward_with_variant(
     rec: &mut Recorder,
     variant: Option<MatmulVariant>,
     dinp: &Tensor,
+    accumulate_dinp: bool,
     dw: &Tensor,
     dbias: Option<&Tensor>,
     dout: &Tensor,
@@ -1137,7 +1143,7 @@ pub fn linear_backward_with_variant(
     let gpu = rec.gpu().clone();
     let pick = |layout: Layout, m: usize| variant.map_or_else(|| variant_for(&gpu, layout, m), Ok);
     let (rows, c) = (as_matrix(inp).0, as_matrix(w).0);
-    matmul_with_variant(rec, pick(Layout::NT, rows)?, dinp, dout, w, None, Layout::NT, true)?;
+    matmul_with_variant(rec, pick(Layout::NT, rows)?, dinp, dout, w, None, Layout::NT, accumulate_dinp)?;
     let dw_variant = pick(Layout::TN, c)?;
     if let Some(dbias) = dbias
         && weight_and_bias_gradients_on_textures(rec, dw_variant, dw, dbias, inp, dout)?

@@ -386,14 +386,14 @@ impl Model {
 
         // Heads: dlnf = dlogits · wte (+ the value and reward heads' contributions). The padded
         // columns of dlogits are 0, so wte's padded rows get no gradient and stay zero.
-        let dlnf = zeros(rec, &[b, t, c])?;
-        matmul(rec, &dlnf, dlogits, &p.wte, None, Layout::NN, true)?;
+        let dlnf = gpu.tensor(&[b, t, c], DType::F32)?;
+        matmul(rec, &dlnf, dlogits, &p.wte, None, Layout::NN, false)?;
         matmul(rec, &grads.wte, dlogits, &acts.lnf, None, Layout::TN, true)?; // dwte += dlogitsᵀ · lnf
         if let (Some((w, _)), Some((dw, db)), Some(dv)) = (&p.v_head, &grads.v_head, dvalues) {
-            linear_backward(rec, &dlnf, dw, Some(db), &dv.reshape(&[b * t, 1])?, &acts.lnf, w)?;
+            linear_backward(rec, &dlnf, true, dw, Some(db), &dv.reshape(&[b * t, 1])?, &acts.lnf, w)?;
         }
         if let (Some(w), Some(dw), Some(dr)) = (&p.score, &grads.score, drewards) {
-            linear_backward(rec, &dlnf, dw, None, &dr.reshape(&[b * t, 1])?, &acts.lnf, w)?;
+            linear_backward(rec, &dlnf, true, dw, None, &dr.reshape(&[b * t, 1])?, &acts.lnf, w)?;
         }
 
         // ln_f. `dresidual` carries ∂L/∂(residual stream) down through the blocks: every
@@ -424,10 +424,10 @@ impl Model {
             let a = &acts.layers[l];
             let residual = if l == 0 { &acts.encoded } else { &acts.layers[l - 1].residual3 };
             // MLP: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))).
-            rec.zero(&dfch_gelu);
             linear_backward(
                 rec,
                 &dfch_gelu,
+                false,
                 &gp.mlp_proj_w,
                 Some(&gp.mlp_proj_b),
                 &dresidual,
@@ -435,8 +435,7 @@ impl Model {
                 &lp.mlp_proj_w,
             )?;
             gelu_backward(rec, &dfch, &a.fch, &dfch_gelu)?;
-            rec.zero(&dln);
-            linear_backward(rec, &dln, &gp.c_fc_w, Some(&gp.c_fc_b), &dfch, &a.ln2, &lp.c_fc_w)?;
+            linear_backward(rec, &dln, false, &gp.c_fc_w, Some(&gp.c_fc_b), &dfch, &a.ln2, &lp.c_fc_w)?;
             layernorm_backward(
                 rec,
                 &dresidual,
@@ -449,8 +448,8 @@ impl Model {
                 &a.ln2_rstd,
             )?;
             // Attention: residual2 = residual + c_proj(attention(c_attn(ln_1(residual)))).
-            rec.zero(&datty);
-            linear_backward(rec, &datty, &gp.attn_proj_w, Some(&gp.attn_proj_b), &dresidual, &a.atty, &lp.attn_proj_w)?;
+            let (dw, db) = (&gp.attn_proj_w, &gp.attn_proj_b);
+            linear_backward(rec, &datty, false, dw, Some(db), &dresidual, &a.atty, &lp.attn_proj_w)?;
             attention_backward(
                 rec,
                 &dqkv,
@@ -462,8 +461,7 @@ impl Model {
                 &batch.mask,
                 self.attention_shape(b, t),
             )?;
-            rec.zero(&dln);
-            linear_backward(rec, &dln, &gp.c_attn_w, Some(&gp.c_attn_b), &dqkv, &a.ln1, &lp.c_attn_w)?;
+            linear_backward(rec, &dln, false, &gp.c_attn_w, Some(&gp.c_attn_b), &dqkv, &a.ln1, &lp.c_attn_w)?;
             layernorm_backward(
                 rec,
                 &dresidual,

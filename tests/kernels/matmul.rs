@@ -143,19 +143,32 @@ fn linear_backward_matches_reference_and_finite_differences() {
         let (r_inp, r_w, r_b) = reference::linear_backward(&dout, &inp, &w, n, c, oc);
         let loss =
             |inp: &[f64], w: &[f64], bias: &[f64]| dot(&dout, &reference::linear_forward(inp, w, Some(bias), n, c, oc));
-        for variant in VARIANTS {
-            // Gradients accumulate: start from nonzero buffers and subtract them afterwards.
+        for (variant, accumulate_dinp) in VARIANTS.into_iter().flat_map(|v| [(v, true), (v, false)]) {
+            // Gradients accumulate: start from nonzero buffers and subtract them afterwards (dinp
+            // only with accumulate_dinp; else what it held must be overwritten).
             let (p_inp, p_w, p_b) = (rng.normals(n * c, 1.0), rng.normals(c * oc, 1.0), rng.normals(oc, 1.0));
             let (dinp, dw, db) = (upload(&p_inp, &[n, c]), upload(&p_w, &[c, oc]), upload(&p_b, &[oc]));
             let gpu = gpu();
             let mut rec = Recorder::new(&gpu);
             let (t_dout, t_inp, t_w) = (upload(&dout, &[n, oc]), upload(&inp, &[n, c]), upload(&w, &[c, oc]));
-            linear_backward_with_variant(&mut rec, Some(variant), &dinp, &dw, Some(&db), &t_dout, &t_inp, &t_w)
-                .unwrap();
+            let dbias = Some(&db);
+            linear_backward_with_variant(
+                &mut rec,
+                Some(variant),
+                &dinp,
+                accumulate_dinp,
+                &dw,
+                dbias,
+                &t_dout,
+                &t_inp,
+                &t_w,
+            )
+            .unwrap();
             rec.submit();
             let sub = |got: Vec<f64>, prior: &[f64]| got.iter().zip(prior).map(|(g, p)| g - p).collect::<Vec<f64>>();
-            let (g_inp, g_w, g_b) = (sub(download(&dinp), &p_inp), sub(download(&dw), &p_w), sub(download(&db), &p_b));
-            let what = format!("linear_backward {variant:?} {n}x{c}x{oc}");
+            let g_inp = if accumulate_dinp { sub(download(&dinp), &p_inp) } else { download(&dinp) };
+            let (g_w, g_b) = (sub(download(&dw), &p_w), sub(download(&db), &p_b));
+            let what = format!("linear_backward {variant:?} {n}x{c}x{oc} accumulate_dinp={accumulate_dinp}");
             assert_close(&format!("{what} dinp"), &g_inp, &r_inp, tol(oc).0, 1e-5);
             assert_close(&format!("{what} dw"), &g_w, &r_w, tol(n).0, 1e-5);
             assert_close(&format!("{what} dbias"), &g_b, &r_b, tol(n).0, 1e-5);
@@ -286,7 +299,8 @@ fn texture_matmul_splits_operands_larger_than_the_texture_limit() {
         let (dinp, dw, db) = (up(&vec![0.0; n * c], &[n, c]), up(&p_w, &[c, oc]), up(&p_b, &[oc]));
         let mut rec = Recorder::new(&gpu);
         let (t_dout, t_inp, t_w) = (up(&dout, &[n, oc]), up(&inp, &[n, c]), up(&w, &[c, oc]));
-        linear_backward_with_variant(&mut rec, Some(variant), &dinp, &dw, Some(&db), &t_dout, &t_inp, &t_w).unwrap();
+        linear_backward_with_variant(&mut rec, Some(variant), &dinp, true, &dw, Some(&db), &t_dout, &t_inp, &t_w)
+            .unwrap();
         rec.submit();
         let got = |t: &ppo_wgpu::gpu::Tensor, prior: &[f64]| -> Vec<f64> {
             gpu.download(t).unwrap().into_iter().zip(prior).map(|(g, p)| g as f64 - p).collect()
