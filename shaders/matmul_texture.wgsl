@@ -4,7 +4,7 @@
 // bound by the number of values loaded that way; a `textureLoad` of an rgba32float texel is not,
 // and the same tiles run several times faster (docs/design.md §2). The textures are read-only
 // storage textures rather than sampled ones: an image load has no mip level to look up, which
-// on lavapipe made the same kernels 15–25 % faster again. Each product runs in two kinds of
+// on lavapipe cut the same kernels' time by a fifth to a quarter. Each product runs in two kinds of
 // dispatch, both here:
 //
 //   pack_rows,       copy a block of a row-major matrix in a storage buffer (pack_rows), or

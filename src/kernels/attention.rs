@@ -5,7 +5,7 @@
 //! workgroup per block of 64 queries, the keys staged in workgroup memory).
 
 use super::matmul::{Block, PackMethod, pack, pack_method};
-use super::{bind, bind_texture, bind_u32, broadcast_lanes_fit, expect_len, groups};
+use super::{bind, bind_texture, bind_u32, broadcast_lanes_fit, expect_len, flag, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{
     Gpu, Recorder, Shader, Tensor, Texture, Work, choose_by_measurement, matches_reference, seconds_per_call,
@@ -267,7 +267,7 @@ pub fn forward_with_variant(
     let mut bindings = vec![bind(1, qkv), bind_u32(2, mask), bind(3, out), bind(4, lse)];
     let textures = per_query_textures(rec, variant, &[(qkv, 3 * shape.c)])?;
     if let Some((loads, textures)) = &textures {
-        constants.push(("TEXTURE_LOADS", *loads as u8 as f64));
+        constants.push(("TEXTURE_LOADS", flag(*loads)));
         bindings.extend((11..).zip(textures).map(|(index, t)| bind_texture(index, t)));
     }
     let p = bytemuck::bytes_of(&params);
@@ -333,7 +333,7 @@ pub fn backward_with_variant(
     let mut b = vec![bind(1, qkv), bind_u32(2, mask), bind(6, dout), bind(7, lse), bind(9, delta), bind(10, dqkv)];
     let textures = per_query_textures(rec, variant, &[(qkv, 3 * c), (dout, c)])?;
     if let Some((loads, textures)) = &textures {
-        constants.push(("TEXTURE_LOADS", *loads as u8 as f64));
+        constants.push(("TEXTURE_LOADS", flag(*loads)));
         b.extend((11..).zip(textures).map(|(index, t)| bind_texture(index, t)));
     }
     rec.dispatch(shader, &format!("attention_backward_query{suffix}"), &constants, p, &b, grid, backward)?;

@@ -7,7 +7,7 @@
 //! takes it.
 
 use super::gelu::gelu_forward;
-use super::{BROADCAST_LANES, as_matrix, bind, bind_texture, bind_u32, broadcast_lanes_fit, expect_len, groups};
+use super::{BROADCAST_LANES, as_matrix, bind, bind_texture, bind_u32, broadcast_lanes_fit, expect_len, flag, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{
     Binding, DType, Gpu, MatmulVariant, Recorder, Shader, Tensor, Texture, Work, choose_by_measurement,
@@ -68,8 +68,7 @@ pub fn group_columns(tile_columns: usize, max: usize) -> usize {
 /// than a field of its params, because on lavapipe an untaken branch's loads and stores still
 /// loop over the lanes (a quarter of a K = 128 product's time).
 pub fn epilogue(accumulate: bool, bias: bool, gelu: bool) -> [(&'static str, f64); 3] {
-    let on = |b: bool| b as u8 as f64;
-    [("ACCUMULATE", on(accumulate)), ("HAS_BIAS", on(bias)), ("HAS_GELU", on(gelu))]
+    [("ACCUMULATE", flag(accumulate)), ("HAS_BIAS", flag(bias)), ("HAS_GELU", flag(gelu))]
 }
 
 /// Which operands are transposed: out = op(A)·op(B).
@@ -510,7 +509,7 @@ fn record(
     let b_f16 = is_f16(b);
     let (b_f32_binding, b_f16_binding) =
         if b_f16 { (a.clone(), b.clone()) } else { (b.clone(), b.bitcast(DType::U32)) };
-    let b_f16_constant = ("B_F16", b_f16 as u8 as f64);
+    let b_f16_constant = ("B_F16", flag(b_f16));
     // Kernels that store a GELU epilogue bind `post`, or `out` when there is none (the flag
     // keeps it unwritten).
     let post = post.unwrap_or(out);
@@ -580,12 +579,12 @@ fn record(
         let scalar_a = !(vec4_a && axis.is_multiple_of(4));
         let entry = if layout == Layout::NN { "matmul_nn" } else { "matmul_tn" };
         let bindings = nn_tn_bindings(a, &b_f32_binding, bias, out, post, &b_f16_binding);
-        let constants = [&[("A_SCALAR", scalar_a as u8 as f64), b_f16_constant][..], &epilogue].concat();
+        let constants = [&[("A_SCALAR", flag(scalar_a)), b_f16_constant][..], &epilogue].concat();
         rec.dispatch(&SHADER, entry, &constants, p, &bindings, grid, work)
     } else {
         let constants = [
-            ("TRANS_A", if layout == Layout::TN { 1.0 } else { 0.0 }),
-            ("TRANS_B", if layout == Layout::NT { 1.0 } else { 0.0 }),
+            ("TRANS_A", flag(layout == Layout::TN)),
+            ("TRANS_B", flag(layout == Layout::NT)),
             b_f16_constant,
             epilogue[0],
             epilogue[1],
@@ -711,8 +710,8 @@ pub fn texture_matmul_with_pack(
     })?;
     let a_stride = a.shape().last().copied().unwrap_or(1);
     let place = ((n, 0), (a_stride, 0));
-    let (variant, sums) = (MatmulVariant::Texture, None);
-    record_texture(rec, variant, method, out, a, b, bias, None, sums, layout, accumulate, (m, n, k), place)
+    let variant = MatmulVariant::Texture;
+    record_texture(rec, variant, method, out, a, b, bias, None, None, layout, accumulate, (m, n, k), place)
 }
 
 /// Records a product on a texture kernel (arguments as `record`; `variant`: Texture or
@@ -825,13 +824,12 @@ fn record_texture(
                 let sums_words = if sums.is_some() { nc * (1 + accumulated as usize) } else { 0 };
                 let work = Work::flops(2 * mc * nc * kc, mc * kc + kc * nc + mc * nc * stores + sums_words);
                 let epilogue = epilogue(accumulated, with_bias, with_gelu);
-                let on = |b: bool| b as u8 as f64;
                 let stored: &[(&str, f64)] = if variant == MatmulVariant::TextureSubgroup {
-                    &[("A_STORED", on(a_stored)), ("B_STORED", on(b_stored))]
+                    &[("A_STORED", flag(a_stored)), ("B_STORED", flag(b_stored))]
                 } else {
                     &[]
                 };
-                let sum_columns = [("SUM_B_COLUMNS", on(sums.is_some()))];
+                let sum_columns = [("SUM_B_COLUMNS", flag(sums.is_some()))];
                 let constants = [stored, &epilogue, &sum_columns].concat();
                 rec.dispatch(shader, entry, &constants, bytemuck::bytes_of(&params), &bindings, grid, work)?;
             }
@@ -991,7 +989,7 @@ pub(crate) fn pack(
     rec.dispatch(
         &TEXTURE_SHADER,
         entry,
-        &[("SRC_VEC4", vec4 as u8 as f64)],
+        &[("SRC_VEC4", flag(vec4))],
         bytemuck::bytes_of(&params),
         &[bind(1, src), bind_texture(2, &texture), bind(7, src)],
         gpu.grid(groups(invocations, WG)),

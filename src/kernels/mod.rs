@@ -38,6 +38,11 @@ pub(crate) fn bind_texture(index: u32, texture: &Texture) -> Binding<'_> {
     Binding { index, resource: Resource::Texture(texture) }
 }
 
+/// A boolean override constant's value (WGSL's `override NAME: bool`).
+pub(crate) fn flag(on: bool) -> f64 {
+    on as u8 as f64
+}
+
 /// (rows, cols) of a tensor seen as a matrix whose rows are its last axis.
 pub(crate) fn as_matrix(t: &Tensor) -> (usize, usize) {
     let cols = *t.shape().last().unwrap_or(&1);
