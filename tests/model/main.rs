@@ -10,6 +10,7 @@ mod forward_backward;
 mod generation;
 mod hf_fixture;
 mod memory;
+mod optimizer;
 mod ppo_fixture;
 mod reward_train;
 mod score_and_tokenizer;
