@@ -27,19 +27,8 @@ const WG: u32 = 256u; // invocations per workgroup (kernels::gelu::WG)
 @group(0) @binding(7) var<storage, read> dout4: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> dinp4: array<vec4<f32>>;
 
-// gelu(x) and gelu4(v) are the prelude's (the matmul epilogues use them too). The gradient is
-// written with sigmoids like them, which stay accurate in f32 where the tanh form cancels (for
-// x ≪ 0, 1 + tanh(u) and 1 − tanh²(u) are differences of nearly equal numbers):
-//   0.5·(1 + tanh(u)) = σ(2u),   1 − tanh²(u) = 4·σ(2u)·σ(−2u).
-
-// gelu'(x)·d
-fn gelu_grad(x: f32, d: f32) -> f32 {
-    let u = gelu_inner(x);
-    let s_pos = gelu_sigmoid(2.0 * u);
-    let s_neg = gelu_sigmoid(-2.0 * u);
-    let du_dx = GELU_SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-    return (s_pos + 2.0 * x * s_pos * s_neg * du_dx) * d;
-}
+// gelu, gelu4, gelu_grad (gelu'(x)·d) and gelu_grad4 are the prelude's: the matmul epilogues use
+// them too.
 
 @compute @workgroup_size(WG)
 fn gelu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -73,5 +62,5 @@ fn gelu_backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     if (i >= params.n / 4u) { return; }
     let x = inp4[i];
     let d = dout4[i];
-    dinp4[i] = vec4<f32>(gelu_grad(x.x, d.x), gelu_grad(x.y, d.y), gelu_grad(x.z, d.z), gelu_grad(x.w, d.w));
+    dinp4[i] = gelu_grad4(x, d);
 }

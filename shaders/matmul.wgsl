@@ -15,9 +15,12 @@
 //               needs N % 4 == 0; A read as vec4 along M (as scalars with A_SCALAR), B as
 //               vec4 along N
 //
-// The epilogue (ACCUMULATE, HAS_BIAS, HAS_GELU below): accumulate into out (gradients), add
-// the bias (matmul_nn only), also store gelu of each output at `post` (matmul_nn only: c_fc's
-// forward, whose `out` keeps the pre-activation the backward needs).
+// The epilogue (ACCUMULATE, HAS_BIAS, HAS_GELU, GELU_BACKWARD below): accumulate into out
+// (gradients), add the bias (matmul_nn only), also store gelu of each output at `post`
+// (matmul_nn only: c_fc's forward, whose `out` keeps the pre-activation the backward needs), or
+// store gelu'(pre)·(the product) with the pre-activation read at `post` (matmul_nn only: an NT
+// product runs there with B transposed; the input gradient of mlp.c_proj taken back through
+// c_fc's GELU).
 // Output row r, column c is stored at out[r·out_stride + out_col + c], and A is read from rows
 // of a_stride elements starting at column a_col, so that a matmul split over column slices
 // (when an operand exceeds the adapter's binding size) reads and writes in place; the vec4
@@ -52,6 +55,7 @@ struct Params {
 override ACCUMULATE: bool = false; // add to what out holds (gradients)
 override HAS_BIAS: bool = false;   // add bias[column]
 override HAS_GELU: bool = false;   // also store gelu of each output at `post`
+override GELU_BACKWARD: bool = false; // store gelu'(post)·(the product) instead of the product
 const WG_X: u32 = 8u; // invocations per workgroup along N (kernels::matmul::WG_X)
 const WG_Y: u32 = 8u; // along M (kernels::matmul::WG_Y)
 
@@ -66,7 +70,8 @@ const WG_Y: u32 = 8u; // along M (kernels::matmul::WG_Y)
 // ragged is read four scalars at a time, past-the-end columns as zeros, so the fast kernels
 // still run (the host binds the buffer at both bindings).
 @group(0) @binding(6) var<storage, read> a_scalar: array<f32>;
-// The GELU epilogue's second output (laid out as out).
+// The GELU epilogue's second tensor, laid out as out: its output (HAS_GELU), or the
+// pre-activation it reads (GELU_BACKWARD).
 @group(0) @binding(7) var<storage, read_write> post: array<vec4<f32>>;
 
 // B as f16 pairs, read when B_F16 is set: a vec4 of B is two words (the host binds a stand-in
@@ -122,6 +127,7 @@ fn store_block(acc: ptr<function, array<vec4<f32>, 32>>, m0: u32, c0: u32, n4: u
             var v = (*acc)[r * 4u + c] + column_bias[c];
             let at = row * (params.out_stride / 4u) + params.out_col / 4u + col;
             if (ACCUMULATE) { v += out[at]; }
+            if (GELU_BACKWARD) { v = gelu_grad4(post[at], v); }
             out[at] = v;
             if (use_bias && HAS_GELU) { post[at] = gelu4(v); }
         }

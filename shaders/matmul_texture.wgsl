@@ -23,8 +23,10 @@
 // accumulators, named rather than indexed so that they stay in registers. Output row r, vec4
 // column c is out[out_offset4 + r·out_stride4 + c] (a block of a larger output, when the
 // product is split to fit the adapter's texture size); it stores ceil(N/4) vec4s per row.
-// The epilogue (ACCUMULATE, HAS_BIAS, HAS_GELU below) adds bias[bias_offset4·4 + column], and
-// stores GELU's output at `post`, laid out as out (c_fc's forward). With SUM_B_COLUMNS a
+// The epilogue (ACCUMULATE, HAS_BIAS, HAS_GELU, GELU_BACKWARD below) adds bias[bias_offset4·4 +
+// column], and stores GELU's output at `post`, laid out as out (c_fc's forward), or stores
+// gelu'(pre)·(the product) with the pre-activation read at `post` (mlp.c_proj's input gradient
+// taken back through c_fc's GELU: cuBLASLt's DGELU epilogue). With SUM_B_COLUMNS a
 // product also sums Bt's columns over K into b_column_sums (below).
 // Textures: At is ceil(K/4) texels wide and 16·ceil(M/16) rows high; Bt is 4·ceil(N/16)
 // texels wide and 4·ceil(K/4) rows high.
@@ -65,6 +67,7 @@ struct Params {
 override ACCUMULATE: bool = false; // add to what out holds (gradients)
 override HAS_BIAS: bool = false;   // add bias[column]
 override HAS_GELU: bool = false;   // also store gelu of each output at `post`
+override GELU_BACKWARD: bool = false; // store gelu'(post)·(the product) instead of the product
 const WG: u32 = 64u;   // invocations per workgroup (kernels::matmul::WG)
 const TILE: u32 = 16u; // output rows and columns per invocation (kernels::matmul::TEXTURE_TILE)
 const GROUP_ROWS: u32 = 8u; // matmul_texture: tile rows per workgroup (kernels::matmul::TEXTURE_GROUP_ROWS)
@@ -149,7 +152,7 @@ fn pack_columns(
 @group(0) @binding(4) var b_tex: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
-@group(0) @binding(11) var<storage, read_write> post: array<vec4<f32>>; // the GELU epilogue's output
+@group(0) @binding(11) var<storage, read_write> post: array<vec4<f32>>; // GELU's output, or pre-activation
 
 // SUM_B_COLUMNS: also add Bt's column sums over K to b_column_sums[bias_offset4·4 + column], a
 // dW = inpᵀ·dout product's bias gradient Σ_rows dout, from the texels the product reads anyway
@@ -183,6 +186,7 @@ fn store_vec4(row: u32, col: u32, value: vec4<f32>) {
     var v = value;
     let at = params.out_offset4 + row * params.out_stride4 + col;
     if (ACCUMULATE) { v += out[at]; }
+    if (GELU_BACKWARD) { v = gelu_grad4(post[at], v); }
     out[at] = v;
     if (HAS_GELU) { post[at] = gelu4(v); }
 }

@@ -5,9 +5,10 @@
 //   op(A) = A[M,K] or, with TRANS_A, A[K,M]ᵀ;  op(B) = B[K,N] or, with TRANS_B, B[N,K]ᵀ
 //
 // So forward is (TRANS_A=false, TRANS_B=false), dinp = dout·Wᵀ is (false, true) and
-// dW = inpᵀ·dout is (true, false). The epilogue (ACCUMULATE, HAS_BIAS, HAS_GELU below):
-// accumulate, add the bias, also store gelu of each output at `post` (c_fc's forward: out
-// keeps the pre-activation). Output
+// dW = inpᵀ·dout is (true, false). The epilogue (ACCUMULATE, HAS_BIAS, HAS_GELU, GELU_BACKWARD
+// below): accumulate, add the bias, also store gelu of each output at `post` (c_fc's forward:
+// out keeps the pre-activation), or store gelu'(pre)·(the product) with the pre-activation read
+// at `post` (mlp.c_proj's input gradient taken back through c_fc's GELU). Output
 // (r, c) is stored at out[r·out_stride + out_col + c], and A is read from rows of a_stride
 // elements from column a_col (column slices of wider operands). With B_F16, B holds f16
 // values two to a u32 (pack2x16float, a generation's weights), read at binding 6.
@@ -43,6 +44,7 @@ struct Params {
 override ACCUMULATE: bool = false; // add to what out holds (gradients)
 override HAS_BIAS: bool = false;   // add bias[column]
 override HAS_GELU: bool = false;   // also store gelu of each output at `post`
+override GELU_BACKWARD: bool = false; // store gelu'(post)·(the product) instead of the product
 
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
@@ -59,7 +61,7 @@ const WG: u32 = 64u; // transpose: invocations per workgroup (kernels::matmul::W
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
-@group(0) @binding(5) var<storage, read_write> post: array<f32>; // the GELU epilogue's output
+@group(0) @binding(5) var<storage, read_write> post: array<f32>; // GELU's output, or pre-activation
 // B as f16 pairs, read when B_F16 is set (the host binds a stand-in at the other format's binding).
 @group(0) @binding(6) var<storage, read> b_f16: array<u32>;
 
@@ -134,6 +136,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             if (HAS_BIAS) { v += bias[col]; }
             let at = row * params.out_stride + params.out_col + col;
             if (ACCUMULATE) { v += out[at]; }
+            if (GELU_BACKWARD) { v = gelu_grad(post[at], v); }
             out[at] = v;
             if (HAS_GELU) { post[at] = gelu(v); }
         }

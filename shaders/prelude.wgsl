@@ -111,3 +111,18 @@ fn gelu(x: f32) -> f32 {
 fn gelu4(v: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(gelu(v.x), gelu(v.y), gelu(v.z), gelu(v.w));
 }
+
+// gelu'(x)·d, with the same sigmoids (the tanh form cancels in f32 for x ≪ 0 as well):
+//   gelu'(x) = 0.5·(1 + tanh(u)) + 0.5·x·(1 − tanh²(u))·du/dx
+//            = σ(2u) + 2·x·σ(2u)·σ(−2u)·du/dx,   du/dx = sqrt(2/π)·(1 + 3·0.044715·x²).
+fn gelu_grad(x: f32, d: f32) -> f32 {
+    let u = gelu_inner(x);
+    let s_pos = gelu_sigmoid(2.0 * u);
+    let s_neg = gelu_sigmoid(-2.0 * u);
+    let du_dx = GELU_SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+    return (s_pos + 2.0 * x * s_pos * s_neg * du_dx) * d;
+}
+
+fn gelu_grad4(x: vec4<f32>, d: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(gelu_grad(x.x, d.x), gelu_grad(x.y, d.y), gelu_grad(x.z, d.z), gelu_grad(x.w, d.w));
+}

@@ -6,7 +6,7 @@
 //! measurement (`variant`); a shape that breaks a variant's vec4 alignment runs on the next that
 //! takes it.
 
-use super::gelu::gelu_forward;
+use super::gelu::{gelu_backward, gelu_forward};
 use super::{BROADCAST_LANES, as_matrix, bind, bind_texture, bind_u32, broadcast_lanes_fit, expect_len, flag, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{
@@ -63,12 +63,29 @@ pub fn group_columns(tile_columns: usize, max: usize) -> usize {
     tile_columns.div_ceil(tile_columns.div_ceil(max).max(1)).max(1)
 }
 
-/// The override constants of a product's epilogue (ACCUMULATE into out, add HAS_BIAS, also
-/// store HAS_GELU at `post`), which every matmul shader declares: fixed per pipeline rather
-/// than a field of its params, because on lavapipe an untaken branch's loads and stores still
-/// loop over the lanes (a quarter of a K = 128 product's time).
-pub fn epilogue(accumulate: bool, bias: bool, gelu: bool) -> [(&'static str, f64); 3] {
-    [("ACCUMULATE", flag(accumulate)), ("HAS_BIAS", flag(bias)), ("HAS_GELU", flag(gelu))]
+/// GELU in a product's epilogue, with a second tensor laid out as the output (`post` in the
+/// shaders).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GeluStep {
+    /// Also store gelu of each output in the tensor (c_fc's forward: the output keeps the
+    /// pre-activation the backward needs).
+    Forward,
+    /// Store gelu'(pre)·(the product) instead of the product, the pre-activation read from the
+    /// tensor (mlp.c_proj's input gradient taken back through c_fc's GELU: cuBLASLt's DGELU).
+    Backward,
+}
+
+/// The override constants of a product's epilogue (ACCUMULATE into out, add HAS_BIAS, GELU
+/// forward as HAS_GELU or backward as GELU_BACKWARD), which every matmul shader declares: fixed
+/// per pipeline rather than a field of its params, because on lavapipe an untaken branch's
+/// loads and stores still loop over the lanes (a quarter of a K = 128 product's time).
+pub fn epilogue(accumulate: bool, bias: bool, gelu: Option<GeluStep>) -> [(&'static str, f64); 4] {
+    [
+        ("ACCUMULATE", flag(accumulate)),
+        ("HAS_BIAS", flag(bias)),
+        ("HAS_GELU", flag(gelu == Some(GeluStep::Forward))),
+        ("GELU_BACKWARD", flag(gelu == Some(GeluStep::Backward))),
+    ]
 }
 
 /// Which operands are transposed: out = op(A)·op(B).
@@ -435,8 +452,9 @@ pub const TRANSPOSE_MIN_ROWS: usize = 64;
 
 /// Records one matmul dispatch: op(a)·op(b) of shape (m, n, k) into columns out_col.. of rows
 /// of `out_stride` elements, reading A from column a_col of rows of `a_stride` elements; with
-/// `post` (NN with a bias, N a multiple of 4, no accumulation: see `linear_forward_gelu`), also
-/// gelu of each output into `post`, laid out as out.
+/// `gelu`, GELU in the epilogue with its tensor laid out as out (in one piece, N a multiple of
+/// 4, no accumulation; forward: NN with a bias, see `linear_forward_gelu`; backward: NT without,
+/// see `linear_backward_gelu`).
 #[allow(clippy::too_many_arguments)]
 fn record(
     rec: &mut Recorder,
@@ -445,7 +463,7 @@ fn record(
     a: &Tensor,
     b: &Tensor,
     bias: Option<&Tensor>,
-    post: Option<&Tensor>,
+    gelu: Option<(GeluStep, &Tensor)>,
     layout: Layout,
     accumulate: bool,
     (m, n, k): (usize, usize, usize),
@@ -465,7 +483,7 @@ fn record(
                 a,
                 b,
                 bias,
-                post,
+                gelu,
                 None,
                 layout,
                 accumulate,
@@ -474,7 +492,7 @@ fn record(
             );
         }
         if texture_takes(m, n, b) {
-            ensure_shape(post.is_none(), || format!("the GELU epilogue needs whole vec4 rows, not {n} columns"))?;
+            ensure_shape(gelu.is_none(), || format!("the GELU epilogue needs whole vec4 rows, not {n} columns"))?;
             // The kernel stores whole vec4s: the product goes to rows of N rounded up to 4, and
             // from there into out (adding the bias, or accumulating).
             let padded = n.next_multiple_of(4);
@@ -491,7 +509,7 @@ fn record(
             a,
             b,
             bias,
-            post,
+            gelu,
             layout,
             accumulate,
             (m, n, k),
@@ -499,10 +517,10 @@ fn record(
             (a_stride, a_col),
         );
     }
-    let epilogue = epilogue(accumulate, bias.is_some(), post.is_some());
+    let epilogue = epilogue(accumulate, bias.is_some(), gelu.map(|(step, _)| step));
     // 2 flops per multiply-add; A and B read once (an f16 B is half the words), the output
-    // written (and read to accumulate, and written again through GELU).
-    let stores = 1 + accumulate as usize + post.is_some() as usize;
+    // written (and read to accumulate, and written again or read through GELU).
+    let stores = 1 + accumulate as usize + gelu.is_some() as usize;
     let b_words = if is_f16(b) { k * n / 2 } else { k * n };
     let work = Work::flops(2 * m * n * k, m * k + b_words + m * n * stores + n * bias.is_some() as usize);
     // B at its format's binding, and a stand-in of the other type (never read) at the other's.
@@ -510,9 +528,9 @@ fn record(
     let (b_f32_binding, b_f16_binding) =
         if b_f16 { (a.clone(), b.clone()) } else { (b.clone(), b.bitcast(DType::U32)) };
     let b_f16_constant = ("B_F16", flag(b_f16));
-    // Kernels that store a GELU epilogue bind `post`, or `out` when there is none (the flag
-    // keeps it unwritten).
-    let post = post.unwrap_or(out);
+    // Kernels with a GELU epilogue bind its tensor as `post`, or `out` when there is none (the
+    // flags keep it untouched).
+    let post = gelu.map_or(out, |(_, t)| t);
     let (out_stride, out_col, a_stride, a_col) = (out_stride as u32, out_col as u32, a_stride as u32, a_col as u32);
     // Each invocation computes 8 rows × 16 columns of the output; a workgroup 8 tile rows of
     // group_columns(…) tile columns.
@@ -548,7 +566,7 @@ fn record(
         && vec4_a
         && vec4_out
         && n.is_multiple_of(4)
-        && m >= TRANSPOSE_MIN_ROWS
+        && (m >= TRANSPOSE_MIN_ROWS || gelu.is_some())
     {
         let gpu = rec.gpu().clone();
         let b_t = gpu.tensor(&[k, n], DType::F32)?;
@@ -569,6 +587,9 @@ fn record(
         return rec.dispatch(&SHADER, "matmul_nn", &constants, p, &bindings, grid, work);
     }
     if register_tiled && layout == Layout::NT && vec4_a {
+        ensure_shape(gelu.is_none(), || {
+            format!("the GELU epilogue of an NT product of {n} columns needs B transposed")
+        })?;
         let bindings = [bind(1, a), bind(2, &b_f32_binding), bind(5, out), bind_u32(8, &b_f16_binding)];
         let constants = [&[b_f16_constant][..], &epilogue].concat();
         rec.dispatch(&SHADER, "matmul_nt", &constants, p, &bindings, grid, work)
@@ -589,6 +610,7 @@ fn record(
             epilogue[0],
             epilogue[1],
             epilogue[2],
+            epilogue[3],
         ];
         let grid = [groups(n, TILE) as u32, groups(m, TILE) as u32, 1];
         let bindings = [
@@ -729,7 +751,7 @@ fn record_texture(
     a: &Tensor,
     b: &Tensor,
     bias: Option<&Tensor>,
-    post: Option<&Tensor>,
+    gelu: Option<(GeluStep, &Tensor)>,
     b_column_sums: Option<&Tensor>,
     layout: Layout,
     accumulate: bool,
@@ -744,7 +766,7 @@ fn record_texture(
     let n_step = if b_stored { max / TEXTURE_TILE * TEXTURE_TILE } else { max / 4 * TEXTURE_TILE };
     let (m_step, k_step) = (max / TEXTURE_TILE * TEXTURE_TILE, max / 4 * 4);
     // GELU applies to the finished sum: the epilogue needs the product in one block.
-    ensure_shape(post.is_none() || (m <= m_step && k <= k_step && n <= n_step), || {
+    ensure_shape(gelu.is_none() || (m <= m_step && k <= k_step && n <= n_step), || {
         format!("the GELU epilogue needs a {m}×{n}×{k} product in one block of the adapter's texture size")
     })?;
     for m0 in (0..m).step_by(m_step) {
@@ -787,7 +809,7 @@ fn record_texture(
                 };
                 let b_tex = pack(rec, method, SLOT_B, b, b_block, b_width, b_height)?;
                 let with_bias = bias.is_some() && k0 == 0;
-                let with_gelu = post.is_some();
+                let gelu_step = gelu.map(|(step, _)| step);
                 // Column sums from the first block of rows only (the kernel's first rows).
                 let sums = if m0 == 0 { b_column_sums } else { None };
                 let accumulated = accumulate || k0 > 0;
@@ -809,7 +831,7 @@ fn record_texture(
                     bind_texture(4, &b_tex),
                     bind(5, bias.unwrap_or(a)),
                     bind(6, out),
-                    bind(11, post.unwrap_or(out)),
+                    bind(11, gelu.map_or(out, |(_, t)| t)),
                     bind(12, sums.unwrap_or(out)),
                 ];
                 let (shader, entry, grid) = if variant == MatmulVariant::TextureSubgroup {
@@ -820,10 +842,10 @@ fn record_texture(
                     let grid = [groups(tile_columns, group_columns), groups(tile_rows, TEXTURE_GROUP_ROWS), 1];
                     (&TEXTURE_SHADER, "matmul_texture", grid.map(|g| g as u32))
                 };
-                let stores = 1 + accumulated as usize + with_gelu as usize;
+                let stores = 1 + accumulated as usize + gelu.is_some() as usize;
                 let sums_words = if sums.is_some() { nc * (1 + accumulated as usize) } else { 0 };
                 let work = Work::flops(2 * mc * nc * kc, mc * kc + kc * nc + mc * nc * stores + sums_words);
-                let epilogue = epilogue(accumulated, with_bias, with_gelu);
+                let epilogue = epilogue(accumulated, with_bias, gelu_step);
                 let stored: &[(&str, f64)] = if variant == MatmulVariant::TextureSubgroup {
                     &[("A_STORED", flag(a_stored)), ("B_STORED", flag(b_stored))]
                 } else {
@@ -873,7 +895,7 @@ fn unpad_columns(
     let bindings = [bind(8, src), bind(9, out), bind(5, bias.unwrap_or(src))];
     let work = Work::floats(m * n * (2 + accumulate as usize) + n * bias.is_some() as usize);
     let grid = rec.gpu().grid(groups(m * n, WG));
-    let epilogue = epilogue(accumulate, bias.is_some(), false);
+    let epilogue = epilogue(accumulate, bias.is_some(), None);
     rec.dispatch(&TEXTURE_SHADER, "unpad_columns", &epilogue, bytemuck::bytes_of(&params), &bindings, grid, work)
 }
 
@@ -1086,20 +1108,23 @@ pub fn linear_forward_gelu_with(
     let (m, n, k) = dims(pre, inp, w, Layout::NN)?;
     expect_len(post, m * n, "GELU epilogue output")?;
     expect_len(bias, n, "matmul bias")?;
-    if epilogue == GeluEpilogue::Fused && one_dispatch(rec.gpu(), variant, m, n, k) {
-        return record(rec, variant, pre, inp, w, Some(bias), Some(post), Layout::NN, false, (m, n, k), (n, 0), (k, 0));
+    if epilogue == GeluEpilogue::Fused && one_dispatch(rec.gpu(), variant, Layout::NN, m, n, k) {
+        let gelu = Some((GeluStep::Forward, post));
+        return record(rec, variant, pre, inp, w, Some(bias), gelu, Layout::NN, false, (m, n, k), (n, 0), (k, 0));
     }
     matmul_with_variant(rec, variant, pre, inp, w, Some(bias), Layout::NN, false)?;
     gelu_forward(rec, post, pre)
 }
 
-/// Whether `record` computes an NN product of (m, n, k) with a bias in one dispatch on
-/// `variant`'s kernel: N whole vec4s, K within MAX_K, every operand within one binding and, on
-/// the texture kernel, within the adapter's texture size (else the product runs in slices).
-fn one_dispatch(gpu: &Gpu, variant: MatmulVariant, m: usize, n: usize, k: usize) -> bool {
+/// Whether `record` computes a `layout` product of (m, n, k) in one dispatch on `variant`'s
+/// kernel: N whole vec4s, K within MAX_K, every operand within one binding and, on the texture
+/// kernel, within the adapter's texture size (else the product runs in slices).
+fn one_dispatch(gpu: &Gpu, variant: MatmulVariant, layout: Layout, m: usize, n: usize, k: usize) -> bool {
     let limit = gpu.limits.max_storage_buffer_binding_size as usize / 4;
     let max = gpu.limits.max_texture_dimension_2d as usize;
-    let textures_fit = texture_sizes(m, n, k).iter().all(|&(width, height)| width <= max && height <= max);
+    let [a_size, b_size] = texture_sizes(m, n, k);
+    let b_size = if b_stored(layout, variant) { texture_sizes(n, 0, k)[0] } else { b_size };
+    let textures_fit = [a_size, b_size].iter().all(|&(width, height)| width <= max && height <= max);
     let texture_ok = !variant.reads_textures() || !texture_fits(m, n) || textures_fit;
     m > 0 && n.is_multiple_of(4) && k <= MAX_K && m * k <= limit && m * n <= limit && k * n <= limit && texture_ok
 }
@@ -1138,11 +1163,77 @@ pub fn linear_backward_with_variant(
     inp: &Tensor,
     w: &Tensor,
 ) -> Result<()> {
+    let rows = as_matrix(inp).0;
+    let dinp_variant = pick(rec.gpu(), variant, Layout::NT, rows)?;
+    matmul_with_variant(rec, dinp_variant, dinp, dout, w, None, Layout::NT, accumulate_dinp)?;
+    weight_gradients(rec, variant, dw, dbias, dout, inp)
+}
+
+/// mlp.c_proj's backward taken back through c_fc's GELU (inp = gelu(pre)): as `linear_backward`
+/// with the input gradient written, except that it is the GELU input's,
+/// dpre = gelu'(pre) ⊙ (dout · wᵀ). Where the product runs in one dispatch GELU's gradient is
+/// its epilogue (GELU_BACKWARD: cuBLASLt's DGELU, llm.c's fused GELU backward), which saves a
+/// pass over B·T·4C values; else the GELU kernel runs after it.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward_gelu(
+    rec: &mut Recorder,
+    dpre: &Tensor,
+    dw: &Tensor,
+    dbias: Option<&Tensor>,
+    dout: &Tensor,
+    inp: &Tensor,
+    w: &Tensor,
+    pre: &Tensor,
+) -> Result<()> {
+    linear_backward_gelu_with_variant(rec, None, dpre, dw, dbias, dout, inp, w, pre)
+}
+
+/// As `linear_backward_gelu`, on the variant named (tests compare them), or with `None` each
+/// product on the adapter's choice for its rows.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward_gelu_with_variant(
+    rec: &mut Recorder,
+    variant: Option<MatmulVariant>,
+    dpre: &Tensor,
+    dw: &Tensor,
+    dbias: Option<&Tensor>,
+    dout: &Tensor,
+    inp: &Tensor,
+    w: &Tensor,
+    pre: &Tensor,
+) -> Result<()> {
+    let (m, n, k) = dims(dpre, dout, w, Layout::NT)?;
+    expect_len(pre, m * n, "GELU pre-activation")?;
+    expect_len(inp, m * n, "GELU output")?;
     let gpu = rec.gpu().clone();
-    let pick = |layout: Layout, m: usize| variant.map_or_else(|| variant_for(&gpu, layout, m), Ok);
-    let (rows, c) = (as_matrix(inp).0, as_matrix(w).0);
-    matmul_with_variant(rec, pick(Layout::NT, rows)?, dinp, dout, w, None, Layout::NT, accumulate_dinp)?;
-    let dw_variant = pick(Layout::TN, c)?;
+    let dinp_variant = available(&gpu, pick(&gpu, variant, Layout::NT, m)?);
+    if one_dispatch(&gpu, dinp_variant, Layout::NT, m, n, k) {
+        let gelu = Some((GeluStep::Backward, pre));
+        record(rec, dinp_variant, dpre, dout, w, None, gelu, Layout::NT, false, (m, n, k), (n, 0), (k, 0))?;
+    } else {
+        let dinp = gpu.tensor(&[m, n], DType::F32)?;
+        matmul_with_variant(rec, dinp_variant, &dinp, dout, w, None, Layout::NT, false)?;
+        gelu_backward(rec, dpre, pre, &dinp)?;
+    }
+    weight_gradients(rec, variant, dw, dbias, dout, inp)
+}
+
+/// `variant`, or with `None` the adapter's choice for a `layout` product of `m` rows.
+fn pick(gpu: &Arc<Gpu>, variant: Option<MatmulVariant>, layout: Layout, m: usize) -> Result<MatmulVariant> {
+    variant.map_or_else(|| variant_for(gpu, layout, m), Ok)
+}
+
+/// A linear layer's parameter gradients: dw += inpᵀ · dout and dbias += Σ_rows dout, in one
+/// dispatch where the texture kernels take them (`weight_and_bias_gradients_on_textures`).
+fn weight_gradients(
+    rec: &mut Recorder,
+    variant: Option<MatmulVariant>,
+    dw: &Tensor,
+    dbias: Option<&Tensor>,
+    dout: &Tensor,
+    inp: &Tensor,
+) -> Result<()> {
+    let dw_variant = pick(rec.gpu(), variant, Layout::TN, as_matrix(dw).0)?;
     if let Some(dbias) = dbias
         && weight_and_bias_gradients_on_textures(rec, dw_variant, dw, dbias, inp, dout)?
     {
@@ -1208,7 +1299,7 @@ pub fn bias_backward(rec: &mut Recorder, dbias: &Tensor, dout: &Tensor) -> Resul
         rec.dispatch(
             &TILED_SHADER,
             "bias_backward",
-            &epilogue(true, false, false),
+            &epilogue(true, false, None),
             bytemuck::bytes_of(&params),
             &[bind(1, &dout), bind(4, dbias)],
             [groups(n, BIAS_COLS) as u32, 1, 1],

@@ -192,7 +192,9 @@ pub fn override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
     if !shader.starts_with("matmul") {
         return sets;
     }
-    let epilogues = (0..8).map(|bits| matmul::epilogue(bits & 1 != 0, bits & 2 != 0, bits & 4 != 0));
+    let gelu = [None, Some(matmul::GeluStep::Forward), Some(matmul::GeluStep::Backward)];
+    let epilogues =
+        gelu.into_iter().flat_map(|g| (0..4).map(move |bits| matmul::epilogue(bits & 1 != 0, bits & 2 != 0, g)));
     epilogues.flat_map(|e| sets.iter().map(move |set| [&set[..], &e].concat())).collect()
 }
 

@@ -14,10 +14,9 @@ use crate::error::{Error, Result, ensure_shape};
 use crate::gpu::{DType, Gpu, MatmulVariant, Recorder, Tensor};
 use crate::kernels::attention::{AttentionShape, attention_backward, attention_forward};
 use crate::kernels::embedding::{Buckets, check_indices, embedding_backward, embedding_forward, position_ids};
-use crate::kernels::gelu::gelu_backward;
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward, residual_layernorm_forward};
 use crate::kernels::matmul::{
-    Layout, TRANSPOSE_MIN_ROWS, linear_backward, linear_forward, linear_forward_gelu, matmul,
+    Layout, TRANSPOSE_MIN_ROWS, linear_backward, linear_backward_gelu, linear_forward, linear_forward_gelu, matmul,
 };
 use crate::kernels::padded_vocab::mask_padded_logits;
 use std::sync::Arc;
@@ -413,7 +412,6 @@ impl Model {
         )?;
 
         // Scratch for the per-block gradients, reused by every block.
-        let dfch_gelu = gpu.tensor(&[b, t, 4 * c], DType::F32)?;
         let dfch = gpu.tensor(&[b, t, 4 * c], DType::F32)?;
         let dln = gpu.tensor(&[b, t, c], DType::F32)?;
         let datty = gpu.tensor(&[b, t, c], DType::F32)?;
@@ -423,18 +421,18 @@ impl Model {
         for (l, (lp, gp)) in p.layers.iter().zip(&grads.layers).enumerate().rev() {
             let a = &acts.layers[l];
             let residual = if l == 0 { &acts.encoded } else { &acts.layers[l - 1].residual3 };
-            // MLP: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))).
-            linear_backward(
+            // MLP: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))); c_proj's input
+            // gradient goes back through the GELU in the same call.
+            linear_backward_gelu(
                 rec,
-                &dfch_gelu,
-                false,
+                &dfch,
                 &gp.mlp_proj_w,
                 Some(&gp.mlp_proj_b),
                 &dresidual,
                 &a.fch_gelu,
                 &lp.mlp_proj_w,
+                &a.fch,
             )?;
-            gelu_backward(rec, &dfch, &a.fch, &dfch_gelu)?;
             linear_backward(rec, &dln, false, &gp.c_fc_w, Some(&gp.c_fc_b), &dfch, &a.ln2, &lp.c_fc_w)?;
             layernorm_backward(
                 rec,
@@ -543,12 +541,16 @@ pub fn memory_estimate(
     let heads_out = bt * (heads.value as usize + heads.reward as usize);
     let activations = 4 * (bt * c + l * per_layer + bt * c + 2 * bt + bt * v + heads_out);
     let backward_scratch =
-        4 * (bt * c /* dlnf */ + bt * c /* dresidual */ + 2 * bt * 4 * c + 2 * bt * c + bt * 3 * c + b * nh * t);
+        4 * (bt * c /* dlnf */ + bt * c /* dresidual */ + bt * 4 * c + 2 * bt * c + bt * 3 * c + b * nh * t);
     let p = 4 * layout.total;
     // The NT products of B·T rows: the dinp products of c_attn (3C²), attn.c_proj (C²), c_fc
-    // (4C²) and mlp.c_proj (4C²) per block, and the logits lnf · wteᵀ (wte: Vp·C).
-    let transposes = variant_for(Layout::NT, bt) == MatmulVariant::RegisterTiled && bt >= TRANSPOSE_MIN_ROWS;
-    let transpose_scratch = if transposes { 4 * (l * 12 * c * c + v * c) } else { 0 };
+    // (4C²) and mlp.c_proj (4C²) per block, and the logits lnf · wteᵀ (wte: Vp·C); with fewer
+    // rows only mlp.c_proj's, whose GELU epilogue needs its B transposed.
+    let transpose_scratch = match variant_for(Layout::NT, bt) {
+        MatmulVariant::RegisterTiled if bt >= TRANSPOSE_MIN_ROWS => 4 * (l * 12 * c * c + v * c),
+        MatmulVariant::RegisterTiled => 4 * l * 4 * c * c,
+        _ => 0,
+    };
     let products: Vec<_> = training_products(config, heads, bt)
         .into_iter()
         .map(|(layout, (m, n, k))| (layout, (m, n, k), variant_for(layout, m)))

@@ -181,6 +181,60 @@ fn linear_backward_matches_reference_and_finite_differences() {
     }
 }
 
+/// mlp.c_proj's backward taken back through c_fc's GELU on every variant: dpre = gelu'(pre) ⊙
+/// (dout · wᵀ) (the products' GELU_BACKWARD epilogue, where they run in one dispatch) and the
+/// parameter gradients, against the reference and finite differences, on shapes the epilogue
+/// takes (the hidden width a multiple of 4; ragged rows, fewer than 64 and more) and one that
+/// runs the GELU kernel after the product (a ragged hidden width).
+#[test]
+fn linear_backward_gelu_matches_reference_and_finite_differences() {
+    use ppo_wgpu::kernels::matmul::linear_backward_gelu_with_variant;
+    let mut rng = Rng::new(41);
+    for (n, h, oc) in [(37, 44, 29), (130, 64, 24), (33, 18, 20)] {
+        let (pre, w, bias) = (rng.normals(n * h, 1.5), rng.normals(h * oc, 1.0), rng.normals(oc, 1.0));
+        let inp = reference::gelu_forward(&pre);
+        let dout = rng.normals(n * oc, 1.0);
+        let (r_inp, r_w, r_b) = reference::linear_backward(&dout, &inp, &w, n, h, oc);
+        let r_pre = reference::gelu_backward(&pre, &r_inp);
+        let loss = |pre: &[f64], w: &[f64], bias: &[f64]| {
+            dot(&dout, &reference::linear_forward(&reference::gelu_forward(pre), w, Some(bias), n, h, oc))
+        };
+        for variant in VARIANTS {
+            // dpre starts as NaN (every element must be written), the parameter gradients from
+            // nonzero buffers (they accumulate).
+            let (p_w, p_b) = (rng.normals(h * oc, 1.0), rng.normals(oc, 1.0));
+            let (dpre, dw, db) = (upload(&vec![f64::NAN; n * h], &[n, h]), upload(&p_w, &[h, oc]), upload(&p_b, &[oc]));
+            let (t_dout, t_inp, t_w, t_pre) =
+                (upload(&dout, &[n, oc]), upload(&inp, &[n, h]), upload(&w, &[h, oc]), upload(&pre, &[n, h]));
+            let gpu = gpu();
+            let mut rec = Recorder::new(&gpu);
+            let dbias = Some(&db);
+            linear_backward_gelu_with_variant(
+                &mut rec,
+                Some(variant),
+                &dpre,
+                &dw,
+                dbias,
+                &t_dout,
+                &t_inp,
+                &t_w,
+                &t_pre,
+            )
+            .unwrap();
+            rec.submit();
+            let sub = |got: Vec<f64>, prior: &[f64]| got.iter().zip(prior).map(|(g, p)| g - p).collect::<Vec<f64>>();
+            let (g_pre, g_w, g_b) = (download(&dpre), sub(download(&dw), &p_w), sub(download(&db), &p_b));
+            let what = format!("linear_backward_gelu {variant:?} {n}x{h}x{oc}");
+            assert_close(&format!("{what} dpre"), &g_pre, &r_pre, tol(oc).0, 1e-5);
+            assert_close(&format!("{what} dw"), &g_w, &r_w, tol(n).0, 1e-5);
+            assert_close(&format!("{what} dbias"), &g_b, &r_b, tol(n).0, 1e-5);
+            if variant == VARIANTS[0] {
+                check_fd(&format!("{what} dpre"), &g_pre, |x| loss(x, &w, &bias), &pre, &mut rng, 1e-3, 1e-3);
+            }
+        }
+    }
+}
+
 #[test]
 fn matmul_splits_operands_larger_than_the_binding_limit() {
     // A device whose bindings hold at most 64 KiB (16384 floats): one operand or more of each
