@@ -283,15 +283,15 @@ fn bench_kv_cache(bx: &mut Bench, c: &mut Criterion) {
 
 fn bench_decode_weights(bx: &mut Bench, c: &mut Criterion) {
     // A decode step's products (c_attn, attn.c_proj, c_fc, mlp.c_proj and the LM head) reading
-    // their weights in each format (family decode_weights), the adapter's choice first and
-    // marked: a small model's rollout (32 rows, C = 128, V = 512) and GPT-2's (8 rows, C = 768;
-    // its LM head over the padded 50304 only with PPO_WGPU_BENCH_LARGE=1). The matmul variant
-    // is the one those rows run on.
+    // their weights in each format (families decode_weights and decode_weights_wide, by the
+    // rows), the adapter's choice first and marked: a small model's rollout (32 rows, C = 128,
+    // V = 512) and GPT-2's (8 rows, C = 768; its LM head over the padded 50304 only with
+    // PPO_WGPU_BENCH_LARGE=1). The matmul variant is the one those rows run on.
     use ppo_wgpu::kernels::f16_weights::{self, FORMATS, WeightFormat, in_format};
     use ppo_wgpu::kernels::matmul::matmul;
-    let chosen = f16_weights::format(&bx.gpu).unwrap();
     let gpt2_vocab = if common::large() { 50304 } else { 0 };
     for (label, m, ch, v) in [("gpt2 8 rows C=768", 8, 768, gpt2_vocab), ("tiny 32 rows C=128", 32, 128, 512)] {
+        let chosen = f16_weights::format(&bx.gpu, m).unwrap();
         let mut products =
             vec![(Layout::NN, 3 * ch, ch), (Layout::NN, ch, ch), (Layout::NN, 4 * ch, ch), (Layout::NN, ch, 4 * ch)];
         if v > 0 {

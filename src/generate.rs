@@ -123,7 +123,7 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> 
     let mut rec = Recorder::new(gpu);
     let weights = match opts.weight_format {
         Some(format) => model.decode_weights_in(&mut rec, format)?,
-        None => model.decode_weights(&mut rec)?,
+        None => model.decode_weights(&mut rec, b)?,
     };
     let acts = model.prefill(&mut rec, &cache, &batch)?;
     sample(&mut rec, &acts.logits, LogitRows { rows: b, v, stride: p * vp, base: (p - 1) * vp }, 0)?;

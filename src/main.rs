@@ -384,7 +384,8 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     ppo_wgpu::kernels::matmul::gelu_epilogue(gpu)?;
     ppo_wgpu::kernels::kv_cache::format(gpu)?;
     ppo_wgpu::kernels::kv_cache::attention_variant(gpu)?;
-    ppo_wgpu::kernels::f16_weights::format(gpu)?;
+    ppo_wgpu::kernels::f16_weights::format(gpu, 1)?;
+    ppo_wgpu::kernels::f16_weights::format(gpu, ppo_wgpu::kernels::matmul::TEXTURE_TILE)?;
     ppo_wgpu::kernels::sampling::lanes(gpu)?;
     let cache = gpu
         .variant_cache()
@@ -399,7 +400,7 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
             })
             .collect();
         println!(
-            "  {family:<16} {:<19} ({}{}{})",
+            "  {family:<19} {:<19} ({}{}{})",
             choice.chosen,
             choice.source,
             if figures.is_empty() { "" } else { ": " },

@@ -6,7 +6,7 @@
 //! sees the rounding: the training forward recomputes every log-prob with the f32 weights, so
 //! PPO's ratio is unaffected.
 
-use super::matmul::{Layout, matmul};
+use super::matmul::{Layout, TEXTURE_TILE, matmul};
 use super::{bind, bind_u32, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{
@@ -32,10 +32,20 @@ pub enum WeightFormat {
 /// The names of the formats, as `PPO_WGPU_DECODE_WEIGHTS` and the cache file spell them.
 pub const FORMATS: [(WeightFormat, &str); 2] = [(WeightFormat::F32, "f32"), (WeightFormat::F16, "f16")];
 
-/// The format this adapter's decode steps read their weights in: chosen by measurement on
-/// first use and cached (family `decode_weights`, forced with PPO_WGPU_DECODE_WEIGHTS=f32|f16).
-pub fn format(gpu: &Arc<Gpu>) -> Result<WeightFormat> {
-    choose_by_measurement(gpu, "decode_weights", &FORMATS, "GFLOP/s", measure_format)
+/// The format this adapter's decode steps of `rows` sequences read their weights in: chosen by
+/// measurement on first use and cached, in two families since the rows decide which kernels can
+/// run: `decode_weights` for fewer than `matmul::TEXTURE_TILE` rows, where every product runs on
+/// storage buffers, and `decode_weights_wide` for more, where f32 weights can go to the texture
+/// kernels and f16 ones cannot (forced with PPO_WGPU_DECODE_WEIGHTS=f32|f16 and
+/// PPO_WGPU_DECODE_WEIGHTS_WIDE=f32|f16).
+pub fn format(gpu: &Arc<Gpu>, rows: usize) -> Result<WeightFormat> {
+    if rows >= TEXTURE_TILE {
+        choose_by_measurement(gpu, "decode_weights_wide", &FORMATS, "GFLOP/s", |gpu, format| {
+            measure_format(gpu, format, 32)
+        })
+    } else {
+        choose_by_measurement(gpu, "decode_weights", &FORMATS, "GFLOP/s", |gpu, format| measure_format(gpu, format, 8))
+    }
 }
 
 /// An f16 copy of the f32 matrix `w` (an even number of columns): u32 [.., columns / 2], each
@@ -80,11 +90,11 @@ pub fn in_format(rec: &mut Recorder, w: &Tensor, format: WeightFormat) -> Result
 }
 
 /// A format's GFLOP/s over a decode step's products (forward NN through each linear layer of a
-/// block, and the LM head's NT) at a small model's rollout width (32 rows, C = 128, V = 512)
-/// and at GPT-2's block (8 rows, C = 768), with the matmul variant those rows run on; the
+/// block, and the LM head's NT) of `rows` sequences at a small model's widths (C = 128,
+/// V = 512) and at GPT-2's block (C = 768), with the matmul variant those rows run on; the
 /// conversion is left out (once per generation, against a step per token). First a check
 /// against the CPU reference, for f16 with the weights rounded as `to_f16` rounds them.
-fn measure_format(gpu: &Arc<Gpu>, format: WeightFormat) -> Result<Option<f64>> {
+fn measure_format(gpu: &Arc<Gpu>, format: WeightFormat, rows: usize) -> Result<Option<f64>> {
     let mut rng = crate::rng::Rng::new(29);
     let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
     let held = |w: &[f64]| match format {
@@ -106,7 +116,7 @@ fn measure_format(gpu: &Arc<Gpu>, format: WeightFormat) -> Result<Option<f64>> {
         }
     }
     let (mut flops, mut seconds) = (0.0, 0.0);
-    for (m, c, v) in [(32, 128, 512), (8, 768, 0)] {
+    for (m, c, v) in [(rows, 128, 512), (rows, 768, 0)] {
         // (layout, n, k) of each product: c_attn, attn.c_proj, c_fc, mlp.c_proj, the LM head.
         let mut products =
             vec![(Layout::NN, 3 * c, c), (Layout::NN, c, c), (Layout::NN, 4 * c, c), (Layout::NN, c, 4 * c)];

@@ -73,10 +73,11 @@ impl Model {
         Ok(KvCache { shape, layers, mask: self.gpu().upload_u32(&[b, t_max], mask)? })
     }
 
-    /// The weights decode steps read, in the adapter's format (chosen by measurement); the
-    /// copies are recorded in `rec`, so they hold the parameters as of this point of it.
-    pub fn decode_weights(&self, rec: &mut Recorder) -> Result<DecodeWeights> {
-        self.decode_weights_in(rec, f16_weights::format(self.gpu())?)
+    /// The weights decode steps of `rows` sequences read, in the adapter's format for them
+    /// (chosen by measurement); the copies are recorded in `rec`, so they hold the parameters
+    /// as of this point of it.
+    pub fn decode_weights(&self, rec: &mut Recorder, rows: usize) -> Result<DecodeWeights> {
+        self.decode_weights_in(rec, f16_weights::format(self.gpu(), rows)?)
     }
 
     /// As `decode_weights`, in the format named (tests compare them).
