@@ -256,7 +256,7 @@ fn bench_kv_cache(bx: &mut Bench, c: &mut Criterion) {
             let cache = kv_cache::new_cache(&bx.gpu, shape, format).unwrap();
             let mut rec = Recorder::new(&bx.gpu);
             kv_cache_write(&mut rec, &cache, &t_qkv, shape, 0).unwrap();
-            decode_attention(&mut rec, &out, &t_last, &cache, &mask, shape, t_max).unwrap();
+            decode_attention(&mut rec, &out, &t_last, &cache, &mask, shape, t_max, false).unwrap();
             rec.submit();
             // The reference over keys and values as the cache holds them.
             let held = reference::qkv_as_cached(&qkv, ch, format == KvFormat::F16);
@@ -267,14 +267,14 @@ fn bench_kv_cache(bx: &mut Bench, c: &mut Criterion) {
             for variant in chosen_first(chosen_variant, &kv_cache::ATTENTION_VARIANTS) {
                 let name = kv_cache::ATTENTION_VARIANTS.iter().find(|(v, _)| *v == variant).map_or("", |(_, n)| n);
                 let mut rec = Recorder::new(&bx.gpu);
-                decode_attention_with(&mut rec, variant, &out, &t_last, &cache, &mask, shape, t_max).unwrap();
+                decode_attention_with(&mut rec, variant, &out, &t_last, &cache, &mask, shape, t_max, false).unwrap();
                 rec.submit();
                 bx.check("decode attention", &out, &want, 1e-5, 1e-4);
                 let mark = if format == chosen && variant == chosen_variant { " (chosen)" } else { "" };
                 let flops = (2 * 2 * b * t_max * ch) as f64; // q·k and p·v over every cached position
                 let name = format!("decode {label} {format:?} {name}{mark}");
                 bx.time(c, "kv_cache", &name, counting_flops(flops), |rec| {
-                    decode_attention_with(rec, variant, &out, &t_last, &cache, &mask, shape, t_max).unwrap()
+                    decode_attention_with(rec, variant, &out, &t_last, &cache, &mask, shape, t_max, false).unwrap()
                 });
             }
         }

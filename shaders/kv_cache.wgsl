@@ -5,7 +5,9 @@
 //   decode_attention: for the newest token of each row (at cache position len − 1), per head h
 //       s_j = q·k_j / sqrt(hd)   for keys j < len with mask[b, j] ≠ 0
 //       out = Σ_j softmax_j(s)·v_j
-//     (the same math as attention_forward's row for that query: tests compare the two)
+//     (the same math as attention_forward's row for that query: tests compare the two); with
+//     APPEND it first writes that token's key and value at position len − 1, as kv_cache_write
+//     would (a decode step's write and attention in one dispatch).
 //
 // The cache holds f32 values (kv_cache_write, decode_attention) or, the other variant chosen per
 // adapter by measurement (kernels::kv_cache::format), f16 ones two to a u32 with WGSL's portable
@@ -47,20 +49,22 @@ const WG_WRITE: u32 = 256u; // kv_cache_write: invocations per workgroup (kernel
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
 @group(0) @binding(2) var<storage, read_write> cache: array<f32>;
-@group(0) @binding(3) var<storage, read> cache_in: array<f32>;
 @group(0) @binding(4) var<storage, read> mask: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
-// The f16 cache (the _f16 entry points; decode_attention binds a stand-in at 7, and
-// decode_attention_f16 one at 3, since both read through cached_pair).
+// The f16 cache (the _f16 entry points; decode_attention binds a stand-in at 6, and
+// decode_attention_f16 one at 2, since both read through cached_pair). The attention entry points
+// read the cache through these read-write bindings too: with APPEND they write it, and one
+// buffer may not be bound both read-only and writable in a dispatch.
 @group(0) @binding(6) var<storage, read_write> cache_h: array<u32>;
-@group(0) @binding(7) var<storage, read> cache_h_in: array<u32>;
 // The same buffers as vec4s for decode_attention_serial (the host binds each at both): qkv, the
 // f32 cache, the f16 cache (four channels to a vec2 of words; a stand-in for the other format is
 // bound as with cached_pair), and out.
 @group(0) @binding(8) var<storage, read> qkv4: array<vec4<f32>>;
-@group(0) @binding(9) var<storage, read> cache4_in: array<vec4<f32>>;
-@group(0) @binding(10) var<storage, read> cache_h4_in: array<vec2<u32>>;
+@group(0) @binding(9) var<storage, read_write> cache4: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> cache_h4: array<vec2<u32>>;
 @group(0) @binding(11) var<storage, read_write> out4: array<vec4<f32>>;
+
+override APPEND: bool = false; // decode attention: write the newest key and value first
 
 override HEAD_DIM: u32 = 64u;   // decode_attention_serial: C / NH
 const MAX_HEAD_DIM4: u32 = 32u; // head dimension up to 128 (kernels::kv_cache::MAX_SERIAL_HEAD_DIM)
@@ -95,8 +99,8 @@ fn kv_cache_write_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
 
 // Channels `at`, `at` + 1 (an even offset) of the cache, as f32s.
 fn cached_pair(at: u32, half: bool) -> vec2<f32> {
-    if (half) { return unpack2x16float(cache_h_in[at / 2u]); }
-    return vec2<f32>(cache_in[at], cache_in[at + 1u]);
+    if (half) { return unpack2x16float(cache_h[at / 2u]); }
+    return vec2<f32>(cache[at], cache[at + 1u]);
 }
 
 var<workgroup> scores: array<f32, MAX_KEYS>;
@@ -123,6 +127,26 @@ fn decode_attention_rows(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, half: bool) {
     let hd = c / params.nh;
     let q = b * 3u * c + h * hd; // qkv holds one position per row
     let row = b * params.t_max;
+
+    // APPEND: the newest key and value (qkv channels C .. 3C − 1 of this head) into the cache at
+    // position len − 1, a pair of channels per invocation, visible to the whole workgroup after
+    // the barrier.
+    if (APPEND) {
+        let at = (row + params.len - 1u) * 2u * c + h * hd;
+        for (var d = 2u * lid; d < hd; d += 2u * WG) {
+            for (var part = 0u; part < 2u; part++) { // key, then value
+                let pair = vec2<f32>(qkv[q + (part + 1u) * c + d], qkv[q + (part + 1u) * c + d + 1u]);
+                let dst = at + part * c + d;
+                if (half) {
+                    cache_h[dst / 2u] = pack2x16float(pair);
+                } else {
+                    cache[dst] = pair.x;
+                    cache[dst + 1u] = pair.y;
+                }
+            }
+        }
+        storageBarrier();
+    }
 
     // Scores, and their max.
     var m = NEG_BIG;
@@ -178,10 +202,10 @@ fn decode_attention_serial_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(n
 // Channels 4i .. 4i + 3 of the cache (i in vec4s of its [B, T_max, 2C] channels), as f32s.
 fn cached4(i: u32, half: bool) -> vec4<f32> {
     if (half) {
-        let w = cache_h4_in[i];
+        let w = cache_h4[i];
         return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
     }
-    return cache4_in[i];
+    return cache4[i];
 }
 
 // Attention of row b's newest query against its cache for head h (bh = b·NH + h), alone.
@@ -192,6 +216,23 @@ fn decode_attention_head(bh: u32, half: bool) {
     let c4 = params.c / 4u;
     let hd4 = HEAD_DIM / 4u;
     let row = b * params.t_max;
+
+    // APPEND: this head's newest key and value (qkv channels C .. 3C − 1) into the cache at
+    // position len − 1; only this invocation reads them.
+    if (APPEND) {
+        let src = b * 3u * c4 + c4 + h * hd4;
+        let dst = (row + params.len - 1u) * 2u * c4 + h * hd4;
+        for (var part = 0u; part < 2u; part++) { // key, then value
+            for (var d = 0u; d < hd4; d++) {
+                let v = qkv4[src + part * c4 + d];
+                if (half) {
+                    cache_h4[dst + part * c4 + d] = vec2<u32>(pack2x16float(v.xy), pack2x16float(v.zw));
+                } else {
+                    cache4[dst + part * c4 + d] = v;
+                }
+            }
+        }
+    }
 
     // The query, scaled once (qkv holds one position per row).
     var q: array<vec4<f32>, MAX_HEAD_DIM4>;

@@ -216,16 +216,8 @@ impl DecodeCase {
 
     /// Attention from each row's last position over the whole cache.
     fn attend(&self, rec: &mut Recorder, variant: DecodeAttention) -> Result<()> {
-        decode_attention_with(
-            rec,
-            variant,
-            &self.out,
-            &self.last,
-            &self.cache,
-            &self.mask,
-            self.shape,
-            self.shape.t_max,
-        )
+        let (shape, t_max) = (self.shape, self.shape.t_max);
+        decode_attention_with(rec, variant, &self.out, &self.last, &self.cache, &self.mask, shape, t_max, false)
     }
 }
 
@@ -262,7 +254,10 @@ pub fn kv_cache_write(rec: &mut Recorder, cache: &Tensor, qkv: &Tensor, shape: C
 
 /// out [B, C] = attention of each row's query (qkv [B, 3C], the token at cache position
 /// len − 1) over cache positions 0 .. len − 1 whose mask [B, T_max] is 1, on the adapter's
-/// variant.
+/// variant. With `append` the same dispatch first writes that token's key and value into the
+/// cache at position len − 1 (what `kv_cache_write` would: a decode step's write and attention
+/// in one dispatch); without, the cache must already hold them.
+#[allow(clippy::too_many_arguments)]
 pub fn decode_attention(
     rec: &mut Recorder,
     out: &Tensor,
@@ -271,9 +266,10 @@ pub fn decode_attention(
     mask: &Tensor,
     shape: CacheShape,
     len: usize,
+    append: bool,
 ) -> Result<()> {
     let variant = attention_variant(rec.gpu())?;
-    decode_attention_with(rec, variant, out, qkv, cache, mask, shape, len)
+    decode_attention_with(rec, variant, out, qkv, cache, mask, shape, len, append)
 }
 
 /// As `decode_attention`, on the variant named (tests and benches compare them).
@@ -287,6 +283,7 @@ pub fn decode_attention_with(
     mask: &Tensor,
     shape: CacheShape,
     len: usize,
+    append: bool,
 ) -> Result<()> {
     let CacheShape { b, t_max, c, n_head } = shape;
     ensure_shape(n_head > 0 && c % n_head == 0, || format!("{c} channels do not split into {n_head} heads"))?;
@@ -308,11 +305,14 @@ pub fn decode_attention_with(
         ..Default::default()
     };
     // One query per row and head against `len` cached keys and values: q·k and p·v, 2 flops
-    // per multiply-add; the cached keys and values read once (f16: two to a word).
+    // per multiply-add; the cached keys and values read once (f16: two to a word), and with
+    // `append` the newest written.
     let cache_words = if format == KvFormat::F16 { c } else { 2 * c };
-    let work = Work::flops(2 * 2 * b * len * c, b * len * cache_words + b * (3 * c + c + len));
+    let appended = if append { cache_words } else { 0 };
+    let work = Work::flops(2 * 2 * b * len * c, b * (len * cache_words + appended) + b * (3 * c + c + len));
     let p = bytemuck::bytes_of(&p);
     let hd = c / n_head;
+    let append = ("APPEND", super::flag(append));
     if variant == DecodeAttention::InvocationPerHead && hd.is_multiple_of(4) && hd <= MAX_SERIAL_HEAD_DIM {
         // Both formats read through cached4: the other format's binding gets a stand-in of its
         // type (the cache itself, viewed as the other type), never read.
@@ -323,18 +323,20 @@ pub fn decode_attention_with(
         let entry = if format == KvFormat::F16 { "decode_attention_serial_f16" } else { "decode_attention_serial" };
         let bindings = [bind(8, qkv), bind(9, &f32_cache), bind_u32(10, &f16_cache), bind_u32(4, mask), bind(11, out)];
         let grid = rec.gpu().grid(groups(b * n_head, WG));
-        return rec.dispatch(&SHADER, entry, &[("HEAD_DIM", hd as f64)], p, &bindings, grid, work);
+        return rec.dispatch(&SHADER, entry, &[("HEAD_DIM", hd as f64), append], p, &bindings, grid, work);
     }
     let grid = rec.gpu().grid(b * n_head);
     // Both entry points read the cache through one function: the other format's binding gets a
-    // stand-in of its type (the mask, qkv), never read.
+    // stand-in of its type (out, which is writable too), never touched.
+    let out_words = out.bitcast(DType::U32);
     let (entry, bindings) = match format {
-        KvFormat::F32 => {
-            ("decode_attention", [bind(1, qkv), bind(3, cache), bind_u32(4, mask), bind(5, out), bind_u32(7, mask)])
-        }
+        KvFormat::F32 => (
+            "decode_attention",
+            [bind(1, qkv), bind(2, cache), bind_u32(4, mask), bind(5, out), bind_u32(6, &out_words)],
+        ),
         KvFormat::F16 => {
-            ("decode_attention_f16", [bind(1, qkv), bind(3, qkv), bind_u32(4, mask), bind(5, out), bind_u32(7, cache)])
+            ("decode_attention_f16", [bind(1, qkv), bind(2, out), bind_u32(4, mask), bind(5, out), bind_u32(6, cache)])
         }
     };
-    rec.dispatch(&SHADER, entry, &[], p, &bindings, grid, work)
+    rec.dispatch(&SHADER, entry, &[append], p, &bindings, grid, work)
 }

@@ -183,7 +183,7 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
 /// set for a shader without overrides), so that tests can translate each specialisation to
 /// every backend: attention's HEAD_DIM (multiples of 4 up to `attention::MAX_HEAD_DIM`; the
 /// subgroup entry points' 16, 32 and 64) with and without TEXTURE_LOADS, decode attention's
-/// HEAD_DIM, matmul's A_SCALAR and B_F16, the tiled matmul's TRANS_A / TRANS_B and B_F16, the
+/// HEAD_DIM and APPEND, matmul's A_SCALAR and B_F16, the tiled matmul's TRANS_A / TRANS_B and B_F16, the
 /// packs' SRC_VEC4, the texture-subgroup matmul's A_STORED and B_STORED, the texture kernels'
 /// SUM_B_COLUMNS, each with every epilogue of the matmul shaders (`matmul::epilogue`),
 /// LayerNorm's RESIDUAL and the sampler's lanes.
@@ -210,7 +210,9 @@ fn own_override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
             .iter()
             .flat_map(|&hd| [0.0, 1.0].map(|loads| vec![("HEAD_DIM", hd as f64), ("TEXTURE_LOADS", loads)]))
             .collect(),
-        "kv_cache" => head_dims(kv_cache::MAX_SERIAL_HEAD_DIM).map(|hd| vec![hd]).collect(),
+        "kv_cache" => head_dims(kv_cache::MAX_SERIAL_HEAD_DIM)
+            .flat_map(|hd| [0.0, 1.0].map(|append| vec![hd, ("APPEND", append)]))
+            .collect(),
         "matmul" => [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)]
             .into_iter()
             .map(|(a, b)| vec![("A_SCALAR", a), ("B_F16", b)])

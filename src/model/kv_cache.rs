@@ -1,7 +1,8 @@
 //! Generation with a KV cache: a prefill pass over the (left-padded) prompts writes every
 //! layer's keys and values, then each decode step runs the model on one new token per row,
 //! appends its keys and values, and attends over the cache. The same kernels as the training
-//! forward, with B rows of one position, plus `kv_cache_write` and `decode_attention`; the
+//! forward, with B rows of one position, plus `kv_cache_write` (the prefill) and
+//! `decode_attention` (a decode step's append and attention, one dispatch); the
 //! decode steps read their weights from `DecodeWeights` (f32, or f16 copies).
 
 use super::config::GptConfig;
@@ -148,8 +149,8 @@ impl Model {
         layernorm_forward(rec, ln, mean, rstd, &s.x, &lp0.ln_1_w, &lp0.ln_1_b, eps)?;
         for (l, ((lp, lw), layer_cache)) in p.layers.iter().zip(&w.layers).zip(&cache.layers).enumerate() {
             linear_forward(rec, &s.qkv, &s.ln, &lw.c_attn_w, Some(&lp.c_attn_b))?;
-            kv_cache_write(rec, layer_cache, &s.qkv, cache.shape, at)?;
-            decode_attention(rec, &s.atty, &s.qkv, layer_cache, &cache.mask, cache.shape, at + 1)?;
+            // The new token's key and value go into the cache in the attention's own dispatch.
+            decode_attention(rec, &s.atty, &s.qkv, layer_cache, &cache.mask, cache.shape, at + 1, true)?;
             linear_forward(rec, &s.proj, &s.atty, &lw.attn_proj_w, Some(&lp.attn_proj_b))?;
             let (w2, b2) = (&lp.ln_2_w, &lp.ln_2_b);
             residual_layernorm_forward(rec, &s.residual2, ln, mean, rstd, &s.x, &s.proj, w2, b2, eps)?;
