@@ -12,7 +12,7 @@ mod variants;
 pub use profiler::{Iteration, KernelRow, PerIteration, Phase, PhaseRow, Profile, Work};
 pub use recorder::{Binding, PRELUDE, Recorder, Resource, Shader};
 pub use tensor::{DType, Tensor, Texture};
-pub use variants::{CACHE_ENV, CACHE_FORMAT, Choice};
+pub use variants::{CACHE_ENV, CACHE_FORMAT, Choice, kernels_fingerprint};
 pub(crate) use variants::{choose_by_measurement, matches_reference, seconds_per_call};
 
 use crate::error::{Error, Result};

@@ -2,15 +2,16 @@
 //! (docs/design.md §2). A kernel family with several implementations (matmul: register-tiled
 //! or workgroup-tiled) is timed on its first use on an adapter; the fastest variant that
 //! matches the CPU reference is kept, in memory and in a cache file keyed by the adapter, its
-//! driver, the CPU and this crate's version, so that later runs start at once and make the
-//! same choice (a seeded run on one machine stays reproducible). The measuring lives with each
+//! driver, the CPU, this crate's version and a fingerprint of the kernels' sources, so that
+//! later runs start at once and make the same choice (a seeded run on one machine stays
+//! reproducible). The measuring lives with each
 //! family's kernels (`kernels::matmul::variant`); this module keeps the choices.
 //!
 //! `PPO_WGPU_VARIANT_CACHE=FILE` moves the cache (default: the user's cache directory,
 //! `ppo-wgpu/variants.json`), `=off` turns it off; `PPO_WGPU_<FAMILY>=NAME` (for example
 //! `PPO_WGPU_MATMUL=workgroup-tiled`) forces a variant. A cache file that does not parse, or
-//! whose entry was made by another adapter, driver, CPU or version, or among another set of
-//! variants, is not trusted: the family is measured again and the file rewritten.
+//! whose entry was made by another adapter, driver, CPU, version or kernel source, or among
+//! another set of variants, is not trusted: the family is measured again and the file rewritten.
 
 use super::{Gpu, LowerLimits, Recorder};
 use crate::error::{Error, Result};
@@ -135,18 +136,37 @@ pub(crate) fn seconds_per_call(gpu: &Arc<Gpu>, record: impl Fn(&mut Recorder) ->
     Ok(run(calls)? / calls as f64)
 }
 
+/// FNV-1a (64-bit) of every shader's WGSL, its includes and the prelude: a choice measured on
+/// other kernels (an earlier build of the same version, with a kernel since changed) is
+/// measured again rather than trusted.
+pub fn kernels_fingerprint() -> u64 {
+    static FINGERPRINT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *FINGERPRINT.get_or_init(|| {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let sources = crate::kernels::ALL_SHADERS
+            .iter()
+            .flat_map(|s| std::iter::once(s.source).chain(s.includes.iter().copied()));
+        for byte in sources.chain([super::PRELUDE]).flat_map(str::bytes) {
+            hash = (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash
+    })
+}
+
 impl Gpu {
-    /// What the cache knows this machine by: adapter, backend, driver, CPU, crate version.
+    /// What the cache knows this machine by: adapter, backend, driver, CPU, crate version, and
+    /// the kernels' sources (`kernels_fingerprint`).
     pub fn variant_key(&self) -> String {
         let i = &self.info;
         format!(
-            "{} | {:?} | {} {} | CPU {} | ppo-wgpu {}",
+            "{} | {:?} | {} {} | CPU {} | ppo-wgpu {} | kernels {:016x}",
             i.name,
             i.backend,
             i.driver,
             i.driver_info,
             super::cpu_model(),
-            env!("CARGO_PKG_VERSION")
+            env!("CARGO_PKG_VERSION"),
+            kernels_fingerprint()
         )
     }
 

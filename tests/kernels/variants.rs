@@ -67,9 +67,16 @@ fn a_corrupt_stale_or_unknown_cache_entry_is_ignored_and_rewritten() {
     let stale_key = probe.variant_key().replace("ppo-wgpu ", "ppo-wgpu 0.0.0-old ");
     let stale = serde_json::json!({ "format": CACHE_FORMAT, "entries": { stale_key.clone(): {
         "matmul": { "chosen": "workgroup-tiled", "figures": [] } } } });
+    // Made by this version with other kernels (the fingerprint of an earlier build's WGSL).
+    let fingerprint = format!("kernels {:016x}", ppo_wgpu::gpu::kernels_fingerprint());
+    assert!(probe.variant_key().ends_with(&fingerprint), "{}", probe.variant_key());
+    let old_kernels_key = probe.variant_key().replace(&fingerprint, "kernels 0123456789abcdef");
+    let old_kernels = serde_json::json!({ "format": CACHE_FORMAT, "entries": { old_kernels_key: {
+        "matmul": { "chosen": "workgroup-tiled", "figures": [] } } } });
     let cases = [
         ("corrupt", "{ this is not json".to_string()),
         ("stale", stale.to_string()),
+        ("other kernels", old_kernels.to_string()),
         ("unknown variant", entry(&probe, "texture-tiled").to_string()),
         // Made before a variant was added: the new one was never measured.
         ("fewer variants", entry_among(&probe, "register-tiled", &["register-tiled", "workgroup-tiled"]).to_string()),
