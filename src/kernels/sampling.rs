@@ -22,6 +22,9 @@ pub enum Lanes {
     /// 32 lanes: fewer barrier switches on a CPU adapter, whose lanes take turns on one core
     /// (for vocabularies up to 16384; larger ones run 256 lanes, see `sample_tokens_with`).
     Narrow,
+    /// 8 lanes: one SIMD vector of a CPU adapter such as lavapipe, whose barriers then have no
+    /// other lanes to switch to (for vocabularies up to 4096; larger ones run 32 lanes, or 256).
+    Vector,
 }
 
 impl Lanes {
@@ -30,15 +33,17 @@ impl Lanes {
         match self {
             Lanes::Wide => MAX_LANES,
             Lanes::Narrow => 32,
+            Lanes::Vector => 8,
         }
     }
 }
 
 /// The names of the lane counts, as `PPO_WGPU_SAMPLING` and the cache file spell them.
-pub const LANES: [(Lanes, &str); 2] = [(Lanes::Wide, "256-lanes"), (Lanes::Narrow, "32-lanes")];
+pub const LANES: [(Lanes, &str); 3] =
+    [(Lanes::Wide, "256-lanes"), (Lanes::Narrow, "32-lanes"), (Lanes::Vector, "8-lanes")];
 
 /// The lanes this adapter samples a row with: chosen by measurement on first use and cached
-/// (family `sampling`, forced with PPO_WGPU_SAMPLING=256-lanes|32-lanes).
+/// (family `sampling`, forced with PPO_WGPU_SAMPLING=256-lanes|32-lanes|8-lanes).
 pub fn lanes(gpu: &Arc<Gpu>) -> Result<Lanes> {
     choose_by_measurement(gpu, "sampling", &LANES, "G logits/s", measure_lanes)
 }
@@ -263,9 +268,11 @@ pub fn sample_tokens_with(
         bind_u32(6, &state.prompt_len),
     ];
     // A threshold search walks a lane's slice of the row 32 times in one loop: keep that within
-    // MAX_SERIAL_STEPS (llvmpipe stops a loop nest silently at 65535 steps), with 256 lanes
-    // where 32 would not (vocabularies past 16384).
-    let lanes = if 32 * v.div_ceil(lanes.count()) > MAX_SERIAL_STEPS { Lanes::Wide } else { lanes };
+    // MAX_SERIAL_STEPS (llvmpipe stops a loop nest silently at 65535 steps), with the fewest
+    // lanes at least those asked for that do (8 lanes past 4096 values run 32, past 16384 256).
+    let fits = |lanes: Lanes| 32 * v.div_ceil(lanes.count()) <= MAX_SERIAL_STEPS;
+    let wider = [Lanes::Vector, Lanes::Narrow, Lanes::Wide].into_iter().filter(|l| l.count() >= lanes.count());
+    let lanes = wider.into_iter().find(|&l| fits(l)).unwrap_or(Lanes::Wide);
     let grid = rec.gpu().grid(b);
     let work = Work::floats(passes(sampling) * b * v);
     let constants = [("WG", lanes.count() as f64)];

@@ -159,8 +159,8 @@ fn ended_rows_emit_padding_and_eos_ends_a_row() {
 
 /// GPT-2's vocabulary with top-k and top-p both on: each invocation of the row's workgroup walks
 /// its slice of the row 32 times in each cut's bisection, where llvmpipe stops a loop nest after
-/// 65535 steps without a word (32 lanes would walk 50304 there: a request for them runs 256, and
-/// draws the same tokens).
+/// 65535 steps without a word (32 lanes would walk 50304 there: a request for them, or for 8,
+/// runs 256, and draws the same tokens).
 #[test]
 fn sampling_a_gpt2_sized_vocabulary_with_both_cuts() {
     let mut rng = Rng::new(303);
@@ -169,6 +169,7 @@ fn sampling_a_gpt2_sized_vocabulary_with_both_cuts() {
     let logits = random_logits(&mut rng, b * v, 2.0);
     let got = sample_gpu_with(Lanes::Wide, &logits, b, v, s, seed, 3);
     assert_eq!(sample_gpu_with(Lanes::Narrow, &logits, b, v, s, seed, 3), got, "32 lanes asked for at V = {v}");
+    assert_eq!(sample_gpu_with(Lanes::Vector, &logits, b, v, s, seed, 3), got, "8 lanes asked for at V = {v}");
     let mut mismatches = 0;
     for row in 0..b {
         let z = &logits[row * v..(row + 1) * v];
