@@ -271,8 +271,8 @@ pub fn sample_tokens_with(
     // MAX_SERIAL_STEPS (llvmpipe stops a loop nest silently at 65535 steps), with the fewest
     // lanes at least those asked for that do (8 lanes past 4096 values run 32, past 16384 256).
     let fits = |lanes: Lanes| 32 * v.div_ceil(lanes.count()) <= MAX_SERIAL_STEPS;
-    let wider = [Lanes::Vector, Lanes::Narrow, Lanes::Wide].into_iter().filter(|l| l.count() >= lanes.count());
-    let lanes = wider.into_iter().find(|&l| fits(l)).unwrap_or(Lanes::Wide);
+    let mut wider = [Lanes::Vector, Lanes::Narrow, Lanes::Wide].into_iter().filter(|l| l.count() >= lanes.count());
+    let lanes = wider.find(|&l| fits(l)).unwrap_or(Lanes::Wide);
     let grid = rec.gpu().grid(b);
     let work = Work::floats(passes(sampling) * b * v);
     let constants = [("WG", lanes.count() as f64)];
