@@ -53,6 +53,11 @@ pub fn download(t: &Tensor) -> Vec<f64> {
     gpu().download(t).unwrap().into_iter().map(f64::from).collect()
 }
 
+/// What an accumulating kernel added to `t`, which held `prior` before: its values less prior.
+pub fn added(t: &Tensor, prior: &[f64]) -> Vec<f64> {
+    download(t).iter().zip(prior).map(|(g, p)| g - p).collect()
+}
+
 /// Asserts |got − want| ≤ atol + rtol·|want| everywhere, both finite; on failure prints the
 /// worst mismatch and the first few, with their indices.
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {

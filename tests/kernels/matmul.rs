@@ -165,9 +165,8 @@ fn linear_backward_matches_reference_and_finite_differences() {
             )
             .unwrap();
             rec.submit();
-            let sub = |got: Vec<f64>, prior: &[f64]| got.iter().zip(prior).map(|(g, p)| g - p).collect::<Vec<f64>>();
-            let g_inp = if accumulate_dinp { sub(download(&dinp), &p_inp) } else { download(&dinp) };
-            let (g_w, g_b) = (sub(download(&dw), &p_w), sub(download(&db), &p_b));
+            let g_inp = if accumulate_dinp { added(&dinp, &p_inp) } else { download(&dinp) };
+            let (g_w, g_b) = (added(&dw, &p_w), added(&db, &p_b));
             let what = format!("linear_backward {variant:?} {n}x{c}x{oc} accumulate_dinp={accumulate_dinp}");
             assert_close(&format!("{what} dinp"), &g_inp, &r_inp, tol(oc).0, 1e-5);
             assert_close(&format!("{what} dw"), &g_w, &r_w, tol(n).0, 1e-5);
@@ -222,8 +221,7 @@ fn linear_backward_gelu_matches_reference_and_finite_differences() {
             )
             .unwrap();
             rec.submit();
-            let sub = |got: Vec<f64>, prior: &[f64]| got.iter().zip(prior).map(|(g, p)| g - p).collect::<Vec<f64>>();
-            let (g_pre, g_w, g_b) = (download(&dpre), sub(download(&dw), &p_w), sub(download(&db), &p_b));
+            let (g_pre, g_w, g_b) = (download(&dpre), added(&dw, &p_w), added(&db, &p_b));
             let what = format!("linear_backward_gelu {variant:?} {n}x{h}x{oc}");
             assert_close(&format!("{what} dpre"), &g_pre, &r_pre, tol(oc).0, 1e-5);
             assert_close(&format!("{what} dw"), &g_w, &r_w, tol(n).0, 1e-5);
