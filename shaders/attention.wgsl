@@ -7,10 +7,14 @@
 // accumulator rescaled by exp(m_old − m_new) whenever the max grows), so the T×T attention
 // matrix is never stored; the backward recomputes p_ij = exp(s_ij − lse_i) instead:
 //
-//   D_i  = dout_i·out_i                                   (attention_backward_delta)
+//   D_i  = dout_i·out_i
 //   dq_i = Σ_j p_ij (dout_i·v_j − D_i) k_j / sqrt(hd)     (attention_backward_query)
 //   dk_j = Σ_i p_ij (dout_i·v_j − D_i) q_i / sqrt(hd),  dv_j = Σ_i p_ij dout_i
 //                                                         (attention_backward_key_value)
+//
+// The query kernel computes D_i from the dout row it reads anyway and stores it at `delta` for
+// the key/value kernel, dispatched after it (FlashAttention-2 gives D a kernel of its own; here
+// that would be one more dispatch and one more read of dout per layer).
 //
 // Each gradient row is written by exactly one invocation, so no atomics are needed. A query with
 // no visible key (a left-padding position) outputs zeros and gets zero gradients.
@@ -50,8 +54,8 @@ const WG: u32 = 64u; // invocations per workgroup (kernels::attention::WG)
 @group(0) @binding(5) var<storage, read> out_saved: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> dout: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> lse_saved: array<f32>;
-@group(0) @binding(8) var<storage, read_write> delta: array<f32>;
-@group(0) @binding(9) var<storage, read> delta_saved: array<f32>;
+@group(0) @binding(8) var<storage, read_write> delta: array<f32>;       // query kernels: D, stored
+@group(0) @binding(9) var<storage, read> delta_saved: array<f32>; // key/value kernels: D, read
 @group(0) @binding(10) var<storage, read_write> dqkv: array<vec4<f32>>;
 // The texture variant (TEXTURE_LOADS): qkv and dout packed into rgba32float textures, texel
 // (c4, b·T + t) = vec4 c4 of token (b, t)'s row, read with textureLoad from read-only storage
@@ -157,17 +161,6 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
 }
 
 @compute @workgroup_size(WG)
-fn attention_backward_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                            @builtin(local_invocation_index) lid: u32) {
-    let ix = decode(wid, nwg, lid);
-    if (!ix.valid) { return; }
-    let o = row_at(ix.b, ix.t, ix.h);
-    var s = 0.0;
-    for (var d = 0u; d < HEAD_DIM / 4u; d++) { s += dot(dout[o + d], out_saved[o + d]); }
-    delta[ix.flat] = s;
-}
-
-@compute @workgroup_size(WG)
 fn attention_backward_query(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                             @builtin(local_invocation_index) lid: u32) {
     let ix = decode(wid, nwg, lid);
@@ -175,14 +168,17 @@ fn attention_backward_query(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
     let scale = inverseSqrt(f32(HEAD_DIM));
     let q = qkv_cell(ix.b, ix.t, 0u, ix.h);
     let o = row_cell(ix.b, ix.t, ix.h);
+    let o_saved = row_at(ix.b, ix.t, ix.h);
     var qv: array<vec4<f32>, MAX_HEAD_DIM4>;
     var dov: array<vec4<f32>, MAX_HEAD_DIM4>;
+    var d_i = 0.0;
     for (var d = 0u; d < HEAD_DIM / 4u; d++) {
         qv[d] = qkv4(q, d);
         dov[d] = dout4(o, d);
+        d_i += dot(dov[d], out_saved[o_saved + d]);
     }
+    delta[ix.flat] = d_i; // for the key/value kernel
     let lse_i = lse_saved[ix.flat];
-    let d_i = delta_saved[ix.flat];
     var dq: array<vec4<f32>, MAX_HEAD_DIM4>;
     for (var j = 0u; j <= ix.t; j++) {
         if (mask[ix.b * params.t + j] == 0u) { continue; }
@@ -345,13 +341,15 @@ fn attention_backward_query_blocked(@builtin(workgroup_id) wid: vec3<u32>, @buil
     let o = row_at(blk.b, tc, blk.h);
     let row = (blk.b * params.nh + blk.h) * params.t + tc;
     let lse_i = lse_saved[row];
-    let d_i = delta_saved[row];
     var qv: array<vec4<f32>, MAX_HEAD_DIM4>;
     var dov: array<vec4<f32>, MAX_HEAD_DIM4>;
+    var d_i = 0.0;
     for (var d = 0u; d < hd4; d++) {
         qv[d] = qkv[q + d];
         dov[d] = dout[o + d];
+        d_i += dot(dov[d], out_saved[o + d]);
     }
+    if (t < params.t) { delta[row] = d_i; } // for the key/value kernel
     var dq: array<vec4<f32>, MAX_HEAD_DIM4>;
     let keys = min(blk.r0 + WG, params.t);
     for (var j0 = 0u; j0 < keys; j0 += TILE_ROWS) {

@@ -165,14 +165,17 @@ fn attention_backward_query_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(n
     let scale = inverseSqrt(f32(HEAD_DIM));
     let q = qkv_cell(ix.b, ix.t, 0u, ix.h);
     let o = row_cell(ix.b, ix.t, ix.h);
+    let o_saved = row_at(ix.b, ix.t, ix.h);
     var qv: array<vec4<f32>, 16>;
     var dov: array<vec4<f32>, 16>;
+    var d_i = 0.0;
     for (var d = 0u; d < HEAD_DIM / 4u; d++) {
         qv[d] = qkv4(q, d);
         dov[d] = dout4(o, d);
+        d_i += dot(dov[d], out_saved[o_saved + d]);
     }
+    if (lane_ix.stores) { delta[ix.flat] = d_i; } // for the key/value kernel
     let lse_i = lse_saved[ix.flat];
-    let d_i = delta_saved[ix.flat];
     var dq: array<vec4<f32>, 16>;
     let last = subgroupMax(ix.t);
     for (var j = 0u; j <= last; j++) {

@@ -37,12 +37,14 @@ impl Shader {
 }
 
 /// One binding of a dispatch: `@binding(index)` gets `resource`.
+#[derive(Clone, Copy)]
 pub struct Binding<'t> {
     pub index: u32,
     pub resource: Resource<'t>,
 }
 
 /// What a binding holds.
+#[derive(Clone, Copy)]
 pub enum Resource<'t> {
     /// A storage buffer whose element type must be the `DType` (the shader's `array<f32>` or
     /// `array<u32>`, or their vec4 forms for F32).

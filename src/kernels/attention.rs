@@ -312,30 +312,35 @@ pub fn backward_with_variant(
     expect_len(dqkv, qkv.len(), "attention dqkv")?;
     expect_len(dout, out.len(), "attention dout")?;
     expect_len(delta, lse.len(), "attention delta")?;
-    let grid = rec.gpu().grid(groups(shape.rows(), WG));
     let p = bytemuck::bytes_of(&params);
-    rec.dispatch(
-        &SHADER,
-        "attention_backward_delta",
-        &[("HEAD_DIM", hd)],
-        p,
-        &[bind(5, out), bind(6, dout), bind(8, delta)],
-        grid,
-        Work::flops(2 * out.len(), 2 * out.len() + lse.len()),
-    )?;
     // Each of the two backward kernels recomputes the scores and does the forward's work twice
-    // over (dP = dO·Vᵀ and dQ = dS·K; dV = Pᵀ·dO and dK = dSᵀ·Q).
+    // over (dP = dO·Vᵀ and dQ = dS·K; dV = Pᵀ·dO and dK = dSᵀ·Q); the query kernel also
+    // computes D = dO·O and stores it for the key/value kernel.
     let AttentionShape { b: batch, t, c, .. } = shape;
-    let backward =
-        Work::flops(3 * shape.forward_work().flops as usize / 2, batch * t * (3 * c + 3 * c + c) + 2 * lse.len());
+    let (flops, floats) =
+        (3 * shape.forward_work().flops as usize / 2, batch * t * (3 * c + 3 * c + c) + 2 * lse.len());
+    let query = Work::flops(flops + 2 * out.len(), floats + out.len() + lse.len());
+    let key_value = Work::flops(flops, floats);
     let (shader, suffix, grid) = launch(rec.gpu(), variant, shape);
     let mut constants = vec![("HEAD_DIM", hd)];
-    let mut b = vec![bind(1, qkv), bind_u32(2, mask), bind(6, dout), bind(7, lse), bind(9, delta), bind(10, dqkv)];
+    let mut shared = vec![bind(1, qkv), bind_u32(2, mask), bind(6, dout), bind(7, lse), bind(10, dqkv)];
     let textures = per_query_textures(rec, variant, &[(qkv, 3 * c), (dout, c)])?;
     if let Some((loads, textures)) = &textures {
         constants.push(("TEXTURE_LOADS", flag(*loads)));
-        b.extend((11..).zip(textures).map(|(index, t)| bind_texture(index, t)));
+        shared.extend((11..).zip(textures).map(|(index, t)| bind_texture(index, t)));
     }
-    rec.dispatch(shader, &format!("attention_backward_query{suffix}"), &constants, p, &b, grid, backward)?;
-    rec.dispatch(shader, &format!("attention_backward_key_value{suffix}"), &constants, p, &b, grid, backward)
+    // D is written (binding 8) by the one and read (binding 9) by the other: one buffer may not
+    // be bound both ways in a dispatch.
+    let query_bindings = [shared.as_slice(), &[bind(5, out), bind(8, delta)]].concat();
+    rec.dispatch(shader, &format!("attention_backward_query{suffix}"), &constants, p, &query_bindings, grid, query)?;
+    let key_value_bindings = [shared.as_slice(), &[bind(9, delta)]].concat();
+    rec.dispatch(
+        shader,
+        &format!("attention_backward_key_value{suffix}"),
+        &constants,
+        p,
+        &key_value_bindings,
+        grid,
+        key_value,
+    )
 }

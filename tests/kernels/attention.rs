@@ -33,8 +33,14 @@ fn run_variant(variant: AttentionVariant, shape: AttentionShape, rng: &mut Rng, 
     let mask = padding_mask(b, t);
     let gpu = gpu();
     let (t_qkv, t_mask) = (upload(&qkv, &[b, t, 3 * c]), gpu.upload_u32(&[b, t], &mask).unwrap());
-    let (out, lse, delta, dqkv) =
-        (zeros(&[b, t, c]), zeros(&[b, n_head, t]), zeros(&[b, n_head, t]), zeros(&[b, t, 3 * c]));
+    // delta is the backward's scratch, written by its query kernel before the key/value kernel
+    // reads it: NaN to start with, so that a row left unwritten shows in dk and dv.
+    let (out, lse, delta, dqkv) = (
+        zeros(&[b, t, c]),
+        zeros(&[b, n_head, t]),
+        upload(&vec![f64::NAN; b * n_head * t], &[b, n_head, t]),
+        zeros(&[b, t, 3 * c]),
+    );
     let mut rec = Recorder::new(&gpu);
     forward_with_variant(&mut rec, variant, &out, &lse, &t_qkv, &t_mask, shape).unwrap();
     let t_dout = upload(&dout, &[b, t, c]);
