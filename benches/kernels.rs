@@ -207,11 +207,16 @@ fn bench_texture_pack(bx: &mut Bench, c: &mut Criterion) {
 }
 
 fn bench_bias_gelu(bx: &mut Bench, c: &mut Criterion) {
-    // c_fc's forward with each GELU epilogue (family bias_gelu) on the adapter's matmul variant,
-    // the adapter's choice first and marked.
+    // c_fc's forward with each GELU epilogue (families bias_gelu and, for a decode step's rows,
+    // bias_gelu_narrow) on the adapter's matmul variant, the adapter's choice first and marked.
     use ppo_wgpu::kernels::matmul::{GELU_EPILOGUES, gelu_epilogue, linear_forward_gelu_with, variant_for};
-    let chosen = gelu_epilogue(&bx.gpu).unwrap();
-    for (label, m, ch) in [("gpt2 c_fc 256x768x3072", 256, 768), ("tiny c_fc 2048x128x512", 2048, 128)] {
+    let shapes = [
+        ("gpt2 c_fc 256x768x3072", 256, 768),
+        ("tiny c_fc 2048x128x512", 2048, 128),
+        ("tiny c_fc decode 32x128x512", 32, 128),
+    ];
+    for (label, m, ch) in shapes {
+        let chosen = gelu_epilogue(&bx.gpu, m).unwrap();
         let (x, w, bias) =
             (bx.rng.normals(m * ch, 1.0), bx.rng.normals(ch * 4 * ch, 0.05), bx.rng.normals(4 * ch, 0.1));
         let (tx, tw, tb) = (bx.up(&x, &[m, ch]), bx.up(&w, &[ch, 4 * ch]), bx.up(&bias, &[4 * ch]));

@@ -381,7 +381,8 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     ppo_wgpu::kernels::ppo::row_variant(gpu)?;
     ppo_wgpu::kernels::attention::variant(gpu)?;
     ppo_wgpu::kernels::matmul::pack_method(gpu)?;
-    ppo_wgpu::kernels::matmul::gelu_epilogue(gpu)?;
+    ppo_wgpu::kernels::matmul::gelu_epilogue(gpu, ppo_wgpu::kernels::matmul::NARROW_ROWS)?;
+    ppo_wgpu::kernels::matmul::gelu_epilogue(gpu, 1)?;
     ppo_wgpu::kernels::kv_cache::format(gpu)?;
     ppo_wgpu::kernels::kv_cache::attention_variant(gpu)?;
     ppo_wgpu::kernels::f16_weights::format(gpu, 1)?;

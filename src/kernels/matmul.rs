@@ -1039,18 +1039,39 @@ pub enum GeluEpilogue {
 pub const GELU_EPILOGUES: [(GeluEpilogue, &str); 2] =
     [(GeluEpilogue::Separate, "separate"), (GeluEpilogue::Fused, "fused")];
 
-/// The GELU epilogue this adapter uses: chosen by measurement on first use and cached (family
-/// `bias_gelu`, forced with PPO_WGPU_BIAS_GELU=separate|fused).
-pub fn gelu_epilogue(gpu: &Arc<Gpu>) -> Result<GeluEpilogue> {
-    choose_by_measurement(gpu, "bias_gelu", &GELU_EPILOGUES, "GFLOP/s", measure_gelu_epilogue)
+/// The GELU epilogue this adapter uses for a c_fc forward of `rows` rows: chosen by measurement
+/// on first use and cached, as the matmul variant is, separately for products of fewer than
+/// NARROW_ROWS rows (a decode step's): family `bias_gelu` (a batch of tokens, where the pass
+/// GELU saves is large and the extra store costs as much) or `bias_gelu_narrow` (a decode step,
+/// where the GELU kernel is mostly a dispatch), forced with PPO_WGPU_BIAS_GELU=separate|fused
+/// and PPO_WGPU_BIAS_GELU_NARROW=….
+pub fn gelu_epilogue(gpu: &Arc<Gpu>, rows: usize) -> Result<GeluEpilogue> {
+    if rows < NARROW_ROWS {
+        // A decode step of 32 sequences at a small model's c_fc (as family matmul_narrow's).
+        let shapes = [(32, 512, 128)];
+        choose_by_measurement(gpu, "bias_gelu_narrow", &GELU_EPILOGUES, "GFLOP/s", |gpu, epilogue| {
+            measure_gelu_epilogue(gpu, epilogue, &shapes)
+        })
+    } else {
+        // A small model's c_fc over a batch of tokens.
+        let shapes = [(1024, 512, 128)];
+        choose_by_measurement(gpu, "bias_gelu", &GELU_EPILOGUES, "GFLOP/s", |gpu, epilogue| {
+            measure_gelu_epilogue(gpu, epilogue, &shapes)
+        })
+    }
 }
 
-/// An epilogue's GFLOP/s (the product's FLOPs over the time of product and GELU) at a small
-/// model's c_fc over a batch and over a decode step, after a check against the CPU reference.
-fn measure_gelu_epilogue(gpu: &Arc<Gpu>, epilogue: GeluEpilogue) -> Result<Option<f64>> {
+/// An epilogue's GFLOP/s (the products' FLOPs over the time of product and GELU) at c_fc
+/// shapes (M, N, K) on the matmul variant each runs on, after a check against the CPU reference
+/// on a ragged shape.
+fn measure_gelu_epilogue(
+    gpu: &Arc<Gpu>,
+    epilogue: GeluEpilogue,
+    shapes: &[(usize, usize, usize)],
+) -> Result<Option<f64>> {
     let mut rng = crate::rng::Rng::new(19);
     let (mut flops, mut seconds) = (0.0, 0.0);
-    for (m, n, k) in [(37, 44, 29), (1024, 512, 128), (32, 512, 128)] {
+    for &(m, n, k) in [(37, 44, 29)].iter().chain(shapes) {
         let (x, w, bias) = (rng.normals(m * k, 1.0), rng.normals(k * n, 0.3), rng.normals(n, 1.0));
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
         let (tx, tw, tb) =
@@ -1087,7 +1108,7 @@ pub fn linear_forward_gelu(
     bias: &Tensor,
 ) -> Result<()> {
     let (m, _) = as_matrix(inp);
-    let (variant, epilogue) = (variant_for(rec.gpu(), Layout::NN, m)?, gelu_epilogue(rec.gpu())?);
+    let (variant, epilogue) = (variant_for(rec.gpu(), Layout::NN, m)?, gelu_epilogue(rec.gpu(), m)?);
     linear_forward_gelu_with(rec, variant, epilogue, pre, post, inp, w, bias)
 }
 

@@ -225,9 +225,18 @@ fn info_shows_the_kernel_choice_and_the_environment_forces_one() {
     let cache = cache.to_str().unwrap();
     let (ok, stdout, stderr) = ppo_wgpu_env(&["info"], &[("PPO_WGPU_VARIANT_CACHE", cache)]);
     assert!(ok && stdout.contains("GFLOP/s") && stdout.contains("GB/s"), "{stdout}{stderr}");
-    for family in
-        ["matmul", "matmul_narrow", "layernorm", "cross_entropy", "attention", "texture_pack", "bias_gelu", "kv_cache"]
-    {
+    let families = [
+        "matmul",
+        "matmul_narrow",
+        "layernorm",
+        "cross_entropy",
+        "attention",
+        "texture_pack",
+        "bias_gelu",
+        "bias_gelu_narrow",
+        "kv_cache",
+    ];
+    for family in families {
         assert!(stdout.lines().any(|l| l.trim_start().starts_with(&format!("{family} "))), "{family}: {stdout}");
     }
     let forced = [("PPO_WGPU_VARIANT_CACHE", cache), ("PPO_WGPU_MATMUL", "workgroup-tiled")];
