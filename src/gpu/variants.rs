@@ -98,6 +98,10 @@ pub(crate) fn choose_by_measurement<V: Copy>(
         // device has them: a variant needs what the device that runs it has.
         let features = LowerLimits { no_subgroups: gpu.lower.no_subgroups, ..Default::default() };
         let twin = Gpu::with_lower_limits(Some(&gpu.info.name), features)?;
+        // The other families a measurement runs on (the matmul under c_fc's GELU, …) as the
+        // device has chosen them, and any it must choose kept where the device keeps its own.
+        twin.set_variant_cache(gpu.variant_cache());
+        *twin.choices.lock().unwrap() = gpu.choices.lock().unwrap().clone();
         let rate = |i: usize| {
             let (variant, name) = variants[i];
             measure(&twin, variant).unwrap_or_else(|e| {

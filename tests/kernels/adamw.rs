@@ -1,4 +1,5 @@
 use crate::common::*;
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::gpu::Recorder;
 use ppo_wgpu::kernels::adamw::{AdamW, NORM_PARTIALS, adamw_update, grad_norm};
 use ppo_wgpu::reference;
@@ -60,7 +61,7 @@ fn adamw_matches_reference_over_steps_with_clipping() {
 #[test]
 fn grad_norm_and_adamw_split_a_buffer_larger_than_the_binding_limit() {
     // 40000 floats against 16384-float bindings: three slices for the norm and for the update.
-    let gpu = ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(64 * 1024)).unwrap();
+    let gpu = suite_gpu(ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(64 * 1024)).unwrap());
     let mut rng = Rng::new(62);
     let n = 40_000;
     let (grad, p0) = (rng.normals(n, 0.1), rng.normals(n, 1.0));

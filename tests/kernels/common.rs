@@ -1,6 +1,7 @@
 //! Shared test helpers: the GPU (opened once per test binary), seeded random inputs, comparison
 //! with a stated tolerance that prints the worst mismatches, and finite differences.
 
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::gpu::{DType, Gpu, Recorder, Tensor};
 pub use ppo_wgpu::rng::Rng;
 use std::sync::{Arc, OnceLock};
@@ -9,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 pub fn gpu() -> Arc<Gpu> {
     static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
     GPU.get_or_init(|| {
-        let gpu = Gpu::new(None).unwrap_or_else(|e| panic!("the kernel tests need a GPU adapter: {e}"));
+        let gpu = suite_gpu(Gpu::new(None).unwrap_or_else(|e| panic!("the kernel tests need a GPU adapter: {e}")));
         eprintln!("kernel tests on {}", gpu.describe());
         gpu
     })

@@ -1,4 +1,5 @@
 use crate::common::*;
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::gpu::Recorder;
 use ppo_wgpu::kernels::cross_entropy::{
     IGNORE, RowVariant, VARIANTS, backward_with_variant, cross_entropy_backward, cross_entropy_forward,
@@ -80,7 +81,7 @@ fn cross_entropy_gpt2_vocab() {
 fn cross_entropy_splits_logits_larger_than_the_binding_limit() {
     // 150 rows of 200 logits against 16384-float bindings: three row slices (64, 64, 22), as
     // GPT-2's [B·T, 50257] logits need on adapters with 128 MiB bindings.
-    let gpu = ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(64 * 1024)).unwrap();
+    let gpu = suite_gpu(ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(64 * 1024)).unwrap());
     let mut rng = Rng::new(52);
     let (rows, v) = (150, 200);
     let logits = rng.normals(rows * v, 2.0);

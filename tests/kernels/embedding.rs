@@ -1,4 +1,5 @@
 use crate::common::*;
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::gpu::Recorder;
 use ppo_wgpu::kernels::embedding::{Buckets, check_indices, embedding_backward, embedding_forward, position_ids};
 use ppo_wgpu::reference;
@@ -73,7 +74,7 @@ fn embedding_forward_and_backward_match_reference() {
 fn embedding_splits_a_table_larger_than_the_binding_limit() {
     // Bindings of at most 16 KiB (4096 floats) against a 300 × 32 table: the forward and the
     // backward each run over 3 row slices of 128 rows (GPT-2's 154 MB wte on a 128 MiB adapter).
-    let gpu = ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(16 * 1024)).unwrap();
+    let gpu = suite_gpu(ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(16 * 1024)).unwrap());
     let mut rng = Rng::new(31);
     let (n, vocab, positions, c) = (64, 300, 16, 32);
     let ids: Vec<u32> = (0..n).map(|_| rng.below(vocab as u32)).collect();

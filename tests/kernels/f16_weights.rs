@@ -2,6 +2,7 @@
 //! variant reading an f16 B against the reference product with B rounded the same way.
 
 use crate::common::*;
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::gpu::{DType, MatmulVariant, Recorder};
 use ppo_wgpu::kernels::f16_weights::{WeightFormat, in_format, to_f16};
 use ppo_wgpu::kernels::matmul::{Layout, matmul_with_variant};
@@ -116,7 +117,7 @@ fn every_matmul_variant_reads_an_f16_b() {
 /// NT over rows of B (GPT-2's LM head), NN over rows of B.
 #[test]
 fn f16_b_splits_past_the_binding_limit() {
-    let gpu = ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(64 * 1024)).unwrap();
+    let gpu = suite_gpu(ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(64 * 1024)).unwrap());
     let mut rng = Rng::new(43);
     // B of 40 000 values (20 000 words, above the limit of 16384) in each.
     for (layout, shape) in [(Layout::NT, (16, 500, 80)), (Layout::NN, (16, 80, 500))] {

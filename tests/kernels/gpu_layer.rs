@@ -1,6 +1,7 @@
 //! The GPU layer itself: tensors, the pool, the recorder.
 
 use crate::common::*;
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::gpu::{DType, Recorder, Work};
 
 #[test]
@@ -14,7 +15,7 @@ fn a_tensor_above_max_buffer_size_is_an_error_not_a_panic() {
 #[test]
 fn views_reshapes_and_pooled_buffers() {
     // A device of its own: other tests allocate on the shared one while this one counts.
-    let gpu = ppo_wgpu::gpu::Gpu::new(None).unwrap();
+    let gpu = suite_gpu(ppo_wgpu::gpu::Gpu::new(None).unwrap());
     let t = gpu.upload(&[4, 64], &(0..256).map(|i| i as f32).collect::<Vec<_>>()).unwrap();
     let row2 = t.view(&gpu, 128, &[64]).unwrap();
     assert_eq!(gpu.download(&row2).unwrap()[..3], [128.0, 129.0, 130.0]);
@@ -56,7 +57,7 @@ fn a_recorder_with_more_dispatches_than_its_uniform_arena_holds_flushes_in_order
 /// A shader wgpu rejects is an error naming it, not a panic inside wgpu.
 #[test]
 fn a_broken_shader_is_an_error_not_a_panic() {
-    let gpu = ppo_wgpu::gpu::Gpu::new(None).unwrap();
+    let gpu = suite_gpu(ppo_wgpu::gpu::Gpu::new(None).unwrap());
     let broken = ppo_wgpu::gpu::Shader {
         name: "broken",
         source: "@compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }",
@@ -83,7 +84,7 @@ fn a_broken_shader_is_an_error_not_a_panic() {
 /// have) comes back from the next wait or download as this crate's error, not a panic.
 #[test]
 fn an_uncaptured_wgpu_error_comes_back_from_the_next_wait() {
-    let gpu = ppo_wgpu::gpu::Gpu::new(None).unwrap();
+    let gpu = suite_gpu(ppo_wgpu::gpu::Gpu::new(None).unwrap());
     let (a, b, out) = (
         gpu.upload(&[8], &[1.0; 8]).unwrap(),
         gpu.upload(&[8], &[2.0; 8]).unwrap(),

@@ -1,4 +1,5 @@
 use crate::common::*;
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::gpu::{Gpu, LowerLimits, Recorder};
 use ppo_wgpu::kernels::layernorm::{
     LayernormVariant, VARIANTS, backward_with_variant, forward_with_variant, residual_forward_with_variant, variant,
@@ -89,7 +90,7 @@ fn without_subgroups_the_subgroup_variant_runs_per_row_and_is_never_chosen() {
     // invocation per row and still matches the reference; measured, it has no figure and is
     // not chosen.
     let lower = LowerLimits { no_subgroups: true, ..Default::default() };
-    let gpu = Gpu::with_lower_limits(None, lower).unwrap();
+    let gpu = suite_gpu(Gpu::with_lower_limits(None, lower).unwrap());
     assert!(!gpu.has_subgroups());
     gpu.set_variant_cache(None);
     let mut rng = Rng::new(21);

@@ -2,6 +2,9 @@
 //! inputs, backward kernels also against finite differences, and every shader through naga.
 //! One test binary, so that the GPU is opened once and the build links once.
 
+#[path = "../suite_gpu.rs"]
+mod suite_gpu;
+
 mod common;
 
 mod adamw;

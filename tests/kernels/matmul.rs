@@ -1,4 +1,5 @@
 use crate::common::*;
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::gpu::{MatmulVariant, Recorder};
 use ppo_wgpu::kernels::matmul::{
     Layout, bias_backward, linear_backward_with_variant, linear_forward, matmul_with_variant,
@@ -240,7 +241,7 @@ fn matmul_splits_operands_larger_than_the_binding_limit() {
     // B (column slices of out), NN over rows of B (column slices of A), TN over the shared K
     // rows, TN over rows of out (column slices of A) — as GPT-2's LM head and its gradients must
     // on adapters with 128 MiB bindings.
-    let gpu = ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(64 * 1024)).unwrap();
+    let gpu = suite_gpu(ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(64 * 1024)).unwrap());
     let mut rng = Rng::new(15);
     for (layout, m, n, k) in [
         (Layout::NN, 300, 40, 68),
@@ -278,7 +279,7 @@ fn matmul_splits_operands_larger_than_the_binding_limit() {
 
 #[test]
 fn matmul_that_cannot_be_split_is_an_error() {
-    let gpu = ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(64 * 1024)).unwrap();
+    let gpu = suite_gpu(ppo_wgpu::gpu::Gpu::with_binding_limit(None, Some(64 * 1024)).unwrap());
     // 64 rows of A [40, 600] hold 38400 floats, above the 16384 limit: no row split helps.
     let (a, b, out) = (
         gpu.upload(&[40, 600], &[0.0; 24000]).unwrap(),
@@ -298,7 +299,7 @@ fn texture_matmul_splits_operands_larger_than_the_texture_limit() {
     // out (M > 32), columns of out (N > 4·32 in 16-column tiles) and slices of K accumulated
     // (K > 32 rows of Bt), with and without a bias.
     let lower = ppo_wgpu::gpu::LowerLimits { texture_dimension: Some(32), ..Default::default() };
-    let gpu = ppo_wgpu::gpu::Gpu::with_lower_limits(None, lower).unwrap();
+    let gpu = suite_gpu(ppo_wgpu::gpu::Gpu::with_lower_limits(None, lower).unwrap());
     let mut rng = Rng::new(16);
     // (N = 131 and 203: not a multiple of 4, so the product also goes through a padded scratch.)
     let cases = [
@@ -379,7 +380,7 @@ fn texture_subgroup_is_measured_where_subgroups_have_8_lanes_and_runs_as_texture
         assert_eq!(figure(&gpu()).is_some(), has_lanes, "texture-subgroup measured on {}", gpu().describe());
     }
     let lower = ppo_wgpu::gpu::LowerLimits { no_subgroups: true, ..Default::default() };
-    let plain = ppo_wgpu::gpu::Gpu::with_lower_limits(None, lower).unwrap();
+    let plain = suite_gpu(ppo_wgpu::gpu::Gpu::with_lower_limits(None, lower).unwrap());
     plain.set_variant_cache(None);
     let mut rng = Rng::new(18);
     let (m, n, k) = (70, 72, 24);

@@ -3,13 +3,14 @@
 //! as it is; a corrupt, stale or unknown cache entry, or one made among other variants, is
 //! ignored and rewritten.
 
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::gpu::{CACHE_FORMAT, Gpu, MatmulVariant};
 use ppo_wgpu::kernels::matmul::variant;
 use std::path::Path;
 use std::sync::Arc;
 
 fn gpu_with_cache(path: &Path) -> Arc<Gpu> {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     gpu.set_variant_cache(Some(path.to_path_buf()));
     gpu
 }
@@ -63,7 +64,7 @@ fn a_measured_choice_is_cached_and_a_cached_choice_is_used_as_it_is() {
 #[test]
 fn a_corrupt_stale_or_unknown_cache_entry_is_ignored_and_rewritten() {
     let dir = cache_dir("variants-bad-cache");
-    let probe = Gpu::new(None).unwrap();
+    let probe = suite_gpu(Gpu::new(None).unwrap());
     let stale_key = probe.variant_key().replace("ppo-wgpu ", "ppo-wgpu 0.0.0-old ");
     let stale = serde_json::json!({ "format": CACHE_FORMAT, "entries": { stale_key.clone(): {
         "matmul": { "chosen": "workgroup-tiled", "figures": [] } } } });
@@ -101,7 +102,7 @@ fn a_corrupt_stale_or_unknown_cache_entry_is_ignored_and_rewritten() {
 
 #[test]
 fn without_a_cache_the_choice_is_measured_and_kept_in_memory() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     gpu.set_variant_cache(None);
     let first = variant(&gpu).unwrap();
     assert_eq!(variant(&gpu).unwrap(), first, "measured once per device");
@@ -118,7 +119,7 @@ fn the_ppo_row_walk_is_a_family_of_its_own_measured_on_the_ppo_kernels() {
         return; // forced: nothing is measured or read from the cache
     }
     // Measured: both walks have a figure, and the faster is chosen.
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     gpu.set_variant_cache(None);
     let chosen = row_variant(&gpu).unwrap();
     let choices = gpu.variant_choices();
@@ -138,4 +139,19 @@ fn the_ppo_row_walk_is_a_family_of_its_own_measured_on_the_ppo_kernels() {
         std::fs::write(&path, file.to_string()).unwrap();
         assert_eq!(row_variant(&gpu).unwrap(), variant);
     }
+}
+
+/// A family measured on top of another (c_fc's GELU epilogue runs on the matmul chosen for its
+/// rows): the choice the measurement makes on the way goes to the device's cache file like its
+/// own, not to the default one (the measuring device is a twin of the device, opened for the
+/// purpose).
+#[test]
+fn a_measurement_keeps_the_choices_it_makes_on_the_way_where_the_device_keeps_its_own() {
+    use ppo_wgpu::kernels::matmul::gelu_epilogue;
+    let path = cache_dir("variants-nested").join("variants.json");
+    let gpu = gpu_with_cache(&path);
+    gelu_epilogue(&gpu, 32).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let entry = &file["entries"][gpu.variant_key()];
+    assert!(entry["bias_gelu_narrow"]["chosen"].is_string() && entry["matmul_narrow"]["chosen"].is_string(), "{file}");
 }

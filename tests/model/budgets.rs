@@ -4,6 +4,7 @@
 //! training step is one submit; from the second iteration on, nothing new is allocated or
 //! compiled. And the profiler that reports these counts per iteration.
 
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::generate::{GenerateOptions, Sampling, generate};
 use ppo_wgpu::gpu::{Gpu, Recorder};
 use ppo_wgpu::kernels::adamw::AdamW;
@@ -18,7 +19,7 @@ use ppo_wgpu::ppo::update::{UpdateOptions, ppo_update};
 
 #[test]
 fn a_ppo_iteration_keeps_its_round_trip_and_allocation_budgets() {
-    let gpu = Gpu::new(None).unwrap(); // a device of its own: its counters see only this test
+    let gpu = suite_gpu(Gpu::new(None).unwrap()); // a device of its own: its counters see only this test
     let config =
         GptConfig { vocab_size: 50, n_positions: 32, n_embd: 32, n_layer: 2, n_head: 2, layer_norm_epsilon: 1e-5 };
     let policy = Model::upload(&gpu, &init_weights(&config, Heads { value: true, reward: false }, 1)).unwrap();
@@ -98,7 +99,7 @@ fn a_ppo_iteration_keeps_its_round_trip_and_allocation_budgets() {
 /// With an end token, generation may check the ended flags every K steps: one readback each.
 #[test]
 fn early_stopping_checks_cost_one_readback_every_k_steps() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let config =
         GptConfig { vocab_size: 40, n_positions: 32, n_embd: 32, n_layer: 1, n_head: 2, layer_norm_epsilon: 1e-5 };
     let model = Model::upload(&gpu, &init_weights(&config, Heads::default(), 2)).unwrap();
@@ -125,7 +126,7 @@ fn early_stopping_checks_cost_one_readback_every_k_steps() {
 fn a_training_step_is_one_submit() {
     use ppo_wgpu::kernels::cross_entropy::IGNORE;
     use ppo_wgpu::sft::{LmBatch, record_step};
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let config =
         GptConfig { vocab_size: 40, n_positions: 16, n_embd: 32, n_layer: 2, n_head: 2, layer_norm_epsilon: 1e-5 };
     let model = Model::upload(&gpu, &init_weights(&config, Heads::default(), 4)).unwrap();
@@ -155,7 +156,7 @@ const LENGTH: &str = r#"while IFS= read -r l; do echo ${#l}; done"#;
 /// and a Chrome trace of one iteration with the phases and the kernels.
 #[test]
 fn the_profiler_reports_kernels_phases_counts_and_a_trace() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let dir = crate::common::scratch_dir("profile");
     let corpus = dir.join("corpus.txt");
     std::fs::write(&corpus, "the cat sees the dog. a film was good.\n".repeat(40)).unwrap();

@@ -3,6 +3,7 @@
 //! cut to two iterations, completes.
 
 use crate::common::scratch_dir;
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::demo::prepare::{POLICY_DIR, PrepareOptions, REWARD_DIR};
 use ppo_wgpu::demo::{DemoOptions, SHIPPED_WEIGHTS};
 use ppo_wgpu::gpu::Gpu;
@@ -42,7 +43,7 @@ fn the_shipped_weights_load_and_match_their_configs() {
 
 #[test]
 fn prepare_demo_at_a_tiny_size_is_deterministic_and_works() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let dir = scratch_dir("prepare-demo");
     let options = |name: &str| PrepareOptions {
         out: dir.join(name),
@@ -71,7 +72,7 @@ fn prepare_demo_at_a_tiny_size_is_deterministic_and_works() {
 
 #[test]
 fn the_default_run_cut_to_two_iterations_completes() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let dir = scratch_dir("demo-run");
     let mut opts = DemoOptions::defaults();
     opts.out = dir.join("demo");

@@ -1,6 +1,7 @@
 //! The whole model on the GPU against the CPU reference model: forward outputs, and every
 //! parameter's gradient against finite differences of the reference.
 
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::gpu::{Gpu, Recorder};
 use ppo_wgpu::model::{Batch, Checkpoint, GptConfig, Heads, Model};
 use ppo_wgpu::reference;
@@ -9,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 fn gpu() -> Arc<Gpu> {
     static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::new(None).expect("the model tests need a GPU adapter")).clone()
+    GPU.get_or_init(|| suite_gpu(Gpu::new(None).expect("the model tests need a GPU adapter"))).clone()
 }
 
 /// A vocabulary of 23: the GPU model pads it to 64 columns.

@@ -1,6 +1,7 @@
 //! The generation engine: the KV-cached decode against full forwards, greedy decoding against
 //! the plain argmax loop, and reproducibility across batch splits.
 
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::generate::{GenerateOptions, Sampling, generate, left_pad};
 use ppo_wgpu::gpu::{Gpu, Recorder};
 use ppo_wgpu::kernels::f16_weights::{FORMATS as WEIGHT_FORMATS, WeightFormat};
@@ -68,7 +69,7 @@ fn cached_decode_logits_equal_a_full_forward_at_every_step() {
 }
 
 fn cached_decode_matches(format: KvFormat, weight_format: WeightFormat, tolerance: f32) {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let model = tiny_model(&gpu, 11);
     let mut rng = Rng::new(12);
     let prompts: Vec<Vec<u32>> = [5, 2, 7].iter().map(|&n| (0..n).map(|_| rng.below(40)).collect()).collect();
@@ -131,7 +132,7 @@ fn argmax_loop(model: &Model, prompt: &[u32], n: usize, eos: Option<u32>) -> Vec
 
 #[test]
 fn greedy_generation_equals_the_argmax_loop() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let model = tiny_model(&gpu, 21);
     let prompts: Vec<Vec<u32>> = vec![vec![3, 9, 1, 4], vec![7], vec![2, 2, 30, 11, 5, 8]];
     let generation = generate(&model, &prompts, &greedy_opts(9, None)).unwrap();
@@ -149,7 +150,7 @@ fn greedy_generation_equals_the_argmax_loop() {
 
 #[test]
 fn the_same_seed_gives_the_same_tokens_whatever_the_batch_split() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let model = tiny_model(&gpu, 31);
     let prompts: Vec<Vec<u32>> = (0..6).map(|i| vec![1 + i as u32, 2, 3 + i as u32][..1 + i % 3].to_vec()).collect();
     let opts = GenerateOptions {
@@ -169,7 +170,7 @@ fn the_same_seed_gives_the_same_tokens_whatever_the_batch_split() {
 fn sampling_never_picks_a_padded_vocabulary_column() {
     // V = 40 in rows of Vp = 64. At a high temperature every real token is likely; the padded
     // columns (masked, and never read by the sampler) must never come out.
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let model = tiny_model(&gpu, 51);
     assert_eq!(model.config.padded_vocab_size(), 64);
     let prompts: Vec<Vec<u32>> = (0..32).map(|i| vec![i as u32 % 40]).collect();
@@ -183,7 +184,7 @@ fn sampling_never_picks_a_padded_vocabulary_column() {
 
 #[test]
 fn generate_rejects_what_cannot_fit() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let model = tiny_model(&gpu, 41);
     let err = generate(&model, &[vec![1; 30]], &greedy_opts(3, None)).unwrap_err().to_string();
     assert!(err.contains("n_positions 32"), "{err}");

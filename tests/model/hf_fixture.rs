@@ -4,6 +4,7 @@
 //! (tests/fixtures/make_gpt2_fixture.py makes them; this test needs no Python).
 
 use crate::common::*;
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::gpu::{DType, Gpu, Recorder};
 use ppo_wgpu::kernels::cross_entropy::{IGNORE, cross_entropy_backward, cross_entropy_forward};
 use ppo_wgpu::model::{self, Batch};
@@ -12,7 +13,7 @@ use std::path::Path;
 
 #[test]
 fn matches_pytorch_logits_logprobs_loss_and_every_gradient() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let model =
         model::load(&gpu, &Path::new(FIXTURES).join("gpt2-tiny")).expect("the save_pretrained checkpoint loads");
     let bytes = std::fs::read(Path::new(FIXTURES).join("gpt2-tiny-expected.safetensors")).unwrap();

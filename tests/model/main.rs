@@ -1,6 +1,9 @@
 //! Model-level tests: checkpoint I/O (both Hugging Face name forms, f16/bf16, the errors a bad
 //! checkpoint gives), and the whole model on the GPU against the CPU reference.
 
+#[path = "../suite_gpu.rs"]
+mod suite_gpu;
+
 mod budgets;
 mod checkpoint;
 mod cli;

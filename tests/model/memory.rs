@@ -1,3 +1,4 @@
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::gpu::{Gpu, Recorder};
 use ppo_wgpu::kernels::adamw::AdamW;
 use ppo_wgpu::kernels::cross_entropy::IGNORE;
@@ -28,7 +29,7 @@ fn step(
 #[test]
 fn memory_estimate_matches_the_buffers_and_steps_allocate_nothing_new() {
     // A device of its own, so that only this test's buffers are counted.
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let config =
         GptConfig { vocab_size: 96, n_positions: 32, n_embd: 32, n_layer: 2, n_head: 2, layer_norm_epsilon: 1e-5 };
     let heads = Heads { value: true, reward: false };

@@ -4,6 +4,7 @@
 //! gradients. The padding between parameters in the flat buffer stays zero.
 
 use super::forward_backward::random_checkpoint;
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::gpu::{Gpu, Recorder};
 use ppo_wgpu::kernels::adamw::AdamW;
 use ppo_wgpu::model::optimizer::Optimizer;
@@ -13,7 +14,7 @@ use ppo_wgpu::rng::Rng;
 
 #[test]
 fn an_update_is_adamw_per_parameter_with_decay_on_the_matrices_only() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     // A vocabulary of 23 (wte padded to 64 rows on the GPU) and odd-length heads: ragged slots.
     let config =
         GptConfig { vocab_size: 23, n_positions: 12, n_embd: 16, n_layer: 2, n_head: 2, layer_norm_epsilon: 1e-5 };

@@ -4,6 +4,7 @@
 //! the loss statistics.
 
 use crate::common::*;
+use crate::suite_gpu::{suite_env, suite_gpu};
 use ppo_wgpu::gpu::{Gpu, Recorder};
 use ppo_wgpu::kernels::adamw::AdamW;
 use ppo_wgpu::kernels::ppo::PpoLossConfig;
@@ -28,7 +29,7 @@ fn accumulated_gradients_match_pytorch_autograd() {
 }
 
 fn check_update_gradients(grad_accum: usize) {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let policy = model::load(&gpu, &Path::new(FIXTURES).join("ppo-tiny")).unwrap();
     let batch = RolloutBatch::load(&Path::new(FIXTURES).join("ppo-batch.safetensors")).unwrap();
     let batch = PpoBatch::upload(&gpu, &batch).unwrap();
@@ -82,7 +83,8 @@ fn critic_free_update_gradients_match_pytorch_autograd() {
         args.extend(["--out", out.to_str().unwrap(), "--dump-grads", dump.to_str().unwrap()]);
         args.extend(["--epochs", "1", "--minibatches", "1", "--temperature", "0.9"]);
         args.extend(extra);
-        let run = std::process::Command::new(env!("CARGO_BIN_EXE_ppo-wgpu")).args(&args).output().unwrap();
+        let run =
+            std::process::Command::new(env!("CARGO_BIN_EXE_ppo-wgpu")).args(&args).envs(suite_env()).output().unwrap();
         assert!(run.status.success(), "update --algo {algo}: {}", String::from_utf8_lossy(&run.stderr));
 
         let (got_bytes, want_bytes) =
@@ -108,7 +110,11 @@ fn critic_free_update_gradients_match_pytorch_autograd() {
         if algo == "rloo" {
             // β belongs to GRPO's loss: RLOO's KL penalty is already in the batch's advantages.
             args.extend(["--beta", "0.1"]);
-            let run = std::process::Command::new(env!("CARGO_BIN_EXE_ppo-wgpu")).args(&args).output().unwrap();
+            let run = std::process::Command::new(env!("CARGO_BIN_EXE_ppo-wgpu"))
+                .args(&args)
+                .envs(suite_env())
+                .output()
+                .unwrap();
             let stderr = String::from_utf8_lossy(&run.stderr);
             assert!(!run.status.success() && stderr.contains("--beta weighs GRPO's KL term"), "{stderr}");
         }

@@ -2,6 +2,7 @@
 //! is a reward model that `score` and `train --reward-model` read.
 
 use crate::common::scratch_dir;
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::gpu::Gpu;
 use ppo_wgpu::model::checkpoint;
 use ppo_wgpu::model::optimizer::OptimizerArgs;
@@ -52,7 +53,7 @@ fn options(dir: &Path, pairs: &str) -> RewardTrainOptions {
 
 #[test]
 fn reward_train_separates_preference_pairs() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let dir = scratch_dir("reward-train");
     setup(&dir);
     let reports = run(&gpu, &options(&dir, "pairs.jsonl")).unwrap();
@@ -76,7 +77,7 @@ fn reward_train_separates_preference_pairs() {
 
 #[test]
 fn reward_train_names_a_bad_line() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let dir = scratch_dir("reward-train-bad");
     setup(&dir);
     std::fs::write(

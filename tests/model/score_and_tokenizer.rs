@@ -1,4 +1,5 @@
 use crate::common::*;
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::gpu::Gpu;
 use ppo_wgpu::model;
 use ppo_wgpu::score::score;
@@ -9,7 +10,7 @@ use std::path::Path;
 #[test]
 fn score_gives_pytorch_log_probabilities() {
     // Row 2 of the fixture batch has no padding: score it alone.
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let model = model::load(&gpu, &Path::new(FIXTURES).join("gpt2-tiny")).unwrap();
     let bytes = std::fs::read(Path::new(FIXTURES).join("gpt2-tiny-expected.safetensors")).unwrap();
     let expected = SafeTensors::deserialize(&bytes).unwrap();

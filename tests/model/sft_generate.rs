@@ -1,4 +1,5 @@
 use crate::common::*;
+use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::gpu::Gpu;
 use ppo_wgpu::model::optimizer::OptimizerArgs;
 use ppo_wgpu::rng::Rng;
@@ -49,7 +50,7 @@ fn options(model: PathBuf, data: PathBuf, out: PathBuf, steps: usize) -> SftOpti
 
 #[test]
 fn sft_lowers_held_out_loss_and_resumes() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let dir = scratch_dir("sft");
     let (model_dir, data) = setup(&dir);
     let out = dir.join("out");
@@ -101,7 +102,7 @@ fn an_empty_example_without_an_end_token_is_skipped() {
 
 #[test]
 fn sft_rejects_bad_data_with_the_line_number() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let dir = scratch_dir("sft-bad");
     let (model_dir, _) = setup(&dir);
     std::fs::write(dir.join("bad.jsonl"), "{\"text\": \"fine\"}\n{\"prompt\": 3}\n").unwrap();

@@ -2,6 +2,7 @@
 //! the same seed gives the same run, and a broken reward is an error naming the sample.
 
 use crate::common::scratch_dir;
+use crate::suite_gpu::suite_gpu;
 use clap::Parser;
 use ppo_wgpu::gpu::Gpu;
 use ppo_wgpu::model::{Heads, checkpoint, init::init_weights};
@@ -106,7 +107,7 @@ fn deterministic(m: &Metrics) -> Vec<f32> {
 
 #[test]
 fn ppo_raises_a_rule_reward() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let dir = scratch_dir("train-rises");
     setup(&dir);
     let dump = dir.join("batch.safetensors");
@@ -161,7 +162,7 @@ fn ppo_raises_a_rule_reward() {
 /// policy keeps no value head.
 #[test]
 fn grpo_raises_a_verifiable_reward() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let dir = scratch_dir("train-grpo");
     setup(&dir);
     let extra =
@@ -197,7 +198,7 @@ fn grpo_raises_a_verifiable_reward() {
 /// checkpoint is not resumed as another algorithm.
 #[test]
 fn critic_free_runs_resume_bit_exact() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let dir = scratch_dir("train-critic-free-resume");
     setup(&dir);
     for (algo, beta) in [("rloo", "0.05"), ("grpo", "0.04")] {
@@ -221,7 +222,7 @@ fn critic_free_runs_resume_bit_exact() {
 
 #[test]
 fn resume_is_bit_exact_and_the_same_seed_repeats() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let dir = scratch_dir("train-resume");
     setup(&dir);
     let extra = ["--iterations", "4", "--save-every", "2", "--minibatches", "2", "--target-kl", "0.5"];
@@ -281,7 +282,7 @@ fn a_broken_reward_command_is_an_error_naming_the_sample() {
     let short = command_error("read -r l; echo 1", 3, 20_000);
     assert!(short.contains("after answering 1 of 3"), "{short}");
 
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let dir = scratch_dir("train-bad-reward");
     setup(&dir);
     let err =
@@ -294,7 +295,7 @@ fn a_broken_reward_command_is_an_error_naming_the_sample() {
 /// `train --reward-model` runs with it.
 #[test]
 fn a_reward_model_scores_at_the_last_token_and_trains() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let dir = scratch_dir("train-reward-model");
     let policy = setup(&dir);
     let mut ck = init_weights(&checkpoint::load(&policy).unwrap().config, Heads { value: false, reward: true }, 2);
@@ -376,7 +377,7 @@ fn learning_rate_schedules() {
 /// that blows up is an error naming the iteration and the last good checkpoint.
 #[test]
 fn missing_eos_penalty_and_divergence() {
-    let gpu = Gpu::new(None).unwrap();
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
     let dir = scratch_dir("train-penalty");
     setup(&dir);
     // A random model over ~280 tokens almost never draws the end token within 12 tokens.
