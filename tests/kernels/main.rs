@@ -2,7 +2,7 @@
 //! inputs, backward kernels also against finite differences, and every shader through naga.
 //! One test binary, so that the GPU is opened once and the build links once.
 
-#[path = "../suite_gpu.rs"]
+#[path = "../support/suite_gpu.rs"]
 mod suite_gpu;
 
 mod common;

@@ -1,7 +1,7 @@
 //! Model-level tests: checkpoint I/O (both Hugging Face name forms, f16/bf16, the errors a bad
 //! checkpoint gives), and the whole model on the GPU against the CPU reference.
 
-#[path = "../suite_gpu.rs"]
+#[path = "../support/suite_gpu.rs"]
 mod suite_gpu;
 
 mod budgets;
