@@ -1046,32 +1046,22 @@ pub const GELU_EPILOGUES: [(GeluEpilogue, &str); 2] =
 /// where the GELU kernel is mostly a dispatch), forced with PPO_WGPU_BIAS_GELU=separate|fused
 /// and PPO_WGPU_BIAS_GELU_NARROW=….
 pub fn gelu_epilogue(gpu: &Arc<Gpu>, rows: usize) -> Result<GeluEpilogue> {
-    if rows < NARROW_ROWS {
-        // A decode step of 32 sequences at a small model's c_fc (as family matmul_narrow's).
-        let shapes = [(32, 512, 128)];
-        choose_by_measurement(gpu, "bias_gelu_narrow", &GELU_EPILOGUES, "GFLOP/s", |gpu, epilogue| {
-            measure_gelu_epilogue(gpu, epilogue, &shapes)
-        })
-    } else {
-        // A small model's c_fc over a batch of tokens.
-        let shapes = [(1024, 512, 128)];
-        choose_by_measurement(gpu, "bias_gelu", &GELU_EPILOGUES, "GFLOP/s", |gpu, epilogue| {
-            measure_gelu_epilogue(gpu, epilogue, &shapes)
-        })
-    }
+    // A small model's c_fc over a decode step of 32 sequences (as family matmul_narrow's), or
+    // over a batch of tokens.
+    let (family, shape) =
+        if rows < NARROW_ROWS { ("bias_gelu_narrow", (32, 512, 128)) } else { ("bias_gelu", (1024, 512, 128)) };
+    choose_by_measurement(gpu, family, &GELU_EPILOGUES, "GFLOP/s", |gpu, epilogue| {
+        measure_gelu_epilogue(gpu, epilogue, shape)
+    })
 }
 
-/// An epilogue's GFLOP/s (the products' FLOPs over the time of product and GELU) at c_fc
-/// shapes (M, N, K) on the matmul variant each runs on, after a check against the CPU reference
-/// on a ragged shape.
-fn measure_gelu_epilogue(
-    gpu: &Arc<Gpu>,
-    epilogue: GeluEpilogue,
-    shapes: &[(usize, usize, usize)],
-) -> Result<Option<f64>> {
+/// An epilogue's GFLOP/s (the product's FLOPs over the time of product and GELU) at a c_fc
+/// shape (M, N, K) on the matmul variant it runs on, after a check against the CPU reference on
+/// a ragged shape.
+fn measure_gelu_epilogue(gpu: &Arc<Gpu>, epilogue: GeluEpilogue, shape: (usize, usize, usize)) -> Result<Option<f64>> {
     let mut rng = crate::rng::Rng::new(19);
     let (mut flops, mut seconds) = (0.0, 0.0);
-    for &(m, n, k) in [(37, 44, 29)].iter().chain(shapes) {
+    for (m, n, k) in [(37, 44, 29), shape] {
         let (x, w, bias) = (rng.normals(m * k, 1.0), rng.normals(k * n, 0.3), rng.normals(n, 1.0));
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
         let (tx, tw, tb) =
