@@ -38,7 +38,7 @@ fn bench_model(gpu: &Arc<Gpu>, label: &str, config: GptConfig, b: usize, t: usiz
         let param = |name: &str| ck.get(name).map(|v| v.iter().map(|&x| x as f64).collect()).unwrap_or_default();
         let want = reference::gpt2_forward(&config, &param, &ids, &mask, b, t).logits;
         // The model's logits are Vp wide (the padded vocabulary): compare the V real columns.
-        let got = gpu.download(&acts.logits).unwrap();
+        let got = gpu.download(acts.logits().unwrap()).unwrap();
         let (v, vp) = (config.vocab_size, config.padded_vocab_size());
         let real = got.chunks(vp).flat_map(|row| &row[..v]);
         let worst = real.zip(&want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);

@@ -126,7 +126,7 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> 
         None => model.decode_weights(&mut rec, b)?,
     };
     let acts = model.prefill(&mut rec, &cache, &batch)?;
-    sample(&mut rec, &acts.logits, LogitRows { rows: b, v, stride: p * vp, base: (p - 1) * vp }, 0)?;
+    sample(&mut rec, acts.logits()?, LogitRows { rows: b, v, stride: p * vp, base: (p - 1) * vp }, 0)?;
     drop(acts);
     let mut ran = steps;
     for step in 1..steps {
@@ -267,7 +267,7 @@ fn completion_logprobs(
     let (logprobs, entropy) = (gpu.tensor(&[b * l], DType::F32)?, gpu.tensor(&[b * l], DType::F32)?);
     let mut rec = Recorder::new(gpu);
     let acts = model.forward(&mut rec, &seqs.batch(model)?)?;
-    logprob_entropy(&mut rec, &logprobs, &entropy, &acts.logits.reshape(&[b * l, vp])?, &tokens, l, temperature)?;
+    logprob_entropy(&mut rec, &logprobs, &entropy, &acts.logits()?.reshape(&[b * l, vp])?, &tokens, l, temperature)?;
     rec.submit();
     let lp = gpu.download(&logprobs)?;
     Ok((0..b).map(|row| (0..l).map(|j| lp[row * l + j] * seqs.response_mask[row * l + j]).sum()).collect())

@@ -127,11 +127,11 @@ fn collate(gpu: &Arc<Gpu>, model: &Model, pairs: &[&Pair], t: usize) -> Result<B
 fn record(rec: &mut Recorder, model: &Model, batch: &Batch, grads: Option<&Params>) -> Result<crate::gpu::Tensor> {
     let gpu = model.gpu();
     let (drewards, stats) = (gpu.tensor(&[batch.b, batch.t], DType::F32)?, gpu.tensor(&[batch.b / 2, 2], DType::F32)?);
-    let acts = model.forward(rec, batch)?;
+    // No language-modelling loss: no LM head, forward or backward.
+    let acts = model.forward_without_logits(rec, batch)?;
     let rewards = acts.rewards.as_ref().expect("the model has a score head");
     bradley_terry(rec, &drewards, &stats, rewards, &batch.mask)?;
     if let Some(grads) = grads {
-        rec.zero(&acts.logits); // no language-modelling loss: the LM head's gradient is zero
         model.backward(rec, batch, &acts, None, Some(&drewards), grads)?;
     }
     Ok(stats)

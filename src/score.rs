@@ -52,7 +52,7 @@ pub fn score(model: &Model, ids: &[u32], temperature: f32) -> Result<Score> {
         &mut rec,
         &loss,
         &lse,
-        &acts.logits.reshape(&[t, model.config.padded_vocab_size()])?,
+        &acts.logits()?.reshape(&[t, model.config.padded_vocab_size()])?,
         &targets,
         temperature,
     )?;

@@ -189,7 +189,7 @@ impl LmBatch {
 /// Records the forward and the cross-entropy of `lm` (into `lm.loss`); returns the activations.
 pub fn record_loss(rec: &mut Recorder, model: &Model, lm: &LmBatch) -> Result<Activations> {
     let acts = model.forward(rec, &lm.batch)?;
-    let logits = acts.logits.reshape(&[lm.batch.b * lm.batch.t, model.config.padded_vocab_size()])?;
+    let logits = acts.logits()?.reshape(&[lm.batch.b * lm.batch.t, model.config.padded_vocab_size()])?;
     cross_entropy_forward(rec, &lm.loss, &lm.lse, &logits, &lm.targets, 1.0)?;
     Ok(acts)
 }
@@ -205,7 +205,7 @@ pub fn record_step(
     lr: f32,
 ) -> Result<()> {
     let acts = record_loss(rec, model, lm)?;
-    let logits = acts.logits.reshape(&[lm.batch.b * lm.batch.t, model.config.padded_vocab_size()])?;
+    let logits = acts.logits()?.reshape(&[lm.batch.b * lm.batch.t, model.config.padded_vocab_size()])?;
     rec.zero(&grads.flat);
     cross_entropy_backward(rec, &logits, &lm.dloss, &lm.lse, &lm.targets, 1.0)?;
     model.backward(rec, &lm.batch, &acts, None, None, grads)?;

@@ -272,9 +272,10 @@ pub struct Activations {
     pub lnf: Tensor,      // [B, T, C]
     pub lnf_mean: Tensor, // [B, T]
     pub lnf_rstd: Tensor, // [B, T]
-    /// Next-token logits [B, T, Vp], the padded columns masked; the backward overwrites them with
-    /// their gradient (0 in the padded columns).
-    pub logits: Tensor,
+    /// Next-token logits [B, T, Vp], the padded columns masked; the loss overwrites them with
+    /// their gradient (0 in the padded columns) for the backward. None from a forward without
+    /// the LM head (`Model::forward_without_logits`). Read them with `logits()`.
+    logits: Option<Tensor>,
     /// Value head output [B, T] (when the model has one).
     pub values: Option<Tensor>,
     /// Reward head output [B, T] (when the model has one): the reward of a sequence is read at
@@ -282,9 +283,31 @@ pub struct Activations {
     pub rewards: Option<Tensor>,
 }
 
+impl Activations {
+    /// The logits [B, T, Vp] (or, after the loss, their gradient); an error from a forward that
+    /// ran without the LM head.
+    pub fn logits(&self) -> Result<&Tensor> {
+        self.logits
+            .as_ref()
+            .ok_or_else(|| Error::Input("this forward ran without the LM head: it has no logits".into()))
+    }
+}
+
 impl Model {
     /// Records the forward pass of `batch`.
     pub fn forward(&self, rec: &mut Recorder, batch: &Batch) -> Result<Activations> {
+        self.forward_with(rec, batch, true)
+    }
+
+    /// Records the forward pass of `batch` without the LM head: the transformer and the value
+    /// and reward heads, for a reward model, whose scores need no logits (its backward then
+    /// has none either). At GPT-2's vocabulary the LM head is a third of a forward's work and
+    /// [B, T, Vp] floats of memory.
+    pub fn forward_without_logits(&self, rec: &mut Recorder, batch: &Batch) -> Result<Activations> {
+        self.forward_with(rec, batch, false)
+    }
+
+    fn forward_with(&self, rec: &mut Recorder, batch: &Batch, with_logits: bool) -> Result<Activations> {
         let (b, t) = (batch.b, batch.t);
         let GptConfig { n_embd: c, n_head: nh, layer_norm_epsilon: eps, .. } = self.config;
         let gpu = &self.gpu;
@@ -338,8 +361,13 @@ impl Model {
             };
             residual_layernorm_forward(rec, &a.residual3, out, mean, rstd, &a.residual2, &a.fcproj, w, bias, eps)?;
         }
-        let logits = f32s(&[b, t, self.config.padded_vocab_size()])?;
-        self.lm_head(rec, &logits, &lnf)?;
+        let logits = if with_logits {
+            let logits = f32s(&[b, t, self.config.padded_vocab_size()])?;
+            self.lm_head(rec, &logits, &lnf)?;
+            Some(logits)
+        } else {
+            None
+        };
         let values = match &p.v_head {
             Some((w, bias)) => {
                 let values = f32s(&[b, t])?;
@@ -361,8 +389,9 @@ impl Model {
 
     /// Records the backward pass, accumulating into `grads` (zero them once per step). On entry
     /// `acts.logits` holds ∂L/∂logits (as the cross-entropy and PPO loss kernels leave it, in
-    /// place of the logits); `dvalues` [B, T] and `drewards` [B, T] are the gradients reaching
-    /// the value and reward heads, when the loss uses them.
+    /// place of the logits), or is None after `forward_without_logits` (no LM-head gradient);
+    /// `dvalues` [B, T] and `drewards` [B, T] are the gradients reaching the value and reward
+    /// heads, when the loss uses them.
     pub fn backward(
         &self,
         rec: &mut Recorder,
@@ -381,13 +410,16 @@ impl Model {
             Ok(z)
         };
         let p = &self.params;
-        let dlogits = &acts.logits;
-
         // Heads: dlnf = dlogits · wte (+ the value and reward heads' contributions). The padded
         // columns of dlogits are 0, so wte's padded rows get no gradient and stay zero.
         let dlnf = gpu.tensor(&[b, t, c], DType::F32)?;
-        matmul(rec, &dlnf, dlogits, &p.wte, None, Layout::NN, false)?;
-        matmul(rec, &grads.wte, dlogits, &acts.lnf, None, Layout::TN, true)?; // dwte += dlogitsᵀ · lnf
+        match &acts.logits {
+            Some(dlogits) => {
+                matmul(rec, &dlnf, dlogits, &p.wte, None, Layout::NN, false)?;
+                matmul(rec, &grads.wte, dlogits, &acts.lnf, None, Layout::TN, true)?; // dwte += dlogitsᵀ · lnf
+            }
+            None => rec.zero(&dlnf),
+        }
         if let (Some((w, _)), Some((dw, db)), Some(dv)) = (&p.v_head, &grads.v_head, dvalues) {
             linear_backward(rec, &dlnf, true, dw, Some(db), &dv.reshape(&[b * t, 1])?, &acts.lnf, w)?;
         }

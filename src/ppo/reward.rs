@@ -111,7 +111,7 @@ impl RewardModel {
             }
         };
         let scores = gpu.tensor(&[batch.b], DType::F32)?;
-        let acts = self.model.forward(rec, &batch)?;
+        let acts = self.model.forward_without_logits(rec, &batch)?;
         let rewards = acts.rewards.as_ref().expect("a reward head was checked on load");
         last_token_scores(rec, &scores, rewards, &batch.mask)?;
         Ok(scores)

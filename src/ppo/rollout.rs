@@ -179,7 +179,7 @@ pub fn prepare(
     let mut rec = Recorder::new(gpu);
     {
         let acts = policy.forward(&mut rec, &batch)?;
-        let logits = acts.logits.reshape(&[b * l, vp])?;
+        let logits = acts.logits()?.reshape(&[b * l, vp])?;
         logprob_entropy(&mut rec, &old_logprobs, &entropy, &logits, &tokens, l, cfg.temperature)?;
         match &acts.values {
             Some(values) => values_per_token(&mut rec, &old_values, values)?,
@@ -189,7 +189,7 @@ pub fn prepare(
     match reference {
         Some(reference) => {
             let acts = reference.forward(&mut rec, &batch)?;
-            let logits = acts.logits.reshape(&[b * l, vp])?;
+            let logits = acts.logits()?.reshape(&[b * l, vp])?;
             logprob_entropy(&mut rec, &ref_logprobs, &ref_entropy, &logits, &tokens, l, cfg.temperature)?;
         }
         None => rec.copy(&old_logprobs, &ref_logprobs),

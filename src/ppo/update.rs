@@ -284,7 +284,7 @@ pub fn ppo_update(
                 )?;
                 let (token_stats, micro_stats) = (gpu.tensor(&[n * l, 8], DType::F32)?, gpu.tensor(&[8], DType::F32)?);
                 let acts = model.forward(&mut rec, &mb_batch)?;
-                let logits = acts.logits.reshape(&[n * l, vp])?;
+                let logits = acts.logits()?.reshape(&[n * l, vp])?;
                 // PPO's value head, and the gradient of its output.
                 let values = acts.values.as_ref().map(|x| x.reshape(&[n * l])).transpose()?;
                 let dvalues = values.as_ref().map(|_| gpu.tensor(&[n, l], DType::F32)).transpose()?;

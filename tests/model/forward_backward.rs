@@ -77,8 +77,8 @@ fn forward_matches_the_reference_model() {
     // Two blocks of f32 LayerNorm, matmuls over ≤ 64 terms and softmaxes. The logits are
     // [B, T, Vp]: the V real columns are the reference's, the padded ones masked.
     let (v, vp) = (config.vocab_size, config.padded_vocab_size());
-    assert_eq!(acts.logits.shape(), [b, t, vp]);
-    let logits = gpu.download(&acts.logits).unwrap();
+    assert_eq!(acts.logits().unwrap().shape(), [b, t, vp]);
+    let logits = gpu.download(acts.logits().unwrap()).unwrap();
     let real: Vec<f32> = logits.chunks(vp).flat_map(|row| row[..v].to_vec()).collect();
     close("logits", &real, &want.logits, 1e-4, 1e-4);
     let masked = ppo_wgpu::kernels::padded_vocab::MASKED_LOGIT;
@@ -121,7 +121,7 @@ fn every_parameter_gradient_matches_finite_differences_of_the_reference() {
     let mut rec = Recorder::new(&gpu);
     let acts = model.forward(&mut rec, &batch).unwrap();
     let grads = model.zeros_like_params(&mut rec).unwrap();
-    rec.copy(&up(&g_padded, &[b, t, vp]), &acts.logits);
+    rec.copy(&up(&g_padded, &[b, t, vp]), acts.logits().unwrap());
     model.backward(&mut rec, &batch, &acts, Some(&dvalues), Some(&drewards), &grads).unwrap();
     rec.submit();
     let flat = gpu.download(&grads.flat).unwrap();
@@ -158,4 +158,49 @@ fn every_parameter_gradient_matches_finite_differences_of_the_reference() {
     let wte = &model.layout.slots[0];
     let padded_rows = &flat[wte.offset + wte.spec.len()..wte.offset + wte.gpu_shape.iter().product::<usize>()];
     assert!(padded_rows.iter().all(|&g| g == 0.0), "wte's padded rows got a gradient");
+}
+
+/// A reward model's forward and backward without the LM head (`forward_without_logits`): the
+/// same values, rewards and parameter gradients as the whole model's with a zero logits
+/// gradient (whose backward the test above checks against finite differences), and no logits.
+#[test]
+fn a_forward_without_logits_gives_the_heads_and_gradients_of_the_whole_model() {
+    let config = small_config();
+    let heads = Heads { value: true, reward: true };
+    let ck = random_checkpoint(&config, heads, 5);
+    let (b, t) = (3, 10);
+    let mut rng = Rng::new(6);
+    let (ids, mask) = batch_inputs(&config, b, t, &mut rng);
+    let (g_values, g_rewards) = (rng.normals(b * t, 1.0), rng.normals(b * t, 1.0));
+
+    let gpu = gpu();
+    let model = Model::upload(&gpu, &ck).unwrap();
+    let batch = Batch::new(&gpu, &config, &ids, &mask, b, t).unwrap();
+    let up = |x: &[f64], shape: &[usize]| gpu.upload(shape, &x.iter().map(|&v| v as f32).collect::<Vec<_>>()).unwrap();
+    let (dvalues, drewards) = (up(&g_values, &[b, t]), up(&g_rewards, &[b, t]));
+    // (heads' outputs, flat gradient) of one forward and backward.
+    let run = |with_logits: bool| {
+        let mut rec = Recorder::new(&gpu);
+        let acts = if with_logits {
+            let acts = model.forward(&mut rec, &batch).unwrap();
+            rec.zero(acts.logits().unwrap());
+            acts
+        } else {
+            let acts = model.forward_without_logits(&mut rec, &batch).unwrap();
+            assert!(acts.logits().is_err(), "a forward without the LM head has no logits");
+            acts
+        };
+        let grads = model.zeros_like_params(&mut rec).unwrap();
+        model.backward(&mut rec, &batch, &acts, Some(&dvalues), Some(&drewards), &grads).unwrap();
+        rec.submit();
+        let heads = [acts.values.as_ref().unwrap(), acts.rewards.as_ref().unwrap()].map(|h| gpu.download(h).unwrap());
+        (heads, gpu.download(&grads.flat).unwrap())
+    };
+    // The whole model first, so that the second run's scratch comes from the pool holding its
+    // data: a head gradient the backward did not start from zero would show.
+    let (want_heads, want_grads) = run(true);
+    let (got_heads, got_grads) = run(false);
+    assert_eq!(got_heads, want_heads, "values and rewards");
+    let worst = got_grads.iter().zip(&want_grads).map(|(g, w)| (g - w).abs() / (1.0 + w.abs())).fold(0.0f32, f32::max);
+    assert!(worst <= 1e-5, "gradients differ by {worst} (relative)");
 }

@@ -36,7 +36,7 @@ fn last_logits(model: &Model, ids: &[u32], mask: &[u32], b: usize, t: usize) -> 
     let mut rec = Recorder::new(gpu);
     let acts = model.forward(&mut rec, &batch).unwrap();
     rec.submit();
-    let all = gpu.download(&acts.logits).unwrap();
+    let all = gpu.download(acts.logits().unwrap()).unwrap();
     let last: Vec<f32> = (0..b).flat_map(|row| all[(row * t + t - 1) * v..(row * t + t) * v].to_vec()).collect();
     real_columns(model, &last)
 }

@@ -41,10 +41,10 @@ fn matches_pytorch_logits_logprobs_loss_and_every_gradient() {
     let (loss, lse) = (gpu.tensor(&[b * t], DType::F32).unwrap(), gpu.tensor(&[b * t], DType::F32).unwrap());
     let mut rec = Recorder::new(&gpu);
     let acts = model.forward(&mut rec, &batch).unwrap();
-    let logits = acts.logits.reshape(&[b * t, vp]).unwrap();
+    let logits = acts.logits().unwrap().reshape(&[b * t, vp]).unwrap();
     cross_entropy_forward(&mut rec, &loss, &lse, &logits, &t_targets, 1.0).unwrap();
     rec.submit();
-    let got_logits = gpu.download(&acts.logits).unwrap();
+    let got_logits = gpu.download(acts.logits().unwrap()).unwrap();
     let got_loss = gpu.download(&loss).unwrap();
 
     // Logits at real positions (a fully padded query row attends to nothing: transformers
@@ -83,7 +83,7 @@ fn matches_pytorch_logits_logprobs_loss_and_every_gradient() {
     let flat = gpu.download(&grads.flat).unwrap();
     // The padded columns have probability 0: their gradient is exactly 0, and so is that of
     // wte's padded rows.
-    let dlogits = gpu.download(&acts.logits).unwrap();
+    let dlogits = gpu.download(acts.logits().unwrap()).unwrap();
     assert!(dlogits.chunks(vp).all(|row| row[v..].iter().all(|&g| g == 0.0)), "padded logits got a gradient");
     let wte = &model.layout.slots[0];
     let padded_rows = &flat[wte.offset + wte.spec.len()..wte.offset + wte.gpu_shape.iter().product::<usize>()];
