@@ -1,6 +1,7 @@
-//! `cargo bench --bench model`: whole-model throughput in tokens/s, forward alone and
-//! forward + backward (+ AdamW), for the shipped tiny shape (batch 32 × 64) and, with
-//! PPO_WGPU_BENCH_LARGE=1, a GPT-2-small-shaped model (randomly initialised, batch 1 × 128).
+//! `cargo bench --bench model`: whole-model throughput in tokens/s, forward alone (with the LM
+//! head, and without it as a reward model scores) and forward + backward (+ AdamW), for the
+//! shipped tiny shape (batch 32 × 64) and, with PPO_WGPU_BENCH_LARGE=1, a GPT-2-small-shaped
+//! model (randomly initialised, batch 1 × 128).
 //! Each is checked first: the tiny model's logits against the CPU reference model, GPT-2
 //! small's initial loss against ln V (what a 0.02-scale random init gives).
 
@@ -59,13 +60,25 @@ fn bench_model(gpu: &Arc<Gpu>, label: &str, config: GptConfig, b: usize, t: usiz
         rec.submit();
         gpu.wait().unwrap();
     });
+    // A reward model's scoring: the same forward without the LM head.
+    let reward_forward = common::seconds_per_call(budget, || {
+        let mut rec = Recorder::new(gpu);
+        let _acts = model.forward_without_logits(&mut rec, &lm.batch).unwrap();
+        rec.submit();
+        gpu.wait().unwrap();
+    });
     let step = common::seconds_per_call(budget, || {
         let mut rec = Recorder::new(gpu);
         record_step(&mut rec, &model, &mut opt, &grads, &lm, 1e-4).unwrap();
         rec.submit();
         gpu.wait().unwrap();
     });
-    for (what, workload, secs) in [("forward", "forward", forward), ("forward+backward+AdamW", "training step", step)] {
+    let rows = [
+        ("forward", "forward", forward),
+        ("forward without the LM head (a reward model's scoring)", "reward forward", reward_forward),
+        ("forward+backward+AdamW", "training step", step),
+    ];
+    for (what, workload, secs) in rows {
         println!("  {label} {what}: {:.0} tokens/s ({:.1} ms per {b}x{t} batch)", (b * t) as f64 / secs, secs * 1e3);
         common::record(gpu, &format!("{label} {workload}"), (b * t) as f64 / secs, "tokens/s");
     }

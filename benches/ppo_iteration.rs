@@ -145,13 +145,14 @@ fn bench(gpu: &Arc<Gpu>, s: &Shape, iterations: usize) {
     common::record(gpu, &format!("{short} generation"), gen_tokens / (totals[0] / iterations as f64), "tokens/s");
 }
 
-/// The reward model's score of each sequence at its last real token.
+/// The reward model's score of each sequence at its last real token (a forward without the LM
+/// head, as `train` scores).
 fn score(model: &Model, seqs: &Sequences) -> Vec<f32> {
     let gpu = model.gpu();
     let batch = seqs.batch(model).unwrap();
     let scores = gpu.tensor(&[seqs.b], ppo_wgpu::gpu::DType::F32).unwrap();
     let mut rec = Recorder::new(gpu);
-    let acts = model.forward(&mut rec, &batch).unwrap();
+    let acts = model.forward_without_logits(&mut rec, &batch).unwrap();
     ppo_wgpu::kernels::rollout::last_token_scores(&mut rec, &scores, acts.rewards.as_ref().unwrap(), &batch.mask)
         .unwrap();
     rec.submit();

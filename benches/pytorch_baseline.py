@@ -7,8 +7,10 @@ Needs Python 3.9+ with torch and transformers, outside the Rust test suite:
     pip install torch transformers     # CPU-only wheels: add --index-url https://download.pytorch.org/whl/cpu
 
 Workloads, at the shapes of docs/design.md §3 (random weights, as in the Rust benches):
-  tiny forward, tiny training step           4 layers, n_embd 128, 4 heads, vocab 512; batch 32 x 64 tokens
-  gpt2-small forward, gpt2-small training step  GPT-2 small; batch 1 x 128 tokens (--skip-gpt2 to leave out)
+  tiny forward, tiny reward forward, tiny training step
+                                              4 layers, n_embd 128, 4 heads, vocab 512; batch 32 x 64 tokens
+  gpt2-small forward, reward forward, training step
+                                              GPT-2 small; batch 1 x 128 tokens (--skip-gpt2 to leave out)
   tiny PPO iteration                          batch 32, prompt 16 + response 48: KV-cached sampling (τ 0.7, no
                                               top-k), a reward model's scores, the policy (with a value head) and
                                               reference forwards, KL-penalised rewards, GAE and whitening, then
@@ -29,7 +31,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
 TINY = dict(n_layer=4, n_embd=128, n_head=4, vocab_size=512, n_positions=64)
 GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
@@ -76,6 +78,11 @@ def bench_model(device, label, shape, b, t, results):
             out = model(ids, output_hidden_states=True)
             value_head(out.hidden_states[-1])
 
+    def reward_forward():
+        # A reward model's scoring (TRL's AutoModelForSequenceClassification): no LM head.
+        with torch.no_grad():
+            value_head(model.transformer(ids).last_hidden_state)
+
     def step():
         out = model(ids, output_hidden_states=True)
         loss = F.cross_entropy(out.logits.view(b * t, -1), targets.view(-1))
@@ -85,7 +92,7 @@ def bench_model(device, label, shape, b, t, results):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
 
-    for what, fn in [("forward", forward), ("training step", step)]:
+    for what, fn in [("forward", forward), ("reward forward", reward_forward), ("training step", step)]:
         secs = timed(device, fn)
         results.append(dict(workload=f"{label} {what}", value=b * t / secs, unit="tokens/s"))
         print(f"  {label} {what}: {b * t / secs:.0f} tokens/s ({secs * 1e3:.1f} ms per {b}x{t} batch)")
@@ -115,7 +122,9 @@ def bench_ppo(device, results, iterations=3):
     policy = GPT2LMHeadModel(cfg).to(device)
     value_head = torch.nn.Linear(cfg.n_embd, 1).to(device)
     reference = GPT2LMHeadModel(cfg).to(device).eval()
-    reward_model = GPT2LMHeadModel(cfg).to(device).eval()
+    # A reward model as TRL's (AutoModelForSequenceClassification): the transformer and a score
+    # head, no LM head.
+    reward_model = GPT2Model(cfg).to(device).eval()
     score_head = torch.nn.Linear(cfg.n_embd, 1, bias=False).to(device)
     params = list(policy.parameters()) + list(value_head.parameters())
     opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
@@ -137,7 +146,7 @@ def bench_ppo(device, results, iterations=3):
         t0 = time.perf_counter()
         with torch.no_grad():
             full = torch.ones_like(seqs)
-            hidden = reward_model(seqs, attention_mask=full, output_hidden_states=True).hidden_states[-1]
+            hidden = reward_model(seqs, attention_mask=full).last_hidden_state
             scores = score_head(hidden[:, -1]).squeeze(-1).cpu()
         times.append(time.perf_counter() - t0)
 
