@@ -125,9 +125,8 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> 
         Some(format) => model.decode_weights_in(&mut rec, format)?,
         None => model.decode_weights(&mut rec, b)?,
     };
-    let acts = model.prefill(&mut rec, &cache, &batch)?;
-    sample(&mut rec, acts.logits()?, LogitRows { rows: b, v, stride: p * vp, base: (p - 1) * vp }, 0)?;
-    drop(acts);
+    model.prefill(&mut rec, &cache, &batch, &scratch)?;
+    sample(&mut rec, &scratch.logits, LogitRows { rows: b, v, stride: vp, base: 0 }, 0)?;
     let mut ran = steps;
     for step in 1..steps {
         if opts.check_every > 0 && step % opts.check_every == 0 && opts.eos.is_some() {

@@ -6,7 +6,7 @@
 //! decode steps read their weights from `DecodeWeights` (f32, or f16 copies).
 
 use super::config::GptConfig;
-use super::gpt::{Activations, Batch, Model};
+use super::gpt::{Batch, Model};
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::embedding::embedding_forward;
@@ -14,6 +14,7 @@ use crate::kernels::f16_weights::{self, WeightFormat, in_format};
 use crate::kernels::kv_cache::{self, CacheShape, KvFormat, decode_attention, kv_cache_write};
 use crate::kernels::layernorm::{layernorm_forward, residual_layernorm_forward};
 use crate::kernels::matmul::{linear_forward, linear_forward_gelu};
+use crate::kernels::rollout::gather_rows;
 
 /// Every layer's keys and values for B rows of up to `t_max` positions, and which positions
 /// hold real tokens.
@@ -117,14 +118,25 @@ impl Model {
         })
     }
 
-    /// Records the forward of the prompts (positions 0 .. P of the cache) and writes their keys
-    /// and values into it. The returned activations hold the logits [B, P, Vp].
-    pub fn prefill(&self, rec: &mut Recorder, cache: &KvCache, prompts: &Batch) -> Result<Activations> {
-        let acts = self.forward(rec, prompts)?;
+    /// Records the forward of the prompts (positions 0 .. P of the cache, left-padded: each row's
+    /// last token at P − 1), writes their keys and values into the cache, and leaves the
+    /// next-token logits [B, Vp] in `s.logits`, as a decode step does. The LM head runs on the
+    /// last position's rows only: the logits of the others are never read (at GPT-2's
+    /// vocabulary, 16-token prompts, that is a sixteenth of the head's work).
+    pub fn prefill(&self, rec: &mut Recorder, cache: &KvCache, prompts: &Batch, s: &DecodeScratch) -> Result<()> {
+        let acts = self.forward_without_logits(rec, prompts)?;
         for (layer, a) in cache.layers.iter().zip(&acts.layers) {
             kv_cache_write(rec, layer, &a.qkv, cache.shape, 0)?;
         }
-        Ok(acts)
+        let (b, p) = (prompts.b, prompts.t);
+        let last: Vec<u32> = (0..b).map(|row| (row * p + p - 1) as u32).collect();
+        gather_rows(
+            rec,
+            &s.ln,
+            &acts.lnf.reshape(&[b * p, self.config.n_embd])?,
+            &self.gpu().upload_u32(&[b], &last)?,
+        )?;
+        self.lm_head(rec, &s.logits, &s.ln)
     }
 
     /// Records one decode step: token `ids[b]` at position `pos[b]` (u32 [B] each) sits at cache

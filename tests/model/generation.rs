@@ -83,8 +83,15 @@ fn cached_decode_matches(format: KvFormat, weight_format: WeightFormat, toleranc
     let scratch = model.decode_scratch(b).unwrap();
     let mut rec = Recorder::new(&gpu);
     let weights = model.decode_weights_in(&mut rec, weight_format).unwrap();
-    model.prefill(&mut rec, &cache, &Batch::new(&gpu, &model.config, &ids, &mask, b, p).unwrap()).unwrap();
+    model.prefill(&mut rec, &cache, &Batch::new(&gpu, &model.config, &ids, &mask, b, p).unwrap(), &scratch).unwrap();
     rec.submit();
+    // The prefill's next-token logits (the LM head on each row's last position only) are the
+    // full forward's there.
+    let got = real_columns(&model, &gpu.download(&scratch.logits).unwrap());
+    let want = last_logits(&model, &ids, &mask, b, p);
+    let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+    let scale = want.iter().fold(0.0f32, |m, w| m.max(w.abs()));
+    assert!(worst <= 1e-4 * scale.max(1.0), "{format:?} cache: prefill logits differ by {worst} (scale {scale})");
     for s in 0..steps {
         let step_ids: Vec<u32> = cont.iter().map(|c| c[s]).collect();
         let pos: Vec<u32> = prompts.iter().map(|pr| (pr.len() + s) as u32).collect();
