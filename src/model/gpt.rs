@@ -300,8 +300,9 @@ impl Model {
     }
 
     /// Records the forward pass of `batch` without the LM head: the transformer and the value
-    /// and reward heads, for a reward model, whose scores need no logits (its backward then
-    /// has none either). At GPT-2's vocabulary the LM head is a third of a forward's work and
+    /// and reward heads. For a reward model, whose scores need no logits (its backward then has
+    /// none either), and generation's prefill, which needs them at one position per row
+    /// (`prefill`). At GPT-2's vocabulary the LM head is a third of a forward's work and
     /// [B, T, Vp] floats of memory.
     pub fn forward_without_logits(&self, rec: &mut Recorder, batch: &Batch) -> Result<Activations> {
         self.forward_with(rec, batch, false)
