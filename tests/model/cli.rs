@@ -8,8 +8,12 @@ fn ppo_wgpu(args: &[&str]) -> (bool, String, String) {
 }
 
 fn ppo_wgpu_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ppo-wgpu"));
-    let out = command.args(args).envs(crate::suite_gpu::suite_env()).envs(env.iter().copied()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ppo-wgpu"))
+        .args(args)
+        .envs(crate::suite_gpu::suite_env())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 

@@ -41,6 +41,12 @@ fn last_logits(model: &Model, ids: &[u32], mask: &[u32], b: usize, t: usize) -> 
     real_columns(model, &last)
 }
 
+/// The largest |got − want| and the largest |want|.
+fn worst_difference(got: &[f32], want: &[f32]) -> (f32, f32) {
+    let worst = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+    (worst, want.iter().fold(0.0f32, |m, w| m.max(w.abs())))
+}
+
 fn greedy_opts(max_new_tokens: usize, eos: Option<u32>) -> GenerateOptions {
     GenerateOptions {
         max_new_tokens,
@@ -88,9 +94,7 @@ fn cached_decode_matches(format: KvFormat, weight_format: WeightFormat, toleranc
     // The prefill's next-token logits (the LM head on each row's last position only) are the
     // full forward's there.
     let got = real_columns(&model, &gpu.download(&scratch.logits).unwrap());
-    let want = last_logits(&model, &ids, &mask, b, p);
-    let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
-    let scale = want.iter().fold(0.0f32, |m, w| m.max(w.abs()));
+    let (worst, scale) = worst_difference(&got, &last_logits(&model, &ids, &mask, b, p));
     assert!(worst <= 1e-4 * scale.max(1.0), "{format:?} cache: prefill logits differ by {worst} (scale {scale})");
     for s in 0..steps {
         let step_ids: Vec<u32> = cont.iter().map(|c| c[s]).collect();
@@ -110,9 +114,7 @@ fn cached_decode_matches(format: KvFormat, weight_format: WeightFormat, toleranc
             full_mask.extend_from_slice(&mask[row * p..(row + 1) * p]);
             full_mask.extend(std::iter::repeat_n(1, s + 1));
         }
-        let want = last_logits(&model, &full_ids, &full_mask, b, t);
-        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
-        let scale = want.iter().fold(0.0f32, |m, w| m.max(w.abs()));
+        let (worst, scale) = worst_difference(&got, &last_logits(&model, &full_ids, &full_mask, b, t));
         let what = format!(
             "{format:?} cache, {weight_format:?} weights, step {s}: cached logits differ by {worst} (scale {scale}, V {v})"
         );

@@ -9,16 +9,17 @@ use ppo_wgpu::gpu::{CACHE_ENV, Gpu};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The suite's variant cache file.
-pub fn suite_variant_cache() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("variants.json")
+/// The suite's variant cache file, unless PPO_WGPU_VARIANT_CACHE says otherwise (None: leave
+/// the choice of file to it).
+fn suite_variant_cache() -> Option<PathBuf> {
+    let own = std::env::var_os(CACHE_ENV).is_none();
+    own.then(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("variants.json"))
 }
 
-/// `gpu`, caching its kernel choices in the suite's file (unless PPO_WGPU_VARIANT_CACHE says
-/// otherwise).
+/// `gpu`, caching its kernel choices in the suite's file.
 pub fn suite_gpu(gpu: Arc<Gpu>) -> Arc<Gpu> {
-    if std::env::var_os(CACHE_ENV).is_none() {
-        gpu.set_variant_cache(Some(suite_variant_cache()));
+    if let Some(path) = suite_variant_cache() {
+        gpu.set_variant_cache(Some(path));
     }
     gpu
 }
@@ -26,5 +27,5 @@ pub fn suite_gpu(gpu: Arc<Gpu>) -> Arc<Gpu> {
 /// The environment a `ppo-wgpu` process the suite starts gets for the same cache.
 #[allow(dead_code)] // the kernel tests start no process
 pub fn suite_env() -> Vec<(&'static str, PathBuf)> {
-    if std::env::var_os(CACHE_ENV).is_none() { vec![(CACHE_ENV, suite_variant_cache())] } else { Vec::new() }
+    suite_variant_cache().map(|path| (CACHE_ENV, path)).into_iter().collect()
 }
