@@ -262,12 +262,15 @@ fn completion_logprobs(
     let seqs = crate::ppo::rollout::Sequences::new(generation, response_len, eos);
     let gpu = model.gpu();
     let (b, l, vp) = (seqs.b, seqs.l, model.config.padded_vocab_size());
-    let tokens = gpu.upload_u32(&[b * l], &seqs.input_ids)?;
-    let (logprobs, entropy) = (gpu.tensor(&[b * l], DType::F32)?, gpu.tensor(&[b * l], DType::F32)?);
+    // The LM head runs where response tokens are predicted only.
+    let window = seqs.head_window();
+    let w = window.len;
+    let tokens = gpu.upload_u32(&[b * w], &window.slice(&seqs.input_ids, l))?;
+    let (logprobs, entropy) = (gpu.tensor(&[b * w], DType::F32)?, gpu.tensor(&[b * w], DType::F32)?);
     let mut rec = Recorder::new(gpu);
-    let acts = model.forward(&mut rec, &seqs.batch(model)?)?;
-    logprob_entropy(&mut rec, &logprobs, &entropy, &acts.logits()?.reshape(&[b * l, vp])?, &tokens, l, temperature)?;
+    let acts = model.forward_window(&mut rec, &seqs.batch(model)?, window)?;
+    logprob_entropy(&mut rec, &logprobs, &entropy, &acts.logits()?.reshape(&[b * w, vp])?, &tokens, w, temperature)?;
     rec.submit();
-    let lp = gpu.download(&logprobs)?;
+    let lp = window.expand(&gpu.download(&logprobs)?, l);
     Ok((0..b).map(|row| (0..l).map(|j| lp[row * l + j] * seqs.response_mask[row * l + j]).sum()).collect())
 }

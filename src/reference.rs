@@ -226,6 +226,22 @@ pub fn attention_backward(
     dqkv
 }
 
+/// Columns first .. first + width of each row of x [rows, stride] (`kernels::window`).
+pub fn window_gather(x: &[f64], stride: usize, first: usize, width: usize) -> Vec<f64> {
+    x.chunks(stride).flat_map(|row| row[first..first + width].to_vec()).collect()
+}
+
+/// x [rows, width] placed at columns first .. first + width of rows of `stride`, zeros around.
+pub fn window_scatter(x: &[f64], stride: usize, first: usize, width: usize) -> Vec<f64> {
+    x.chunks(width)
+        .flat_map(|row| {
+            let mut whole = vec![0.0; stride];
+            whole[first..first + width].copy_from_slice(row);
+            whole
+        })
+        .collect()
+}
+
 /// Columns v.. of each row of width vp set to MASKED_LOGIT (`kernels::padded_vocab`).
 pub fn mask_padded_logits(logits: &[f64], v: usize, vp: usize) -> Vec<f64> {
     let masked = crate::kernels::padded_vocab::MASKED_LOGIT as f64;

@@ -19,6 +19,7 @@ pub mod residual;
 pub mod rewards;
 pub mod rollout;
 pub mod sampling;
+pub mod window;
 
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{Binding, DType, Gpu, Resource, Tensor, Texture};
@@ -134,6 +135,7 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &rewards::SHADER,
     &rollout::SHADER,
     &sampling::SHADER,
+    &window::SHADER,
 ];
 
 /// Every workgroup size and row stride the shaders declare as a constant, with the Rust
@@ -168,6 +170,7 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
     ("matmul_texture", "GROUP_ROWS", matmul::TEXTURE_GROUP_ROWS),
     ("matmul_texture_subgroup", "SUBGROUP_BLOCKS", matmul::SUBGROUP_BLOCKS),
     ("padded_vocab", "WG", padded_vocab::WG),
+    ("window", "WG", window::WG),
     ("ppo_loss", "WG", ppo::WG),
     ("ppo_loss", "WG_STATS", ppo::WG_STATS),
     ("preference", "WG", preference::WG),

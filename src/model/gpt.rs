@@ -19,6 +19,7 @@ use crate::kernels::matmul::{
     Layout, TRANSPOSE_MIN_ROWS, linear_backward, linear_backward_gelu, linear_forward, linear_forward_gelu, matmul,
 };
 use crate::kernels::padded_vocab::mask_padded_logits;
+use crate::kernels::window::{window_gather, window_scatter};
 use std::sync::Arc;
 
 /// Parameters are padded to multiples of this many f32s (256 bytes), so that a view of any of
@@ -247,6 +248,54 @@ impl Batch {
     }
 }
 
+/// The positions of every sequence at which a forward runs its heads (the LM head, the value
+/// head, the reward head): `start .. start + len`. The PPO update and the rollout read logits
+/// only where a trained token is predicted, so their forwards run the heads from the position
+/// before the first response token to the last (`HeadWindow::trained`): for prompts as long as
+/// the responses, half of the LM head's work and memory (at GPT-2's vocabulary a third of a
+/// forward's work) is not done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadWindow {
+    pub start: usize,
+    pub len: usize,
+}
+
+impl HeadWindow {
+    /// Every position of sequences of `t`.
+    pub fn whole(t: usize) -> HeadWindow {
+        HeadWindow { start: 0, len: t }
+    }
+
+    /// The positions the losses of the PPO update read for the trained tokens of `mask` [B, T]
+    /// (a token at j ≥ 1 with mask ≠ 0, predicted from position j − 1): from the position
+    /// before the first of them in any row to the last of them in any row (the loss kernels
+    /// read nothing from a window's last row, as from a sequence's last position). The whole
+    /// sequence when nothing is trained.
+    pub fn trained(mask: &[f32], t: usize) -> HeadWindow {
+        let trained = |j: &usize| mask.chunks(t).any(|row| row[*j] != 0.0);
+        match ((1..t).find(trained), (1..t).rev().find(trained)) {
+            (Some(first), Some(last)) => HeadWindow { start: first - 1, len: last - first + 2 },
+            _ => HeadWindow::whole(t),
+        }
+    }
+
+    /// The window of each row of `x` [B, T]: [B, len].
+    pub fn slice<T: Copy>(&self, x: &[T], t: usize) -> Vec<T> {
+        x.chunks(t).flat_map(|row| row[self.start..self.start + self.len].iter().copied()).collect()
+    }
+
+    /// Rows of the window `x` [B, len] put back in place: [B, T], 0 outside the window.
+    pub fn expand(&self, x: &[f32], t: usize) -> Vec<f32> {
+        x.chunks(self.len.max(1))
+            .flat_map(|row| {
+                let mut whole = vec![0.0; t];
+                whole[self.start..self.start + self.len].copy_from_slice(row);
+                whole
+            })
+            .collect()
+    }
+}
+
 /// One block's activations, kept for the backward.
 pub struct LayerActivations {
     pub ln1: Tensor,       // [B, T, C]
@@ -272,19 +321,24 @@ pub struct Activations {
     pub lnf: Tensor,      // [B, T, C]
     pub lnf_mean: Tensor, // [B, T]
     pub lnf_rstd: Tensor, // [B, T]
-    /// Next-token logits [B, T, Vp], the padded columns masked; the loss overwrites them with
+    /// The positions the heads ran at; W = window.len below (T unless the forward was
+    /// `forward_window`'s).
+    pub window: HeadWindow,
+    /// The heads' input: lnf at the window's positions, [B·W, C].
+    head_input: Tensor,
+    /// Next-token logits [B, W, Vp], the padded columns masked; the loss overwrites them with
     /// their gradient (0 in the padded columns) for the backward. None from a forward without
     /// the LM head (`Model::forward_without_logits`). Read them with `logits()`.
     logits: Option<Tensor>,
-    /// Value head output [B, T] (when the model has one).
+    /// Value head output [B, W] (when the model has one).
     pub values: Option<Tensor>,
-    /// Reward head output [B, T] (when the model has one): the reward of a sequence is read at
+    /// Reward head output [B, W] (when the model has one): the reward of a sequence is read at
     /// its last real token.
     pub rewards: Option<Tensor>,
 }
 
 impl Activations {
-    /// The logits [B, T, Vp] (or, after the loss, their gradient); an error from a forward that
+    /// The logits [B, W, Vp] (or, after the loss, their gradient); an error from a forward that
     /// ran without the LM head.
     pub fn logits(&self) -> Result<&Tensor> {
         self.logits
@@ -296,7 +350,13 @@ impl Activations {
 impl Model {
     /// Records the forward pass of `batch`.
     pub fn forward(&self, rec: &mut Recorder, batch: &Batch) -> Result<Activations> {
-        self.forward_with(rec, batch, true)
+        self.forward_with(rec, batch, true, HeadWindow::whole(batch.t))
+    }
+
+    /// Records the forward pass of `batch` with the heads run at the positions of `window`
+    /// only (the transformer still runs over every position: each attends to those before).
+    pub fn forward_window(&self, rec: &mut Recorder, batch: &Batch, window: HeadWindow) -> Result<Activations> {
+        self.forward_with(rec, batch, true, window)
     }
 
     /// Records the forward pass of `batch` without the LM head: the transformer and the value
@@ -305,11 +365,24 @@ impl Model {
     /// (`prefill`). At GPT-2's vocabulary the LM head is a third of a forward's work and
     /// [B, T, Vp] floats of memory.
     pub fn forward_without_logits(&self, rec: &mut Recorder, batch: &Batch) -> Result<Activations> {
-        self.forward_with(rec, batch, false)
+        self.forward_with(rec, batch, false, HeadWindow::whole(batch.t))
     }
 
-    fn forward_with(&self, rec: &mut Recorder, batch: &Batch, with_logits: bool) -> Result<Activations> {
+    fn forward_with(
+        &self,
+        rec: &mut Recorder,
+        batch: &Batch,
+        with_logits: bool,
+        window: HeadWindow,
+    ) -> Result<Activations> {
         let (b, t) = (batch.b, batch.t);
+        if window.len == 0 || window.start + window.len > t {
+            return Err(Error::Input(format!(
+                "head window {}..{} is not within the batch's {t} positions",
+                window.start,
+                window.start + window.len
+            )));
+        }
         let GptConfig { n_embd: c, n_head: nh, layer_norm_epsilon: eps, .. } = self.config;
         let gpu = &self.gpu;
         let f32s = |shape: &[usize]| gpu.tensor(shape, DType::F32);
@@ -362,37 +435,46 @@ impl Model {
             };
             residual_layernorm_forward(rec, &a.residual3, out, mean, rstd, &a.residual2, &a.fcproj, w, bias, eps)?;
         }
+        // The heads, at the window's positions.
+        let w = window.len;
+        let head_input = if window == HeadWindow::whole(t) {
+            lnf.reshape(&[b * t, c])?
+        } else {
+            let x = f32s(&[b * w, c])?;
+            window_gather(rec, &x.reshape(&[b, w * c])?, &lnf.reshape(&[b, t * c])?, window.start * c)?;
+            x
+        };
         let logits = if with_logits {
-            let logits = f32s(&[b, t, self.config.padded_vocab_size()])?;
-            self.lm_head(rec, &logits, &lnf)?;
+            let logits = f32s(&[b, w, self.config.padded_vocab_size()])?;
+            self.lm_head(rec, &logits, &head_input)?;
             Some(logits)
         } else {
             None
         };
         let values = match &p.v_head {
-            Some((w, bias)) => {
-                let values = f32s(&[b, t])?;
-                linear_forward(rec, &values.reshape(&[b * t, 1])?, &lnf, w, Some(bias))?;
+            Some((weight, bias)) => {
+                let values = f32s(&[b, w])?;
+                linear_forward(rec, &values.reshape(&[b * w, 1])?, &head_input, weight, Some(bias))?;
                 Some(values)
             }
             None => None,
         };
         let rewards = match &p.score {
-            Some(w) => {
-                let rewards = f32s(&[b, t])?;
-                linear_forward(rec, &rewards.reshape(&[b * t, 1])?, &lnf, w, None)?;
+            Some(weight) => {
+                let rewards = f32s(&[b, w])?;
+                linear_forward(rec, &rewards.reshape(&[b * w, 1])?, &head_input, weight, None)?;
                 Some(rewards)
             }
             None => None,
         };
-        Ok(Activations { encoded, layers, lnf, lnf_mean, lnf_rstd, logits, values, rewards })
+        Ok(Activations { encoded, layers, lnf, lnf_mean, lnf_rstd, window, head_input, logits, values, rewards })
     }
 
     /// Records the backward pass, accumulating into `grads` (zero them once per step). On entry
     /// `acts.logits` holds ∂L/∂logits (as the cross-entropy and PPO loss kernels leave it, in
     /// place of the logits), or is None after `forward_without_logits` (no LM-head gradient);
-    /// `dvalues` [B, T] and `drewards` [B, T] are the gradients reaching the value and reward
-    /// heads, when the loss uses them.
+    /// `dvalues` [B, W] and `drewards` [B, W] are the gradients reaching the value and reward
+    /// heads, when the loss uses them (W: the forward's head window).
     pub fn backward(
         &self,
         rec: &mut Recorder,
@@ -411,21 +493,29 @@ impl Model {
             Ok(z)
         };
         let p = &self.params;
-        // Heads: dlnf = dlogits · wte (+ the value and reward heads' contributions). The padded
-        // columns of dlogits are 0, so wte's padded rows get no gradient and stay zero.
+        // Heads: dx = dlogits · wte (+ the value and reward heads' contributions) for their
+        // input x, lnf at the head window's positions; dlnf is dx there and 0 elsewhere. The
+        // padded columns of dlogits are 0, so wte's padded rows get no gradient and stay zero.
+        let (window, x) = (acts.window, &acts.head_input);
+        let bw = b * window.len;
         let dlnf = gpu.tensor(&[b, t, c], DType::F32)?;
+        let whole = window == HeadWindow::whole(t);
+        let dx = if whole { dlnf.clone() } else { gpu.tensor(&[bw, c], DType::F32)? };
         match &acts.logits {
             Some(dlogits) => {
-                matmul(rec, &dlnf, dlogits, &p.wte, None, Layout::NN, false)?;
-                matmul(rec, &grads.wte, dlogits, &acts.lnf, None, Layout::TN, true)?; // dwte += dlogitsᵀ · lnf
+                matmul(rec, &dx, dlogits, &p.wte, None, Layout::NN, false)?;
+                matmul(rec, &grads.wte, dlogits, x, None, Layout::TN, true)?; // dwte += dlogitsᵀ · x
             }
-            None => rec.zero(&dlnf),
+            None => rec.zero(&dx),
         }
         if let (Some((w, _)), Some((dw, db)), Some(dv)) = (&p.v_head, &grads.v_head, dvalues) {
-            linear_backward(rec, &dlnf, true, dw, Some(db), &dv.reshape(&[b * t, 1])?, &acts.lnf, w)?;
+            linear_backward(rec, &dx, true, dw, Some(db), &dv.reshape(&[bw, 1])?, x, w)?;
         }
         if let (Some(w), Some(dw), Some(dr)) = (&p.score, &grads.score, drewards) {
-            linear_backward(rec, &dlnf, true, dw, None, &dr.reshape(&[b * t, 1])?, &acts.lnf, w)?;
+            linear_backward(rec, &dx, true, dw, None, &dr.reshape(&[bw, 1])?, x, w)?;
+        }
+        if !whole {
+            window_scatter(rec, &dlnf.reshape(&[b, t * c])?, &dx.reshape(&[b, window.len * c])?, window.start * c)?;
         }
 
         // ln_f. `dresidual` carries ∂L/∂(residual stream) down through the blocks: every

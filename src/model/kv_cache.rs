@@ -14,7 +14,7 @@ use crate::kernels::f16_weights::{self, WeightFormat, in_format};
 use crate::kernels::kv_cache::{self, CacheShape, KvFormat, decode_attention, kv_cache_write};
 use crate::kernels::layernorm::{layernorm_forward, residual_layernorm_forward};
 use crate::kernels::matmul::{linear_forward, linear_forward_gelu};
-use crate::kernels::rollout::gather_rows;
+use crate::kernels::window::window_gather;
 
 /// Every layer's keys and values for B rows of up to `t_max` positions, and which positions
 /// hold real tokens.
@@ -128,14 +128,8 @@ impl Model {
         for (layer, a) in cache.layers.iter().zip(&acts.layers) {
             kv_cache_write(rec, layer, &a.qkv, cache.shape, 0)?;
         }
-        let (b, p) = (prompts.b, prompts.t);
-        let last: Vec<u32> = (0..b).map(|row| (row * p + p - 1) as u32).collect();
-        gather_rows(
-            rec,
-            &s.ln,
-            &acts.lnf.reshape(&[b * p, self.config.n_embd])?,
-            &self.gpu().upload_u32(&[b], &last)?,
-        )?;
+        let (b, p, c) = (prompts.b, prompts.t, self.config.n_embd);
+        window_gather(rec, &s.ln, &acts.lnf.reshape(&[b, p * c])?, (p - 1) * c)?;
         self.lm_head(rec, &s.logits, &s.ln)
     }
 

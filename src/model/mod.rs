@@ -9,7 +9,7 @@ pub mod optimizer;
 
 pub use checkpoint::Checkpoint;
 pub use config::{GptConfig, Heads, ParamKind, ParamSpec};
-pub use gpt::{Activations, Batch, Model, Params};
+pub use gpt::{Activations, Batch, HeadWindow, Model, Params};
 
 use crate::error::Result;
 use crate::gpu::Gpu;

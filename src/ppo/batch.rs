@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::ppo::INPUT_COLUMNS;
 use crate::kernels::rollout::{LossInputs, pack_loss_inputs};
+use crate::model::HeadWindow;
 use crate::model::checkpoint::{f32_entry, safetensors_bytes, write_atomically};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::path::Path;
@@ -157,31 +158,34 @@ impl RolloutBatch {
 
 /// A rollout batch as the PPO update reads it: the tokens and masks on the host (the update
 /// gathers minibatch rows of them and groups embedding gradients by token), and the per-token
-/// floats packed on the GPU as the loss kernels' input block.
+/// floats packed on the GPU as the loss kernels' input block, over the positions of the head
+/// window only (the model's heads run there: `HeadWindow::trained`).
 pub struct PpoBatch {
     pub b: usize,
     pub l: usize,
     pub input_ids: Vec<u32>,
     pub attention_mask: Vec<u32>,
     pub response_mask: Vec<f32>,
-    /// [B·L, 8]: the loss kernels' per-token inputs (`kernels::ppo::INPUT_COLUMNS`).
+    /// The positions of each row that the losses read, W = window.len of them.
+    pub window: HeadWindow,
+    /// [B·W, 8]: the loss kernels' per-token inputs (`kernels::ppo::INPUT_COLUMNS`) at the
+    /// window's positions.
     pub inputs: Tensor,
 }
 
 impl PpoBatch {
     /// Uploads a batch read from a file and packs its inputs on the GPU (what it lacks is 0).
     pub fn upload(gpu: &Arc<Gpu>, batch: &RolloutBatch) -> Result<PpoBatch> {
-        let shape = [batch.b, batch.l];
+        let window = HeadWindow::trained(&batch.response_mask, batch.l);
+        let shape = [batch.b, window.len];
+        let up = |x: &[f32]| gpu.upload(&shape, &window.slice(x, batch.l));
         let zeros = vec![0.0; batch.b * batch.l];
-        let up = |x: &Option<Vec<f32>>| gpu.upload(&shape, x.as_deref().unwrap_or(&zeros));
-        let (mask, old_logprobs, advantages) = (
-            gpu.upload(&shape, &batch.response_mask)?,
-            gpu.upload(&shape, &batch.old_logprobs)?,
-            gpu.upload(&shape, &batch.advantages)?,
-        );
+        let up_or_zeros = |x: &Option<Vec<f32>>| up(x.as_deref().unwrap_or(&zeros));
+        let (mask, old_logprobs, advantages) =
+            (up(&batch.response_mask)?, up(&batch.old_logprobs)?, up(&batch.advantages)?);
         let (old_values, returns, ref_logprobs) =
-            (up(&batch.old_values)?, up(&batch.returns)?, up(&batch.ref_logprobs)?);
-        let inputs = gpu.tensor(&[batch.b * batch.l, INPUT_COLUMNS], DType::F32)?;
+            (up_or_zeros(&batch.old_values)?, up_or_zeros(&batch.returns)?, up_or_zeros(&batch.ref_logprobs)?);
+        let inputs = gpu.tensor(&[batch.b * window.len, INPUT_COLUMNS], DType::F32)?;
         let mut rec = Recorder::new(gpu);
         let x = LossInputs {
             mask: &mask,
@@ -199,6 +203,7 @@ impl PpoBatch {
             input_ids: batch.input_ids.clone(),
             attention_mask: batch.attention_mask.clone(),
             response_mask: batch.response_mask.clone(),
+            window,
             inputs,
         })
     }

@@ -15,7 +15,7 @@ use crate::kernels::group_advantages::{group_advantages, sequence_returns};
 use crate::kernels::ppo::{INPUT_COLUMNS, logprob_entropy};
 use crate::kernels::rewards::{KlEstimator, kl_rewards, masked_moments, masked_whiten};
 use crate::kernels::rollout::{LossInputs, pack_loss_inputs, values_per_token};
-use crate::model::{Batch, Model};
+use crate::model::{Batch, HeadWindow, Model};
 use std::sync::Arc;
 
 /// B rows of L = P + R positions: left padding, the prompt, the response up to and including
@@ -77,6 +77,15 @@ impl Sequences {
     /// The sequences as a model batch (Hugging Face position ids from the mask).
     pub fn batch(&self, model: &Model) -> Result<Batch> {
         Batch::new(model.gpu(), &model.config, &self.input_ids, &self.attention_mask, self.b, self.l)
+    }
+
+    /// The positions whose hidden states the losses read: from the prompt's last position,
+    /// which predicts the first response token, to the end. It depends on the layout alone, so
+    /// that every iteration's tensors keep their shapes and the buffer pool serves them all
+    /// (docs/design.md §7).
+    pub fn head_window(&self) -> HeadWindow {
+        let start = self.prompt_len.max(1) - 1;
+        HeadWindow { start, len: self.l - start }
     }
 
     pub fn mean_response_len(&self) -> f32 {
@@ -162,14 +171,18 @@ pub fn prepare(
         )));
     }
     let batch = seqs.batch(policy)?;
-    let tokens = gpu.upload_u32(&[b * l], &seqs.input_ids)?;
-    let mask = gpu.upload(&[b, l], &seqs.response_mask)?;
+    // The heads run, and every per-token tensor below lives, at the window's W positions of
+    // each row: from the last prompt position to the end.
+    let window = seqs.head_window();
+    let w = window.len;
+    let tokens = gpu.upload_u32(&[b * w], &window.slice(&seqs.input_ids, l))?;
+    let mask = gpu.upload(&[b, w], &window.slice(&seqs.response_mask, l))?;
     let f32s = |shape: &[usize]| gpu.tensor(shape, DType::F32);
     let (old_logprobs, entropy, ref_logprobs, ref_entropy) =
-        (f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?);
+        (f32s(&[b, w])?, f32s(&[b, w])?, f32s(&[b, w])?, f32s(&[b, w])?);
     let (old_values, kl, rewards, advantages, returns) =
-        (f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?, f32s(&[b, l])?);
-    let inputs = f32s(&[b * l, INPUT_COLUMNS])?;
+        (f32s(&[b, w])?, f32s(&[b, w])?, f32s(&[b, w])?, f32s(&[b, w])?, f32s(&[b, w])?);
+    let inputs = f32s(&[b * w, INPUT_COLUMNS])?;
     // Moments of KL, entropy, raw advantages, returns and values, one 256-byte slot each; then
     // the scores.
     const SLOT: usize = 64;
@@ -178,9 +191,9 @@ pub fn prepare(
 
     let mut rec = Recorder::new(gpu);
     {
-        let acts = policy.forward(&mut rec, &batch)?;
-        let logits = acts.logits()?.reshape(&[b * l, vp])?;
-        logprob_entropy(&mut rec, &old_logprobs, &entropy, &logits, &tokens, l, cfg.temperature)?;
+        let acts = policy.forward_window(&mut rec, &batch, window)?;
+        let logits = acts.logits()?.reshape(&[b * w, vp])?;
+        logprob_entropy(&mut rec, &old_logprobs, &entropy, &logits, &tokens, w, cfg.temperature)?;
         match &acts.values {
             Some(values) => values_per_token(&mut rec, &old_values, values)?,
             None => rec.zero(&old_values),
@@ -188,9 +201,9 @@ pub fn prepare(
     }
     match reference {
         Some(reference) => {
-            let acts = reference.forward(&mut rec, &batch)?;
-            let logits = acts.logits()?.reshape(&[b * l, vp])?;
-            logprob_entropy(&mut rec, &ref_logprobs, &ref_entropy, &logits, &tokens, l, cfg.temperature)?;
+            let acts = reference.forward_window(&mut rec, &batch, window)?;
+            let logits = acts.logits()?.reshape(&[b * w, vp])?;
+            logprob_entropy(&mut rec, &ref_logprobs, &ref_entropy, &logits, &tokens, w, cfg.temperature)?;
         }
         None => rec.copy(&old_logprobs, &ref_logprobs),
     }
@@ -256,6 +269,7 @@ pub fn prepare(
         input_ids: seqs.input_ids.clone(),
         attention_mask: seqs.attention_mask.clone(),
         response_mask: seqs.response_mask.clone(),
+        window,
         inputs,
     };
     Ok(Rollout {
@@ -273,20 +287,23 @@ pub fn prepare(
 }
 
 impl Rollout {
-    /// The batch in the file format of docs/design.md §6 (downloads the per-token tensors).
+    /// The batch in the file format of docs/design.md §6 (downloads the per-token tensors;
+    /// outside the head window, where nothing is trained, they are 0).
     pub fn to_file(&self) -> Result<RolloutBatch> {
-        let gpu = &self.gpu;
+        let (window, l) = (self.batch.window, self.batch.l);
+        let get = |x: &Tensor| Ok::<_, Error>(window.expand(&self.gpu.download(x)?, l));
+        let critic = self.algo.has_value_head();
         Ok(RolloutBatch {
             b: self.batch.b,
-            l: self.batch.l,
+            l,
             input_ids: self.batch.input_ids.clone(),
             attention_mask: self.batch.attention_mask.clone(),
             response_mask: self.batch.response_mask.clone(),
-            old_logprobs: gpu.download(&self.old_logprobs)?,
-            old_values: self.algo.has_value_head().then(|| gpu.download(&self.old_values)).transpose()?,
-            advantages: gpu.download(&self.advantages)?,
-            returns: self.algo.has_value_head().then(|| gpu.download(&self.returns)).transpose()?,
-            ref_logprobs: Some(gpu.download(&self.ref_logprobs)?),
+            old_logprobs: get(&self.old_logprobs)?,
+            old_values: critic.then(|| get(&self.old_values)).transpose()?,
+            advantages: get(&self.advantages)?,
+            returns: critic.then(|| get(&self.returns)).transpose()?,
+            ref_logprobs: Some(get(&self.ref_logprobs)?),
             scores: Some(self.scores.clone()),
         })
     }

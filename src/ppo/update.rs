@@ -226,6 +226,8 @@ pub fn ppo_update(
 ) -> Result<(UpdateStats, Option<GradDump>)> {
     let gpu = model.gpu().clone();
     let (b, l, vp) = (batch.b, batch.l, model.config.padded_vocab_size());
+    // The heads and the losses run at the window's W positions of each row.
+    let (window, w) = (batch.window, batch.window.len);
     ensure_shape(model.heads.value == opts.algo.has_value_head(), || {
         let want = if opts.algo.has_value_head() { "with" } else { "without" };
         format!("the {} update needs a model {want} a value head (v_head.summary.*)", opts.algo)
@@ -273,31 +275,31 @@ pub fn ppo_update(
                 let n = rows.len();
                 let ids = batch.gather(&batch.input_ids, rows);
                 let mb_batch = Batch::new(&gpu, &model.config, &ids, &batch.gather(&batch.attention_mask, rows), n, l)?;
-                let tokens = gpu.upload_u32(&[n * l], &ids)?;
+                let tokens = gpu.upload_u32(&[n * w], &window.slice(&ids, l))?;
                 let row_ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-                let inputs = gpu.tensor(&[n * l, INPUT_COLUMNS], DType::F32)?;
+                let inputs = gpu.tensor(&[n * w, INPUT_COLUMNS], DType::F32)?;
                 gather_rows(
                     &mut rec,
                     &inputs,
-                    &batch.inputs.reshape(&[b, l * INPUT_COLUMNS])?,
+                    &batch.inputs.reshape(&[b, w * INPUT_COLUMNS])?,
                     &gpu.upload_u32(&[n], &row_ids)?,
                 )?;
-                let (token_stats, micro_stats) = (gpu.tensor(&[n * l, 8], DType::F32)?, gpu.tensor(&[8], DType::F32)?);
-                let acts = model.forward(&mut rec, &mb_batch)?;
-                let logits = acts.logits()?.reshape(&[n * l, vp])?;
+                let (token_stats, micro_stats) = (gpu.tensor(&[n * w, 8], DType::F32)?, gpu.tensor(&[8], DType::F32)?);
+                let acts = model.forward_window(&mut rec, &mb_batch, window)?;
+                let logits = acts.logits()?.reshape(&[n * w, vp])?;
                 // PPO's value head, and the gradient of its output.
-                let values = acts.values.as_ref().map(|x| x.reshape(&[n * l])).transpose()?;
-                let dvalues = values.as_ref().map(|_| gpu.tensor(&[n, l], DType::F32)).transpose()?;
+                let values = acts.values.as_ref().map(|x| x.reshape(&[n * w])).transpose()?;
+                let dvalues = values.as_ref().map(|_| gpu.tensor(&[n, w], DType::F32)).transpose()?;
                 let mb = PpoMinibatch {
                     logits: &logits,
                     tokens: &tokens,
                     inputs: &inputs,
                     values: values.as_ref(),
-                    seq: l,
+                    seq: w,
                     count,
                     sequences,
                 };
-                let flat_dvalues = dvalues.as_ref().map(|d| d.reshape(&[n * l])).transpose()?;
+                let flat_dvalues = dvalues.as_ref().map(|d| d.reshape(&[n * w])).transpose()?;
                 ppo_loss_fused(&mut rec, &mb, &opts.loss, flat_dvalues.as_ref(), &token_stats)?;
                 ppo_stats_reduce(&mut rec, &micro_stats, &token_stats)?;
                 accumulate(&mut rec, &mb_stats, &micro_stats)?;

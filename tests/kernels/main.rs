@@ -26,3 +26,4 @@ mod rollout;
 mod sampling;
 mod shaders;
 mod variants;
+mod window;

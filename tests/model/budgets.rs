@@ -46,10 +46,15 @@ fn a_ppo_iteration_keeps_its_round_trip_and_allocation_budgets() {
             kv_format: None,
             weight_format: None,
         };
-        let generation = generate(&policy, &prompts, &opts).unwrap();
+        let mut generation = generate(&policy, &prompts, &opts).unwrap();
         let rolled = gpu.counts();
         assert_eq!((rolled - start).readbacks, 1, "a rollout reads its tokens back once");
 
+        // As if they had ended early, at other lengths in each iteration (the first's at most 8
+        // tokens): the rollout's and the update's shapes follow the layout, not the lengths.
+        for (row, response) in generation.responses.iter_mut().enumerate() {
+            response.truncate(if it == 0 { 5 + row % 4 } else { 12 - row % 3 });
+        }
         let seqs = Sequences::new(&generation, 12, None);
         let samples: Vec<Sample> = (0..8).map(|_| Sample { prompt: String::new(), response: String::new() }).collect();
         let mut rec = Recorder::new(&gpu);

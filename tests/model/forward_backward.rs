@@ -3,7 +3,7 @@
 
 use crate::suite_gpu::suite_gpu;
 use ppo_wgpu::gpu::{Gpu, Recorder};
-use ppo_wgpu::model::{Batch, Checkpoint, GptConfig, Heads, Model};
+use ppo_wgpu::model::{Batch, Checkpoint, GptConfig, HeadWindow, Heads, Model};
 use ppo_wgpu::reference;
 use ppo_wgpu::rng::Rng;
 use std::sync::{Arc, OnceLock};
@@ -203,4 +203,108 @@ fn a_forward_without_logits_gives_the_heads_and_gradients_of_the_whole_model() {
     assert_eq!(got_heads, want_heads, "values and rewards");
     let worst = got_grads.iter().zip(&want_grads).map(|(g, w)| (g - w).abs() / (1.0 + w.abs())).fold(0.0f32, f32::max);
     assert!(worst <= 1e-5, "gradients differ by {worst} (relative)");
+}
+
+/// A forward with a head window (`forward_window`, as the PPO update and the rollout run it):
+/// logits, values and rewards equal to the whole model's at the window's positions, and the
+/// parameter gradients of the whole model's backward with the heads' gradients zero outside the
+/// window (whose backward the finite-difference test above checks). The window's matrices are
+/// smaller, so an adapter may pick other matmul variants for them: compared within 1e-5.
+#[test]
+fn a_forward_with_a_head_window_gives_the_whole_model_at_its_positions() {
+    let config = small_config();
+    let heads = Heads { value: true, reward: true };
+    let ck = random_checkpoint(&config, heads, 7);
+    let (b, t) = (3, 10);
+    let window = HeadWindow { start: 3, len: 5 };
+    let mut rng = Rng::new(8);
+    let (ids, mask) = batch_inputs(&config, b, t, &mut rng);
+    let vp = config.padded_vocab_size();
+    let inside = |i: usize, width: usize| (window.start..window.start + window.len).contains(&(i / width % t));
+    // The heads' gradients, zero outside the window (and in the padded columns of the logits).
+    let g_logits: Vec<f64> =
+        (0..b * t * vp).map(|i| if inside(i, vp) && i % vp < config.vocab_size { rng.normal() } else { 0.0 }).collect();
+    let g_values: Vec<f64> = (0..b * t).map(|i| if inside(i, 1) { rng.normal() } else { 0.0 }).collect();
+    let g_rewards: Vec<f64> = (0..b * t).map(|i| if inside(i, 1) { rng.normal() } else { 0.0 }).collect();
+
+    let gpu = gpu();
+    let model = Model::upload(&gpu, &ck).unwrap();
+    let batch = Batch::new(&gpu, &config, &ids, &mask, b, t).unwrap();
+    let up = |x: &[f64], shape: &[usize]| gpu.upload(shape, &x.iter().map(|&v| v as f32).collect::<Vec<_>>()).unwrap();
+    let in_window = |x: &[f64], width: usize| {
+        let rows: Vec<f64> =
+            x.chunks(width).enumerate().filter(|(j, _)| inside(*j, 1)).flat_map(|(_, r)| r.to_vec()).collect();
+        up(&rows, &[b, window.len, width])
+    };
+    // (logits, values, rewards, flat gradient) of one forward and backward.
+    let run = |window: HeadWindow| {
+        let mut rec = Recorder::new(&gpu);
+        let acts = model.forward_window(&mut rec, &batch, window).unwrap();
+        let outputs =
+            [acts.logits().unwrap(), acts.values.as_ref().unwrap(), acts.rewards.as_ref().unwrap()].map(|x| x.clone());
+        rec.submit();
+        let outputs = outputs.map(|x| gpu.download(&x).unwrap());
+        let mut rec = Recorder::new(&gpu);
+        let grads = model.zeros_like_params(&mut rec).unwrap();
+        let ((dlogits, dvalues, drewards), whole) = if window == HeadWindow::whole(t) {
+            ((up(&g_logits, &[b, t, vp]), up(&g_values, &[b, t]), up(&g_rewards, &[b, t])), true)
+        } else {
+            ((in_window(&g_logits, vp), in_window(&g_values, 1), in_window(&g_rewards, 1)), false)
+        };
+        assert_eq!(acts.logits().unwrap().len(), dlogits.len(), "logits [B, W, Vp] (whole: {whole})");
+        rec.copy(&dlogits, acts.logits().unwrap());
+        let (dvalues, drewards) =
+            (dvalues.reshape(&[b, window.len]).unwrap(), drewards.reshape(&[b, window.len]).unwrap());
+        model.backward(&mut rec, &batch, &acts, Some(&dvalues), Some(&drewards), &grads).unwrap();
+        rec.submit();
+        (outputs, gpu.download(&grads.flat).unwrap())
+    };
+    // The whole model first, so that the window's scratch comes from the pool holding its data:
+    // a gradient the scatter left unwritten outside the window would show.
+    let (whole, want_grads) = run(HeadWindow::whole(t));
+    let (got, got_grads) = run(window);
+    let relative = |got: &[f32], want: &[f32]| {
+        assert_eq!(got.len(), want.len());
+        got.iter().zip(want).map(|(g, w)| (g - w).abs() / (1.0 + w.abs())).fold(0.0f32, f32::max)
+    };
+    for (k, (name, width)) in [("logits", vp), ("values", 1), ("rewards", 1)].into_iter().enumerate() {
+        let want: Vec<f32> =
+            whole[k].chunks(width).enumerate().filter(|(j, _)| inside(*j, 1)).flat_map(|(_, r)| r.to_vec()).collect();
+        let worst = relative(&got[k], &want);
+        assert!(worst <= 1e-5, "{name} at the window's positions differ by {worst} (relative)");
+    }
+    let worst = relative(&got_grads, &want_grads);
+    assert!(worst <= 1e-5, "gradients differ by {worst} (relative)");
+
+    // A window past the sequence's end is refused.
+    let err = model
+        .forward_window(&mut Recorder::new(&gpu), &batch, HeadWindow { start: 6, len: 5 })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("head window 6..11 is not within the batch's 10 positions"), "{err}");
+}
+
+/// The PPO update's head window: from the position before the first trained token of any row
+/// (a response token at j ≥ 1) to the last trained one of any row; the whole sequence when
+/// nothing is trained. `slice` and `expand` move [B, T] values into it and back.
+#[test]
+fn the_trained_window_spans_every_trained_token_and_the_position_before_it() {
+    let t = 8;
+    // Responses at 4..6 and 3..5 (prompts of different lengths), and one row with none.
+    let mask: Vec<f32> = [[0., 0., 0., 0., 1., 1., 1., 0.], [0., 0., 0., 1., 1., 1., 0., 0.], [0.; 8]].concat();
+    let window = HeadWindow::trained(&mask, t);
+    assert_eq!(window, HeadWindow { start: 2, len: 5 });
+    let x: Vec<f32> = (0..3 * t).map(|i| i as f32).collect();
+    let sliced = window.slice(&x, t);
+    assert_eq!(sliced[..5], [2.0, 3.0, 4.0, 5.0, 6.0]);
+    let back = window.expand(&sliced, t);
+    for (i, (&y, &want)) in back.iter().zip(&x).enumerate() {
+        assert_eq!(y, if (2..7).contains(&(i % t)) { want } else { 0.0 }, "expand at {i}");
+    }
+    // A token at position 0 is never trained (nothing predicts it); with none trained, or none
+    // at all, the window is the whole sequence.
+    assert_eq!(HeadWindow::trained(&[1., 0., 0.], 3), HeadWindow::whole(3));
+    assert_eq!(HeadWindow::trained(&[1., 1., 0.], 3), HeadWindow { start: 0, len: 2 });
+    assert_eq!(HeadWindow::trained(&[0.; 6], 3), HeadWindow::whole(3));
 }

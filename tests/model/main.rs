@@ -16,6 +16,7 @@ mod memory;
 mod optimizer;
 mod ppo_fixture;
 mod reward_train;
+mod rollout;
 mod score_and_tokenizer;
 mod sft_generate;
 mod train;
