@@ -590,15 +590,23 @@ fn bench_adamw(bx: &mut Bench, c: &mut Criterion) {
         let (p, g) = (bx.rng.normals(n, 1.0), bx.rng.normals(n, 1.0));
         let (tp, tg, tm, tv) = (bx.up(&p, &[n]), bx.up(&g, &[n]), bx.empty(&[n]), bx.empty(&[n]));
         let (norm_scale, partial) = (bx.empty(&[2]), bx.empty(&[adamw::NORM_PARTIALS]));
-        let mut rec = Recorder::new(&bx.gpu);
-        adamw::grad_norm(&mut rec, &norm_scale, &partial, &tg, 1.0).unwrap();
-        rec.submit();
-        let (norm, scale) = reference::grad_norm(&g, 1.0);
-        bx.check("grad norm", &norm_scale, &[norm, scale], 1e-5, 1e-4);
+        let chosen = adamw::norm_variant(&bx.gpu).unwrap();
+        for variant in chosen_first(chosen, &adamw::NORM_VARIANTS) {
+            let mut rec = Recorder::new(&bx.gpu);
+            adamw::grad_norm_with_variant(&mut rec, variant, &norm_scale, &partial, &tg, 1.0).unwrap();
+            rec.submit();
+            let (norm, scale) = reference::grad_norm(&g, 1.0);
+            bx.check("grad norm", &norm_scale, &[norm, scale], 1e-5, 1e-4);
+            let mark = if variant == chosen { " (chosen)" } else { "" };
+            bx.time(
+                c,
+                "adamw",
+                &format!("grad norm {label} {variant:?}{mark}"),
+                counting_bytes((n * 4) as f64),
+                |rec| adamw::grad_norm_with_variant(rec, variant, &norm_scale, &partial, &tg, 1.0).unwrap(),
+            );
+        }
         let hp = adamw::AdamW::default();
-        bx.time(c, "adamw", &format!("grad norm {label}"), counting_bytes((n * 4) as f64), |rec| {
-            adamw::grad_norm(rec, &norm_scale, &partial, &tg, 1.0).unwrap()
-        });
         // Reads param, grad, m, v; writes param, m, v.
         bx.time(c, "adamw", &format!("update {label}"), counting_bytes((7 * n * 4) as f64), |rec| {
             adamw::adamw_update(rec, &tp, &tm, &tv, &tg, &norm_scale, &hp, 1).unwrap()

@@ -377,6 +377,7 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     ppo_wgpu::kernels::matmul::variant(gpu)?;
     ppo_wgpu::kernels::matmul::narrow_variant(gpu)?;
     ppo_wgpu::kernels::layernorm::variant(gpu)?;
+    ppo_wgpu::kernels::adamw::norm_variant(gpu)?;
     ppo_wgpu::kernels::cross_entropy::variant(gpu)?;
     ppo_wgpu::kernels::ppo::row_variant(gpu)?;
     ppo_wgpu::kernels::attention::variant(gpu)?;

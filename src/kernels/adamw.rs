@@ -1,10 +1,21 @@
-//! Global gradient norm with clipping, and AdamW. Shader: `adamw.wgsl`.
+//! Global gradient norm with clipping, and AdamW. Shader: `adamw.wgsl`. The norm's first pass
+//! has two variants, chosen per adapter by measurement (`norm_variant`): workgroups reducing in
+//! workgroup memory, or a span per subgroup summed with subgroupAdd (`adamw_subgroup.wgsl`).
 
 use super::{bind, elementwise, expect_len, groups, row_ranges};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Recorder, Shader, Tensor, Work};
+use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call};
+use std::sync::Arc;
 
 pub const SHADER: Shader = Shader { name: "adamw", source: include_str!("../../shaders/adamw.wgsl"), includes: &[] };
+
+/// The subgroup form of the norm's first pass: a module of its own, since it compiles only on
+/// adapters with subgroups; everything else comes from adamw.wgsl, included after it.
+pub const SUBGROUP_SHADER: Shader = Shader {
+    name: "adamw_subgroup",
+    source: include_str!("../../shaders/adamw_subgroup.wgsl"),
+    includes: &[include_str!("../../shaders/adamw.wgsl")],
+};
 
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 256;
@@ -49,10 +60,75 @@ impl Default for AdamW {
     }
 }
 
+/// How the norm's first pass spreads the gradient over invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormVariant {
+    /// Workgroups walking the gradient grid-stride, each adding its invocations' sums in
+    /// workgroup memory (barriers).
+    Workgroup,
+    /// A contiguous span of the gradient per subgroup, its lanes on neighbouring vec4s, summed
+    /// with subgroupAdd: no barriers. Only for gradients of whole vec4s on adapters with
+    /// subgroups; elsewhere the workgroup form runs.
+    SubgroupSpans,
+}
+
+/// The names of the variants, as `PPO_WGPU_GRAD_NORM` and the cache spell them.
+pub const NORM_VARIANTS: [(NormVariant, &str); 2] =
+    [(NormVariant::Workgroup, "workgroup"), (NormVariant::SubgroupSpans, "subgroup-spans")];
+
+/// The gradient-norm variant this adapter runs: chosen by measurement on first use and cached
+/// (see `gpu::variants`), or forced with PPO_WGPU_GRAD_NORM=workgroup|subgroup-spans.
+pub fn norm_variant(gpu: &Arc<Gpu>) -> Result<NormVariant> {
+    choose_by_measurement(gpu, "grad_norm", &NORM_VARIANTS, "GB/s", measure_norm_variant)
+}
+
+/// A variant's GB/s over gradients of the tiny model's size and of 8M floats (a slice of
+/// GPT-2's), after a check against the CPU reference (None if it fails).
+fn measure_norm_variant(gpu: &Arc<Gpu>, variant: NormVariant) -> Result<Option<f64>> {
+    if variant == NormVariant::SubgroupSpans && !gpu.has_subgroups() {
+        return Ok(None); // it would run the workgroup form: nothing of its own to measure
+    }
+    let mut rng = crate::rng::Rng::new(13);
+    let (norm_scale, partial) =
+        (gpu.tensor(&[2], crate::gpu::DType::F32)?, gpu.tensor(&[NORM_PARTIALS], crate::gpu::DType::F32)?);
+    let (mut bytes, mut seconds) = (0.0, 0.0);
+    for n in [4 * 1237, 1 << 20, 1 << 23] {
+        let grad: Vec<f32> = (0..n).map(|_| rng.normal() as f32 * 0.1).collect();
+        let t_grad = gpu.upload(&[n], &grad)?;
+        let step = |rec: &mut Recorder| grad_norm_with_variant(rec, variant, &norm_scale, &partial, &t_grad, 1.0);
+        if n == 4 * 1237 {
+            let mut rec = Recorder::new(gpu);
+            step(&mut rec)?;
+            rec.submit();
+            let (norm, scale) = crate::reference::grad_norm(&grad.iter().map(|&g| g as f64).collect::<Vec<_>>(), 1.0);
+            if !matches_reference(&gpu.download(&norm_scale)?, &[norm, scale]) {
+                return Ok(None);
+            }
+            continue;
+        }
+        seconds += seconds_per_call(gpu, step)?;
+        bytes += (4 * n) as f64;
+    }
+    Ok(Some(bytes / seconds / 1e9))
+}
+
 /// norm_scale [2] = [‖grad‖₂, clip scale] where the scale is min(1, max_norm/(‖grad‖+1e-6))
 /// (1 when max_norm ≤ 0). `partial` [NORM_PARTIALS] is scratch.
 pub fn grad_norm(
     rec: &mut Recorder,
+    norm_scale: &Tensor,
+    partial: &Tensor,
+    grad: &Tensor,
+    max_norm: f32,
+) -> Result<()> {
+    let variant = norm_variant(rec.gpu())?;
+    grad_norm_with_variant(rec, variant, norm_scale, partial, grad, max_norm)
+}
+
+/// As `grad_norm`, with the variant named (benches and tests compare them).
+pub fn grad_norm_with_variant(
+    rec: &mut Recorder,
+    variant: NormVariant,
     norm_scale: &Tensor,
     partial: &Tensor,
     grad: &Tensor,
@@ -66,19 +142,36 @@ pub fn grad_norm(
     ensure_shape(per_slice > 0, || {
         format!("gradient of {} floats needs more than {NORM_PARTIALS} binding slices", grad.len())
     })?;
+    // The subgroup form's partial sums per workgroup, at most (one per subgroup).
+    let sums_per_group = WG / gpu.min_subgroup_size();
     // Workgroups that do not run would leave stale partials: clear them.
     rec.zero(partial);
     for (i, (start, n)) in slices.into_iter().enumerate() {
         let slice = grad.view(&gpu, start, &[n])?;
         let vec4 = n.is_multiple_of(4);
-        let wgs = groups(if vec4 { n / 4 } else { n }, WG * NORM_MIN_PER_INVOCATION).clamp(1, per_slice);
         let p = Params { n: n as u32, max_norm, first_partial: (i * per_slice) as u32, ..Default::default() };
+        let work = Work::flops(2 * n, n); // Σ g²
+        let wanted = groups(if vec4 { n / 4 } else { n }, WG * NORM_MIN_PER_INVOCATION);
+        if variant == NormVariant::SubgroupSpans && vec4 && gpu.has_subgroups() && per_slice >= sums_per_group {
+            let wgs = wanted.clamp(1, per_slice / sums_per_group);
+            let b = [bind(9, &slice), bind(2, partial)];
+            rec.dispatch(
+                &SUBGROUP_SHADER,
+                "grad_norm_partial_sg4",
+                &[],
+                bytemuck::bytes_of(&p),
+                &b,
+                [wgs as u32, 1, 1],
+                work,
+            )?;
+            continue;
+        }
+        let wgs = wanted.clamp(1, per_slice);
         let (entry, b) = if vec4 {
             ("grad_norm_partial4", [bind(9, &slice), bind(2, partial)])
         } else {
             ("grad_norm_partial", [bind(1, &slice), bind(2, partial)])
         };
-        let work = Work::flops(2 * n, n); // Σ g²
         rec.dispatch(&SHADER, entry, &[], bytemuck::bytes_of(&p), &b, [wgs as u32, 1, 1], work)?;
     }
     let p = Params { n: NORM_PARTIALS as u32, max_norm, ..Default::default() };

@@ -111,6 +111,7 @@ pub(crate) fn groups(n: usize, size: usize) -> usize {
 /// Every shader of the crate, for validation and for warming the pipeline cache.
 pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &adamw::SHADER,
+    &adamw::SUBGROUP_SHADER,
     &attention::SHADER,
     &attention::SUBGROUP_SHADER,
     &cross_entropy::SHADER,

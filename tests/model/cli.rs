@@ -234,6 +234,7 @@ fn info_shows_the_kernel_choice_and_the_environment_forces_one() {
         "matmul",
         "matmul_narrow",
         "layernorm",
+        "grad_norm",
         "cross_entropy",
         "attention",
         "texture_pack",
