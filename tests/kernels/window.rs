@@ -12,10 +12,22 @@ fn window_gather_and_scatter_match_plain_indexing() {
     let gpu = gpu();
     let mut rng = Rng::new(404);
     // (rows, stride, first, width): a window inside ragged rows, one at each end, the whole
-    // row, one column of one row, and a wide window past a 256-value workgroup.
-    for (rows, stride, first, width) in
-        [(5, 37, 11, 9), (3, 29, 0, 4), (4, 23, 17, 6), (6, 13, 0, 13), (1, 1, 0, 1), (2, 700, 3, 611)]
-    {
+    // row, one column of one row, and a wide window past a 256-value workgroup; then the same
+    // in whole vec4s (the vec4 forms).
+    for (rows, stride, first, width) in [
+        (5, 37, 11, 9),
+        (3, 29, 0, 4),
+        (4, 23, 17, 6),
+        (6, 13, 0, 13),
+        (1, 1, 0, 1),
+        (2, 700, 3, 611),
+        (5, 36, 8, 12),
+        (3, 32, 0, 4),
+        (4, 24, 16, 8),
+        (6, 12, 0, 12),
+        (1, 4, 0, 4),
+        (2, 1100, 64, 1036),
+    ] {
         let what = format!("rows={rows} stride={stride} first={first} width={width}");
         let whole = rng.normals(rows * stride, 1.0);
         let window = rng.normals(rows * width, 1.0);
