@@ -68,8 +68,10 @@ impl RolloutBatch {
             .map_err(|e| Error::Data(format!("{origin}: not a valid safetensors file: {e}")))?;
         let ids = tensor(&st, &origin, "input_ids")?;
         let (b, l) = match ids.shape() {
-            [b, l] => (*b, *l),
-            s => return Err(Error::Data(format!("{origin}: input_ids has shape {s:?}, expected [B, L]"))),
+            [b, l] if *b > 0 && *l > 0 => (*b, *l),
+            s => {
+                return Err(Error::Data(format!("{origin}: input_ids has shape {s:?}, expected [B, L] with B, L ≥ 1")));
+            }
         };
         let input_ids = match ids.dtype() {
             Dtype::I32 => {

@@ -143,6 +143,22 @@ fn a_bad_batch_file_names_the_tensor() {
     let shaped = rewrite("", "returns").unwrap_err();
     let want = format!("tensor returns has shape [{}, {}], expected [{}, {}]", good.l, good.b, good.b, good.l);
     assert!(shaped.contains(&want), "{shaped}");
+    // A batch of no positions is refused on load, before anything runs.
+    let empty = ppo_wgpu::ppo::batch::RolloutBatch {
+        l: 0,
+        input_ids: vec![],
+        attention_mask: vec![],
+        response_mask: vec![],
+        old_logprobs: vec![],
+        old_values: None,
+        advantages: vec![],
+        returns: None,
+        ref_logprobs: None,
+        ..good.clone()
+    };
+    empty.save(&path).unwrap();
+    let err = ppo_wgpu::ppo::batch::RolloutBatch::load(&path).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains(&format!("input_ids has shape [{}, 0], expected [B, L] with B, L ≥ 1", good.b)), "{err}");
     std::fs::write(&path, b"nope").unwrap();
     let (ok, _, stderr) =
         ppo_wgpu(&["update", "--model", &model, "--batch", path.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
