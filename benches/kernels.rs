@@ -19,7 +19,7 @@
 
 mod common;
 
-use criterion::{Criterion, Throughput};
+use criterion::{Criterion, SamplingMode, Throughput};
 use ppo_wgpu::gpu::{DType, Gpu, MatmulVariant, Recorder, Tensor, Work};
 use ppo_wgpu::kernels::matmul::{Layout, matmul_with_variant};
 use ppo_wgpu::kernels::{adamw, attention, cross_entropy, embedding, gelu, layernorm, residual};
@@ -62,8 +62,13 @@ impl Bench {
     /// Times `record` (one iteration's dispatches), `iters` iterations per submit.
     fn time(&self, c: &mut Criterion, group: &str, name: &str, work: Work, record: impl Fn(&mut Recorder)) {
         let mut g = c.benchmark_group(group);
-        // Short: the whole suite must finish in minutes on a 2-core software adapter.
-        g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+        // Short: the whole suite must finish in minutes on a 2-core software adapter. Flat
+        // sampling: a call slower than the measurement time runs 10 times, not the 55 of
+        // criterion's linear sampling (1 + 2 + … + 10 calls).
+        g.sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
+            .warm_up_time(Duration::from_millis(200))
+            .measurement_time(Duration::from_millis(800));
         g.throughput(if work.flops > 0.0 {
             Throughput::Elements(work.flops as u64)
         } else {

@@ -250,10 +250,10 @@ impl Batch {
 
 /// The positions of every sequence at which a forward runs its heads (the LM head, the value
 /// head, the reward head): `start .. start + len`. The PPO update and the rollout read logits
-/// only where a trained token is predicted, so their forwards run the heads from the position
-/// before the first response token to the last (`HeadWindow::trained`): for prompts as long as
-/// the responses, half of the LM head's work and memory (at GPT-2's vocabulary a third of a
-/// forward's work) is not done.
+/// only where a response token is predicted, so their forwards run the heads from the last
+/// prompt position on (`ppo::rollout::Sequences::head_window`; for a batch file, from its
+/// response mask: `HeadWindow::trained`): for prompts as long as the responses, half of the LM
+/// head's work and memory (at GPT-2's vocabulary a third of a forward's work) is not done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeadWindow {
     pub start: usize,

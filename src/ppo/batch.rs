@@ -161,7 +161,8 @@ impl RolloutBatch {
 /// A rollout batch as the PPO update reads it: the tokens and masks on the host (the update
 /// gathers minibatch rows of them and groups embedding gradients by token), and the per-token
 /// floats packed on the GPU as the loss kernels' input block, over the positions of the head
-/// window only (the model's heads run there: `HeadWindow::trained`).
+/// window only, where the model's heads run (a rollout's `Sequences::head_window`; for a batch
+/// file, `HeadWindow::trained` of its response mask).
 pub struct PpoBatch {
     pub b: usize,
     pub l: usize,

@@ -134,6 +134,7 @@ pub struct Rollout {
     pub scores: Vec<f32>,
     algo: Algo,
     gpu: Arc<Gpu>,
+    // The per-token tensors, [B, W] over `batch.window`.
     old_logprobs: Tensor,
     ref_logprobs: Tensor,
     old_values: Tensor,
