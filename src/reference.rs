@@ -5,6 +5,7 @@
 //! Shapes follow the kernels: row-major, `[rows, cols]` with the last axis contiguous.
 
 use crate::kernels::matmul::Layout;
+use crate::model::HeadWindow;
 
 /// out[M,N] = op(A)·op(B) (see `Layout`), no bias.
 pub fn matmul(a: &[f64], b: &[f64], m: usize, n: usize, k: usize, layout: Layout) -> Vec<f64> {
@@ -226,20 +227,16 @@ pub fn attention_backward(
     dqkv
 }
 
-/// Columns first .. first + width of each row of x [rows, stride] (`kernels::window`).
+/// Columns first .. first + width of each row of x [rows, stride] (`kernels::window`): what the
+/// host does with a head window (`HeadWindow::slice`).
 pub fn window_gather(x: &[f64], stride: usize, first: usize, width: usize) -> Vec<f64> {
-    x.chunks(stride).flat_map(|row| row[first..first + width].to_vec()).collect()
+    HeadWindow { start: first, len: width }.slice(x, stride)
 }
 
-/// x [rows, width] placed at columns first .. first + width of rows of `stride`, zeros around.
+/// x [rows, width] placed at columns first .. first + width of rows of `stride`, zeros around
+/// (`HeadWindow::expand`).
 pub fn window_scatter(x: &[f64], stride: usize, first: usize, width: usize) -> Vec<f64> {
-    x.chunks(width)
-        .flat_map(|row| {
-            let mut whole = vec![0.0; stride];
-            whole[first..first + width].copy_from_slice(row);
-            whole
-        })
-        .collect()
+    HeadWindow { start: first, len: width }.expand(x, stride)
 }
 
 /// Columns v.. of each row of width vp set to MASKED_LOGIT (`kernels::padded_vocab`).

@@ -285,10 +285,10 @@ impl HeadWindow {
     }
 
     /// Rows of the window `x` [B, len] put back in place: [B, T], 0 outside the window.
-    pub fn expand(&self, x: &[f32], t: usize) -> Vec<f32> {
+    pub fn expand<T: Copy + Default>(&self, x: &[T], t: usize) -> Vec<T> {
         x.chunks(self.len.max(1))
             .flat_map(|row| {
-                let mut whole = vec![0.0; t];
+                let mut whole = vec![T::default(); t];
                 whole[self.start..self.start + self.len].copy_from_slice(row);
                 whole
             })
