@@ -1,8 +1,9 @@
 //! The generation engine: batched, KV-cached sampling on the GPU (`ppo-wgpu generate`, and the
 //! rollouts of `train`).
 //!
-//! Prompts of different lengths are left-padded into one batch; one prefill pass fills the KV
-//! cache and samples the first token, then one decode step per token. The sampled tokens stay
+//! Prompts of different lengths are left-padded into one batch; one prefill pass over the
+//! distinct prompts fills the KV cache (rows with the same prompt share theirs) and samples the
+//! first token, then one decode step per token. The sampled tokens stay
 //! on the GPU (each step's token is the next step's input) and are read back once at the end;
 //! every `check_every` steps the host reads the B "ended" flags to stop early once every row
 //! has drawn its end-of-sequence token.
@@ -16,6 +17,7 @@ use crate::kernels::sampling::{LogitRows, SamplerState, sample_tokens};
 use crate::model::checkpoint::TOKENIZER_FILE;
 use crate::model::{Batch, Model};
 use crate::tokenizer::Tokenizer;
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 pub use crate::kernels::sampling::Sampling;
@@ -80,6 +82,23 @@ pub fn left_pad(prompts: &[Vec<u32>]) -> (Vec<u32>, Vec<u32>, usize) {
 }
 
 /// Samples up to `max_new_tokens` tokens after each prompt.
+/// The distinct prompts, in the order they first appear, and for each row the index of its
+/// prompt among them.
+pub fn distinct_prompts(prompts: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<u32>) {
+    let mut index: HashMap<&[u32], u32> = HashMap::new();
+    let mut distinct = Vec::new();
+    let rows = prompts
+        .iter()
+        .map(|prompt| {
+            *index.entry(prompt.as_slice()).or_insert_with(|| {
+                distinct.push(prompt.clone());
+                distinct.len() as u32 - 1
+            })
+        })
+        .collect();
+    (distinct, rows)
+}
+
 pub fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Generation> {
     opts.sampling.validate()?;
     let gpu = model.gpu();
@@ -104,7 +123,14 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> 
         let responses = vec![Vec::new(); b];
         return Ok(Generation { prompt_len: p, prompts: prompts.to_vec(), responses, steps: 0 });
     }
-    let batch = Batch::new(gpu, &model.config, &ids, &mask, b, p)?;
+    // Rows with the same prompt (GRPO's and RLOO's groups, `--num-samples`) share its prefill.
+    let (distinct, rows) = distinct_prompts(prompts);
+    let (batch, rows) = if distinct.len() < b {
+        let (d_ids, d_mask, _) = left_pad(&distinct);
+        (Batch::new(gpu, &model.config, &d_ids, &d_mask, distinct.len(), p)?, Some(gpu.upload_u32(&[b], &rows)?))
+    } else {
+        (Batch::new(gpu, &model.config, &ids, &mask, b, p)?, None)
+    };
     let cache_mask: Vec<u32> = (0..b)
         .flat_map(|row| mask[row * p..(row + 1) * p].iter().copied().chain(std::iter::repeat_n(1, steps)))
         .collect();
@@ -125,7 +151,7 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> 
         Some(format) => model.decode_weights_in(&mut rec, format)?,
         None => model.decode_weights(&mut rec, b)?,
     };
-    model.prefill(&mut rec, &cache, &batch, &scratch)?;
+    model.prefill(&mut rec, &cache, &batch, rows.as_ref(), &scratch)?;
     sample(&mut rec, &scratch.logits, LogitRows { rows: b, v, stride: vp, base: 0 }, 0)?;
     let mut ran = steps;
     for step in 1..steps {

@@ -7,13 +7,14 @@
 
 use super::config::GptConfig;
 use super::gpt::{Batch, Model};
-use crate::error::Result;
+use crate::error::{Result, ensure_shape};
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::embedding::embedding_forward;
 use crate::kernels::f16_weights::{self, WeightFormat, in_format};
 use crate::kernels::kv_cache::{self, CacheShape, KvFormat, decode_attention, kv_cache_write};
 use crate::kernels::layernorm::{layernorm_forward, residual_layernorm_forward};
 use crate::kernels::matmul::{linear_forward, linear_forward_gelu};
+use crate::kernels::rollout::gather_rows;
 use crate::kernels::window::window_gather;
 
 /// Every layer's keys and values for B rows of up to `t_max` positions, and which positions
@@ -123,13 +124,44 @@ impl Model {
     /// next-token logits [B, Vp] in `s.logits`, as a decode step does. The LM head runs on the
     /// last position's rows only: the logits of the others are never read (at GPT-2's
     /// vocabulary, 16-token prompts, that is a sixteenth of the head's work).
-    pub fn prefill(&self, rec: &mut Recorder, cache: &KvCache, prompts: &Batch, s: &DecodeScratch) -> Result<()> {
+    ///
+    /// `prompts` holds one row per cache row, or with `rows` (u32 [B]) the distinct prompts only:
+    /// cache row r then takes prompt rows[r]'s keys, values and last hidden state, and the
+    /// forward runs once per distinct prompt (GRPO's groups sample each prompt G times).
+    pub fn prefill(
+        &self,
+        rec: &mut Recorder,
+        cache: &KvCache,
+        prompts: &Batch,
+        rows: Option<&Tensor>,
+        s: &DecodeScratch,
+    ) -> Result<()> {
+        let (u, p, c, b) = (prompts.b, prompts.t, self.config.n_embd, cache.shape.b);
+        ensure_shape(rows.map_or(u, Tensor::len) == b, || {
+            format!("prefill: {} prompt rows for a cache of {b} rows", rows.map_or(u, Tensor::len))
+        })?;
         let acts = self.forward_without_logits(rec, prompts)?;
+        let f32s = |shape: &[usize]| self.gpu().tensor(shape, DType::F32);
         for (layer, a) in cache.layers.iter().zip(&acts.layers) {
-            kv_cache_write(rec, layer, &a.qkv, cache.shape, 0)?;
+            let qkv = match rows {
+                Some(rows) => {
+                    let qkv = f32s(&[b, p, 3 * c])?;
+                    gather_rows(rec, &qkv.reshape(&[b, p * 3 * c])?, &a.qkv.reshape(&[u, p * 3 * c])?, rows)?;
+                    qkv
+                }
+                None => a.qkv.clone(),
+            };
+            kv_cache_write(rec, layer, &qkv, cache.shape, 0)?;
         }
-        let (b, p, c) = (prompts.b, prompts.t, self.config.n_embd);
-        window_gather(rec, &s.ln, &acts.lnf.reshape(&[b, p * c])?, (p - 1) * c)?;
+        let lnf = acts.lnf.reshape(&[u, p * c])?;
+        match rows {
+            Some(rows) => {
+                let last = f32s(&[u, c])?;
+                window_gather(rec, &last, &lnf, (p - 1) * c)?;
+                gather_rows(rec, &s.ln, &last, rows)?;
+            }
+            None => window_gather(rec, &s.ln, &lnf, (p - 1) * c)?,
+        }
         self.lm_head(rec, &s.logits, &s.ln)
     }
 

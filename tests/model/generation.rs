@@ -2,7 +2,7 @@
 //! the plain argmax loop, and reproducibility across batch splits.
 
 use crate::suite_gpu::suite_gpu;
-use ppo_wgpu::generate::{GenerateOptions, Sampling, generate, left_pad};
+use ppo_wgpu::generate::{GenerateOptions, Sampling, distinct_prompts, generate, left_pad};
 use ppo_wgpu::gpu::{Gpu, Recorder};
 use ppo_wgpu::kernels::f16_weights::{FORMATS as WEIGHT_FORMATS, WeightFormat};
 use ppo_wgpu::kernels::kv_cache::{FORMATS, KvFormat};
@@ -89,7 +89,8 @@ fn cached_decode_matches(format: KvFormat, weight_format: WeightFormat, toleranc
     let scratch = model.decode_scratch(b).unwrap();
     let mut rec = Recorder::new(&gpu);
     let weights = model.decode_weights_in(&mut rec, weight_format).unwrap();
-    model.prefill(&mut rec, &cache, &Batch::new(&gpu, &model.config, &ids, &mask, b, p).unwrap(), &scratch).unwrap();
+    let batch = Batch::new(&gpu, &model.config, &ids, &mask, b, p).unwrap();
+    model.prefill(&mut rec, &cache, &batch, None, &scratch).unwrap();
     rec.submit();
     // The prefill's next-token logits (the LM head on each row's last position only) are the
     // full forward's there.
@@ -119,6 +120,63 @@ fn cached_decode_matches(format: KvFormat, weight_format: WeightFormat, toleranc
             "{format:?} cache, {weight_format:?} weights, step {s}: cached logits differ by {worst} (scale {scale}, V {v})"
         );
         assert!(worst <= tolerance * scale.max(1.0), "{what}");
+    }
+}
+
+/// Rows with the same prompt share one prefill row: the prefill runs on the distinct prompts
+/// and copies their keys, values and last hidden state to every row that has them. Its logits,
+/// and a decode step's after it, are the full forward's of every row; and `generate` draws the
+/// same tokens for each row as it does for that row alone.
+#[test]
+fn rows_with_the_same_prompt_share_its_prefill() {
+    let gpu = suite_gpu(Gpu::new(None).unwrap());
+    let model = tiny_model(&gpu, 13);
+    let (a, c) = (vec![3, 9, 1, 4], vec![7, 2]);
+    let prompts = vec![a.clone(), c.clone(), a.clone(), a.clone(), c.clone()];
+    let (distinct, rows) = distinct_prompts(&prompts);
+    assert_eq!((distinct.clone(), rows.clone()), (vec![a, c], vec![0, 1, 0, 0, 1]));
+
+    let (b, u) = (prompts.len(), distinct.len());
+    let (ids, mask, p) = left_pad(&prompts);
+    let (d_ids, d_mask, _) = left_pad(&distinct);
+    let cache_mask: Vec<u32> =
+        (0..b).flat_map(|r| mask[r * p..(r + 1) * p].iter().copied().chain(std::iter::once(1))).collect();
+    let cache = model.kv_cache_with_format(b, p + 1, &cache_mask, KvFormat::F32).unwrap();
+    let scratch = model.decode_scratch(b).unwrap();
+    let mut rec = Recorder::new(&gpu);
+    let weights = model.decode_weights_in(&mut rec, WeightFormat::F32).unwrap();
+    let batch = Batch::new(&gpu, &model.config, &d_ids, &d_mask, u, p).unwrap();
+    model.prefill(&mut rec, &cache, &batch, Some(&gpu.upload_u32(&[b], &rows).unwrap()), &scratch).unwrap();
+    rec.submit();
+    let got = real_columns(&model, &gpu.download(&scratch.logits).unwrap());
+    let (worst, scale) = worst_difference(&got, &last_logits(&model, &ids, &mask, b, p));
+    assert!(worst <= 1e-4 * scale.max(1.0), "shared prefill logits differ by {worst} (scale {scale})");
+    // One decode step reads every row's cache.
+    let next: Vec<u32> = (0..b as u32).map(|r| 5 + r).collect();
+    let pos: Vec<u32> = prompts.iter().map(|pr| pr.len() as u32).collect();
+    let mut rec = Recorder::new(&gpu);
+    let (ids_t, pos_t) = (gpu.upload_u32(&[b], &next).unwrap(), gpu.upload_u32(&[b], &pos).unwrap());
+    model.decode_step(&mut rec, &weights, &cache, &scratch, &ids_t, &pos_t, p).unwrap();
+    rec.submit();
+    let got = real_columns(&model, &gpu.download(&scratch.logits).unwrap());
+    let full_ids: Vec<u32> = (0..b).flat_map(|r| ids[r * p..(r + 1) * p].iter().copied().chain([next[r]])).collect();
+    let full_mask: Vec<u32> = (0..b).flat_map(|r| mask[r * p..(r + 1) * p].iter().copied().chain([1])).collect();
+    let (worst, scale) = worst_difference(&got, &last_logits(&model, &full_ids, &full_mask, b, p + 1));
+    assert!(
+        worst <= 1e-4 * scale.max(1.0),
+        "a decode step after the shared prefill differs by {worst} (scale {scale})"
+    );
+
+    // Sampled: each row's tokens are those it draws alone (its own random stream).
+    let opts = GenerateOptions {
+        sampling: Sampling { temperature: 1.0, top_k: 0, top_p: 0.95 },
+        seed: 5,
+        ..greedy_opts(8, None)
+    };
+    let shared = generate(&model, &prompts, &opts).unwrap().responses;
+    for (row, prompt) in prompts.iter().enumerate() {
+        let alone = generate(&model, std::slice::from_ref(prompt), &GenerateOptions { first_sample: row, ..opts });
+        assert_eq!(shared[row], alone.unwrap().responses[0], "row {row}");
     }
 }
 
