@@ -367,10 +367,14 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     println!("backend:  {:?} ({:?})", gpu.info.backend, gpu.info.device_type);
     println!("driver:   {} {}", gpu.info.driver, gpu.info.driver_info);
     println!("CPU:      {}", gpu::cpu_model());
-    let subgroups = if gpu.has_subgroups() {
-        format!("subgroups of {}–{}", gpu.info.subgroup_min_size, gpu.info.subgroup_max_size)
+    let lanes = ppo_wgpu::kernels::BROADCAST_LANES;
+    let subgroups = if !gpu.has_subgroups() {
+        "no subgroups (the subgroup variants are ruled out below)".into()
+    } else if gpu.fixed_subgroup_size() != Some(lanes) {
+        let (min, max) = (gpu.info.subgroup_min_size, gpu.info.subgroup_max_size);
+        format!("subgroups of {min}–{max} (texture-subgroup, written for {lanes} lanes, is ruled out below)")
     } else {
-        "no subgroups (the subgroup variants are ruled out: \"failed its check\" below)".into()
+        format!("subgroups of {}–{}", gpu.info.subgroup_min_size, gpu.info.subgroup_max_size)
     };
     let timestamps = if gpu.has_timestamps() { "timestamp queries" } else { "no timestamp queries" };
     println!("features: {subgroups}, {timestamps}");
@@ -397,9 +401,7 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
         let figures: Vec<String> = choice
             .figures
             .iter()
-            .map(|(v, rate)| {
-                format!("{v} {}", rate.map_or("failed its check".into(), |r| format!("{r:.2} {}", choice.unit)))
-            })
+            .map(|(v, rate)| format!("{v} {}", rate.map_or("ruled out".into(), |r| format!("{r:.2} {}", choice.unit))))
             .collect();
         println!(
             "  {family:<19} {:<19} ({}{}{})",

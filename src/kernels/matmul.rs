@@ -470,6 +470,8 @@ fn record(
     (out_stride, out_col): (usize, usize),
     (a_stride, a_col): (usize, usize),
 ) -> Result<()> {
+    // A variant asked for by name (a test's, a bench's, PPO_WGPU_MATMUL's) may not run here.
+    let variant = available(rec.gpu(), variant);
     if variant.reads_textures() {
         let vec4_out = n.is_multiple_of(4) && out_stride.is_multiple_of(4) && out_col.is_multiple_of(4);
         let method = if texture_takes(m, n, b) { pack_method(rec.gpu())? } else { PackMethod::Shader };
@@ -1131,6 +1133,7 @@ pub fn linear_forward_gelu_with(
 /// kernel: N whole vec4s, K within MAX_K, every operand within one binding and, on the texture
 /// kernel, within the adapter's texture size (else the product runs in slices).
 fn one_dispatch(gpu: &Gpu, variant: MatmulVariant, layout: Layout, m: usize, n: usize, k: usize) -> bool {
+    let variant = available(gpu, variant);
     let limit = gpu.limits.max_storage_buffer_binding_size as usize / 4;
     let max = gpu.limits.max_texture_dimension_2d as usize;
     let [a_size, b_size] = texture_sizes(m, n, k);

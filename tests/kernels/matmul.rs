@@ -399,6 +399,31 @@ fn texture_subgroup_is_measured_where_subgroups_have_8_lanes_and_runs_as_texture
         atol,
         rtol,
     );
+    // The same through the GELU epilogue, which an H100 (subgroups of 32) once ran on the
+    // subgroup kernel: rows past the first 64 came back unwritten.
+    let (m, c, oc) = (130, 64, 256);
+    let (x, w, bias) = (rng.normals(m * c, 1.0), rng.normals(c * oc, 0.5), rng.normals(oc, 1.0));
+    let (tx, tw, tb) = (up(&x, &[m, c]), up(&w, &[c, oc]), up(&bias, &[oc]));
+    let (pre, post) = (up(&vec![f64::NAN; m * oc], &[m, oc]), up(&vec![f64::NAN; m * oc], &[m, oc]));
+    let mut rec = Recorder::new(&plain);
+    let fused = ppo_wgpu::kernels::matmul::GeluEpilogue::Fused;
+    ppo_wgpu::kernels::matmul::linear_forward_gelu_with(
+        &mut rec,
+        MatmulVariant::TextureSubgroup,
+        fused,
+        &pre,
+        &post,
+        &tx,
+        &tw,
+        &tb,
+    )
+    .unwrap();
+    rec.submit();
+    let want_pre = reference::linear_forward(&x, &w, Some(&bias), m, c, oc);
+    let got = |t| plain.download(t).unwrap().into_iter().map(f64::from).collect::<Vec<f64>>();
+    let (atol, rtol) = tol(c);
+    assert_close("fused GELU product without subgroups", &got(&pre), &want_pre, atol, rtol);
+    assert_close("its GELU", &got(&post), &reference::gelu_forward(&want_pre), atol, rtol);
     if std::env::var_os("PPO_WGPU_MATMUL").is_none() {
         assert_eq!(figure(&plain), None);
         assert_ne!(ppo_wgpu::kernels::matmul::variant(&plain).unwrap(), MatmulVariant::TextureSubgroup);
