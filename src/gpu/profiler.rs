@@ -213,21 +213,7 @@ impl Gpu {
     /// Reads back the timestamps of `timed` (submitted with their resolve) and adds each
     /// dispatch's time to its kernel. A wait: only ever called while profiling.
     pub(crate) fn profile_timed(&self, kit: &QueryKit, timed: Vec<Timed>) {
-        let n = 2 * timed.len() as u64 * wgpu::QUERY_SIZE as u64;
-        let slice = kit.readback.slice(..n);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        let waited = self.device.poll(wgpu::PollType::wait_indefinitely());
-        let stamps: Option<Vec<u64>> = match (waited, rx.recv()) {
-            (Ok(_), Ok(Ok(()))) => {
-                let stamps = slice.get_mapped_range().ok().map(|view| bytemuck::pod_collect_to_vec(&view));
-                kit.readback.unmap();
-                stamps
-            }
-            _ => None,
-        };
+        let stamps = self.read_timestamps(kit, 2 * timed.len());
         let now = Instant::now();
         let mut p = self.profile.lock().unwrap();
         let Some(stamps) = stamps else {
@@ -246,6 +232,26 @@ impl Gpu {
             let event =
                 TraceEvent { name: t.kernel, cat: "kernel", ph: "X", ts, dur: ns / 1e3, pid: GPU_TRACK, tid: 0 };
             p.push_event(event);
+        }
+    }
+
+    /// The first `n` timestamps of `kit`, once the submit that resolved them into its readback
+    /// buffer (`Recorder::resolve_timestamps`, or the profiler's flush) has run, in ticks of
+    /// `queue.get_timestamp_period()` ns; None if they could not be read. A wait.
+    pub(crate) fn read_timestamps(&self, kit: &QueryKit, n: usize) -> Option<Vec<u64>> {
+        let slice = kit.readback.slice(..n as u64 * wgpu::QUERY_SIZE as u64);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        let waited = self.device.poll(wgpu::PollType::wait_indefinitely());
+        match (waited, rx.recv()) {
+            (Ok(_), Ok(Ok(()))) => {
+                let stamps = slice.get_mapped_range().ok().map(|view| bytemuck::pod_collect_to_vec(&view));
+                kit.readback.unmap();
+                stamps
+            }
+            _ => None,
         }
     }
 

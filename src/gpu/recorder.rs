@@ -278,6 +278,27 @@ impl Recorder {
         );
     }
 
+    /// Records a timestamp into query `index` of `kit` at this point (the start of an empty
+    /// pass): two of them bracket the GPU's work between, copies included.
+    pub(crate) fn write_timestamp(&mut self, kit: &QueryKit, index: u32) {
+        let timestamp_writes = wgpu::ComputePassTimestampWrites {
+            query_set: &kit.query_set,
+            beginning_of_pass_write_index: Some(index),
+            end_of_pass_write_index: None,
+        };
+        let descriptor =
+            wgpu::ComputePassDescriptor { label: Some("timestamp"), timestamp_writes: Some(timestamp_writes) };
+        drop(self.encoder().begin_compute_pass(&descriptor));
+    }
+
+    /// Records the copy of `kit`'s first `n` timestamps into its readback buffer
+    /// (`Gpu::read_timestamps` reads them once this is submitted).
+    pub(crate) fn resolve_timestamps(&mut self, kit: &QueryKit, n: u32) {
+        let encoder = self.encoder();
+        encoder.resolve_query_set(&kit.query_set, 0..n, &kit.resolve, 0);
+        encoder.copy_buffer_to_buffer(&kit.resolve, 0, &kit.readback, 0, n as u64 * wgpu::QUERY_SIZE as u64);
+    }
+
     /// Uploads the parameters and submits what has been recorded so far; the recorder stays
     /// usable. (While profiling, it then waits for the timestamps of what it submitted.)
     pub fn flush(&mut self) {

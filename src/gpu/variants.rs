@@ -158,16 +158,45 @@ pub(crate) fn matches_reference(got: &[f32], want: &[f64]) -> bool {
 /// Seconds per call of the work `record` records, for measuring variants: one call to compile
 /// the pipelines, one to gauge, then as many as fit in about a tenth of a second (1 to 64) in one
 /// recorder, as a training step records them.
+///
+/// On a GPU with timestamp queries the seconds are the GPU's own, between two timestamps around
+/// the calls. A wall clock around the submit also counts the host recording them, the GPU
+/// waking to run them and whatever else the device runs meanwhile; on an H100, fresh wall-clock
+/// measurements ranked the attention variants in opposite orders from one run to the next. On a
+/// CPU adapter (lavapipe) the kernels run on the host's own cores, and the wall clock is what
+/// they cost.
 pub(crate) fn seconds_per_call(gpu: &Arc<Gpu>, record: impl Fn(&mut Recorder) -> Result<()>) -> Result<f64> {
+    let gpu_clock = gpu.has_timestamps() && gpu.info.device_type != wgpu::DeviceType::Cpu;
+    seconds_per_call_on(gpu, gpu_clock, record)
+}
+
+/// As `seconds_per_call`, on the GPU's clock or the wall clock as asked.
+fn seconds_per_call_on(gpu: &Arc<Gpu>, gpu_clock: bool, record: impl Fn(&mut Recorder) -> Result<()>) -> Result<f64> {
     let run = |calls: usize| -> Result<f64> {
         let start = Instant::now();
         let mut rec = Recorder::new(gpu);
+        let kit = gpu_clock.then(|| gpu.take_query_kit());
+        if let Some(kit) = &kit {
+            rec.write_timestamp(kit, 0);
+        }
         for _ in 0..calls {
             record(&mut rec)?;
         }
+        if let Some(kit) = &kit {
+            rec.write_timestamp(kit, 1);
+            rec.resolve_timestamps(kit, 2);
+        }
         rec.submit();
-        gpu.wait()?;
-        Ok(start.elapsed().as_secs_f64())
+        let Some(kit) = kit else {
+            gpu.wait()?;
+            return Ok(start.elapsed().as_secs_f64());
+        };
+        let stamps = gpu.read_timestamps(&kit, 2);
+        gpu.return_query_kit(kit);
+        let [begin, end] = stamps.as_deref().unwrap_or_default()[..] else {
+            return Err(Error::Gpu(format!("{}: the timestamps of a measurement could not be read", gpu.info.name)));
+        };
+        Ok(end.saturating_sub(begin) as f64 * gpu.queue.get_timestamp_period() as f64 * 1e-9)
     };
     run(1)?;
     let once = run(1)?;
@@ -302,7 +331,29 @@ impl Gpu {
 
 #[cfg(test)]
 mod tests {
-    use super::measure_with_close_calls_again;
+    use super::{measure_with_close_calls_again, seconds_per_call_on};
+    use crate::gpu::Gpu;
+
+    #[test]
+    fn the_gpu_clock_counts_the_work_between_its_timestamps() {
+        // Eight GELUs over 2M values take about eight times one on the GPU's clock, and no
+        // longer than on the wall clock, which also counts their recording and the wait.
+        let gpu = Gpu::new(None).unwrap();
+        assert!(gpu.has_timestamps(), "{} has no timestamp queries", gpu.describe());
+        let n = 1 << 21;
+        let (x, y) = (gpu.upload(&[n], &vec![0.5f32; n]).unwrap(), gpu.tensor(&[n], crate::gpu::DType::F32).unwrap());
+        let (x, y) = (&x, &y);
+        let gelus = |count: usize| {
+            move |rec: &mut crate::gpu::Recorder| {
+                (0..count).try_for_each(|_| crate::kernels::gelu::gelu_forward(rec, y, x))
+            }
+        };
+        let one = seconds_per_call_on(&gpu, true, gelus(1)).unwrap();
+        let eight = seconds_per_call_on(&gpu, true, gelus(8)).unwrap();
+        let wall = seconds_per_call_on(&gpu, false, gelus(8)).unwrap();
+        assert!(one > 0.0 && (3.0 * one..24.0 * one).contains(&eight), "one GELU {one} s, eight {eight} s");
+        assert!(eight < 1.5 * wall, "eight GELUs: {eight} s on the GPU's clock, {wall} s on the wall clock");
+    }
 
     /// A measurement whose i-th call for each variant returns the i-th of its `rates`.
     fn replay(rates: &[&[Option<f64>]]) -> (Vec<Option<f64>>, Vec<usize>) {
