@@ -167,41 +167,51 @@ pub(crate) fn matches_reference(got: &[f32], want: &[f64]) -> bool {
 /// they cost.
 pub(crate) fn seconds_per_call(gpu: &Arc<Gpu>, record: impl Fn(&mut Recorder) -> Result<()>) -> Result<f64> {
     let gpu_clock = gpu.has_timestamps() && gpu.info.device_type != wgpu::DeviceType::Cpu;
-    seconds_per_call_on(gpu, gpu_clock, record)
-}
-
-/// As `seconds_per_call`, on the GPU's clock or the wall clock as asked.
-fn seconds_per_call_on(gpu: &Arc<Gpu>, gpu_clock: bool, record: impl Fn(&mut Recorder) -> Result<()>) -> Result<f64> {
     let run = |calls: usize| -> Result<f64> {
-        let start = Instant::now();
-        let mut rec = Recorder::new(gpu);
-        let kit = gpu_clock.then(|| gpu.take_query_kit());
-        if let Some(kit) = &kit {
-            rec.write_timestamp(kit, 0);
-        }
-        for _ in 0..calls {
-            record(&mut rec)?;
-        }
-        if let Some(kit) = &kit {
-            rec.write_timestamp(kit, 1);
-            rec.resolve_timestamps(kit, 2);
-        }
-        rec.submit();
-        let Some(kit) = kit else {
-            gpu.wait()?;
-            return Ok(start.elapsed().as_secs_f64());
-        };
-        let stamps = gpu.read_timestamps(&kit, 2);
-        gpu.return_query_kit(kit);
-        let [begin, end] = stamps.as_deref().unwrap_or_default()[..] else {
-            return Err(Error::Gpu(format!("{}: the timestamps of a measurement could not be read", gpu.info.name)));
-        };
-        Ok(end.saturating_sub(begin) as f64 * gpu.queue.get_timestamp_period() as f64 * 1e-9)
+        // Timestamps that could not be read, or were not written (an empty pass a driver may
+        // skip), leave the wall clock rather than no figure.
+        let on_gpu = if gpu_clock { gpu_seconds(gpu, calls, &record)? } else { None };
+        on_gpu.map_or_else(|| wall_seconds(gpu, calls, &record), Ok)
     };
     run(1)?;
     let once = run(1)?;
     let calls = ((0.1 / once.max(1e-6)) as usize).clamp(1, 64);
     Ok(run(calls)? / calls as f64)
+}
+
+/// Wall-clock seconds to record `calls` calls of `record` into one recorder, submit them and
+/// wait for them.
+fn wall_seconds(gpu: &Arc<Gpu>, calls: usize, record: impl Fn(&mut Recorder) -> Result<()>) -> Result<f64> {
+    let start = Instant::now();
+    let mut rec = Recorder::new(gpu);
+    for _ in 0..calls {
+        record(&mut rec)?;
+    }
+    rec.submit();
+    gpu.wait()?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// The GPU's seconds for `calls` calls of `record` in one recorder, between a timestamp before
+/// them and one after; None where the timestamps could not be read or do not advance.
+fn gpu_seconds(gpu: &Arc<Gpu>, calls: usize, record: impl Fn(&mut Recorder) -> Result<()>) -> Result<Option<f64>> {
+    let kit = gpu.take_query_kit();
+    let mut rec = Recorder::new(gpu);
+    rec.write_timestamp(&kit, 0);
+    for _ in 0..calls {
+        record(&mut rec)?;
+    }
+    rec.write_timestamp(&kit, 1);
+    rec.resolve_timestamps(&kit, 2);
+    rec.submit();
+    let stamps = gpu.read_timestamps(&kit, 2); // waits for the calls, as gpu.wait would
+    gpu.return_query_kit(kit);
+    Ok(match stamps.as_deref() {
+        Some(&[begin, end]) if end > begin => {
+            Some((end - begin) as f64 * gpu.queue.get_timestamp_period() as f64 * 1e-9)
+        }
+        _ => None,
+    })
 }
 
 /// FNV-1a (64-bit) of every shader's WGSL, its includes and the prelude: a choice measured on
@@ -331,7 +341,7 @@ impl Gpu {
 
 #[cfg(test)]
 mod tests {
-    use super::{measure_with_close_calls_again, seconds_per_call_on};
+    use super::{gpu_seconds, measure_with_close_calls_again, wall_seconds};
     use crate::gpu::Gpu;
 
     #[test]
@@ -343,14 +353,11 @@ mod tests {
         let n = 1 << 21;
         let (x, y) = (gpu.upload(&[n], &vec![0.5f32; n]).unwrap(), gpu.tensor(&[n], crate::gpu::DType::F32).unwrap());
         let (x, y) = (&x, &y);
-        let gelus = |count: usize| {
-            move |rec: &mut crate::gpu::Recorder| {
-                (0..count).try_for_each(|_| crate::kernels::gelu::gelu_forward(rec, y, x))
-            }
-        };
-        let one = seconds_per_call_on(&gpu, true, gelus(1)).unwrap();
-        let eight = seconds_per_call_on(&gpu, true, gelus(8)).unwrap();
-        let wall = seconds_per_call_on(&gpu, false, gelus(8)).unwrap();
+        let gelu = |rec: &mut crate::gpu::Recorder| crate::kernels::gelu::gelu_forward(rec, y, x);
+        wall_seconds(&gpu, 1, gelu).unwrap(); // compiles the pipeline
+        let timed = |calls| gpu_seconds(&gpu, calls, gelu).unwrap().expect("the timestamps are read");
+        let (one, eight) = (timed(1), timed(8));
+        let wall = wall_seconds(&gpu, 8, gelu).unwrap();
         assert!(one > 0.0 && (3.0 * one..24.0 * one).contains(&eight), "one GELU {one} s, eight {eight} s");
         assert!(eight < 1.5 * wall, "eight GELUs: {eight} s on the GPU's clock, {wall} s on the wall clock");
     }
