@@ -346,8 +346,10 @@ mod tests {
 
     #[test]
     fn the_gpu_clock_counts_the_work_between_its_timestamps() {
-        // Eight GELUs over 2M values take about eight times one on the GPU's clock, and no
-        // longer than on the wall clock, which also counts their recording and the wait.
+        // Eight GELUs over 2M values take about eight times one on the GPU's clock (the best of
+        // three runs each, this machine's speed moving between runs), and every run's GPU
+        // seconds lie within the wall-clock seconds of that run, which also count its
+        // recording, submit and wait.
         let gpu = Gpu::new(None).unwrap();
         assert!(gpu.has_timestamps(), "{} has no timestamp queries", gpu.describe());
         let n = 1 << 21;
@@ -355,11 +357,18 @@ mod tests {
         let (x, y) = (&x, &y);
         let gelu = |rec: &mut crate::gpu::Recorder| crate::kernels::gelu::gelu_forward(rec, y, x);
         wall_seconds(&gpu, 1, gelu).unwrap(); // compiles the pipeline
-        let timed = |calls| gpu_seconds(&gpu, calls, gelu).unwrap().expect("the timestamps are read");
-        let (one, eight) = (timed(1), timed(8));
-        let wall = wall_seconds(&gpu, 8, gelu).unwrap();
+        let best = |calls: usize| {
+            let runs = (0..3).map(|_| {
+                let start = std::time::Instant::now();
+                let on_gpu = gpu_seconds(&gpu, calls, gelu).unwrap().expect("the timestamps are read");
+                let wall = start.elapsed().as_secs_f64();
+                assert!(on_gpu <= wall, "{calls} GELUs: {on_gpu} s on the GPU's clock within {wall} s");
+                on_gpu
+            });
+            runs.fold(f64::MAX, f64::min)
+        };
+        let (one, eight) = (best(1), best(8));
         assert!(one > 0.0 && (3.0 * one..24.0 * one).contains(&eight), "one GELU {one} s, eight {eight} s");
-        assert!(eight < 1.5 * wall, "eight GELUs: {eight} s on the GPU's clock, {wall} s on the wall clock");
     }
 
     /// A measurement whose i-th call for each variant returns the i-th of its `rates`.
