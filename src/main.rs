@@ -396,7 +396,10 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     let cache = gpu
         .variant_cache()
         .map_or(format!("no cache (${} is off)", gpu::CACHE_ENV), |p| format!("cached in {}", p.display()));
-    println!("kernel variants (chosen by measurement on first use, {cache}; PPO_WGPU_<FAMILY>=NAME forces one):");
+    let clock = if gpu.measures_on_gpu_clock() { "the GPU's clock" } else { "the wall clock" };
+    println!(
+        "kernel variants (chosen by measurement on first use, timed on {clock}, {cache}; PPO_WGPU_<FAMILY>=NAME forces one):"
+    );
     for (family, choice) in gpu.variant_choices() {
         let figures: Vec<String> = choice
             .figures

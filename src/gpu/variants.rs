@@ -166,7 +166,7 @@ pub(crate) fn matches_reference(got: &[f32], want: &[f64]) -> bool {
 /// CPU adapter (lavapipe) the kernels run on the host's own cores, and the wall clock is what
 /// they cost.
 pub(crate) fn seconds_per_call(gpu: &Arc<Gpu>, record: impl Fn(&mut Recorder) -> Result<()>) -> Result<f64> {
-    let gpu_clock = gpu.has_timestamps() && gpu.info.device_type != wgpu::DeviceType::Cpu;
+    let gpu_clock = gpu.measures_on_gpu_clock();
     let run = |calls: usize| -> Result<f64> {
         // Timestamps that could not be read, or were not written (an empty pass a driver may
         // skip), leave the wall clock rather than no figure.
@@ -232,6 +232,12 @@ pub fn kernels_fingerprint() -> u64 {
 }
 
 impl Gpu {
+    /// Whether variants are timed on the GPU's clock (a GPU with timestamp queries) rather than
+    /// the wall clock (a CPU adapter, or no timestamps): see `seconds_per_call`.
+    pub fn measures_on_gpu_clock(&self) -> bool {
+        self.has_timestamps() && self.info.device_type != wgpu::DeviceType::Cpu
+    }
+
     /// What the cache knows this machine by: adapter, backend, driver, CPU, crate version, and
     /// the kernels' sources (`kernels_fingerprint`).
     pub fn variant_key(&self) -> String {

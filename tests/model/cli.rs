@@ -246,6 +246,11 @@ fn info_shows_the_kernel_choice_and_the_environment_forces_one() {
     let cache = cache.to_str().unwrap();
     let (ok, stdout, stderr) = ppo_wgpu_env(&["info"], &[("PPO_WGPU_VARIANT_CACHE", cache)]);
     assert!(ok && stdout.contains("GFLOP/s") && stdout.contains("GB/s"), "{stdout}{stderr}");
+    // It names the clock the variants were timed on: a GPU's own where it has timestamps, the
+    // wall clock on a CPU adapter (the same adapter as the process: neither names one).
+    let gpu = ppo_wgpu::gpu::Gpu::new(None).unwrap();
+    let clock = if gpu.measures_on_gpu_clock() { "the GPU's clock" } else { "the wall clock" };
+    assert!(stdout.contains(&format!("timed on {clock}")), "{clock}: {stdout}");
     let families = [
         "matmul",
         "matmul_narrow",
