@@ -11,10 +11,14 @@ Workloads, at the shapes of docs/design.md §3 (random weights, as in the Rust b
                                               4 layers, n_embd 128, 4 heads, vocab 512; batch 32 x 64 tokens
   gpt2-small forward, reward forward, training step
                                               GPT-2 small; batch 1 x 128 tokens (--skip-gpt2 to leave out)
-  tiny PPO iteration                          batch 32, prompt 16 + response 48: KV-cached sampling (τ 0.7, no
+  tiny PPO iteration, tiny generation         batch 32, prompt 16 + response 48: KV-cached sampling (τ 0.7, no
                                               top-k), a reward model's scores, the policy (with a value head) and
                                               reference forwards, KL-penalised rewards, GAE and whitening, then
-                                              4 epochs x 4 minibatches of the clipped PPO loss with AdamW, as TRL
+                                              4 epochs x 4 minibatches of the clipped PPO loss with AdamW, as
+                                              TRL's PPOTrainer does
+  gpt2-small PPO iteration, generation        the same for GPT-2 small: batch 8, prompt 64 + response 64, one
+                                              iteration after one that warms up (--skip-gpt2 to leave out)
+
 A training step is forward, cross-entropy, backward, gradient-norm clipping and AdamW. Forward and
 training step report tokens/s; the PPO iteration reports ms per iteration and per phase.
 
@@ -113,12 +117,13 @@ def masked_whiten(x, mask):
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
-def bench_ppo(device, results, iterations=3):
-    """One PPO iteration as TRL's PPOTrainer does it, at the Rust bench's tiny shape."""
+def bench_ppo(device, results, label, shape, b, p, r, iterations):
+    """One PPO iteration as TRL's PPOTrainer does it, at a shape of the Rust bench: batch b, prompt p
+    + response r tokens, the mean of `iterations` after one that warms up."""
     torch.manual_seed(1)
-    b, p, r, epochs, minibatches = 32, 16, 48, 4, 4
+    epochs, minibatches = 4, 4
     temperature, beta, gamma, lam, clip, clip_v, vf_coef = 0.7, 0.05, 1.0, 0.95, 0.2, 0.2, 0.1
-    cfg = config(TINY)
+    cfg = config(shape)
     policy = GPT2LMHeadModel(cfg).to(device)
     value_head = torch.nn.Linear(cfg.n_embd, 1).to(device)
     reference = GPT2LMHeadModel(cfg).to(device).eval()
@@ -203,14 +208,14 @@ def bench_ppo(device, results, iterations=3):
             totals = [a + t for a, t in zip(totals, times)]
 
     total = sum(totals)
-    print(f"\n  PPO iteration, tiny: batch {b}, prompt {p} + response {r}, {epochs} epochs x {minibatches} minibatches "
-          f"(mean of {iterations})")
+    print(f"\n  PPO iteration, {label}: batch {b}, prompt {p} + response {r}, {epochs} epochs x {minibatches} "
+          f"minibatches (mean of {iterations})")
     for name, t in zip(phases, totals):
         print(f"    {name:<42} {t / iterations * 1e3:>10.1f} ms {100 * t / total:>6.1f}%")
     print(f"    {'iteration':<42} {total / iterations * 1e3:>10.1f} ms")
     print(f"    generation: {b * r / (totals[0] / iterations):.0f} tokens/s")
-    results.append(dict(workload="tiny PPO iteration", value=total / iterations * 1e3, unit="ms"))
-    results.append(dict(workload="tiny generation", value=b * r / (totals[0] / iterations), unit="tokens/s"))
+    results.append(dict(workload=f"{label} PPO iteration", value=total / iterations * 1e3, unit="ms"))
+    results.append(dict(workload=f"{label} generation", value=b * r / (totals[0] / iterations), unit="tokens/s"))
 
 
 def device_name(device):
@@ -242,7 +247,9 @@ def main():
         bench_model(device, "tiny", TINY, 32, 64, results)
         if not args.skip_gpt2:
             bench_model(device, "gpt2-small", GPT2_SMALL, 1, 128, results)
-        bench_ppo(device, results)
+        bench_ppo(device, results, "tiny", TINY, 32, 16, 48, iterations=3)
+        if not args.skip_gpt2:
+            bench_ppo(device, results, "gpt2-small", GPT2_SMALL, 8, 64, 64, iterations=1)
         if args.json:
             with open(args.json, "a") as f:
                 for row in results:
