@@ -367,14 +367,14 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     println!("backend:  {:?} ({:?})", gpu.info.backend, gpu.info.device_type);
     println!("driver:   {} {}", gpu.info.driver, gpu.info.driver_info);
     println!("CPU:      {}", gpu::cpu_model());
-    let lanes = ppo_wgpu::kernels::BROADCAST_LANES;
-    let subgroups = if !gpu.has_subgroups() {
-        "no subgroups (the subgroup variants are ruled out below)".into()
-    } else if gpu.fixed_subgroup_size() != Some(lanes) {
-        let (min, max) = (gpu.info.subgroup_min_size, gpu.info.subgroup_max_size);
-        format!("subgroups of {min}–{max} (texture-subgroup, written for {lanes} lanes, is ruled out below)")
-    } else {
-        format!("subgroups of {}–{}", gpu.info.subgroup_min_size, gpu.info.subgroup_max_size)
+    let (min, max, lanes) =
+        (gpu.info.subgroup_min_size, gpu.info.subgroup_max_size, ppo_wgpu::kernels::BROADCAST_LANES);
+    let subgroups = match (gpu.has_subgroups(), gpu.fixed_subgroup_size() == Some(lanes)) {
+        (false, _) => "no subgroups (the subgroup variants are ruled out below)".into(),
+        (true, false) => {
+            format!("subgroups of {min}–{max} (texture-subgroup, written for {lanes} lanes, is ruled out below)")
+        }
+        (true, true) => format!("subgroups of {min}–{max}"),
     };
     let timestamps = if gpu.has_timestamps() { "timestamp queries" } else { "no timestamp queries" };
     println!("features: {subgroups}, {timestamps}");
