@@ -336,6 +336,8 @@ pub fn run(gpu: &Arc<Gpu>, opts: &SftOptions) -> Result<SftReport> {
         let lr = learning_rate(opts.lr, step, opts.warmup, opts.steps, 0.1);
 
         // One submit: forward, loss, backward, clip, AdamW; then one readback of the losses.
+        // Buffers of shapes the last step did not use go first (batches differ in length).
+        gpu.trim_pool();
         let iteration = gpu.iteration();
         let phase = gpu.phase("training step");
         let lm = trainer.lm_batch(&examples)?;

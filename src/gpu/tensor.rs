@@ -2,8 +2,9 @@
 //!
 //! A `Tensor` is a view (byte offset + shape) into a pooled storage buffer. When the last
 //! tensor viewing a buffer is dropped, the buffer goes back to the pool, keyed by its size, so
-//! a training loop that repeats the same shapes allocates nothing after its first step.
-//! Set `PPO_WGPU_NO_POOL=1` to turn reuse off when hunting a bug.
+//! a training loop that repeats the same shapes allocates nothing after its first step. A loop
+//! calls `Gpu::trim_pool` once per iteration, and the pool lets go of what the last iteration
+//! did not use. Set `PPO_WGPU_NO_POOL=1` to turn reuse off when hunting a bug.
 
 use super::{Counters, Gpu};
 use crate::error::{Error, Result, ensure_shape};
@@ -20,13 +21,35 @@ pub enum DType {
 
 #[derive(Default)]
 pub(crate) struct BufferPool {
-    free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
-    /// Bytes of storage buffers and textures created so far (pooled ones count once).
+    /// Storage buffers given back, by size.
+    free: Mutex<FreeLists>,
+    /// Bytes of storage buffers and textures the device holds: in use or kept by the pool.
     allocated: AtomicU64,
-    /// Staging buffers for readback, keyed by size.
-    staging: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
-    /// Scratch textures, keyed by (slot, width, height): see `Gpu::scratch_texture`.
-    scratch_textures: Mutex<HashMap<(u32, u32, u32), Texture>>,
+    /// Staging buffers for readback, by size.
+    staging: Mutex<FreeLists>,
+    /// Scratch textures, keyed by (slot, width, height), with the epoch of their last use: see
+    /// `Gpu::scratch_texture`.
+    scratch_textures: Mutex<HashMap<(u32, u32, u32), (Texture, u64)>>,
+    /// Counts the calls of `Gpu::trim_pool`.
+    epoch: AtomicU64,
+}
+
+/// Buffers by size, each with the pool's epoch when it was given back.
+type FreeLists = HashMap<u64, Vec<(wgpu::Buffer, u64)>>;
+
+/// Drops the buffers of `lists` given back before epoch `keep_from`; returns their bytes.
+fn drop_older(lists: &mut FreeLists, keep_from: u64) -> u64 {
+    let mut bytes = 0;
+    lists.retain(|&size, list| {
+        list.retain(|&(_, epoch)| {
+            epoch >= keep_from || {
+                bytes += size;
+                false
+            }
+        });
+        !list.is_empty()
+    });
+    bytes
 }
 
 /// A storage buffer that returns itself to its pool when dropped.
@@ -37,9 +60,12 @@ struct PooledBuffer {
 
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
+        let pool = &self.pool.pool;
         if std::env::var_os("PPO_WGPU_NO_POOL").is_none() {
-            let mut free = self.pool.pool.free.lock().unwrap();
-            free.entry(self.buffer.size()).or_default().push(self.buffer.clone());
+            let epoch = pool.epoch.load(Ordering::Relaxed);
+            pool.free.lock().unwrap().entry(self.buffer.size()).or_default().push((self.buffer.clone(), epoch));
+        } else {
+            pool.allocated.fetch_sub(self.buffer.size(), Ordering::Relaxed);
         }
     }
 }
@@ -165,7 +191,7 @@ impl Gpu {
                 self.limits.max_buffer_size, self.info.name
             )));
         }
-        let reused = self.pool.free.lock().unwrap().get_mut(&size).and_then(Vec::pop);
+        let reused = self.pool.free.lock().unwrap().get_mut(&size).and_then(Vec::pop).map(|(buffer, _)| buffer);
         let buffer = match reused {
             Some(buffer) => buffer,
             None => {
@@ -212,12 +238,17 @@ impl Gpu {
             )));
         }
         let key = (slot, width as u32, height as u32);
+        let epoch = self.pool.epoch.load(Ordering::Relaxed);
         let mut scratch = self.pool.scratch_textures.lock().unwrap();
-        if let Some(t) = scratch.get(&key) {
+        if let Some((t, used)) = scratch.get_mut(&key) {
+            *used = epoch;
             return Ok(t.clone());
         }
         if scratch.len() >= SCRATCH_TEXTURES_KEPT {
-            scratch.clear(); // recorders still holding one keep it alive until they submit
+            // Recorders still holding one keep it alive until they submit.
+            let bytes: u64 = scratch.keys().map(|&(_, w, h)| 16 * w as u64 * h as u64).sum();
+            self.pool.allocated.fetch_sub(bytes, Ordering::Relaxed);
+            scratch.clear();
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         Counters::bump(&self.counters.buffers);
@@ -242,14 +273,33 @@ impl Gpu {
         self.pool.allocated.fetch_add(16 * (width * height) as u64, Ordering::Relaxed);
         let view = texture.create_view(&Default::default());
         let t = Texture { inner: Arc::new((texture, view)) };
-        scratch.insert(key, t.clone());
+        scratch.insert(key, (t.clone(), epoch));
         Ok(t)
     }
 
-    /// Bytes of tensor (and texture) storage created on this device so far. A training loop in its steady
-    /// state leaves it unchanged: every tensor comes from the pool.
+    /// Bytes of tensor (and texture) storage this device holds: in use, or kept by the pool for
+    /// reuse. A training loop in its steady state leaves it unchanged: every tensor comes from
+    /// the pool.
     pub fn tensor_bytes_allocated(&self) -> u64 {
         self.pool.allocated.load(Ordering::Relaxed)
+    }
+
+    /// Lets go of what the pool keeps but the last iteration of a loop did not use: buffers
+    /// given back before the previous call and not taken since, and scratch textures not used
+    /// since it. A training loop calls it once per iteration. One whose shapes repeat keeps
+    /// everything; one whose shapes change (prompts of other lengths each iteration) holds the
+    /// buffers of its last two iterations instead of one set per shape it ever met.
+    pub fn trim_pool(&self) {
+        let keep_from = self.pool.epoch.fetch_add(1, Ordering::Relaxed);
+        let mut freed = drop_older(&mut self.pool.free.lock().unwrap(), keep_from);
+        drop_older(&mut self.pool.staging.lock().unwrap(), keep_from); // not counted in `allocated`
+        self.pool.scratch_textures.lock().unwrap().retain(|&(_, w, h), (_, used)| {
+            *used >= keep_from || {
+                freed += 16 * w as u64 * h as u64;
+                false
+            }
+        });
+        self.pool.allocated.fetch_sub(freed, Ordering::Relaxed);
     }
 
     /// An f32 tensor holding `data`.
@@ -300,7 +350,7 @@ impl Gpu {
 
     fn download_bytes(&self, t: &Tensor) -> Result<Vec<u8>> {
         let size = t.byte_len().next_multiple_of(256);
-        let reused = self.pool.staging.lock().unwrap().get_mut(&size).and_then(Vec::pop);
+        let reused = self.pool.staging.lock().unwrap().get_mut(&size).and_then(Vec::pop).map(|(buffer, _)| buffer);
         let staging = reused.unwrap_or_else(|| {
             Counters::bump(&self.counters.buffers);
             self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -326,7 +376,8 @@ impl Gpu {
             view[..t.len() * ELEM_BYTES as usize].to_vec()
         };
         staging.unmap();
-        self.pool.staging.lock().unwrap().entry(size).or_default().push(staging);
+        let epoch = self.pool.epoch.load(Ordering::Relaxed);
+        self.pool.staging.lock().unwrap().entry(size).or_default().push((staging, epoch));
         Ok(bytes)
     }
 }

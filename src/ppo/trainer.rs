@@ -444,6 +444,9 @@ pub fn run(gpu: &Arc<Gpu>, opts: &TrainOptions) -> Result<TrainReport> {
     let bar = progress::bar(opts.iterations as u64, "train", opts.quiet);
     bar.set_position(state.iteration as u64);
     for it in state.iteration..opts.iterations {
+        // Buffers of shapes the last iteration did not use go (the longest prompt changes the
+        // rollout's shapes from one iteration to the next).
+        gpu.trim_pool();
         let iteration = gpu.iteration();
         let started = Instant::now();
         let rollout_phase = gpu.phase("rollout: generation");

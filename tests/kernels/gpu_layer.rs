@@ -39,6 +39,30 @@ fn views_reshapes_and_pooled_buffers() {
 }
 
 #[test]
+fn trimming_the_pool_lets_go_of_what_the_last_iteration_did_not_use() {
+    // A device of its own, so that its counts are this test's. Sizes are whole 256-byte blocks.
+    let gpu = suite_gpu(ppo_wgpu::gpu::Gpu::new(None).unwrap());
+    let (small, large) = (256 * 4, 512 * 4);
+    let created = || gpu.counts().buffers;
+    drop(gpu.tensor(&[256], DType::F32).unwrap()); // given back in the first iteration
+    gpu.trim_pool(); // the first iteration ends: what it gave back stays
+    assert_eq!(gpu.tensor_bytes_allocated(), small);
+    let (before, t) = (created(), gpu.tensor(&[512], DType::F32).unwrap()); // the second one uses another size
+    drop(t);
+    gpu.scratch_texture(7, 4, 2).unwrap(); // 8 texels of 16 bytes
+    assert_eq!((gpu.tensor_bytes_allocated(), created() - before), (small + large + 128, 2));
+    gpu.trim_pool(); // the small buffer, untouched through a whole iteration, goes
+    assert_eq!(gpu.tensor_bytes_allocated(), large + 128);
+    // A size taken again is reused and kept; the texture, unused for an iteration, goes.
+    let before = created();
+    drop(gpu.tensor(&[512], DType::F32).unwrap());
+    gpu.trim_pool();
+    assert_eq!((gpu.tensor_bytes_allocated(), created() - before), (large, 0));
+    gpu.scratch_texture(7, 4, 2).unwrap();
+    assert_eq!((gpu.tensor_bytes_allocated(), created() - before), (large + 128, 1));
+}
+
+#[test]
 fn a_recorder_with_more_dispatches_than_its_uniform_arena_holds_flushes_in_order() {
     // 3000 dispatches of dst += 1 (each with its own uniform block, 256 bytes apart: the
     // 256 KiB arena holds 1024) must all land, in order, across the recorder's flushes.

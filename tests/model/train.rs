@@ -424,3 +424,30 @@ fn config_files_become_flags() {
     let err = config_args(&json).unwrap_err().to_string();
     assert!(err.contains("learning_rate is not an option of train"), "{err}");
 }
+
+/// The trainer lets go of the buffers of shapes its last iteration did not use (`trim_pool`):
+/// a run whose longest prompt changes every iteration, so that the rollout's and the update's
+/// shapes change with it, ends holding little more than a run with the longest prompts
+/// throughout, where it once held one set of buffers per length it met.
+#[test]
+fn a_run_whose_prompt_lengths_change_holds_the_buffers_of_its_last_iterations_only() {
+    let dir = scratch_dir("train-pool");
+    setup(&dir);
+    let words = ["the", "cat", "sees", "a", "tree", "every", "dog", "was", "good", "the"].repeat(2);
+    let lines =
+        |lengths: &mut dyn Iterator<Item = usize>| lengths.map(|n| words[..n].join(" ") + "\n").collect::<String>();
+    std::fs::write(dir.join("changing.txt"), lines(&mut (1..=20))).unwrap();
+    std::fs::write(dir.join("longest.txt"), lines(&mut std::iter::repeat_n(20, 20))).unwrap();
+    let held = |prompts: &str| {
+        let gpu = suite_gpu(Gpu::new(None).unwrap()); // a device of its own: its pool holds only this run's buffers
+        let prompts = dir.join(prompts);
+        let extra = ["--prompts", prompts.to_str().unwrap(), "--batch-size", "2", "--iterations", "16"];
+        run(&gpu, &options(&dir, "out-pool", &extra)).unwrap_or_else(|e| panic!("train: {e}"));
+        gpu.tensor_bytes_allocated()
+    };
+    let (longest, changing) = (held("longest.txt"), held("changing.txt"));
+    assert!(
+        (changing as f64) < 1.5 * longest as f64,
+        "{changing} bytes held, against {longest} with the longest prompts throughout"
+    );
+}
