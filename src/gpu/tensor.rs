@@ -27,15 +27,17 @@ pub(crate) struct BufferPool {
     allocated: AtomicU64,
     /// Staging buffers for readback, by size.
     staging: Mutex<FreeLists>,
-    /// Scratch textures, keyed by (slot, width, height), with the epoch of their last use: see
-    /// `Gpu::scratch_texture`.
-    scratch_textures: Mutex<HashMap<(u32, u32, u32), (Texture, u64)>>,
+    /// Scratch textures: see `Gpu::scratch_texture`.
+    scratch_textures: Mutex<ScratchTextures>,
     /// Counts the calls of `Gpu::trim_pool`.
     epoch: AtomicU64,
 }
 
 /// Buffers by size, each with the pool's epoch when it was given back.
 type FreeLists = HashMap<u64, Vec<(wgpu::Buffer, u64)>>;
+
+/// Textures by (slot, width, height), each with the pool's epoch at its last use.
+type ScratchTextures = HashMap<(u32, u32, u32), (Texture, u64)>;
 
 /// Drops the buffers of `lists` given back before epoch `keep_from`; returns their bytes.
 fn drop_older(lists: &mut FreeLists, keep_from: u64) -> u64 {
