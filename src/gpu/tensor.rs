@@ -39,6 +39,11 @@ type FreeLists = HashMap<u64, Vec<(wgpu::Buffer, u64)>>;
 /// Textures by (slot, width, height), each with the pool's epoch at its last use.
 type ScratchTextures = HashMap<(u32, u32, u32), (Texture, u64)>;
 
+/// Bytes of a scratch texture of key (slot, width, height): 16 per rgba32float texel.
+fn texture_bytes(&(_, width, height): &(u32, u32, u32)) -> u64 {
+    16 * width as u64 * height as u64
+}
+
 /// Drops the buffers of `lists` given back before epoch `keep_from`; returns their bytes.
 fn drop_older(lists: &mut FreeLists, keep_from: u64) -> u64 {
     let mut bytes = 0;
@@ -248,7 +253,7 @@ impl Gpu {
         }
         if scratch.len() >= SCRATCH_TEXTURES_KEPT {
             // Recorders still holding one keep it alive until they submit.
-            let bytes: u64 = scratch.keys().map(|&(_, w, h)| 16 * w as u64 * h as u64).sum();
+            let bytes: u64 = scratch.keys().map(texture_bytes).sum();
             self.pool.allocated.fetch_sub(bytes, Ordering::Relaxed);
             scratch.clear();
         }
@@ -272,7 +277,7 @@ impl Gpu {
                 self.info.name
             )));
         }
-        self.pool.allocated.fetch_add(16 * (width * height) as u64, Ordering::Relaxed);
+        self.pool.allocated.fetch_add(texture_bytes(&key), Ordering::Relaxed);
         let view = texture.create_view(&Default::default());
         let t = Texture { inner: Arc::new((texture, view)) };
         scratch.insert(key, (t.clone(), epoch));
@@ -295,9 +300,9 @@ impl Gpu {
         let keep_from = self.pool.epoch.fetch_add(1, Ordering::Relaxed);
         let mut freed = drop_older(&mut self.pool.free.lock().unwrap(), keep_from);
         drop_older(&mut self.pool.staging.lock().unwrap(), keep_from); // not counted in `allocated`
-        self.pool.scratch_textures.lock().unwrap().retain(|&(_, w, h), (_, used)| {
+        self.pool.scratch_textures.lock().unwrap().retain(|key, (_, used)| {
             *used >= keep_from || {
-                freed += 16 * w as u64 * h as u64;
+                freed += texture_bytes(key);
                 false
             }
         });
