@@ -190,7 +190,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &RewardTrainOptions) -> Result<Vec<EpochReport>
         for (k, chunk) in pairs.chunks(opts.batch_size).enumerate() {
             let refs: Vec<&Pair> = chunk.iter().collect();
             let lr = learning_rate(opts.lr, epoch * steps_per_epoch + k, opts.warmup, total, 0.1);
-            gpu.trim_pool(); // buffers of shapes the last step did not use go
+            gpu.trim_pool(); // buffers the last step did not use go (an epoch's last, shorter batch)
             let (_iteration, _phase) = (gpu.iteration(), gpu.phase("training step"));
             let mut rec = Recorder::new(gpu);
             rec.zero(&grads.flat);

@@ -336,7 +336,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &SftOptions) -> Result<SftReport> {
         let lr = learning_rate(opts.lr, step, opts.warmup, opts.steps, 0.1);
 
         // One submit: forward, loss, backward, clip, AdamW; then one readback of the losses.
-        // Buffers of shapes the last step did not use go first (batches differ in length).
+        // Buffers the last step did not use go first (an evaluation's last, shorter batch).
         gpu.trim_pool();
         let iteration = gpu.iteration();
         let phase = gpu.phase("training step");
