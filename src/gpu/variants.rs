@@ -159,8 +159,8 @@ pub(crate) fn matches_reference(got: &[f32], want: &[f64]) -> bool {
 /// the pipelines, one to gauge, then as many as fit in about a tenth of a second (1 to 64) in one
 /// recorder, as a training step records them.
 ///
-/// On a GPU with timestamp queries the seconds are the GPU's own, between two timestamps around
-/// the calls. A wall clock around the submit also counts the host recording them, the GPU
+/// On a GPU with timestamp queries (on Vulkan: `Gpu::measures_on_gpu_clock`) the seconds are
+/// the GPU's own, between two timestamps around the calls. A wall clock around the submit also counts the host recording them, the GPU
 /// waking to run them and whatever else the device runs meanwhile; on an H100, fresh wall-clock
 /// measurements ranked the attention variants in opposite orders from one run to the next. On a
 /// CPU adapter (lavapipe) the kernels run on the host's own cores, and the wall clock is what
@@ -232,10 +232,14 @@ pub fn kernels_fingerprint() -> u64 {
 }
 
 impl Gpu {
-    /// Whether variants are timed on the GPU's clock (a GPU with timestamp queries) rather than
-    /// the wall clock (a CPU adapter, or no timestamps): see `seconds_per_call`.
+    /// Whether variants are timed on the GPU's clock (a GPU on Vulkan with timestamp queries)
+    /// rather than the wall clock (a CPU adapter, no timestamps, or another backend): see
+    /// `seconds_per_call`. On Vulkan wgpu writes a pass's timestamp at the bottom of the pipe,
+    /// after the commands before it have finished, so the closing one follows the timed work;
+    /// the other backends' timestamps of an empty pass have not been checked to do the same.
     pub fn measures_on_gpu_clock(&self) -> bool {
-        self.has_timestamps() && self.info.device_type != wgpu::DeviceType::Cpu
+        let vulkan = self.info.backend == wgpu::Backend::Vulkan;
+        vulkan && self.has_timestamps() && self.info.device_type != wgpu::DeviceType::Cpu
     }
 
     /// What the cache knows this machine by: adapter, backend, driver, CPU, crate version, and
