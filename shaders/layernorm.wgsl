@@ -11,6 +11,13 @@
 // chosen per adapter by measurement: kernels::layernorm::variant): its 64 invocations read
 // neighbouring vec4s, as a GPU's memory wants, and reduce their partial sums in workgroup memory.
 //
+// With TEXTURE_LOADS set (the texture variant), the vec4 entry points read their rows, the
+// weight and the bias through read-only storage textures the host packs them into (row r of an
+// [N, C] tensor is texel row r, C/4 texels wide; weight and bias one texel row each), where they
+// read storage buffers otherwise. On a CPU adapter a storage-buffer load is a loop over the SIMD
+// lanes and a texel fetch is not (see matmul_texture.wgsl); an invocation per row reads its row
+// three times and the weight and bias once per element, so most of its time is loads.
+//
 // With RESIDUAL set, the vec4 forwards (and layernorm_subgroup.wgsl's) are llm.c's fused
 // residual forward: the row is inp + addend, which the first pass over it also stores at
 // `residual` (the residual stream the next block and the backward read), and the later passes
@@ -19,7 +26,8 @@
 //
 // Layout: inp, out, dout, dinp [N, C] row-major; w, b, dw, db [C]; mean, rstd [N] (saved by the
 // forward for the backward); addend, residual [N, C]. The vec4 forms bind inp, w, b, out, dout,
-// dinp as vec4 arrays at bindings 13–18, addend and residual at 19–20, dw and db at 21–22.
+// dinp as vec4 arrays at bindings 13–18, addend and residual at 19–20, dw and db at 21–22, and
+// the textures at 23–26.
 // Launch: one invocation per row (forward, backward_input), workgroup 64, grid = ceil(rows/64)
 // laid out 2D (x ≤ 65535); the _wg4 forms one workgroup of 64 per row, grid = rows laid out 2D;
 // backward_params 16 channels (the vec4 form 16 vec4s of channels) per workgroup of 256 (see
@@ -63,6 +71,14 @@ const WG: u32 = 64u; // invocations per workgroup (kernels::layernorm::WG)
 override RESIDUAL: bool = false;
 @group(0) @binding(21) var<storage, read_write> dweight4: array<vec4<f32>>;
 @group(0) @binding(22) var<storage, read_write> dbias4: array<vec4<f32>>;
+// TEXTURE_LOADS: inp (and addend) or inp and dout, weight and bias as textures. The other
+// variants bind 1×1 stand-ins (the vec4 entry points use the bindings either way), and so does
+// the texture variant for an operand it does not read.
+override TEXTURE_LOADS: bool = false;
+@group(0) @binding(23) var inp_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(24) var second_tex: texture_storage_2d<rgba32float, read>; // addend, or dout
+@group(0) @binding(25) var weight_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(26) var bias_tex: texture_storage_2d<rgba32float, read>;
 
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid;
@@ -149,7 +165,8 @@ fn layernorm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
 }
 
 // The same with a workgroup owning COLS vec4s of channels: a quarter of the loads, which on a
-// CPU adapter are each a loop over the lanes.
+// CPU adapter are each a loop over the lanes (with TEXTURE_LOADS, the textures the input
+// gradient read, packed once for both).
 var<workgroup> lane_sums4: array<vec4<f32>, 2u * COLS * LANES>; // [LANES][COLS] (dweight, dbias)
 
 @compute @workgroup_size(COLS * LANES)
@@ -163,9 +180,8 @@ fn layernorm_backward_params4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(nu
     var db = vec4<f32>(0.0);
     if (c4 < width4) {
         for (var row = lane; row < params.rows; row += LANES) {
-            let at = row * width4 + c4;
-            let g = dout4[at];
-            dw += g * (inp4[at] - saved_mean[row]) * saved_rstd[row];
+            let g = dout_at(row, c4);
+            dw += g * (inp_at(row, c4) - saved_mean[row]) * saved_rstd[row];
             db += g;
         }
     }
@@ -184,18 +200,42 @@ fn layernorm_backward_params4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(nu
     }
 }
 
-// The vec4 forms' row walks take (start, step): an invocation alone walks start = 0, step = 1;
-// a workgroup's invocation start = lid, step = WG, and the workgroup then sums the partials.
+// The vec4 forms' row walks take (row, start, step): an invocation alone walks start = 0,
+// step = 1; a workgroup's invocation start = lid, step = WG, and the workgroup then sums the
+// partials.
 
-// Σ x over (a strided slice of) the row at vec4 `base`, x being inp, or with RESIDUAL
-// inp + addend, stored at `residual` on the way.
-fn row_sum4(base: u32, start: u32, step: u32) -> f32 {
+// vec4 i of row `row` of inp, of the second operand (addend in the forward, dout in the
+// backward), and vec4 i of weight and bias: from the textures or the buffers.
+fn inp_at(row: u32, i: u32) -> vec4<f32> {
+    if (TEXTURE_LOADS) { return textureLoad(inp_tex, vec2<u32>(i, row)); }
+    return inp4[row * (params.c / 4u) + i];
+}
+fn addend_at(row: u32, i: u32) -> vec4<f32> {
+    if (TEXTURE_LOADS) { return textureLoad(second_tex, vec2<u32>(i, row)); }
+    return addend4[row * (params.c / 4u) + i];
+}
+fn dout_at(row: u32, i: u32) -> vec4<f32> {
+    if (TEXTURE_LOADS) { return textureLoad(second_tex, vec2<u32>(i, row)); }
+    return dout4[row * (params.c / 4u) + i];
+}
+fn weight_at(i: u32) -> vec4<f32> {
+    if (TEXTURE_LOADS) { return textureLoad(weight_tex, vec2<u32>(i, 0u)); }
+    return weight4[i];
+}
+fn bias_at(i: u32) -> vec4<f32> {
+    if (TEXTURE_LOADS) { return textureLoad(bias_tex, vec2<u32>(i, 0u)); }
+    return bias4[i];
+}
+
+// Σ x over (a strided slice of) row `row`, x being inp, or with RESIDUAL inp + addend, stored
+// at `residual` on the way.
+fn row_sum4(row: u32, start: u32, step: u32) -> f32 {
     var sum = vec4<f32>(0.0);
     for (var i = start; i < params.c / 4u; i += step) {
-        var x = inp4[base + i];
+        var x = inp_at(row, i);
         if (RESIDUAL) {
-            x += addend4[base + i];
-            residual4[base + i] = x;
+            x += addend_at(row, i);
+            residual4[row * (params.c / 4u) + i] = x;
         }
         sum += x;
     }
@@ -203,42 +243,46 @@ fn row_sum4(base: u32, start: u32, step: u32) -> f32 {
 }
 
 // The vec4 `i` of the row being normalised, after row_sum4 has walked it: inp's, or the stored
-// sum (the same invocation wrote it, so it reads its own store).
-fn row4(i: u32) -> vec4<f32> {
-    if (RESIDUAL) { return residual4[i]; }
-    return inp4[i];
+// sum (the same invocation wrote it, so it reads its own store), or with textures the sum again
+// (the same f32 addition: the same value, from loads that are cheaper than the buffer's).
+fn row4(row: u32, i: u32) -> vec4<f32> {
+    if (RESIDUAL && TEXTURE_LOADS) { return inp_at(row, i) + addend_at(row, i); }
+    if (RESIDUAL) { return residual4[row * (params.c / 4u) + i]; }
+    return inp_at(row, i);
 }
 
 // Σ (x − m)² over the same slice (a second pass: it avoids E[x²] − E[x]² cancellation).
-fn row_squares4(base: u32, m: f32, start: u32, step: u32) -> f32 {
+fn row_squares4(row: u32, m: f32, start: u32, step: u32) -> f32 {
     var sq = vec4<f32>(0.0);
-    for (var i = start; i < params.c / 4u; i += step) { let d = row4(base + i) - m; sq += d * d; }
+    for (var i = start; i < params.c / 4u; i += step) { let d = row4(row, i) - m; sq += d * d; }
     return sq.x + sq.y + sq.z + sq.w;
 }
 
-fn write_normalized4(base: u32, m: f32, s: f32, start: u32, step: u32) {
+fn write_normalized4(row: u32, m: f32, s: f32, start: u32, step: u32) {
+    let base = row * (params.c / 4u);
     for (var i = start; i < params.c / 4u; i += step) {
-        out4[base + i] = (row4(base + i) - m) * s * weight4[i] + bias4[i];
+        out4[base + i] = (row4(row, i) - m) * s * weight_at(i) + bias_at(i);
     }
 }
 
 // (Σ g, Σ g·n) with g = dout·w and n = (inp − m)·s, over the slice.
-fn row_gradient_sums4(base: u32, m: f32, s: f32, start: u32, step: u32) -> vec2<f32> {
+fn row_gradient_sums4(row: u32, m: f32, s: f32, start: u32, step: u32) -> vec2<f32> {
     var g_sum = vec4<f32>(0.0);
     var gn_sum = vec4<f32>(0.0);
     for (var i = start; i < params.c / 4u; i += step) {
-        let n = (inp4[base + i] - m) * s;
-        let g = dout4[base + i] * weight4[i];
+        let n = (inp_at(row, i) - m) * s;
+        let g = dout_at(row, i) * weight_at(i);
         g_sum += g;
         gn_sum += g * n;
     }
     return vec2<f32>(g_sum.x + g_sum.y + g_sum.z + g_sum.w, gn_sum.x + gn_sum.y + gn_sum.z + gn_sum.w);
 }
 
-fn add_input_gradient4(base: u32, m: f32, s: f32, g_mean: f32, gn_mean: f32, start: u32, step: u32) {
+fn add_input_gradient4(row: u32, m: f32, s: f32, g_mean: f32, gn_mean: f32, start: u32, step: u32) {
+    let base = row * (params.c / 4u);
     for (var i = start; i < params.c / 4u; i += step) {
-        let n = (inp4[base + i] - m) * s;
-        let g = dout4[base + i] * weight4[i];
+        let n = (inp_at(row, i) - m) * s;
+        let g = dout_at(row, i) * weight_at(i);
         dinp4[base + i] += s * (g - g_mean - n * gn_mean);
     }
 }
@@ -248,10 +292,9 @@ fn layernorm_forward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
                       @builtin(local_invocation_index) lid: u32) {
     let row = flat_index(wid, nwg, lid);
     if (row >= params.rows) { return; }
-    let base = row * (params.c / 4u);
-    let m = row_sum4(base, 0u, 1u) / f32(params.c);
-    let s = inverseSqrt(row_squares4(base, m, 0u, 1u) / f32(params.c) + params.eps);
-    write_normalized4(base, m, s, 0u, 1u);
+    let m = row_sum4(row, 0u, 1u) / f32(params.c);
+    let s = inverseSqrt(row_squares4(row, m, 0u, 1u) / f32(params.c) + params.eps);
+    write_normalized4(row, m, s, 0u, 1u);
     mean[row] = m;
     rstd[row] = s;
 }
@@ -261,11 +304,10 @@ fn layernorm_backward_input4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
                              @builtin(local_invocation_index) lid: u32) {
     let row = flat_index(wid, nwg, lid);
     if (row >= params.rows) { return; }
-    let base = row * (params.c / 4u);
     let m = saved_mean[row];
     let s = saved_rstd[row];
-    let sums = row_gradient_sums4(base, m, s, 0u, 1u) / f32(params.c);
-    add_input_gradient4(base, m, s, sums.x, sums.y, 0u, 1u);
+    let sums = row_gradient_sums4(row, m, s, 0u, 1u) / f32(params.c);
+    add_input_gradient4(row, m, s, sums.x, sums.y, 0u, 1u);
 }
 
 @compute @workgroup_size(WG)
@@ -273,10 +315,9 @@ fn layernorm_forward_wg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
                          @builtin(local_invocation_index) lid: u32) {
     let row = wid.y * nwg.x + wid.x;
     if (row >= params.rows) { return; } // uniform across the workgroup: barriers stay uniform
-    let base = row * (params.c / 4u);
-    let m = workgroup_sum(lid, WG, row_sum4(base, lid, WG)) / f32(params.c);
-    let s = inverseSqrt(workgroup_sum(lid, WG, row_squares4(base, m, lid, WG)) / f32(params.c) + params.eps);
-    write_normalized4(base, m, s, lid, WG);
+    let m = workgroup_sum(lid, WG, row_sum4(row, lid, WG)) / f32(params.c);
+    let s = inverseSqrt(workgroup_sum(lid, WG, row_squares4(row, m, lid, WG)) / f32(params.c) + params.eps);
+    write_normalized4(row, m, s, lid, WG);
     if (lid == 0u) {
         mean[row] = m;
         rstd[row] = s;
@@ -288,11 +329,10 @@ fn layernorm_backward_input_wg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
                                 @builtin(local_invocation_index) lid: u32) {
     let row = wid.y * nwg.x + wid.x;
     if (row >= params.rows) { return; } // uniform across the workgroup: barriers stay uniform
-    let base = row * (params.c / 4u);
     let m = saved_mean[row];
     let s = saved_rstd[row];
-    let sums = row_gradient_sums4(base, m, s, lid, WG);
+    let sums = row_gradient_sums4(row, m, s, lid, WG);
     let g_mean = workgroup_sum(lid, WG, sums.x) / f32(params.c);
     let gn_mean = workgroup_sum(lid, WG, sums.y) / f32(params.c);
-    add_input_gradient4(base, m, s, g_mean, gn_mean, lid, WG);
+    add_input_gradient4(row, m, s, g_mean, gn_mean, lid, WG);
 }

@@ -19,10 +19,9 @@ fn layernorm_forward_sg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     let lanes = WG / n_sg; // invocations per subgroup (all of them when it is as large as WG)
     let span = workgroup_rows(wid, nwg, params.rows_per_group, params.rows);
     for (var row = span.x + sg; row < span.y; row += n_sg) { // uniform across the subgroup
-        let base = row * (params.c / 4u);
-        let m = subgroupAdd(row_sum4(base, lane, lanes)) / f32(params.c);
-        let s = inverseSqrt(subgroupAdd(row_squares4(base, m, lane, lanes)) / f32(params.c) + params.eps);
-        write_normalized4(base, m, s, lane, lanes);
+        let m = subgroupAdd(row_sum4(row, lane, lanes)) / f32(params.c);
+        let s = inverseSqrt(subgroupAdd(row_squares4(row, m, lane, lanes)) / f32(params.c) + params.eps);
+        write_normalized4(row, m, s, lane, lanes);
         if (lane == 0u) {
             mean[row] = m;
             rstd[row] = s;
@@ -37,10 +36,9 @@ fn layernorm_backward_input_sg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
     let lanes = WG / n_sg;
     let span = workgroup_rows(wid, nwg, params.rows_per_group, params.rows);
     for (var row = span.x + sg; row < span.y; row += n_sg) {
-        let base = row * (params.c / 4u);
         let m = saved_mean[row];
         let s = saved_rstd[row];
-        let sums = subgroupAdd(row_gradient_sums4(base, m, s, lane, lanes)) / f32(params.c);
-        add_input_gradient4(base, m, s, sums.x, sums.y, lane, lanes);
+        let sums = subgroupAdd(row_gradient_sums4(row, m, s, lane, lanes)) / f32(params.c);
+        add_input_gradient4(row, m, s, sums.x, sums.y, lane, lanes);
     }
 }

@@ -172,11 +172,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Memory { config, batch_size, seq_len, algo, beta } => {
             let cfg = named_config(config)?;
             let heads = model::Heads { value: algo.has_value_head(), reward: false };
-            let m =
-                model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, |_, _| MatmulVariant::WorkgroupTiled);
-            let cpu =
-                model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, |_, _| MatmulVariant::RegisterTiled);
-            let tex = model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, |_, _| MatmulVariant::Texture);
+            let m = model::gpt::memory_estimate(
+                &cfg,
+                heads,
+                *batch_size,
+                *seq_len,
+                |_, _| MatmulVariant::WorkgroupTiled,
+                false,
+            );
+            let cpu = model::gpt::memory_estimate(
+                &cfg,
+                heads,
+                *batch_size,
+                *seq_len,
+                |_, _| MatmulVariant::RegisterTiled,
+                false,
+            );
+            let tex =
+                model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, |_, _| MatmulVariant::Texture, true);
             let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
             let n = model::gpt::ParamLayout::new(&cfg, heads).count();
             let beta = beta.unwrap_or(algo.default_beta());
@@ -200,7 +213,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "  (on a CPU adapter, plus {:.1} MiB of transposed weights in the backward with the register-tiled matmul,",
                 mib(cpu.transpose_scratch)
             );
-            println!("   or {:.1} MiB of packed operands with the texture matmul)", mib(tex.texture_scratch));
+            println!("   or {:.1} MiB of packed operands with the texture kernels)", mib(tex.texture_scratch));
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}
@@ -381,6 +394,7 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     ppo_wgpu::kernels::matmul::variant(gpu)?;
     ppo_wgpu::kernels::matmul::narrow_variant(gpu)?;
     ppo_wgpu::kernels::layernorm::variant(gpu)?;
+    ppo_wgpu::kernels::layernorm::narrow_variant(gpu)?;
     ppo_wgpu::kernels::adamw::norm_variant(gpu)?;
     ppo_wgpu::kernels::cross_entropy::variant(gpu)?;
     ppo_wgpu::kernels::ppo::row_variant(gpu)?;

@@ -1,10 +1,14 @@
 //! LayerNorm forward and backward, and the forward fused with the residual add before it.
-//! Shader: `layernorm.wgsl`. Three variants, chosen per adapter by measurement (`variant`): an
-//! invocation per row (CPU adapters), a workgroup per row, or a subgroup per row.
+//! Shader: `layernorm.wgsl`. Four variants, chosen per adapter by measurement (`variant`): an
+//! invocation per row reading storage buffers or textures (CPU adapters), a workgroup per row,
+//! or a subgroup per row.
 
-use super::{as_matrix, bind, expect_len, groups, subgroup_rows_per_group};
+use super::matmul::{Block, NARROW_ROWS, pack, pack_method};
+use super::{as_matrix, bind, bind_texture, expect_len, flag, groups, subgroup_rows_per_group};
 use crate::error::{Result, ensure_shape};
-use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call};
+use crate::gpu::{
+    Gpu, Recorder, Shader, Tensor, Texture, Work, choose_by_measurement, matches_reference, seconds_per_call,
+};
 use std::sync::Arc;
 
 pub const SHADER: Shader =
@@ -37,33 +41,67 @@ pub enum LayernormVariant {
     /// with subgroupAdd: no barriers. Only for C a multiple of 4 on adapters with subgroups;
     /// elsewhere an invocation per row.
     SubgroupPerRow,
+    /// One invocation per row, reading the rows, weight and bias through textures the host
+    /// packs them into (TEXTURE_LOADS in the shader; a copy or the pack shader, as the texture
+    /// matmul packs its operands): on lavapipe the forward ran 1.7× faster, packing included.
+    /// Only for C a multiple of 4 and rows within the adapter's texture size; other rows run an
+    /// invocation per row from the buffers.
+    Texture,
 }
 
 /// The names of the variants, as `PPO_WGPU_LAYERNORM` and the cache spell them.
-pub const VARIANTS: [(LayernormVariant, &str); 3] = [
+pub const VARIANTS: [(LayernormVariant, &str); 4] = [
     (LayernormVariant::InvocationPerRow, "invocation-per-row"),
     (LayernormVariant::WorkgroupPerRow, "workgroup-per-row"),
     (LayernormVariant::SubgroupPerRow, "subgroup-per-row"),
+    (LayernormVariant::Texture, "texture"),
 ];
 
-/// The LayerNorm variant this adapter runs: chosen by measurement on first use and cached (see
-/// `gpu::variants`), or forced with
-/// PPO_WGPU_LAYERNORM=invocation-per-row|workgroup-per-row|subgroup-per-row.
-pub fn variant(gpu: &Arc<Gpu>) -> Result<LayernormVariant> {
-    choose_by_measurement(gpu, "layernorm", &VARIANTS, "GB/s", measure_variant)
+/// Scratch-texture slots of the texture variant (`Gpu::scratch_texture`; the matmul uses 0 and
+/// 1, attention 2 and 3): inp, the second operand (addend or dout), weight, bias.
+const SLOT_INP: u32 = 4;
+
+/// The LayerNorm variant this adapter runs for rows of `rows`: `narrow_variant` for fewer than
+/// matmul::NARROW_ROWS (a decode step's, one row per sequence), else `variant`.
+pub fn variant_for(gpu: &Arc<Gpu>, rows: usize) -> Result<LayernormVariant> {
+    if rows < NARROW_ROWS { narrow_variant(gpu) } else { variant(gpu) }
 }
 
-/// A variant's GB/s over a forward fused with its residual add (as the model runs all but one
-/// LayerNorm of a forward) and a backward, at a small model's and GPT-2's widths, after a check
-/// against the CPU reference (None if it fails).
-fn measure_variant(gpu: &Arc<Gpu>, variant: LayernormVariant) -> Result<Option<f64>> {
+/// The LayerNorm variant this adapter runs for at least NARROW_ROWS rows: chosen by
+/// measurement on first use and cached (see `gpu::variants`), or forced with
+/// PPO_WGPU_LAYERNORM=invocation-per-row|workgroup-per-row|subgroup-per-row|texture.
+pub fn variant(gpu: &Arc<Gpu>) -> Result<LayernormVariant> {
+    // A small model's and GPT-2's widths over a batch of tokens, forward and backward.
+    let shapes = [(2048, 128), (256, 768)];
+    choose_by_measurement(gpu, "layernorm", &VARIANTS, "GB/s", |gpu, v| measure_variant(gpu, v, &shapes, true))
+}
+
+/// The variant for fewer than NARROW_ROWS rows, chosen the same way (family
+/// `layernorm_narrow`, forced with PPO_WGPU_LAYERNORM_NARROW=…): a decode step's forward, where
+/// the texture variant's four packs per call can cost more than its loads save (on lavapipe
+/// the shipped demo's run took 7.1–7.6 s with it against 6.2–6.7 without).
+pub fn narrow_variant(gpu: &Arc<Gpu>) -> Result<LayernormVariant> {
+    // A decode step of 32 sequences at a small model's and GPT-2's widths, forward only.
+    let shapes = [(32, 128), (32, 768)];
+    choose_by_measurement(gpu, "layernorm_narrow", &VARIANTS, "GB/s", |gpu, v| measure_variant(gpu, v, &shapes, false))
+}
+
+/// A variant's GB/s over `shapes` (rows, C): a forward fused with its residual add (as the model
+/// runs all but one LayerNorm of a forward), and with `backward` a backward, after a check of
+/// both against the CPU reference (None if it fails).
+fn measure_variant(
+    gpu: &Arc<Gpu>,
+    variant: LayernormVariant,
+    shapes: &[(usize, usize)],
+    backward: bool,
+) -> Result<Option<f64>> {
     if variant == LayernormVariant::SubgroupPerRow && !gpu.has_subgroups() {
         return Ok(None); // it would run invocation-per-row: nothing of its own to measure
     }
     let mut rng = crate::rng::Rng::new(12);
     let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
     let (mut bytes, mut seconds) = (0.0, 0.0);
-    for (rows, c) in [(37, 20), (2048, 128), (256, 768)] {
+    for &(rows, c) in [(37, 20)].iter().chain(shapes) {
         let (x, add, dout) = (rng.normals(rows * c, 1.0), rng.normals(rows * c, 1.0), rng.normals(rows * c, 1.0));
         let (w, b) = (rng.normals(c, 1.0), rng.normals(c, 1.0));
         let up = |v: &[f64], shape: &[usize]| gpu.upload(shape, &f32s(v));
@@ -72,8 +110,11 @@ fn measure_variant(gpu: &Arc<Gpu>, variant: LayernormVariant) -> Result<Option<f
         let zeros = |shape: &[usize]| gpu.upload(shape, &vec![0.0; shape.iter().product()]);
         let (residual, out, mean, rstd) = (zeros(&[rows, c])?, zeros(&[rows, c])?, zeros(&[rows])?, zeros(&[rows])?);
         let (dinp, dw, db) = (zeros(&[rows, c])?, zeros(&[c])?, zeros(&[c])?);
+        let forward = |rec: &mut Recorder| {
+            residual_forward_with_variant(rec, variant, &residual, &out, &mean, &rstd, &tx, &tadd, &tw, &tb, 1e-5)
+        };
         let step = |rec: &mut Recorder| -> Result<()> {
-            residual_forward_with_variant(rec, variant, &residual, &out, &mean, &rstd, &tx, &tadd, &tw, &tb, 1e-5)?;
+            forward(rec)?;
             backward_with_variant(rec, variant, &dinp, &dw, &db, &tdout, &residual, &tw, &mean, &rstd)
         };
         if rows == 37 {
@@ -92,11 +133,16 @@ fn measure_variant(gpu: &Arc<Gpu>, variant: LayernormVariant) -> Result<Option<f
             }
             continue;
         }
-        seconds += seconds_per_call(gpu, step)?;
-        // What the kernels must move at least (their `Work`): the forward reads both summands and
-        // writes the sum and out, the backward reads inp, dout and dinp and writes dinp, then
-        // reads inp and dout again.
-        bytes += (4 * 9 * rows * c) as f64;
+        if backward {
+            seconds += seconds_per_call(gpu, step)?;
+            // What the kernels must move at least (their `Work`): the forward reads both summands
+            // and writes the sum and out, the backward reads inp, dout and dinp and writes dinp,
+            // then reads inp and dout again.
+            bytes += (4 * 9 * rows * c) as f64;
+        } else {
+            seconds += seconds_per_call(gpu, forward)?;
+            bytes += (4 * 4 * rows * c) as f64;
+        }
     }
     Ok(Some(bytes / seconds / 1e9))
 }
@@ -122,7 +168,7 @@ pub fn layernorm_forward(
     bias: &Tensor,
     eps: f32,
 ) -> Result<()> {
-    let variant = variant(rec.gpu())?;
+    let variant = variant_for(rec.gpu(), as_matrix(inp).0)?;
     forward_with_variant(rec, variant, out, mean, rstd, inp, weight, bias, eps)
 }
 
@@ -158,7 +204,7 @@ pub fn residual_layernorm_forward(
     bias: &Tensor,
     eps: f32,
 ) -> Result<()> {
-    let variant = variant(rec.gpu())?;
+    let variant = variant_for(rec.gpu(), as_matrix(a).0)?;
     residual_forward_with_variant(rec, variant, residual, out, mean, rstd, a, b, weight, bias, eps)
 }
 
@@ -214,6 +260,7 @@ fn record_forward(
     if c.is_multiple_of(4) {
         // Without a sum, inp and out stand in for the summand and the sum (left unread).
         let (addend, residual) = sum.unwrap_or((inp, out));
+        let (loads, t) = row_textures(rec, variant, rows, c, [inp, addend], weight, Some(bias))?;
         let b = [
             bind(13, inp),
             bind(14, weight),
@@ -223,13 +270,18 @@ fn record_forward(
             bind(6, rstd),
             bind(19, addend),
             bind(20, residual),
+            bind_texture(23, &t[0]),
+            bind_texture(24, &t[1]),
+            bind_texture(25, &t[2]),
+            bind_texture(26, &t[3]),
         ];
         let entry = format!("layernorm_forward{suffix}");
-        let (constants, work): (&[(&str, f64)], _) = match sum {
-            Some(_) => (&[("RESIDUAL", 1.0)], Work::floats(4 * rows * c + 2 * c + 2 * rows)),
-            None => (&[], Work::floats(2 * rows * c + 2 * c + 2 * rows)),
+        let constants = [("RESIDUAL", flag(sum.is_some())), ("TEXTURE_LOADS", flag(loads))];
+        let work = match sum {
+            Some(_) => Work::floats(4 * rows * c + 2 * c + 2 * rows),
+            None => Work::floats(2 * rows * c + 2 * c + 2 * rows),
         };
-        rec.dispatch(shader, &entry, constants, bytemuck::bytes_of(&params), &b, grid, work)
+        rec.dispatch(shader, &entry, &constants, bytemuck::bytes_of(&params), &b, grid, work)
     } else {
         ensure_shape(sum.is_none(), || format!("the fused residual LayerNorm needs rows of whole vec4s, not {c}"))?;
         let b = [bind(1, inp), bind(2, weight), bind(3, bias), bind(4, out), bind(5, mean), bind(6, rstd)];
@@ -252,7 +304,7 @@ fn row_launch(
         return invocation_per_row;
     }
     match variant {
-        LayernormVariant::InvocationPerRow => invocation_per_row,
+        LayernormVariant::InvocationPerRow | LayernormVariant::Texture => invocation_per_row,
         LayernormVariant::WorkgroupPerRow => (&SHADER, "_wg4", gpu.grid(rows), 0),
         LayernormVariant::SubgroupPerRow if gpu.has_subgroups() => {
             let rows_per_group = subgroup_rows_per_group(gpu, WG);
@@ -260,6 +312,47 @@ fn row_launch(
         }
         LayernormVariant::SubgroupPerRow => invocation_per_row,
     }
+}
+
+/// The textures a vec4 entry point binds at 23–26, and whether it reads through them
+/// (TEXTURE_LOADS): with the texture variant, the two [rows, C] `operands` (the same tensor
+/// twice where the entry point reads one), weight and bias packed into textures C/4 texels wide,
+/// one texel row per row; otherwise, or when the rows exceed the adapter's texture size, 1×1
+/// stand-ins that stay unread (and for a bias that is None).
+fn row_textures(
+    rec: &mut Recorder,
+    variant: LayernormVariant,
+    rows: usize,
+    c: usize,
+    operands: [&Tensor; 2],
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<(bool, [Texture; 4])> {
+    let gpu = rec.gpu().clone();
+    let stand_in = gpu.scratch_texture(SLOT_INP, 1, 1)?;
+    let max = gpu.limits.max_texture_dimension_2d as usize;
+    if variant != LayernormVariant::Texture || rows > max || c / 4 > max {
+        return Ok((false, [stand_in.clone(), stand_in.clone(), stand_in.clone(), stand_in]));
+    }
+    let method = pack_method(&gpu)?;
+    let mut packed = |slot: u32, t: &Tensor, rows: usize| {
+        pack(rec, method, slot, t, Block { rows, cols: c, stride: c, offset: 0, transposed: false }, c / 4, rows)
+    };
+    let inp = packed(SLOT_INP, operands[0], rows)?;
+    let second =
+        if std::ptr::eq(operands[0], operands[1]) { inp.clone() } else { packed(SLOT_INP + 1, operands[1], rows)? };
+    let w = packed(SLOT_INP + 2, weight, 1)?;
+    let b = match bias {
+        Some(bias) => packed(SLOT_INP + 3, bias, 1)?,
+        None => stand_in,
+    };
+    Ok((true, [inp, second, w, b]))
+}
+
+/// The scratch-texture bytes the texture variant keeps for rows of `c` (whole vec4s): the two
+/// operand textures, weight, bias and the 1×1 stand-in (`row_textures`).
+pub fn texture_scratch_bytes(rows: usize, c: usize) -> usize {
+    16 * (c / 4 * (2 * rows + 2) + 1)
 }
 
 /// Accumulates the LayerNorm gradients: dinp += ∂L/∂inp, dweight += ∂L/∂w, dbias += ∂L/∂b.
@@ -275,7 +368,7 @@ pub fn layernorm_backward(
     mean: &Tensor,
     rstd: &Tensor,
 ) -> Result<()> {
-    let variant = variant(rec.gpu())?;
+    let variant = variant_for(rec.gpu(), as_matrix(inp).0)?;
     backward_with_variant(rec, variant, dinp, dweight, dbias, dout, inp, weight, mean, rstd)
 }
 
@@ -305,9 +398,24 @@ pub fn backward_with_variant(
     let params = Params { rows: rows as u32, c: c as u32, eps: 0.0, rows_per_group };
     let p = bytemuck::bytes_of(&params);
     let work = Work::floats(3 * rows * c + c + 2 * rows);
-    if c.is_multiple_of(4) {
-        let b = [bind(13, inp), bind(14, weight), bind(17, dout), bind(18, dinp), bind(11, mean), bind(12, rstd)];
-        rec.dispatch(shader, &format!("layernorm_backward_input{suffix}"), &[], p, &b, grid, work)?;
+    // The texture variant's textures (C a multiple of 4), read by both kernels below.
+    let textures =
+        if c.is_multiple_of(4) { Some(row_textures(rec, variant, rows, c, [inp, dout], weight, None)?) } else { None };
+    if let Some((loads, t)) = &textures {
+        // (The bias texture, 26, is not bound: the input gradient does not read it.)
+        let b = [
+            bind(13, inp),
+            bind(14, weight),
+            bind(17, dout),
+            bind(18, dinp),
+            bind(11, mean),
+            bind(12, rstd),
+            bind_texture(23, &t[0]),
+            bind_texture(24, &t[1]),
+            bind_texture(25, &t[2]),
+        ];
+        let entry = format!("layernorm_backward_input{suffix}");
+        rec.dispatch(shader, &entry, &[("TEXTURE_LOADS", flag(*loads))], p, &b, grid, work)?;
     } else {
         let b = [bind(1, inp), bind(2, weight), bind(7, dout), bind(8, dinp), bind(11, mean), bind(12, rstd)];
         rec.dispatch(&SHADER, "layernorm_backward_input", &[], p, &b, grid, work)?;
@@ -321,11 +429,21 @@ pub fn backward_with_variant(
         let params = Params { rows: n as u32, c: c as u32, eps: 0.0, rows_per_group: 0 };
         let p = bytemuck::bytes_of(&params);
         let work = Work::floats(2 * n * c + 4 * c + 2 * n);
-        if c.is_multiple_of(4) {
-            let b =
-                [bind(13, &inp), bind(17, &dout), bind(21, dweight), bind(22, dbias), bind(11, &mean), bind(12, &rstd)];
+        if let Some((loads, t)) = &textures {
+            // The textures hold every row: they serve a single slice.
+            let loads = *loads && n == rows;
+            let b = [
+                bind(13, &inp),
+                bind(17, &dout),
+                bind(21, dweight),
+                bind(22, dbias),
+                bind(11, &mean),
+                bind(12, &rstd),
+                bind_texture(23, &t[0]),
+                bind_texture(24, &t[1]),
+            ];
             let grid = gpu.grid(groups(c / 4, PARAMS_COLS));
-            rec.dispatch(&SHADER, "layernorm_backward_params4", &[], p, &b, grid, work)?;
+            rec.dispatch(&SHADER, "layernorm_backward_params4", &[("TEXTURE_LOADS", flag(loads))], p, &b, grid, work)?;
         } else {
             let b =
                 [bind(1, &inp), bind(7, &dout), bind(9, dweight), bind(10, dbias), bind(11, &mean), bind(12, &rstd)];

@@ -190,7 +190,7 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
 /// HEAD_DIM and APPEND, matmul's A_SCALAR and B_F16, the tiled matmul's TRANS_A / TRANS_B and B_F16, the
 /// packs' SRC_VEC4, the texture-subgroup matmul's A_STORED and B_STORED, the texture kernels'
 /// SUM_B_COLUMNS, each with every epilogue of the matmul shaders (`matmul::epilogue`),
-/// LayerNorm's RESIDUAL and the sampler's lanes.
+/// LayerNorm's RESIDUAL and TEXTURE_LOADS, and the sampler's lanes.
 pub fn override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
     let sets = own_override_sets(shader);
     if !shader.starts_with("matmul") {
@@ -234,7 +234,10 @@ fn own_override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
             let sums = |on: f64| own.iter().map(move |set| [&set[..], &[("SUM_B_COLUMNS", on)]].concat());
             sums(0.0).chain(sums(1.0)).collect()
         }
-        "layernorm" | "layernorm_subgroup" => flags("RESIDUAL").into(),
+        "layernorm" | "layernorm_subgroup" => [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)]
+            .into_iter()
+            .map(|(residual, loads)| vec![("RESIDUAL", residual), ("TEXTURE_LOADS", loads)])
+            .collect(),
         "sampling" => sampling::LANES.iter().map(|(lanes, _)| vec![("WG", lanes.count() as f64)]).collect(),
         _ => vec![vec![]],
     }

@@ -647,13 +647,15 @@ fn training_products(config: &GptConfig, heads: Heads, bt: usize) -> Vec<(Layout
 }
 
 /// The memory of training `config` on batches of B × T tokens, where a `layout` product of M
-/// rows runs on the matmul variant `variant_for(layout, M)` (see `kernels::matmul::variant_for`).
+/// rows runs on the matmul variant `variant_for(layout, M)` (see `kernels::matmul::variant_for`)
+/// and, with `layernorm_textures`, the LayerNorms on their texture variant.
 pub fn memory_estimate(
     config: &GptConfig,
     heads: Heads,
     b: usize,
     t: usize,
     variant_for: impl Fn(Layout, usize) -> MatmulVariant,
+    layernorm_textures: bool,
 ) -> MemoryEstimate {
     let layout = ParamLayout::new(config, heads);
     let (c, v, nh, l) = (config.n_embd, config.padded_vocab_size(), config.n_head, config.n_layer);
@@ -678,7 +680,9 @@ pub fn memory_estimate(
         .into_iter()
         .map(|(layout, (m, n, k))| (layout, (m, n, k), variant_for(layout, m)))
         .collect();
-    let texture_scratch = crate::kernels::matmul::texture_scratch_bytes(&products);
+    let layernorm_scratch =
+        if layernorm_textures { crate::kernels::layernorm::texture_scratch_bytes(bt, c) } else { 0 };
+    let texture_scratch = crate::kernels::matmul::texture_scratch_bytes(&products) + layernorm_scratch;
     MemoryEstimate {
         params: p,
         grads: p,

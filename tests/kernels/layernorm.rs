@@ -127,3 +127,41 @@ fn without_subgroups_the_subgroup_variant_runs_per_row_and_is_never_chosen() {
         choice.figures
     );
 }
+
+#[test]
+fn the_texture_variant_reads_rows_past_the_texture_size_from_the_buffers() {
+    // A device whose textures are at most 32 texels on a side: 48 rows do not fit in one, so
+    // the texture variant runs them as an invocation per row from the storage buffers; 24 rows
+    // of 128 channels (32 texels) do, and go through the textures. Both match the reference,
+    // the forward fused with its residual add as well.
+    let lower = LowerLimits { texture_dimension: Some(32), ..Default::default() };
+    let gpu = suite_gpu(Gpu::with_lower_limits(None, lower).unwrap());
+    let mut rng = Rng::new(23);
+    let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+    let tex = LayernormVariant::Texture;
+    for (rows, c) in [(48, 64), (24, 128)] {
+        let (a, add) = (rng.normals(rows * c, 1.0), rng.normals(rows * c, 1.0));
+        let (w, b, dout) = (rng.normals(c, 1.0), rng.normals(c, 1.0), rng.normals(rows * c, 1.0));
+        let up = |x: &[f64], shape: &[usize]| gpu.upload(shape, &f32s(x)).unwrap();
+        let (t_a, t_add, t_w, t_b, t_dout) =
+            (up(&a, &[rows, c]), up(&add, &[rows, c]), up(&w, &[c]), up(&b, &[c]), up(&dout, &[rows, c]));
+        let z = |shape: &[usize]| gpu.upload(shape, &vec![0.0; shape.iter().product()]).unwrap();
+        let (residual, out, mean, rstd) = (z(&[rows, c]), z(&[rows, c]), z(&[rows]), z(&[rows]));
+        let (dinp, dw, db) = (z(&[rows, c]), z(&[c]), z(&[c]));
+        let mut rec = Recorder::new(&gpu);
+        residual_forward_with_variant(
+            &mut rec, tex, &residual, &out, &mean, &rstd, &t_a, &t_add, &t_w, &t_b, EPS as f32,
+        )
+        .unwrap();
+        backward_with_variant(&mut rec, tex, &dinp, &dw, &db, &t_dout, &residual, &t_w, &mean, &rstd).unwrap();
+        rec.submit();
+        let got = |t| gpu.download(t).unwrap().iter().map(|&v| v as f64).collect::<Vec<f64>>();
+        let sum: Vec<f64> = a.iter().zip(&add).map(|(x, y)| x + y).collect();
+        let what = format!("texture layernorm {rows}x{c} on 32-texel textures");
+        assert_close(&format!("{what} residual"), &got(&residual), &sum, 1e-6, 1e-6);
+        let want_out = reference::layernorm_forward(&sum, &w, &b, c, EPS).0;
+        assert_close(&format!("{what} out"), &got(&out), &want_out, 1e-5, 1e-5);
+        let want_dinp = reference::layernorm_backward(&dout, &sum, &w, c, EPS).0;
+        assert_close(&format!("{what} dinp"), &got(&dinp), &want_dinp, 1e-5, 1e-4);
+    }
+}

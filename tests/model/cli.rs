@@ -255,6 +255,7 @@ fn info_shows_the_kernel_choice_and_the_environment_forces_one() {
         "matmul",
         "matmul_narrow",
         "layernorm",
+        "layernorm_narrow",
         "grad_norm",
         "cross_entropy",
         "attention",

@@ -43,9 +43,15 @@ fn memory_estimate_matches_the_buffers_and_steps_allocate_nothing_new() {
     step(&model, &mut opt, &grads, &ids, &vec![1; b * t], b, t);
     let after_first = gpu.tensor_bytes_allocated();
 
-    let estimate = memory_estimate(&config, heads, b, t, |layout, m| {
-        ppo_wgpu::kernels::matmul::variant_for(&gpu, layout, m).unwrap()
-    });
+    let layernorm = ppo_wgpu::kernels::layernorm::variant_for(&gpu, b * t).unwrap();
+    let estimate = memory_estimate(
+        &config,
+        heads,
+        b,
+        t,
+        |layout, m| ppo_wgpu::kernels::matmul::variant_for(&gpu, layout, m).unwrap(),
+        layernorm == ppo_wgpu::kernels::layernorm::LayernormVariant::Texture,
+    );
     let ratio = after_first as f64 / estimate.total() as f64;
     // The estimate leaves out a few small tensors (ids, masks, index buckets, norm partials).
     assert!(
