@@ -558,11 +558,12 @@ fn bench_attention(bx: &mut Bench, c: &mut Criterion) {
 }
 
 fn bench_cross_entropy(bx: &mut Bench, c: &mut Criterion) {
-    // Every variant, the adapter's choice first and marked (GPT-2's vocabulary runs a workgroup
-    // per row in either: see cross_entropy::SERIAL_MAX_COLUMNS).
+    // Every variant, the adapter's choice first and marked, at the vocabularies the GPU model
+    // holds (GPT-2's padded to 50304, whose rows run a workgroup per row unless the variant is
+    // subgroup-per-row: see cross_entropy::SERIAL_MAX_COLUMNS).
     let chosen = cross_entropy::variant(&bx.gpu).unwrap();
     let variants = chosen_first(chosen, &cross_entropy::VARIANTS);
-    for (label, rows, v) in [("gpt2 vocab 64x50257", 64, 50257), ("tiny vocab 2048x512", 2048, 512)] {
+    for (label, rows, v) in [("gpt2 vocab 64x50304", 64, 50304), ("tiny vocab 2048x512", 2048, 512)] {
         let logits = bx.rng.normals(rows * v, 2.0);
         let targets: Vec<u32> = (0..rows).map(|_| bx.rng.below(v as u32)).collect();
         let t_targets = bx.gpu.upload_u32(&[rows], &targets).unwrap();
@@ -625,10 +626,11 @@ fn bench_ppo(bx: &mut Bench, c: &mut Criterion) {
         PpoLossConfig, PpoMinibatch, ROW_VARIANTS, ppo_loss_fused_with_variant, ppo_loss_unfused, row_variant,
     };
     let cfg = PpoLossConfig { ent_coef: 0.01, ..Default::default() };
-    // The fused loss with each row walk (family ppo_rows), the adapter's choice first; a
-    // vocabulary past SERIAL_MAX_COLUMNS always walks a workgroup per row, whatever the choice.
+    // The fused loss with each row walk (family ppo_rows), the adapter's choice first, at the
+    // vocabularies the GPU model holds (GPT-2's padded to 50304); a vocabulary past
+    // SERIAL_MAX_COLUMNS always walks a workgroup per row, whatever the choice.
     let chosen = row_variant(&bx.gpu).unwrap();
-    for (label, b, t, v) in [("gpt2 vocab 4x16x50257", 4, 16, 50257), ("tiny vocab 32x64x512", 32, 64, 512)] {
+    for (label, b, t, v) in [("gpt2 vocab 4x16x50304", 4, 16, 50304), ("tiny vocab 32x64x512", 32, 64, 512)] {
         let rows = b * t;
         let logits_host = bx.rng.normals(rows * v, 2.0);
         let tokens: Vec<u32> = (0..rows).map(|_| bx.rng.below(v as u32)).collect();

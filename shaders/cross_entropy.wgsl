@@ -17,7 +17,14 @@
 // workgroup memory and no barriers, which cost more than they save on CPU adapters. The third,
 // a subgroup per row, is in cross_entropy_subgroup.wgsl.
 //
+// With VEC4 set (V a multiple of 4, as the model's padded vocabulary always is), the row walks
+// read and write vec4s, a quarter of the loads and stores, and fold four logits per step of the
+// online recurrence (softmax_state_add4: 5 exps where four single steps take 8). The walks'
+// (start, step) then count vec4s.
+//
 // Layout: logits [N, V] row-major; targets [N] u32 (0xFFFFFFFF = ignore); dloss, lse, loss [N].
+// The VEC4 walks read logits, logp and the gradient as vec4 arrays at bindings 9–11; the host
+// binds the same tensors at both sets (the one the specialisation does not walk stays unread).
 // Launch: one workgroup of 64 per row; grid = N workgroups laid out 2D (x ≤ 65535). The _serial
 // forms: one invocation per row, workgroup 64, grid = ceil(N/64) laid out 2D.
 
@@ -41,16 +48,26 @@ const IGNORE: u32 = 0xFFFFFFFFu;
 @group(0) @binding(6) var<storage, read_write> dlogits: array<f32>;
 @group(0) @binding(7) var<storage, read> dloss: array<f32>;
 @group(0) @binding(8) var<storage, read> lse_saved: array<f32>;
+override VEC4: bool = false;
+@group(0) @binding(9) var<storage, read> logits4: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> logp4: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read_write> dlogits4: array<vec4<f32>>;
 
 // The row walks take (start, step): a workgroup's invocation walks start = lid, step = WG (and
 // the workgroup then merges), an invocation alone (the _serial entry points) start = 0, step = 1.
 
 // The online-softmax state (see prelude.wgsl) of (a strided slice of) row `row`.
 fn fold_row(row: u32, start: u32, step: u32) -> vec3<f32> {
-    let base = row * params.v;
     var st = vec3<f32>(NEG_BIG, 0.0, 0.0);
-    for (var i = start; i < params.v; i += step) {
-        st = softmax_state_add(st, logits[base + i] * params.inv_temperature);
+    if (VEC4) {
+        let v4 = params.v / 4u;
+        for (var j = start; j < v4; j += step) {
+            st = softmax_state_add4(st, logits4[row * v4 + j] * params.inv_temperature);
+        }
+    } else {
+        for (var i = start; i < params.v; i += step) {
+            st = softmax_state_add(st, logits[row * params.v + i] * params.inv_temperature);
+        }
     }
     return st;
 }
@@ -65,26 +82,43 @@ fn row_logsumexp(row: u32, lid: u32) -> f32 {
 fn write_loss(row: u32, row_lse: f32) {
     lse[row] = row_lse;
     let tgt = targets[row];
-    loss[row] = select(row_lse - logits[row * params.v + min(tgt, params.v - 1u)] * params.inv_temperature, 0.0, tgt == IGNORE);
+    let at = row * params.v + min(tgt, params.v - 1u);
+    var logit: f32;
+    if (VEC4) { logit = logits4[at / 4u][at % 4u]; } else { logit = logits[at]; }
+    loss[row] = select(row_lse - logit * params.inv_temperature, 0.0, tgt == IGNORE);
 }
 
 fn write_log_softmax(row: u32, row_lse: f32, start: u32, step: u32) {
-    let base = row * params.v;
-    for (var i = start; i < params.v; i += step) {
-        logp[base + i] = logits[base + i] * params.inv_temperature - row_lse;
+    if (VEC4) {
+        let v4 = params.v / 4u;
+        for (var j = start; j < v4; j += step) {
+            logp4[row * v4 + j] = logits4[row * v4 + j] * params.inv_temperature - row_lse;
+        }
+    } else {
+        for (var i = start; i < params.v; i += step) {
+            logp[row * params.v + i] = logits[row * params.v + i] * params.inv_temperature - row_lse;
+        }
     }
 }
 
 // The gradient in place of (a strided slice of) the row: each element is read and then
 // overwritten by the same invocation, so no barrier is needed.
 fn write_gradient(row: u32, start: u32, step: u32) {
-    let base = row * params.v;
     let tgt = targets[row];
     let weight = select(dloss[row] * params.inv_temperature, 0.0, tgt == IGNORE);
     let row_lse = lse_saved[row];
-    for (var i = start; i < params.v; i += step) {
-        let p = exp(dlogits[base + i] * params.inv_temperature - row_lse);
-        dlogits[base + i] = weight * (p - select(0.0, 1.0, i == tgt));
+    if (VEC4) {
+        let v4 = params.v / 4u;
+        for (var j = start; j < v4; j += step) {
+            let p = exp(dlogits4[row * v4 + j] * params.inv_temperature - row_lse);
+            let onehot = select(vec4<f32>(0.0), vec4<f32>(1.0), 4u * j + vec4<u32>(0u, 1u, 2u, 3u) == vec4<u32>(tgt));
+            dlogits4[row * v4 + j] = weight * (p - onehot);
+        }
+    } else {
+        for (var i = start; i < params.v; i += step) {
+            let p = exp(dlogits[row * params.v + i] * params.inv_temperature - row_lse);
+            dlogits[row * params.v + i] = weight * (p - select(0.0, 1.0, i == tgt));
+        }
     }
 }
 

@@ -90,6 +90,12 @@ const STAT_RATIO: u32 = 7u;
 @group(0) @binding(4) var<storage, read> values: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dvalues: array<f32>;
 @group(0) @binding(6) var<storage, read_write> token_stats: array<f32>;
+// VEC4 (V a multiple of 4, as the model's padded vocabulary always is): the row walks below read
+// and write the logits as vec4s at binding 13, a quarter of the loads and stores, folding four
+// logits per step of the online recurrence (softmax_state_add4); their (start, step) then count
+// vec4s. The host binds the logits at both bindings.
+override VEC4: bool = false;
+@group(0) @binding(13) var<storage, read_write> logits4: array<vec4<f32>>;
 
 
 // Row r trains on the token at r + 1 when that position is in the same sequence and masked in.
@@ -174,7 +180,17 @@ fn write_row_stats(r: u32, loss: RowLoss) {
 
 // An untrained row: no gradient (its statistics are zeroed by the caller).
 fn zero_row(base: u32, start: u32, step: u32) {
-    for (var i = start; i < params.v; i += step) { logits[base + i] = 0.0; }
+    if (VEC4) {
+        for (var j = start; j < params.v / 4u; j += step) { logits4[base / 4u + j] = vec4<f32>(0.0); }
+    } else {
+        for (var i = start; i < params.v; i += step) { logits[base + i] = 0.0; }
+    }
+}
+
+// The logit at flat index i, in units of z.
+fn z_at(i: u32) -> f32 {
+    if (VEC4) { return logits4[i / 4u][i % 4u] * params.inv_temperature; }
+    return logits[i] * params.inv_temperature;
 }
 
 fn zero_row_stats(r: u32) {
@@ -185,8 +201,14 @@ fn zero_row_stats(r: u32) {
 // (m, l, s) (see prelude.wgsl), in units of z = logits/τ.
 fn fold_row(base: u32, start: u32, step: u32) -> vec3<f32> {
     var st = vec3<f32>(NEG_BIG, 0.0, 0.0);
-    for (var i = start; i < params.v; i += step) {
-        st = softmax_state_add(st, logits[base + i] * params.inv_temperature);
+    if (VEC4) {
+        for (var j = start; j < params.v / 4u; j += step) {
+            st = softmax_state_add4(st, logits4[base / 4u + j] * params.inv_temperature);
+        }
+    } else {
+        for (var i = start; i < params.v; i += step) {
+            st = softmax_state_add(st, logits[base + i] * params.inv_temperature);
+        }
     }
     return st;
 }
@@ -203,7 +225,7 @@ fn logprob_entropy_of(st: vec3<f32>, z_token: f32) -> vec3<f32> {
 // happen before the merge's barriers.
 fn logprob_entropy(base: u32, token: u32, lid: u32) -> vec3<f32> {
     let st = fold_row(base, lid, WG);
-    let z_token = logits[base + token] * params.inv_temperature;
+    let z_token = z_at(base + token);
     return logprob_entropy_of(workgroup_softmax_state(lid, WG, st), z_token);
 }
 
@@ -212,12 +234,22 @@ fn logprob_entropy(base: u32, token: u32, lid: u32) -> vec3<f32> {
 fn write_row_gradient(base: u32, token: u32, loss: RowLoss, lp_h: vec3<f32>, start: u32, step: u32) {
     let entropy = lp_h.y;
     let lse = lp_h.z;
-    for (var i = start; i < params.v; i += step) {
-        let log_p = logits[base + i] * params.inv_temperature - lse;
-        let p = exp(log_p);
-        let onehot = select(0.0, 1.0, i == token);
-        let dz = loss.dlogp * (onehot - p) - loss.dentropy * p * (log_p + entropy);
-        logits[base + i] = dz * params.inv_temperature;
+    if (VEC4) {
+        for (var j = start; j < params.v / 4u; j += step) {
+            let log_p = logits4[base / 4u + j] * params.inv_temperature - lse;
+            let p = exp(log_p);
+            let onehot = select(vec4<f32>(0.0), vec4<f32>(1.0), 4u * j + vec4<u32>(0u, 1u, 2u, 3u) == vec4<u32>(token));
+            let dz = loss.dlogp * (onehot - p) - loss.dentropy * p * (log_p + entropy);
+            logits4[base / 4u + j] = dz * params.inv_temperature;
+        }
+    } else {
+        for (var i = start; i < params.v; i += step) {
+            let log_p = logits[base + i] * params.inv_temperature - lse;
+            let p = exp(log_p);
+            let onehot = select(0.0, 1.0, i == token);
+            let dz = loss.dlogp * (onehot - p) - loss.dentropy * p * (log_p + entropy);
+            logits[base + i] = dz * params.inv_temperature;
+        }
     }
 }
 
@@ -238,7 +270,7 @@ fn fused_policy_row(r: u32, base: u32, lid: u32) -> RowLoss {
 // The same by one invocation alone.
 fn fused_policy_row_serial(r: u32, base: u32) -> RowLoss {
     let token = tokens[r + 1u];
-    let lp_h = logprob_entropy_of(fold_row(base, 0u, 1u), logits[base + token] * params.inv_temperature);
+    let lp_h = logprob_entropy_of(fold_row(base, 0u, 1u), z_at(base + token));
     let loss = row_loss(r, lp_h.x, lp_h.y);
     write_row_gradient(base, token, loss, lp_h, 0u, 1u);
     return loss;
@@ -381,7 +413,7 @@ fn logprob_entropy_rows_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(n
     if (r % params.seq + 1u >= params.seq) { return; }
     let base = local * params.v;
     let token = tokens[r + 1u];
-    let lp_h = logprob_entropy_of(fold_row(base, 0u, 1u), logits[base + token] * params.inv_temperature);
+    let lp_h = logprob_entropy_of(fold_row(base, 0u, 1u), z_at(base + token));
     token_logprobs[r + 1u] = lp_h.x;
     token_entropy[r + 1u] = lp_h.y;
 }

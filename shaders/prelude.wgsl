@@ -20,6 +20,8 @@
 //                                st = (m, l, s) = (max z, Σ e^{z−m}, Σ e^{z−m}·z), starting from
 //                                (NEG_BIG, 0, 0); the workgroup then merges the states (uniform
 //                                result), so lse = m + log l and Σ p·z = s/l
+//   softmax_state_add4(st, z)    the same state with four values folded at once: one rescale for
+//                                the four (5 exps where four single steps take 8)
 //   workgroup_rows(wid, nwg, rows_per_group, rows)
 //                                the rows (first, end) that a workgroup owning rows_per_group
 //                                consecutive rows of `rows` has (the subgroup-per-row kernels,
@@ -65,6 +67,13 @@ fn softmax_state_add(st: vec3<f32>, z: f32) -> vec3<f32> {
     let scale = exp(st.x - m);
     let e = exp(z - m);
     return vec3<f32>(m, st.y * scale + e, st.z * scale + e * z);
+}
+
+fn softmax_state_add4(st: vec3<f32>, z: vec4<f32>) -> vec3<f32> {
+    let m = max(st.x, max(max(z.x, z.y), max(z.z, z.w)));
+    let scale = exp(st.x - m);
+    let e = exp(z - vec4<f32>(m));
+    return vec3<f32>(m, st.y * scale + (e.x + e.y + e.z + e.w), st.z * scale + dot(e, z));
 }
 
 var<workgroup> prelude_states: array<vec3<f32>, 256>;

@@ -5,7 +5,9 @@
 
 use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges, subgroup_rows_per_group};
 use crate::error::Result;
-use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call};
+use crate::gpu::{
+    DType, Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call,
+};
 use std::sync::Arc;
 
 pub const SHADER: Shader =
@@ -53,15 +55,15 @@ pub fn variant(gpu: &Arc<Gpu>) -> Result<RowVariant> {
 }
 
 /// A variant's GB/s over a forward and a backward at a small model's vocabulary and at the
-/// longest rows both variants run, after a check against the CPU reference on ragged rows
-/// (None if it fails).
+/// longest rows both variants run, after a check against the CPU reference on ragged rows,
+/// walked by scalars and by vec4s (None if it fails).
 fn measure_variant(gpu: &Arc<Gpu>, variant: RowVariant) -> Result<Option<f64>> {
     if variant == RowVariant::SubgroupPerRow && !gpu.has_subgroups() {
         return Ok(None); // it would run invocation-per-row: nothing of its own to measure
     }
     let mut rng = crate::rng::Rng::new(13);
     let (mut bytes, mut seconds) = (0.0, 0.0);
-    for (rows, v) in [(37, 203), (1024, 512), (64, SERIAL_MAX_COLUMNS)] {
+    for (rows, v) in [(37, 203), (37, 204), (1024, 512), (64, SERIAL_MAX_COLUMNS)] {
         let logits = rng.normals(rows * v, 2.0);
         let targets: Vec<u32> = (0..rows).map(|r| if r % 5 == 4 { IGNORE } else { (r * 31 % v) as u32 }).collect();
         let dloss = rng.normals(rows, 1.0);
@@ -113,6 +115,12 @@ pub(crate) fn row_launch(gpu: &Gpu, variant: RowVariant, name: &'static str, n: 
     }
 }
 
+/// The `VEC4` override of the row walks over a vocabulary of `v` (here and in the PPO losses):
+/// on where `v` is a multiple of 4.
+pub(crate) fn vec4_walk(v: usize) -> [(&'static str, f64); 1] {
+    [("VEC4", if v.is_multiple_of(4) { 1.0 } else { 0.0 })]
+}
+
 /// As `row_launch` for the cross-entropy entries, which also have a subgroup form: the shader,
 /// the entry, the grid and the rows per workgroup (`Params::rows_per_group`).
 fn launch(
@@ -152,6 +160,12 @@ fn params(logits: &Tensor, temperature: f32, rows_per_group: u32) -> Params {
     Params { rows: rows as u32, v: v as u32, inv_temperature: 1.0 / temperature, rows_per_group }
 }
 
+/// What a row tensor binds at its vec4 binding: itself, or, where it is shorter than one vec4
+/// (V not a multiple of 4, so the walks read the scalar binding), a stand-in that stays unread.
+pub(crate) fn vec4_binding(gpu: &Arc<Gpu>, t: &Tensor) -> Result<Tensor> {
+    if t.len() >= 4 { Ok(t.clone()) } else { gpu.tensor(&[4], DType::F32) }
+}
+
 /// With z = logits/temperature: loss [N] = lse − z[n, target_n] (0 for IGNORE), so −loss is the
 /// log-probability of the target; lse [N] = log Σ exp(z[n, :]).
 pub fn cross_entropy_forward(
@@ -186,9 +200,10 @@ pub fn forward_with_variant(
         let (lse, loss) = (lse.view(&gpu, r0, &[n])?, loss.view(&gpu, r0, &[n])?);
         let (shader, entry, grid, rows_per_group) = launch(&gpu, variant, "cross_entropy_forward", n, v);
         let p = params(&logits, temperature, rows_per_group);
-        let b = [bind(1, &logits), bind_u32(2, &targets), bind(3, &lse), bind(4, &loss)];
+        let logits4 = vec4_binding(&gpu, &logits)?;
+        let b = [bind(1, &logits), bind_u32(2, &targets), bind(3, &lse), bind(4, &loss), bind(9, &logits4)];
         let work = Work::floats(n * v + 3 * n);
-        rec.dispatch(shader, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
+        rec.dispatch(shader, &entry, &vec4_walk(v), bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }
@@ -214,9 +229,10 @@ pub fn log_softmax_with_variant(
         let (logits, logp) = (logits.view(&gpu, r0 * v, &[n, v])?, logp.view(&gpu, r0 * v, &[n, v])?);
         let (shader, entry, grid, rows_per_group) = launch(&gpu, variant, "log_softmax_forward", n, v);
         let p = params(&logits, temperature, rows_per_group);
-        let b = [bind(1, &logits), bind(5, &logp)];
+        let (logits4, logp4) = (vec4_binding(&gpu, &logits)?, vec4_binding(&gpu, &logp)?);
+        let b = [bind(1, &logits), bind(5, &logp), bind(9, &logits4), bind(10, &logp4)];
         let work = Work::floats(2 * n * v);
-        rec.dispatch(shader, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
+        rec.dispatch(shader, &entry, &vec4_walk(v), bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }
@@ -256,9 +272,10 @@ pub fn backward_with_variant(
         let (dloss, lse) = (dloss.view(&gpu, r0, &[n])?, lse.view(&gpu, r0, &[n])?);
         let (shader, entry, grid, rows_per_group) = launch(&gpu, variant, "cross_entropy_backward", n, v);
         let p = params(&logits, temperature, rows_per_group);
-        let b = [bind_u32(2, &targets), bind(6, &logits), bind(7, &dloss), bind(8, &lse)];
+        let logits4 = vec4_binding(&gpu, &logits)?;
+        let b = [bind_u32(2, &targets), bind(6, &logits), bind(7, &dloss), bind(8, &lse), bind(11, &logits4)];
         let work = Work::floats(2 * n * v + 3 * n); // the logits read, their gradient written in place
-        rec.dispatch(shader, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
+        rec.dispatch(shader, &entry, &vec4_walk(v), bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }

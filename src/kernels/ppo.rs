@@ -249,7 +249,9 @@ pub fn ppo_loss_fused_with_variant(
     for (r0, n) in row_ranges(&gpu, rows, v) {
         let logits = mb.logits.view(&gpu, r0 * v, &[n, v])?;
         let p = mb.params(n, r0, v, cfg);
-        let mut b = vec![bind(1, &logits), bind_u32(2, mb.tokens), bind(3, mb.inputs), bind(6, token_stats)];
+        let logits4 = cross_entropy::vec4_binding(&gpu, &logits)?;
+        let mut b = vec![bind(1, &logits), bind(13, &logits4), bind_u32(2, mb.tokens), bind(3, mb.inputs)];
+        b.push(bind(6, token_stats));
         let entry = match (mb.values, dvalues) {
             (Some(values), Some(dvalues)) => {
                 b.extend([bind(4, values), bind(5, dvalues)]);
@@ -261,7 +263,8 @@ pub fn ppo_loss_fused_with_variant(
         // and statistics.
         let work = Work::floats(3 * n * v + n * (INPUT_COLUMNS + 8 + 3));
         let (entry, grid) = cross_entropy::row_launch(&gpu, variant, entry, n, v);
-        rec.dispatch(&SHADER, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
+        let constants = cross_entropy::vec4_walk(v);
+        rec.dispatch(&SHADER, &entry, &constants, bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }
@@ -381,10 +384,12 @@ pub fn logprob_entropy_with_variant(
             inv_temperature: 1.0 / temperature,
             ..Default::default()
         };
-        let b = [bind(1, &slice), bind_u32(2, tokens), bind(11, logprobs), bind(12, entropy)];
+        let slice4 = cross_entropy::vec4_binding(&gpu, &slice)?;
+        let b = [bind(1, &slice), bind(13, &slice4), bind_u32(2, tokens), bind(11, logprobs), bind(12, entropy)];
         let work = Work::floats(n * v + 3 * n);
         let (entry, grid) = cross_entropy::row_launch(&gpu, variant, "logprob_entropy_rows", n, v);
-        rec.dispatch(&SHADER, &entry, &[], bytemuck::bytes_of(&p), &b, grid, work)?;
+        let constants = cross_entropy::vec4_walk(v);
+        rec.dispatch(&SHADER, &entry, &constants, bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }

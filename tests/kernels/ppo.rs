@@ -223,8 +223,9 @@ fn ppo_loss_tiny_vocab_trl_defaults() {
 #[test]
 fn ppo_loss_gpt2_vocab() {
     check(4, 50257, PpoLossConfig { ent_coef: 0.01, ..Default::default() }, 72, PPO_FORMS, false);
+    // GPT-2's vocabulary as the GPU model pads it (a multiple of 4: the vec4 row walks).
     let grpo = PpoLossConfig { kl_coef: 0.04, loss_type: LossType::Sequence, ..Default::default() };
-    check(4, 50257, grpo, 79, CRITIC_FREE_FORMS, false);
+    check(4, 50304, grpo, 80, CRITIC_FREE_FORMS, false);
 }
 
 #[test]
@@ -262,7 +263,7 @@ fn ppo_loss_with_nothing_trained_is_zero_everywhere() {
 fn logprob_entropy_matches_reference() {
     use ppo_wgpu::kernels::ppo::logprob_entropy_with_variant;
     let mut rng = Rng::new(75);
-    let cases = [(7, 53, 0.7), (16, 512, 1.0), (2, 50257, 1.3)];
+    let cases = [(7, 53, 0.7), (16, 512, 1.0), (2, 50257, 1.3), (2, 50304, 0.8)];
     for ((seq, v, temperature), variant) in cases
         .into_iter()
         .flat_map(|case| [RowVariant::WorkgroupPerRow, RowVariant::InvocationPerRow].map(|v| (case, v)))
@@ -305,7 +306,9 @@ fn ppo_loss_over_a_padded_vocabulary_equals_the_unpadded_loss() {
         let (dlogits, dvalues, stats) = run_gpu(&case, &cfg, form);
         let (padded_dlogits, padded_dvalues, padded_stats) = run_gpu(&padded, &cfg, form);
         let real: Vec<f64> = padded_dlogits.chunks(vp).flat_map(|row| row[..v].to_vec()).collect();
-        assert_close(&format!("{what}: dlogits"), &real, &dlogits, 1e-9, 1e-5);
+        // The padded rows (V a multiple of 4) are walked by vec4s, the others by scalars: the
+        // same sums in another order, so the tolerance of the comparisons with the reference.
+        assert_close(&format!("{what}: dlogits"), &real, &dlogits, 1e-7, 1e-4);
         assert!(padded_dlogits.chunks(vp).all(|row| row[v..].iter().all(|&g| g == 0.0)), "{what}: padded gradient");
         assert_close(&format!("{what}: dvalues"), &padded_dvalues, &dvalues, 1e-9, 1e-5);
         assert_close(&format!("{what}: stats"), &padded_stats, &stats, 1e-6, 1e-5);
