@@ -621,15 +621,14 @@ fn bench_adamw(bx: &mut Bench, c: &mut Criterion) {
 }
 
 fn bench_ppo(bx: &mut Bench, c: &mut Criterion) {
-    use ppo_wgpu::kernels::cross_entropy::{RowVariant, SERIAL_MAX_COLUMNS};
+    use ppo_wgpu::kernels::cross_entropy::SERIAL_MAX_COLUMNS;
     use ppo_wgpu::kernels::ppo::{
-        PpoLossConfig, PpoMinibatch, ROW_VARIANTS, ppo_loss_fused_with_variant, ppo_loss_unfused, row_variant,
+        LONG_ROW_VARIANTS, PpoLossConfig, PpoMinibatch, ROW_VARIANTS, long_row_variant, ppo_loss_fused_with_variant,
+        ppo_loss_unfused, row_variant,
     };
     let cfg = PpoLossConfig { ent_coef: 0.01, ..Default::default() };
-    // The fused loss with each row walk (family ppo_rows), the adapter's choice first, at the
-    // vocabularies the GPU model holds (GPT-2's padded to 50304); a vocabulary past
-    // SERIAL_MAX_COLUMNS always walks a workgroup per row, whatever the choice.
-    let chosen = row_variant(&bx.gpu).unwrap();
+    // The fused loss with each row walk, the adapter's choice first, at the vocabularies the GPU
+    // model holds: the tiny model's (family ppo_rows) and GPT-2's padded to 50304 (ppo_rows_long).
     for (label, b, t, v) in [("gpt2 vocab 4x16x50304", 4, 16, 50304), ("tiny vocab 32x64x512", 32, 64, 512)] {
         let rows = b * t;
         let logits_host = bx.rng.normals(rows * v, 2.0);
@@ -675,15 +674,17 @@ fn bench_ppo(bx: &mut Bench, c: &mut Criterion) {
         // figures compare directly; the fused kernel reads them twice and writes once, the
         // unfused sequence makes five passes.
         let bytes = (rows * v * 4) as f64;
-        let walks = if v <= SERIAL_MAX_COLUMNS {
-            chosen_first(chosen, &ROW_VARIANTS)
+        let (chosen, walks) = if v <= SERIAL_MAX_COLUMNS {
+            let chosen = row_variant(&bx.gpu).unwrap();
+            (chosen, chosen_first(chosen, &ROW_VARIANTS))
         } else {
-            vec![RowVariant::WorkgroupPerRow]
+            let chosen = long_row_variant(&bx.gpu).unwrap();
+            (chosen, chosen_first(chosen, &LONG_ROW_VARIANTS))
         };
         for walk in walks {
             // Check first, on the logits as uploaded (the loss overwrites them with their
             // gradient): the fused kernel against the reference loss.
-            let name = ROW_VARIANTS.iter().find(|&&(w, _)| w == walk).unwrap().1;
+            let name = ROW_VARIANTS.iter().find(|&&(w, _)| w == walk).unwrap().1; // the same names in both
             bx.gpu.write(&logits, &logits_host.iter().map(|&x| x as f32).collect::<Vec<f32>>()).unwrap();
             let mut rec = Recorder::new(&bx.gpu);
             ppo_loss_fused_with_variant(&mut rec, walk, &mb, &cfg, Some(&dvalues), &stats).unwrap();

@@ -37,9 +37,9 @@
 // [rows, 8] (see STAT_* below, already weighted, 0 for untrained rows) for `ppo_stats_reduce`.
 // Launch: `ppo_loss_fused`, `critic_free_loss_fused`: one workgroup of 64 per row, grid = rows
 // laid out 2D (x ≤ 65535). Row r of the minibatch is row r − row_offset of the bound logits.
-// The _serial entry points (here and `logprob_entropy_rows_serial` below) are the other layout,
-// chosen with the cross-entropy kernels' (kernels::cross_entropy::variant: the same two walks
-// over a row of the vocabulary): one invocation per row, workgroup 64, grid = ceil(rows/64).
+// The _serial entry points (here and `logprob_entropy_rows_serial` below) are another layout,
+// chosen by measurement (kernels::ppo::row_variant): one invocation per row, workgroup 64,
+// grid = ceil(rows/64). The third, a subgroup per row, is in ppo_loss_subgroup.wgsl.
 
 struct Params {
     rows: u32,            // rows of logits bound in this dispatch
@@ -56,6 +56,7 @@ struct Params {
     kl_coef: f32,         // β of the KL term inside the loss (0: none, and logp_ref unread)
     inv_sequences: f32,   // 1/S, S = number of sequences in the minibatch
     sequence_mean: u32,   // 1: w = 1/(S·n_i) (GRPO's loss type grpo); 0: w = 1/N
+    rows_per_group: u32,  // the subgroup entries (ppo_loss_subgroup.wgsl): rows per workgroup
 }
 
 const WG: u32 = 64u;

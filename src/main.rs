@@ -398,6 +398,7 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     ppo_wgpu::kernels::adamw::norm_variant(gpu)?;
     ppo_wgpu::kernels::cross_entropy::variant(gpu)?;
     ppo_wgpu::kernels::ppo::row_variant(gpu)?;
+    ppo_wgpu::kernels::ppo::long_row_variant(gpu)?;
     ppo_wgpu::kernels::attention::variant(gpu)?;
     ppo_wgpu::kernels::matmul::pack_method(gpu)?;
     ppo_wgpu::kernels::matmul::gelu_epilogue(gpu, ppo_wgpu::kernels::matmul::NARROW_ROWS)?;

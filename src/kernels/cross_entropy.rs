@@ -105,27 +105,23 @@ fn measure_variant(gpu: &Arc<Gpu>, variant: RowVariant) -> Result<Option<f64>> {
 /// vocabulary: two passes of 50257) always run a workgroup per row.
 pub const SERIAL_MAX_COLUMNS: usize = super::MAX_SERIAL_STEPS;
 
-/// The entry point and grid for `n` rows of `v`: the variant's entry (`_serial`: an invocation
-/// per row; else a workgroup per row). The PPO loss kernels (kernels::ppo), which walk rows of
-/// the vocabulary the same way, use the same entry names (and their own choice, `ppo_rows`).
-pub(crate) fn row_launch(gpu: &Gpu, variant: RowVariant, name: &'static str, n: usize, v: usize) -> (String, [u32; 3]) {
-    match variant {
-        RowVariant::InvocationPerRow if v <= SERIAL_MAX_COLUMNS => (format!("{name}_serial"), gpu.grid(groups(n, WG))),
-        _ => (name.to_string(), gpu.grid(n)),
-    }
-}
-
 /// The `VEC4` override of the row walks over a vocabulary of `v` (here and in the PPO losses):
 /// on where `v` is a multiple of 4.
 pub(crate) fn vec4_walk(v: usize) -> [(&'static str, f64); 1] {
     [("VEC4", if v.is_multiple_of(4) { 1.0 } else { 0.0 })]
 }
 
-/// As `row_launch` for the cross-entropy entries, which also have a subgroup form: the shader,
-/// the entry, the grid and the rows per workgroup (`Params::rows_per_group`).
-fn launch(
+/// How `n` rows of `v` run the entry `name` of a row kernel in the variant's layout: the shader,
+/// the entry, the grid and the rows per workgroup (`rows_per_group` of the kernel's Params).
+/// `shaders` are the module of the plain entries and the module of their `_sg` forms (a
+/// subgroup per row; without subgroups on the adapter, an invocation per row); `_serial` is an
+/// invocation per row, for rows of at most SERIAL_MAX_COLUMNS (longer ones run a workgroup
+/// per row). The PPO loss kernels (kernels::ppo), which walk rows of the vocabulary the same
+/// way, use the same entry names (and their own choice, `ppo_rows`).
+pub(crate) fn row_launch(
     gpu: &Gpu,
     variant: RowVariant,
+    shaders: [&'static Shader; 2],
     name: &'static str,
     n: usize,
     v: usize,
@@ -133,17 +129,24 @@ fn launch(
     match variant {
         RowVariant::SubgroupPerRow if gpu.has_subgroups() => {
             let rows_per_group = subgroup_rows_per_group(gpu, WG);
-            (&SUBGROUP_SHADER, format!("{name}_sg"), gpu.grid(groups(n, rows_per_group)), rows_per_group as u32)
+            (shaders[1], format!("{name}_sg"), gpu.grid(groups(n, rows_per_group)), rows_per_group as u32)
         }
-        RowVariant::SubgroupPerRow => {
-            let (entry, grid) = row_launch(gpu, RowVariant::InvocationPerRow, name, n, v);
-            (&SHADER, entry, grid, 0)
+        RowVariant::InvocationPerRow | RowVariant::SubgroupPerRow if v <= SERIAL_MAX_COLUMNS => {
+            (shaders[0], format!("{name}_serial"), gpu.grid(groups(n, WG)), 0)
         }
-        _ => {
-            let (entry, grid) = row_launch(gpu, variant, name, n, v);
-            (&SHADER, entry, grid, 0)
-        }
+        _ => (shaders[0], name.to_string(), gpu.grid(n), 0),
     }
+}
+
+/// `row_launch` for the cross-entropy entries.
+fn launch(
+    gpu: &Gpu,
+    variant: RowVariant,
+    name: &'static str,
+    n: usize,
+    v: usize,
+) -> (&'static Shader, String, [u32; 3], u32) {
+    row_launch(gpu, variant, [&SHADER, &SUBGROUP_SHADER], name, n, v)
 }
 
 #[repr(C)]

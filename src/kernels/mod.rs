@@ -130,6 +130,7 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &matmul::TEXTURE_SUBGROUP_SHADER,
     &padded_vocab::SHADER,
     &ppo::SHADER,
+    &ppo::SUBGROUP_SHADER,
     &ppo::UNFUSED_SHADER,
     &preference::SHADER,
     &residual::SHADER,
@@ -238,7 +239,9 @@ fn own_override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
             .into_iter()
             .map(|(residual, loads)| vec![("RESIDUAL", residual), ("TEXTURE_LOADS", loads)])
             .collect(),
-        "cross_entropy" | "cross_entropy_subgroup" | "ppo_loss" | "ppo_unfused" => flags("VEC4").into(),
+        "cross_entropy" | "cross_entropy_subgroup" | "ppo_loss" | "ppo_loss_subgroup" | "ppo_unfused" => {
+            flags("VEC4").into()
+        }
         "sampling" => sampling::LANES.iter().map(|(lanes, _)| vec![("WG", lanes.count() as f64)]).collect(),
         _ => vec![vec![]],
     }

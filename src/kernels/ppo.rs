@@ -1,6 +1,7 @@
 //! The fused PPO loss (forward and gradient) in its two forms (with the value loss for PPO,
 //! critic-free for GRPO and RLOO), its unfused twin for comparison, and the minibatch
-//! statistics. Shader: `ppo_loss.wgsl`; docs/design.md §4 is the math.
+//! statistics. Shaders: `ppo_loss.wgsl` and `ppo_loss_subgroup.wgsl`; docs/design.md §4 is the
+//! math.
 
 use super::cross_entropy::{self, RowVariant, log_softmax_forward};
 use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges};
@@ -10,6 +11,14 @@ use std::sync::Arc;
 
 pub const SHADER: Shader =
     Shader { name: "ppo_loss", source: include_str!("../../shaders/ppo_loss.wgsl"), includes: &[] };
+
+/// The subgroup-per-row entries: a module of their own, since it compiles only on adapters with
+/// subgroups; everything else comes from ppo_loss.wgsl, included after it.
+pub const SUBGROUP_SHADER: Shader = Shader {
+    name: "ppo_loss_subgroup",
+    source: include_str!("../../shaders/ppo_loss_subgroup.wgsl"),
+    includes: &[include_str!("../../shaders/ppo_loss.wgsl")],
+};
 
 /// The unfused twin: its own entry points, sharing ppo_loss.wgsl's parameters and row loss.
 pub const UNFUSED_SHADER: Shader = Shader {
@@ -46,46 +55,83 @@ struct Params {
     kl_coef: f32,
     inv_sequences: f32,
     sequence_mean: u32,
+    rows_per_group: u32,
 }
 
 /// The ways the PPO loss kernels and the rollout's log-prob rows walk rows of the vocabulary
-/// (family `ppo_rows`), as `PPO_WGPU_PPO_ROWS` and the cache spell them. They have no subgroup
-/// form; rows longer than `cross_entropy::SERIAL_MAX_COLUMNS` always take a workgroup each.
-pub const ROW_VARIANTS: [(RowVariant, &str); 2] =
-    [(RowVariant::WorkgroupPerRow, "workgroup-per-row"), (RowVariant::InvocationPerRow, "invocation-per-row")];
+/// (family `ppo_rows`), as `PPO_WGPU_PPO_ROWS` and the cache spell them, for rows of at most
+/// `cross_entropy::SERIAL_MAX_COLUMNS` logits.
+pub const ROW_VARIANTS: [(RowVariant, &str); 3] = [
+    (RowVariant::WorkgroupPerRow, "workgroup-per-row"),
+    (RowVariant::InvocationPerRow, "invocation-per-row"),
+    (RowVariant::SubgroupPerRow, "subgroup-per-row"),
+];
 
-/// The row walk of `ppo_loss_fused` and `logprob_entropy`: chosen by measurement on first use
-/// and cached (family `ppo_rows`, forced with PPO_WGPU_PPO_ROWS=workgroup-per-row|
-/// invocation-per-row). Measured on these kernels themselves at the rows they run: the
-/// cross-entropy family's figures, whose shapes include rows of 16384, ranked the two the other
-/// way round in some fresh measurements on lavapipe, where these kernels then ran 4–6× slower.
-pub fn row_variant(gpu: &Arc<Gpu>) -> Result<RowVariant> {
-    choose_by_measurement(gpu, "ppo_rows", &ROW_VARIANTS, "GB/s", measure_row_variant)
+/// The walks of longer rows (GPT-2's vocabulary; family `ppo_rows_long`, forced with
+/// `PPO_WGPU_PPO_ROWS_LONG`): an invocation alone would pass llvmpipe's loop limit there.
+pub const LONG_ROW_VARIANTS: [(RowVariant, &str); 2] =
+    [(RowVariant::WorkgroupPerRow, "workgroup-per-row"), (RowVariant::SubgroupPerRow, "subgroup-per-row")];
+
+/// The row walk of `ppo_loss_fused` and `logprob_entropy` over rows of `v` logits: `row_variant`,
+/// or past SERIAL_MAX_COLUMNS `long_row_variant`.
+pub fn row_variant_for(gpu: &Arc<Gpu>, v: usize) -> Result<RowVariant> {
+    if v <= cross_entropy::SERIAL_MAX_COLUMNS { row_variant(gpu) } else { long_row_variant(gpu) }
 }
 
-/// A row walk's GB/s over the log-prob rows and the fused PPO loss at a small model's minibatch
-/// (2048 rows of 512) and a wider vocabulary (512 rows of 4096), after a check of the log-prob
-/// rows against the CPU reference on a ragged shape (None if it fails).
-fn measure_row_variant(gpu: &Arc<Gpu>, variant: RowVariant) -> Result<Option<f64>> {
+/// The walk of rows of at most SERIAL_MAX_COLUMNS logits: chosen by measurement on first use and
+/// cached (family `ppo_rows`, forced with PPO_WGPU_PPO_ROWS=workgroup-per-row|
+/// invocation-per-row|subgroup-per-row). Measured on these kernels themselves at the rows they
+/// run: the cross-entropy family's figures, whose shapes include rows of 16384, ranked the walks
+/// the other way round in some fresh measurements on lavapipe, where these kernels then ran 4–6×
+/// slower.
+pub fn row_variant(gpu: &Arc<Gpu>) -> Result<RowVariant> {
+    choose_by_measurement(gpu, "ppo_rows", &ROW_VARIANTS, "GB/s", |gpu, variant| {
+        // A small model's minibatch (2048 rows of 512) and a wider vocabulary (512 rows of 4096).
+        measure_rows(gpu, variant, &[203, 204], &[(2048, 512), (512, 4096)])
+    })
+}
+
+/// The walk of longer rows: chosen by measurement (family `ppo_rows_long`) at GPT-2's padded
+/// vocabulary, 64 rows of 50304.
+pub fn long_row_variant(gpu: &Arc<Gpu>) -> Result<RowVariant> {
+    choose_by_measurement(gpu, "ppo_rows_long", &LONG_ROW_VARIANTS, "GB/s", |gpu, variant| {
+        measure_rows(gpu, variant, &[cross_entropy::SERIAL_MAX_COLUMNS + 4], &[(64, 50304)])
+    })
+}
+
+/// A row walk's GB/s over the log-prob rows and the fused PPO loss at each of `shapes` (rows, V),
+/// after a check of the log-prob rows against the CPU reference at each vocabulary of `checks`
+/// (ragged sequences; None if one fails).
+fn measure_rows(
+    gpu: &Arc<Gpu>,
+    variant: RowVariant,
+    checks: &[usize],
+    shapes: &[(usize, usize)],
+) -> Result<Option<f64>> {
+    if variant == RowVariant::SubgroupPerRow && !gpu.has_subgroups() {
+        return Ok(None); // it would run invocation-per-row: nothing of its own to measure
+    }
     let mut rng = crate::rng::Rng::new(19);
     let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
-    let (seq, v, temperature) = (7, 203, 0.7);
-    let rows = 3 * seq;
-    let logits = rng.normals(rows * v, 2.0);
-    let tokens: Vec<u32> = (0..rows).map(|r| (r * 37 % v) as u32).collect();
-    let (t_logits, t_tokens) = (gpu.upload(&[rows, v], &f32s(&logits))?, gpu.upload_u32(&[rows], &tokens)?);
-    let (logp, entropy) = (gpu.upload(&[rows], &vec![0.0; rows])?, gpu.upload(&[rows], &vec![0.0; rows])?);
-    let mut rec = Recorder::new(gpu);
-    logprob_entropy_with_variant(&mut rec, variant, &logp, &entropy, &t_logits, &t_tokens, seq, temperature)?;
-    rec.submit();
-    let (want_logp, want_entropy) = crate::reference::logprob_entropy(&logits, &tokens, seq, v, temperature as f64);
-    if !matches_reference(&gpu.download(&logp)?, &want_logp)
-        || !matches_reference(&gpu.download(&entropy)?, &want_entropy)
-    {
-        return Ok(None);
+    for &v in checks {
+        let (seq, temperature) = (7, 0.7);
+        let rows = 3 * seq;
+        let logits = rng.normals(rows * v, 2.0);
+        let tokens: Vec<u32> = (0..rows).map(|r| (r * 37 % v) as u32).collect();
+        let (t_logits, t_tokens) = (gpu.upload(&[rows, v], &f32s(&logits))?, gpu.upload_u32(&[rows], &tokens)?);
+        let (logp, entropy) = (gpu.upload(&[rows], &vec![0.0; rows])?, gpu.upload(&[rows], &vec![0.0; rows])?);
+        let mut rec = Recorder::new(gpu);
+        logprob_entropy_with_variant(&mut rec, variant, &logp, &entropy, &t_logits, &t_tokens, seq, temperature)?;
+        rec.submit();
+        let (want_logp, want_entropy) = crate::reference::logprob_entropy(&logits, &tokens, seq, v, temperature as f64);
+        if !matches_reference(&gpu.download(&logp)?, &want_logp)
+            || !matches_reference(&gpu.download(&entropy)?, &want_entropy)
+        {
+            return Ok(None);
+        }
     }
     let (mut bytes, mut seconds) = (0.0, 0.0);
-    for (rows, v) in [(2048, 512), (512, 4096)] {
+    for &(rows, v) in shapes {
         let seq = 64;
         let logits = gpu.upload(&[rows, v], &f32s(&rng.normals(rows * v, 2.0)))?;
         let tokens = gpu.upload_u32(&[rows], &(0..rows).map(|r| (r * 37 % v) as u32).collect::<Vec<u32>>())?;
@@ -215,6 +261,7 @@ impl PpoMinibatch<'_> {
             kl_coef: cfg.kl_coef,
             inv_sequences: 1.0 / self.sequences.max(1) as f32,
             sequence_mean: (cfg.loss_type == LossType::Sequence) as u32,
+            rows_per_group: 0,
         }
     }
 }
@@ -230,12 +277,12 @@ pub fn ppo_loss_fused(
     dvalues: Option<&Tensor>,
     token_stats: &Tensor,
 ) -> Result<()> {
-    let variant = row_variant(rec.gpu())?;
+    let variant = row_variant_for(rec.gpu(), as_matrix(mb.logits).1)?;
     ppo_loss_fused_with_variant(rec, variant, mb, cfg, dvalues, token_stats)
 }
 
-/// As `ppo_loss_fused`, with the row walk named (a workgroup or an invocation per row; by
-/// default the adapter's choice, `row_variant`).
+/// As `ppo_loss_fused`, with the row walk named (a workgroup, an invocation or a subgroup per
+/// row; by default the adapter's choice, `row_variant_for`).
 pub fn ppo_loss_fused_with_variant(
     rec: &mut Recorder,
     variant: RowVariant,
@@ -248,7 +295,7 @@ pub fn ppo_loss_fused_with_variant(
     let gpu = rec.gpu().clone();
     for (r0, n) in row_ranges(&gpu, rows, v) {
         let logits = mb.logits.view(&gpu, r0 * v, &[n, v])?;
-        let p = mb.params(n, r0, v, cfg);
+        let mut p = mb.params(n, r0, v, cfg);
         let logits4 = cross_entropy::vec4_binding(&gpu, &logits)?;
         let mut b = vec![bind(1, &logits), bind(13, &logits4), bind_u32(2, mb.tokens), bind(3, mb.inputs)];
         b.push(bind(6, token_stats));
@@ -262,9 +309,11 @@ pub fn ppo_loss_fused_with_variant(
         // The row of logits read twice and its gradient written over it; the per-token inputs
         // and statistics.
         let work = Work::floats(3 * n * v + n * (INPUT_COLUMNS + 8 + 3));
-        let (entry, grid) = cross_entropy::row_launch(&gpu, variant, entry, n, v);
+        let (shader, entry, grid, rows_per_group) =
+            cross_entropy::row_launch(&gpu, variant, [&SHADER, &SUBGROUP_SHADER], entry, n, v);
+        p.rows_per_group = rows_per_group;
         let constants = cross_entropy::vec4_walk(v);
-        rec.dispatch(&SHADER, &entry, &constants, bytemuck::bytes_of(&p), &b, grid, work)?;
+        rec.dispatch(shader, &entry, &constants, bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }
@@ -352,7 +401,7 @@ pub fn logprob_entropy(
     seq: usize,
     temperature: f32,
 ) -> Result<()> {
-    let variant = row_variant(rec.gpu())?;
+    let variant = row_variant_for(rec.gpu(), as_matrix(logits).1)?;
     logprob_entropy_with_variant(rec, variant, logprobs, entropy, logits, tokens, seq, temperature)
 }
 
@@ -376,20 +425,22 @@ pub fn logprob_entropy_with_variant(
     let gpu = rec.gpu().clone();
     for (r0, n) in row_ranges(&gpu, rows, v) {
         let slice = logits.view(&gpu, r0 * v, &[n, v])?;
+        let (shader, entry, grid, rows_per_group) =
+            cross_entropy::row_launch(&gpu, variant, [&SHADER, &SUBGROUP_SHADER], "logprob_entropy_rows", n, v);
         let p = Params {
             rows: n as u32,
             row_offset: r0 as u32,
             seq: seq as u32,
             v: v as u32,
             inv_temperature: 1.0 / temperature,
+            rows_per_group,
             ..Default::default()
         };
         let slice4 = cross_entropy::vec4_binding(&gpu, &slice)?;
         let b = [bind(1, &slice), bind(13, &slice4), bind_u32(2, tokens), bind(11, logprobs), bind(12, entropy)];
         let work = Work::floats(n * v + 3 * n);
-        let (entry, grid) = cross_entropy::row_launch(&gpu, variant, "logprob_entropy_rows", n, v);
         let constants = cross_entropy::vec4_walk(v);
-        rec.dispatch(&SHADER, &entry, &constants, bytemuck::bytes_of(&p), &b, grid, work)?;
+        rec.dispatch(shader, &entry, &constants, bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }

@@ -2,7 +2,8 @@ use crate::common::*;
 use ppo_wgpu::gpu::{DType, Recorder};
 use ppo_wgpu::kernels::cross_entropy::RowVariant;
 use ppo_wgpu::kernels::ppo::{
-    LossType, PpoLossConfig, PpoMinibatch, STAT_NAMES, ppo_loss_fused_with_variant, ppo_loss_unfused, ppo_stats_reduce,
+    LossType, PpoLossConfig, PpoMinibatch, ROW_VARIANTS, STAT_NAMES, ppo_loss_fused_with_variant, ppo_loss_unfused,
+    ppo_stats_reduce,
 };
 use ppo_wgpu::reference::{self, PpoConfig};
 
@@ -76,19 +77,23 @@ fn count(case: &Case) -> usize {
 enum Form {
     /// PPO's fused form, with the value loss.
     Fused,
-    /// The same, an invocation per row (the other row layout).
+    /// The same, an invocation per row (another row layout).
     FusedSerial,
+    /// The same, a subgroup per row (the third; an invocation per row without subgroups).
+    FusedSubgroup,
     /// PPO's unfused twin.
     Unfused,
     /// The fused critic-free form (GRPO, RLOO): no values.
     CriticFree,
     /// The same, an invocation per row.
     CriticFreeSerial,
+    /// The same, a subgroup per row.
+    CriticFreeSubgroup,
 }
 
 impl Form {
     fn has_values(self) -> bool {
-        !matches!(self, Form::CriticFree | Form::CriticFreeSerial)
+        !matches!(self, Form::CriticFree | Form::CriticFreeSerial | Form::CriticFreeSubgroup)
     }
 }
 
@@ -110,12 +115,15 @@ fn run_gpu(case: &Case, cfg: &PpoLossConfig, form: Form) -> (Vec<f64>, Vec<f64>,
         sequences: rows / case.seq,
     };
     let mut rec = Recorder::new(&gpu);
-    let (workgroup, serial) = (RowVariant::WorkgroupPerRow, RowVariant::InvocationPerRow);
+    let (workgroup, serial, subgroup) =
+        (RowVariant::WorkgroupPerRow, RowVariant::InvocationPerRow, RowVariant::SubgroupPerRow);
     match form {
         Form::Fused => ppo_loss_fused_with_variant(&mut rec, workgroup, &mb, cfg, Some(&dvalues), &token_stats),
         Form::FusedSerial => ppo_loss_fused_with_variant(&mut rec, serial, &mb, cfg, Some(&dvalues), &token_stats),
+        Form::FusedSubgroup => ppo_loss_fused_with_variant(&mut rec, subgroup, &mb, cfg, Some(&dvalues), &token_stats),
         Form::CriticFree => ppo_loss_fused_with_variant(&mut rec, workgroup, &mb, cfg, None, &token_stats),
         Form::CriticFreeSerial => ppo_loss_fused_with_variant(&mut rec, serial, &mb, cfg, None, &token_stats),
+        Form::CriticFreeSubgroup => ppo_loss_fused_with_variant(&mut rec, subgroup, &mb, cfg, None, &token_stats),
         Form::Unfused => {
             let (logp, scalars) =
                 (gpu.tensor(&[rows, case.v], DType::F32).unwrap(), gpu.tensor(&[rows, 4], DType::F32).unwrap());
@@ -185,8 +193,8 @@ fn check(seq: usize, v: usize, cfg: PpoLossConfig, seed: u64, forms: &[Form], wi
     }
 }
 
-const PPO_FORMS: &[Form] = &[Form::Fused, Form::FusedSerial, Form::Unfused];
-const CRITIC_FREE_FORMS: &[Form] = &[Form::CriticFree, Form::CriticFreeSerial];
+const PPO_FORMS: &[Form] = &[Form::Fused, Form::FusedSerial, Form::FusedSubgroup, Form::Unfused];
+const CRITIC_FREE_FORMS: &[Form] = &[Form::CriticFree, Form::CriticFreeSerial, Form::CriticFreeSubgroup];
 
 #[test]
 fn ppo_loss_unaligned_vocab_with_entropy_and_temperature() {
@@ -212,7 +220,7 @@ fn critic_free_loss_token_mean() {
 #[test]
 fn ppo_loss_sequence_mean_with_kl() {
     let cfg = PpoLossConfig { kl_coef: 0.1, loss_type: LossType::Sequence, ..Default::default() };
-    check(10, 40, cfg, 78, &[Form::Fused, Form::FusedSerial], true);
+    check(10, 40, cfg, 78, &[Form::Fused, Form::FusedSerial, Form::FusedSubgroup], true);
 }
 
 #[test]
@@ -250,7 +258,14 @@ fn ppo_loss_with_nothing_trained_is_zero_everywhere() {
     for i in 0..case.values.len() {
         case.inputs[i * 8] = 0.0;
     }
-    for form in [Form::Fused, Form::FusedSerial, Form::CriticFree, Form::CriticFreeSerial] {
+    for form in [
+        Form::Fused,
+        Form::FusedSerial,
+        Form::FusedSubgroup,
+        Form::CriticFree,
+        Form::CriticFreeSerial,
+        Form::CriticFreeSubgroup,
+    ] {
         let (dlogits, dvalues, stats) = run_gpu(&case, &PpoLossConfig { kl_coef: 0.1, ..Default::default() }, form);
         assert!(
             dlogits.iter().chain(&dvalues).chain(&stats).all(|&x| x == 0.0),
@@ -264,10 +279,7 @@ fn logprob_entropy_matches_reference() {
     use ppo_wgpu::kernels::ppo::logprob_entropy_with_variant;
     let mut rng = Rng::new(75);
     let cases = [(7, 53, 0.7), (16, 512, 1.0), (2, 50257, 1.3), (2, 50304, 0.8)];
-    for ((seq, v, temperature), variant) in cases
-        .into_iter()
-        .flat_map(|case| [RowVariant::WorkgroupPerRow, RowVariant::InvocationPerRow].map(|v| (case, v)))
-    {
+    for ((seq, v, temperature), variant) in cases.into_iter().flat_map(|case| ROW_VARIANTS.map(|(v, _)| (case, v))) {
         let case = make_case(seq, v, temperature, &mut rng);
         let rows = case.values.len();
         let gpu = gpu();

@@ -120,20 +120,28 @@ fn without_a_cache_the_choice_is_measured_and_kept_in_memory() {
 #[test]
 fn the_ppo_row_walk_is_a_family_of_its_own_measured_on_the_ppo_kernels() {
     use ppo_wgpu::kernels::cross_entropy::RowVariant;
-    use ppo_wgpu::kernels::ppo::{ROW_VARIANTS, row_variant};
+    use ppo_wgpu::kernels::ppo::{LONG_ROW_VARIANTS, ROW_VARIANTS, long_row_variant, row_variant};
     if std::env::var_os("PPO_WGPU_PPO_ROWS").is_some() {
         return; // forced: nothing is measured or read from the cache
     }
-    // Measured: both walks have a figure, and the faster is chosen.
+    // Measured: every walk the adapter can run has a figure, and the fastest is chosen; rows
+    // past an invocation's loop limit (GPT-2's vocabulary) have a family of their own.
     let gpu = suite_gpu(Gpu::new(None).unwrap());
     gpu.set_variant_cache(None);
-    let chosen = row_variant(&gpu).unwrap();
+    let families = [
+        ("ppo_rows", row_variant(&gpu).unwrap(), &ROW_VARIANTS[..]),
+        ("ppo_rows_long", long_row_variant(&gpu).unwrap(), &LONG_ROW_VARIANTS[..]),
+    ];
     let choices = gpu.variant_choices();
-    let (_, choice) = choices.iter().find(|(family, _)| family == "ppo_rows").unwrap();
-    let rate = |name: &str| choice.figures.iter().find(|(n, _)| n == name).and_then(|(_, r)| *r).unwrap();
-    let (workgroup, invocation) = (rate("workgroup-per-row"), rate("invocation-per-row"));
-    let faster = if invocation > workgroup { RowVariant::InvocationPerRow } else { RowVariant::WorkgroupPerRow };
-    assert_eq!(chosen, faster, "workgroup {workgroup} GB/s, invocation {invocation} GB/s");
+    for (family, chosen, variants) in families {
+        let (_, choice) = choices.iter().find(|(f, _)| f == family).unwrap();
+        let rate = |name: &str| choice.figures.iter().find(|(n, _)| n == name).and_then(|(_, r)| *r);
+        let rates: Vec<(RowVariant, f64)> = variants.iter().filter_map(|&(v, name)| Some((v, rate(name)?))).collect();
+        // The subgroup walk has a figure exactly where the adapter has subgroups.
+        assert_eq!(rates.len(), variants.len() - usize::from(!gpu.has_subgroups()), "{family}: {:?}", choice.figures);
+        let fastest = rates.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0;
+        assert_eq!(chosen, fastest, "{family}: {:?}", choice.figures);
+    }
     // Cached: used as it is, whatever the cross-entropy family chose.
     let dir = cache_dir("variants-ppo-rows");
     for (variant, name) in ROW_VARIANTS {
