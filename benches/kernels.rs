@@ -559,11 +559,16 @@ fn bench_attention(bx: &mut Bench, c: &mut Criterion) {
 
 fn bench_cross_entropy(bx: &mut Bench, c: &mut Criterion) {
     // Every variant, the adapter's choice first and marked, at the vocabularies the GPU model
-    // holds (GPT-2's padded to 50304, whose rows run a workgroup per row unless the variant is
-    // subgroup-per-row: see cross_entropy::SERIAL_MAX_COLUMNS).
-    let chosen = cross_entropy::variant(&bx.gpu).unwrap();
-    let variants = chosen_first(chosen, &cross_entropy::VARIANTS);
+    // holds: the tiny model's (family cross_entropy) and GPT-2's padded to 50304, past
+    // cross_entropy::SERIAL_MAX_COLUMNS (family cross_entropy_long).
     for (label, rows, v) in [("gpt2 vocab 64x50304", 64, 50304), ("tiny vocab 2048x512", 2048, 512)] {
+        let (chosen, variants) = if v <= cross_entropy::SERIAL_MAX_COLUMNS {
+            let chosen = cross_entropy::variant(&bx.gpu).unwrap();
+            (chosen, chosen_first(chosen, &cross_entropy::VARIANTS))
+        } else {
+            let chosen = cross_entropy::long_variant(&bx.gpu).unwrap();
+            (chosen, chosen_first(chosen, &cross_entropy::LONG_VARIANTS))
+        };
         let logits = bx.rng.normals(rows * v, 2.0);
         let targets: Vec<u32> = (0..rows).map(|_| bx.rng.below(v as u32)).collect();
         let t_targets = bx.gpu.upload_u32(&[rows], &targets).unwrap();

@@ -397,6 +397,7 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     ppo_wgpu::kernels::layernorm::narrow_variant(gpu)?;
     ppo_wgpu::kernels::adamw::norm_variant(gpu)?;
     ppo_wgpu::kernels::cross_entropy::variant(gpu)?;
+    ppo_wgpu::kernels::cross_entropy::long_variant(gpu)?;
     ppo_wgpu::kernels::ppo::row_variant(gpu)?;
     ppo_wgpu::kernels::ppo::long_row_variant(gpu)?;
     ppo_wgpu::kernels::attention::variant(gpu)?;

@@ -1,7 +1,8 @@
 //! Log-softmax and cross-entropy forward and backward. Shaders: `cross_entropy.wgsl` and
 //! `cross_entropy_subgroup.wgsl`. Three variants, chosen per adapter by measurement (`variant`):
 //! a workgroup per row (GPUs), a subgroup per row (GPUs with subgroups), or an invocation per
-//! row (CPU adapters).
+//! row (CPU adapters); rows too long for an invocation alone (GPT-2's vocabulary) choose between
+//! the first two on a measurement of their own (`long_variant`).
 
 use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges, subgroup_rows_per_group};
 use crate::error::Result;
@@ -47,23 +48,49 @@ pub const VARIANTS: [(RowVariant, &str); 3] = [
     (RowVariant::SubgroupPerRow, "subgroup-per-row"),
 ];
 
-/// The variant this adapter runs: chosen by measurement on first use and cached (see
-/// `gpu::variants`), or forced with
-/// PPO_WGPU_CROSS_ENTROPY=workgroup-per-row|invocation-per-row|subgroup-per-row.
-pub fn variant(gpu: &Arc<Gpu>) -> Result<RowVariant> {
-    choose_by_measurement(gpu, "cross_entropy", &VARIANTS, "GB/s", measure_variant)
+/// The walks of rows longer than an invocation walks alone (GPT-2's vocabulary; family
+/// `cross_entropy_long`, forced with `PPO_WGPU_CROSS_ENTROPY_LONG`).
+pub const LONG_VARIANTS: [(RowVariant, &str); 2] =
+    [(RowVariant::WorkgroupPerRow, "workgroup-per-row"), (RowVariant::SubgroupPerRow, "subgroup-per-row")];
+
+/// The variant for rows of `v` logits: `variant`, or past SERIAL_MAX_COLUMNS `long_variant`.
+pub fn variant_for(gpu: &Arc<Gpu>, v: usize) -> Result<RowVariant> {
+    if v <= SERIAL_MAX_COLUMNS { variant(gpu) } else { long_variant(gpu) }
 }
 
-/// A variant's GB/s over a forward and a backward at a small model's vocabulary and at the
-/// longest rows both variants run, after a check against the CPU reference on ragged rows,
-/// walked by scalars and by vec4s (None if it fails).
-fn measure_variant(gpu: &Arc<Gpu>, variant: RowVariant) -> Result<Option<f64>> {
+/// The variant for rows of at most SERIAL_MAX_COLUMNS: chosen by measurement on first use and
+/// cached (see `gpu::variants`), or forced with
+/// PPO_WGPU_CROSS_ENTROPY=workgroup-per-row|invocation-per-row|subgroup-per-row. Measured at a
+/// small model's vocabulary (1024 rows of 512) and at the longest rows all three run (64 of
+/// SERIAL_MAX_COLUMNS).
+pub fn variant(gpu: &Arc<Gpu>) -> Result<RowVariant> {
+    choose_by_measurement(gpu, "cross_entropy", &VARIANTS, "GB/s", |gpu, variant| {
+        measure(gpu, variant, &[(37, 203), (37, 204)], &[(1024, 512), (64, SERIAL_MAX_COLUMNS)])
+    })
+}
+
+/// The variant for longer rows: chosen by measurement (family `cross_entropy_long`) at GPT-2's
+/// padded vocabulary, 64 rows of 50304.
+pub fn long_variant(gpu: &Arc<Gpu>) -> Result<RowVariant> {
+    choose_by_measurement(gpu, "cross_entropy_long", &LONG_VARIANTS, "GB/s", |gpu, variant| {
+        measure(gpu, variant, &[(5, SERIAL_MAX_COLUMNS + 4)], &[(64, 50304)])
+    })
+}
+
+/// A variant's GB/s over a forward and a backward at each of `shapes` (rows, V), after a check
+/// against the CPU reference at each of `checks` (None if one fails).
+fn measure(
+    gpu: &Arc<Gpu>,
+    variant: RowVariant,
+    checks: &[(usize, usize)],
+    shapes: &[(usize, usize)],
+) -> Result<Option<f64>> {
     if variant == RowVariant::SubgroupPerRow && !gpu.has_subgroups() {
         return Ok(None); // it would run invocation-per-row: nothing of its own to measure
     }
     let mut rng = crate::rng::Rng::new(13);
     let (mut bytes, mut seconds) = (0.0, 0.0);
-    for (rows, v) in [(37, 203), (37, 204), (1024, 512), (64, SERIAL_MAX_COLUMNS)] {
+    for (i, &(rows, v)) in checks.iter().chain(shapes).enumerate() {
         let logits = rng.normals(rows * v, 2.0);
         let targets: Vec<u32> = (0..rows).map(|r| if r % 5 == 4 { IGNORE } else { (r * 31 % v) as u32 }).collect();
         let dloss = rng.normals(rows, 1.0);
@@ -80,7 +107,7 @@ fn measure_variant(gpu: &Arc<Gpu>, variant: RowVariant) -> Result<Option<f64>> {
             forward_with_variant(rec, variant, &loss, &lse, &t_logits, &t_targets, 1.0)?;
             backward_with_variant(rec, variant, &t_logits, &t_dloss, &lse, &t_targets, 1.0)
         };
-        if rows == 37 {
+        if i < checks.len() {
             let mut rec = Recorder::new(gpu);
             step(&mut rec)?;
             rec.submit();
@@ -179,7 +206,7 @@ pub fn cross_entropy_forward(
     targets: &Tensor,
     temperature: f32,
 ) -> Result<()> {
-    let variant = variant(rec.gpu())?;
+    let variant = variant_for(rec.gpu(), as_matrix(logits).1)?;
     forward_with_variant(rec, variant, loss, lse, logits, targets, temperature)
 }
 
@@ -213,7 +240,7 @@ pub fn forward_with_variant(
 
 /// logp [N, V] = log_softmax(logits/temperature) along each row.
 pub fn log_softmax_forward(rec: &mut Recorder, logp: &Tensor, logits: &Tensor, temperature: f32) -> Result<()> {
-    let variant = variant(rec.gpu())?;
+    let variant = variant_for(rec.gpu(), as_matrix(logits).1)?;
     log_softmax_with_variant(rec, variant, logp, logits, temperature)
 }
 
@@ -251,7 +278,7 @@ pub fn cross_entropy_backward(
     targets: &Tensor,
     temperature: f32,
 ) -> Result<()> {
-    let variant = variant(rec.gpu())?;
+    let variant = variant_for(rec.gpu(), as_matrix(logits).1)?;
     backward_with_variant(rec, variant, logits, dloss, lse, targets, temperature)
 }
 

@@ -116,12 +116,14 @@ fn without_a_cache_the_choice_is_measured_and_kept_in_memory() {
 }
 
 /// The PPO losses' row walk (family ppo_rows) is measured on the PPO kernels themselves, the
-/// faster chosen; a cached choice is used as it is.
+/// fastest chosen; a cached choice is used as it is. Rows past an invocation's loop limit
+/// (GPT-2's vocabulary) have families of their own, for the PPO kernels and for cross-entropy.
 #[test]
 fn the_ppo_row_walk_is_a_family_of_its_own_measured_on_the_ppo_kernels() {
-    use ppo_wgpu::kernels::cross_entropy::RowVariant;
+    use ppo_wgpu::kernels::cross_entropy::{self, RowVariant};
     use ppo_wgpu::kernels::ppo::{LONG_ROW_VARIANTS, ROW_VARIANTS, long_row_variant, row_variant};
-    if std::env::var_os("PPO_WGPU_PPO_ROWS").is_some() {
+    let forced = ["PPO_WGPU_PPO_ROWS", "PPO_WGPU_PPO_ROWS_LONG", "PPO_WGPU_CROSS_ENTROPY_LONG"];
+    if forced.iter().any(|v| std::env::var_os(v).is_some()) {
         return; // forced: nothing is measured or read from the cache
     }
     // Measured: every walk the adapter can run has a figure, and the fastest is chosen; rows
@@ -131,6 +133,7 @@ fn the_ppo_row_walk_is_a_family_of_its_own_measured_on_the_ppo_kernels() {
     let families = [
         ("ppo_rows", row_variant(&gpu).unwrap(), &ROW_VARIANTS[..]),
         ("ppo_rows_long", long_row_variant(&gpu).unwrap(), &LONG_ROW_VARIANTS[..]),
+        ("cross_entropy_long", cross_entropy::long_variant(&gpu).unwrap(), &cross_entropy::LONG_VARIANTS[..]),
     ];
     let choices = gpu.variant_choices();
     for (family, chosen, variants) in families {

@@ -190,10 +190,10 @@ fn the_profiler_reports_kernels_phases_counts_and_a_trace() {
     // Calls of the kernels whose names start with `prefix` (a family's variants have suffixes).
     let calls =
         |prefix: &str| profile.kernels.iter().filter(|k| k.kernel.starts_with(prefix)).map(|k| k.calls).sum::<u64>();
-    assert!(
-        calls("matmul") > 0 && calls("ppo_loss:ppo_loss_fused") == 2 && kernel("sampling:sample_tokens").calls == 12,
-        "{table}"
-    );
+    // The fused loss's entry in whichever row walk ppo_rows chose (its own module for subgroups).
+    let loss_calls: u64 =
+        profile.kernels.iter().filter(|k| k.kernel.contains(":ppo_loss_fused")).map(|k| k.calls).sum();
+    assert!(calls("matmul") > 0 && loss_calls == 2 && kernel("sampling:sample_tokens").calls == 12, "{table}");
     if profile.timestamps {
         assert!(profile.gpu_ms > 0.0 && profile.kernels.iter().map(|k| k.share).sum::<f64>() > 0.99, "{table}");
         assert!(

@@ -258,6 +258,7 @@ fn info_shows_the_kernel_choice_and_the_environment_forces_one() {
         "layernorm_narrow",
         "grad_norm",
         "cross_entropy",
+        "cross_entropy_long",
         "ppo_rows",
         "ppo_rows_long",
         "attention",
