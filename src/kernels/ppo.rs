@@ -60,17 +60,13 @@ struct Params {
 
 /// The ways the PPO loss kernels and the rollout's log-prob rows walk rows of the vocabulary
 /// (family `ppo_rows`), as `PPO_WGPU_PPO_ROWS` and the cache spell them, for rows of at most
-/// `cross_entropy::SERIAL_MAX_COLUMNS` logits.
-pub const ROW_VARIANTS: [(RowVariant, &str); 3] = [
-    (RowVariant::WorkgroupPerRow, "workgroup-per-row"),
-    (RowVariant::InvocationPerRow, "invocation-per-row"),
-    (RowVariant::SubgroupPerRow, "subgroup-per-row"),
-];
+/// `cross_entropy::SERIAL_MAX_COLUMNS` logits: the cross-entropy kernels' three walks.
+pub const ROW_VARIANTS: [(RowVariant, &str); 3] = cross_entropy::VARIANTS;
 
 /// The walks of longer rows (GPT-2's vocabulary; family `ppo_rows_long`, forced with
-/// `PPO_WGPU_PPO_ROWS_LONG`): an invocation alone would pass llvmpipe's loop limit there.
-pub const LONG_ROW_VARIANTS: [(RowVariant, &str); 2] =
-    [(RowVariant::WorkgroupPerRow, "workgroup-per-row"), (RowVariant::SubgroupPerRow, "subgroup-per-row")];
+/// `PPO_WGPU_PPO_ROWS_LONG`), as the cross-entropy kernels': an invocation alone would pass
+/// llvmpipe's loop limit there.
+pub const LONG_ROW_VARIANTS: [(RowVariant, &str); 2] = cross_entropy::LONG_VARIANTS;
 
 /// The row walk of `ppo_loss_fused` and `logprob_entropy` over rows of `v` logits: `row_variant`,
 /// or past SERIAL_MAX_COLUMNS `long_row_variant`.
