@@ -129,7 +129,7 @@ fn measure(
 }
 
 /// The longest row an invocation walks alone (see MAX_SERIAL_STEPS): longer rows (GPT-2's
-/// vocabulary: two passes of 50257) always run a workgroup per row.
+/// vocabulary: two passes of 50304) run a workgroup or a subgroup per row (`long_variant`).
 pub const SERIAL_MAX_COLUMNS: usize = super::MAX_SERIAL_STEPS;
 
 /// The `VEC4` override of the row walks over a vocabulary of `v` (here and in the PPO losses):

@@ -293,8 +293,13 @@ pub fn ppo_loss_fused_with_variant(
         let logits = mb.logits.view(&gpu, r0 * v, &[n, v])?;
         let mut p = mb.params(n, r0, v, cfg);
         let logits4 = cross_entropy::vec4_binding(&gpu, &logits)?;
-        let mut b = vec![bind(1, &logits), bind(13, &logits4), bind_u32(2, mb.tokens), bind(3, mb.inputs)];
-        b.push(bind(6, token_stats));
+        let mut b = vec![
+            bind(1, &logits),
+            bind(13, &logits4),
+            bind_u32(2, mb.tokens),
+            bind(3, mb.inputs),
+            bind(6, token_stats),
+        ];
         let entry = match (mb.values, dvalues) {
             (Some(values), Some(dvalues)) => {
                 b.extend([bind(4, values), bind(5, dvalues)]);
@@ -308,8 +313,7 @@ pub fn ppo_loss_fused_with_variant(
         let (shader, entry, grid, rows_per_group) =
             cross_entropy::row_launch(&gpu, variant, [&SHADER, &SUBGROUP_SHADER], entry, n, v);
         p.rows_per_group = rows_per_group;
-        let constants = cross_entropy::vec4_walk(v);
-        rec.dispatch(shader, &entry, &constants, bytemuck::bytes_of(&p), &b, grid, work)?;
+        rec.dispatch(shader, &entry, &cross_entropy::vec4_walk(v), bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }
@@ -435,8 +439,7 @@ pub fn logprob_entropy_with_variant(
         let slice4 = cross_entropy::vec4_binding(&gpu, &slice)?;
         let b = [bind(1, &slice), bind(13, &slice4), bind_u32(2, tokens), bind(11, logprobs), bind(12, entropy)];
         let work = Work::floats(n * v + 3 * n);
-        let constants = cross_entropy::vec4_walk(v);
-        rec.dispatch(shader, &entry, &constants, bytemuck::bytes_of(&p), &b, grid, work)?;
+        rec.dispatch(shader, &entry, &cross_entropy::vec4_walk(v), bytemuck::bytes_of(&p), &b, grid, work)?;
     }
     Ok(())
 }
