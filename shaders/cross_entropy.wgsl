@@ -24,7 +24,8 @@
 //
 // Layout: logits [N, V] row-major; targets [N] u32 (0xFFFFFFFF = ignore); dloss, lse, loss [N].
 // The VEC4 walks read logits, logp and the gradient as vec4 arrays at bindings 9–11; the host
-// binds the same tensors at both sets (the one the specialisation does not walk stays unread).
+// binds each tensor at the set the specialisation walks and 4-float stand-ins, unread, at the
+// other (one buffer at both, writable, would alias: WebGPU forbids it).
 // Launch: one workgroup of 64 per row; grid = N workgroups laid out 2D (x ≤ 65535). The _serial
 // forms: one invocation per row, workgroup 64, grid = ceil(N/64) laid out 2D.
 

@@ -94,7 +94,8 @@ const STAT_RATIO: u32 = 7u;
 // VEC4 (V a multiple of 4, as the model's padded vocabulary always is): the row walks below read
 // and write the logits as vec4s at binding 13, a quarter of the loads and stores, folding four
 // logits per step of the online recurrence (softmax_state_add4); their (start, step) then count
-// vec4s. The host binds the logits at both bindings.
+// vec4s. The host binds the logits at the binding the specialisation reads and a 4-float
+// stand-in at the other (one buffer at both, writable, would alias: WebGPU forbids it).
 override VEC4: bool = false;
 @group(0) @binding(13) var<storage, read_write> logits4: array<vec4<f32>>;
 

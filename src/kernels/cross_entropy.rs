@@ -190,10 +190,12 @@ fn params(logits: &Tensor, temperature: f32, rows_per_group: u32) -> Params {
     Params { rows: rows as u32, v: v as u32, inv_temperature: 1.0 / temperature, rows_per_group }
 }
 
-/// What a row tensor binds at its vec4 binding: itself, or, where it is shorter than one vec4
-/// (V not a multiple of 4, so the walks read the scalar binding), a stand-in that stays unread.
-pub(crate) fn vec4_binding(gpu: &Arc<Gpu>, t: &Tensor) -> Result<Tensor> {
-    if t.len() >= 4 { Ok(t.clone()) } else { gpu.tensor(&[4], DType::F32) }
+/// A row tensor at its two bindings, scalar and vec4: itself at the one the walks over rows of
+/// `v` read (`vec4_walk`), a 4-float stand-in that stays unread at the other. The tensor at both
+/// would bind one buffer twice, writable, which WebGPU forbids (writable storage aliasing).
+pub(crate) fn row_bindings(gpu: &Arc<Gpu>, t: &Tensor, v: usize) -> Result<[Tensor; 2]> {
+    let stand_in = gpu.tensor(&[4], DType::F32)?;
+    Ok(if v.is_multiple_of(4) { [stand_in, t.clone()] } else { [t.clone(), stand_in] })
 }
 
 /// With z = logits/temperature: loss [N] = lse − z[n, target_n] (0 for IGNORE), so −loss is the
@@ -230,8 +232,8 @@ pub fn forward_with_variant(
         let (lse, loss) = (lse.view(&gpu, r0, &[n])?, loss.view(&gpu, r0, &[n])?);
         let (shader, entry, grid, rows_per_group) = launch(&gpu, variant, "cross_entropy_forward", n, v);
         let p = params(&logits, temperature, rows_per_group);
-        let logits4 = vec4_binding(&gpu, &logits)?;
-        let b = [bind(1, &logits), bind_u32(2, &targets), bind(3, &lse), bind(4, &loss), bind(9, &logits4)];
+        let [logits1, logits4] = row_bindings(&gpu, &logits, v)?;
+        let b = [bind(1, &logits1), bind_u32(2, &targets), bind(3, &lse), bind(4, &loss), bind(9, &logits4)];
         let work = Work::floats(n * v + 3 * n);
         rec.dispatch(shader, &entry, &vec4_walk(v), bytemuck::bytes_of(&p), &b, grid, work)?;
     }
@@ -259,8 +261,8 @@ pub fn log_softmax_with_variant(
         let (logits, logp) = (logits.view(&gpu, r0 * v, &[n, v])?, logp.view(&gpu, r0 * v, &[n, v])?);
         let (shader, entry, grid, rows_per_group) = launch(&gpu, variant, "log_softmax_forward", n, v);
         let p = params(&logits, temperature, rows_per_group);
-        let (logits4, logp4) = (vec4_binding(&gpu, &logits)?, vec4_binding(&gpu, &logp)?);
-        let b = [bind(1, &logits), bind(5, &logp), bind(9, &logits4), bind(10, &logp4)];
+        let ([logits1, logits4], [logp1, logp4]) = (row_bindings(&gpu, &logits, v)?, row_bindings(&gpu, &logp, v)?);
+        let b = [bind(1, &logits1), bind(5, &logp1), bind(9, &logits4), bind(10, &logp4)];
         let work = Work::floats(2 * n * v);
         rec.dispatch(shader, &entry, &vec4_walk(v), bytemuck::bytes_of(&p), &b, grid, work)?;
     }
@@ -302,8 +304,8 @@ pub fn backward_with_variant(
         let (dloss, lse) = (dloss.view(&gpu, r0, &[n])?, lse.view(&gpu, r0, &[n])?);
         let (shader, entry, grid, rows_per_group) = launch(&gpu, variant, "cross_entropy_backward", n, v);
         let p = params(&logits, temperature, rows_per_group);
-        let logits4 = vec4_binding(&gpu, &logits)?;
-        let b = [bind_u32(2, &targets), bind(6, &logits), bind(7, &dloss), bind(8, &lse), bind(11, &logits4)];
+        let [logits1, logits4] = row_bindings(&gpu, &logits, v)?;
+        let b = [bind_u32(2, &targets), bind(6, &logits1), bind(7, &dloss), bind(8, &lse), bind(11, &logits4)];
         let work = Work::floats(2 * n * v + 3 * n); // the logits read, their gradient written in place
         rec.dispatch(shader, &entry, &vec4_walk(v), bytemuck::bytes_of(&p), &b, grid, work)?;
     }
