@@ -4,11 +4,9 @@
 //! row (CPU adapters); rows too long for an invocation alone (GPT-2's vocabulary) choose between
 //! the first two on a measurement of their own (`long_variant`).
 
-use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges, subgroup_rows_per_group};
+use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges, stand_in, subgroup_rows_per_group};
 use crate::error::Result;
-use crate::gpu::{
-    DType, Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call,
-};
+use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call};
 use std::sync::Arc;
 
 pub const SHADER: Shader =
@@ -191,10 +189,9 @@ fn params(logits: &Tensor, temperature: f32, rows_per_group: u32) -> Params {
 }
 
 /// A row tensor at its two bindings, scalar and vec4: itself at the one the walks over rows of
-/// `v` read (`vec4_walk`), a 4-float stand-in that stays unread at the other. The tensor at both
-/// would bind one buffer twice, writable, which WebGPU forbids (writable storage aliasing).
+/// `v` read (`vec4_walk`), a `stand_in` at the other.
 pub(crate) fn row_bindings(gpu: &Arc<Gpu>, t: &Tensor, v: usize) -> Result<[Tensor; 2]> {
-    let stand_in = gpu.tensor(&[4], DType::F32)?;
+    let stand_in = stand_in(gpu)?;
     Ok(if v.is_multiple_of(4) { [stand_in, t.clone()] } else { [t.clone(), stand_in] })
 }
 

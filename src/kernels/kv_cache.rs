@@ -4,7 +4,7 @@
 //! read which from the cache tensor's dtype. Decode attention runs a workgroup or an invocation
 //! per (row, head) (`DecodeAttention`, also chosen by measurement: `attention_variant`).
 
-use super::{bind, bind_u32, expect_len, groups};
+use super::{bind, bind_u32, expect_len, groups, stand_in};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{
     DType, Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call,
@@ -314,11 +314,12 @@ pub fn decode_attention_with(
     let hd = c / n_head;
     let append = ("APPEND", super::flag(append));
     if variant == DecodeAttention::InvocationPerHead && hd.is_multiple_of(4) && hd <= MAX_SERIAL_HEAD_DIM {
-        // Both formats read through cached4: the other format's binding gets a stand-in of its
-        // type (the cache itself, viewed as the other type), never read.
+        // Both formats read through cached4: the other format's binding gets a `stand_in`,
+        // never read (the cache there too would bind a writable buffer twice).
+        let stand_in = stand_in(rec.gpu())?;
         let (f32_cache, f16_cache) = match format {
-            KvFormat::F32 => (cache.clone(), cache.bitcast(DType::U32)),
-            KvFormat::F16 => (cache.bitcast(DType::F32), cache.clone()),
+            KvFormat::F32 => (cache.clone(), stand_in.bitcast(DType::U32)),
+            KvFormat::F16 => (stand_in, cache.clone()),
         };
         let entry = if format == KvFormat::F16 { "decode_attention_serial_f16" } else { "decode_attention_serial" };
         let bindings = [bind(8, qkv), bind(9, &f32_cache), bind_u32(10, &f16_cache), bind_u32(4, mask), bind(11, out)];
@@ -327,16 +328,18 @@ pub fn decode_attention_with(
     }
     let grid = rec.gpu().grid(b * n_head);
     // Both entry points read the cache through one function: the other format's binding gets a
-    // stand-in of its type (out, which is writable too), never touched.
-    let out_words = out.bitcast(DType::U32);
+    // `stand_in`, never touched.
+    let stand_in = stand_in(rec.gpu())?;
+    let stand_in_words = stand_in.bitcast(DType::U32);
     let (entry, bindings) = match format {
         KvFormat::F32 => (
             "decode_attention",
-            [bind(1, qkv), bind(2, cache), bind_u32(4, mask), bind(5, out), bind_u32(6, &out_words)],
+            [bind(1, qkv), bind(2, cache), bind_u32(4, mask), bind(5, out), bind_u32(6, &stand_in_words)],
         ),
-        KvFormat::F16 => {
-            ("decode_attention_f16", [bind(1, qkv), bind(2, out), bind_u32(4, mask), bind(5, out), bind_u32(6, cache)])
-        }
+        KvFormat::F16 => (
+            "decode_attention_f16",
+            [bind(1, qkv), bind(2, &stand_in), bind_u32(4, mask), bind(5, out), bind_u32(6, cache)],
+        ),
     };
     rec.dispatch(&SHADER, entry, &[append], p, &bindings, grid, work)
 }
