@@ -74,6 +74,8 @@ pub struct Recorder {
     /// query set their timestamps go to.
     timed: Vec<Timed>,
     queries: Option<QueryKit>,
+    /// The tensors `stand_in` hands out, one per slot.
+    stand_ins: Vec<Tensor>,
 }
 
 impl Recorder {
@@ -98,7 +100,22 @@ impl Recorder {
             textures_in_use: Vec::new(),
             timed: Vec::new(),
             queries: None,
+            stand_ins: Vec::new(),
         }
+    }
+
+    /// Stand-in `slot`: a 4-float tensor to bind where a kernel's specialisation never reads or
+    /// writes. Binding another binding's tensor there instead would bind one buffer twice, and
+    /// where either binding is writable that is writable-storage aliasing, which WebGPU forbids
+    /// (wgpu native does not check it). A dispatch's stand-ins take different slots (one buffer
+    /// at two bindings is the same aliasing); the recorder's dispatches share them, since no
+    /// dispatch touches them. Bound as u32 elements through `Tensor::bitcast`.
+    pub fn stand_in(&mut self, slot: usize) -> Result<Tensor> {
+        while self.stand_ins.len() <= slot {
+            let t = self.gpu.tensor(&[4], DType::F32)?;
+            self.stand_ins.push(t);
+        }
+        Ok(self.stand_ins[slot].clone())
     }
 
     pub fn gpu(&self) -> &Arc<Gpu> {

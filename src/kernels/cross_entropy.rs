@@ -4,7 +4,7 @@
 //! row (CPU adapters); rows too long for an invocation alone (GPT-2's vocabulary) choose between
 //! the first two on a measurement of their own (`long_variant`).
 
-use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges, stand_in, subgroup_rows_per_group};
+use super::{as_matrix, bind, bind_u32, expect_len, groups, row_ranges, subgroup_rows_per_group};
 use crate::error::Result;
 use crate::gpu::{Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call};
 use std::sync::Arc;
@@ -189,9 +189,9 @@ fn params(logits: &Tensor, temperature: f32, rows_per_group: u32) -> Params {
 }
 
 /// A row tensor at its two bindings, scalar and vec4: itself at the one the walks over rows of
-/// `v` read (`vec4_walk`), a `stand_in` at the other.
-pub(crate) fn row_bindings(gpu: &Arc<Gpu>, t: &Tensor, v: usize) -> Result<[Tensor; 2]> {
-    let stand_in = stand_in(gpu)?;
+/// `v` read (`vec4_walk`), the recorder's stand-in `slot` at the other (`Recorder::stand_in`).
+pub(crate) fn row_bindings(rec: &mut Recorder, t: &Tensor, v: usize, slot: usize) -> Result<[Tensor; 2]> {
+    let stand_in = rec.stand_in(slot)?;
     Ok(if v.is_multiple_of(4) { [stand_in, t.clone()] } else { [t.clone(), stand_in] })
 }
 
@@ -229,7 +229,7 @@ pub fn forward_with_variant(
         let (lse, loss) = (lse.view(&gpu, r0, &[n])?, loss.view(&gpu, r0, &[n])?);
         let (shader, entry, grid, rows_per_group) = launch(&gpu, variant, "cross_entropy_forward", n, v);
         let p = params(&logits, temperature, rows_per_group);
-        let [logits1, logits4] = row_bindings(&gpu, &logits, v)?;
+        let [logits1, logits4] = row_bindings(rec, &logits, v, 0)?;
         let b = [bind(1, &logits1), bind_u32(2, &targets), bind(3, &lse), bind(4, &loss), bind(9, &logits4)];
         let work = Work::floats(n * v + 3 * n);
         rec.dispatch(shader, &entry, &vec4_walk(v), bytemuck::bytes_of(&p), &b, grid, work)?;
@@ -258,7 +258,7 @@ pub fn log_softmax_with_variant(
         let (logits, logp) = (logits.view(&gpu, r0 * v, &[n, v])?, logp.view(&gpu, r0 * v, &[n, v])?);
         let (shader, entry, grid, rows_per_group) = launch(&gpu, variant, "log_softmax_forward", n, v);
         let p = params(&logits, temperature, rows_per_group);
-        let ([logits1, logits4], [logp1, logp4]) = (row_bindings(&gpu, &logits, v)?, row_bindings(&gpu, &logp, v)?);
+        let ([logits1, logits4], [logp1, logp4]) = (row_bindings(rec, &logits, v, 0)?, row_bindings(rec, &logp, v, 1)?);
         let b = [bind(1, &logits1), bind(5, &logp1), bind(9, &logits4), bind(10, &logp4)];
         let work = Work::floats(2 * n * v);
         rec.dispatch(shader, &entry, &vec4_walk(v), bytemuck::bytes_of(&p), &b, grid, work)?;
@@ -301,7 +301,7 @@ pub fn backward_with_variant(
         let (dloss, lse) = (dloss.view(&gpu, r0, &[n])?, lse.view(&gpu, r0, &[n])?);
         let (shader, entry, grid, rows_per_group) = launch(&gpu, variant, "cross_entropy_backward", n, v);
         let p = params(&logits, temperature, rows_per_group);
-        let [logits1, logits4] = row_bindings(&gpu, &logits, v)?;
+        let [logits1, logits4] = row_bindings(rec, &logits, v, 0)?;
         let b = [bind_u32(2, &targets), bind(6, &logits1), bind(7, &dloss), bind(8, &lse), bind(11, &logits4)];
         let work = Work::floats(2 * n * v + 3 * n); // the logits read, their gradient written in place
         rec.dispatch(shader, &entry, &vec4_walk(v), bytemuck::bytes_of(&p), &b, grid, work)?;

@@ -4,7 +4,7 @@
 //! read which from the cache tensor's dtype. Decode attention runs a workgroup or an invocation
 //! per (row, head) (`DecodeAttention`, also chosen by measurement: `attention_variant`).
 
-use super::{bind, bind_u32, expect_len, groups, stand_in};
+use super::{bind, bind_u32, expect_len, groups};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{
     DType, Gpu, Recorder, Shader, Tensor, Work, choose_by_measurement, matches_reference, seconds_per_call,
@@ -314,9 +314,10 @@ pub fn decode_attention_with(
     let hd = c / n_head;
     let append = ("APPEND", super::flag(append));
     if variant == DecodeAttention::InvocationPerHead && hd.is_multiple_of(4) && hd <= MAX_SERIAL_HEAD_DIM {
-        // Both formats read through cached4: the other format's binding gets a `stand_in`,
-        // never read (the cache there too would bind a writable buffer twice).
-        let stand_in = stand_in(rec.gpu())?;
+        // Both formats read through cached4: the other format's binding gets a
+        // `Recorder::stand_in`, never read (the cache there too would bind a writable buffer
+        // twice).
+        let stand_in = rec.stand_in(0)?;
         let (f32_cache, f16_cache) = match format {
             KvFormat::F32 => (cache.clone(), stand_in.bitcast(DType::U32)),
             KvFormat::F16 => (stand_in, cache.clone()),
@@ -328,8 +329,8 @@ pub fn decode_attention_with(
     }
     let grid = rec.gpu().grid(b * n_head);
     // Both entry points read the cache through one function: the other format's binding gets a
-    // `stand_in`, never touched.
-    let stand_in = stand_in(rec.gpu())?;
+    // `Recorder::stand_in`, never touched.
+    let stand_in = rec.stand_in(0)?;
     let stand_in_words = stand_in.bitcast(DType::U32);
     let (entry, bindings) = match format {
         KvFormat::F32 => (

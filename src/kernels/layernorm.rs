@@ -4,7 +4,7 @@
 //! or a subgroup per row.
 
 use super::matmul::{Block, NARROW_ROWS, pack, pack_method};
-use super::{as_matrix, bind, bind_texture, expect_len, flag, groups, stand_in, subgroup_rows_per_group};
+use super::{as_matrix, bind, bind_texture, expect_len, flag, groups, subgroup_rows_per_group};
 use crate::error::{Result, ensure_shape};
 use crate::gpu::{
     Gpu, Recorder, Shader, Tensor, Texture, Work, choose_by_measurement, matches_reference, seconds_per_call,
@@ -258,9 +258,9 @@ fn record_forward(
     let (shader, suffix, grid, rows_per_group) = row_launch(rec.gpu(), variant, rows, c);
     let params = Params { rows: rows as u32, c: c as u32, eps, rows_per_group };
     if c.is_multiple_of(4) {
-        // Without a sum, inp stands in for the summand and a `stand_in` for the sum (both left
-        // unread; out there too would bind a writable buffer twice).
-        let stand_in = stand_in(rec.gpu())?;
+        // Without a sum, inp stands in for the summand and a `Recorder::stand_in` for the sum
+        // (both left unread; out there too would bind a writable buffer twice).
+        let stand_in = rec.stand_in(0)?;
         let (addend, residual) = sum.unwrap_or((inp, &stand_in));
         let (loads, t) = row_textures(rec, variant, rows, c, [inp, addend], weight, Some(bias))?;
         let b = [

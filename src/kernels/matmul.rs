@@ -530,9 +530,10 @@ fn record(
     let (b_f32_binding, b_f16_binding) =
         if b_f16 { (a.clone(), b.clone()) } else { (b.clone(), b.bitcast(DType::U32)) };
     let b_f16_constant = ("B_F16", flag(b_f16));
-    // Kernels with a GELU epilogue bind its tensor as `post`, or `out` when there is none (the
-    // flags keep it untouched).
-    let post = gelu.map_or(out, |(_, t)| t);
+    // Kernels with a GELU epilogue bind its tensor as `post`, or a `Recorder::stand_in` when
+    // there is none (the flags keep it untouched).
+    let stand_in = rec.stand_in(0)?;
+    let post = gelu.map_or(&stand_in, |(_, t)| t);
     let (out_stride, out_col, a_stride, a_col) = (out_stride as u32, out_col as u32, a_stride as u32, a_col as u32);
     // Each invocation computes 8 rows × 16 columns of the output; a workgroup 8 tile rows of
     // group_columns(…) tile columns.
@@ -826,15 +827,16 @@ fn record_texture(
                     bias_offset4: (n0 / 4) as u32,
                     group_columns: group_columns as u32,
                 };
-                // Kernels that read a bias binding get `a` when there is none (the flag keeps it
-                // unread).
+                // Kernels that read a bias binding get `a` when there is none, and the GELU and
+                // column-sum bindings a `Recorder::stand_in` each (the flags keep them untouched).
+                let (post_stand_in, sums_stand_in) = (rec.stand_in(0)?, rec.stand_in(1)?);
                 let bindings = [
                     bind_texture(3, &a_tex),
                     bind_texture(4, &b_tex),
                     bind(5, bias.unwrap_or(a)),
                     bind(6, out),
-                    bind(11, gelu.map_or(out, |(_, t)| t)),
-                    bind(12, sums.unwrap_or(out)),
+                    bind(11, gelu.map_or(&post_stand_in, |(_, t)| t)),
+                    bind(12, sums.unwrap_or(&sums_stand_in)),
                 ];
                 let (shader, entry, grid) = if variant == MatmulVariant::TextureSubgroup {
                     let (block_rows, block_columns) = SUBGROUP_BLOCK;

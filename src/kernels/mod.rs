@@ -39,14 +39,6 @@ pub(crate) fn bind_texture(index: u32, texture: &Texture) -> Binding<'_> {
     Binding { index, resource: Resource::Texture(texture) }
 }
 
-/// A 4-float tensor to bind where a kernel's specialisation never reads or writes: binding
-/// another binding's tensor there would bind one buffer twice, and where either binding is
-/// writable that is writable-storage aliasing, which WebGPU forbids (wgpu native does not check
-/// it). Bound as u32 elements through `bitcast`.
-pub(crate) fn stand_in(gpu: &std::sync::Arc<Gpu>) -> Result<Tensor> {
-    gpu.tensor(&[4], DType::F32)
-}
-
 /// A boolean override constant's value (WGSL's `override NAME: bool`).
 pub(crate) fn flag(on: bool) -> f64 {
     on as u8 as f64

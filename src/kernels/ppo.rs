@@ -292,7 +292,7 @@ pub fn ppo_loss_fused_with_variant(
     for (r0, n) in row_ranges(&gpu, rows, v) {
         let logits = mb.logits.view(&gpu, r0 * v, &[n, v])?;
         let mut p = mb.params(n, r0, v, cfg);
-        let [logits1, logits4] = cross_entropy::row_bindings(&gpu, &logits, v)?;
+        let [logits1, logits4] = cross_entropy::row_bindings(rec, &logits, v, 0)?;
         let mut b = vec![
             bind(1, &logits1),
             bind(13, &logits4),
@@ -436,7 +436,7 @@ pub fn logprob_entropy_with_variant(
             rows_per_group,
             ..Default::default()
         };
-        let [slice1, slice4] = cross_entropy::row_bindings(&gpu, &slice, v)?;
+        let [slice1, slice4] = cross_entropy::row_bindings(rec, &slice, v, 0)?;
         let b = [bind(1, &slice1), bind(13, &slice4), bind_u32(2, tokens), bind(11, logprobs), bind(12, entropy)];
         let work = Work::floats(n * v + 3 * n);
         rec.dispatch(shader, &entry, &cross_entropy::vec4_walk(v), bytemuck::bytes_of(&p), &b, grid, work)?;
