@@ -10,7 +10,7 @@ mod tensor;
 mod variants;
 
 pub use profiler::{Iteration, KernelRow, PerIteration, Phase, PhaseRow, Profile, Work};
-pub use recorder::{Binding, PRELUDE, Recorder, Resource, Shader};
+pub use recorder::{Binding, PRELUDE, Pipeline, Recorder, Resource, Shader, WritableBindings};
 pub use tensor::{DType, Tensor, Texture};
 pub use variants::{CACHE_ENV, CACHE_FORMAT, Choice, kernels_fingerprint};
 pub(crate) use variants::{choose_by_measurement, matches_reference, seconds_per_call};
@@ -124,8 +124,9 @@ pub struct Gpu {
     /// The kernel variants chosen for this device, by family, and the cache file behind them.
     choices: Mutex<std::collections::BTreeMap<String, Choice>>,
     variant_cache: Mutex<Option<std::path::PathBuf>>,
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
+    /// Each shader's compiled module, and its entry points' writable bindings.
+    modules: Mutex<HashMap<&'static str, (wgpu::ShaderModule, Arc<WritableBindings>)>>,
+    pipelines: Mutex<HashMap<String, Pipeline>>,
     pool: BufferPool,
     /// Uniform buffers for recorders, reused once a recorder has submitted.
     uniform_arenas: Mutex<Vec<wgpu::Buffer>>,
@@ -366,7 +367,7 @@ impl Gpu {
     /// The compute pipeline for `entry` of `shader` with the given override constants, compiled
     /// on first use and cached: pipelines are never created in a training loop. A shader or
     /// pipeline wgpu rejects is an error naming it.
-    pub fn pipeline(&self, shader: &Shader, entry: &str, constants: &[(&str, f64)]) -> Result<wgpu::ComputePipeline> {
+    pub fn pipeline(&self, shader: &Shader, entry: &str, constants: &[(&str, f64)]) -> Result<Pipeline> {
         let key = format!("{}:{entry}:{constants:?}", shader.name);
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
@@ -381,11 +382,14 @@ impl Gpu {
         } else {
             wgpu::ShaderRuntimeChecks::unchecked()
         };
-        let module = {
+        let (module, writable) = {
             let mut modules = self.modules.lock().unwrap();
-            modules
-                .entry(shader.name)
-                .or_insert_with(|| unsafe {
+            if !modules.contains_key(shader.name) {
+                let writable = shader
+                    .writable_bindings()
+                    .map_err(|e| Error::Gpu(format!("compiling {key} on {}: {e}", self.info.name)))?;
+                let writable = Arc::new(writable);
+                let module = unsafe {
                     self.device.create_shader_module_trusted(
                         wgpu::ShaderModuleDescriptor {
                             label: Some(shader.name),
@@ -393,10 +397,12 @@ impl Gpu {
                         },
                         checks,
                     )
-                })
-                .clone()
+                };
+                modules.insert(shader.name, (module, writable));
+            }
+            modules[shader.name].clone()
         };
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        let compute = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&key),
             layout: None,
             module: &module,
@@ -411,6 +417,7 @@ impl Gpu {
             self.modules.lock().unwrap().remove(shader.name);
             return Err(Error::Gpu(format!("compiling {key} on {}: {e}", self.info.name)));
         }
+        let pipeline = Pipeline { compute, writable: writable.get(entry).cloned().unwrap_or_default() };
         self.pipelines.lock().unwrap().insert(key, pipeline.clone());
         Counters::bump(&self.counters.pipelines);
         Ok(pipeline)

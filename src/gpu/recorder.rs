@@ -34,6 +34,86 @@ impl Shader {
         }
         text
     }
+
+    /// For each entry point, the bindings it uses that are writable storage buffers
+    /// (`var<storage, read_write>`), as its WGSL declares them: what WebGPU's rule against
+    /// writable aliasing looks at (`Recorder::dispatch` checks it). A binding index may be
+    /// declared twice in one file, for different entry points, so the answer is per entry.
+    /// Its error is naga's message for a shader that does not parse.
+    pub fn writable_bindings(&self) -> std::result::Result<WritableBindings, String> {
+        let module = naga::front::wgsl::parse_str(&self.wgsl()).map_err(|e| e.message().to_string())?;
+        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::empty(), naga::valid::Capabilities::all())
+            .validate(&module)
+            .map_err(|e| e.into_inner().to_string())?;
+        let mut writable = WritableBindings::new();
+        for (index, entry) in module.entry_points.iter().enumerate() {
+            let uses = info.get_entry_point(index);
+            let bindings = module
+                .global_variables
+                .iter()
+                .filter(|&(handle, _)| !uses[handle].is_empty())
+                .filter_map(|(_, var)| match (var.space, &var.binding) {
+                    (naga::AddressSpace::Storage { access }, Some(b))
+                        if access.contains(naga::StorageAccess::STORE) =>
+                    {
+                        Some(b.binding)
+                    }
+                    _ => None,
+                })
+                .collect();
+            writable.insert(entry.name.clone(), bindings);
+        }
+        Ok(writable)
+    }
+}
+
+/// Entry point name → the indices of its writable storage-buffer bindings.
+pub type WritableBindings = std::collections::HashMap<String, Vec<u32>>;
+
+/// A compiled entry point, and which of its bindings are writable.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub compute: wgpu::ComputePipeline,
+    pub writable: Vec<u32>,
+}
+
+/// WebGPU's rules for one buffer at two bindings of a dispatch: both read-only is fine; one
+/// writable and one read-only is a usage conflict whatever the ranges (wgpu native reports that
+/// too, but later and without the binding indices); both writable is "writable storage buffer
+/// binding aliasing" where the ranges overlap, which wgpu's native backends do not check, so
+/// without this a kernel could pass every test here and fail in a browser.
+fn check_aliasing(shader: &Shader, entry: &str, pipeline: &Pipeline, bindings: &[Binding]) -> Result<()> {
+    let tensors: Vec<(u32, &Tensor)> = bindings
+        .iter()
+        .filter_map(|b| match b.resource {
+            Resource::Tensor(t, _) => Some((b.index, t)),
+            Resource::Texture(_) => None,
+        })
+        .collect();
+    for (i, &(index_a, a)) in tensors.iter().enumerate() {
+        for &(index_b, b) in &tensors[i + 1..] {
+            if a.buffer() != b.buffer() {
+                continue;
+            }
+            let overlap =
+                a.byte_offset() < b.byte_offset() + b.byte_len() && b.byte_offset() < a.byte_offset() + a.byte_len();
+            let (writes_a, writes_b) = (pipeline.writable.contains(&index_a), pipeline.writable.contains(&index_b));
+            let why = match (writes_a, writes_b) {
+                (false, false) => continue,
+                (true, true) if !overlap => continue,
+                (true, true) => "both are writable and overlap (writable aliasing)",
+                _ => "one of them is writable (a usage conflict, whatever the ranges)",
+            };
+            return Err(Error::Gpu(format!(
+                "{}:{entry}: bindings {index_a} and {index_b} are one buffer (tensors {:?} and {:?}) and {why}: \
+                 WebGPU forbids that in one dispatch",
+                shader.name,
+                a.shape(),
+                b.shape()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// One binding of a dispatch: `@binding(index)` gets `resource`.
@@ -106,10 +186,10 @@ impl Recorder {
 
     /// Stand-in `slot`: a 4-float tensor to bind where a kernel's specialisation never reads or
     /// writes. Binding another binding's tensor there instead would bind one buffer twice, and
-    /// where either binding is writable that is writable-storage aliasing, which WebGPU forbids
-    /// (wgpu native does not check it). A dispatch's stand-ins take different slots (one buffer
-    /// at two bindings is the same aliasing); the recorder's dispatches share them, since no
-    /// dispatch touches them. Bound as u32 elements through `Tensor::bitcast`.
+    /// where either binding is writable WebGPU forbids it (`dispatch` refuses it, see
+    /// `check_aliasing`). A dispatch's stand-ins take different slots (one buffer at two
+    /// bindings is the same aliasing); the recorder's dispatches share them, since no dispatch
+    /// touches them. Bound as u32 elements through `Tensor::bitcast`.
     pub fn stand_in(&mut self, slot: usize) -> Result<Tensor> {
         while self.stand_ins.len() <= slot {
             let t = self.gpu.tensor(&[4], DType::F32)?;
@@ -195,6 +275,7 @@ impl Recorder {
         self.uniforms.resize(offset + padded, 0);
 
         let pipeline = self.gpu.pipeline(shader, entry, constants)?;
+        check_aliasing(shader, entry, &pipeline, bindings)?;
         let arena = self.arena.as_ref().unwrap();
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
@@ -223,7 +304,7 @@ impl Recorder {
         }
         let bind_group = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(entry),
-            layout: &pipeline.get_bind_group_layout(0),
+            layout: &pipeline.compute.get_bind_group_layout(0),
             entries: &entries,
         });
         self.dispatches += 1;
@@ -243,7 +324,7 @@ impl Recorder {
                     end_of_pass_write_index: Some(at + 1),
                 }),
             });
-            pass.set_pipeline(&pipeline);
+            pass.set_pipeline(&pipeline.compute);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
             self.timed.push(Timed { kernel: format!("{}:{entry}", shader.name), work });
@@ -253,7 +334,7 @@ impl Recorder {
             self.gpu.profile_untimed(&format!("{}:{entry}", shader.name), work);
         }
         let pass = self.pass();
-        pass.set_pipeline(&pipeline);
+        pass.set_pipeline(&pipeline.compute);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         Ok(())

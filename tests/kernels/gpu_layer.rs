@@ -109,9 +109,10 @@ fn a_broken_shader_is_an_error_not_a_panic() {
 #[test]
 fn an_uncaptured_wgpu_error_comes_back_from_the_next_wait() {
     let gpu = suite_gpu(ppo_wgpu::gpu::Gpu::new(None).unwrap());
-    let (a, b, out) = (
+    let (a, b, out, extra) = (
         gpu.upload(&[8], &[1.0; 8]).unwrap(),
         gpu.upload(&[8], &[2.0; 8]).unwrap(),
+        gpu.tensor(&[8], DType::F32).unwrap(),
         gpu.tensor(&[8], DType::F32).unwrap(),
     );
     let mut rec = Recorder::new(&gpu);
@@ -120,13 +121,50 @@ fn an_uncaptured_wgpu_error_comes_back_from_the_next_wait() {
         ppo_wgpu::gpu::Binding { index: 1, resource: ppo_wgpu::gpu::Resource::Tensor(&a, DType::F32) },
         ppo_wgpu::gpu::Binding { index: 2, resource: ppo_wgpu::gpu::Resource::Tensor(&b, DType::F32) },
         ppo_wgpu::gpu::Binding { index: 3, resource: ppo_wgpu::gpu::Resource::Tensor(&out, DType::F32) },
-        ppo_wgpu::gpu::Binding { index: 7, resource: ppo_wgpu::gpu::Resource::Tensor(&out, DType::F32) }, // not in the shader
+        ppo_wgpu::gpu::Binding { index: 7, resource: ppo_wgpu::gpu::Resource::Tensor(&extra, DType::F32) }, // not in the shader
     ];
     rec.dispatch(shader, "residual_forward", &[], &8u32.to_le_bytes(), &bindings, [1, 1, 1], Work::default()).unwrap();
     drop(rec);
     let err = gpu.download(&out).unwrap_err().to_string();
     assert!(err.contains("GPU error"), "{err}");
     assert!(gpu.wait().is_ok(), "the error is reported once");
+}
+
+/// One buffer at two bindings of a dispatch, either of them writable, is an error naming both
+/// bindings (WebGPU forbids it; wgpu native runs two writable bindings without a word), except
+/// two writable views that do not overlap. Reading one tensor at two bindings is fine.
+#[test]
+fn a_writable_buffer_bound_twice_is_refused_before_it_reaches_the_gpu() {
+    use ppo_wgpu::kernels::{adamw, residual};
+    let gpu = gpu();
+    let x: Vec<f32> = (0..256).map(|i| i as f32).collect();
+    let t = gpu.upload(&[256], &x).unwrap();
+    let mut rec = Recorder::new(&gpu);
+    let err = residual::residual_forward(&mut rec, &t, &t, &zeros(&[256])).unwrap_err().to_string();
+    let (vec4, scalar) = (err.contains("bindings 4 and 6 "), err.contains("bindings 1 and 3 "));
+    assert!(err.contains("residual:residual_forward") && (vec4 || scalar) && err.contains("usage conflict"), "{err}");
+    let (front, back) = (t.view(&gpu, 0, &[64]).unwrap(), t.view(&gpu, 64, &[64]).unwrap());
+    let err = residual::accumulate(&mut rec, &front, &back).unwrap_err().to_string();
+    assert!(err.contains("usage conflict"), "a view read and another written: {err}");
+
+    // AdamW writes the parameter and both moments: views of one buffer, apart or overlapping.
+    let state = gpu.upload(&[3 * 64], &vec![0.5; 3 * 64]).unwrap();
+    let view = |at| state.view(&gpu, at, &[64]).unwrap();
+    let (grad, scale) = (gpu.upload(&[64], &[1.0; 64]).unwrap(), gpu.upload(&[2], &[0.0, 1.0]).unwrap());
+    let hp = adamw::AdamW::default();
+    let err = adamw::adamw_update(&mut rec, &view(0), &view(32), &view(128), &grad, &scale, &hp, 1).unwrap_err();
+    assert!(err.to_string().contains("both are writable and overlap"), "{err}");
+    adamw::adamw_update(&mut rec, &view(0), &view(64), &view(128), &grad, &scale, &hp, 1).unwrap();
+    let doubled = zeros(&[256]);
+    residual::residual_forward(&mut rec, &doubled, &t, &t).unwrap();
+    rec.submit();
+    assert_eq!(gpu.download(&doubled).unwrap()[255], 510.0);
+    let state = gpu.download(&state).unwrap();
+    assert!(
+        state[0] < 0.5 && state[64] > 0.5 && state[128] > 0.5,
+        "AdamW ran: {:?}",
+        [state[0], state[64], state[128]]
+    );
 }
 
 /// A tensor of the wrong element type is an error naming the binding, not garbage.
