@@ -101,3 +101,62 @@ fn workgroup_sizes_and_strides_are_named_and_match_the_host_code() {
         );
     }
 }
+
+/// WebGPU's default limits: what every implementation offers and what a browser gives a page
+/// that asks for no more. Each entry point, specialised with each set of override constants the
+/// code uses, stays within them, so the kernels can run in a browser tab as they are (the host
+/// already splits bindings at the adapter's storage-binding size and lays grids out within its
+/// workgroup counts).
+#[test]
+fn every_entry_point_fits_webgpus_default_limits() {
+    const STORAGE_BUFFERS: usize = 8; // maxStorageBuffersPerShaderStage
+    const STORAGE_TEXTURES: usize = 4; // maxStorageTexturesPerShaderStage
+    const WORKGROUP_BYTES: u32 = 16384; // maxComputeWorkgroupStorageSize
+    const INVOCATIONS: u32 = 256; // maxComputeInvocationsPerWorkgroup
+    const SIZE: [u32; 3] = [256, 256, 64]; // maxComputeWorkgroupSizeX, Y, Z
+    let mut checked = 0;
+    for shader in ALL_SHADERS {
+        let module = naga::front::wgsl::parse_str(&shader.wgsl()).unwrap();
+        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+            .validate(&module)
+            .unwrap();
+        for set in override_sets(shader.name) {
+            let constants: naga::back::PipelineConstants = set.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            for ep in &module.entry_points {
+                let stage = (naga::ShaderStage::Compute, ep.name.as_str());
+                let (module, info) =
+                    naga::back::pipeline_constants::process_overrides(&module, &info, Some(stage), &constants).unwrap();
+                let index = module.entry_points.iter().position(|e| e.name == ep.name).unwrap();
+                let (entry, uses) = (&module.entry_points[index], info.get_entry_point(index));
+                let used = module.global_variables.iter().filter(|&(h, _)| !uses[h].is_empty()).map(|(_, v)| v);
+                let (mut buffers, mut textures, mut workgroup_bytes) = (0, 0, 0);
+                for var in used {
+                    match (var.space, &module.types[var.ty].inner) {
+                        (naga::AddressSpace::Storage { .. }, _) => buffers += 1,
+                        (naga::AddressSpace::Handle, naga::TypeInner::Image { class, .. }) => {
+                            textures += matches!(class, naga::ImageClass::Storage { .. }) as usize
+                        }
+                        (naga::AddressSpace::WorkGroup, inner) => workgroup_bytes += inner.size(module.to_ctx()),
+                        _ => {}
+                    }
+                }
+                let size = entry.workgroup_size;
+                let what = format!("{}:{} with {set:?}", shader.name, ep.name);
+                assert!(
+                    buffers <= STORAGE_BUFFERS,
+                    "{what}: {buffers} storage buffers, WebGPU's default is {STORAGE_BUFFERS}"
+                );
+                assert!(
+                    textures <= STORAGE_TEXTURES,
+                    "{what}: {textures} storage textures, the default is {STORAGE_TEXTURES}"
+                );
+                assert!(workgroup_bytes <= WORKGROUP_BYTES, "{what}: {workgroup_bytes} bytes of workgroup memory");
+                assert!(size.iter().all(|&s| s > 0), "{what}: workgroup size {size:?} not resolved");
+                assert!(size.iter().product::<u32>() <= INVOCATIONS, "{what}: workgroup size {size:?}");
+                assert!(size.iter().zip(SIZE).all(|(&s, max)| s <= max), "{what}: workgroup size {size:?}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > ALL_SHADERS.len(), "only {checked} entry points checked");
+}
