@@ -36,13 +36,11 @@ fn every_shader_file_is_registered_and_documented() {
     }
 }
 
-/// Every shader, specialised with each set of override constants the code uses, translates
-/// through naga's own backends to SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12), entry point by
-/// entry point: a Mac or Windows user does not find a translation error first.
-#[test]
-fn every_shader_translates_to_spirv_msl_and_hlsl() {
-    use naga::back::{hlsl, msl, spv};
-    let mut translated = 0;
+/// Calls `f` for every entry point of every shader, specialised with each set of override
+/// constants the code uses: its name, a description for messages, and the module and its
+/// validation info after naga's override processing. Returns how many it visited.
+fn each_specialised_entry_point(mut f: impl FnMut(&str, &str, &naga::Module, &naga::valid::ModuleInfo)) -> usize {
+    let mut visited = 0;
     for shader in ALL_SHADERS {
         let module = naga::front::wgsl::parse_str(&shader.wgsl()).unwrap();
         let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
@@ -50,30 +48,41 @@ fn every_shader_translates_to_spirv_msl_and_hlsl() {
             .unwrap();
         for set in override_sets(shader.name) {
             let constants: naga::back::PipelineConstants = set.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-            let what = format!("{}.wgsl with {set:?}", shader.name);
             for ep in &module.entry_points {
+                let what = format!("{}:{} with {set:?}", shader.name, ep.name);
                 let stage = (naga::ShaderStage::Compute, ep.name.as_str());
                 let (module, info) =
                     naga::back::pipeline_constants::process_overrides(&module, &info, Some(stage), &constants)
-                        .unwrap_or_else(|e| panic!("{what}: overrides for {}: {e}", ep.name));
-                let entry = Some((naga::ShaderStage::Compute, ep.name.clone()));
-                let spv_options =
-                    spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: ep.name.clone() };
-                spv::write_vec(&module, &info, &spv::Options::default(), Some(&spv_options))
-                    .unwrap_or_else(|e| panic!("{what}: {} to SPIR-V: {e}", ep.name));
-                let msl_options = msl::PipelineOptions { entry_point: entry.clone(), ..Default::default() };
-                msl::write_string(&module, &info, &msl::Options::default(), &msl_options)
-                    .unwrap_or_else(|e| panic!("{what}: {} to MSL: {e}", ep.name));
-                let hlsl_options = hlsl::PipelineOptions { entry_point: entry };
-                let mut out = String::new();
-                hlsl::Writer::new(&mut out, &hlsl::Options::default(), &hlsl_options)
-                    .write(&module, &info, None)
-                    .unwrap_or_else(|e| panic!("{what}: {} to HLSL: {e}", ep.name));
-                assert!(out.contains("numthreads"), "{what}: {} gave no HLSL compute shader", ep.name);
-                translated += 1;
+                        .unwrap_or_else(|e| panic!("{what}: overrides: {e}"));
+                f(&ep.name, &what, &module, &info);
+                visited += 1;
             }
         }
     }
+    visited
+}
+
+/// Every shader, specialised with each set of override constants the code uses, translates
+/// through naga's own backends to SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12), entry point by
+/// entry point: a Mac or Windows user does not find a translation error first.
+#[test]
+fn every_shader_translates_to_spirv_msl_and_hlsl() {
+    use naga::back::{hlsl, msl, spv};
+    let translated = each_specialised_entry_point(|name, what, module, info| {
+        let entry = Some((naga::ShaderStage::Compute, name.to_string()));
+        let spv_options = spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: name.into() };
+        spv::write_vec(module, info, &spv::Options::default(), Some(&spv_options))
+            .unwrap_or_else(|e| panic!("{what}: to SPIR-V: {e}"));
+        let msl_options = msl::PipelineOptions { entry_point: entry.clone(), ..Default::default() };
+        msl::write_string(module, info, &msl::Options::default(), &msl_options)
+            .unwrap_or_else(|e| panic!("{what}: to MSL: {e}"));
+        let hlsl_options = hlsl::PipelineOptions { entry_point: entry };
+        let mut out = String::new();
+        hlsl::Writer::new(&mut out, &hlsl::Options::default(), &hlsl_options)
+            .write(module, info, None)
+            .unwrap_or_else(|e| panic!("{what}: to HLSL: {e}"));
+        assert!(out.contains("numthreads"), "{what}: gave no HLSL compute shader");
+    });
     assert!(translated > ALL_SHADERS.len(), "only {translated} entry points translated");
 }
 
@@ -114,49 +123,28 @@ fn every_entry_point_fits_webgpus_default_limits() {
     const WORKGROUP_BYTES: u32 = 16384; // maxComputeWorkgroupStorageSize
     const INVOCATIONS: u32 = 256; // maxComputeInvocationsPerWorkgroup
     const SIZE: [u32; 3] = [256, 256, 64]; // maxComputeWorkgroupSizeX, Y, Z
-    let mut checked = 0;
-    for shader in ALL_SHADERS {
-        let module = naga::front::wgsl::parse_str(&shader.wgsl()).unwrap();
-        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-            .validate(&module)
-            .unwrap();
-        for set in override_sets(shader.name) {
-            let constants: naga::back::PipelineConstants = set.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-            for ep in &module.entry_points {
-                let stage = (naga::ShaderStage::Compute, ep.name.as_str());
-                let (module, info) =
-                    naga::back::pipeline_constants::process_overrides(&module, &info, Some(stage), &constants).unwrap();
-                let index = module.entry_points.iter().position(|e| e.name == ep.name).unwrap();
-                let (entry, uses) = (&module.entry_points[index], info.get_entry_point(index));
-                let used = module.global_variables.iter().filter(|&(h, _)| !uses[h].is_empty()).map(|(_, v)| v);
-                let (mut buffers, mut textures, mut workgroup_bytes) = (0, 0, 0);
-                for var in used {
-                    match (var.space, &module.types[var.ty].inner) {
-                        (naga::AddressSpace::Storage { .. }, _) => buffers += 1,
-                        (naga::AddressSpace::Handle, naga::TypeInner::Image { class, .. }) => {
-                            textures += matches!(class, naga::ImageClass::Storage { .. }) as usize
-                        }
-                        (naga::AddressSpace::WorkGroup, inner) => workgroup_bytes += inner.size(module.to_ctx()),
-                        _ => {}
-                    }
+    let checked = each_specialised_entry_point(|name, what, module, info| {
+        let index = module.entry_points.iter().position(|e| e.name == name).unwrap();
+        let (entry, uses) = (&module.entry_points[index], info.get_entry_point(index));
+        let used = module.global_variables.iter().filter(|&(h, _)| !uses[h].is_empty()).map(|(_, v)| v);
+        let (mut buffers, mut textures, mut workgroup_bytes) = (0, 0, 0);
+        for var in used {
+            match (var.space, &module.types[var.ty].inner) {
+                (naga::AddressSpace::Storage { .. }, _) => buffers += 1,
+                (naga::AddressSpace::Handle, naga::TypeInner::Image { class, .. }) => {
+                    textures += matches!(class, naga::ImageClass::Storage { .. }) as usize
                 }
-                let size = entry.workgroup_size;
-                let what = format!("{}:{} with {set:?}", shader.name, ep.name);
-                assert!(
-                    buffers <= STORAGE_BUFFERS,
-                    "{what}: {buffers} storage buffers, WebGPU's default is {STORAGE_BUFFERS}"
-                );
-                assert!(
-                    textures <= STORAGE_TEXTURES,
-                    "{what}: {textures} storage textures, the default is {STORAGE_TEXTURES}"
-                );
-                assert!(workgroup_bytes <= WORKGROUP_BYTES, "{what}: {workgroup_bytes} bytes of workgroup memory");
-                assert!(size.iter().all(|&s| s > 0), "{what}: workgroup size {size:?} not resolved");
-                assert!(size.iter().product::<u32>() <= INVOCATIONS, "{what}: workgroup size {size:?}");
-                assert!(size.iter().zip(SIZE).all(|(&s, max)| s <= max), "{what}: workgroup size {size:?}");
-                checked += 1;
+                (naga::AddressSpace::WorkGroup, inner) => workgroup_bytes += inner.size(module.to_ctx()),
+                _ => {}
             }
         }
-    }
+        let size = entry.workgroup_size;
+        assert!(buffers <= STORAGE_BUFFERS, "{what}: {buffers} storage buffers, WebGPU's default is {STORAGE_BUFFERS}");
+        assert!(textures <= STORAGE_TEXTURES, "{what}: {textures} storage textures, the default is {STORAGE_TEXTURES}");
+        assert!(workgroup_bytes <= WORKGROUP_BYTES, "{what}: {workgroup_bytes} bytes of workgroup memory");
+        assert!(size.iter().all(|&s| s > 0), "{what}: workgroup size {size:?} not resolved");
+        assert!(size.iter().product::<u32>() <= INVOCATIONS, "{what}: workgroup size {size:?}");
+        assert!(size.iter().zip(SIZE).all(|(&s, max)| s <= max), "{what}: workgroup size {size:?}");
+    });
     assert!(checked > ALL_SHADERS.len(), "only {checked} entry points checked");
 }
