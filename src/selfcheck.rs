@@ -101,17 +101,19 @@ pub fn run(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
         &[(&dinp, &r_inp, 1e-4, 1e-4), (&dw, &r_w, 1e-4, 1e-4), (&db, &r_b, 1e-4, 1e-4)],
     )?;
 
-    // The same forward with the weights in f16, as a decode step reads them.
-    let f16_out = cx.zeros(&[n, oc])?;
+    // The same forward over a decode step's few rows (8 sequences), with the weights in f16 as
+    // a decode step may read them.
+    let rows = 8;
+    let (step_inp, step_out) = (cx.up(&inp[..rows * c], &[rows, c])?, cx.zeros(&[rows, oc])?);
     let held: Vec<f64> = w.iter().map(|&x| reference::f16_weight(x as f32) as f64).collect();
-    let want_f16 = reference::linear_forward(&inp, &held, Some(&bias), n, c, oc);
+    let want_f16 = reference::linear_forward(&inp[..rows * c], &held, Some(&bias), rows, c, oc);
     cx.check(
-        "matmul forward, f16 weights",
+        "matmul forward, a decode step's rows, f16 weights",
         |r| {
             let half = f16_weights::to_f16(r, &t_w)?;
-            matmul::linear_forward(r, &f16_out, &t_inp, &half, Some(&t_b))
+            matmul::linear_forward(r, &step_out, &step_inp, &half, Some(&t_b))
         },
-        &[(&f16_out, &want_f16, 1e-4, 1e-4)],
+        &[(&step_out, &want_f16, 1e-4, 1e-4)],
     )?;
 
     // LayerNorm.

@@ -93,6 +93,11 @@ pub enum MatmulVariant {
     /// texture kernel (lavapipe). Offered where the adapter's subgroups have exactly 8
     /// invocations; elsewhere it runs as `Texture`.
     TextureSubgroup,
+    /// K split into slices, one invocation per output column and slice, and a second pass that
+    /// adds the slices: for products of few rows (a decode step's) on GPUs, where the tiled
+    /// kernels leave most of the GPU idle. Products of more than
+    /// `kernels::matmul::SPLIT_K_MAX_ROWS` rows run workgroup-tiled.
+    SplitK,
 }
 
 impl MatmulVariant {

@@ -27,6 +27,10 @@ pub const TEXTURE_SUBGROUP_SHADER: Shader = Shader {
     includes: &[include_str!("../../shaders/matmul_texture.wgsl")],
 };
 
+/// K split into slices summed by a second pass, for products of few rows on GPUs.
+pub const SPLIT_K_SHADER: Shader =
+    Shader { name: "matmul_split_k", source: include_str!("../../shaders/matmul_split_k.wgsl"), includes: &[] };
+
 /// Invocations per workgroup (`WG` in the shader).
 pub const WG: usize = 64;
 /// Register-tiled matmul: invocations per workgroup along N (`WG_X` in the shader).
@@ -367,11 +371,12 @@ fn cannot_split(stuck: bool, a: &Tensor, b: &Tensor, out: &Tensor, limit: usize)
 }
 
 /// The names of the variants, as `PPO_WGPU_MATMUL` and the cache spell them.
-pub const VARIANTS: [(MatmulVariant, &str); 4] = [
+pub const VARIANTS: [(MatmulVariant, &str); 5] = [
     (MatmulVariant::RegisterTiled, "register-tiled"),
     (MatmulVariant::WorkgroupTiled, "workgroup-tiled"),
     (MatmulVariant::Texture, "texture"),
     (MatmulVariant::TextureSubgroup, "texture-subgroup"),
+    (MatmulVariant::SplitK, "split-k"),
 ];
 
 /// Products with fewer output rows than this (a decode step's, one row per sequence) have a
@@ -408,11 +413,20 @@ fn measure_variant(
     variant: MatmulVariant,
     shapes: &[(Layout, (usize, usize, usize))],
 ) -> Result<Option<f64>> {
-    if available(gpu, variant) != variant {
+    let few_rows = shapes.iter().all(|&(_, (m, _, _))| m <= SPLIT_K_MAX_ROWS);
+    if available(gpu, variant) != variant || (variant == MatmulVariant::SplitK && !few_rows) {
         return Ok(None); // it would run as another variant: nothing of its own to measure
     }
     let mut rng = crate::rng::Rng::new(11);
-    for (layout, (m, n, k)) in [(Layout::NN, (37, 44, 29)), (Layout::NT, (33, 20, 52)), (Layout::TN, (24, 40, 17))] {
+    // Ragged shapes, and a decode step's few rows (the products split-K takes).
+    let checks = [
+        (Layout::NN, (37, 44, 29)),
+        (Layout::NT, (33, 20, 52)),
+        (Layout::TN, (24, 40, 17)),
+        (Layout::NN, (9, 44, 70)),
+        (Layout::NT, (9, 20, 70)),
+    ];
+    for (layout, (m, n, k)) in checks {
         let (a, b) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0));
         let (sa, sb) = operand_shapes(layout, m, n, k);
         let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
@@ -471,7 +485,14 @@ fn record(
     (a_stride, a_col): (usize, usize),
 ) -> Result<()> {
     // A variant asked for by name (a test's, a bench's, PPO_WGPU_MATMUL's) may not run here.
-    let variant = available(rec.gpu(), variant);
+    let variant = match available(rec.gpu(), variant) {
+        MatmulVariant::SplitK if m <= SPLIT_K_MAX_ROWS => {
+            let place = ((out_stride, out_col), (a_stride, a_col));
+            return record_split_k(rec, out, a, b, bias, gelu, layout, accumulate, (m, n, k), place);
+        }
+        MatmulVariant::SplitK => MatmulVariant::WorkgroupTiled,
+        v => v,
+    };
     if variant.reads_textures() {
         let vec4_out = n.is_multiple_of(4) && out_stride.is_multiple_of(4) && out_col.is_multiple_of(4);
         let method = if texture_takes(m, n, b) { pack_method(rec.gpu())? } else { PackMethod::Shader };
@@ -626,6 +647,105 @@ fn record(
         ];
         rec.dispatch(&TILED_SHADER, "matmul_tiled", &constants, p, &bindings, grid, work)
     }
+}
+
+/// Split-K (`matmul_split_k.wgsl`): output rows per invocation (`ROWS` in the shader), and
+/// invocations per workgroup (`WG`).
+pub const SPLIT_K_ROWS: usize = 8;
+pub const SPLIT_K_WG: usize = 64;
+/// The most output rows a split-K product takes (a decode step of up to 32 sequences); a
+/// product of more runs workgroup-tiled. Its slices of the output are held until the recorder
+/// submits, and with many rows the tiled kernels have work enough for a GPU anyway.
+pub const SPLIT_K_MAX_ROWS: usize = 32;
+/// Elements of K per slice at least, and slices at most.
+const SPLIT_K_MIN_LEN: usize = 64;
+const SPLIT_K_MAX_SPLITS: usize = 32;
+/// Floats of the slices' partial outputs at most (64 MB, within WebGPU's default binding size).
+const SPLIT_K_MAX_PARTIAL: usize = 1 << 24;
+
+/// (slices, elements of K per slice) of a split-K product of (m, n, k): slices of at least
+/// SPLIT_K_MIN_LEN, at most SPLIT_K_MAX_SPLITS of them, their partial outputs within
+/// SPLIT_K_MAX_PARTIAL floats, and none empty.
+pub fn split_k_slices(m: usize, n: usize, k: usize) -> (usize, usize) {
+    let splits =
+        k.div_ceil(SPLIT_K_MIN_LEN).clamp(1, SPLIT_K_MAX_SPLITS).min((SPLIT_K_MAX_PARTIAL / (m * n).max(1)).max(1));
+    let len = k.div_ceil(splits).max(1);
+    (k.div_ceil(len).max(1), len)
+}
+
+/// Bytes of the partial outputs a product of (m, n, k) on `variant` allocates (held until its
+/// recorder submits): none but on split-K for at most SPLIT_K_MAX_ROWS rows.
+pub fn split_k_scratch_bytes(variant: MatmulVariant, m: usize, n: usize, k: usize) -> usize {
+    if variant != MatmulVariant::SplitK || m > SPLIT_K_MAX_ROWS {
+        return 0;
+    }
+    4 * split_k_slices(m, n, k).0 * m * n
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SplitKParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    out_stride: u32,
+    out_col: u32,
+    a_stride: u32,
+    a_col: u32,
+    splits: u32,
+    split_len: u32,
+}
+
+/// Records a product on the split-K kernel (arguments as `record`): the slices of K into a
+/// pooled [splits, M, N] scratch, then their sum with the epilogue into out.
+#[allow(clippy::too_many_arguments)]
+fn record_split_k(
+    rec: &mut Recorder,
+    out: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    gelu: Option<(GeluStep, &Tensor)>,
+    layout: Layout,
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    ((out_stride, out_col), (a_stride, a_col)): ((usize, usize), (usize, usize)),
+) -> Result<()> {
+    let (splits, split_len) = split_k_slices(m, n, k);
+    let gpu = rec.gpu().clone();
+    let partial = gpu.tensor(&[splits * m * n], DType::F32)?;
+    let p = SplitKParams {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        out_stride: out_stride as u32,
+        out_col: out_col as u32,
+        a_stride: a_stride as u32,
+        a_col: a_col as u32,
+        splits: splits as u32,
+        split_len: split_len as u32,
+    };
+    let p = bytemuck::bytes_of(&p);
+    // B at its format's binding, a stand-in of the other type (never read) at the other's.
+    let b_f16 = is_f16(b);
+    let (b_f32_binding, b_f16_binding) =
+        if b_f16 { (rec.stand_in(0)?, b.clone()) } else { (b.clone(), rec.stand_in(0)?.bitcast(DType::U32)) };
+    let transposes = [("TRANS_A", flag(layout == Layout::TN)), ("TRANS_B", flag(layout == Layout::NT))];
+    let constants = [&transposes[..], &[("B_F16", flag(b_f16))]].concat();
+    let slices = [bind(1, a), bind(2, &b_f32_binding), bind_u32(6, &b_f16_binding), bind(7, &partial)];
+    let grid = [groups(n, SPLIT_K_WG) as u32, splits as u32, groups(m, SPLIT_K_ROWS) as u32];
+    let b_words = if b_f16 { k * n / 2 } else { k * n };
+    let work = Work::flops(2 * m * n * k, m * k + b_words + splits * m * n);
+    rec.dispatch(&SPLIT_K_SHADER, "matmul_split_k", &constants, p, &slices, grid, work)?;
+
+    let epilogue = epilogue(accumulate, bias.is_some(), gelu.map(|(step, _)| step));
+    let (bias_stand_in, post_stand_in) = (rec.stand_in(1)?, rec.stand_in(2)?);
+    let bias = bias.unwrap_or(&bias_stand_in);
+    let post = gelu.map_or(&post_stand_in, |(_, t)| t);
+    let sum = [bind(3, bias), bind(4, out), bind(5, post), bind(8, &partial)];
+    let stores = 1 + accumulate as usize + gelu.is_some() as usize;
+    let work = Work::floats(splits * m * n + m * n * stores);
+    rec.dispatch(&SPLIT_K_SHADER, "split_k_reduce", &epilogue, p, &sum, gpu.grid(groups(m * n, SPLIT_K_WG)), work)
 }
 
 /// The bindings of matmul.wgsl's matmul_nn and matmul_tn: A (as vec4s and as scalars), B at

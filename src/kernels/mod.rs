@@ -128,6 +128,7 @@ pub const ALL_SHADERS: &[&crate::gpu::Shader] = &[
     &matmul::TILED_SHADER,
     &matmul::TEXTURE_SHADER,
     &matmul::TEXTURE_SUBGROUP_SHADER,
+    &matmul::SPLIT_K_SHADER,
     &padded_vocab::SHADER,
     &ppo::SHADER,
     &ppo::SUBGROUP_SHADER,
@@ -171,6 +172,8 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
     ("matmul_texture", "TILE", matmul::TEXTURE_TILE),
     ("matmul_texture", "GROUP_ROWS", matmul::TEXTURE_GROUP_ROWS),
     ("matmul_texture_subgroup", "SUBGROUP_BLOCKS", matmul::SUBGROUP_BLOCKS),
+    ("matmul_split_k", "WG", matmul::SPLIT_K_WG),
+    ("matmul_split_k", "ROWS", matmul::SPLIT_K_ROWS),
     ("padded_vocab", "WG", padded_vocab::WG),
     ("window", "WG", window::WG),
     ("ppo_loss", "WG", ppo::WG),
@@ -222,7 +225,7 @@ fn own_override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
             .into_iter()
             .map(|(a, b)| vec![("A_SCALAR", a), ("B_F16", b)])
             .collect(),
-        "matmul_tiled" => [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]
+        "matmul_tiled" | "matmul_split_k" => [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]
             .into_iter()
             .flat_map(|(a, b)| [0.0, 1.0].map(|f16| vec![("TRANS_A", a), ("TRANS_B", b), ("B_F16", f16)]))
             .collect(),

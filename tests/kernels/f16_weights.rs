@@ -48,11 +48,12 @@ fn f16_copy_of_an_odd_row_is_an_error() {
     assert_eq!((even.dtype(), even.shape()), (DType::U32, &[3, 2][..]));
 }
 
-const VARIANTS: [MatmulVariant; 4] = [
+const VARIANTS: [MatmulVariant; 5] = [
     MatmulVariant::RegisterTiled,
     MatmulVariant::WorkgroupTiled,
     MatmulVariant::Texture,
     MatmulVariant::TextureSubgroup,
+    MatmulVariant::SplitK,
 ];
 
 /// out (+)= op(A)·op(B) (+ bias, NN) with B in f16 on `variant` against the reference with B

@@ -6,11 +6,12 @@ use ppo_wgpu::kernels::matmul::{
 };
 use ppo_wgpu::reference;
 
-const VARIANTS: [MatmulVariant; 4] = [
+const VARIANTS: [MatmulVariant; 5] = [
     MatmulVariant::RegisterTiled,
     MatmulVariant::WorkgroupTiled,
     MatmulVariant::Texture,
     MatmulVariant::TextureSubgroup,
+    MatmulVariant::SplitK,
 ];
 const LAYOUTS: [Layout; 3] = [Layout::NN, Layout::NT, Layout::TN];
 
@@ -90,6 +91,31 @@ fn matmul_vector_shapes() {
     check_matmul(1, 1, 8, &mut rng);
 }
 
+/// Products of few rows (a decode step's), which split-K takes: rows that do not fill its
+/// 8-row blocks, more columns than one workgroup, and K in slices that do not divide it (200 as
+/// 4 × 50, 700 as 11 × 64 with a last slice of 60). And its slicing: no slice empty, at most 32
+/// of them, their partial outputs within the budget.
+#[test]
+fn matmul_few_rows() {
+    use ppo_wgpu::kernels::matmul::split_k_slices;
+    let mut rng = Rng::new(14);
+    check_matmul(1, 70, 200, &mut rng);
+    check_matmul(13, 65, 130, &mut rng);
+    check_matmul(32, 129, 64, &mut rng);
+    check_matmul(9, 4, 700, &mut rng);
+    assert_eq!(split_k_slices(1, 70, 200), (4, 50));
+    assert_eq!(split_k_slices(9, 4, 700), (11, 64));
+    for (m, n, k) in [(1, 1, 1), (8, 768, 768), (32, 50304, 768), (8, 768, 3072), (32, 1 << 20, 16384), (3, 5, 100_000)]
+    {
+        let (splits, len) = split_k_slices(m, n, k);
+        assert!(
+            (1..=32).contains(&splits) && splits * len >= k && (splits - 1) * len < k,
+            "{m}×{n}×{k}: {splits} × {len}"
+        );
+        assert!(splits == 1 || splits * m * n <= 1 << 24, "{m}×{n}×{k}: {splits} slices of {m}×{n} partial outputs");
+    }
+}
+
 #[test]
 fn matmul_gpt2_small_shapes() {
     // 64 tokens through c_attn (768 → 2304) and the MLP projection (3072 → 768).
@@ -104,7 +130,7 @@ fn matmul_gpt2_small_shapes() {
 #[test]
 fn linear_forward_with_bias_matches_reference() {
     let mut rng = Rng::new(13);
-    for (n, c, oc) in [(37, 28, 52), (37, 29, 53), (64, 128, 384), (37, 64, 1), (40, 37, 1)] {
+    for (n, c, oc) in [(37, 28, 52), (37, 29, 53), (64, 128, 384), (37, 64, 1), (40, 37, 1), (13, 28, 70)] {
         let (inp, w, bias) = (rng.normals(n * c, 1.0), rng.normals(c * oc, 1.0), rng.normals(oc, 1.0));
         let prior = rng.normals(n * oc, 1.0);
         let (t_inp, t_w, t_bias) = (upload(&inp, &[n, c]), upload(&w, &[c, oc]), upload(&bias, &[oc]));
@@ -190,7 +216,7 @@ fn linear_backward_matches_reference_and_finite_differences() {
 fn linear_backward_gelu_matches_reference_and_finite_differences() {
     use ppo_wgpu::kernels::matmul::linear_backward_gelu_with_variant;
     let mut rng = Rng::new(41);
-    for (n, h, oc) in [(37, 44, 29), (130, 64, 24), (33, 18, 20)] {
+    for (n, h, oc) in [(37, 44, 29), (130, 64, 24), (33, 18, 20), (12, 44, 29)] {
         let (pre, w, bias) = (rng.normals(n * h, 1.5), rng.normals(h * oc, 1.0), rng.normals(oc, 1.0));
         let inp = reference::gelu_forward(&pre);
         let dout = rng.normals(n * oc, 1.0);
@@ -530,6 +556,8 @@ fn linear_forward_gelu_epilogues_match_reference() {
         ((33, 20, 18), false),
         ((37, 29, 44), true),
         ((33, 20, 18), true),
+        ((13, 29, 44), false), // few rows: split-K's
+        ((13, 29, 44), true),
     ] {
         let (x, w, bias) = (rng.normals(m * c, 1.0), rng.normals(c * oc, 0.5), rng.normals(oc, 1.0));
         let held: Vec<f64> =

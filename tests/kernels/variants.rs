@@ -42,16 +42,20 @@ fn a_measured_choice_is_cached_and_a_cached_choice_is_used_as_it_is() {
     let (_, choice) = gpu.variant_choices().into_iter().find(|(f, _)| f == "matmul").unwrap();
     assert_eq!(choice.source, "measured");
     // Every variant has a figure, but texture-subgroup where its fixed lanes do not fit the
-    // adapter's subgroups (an H100's are 32 wide): it would run as texture, and has none.
+    // adapter's subgroups (an H100's are 32 wide): it would run as texture, and has none; and
+    // split-k, which takes products of few rows only (the matmul_narrow family's, below).
     let lanes_fit = gpu.fixed_subgroup_size() == Some(ppo_wgpu::kernels::BROADCAST_LANES);
     assert!(
         choice.figures.len() == ppo_wgpu::kernels::matmul::VARIANTS.len()
             && choice.figures.iter().all(|(name, rate)| match rate {
-                Some(r) => *r > 0.0 && (name != "texture-subgroup" || lanes_fit),
-                None => name == "texture-subgroup" && !lanes_fit,
+                Some(r) => *r > 0.0 && (name != "texture-subgroup" || lanes_fit) && name != "split-k",
+                None => (name == "texture-subgroup" && !lanes_fit) || name == "split-k",
             }),
         "{choice:?}"
     );
+    ppo_wgpu::kernels::matmul::narrow_variant(&gpu).unwrap();
+    let (_, narrow) = gpu.variant_choices().into_iter().find(|(f, _)| f == "matmul_narrow").unwrap();
+    assert!(narrow.figures.iter().any(|(name, rate)| name == "split-k" && rate.is_some_and(|r| r > 0.0)), "{narrow:?}");
     let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(file["entries"][gpu.variant_key()]["matmul"]["chosen"], choice.chosen);
 
