@@ -397,8 +397,16 @@ pub fn variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
 /// The variant for products of fewer than NARROW_ROWS rows, chosen the same way (family
 /// `matmul_narrow`, forced with PPO_WGPU_MATMUL_NARROW=…).
 pub fn narrow_variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
-    // Shapes like a decode step of 32 sequences: the block's linear layers and the LM head.
-    let shapes = [(Layout::NN, (32, 512, 128)), (Layout::NN, (32, 128, 512)), (Layout::NT, (32, 1024, 128))];
+    // Shapes like a decode step of 32 sequences: the block's linear layers and the LM head of a
+    // small model, and on a GPU also GPT-2 small's c_fc and a slice of its LM head. There a small
+    // model's products take a few microseconds on any variant, launch included, while GPT-2's
+    // decode steps are where the variants part (7.8 ms on an H100 with the tiled kernel, against
+    // 0.2 ms to read the weights once); on a CPU adapter one GPT-2 product takes tens of
+    // milliseconds on the slower variants, and the models it runs are small.
+    let mut shapes = vec![(Layout::NN, (32, 512, 128)), (Layout::NN, (32, 128, 512)), (Layout::NT, (32, 1024, 128))];
+    if gpu.info.device_type != wgpu::DeviceType::Cpu {
+        shapes.extend([(Layout::NN, (32, 3072, 768)), (Layout::NT, (32, 8192, 768))]);
+    }
     choose(gpu, "matmul_narrow", &shapes)
 }
 
