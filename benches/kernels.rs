@@ -131,12 +131,38 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
     ];
     // The adapter's chosen variant first (measured on first use and cached), then the others.
     let chosen = ppo_wgpu::kernels::matmul::variant(&bx.gpu).unwrap();
+    matmul_ladder(bx, c, "matmul", chosen, &shapes);
+}
+
+/// The products of few rows (family matmul_narrow): decode steps of 32 sequences of the tiny
+/// model and of 8 of GPT-2 small (its LM head only when asked).
+fn bench_matmul_narrow(bx: &mut Bench, c: &mut Criterion) {
+    let shapes = [
+        ("tiny decode c_fc 32x128x512", 32, 512, 128, Layout::NN),
+        ("tiny decode lm_head 32x128x512", 32, 512, 128, Layout::NT),
+        ("gpt2 decode c_attn 8x768x2304", 8, 2304, 768, Layout::NN),
+        ("gpt2 decode mlp c_proj 8x3072x768", 8, 768, 3072, Layout::NN),
+        ("gpt2 decode lm_head 8x768x50304", 8, 50304, 768, Layout::NT),
+    ];
+    let chosen = ppo_wgpu::kernels::matmul::narrow_variant(&bx.gpu).unwrap();
+    matmul_ladder(bx, c, "matmul_narrow", chosen, &shapes);
+}
+
+/// One matmul family's ladder: at each (label, M, N, K, layout), checked against the CPU
+/// reference first, the chosen variant and, at forward (NN) shapes, the others within 4× of it
+/// in the family's measurement (all of them when asked: the slowest takes a second per call at
+/// 1024³ on a software adapter). Variants the family has no figure for (split-k in `matmul`,
+/// which would run as another there) run only where chosen.
+fn matmul_ladder(
+    bx: &mut Bench,
+    c: &mut Criterion,
+    family: &str,
+    chosen: MatmulVariant,
+    shapes: &[(&str, usize, usize, usize, Layout)],
+) {
     let variants = chosen_first(chosen, &ppo_wgpu::kernels::matmul::VARIANTS);
-    // What the choice measured, by variant: at 1024³ a variant far slower than the chosen one
-    // takes seconds per call on a software adapter, and runs only when asked.
     let choices = bx.gpu.variant_choices();
-    let figures =
-        choices.iter().find(|(family, _)| family == "matmul").map(|(_, c)| c.figures.clone()).unwrap_or_default();
+    let figures = choices.iter().find(|(name, _)| name == family).map(|(_, c)| c.figures.clone()).unwrap_or_default();
     let rate = |v: MatmulVariant| {
         let name = ppo_wgpu::kernels::matmul::VARIANTS.iter().find(|&&(x, _)| x == v).unwrap().1;
         figures.iter().find(|(n, _)| n == name).and_then(|(_, r)| *r)
@@ -145,7 +171,7 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
         (Some(r), Some(best)) => r >= best / 4.0,
         _ => v == chosen,
     };
-    for (label, m, n, k, layout) in shapes {
+    for &(label, m, n, k, layout) in shapes {
         let (sa, sb) = match layout {
             Layout::NN => ([m, k], [k, n]),
             Layout::NT => ([m, k], [n, k]),
@@ -154,19 +180,22 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
         let (a, b) = (bx.rng.normals(m * k, 1.0), bx.rng.normals(k * n, 1.0));
         let (ta, tb, out) = (bx.up(&a, &sa), bx.up(&b, &sb), bx.empty(&[m, n]));
         // Check the first 16 rows (the full reference at 1024³ would dominate the bench's time).
+        let rows = m.min(16);
         let want = match layout {
             Layout::TN => reference::matmul(&a, &b, m, n, k, layout),
-            _ => reference::matmul(&a[..16 * k], &b, 16, n, k, layout),
+            _ => reference::matmul(&a[..rows * k], &b, rows, n, k, layout),
         };
-        // The ladder: at the forward (NN) shapes the variants within 4× of the chosen one, all of
-        // them when asked (the slowest takes a second per call at 1024³ on a software adapter,
-        // and the LM head does on any variant); the chosen one alone at the backward shapes.
-        if (label.contains("lm_head") || label == "4096^3") && !common::large() {
-            println!("matmul {label}: skipped (set {}=1 to run it)", common::LARGE_ENV);
+        // GPT-2's LM head takes a second per call on any variant of a software adapter.
+        if ((label.starts_with("gpt2") && label.contains("lm_head")) || label == "4096^3") && !common::large() {
+            println!("{family} {label}: skipped (set {}=1 to run it)", common::LARGE_ENV);
             continue;
         }
         let run_variants: Vec<MatmulVariant> = match layout {
-            Layout::NN => variants.iter().copied().filter(|&v| common::large() || close_to_chosen(v)).collect(),
+            Layout::NN => variants
+                .iter()
+                .copied()
+                .filter(|&v| (common::large() && rate(v).is_some()) || close_to_chosen(v))
+                .collect(),
             _ => vec![chosen],
         };
         for variant in run_variants {
@@ -175,10 +204,10 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
             rec.submit();
             let got = bx.gpu.download(&out).unwrap();
             let worst = worst_error(&got[..want.len()], &want, 1e-5 * (k as f64).sqrt() * 8.0, 1e-5);
-            assert!(worst <= 1.0, "matmul {label} {variant:?}: result does not match the CPU reference");
+            assert!(worst <= 1.0, "{family} {label} {variant:?}: result does not match the CPU reference");
             let flops = 2.0 * (m * n * k) as f64;
             let mark = if variant == chosen { " (chosen)" } else { "" };
-            bx.time(c, "matmul", &format!("{label} {layout:?} {variant:?}{mark}"), counting_flops(flops), |rec| {
+            bx.time(c, family, &format!("{label} {layout:?} {variant:?}{mark}"), counting_flops(flops), |rec| {
                 matmul_with_variant(rec, variant, &out, &ta, &tb, None, layout, false).unwrap()
             });
         }
@@ -731,8 +760,9 @@ fn main() {
     common::begin(&gpu);
     let mut bx = Bench { gpu, rng: Rng::new(7) };
     let mut c = Criterion::default().configure_from_args();
-    let families: [fn(&mut Bench, &mut Criterion); 15] = [
+    let families: [fn(&mut Bench, &mut Criterion); 16] = [
         bench_matmul,
+        bench_matmul_narrow,
         bench_copy,
         bench_texture_pack,
         bench_bias_gelu,
