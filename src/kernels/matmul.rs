@@ -668,15 +668,15 @@ pub const SPLIT_K_MAX_ROWS: usize = 32;
 /// Elements of K per slice at least, and slices at most.
 const SPLIT_K_MIN_LEN: usize = 64;
 const SPLIT_K_MAX_SPLITS: usize = 32;
-/// Floats of the slices' partial outputs at most (64 MB, within WebGPU's default binding size).
-const SPLIT_K_MAX_PARTIAL: usize = 1 << 24;
+/// Floats of the slices' partial outputs at most (64 MB, within WebGPU's default binding size;
+/// an adapter that binds less lowers it to its limit).
+pub const SPLIT_K_MAX_PARTIAL: usize = 1 << 24;
 
 /// (slices, elements of K per slice) of a split-K product of (m, n, k): slices of at least
 /// SPLIT_K_MIN_LEN, at most SPLIT_K_MAX_SPLITS of them, their partial outputs within
-/// SPLIT_K_MAX_PARTIAL floats, and none empty.
-pub fn split_k_slices(m: usize, n: usize, k: usize) -> (usize, usize) {
-    let splits =
-        k.div_ceil(SPLIT_K_MIN_LEN).clamp(1, SPLIT_K_MAX_SPLITS).min((SPLIT_K_MAX_PARTIAL / (m * n).max(1)).max(1));
+/// `max_partial` floats where more than one slice is needed to, and none empty.
+pub fn split_k_slices(m: usize, n: usize, k: usize, max_partial: usize) -> (usize, usize) {
+    let splits = k.div_ceil(SPLIT_K_MIN_LEN).clamp(1, SPLIT_K_MAX_SPLITS).min((max_partial / (m * n).max(1)).max(1));
     let len = k.div_ceil(splits).max(1);
     (k.div_ceil(len).max(1), len)
 }
@@ -687,7 +687,7 @@ pub fn split_k_scratch_bytes(variant: MatmulVariant, m: usize, n: usize, k: usiz
     if variant != MatmulVariant::SplitK || m > SPLIT_K_MAX_ROWS {
         return 0;
     }
-    4 * split_k_slices(m, n, k).0 * m * n
+    4 * split_k_slices(m, n, k, SPLIT_K_MAX_PARTIAL).0 * m * n
 }
 
 #[repr(C)]
@@ -719,8 +719,9 @@ fn record_split_k(
     (m, n, k): (usize, usize, usize),
     ((out_stride, out_col), (a_stride, a_col)): ((usize, usize), (usize, usize)),
 ) -> Result<()> {
-    let (splits, split_len) = split_k_slices(m, n, k);
     let gpu = rec.gpu().clone();
+    let max_partial = SPLIT_K_MAX_PARTIAL.min(gpu.limits.max_storage_buffer_binding_size as usize / 4);
+    let (splits, split_len) = split_k_slices(m, n, k, max_partial);
     let partial = gpu.tensor(&[splits * m * n], DType::F32)?;
     let p = SplitKParams {
         m: m as u32,

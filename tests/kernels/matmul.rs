@@ -97,22 +97,25 @@ fn matmul_vector_shapes() {
 /// of them, their partial outputs within the budget.
 #[test]
 fn matmul_few_rows() {
-    use ppo_wgpu::kernels::matmul::split_k_slices;
+    use ppo_wgpu::kernels::matmul::{SPLIT_K_MAX_PARTIAL, split_k_slices};
     let mut rng = Rng::new(14);
     check_matmul(1, 70, 200, &mut rng);
     check_matmul(13, 65, 130, &mut rng);
     check_matmul(32, 129, 64, &mut rng);
     check_matmul(9, 4, 700, &mut rng);
-    assert_eq!(split_k_slices(1, 70, 200), (4, 50));
-    assert_eq!(split_k_slices(9, 4, 700), (11, 64));
+    let budget = SPLIT_K_MAX_PARTIAL;
+    assert_eq!(split_k_slices(1, 70, 200, budget), (4, 50));
+    assert_eq!(split_k_slices(9, 4, 700, budget), (11, 64));
+    assert_eq!(split_k_slices(9, 4, 700, 9 * 4 * 3), (3, 234), "an adapter binding little: 3 slices fit");
+    assert_eq!(split_k_slices(9, 4, 700, 10), (1, 700), "one slice, as large as the output, always");
     for (m, n, k) in [(1, 1, 1), (8, 768, 768), (32, 50304, 768), (8, 768, 3072), (32, 1 << 20, 16384), (3, 5, 100_000)]
     {
-        let (splits, len) = split_k_slices(m, n, k);
+        let (splits, len) = split_k_slices(m, n, k, budget);
         assert!(
             (1..=32).contains(&splits) && splits * len >= k && (splits - 1) * len < k,
             "{m}×{n}×{k}: {splits} × {len}"
         );
-        assert!(splits == 1 || splits * m * n <= 1 << 24, "{m}×{n}×{k}: {splits} slices of {m}×{n} partial outputs");
+        assert!(splits == 1 || splits * m * n <= budget, "{m}×{n}×{k}: {splits} slices of {m}×{n} partial outputs");
     }
 }
 
