@@ -117,6 +117,11 @@ pub struct LowerLimits {
     /// without them too, and neither reads nor writes the variant cache, whose entries describe
     /// the adapter as it is.
     pub no_subgroups: bool,
+    /// No limit better than WebGPU's defaults, what a browser gives a page that asks for
+    /// nothing more (`wgpu::Limits::defaults()`: 128 MiB storage bindings, 256 MiB buffers,
+    /// 8192-texel textures, binding offsets aligned to 256 bytes, …): tests that the whole
+    /// pipeline runs within them.
+    pub webgpu_defaults: bool,
 }
 
 pub struct Gpu {
@@ -277,6 +282,9 @@ impl Gpu {
         }
         if let Some(max) = lower.texture_dimension {
             limits.max_texture_dimension_2d = limits.max_texture_dimension_2d.min(max);
+        }
+        if lower.webgpu_defaults {
+            limits = limits.or_worse_values_from(&wgpu::Limits::defaults());
         }
         // Timestamp queries where the adapter has them, for the profiler (they cost nothing
         // until it asks for them), and subgroup operations, for the kernel variants that use

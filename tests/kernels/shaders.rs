@@ -118,11 +118,13 @@ fn workgroup_sizes_and_strides_are_named_and_match_the_host_code() {
 /// workgroup counts).
 #[test]
 fn every_entry_point_fits_webgpus_default_limits() {
-    const STORAGE_BUFFERS: usize = 8; // maxStorageBuffersPerShaderStage
-    const STORAGE_TEXTURES: usize = 4; // maxStorageTexturesPerShaderStage
-    const WORKGROUP_BYTES: u32 = 16384; // maxComputeWorkgroupStorageSize
-    const INVOCATIONS: u32 = 256; // maxComputeInvocationsPerWorkgroup
-    const SIZE: [u32; 3] = [256, 256, 64]; // maxComputeWorkgroupSizeX, Y, Z
+    let webgpu = wgpu::Limits::defaults();
+    let (buffers_max, textures_max) =
+        (webgpu.max_storage_buffers_per_shader_stage as usize, webgpu.max_storage_textures_per_shader_stage as usize);
+    let (workgroup_bytes_max, invocations_max) =
+        (webgpu.max_compute_workgroup_storage_size, webgpu.max_compute_invocations_per_workgroup);
+    let size_max =
+        [webgpu.max_compute_workgroup_size_x, webgpu.max_compute_workgroup_size_y, webgpu.max_compute_workgroup_size_z];
     let checked = each_specialised_entry_point(|name, what, module, info| {
         let index = module.entry_points.iter().position(|e| e.name == name).unwrap();
         let (entry, uses) = (&module.entry_points[index], info.get_entry_point(index));
@@ -139,12 +141,12 @@ fn every_entry_point_fits_webgpus_default_limits() {
             }
         }
         let size = entry.workgroup_size;
-        assert!(buffers <= STORAGE_BUFFERS, "{what}: {buffers} storage buffers, WebGPU's default is {STORAGE_BUFFERS}");
-        assert!(textures <= STORAGE_TEXTURES, "{what}: {textures} storage textures, the default is {STORAGE_TEXTURES}");
-        assert!(workgroup_bytes <= WORKGROUP_BYTES, "{what}: {workgroup_bytes} bytes of workgroup memory");
+        assert!(buffers <= buffers_max, "{what}: {buffers} storage buffers, WebGPU's default is {buffers_max}");
+        assert!(textures <= textures_max, "{what}: {textures} storage textures, the default is {textures_max}");
+        assert!(workgroup_bytes <= workgroup_bytes_max, "{what}: {workgroup_bytes} bytes of workgroup memory");
         assert!(size.iter().all(|&s| s > 0), "{what}: workgroup size {size:?} not resolved");
-        assert!(size.iter().product::<u32>() <= INVOCATIONS, "{what}: workgroup size {size:?}");
-        assert!(size.iter().zip(SIZE).all(|(&s, max)| s <= max), "{what}: workgroup size {size:?}");
+        assert!(size.iter().product::<u32>() <= invocations_max, "{what}: workgroup size {size:?}");
+        assert!(size.iter().zip(size_max).all(|(&s, max)| s <= max), "{what}: workgroup size {size:?}");
     });
     assert!(checked > ALL_SHADERS.len(), "only {checked} entry points checked");
 }

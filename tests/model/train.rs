@@ -258,6 +258,25 @@ fn resume_is_bit_exact_and_the_same_seed_repeats() {
     assert!(err.contains("--seed 0") && err.contains("checkpoint-4"), "{err}");
 }
 
+/// A PPO run on a device held to WebGPU's default limits (what a browser tab gets: among
+/// them storage-binding offsets aligned to 256 bytes where lavapipe asks for 32, textures of
+/// 8192 texels, 128 MiB bindings) runs, and runs as it does with the adapter's own limits.
+#[test]
+fn a_run_within_webgpus_default_limits_is_the_same_run() {
+    let lower = ppo_wgpu::gpu::LowerLimits { webgpu_defaults: true, ..Default::default() };
+    let (gpu, limited) = (suite_gpu(Gpu::new(None).unwrap()), suite_gpu(Gpu::with_lower_limits(None, lower).unwrap()));
+    assert_eq!(limited.limits.min_storage_buffer_offset_alignment, 256);
+    let dir = scratch_dir("train-webgpu-limits");
+    setup(&dir);
+    let extra = ["--iterations", "2", "--minibatches", "2"];
+    run(&gpu, &options(&dir, "adapter", &extra)).unwrap();
+    run(&limited, &options(&dir, "webgpu", &extra)).unwrap();
+    let bytes = |run: &str| std::fs::read(dir.join(run).join("policy/model.safetensors")).unwrap();
+    assert!(bytes("adapter") == bytes("webgpu"), "other weights within WebGPU's limits");
+    let (a, w) = (read_metrics(&dir.join("adapter/metrics.jsonl")), read_metrics(&dir.join("webgpu/metrics.jsonl")));
+    assert_eq!(a.iter().map(deterministic).collect::<Vec<_>>(), w.iter().map(deterministic).collect::<Vec<_>>());
+}
+
 fn samples(n: usize) -> Vec<Sample> {
     (0..n).map(|i| Sample { prompt: format!("prompt {i}"), response: "eee".into() }).collect()
 }
