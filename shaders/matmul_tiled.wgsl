@@ -23,6 +23,14 @@
 //
 // Launch: workgroup (16, 16); grid = (ceil(N/64), ceil(M/64)).
 //
+// matmul_tiled_large is the same product with a 128×128 output tile per workgroup of 16×16:
+// invocation (x, y) owns 8×8 outputs, rows 4y .. 4y + 3 and 64 + 4y .. 64 + 4y + 3 of the tile
+// and columns 4x .. 4x + 3 and 64 + 4x .. 64 + 4x + 3, read from the staged tiles as vec4s (four
+// workgroup-memory loads per 64 FMAs where the 64×64 tile makes eight per 16). K is walked 8 at
+// a time: a 128×8 slice of op(A) and an 8×128 slice of op(B), 8 KiB. The classic shape for
+// large products on GPUs; with few output tiles it leaves more of a GPU idle, which the
+// measurement weighs. Launch: workgroup (16, 16); grid = (ceil(N/128), ceil(M/128)).
+//
 // Two helpers of the matmul family share this file's bindings: `bias_backward` (the bias
 // gradient, a column sum) and `transpose` (B for the CPU adapter's NT-as-NN path); each has
 // its launch shape beside it below.
@@ -67,6 +75,12 @@ const WG: u32 = 64u; // transpose: invocations per workgroup (kernels::matmul::W
 
 var<workgroup> a_tile: array<f32, 1040>; // [TILE_K][STRIDE]: a_tile[k*65 + m] = op(A)[m0+m, k0+k]
 var<workgroup> b_tile: array<f32, 1040>; // [TILE_K][STRIDE]: b_tile[k*65 + n] = op(B)[k0+k, n0+n]
+
+const LARGE_TILE: u32 = 128u; // matmul_tiled_large's output tile (kernels::matmul::LARGE_TILE)
+const LARGE_K: u32 = 8u;      // … and its step along K
+// [LARGE_K][LARGE_TILE / 4] vec4s: a_large[k*32 + m/4][m%4] = op(A)[m0+m, k0+k], likewise B by n.
+var<workgroup> a_large: array<vec4<f32>, 256>;
+var<workgroup> b_large: array<vec4<f32>, 256>;
 
 fn load_a(m: u32, k: u32) -> f32 {
     if (m >= params.m || k >= params.k) { return 0.0; }
@@ -132,15 +146,82 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         for (var j = 0u; j < 4u; j++) {
             let col = n0 + lid.x + j * THREADS;
             if (col >= params.n) { break; }
-            var v = acc[i][j];
-            if (HAS_BIAS) { v += bias[col]; }
-            let at = row * params.out_stride + params.out_col + col;
-            if (ACCUMULATE) { v += out[at]; }
-            if (GELU_BACKWARD) { v = gelu_grad(post[at], v); }
-            out[at] = v;
-            if (HAS_GELU) { post[at] = gelu(v); }
+            store(row, col, acc[i][j]);
         }
     }
+}
+
+// Stores output (row, col), inside [M, N]: the product `v` with the epilogue (bias, accumulate,
+// GELU forward or backward).
+fn store(row: u32, col: u32, product: f32) {
+    var v = product;
+    if (HAS_BIAS) { v += bias[col]; }
+    let at = row * params.out_stride + params.out_col + col;
+    if (ACCUMULATE) { v += out[at]; }
+    if (GELU_BACKWARD) { v = gelu_grad(post[at], v); }
+    out[at] = v;
+    if (HAS_GELU) { post[at] = gelu(v); }
+}
+
+// Stores the four outputs of row `row` from column `col` (those inside [M, N]).
+fn store4(row: u32, col: u32, v: vec4<f32>) {
+    if (row >= params.m) { return; }
+    for (var j = 0u; j < 4u; j++) {
+        if (col + j < params.n) { store(row, col + j, v[j]); }
+    }
+}
+
+@compute @workgroup_size(THREADS, THREADS)
+fn matmul_tiled_large(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let m0 = wid.y * LARGE_TILE;
+    let n0 = wid.x * LARGE_TILE;
+    let flat = lid.y * THREADS + lid.x;
+    // accR_C: row R of the invocation's 8 (4y + R, or 64 + 4y + R − 4 for R ≥ 4), columns
+    // 4x .. 4x + 3 (C = 0) or 64 + 4x .. 64 + 4x + 3 (C = 1).
+    let zero = vec4<f32>(0.0);
+    var acc0_0 = zero; var acc0_1 = zero; var acc1_0 = zero; var acc1_1 = zero;
+    var acc2_0 = zero; var acc2_1 = zero; var acc3_0 = zero; var acc3_1 = zero;
+    var acc4_0 = zero; var acc4_1 = zero; var acc5_0 = zero; var acc5_1 = zero;
+    var acc6_0 = zero; var acc6_1 = zero; var acc7_0 = zero; var acc7_1 = zero;
+    for (var k0 = 0u; k0 < params.k; k0 += LARGE_K) {
+        // Stage 1024 elements of each slice, 4 per invocation, consecutive invocations along
+        // the contiguous axis of the source (as matmul_tiled).
+        for (var i = 0u; i < 4u; i++) {
+            let e = flat + i * THREADS * THREADS;
+            var m = e / LARGE_K;
+            var k = e % LARGE_K;
+            if (TRANS_A) { m = e % LARGE_TILE; k = e / LARGE_TILE; }
+            a_large[k * 32u + m / 4u][m % 4u] = load_a(m0 + m, k0 + k);
+            var n = e % LARGE_TILE;
+            var kb = e / LARGE_TILE;
+            if (TRANS_B) { n = e / LARGE_K; kb = e % LARGE_K; }
+            b_large[kb * 32u + n / 4u][n % 4u] = load_b(k0 + kb, n0 + n);
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < LARGE_K; k++) {
+            let a0 = a_large[k * 32u + lid.y];
+            let a1 = a_large[k * 32u + 16u + lid.y];
+            let b0 = b_large[k * 32u + lid.x];
+            let b1 = b_large[k * 32u + 16u + lid.x];
+            acc0_0 += a0.x * b0; acc0_1 += a0.x * b1; acc1_0 += a0.y * b0; acc1_1 += a0.y * b1;
+            acc2_0 += a0.z * b0; acc2_1 += a0.z * b1; acc3_0 += a0.w * b0; acc3_1 += a0.w * b1;
+            acc4_0 += a1.x * b0; acc4_1 += a1.x * b1; acc5_0 += a1.y * b0; acc5_1 += a1.y * b1;
+            acc6_0 += a1.z * b0; acc6_1 += a1.z * b1; acc7_0 += a1.w * b0; acc7_1 += a1.w * b1;
+        }
+        workgroupBarrier();
+    }
+    let r0 = m0 + 4u * lid.y;
+    let r1 = m0 + 64u + 4u * lid.y;
+    let c0 = n0 + 4u * lid.x;
+    let c1 = n0 + 64u + 4u * lid.x;
+    store4(r0, c0, acc0_0); store4(r0, c1, acc0_1);
+    store4(r0 + 1u, c0, acc1_0); store4(r0 + 1u, c1, acc1_1);
+    store4(r0 + 2u, c0, acc2_0); store4(r0 + 2u, c1, acc2_1);
+    store4(r0 + 3u, c0, acc3_0); store4(r0 + 3u, c1, acc3_1);
+    store4(r1, c0, acc4_0); store4(r1, c1, acc4_1);
+    store4(r1 + 1u, c0, acc5_0); store4(r1 + 1u, c1, acc5_1);
+    store4(r1 + 2u, c0, acc6_0); store4(r1 + 2u, c1, acc6_1);
+    store4(r1 + 3u, c0, acc7_0); store4(r1 + 3u, c1, acc7_1);
 }
 
 // Bias gradient: out[n] (+)= Σ_m a[m, n], with a = dout [M, N] and out = dbias [N]. A

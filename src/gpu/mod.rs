@@ -98,6 +98,9 @@ pub enum MatmulVariant {
     /// kernels leave most of the GPU idle. Products of more than
     /// `kernels::matmul::SPLIT_K_MAX_ROWS` rows run workgroup-tiled.
     SplitK,
+    /// Workgroup-shared tiles of 128×128 outputs, 8×8 per invocation (`WorkgroupTiled`'s are
+    /// 64×64, 4×4 each): more arithmetic per staged element, for large products on GPUs.
+    WorkgroupTiledLarge,
 }
 
 impl MatmulVariant {

@@ -37,8 +37,10 @@ pub const WG: usize = 64;
 pub const WG_X: usize = 8;
 /// … and along M (`WG_Y` in the shader).
 pub const WG_Y: usize = 8;
-/// Workgroup-tiled matmul: output rows and columns per workgroup (`TILE` in matmul_tiled.wgsl).
+/// Workgroup-tiled matmul: output rows and columns per workgroup (`TILE` in matmul_tiled.wgsl),
+/// and its large-tile entry's (`LARGE_TILE`).
 pub const TILE: usize = 64;
+pub const LARGE_TILE: usize = 128;
 /// Texture-operand matmul: output rows and columns per invocation.
 pub const TEXTURE_TILE: usize = 16;
 /// … and the tile rows one of its workgroups of 64 covers (`GROUP_ROWS` in the shader).
@@ -371,12 +373,13 @@ fn cannot_split(stuck: bool, a: &Tensor, b: &Tensor, out: &Tensor, limit: usize)
 }
 
 /// The names of the variants, as `PPO_WGPU_MATMUL` and the cache spell them.
-pub const VARIANTS: [(MatmulVariant, &str); 5] = [
+pub const VARIANTS: [(MatmulVariant, &str); 6] = [
     (MatmulVariant::RegisterTiled, "register-tiled"),
     (MatmulVariant::WorkgroupTiled, "workgroup-tiled"),
     (MatmulVariant::Texture, "texture"),
     (MatmulVariant::TextureSubgroup, "texture-subgroup"),
     (MatmulVariant::SplitK, "split-k"),
+    (MatmulVariant::WorkgroupTiledLarge, "workgroup-tiled-128"),
 ];
 
 /// Products with fewer output rows than this (a decode step's, one row per sequence) have a
@@ -389,8 +392,19 @@ pub const NARROW_ROWS: usize = 128;
 /// measurement on first use and cached (see `gpu::variants`), or forced with
 /// PPO_WGPU_MATMUL=register-tiled|workgroup-tiled|texture|texture-subgroup.
 pub fn variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
-    // Shapes like a small model's linear layers over a batch of tokens.
-    let shapes = [(Layout::NN, (256, 512, 128)), (Layout::NT, (256, 128, 512)), (Layout::TN, (128, 512, 256))];
+    // Shapes like a small model's linear layers over a batch of tokens, and on a GPU also GPT-2
+    // small's over 1024 tokens (c_attn forward, mlp.c_proj's input gradient, c_fc's weight
+    // gradient): a small model's products fill a GPU with few workgroups, so a large tile's
+    // gain shows only in the large products (a few hundred microseconds there; on a CPU adapter
+    // seconds on the slower variants, and the models it runs are small).
+    let mut shapes = vec![(Layout::NN, (256, 512, 128)), (Layout::NT, (256, 128, 512)), (Layout::TN, (128, 512, 256))];
+    if gpu.info.device_type != wgpu::DeviceType::Cpu {
+        shapes.extend([
+            (Layout::NN, (1024, 2304, 768)),
+            (Layout::NT, (1024, 768, 3072)),
+            (Layout::TN, (768, 3072, 1024)),
+        ]);
+    }
     choose(gpu, "matmul", &shapes)
 }
 
@@ -644,7 +658,11 @@ fn record(
             epilogue[2],
             epilogue[3],
         ];
-        let grid = [groups(n, TILE) as u32, groups(m, TILE) as u32, 1];
+        let (entry, tile) = match variant {
+            MatmulVariant::WorkgroupTiledLarge => ("matmul_tiled_large", LARGE_TILE),
+            _ => ("matmul_tiled", TILE),
+        };
+        let grid = [groups(n, tile) as u32, groups(m, tile) as u32, 1];
         let bindings = [
             bind(1, a),
             bind(2, &b_f32_binding),
@@ -653,7 +671,7 @@ fn record(
             bind(5, post),
             bind_u32(6, &b_f16_binding),
         ];
-        rec.dispatch(&TILED_SHADER, "matmul_tiled", &constants, p, &bindings, grid, work)
+        rec.dispatch(&TILED_SHADER, entry, &constants, p, &bindings, grid, work)
     }
 }
 

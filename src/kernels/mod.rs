@@ -167,6 +167,7 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
     ("matmul", "WG_Y", matmul::WG_Y),
     ("matmul_tiled", "WG", matmul::WG),
     ("matmul_tiled", "TILE", matmul::TILE),
+    ("matmul_tiled", "LARGE_TILE", matmul::LARGE_TILE),
     ("matmul_tiled", "COLS", matmul::BIAS_COLS),
     ("matmul_texture", "WG", matmul::WG),
     ("matmul_texture", "TILE", matmul::TEXTURE_TILE),

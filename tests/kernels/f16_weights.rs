@@ -48,12 +48,13 @@ fn f16_copy_of_an_odd_row_is_an_error() {
     assert_eq!((even.dtype(), even.shape()), (DType::U32, &[3, 2][..]));
 }
 
-const VARIANTS: [MatmulVariant; 5] = [
+const VARIANTS: [MatmulVariant; 6] = [
     MatmulVariant::RegisterTiled,
     MatmulVariant::WorkgroupTiled,
     MatmulVariant::Texture,
     MatmulVariant::TextureSubgroup,
     MatmulVariant::SplitK,
+    MatmulVariant::WorkgroupTiledLarge,
 ];
 
 /// out (+)= op(A)·op(B) (+ bias, NN) with B in f16 on `variant` against the reference with B

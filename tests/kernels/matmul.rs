@@ -6,12 +6,13 @@ use ppo_wgpu::kernels::matmul::{
 };
 use ppo_wgpu::reference;
 
-const VARIANTS: [MatmulVariant; 5] = [
+const VARIANTS: [MatmulVariant; 6] = [
     MatmulVariant::RegisterTiled,
     MatmulVariant::WorkgroupTiled,
     MatmulVariant::Texture,
     MatmulVariant::TextureSubgroup,
     MatmulVariant::SplitK,
+    MatmulVariant::WorkgroupTiledLarge,
 ];
 const LAYOUTS: [Layout; 3] = [Layout::NN, Layout::NT, Layout::TN];
 
