@@ -156,6 +156,8 @@ pub struct Recorder {
     queries: Option<QueryKit>,
     /// The tensors `stand_in` hands out, one per slot.
     stand_ins: Vec<Tensor>,
+    /// The tensors `scratch` hands out, one per slot (the largest asked for so far).
+    scratch: Vec<Option<Tensor>>,
 }
 
 impl Recorder {
@@ -181,6 +183,7 @@ impl Recorder {
             timed: Vec::new(),
             queries: None,
             stand_ins: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -196,6 +199,24 @@ impl Recorder {
             self.stand_ins.push(t);
         }
         Ok(self.stand_ins[slot].clone())
+    }
+
+    /// Scratch `slot`: `len` f32s the recorder's dispatches share, for what one dispatch writes
+    /// and the next reads (split-K's partial sums). Dispatches run in recorded order, wgpu
+    /// ordering each one's reads after the writes before it, so every product a recorder holds
+    /// can use the same memory where a tensor of its own each would hold them all until the
+    /// submit. Kept at the largest length asked for (a longer request allocates anew; the
+    /// dispatches that bound the shorter one keep it until then).
+    pub fn scratch(&mut self, slot: usize, len: usize) -> Result<Tensor> {
+        if self.scratch.len() <= slot {
+            self.scratch.resize(slot + 1, None);
+        }
+        let fits = self.scratch[slot].as_ref().is_some_and(|t| t.len() >= len);
+        if !fits {
+            self.scratch[slot] = Some(self.gpu.tensor(&[len], DType::F32)?);
+        }
+        let t = self.scratch[slot].as_ref().unwrap();
+        if t.len() == len { Ok(t.clone()) } else { t.view(&self.gpu, 0, &[len]) }
     }
 
     pub fn gpu(&self) -> &Arc<Gpu> {

@@ -680,8 +680,8 @@ fn record(
 pub const SPLIT_K_ROWS: usize = 8;
 pub const SPLIT_K_WG: usize = 64;
 /// The most output rows a split-K product takes (a decode step of up to 32 sequences); a
-/// product of more runs workgroup-tiled. Its slices of the output are held until the recorder
-/// submits, and with many rows the tiled kernels have work enough for a GPU anyway.
+/// product of more runs workgroup-tiled: its slices' partial outputs grow with the rows, and
+/// with many rows the tiled kernels have work enough for a GPU anyway.
 pub const SPLIT_K_MAX_ROWS: usize = 32;
 /// Elements of K per slice at least, and slices at most.
 const SPLIT_K_MIN_LEN: usize = 64;
@@ -699,8 +699,9 @@ pub fn split_k_slices(m: usize, n: usize, k: usize, max_partial: usize) -> (usiz
     (k.div_ceil(len).max(1), len)
 }
 
-/// Bytes of the partial outputs a product of (m, n, k) on `variant` allocates (held until its
-/// recorder submits): none but on split-K for at most SPLIT_K_MAX_ROWS rows.
+/// Bytes of the partial outputs a product of (m, n, k) on `variant` needs: none but on split-K
+/// for at most SPLIT_K_MAX_ROWS rows. A recorder's split-K products share one scratch, as
+/// large as the largest of them needs.
 pub fn split_k_scratch_bytes(variant: MatmulVariant, m: usize, n: usize, k: usize) -> usize {
     if variant != MatmulVariant::SplitK || m > SPLIT_K_MAX_ROWS {
         return 0;
@@ -722,8 +723,11 @@ struct SplitKParams {
     split_len: u32,
 }
 
-/// Records a product on the split-K kernel (arguments as `record`): the slices of K into a
-/// pooled [splits, M, N] scratch, then their sum with the epilogue into out.
+/// The recorder's scratch slot (`Recorder::scratch`) of split-K's partial sums.
+const SCRATCH_SPLIT_K: usize = 0;
+
+/// Records a product on the split-K kernel (arguments as `record`): the slices of K into the
+/// recorder's [splits, M, N] scratch, then their sum with the epilogue into out.
 #[allow(clippy::too_many_arguments)]
 fn record_split_k(
     rec: &mut Recorder,
@@ -740,7 +744,7 @@ fn record_split_k(
     let gpu = rec.gpu().clone();
     let max_partial = SPLIT_K_MAX_PARTIAL.min(gpu.limits.max_storage_buffer_binding_size as usize / 4);
     let (splits, split_len) = split_k_slices(m, n, k, max_partial);
-    let partial = gpu.tensor(&[splits * m * n], DType::F32)?;
+    let partial = rec.scratch(SCRATCH_SPLIT_K, splits * m * n)?;
     let p = SplitKParams {
         m: m as u32,
         n: n as u32,

@@ -619,8 +619,8 @@ pub struct MemoryEstimate {
     /// With the texture matmul (a CPU adapter's), the textures its operands are packed into.
     pub texture_scratch: usize,
     /// With the split-K matmul on products of few rows (a batch of at most
-    /// `kernels::matmul::SPLIT_K_MAX_ROWS` tokens), the slices' partial outputs, held until the
-    /// step is submitted.
+    /// `kernels::matmul::SPLIT_K_MAX_ROWS` tokens), the slices' partial outputs: one scratch
+    /// the step's products share, as large as the largest needs.
     pub split_k_scratch: usize,
 }
 
@@ -637,18 +637,16 @@ impl MemoryEstimate {
     }
 }
 
-/// The matrix products of one training step on `bt` tokens, as (M, N, K) and how many times a
-/// step runs each: the forward, dinp and dW of every linear layer (once per block) and of the
-/// heads, and the tied LM head's three (over the padded vocabulary).
-fn training_products(config: &GptConfig, heads: Heads, bt: usize) -> Vec<(Layout, (usize, usize, usize), usize)> {
-    let (c, v, l) = (config.n_embd, config.padded_vocab_size(), config.n_layer);
-    let mut linears = vec![(c, 3 * c, l), (c, c, l), (c, 4 * c, l), (4 * c, c, l)]; // (in, out, times)
-    linears.extend(std::iter::repeat_n((c, 1, 1), heads.value as usize + heads.reward as usize));
-    let mut products = vec![(Layout::NT, (bt, v, c), 1), (Layout::NN, (bt, c, v), 1), (Layout::TN, (v, c, bt), 1)];
-    for (i, o, times) in linears {
-        products.extend(
-            [(Layout::NN, (bt, o, i)), (Layout::NT, (bt, i, o)), (Layout::TN, (i, o, bt))].map(|(l, s)| (l, s, times)),
-        );
+/// The matrix products of one training step on `bt` tokens, as (M, N, K): the forward, dinp
+/// and dW of every linear layer (one block's suffice: the others repeat their shapes) and of
+/// the heads, and the tied LM head's three (over the padded vocabulary).
+fn training_products(config: &GptConfig, heads: Heads, bt: usize) -> Vec<(Layout, (usize, usize, usize))> {
+    let (c, v) = (config.n_embd, config.padded_vocab_size());
+    let mut linears = vec![(c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)]; // (in, out)
+    linears.extend(std::iter::repeat_n((c, 1), heads.value as usize + heads.reward as usize));
+    let mut products = vec![(Layout::NT, (bt, v, c)), (Layout::NN, (bt, c, v)), (Layout::TN, (v, c, bt))];
+    for (i, o) in linears {
+        products.extend([(Layout::NN, (bt, o, i)), (Layout::NT, (bt, i, o)), (Layout::TN, (i, o, bt))]);
     }
     products
 }
@@ -685,13 +683,13 @@ pub fn memory_estimate(
     };
     let products: Vec<_> = training_products(config, heads, bt)
         .into_iter()
-        .map(|(layout, (m, n, k), times)| (layout, (m, n, k), variant_for(layout, m), times))
+        .map(|(layout, (m, n, k))| (layout, (m, n, k), variant_for(layout, m)))
         .collect();
     let split_k_scratch = products
         .iter()
-        .map(|&(_, (m, n, k), variant, times)| times * crate::kernels::matmul::split_k_scratch_bytes(variant, m, n, k))
-        .sum();
-    let products: Vec<_> = products.into_iter().map(|(layout, shape, variant, _)| (layout, shape, variant)).collect();
+        .map(|&(_, (m, n, k), variant)| crate::kernels::matmul::split_k_scratch_bytes(variant, m, n, k))
+        .max()
+        .unwrap_or(0);
     let layernorm_scratch =
         if layernorm_textures { crate::kernels::layernorm::texture_scratch_bytes(bt, c) } else { 0 };
     let texture_scratch = crate::kernels::matmul::texture_scratch_bytes(&products) + layernorm_scratch;

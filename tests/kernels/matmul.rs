@@ -120,6 +120,45 @@ fn matmul_few_rows() {
     }
 }
 
+/// Split-K products recorded together share the recorder's scratch for their partial sums
+/// (`Recorder::scratch`): each reads its own slices whatever the products before and after it
+/// wrote there (a larger after a smaller, a smaller after a larger), and the recorder allocates
+/// the largest once, not one scratch per product.
+#[test]
+fn split_k_products_of_one_recorder_share_their_scratch() {
+    use ppo_wgpu::kernels::matmul::{SPLIT_K_MAX_PARTIAL, split_k_slices};
+    let gpu = suite_gpu(ppo_wgpu::gpu::Gpu::new(None).unwrap());
+    let mut rng = Rng::new(15);
+    let shapes = [(16, 200, 700), (3, 40, 130), (16, 200, 700), (8, 96, 300), (16, 200, 700)];
+    let products: Vec<_> = shapes
+        .iter()
+        .map(|&(m, n, k)| {
+            let (a, b) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0));
+            let want = reference::matmul(&a, &b, m, n, k, Layout::NN);
+            let tensors = (gpu.upload(&[m, k], &to_f32(&a)).unwrap(), gpu.upload(&[k, n], &to_f32(&b)).unwrap());
+            (tensors, gpu.tensor(&[m, n], ppo_wgpu::gpu::DType::F32).unwrap(), want, k)
+        })
+        .collect();
+    let before = gpu.tensor_bytes_allocated();
+    let mut rec = Recorder::new(&gpu);
+    for ((a, b), out, _, _) in &products {
+        matmul_with_variant(&mut rec, MatmulVariant::SplitK, out, a, b, None, Layout::NN, false).unwrap();
+    }
+    let allocated = gpu.tensor_bytes_allocated() - before;
+    rec.submit();
+    for (i, (_, out, want, k)) in products.iter().enumerate() {
+        let (atol, rtol) = tol(*k);
+        let got: Vec<f64> = gpu.download(out).unwrap().iter().map(|&x| x as f64).collect();
+        assert_close(&format!("split-K product {i} of {shapes:?}"), &got, want, atol, rtol);
+    }
+    let partial = |&(m, n, k): &(usize, usize, usize)| 4 * split_k_slices(m, n, k, SPLIT_K_MAX_PARTIAL).0 * m * n;
+    let (largest, all) = (shapes.iter().map(partial).max().unwrap(), shapes.iter().map(partial).sum::<usize>());
+    assert!(
+        (allocated as usize) < largest + 1024 && all > 3 * largest,
+        "{allocated} bytes allocated for partial sums of at most {largest} bytes each ({all} in all)"
+    );
+}
+
 #[test]
 fn matmul_gpt2_small_shapes() {
     // 64 tokens through c_attn (768 → 2304) and the MLP projection (3072 → 768).
