@@ -433,7 +433,7 @@ impl Gpu {
             self.modules.lock().unwrap().remove(shader.name);
             return Err(Error::Gpu(format!("compiling {key} on {}: {e}", self.info.name)));
         }
-        let pipeline = Pipeline { compute, writable: writable.get(entry).cloned().unwrap_or_default() };
+        let pipeline = Pipeline { compute, writable: writable.get(entry).map_or(&[][..], |w| w).into() };
         self.pipelines.lock().unwrap().insert(key, pipeline.clone());
         Counters::bump(&self.counters.pipelines);
         Ok(pipeline)

@@ -70,11 +70,12 @@ impl Shader {
 /// Entry point name → the indices of its writable storage-buffer bindings.
 pub type WritableBindings = std::collections::HashMap<String, Vec<u32>>;
 
-/// A compiled entry point, and which of its bindings are writable.
+/// A compiled entry point, and which of its bindings are writable. Cloned from the cache at
+/// every dispatch: both fields are shared, not copied.
 #[derive(Clone)]
 pub struct Pipeline {
     pub compute: wgpu::ComputePipeline,
-    pub writable: Vec<u32>,
+    pub writable: Arc<[u32]>,
 }
 
 /// WebGPU's rules for one buffer at two bindings of a dispatch: both read-only is fine; one
