@@ -151,6 +151,9 @@ pub struct Gpu {
     profiling: std::sync::atomic::AtomicBool,
     profile: Mutex<profiler::ProfileData>,
     query_kits: Mutex<Vec<profiler::QueryKit>>,
+    /// Submitted recorders' timed dispatches, with the kits their timestamps resolve into,
+    /// read at the next wait rather than at their submit (`profiler::Gpu::defer_timed`).
+    pending_timed: Mutex<Vec<(profiler::QueryKit, Vec<profiler::Timed>)>>,
     /// Errors wgpu reported outside an error scope (validation, out of memory), kept until the
     /// next `wait` or download turns the first into this crate's error instead of a panic.
     uncaptured: Arc<Mutex<Vec<String>>>,
@@ -324,6 +327,7 @@ impl Gpu {
             profiling: Default::default(),
             profile: Mutex::new(profiler::ProfileData::new(Counts::default())),
             query_kits: Mutex::new(Vec::new()),
+            pending_timed: Mutex::new(Vec::new()),
             uncaptured,
         }))
     }
@@ -457,6 +461,7 @@ impl Gpu {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Device(format!("{}: lost while waiting for submitted work: {e}", self.info.name)))?;
+        self.read_pending_timestamps(); // the profiler's, now that the GPU has run them
         self.take_uncaptured_error()
     }
 

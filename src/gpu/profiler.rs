@@ -4,9 +4,11 @@
 //!
 //! While profiling, each dispatch gets a compute pass of its own whose start and end write a
 //! timestamp (some GPUs sample timestamps only at pass boundaries). When a recorder submits,
-//! it resolves its timestamps into a buffer and the profiler reads them back, waiting for them:
-//! one more host wait per submit, which is why profiling is off unless asked for. Off, a
-//! dispatch pays one relaxed atomic load, and phases and iterations one more each.
+//! it resolves its timestamps into a buffer and hands it to the profiler, which reads it at the
+//! next wait (`Gpu::wait`, a download, the end of an iteration or the report), once the GPU has
+//! run it: a submit does not wait, so the GPU can run ahead of the host as it does unprofiled.
+//! The passes still cost what they cost, which is why profiling is off unless asked for. Off,
+//! a dispatch pays one relaxed atomic load, and phases and iterations one more each.
 //! Without the adapter's TIMESTAMP_QUERY feature the kernels are counted but not timed.
 
 use super::{Counts, Gpu};
@@ -37,6 +39,10 @@ impl Work {
 
 /// Dispatches one recorder times before it must submit: two timestamps each.
 pub(crate) const MAX_TIMED_DISPATCHES: usize = (wgpu::QUERY_SET_MAX_QUERIES / 2) as usize;
+
+/// Submits whose timestamps may wait unread (each holds a query kit of about 64 KB); the next
+/// one reads them all, waiting for the GPU.
+const MAX_PENDING_SUBMITS: usize = 16;
 
 /// The query set and buffers that hold one recorder's timestamps (pooled in the `Gpu`).
 pub(crate) struct QueryKit {
@@ -107,6 +113,12 @@ pub(crate) struct ProfileData {
     /// Submits whose timestamps could not be read back.
     lost: usize,
     trace: Vec<TraceEvent>,
+    /// The traced iteration's kernels: entry point, first timestamp (GPU ticks) and nanoseconds,
+    /// placed on the host's clock by `gpu_clock` when the trace is built.
+    gpu_trace: Vec<(String, u64, f64)>,
+    /// Microseconds since `started` at GPU tick 0, as closely as the reads bound it: each read
+    /// after a wait says that the last timestamp it got was written no later than then.
+    gpu_clock: Option<f64>,
     tracing: bool,
     trace_origin: Instant,
 }
@@ -124,6 +136,8 @@ impl ProfileData {
             iteration_counts: Counts::default(),
             lost: 0,
             trace: Vec::new(),
+            gpu_trace: Vec::new(),
+            gpu_clock: None,
             tracing: true,
             trace_origin: now,
         }
@@ -149,9 +163,27 @@ impl ProfileData {
     }
 
     fn push_event(&mut self, event: TraceEvent) {
-        if self.tracing && self.trace.len() < MAX_TRACE_EVENTS {
+        if self.tracing && self.trace.len() + self.gpu_trace.len() < MAX_TRACE_EVENTS {
             self.trace.push(event);
         }
+    }
+
+    /// The host's events and the kernels' on one clock, in µs since `trace_origin`.
+    fn trace_events(&self, period_ns: f64) -> Vec<TraceEvent> {
+        let mut events = self.trace.clone();
+        if let Some(clock) = self.gpu_clock {
+            let origin_us = self.trace_origin.saturating_duration_since(self.started).as_secs_f64() * 1e6;
+            events.extend(self.gpu_trace.iter().map(|(kernel, start, ns)| TraceEvent {
+                name: kernel.clone(),
+                cat: "kernel",
+                ph: "X",
+                ts: clock + *start as f64 * period_ns / 1e3 - origin_us,
+                dur: ns / 1e3,
+                pid: GPU_TRACK,
+                tid: 0,
+            }));
+        }
+        events
     }
 }
 
@@ -159,6 +191,7 @@ impl Gpu {
     /// Turns the profiler on (and resets it): from now on every dispatch is counted and, where
     /// the adapter has timestamp queries, timed. See `profile` for the report.
     pub fn start_profiling(&self) {
+        self.read_pending_timestamps(); // into the profile this one replaces
         *self.profile.lock().unwrap() = ProfileData::new(self.counts());
         self.profiling.store(true, Ordering::Relaxed);
     }
@@ -187,9 +220,11 @@ impl Gpu {
         if !self.is_profiling() {
             return Iteration { gpu: self, started: None, counts: Counts::default() };
         }
+        self.read_pending_timestamps(); // the kernels before it are not this iteration's
         let mut p = self.profile.lock().unwrap();
         if p.iterations <= 1 {
             p.trace.clear();
+            p.gpu_trace.clear();
             p.tracing = true;
             p.trace_origin = Instant::now();
         }
@@ -210,33 +245,82 @@ impl Gpu {
         self.profile.lock().unwrap().add_work(kernel, work, 0.0);
     }
 
-    /// Reads back the timestamps of `timed` (submitted with their resolve) and adds each
-    /// dispatch's time to its kernel. A wait: only ever called while profiling.
-    pub(crate) fn profile_timed(&self, kit: &QueryKit, timed: Vec<Timed>) {
-        let stamps = self.read_timestamps(kit, 2 * timed.len());
-        let now = Instant::now();
-        let mut p = self.profile.lock().unwrap();
-        let Some(stamps) = stamps else {
-            p.lost += 1;
+    /// Takes a submitted recorder's timed dispatches and the kit their timestamps were resolved
+    /// into; `read_pending_timestamps` reads them once the GPU has run them.
+    pub(crate) fn defer_timed(&self, kit: QueryKit, timed: Vec<Timed>) {
+        let mut pending = self.pending_timed.lock().unwrap();
+        pending.push((kit, timed));
+        let full = pending.len() >= MAX_PENDING_SUBMITS;
+        drop(pending);
+        if full {
+            self.read_pending_timestamps();
+        }
+    }
+
+    /// Reads the timestamps of every submit handed to `defer_timed` since the last call, waiting
+    /// for the GPU to have run them (at once after `Gpu::wait`), and adds each dispatch's time
+    /// to its kernel and, in the traced iteration, to the trace.
+    pub(crate) fn read_pending_timestamps(&self) {
+        let batches = std::mem::take(&mut *self.pending_timed.lock().unwrap());
+        if batches.is_empty() {
             return;
-        };
+        }
+        let bytes = |timed: &[Timed]| 2 * timed.len() as u64 * wgpu::QUERY_SIZE as u64; // two stamps each
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (i, (kit, timed)) in batches.iter().enumerate() {
+            let tx = tx.clone();
+            kit.readback.slice(..bytes(timed)).map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send((i, r.is_ok()));
+            });
+        }
+        drop(tx);
+        let _ = self.device.poll(wgpu::PollType::wait_indefinitely()); // a lost device maps nothing
+        let now = Instant::now();
+        let mut mapped = vec![false; batches.len()];
+        for (i, ok) in rx.try_iter() {
+            mapped[i] = ok;
+        }
         let period = self.queue.get_timestamp_period() as f64; // ns per tick
-        // The GPU clock is not the host's: align the batch so that its last end is now.
-        let last = stamps.iter().copied().max().unwrap_or(0);
-        let now_us = now.duration_since(p.trace_origin).as_secs_f64() * 1e6;
-        for (i, t) in timed.into_iter().enumerate() {
-            let (start, end) = (stamps[2 * i], stamps[2 * i + 1]);
-            let ns = end.saturating_sub(start) as f64 * period;
-            p.add_work(&t.kernel, t.work, ns);
-            let ts = now_us - last.saturating_sub(start) as f64 * period / 1e3;
-            let event =
-                TraceEvent { name: t.kernel, cat: "kernel", ph: "X", ts, dur: ns / 1e3, pid: GPU_TRACK, tid: 0 };
-            p.push_event(event);
+        let mut p = self.profile.lock().unwrap();
+        let mut last = None;
+        for ((kit, timed), mapped) in batches.into_iter().zip(mapped) {
+            if !mapped {
+                p.lost += 1; // and the kit, its buffer in no known state, is let go
+                continue;
+            }
+            let stamps: Option<Vec<u64>> = kit
+                .readback
+                .slice(..bytes(&timed))
+                .get_mapped_range()
+                .ok()
+                .map(|view| bytemuck::pod_collect_to_vec(&view));
+            kit.readback.unmap();
+            match stamps {
+                Some(stamps) => {
+                    for (i, t) in timed.into_iter().enumerate() {
+                        let (start, end) = (stamps[2 * i], stamps[2 * i + 1]);
+                        let ns = end.saturating_sub(start) as f64 * period;
+                        p.add_work(&t.kernel, t.work, ns);
+                        last = last.max(Some(end));
+                        if p.tracing && p.trace.len() + p.gpu_trace.len() < MAX_TRACE_EVENTS {
+                            p.gpu_trace.push((t.kernel, start, ns));
+                        }
+                    }
+                }
+                None => p.lost += 1,
+            }
+            self.return_query_kit(kit);
+        }
+        if let Some(last) = last {
+            // The GPU wrote `last` no later than now: a bound on its clock, the tighter the
+            // sooner after the work a read comes.
+            let bound = now.saturating_duration_since(p.started).as_secs_f64() * 1e6 - last as f64 * period / 1e3;
+            p.gpu_clock = Some(p.gpu_clock.map_or(bound, |c: f64| c.min(bound)));
         }
     }
 
     /// The first `n` timestamps of `kit`, once the submit that resolved them into its readback
-    /// buffer (`Recorder::resolve_timestamps`, or the profiler's flush) has run, in ticks of
+    /// buffer (`Recorder::resolve_timestamps`: the variants' GPU clock) has run, in ticks of
     /// `queue.get_timestamp_period()` ns; None if they could not be read. A wait.
     pub(crate) fn read_timestamps(&self, kit: &QueryKit, n: usize) -> Option<Vec<u64>> {
         let slice = kit.readback.slice(..n as u64 * wgpu::QUERY_SIZE as u64);
@@ -257,6 +341,7 @@ impl Gpu {
 
     /// The report of everything profiled since `start_profiling`.
     pub fn profile(&self) -> Profile {
+        self.read_pending_timestamps();
         let p = self.profile.lock().unwrap();
         let wall = p.started.elapsed();
         let gpu_ns: f64 = p.kernels.iter().map(|(_, k)| k.ns).sum();
@@ -322,7 +407,7 @@ impl Gpu {
                 submits: per(counts.submits),
                 readbacks: per(counts.readbacks),
             },
-            trace: p.trace.clone(),
+            trace: p.trace_events(self.queue.get_timestamp_period() as f64),
         }
     }
 }
@@ -380,6 +465,8 @@ pub struct Iteration<'g> {
 impl Drop for Iteration<'_> {
     fn drop(&mut self) {
         let Some(started) = self.started else { return };
+        // This iteration's kernels, in its totals and (the traced one) its trace.
+        self.gpu.read_pending_timestamps();
         let counts = self.gpu.counts() - self.counts;
         let mut p = self.gpu.profile.lock().unwrap();
         p.iteration_wall += started.elapsed();
@@ -506,5 +593,50 @@ impl Profile {
         let mut events: Vec<serde_json::Value> = names.into_iter().collect();
         events.extend(self.trace.iter().map(|e| serde_json::to_value(e).expect("trace events serialise")));
         serde_json::json!({"traceEvents": events, "displayTimeUnit": "ms"}).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MAX_PENDING_SUBMITS;
+    use crate::gpu::{DType, Gpu, Recorder};
+
+    #[test]
+    fn a_profiled_submit_leaves_its_timestamps_to_the_next_wait() {
+        // Submits while profiling hand their timestamps over unread, so that the GPU can run
+        // ahead of the host; a wait reads them all, and each GELU is timed once. Held back
+        // without a wait, the submits read theirs every MAX_PENDING_SUBMITS.
+        let gpu = Gpu::new(None).unwrap();
+        assert!(gpu.has_timestamps(), "{} has no timestamp queries", gpu.describe());
+        let n = 1 << 16;
+        let (x, y) = (gpu.upload(&[n], &vec![0.5f32; n]).unwrap(), gpu.tensor(&[n], DType::F32).unwrap());
+        let pending = || gpu.pending_timed.lock().unwrap().len();
+        let gelu_calls = |gpu: &Gpu| {
+            let profile = gpu.profile();
+            assert_eq!(profile.lost_submits, 0);
+            let gelu =
+                profile.kernels.iter().find(|k| k.kernel == "gelu:gelu_forward4").expect("the GELUs are profiled");
+            assert!(gelu.total_ms > 0.0, "timed: {gelu:?}");
+            gelu.calls
+        };
+        gpu.start_profiling();
+        for submitted in 1..=2 {
+            let mut rec = Recorder::new(&gpu);
+            crate::kernels::gelu::gelu_forward(&mut rec, &y, &x).unwrap();
+            rec.submit();
+            assert_eq!(pending(), submitted, "a submit does not read its own timestamps");
+        }
+        gpu.wait().unwrap();
+        assert_eq!(pending(), 0, "a wait reads them");
+        assert_eq!(gelu_calls(&gpu), 2);
+
+        gpu.start_profiling();
+        for _ in 0..2 * MAX_PENDING_SUBMITS + 1 {
+            let mut rec = Recorder::new(&gpu);
+            crate::kernels::gelu::gelu_forward(&mut rec, &y, &x).unwrap();
+            rec.submit();
+            assert!(pending() < MAX_PENDING_SUBMITS, "{} submits unread", pending());
+        }
+        assert_eq!(gelu_calls(&gpu), 2 * MAX_PENDING_SUBMITS as u64 + 1, "the report reads the rest");
     }
 }

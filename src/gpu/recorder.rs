@@ -435,8 +435,10 @@ impl Recorder {
             }
             self.gpu.queue.submit([encoder.finish()]);
             Counters::bump(&self.gpu.counters.submits);
-            if let Some(q) = queries {
-                self.gpu.profile_timed(q, std::mem::take(&mut self.timed));
+            if !self.timed.is_empty() {
+                // The profiler reads the timestamps at the next wait: a submit never waits.
+                let kit = self.queries.take().expect("timed dispatches have their query kit");
+                self.gpu.defer_timed(kit, std::mem::take(&mut self.timed));
             }
         }
         self.uniforms.clear();

@@ -217,4 +217,25 @@ fn the_profiler_reports_kernels_phases_counts_and_a_trace() {
     assert_eq!(count("phase"), 4, "one iteration's phases: {trace}");
     assert!(!profile.timestamps || count("kernel") > 20, "one iteration's kernels");
     assert!(events.iter().all(|e| e["ph"] == "M" || (e["ts"].as_f64().is_some() && e["dur"].as_f64().unwrap() >= 0.0)));
+    // The kernels on the host's clock ran within the iteration's phases (the last ends with the
+    // update's statistics read back), whichever wait read their timestamps.
+    let span = |cat: &str| {
+        let of = |e: &serde_json::Value, end: bool| {
+            e["ts"].as_f64().unwrap() + if end { e["dur"].as_f64().unwrap() } else { 0.0 }
+        };
+        let picked = events.iter().filter(|e| e["cat"] == cat);
+        (
+            picked.clone().map(|e| of(e, false)).fold(f64::MAX, f64::min),
+            picked.map(|e| of(e, true)).fold(f64::MIN, f64::max),
+        )
+    };
+    if profile.timestamps {
+        let ((first, last), (phases_start, phases_end)) = (span("kernel"), span("phase"));
+        // µs: the GPU's clock is placed by its tightest read, a wake-up after the work at most
+        let slack = f64::max(5000.0, 0.05 * (phases_end - phases_start));
+        assert!(
+            first >= phases_start && last <= phases_end + slack,
+            "kernels {first}..{last} µs, phases {phases_start}..{phases_end}"
+        );
+    }
 }
