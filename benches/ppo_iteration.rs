@@ -6,7 +6,9 @@
 //! software adapter). Random weights; every phase ends in its own readback, so wall-clock
 //! time per phase is what a run spends there. Prints each phase's time, share, dispatches,
 //! submits and readbacks, and generation tokens/s. (`train` itself saves the scoring phase's
-//! readback: its scores come back with the rollout's statistics.)
+//! readback: its scores come back with the rollout's statistics.) With
+//! PPO_WGPU_BENCH_PROFILE=1, one more iteration of each shape runs profiled, as `--profile`
+//! profiles a command, and its report follows the figures (which it does not join).
 
 mod common;
 
@@ -22,7 +24,6 @@ use ppo_wgpu::ppo::rollout::{AdvantageConfig, Sequences, prepare};
 use ppo_wgpu::ppo::update::{UpdateOptions, ppo_update};
 use ppo_wgpu::rng::Rng;
 use std::sync::Arc;
-use std::time::Instant;
 
 struct Shape {
     label: &'static str,
@@ -55,8 +56,15 @@ fn bench(gpu: &Arc<Gpu>, s: &Shape, iterations: usize) {
 
     let mut totals = [0.0f64; 4];
     let mut counts = [Counts::default(); 4];
-    for it in 0..iterations + 1 {
-        let mut times = [0.0f64; 4];
+    // With PPO_WGPU_BENCH_PROFILE, one more iteration, profiled and not counted.
+    let profiled = common::profile_asked();
+    for it in 0..iterations + 1 + usize::from(profiled) {
+        let profiling = it == iterations + 1;
+        if profiling {
+            gpu.start_profiling();
+        }
+        let _iteration = profiling.then(|| gpu.iteration());
+        let mut times = [0.0f32; 4];
         let mut phase_counts = [Counts::default(); 4];
         let mut c = gpu.counts();
         let mut counted = |k: usize, phase_counts: &mut [Counts; 4]| {
@@ -64,7 +72,7 @@ fn bench(gpu: &Arc<Gpu>, s: &Shape, iterations: usize) {
             phase_counts[k] = now - c;
             c = now;
         };
-        let t = Instant::now();
+        let phase = gpu.phase(PHASES[0]);
         let opts = GenerateOptions {
             max_new_tokens: s.response,
             sampling: Sampling { temperature: 0.7, top_k: 0, top_p: 1.0 },
@@ -77,15 +85,15 @@ fn bench(gpu: &Arc<Gpu>, s: &Shape, iterations: usize) {
         };
         let generation = generate(&policy, &prompts, &opts).unwrap();
         let seqs = Sequences::new(&generation, s.response, None);
-        times[0] = t.elapsed().as_secs_f64();
+        times[0] = phase.finish();
         counted(0, &mut phase_counts);
 
-        let t = Instant::now();
+        let phase = gpu.phase(PHASES[1]);
         let scores = score(&reward_model, &seqs);
-        times[1] = t.elapsed().as_secs_f64();
+        times[1] = phase.finish();
         counted(1, &mut phase_counts);
 
-        let t = Instant::now();
+        let phase = gpu.phase(PHASES[2]);
         let adv = AdvantageConfig {
             algo: Algo::Ppo,
             temperature: 0.7,
@@ -98,10 +106,10 @@ fn bench(gpu: &Arc<Gpu>, s: &Shape, iterations: usize) {
         };
         let rollout =
             prepare(&policy, Some(&reference), &seqs, &gpu.upload(&[s.batch], &scores).unwrap(), &adv).unwrap();
-        times[2] = t.elapsed().as_secs_f64();
+        times[2] = phase.finish();
         counted(2, &mut phase_counts);
 
-        let t = Instant::now();
+        let phase = gpu.phase(PHASES[3]);
         let update = UpdateOptions {
             algo: Algo::Ppo,
             epochs: s.epochs,
@@ -113,11 +121,11 @@ fn bench(gpu: &Arc<Gpu>, s: &Shape, iterations: usize) {
         };
         let (stats, _) = ppo_update(&policy, &mut opt, &rollout.batch, &update, false).unwrap();
         assert!(stats.means.iter().all(|x| x.is_finite()), "{}: non-finite update statistics", s.label);
-        times[3] = t.elapsed().as_secs_f64();
+        times[3] = phase.finish();
         counted(3, &mut phase_counts);
-        if it > 0 {
+        if it > 0 && it <= iterations {
             // the first iteration compiles pipelines and fills the buffer pool
-            totals.iter_mut().zip(times).for_each(|(a, b)| *a += b);
+            totals.iter_mut().zip(times).for_each(|(a, b)| *a += b as f64);
             counts.iter_mut().zip(phase_counts).for_each(|(a, b)| *a = *a + b);
         }
     }
@@ -140,6 +148,14 @@ fn bench(gpu: &Arc<Gpu>, s: &Shape, iterations: usize) {
     row("iteration", total, counts.into_iter().fold(Counts::default(), |a, b| a + b));
     let gen_tokens = (s.batch * s.response) as f64;
     println!("  generation: {:.0} tokens/s", gen_tokens / (totals[0] / iterations as f64));
+    if profiled {
+        println!(
+            "\n{}, one more iteration profiled ({}; a pass of its own per dispatch, so slower than the figures above):",
+            s.label,
+            common::PROFILE_ENV
+        );
+        print!("{}", gpu.profile().table());
+    }
     let short = s.label.split(' ').next().unwrap_or(s.label);
     common::record(gpu, &format!("{short} PPO iteration"), total / iterations as f64 * 1e3, "ms");
     common::record(gpu, &format!("{short} generation"), gen_tokens / (totals[0] / iterations as f64), "tokens/s");

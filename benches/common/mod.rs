@@ -10,6 +10,8 @@
 //! - `PPO_WGPU_BENCH_LARGE=1` asks for the slow workloads at the largest shapes (GPT-2 small's
 //!   whole model and PPO iteration, the LM-head matmul, the matmul variant the adapter does not
 //!   use), which take minutes on a software adapter; without it they are skipped, and say so.
+//! - `PPO_WGPU_BENCH_PROFILE=1` asks the PPO-iteration bench for one more iteration, profiled
+//!   as `--profile` profiles a command (GPU time per kernel, time per phase), and not counted.
 
 #![allow(dead_code)] // each bench program uses a part
 
@@ -22,6 +24,14 @@ use std::time::{Duration, Instant};
 pub const JSON_ENV: &str = "PPO_WGPU_BENCH_JSON";
 /// The environment variable that asks for the large workloads.
 pub const LARGE_ENV: &str = "PPO_WGPU_BENCH_LARGE";
+
+/// The environment variable that asks for a profiled iteration.
+pub const PROFILE_ENV: &str = "PPO_WGPU_BENCH_PROFILE";
+
+/// Whether a profiled iteration was asked for.
+pub fn profile_asked() -> bool {
+    std::env::var_os(PROFILE_ENV).is_some_and(|v| !v.is_empty() && v != "0")
+}
 
 /// Whether the large workloads were asked for.
 pub fn large() -> bool {
