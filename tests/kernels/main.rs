@@ -26,4 +26,5 @@ mod rollout;
 mod sampling;
 mod shaders;
 mod variants;
+mod wide_subgroups;
 mod window;
