@@ -277,6 +277,30 @@ fn a_run_within_webgpus_default_limits_is_the_same_run() {
     assert_eq!(a.iter().map(deterministic).collect::<Vec<_>>(), w.iter().map(deterministic).collect::<Vec<_>>());
 }
 
+/// Without subgroup operations (WebGPU's core, which has them only as an optional feature; GPUs
+/// and drivers without them) every family runs one of its other variants, chosen by measuring
+/// those, and a PPO run goes through: finite metrics every iteration, no KL to the reference
+/// before the first update, and weights that move.
+#[test]
+fn a_run_without_subgroup_operations_trains() {
+    let lower = ppo_wgpu::gpu::LowerLimits { no_subgroups: true, ..Default::default() };
+    let gpu = suite_gpu(Gpu::with_lower_limits(None, lower).unwrap());
+    assert!(!gpu.has_subgroups());
+    let dir = scratch_dir("train-without-subgroups");
+    let policy = setup(&dir);
+    run(&gpu, &options(&dir, "out", &["--iterations", "2", "--minibatches", "2"])).unwrap();
+    let metrics = read_metrics(&dir.join("out/metrics.jsonl"));
+    assert_eq!(metrics.len(), 2);
+    assert!(
+        metrics.iter().flat_map(deterministic).all(f32::is_finite),
+        "{:?}",
+        metrics.iter().map(deterministic).collect::<Vec<_>>()
+    );
+    assert_eq!(metrics[0].kl_mean, 0.0, "the first rollout comes from the reference itself");
+    let weights = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
+    assert!(weights(&dir.join("out/policy")) != weights(&policy), "the policy trained");
+}
+
 fn samples(n: usize) -> Vec<Sample> {
     (0..n).map(|i| Sample { prompt: format!("prompt {i}"), response: "eee".into() }).collect()
 }
