@@ -7,6 +7,7 @@
 //! (a 256-bit shader from the cache runs 16 lanes wrong), so the child has a cache of its own.
 
 use crate::common::gpu;
+use ppo_wgpu::gpu::CACHE_ENV;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -47,12 +48,15 @@ fn the_subgroup_kernels_pass_on_subgroups_of_16_lanes() {
         return;
     }
     let exe = std::env::current_exe().expect("the test binary knows its path");
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mesa-shader-cache-512-bits");
+    // Caches of the child's own: Mesa's shaders, and the kernel choices (which this process,
+    // running beside it, writes to the suite's file).
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let out = Command::new(exe)
         .args(TESTS)
         .args([THIS, "--exact"])
         .env("LP_NATIVE_VECTOR_WIDTH", "512")
-        .env("MESA_SHADER_CACHE_DIR", &cache)
+        .env("MESA_SHADER_CACHE_DIR", tmp.join("mesa-shader-cache-512-bits"))
+        .env(CACHE_ENV, tmp.join("variants-16-lanes.json"))
         .env(CHILD_ENV, "1")
         .output()
         .expect("the test binary starts again");
