@@ -151,8 +151,8 @@ fn bench_matmul_narrow(bx: &mut Bench, c: &mut Criterion) {
 /// One matmul family's ladder: at each (label, M, N, K, layout), checked against the CPU
 /// reference first, the chosen variant and, at forward (NN) shapes, the others within 4× of it
 /// in the family's measurement (all of them when asked: the slowest takes a second per call at
-/// 1024³ on a software adapter). Variants the family has no figure for (split-k in `matmul`,
-/// which would run as another there) run only where chosen.
+/// 1024³ on a software adapter). Variants the family has no figure for (split-k, which the
+/// `matmul` family does not offer) run only where chosen.
 fn matmul_ladder(
     bx: &mut Bench,
     c: &mut Criterion,

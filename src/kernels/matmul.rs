@@ -372,7 +372,8 @@ fn cannot_split(stuck: bool, a: &Tensor, b: &Tensor, out: &Tensor, limit: usize)
     })
 }
 
-/// The names of the variants, as `PPO_WGPU_MATMUL` and the cache spell them.
+/// The names of the variants, as `PPO_WGPU_MATMUL_NARROW` and the cache spell them: the
+/// `matmul_narrow` family's.
 pub const VARIANTS: [(MatmulVariant, &str); 6] = [
     (MatmulVariant::RegisterTiled, "register-tiled"),
     (MatmulVariant::WorkgroupTiled, "workgroup-tiled"),
@@ -382,6 +383,11 @@ pub const VARIANTS: [(MatmulVariant, &str); 6] = [
     (MatmulVariant::WorkgroupTiledLarge, "workgroup-tiled-128"),
 ];
 
+/// The `matmul` family's variants (`PPO_WGPU_MATMUL`): all but split-K, which takes products
+/// of at most SPLIT_K_MAX_ROWS rows and so none of that family's.
+pub const BATCH_VARIANTS: [(MatmulVariant, &str); 5] =
+    [VARIANTS[0], VARIANTS[1], VARIANTS[2], VARIANTS[3], VARIANTS[5]];
+
 /// Products with fewer output rows than this (a decode step's, one row per sequence) have a
 /// variant of their own: with few rows, what a variant costs besides its arithmetic (the
 /// texture kernel packs B, as large as the product's other operand and output together) can
@@ -390,7 +396,7 @@ pub const NARROW_ROWS: usize = 128;
 
 /// The matmul variant this adapter runs for products of at least NARROW_ROWS rows: chosen by
 /// measurement on first use and cached (see `gpu::variants`), or forced with
-/// PPO_WGPU_MATMUL=register-tiled|workgroup-tiled|texture|texture-subgroup.
+/// PPO_WGPU_MATMUL=NAME (one of BATCH_VARIANTS).
 pub fn variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
     // Shapes like a small model's linear layers over a batch of tokens, and on a GPU also GPT-2
     // small's over 1024 tokens (c_attn forward, mlp.c_proj's input gradient, c_fc's weight
@@ -405,7 +411,7 @@ pub fn variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
             (Layout::TN, (768, 3072, 1024)),
         ]);
     }
-    choose(gpu, "matmul", &shapes)
+    choose(gpu, "matmul", &BATCH_VARIANTS, &shapes)
 }
 
 /// The variant for products of fewer than NARROW_ROWS rows, chosen the same way (family
@@ -421,11 +427,16 @@ pub fn narrow_variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
     if gpu.info.device_type != wgpu::DeviceType::Cpu {
         shapes.extend([(Layout::NN, (32, 3072, 768)), (Layout::NT, (32, 8192, 768))]);
     }
-    choose(gpu, "matmul_narrow", &shapes)
+    choose(gpu, "matmul_narrow", &VARIANTS, &shapes)
 }
 
-fn choose(gpu: &Arc<Gpu>, family: &str, shapes: &[(Layout, (usize, usize, usize))]) -> Result<MatmulVariant> {
-    choose_by_measurement(gpu, family, &VARIANTS, "GFLOP/s", |gpu, variant| measure_variant(gpu, variant, shapes))
+fn choose(
+    gpu: &Arc<Gpu>,
+    family: &str,
+    variants: &[(MatmulVariant, &str)],
+    shapes: &[(Layout, (usize, usize, usize))],
+) -> Result<MatmulVariant> {
+    choose_by_measurement(gpu, family, variants, "GFLOP/s", |gpu, variant| measure_variant(gpu, variant, shapes))
 }
 
 /// One variant's GFLOP/s over `shapes` (about a second in all on a software adapter, far less

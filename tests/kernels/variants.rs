@@ -31,7 +31,7 @@ fn entry_among(gpu: &Gpu, chosen: &str, names: &[&str]) -> serde_json::Value {
 
 /// … among the current variants.
 fn entry(gpu: &Gpu, chosen: &str) -> serde_json::Value {
-    entry_among(gpu, chosen, &ppo_wgpu::kernels::matmul::VARIANTS.map(|(_, name)| name))
+    entry_among(gpu, chosen, &ppo_wgpu::kernels::matmul::BATCH_VARIANTS.map(|(_, name)| name))
 }
 
 #[test]
@@ -42,15 +42,16 @@ fn a_measured_choice_is_cached_and_a_cached_choice_is_used_as_it_is() {
     let (_, choice) = gpu.variant_choices().into_iter().find(|(f, _)| f == "matmul").unwrap();
     assert_eq!(choice.source, "measured");
     // Every variant has a figure, but texture-subgroup where its fixed lanes do not fit the
-    // adapter's subgroups (an H100's are 32 wide): it would run as texture, and has none; and
-    // split-k, which takes products of few rows only (the matmul_narrow family's, below).
+    // adapter's subgroups (an H100's are 32 wide): it would run as texture, and has none. Split-k
+    // takes products of few rows only, so only the matmul_narrow family (below) offers it.
     let lanes_fit = gpu.fixed_subgroup_size() == Some(ppo_wgpu::kernels::BROADCAST_LANES);
     assert!(
-        choice.figures.len() == ppo_wgpu::kernels::matmul::VARIANTS.len()
-            && choice.figures.iter().all(|(name, rate)| match rate {
-                Some(r) => *r > 0.0 && (name != "texture-subgroup" || lanes_fit) && name != "split-k",
-                None => (name == "texture-subgroup" && !lanes_fit) || name == "split-k",
-            }),
+        choice.figures.len() == ppo_wgpu::kernels::matmul::BATCH_VARIANTS.len()
+            && choice.figures.iter().all(|(name, rate)| name != "split-k"
+                && match rate {
+                    Some(r) => *r > 0.0 && (name != "texture-subgroup" || lanes_fit),
+                    None => name == "texture-subgroup" && !lanes_fit,
+                }),
         "{choice:?}"
     );
     ppo_wgpu::kernels::matmul::narrow_variant(&gpu).unwrap();
@@ -103,7 +104,7 @@ fn a_corrupt_stale_or_unknown_cache_entry_is_ignored_and_rewritten() {
             .unwrap_or_else(|e| panic!("{what}: the rewritten cache does not parse: {e}"));
         assert_eq!(file["format"], CACHE_FORMAT, "{what}");
         let chosen = file["entries"][gpu.variant_key()]["matmul"]["chosen"].as_str().unwrap();
-        assert!(ppo_wgpu::kernels::matmul::VARIANTS.iter().any(|(_, name)| *name == chosen), "{what}: {file}");
+        assert!(ppo_wgpu::kernels::matmul::BATCH_VARIANTS.iter().any(|(_, name)| *name == chosen), "{what}: {file}");
         if what == "stale" {
             assert!(file["entries"].get(&stale_key).is_some(), "another version's entry is kept, not used");
         }
