@@ -265,49 +265,26 @@ impl Gpu {
         if batches.is_empty() {
             return;
         }
-        let bytes = |timed: &[Timed]| 2 * timed.len() as u64 * wgpu::QUERY_SIZE as u64; // two stamps each
-        let (tx, rx) = std::sync::mpsc::channel();
-        for (i, (kit, timed)) in batches.iter().enumerate() {
-            let tx = tx.clone();
-            kit.readback.slice(..bytes(timed)).map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send((i, r.is_ok()));
-            });
-        }
-        drop(tx);
-        let _ = self.device.poll(wgpu::PollType::wait_indefinitely()); // a lost device maps nothing
+        // Two timestamps per dispatch.
+        let kits: Vec<(&QueryKit, usize)> = batches.iter().map(|(kit, timed)| (kit, 2 * timed.len())).collect();
+        let read = self.read_timestamps_of(&kits);
         let now = Instant::now();
-        let mut mapped = vec![false; batches.len()];
-        for (i, ok) in rx.try_iter() {
-            mapped[i] = ok;
-        }
         let period = self.queue.get_timestamp_period() as f64; // ns per tick
         let mut p = self.profile.lock().unwrap();
         let mut last = None;
-        for ((kit, timed), mapped) in batches.into_iter().zip(mapped) {
-            if !mapped {
+        for ((kit, timed), stamps) in batches.into_iter().zip(read) {
+            let Some(stamps) = stamps else {
                 p.lost += 1; // and the kit, its buffer in no known state, is let go
                 continue;
-            }
-            let stamps: Option<Vec<u64>> = kit
-                .readback
-                .slice(..bytes(&timed))
-                .get_mapped_range()
-                .ok()
-                .map(|view| bytemuck::pod_collect_to_vec(&view));
-            kit.readback.unmap();
-            match stamps {
-                Some(stamps) => {
-                    for (i, t) in timed.into_iter().enumerate() {
-                        let (start, end) = (stamps[2 * i], stamps[2 * i + 1]);
-                        let ns = end.saturating_sub(start) as f64 * period;
-                        p.add_work(&t.kernel, t.work, ns);
-                        last = last.max(Some(end));
-                        if p.tracing && p.trace.len() + p.gpu_trace.len() < MAX_TRACE_EVENTS {
-                            p.gpu_trace.push((t.kernel, start, ns));
-                        }
-                    }
+            };
+            for (i, t) in timed.into_iter().enumerate() {
+                let (start, end) = (stamps[2 * i], stamps[2 * i + 1]);
+                let ns = end.saturating_sub(start) as f64 * period;
+                p.add_work(&t.kernel, t.work, ns);
+                last = last.max(Some(end));
+                if p.tracing && p.trace.len() + p.gpu_trace.len() < MAX_TRACE_EVENTS {
+                    p.gpu_trace.push((t.kernel, start, ns));
                 }
-                None => p.lost += 1,
             }
             self.return_query_kit(kit);
         }
@@ -323,20 +300,37 @@ impl Gpu {
     /// buffer (`Recorder::resolve_timestamps`: the variants' GPU clock) has run, in ticks of
     /// `queue.get_timestamp_period()` ns; None if they could not be read. A wait.
     pub(crate) fn read_timestamps(&self, kit: &QueryKit, n: usize) -> Option<Vec<u64>> {
-        let slice = kit.readback.slice(..n as u64 * wgpu::QUERY_SIZE as u64);
+        self.read_timestamps_of(&[(kit, n)]).pop().flatten()
+    }
+
+    /// As `read_timestamps`, for several kits and their counts at one wait.
+    fn read_timestamps_of(&self, kits: &[(&QueryKit, usize)]) -> Vec<Option<Vec<u64>>> {
+        let bytes = |n: usize| n as u64 * wgpu::QUERY_SIZE as u64;
         let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        let waited = self.device.poll(wgpu::PollType::wait_indefinitely());
-        match (waited, rx.recv()) {
-            (Ok(_), Ok(Ok(()))) => {
+        for (i, &(kit, n)) in kits.iter().enumerate() {
+            let tx = tx.clone();
+            kit.readback.slice(..bytes(n)).map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send((i, r.is_ok()));
+            });
+        }
+        drop(tx);
+        let _ = self.device.poll(wgpu::PollType::wait_indefinitely()); // a lost device maps nothing
+        let mut mapped = vec![false; kits.len()];
+        for (i, ok) in rx.try_iter() {
+            mapped[i] = ok;
+        }
+        kits.iter()
+            .zip(mapped)
+            .map(|(&(kit, n), mapped)| {
+                if !mapped {
+                    return None;
+                }
+                let slice = kit.readback.slice(..bytes(n));
                 let stamps = slice.get_mapped_range().ok().map(|view| bytemuck::pod_collect_to_vec(&view));
                 kit.readback.unmap();
                 stamps
-            }
-            _ => None,
-        }
+            })
+            .collect()
     }
 
     /// The report of everything profiled since `start_profiling`.
