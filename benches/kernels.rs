@@ -134,25 +134,39 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
     matmul_ladder(bx, c, "matmul", chosen, &shapes);
 }
 
-/// The products of few rows (family matmul_narrow): decode steps of 32 sequences of the tiny
-/// model and of 8 of GPT-2 small (its LM head only when asked).
+/// The products of fewer than 128 rows (family matmul_narrow): decode steps of 32 sequences of
+/// the tiny model and of GPT-2 small (its LM head only when asked).
 fn bench_matmul_narrow(bx: &mut Bench, c: &mut Criterion) {
     let shapes = [
         ("tiny decode c_fc 32x128x512", 32, 512, 128, Layout::NN),
         ("tiny decode lm_head 32x128x512", 32, 512, 128, Layout::NT),
-        ("gpt2 decode c_attn 8x768x2304", 8, 2304, 768, Layout::NN),
-        ("gpt2 decode mlp c_proj 8x3072x768", 8, 768, 3072, Layout::NN),
-        ("gpt2 decode lm_head 8x768x50304", 8, 50304, 768, Layout::NT),
+        ("gpt2 decode c_attn 32x768x2304", 32, 2304, 768, Layout::NN),
+        ("gpt2 decode mlp c_proj 32x3072x768", 32, 768, 3072, Layout::NN),
+        ("gpt2 decode lm_head 32x768x50304", 32, 50304, 768, Layout::NT),
     ];
     let chosen = ppo_wgpu::kernels::matmul::narrow_variant(&bx.gpu).unwrap();
     matmul_ladder(bx, c, "matmul_narrow", chosen, &shapes);
 }
 
+/// The products of fewer than 16 rows (family matmul_few_rows): the same decode steps of 8
+/// sequences.
+fn bench_matmul_few_rows(bx: &mut Bench, c: &mut Criterion) {
+    let shapes = [
+        ("tiny decode c_fc 8x128x512", 8, 512, 128, Layout::NN),
+        ("tiny decode lm_head 8x128x512", 8, 512, 128, Layout::NT),
+        ("gpt2 decode c_attn 8x768x2304", 8, 2304, 768, Layout::NN),
+        ("gpt2 decode mlp c_proj 8x3072x768", 8, 768, 3072, Layout::NN),
+        ("gpt2 decode lm_head 8x768x50304", 8, 50304, 768, Layout::NT),
+    ];
+    let chosen = ppo_wgpu::kernels::matmul::few_rows_variant(&bx.gpu).unwrap();
+    matmul_ladder(bx, c, "matmul_few_rows", chosen, &shapes);
+}
+
 /// One matmul family's ladder: at each (label, M, N, K, layout), checked against the CPU
 /// reference first, the chosen variant and, at forward (NN) shapes, the others within 4× of it
-/// in the family's measurement (all of them when asked: the slowest takes a second per call at
-/// 1024³ on a software adapter). Variants the family has no figure for (split-k, which the
-/// `matmul` family does not offer) run only where chosen.
+/// in the family's measurement (all of them, at every layout, when asked: the slowest takes a
+/// second per call at 1024³ on a software adapter). Variants the family has no figure for
+/// (split-k, which the `matmul` family does not offer) run only where chosen.
 fn matmul_ladder(
     bx: &mut Bench,
     c: &mut Criterion,
@@ -190,14 +204,13 @@ fn matmul_ladder(
             println!("{family} {label}: skipped (set {}=1 to run it)", common::LARGE_ENV);
             continue;
         }
-        let run_variants: Vec<MatmulVariant> = match layout {
-            Layout::NN => variants
-                .iter()
-                .copied()
-                .filter(|&v| (common::large() && rate(v).is_some()) || close_to_chosen(v))
-                .collect(),
-            _ => vec![chosen],
-        };
+        let run_variants: Vec<MatmulVariant> = variants
+            .iter()
+            .copied()
+            .filter(|&v| {
+                v == chosen || (common::large() && rate(v).is_some()) || (layout == Layout::NN && close_to_chosen(v))
+            })
+            .collect();
         for variant in run_variants {
             let mut rec = Recorder::new(&bx.gpu);
             matmul_with_variant(&mut rec, variant, &out, &ta, &tb, None, layout, false).unwrap();
@@ -760,9 +773,10 @@ fn main() {
     common::begin(&gpu);
     let mut bx = Bench { gpu, rng: Rng::new(7) };
     let mut c = Criterion::default().configure_from_args();
-    let families: [fn(&mut Bench, &mut Criterion); 16] = [
+    let families: [fn(&mut Bench, &mut Criterion); 17] = [
         bench_matmul,
         bench_matmul_narrow,
+        bench_matmul_few_rows,
         bench_copy,
         bench_texture_pack,
         bench_bias_gelu,

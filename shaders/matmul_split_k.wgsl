@@ -15,7 +15,11 @@
 //
 // The invocations of a workgroup share their rows and their slice, so at each step of K they
 // all read the same elements of A (one broadcast read) and neighbouring elements of B (one
-// coalesced row of B in the NN layout).
+// coalesced row of B in the NN layout). With VEC4 (K, A's stride and column multiples of 4, A
+// not transposed; the host then makes every slice a multiple of 4 long) the walk takes four
+// elements of K a step: A's rows as vec4s, and B's four values as one vec4 where they are
+// contiguous (TRANS_B, the LM head's: each invocation walks its own row of B) — a quarter of
+// the loads for the same FMAs.
 //
 // Launch: matmul_split_k: workgroup WG along N, one invocation per (column, slice, block of
 // ROWS rows): grid (ceil(N/WG), splits, ceil(M/ROWS)). split_k_reduce: one invocation per
@@ -40,6 +44,7 @@ override GELU_BACKWARD: bool = false;
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 override B_F16: bool = false;
+override VEC4: bool = false;
 
 const WG: u32 = 64u;  // invocations per workgroup (kernels::matmul::SPLIT_K_WG)
 const ROWS: u32 = 8u; // output rows per invocation (kernels::matmul::SPLIT_K_ROWS)
@@ -53,6 +58,8 @@ const ROWS: u32 = 8u; // output rows per invocation (kernels::matmul::SPLIT_K_RO
 @group(0) @binding(6) var<storage, read> b_f16: array<u32>;
 @group(0) @binding(7) var<storage, read_write> partial_out: array<f32>; // matmul_split_k writes
 @group(0) @binding(8) var<storage, read> partial_in: array<f32>;        // split_k_reduce reads
+@group(0) @binding(9) var<storage, read> a4: array<vec4<f32>>;  // A again, as vec4s (VEC4)
+@group(0) @binding(10) var<storage, read> b4: array<vec4<f32>>; // B again, as vec4s (VEC4, TRANS_B)
 
 fn load_a(m: u32, k: u32) -> f32 {
     if (TRANS_A) { return a[k * params.a_stride + params.a_col + m]; }
@@ -64,6 +71,22 @@ fn load_b(k: u32, n: u32) -> f32 {
     if (TRANS_B) { i = n * params.k + k; }
     if (B_F16) { return unpack2x16float(b_f16[i / 2u])[i % 2u]; }
     return b[i];
+}
+
+// A[m, k .. k + 4] (VEC4: k a multiple of 4).
+fn load_a4(m: u32, k: u32) -> vec4<f32> {
+    return a4[(m * params.a_stride + params.a_col + k) / 4u];
+}
+
+// op(B)[k .. k + 4, n] (VEC4): one vec4 (or two f16 pairs) of B's row n with TRANS_B, else
+// four rows' values.
+fn load_b4(k: u32, n: u32) -> vec4<f32> {
+    if (TRANS_B) {
+        let i = n * params.k + k;
+        if (B_F16) { return vec4(unpack2x16float(b_f16[i / 2u]), unpack2x16float(b_f16[i / 2u + 1u])); }
+        return b4[i / 4u];
+    }
+    return vec4(load_b(k, n), load_b(k + 1u, n), load_b(k + 2u, n), load_b(k + 3u, n));
 }
 
 @compute @workgroup_size(WG)
@@ -78,7 +101,14 @@ fn matmul_split_k(@builtin(global_invocation_id) gid: vec3<u32>) {
     var rows: array<u32, ROWS>;
     for (var r = 0u; r < ROWS; r++) { rows[r] = min(m0 + r, params.m - 1u); }
     var acc: array<f32, ROWS>;
-    for (var k = k0; k < k1; k++) {
+    var k = k0;
+    if (VEC4) {
+        for (; k + 4u <= k1; k += 4u) {
+            let w = load_b4(k, n);
+            for (var r = 0u; r < ROWS; r++) { acc[r] += dot(load_a4(rows[r], k), w); }
+        }
+    }
+    for (; k < k1; k++) {
         let w = load_b(k, n);
         for (var r = 0u; r < ROWS; r++) { acc[r] += load_a(rows[r], k) * w; }
     }

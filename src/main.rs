@@ -393,6 +393,7 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     println!("features: {subgroups}, {timestamps}");
     ppo_wgpu::kernels::matmul::variant(gpu)?;
     ppo_wgpu::kernels::matmul::narrow_variant(gpu)?;
+    ppo_wgpu::kernels::matmul::few_rows_variant(gpu)?;
     ppo_wgpu::kernels::layernorm::variant(gpu)?;
     ppo_wgpu::kernels::layernorm::narrow_variant(gpu)?;
     ppo_wgpu::kernels::adamw::norm_variant(gpu)?;

@@ -133,12 +133,17 @@ pub fn matmul(
     matmul_with_variant(rec, variant, out, a, b, bias, layout, accumulate)
 }
 
-/// The variant a `layout` product of `m` output rows runs on: `narrow_variant` for an NN or NT
-/// product of fewer than NARROW_ROWS rows (a decode step's, one row per sequence), else
-/// `variant`. A weight gradient (TN) is never narrow: its rows are input channels, however few,
-/// and its K a whole batch of tokens.
+/// The variant a `layout` product of `m` output rows runs on: `few_rows_variant` for an NN or
+/// NT product of fewer than FEW_ROWS rows and `narrow_variant` for fewer than NARROW_ROWS (a
+/// decode step's, one row per sequence), else `variant`. A weight gradient (TN) is never
+/// narrow: its rows are input channels, however few, and its K a whole batch of tokens.
 pub fn variant_for(gpu: &Arc<Gpu>, layout: Layout, m: usize) -> Result<MatmulVariant> {
-    if m < NARROW_ROWS && layout != Layout::TN { narrow_variant(gpu) } else { variant(gpu) }
+    match m {
+        _ if layout == Layout::TN => variant(gpu),
+        m if m < FEW_ROWS => few_rows_variant(gpu),
+        m if m < NARROW_ROWS => narrow_variant(gpu),
+        _ => variant(gpu),
+    }
 }
 
 /// Whether B holds f16 values two to a u32 word (a generation's weights, `kernels::f16_weights`):
@@ -373,7 +378,7 @@ fn cannot_split(stuck: bool, a: &Tensor, b: &Tensor, out: &Tensor, limit: usize)
 }
 
 /// The names of the variants, as `PPO_WGPU_MATMUL_NARROW` and the cache spell them: the
-/// `matmul_narrow` family's.
+/// `matmul_narrow` and `matmul_few_rows` families'.
 pub const VARIANTS: [(MatmulVariant, &str); 6] = [
     (MatmulVariant::RegisterTiled, "register-tiled"),
     (MatmulVariant::WorkgroupTiled, "workgroup-tiled"),
@@ -393,6 +398,12 @@ pub const BATCH_VARIANTS: [(MatmulVariant, &str); 5] =
 /// texture kernel packs B, as large as the product's other operand and output together) can
 /// outweigh what it saves.
 pub const NARROW_ROWS: usize = 128;
+
+/// Products with fewer output rows than this (a decode step of fewer than 16 sequences) have a
+/// third family, `matmul_few_rows`: on an H100 split-K ran GPT-2's decode products of 8 rows
+/// 1.5–4× faster than the tiled kernel, while at 32 rows the measurement chose the tiled one.
+/// The same bound splits `f16_weights::format`'s two families.
+pub const FEW_ROWS: usize = TEXTURE_TILE;
 
 /// The matmul variant this adapter runs for products of at least NARROW_ROWS rows: chosen by
 /// measurement on first use and cached (see `gpu::variants`), or forced with
@@ -414,20 +425,39 @@ pub fn variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
     choose(gpu, "matmul", &BATCH_VARIANTS, &shapes)
 }
 
-/// The variant for products of fewer than NARROW_ROWS rows, chosen the same way (family
-/// `matmul_narrow`, forced with PPO_WGPU_MATMUL_NARROW=…).
+/// The variant for products of FEW_ROWS to NARROW_ROWS rows, chosen the same way (family
+/// `matmul_narrow`, forced with PPO_WGPU_MATMUL_NARROW=…), measured at decode steps of 32
+/// sequences.
 pub fn narrow_variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
-    // Shapes like a decode step of 32 sequences: the block's linear layers and the LM head of a
-    // small model, and on a GPU also GPT-2 small's c_fc and a slice of its LM head. There a small
-    // model's products take a few microseconds on any variant, launch included, while GPT-2's
-    // decode steps are where the variants part (7.8 ms on an H100 with the tiled kernel, against
-    // 0.2 ms to read the weights once); on a CPU adapter one GPT-2 product takes tens of
-    // milliseconds on the slower variants, and the models it runs are small.
-    let mut shapes = vec![(Layout::NN, (32, 512, 128)), (Layout::NN, (32, 128, 512)), (Layout::NT, (32, 1024, 128))];
+    choose(gpu, "matmul_narrow", &VARIANTS, &decode_shapes(gpu, 32))
+}
+
+/// The variant for products of fewer than FEW_ROWS rows, chosen the same way (family
+/// `matmul_few_rows`, forced with PPO_WGPU_MATMUL_FEW_ROWS=…), measured at decode steps of 8
+/// sequences.
+pub fn few_rows_variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
+    choose(gpu, "matmul_few_rows", &VARIANTS, &decode_shapes(gpu, 8))
+}
+
+/// The products of a decode step of `rows` sequences: a small model's block and LM head, and on
+/// a GPU also GPT-2 small's c_attn, MLP projection and a slice of its LM head, in about the
+/// proportions of its decode step (the blocks' products there hold twice the head's FLOPs; one
+/// product's GFLOP/s can part the variants by 4×, NN against NT). A small model's products take
+/// a few microseconds on a GPU on any variant, launch included, while GPT-2's decode steps are
+/// where the variants part (7.8 ms on an H100 with the tiled kernel, against 0.2 ms to read the
+/// weights once); on a CPU adapter one GPT-2 product takes tens of milliseconds on the slower
+/// variants, and the models it runs are small.
+fn decode_shapes(gpu: &Gpu, rows: usize) -> Vec<(Layout, (usize, usize, usize))> {
+    let mut shapes =
+        vec![(Layout::NN, (rows, 512, 128)), (Layout::NN, (rows, 128, 512)), (Layout::NT, (rows, 1024, 128))];
     if gpu.info.device_type != wgpu::DeviceType::Cpu {
-        shapes.extend([(Layout::NN, (32, 3072, 768)), (Layout::NT, (32, 8192, 768))]);
+        shapes.extend([
+            (Layout::NN, (rows, 2304, 768)),
+            (Layout::NN, (rows, 768, 3072)),
+            (Layout::NT, (rows, 2048, 768)),
+        ]);
     }
-    choose(gpu, "matmul_narrow", &VARIANTS, &shapes)
+    shapes
 }
 
 fn choose(
@@ -703,10 +733,11 @@ pub const SPLIT_K_MAX_PARTIAL: usize = 1 << 24;
 
 /// (slices, elements of K per slice) of a split-K product of (m, n, k): slices of at least
 /// SPLIT_K_MIN_LEN, at most SPLIT_K_MAX_SPLITS of them, their partial outputs within
-/// `max_partial` floats where more than one slice is needed to, and none empty.
+/// `max_partial` floats where more than one slice is needed to, and none empty; each a multiple
+/// of 4 long but the last, so that every slice starts on a vec4 of A's and B's rows.
 pub fn split_k_slices(m: usize, n: usize, k: usize, max_partial: usize) -> (usize, usize) {
     let splits = k.div_ceil(SPLIT_K_MIN_LEN).clamp(1, SPLIT_K_MAX_SPLITS).min((max_partial / (m * n).max(1)).max(1));
-    let len = k.div_ceil(splits).max(1);
+    let len = k.div_ceil(splits).next_multiple_of(4);
     (k.div_ceil(len).max(1), len)
 }
 
@@ -773,8 +804,19 @@ fn record_split_k(
     let (b_f32_binding, b_f16_binding) =
         if b_f16 { (rec.stand_in(0)?, b.clone()) } else { (b.clone(), rec.stand_in(0)?.bitcast(DType::U32)) };
     let transposes = [("TRANS_A", flag(layout == Layout::TN)), ("TRANS_B", flag(layout == Layout::NT))];
-    let constants = [&transposes[..], &[("B_F16", flag(b_f16))]].concat();
-    let slices = [bind(1, a), bind(2, &b_f32_binding), bind_u32(6, &b_f16_binding), bind(7, &partial)];
+    // Four elements of K a step where A's rows and B's hold them as whole vec4s.
+    let vec4 = layout != Layout::TN && [k, a_stride, a_col].iter().all(|x| x.is_multiple_of(4));
+    let constants = [&transposes[..], &[("B_F16", flag(b_f16)), ("VEC4", flag(vec4))]].concat();
+    // A and B again as vec4s, or stand-ins (a binding of vec4s takes at least 16 bytes).
+    let (a4, b4) = if vec4 { (a.clone(), b_f32_binding.clone()) } else { (rec.stand_in(1)?, rec.stand_in(2)?) };
+    let slices = [
+        bind(1, a),
+        bind(2, &b_f32_binding),
+        bind_u32(6, &b_f16_binding),
+        bind(7, &partial),
+        bind(9, &a4),
+        bind(10, &b4),
+    ];
     let grid = [groups(n, SPLIT_K_WG) as u32, splits as u32, groups(m, SPLIT_K_ROWS) as u32];
     let b_words = if b_f16 { k * n / 2 } else { k * n };
     let work = Work::flops(2 * m * n * k, m * k + b_words + splits * m * n);

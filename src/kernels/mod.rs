@@ -192,10 +192,11 @@ pub const SHADER_CONSTANTS: &[(&str, &str, usize)] = &[
 /// set for a shader without overrides), so that tests can translate each specialisation to
 /// every backend: attention's HEAD_DIM (multiples of 4 up to `attention::MAX_HEAD_DIM`; the
 /// subgroup entry points' 16, 32 and 64) with and without TEXTURE_LOADS, decode attention's
-/// HEAD_DIM and APPEND, matmul's A_SCALAR and B_F16, the tiled matmul's TRANS_A / TRANS_B and B_F16, the
-/// packs' SRC_VEC4, the texture-subgroup matmul's A_STORED and B_STORED, the texture kernels'
-/// SUM_B_COLUMNS, each with every epilogue of the matmul shaders (`matmul::epilogue`),
-/// LayerNorm's RESIDUAL and TEXTURE_LOADS, and the sampler's lanes.
+/// HEAD_DIM and APPEND, matmul's A_SCALAR and B_F16, the tiled and split-K matmuls' TRANS_A /
+/// TRANS_B and B_F16 (split-K's VEC4 too), the packs' SRC_VEC4, the texture-subgroup matmul's
+/// A_STORED and B_STORED, the texture kernels' SUM_B_COLUMNS, each with every epilogue of the
+/// matmul shaders (`matmul::epilogue`), LayerNorm's RESIDUAL and TEXTURE_LOADS, and the
+/// sampler's lanes.
 pub fn override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
     let sets = own_override_sets(shader);
     if !shader.starts_with("matmul") {
@@ -226,9 +227,14 @@ fn own_override_sets(shader: &str) -> Vec<Vec<(&'static str, f64)>> {
             .into_iter()
             .map(|(a, b)| vec![("A_SCALAR", a), ("B_F16", b)])
             .collect(),
-        "matmul_tiled" | "matmul_split_k" => [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]
+        "matmul_tiled" => [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]
             .into_iter()
             .flat_map(|(a, b)| [0.0, 1.0].map(|f16| vec![("TRANS_A", a), ("TRANS_B", b), ("B_F16", f16)]))
+            .collect(),
+        "matmul_split_k" => [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]
+            .into_iter()
+            .flat_map(|(a, b)| [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)].map(move |f| (a, b, f)))
+            .map(|(a, b, (f16, vec4))| vec![("TRANS_A", a), ("TRANS_B", b), ("B_F16", f16), ("VEC4", vec4)])
             .collect(),
         "matmul_texture" | "matmul_texture_subgroup" => {
             let own: Vec<Vec<(&str, f64)>> = if shader == "matmul_texture" {

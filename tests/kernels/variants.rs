@@ -43,7 +43,8 @@ fn a_measured_choice_is_cached_and_a_cached_choice_is_used_as_it_is() {
     assert_eq!(choice.source, "measured");
     // Every variant has a figure, but texture-subgroup where its fixed lanes do not fit the
     // adapter's subgroups (an H100's are 32 wide): it would run as texture, and has none. Split-k
-    // takes products of few rows only, so only the matmul_narrow family (below) offers it.
+    // takes products of few rows only, so only the matmul_narrow and matmul_few_rows families
+    // (below) offer it.
     let lanes_fit = gpu.fixed_subgroup_size() == Some(ppo_wgpu::kernels::BROADCAST_LANES);
     assert!(
         choice.figures.len() == ppo_wgpu::kernels::matmul::BATCH_VARIANTS.len()
@@ -55,8 +56,11 @@ fn a_measured_choice_is_cached_and_a_cached_choice_is_used_as_it_is() {
         "{choice:?}"
     );
     ppo_wgpu::kernels::matmul::narrow_variant(&gpu).unwrap();
-    let (_, narrow) = gpu.variant_choices().into_iter().find(|(f, _)| f == "matmul_narrow").unwrap();
-    assert!(narrow.figures.iter().any(|(name, rate)| name == "split-k" && rate.is_some_and(|r| r > 0.0)), "{narrow:?}");
+    ppo_wgpu::kernels::matmul::few_rows_variant(&gpu).unwrap();
+    for family in ["matmul_narrow", "matmul_few_rows"] {
+        let (_, few) = gpu.variant_choices().into_iter().find(|(f, _)| f == family).unwrap();
+        assert!(few.figures.iter().any(|(name, rate)| name == "split-k" && rate.is_some_and(|r| r > 0.0)), "{few:?}");
+    }
     let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(file["entries"][gpu.variant_key()]["matmul"]["chosen"], choice.chosen);
 

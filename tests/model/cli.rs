@@ -254,6 +254,7 @@ fn info_shows_the_kernel_choice_and_the_environment_forces_one() {
     let families = [
         "matmul",
         "matmul_narrow",
+        "matmul_few_rows",
         "layernorm",
         "layernorm_narrow",
         "grad_norm",
