@@ -126,12 +126,23 @@ fn bench_matmul(bx: &mut Bench, c: &mut Criterion) {
         // The shipped demo model's MLP projection (64 channels: fewer than 8 texture tiles of
         // output columns) over a rollout's 32 × 32 tokens.
         ("demo c_proj fwd 1024x256x64", 1024, 64, 256, Layout::NN),
-        // Large enough to fill a real GPU (the f32-peak target); only when asked.
-        ("4096^3", 4096, 4096, 4096, Layout::NN),
     ];
     // The adapter's chosen variant first (measured on first use and cached), then the others.
     let chosen = ppo_wgpu::kernels::matmul::variant(&bx.gpu).unwrap();
     matmul_ladder(bx, c, "matmul", chosen, &shapes);
+}
+
+/// The products of at least 4096 × 4096 outputs (family matmul_large, on a CPU adapter the
+/// matmul family's choice): large enough to fill a real GPU (the f32-peak target), and GPT-2
+/// small's LM head and its weight gradient over 1024 tokens; only when asked.
+fn bench_matmul_large(bx: &mut Bench, c: &mut Criterion) {
+    let shapes = [
+        ("4096^3", 4096, 4096, 4096, Layout::NN),
+        ("gpt2 lm_head 1024x768x50304", 1024, 50304, 768, Layout::NT),
+        ("gpt2 lm_head dW 50304x1024x768", 50304, 768, 1024, Layout::TN),
+    ];
+    let chosen = ppo_wgpu::kernels::matmul::large_variant(&bx.gpu).unwrap();
+    matmul_ladder(bx, c, "matmul_large", chosen, &shapes);
 }
 
 /// The products of fewer than 128 rows (family matmul_narrow): decode steps of 32 sequences of
@@ -195,15 +206,19 @@ fn matmul_ladder(
         let (ta, tb, out) = (bx.up(&a, &sa), bx.up(&b, &sb), bx.empty(&[m, n]));
         // Check the first 16 rows (the full reference at 1024³ would dominate the bench's time).
         let rows = m.min(16);
-        let want = match layout {
-            Layout::TN => reference::matmul(&a, &b, m, n, k, layout),
-            _ => reference::matmul(&a[..rows * k], &b, rows, n, k, layout),
-        };
         // GPT-2's LM head takes a second per call on any variant of a software adapter.
-        if ((label.starts_with("gpt2") && label.contains("lm_head")) || label == "4096^3") && !common::large() {
+        if ((label.starts_with("gpt2") && label.contains("lm_head")) || family == "matmul_large") && !common::large() {
             println!("{family} {label}: skipped (set {}=1 to run it)", common::LARGE_ENV);
             continue;
         }
+        let want = match layout {
+            // A TN product's first rows are the first columns of A as stored ([K, M]).
+            Layout::TN => {
+                let columns: Vec<f64> = a.chunks(m).flat_map(|row| row[..rows].to_vec()).collect();
+                reference::matmul(&columns, &b, rows, n, k, layout)
+            }
+            _ => reference::matmul(&a[..rows * k], &b, rows, n, k, layout),
+        };
         let run_variants: Vec<MatmulVariant> = variants
             .iter()
             .copied()
@@ -269,7 +284,7 @@ fn bench_bias_gelu(bx: &mut Bench, c: &mut Criterion) {
         let (tx, tw, tb) = (bx.up(&x, &[m, ch]), bx.up(&w, &[ch, 4 * ch]), bx.up(&bias, &[4 * ch]));
         let (pre, post) = (bx.empty(&[m, 4 * ch]), bx.empty(&[m, 4 * ch]));
         let want = reference::gelu_forward(&reference::linear_forward(&x, &w, Some(&bias), m, ch, 4 * ch));
-        let variant = variant_for(&bx.gpu, Layout::NN, m).unwrap();
+        let variant = variant_for(&bx.gpu, Layout::NN, m, 4 * ch).unwrap();
         for epilogue in chosen_first(chosen, &GELU_EPILOGUES) {
             let forward = |rec: &mut Recorder| {
                 linear_forward_gelu_with(rec, variant, epilogue, &pre, &post, &tx, &tw, &tb).unwrap()
@@ -773,10 +788,11 @@ fn main() {
     common::begin(&gpu);
     let mut bx = Bench { gpu, rng: Rng::new(7) };
     let mut c = Criterion::default().configure_from_args();
-    let families: [fn(&mut Bench, &mut Criterion); 17] = [
+    let families: [fn(&mut Bench, &mut Criterion); 18] = [
         bench_matmul,
         bench_matmul_narrow,
         bench_matmul_few_rows,
+        bench_matmul_large,
         bench_copy,
         bench_texture_pack,
         bench_bias_gelu,

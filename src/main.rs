@@ -177,7 +177,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 heads,
                 *batch_size,
                 *seq_len,
-                |_, _| MatmulVariant::WorkgroupTiled,
+                |_, _, _| MatmulVariant::WorkgroupTiled,
                 false,
             );
             let cpu = model::gpt::memory_estimate(
@@ -185,11 +185,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 heads,
                 *batch_size,
                 *seq_len,
-                |_, _| MatmulVariant::RegisterTiled,
+                |_, _, _| MatmulVariant::RegisterTiled,
                 false,
             );
             let tex =
-                model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, |_, _| MatmulVariant::Texture, true);
+                model::gpt::memory_estimate(&cfg, heads, *batch_size, *seq_len, |_, _, _| MatmulVariant::Texture, true);
             let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
             let n = model::gpt::ParamLayout::new(&cfg, heads).count();
             let beta = beta.unwrap_or(algo.default_beta());
@@ -394,6 +394,7 @@ fn info(gpu: &std::sync::Arc<Gpu>) -> Result<()> {
     ppo_wgpu::kernels::matmul::variant(gpu)?;
     ppo_wgpu::kernels::matmul::narrow_variant(gpu)?;
     ppo_wgpu::kernels::matmul::few_rows_variant(gpu)?;
+    ppo_wgpu::kernels::matmul::large_variant(gpu)?;
     ppo_wgpu::kernels::layernorm::variant(gpu)?;
     ppo_wgpu::kernels::layernorm::narrow_variant(gpu)?;
     ppo_wgpu::kernels::adamw::norm_variant(gpu)?;

@@ -128,17 +128,19 @@ pub fn matmul(
     layout: Layout,
     accumulate: bool,
 ) -> Result<()> {
-    let (m, _, _) = dims(out, a, b, layout)?;
-    let variant = variant_for(rec.gpu(), layout, m)?;
+    let (m, n, _) = dims(out, a, b, layout)?;
+    let variant = variant_for(rec.gpu(), layout, m, n)?;
     matmul_with_variant(rec, variant, out, a, b, bias, layout, accumulate)
 }
 
-/// The variant a `layout` product of `m` output rows runs on: `few_rows_variant` for an NN or
-/// NT product of fewer than FEW_ROWS rows and `narrow_variant` for fewer than NARROW_ROWS (a
-/// decode step's, one row per sequence), else `variant`. A weight gradient (TN) is never
-/// narrow: its rows are input channels, however few, and its K a whole batch of tokens.
-pub fn variant_for(gpu: &Arc<Gpu>, layout: Layout, m: usize) -> Result<MatmulVariant> {
+/// The variant a `layout` product of `m` × `n` outputs runs on: `large_variant` for a product of
+/// at least LARGE_OUTPUTS; `few_rows_variant` for an NN or NT product of fewer than FEW_ROWS
+/// rows and `narrow_variant` for fewer than NARROW_ROWS (a decode step's, one row per
+/// sequence); else `variant`. A weight gradient (TN) is never narrow: its rows are input
+/// channels, however few, and its K a whole batch of tokens.
+pub fn variant_for(gpu: &Arc<Gpu>, layout: Layout, m: usize, n: usize) -> Result<MatmulVariant> {
     match m {
+        _ if m * n >= LARGE_OUTPUTS => large_variant(gpu),
         _ if layout == Layout::TN => variant(gpu),
         m if m < FEW_ROWS => few_rows_variant(gpu),
         m if m < NARROW_ROWS => narrow_variant(gpu),
@@ -388,8 +390,8 @@ pub const VARIANTS: [(MatmulVariant, &str); 6] = [
     (MatmulVariant::WorkgroupTiledLarge, "workgroup-tiled-128"),
 ];
 
-/// The `matmul` family's variants (`PPO_WGPU_MATMUL`): all but split-K, which takes products
-/// of at most SPLIT_K_MAX_ROWS rows and so none of that family's.
+/// The `matmul` and `matmul_large` families' variants (`PPO_WGPU_MATMUL`): all but split-K,
+/// which takes products of at most SPLIT_K_MAX_ROWS rows and so none of those families'.
 pub const BATCH_VARIANTS: [(MatmulVariant, &str); 5] =
     [VARIANTS[0], VARIANTS[1], VARIANTS[2], VARIANTS[3], VARIANTS[5]];
 
@@ -404,6 +406,14 @@ pub const NARROW_ROWS: usize = 128;
 /// 1.5–4× faster than the tiled kernel, while at 32 rows the measurement chose the tiled one.
 /// The same bound splits `f16_weights::format`'s two families.
 pub const FEW_ROWS: usize = TEXTURE_TILE;
+
+/// Products of at least this many outputs (4096 × 4096: GPT-2's LM head and its weight gradient
+/// over 1024 tokens and more, a larger model's MLP over a large batch) have a family of their
+/// own on GPUs, `matmul_large`: on an H100 128×128 tiles ran 4096³ at 28.3 TFLOP/s against the
+/// 64×64 kernel's 23.9, and GPT-2 small's products over 1024 tokens at about half its speed
+/// (there their tiles leave most of its 132 SMs idle), so one choice for both leaves one of
+/// them slower.
+pub const LARGE_OUTPUTS: usize = 1 << 24;
 
 /// The matmul variant this adapter runs for products of at least NARROW_ROWS rows: chosen by
 /// measurement on first use and cached (see `gpu::variants`), or forced with
@@ -423,6 +433,19 @@ pub fn variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
         ]);
     }
     choose(gpu, "matmul", &BATCH_VARIANTS, &shapes)
+}
+
+/// The variant for products of at least LARGE_OUTPUTS outputs: on a GPU chosen the same way
+/// (family `matmul_large`, forced with PPO_WGPU_MATMUL_LARGE=…) at three such products, NN, NT
+/// and TN; on a CPU adapter the `matmul` family's choice, unmeasured (there one such product
+/// takes a second on the fastest variant and half a minute on the slowest).
+pub fn large_variant(gpu: &Arc<Gpu>) -> Result<MatmulVariant> {
+    if gpu.info.device_type == wgpu::DeviceType::Cpu {
+        return variant(gpu);
+    }
+    let shapes =
+        [(Layout::NN, (4096, 4096, 1024)), (Layout::NT, (1024, 16384, 1024)), (Layout::TN, (16384, 1024, 1024))];
+    choose(gpu, "matmul_large", &BATCH_VARIANTS, &shapes)
 }
 
 /// The variant for products of FEW_ROWS to NARROW_ROWS rows, chosen the same way (family
@@ -1275,7 +1298,7 @@ fn measure_gelu_epilogue(gpu: &Arc<Gpu>, epilogue: GeluEpilogue, shape: (usize, 
         let (tx, tw, tb) =
             (gpu.upload(&[m, k], &f32s(&x))?, gpu.upload(&[k, n], &f32s(&w))?, gpu.upload(&[n], &f32s(&bias))?);
         let (pre, post) = (gpu.tensor(&[m, n], DType::F32)?, gpu.tensor(&[m, n], DType::F32)?);
-        let variant = variant_for(gpu, Layout::NN, m)?;
+        let variant = variant_for(gpu, Layout::NN, m, n)?;
         let call = |rec: &mut Recorder| linear_forward_gelu_with(rec, variant, epilogue, &pre, &post, &tx, &tw, &tb);
         if m == 37 {
             let mut rec = Recorder::new(gpu);
@@ -1305,8 +1328,8 @@ pub fn linear_forward_gelu(
     w: &Tensor,
     bias: &Tensor,
 ) -> Result<()> {
-    let (m, _) = as_matrix(inp);
-    let (variant, epilogue) = (variant_for(rec.gpu(), Layout::NN, m)?, gelu_epilogue(rec.gpu(), m)?);
+    let (m, n) = (as_matrix(inp).0, b_matrix(w).1);
+    let (variant, epilogue) = (variant_for(rec.gpu(), Layout::NN, m, n)?, gelu_epilogue(rec.gpu(), m)?);
     linear_forward_gelu_with(rec, variant, epilogue, pre, post, inp, w, bias)
 }
 
@@ -1383,8 +1406,8 @@ pub fn linear_backward_with_variant(
     inp: &Tensor,
     w: &Tensor,
 ) -> Result<()> {
-    let rows = as_matrix(inp).0;
-    let dinp_variant = pick(rec.gpu(), variant, Layout::NT, rows)?;
+    let (rows, cols) = as_matrix(inp);
+    let dinp_variant = pick(rec.gpu(), variant, Layout::NT, rows, cols)?;
     matmul_with_variant(rec, dinp_variant, dinp, dout, w, None, Layout::NT, accumulate_dinp)?;
     weight_gradients(rec, variant, dw, dbias, dout, inp)
 }
@@ -1426,7 +1449,7 @@ pub fn linear_backward_gelu_with_variant(
     expect_len(pre, m * n, "GELU pre-activation")?;
     expect_len(inp, m * n, "GELU output")?;
     let gpu = rec.gpu().clone();
-    let dinp_variant = available(&gpu, pick(&gpu, variant, Layout::NT, m)?);
+    let dinp_variant = available(&gpu, pick(&gpu, variant, Layout::NT, m, n)?);
     if one_dispatch(&gpu, dinp_variant, Layout::NT, m, n, k) {
         let gelu = Some((GeluStep::Backward, pre));
         record(rec, dinp_variant, dpre, dout, w, None, gelu, Layout::NT, false, (m, n, k), (n, 0), (k, 0))?;
@@ -1438,9 +1461,9 @@ pub fn linear_backward_gelu_with_variant(
     weight_gradients(rec, variant, dw, dbias, dout, inp)
 }
 
-/// `variant`, or with `None` the adapter's choice for a `layout` product of `m` rows.
-fn pick(gpu: &Arc<Gpu>, variant: Option<MatmulVariant>, layout: Layout, m: usize) -> Result<MatmulVariant> {
-    variant.map_or_else(|| variant_for(gpu, layout, m), Ok)
+/// `variant`, or with `None` the adapter's choice for a `layout` product of `m` × `n` outputs.
+fn pick(gpu: &Arc<Gpu>, variant: Option<MatmulVariant>, layout: Layout, m: usize, n: usize) -> Result<MatmulVariant> {
+    variant.map_or_else(|| variant_for(gpu, layout, m, n), Ok)
 }
 
 /// A linear layer's parameter gradients: dw += inpᵀ · dout and dbias += Σ_rows dout, in one
@@ -1453,7 +1476,8 @@ fn weight_gradients(
     dout: &Tensor,
     inp: &Tensor,
 ) -> Result<()> {
-    let dw_variant = pick(rec.gpu(), variant, Layout::TN, as_matrix(dw).0)?;
+    let (dw_rows, dw_cols) = as_matrix(dw);
+    let dw_variant = pick(rec.gpu(), variant, Layout::TN, dw_rows, dw_cols)?;
     if let Some(dbias) = dbias
         && weight_and_bias_gradients_on_textures(rec, dw_variant, dw, dbias, inp, dout)?
     {

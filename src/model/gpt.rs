@@ -651,15 +651,15 @@ fn training_products(config: &GptConfig, heads: Heads, bt: usize) -> Vec<(Layout
     products
 }
 
-/// The memory of training `config` on batches of B × T tokens, where a `layout` product of M
-/// rows runs on the matmul variant `variant_for(layout, M)` (see `kernels::matmul::variant_for`)
+/// The memory of training `config` on batches of B × T tokens, where a `layout` product of M × N
+/// outputs runs on the matmul variant `variant_for(layout, M, N)` (see `kernels::matmul::variant_for`)
 /// and, with `layernorm_textures`, the LayerNorms on their texture variant.
 pub fn memory_estimate(
     config: &GptConfig,
     heads: Heads,
     b: usize,
     t: usize,
-    variant_for: impl Fn(Layout, usize) -> MatmulVariant,
+    variant_for: impl Fn(Layout, usize, usize) -> MatmulVariant,
     layernorm_textures: bool,
 ) -> MemoryEstimate {
     let layout = ParamLayout::new(config, heads);
@@ -675,15 +675,17 @@ pub fn memory_estimate(
     let p = 4 * layout.total;
     // The NT products of B·T rows: the dinp products of c_attn (3C²), attn.c_proj (C²), c_fc
     // (4C²) and mlp.c_proj (4C²) per block, and the logits lnf · wteᵀ (wte: Vp·C); with fewer
-    // rows only mlp.c_proj's, whose GELU epilogue needs its B transposed.
-    let transpose_scratch = match variant_for(Layout::NT, bt) {
+    // rows only mlp.c_proj's, whose GELU epilogue needs its B transposed. (Taken at the blocks'
+    // C columns: the logits' Vp can make theirs a large product, of `matmul_large`, a family of
+    // its own only on a GPU.)
+    let transpose_scratch = match variant_for(Layout::NT, bt, c) {
         MatmulVariant::RegisterTiled if bt >= TRANSPOSE_MIN_ROWS => 4 * (l * 12 * c * c + v * c),
         MatmulVariant::RegisterTiled => 4 * l * 4 * c * c,
         _ => 0,
     };
     let products: Vec<_> = training_products(config, heads, bt)
         .into_iter()
-        .map(|(layout, (m, n, k))| (layout, (m, n, k), variant_for(layout, m)))
+        .map(|(layout, (m, n, k))| (layout, (m, n, k), variant_for(layout, m, n)))
         .collect();
     let split_k_scratch = products
         .iter()

@@ -124,6 +124,53 @@ fn without_a_cache_the_choice_is_measured_and_kept_in_memory() {
     assert_eq!(gpu.variant_choices().len(), 1);
 }
 
+/// A product runs on its family's choice by its rows and outputs: fewer than 16 rows
+/// `matmul_few_rows`, fewer than 128 `matmul_narrow` (NN and NT; a weight gradient's rows are
+/// never a decode step's), at least 4096 × 4096 outputs `matmul_large` (on a GPU; on a CPU
+/// adapter the `matmul` family's choice, unmeasured), the rest `matmul`. Each family's choice
+/// here comes from the cache file, a different variant each.
+#[test]
+fn a_product_runs_on_the_family_of_its_rows_and_outputs() {
+    use ppo_wgpu::kernels::matmul::{BATCH_VARIANTS, Layout, VARIANTS, variant_for};
+    let forced = ["PPO_WGPU_MATMUL", "PPO_WGPU_MATMUL_NARROW", "PPO_WGPU_MATMUL_FEW_ROWS", "PPO_WGPU_MATMUL_LARGE"];
+    if forced.iter().any(|v| std::env::var_os(v).is_some()) {
+        return; // a forced variant is not the cache's
+    }
+    let path = cache_dir("variants-families").join("variants.json");
+    let gpu = gpu_with_cache(&path);
+    let family = |chosen: &str, names: &[(MatmulVariant, &str)]| {
+        let figures: Vec<(&str, f64)> = names.iter().map(|&(_, name)| (name, 1.0)).collect();
+        serde_json::json!({ "chosen": chosen, "figures": figures, "unit": "GFLOP/s" })
+    };
+    let file = serde_json::json!({ "format": CACHE_FORMAT, "entries": { gpu.variant_key(): {
+        "matmul": family("register-tiled", &BATCH_VARIANTS),
+        "matmul_large": family("workgroup-tiled-128", &BATCH_VARIANTS),
+        "matmul_narrow": family("texture", &VARIANTS),
+        "matmul_few_rows": family("split-k", &VARIANTS),
+    } } });
+    std::fs::write(&path, file.to_string()).unwrap();
+    let on_cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
+    let large = if on_cpu { MatmulVariant::RegisterTiled } else { MatmulVariant::WorkgroupTiledLarge };
+    let cases = [
+        (Layout::NN, 1, 768, MatmulVariant::SplitK),
+        (Layout::NT, 15, 50304, MatmulVariant::SplitK),
+        (Layout::NN, 16, 768, MatmulVariant::Texture),
+        (Layout::NT, 127, 50304, MatmulVariant::Texture),
+        (Layout::NN, 128, 768, MatmulVariant::RegisterTiled),
+        (Layout::TN, 8, 768, MatmulVariant::RegisterTiled),
+        (Layout::NT, 256, 50304, MatmulVariant::RegisterTiled),
+        (Layout::NN, 4096, 4096, large),
+        (Layout::NT, 1024, 50304, large),
+        (Layout::TN, 50304, 768, large),
+    ];
+    for (layout, m, n, want) in cases {
+        assert_eq!(variant_for(&gpu, layout, m, n).unwrap(), want, "{layout:?} {m}×{n}");
+    }
+    let families: Vec<String> = gpu.variant_choices().into_iter().map(|(f, _)| f).collect();
+    assert_eq!(families.contains(&"matmul_large".to_string()), !on_cpu, "{families:?}");
+    assert!(gpu.variant_choices().iter().all(|(_, c)| c.source == "cached"), "nothing measured");
+}
+
 /// The PPO losses' row walk (family ppo_rows) is measured on the PPO kernels themselves, the
 /// fastest chosen; a cached choice is used as it is. Rows past an invocation's loop limit
 /// (GPT-2's vocabulary) have families of their own, for the PPO kernels and for cross-entropy.

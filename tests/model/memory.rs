@@ -49,7 +49,7 @@ fn memory_estimate_matches_the_buffers_and_steps_allocate_nothing_new() {
         heads,
         b,
         t,
-        |layout, m| ppo_wgpu::kernels::matmul::variant_for(&gpu, layout, m).unwrap(),
+        |layout, m, n| ppo_wgpu::kernels::matmul::variant_for(&gpu, layout, m, n).unwrap(),
         layernorm == ppo_wgpu::kernels::layernorm::LayernormVariant::Texture,
     );
     let ratio = after_first as f64 / estimate.total() as f64;
