@@ -148,29 +148,31 @@ fn bench_matmul_large(bx: &mut Bench, c: &mut Criterion) {
 /// The products of fewer than 128 rows (family matmul_narrow): decode steps of 32 sequences of
 /// the tiny model and of GPT-2 small (its LM head only when asked).
 fn bench_matmul_narrow(bx: &mut Bench, c: &mut Criterion) {
-    let shapes = [
-        ("tiny decode c_fc 32x128x512", 32, 512, 128, Layout::NN),
-        ("tiny decode lm_head 32x128x512", 32, 512, 128, Layout::NT),
-        ("gpt2 decode c_attn 32x768x2304", 32, 2304, 768, Layout::NN),
-        ("gpt2 decode mlp c_proj 32x3072x768", 32, 768, 3072, Layout::NN),
-        ("gpt2 decode lm_head 32x768x50304", 32, 50304, 768, Layout::NT),
-    ];
     let chosen = ppo_wgpu::kernels::matmul::narrow_variant(&bx.gpu).unwrap();
-    matmul_ladder(bx, c, "matmul_narrow", chosen, &shapes);
+    decode_ladder(bx, c, "matmul_narrow", 32, chosen);
 }
 
 /// The products of fewer than 16 rows (family matmul_few_rows): the same decode steps of 8
 /// sequences.
 fn bench_matmul_few_rows(bx: &mut Bench, c: &mut Criterion) {
-    let shapes = [
-        ("tiny decode c_fc 8x128x512", 8, 512, 128, Layout::NN),
-        ("tiny decode lm_head 8x128x512", 8, 512, 128, Layout::NT),
-        ("gpt2 decode c_attn 8x768x2304", 8, 2304, 768, Layout::NN),
-        ("gpt2 decode mlp c_proj 8x3072x768", 8, 768, 3072, Layout::NN),
-        ("gpt2 decode lm_head 8x768x50304", 8, 50304, 768, Layout::NT),
-    ];
     let chosen = ppo_wgpu::kernels::matmul::few_rows_variant(&bx.gpu).unwrap();
-    matmul_ladder(bx, c, "matmul_few_rows", chosen, &shapes);
+    decode_ladder(bx, c, "matmul_few_rows", 8, chosen);
+}
+
+/// `family`'s ladder at the products of a decode step of `rows` sequences.
+fn decode_ladder(bx: &mut Bench, c: &mut Criterion, family: &str, rows: usize, chosen: MatmulVariant) {
+    let products = [
+        ("tiny decode c_fc", 512, 128, Layout::NN),
+        ("tiny decode lm_head", 512, 128, Layout::NT),
+        ("gpt2 decode c_attn", 2304, 768, Layout::NN),
+        ("gpt2 decode mlp c_proj", 768, 3072, Layout::NN),
+        ("gpt2 decode lm_head", 50304, 768, Layout::NT),
+    ];
+    // Labelled as M x K x N, the layer's input by its output.
+    let labels: Vec<String> = products.iter().map(|(name, n, k, _)| format!("{name} {rows}x{k}x{n}")).collect();
+    let shapes: Vec<_> =
+        products.iter().zip(&labels).map(|(&(_, n, k, layout), label)| (label.as_str(), rows, n, k, layout)).collect();
+    matmul_ladder(bx, c, family, chosen, &shapes);
 }
 
 /// One matmul family's ladder: at each (label, M, N, K, layout), checked against the CPU
