@@ -22,11 +22,16 @@ fn cache_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// The cache file's entry for `gpu` choosing `chosen` among `names`, as the cache writes it.
-fn entry_among(gpu: &Gpu, chosen: &str, names: &[&str]) -> serde_json::Value {
+/// One family's choice of `chosen` among `names` (a figure each), as the cache writes it.
+fn choice_among(chosen: &str, names: &[&str]) -> serde_json::Value {
     let figures: Vec<(&str, f64)> = names.iter().map(|&name| (name, 1.0)).collect();
+    serde_json::json!({ "chosen": chosen, "figures": figures, "unit": "GFLOP/s" })
+}
+
+/// The cache file's entry for `gpu` with the matmul family choosing `chosen` among `names`.
+fn entry_among(gpu: &Gpu, chosen: &str, names: &[&str]) -> serde_json::Value {
     serde_json::json!({ "format": CACHE_FORMAT, "entries": { gpu.variant_key(): {
-        "matmul": { "chosen": chosen, "figures": figures, "unit": "GFLOP/s" } } } })
+        "matmul": choice_among(chosen, names) } } })
 }
 
 /// … among the current variants.
@@ -58,8 +63,11 @@ fn a_measured_choice_is_cached_and_a_cached_choice_is_used_as_it_is() {
     ppo_wgpu::kernels::matmul::narrow_variant(&gpu).unwrap();
     ppo_wgpu::kernels::matmul::few_rows_variant(&gpu).unwrap();
     for family in ["matmul_narrow", "matmul_few_rows"] {
-        let (_, few) = gpu.variant_choices().into_iter().find(|(f, _)| f == family).unwrap();
-        assert!(few.figures.iter().any(|(name, rate)| name == "split-k" && rate.is_some_and(|r| r > 0.0)), "{few:?}");
+        let (_, choice) = gpu.variant_choices().into_iter().find(|(f, _)| f == family).unwrap();
+        assert!(
+            choice.figures.iter().any(|(name, rate)| name == "split-k" && rate.is_some_and(|r| r > 0.0)),
+            "{choice:?}"
+        );
     }
     let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(file["entries"][gpu.variant_key()]["matmul"]["chosen"], choice.chosen);
@@ -138,9 +146,8 @@ fn a_product_runs_on_the_family_of_its_rows_and_outputs() {
     }
     let path = cache_dir("variants-families").join("variants.json");
     let gpu = gpu_with_cache(&path);
-    let family = |chosen: &str, names: &[(MatmulVariant, &str)]| {
-        let figures: Vec<(&str, f64)> = names.iter().map(|&(_, name)| (name, 1.0)).collect();
-        serde_json::json!({ "chosen": chosen, "figures": figures, "unit": "GFLOP/s" })
+    let family = |chosen: &str, variants: &[(MatmulVariant, &str)]| {
+        choice_among(chosen, &variants.iter().map(|&(_, name)| name).collect::<Vec<_>>())
     };
     let file = serde_json::json!({ "format": CACHE_FORMAT, "entries": { gpu.variant_key(): {
         "matmul": family("register-tiled", &BATCH_VARIANTS),
